@@ -1,0 +1,244 @@
+"""RaisePolicy: the actor F_theta, the critic V_phi, their optimizers and the static state.
+
+Use in a round (Algorithm 2): `act` at every policy step (explore=True samples within each
+class), `RolloutBuffer.add` with the reward, then `update` after the round. At use time
+`act(..., explore=False)` gives the top-b of each class (Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from ..io import atomic_path, write_json_atomic
+from .acquisition import CRITIC_FEATURES, AcquisitionMLP, Critic, critic_features
+from .buffer import RolloutBuffer
+from .ppo import actor_loss, class_entropy, class_log_prob, class_log_softmax, critic_loss, gae
+from .selection import select_per_class
+from .state import Normalizer, StaticState
+
+POLICY_FORMAT = 1
+
+
+@dataclass
+class PolicyConfig:
+    """Selection policy and PPO settings (defaults: appendix A.2 of the paper where it gives one)."""
+
+    hidden: int = 64                  # width of the actor's and critic's hidden layers
+    gamma: float = 0.99               # discount factor of GAE (eq. 7-8)
+    lam: float = 1.0                  # GAE lambda (eq. 8)
+    clip: float = 0.2                 # PPO clipping epsilon (eq. 12)
+    actor_lr: float = 1e-1            # AdamW learning rate of F_theta
+    critic_lr: float = 2e-1           # AdamW learning rate of V_phi
+    weight_decay: float = 1e-2        # AdamW weight decay of both
+    ppo_epochs: int = 4               # passes over a round's buffer per update (K_2 of Algorithm 2)
+    per_class: int = 1                # b: items chosen per class; the batch is B = C x b
+    seed: int = 0                     # initial weights and the minibatch order of updates
+    minibatches: int = 1              # optimizer steps per epoch; the round's steps are shuffled into this many groups
+    normalize_advantages: bool = True # standardise a round's advantages before eq. 12 (rewards are tiny validation deltas)
+
+    def check(self) -> None:
+        bad = []
+        if self.hidden < 1: bad.append(f"hidden = {self.hidden} (must be >= 1)")
+        if not 0.0 <= self.gamma <= 1.0: bad.append(f"gamma = {self.gamma} (must lie in [0, 1])")
+        if not 0.0 <= self.lam <= 1.0: bad.append(f"lam = {self.lam} (must lie in [0, 1])")
+        if not self.clip > 0.0: bad.append(f"clip = {self.clip} (must be > 0)")
+        if not (self.actor_lr > 0 and self.critic_lr > 0): bad.append("actor_lr and critic_lr must be > 0")
+        if self.weight_decay < 0: bad.append(f"weight_decay = {self.weight_decay} (must be >= 0)")
+        if self.ppo_epochs < 1: bad.append(f"ppo_epochs = {self.ppo_epochs} (must be >= 1)")
+        if self.per_class < 1: bad.append(f"per_class = {self.per_class} (must be >= 1)")
+        if self.minibatches < 1: bad.append(f"minibatches = {self.minibatches} (must be >= 1)")
+        if bad:
+            raise UserError("invalid policy settings: " + "; ".join(bad))
+
+
+@dataclass
+class Action:
+    indices: torch.Tensor      # (B,) int64 rows of the pool
+    scores: torch.Tensor       # (B,) acquisition scores of the chosen rows
+    log_prob: float            # class_log_prob under the acting policy
+    value: float               # critic V(S_t)
+
+
+class RaisePolicy:
+    def __init__(self, static: StaticState, cfg: PolicyConfig):
+        cfg.check()
+        batch = static.num_classes * cfg.per_class
+        if len(static) < batch:
+            raise UserError(f"the pool has {len(static)} instructions, fewer than one batch of {batch} "
+                            f"({static.num_classes} classes x per_class {cfg.per_class})")
+        self.static = static
+        self.cfg = cfg
+        with torch.random.fork_rng(devices=[]):   # seeded weights without touching the caller's RNG
+            torch.manual_seed(cfg.seed)
+            self.actor = AcquisitionMLP(static.fused_dim, cfg.hidden)
+            self.critic = Critic(cfg.hidden)
+        self.actor_opt = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
+        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
+        self.updates = 0                          # PPO updates done (seeds the minibatch order)
+        self._projection: torch.Tensor | None = None  # static part of the first layer for the current actor
+
+    @property
+    def batch_size(self) -> int:
+        return self.static.num_classes * self.cfg.per_class
+
+    # ---- acting -------------------------------------------------------------------------
+    def _static_projection(self) -> torch.Tensor:
+        if self._projection is None:
+            with torch.no_grad():
+                self._projection = self.actor.static_projection(self.static.x)
+        return self._projection
+
+    def scores(self, perf_prev: float, progress: float, counts: torch.Tensor) -> torch.Tensor:
+        """F_theta of every instruction at this state, (N,)."""
+        with torch.no_grad():
+            return self.actor.score(self._static_projection(), perf_prev, progress, counts)
+
+    def act(self, perf_prev: float, progress: float, counts: torch.Tensor, explore: bool,
+            generator: torch.Generator | None = None) -> Action:
+        """Choose a batch: explore=True samples within each class (rollouts), False takes the top-b (use time)."""
+        scores = self.scores(perf_prev, progress, counts)
+        idx = select_per_class(scores, self.static.classes, self.static.num_classes, self.cfg.per_class,
+                               sample=explore, generator=generator)
+        log_prob = class_log_prob(scores, self.static.classes, self.static.num_classes, idx)
+        return Action(indices=idx, scores=scores[idx], log_prob=float(log_prob),
+                      value=self.value(perf_prev, progress, counts))
+
+    def value(self, perf_prev: float, progress: float, counts: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(self.critic(critic_features(perf_prev, progress, counts)))
+
+    # ---- learning -----------------------------------------------------------------------
+    def update(self, buffer: RolloutBuffer, last_value: float = 0.0) -> dict:
+        """PPO after a round (eq. 7-13): `ppo_epochs` passes over the buffer.
+
+        New log-probabilities of the chosen sets are recomputed under the current actor at
+        every step's state, whose counts are rebuilt from the buffer. The gradient of the
+        static projection is accumulated on a detached copy and pushed through the first
+        layer once per optimizer step, so a step's graph holds only its own (N x hidden)
+        activations.
+        """
+        steps = len(buffer)
+        if steps == 0:
+            raise ValueError("update() needs at least one transition in the buffer")
+        data = buffer.tensors()
+        if not torch.isfinite(data["reward"]).all():
+            bad = int((~torch.isfinite(data["reward"])).nonzero()[0])
+            raise UserError(f"reward of step {bad} is not a finite number ({buffer.reward[bad]}); check the validation metric")
+        cfg, static = self.cfg, self.static
+        n, classes, num_classes = len(static), static.classes, static.num_classes
+        adv, returns = gae(data["reward"], data["value"], last_value, cfg.gamma, cfg.lam)
+        adv_used = adv
+        if cfg.normalize_advantages and steps > 1:
+            adv_used = (adv - adv.mean()) / (adv.std() + 1e-8)
+        critic_in = torch.stack([critic_features(data["perf_prev"][t].item(), data["progress"][t].item(),
+                                                 buffer.counts_before(t, n)) for t in range(steps)])
+        order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
+        actor_losses, critic_losses, kls, clipped, entropies = [], [], [], [], []
+        for epoch in range(cfg.ppo_epochs):
+            order = torch.randperm(steps, generator=order_gen) if cfg.minibatches > 1 else torch.arange(steps)
+            for group in order.chunk(min(cfg.minibatches, steps)):
+                self.actor_opt.zero_grad(set_to_none=True)
+                projection = self.actor.static_projection(static.x)
+                leaf = projection.detach().requires_grad_()
+                for t in group.tolist():
+                    scores = self.actor.score(leaf, buffer.perf_prev[t], buffer.progress[t], buffer.counts_before(t, n))
+                    log_p = class_log_softmax(scores, classes, num_classes)
+                    log_ratio = (log_p[buffer.chosen(t)].sum().double() - data["old_log_prob"][t]).reshape(1)
+                    loss = actor_loss(log_ratio, adv_used[t].reshape(1), cfg.clip)                       # eq. 11-12
+                    (loss / len(group)).backward()
+                    actor_losses.append(loss.item())
+                    kls.append(-log_ratio.item())
+                    clipped.append(abs(log_ratio.exp().item() - 1.0) > cfg.clip)
+                    if epoch == 0:
+                        with torch.no_grad():
+                            entropies.append(class_entropy(scores, classes, num_classes).item())
+                projection.backward(leaf.grad)
+                self.actor_opt.step()
+                self.critic_opt.zero_grad(set_to_none=True)
+                c_loss = critic_loss(self.critic(critic_in[group]), returns[group].float())                 # eq. 13
+                c_loss.backward()
+                self.critic_opt.step()
+                critic_losses.append(c_loss.item())
+        self.updates += 1
+        self._projection = None
+        last = slice(len(kls) - steps, None)
+        return {
+            "actor_loss": sum(actor_losses) / len(actor_losses),
+            "critic_loss": sum(critic_losses) / len(critic_losses),
+            "entropy": sum(entropies) / len(entropies),
+            "approx_kl": sum(kls[last]) / steps,
+            "clip_fraction": sum(clipped[last]) / steps,
+            "return": float(data["reward"].sum()),
+            "advantage_mean": float(adv.mean()),
+            "value_mean": float(data["value"].mean()),
+            "steps": steps,
+        }
+
+    # ---- persistence --------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> None:
+        """actor.safetensors, critic.safetensors and policy.json (config, normaliser, dimensions)."""
+        out_dir = Path(out_dir)
+        for name, module in (("actor", self.actor), ("critic", self.critic)):
+            with atomic_path(out_dir / f"{name}.safetensors") as tmp:
+                save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+        write_json_atomic(out_dir / "policy.json", {
+            "format": POLICY_FORMAT,
+            "config": asdict(self.cfg),
+            "normalizer": self.static.normalizer.to_dict(),
+            "dims": {"fused_dim": self.static.fused_dim, "sem_dim": self.static.sem_dim,
+                     "num_classes": self.static.num_classes, "critic_features": list(CRITIC_FEATURES)},
+            "updates": self.updates,
+        })
+
+    @staticmethod
+    def _read_meta(out_dir: str | Path) -> dict:
+        path = Path(out_dir) / "policy.json"
+        if not path.is_file():
+            raise UserError(f"{Path(out_dir)}: no policy.json here; point at the policy folder of a train-policy run")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e})") from None
+
+    @classmethod
+    def read_normalizer(cls, out_dir: str | Path) -> Normalizer:
+        """The normaliser a saved policy was trained with: build the `StaticState` with it."""
+        return Normalizer.from_dict(cls._read_meta(out_dir)["normalizer"])
+
+    @classmethod
+    def load(cls, out_dir: str | Path, static: StaticState) -> "RaisePolicy":
+        """A saved policy over `static`, which must be built with `read_normalizer(out_dir)`."""
+        out_dir = Path(out_dir)
+        meta = cls._read_meta(out_dir)
+        dims = meta["dims"]
+        path = out_dir / "policy.json"
+        if dims["sem_dim"] != static.sem_dim:
+            raise UserError(f"{path}: field 'dims.sem_dim' is {dims['sem_dim']} but the features have sem_dim {static.sem_dim}")
+        if dims["num_classes"] != static.num_classes:
+            raise UserError(f"{path}: field 'dims.num_classes' is {dims['num_classes']} but the features have "
+                            f"{static.num_classes} classes")
+        if static.normalizer.to_dict() != meta["normalizer"]:
+            raise UserError(f"{path}: field 'normalizer' differs from the state's; build the state with "
+                            "StaticState.from_features(features, RaisePolicy.read_normalizer(policy_dir))")
+        known = {f.name for f in fields(PolicyConfig)}
+        policy = cls(static, PolicyConfig(**{k: v for k, v in meta["config"].items() if k in known}))
+        policy.actor.load_state_dict(load_file(str(out_dir / "actor.safetensors")))
+        policy.critic.load_state_dict(load_file(str(out_dir / "critic.safetensors")))
+        policy.updates = int(meta.get("updates", 0))
+        return policy
+
+    def training_state(self) -> dict:
+        """Optimizer states and the update count, for an exact resume (`torch.save` it; RNG is the caller's)."""
+        return {"actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(), "updates": self.updates}
+
+    def load_training_state(self, d: dict) -> None:
+        self.actor_opt.load_state_dict(d["actor_opt"])
+        self.critic_opt.load_state_dict(d["critic_opt"])
+        self.updates = int(d["updates"])
+        self._projection = None
