@@ -1,16 +1,383 @@
 """Named validation and evaluation sets (MMLU, ARC-Challenge, CommonsenseQA, GSM8K,
-MathQA, MMLU college_mathematics) read from the original files in a data folder.
+MathQA, MMLU college_mathematics) read from the original files in a data folder, or from
+the hub (`datasets.load_dataset`) when no folder is given.
 
-`NAMED_SETS` maps a name to a loader `(data_dir, split, n, seed) -> list[Example]` whose
-examples are prompt/answer pairs usable as a RAISE validation set.
+`NAMED_SETS` maps a name to a loader `(data_dir, split, n, seed) -> list[Example]`, so a
+name works wherever a validation set is asked for (`--val gsm8k`).
+
+Every row is first normalised to a *doc*, the one shape shared by the validation
+examples here and the lm-evaluation-harness tasks in `raise_select.evaluation.tasks`:
+
+- multiple choice: `{"question": str, "choices": [str, ...], "label": int}`; the choices
+  are always relabelled A, B, C, ... in file order (ARC's digit labels "1".."4" are
+  mapped through `question.choices[*].label`, never read as letters or indices);
+- GSM8K: `{"question": str, "rationale": str, "answer": str}`; the rationale without
+  the `<<expr=result>>` calculator annotations, the answer the number after `####` with
+  thousands commas removed.
+
+An `Example` is then one user turn and one assistant turn:
+
+- prompt: ``Question: <question>\\nA. <choice>\\nB. <choice>...\\nAnswer:`` (GSM8K:
+  ``Question: <question>\\nAnswer:``), the text the evaluation tasks score;
+- response: ``The answer is B.`` for multiple choice; for GSM8K the rationale, a
+  newline, then ``The answer is 72.``.
+
+Validation sets follow the paper's Table 2 (appendix A.1):
+
+| name | `validation` split | size |
+|---|---|---|
+| mmlu | all of `dev/` (5 per subject x 57) | 285 |
+| arc_challenge | all of `ARC-Challenge-Dev.jsonl` | 299 |
+| commonsenseqa | seeded sample of `dev_rand_split.jsonl` (1,221) | 280 |
+| gsm8k | seeded sample of `train.jsonl` (7,473) | 256 |
+| mathqa | all of `dev.json` (not in the paper) | 4,475 |
+| mmlu_college_mathematics | `dev/college_mathematics_dev.csv` (not in the paper) | 5 |
+
+MMLU's 285 in Table 2 is exactly the size of its `dev/` split, so that is the split used
+(`val/`, 1,531 rows, is there as split `val`). The evaluation split (`EVAL_SPLIT`) is
+`test` everywhere except CommonsenseQA, whose test file has no answers: there, as in
+lm-evaluation-harness, the 1,221-row dev file is evaluated (the 280 validation rows are
+drawn from it too, as in the paper). Samples are seeded (`seed`, default 0) and keep the
+file order.
 """
 
 from __future__ import annotations
 
+import ast
+import csv
+import random
+import re
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from .pools import Example
+from ..errors import UserError, where
+from .pools import Example, _rows_from_path, example_id
 
 Loader = Callable[[Path | None, str, int | None, int], list[Example]]
-NAMED_SETS: dict[str, Loader] = {}
+
+LETTERS = "ABCDEFGHIJ"
+VALIDATION = "validation"
+MMLU_COLUMNS = ("question", "A", "B", "C", "D", "answer")
+
+# ---------------------------------------------------------------- answer parsing
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
+_ANSWER_IS = re.compile(r"answer is\s*:?\s*\(?\$?(" + _NUMBER + r")", re.IGNORECASE)
+_HASHES = re.compile(r"####\s*\$?(" + _NUMBER + r")")
+_ANY_NUMBER = re.compile(_NUMBER)
+
+
+def normalize_number(text: str) -> str:
+    """Canonical form of a numeric answer: no thousands commas, no `$`, no trailing period."""
+    out = text.strip().replace(",", "").replace("$", "").rstrip(".")
+    if "." in out:
+        out = out.rstrip("0").rstrip(".")
+    return out
+
+
+def gsm8k_gold_answer(answer_field: str, source: str = "", row: int | None = None) -> str:
+    """The number after GSM8K's `####` line, thousands commas stripped (`1,000` -> `1000`)."""
+    if "####" not in answer_field:
+        raise UserError(f"{where(source, row, 'answer')}: GSM8K answer has no '#### <number>' line")
+    final = answer_field.rsplit("####", 1)[1].strip()
+    if not re.fullmatch(_NUMBER, final):
+        raise UserError(f"{where(source, row, 'answer')}: GSM8K final answer {final!r} is not a number")
+    return normalize_number(final)
+
+
+def extract_final_number(text: str) -> str | None:
+    """The final numeric answer of a generation: after 'The answer is', else after '####',
+    else the last number in the text; normalised with `normalize_number`."""
+    for pattern in (_ANSWER_IS, _HASHES):
+        found = pattern.findall(text)
+        if found:
+            return normalize_number(found[-1])
+    numbers = _ANY_NUMBER.findall(text)
+    return normalize_number(numbers[-1]) if numbers else None
+
+
+def extract_letter(text: str, num_choices: int) -> str | None:
+    """The chosen option letter in a generation: 'The answer is (B)', 'B.', 'B) ...'."""
+    valid = LETTERS[:num_choices]
+    found = re.findall(r"answer is\s*:?\s*\(?([A-J])\b", text, re.IGNORECASE)
+    if found and found[-1].upper() in valid:
+        return found[-1].upper()
+    m = re.match(r"\s*\(?([A-J])(?:[).:]|\s|$)", text)
+    if m and m.group(1) in valid:
+        return m.group(1)
+    return None
+
+
+def parse_mathqa_options(options: str, source: str = "", row: int | None = None) -> list[str]:
+    """MathQA's `options` string into its five choices, in order a..e.
+
+    Two spellings occur: ``"a ) 190 , b ) 191 , ..."`` and, in some rows, the Python
+    list repr ``"['a ) 190', 'b ) 191', ...]"``.
+    """
+    text = options.strip()
+    if text.startswith("["):
+        try:
+            items = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise UserError(f"{where(source, row, 'options')}: unreadable options list {options!r}") from None
+        pairs = [re.match(r"\s*([a-e])\s*\)\s*(.*)", str(item), re.S) for item in items]
+        letters = [p.group(1) if p else "?" for p in pairs]
+        choices = [p.group(2).strip() if p else "" for p in pairs]
+    else:
+        parts = re.split(r"(?:^|\s*,\s*)([a-e])\s*\)\s*", text)
+        letters, choices = parts[1::2], [p.strip().rstrip(",").strip() for p in parts[2::2]]
+    if letters != list("abcde"[: len(letters)]) or len(letters) < 2 or not all(choices):
+        raise UserError(f"{where(source, row, 'options')}: expected options 'a ) ... , b ) ...', got {options!r}")
+    return choices
+
+
+# ---------------------------------------------------------------- rows -> docs
+
+def _field(rec: dict, name: str, source: str, row: int | None) -> Any:
+    if not isinstance(rec, dict) or name not in rec or rec[name] is None:
+        raise UserError(f"{where(source, row, name)}: missing field")
+    return rec[name]
+
+
+def _labelled_choice_doc(rec: dict, source: str = "", row: int | None = None) -> dict:
+    """ARC and CommonsenseQA, in the original file shape (`question.stem`,
+    `question.choices[*].{label,text}`) or the hub shape (`question`, `choices.{label,text}`)."""
+    question = _field(rec, "question", source, row)
+    if isinstance(question, dict):
+        stem = _field(question, "stem", source, row)
+        raw = _field(question, "choices", source, row)
+        labels = [str(c.get("label")) for c in raw]
+        texts = [str(c.get("text")) for c in raw]
+    else:
+        stem = question
+        raw = _field(rec, "choices", source, row)
+        labels, texts = [str(x) for x in raw["label"]], [str(x) for x in raw["text"]]
+    key = str(_field(rec, "answerKey", source, row)).strip()
+    if not key:
+        raise UserError(f"{where(source, row, 'answerKey')}: no answer (CommonsenseQA's test file has none; use dev)")
+    if key not in labels:
+        raise UserError(f"{where(source, row, 'answerKey')}: {key!r} is not one of the choice labels {labels}")
+    if len(texts) > len(LETTERS):
+        raise UserError(f"{where(source, row, 'choices')}: more than {len(LETTERS)} choices")
+    return {"question": str(stem).strip(), "choices": texts, "label": labels.index(key)}
+
+
+def _mmlu_doc(rec: dict, source: str = "", row: int | None = None) -> dict:
+    """MMLU: a header-less CSV row `question,A,B,C,D,answer` (answer a letter), or the hub
+    shape `question`, `choices` (4), `answer` (an index)."""
+    question = _field(rec, "question", source, row)
+    if "choices" in rec:
+        choices = [str(c) for c in rec["choices"]]
+        label = int(_field(rec, "answer", source, row))
+    else:
+        choices = [str(_field(rec, c, source, row)) for c in "ABCD"]
+        answer = str(_field(rec, "answer", source, row)).strip()
+        if answer not in "ABCD" or len(answer) != 1:
+            raise UserError(f"{where(source, row, 'answer')}: expected a letter A-D, got {answer!r}")
+        label = "ABCD".index(answer)
+    if not 0 <= label < len(choices):
+        raise UserError(f"{where(source, row, 'answer')}: answer index {label} out of range")
+    return {"question": str(question).strip(), "choices": choices, "label": label}
+
+
+def _mathqa_doc(rec: dict, source: str = "", row: int | None = None) -> dict:
+    choices = parse_mathqa_options(str(_field(rec, "options", source, row)), source, row)
+    correct = str(_field(rec, "correct", source, row)).strip().lower()
+    if correct not in "abcde"[: len(choices)] or len(correct) != 1:
+        raise UserError(f"{where(source, row, 'correct')}: expected a letter a-{'abcde'[len(choices) - 1]}, got {correct!r}")
+    return {"question": str(_field(rec, "Problem", source, row)).strip(), "choices": choices, "label": "abcde".index(correct)}
+
+
+def _gsm8k_doc(rec: dict, source: str = "", row: int | None = None) -> dict:
+    answer_field = str(_field(rec, "answer", source, row))
+    rationale = _CALCULATOR.sub("", answer_field.rsplit("####", 1)[0]).strip()
+    return {
+        "question": str(_field(rec, "question", source, row)).strip(),
+        "rationale": rationale,
+        "answer": gsm8k_gold_answer(answer_field, source, row),
+    }
+
+
+# ---------------------------------------------------------------- docs -> text
+
+def format_prompt(doc: dict) -> str:
+    """The question with lettered choices and the answer cue (also lm-eval's `doc_to_text`)."""
+    lines = [f"Question: {doc['question']}"]
+    lines += [f"{LETTERS[i]}. {c}" for i, c in enumerate(doc.get("choices") or [])]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def format_response(doc: dict) -> str:
+    """The gold answer text: 'The answer is B.', or GSM8K's rationale then its final number."""
+    if "choices" in doc:
+        return f"The answer is {LETTERS[doc['label']]}."
+    return f"{doc['rationale']}\nThe answer is {doc['answer']}."
+
+
+# ---------------------------------------------------------------- the sets
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Where a named set lives (files or hub) and how its rows become docs."""
+
+    name: str
+    to_doc: Callable[..., dict]
+    files: dict[str, str]          # split -> glob relative to the data folder
+    hub: tuple[str, str | None]    # `datasets.load_dataset(path, name)`
+    hub_splits: dict[str, str]     # split -> hub split name
+    validation_split: str          # the split the validation set is drawn from
+    validation_size: int | None    # Table 2 sample size; None = the whole split
+    eval_split: str                # the split evaluation scores
+    lm_eval_task: str              # lm-evaluation-harness's own (hub) task
+    multiple_choice: bool = True
+    csv_columns: tuple[str, ...] = field(default=())  # header-less CSV files
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    s.name: s
+    for s in (
+        BenchmarkSpec(
+            "mmlu", _mmlu_doc,
+            files={"dev": "mmlu/dev/*_dev.csv", "val": "mmlu/val/*_val.csv", "test": "mmlu/test/*_test.csv"},
+            hub=("cais/mmlu", "all"), hub_splits={"dev": "dev", "val": "validation", "test": "test"},
+            validation_split="dev", validation_size=None, eval_split="test", lm_eval_task="mmlu",
+            csv_columns=MMLU_COLUMNS,
+        ),
+        BenchmarkSpec(
+            "arc_challenge", _labelled_choice_doc,
+            files={
+                "train": "arc_challenge/ARC-Challenge-Train.jsonl",
+                "dev": "arc_challenge/ARC-Challenge-Dev.jsonl",
+                "test": "arc_challenge/ARC-Challenge-Test.jsonl",
+            },
+            hub=("allenai/ai2_arc", "ARC-Challenge"), hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            validation_split="dev", validation_size=None, eval_split="test", lm_eval_task="arc_challenge",
+        ),
+        BenchmarkSpec(
+            "commonsenseqa", _labelled_choice_doc,
+            files={
+                "train": "commonsenseqa/train_rand_split.jsonl",
+                "dev": "commonsenseqa/dev_rand_split.jsonl",
+                "test": "commonsenseqa/test_rand_split_no_answers.jsonl",
+            },
+            hub=("tau/commonsense_qa", None), hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            validation_split="dev", validation_size=280, eval_split="dev", lm_eval_task="commonsense_qa",
+        ),
+        BenchmarkSpec(
+            "gsm8k", _gsm8k_doc,
+            files={"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
+            hub=("openai/gsm8k", "main"), hub_splits={"train": "train", "test": "test"},
+            validation_split="train", validation_size=256, eval_split="test", lm_eval_task="gsm8k",
+            multiple_choice=False,
+        ),
+        BenchmarkSpec(
+            "mathqa", _mathqa_doc,
+            files={"dev": "mathqa/dev.json", "test": "mathqa/test.json", "challenge_test": "mathqa/challenge_test.json"},
+            hub=("allenai/math_qa", None), hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            validation_split="dev", validation_size=None, eval_split="test", lm_eval_task="mathqa",
+        ),
+        BenchmarkSpec(
+            "mmlu_college_mathematics", _mmlu_doc,
+            files={
+                "dev": "mmlu/dev/college_mathematics_dev.csv",
+                "val": "mmlu/val/college_mathematics_val.csv",
+                "test": "mmlu/test/college_mathematics_test.csv",
+            },
+            hub=("cais/mmlu", "college_mathematics"), hub_splits={"dev": "dev", "val": "validation", "test": "test"},
+            validation_split="dev", validation_size=None, eval_split="test", lm_eval_task="mmlu_college_mathematics",
+            csv_columns=MMLU_COLUMNS,
+        ),
+    )
+}
+EVAL_SPLIT = {name: s.eval_split for name, s in BENCHMARKS.items()}
+
+
+def get_benchmark(name: str) -> BenchmarkSpec:
+    if name not in BENCHMARKS:
+        raise UserError(f"unknown task '{name}'; available: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
+def _read_header_less_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[str, int, dict]]:
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for i, values in enumerate(csv.reader(f)):
+            if len(values) != len(columns):
+                raise UserError(f"{where(str(path), i)}: expected {len(columns)} columns ({','.join(columns)}), got {len(values)}")
+            rec = dict(zip(columns, values))
+            rec["subject"] = path.stem.rsplit("_", 1)[0]
+            rows.append((str(path), i, rec))
+    return rows
+
+
+def read_rows(spec: BenchmarkSpec, data_dir: Path | None, split: str) -> list[tuple[str, int, dict]]:
+    """`(source, row, record)` of one split, from the data folder or the hub."""
+    available = sorted(set(spec.files) | set(spec.hub_splits))
+    if data_dir is None:
+        if split not in spec.hub_splits:
+            raise UserError(f"{spec.name}: unknown split '{split}'; available: {', '.join(available)}, {VALIDATION}")
+        import datasets
+
+        path, name = spec.hub
+        hub_split = spec.hub_splits[split]
+        try:
+            ds = datasets.load_dataset(path, name, split=hub_split)
+        except Exception as e:  # network, missing dataset, bad split
+            raise UserError(
+                f"{spec.name}: no --data-dir given and loading '{path}' ({name}, {hub_split}) from the hub failed: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
+        return [(f"{path}:{hub_split}", i, rec) for i, rec in enumerate(ds)]
+    if split not in spec.files:
+        raise UserError(f"{spec.name}: unknown split '{split}' in a data folder; available: {', '.join(spec.files)}, {VALIDATION}")
+    files = sorted(Path(data_dir).glob(spec.files[split]))
+    if not files:
+        raise UserError(f"{Path(data_dir) / spec.files[split]}: no such file (expected the {spec.name} {split} split there)")
+    rows: list[tuple[str, int, dict]] = []
+    for fp in files:
+        if spec.csv_columns:
+            rows += _read_header_less_csv(fp, spec.csv_columns)
+        else:
+            rows += list(_rows_from_path(fp))
+    return rows
+
+
+def load_docs(name: str, data_dir: str | Path | None, split: str) -> list[tuple[dict, str, int, dict]]:
+    """`(doc, source, row, record)` for every row of a split (`validation` not resolved here)."""
+    spec = get_benchmark(name)
+    rows = read_rows(spec, Path(data_dir) if data_dir is not None else None, split)
+    return [(spec.to_doc(rec, source, row), source, row, rec) for source, row, rec in rows]
+
+
+def sample_indices(total: int, n: int, seed: int) -> list[int]:
+    """`n` distinct indices of `range(total)`, seeded, in increasing order (file order kept)."""
+    return sorted(random.Random(seed).sample(range(total), n))
+
+
+def load_named_set(
+    name: str, data_dir: Path | None = None, split: str = VALIDATION, n: int | None = None, seed: int = 0
+) -> list[Example]:
+    """The examples of a named set's split; `validation` is the paper's Table 2 set.
+
+    `n` caps the size with a seeded sample (for `validation` it replaces the Table 2 size).
+    """
+    spec = get_benchmark(name)
+    base = spec.validation_split if split == VALIDATION else split
+    docs = load_docs(name, data_dir, base)
+    size = n if n is not None else (spec.validation_size if split == VALIDATION else None)
+    if size is not None:
+        if size <= 0:
+            raise UserError(f"{name}: the number of examples must be positive, got {size}")
+        if size < len(docs):
+            docs = [docs[i] for i in sample_indices(len(docs), size, seed)]
+    examples = []
+    for doc, source, row, rec in docs:
+        messages = (("user", format_prompt(doc)), ("assistant", format_response(doc)))
+        examples.append(Example(id=example_id(messages), messages=messages, record=dict(rec), source=source, row=row))
+    return examples
+
+
+NAMED_SETS: dict[str, Loader] = {name: partial(load_named_set, name) for name in BENCHMARKS}
