@@ -1,0 +1,224 @@
+"""One episode: T updates of the target model with batches chosen by a policy (Algorithm 2,
+lines 7-14), shared by `train_policy` (rollouts, explore=True) and `finetune` (use, top-b).
+
+With `select_every = M` (appendix F) the policy chooses at steps 1, M+1, 2M+1, ... and a
+uniformly random batch (seeded, without replacement over the whole pool) is used in
+between. P is measured only where it is needed: before each policy step (its stage state
+P_{t-1}) and after the last step, so validation also costs 1/M. A policy step's reward is
+P at the end of its interval minus P before it, i.e. the random steps' improvement is
+credited to the policy step that opened the interval (`RolloutBuffer.add_reward`); with
+M = 1 this is R_t = P(M_t) - P(M_{t-1}) of section 3.2, and in every case the rewards of a
+round sum to P(M_T) - P(M_0). Random batches count towards times-selected (eq. 5) but are
+not PPO transitions.
+
+Multi-process: the batch is decided on the main process and broadcast; every process
+trains on its slice and P is reduced across processes (see `loop` and `reward`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.pools import Pool
+from ..errors import UserError
+from .loop import LMConfig, LMTrainer
+from .reward import Validator, resolve_metric
+
+TIME_KEYS = ("train", "reward", "scoring")
+
+
+@dataclass
+class EpisodeConfig(LMConfig):
+    """Settings of a job that fine-tunes the target LLM with a policy (train-policy, finetune);
+    the LLM settings are those of `LMConfig`."""
+
+    pool: str = ""                    # instruction pool: file, folder or `datasets` name
+    features: str = ""                # featurize output folder of this pool
+    model: str = ""                   # target LLM M_0: hub id or local folder
+    val: str = ""                     # validation set: a named set (gsm8k, mmlu, ...) or a pool file/folder
+    out: str = ""                     # run folder
+    data_dir: Optional[str] = None    # folder of the named validation sets' original files
+    val_size: Optional[int] = None    # use at most this many validation examples (seeded sample for named sets)
+    steps: int = 100                  # T: LLM updates (per round for train-policy)
+    batch_size: Optional[int] = None  # B; when set, per_class = B / C (B a multiple of the number of classes C)
+    select_every: int = 1             # M (appendix F): the policy chooses every M steps, random batches in between
+    metric: str = "neg_loss"          # P(M): neg_loss, accuracy or module:function
+    val_batch_size: int = 16          # validation examples per forward pass
+    max_new_tokens: int = 128         # generation length for metric=accuracy
+    tensorboard: bool = False         # also log to <out>/tensorboard
+
+
+def lm_config(cfg: LMConfig) -> LMConfig:
+    """The plain LMConfig part of a job config."""
+    return LMConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LMConfig)})
+
+
+def check_common(cfg: EpisodeConfig, required: tuple[str, ...]) -> None:
+    """Settings checks shared by train-policy and finetune, before anything is loaded."""
+    missing = [f"--{name.replace('_', '-')}" for name in required if not getattr(cfg, name)]
+    if missing:
+        raise UserError(f"missing required setting(s): {', '.join(missing)}")
+    bad = []
+    if cfg.steps < 1:
+        bad.append(f"steps = {cfg.steps} (must be >= 1)")
+    if cfg.select_every < 1:
+        bad.append(f"select_every = {cfg.select_every} (must be >= 1)")
+    per_class = getattr(cfg, "per_class", None)
+    if per_class is not None and per_class < 1:
+        bad.append(f"per_class = {per_class} (must be >= 1: at least one item per class)")
+    if cfg.lr <= 0:
+        bad.append(f"lr = {cfg.lr} (must be > 0)")
+    if cfg.max_length < 2:
+        bad.append(f"max_length = {cfg.max_length} (must be >= 2)")
+    if cfg.val_size is not None and cfg.val_size < 1:
+        bad.append(f"val_size = {cfg.val_size} (must be >= 1)")
+    if bad:
+        raise UserError("invalid settings: " + "; ".join(bad))
+    resolve_metric(cfg.metric)
+
+
+def load_static(pool_spec: str, features: str, normalizer=None):
+    """(pool, static state) with the features aligned to the pool (refuses missing ones)."""
+    from ..data.pools import load_pool
+    from ..features.table import FeatureTable
+    from ..policy import StaticState
+
+    pool = load_pool(pool_spec)
+    table = FeatureTable.read(features).align(pool.ids)
+    return pool, StaticState.from_features(table, normalizer)
+
+
+def resolve_per_class(per_class: int, batch_size: int | None, num_classes: int) -> int:
+    """b of Algorithm 1: `per_class`, or B / C when a batch size B is given."""
+    if num_classes < 1:
+        raise UserError("the feature table has no classes; re-run featurize with at least one class")
+    if batch_size is None:
+        return per_class
+    if batch_size < num_classes:
+        raise UserError(f"more classes ({num_classes}) than batch slots (batch_size {batch_size}): every class needs "
+                        f"at least one slot; set batch_size >= {num_classes} or featurize with fewer classes")
+    if batch_size % num_classes:
+        raise UserError(f"batch_size {batch_size} is not a multiple of the {num_classes} classes (B = C x b); "
+                        f"use {batch_size - batch_size % num_classes} or {batch_size - batch_size % num_classes + num_classes}")
+    return batch_size // num_classes
+
+
+def check_batch(static, per_class: int, pool_size: int, processes: int) -> int:
+    """B = C x b, refused when it cannot be filled or split (before any training)."""
+    batch = static.num_classes * per_class
+    if pool_size < batch:
+        raise UserError(f"the pool has {pool_size} instructions, fewer than one batch of {batch} "
+                        f"({static.num_classes} classes x per_class {per_class}); lower per_class or the number of classes")
+    if batch < processes:
+        raise UserError(f"a batch of {batch} ({static.num_classes} classes x per_class {per_class}) has fewer slots "
+                        f"than the {processes} processes; raise per_class")
+    return batch
+
+
+@dataclass
+class EpisodeResult:
+    p0: float
+    final_p: float
+    steps: list[int] = field(default_factory=list)      # steps after which P was measured
+    perf: list[float] = field(default_factory=list)     # P at those steps
+    losses: list[float] = field(default_factory=list)   # training loss of every step
+    time: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIME_KEYS, 0.0))
+
+    @property
+    def ret(self) -> float:
+        return self.final_p - self.p0
+
+
+def share_from_main(accelerator, obj):
+    """`obj` from the main process on every process."""
+    if accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj])[0]
+
+
+def run_episode(
+    trainer: LMTrainer,
+    validator: Validator,
+    policy,
+    pool: Pool,
+    steps: int,
+    select_every: int,
+    explore: bool,
+    generator: torch.Generator,
+    p0: float,
+    where: str,
+    on_step: Callable[[dict, dict], None],
+    buffer=None,
+) -> EpisodeResult:
+    """Train `steps` updates from the trainer's current model; `buffer` gets the PPO transitions.
+
+    `on_step(metrics, selection)` receives each step's metrics line and selection line.
+    `where` names the episode in errors ("round 3").
+    """
+    acc = trainer.accelerator
+    n = len(pool)
+    batch_size = policy.batch_size
+    classes = policy.static.classes
+    counts = torch.zeros(n, dtype=torch.int64)
+    result = EpisodeResult(p0=p0, final_p=p0)
+    p_prev = p0
+    bar = tqdm(range(1, steps + 1), desc=where, leave=False, disable=not acc.is_main_process)
+    for t in bar:
+        timing = dict.fromkeys(TIME_KEYS, 0.0)
+        from_policy = (t - 1) % select_every == 0
+        start = time.perf_counter()
+        choice = None
+        if acc.is_main_process:
+            if from_policy:
+                action = policy.act(p_prev, t / steps, counts, explore=explore, generator=generator)
+                choice = (action.indices.tolist(), action.scores.tolist(), action.log_prob, action.value)
+            else:
+                choice = (torch.randperm(n, generator=generator)[:batch_size].tolist(), [None] * batch_size, None, None)
+        indices, scores, log_prob, value = share_from_main(acc, choice)
+        chosen = torch.tensor(indices, dtype=torch.int64)
+        counts += torch.bincount(chosen, minlength=n)
+        if buffer is not None:
+            if from_policy:
+                # The reward is added when P is next measured (end of this interval).
+                buffer.add(p_prev, t / steps, chosen, log_prob, value, 0.0)
+            else:
+                buffer.add_counted(chosen)
+        timing["scoring"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        loss = trainer.step(indices)
+        timing["train"] = time.perf_counter() - start
+        result.losses.append(loss)
+
+        perf = reward = None
+        if t % select_every == 0 or t == steps:
+            start = time.perf_counter()
+            perf = validator(trainer.model)
+            timing["reward"] = time.perf_counter() - start
+            if perf != perf or perf in (float("inf"), float("-inf")):
+                raise UserError(f"{where}, step {t}: validation performance P is {perf}, so the reward is not a number; "
+                                "lower the learning rate or check the validation set and metric")
+            reward = perf - p_prev
+            if buffer is not None:
+                buffer.add_reward(reward)
+            p_prev = perf
+            result.steps.append(t)
+            result.perf.append(perf)
+            bar.set_postfix(P=f"{perf:.4f}", loss=f"{loss:.3f}")
+        for key in TIME_KEYS:
+            result.time[key] += timing[key]
+        metrics = {"kind": "step", "step": t, "steps": steps, "P": perf, "reward": reward, "loss": loss,
+                   "policy": from_policy, "time": timing}
+        selection = {"step": t, "ids": [pool.examples[i].id for i in indices], "indices": indices, "scores": scores,
+                     "classes": classes[chosen].tolist(), "random": not from_policy}
+        on_step(metrics, selection)
+    result.final_p = p_prev
+    return result

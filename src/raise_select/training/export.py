@@ -1,0 +1,130 @@
+"""Export the instructions a run chose, in the pool's own format (`raise-select select`).
+
+Reads a run's selection log (`selections.jsonl`, one line per step: `step`, `ids`,
+`indices`, `scores`, `classes`, `random`) and writes every chosen instruction once, as a
+record of the pool's format (`data.pools.to_format`) with two extra fields:
+`times_selected` (how many steps chose it) and `steps` (which ones, ascending). Records
+come in the order they were first chosen. A `.jsonl` output gets one record per line, a
+`.json` output one array. If a step appears twice in the log (a resumed run redid it),
+the later line wins.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.pools import FORMATS, Pool, to_format
+from ..errors import UserError, where
+from ..io import atomic_path
+
+SELECTIONS_FILE = "selections.jsonl"
+OUTPUT_SUFFIXES = (".json", ".jsonl")
+
+
+@dataclass
+class ExportSummary:
+    """What `export_chosen` wrote."""
+
+    out: Path
+    steps: int          # steps read from the log (after keeping the last line of a redone step)
+    chosen: int         # distinct instructions written
+    selections: int     # (step, instruction) pairs, i.e. the sum of times_selected
+    random_steps: int   # steps chosen uniformly at random (appendix F) that were included or skipped
+    skipped_random: bool
+
+
+def selections_path(run: str | Path) -> Path:
+    """The selection log of a run folder, or `run` itself when it is the log."""
+    run = Path(run)
+    path = run / SELECTIONS_FILE if run.is_dir() else run
+    if not path.is_file():
+        raise UserError(f"{path}: no selection log here; give a run folder written by "
+                        f"`raise-select finetune` or `train-policy`, or its {SELECTIONS_FILE}")
+    return path
+
+
+def read_selections(path: str | Path) -> list[dict]:
+    """The log's lines by step (ascending); a redone step keeps its last line."""
+    path = Path(path)
+    by_step: dict[int, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for row, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where(str(path), row)}: malformed JSON line ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise UserError(f"{where(str(path), row)}: expected an object")
+            for fld, kind in (("step", int), ("ids", list)):
+                if not isinstance(rec.get(fld), kind) or isinstance(rec.get(fld), bool):
+                    raise UserError(f"{where(str(path), row, fld)}: missing or not a{'n integer' if kind is int else ' list'}")
+            if not all(isinstance(i, str) for i in rec["ids"]):
+                raise UserError(f"{where(str(path), row, 'ids')}: expected a list of example ids (strings)")
+            rec["_row"] = row
+            by_step[rec["step"]] = rec
+    if not by_step:
+        raise UserError(f"{path}: the selection log is empty")
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def chosen_steps(selections: list[dict], include_random: bool = True) -> dict[str, list[int]]:
+    """Example id -> the steps that chose it, in order of first choice."""
+    out: dict[str, list[int]] = {}
+    for rec in selections:
+        if rec.get("random") and not include_random:
+            continue
+        for ex_id in rec["ids"]:
+            out.setdefault(ex_id, []).append(rec["step"])
+    return out
+
+
+def export_chosen(
+    pool: Pool,
+    selections: str | Path,
+    out: str | Path,
+    fmt: str | None = None,
+    include_random: bool = True,
+) -> ExportSummary:
+    """Write the instructions chosen in the log `selections` (a file or run folder) to `out`.
+
+    `fmt` is the output format (default: the pool's own). Steps chosen uniformly at
+    random (`"random": true`, between policy steps) count unless `include_random` is off.
+    """
+    out = Path(out)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"{out}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
+    fmt = fmt or pool.format
+    if fmt not in FORMATS:
+        raise UserError(f"unknown output format '{fmt}'; available: {', '.join(FORMATS)}")
+    path = selections_path(selections)
+    log = read_selections(path)
+    steps = chosen_steps(log, include_random)
+    by_id = {e.id: e for e in pool.examples}
+    for rec in log:
+        missing = [i for i in rec["ids"] if i not in by_id]
+        if missing:
+            raise UserError(f"{where(str(path), rec['_row'], 'ids')}: example {missing[0]} is not in the pool "
+                            f"({pool.sources[0] if pool.sources else 'given'}); pass the pool the run used with --pool")
+    records = []
+    for ex_id, chosen_at in steps.items():
+        rec = to_format(by_id[ex_id], fmt)
+        rec["times_selected"] = len(chosen_at)
+        rec["steps"] = chosen_at
+        records.append(rec)
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".jsonl":
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        else:
+            tmp.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return ExportSummary(
+        out=out,
+        steps=len(log),
+        chosen=len(records),
+        selections=sum(len(s) for s in steps.values()),
+        random_steps=sum(bool(r.get("random")) for r in log),
+        skipped_random=not include_random,
+    )

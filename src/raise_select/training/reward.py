@@ -1,0 +1,185 @@
+"""The performance P(M) of a model on the validation set, whose step-to-step change is the
+RAISE reward R_t = P(M_t) - P(M_{t-1}) (section 3.2).
+
+Metrics:
+- `neg_loss` (default, appendix A.2): minus the mean, over validation examples, of each
+  example's mean cross-entropy on its response tokens (+ EOS). Every example weighs the
+  same whatever its length, and the value does not depend on the batch size.
+- `accuracy`: greedy generation, then exact match of the normalised final answer (see
+  `final_answer`): the text after the last `####` (GSM8K), else after the last
+  "answer is", else the last non-empty line; lower-cased, `$`, thousands commas, a
+  trailing period and repeated spaces removed. Meant for short-answer sets; anything
+  finer belongs in a user metric.
+- `module:function`: a user function `(model, tokenizer, examples) -> float`.
+
+Multi-process: built-in metrics score each process's share of the examples and sum the
+totals across processes; a user metric runs on the main process and its value is sent to
+the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..data.pools import Example
+from ..errors import UserError
+from .loop import IGNORE_INDEX, Encoded, collate, encode_example
+
+BUILTIN_METRICS = ("neg_loss", "accuracy")
+
+
+def resolve_metric(spec: str) -> Callable | None:
+    """None for a built-in metric, else the user function named `module:function`."""
+    if spec in BUILTIN_METRICS:
+        return None
+    if ":" not in spec:
+        raise UserError(f"unknown metric '{spec}'; use {', '.join(BUILTIN_METRICS)} or module:function")
+    module_name, fn_name = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"metric '{spec}': cannot import module '{module_name}' ({e})") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise UserError(f"metric '{spec}': module '{module_name}' has no function '{fn_name}'")
+    return fn
+
+
+_NUMBER_COMMA = re.compile(r"(?<=\d),(?=\d{3})")
+
+
+def final_answer(text: str) -> str:
+    """The normalised final answer of a response (see the module doc)."""
+    if "####" in text:
+        text = text.rsplit("####", 1)[1]
+    else:
+        m = list(re.finditer(r"answer is[:\s]*", text, flags=re.IGNORECASE))
+        if m:
+            text = text[m[-1].end() :]
+        else:
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            text = lines[-1] if lines else ""
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    text = _NUMBER_COMMA.sub("", text.lower().replace("$", ""))
+    return " ".join(text.split()).rstrip(".").strip()
+
+
+class Validator:
+    """P(M) on a fixed validation set; `__call__(model)` runs without gradients in eval mode."""
+
+    def __init__(
+        self,
+        examples: list[Example],
+        tokenizer,
+        metric: str = "neg_loss",
+        max_length: int = 512,
+        template: str = "alpaca",
+        batch_size: int = 16,
+        max_new_tokens: int = 128,
+        accelerator=None,
+    ):
+        if not examples:
+            raise UserError("the validation set is empty")
+        if batch_size < 1:
+            raise UserError(f"validation batch size must be at least 1, got {batch_size}")
+        self.examples = examples
+        self.tokenizer = tokenizer
+        self.metric = metric
+        self.user_fn = resolve_metric(metric)
+        self.template = template
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.accelerator = accelerator
+        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+        self._mine = list(range(rank, len(examples), world))
+        self._encoded = {i: encode_example(examples[i], tokenizer, template, max_length) for i in self._mine} if self.user_fn is None else {}
+
+    def __call__(self, model) -> float:
+        acc = self.accelerator
+        # The bare model: evaluation needs no DDP collectives, and processes may hold unequal shares.
+        model = acc.unwrap_model(model) if acc is not None else model
+        if self.user_fn is not None:
+            value = None
+            if acc is None or acc.is_main_process:
+                value = float(self._with_eval(model, self._user))
+            if acc is not None and acc.num_processes > 1:
+                from accelerate.utils import broadcast_object_list
+
+                value = broadcast_object_list([value])[0]
+            return value
+        scorer = self._neg_loss_sums if self.metric == "neg_loss" else self._accuracy_sums
+        total, count = self._with_eval(model, scorer)
+        if acc is not None and acc.num_processes > 1:
+            t = acc.reduce(torch.tensor([total, count], dtype=torch.float64, device=acc.device), reduction="sum")
+            total, count = float(t[0]), float(t[1])
+        return total / count
+
+    @staticmethod
+    def _with_eval(model, fn):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return fn(model)
+        finally:
+            model.train(was_training)
+
+    def _user(self, model) -> float:
+        return self.user_fn(model, self.tokenizer, self.examples)
+
+    def _batches(self):
+        for i in range(0, len(self._mine), self.batch_size):
+            yield [self._encoded[j] for j in self._mine[i : i + self.batch_size]]
+
+    def _neg_loss_sums(self, model) -> tuple[float, float]:
+        """(sum over my examples of -mean response-token loss, number of examples)."""
+        device = next(model.parameters()).device
+        total = 0.0
+        for items in self._batches():
+            batch = {k: v.to(device) for k, v in collate(items, self.tokenizer.pad_token_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"][:, 1:]
+            tok_loss = F.cross_entropy(
+                logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+            )
+            n_tok = (labels != IGNORE_INDEX).sum(dim=1)
+            total -= float((tok_loss.sum(dim=1) / n_tok).sum())
+        return total, float(len(self._mine))
+
+    def _accuracy_sums(self, model) -> tuple[float, float]:
+        """(number of my examples whose greedy answer matches, number of examples)."""
+        device = next(model.parameters()).device
+        correct = 0
+        for start in range(0, len(self._mine), self.batch_size):
+            chunk = self._mine[start : start + self.batch_size]
+            prompts = []
+            for j in chunk:
+                enc = self._encoded[j]
+                n_prompt = sum(1 for x in enc.labels if x == IGNORE_INDEX)
+                prompts.append(Encoded(enc.input_ids[:n_prompt], enc.labels[:n_prompt]))
+            batch = collate(prompts, self.tokenizer.pad_token_id, padding_side="left")
+            out = model.generate(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+            texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            for j, text in zip(chunk, texts):
+                correct += int(final_answer(text) == final_answer(self.examples[j].response))
+        return float(correct), float(len(self._mine))
+
+
+def check_finite(value: float, where: str) -> float:
+    if not math.isfinite(value):
+        raise UserError(f"validation performance is {value} at {where}; check the validation set and the learning rate")
+    return value

@@ -1,0 +1,214 @@
+"""The run folder of `train-policy` and `finetune`, and round checkpoints for resuming.
+
+    <out>/config.yaml              resolved config
+    <out>/run.log                  log
+    <out>/metrics.jsonl            one line per step ("kind": "step") and per round ("kind": "round")
+    <out>/policy/                  RaisePolicy.save after every finished round
+    <out>/selections/round_<k>.jsonl  per-step selections of round k (train-policy)
+    <out>/selections.jsonl         per-step selections (finetune)
+    <out>/plots/*.png              P over steps per round, return over rounds
+    <out>/checkpoint/round_<k>/    policy + critic + optimizers + RNG states after round k
+    <out>/checkpoint/latest.json   the last finished round (written last: the commit point)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+
+from ..errors import UserError
+from ..io import append_jsonl, atomic_path, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Python, NumPy, torch and the selection generator's states (plain types, loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["generator"])
+
+
+class RunFolder:
+    """Writes a run's files; only the main process writes (the others get `enabled=False`)."""
+
+    def __init__(self, out: str | Path, enabled: bool = True, tensorboard: bool = False):
+        self.out = Path(out)
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+
+    # ------------------------------------------------------------ config
+
+    def check_config(self, config: dict, may_differ: tuple[str, ...]) -> None:
+        """Refuse to resume into a folder whose saved config differs in a field that changes results."""
+        path = self.out / "config.yaml"
+        if not (path.is_file() and self.latest_round() > 0):
+            return
+        saved = yaml.safe_load(path.read_text()) or {}
+        changed = sorted(k for k in set(saved) | set(config) if k not in may_differ and saved.get(k) != config.get(k))
+        if changed:
+            raise UserError(
+                f"{path}: this run folder holds a run with different settings ({', '.join(changed)}); "
+                "use a new --out, or the same settings to resume"
+            )
+
+    def write_config(self, config: dict) -> None:
+        if self.enabled:
+            write_text_atomic(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    # ------------------------------------------------------------ metrics and selections
+
+    def metric(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        append_jsonl(self.out / "metrics.jsonl", record)
+        if self._tb is not None:
+            if record["kind"] == "step":
+                x = record["round"] * record["steps"] + record["step"]
+                for key in ("P", "reward", "loss"):
+                    if record.get(key) is not None:
+                        self._tb.add_scalar(f"step/{key}", record[key], x)
+            else:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key not in ("round", "kind"):
+                        self._tb.add_scalar(f"round/{key}", value, record["round"])
+            self._tb.flush()
+
+    def read_metrics(self) -> list[dict]:
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def truncate_metrics(self, rounds_done: int) -> None:
+        """Drop lines of a round that did not finish (a crash mid-round), keeping finished rounds."""
+        if not self.enabled:
+            return
+        kept = [r for r in self.read_metrics() if r.get("round", 0) < rounds_done]
+        write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+
+    def selection_writer(self, name: str) -> Callable[[dict], None]:
+        """A fresh selections file (an unfinished earlier attempt is replaced); returns the line writer."""
+        path = self.out / name
+        if self.enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("", encoding="utf-8")
+        return lambda record: append_jsonl(path, record) if self.enabled else None
+
+    # ------------------------------------------------------------ checkpoints
+
+    def latest_round(self) -> int:
+        path = self.out / "checkpoint" / "latest.json"
+        return int(json.loads(path.read_text())["rounds_done"]) if path.is_file() else 0
+
+    def save_checkpoint(self, rounds_done: int, save_policy: Callable[[Path], None], state: dict) -> None:
+        """Policy files + `state.pt` in a new folder, then `latest.json` points at it (atomic commit)."""
+        if not self.enabled:
+            return
+        root = self.out / "checkpoint"
+        folder = root / f"round_{rounds_done:04d}"
+        shutil.rmtree(folder, ignore_errors=True)
+        save_policy(folder / "policy")
+        with atomic_path(folder / "state.pt") as tmp:
+            torch.save(state, tmp)
+        write_json_atomic(root / "latest.json", {"rounds_done": rounds_done, "folder": folder.name})
+        for old in root.glob("round_*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self) -> tuple[Path, dict] | None:
+        """(policy folder, state) of the last finished round, or None for a fresh run."""
+        latest = self.out / "checkpoint" / "latest.json"
+        if not latest.is_file():
+            return None
+        folder = self.out / "checkpoint" / json.loads(latest.read_text())["folder"]
+        try:
+            state = torch.load(folder / "state.pt", weights_only=True)
+        except (OSError, RuntimeError) as e:
+            raise UserError(f"{folder / 'state.pt'}: cannot read the checkpoint ({e}); use a new --out") from None
+        return folder / "policy", state
+
+    def save_policy(self, save_policy: Callable[[Path], None]) -> None:
+        """`<out>/policy/` replaced as a whole: written beside it, then swapped in."""
+        if not self.enabled:
+            return
+        target = self.out / "policy"
+        tmp = self.out / ".policy.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_policy(tmp)
+        old = self.out / ".policy.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------ plots
+
+    def plot(self, rounds: list[dict[str, Any]]) -> None:
+        """`plots/performance.png` (P over steps, one line per round) and `plots/return.png`."""
+        if not self.enabled or not rounds:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        (self.out / "plots").mkdir(exist_ok=True)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        cmap = plt.get_cmap("viridis")
+        for k, r in enumerate(rounds):
+            ax.plot(r["steps"], r["P"], color=cmap(k / max(len(rounds) - 1, 1)), label=f"round {r['round']}")
+        ax.set_xlabel("step t")
+        ax.set_ylabel("P(M_t)")
+        ax.set_title("validation performance per round")
+        if len(rounds) <= 10:
+            ax.legend(fontsize=7)
+        self._save_fig(fig, "performance.png")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["round"] for r in rounds], [r["return"] for r in rounds], marker="o")
+        ax.set_xlabel("round")
+        ax.set_ylabel("return = P(M_T) - P(M_0)")
+        ax.set_title("return over rounds")
+        self._save_fig(fig, "return.png")
+
+    def _save_fig(self, fig, name: str) -> None:
+        import matplotlib.pyplot as plt
+
+        with atomic_path(self.out / "plots" / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
