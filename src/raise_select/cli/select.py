@@ -1,0 +1,75 @@
+"""`raise-select select`: export the instructions a run chose, in the pool's own format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import ConfigOption, SetOption, handle_errors
+
+ORDER = 40
+
+
+@dataclass
+class SelectConfig:
+    """Export a run's chosen instructions."""
+
+    run: str = ""                 # run folder of finetune/train-policy, or its selections.jsonl
+    out: str = ""                 # output file: chosen.jsonl (one record per line) or chosen.json (an array)
+    pool: Optional[str] = None    # pool the run used; default: `pool` in the run's config.yaml
+    format: Optional[str] = None  # output format (alpaca, sharegpt, messages); default: the pool's own
+    include_random: bool = True   # count the steps chosen at random between policy steps (--select-every)
+
+
+def run_pool(cfg: SelectConfig) -> str:
+    """The pool to read: `--pool`, else the one named in the run folder's config."""
+    import yaml
+
+    from ..errors import UserError
+
+    if cfg.pool:
+        return cfg.pool
+    run = Path(cfg.run).resolve()
+    # A run folder, its selections.jsonl, or train-policy's selections/round_<k>.jsonl.
+    candidates = [run / "config.yaml"] if run.is_dir() else [run.parent / "config.yaml", run.parent.parent / "config.yaml"]
+    config = next((c for c in candidates if c.is_file()), None)
+    if config is None:
+        raise UserError(f"{cfg.run}: no config.yaml naming the run's pool; pass --pool")
+    pool = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("pool")
+    if not pool:
+        raise UserError(f"{config}, field 'pool': missing; pass --pool")
+    return str(pool)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("select")
+    @handle_errors
+    def select(
+        run: Optional[str] = typer.Option(None, "--run", help="Run folder written by finetune or train-policy (or its selections.jsonl)."),
+        out: Optional[str] = typer.Option(None, "--out", help="Output file: .jsonl (one record per line) or .json (an array)."),
+        pool: Optional[str] = typer.Option(None, "--pool", help="Pool the run used (default: the pool in the run's config.yaml)."),
+        fmt: Optional[str] = typer.Option(None, "--format", help="Output format: alpaca, sharegpt or messages (default: the pool's)."),
+        include_random: Optional[bool] = typer.Option(
+            None, "--include-random/--policy-only",
+            help="Count the random batches between policy steps (--select-every > 1); on by default."),
+        config: Optional[Path] = ConfigOption,
+        overrides: Optional[List[str]] = SetOption,
+    ) -> None:
+        """Export the instructions a run chose, with how many times and at which steps each was chosen."""
+        from ..config import resolve
+        from ..data.pools import load_pool
+        from ..errors import UserError
+        from ..training.export import export_chosen, selections_path
+
+        cfg = resolve(SelectConfig, "select", config, overrides,
+                      {"run": run, "out": out, "pool": pool, "format": fmt, "include_random": include_random})
+        missing = [f"--{k}" for k in ("run", "out") if not getattr(cfg, k)]
+        if missing:
+            raise UserError(f"missing required setting(s): {', '.join(missing)}")
+        selections_path(cfg.run)  # a missing log is the first thing to report
+        summary = export_chosen(load_pool(run_pool(cfg)), cfg.run, cfg.out, cfg.format, cfg.include_random)
+        typer.echo(f"wrote {summary.chosen} instructions chosen {summary.selections} times over {summary.steps} steps "
+                   f"to {summary.out}" + (f" ({summary.random_steps} random steps left out)" if summary.skipped_random and summary.random_steps else ""))
