@@ -1,0 +1,30 @@
+"""The selection methods by name: `BASELINES["ifd"]` is the method's class (a dataclass whose
+fields are its options); `make_baseline` builds one from an options dict."""
+
+from __future__ import annotations
+
+from .alpagasus import AlpaGasus
+from .base import Baseline
+from .deita import Deita
+from .full import FullData
+from .ifd import IFD
+from .less import LESS
+from .rand import RandomSubset
+from .sspl import SSPL
+from ..config import from_dict
+from ..errors import UserError
+
+BASELINES: dict[str, type] = {cls.name: cls for cls in (FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS)}
+
+
+def get_baseline_class(name: str) -> type:
+    """The class registered as `name`, or a `UserError` listing what exists."""
+    try:
+        return BASELINES[name]
+    except KeyError:
+        raise UserError(f"unknown method '{name}'; available: {', '.join(BASELINES)}") from None
+
+
+def make_baseline(name: str, options: dict | None = None, source: str = "config") -> Baseline:
+    """An instance of method `name` with `options` (unknown option names are refused)."""
+    return from_dict(get_baseline_class(name), options or {}, f"{source}: method '{name}'")
