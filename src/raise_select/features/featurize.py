@@ -1,0 +1,331 @@
+"""Pipeline step 1: featurize a pool with an auxiliary causal LM.
+
+For every example d = (x, y) this computes the difficulty state of eq. 3 (len(x), len(y),
+log P(y|x), log P(y), token means and sums), the IFD ratio PPL(y|x) / PPL(y), the semantic
+state of eq. 4 (`semantic`) and a K-means class for the diversity constraint, and writes
+a `FeatureTable` (`features.parquet` + `meta.json`) to the output folder.
+
+The pool is cut into shards of `shard_size` examples that are scored and written one by
+one (`shards`), so memory stays flat in the pool size and an interrupted run resumes
+from the shards on disk. Under `accelerate launch` (or `torchrun`) shard k goes to
+process k mod num_processes; every process writes its own shard files and the main
+process reduces the embeddings, runs K-means over all shards and writes the table.
+
+Reuse: the output's fingerprint covers the model's files, the template, max length, the
+embedding settings, dtype, classes, seed and the pool's ids; an output folder holding the
+same fingerprint is returned as is, anything else is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.pools import Pool, load_pool
+from ..data.templates import TEMPLATES
+from ..errors import UserError
+from ..io import fingerprint
+from .scoring import ResponseScorer, encode_examples, start_token_id
+from .semantic import SEM_POOLS, PCA_FIT_ROWS, adaptive_pool, encode_texts, example_text, fit_pca, kmeans_classes, load_sentence_encoder
+from .shards import SHARD_GLOB, Shard, shard_path
+from .table import FeatureTable
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the computation changes, so old outputs are recomputed
+
+
+@dataclass
+class FeaturizeConfig:
+    pool: Optional[str] = None         # pool file, folder or `datasets` name
+    format: Optional[str] = None       # alpaca | sharegpt | messages; None detects it
+    limit: Optional[int] = None        # featurize only the first N examples of the pool
+    model: Optional[str] = None        # auxiliary causal LM: hub id or local folder
+    out: Optional[str] = None          # output folder (features.parquet, meta.json, shards/)
+    template: str = "alpaca"           # prompt template: alpaca | chat (the tokenizer's)
+    max_length: int = 512              # tokens of [start] + prompt + response; the prompt is cut first
+    batch_size: int = 32               # token sequences per forward pass (two per example)
+    sem_dim: int = 32                  # d_sem, size of the semantic state (paper: 32)
+    sem_pool: str = "mean"             # mean: adaptive average pooling of E(d); pca: scikit-learn PCA
+    embed_model: Optional[str] = None  # sentence-transformers model for E(d) instead of the LM's hidden states
+    classes: int = 8                   # C, K-means classes for the diversity constraint
+    seed: int = 0                      # seeds K-means and the PCA sample
+    shard_size: int = 2048             # examples per shard file (a crash loses at most one)
+    trust_remote_code: bool = False    # run code shipped with a hub model (off unless asked for)
+    dtype: str = "float32"             # float32 | bfloat16 | float16 | auto
+    device: Optional[str] = None       # cpu, cuda, cuda:1, ...; None: this process's accelerate device
+
+    def validate(self) -> None:
+        for name in ("pool", "model", "out"):
+            if not getattr(self, name):
+                raise UserError(f"featurize needs --{name} (or featurize.{name} in the config)")
+        if self.template not in TEMPLATES:
+            raise UserError(f"unknown template '{self.template}'; available: {', '.join(TEMPLATES)}")
+        if self.sem_pool not in SEM_POOLS:
+            raise UserError(f"unknown --sem-pool '{self.sem_pool}'; available: {', '.join(SEM_POOLS)}")
+        for name, low in (("max_length", 2), ("batch_size", 1), ("sem_dim", 1), ("classes", 1), ("shard_size", 1)):
+            if getattr(self, name) < low:
+                raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+
+
+# ---------------------------------------------------------------- fingerprints
+
+def _hash_folder(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(str(f.relative_to(folder)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """Content hash of a local model folder, or the hub id with its cached revision."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return _hash_folder(path)
+    if path.exists() or str(name_or_path).startswith((".", "/", "~")):
+        raise UserError(f"{name_or_path}: model folder not found")
+    revision = None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(name_or_path), "config.json")
+        if isinstance(cached, str):
+            revision = Path(cached).parent.name  # .../snapshots/<commit>/config.json
+    except Exception:  # not a valid repo id, or no cache: the id alone identifies it
+        revision = None
+    return f"{name_or_path}@{revision or 'unknown'}"
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in ("raise-select", "torch", "transformers", "accelerate", "scikit-learn", "pyarrow", "sentence-transformers"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+# ---------------------------------------------------------------- the run
+
+def process_state(device: str | None = None):
+    """This process's rank among those `accelerate launch` / `torchrun` started.
+
+    On a machine without CUDA (or with `--device cpu`) the processes talk over gloo.
+    """
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=(device or "").startswith("cpu") or not torch.cuda.is_available())
+
+
+def featurize(
+    cfg: FeaturizeConfig,
+    pool: Pool | None = None,
+    after_shard: Callable[[int], None] | None = None,
+) -> FeatureTable:
+    """Featurize `pool` (or `cfg.pool`) into `cfg.out`; reuse or resume what is there.
+
+    `after_shard(k)` is called after shard k is written (progress hooks, tests).
+    Every process of a distributed launch calls this; all return the finished table.
+    """
+    cfg.validate()
+    if pool is None:
+        pool = load_pool(cfg.pool, cfg.format, limit=cfg.limit)
+    state = process_state(cfg.device)
+    out = Path(cfg.out)
+
+    inputs = {
+        "version": FORMAT_VERSION,
+        "model": model_fingerprint(cfg.model),
+        "embed_model": model_fingerprint(cfg.embed_model) if cfg.embed_model else None,
+        "template": cfg.template,
+        "max_length": cfg.max_length,
+        "sem_pool": cfg.sem_pool,
+        # PCA shards keep the full embedding, so d_sem matters to them only through the end step.
+        "shard_sem_dim": cfg.sem_dim if cfg.sem_pool == "mean" else None,
+        "dtype": cfg.dtype,
+        "pool": pool.fingerprint,
+    }
+    shard_fp = fingerprint({**inputs, "shard_size": cfg.shard_size})
+    final_fp = fingerprint({**inputs, "sem_dim": cfg.sem_dim, "classes": cfg.classes, "seed": cfg.seed})
+
+    existing = _reusable(out, final_fp)
+    if existing is not None:
+        log.info("%s: features for these inputs exist (fingerprint %s); reusing them", out, final_fp[:12])
+        return existing
+
+    shard_dir = out / "shards" / shard_fp[:16]
+    if state.is_main_process:
+        _remove_stale_shards(out / "shards", keep=shard_dir)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+
+    n_shards = -(-len(pool) // cfg.shard_size)
+    mine = [k for k in range(state.process_index, n_shards, state.num_processes)]
+    todo = [k for k in mine if not shard_path(shard_dir, k).is_file()]
+    if len(todo) < len(mine):
+        log.info("resuming: %d of this process's %d shard(s) are on disk", len(mine) - len(todo), len(mine))
+    if todo:
+        _compute_shards(cfg, pool, shard_dir, todo, state, after_shard)
+    state.wait_for_everyone()
+
+    if state.is_main_process:
+        table = _merge(cfg, pool, shard_dir, n_shards, final_fp, state.num_processes)
+        table.write(out)
+        log.info("wrote %d examples to %s", len(table), out / "features.parquet")
+    state.wait_for_everyone()
+    return FeatureTable.read(out)
+
+
+def _reusable(out: Path, final_fp: str) -> FeatureTable | None:
+    if not (out / "features.parquet").is_file() or not (out / "meta.json").is_file():
+        return None
+    table = FeatureTable.read(out)
+    return table if table.meta.get("fingerprint") == final_fp else None
+
+
+def _remove_stale_shards(shards_root: Path, keep: Path) -> None:
+    """Delete shard folders of other inputs (only folders holding nothing but our shard files)."""
+    if not shards_root.is_dir():
+        return
+    for folder in shards_root.iterdir():
+        if folder == keep or not folder.is_dir():
+            continue
+        if all(f.is_file() and (f.match(SHARD_GLOB) or f.name.startswith(".shard-")) for f in folder.iterdir()):
+            log.info("inputs changed: removing old shards in %s", folder)
+            shutil.rmtree(folder)
+
+
+def _compute_shards(cfg, pool, shard_dir, todo, state, after_shard) -> None:
+    import torch
+
+    from ..models.loading import load_model_and_tokenizer
+
+    device = torch.device(cfg.device) if cfg.device else state.device
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype, device, cfg.trust_remote_code)
+    model.eval()
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos is not None and cfg.max_length > max_pos:
+        raise UserError(f"--max-length {cfg.max_length} is over the model's max_position_embeddings ({max_pos})")
+    encoder = load_sentence_encoder(cfg.embed_model, device, cfg.trust_remote_code) if cfg.embed_model else None
+    scorer = ResponseScorer(
+        model, start_token_id(tokenizer), tokenizer.pad_token_id, cfg.batch_size, device, embed=encoder is None
+    )
+    total = sum(min(cfg.shard_size, len(pool) - k * cfg.shard_size) for k in todo)
+    with tqdm(total=total, desc="featurize", unit="ex", disable=not state.is_main_process, dynamic_ncols=True) as bar:
+        for k in todo:
+            examples = pool.examples[k * cfg.shard_size:(k + 1) * cfg.shard_size]
+            _score_shard(cfg, examples, tokenizer, scorer, encoder).write(shard_path(shard_dir, k))
+            bar.update(len(examples))
+            if after_shard is not None:
+                after_shard(k)
+
+
+def _score_shard(cfg, examples, tokenizer, scorer, encoder) -> Shard:
+    encoded = encode_examples(examples, tokenizer, cfg.template, cfg.max_length)
+    keep = [i for i, e in enumerate(encoded) if e.response_ids]
+    skipped = {"response_has_no_tokens": len(encoded) - len(keep)} if len(keep) < len(encoded) else {}
+    examples = [examples[i] for i in keep]
+    encoded = [encoded[i] for i in keep]
+    scores = scorer.score(encoded)
+    vectors = scores.embedding if encoder is None else encode_texts(encoder, [example_text(e) for e in examples], cfg.batch_size)
+    if cfg.sem_pool == "mean":
+        vectors = adaptive_pool(vectors, cfg.sem_dim)
+    return Shard(
+        ids=[e.id for e in examples],
+        len_prompt=np.array([len(e.prompt_ids) for e in encoded], dtype=np.int64),
+        len_response=np.array([len(e.response_ids) for e in encoded], dtype=np.int64),
+        logp_cond_sum=scores.logp_cond_sum,
+        logp_uncond_sum=scores.logp_uncond_sum,
+        truncated=np.array([e.response_truncated for e in encoded], dtype=np.int64),
+        prompt_cut=np.array([e.prompt_cut for e in encoded], dtype=np.int64),
+        vectors=vectors,
+        skipped=skipped,
+    )
+
+
+def _merge(cfg, pool, shard_dir, n_shards, final_fp, num_processes) -> FeatureTable:
+    """Join the shards in pool order, reduce E(d) to d_sem, run K-means, build the table."""
+    shards = [Shard.read(shard_path(shard_dir, k), columns_only=True) for k in range(n_shards)]
+    for k, s in enumerate(shards):
+        expected = {e.id for e in pool.examples[k * cfg.shard_size:(k + 1) * cfg.shard_size]}
+        if not set(s.ids) <= expected:
+            raise UserError(f"{shard_path(shard_dir, k)}: holds examples of another pool; delete {shard_dir} and re-run")
+    cat = lambda name: np.concatenate([getattr(s, name) for s in shards])  # noqa: E731
+    ids = [i for s in shards for i in s.ids]
+    len_prompt, len_response = cat("len_prompt").astype(np.float64), cat("len_response").astype(np.float64)
+    cond_sum, uncond_sum = cat("logp_cond_sum"), cat("logp_uncond_sum")
+    logp_cond, logp_uncond = cond_sum / len_response, uncond_sum / len_response
+    columns = {
+        "len_prompt": len_prompt,
+        "len_response": len_response,
+        "logp_cond": logp_cond,
+        "logp_uncond": logp_uncond,
+        "logp_cond_sum": cond_sum,
+        "logp_uncond_sum": uncond_sum,
+        "ifd": np.exp(logp_uncond - logp_cond),  # PPL(y|x) / PPL(y)
+        "truncated": cat("truncated").astype(np.float64),
+    }
+    sem = _semantic_state(cfg, shard_dir, n_shards, len(ids))
+    cluster = kmeans_classes(sem, cfg.classes, cfg.seed)
+
+    skipped = dict(pool.skipped)
+    for s in shards:
+        for reason, count in s.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    meta = {
+        "fingerprint": final_fp,
+        "model": cfg.model,
+        "embed_model": cfg.embed_model,
+        "template": cfg.template,
+        "max_length": cfg.max_length,
+        "dtype": cfg.dtype,
+        "sem_dim": cfg.sem_dim,
+        "sem_pool": cfg.sem_pool,
+        "sem_source": "sentence-transformers" if cfg.embed_model else "lm-last-hidden-mean-over-response",
+        "classes": cfg.classes,
+        "seed": cfg.seed,
+        "unconditional_prefix": "bos (eos when the tokenizer has no bos)",
+        "pool": {"spec": str(cfg.pool), "format": pool.format, "sources": pool.sources, "fingerprint": pool.fingerprint},
+        "counts": {
+            "pool_examples": len(pool),
+            "examples": len(ids),
+            "skipped": skipped,
+            "duplicates": pool.duplicates,
+            "truncated_responses": int(columns["truncated"].sum()),
+            "truncated_prompts": int((cat("prompt_cut") > 0).sum()),
+        },
+        "shards": {"count": n_shards, "size": cfg.shard_size, "processes": num_processes},
+        "config": asdict(cfg),
+        "versions": _versions(),
+    }
+    return FeatureTable(ids=ids, columns=columns, sem=sem, cluster=cluster, meta=meta)
+
+
+def _semantic_state(cfg, shard_dir: Path, n_shards: int, n_rows: int) -> np.ndarray:
+    """H_sem (eq. 4): pooled shard vectors, or a PCA fitted on a seeded sample of them."""
+    paths = [shard_path(shard_dir, k) for k in range(n_shards)]
+    if cfg.sem_pool == "mean":
+        return np.concatenate([Shard.read(p).vectors for p in paths]).astype(np.float32)
+    rng = np.random.default_rng(cfg.seed)
+    take = np.sort(rng.choice(n_rows, size=min(n_rows, PCA_FIT_ROWS), replace=False))
+    sample, start = [], 0
+    for p in paths:  # one shard's full-size vectors in memory at a time
+        v = Shard.read(p).vectors
+        local = take[(take >= start) & (take < start + len(v))] - start
+        sample.append(v[local])
+        start += len(v)
+    pca = fit_pca(np.concatenate(sample), cfg.sem_dim, cfg.seed)
+    return np.concatenate([pca.transform(Shard.read(p).vectors) for p in paths]).astype(np.float32)
