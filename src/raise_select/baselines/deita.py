@@ -60,7 +60,9 @@ def _left_padded(tokenizer, texts: Sequence[str], max_length: int, device) -> di
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"  # keep the template's tail, where the score is read
     enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-    return {k: v.to(device) for k, v in enc.items()}
+    # Left padding must not shift the real tokens' positions.
+    enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return {k: v.to(device) for k, v in enc.items() if k != "token_type_ids"}
 
 
 @torch.no_grad()

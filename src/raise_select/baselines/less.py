@@ -34,7 +34,7 @@ import torch
 from ..data.pools import Example, Pool
 from ..errors import UserError
 from .base import Selection, SelectionContext, top_k
-from .lm import collate, encode_example
+from .lm import encoded_batch
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,6 @@ class LESS:
         per_epoch = math.ceil(len(examples) / self.warmup_batch_size)
         total = per_epoch * self.warmup_epochs
         sched = get_linear_schedule_with_warmup(opt, math.ceil(self.warmup_ratio * total), total)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         device = next(model.parameters()).device
         checkpoints = []
         model.train()
@@ -180,7 +179,8 @@ class LESS:
             lrs = []
             order = rng.permutation(len(examples))
             for s in tqdm(range(0, len(order), self.warmup_batch_size), desc=f"less warm-up epoch {epoch + 1}", unit="step"):
-                batch = collate([encode_example(examples[i], tok, ctx.template, ctx.max_length) for i in order[s:s + self.warmup_batch_size]], pad, device)
+                rows = order[s:s + self.warmup_batch_size]
+                batch = encoded_batch([examples[i] for i in rows], tok, ctx.template, ctx.max_length, device)
                 lrs.append(sched.get_last_lr()[0])
                 model(**batch).loss.backward()
                 opt.step()
@@ -202,11 +202,10 @@ class LESS:
         from tqdm.auto import tqdm
 
         params = [p for p in model.parameters() if p.requires_grad]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         device = next(model.parameters()).device
         out, pending = [], []
         for e in tqdm(examples, desc=desc, unit="ex"):
-            batch = collate([encode_example(e, tok, ctx.template, ctx.max_length)], pad, device)
+            batch = encoded_batch([e], tok, ctx.template, ctx.max_length, device)
             grads = torch.autograd.grad(model(**batch).loss, params)
             g = torch.cat([x.reshape(-1) for x in grads]).float()
             if ckpt is not None:

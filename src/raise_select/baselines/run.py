@@ -1,0 +1,118 @@
+"""One baseline job: select from a pool at a budget, write `selection.json`, and optionally
+train the target model on the selection at matched update steps (`raise-select baseline`;
+the study calls `run_baseline` for every static method)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..config import parse_overrides, read_yaml
+from ..errors import UserError
+from ..io import fingerprint, write_json_atomic
+from ..training.loop import LMConfig
+from .base import SelectionContext, budget_count, matched_batches, matched_steps
+from .registry import get_baseline_class, make_baseline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BaselineConfig(LMConfig):
+    """A baseline job; the LLM training settings are those of `LMConfig`. Method options
+    live in a section named after the method (`deita: {threshold: 0.85}`, `--set deita.threshold=0.85`)."""
+
+    method: str = ""                  # selection method: full, random, ifd, deita, alpagasus, sspl, less
+    pool: str = ""                    # instruction pool: file, folder or `datasets` name
+    format: Optional[str] = None      # pool format (alpaca, sharegpt, messages); None: detected
+    limit: Optional[int] = None       # use only the first N pool examples
+    features: str = ""                # featurize output folder of this pool (ifd, sspl, deita's default embeddings)
+    model: str = ""                   # target LLM: hub id or folder (trained with --train; less, sspl loss=target)
+    val: str = ""                     # validation set for less: a named set (gsm8k, ...) or a pool file/folder
+    data_dir: Optional[str] = None    # folder of the named validation sets' original files
+    val_size: Optional[int] = None    # use at most this many validation examples
+    out: str = ""                     # output folder: selection.json, cache/, model/, baseline.log
+    budget: float = 0.01              # fraction of the pool (< 1) or number of examples (>= 1)
+    batch_size: int = 8               # training batch size B
+    epochs: int = 3                   # static subsets are trained this many epochs (paper section 4.2)
+    steps: Optional[int] = None       # update steps; None: ceil(epochs x budget / B), matched across methods
+    train: bool = False               # also train the target model on the selection and save it to out/model
+    device: Optional[str] = None      # torch device of the selection passes; None: cuda when available
+
+
+def method_options(method: str, config_path: str | Path | None, overrides: list[str] | None) -> dict:
+    """The method's own section of the YAML file, then `--set <method>.<key>=value` overrides."""
+    options: dict = {}
+    if config_path is not None:
+        section = read_yaml(config_path).get(method)
+        if isinstance(section, dict):
+            options.update(section)
+    section = parse_overrides(overrides).get(method)
+    if isinstance(section, dict):
+        options.update(section)
+    return options
+
+
+def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
+    """Select (or reuse an identical earlier selection), write `selection.json`, train if asked.
+    Returns the written selection record."""
+    from ..data.pools import load_pool
+    from ..data.validation import load_validation
+    from ..features.table import FeatureTable
+    from ..training.episode import lm_config
+
+    missing = [f"--{n}" for n in ("method", "pool", "out") if not getattr(cfg, n)]
+    if missing:
+        raise UserError(f"missing required setting(s): {', '.join(missing)}")
+    cls = get_baseline_class(cfg.method)
+    method = make_baseline(cfg.method, options)
+    if cfg.train and not cfg.model:
+        raise UserError("--train needs the target model: pass --model")
+    out = Path(cfg.out)
+    pool = load_pool(cfg.pool, fmt=cfg.format, limit=cfg.limit)
+    k = budget_count(cfg.budget, len(pool))
+    key = fingerprint({"method": cfg.method, "options": asdict(method), "pool": pool.fingerprint, "budget": k,
+                       "features": cfg.features, "model": cfg.model, "val": cfg.val, "val_size": cfg.val_size,
+                       "seed": cfg.seed, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "steps": cfg.steps,
+                       "template": cfg.template, "max_length": cfg.max_length})
+    sel_path = out / "selection.json"
+    record = json.loads(sel_path.read_text()) if sel_path.is_file() else None
+    if record is not None and record.get("fingerprint") == key:
+        log.info("%s: same settings as before; reusing the selection", sel_path)
+    else:
+        ctx = SelectionContext(
+            features=FeatureTable.read(cfg.features).align(pool.ids) if cfg.features else None,
+            model=cfg.model or None,
+            validation=load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed) if cfg.val else None,
+            seed=cfg.seed, out_dir=out, template=cfg.template, max_length=cfg.max_length,
+            batch_size=cfg.batch_size, epochs=cfg.epochs, steps=cfg.steps, device=cfg.device,
+        )
+        sel = method.select(pool, k, ctx)
+        # Static subsets train `epochs` passes over the budget (the whole pool for `full`);
+        # schedules say their own step count.
+        steps = sel.info.get("steps") if cls.dynamic else cfg.steps or matched_steps(max(k, len(sel.indices)), cfg.batch_size, cfg.epochs)
+        record = {
+            "method": cfg.method, "options": asdict(method), "dynamic": cls.dynamic, "budget": cfg.budget,
+            "budget_count": k, "pool_size": len(pool), "batch_size": cfg.batch_size, "steps": steps,
+            "epochs": cfg.epochs, "seed": cfg.seed, "indices": sel.indices,
+            "ids": [pool.examples[i].id for i in sel.indices], "scores": sel.scores, "info": sel.info,
+            "fingerprint": key,
+        }
+        write_json_atomic(sel_path, record)
+        log.info("%s: %d rows selected (%s)", sel_path, len(sel.indices), json.dumps(sel.info, default=str)[:500])
+    if cfg.train:
+        from ..training.loop import train_on_schedule
+        from .base import Selection
+
+        model_dir = out / "model"
+        done = out / "train_done.json"
+        if done.is_file() and json.loads(done.read_text()).get("fingerprint") == key:
+            log.info("%s: already trained with these settings", model_dir)
+        else:
+            batches = matched_batches(Selection(record["indices"]), cfg.batch_size, record["steps"], cfg.seed, cls.dynamic)
+            train_on_schedule(cfg.model, pool, batches, lm_config(cfg), model_dir, record["steps"])
+            write_json_atomic(done, {"fingerprint": key, "steps": record["steps"], "model": str(model_dir)})
+    return record
