@@ -1,0 +1,268 @@
+"""Every baseline score against a slow plain reference on tiny inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raise_select.baselines import BASELINES, Selection, SelectionContext, budget_count, make_baseline, matched_batches, matched_steps
+from raise_select.baselines.deita import diversity_filter, evol_scores, expected_scores, score_texts, score_token_ids, turns
+from raise_select.baselines.ifd import ifd_scores
+from raise_select.baselines.less import RademacherProjector, adam_precondition, mean_cosine
+from raise_select.baselines.registry import get_baseline_class
+from raise_select.baselines.sspl import bucket_bounds, curriculum
+from raise_select.data.pools import Example, Pool, example_id
+from raise_select.errors import UserError
+from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
+
+
+def make_pool(n: int) -> Pool:
+    examples = []
+    for i in range(n):
+        msgs = (("user", f"What is {i} plus {i}?"), ("assistant", f"The answer is {2 * i}."))
+        examples.append(Example(id=example_id(msgs), messages=msgs, record={"instruction": msgs[0][1], "input": "", "output": msgs[1][1]}, row=i))
+    return Pool(examples=examples, format="alpaca", sources=["test"])
+
+
+def make_features(pool: Pool, logp_cond, logp_uncond, truncated=None, sem=None) -> FeatureTable:
+    n = len(pool)
+    cols = {c: np.zeros(n) for c in FEATURE_COLUMNS}
+    cols["logp_cond"] = np.asarray(logp_cond, dtype=np.float64)
+    cols["logp_uncond"] = np.asarray(logp_uncond, dtype=np.float64)
+    cols["len_response"] = np.full(n, 5.0)
+    cols["truncated"] = np.zeros(n) if truncated is None else np.asarray(truncated, dtype=np.float64)
+    sem = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32) if sem is None else sem
+    return FeatureTable(ids=pool.ids, columns=cols, sem=sem, cluster=np.zeros(n, dtype=np.int64))
+
+
+# ---------------------------------------------------------------- registry, budgets, batches
+
+def test_registry_lists_methods_on_unknown_name():
+    assert set(BASELINES) == {"full", "random", "ifd", "deita", "alpagasus", "sspl", "less"}
+    with pytest.raises(UserError, match=r"unknown method 'nope'; available: full, random, ifd, deita, alpagasus, sspl, less"):
+        get_baseline_class("nope")
+    with pytest.raises(UserError, match="unknown option"):
+        make_baseline("deita", {"treshold": 0.8})
+    assert make_baseline("deita", {"threshold": "0.8"}).threshold == 0.8
+
+
+def test_budget_and_matched_steps():
+    assert budget_count(0.01, 52002) == 520
+    assert budget_count(7, 100) == 7
+    with pytest.raises(UserError):
+        budget_count(0, 10)
+    with pytest.raises(UserError):
+        budget_count(11, 10)
+    assert matched_steps(520, 8, 3) == 195
+    assert matched_steps(10, 4, 3) == 8  # ceil(30 / 4)
+
+
+def test_static_batches_are_epochs_of_reshuffles():
+    subset = [3, 8, 1, 9, 4, 6]
+    steps = matched_steps(len(subset), 3, 3)
+    batches = matched_batches(Selection(subset), 3, steps, seed=5)
+    flat = [i for b in batches for i in b]
+    assert len(batches) == 6 and all(len(b) == 3 for b in batches)
+    for epoch in range(3):
+        assert sorted(flat[epoch * 6:(epoch + 1) * 6]) == sorted(subset)
+    assert matched_batches(Selection(subset), 3, steps, seed=5) == batches
+    assert matched_batches(Selection(subset), 3, steps, seed=6) != batches
+
+
+def test_schedule_batches_keep_order():
+    sched = list(range(12))
+    assert matched_batches(Selection(sched), 4, 3, seed=0, dynamic=True) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    with pytest.raises(UserError, match="schedule holds"):
+        matched_batches(Selection(sched), 4, 4, seed=0, dynamic=True)
+
+
+def test_random_is_seeded():
+    pool = make_pool(50)
+    method = make_baseline("random")
+    a = method.select(pool, 10, SelectionContext(seed=1)).indices
+    b = method.select(pool, 10, SelectionContext(seed=1)).indices
+    c = method.select(pool, 10, SelectionContext(seed=2)).indices
+    assert a == b and a != c
+    assert len(set(a)) == 10 and all(0 <= i < 50 for i in a)
+
+
+def test_full_takes_everything():
+    pool = make_pool(5)
+    assert make_baseline("full").select(pool, 1, SelectionContext()).indices == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------- IFD
+
+def test_ifd_against_plain_loop():
+    pool = make_pool(9)
+    logp_cond = [-1.0, -2.0, -0.5, -3.0, -0.1, -1.5, -2.5, -0.2, -1.0]
+    logp_uncond = [-2.0, -1.0, -2.5, -3.5, -0.4, -1.5, -2.0, 0.0, -4.0]
+    truncated = [0, 0, 0, 0, 0, 0, 0, 0, 1]
+    ft = make_features(pool, logp_cond, logp_uncond, truncated)
+    sel = make_baseline("ifd").select(pool, 4, SelectionContext(features=ft))
+
+    expected = []
+    for i in range(9):
+        loss_c, loss_u = -logp_cond[i], -logp_uncond[i]
+        if truncated[i] or loss_u <= 0:
+            continue
+        ratio = loss_c / loss_u
+        if ratio > 1:  # the reference's `if mean_rate > 1: continue`
+            continue
+        expected.append((ratio, i))
+    expected.sort(key=lambda t: (-t[0], t[1]))
+    assert sel.indices == [i for _, i in expected[:4]]
+    assert sel.scores == pytest.approx([r for r, _ in expected[:4]])
+    assert sel.info["dropped"] == {"truncated_or_empty": 1, "undefined": 1, "ifd_above_max": 2}
+    # Row 5 has IFD exactly 1: kept, as the reference keeps it.
+    assert 5 in sel.indices
+    assert ifd_scores(np.array([-1.0]), np.array([-4.0]))[0] == pytest.approx(0.25)
+
+
+def test_ifd_needs_features():
+    with pytest.raises(UserError, match="--features"):
+        make_baseline("ifd").select(make_pool(3), 1, SelectionContext())
+
+
+# ---------------------------------------------------------------- DEITA
+
+def test_expected_score_against_manual_softmax():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 20, generator=gen) * 3
+    ids = [7, 2, 11, 5, 19, 0]
+    got = expected_scores(logits, ids)
+    for b in range(4):
+        exps = [math.exp(float(logits[b, t])) for t in ids]
+        manual = sum((s + 1) * e for s, e in enumerate(exps)) / sum(exps)
+        assert float(got[b]) == pytest.approx(manual, rel=1e-5)
+
+
+def test_scorer_batches_with_left_padding_match_single_passes(tiny_model_dir):
+    from raise_select.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    ids = score_token_ids(tok)
+    assert len(set(ids)) == 6 and tok.convert_ids_to_tokens(ids) == list("123456")
+    texts = ["Name three colors:", "What is 12 plus 7? The answer is", "Translate to French: good morning."]
+    batched = score_texts(model, tok, texts, batch_size=3, max_length=64, desc="test")
+    for text, got in zip(texts, batched):
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**enc).logits[0, -1]
+        p = torch.softmax(logits[ids].double(), 0)
+        assert got == pytest.approx(float((p * torch.arange(1, 7, dtype=torch.double)).sum()), rel=1e-4)
+
+
+def test_diversity_filter_against_double_loop():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(6, 5))
+    emb = np.concatenate([base, base[:4] + 0.05 * rng.normal(size=(4, 5)), rng.normal(size=(10, 5))])
+    order = rng.permutation(len(emb)).tolist()
+    for threshold, budget in [(0.9, 12), (0.5, 20), (0.99, 5)]:
+        admitted, rejected = diversity_filter(emb, order, threshold, budget)
+        expected, n_rejected = [], 0
+        for i in order:
+            if len(expected) >= budget:
+                break
+            sims = [float(np.dot(emb[i], emb[j]) / (np.linalg.norm(emb[i]) * np.linalg.norm(emb[j]))) for j in expected]
+            if all(s <= threshold for s in sims):
+                expected.append(i)
+            else:
+                n_rejected += 1
+        assert admitted == expected and rejected == n_rejected
+
+
+def test_evol_score_sums_turn_products():
+    assert evol_scores([[2.0], [1.0, 3.0]], [[4.0], [5.0, 2.0]]).tolist() == [8.0, 11.0]
+    msgs = (("system", "be brief"), ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"))
+    assert turns(Example(id="x", messages=msgs, record={})) == [("a", "b"), ("c", "d")]
+
+
+# ---------------------------------------------------------------- LESS
+
+def test_projection_chunked_equals_dense_matrix():
+    dim, k = 50, 16
+    chunked = RademacherProjector(dim, k, seed=3, block_rows=8, cache_limit=0)
+    dense = chunked.project(torch.eye(dim))           # the matrix R itself, row by row
+    assert dense.shape == (dim, k)
+    assert torch.allclose(dense.abs(), torch.full((dim, k), 1 / math.sqrt(k)))
+    assert torch.equal(torch.cat([chunked.block(b) for b in range(7)]), dense)
+    x = torch.randn(5, dim, generator=torch.Generator().manual_seed(1))
+    manual = torch.tensor([[sum(float(x[i, d]) * float(dense[d, j]) for d in range(dim)) for j in range(k)] for i in range(5)])
+    assert torch.allclose(chunked.project(x), manual, atol=1e-5)
+    cached = RademacherProjector(dim, k, seed=3, block_rows=8)
+    assert torch.allclose(cached.project(x), manual, atol=1e-5)
+    assert not torch.equal(RademacherProjector(dim, k, seed=4, block_rows=8).project(torch.eye(dim)), dense)
+
+
+def test_projection_preserves_inner_products_roughly():
+    dim, k = 400, 2048
+    x = torch.randn(3, dim, generator=torch.Generator().manual_seed(0))
+    p = RademacherProjector(dim, k, seed=0, block_rows=128).project(x)
+    assert torch.allclose(p @ p.T, x @ x.T, rtol=0.2, atol=0.15 * dim)
+
+
+def test_mean_cosine_against_loop():
+    gen = torch.Generator().manual_seed(2)
+    train, val = torch.randn(4, 6, generator=gen), torch.randn(3, 6, generator=gen)
+    got = mean_cosine(train, val)
+    for i in range(4):
+        cos = [float(train[i] @ val[j]) / (float(train[i].norm()) * float(val[j].norm())) for j in range(3)]
+        assert float(got[i]) == pytest.approx(sum(cos) / 3, rel=1e-5)
+
+
+def test_adam_preconditioning_formula():
+    g = torch.tensor([0.5, -2.0, 0.0, 1e-3])
+    m = torch.tensor([0.1, 0.2, -0.3, 0.0])
+    v = torch.tensor([0.01, 0.5, 0.2, 0.0])
+    got = adam_precondition(g, m, v)
+    for i in range(4):
+        m1 = 0.9 * float(m[i]) + 0.1 * float(g[i])
+        v1 = 0.999 * float(v[i]) + 0.001 * float(g[i]) ** 2
+        assert float(got[i]) == pytest.approx(m1 / math.sqrt(v1 + 1e-8), rel=1e-5)
+
+
+def test_less_end_to_end_is_deterministic(tiny_model_dir):
+    pool = make_pool(10)
+    val = make_pool(12).examples[10:]
+    method = make_baseline("less", {"warmup_fraction": 0.4, "warmup_epochs": 2, "warmup_batch_size": 2, "lr": 1e-3,
+                                    "lora_r": 2, "lora_alpha": 4, "proj_dim": 32, "chunk": 4})
+    ctx = SelectionContext(model=str(tiny_model_dir), validation=val, seed=0, max_length=64)
+    a = method.select(pool, 3, ctx)
+    b = method.select(pool, 3, ctx)
+    assert a.indices == b.indices and a.scores == pytest.approx(b.scores)
+    assert len(a.indices) == 3 and a.scores == sorted(a.scores, reverse=True)
+    assert all(-1 <= s <= 1 for s in a.scores)
+    assert a.info["checkpoints"] == 2 and sum(a.info["checkpoint_weights"]) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- SSPL
+
+def test_sspl_buckets_go_easy_to_hard():
+    assert bucket_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    losses = np.random.default_rng(0).uniform(size=60)
+    batches = curriculum(losses, steps=5, batch_size=4, seed=0)
+    ranks = np.empty(60, dtype=int)
+    ranks[np.argsort(losses, kind="stable")] = np.arange(60)
+    for t, batch in enumerate(batches):
+        assert len(set(batch)) == 4
+        assert all(12 * t <= ranks[i] < 12 * (t + 1) for i in batch)  # batch t from the t-th easiest bucket
+    for earlier, later in zip(batches, batches[1:]):
+        assert max(losses[earlier]) <= min(losses[later])
+
+
+def test_sspl_schedule_from_features():
+    pool = make_pool(40)
+    logp = -np.random.default_rng(1).uniform(0.1, 3.0, size=40)
+    ft = make_features(pool, logp, logp - 1)
+    sel = make_baseline("sspl").select(pool, 8, SelectionContext(features=ft, batch_size=4, epochs=3))
+    assert sel.info["steps"] == matched_steps(8, 4, 3) == 6
+    assert len(sel.indices) == 24
+    batches = matched_batches(sel, 4, 6, seed=0, dynamic=True)
+    means = [float(np.mean(-logp[b])) for b in batches]
+    assert means == sorted(means)
+    with pytest.raises(UserError, match="unknown loss source"):
+        make_baseline("sspl", {"loss": "nope"}).select(pool, 8, SelectionContext(features=ft))
