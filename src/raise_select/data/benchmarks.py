@@ -50,6 +50,7 @@ import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from ..errors import UserError, where
@@ -137,7 +138,7 @@ def parse_mathqa_options(options: str, source: str = "", row: int | None = None)
 # ---------------------------------------------------------------- rows -> docs
 
 def _field(rec: dict, name: str, source: str, row: int | None) -> Any:
-    if not isinstance(rec, dict) or name not in rec or rec[name] is None:
+    if not isinstance(rec, Mapping) or name not in rec or rec[name] is None:
         raise UserError(f"{where(source, row, name)}: missing field")
     return rec[name]
 
@@ -146,7 +147,7 @@ def _labelled_choice_doc(rec: dict, source: str = "", row: int | None = None) ->
     """ARC and CommonsenseQA, in the original file shape (`question.stem`,
     `question.choices[*].{label,text}`) or the hub shape (`question`, `choices.{label,text}`)."""
     question = _field(rec, "question", source, row)
-    if isinstance(question, dict):
+    if isinstance(question, Mapping):
         stem = _field(question, "stem", source, row)
         raw = _field(question, "choices", source, row)
         labels = [str(c.get("label")) for c in raw]

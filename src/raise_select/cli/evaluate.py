@@ -1,0 +1,50 @@
+"""`raise-select evaluate`: lm-evaluation-harness on a model folder or hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import ConfigOption, SetOption, handle_errors, setup_logging
+
+ORDER = 60
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("evaluate")
+    @handle_errors
+    def evaluate_cmd(
+        model: Optional[str] = typer.Option(None, "--model", help="Model folder (full model or LoRA adapter) or hub id."),
+        tasks: Optional[str] = typer.Option(
+            None, "--tasks",
+            help="Comma-separated tasks: mmlu, arc_challenge, commonsenseqa, gsm8k, mathqa, mmlu_college_mathematics "
+            "(default: mmlu,arc_challenge,commonsenseqa).",
+        ),
+        data_dir: Optional[Path] = typer.Option(
+            None, "--data-dir", help="Folder with the original task files (e.g. ../shared/data); omit to use lm-eval's hub tasks."
+        ),
+        num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="In-context examples per item (default 0)."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task (quick checks)."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="lm-eval batch size (default 8)."),
+        device: Optional[str] = typer.Option(None, "--device", help="Torch device (default: cuda when available, else cpu)."),
+        max_length: Optional[int] = typer.Option(None, "--max-length", help="Context length of the harness (default 512, as in the paper)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder for metrics.json and results.md (default results/)."),
+        config: Optional[Path] = ConfigOption,
+        overrides: Optional[List[str]] = SetOption,
+    ) -> None:
+        """Score a model on the named tasks; write per-task metrics (JSON) and a Markdown table."""
+        from ..config import resolve
+        from ..evaluation.evaluate import EvaluateConfig, evaluate, results_markdown
+
+        flags = {
+            "model": model, "tasks": tasks, "data_dir": str(data_dir) if data_dir else None, "num_fewshot": num_fewshot,
+            "limit": limit, "batch_size": batch_size, "device": device, "max_length": max_length,
+            "out": str(out) if out else None,
+        }
+        cfg = resolve(EvaluateConfig, "evaluate", config, overrides, flags)
+        setup_logging(Path(cfg.out), name="evaluate.log")
+        scores = evaluate(cfg)
+        typer.echo(results_markdown(cfg.model, scores))
+        typer.echo(f"wrote {Path(cfg.out) / 'metrics.json'} and {Path(cfg.out) / 'results.md'}")

@@ -1,0 +1,205 @@
+"""Evaluate a model with lm-evaluation-harness on the named tasks (paper section 4, A.1-A.2).
+
+With a data folder (`data_dir`), the project's own task definitions in `tasks/` read the
+original files: for each task a resolved YAML (`include:` the shipped one, plus the
+absolute `data_files` of its splits under `data_dir`) is written to `<out>/tasks/`, so the
+exact tasks can be re-run with `lm_eval --include_path <out>/tasks`. Without a data
+folder, lm-evaluation-harness's own hub tasks (`mmlu`, `arc_challenge`, `commonsense_qa`,
+`gsm8k`, `mathqa`, `mmlu_college_mathematics`) are used.
+
+The model runs through lm-eval's `HFLM` with `max_length` 512 as in the paper. Outputs in
+`out`: `metrics.json` (per task: the headline score, its metric, every numeric metric and
+the item count), `results.md` (a Markdown table) and `lm_eval_results.json` (lm-eval's
+own results and task configs), all written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+import yaml
+
+from ..data.benchmarks import BENCHMARKS, get_benchmark
+from ..errors import UserError
+from ..io import write_json_atomic, write_text_atomic
+from ..reports.tables import markdown_table
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+# The headline metric of each kind of task: accuracy for letter options; for GSM8K exact
+# match of the last number generated (the strict "The answer is N" score is kept too).
+MC_METRIC = "acc,none"
+GSM8K_METRIC = "exact_match,flexible-extract"
+_SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
+
+
+@dataclass
+class EvaluateConfig:
+    """`raise-select evaluate`: lm-evaluation-harness on one model."""
+
+    model: str = ""                     # model folder (full model or LoRA adapter) or hub id
+    tasks: list[str] = field(default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"])  # Table 1's tasks
+    data_dir: str | None = None         # folder with the original files (../shared/data layout); None: lm-eval's hub tasks
+    num_fewshot: int = 0                # in-context examples per item
+    limit: int | None = None            # score only the first N items of each task (quick checks)
+    batch_size: int = 8                 # lm-eval batch size
+    device: str | None = None           # torch device; default cuda when available, else cpu
+    dtype: str = "float32"              # model weights dtype (float32, bfloat16, float16, auto)
+    max_length: int = 512               # context length of the harness (appendix A.2)
+    max_gen_toks: int = 256             # generation budget of generate_until tasks (GSM8K)
+    seed: int = 0                       # lm-eval's python/numpy/torch/few-shot seeds
+    out: str = "results"                # output folder
+
+
+def available_tasks() -> list[str]:
+    return list(BENCHMARKS)
+
+
+def check_tasks(names: list[str]) -> list[str]:
+    """Refuse unknown or missing task names, listing those that exist."""
+    if not names:
+        raise UserError(f"no task given; available: {', '.join(available_tasks())}")
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise UserError(f"unknown task(s) {', '.join(unknown)}; available: {', '.join(available_tasks())}")
+    return list(dict.fromkeys(names))
+
+
+class _TaskYamlLoader(yaml.SafeLoader):
+    """Reads a shipped task YAML without importing its `!function` hooks."""
+
+
+_TaskYamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def _shipped_config(name: str) -> dict:
+    path = TASKS_DIR / f"{name}.yaml"
+    cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskYamlLoader)
+    if "include" in cfg:
+        base = yaml.load((TASKS_DIR / cfg.pop("include")).read_text(encoding="utf-8"), Loader=_TaskYamlLoader)
+        cfg = {**base, **cfg}
+    return cfg
+
+
+def write_task_configs(names: list[str], data_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write one resolved YAML per task into `out_dir` with the files of `data_dir` filled in."""
+    data_dir = Path(data_dir).expanduser().resolve()
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: data folder not found")
+    out_dir = Path(out_dir)
+    for name in check_tasks(names):
+        spec = get_benchmark(name)
+        shipped = _shipped_config(name)
+        data_files = {}
+        for split in dict.fromkeys(shipped[k] for k in _SPLIT_KEYS if shipped.get(k)):
+            if not any(data_dir.glob(spec.files[split])):
+                raise UserError(f"{data_dir / spec.files[split]}: no such file (the {name} {split} split)")
+            data_files[split] = str(data_dir / spec.files[split])
+        resolved = {
+            "include": str(TASKS_DIR / f"{name}.yaml"),
+            "task": name,
+            "dataset_kwargs": {**(shipped.get("dataset_kwargs") or {}), "data_files": data_files},
+        }
+        write_text_atomic(out_dir / f"{name}.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    return out_dir
+
+
+def _hf_model_args(model: str) -> dict:
+    """`HFLM` arguments for a full model or a LoRA adapter folder (base model + `peft`)."""
+    adapter_cfg = Path(model) / "adapter_config.json"
+    if adapter_cfg.is_file():
+        base = json.loads(adapter_cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if not base:
+            raise UserError(f"{adapter_cfg}: field 'base_model_name_or_path' missing; cannot load the LoRA adapter")
+        return {"pretrained": base, "peft": model, "tokenizer": model}
+    if not Path(model).exists() and (model.startswith((".", "/")) or model.endswith(("/",))):
+        raise UserError(f"{model}: model folder not found")
+    return {"pretrained": model}
+
+
+def run_lm_eval(cfg: EvaluateConfig, lm=None) -> dict:
+    """Run `lm_eval.simple_evaluate` and return its results dict.
+
+    `lm` is an lm-eval `LM` to score instead of loading `cfg.model` with `HFLM`.
+    """
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    names = check_tasks(cfg.tasks)
+    if not cfg.model and lm is None:
+        raise UserError("no model given; pass --model FOLDER_OR_HUB_ID")
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.data_dir is not None:
+        task_dir = write_task_configs(names, cfg.data_dir, Path(cfg.out) / "tasks")
+        manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+        task_names = names
+    else:
+        manager = TaskManager()
+        task_names = [BENCHMARKS[n].lm_eval_task for n in names]
+    if lm is None:
+        try:
+            lm = HFLM(
+                **_hf_model_args(cfg.model), max_length=cfg.max_length, batch_size=cfg.batch_size,
+                device=device, dtype=cfg.dtype,
+            )
+        except (OSError, ValueError) as e:
+            raise UserError(f"model '{cfg.model}': cannot be loaded ({str(e).splitlines()[0]})") from None
+    log.info("evaluating %s on %s (%s, %d-shot, limit %s)", cfg.model, ", ".join(names),
+             "local files" if cfg.data_dir else "hub tasks", cfg.num_fewshot, cfg.limit)
+    results = simple_evaluate(
+        model=lm, tasks=task_names, num_fewshot=cfg.num_fewshot, limit=cfg.limit, task_manager=manager,
+        gen_kwargs={"max_gen_toks": cfg.max_gen_toks}, log_samples=False,
+        random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
+    )
+    if results is None:  # only on non-zero ranks of a distributed run
+        return {}
+    results["task_names"] = dict(zip(names, task_names))
+    return results
+
+
+def summarize(results: dict) -> dict[str, dict]:
+    """Per task (our names): headline `score`, its `metric`, all numeric `metrics`, item count `n`."""
+    out: dict[str, dict] = {}
+    for name, lm_name in results["task_names"].items():
+        raw = results["results"].get(lm_name)
+        if raw is None:
+            raise UserError(f"lm-eval returned no results for task '{lm_name}'")
+        metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metric = MC_METRIC if BENCHMARKS[name].multiple_choice else GSM8K_METRIC
+        if metric not in metrics:
+            raise UserError(f"lm-eval results of '{lm_name}' have no '{metric}' (got {', '.join(metrics)})")
+        n = results.get("n-samples", {}).get(lm_name, {}).get("effective")
+        out[name] = {"score": metrics[metric], "metric": metric, "metrics": metrics, "n": n}
+    return out
+
+
+def results_markdown(model: str, scores: dict[str, dict]) -> str:
+    rows = [[name, s["metric"], f"{100 * s['score']:.2f}", "" if s["n"] is None else str(s["n"])] for name, s in scores.items()]
+    return f"# {model}\n\n" + markdown_table(["task", "metric", "score (%)", "items"], rows)
+
+
+def evaluate(cfg: EvaluateConfig, lm=None) -> dict[str, dict]:
+    """Evaluate `cfg.model` (or the lm-eval `LM` given) and write `metrics.json`,
+    `results.md` and `lm_eval_results.json`."""
+    out = Path(cfg.out)
+    results = run_lm_eval(cfg, lm)
+    if not results:
+        return {}
+    scores = summarize(results)
+    write_json_atomic(out / "lm_eval_results.json", {k: results.get(k) for k in ("results", "n-samples", "configs", "versions")})
+    write_json_atomic(out / "metrics.json", {"model": cfg.model, "config": asdict(cfg), "tasks": scores})
+    write_text_atomic(out / "results.md", results_markdown(cfg.model, scores))
+    for name, s in scores.items():
+        log.info("%s %s = %.4f", name, s["metric"], s["score"])
+    return scores
+
+
+def read_scores(out_dir: str | Path) -> dict[str, float]:
+    """Headline score per task of a finished evaluation folder."""
+    data = json.loads((Path(out_dir) / "metrics.json").read_text(encoding="utf-8"))
+    return {name: float(t["score"]) for name, t in data["tasks"].items()}
