@@ -1,0 +1,333 @@
+"""The comparison study of paper section 4 (Table 1): every method at matched update steps.
+
+One config names the pool, the base model, the validation task, the evaluation tasks, the
+budget and the methods. The study then fills a grid of *cells*, each a trained model and
+its evaluation, under `<out>/cells/<cell>/`:
+
+- `base`: the base model, untrained (the 0% row);
+- `full`: the whole pool for `epochs` epochs (the 100% row; `full_steps` caps its update
+  steps, for CPU runs: say so when reporting);
+- `random-s<seed>`: a random budget-sized subset per seed (the RAND row is their mean);
+- one cell per other baseline of `raise_select.baselines` (`raise-select baseline`'s
+  `run_baseline`): a static subset of the budget trained `epochs` epochs, or a schedule
+  with the same number of steps;
+- `raise`: `train_policy` then `finetune` for the same number of steps
+  T = ceil(epochs x budget / batch_size).
+
+A cell whose `cell.json` records the same training and evaluation settings is not
+recomputed, so an interrupted study resumes where it stopped and a finished one only
+rewrites the table. Options of a method go in a section named after it (`deita:`, `less:`,
+`raise:` for train-policy settings such as `per_class` or `hidden`); the string
+`{base_model}` in them stands for the study's base model (a scorer or judge folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..cli.common import setup_logging
+from ..config import from_dict, parse_overrides, read_yaml
+from ..data.benchmarks import sample_indices
+from ..errors import UserError
+from ..io import fingerprint, write_json_atomic, write_text_atomic
+from ..training.loop import LMConfig
+from .plots import plot_study
+from .tables import BASE_ROW, FULL_ROW, build_table, write_table
+
+log = logging.getLogger(__name__)
+
+RAISE = "raise"
+ROW_LABELS = {"random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "AlpaGasus", "sspl": "SSPL",
+              "less": "LESS", RAISE: "RAISE"}
+# Methods that read the featurized pool (RAISE's state, IFD, SSPL's loss, DEITA's embeddings).
+_FEATURE_FREE = ("full", "random")
+# Settings that change only the evaluation of a cell, not its training.
+_EVAL_FIELDS = ("tasks", "eval_limit", "num_fewshot", "eval_batch_size", "max_gen_toks", "device")
+_NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "out", "pool", "format", "pool_size", "build_model")
+
+
+@dataclass
+class StudyConfig(LMConfig):
+    """`raise-select study`: the LLM settings are those of `LMConfig` (appendix A.2)."""
+
+    pool: str = ""                       # instruction pool: file, folder or `datasets` name
+    format: Optional[str] = None         # pool format (alpaca, sharegpt, messages); None: detected
+    pool_size: Optional[int] = None      # use a seeded random subsample of this many pool examples (CPU studies)
+    model: str = ""                      # base model M_0: hub id or folder
+    build_model: Optional[str] = None    # with no `model`: build a tiny Llama of this preset (test, 1m, 10m) at <out>/base_model
+    aux_model: str = ""                  # auxiliary LM of featurize; empty: the base model
+    val: str = "mmlu"                    # validation set of RAISE and LESS: a named set or a pool file/folder
+    val_size: Optional[int] = None       # use at most this many validation examples (seeded sample)
+    data_dir: Optional[str] = None       # original files of the named sets (validation and evaluation); None: the hub
+    tasks: list[str] = field(default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"])  # evaluation tasks
+    methods: list[str] = field(default_factory=lambda: ["random", "ifd", "deita", "alpagasus", "sspl", "less", RAISE])  # rows besides 0% and 100%
+    budget: float = 0.01                 # fraction of the pool (< 1) or number of examples (>= 1)
+    epochs: int = 3                      # static subsets are trained this many epochs (section 4.2)
+    batch_size: int = 8                  # training batch size B (RAISE: a multiple of `classes`)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # seeds of the random baseline (the paper's mean of 5)
+    full_steps: Optional[int] = None     # cap on the 100% row's update steps; None: `epochs` over the whole pool
+    classes: int = 8                     # featurize: K-means classes C of the diversity constraint
+    sem_dim: int = 32                    # featurize: d_sem
+    rounds: int = 20                     # RAISE: policy-training rounds K
+    select_every: int = 1                # RAISE: the policy chooses every M steps (appendix F)
+    metric: str = "neg_loss"             # RAISE: P(M) on the validation set
+    eval_limit: Optional[int] = None     # evaluate only the first N items of each task
+    num_fewshot: int = 0                 # evaluation: in-context examples per item
+    eval_batch_size: int = 8             # evaluation: lm-eval batch size
+    max_gen_toks: int = 256              # evaluation: generation budget of GSM8K
+    device: Optional[str] = None         # torch device; None: cuda when available
+    out: str = ""                        # study folder
+
+
+@dataclass
+class Cell:
+    name: str           # folder under <out>/cells
+    row: str            # table row it counts towards
+    method: str | None  # None: the untrained base model
+    seed: int
+
+
+def matched_step_count(cfg: StudyConfig, pool_size: int) -> int:
+    """T of every method: `epochs` passes over the budget in batches of `batch_size`."""
+    from ..baselines import budget_count, matched_steps
+
+    return matched_steps(budget_count(cfg.budget, pool_size), cfg.batch_size, cfg.epochs)
+
+
+def plan_cells(cfg: StudyConfig) -> list[Cell]:
+    """The grid: 0%, 100%, then the methods in the order given (random once per seed)."""
+    from ..baselines import BASELINES
+
+    available = [RAISE, *(m for m in BASELINES if m != "full")]
+    unknown = [m for m in cfg.methods if m not in available and m != "full"]
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    if not cfg.seeds:
+        raise UserError("seeds: give at least one seed for the random baseline")
+    cells = [Cell("base", BASE_ROW, None, cfg.seed), Cell("full", FULL_ROW, "full", cfg.seed)]
+    for m in dict.fromkeys(cfg.methods):
+        if m == "full":
+            continue
+        if m == "random":
+            cells += [Cell(f"random-s{s}", ROW_LABELS[m], m, s) for s in dict.fromkeys(cfg.seeds)]
+        else:
+            cells.append(Cell(m, ROW_LABELS.get(m, m), m, cfg.seed))
+    return cells
+
+
+def method_sections(config_path: str | Path | None, overrides: list[str] | None, methods: list[str]) -> dict[str, dict]:
+    """Each method's own section of the config file, then `--set <method>.<key>=value`."""
+    raw = read_yaml(config_path) if config_path is not None else {}
+    ov = parse_overrides(overrides)
+    out = {}
+    for m in [*methods, "full"]:
+        opts = dict(raw.get(m) or {}) if isinstance(raw.get(m), dict) else {}
+        if isinstance(ov.get(m), dict):
+            opts.update(ov[m])
+        out[m] = opts
+    return out
+
+
+def _substitute(options: dict, base_model: str) -> dict:
+    return {k: (v.replace("{base_model}", base_model) if isinstance(v, str) else v) for k, v in options.items()}
+
+
+class Study:
+    """Runs the cells of one study folder and writes its table."""
+
+    def __init__(self, cfg: StudyConfig, options: dict[str, dict] | None = None):
+        for name in ("pool", "out"):
+            if not getattr(cfg, name):
+                raise UserError(f"study needs '{name}' (in the config or --set {name}=...)")
+        if not cfg.model and not cfg.build_model:
+            raise UserError("study needs 'model' (a hub id or folder) or 'build_model' (a tiny preset)")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.cells = plan_cells(cfg)
+        self.options = options or {}
+        self.computed: list[str] = []
+        self._features: str | None = None
+
+    # ---------------------------------------------------------------- inputs
+
+    def prepare(self) -> None:
+        """The pool (a seeded subsample written to <out>/pool.jsonl when asked) and the base model."""
+        from ..data.pools import load_pool, to_format
+
+        cfg = self.cfg
+        pool = load_pool(cfg.pool, fmt=cfg.format)
+        if cfg.pool_size is not None and cfg.pool_size < len(pool):
+            keep = sample_indices(len(pool), cfg.pool_size, cfg.seed)
+            path = self.out / "pool.jsonl"
+            text = "".join(json.dumps(to_format(pool.examples[i], pool.format)) + "\n" for i in keep)
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                write_text_atomic(path, text)
+            self.pool_spec = str(path)
+            pool = load_pool(path, fmt=pool.format)
+        else:
+            self.pool_spec = cfg.pool
+        self.pool = pool
+        self.steps = matched_step_count(cfg, len(pool))
+        self.model = cfg.model or str(self._build_model())
+        log.info("pool %s: %d examples; base model %s; %d matched update steps of %d",
+                 self.pool_spec, len(pool), self.model, self.steps, cfg.batch_size)
+
+    def _build_model(self) -> Path:
+        from ..models.tiny import PRESETS, build_tiny_model
+
+        if self.cfg.build_model not in PRESETS:
+            raise UserError(f"unknown build_model preset '{self.cfg.build_model}'; available: {', '.join(PRESETS)}")
+        path = self.out / "base_model"
+        if not (path / "config.json").is_file():
+            texts = ["\n".join(c for _, c in e.messages) for e in self.pool.examples[:20000]]
+            build_tiny_model(path, texts, preset=self.cfg.build_model, seed=self.cfg.seed)
+        return path
+
+    def features(self) -> str:
+        """The featurized pool (computed once, reused by featurize itself when present)."""
+        if self._features is None:
+            from ..features.featurize import FeaturizeConfig, featurize
+
+            cfg = self.cfg
+            out = self.out / "features"
+            featurize(FeaturizeConfig(
+                pool=self.pool_spec, format=self.pool.format, model=cfg.aux_model or self.model, out=str(out),
+                template=cfg.template, max_length=cfg.max_length, sem_dim=cfg.sem_dim, classes=cfg.classes,
+                seed=cfg.seed, dtype=cfg.dtype, device=cfg.device,
+            ), pool=self.pool)
+            self._features = str(out)
+        return self._features
+
+    # ---------------------------------------------------------------- cells
+
+    def _fingerprints(self, cell: Cell) -> tuple[str, str]:
+        cfg = asdict(self.cfg)
+        training = {k: v for k, v in cfg.items() if k not in _NOT_TRAINING}
+        options = _substitute(self.options.get(cell.method or "", {}), self.model)
+        train_fp = fingerprint({"pool": self.pool.fingerprint, "model": self.model, "cell": asdict(cell),
+                                "options": options, "steps": self.steps,
+                                **({} if cell.method is None else training)})
+        eval_fp = fingerprint({"train": train_fp, **{k: cfg[k] for k in _EVAL_FIELDS if k != "device"},
+                               "data_dir": self.cfg.data_dir, "max_length": self.cfg.max_length})
+        return train_fp, eval_fp
+
+    def _train(self, cell: Cell, cell_dir: Path) -> Path:
+        cfg = self.cfg
+        options = _substitute(self.options.get(cell.method or "", {}), self.model)
+        lm = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(LMConfig)}
+        lm["seed"] = cell.seed
+        if cell.method is None:
+            return Path(self.model)
+        if cell.method == RAISE:
+            from ..training.finetune import FinetuneConfig, finetune
+            from ..training.train_policy import TrainPolicyConfig, train_policy
+
+            common = dict(lm, pool=self.pool_spec, features=self.features(), model=self.model, val=cfg.val,
+                          data_dir=cfg.data_dir, val_size=cfg.val_size, steps=self.steps, batch_size=cfg.batch_size,
+                          select_every=cfg.select_every, metric=cfg.metric)
+            tp = from_dict(TrainPolicyConfig, {**common, "rounds": cfg.rounds, "out": str(cell_dir / "train_policy"), **options},
+                           "study: section 'raise'")
+            policy_dir = train_policy(tp)
+            ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+            ft = FinetuneConfig(**{k: v for k, v in asdict(tp).items() if k in ft_fields and k != "out"},
+                                policy=str(policy_dir), out=str(cell_dir / "finetune"))
+            return finetune(ft)
+        from ..baselines.run import BaselineConfig, run_baseline
+
+        bcfg = BaselineConfig(
+            **lm, method=cell.method, pool=self.pool_spec, format=self.pool.format,
+            features="" if cell.method in _FEATURE_FREE else self.features(), model=self.model, val=cfg.val,
+            data_dir=cfg.data_dir, val_size=cfg.val_size, out=str(cell_dir), budget=cfg.budget,
+            batch_size=cfg.batch_size, epochs=cfg.epochs, steps=cfg.full_steps if cell.method == "full" else None,
+            train=True, device=cfg.device,
+        )
+        run_baseline(bcfg, options)
+        return cell_dir / "model"
+
+    def _evaluate(self, model_dir: Path, cell_dir: Path) -> dict[str, float]:
+        from ..evaluation.evaluate import EvaluateConfig, evaluate
+
+        cfg = self.cfg
+        scores = evaluate(EvaluateConfig(
+            model=str(model_dir), tasks=cfg.tasks, data_dir=cfg.data_dir, num_fewshot=cfg.num_fewshot,
+            limit=cfg.eval_limit, batch_size=cfg.eval_batch_size, device=cfg.device, dtype=cfg.dtype,
+            max_length=cfg.max_length, max_gen_toks=cfg.max_gen_toks, seed=cfg.seed, out=str(cell_dir / "eval"),
+        ))
+        return {t: s["score"] for t, s in scores.items()}
+
+    def run_cell(self, cell: Cell) -> dict:
+        """Train (unless done) and evaluate (unless done) one cell; return its record."""
+        cell_dir = self.out / "cells" / cell.name
+        record_path = cell_dir / "cell.json"
+        train_fp, eval_fp = self._fingerprints(cell)
+        record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+        if record.get("train") == train_fp and record.get("eval") == eval_fp and Path(record.get("model", "")).exists():
+            return record
+        start = time.perf_counter()
+        if record.get("train") == train_fp and Path(record.get("model", "")).exists():
+            model_dir = Path(record["model"])
+        else:
+            log.info("cell %s: training (%s)", cell.name, cell.method or "none: base model")
+            model_dir = self._train(cell, cell_dir)
+            setup_logging(self.out, "study.log")  # training stages log into their own run folders
+            write_json_atomic(record_path, {**asdict(cell), "train": train_fp, "model": str(model_dir)})
+        log.info("cell %s: evaluating %s", cell.name, model_dir)
+        scores = self._evaluate(model_dir, cell_dir)
+        record = {**asdict(cell), "train": train_fp, "eval": eval_fp, "model": str(model_dir), "scores": scores,
+                  "steps": self.steps if cell.method not in (None, "full") else None,
+                  "seconds": round(time.perf_counter() - start, 1)}
+        write_json_atomic(record_path, record)
+        self.computed.append(cell.name)
+        return record
+
+    # ---------------------------------------------------------------- table
+
+    def rows(self, records: list[dict]) -> list[tuple[str, dict[str, float]]]:
+        """Per row label the task scores; rows with several cells (RAND's seeds) are averaged."""
+        grouped: dict[str, list[dict[str, float]]] = {}
+        for r in records:
+            grouped.setdefault(r["row"], []).append(r["scores"])
+        return [(label, {t: sum(s[t] for s in group) / len(group) for t in self.cfg.tasks}) for label, group in grouped.items()]
+
+    def run(self) -> dict:
+        """Every cell, then `study_table.{md,csv,json}` and `study_plot.png` in the study folder."""
+        from tqdm.auto import tqdm
+
+        self.prepare()
+        write_json_atomic(self.out / "study_config.json", asdict(self.cfg))
+        records, failed = [], {}
+        for cell in tqdm(self.cells, desc="study cells", unit="cell"):
+            try:
+                records.append(self.run_cell(cell))
+            except UserError as e:
+                # One method that cannot run here (no judge, too small a pool) must not sink the
+                # others; the 0% and 100% rows are required, though.
+                if cell.method in (None, "full"):
+                    raise
+                log.error("cell %s failed: %s", cell.name, e)
+                failed[cell.name] = str(e)
+        table = build_table(self.rows(records), self.cfg.tasks)
+        extra = {
+            "pool": self.pool_spec, "pool_size": len(self.pool), "model": self.model, "val": self.cfg.val,
+            "budget": self.cfg.budget, "steps": self.steps, "full_steps": self.cfg.full_steps,
+            "batch_size": self.cfg.batch_size, "seeds": self.cfg.seeds, "eval_limit": self.cfg.eval_limit,
+            "cells": {r["name"]: {k: r[k] for k in ("row", "method", "seed", "scores", "model", "steps")} for r in records},
+            "failed": failed,
+        }
+        paths = write_table(self.out, table, self.cfg.tasks, extra, notes=[f"{n} failed: {e}" for n, e in failed.items()])
+        paths["png"] = plot_study(table, self.cfg.tasks, self.out / "study_plot.png",
+                                  title=f"{Path(self.model).name}, budget {self.cfg.budget}, {self.steps} steps")
+        log.info("cells computed this run: %s", ", ".join(self.computed) or "none (all reused)")
+        return {"table": table, "paths": paths, "computed": list(self.computed), "failed": failed,
+                "markdown": paths["md"].read_text(encoding="utf-8")}
+
+
+def run_study(cfg: StudyConfig, options: dict[str, dict] | None = None) -> dict:
+    """Run (or resume) a study; returns the table rows, the written paths and the cells computed."""
+    return Study(cfg, options).run()
