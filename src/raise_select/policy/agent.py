@@ -8,11 +8,13 @@ class), `RolloutBuffer.add` with the reward, then `update` after the round. At u
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
@@ -57,6 +59,18 @@ class PolicyConfig:
             raise UserError("invalid policy settings: " + "; ".join(bad))
 
 
+def layer_groups(module: nn.Module, lr: float) -> list[dict]:
+    """One AdamW parameter group per linear layer, at lr / sqrt(fan_in) (an equalised learning rate).
+
+    Adam moves every parameter by about lr per step whatever its gradient's size, so the
+    paper's rates (1e-1, 2e-1) would change a 64-wide layer by far more than its own weight
+    scale (~1/sqrt(fan_in)) in one step. Scaling each layer's rate by 1/sqrt(fan_in) makes
+    the paper's rate a step relative to the layer's natural scale.
+    """
+    return [{"params": list(layer.parameters()), "lr": lr / math.sqrt(layer.in_features)}
+            for layer in module.modules() if isinstance(layer, nn.Linear)]
+
+
 @dataclass
 class Action:
     indices: torch.Tensor      # (B,) int64 rows of the pool
@@ -78,9 +92,10 @@ class RaisePolicy:
             torch.manual_seed(cfg.seed)
             self.actor = AcquisitionMLP(static.fused_dim, cfg.hidden)
             self.critic = Critic(cfg.hidden)
-        self.actor_opt = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
-        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
+        self.actor_opt = torch.optim.AdamW(layer_groups(self.actor, cfg.actor_lr), weight_decay=cfg.weight_decay)
+        self.critic_opt = torch.optim.AdamW(layer_groups(self.critic, cfg.critic_lr), weight_decay=cfg.weight_decay)
         self.updates = 0                          # PPO updates done (seeds the minibatch order)
+        self.perf_reference: float | None = None  # P(M_0): the networks read P_{t-1} - P(M_0), see _stage
         self._projection: torch.Tensor | None = None  # static part of the first layer for the current actor
 
     @property
@@ -94,10 +109,22 @@ class RaisePolicy:
                 self._projection = self.actor.static_projection(self.static.x)
         return self._projection
 
+    def _stage(self, perf_prev: float) -> float:
+        """P_{t-1} as the networks read it: relative to P(M_0), the first value this policy sees.
+
+        Every round restarts from the same M_0, so the first perf_prev ever passed is P(M_0).
+        The absolute level of P belongs to the metric and validation set (a loss of 2.3 or an
+        accuracy of 0.4), not to the training stage; a constant shift changes no function an
+        MLP can represent, but keeps the tanh units out of saturation at lr 1e-1.
+        """
+        if self.perf_reference is None:
+            self.perf_reference = float(perf_prev)
+        return float(perf_prev) - self.perf_reference
+
     def scores(self, perf_prev: float, progress: float, counts: torch.Tensor) -> torch.Tensor:
         """F_theta of every instruction at this state, (N,)."""
         with torch.no_grad():
-            return self.actor.score(self._static_projection(), perf_prev, progress, counts)
+            return self.actor.score(self._static_projection(), self._stage(perf_prev), progress, counts)
 
     def act(self, perf_prev: float, progress: float, counts: torch.Tensor, explore: bool,
             generator: torch.Generator | None = None) -> Action:
@@ -111,7 +138,7 @@ class RaisePolicy:
 
     def value(self, perf_prev: float, progress: float, counts: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(self.critic(critic_features(perf_prev, progress, counts)))
+            return float(self.critic(critic_features(self._stage(perf_prev), progress, counts)))
 
     # ---- learning -----------------------------------------------------------------------
     def update(self, buffer: RolloutBuffer, last_value: float = 0.0) -> dict:
@@ -136,8 +163,9 @@ class RaisePolicy:
         adv_used = adv
         if cfg.normalize_advantages and steps > 1:
             adv_used = (adv - adv.mean()) / (adv.std() + 1e-8)
-        critic_in = torch.stack([critic_features(data["perf_prev"][t].item(), data["progress"][t].item(),
-                                                 buffer.counts_before(t, n)) for t in range(steps)])
+        stage = [self._stage(p) for p in buffer.perf_prev]
+        critic_in = torch.stack([critic_features(stage[t], buffer.progress[t], buffer.counts_before(t, n))
+                                 for t in range(steps)])
         order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
         actor_losses, critic_losses, kls, clipped, entropies = [], [], [], [], []
         for epoch in range(cfg.ppo_epochs):
@@ -147,7 +175,7 @@ class RaisePolicy:
                 projection = self.actor.static_projection(static.x)
                 leaf = projection.detach().requires_grad_()
                 for t in group.tolist():
-                    scores = self.actor.score(leaf, buffer.perf_prev[t], buffer.progress[t], buffer.counts_before(t, n))
+                    scores = self.actor.score(leaf, stage[t], buffer.progress[t], buffer.counts_before(t, n))
                     log_p = class_log_softmax(scores, classes, num_classes)
                     log_ratio = (log_p[buffer.chosen(t)].sum().double() - data["old_log_prob"][t]).reshape(1)
                     loss = actor_loss(log_ratio, adv_used[t].reshape(1), cfg.clip)                       # eq. 11-12
@@ -194,6 +222,7 @@ class RaisePolicy:
             "dims": {"fused_dim": self.static.fused_dim, "sem_dim": self.static.sem_dim,
                      "num_classes": self.static.num_classes, "critic_features": list(CRITIC_FEATURES)},
             "updates": self.updates,
+            "perf_reference": self.perf_reference,
         })
 
     @staticmethod
@@ -231,6 +260,7 @@ class RaisePolicy:
         policy.actor.load_state_dict(load_file(str(out_dir / "actor.safetensors")))
         policy.critic.load_state_dict(load_file(str(out_dir / "critic.safetensors")))
         policy.updates = int(meta.get("updates", 0))
+        policy.perf_reference = meta.get("perf_reference")
         return policy
 
     def training_state(self) -> dict:
