@@ -18,6 +18,15 @@ from raise_select.training import FinetuneConfig, TrainPolicyConfig, Validator, 
 CLASSES = 3
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; on a shared machine extra threads mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
     """A 24-row pool with random features in 3 classes and a 4-row validation file."""
@@ -210,3 +219,42 @@ def test_cli_train_policy_and_finetune(setup, tmp_path):
     assert len(read_jsonl(tmp_path / "ft" / "selections.jsonl")) == 2
     res = runner.invoke(app, ["train-policy", *common, "--out", str(tmp_path / "bad"), "--per-class", "0"])
     assert res.exit_code == 2 and "per_class" in res.output
+
+
+DISTRIBUTED_SCRIPT = """
+import json, sys, torch
+torch.set_num_threads(1)
+from raise_select.training import TrainPolicyConfig, train_policy
+train_policy(TrainPolicyConfig(**json.loads(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(setup, tmp_path):
+    """torchrun with 2 CPU processes (gloo): same selections, and P and losses equal to one process up to float
+    rounding, with a batch of 3 split unevenly over the processes."""
+    import dataclasses
+    import os
+    import shutil
+    import subprocess
+
+    _, base = setup
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not found")
+    one = replace(base, out=str(tmp_path / "one"), rounds=1, steps=2)
+    train_policy(one)
+    two = replace(one, out=str(tmp_path / "two"))
+    (tmp_path / "run.py").write_text(DISTRIBUTED_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", str(tmp_path / "run.py"),
+                           json.dumps(dataclasses.asdict(two))], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sel = [read_jsonl(tmp_path / name / "selections" / "round_0.jsonl") for name in ("one", "two")]
+    assert [s["indices"] for s in sel[0]] == [s["indices"] for s in sel[1]]
+    for a, b in zip(*sel):
+        assert b["scores"] == pytest.approx(a["scores"], abs=1e-5)
+    steps = [[m for m in read_jsonl(tmp_path / name / "metrics.jsonl") if m["kind"] == "step"] for name in ("one", "two")]
+    assert len(steps[1]) == 2  # only the main process writes
+    for a, b in zip(*steps):
+        assert b["P"] == pytest.approx(a["P"], abs=1e-5) and b["loss"] == pytest.approx(a["loss"], abs=1e-5)
