@@ -1,0 +1,101 @@
+"""A small study with every registered method on a tiny pool and a tiny model: it finishes,
+writes Table 1's layout, and a re-run recomputes nothing."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from raise_select.baselines import BASELINES
+from raise_select.errors import UserError
+from raise_select.reports.study import ROW_LABELS, StudyConfig, plan_cells
+
+
+class _Judge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible judge on loopback that rates every example 5 (AlpaGasus' reply format)."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"choices": [{"message": {"content": "5.0\nAccurate and helpful."}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def judge_url(monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("RAISE_SELECT_JUDGE_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
+    monkeypatch.setenv("RAISE_SELECT_JUDGE_API_KEY", "test-key")
+    yield
+    server.shutdown()
+
+
+def test_small_study_with_every_method_finishes_and_resumes(shared_data, tmp_path, judge_url):
+    from raise_select.cli.main import app
+    from raise_select.data.synthetic import SyntheticConfig, generate_pool, write_jsonl
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", generate_pool(SyntheticConfig(size=32)))
+    methods = ["random", *(m for m in BASELINES if m not in ("full", "random")), "raise"]
+    config = {
+        "study": {
+            "pool": str(pool), "build_model": "test", "val": "arc_challenge", "val_size": 4,
+            "data_dir": str(shared_data), "tasks": ["arc_challenge"], "methods": methods, "budget": 4, "batch_size": 4,
+            "seeds": [0, 1], "full_steps": 2, "classes": 2, "sem_dim": 4, "rounds": 1, "eval_limit": 2, "max_length": 48,
+            "max_gen_toks": 4, "out": str(tmp_path / "study"),
+        },
+        "deita": {"complexity_scorer": "{base_model}", "quality_scorer": "{base_model}"},
+        "alpagasus": {"concurrency": 2, "max_retries": 0},
+        "less": {"lora_r": 2, "lora_alpha": 4, "proj_dim": 16, "warmup_epochs": 1, "warmup_batch_size": 4},
+    }
+    cfg_path = tmp_path / "study.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+
+    result = CliRunner().invoke(app, ["study", str(cfg_path)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "study"
+    data = json.loads((out / "study_table.json").read_text())
+    assert data["failed"] == {}
+    labels = [r["row"] for r in data["rows"]]
+    assert labels == ["0%", "100%", *(ROW_LABELS[m] for m in methods)]
+    # every method trained at the matched step count: ceil(3 epochs x 4 / 4) = 3
+    assert data["steps"] == 3
+    cells = data["cells"]
+    rand = next(r for r in data["rows"] if r["row"] == "RAND")
+    assert rand["arc_challenge"] == pytest.approx(
+        (cells["random-s0"]["scores"]["arc_challenge"] + cells["random-s1"]["scores"]["arc_challenge"]) / 2)
+    base, full = data["rows"][0]["avg"], data["rows"][1]["avg"]
+    for r in data["rows"]:
+        assert 0.0 <= r["avg"] <= 1.0
+        if full != base:
+            assert r["avg_q"] == pytest.approx((r["avg"] - base) / (full - base))
+    md = (out / "study_table.md").read_text()
+    assert md.startswith("| DATA | Avg.Q | Avg. | arc_challenge |") and "| RAISE |" in md
+    assert (out / "study_table.csv").read_text().startswith("row,avg_q,avg,arc_challenge")
+    assert (out / "study_plot.png").read_bytes()[:4] == b"\x89PNG"
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/eval/metrics.json")}
+    stamps.update({p: p.stat().st_mtime_ns for p in out.glob("cells/**/model.safetensors")})
+    again = CliRunner().invoke(app, ["study", str(cfg_path)])
+    assert again.exit_code == 0, again.output
+    assert "cells computed: none (all reused)" in again.output
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) >= 2 * len(cells) - 1
+
+
+def test_unknown_methods_list_what_exists():
+    with pytest.raises(UserError, match="unknown method.*magic.*available: raise, random"):
+        plan_cells(StudyConfig(methods=["magic"]))
+    cells = plan_cells(StudyConfig(methods=["random", "raise"], seeds=[3, 4]))
+    assert [c.name for c in cells] == ["base", "full", "random-s3", "random-s4", "raise"]
