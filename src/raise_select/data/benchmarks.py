@@ -34,7 +34,7 @@ Validation sets follow the paper's Table 2 (appendix A.1):
 | mmlu_college_mathematics | `dev/college_mathematics_dev.csv` (not in the paper) | 5 |
 
 MMLU's 285 in Table 2 is exactly the size of its `dev/` split, so that is the split used
-(`val/`, 1,531 rows, is there as split `val`). The evaluation split (`EVAL_SPLIT`) is
+(`val/`, 1,531 rows, is there as split `val`). The evaluation split (`BenchmarkSpec.eval_split`) is
 `test` everywhere except CommonsenseQA, whose test file has no answers: there, as in
 lm-evaluation-harness, the 1,221-row dev file is evaluated (the 280 validation rows are
 drawn from it too, as in the paper). Samples are seeded (`seed`, default 0) and keep the
@@ -293,7 +293,6 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         ),
     )
 }
-EVAL_SPLIT = {name: s.eval_split for name, s in BENCHMARKS.items()}
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:
