@@ -24,7 +24,9 @@ class AcquisitionMLP(nn.Module):
         super().__init__()
         self.fused_dim = fused_dim
         self.hidden_layer = nn.Linear(fused_dim, hidden)
-        self.out = nn.Linear(hidden, 1)
+        # No output bias: the class softmax (eq. 10) and the top-b are shift-invariant, so it
+        # would get a zero gradient that Adam turns into full steps of rounding noise.
+        self.out = nn.Linear(hidden, 1, bias=False)
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         """Scores of materialised fused states (N, M) -> (N,)."""

@@ -1,0 +1,185 @@
+"""RaisePolicy and RolloutBuffer: acting, counts rebuilt from indices, the PPO update
+against a reference built on materialised fused states, save/load, resume, and a bandit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from raise_select.errors import UserError
+from raise_select.policy import (PolicyConfig, RaisePolicy, RolloutBuffer, StaticState, actor_loss,
+                                 class_log_prob, critic_features, critic_loss, fuse_state, gae)
+from test_policy_state import synthetic_features
+
+
+def _static(n=120, sem_dim=3, classes=4, seed=0) -> StaticState:
+    return StaticState.from_features(synthetic_features(n, sem_dim=sem_dim, classes=classes, seed=seed))
+
+
+def _rollout(policy: RaisePolicy, steps: int, seed: int, reward_of=None) -> tuple[RolloutBuffer, list[torch.Tensor]]:
+    """One round with exploration; P_t telescopes from P_0 = -2. Returns the buffer and the counts seen at each step."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(policy.static)
+    counts = torch.zeros(n, dtype=torch.int64)
+    seen, buf, perf = [], RolloutBuffer(), -2.0
+    reward_of = reward_of or (lambda idx: float(torch.randn(1, generator=gen)) * 0.01)
+    for t in range(steps):
+        action = policy.act(perf, t / steps, counts, explore=True, generator=gen)
+        reward = reward_of(action.indices)
+        seen.append(counts.clone())
+        buf.add(perf, t / steps, action.indices, action.log_prob, action.value, reward)
+        counts.index_add_(0, action.indices, torch.ones_like(action.indices))
+        perf += reward
+    return buf, seen
+
+
+def test_buffer_rebuilds_counts_exactly():
+    policy = RaisePolicy(_static(), PolicyConfig(per_class=2))
+    buf, seen = _rollout(policy, 6, seed=0)
+    for t, counts in enumerate(seen):
+        assert torch.equal(buf.counts_before(t, len(policy.static)), counts)
+    assert buf.nbytes() < 6 * (8 * 8 + 64)   # a few dozen bytes per step, nothing of size N
+
+
+def test_buffer_counts_random_batches_of_select_every():
+    buf = RolloutBuffer()
+    buf.add(0.0, 0.0, torch.tensor([0, 1]), -1.0, 0.0, 0.5)
+    buf.add_counted(torch.tensor([1, 2]))      # a random step between two policy steps
+    buf.add_reward(0.25)
+    buf.add(0.0, 0.5, torch.tensor([3, 1]), -1.0, 0.0, 0.1)
+    assert len(buf) == 2 and buf.reward == [0.75, 0.1]
+    assert buf.counts_before(0, 5).tolist() == [0, 0, 0, 0, 0]
+    assert buf.counts_before(1, 5).tolist() == [1, 2, 1, 0, 0]
+    assert buf.counts_before(2, 5).tolist() == [1, 3, 1, 1, 0]
+    assert buf.chosen(1).tolist() == [3, 1]
+
+
+def test_act_top_b_and_log_prob():
+    static = _static()
+    policy = RaisePolicy(static, PolicyConfig(per_class=2))
+    counts = torch.zeros(len(static), dtype=torch.int64)
+    greedy = policy.act(-2.0, 0.0, counts, explore=False)
+    scores = policy.actor(fuse_state(static, 0.0, 0.0, counts)).detach()   # stage is relative to P(M_0) = -2
+    assert greedy.indices.numel() == 8
+    torch.testing.assert_close(greedy.scores, scores[greedy.indices])
+    assert greedy.log_prob == pytest.approx(class_log_prob(scores, static.classes, 4, greedy.indices).item(), abs=1e-5)
+    for c in range(4):   # top-2 of every class
+        members = (static.classes == c).nonzero().squeeze(1)
+        best = set(members[scores[members].argsort(descending=True)[:2]].tolist())
+        assert best <= set(greedy.indices.tolist())
+    assert greedy.value == pytest.approx(policy.critic(critic_features(0.0, 0.0, counts)).item())
+
+
+def test_pool_smaller_than_a_batch_is_refused():
+    with pytest.raises(UserError, match="fewer than one batch"):
+        RaisePolicy(_static(n=10, classes=4), PolicyConfig(per_class=3))
+    with pytest.raises(UserError, match="ppo_epochs"):
+        RaisePolicy(_static(), PolicyConfig(ppo_epochs=0))
+
+
+def test_nan_reward_is_refused():
+    policy = RaisePolicy(_static(), PolicyConfig())
+    buf, _ = _rollout(policy, 3, seed=0)
+    buf.reward[1] = float("nan")
+    with pytest.raises(UserError, match="step 1"):
+        policy.update(buf)
+
+
+def test_update_matches_reference_on_fused_states():
+    """One epoch, one minibatch: the split/accumulated update equals plain autograd on fuse_state."""
+    static = _static(n=60)
+    cfg = PolicyConfig(per_class=2, ppo_epochs=1, normalize_advantages=False, seed=3)
+    policy = RaisePolicy(static, cfg)
+    buf, seen = _rollout(policy, 5, seed=1)
+    reference = copy.deepcopy(policy)
+    stats = policy.update(buf)
+
+    data = buf.tensors()
+    adv, returns = gae(data["reward"], data["value"], 0.0, cfg.gamma, cfg.lam)
+    new_lp = torch.stack([
+        class_log_prob(reference.actor(fuse_state(static, buf.perf_prev[t] + 2.0, buf.progress[t], seen[t])),
+                       static.classes, static.num_classes, buf.chosen(t)) for t in range(len(buf))])
+    a_loss = actor_loss(new_lp.double() - data["old_log_prob"], adv, cfg.clip)
+    reference.actor_opt.zero_grad()
+    a_loss.backward()
+    reference.actor_opt.step()
+    feats = torch.stack([critic_features(buf.perf_prev[t] + 2.0, buf.progress[t], seen[t]) for t in range(len(buf))])
+    c_loss = critic_loss(reference.critic(feats), returns.float())
+    reference.critic_opt.zero_grad()
+    c_loss.backward()
+    reference.critic_opt.step()
+
+    assert stats["actor_loss"] == pytest.approx(a_loss.item(), abs=1e-6)
+    assert stats["critic_loss"] == pytest.approx(c_loss.item(), rel=1e-5)
+    assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-5)   # first pass: the acting policy itself
+    for mine, ref in zip([*policy.actor.parameters(), *policy.critic.parameters()],
+                         [*reference.actor.parameters(), *reference.critic.parameters()]):
+        torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_save_load_round_trip(tmp_path):
+    static = _static()
+    policy = RaisePolicy(static, PolicyConfig(per_class=2, hidden=8))
+    buf, _ = _rollout(policy, 4, seed=0)
+    policy.update(buf)
+    policy.save(tmp_path / "policy")
+    assert {p.name for p in (tmp_path / "policy").iterdir()} == {"actor.safetensors", "critic.safetensors", "policy.json"}
+    restored_static = StaticState.from_features(synthetic_features(120, sem_dim=3, classes=4),
+                                                RaisePolicy.read_normalizer(tmp_path / "policy"))
+    loaded = RaisePolicy.load(tmp_path / "policy", restored_static)
+    counts = torch.randint(0, 3, (120,))
+    assert torch.equal(loaded.scores(-1.9, 0.4, counts), policy.scores(-1.9, 0.4, counts))
+    assert loaded.value(-1.9, 0.4, counts) == policy.value(-1.9, 0.4, counts)
+    assert loaded.cfg == policy.cfg
+    with pytest.raises(UserError, match="num_classes"):
+        RaisePolicy.load(tmp_path / "policy", _static(classes=5))
+
+
+def test_resume_reproduces_uninterrupted_training(tmp_path):
+    cfg = PolicyConfig(per_class=2, minibatches=2, ppo_epochs=2)
+    straight = RaisePolicy(_static(), cfg)
+    for k in range(2):
+        straight.update(_rollout(straight, 4, seed=k)[0])
+
+    first = RaisePolicy(_static(), cfg)
+    first.update(_rollout(first, 4, seed=0)[0])
+    first.save(tmp_path / "p")
+    torch.save(first.training_state(), tmp_path / "opt.pt")
+    resumed = RaisePolicy.load(tmp_path / "p", _static())
+    resumed.load_training_state(torch.load(tmp_path / "opt.pt"))
+    resumed.update(_rollout(resumed, 4, seed=1)[0])
+    for a, b in zip(straight.actor.state_dict().values(), resumed.actor.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.critic.state_dict().values(), resumed.critic.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_ppo_learns_to_prefer_rewarding_items():
+    """Bandit: reward = mean of sem feature 0 of the chosen batch. After some rounds the
+    greedy policy picks items with a high feature 0 far more often than chance."""
+    ft = synthetic_features(300, sem_dim=4, classes=4, seed=0)
+    static = StaticState.from_features(ft)
+    feature = torch.from_numpy(ft.sem[:, 0])
+    good = feature > 1.0
+    chance = good.float().mean().item()
+    # gamma = 0: a step's reward depends on its own batch only, as in a bandit.
+    policy = RaisePolicy(static, PolicyConfig(per_class=2, gamma=0.0, seed=0))
+    steps = 10
+
+    def greedy_good_share() -> float:
+        counts = torch.zeros(len(static), dtype=torch.int64)
+        hits = 0.0
+        for t in range(steps):
+            idx = policy.act(-2.0, t / steps, counts, explore=False).indices
+            hits += good[idx].float().mean().item()
+            counts.index_add_(0, idx, torch.ones_like(idx))
+        return hits / steps
+
+    before = greedy_good_share()
+    for k in range(15):
+        policy.update(_rollout(policy, steps, seed=k, reward_of=lambda idx: 0.05 * feature[idx].mean().item())[0])
+    after = greedy_good_share()
+    assert chance < 0.2 and before < 0.3
+    assert after > 3 * chance and after > 0.6
