@@ -72,13 +72,16 @@ class DemoConfig:
     max_length: int = 96              # tokens per example (the longest demo example is ~75)
     # LLM fine-tuning (same for every method)
     steps: int = 100                  # T: updates per round and per fine-tuning run
-    per_class: int = 16               # b; the batch is B = classes x per_class
+    per_class: int = 8                # b; the batch is B = classes x per_class
     lr: float = 3e-3                  # LLM learning rate (cosine, no warm-up); see the module docstring
     # policy training
     rounds: int = 8                   # K: policy-training rounds per seed
-    actor_lr: float = 1e-1            # actor AdamW learning rate (paper)
+    gamma: float = 0.0                # GAE discount; 0 credits each batch with its own reward (see README)
+    lam: float = 1.0                  # GAE lambda (paper)
+    actor_lr: float = 1e-2            # actor AdamW learning rate (paper: 1e-1)
     critic_lr: float = 2e-1           # critic AdamW learning rate (paper)
-    ppo_epochs: int = 4               # PPO epochs per round (paper's K_2)
+    ppo_epochs: int = 8               # PPO epochs per round (paper's K_2)
+    minibatches: int = 4              # PPO optimizer steps per epoch
     hidden: int = 64                  # actor and critic hidden width
 
 
