@@ -43,11 +43,14 @@ class AcquisitionMLP(nn.Module):
         w = self.hidden_layer.weight
         stage = w[:, 0] * perf_prev + w[:, 1] * progress          # (hidden,), shared by all rows
         w_avail = w[:, -1]
+        w_out = self.out.weight[0]
         counts = counts.to(projection.dtype)
         parts = []
         for start in range(0, projection.shape[0], chunk):
-            pre = projection[start:start + chunk] + stage + counts[start:start + chunk, None] * w_avail
-            parts.append(self.out(torch.tanh(pre)).squeeze(-1))
+            # one fused pass for proj + counts x w_avail, then in place (autograd-safe: addr and
+            # add_ keep no output for backward, tanh_ keeps its own result)
+            pre = torch.addr(projection[start:start + chunk], counts[start:start + chunk], w_avail).add_(stage)
+            parts.append(torch.mv(pre.tanh_(), w_out))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 

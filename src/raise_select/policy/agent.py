@@ -45,16 +45,20 @@ class PolicyConfig:
     normalize_advantages: bool = True # standardise a round's advantages before eq. 12 (rewards are tiny validation deltas)
 
     def check(self) -> None:
-        bad = []
-        if self.hidden < 1: bad.append(f"hidden = {self.hidden} (must be >= 1)")
-        if not 0.0 <= self.gamma <= 1.0: bad.append(f"gamma = {self.gamma} (must lie in [0, 1])")
-        if not 0.0 <= self.lam <= 1.0: bad.append(f"lam = {self.lam} (must lie in [0, 1])")
-        if not self.clip > 0.0: bad.append(f"clip = {self.clip} (must be > 0)")
-        if not (self.actor_lr > 0 and self.critic_lr > 0): bad.append("actor_lr and critic_lr must be > 0")
-        if self.weight_decay < 0: bad.append(f"weight_decay = {self.weight_decay} (must be >= 0)")
-        if self.ppo_epochs < 1: bad.append(f"ppo_epochs = {self.ppo_epochs} (must be >= 1)")
-        if self.per_class < 1: bad.append(f"per_class = {self.per_class} (must be >= 1)")
-        if self.minibatches < 1: bad.append(f"minibatches = {self.minibatches} (must be >= 1)")
+        """Refuse invalid settings before any training, naming each bad field."""
+        rules = [
+            (self.hidden >= 1, "hidden", "must be >= 1"),
+            (0.0 <= self.gamma <= 1.0, "gamma", "must lie in [0, 1]"),
+            (0.0 <= self.lam <= 1.0, "lam", "must lie in [0, 1]"),
+            (self.clip > 0.0, "clip", "must be > 0"),
+            (self.actor_lr > 0.0, "actor_lr", "must be > 0"),
+            (self.critic_lr > 0.0, "critic_lr", "must be > 0"),
+            (self.weight_decay >= 0.0, "weight_decay", "must be >= 0"),
+            (self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1"),
+            (self.per_class >= 1, "per_class", "must be >= 1"),
+            (self.minibatches >= 1, "minibatches", "must be >= 1"),
+        ]
+        bad = [f"{name} = {getattr(self, name)!r} ({why})" for ok, name, why in rules if not ok]
         if bad:
             raise UserError("invalid policy settings: " + "; ".join(bad))
 

@@ -34,22 +34,24 @@ def select_per_class(scores: torch.Tensor, classes: torch.Tensor, num_classes: i
         raise UserError(f"per_class (b) must be at least 1, got {per_class}")
     if n < batch:
         raise UserError(f"the pool has {n} instructions, fewer than one batch of {batch} (= {num_classes} classes x {per_class})")
-    keys = scores.detach()
+    keys = scores.detach().clone()
     if sample:
-        keys = keys + _gumbel(keys.shape, generator, keys.dtype, keys.device)
-    # Group rows by class with the best key first inside each class: a stable sort by key,
-    # then a stable sort by class keeps the key order within a class.
-    by_key = torch.argsort(keys, descending=True, stable=True)
-    order = by_key[torch.argsort(classes[by_key], stable=True)]
-    sizes = torch.bincount(classes, minlength=num_classes)
-    starts = torch.cumsum(sizes, 0) - sizes
-    rank = torch.arange(n, device=keys.device) - starts[classes[order]]
-    chosen = order[rank < per_class]
+        keys += _gumbel(keys.shape, generator, keys.dtype, keys.device)
+    # b rounds of "best remaining row of every class": O(b N) scatter ops instead of sorting
+    # the pool; ties go to the lowest row index. A taken row's key becomes -inf.
+    rows = torch.arange(n, device=keys.device)
+    chosen = []
+    for _ in range(per_class):
+        best = torch.full((num_classes,), -torch.inf, dtype=keys.dtype, device=keys.device)
+        best = best.scatter_reduce(0, classes, keys, reduce="amax")
+        hit = (keys == best[classes]) & torch.isfinite(keys)
+        first = torch.full((num_classes,), n, dtype=torch.int64, device=keys.device)
+        first = first.scatter_reduce(0, classes, torch.where(hit, rows, n), reduce="amin")
+        taken = first[first < n]
+        keys[taken] = -torch.inf
+        chosen.append(taken)
+    chosen = torch.cat(chosen)
     short = batch - chosen.numel()
     if short:
-        rest = torch.ones(n, dtype=torch.bool, device=keys.device)
-        rest[chosen] = False
-        rest_idx = rest.nonzero().squeeze(1)
-        top = torch.argsort(keys[rest_idx], descending=True, stable=True)[:short]
-        chosen = torch.cat([chosen, rest_idx[top]])
+        chosen = torch.cat([chosen, torch.argsort(keys, descending=True, stable=True)[:short]])
     return chosen
