@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
 
 from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
@@ -172,6 +173,9 @@ class RaisePolicy:
                                  for t in range(steps)])
         order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
         actor_losses, critic_losses, kls, clipped, entropies = [], [], [], [], []
+        # A bar only when the update is long (large pools): about 1e8 row-passes and more.
+        bar = tqdm(total=cfg.ppo_epochs * steps, desc="PPO update", unit="step", leave=False,
+                   disable=cfg.ppo_epochs * steps * n < 100_000_000)
         for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(steps, generator=order_gen) if cfg.minibatches > 1 else torch.arange(steps)
             for group in order.chunk(min(cfg.minibatches, steps)):
@@ -190,6 +194,7 @@ class RaisePolicy:
                     if epoch == 0:
                         with torch.no_grad():
                             entropies.append(class_entropy(scores, classes, num_classes).item())
+                    bar.update()
                 projection.backward(leaf.grad)
                 self.actor_opt.step()
                 self.critic_opt.zero_grad(set_to_none=True)
@@ -197,6 +202,7 @@ class RaisePolicy:
                 c_loss.backward()
                 self.critic_opt.step()
                 critic_losses.append(c_loss.item())
+        bar.close()
         self.updates += 1
         self._projection = None
         last = slice(len(kls) - steps, None)
