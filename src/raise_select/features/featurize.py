@@ -63,8 +63,8 @@ class FeaturizeConfig:
     dtype: str = "float32"             # float32 | bfloat16 | float16 | auto
     device: Optional[str] = None       # cpu, cuda, cuda:1, ...; None: this process's accelerate device
 
-    def validate(self) -> None:
-        for name in ("pool", "model", "out"):
+    def validate(self, need_pool: bool = True) -> None:
+        for name in ("pool", "model", "out") if need_pool else ("model", "out"):
             if not getattr(self, name):
                 raise UserError(f"featurize needs --{name} (or featurize.{name} in the config)")
         if self.template not in TEMPLATES:
@@ -140,7 +140,7 @@ def featurize(
     `after_shard(k)` is called after shard k is written (progress hooks, tests).
     Every process of a distributed launch calls this; all return the finished table.
     """
-    cfg.validate()
+    cfg.validate(need_pool=pool is None)
     if pool is None:
         pool = load_pool(cfg.pool, cfg.format, limit=cfg.limit)
     state = process_state(cfg.device)
@@ -178,7 +178,7 @@ def featurize(
     if len(todo) < len(mine):
         log.info("resuming: %d of this process's %d shard(s) are on disk", len(mine) - len(todo), len(mine))
     if todo:
-        _compute_shards(cfg, pool, shard_dir, todo, state, after_shard)
+        _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard)
     state.wait_for_everyone()
 
     if state.is_main_process:
@@ -208,7 +208,7 @@ def _remove_stale_shards(shards_root: Path, keep: Path) -> None:
             shutil.rmtree(folder)
 
 
-def _compute_shards(cfg, pool, shard_dir, todo, state, after_shard) -> None:
+def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard) -> None:
     import torch
 
     from ..models.loading import load_model_and_tokenizer
@@ -223,23 +223,34 @@ def _compute_shards(cfg, pool, shard_dir, todo, state, after_shard) -> None:
     scorer = ResponseScorer(
         model, start_token_id(tokenizer), tokenizer.pad_token_id, cfg.batch_size, device, embed=encoder is None
     )
-    total = sum(min(cfg.shard_size, len(pool) - k * cfg.shard_size) for k in todo)
-    with tqdm(total=total, desc="featurize", unit="ex", disable=not state.is_main_process, dynamic_ncols=True) as bar:
+    size = lambda k: min(cfg.shard_size, len(pool) - k * cfg.shard_size)  # noqa: E731
+    total = sum(size(k) for k in mine)
+    done = total - sum(size(k) for k in todo)
+    bar = tqdm(total=total, initial=done, desc="featurize", unit="ex", disable=not state.is_main_process, dynamic_ncols=True)
+    with bar:
         for k in todo:
             examples = pool.examples[k * cfg.shard_size:(k + 1) * cfg.shard_size]
-            _score_shard(cfg, examples, tokenizer, scorer, encoder).write(shard_path(shard_dir, k))
-            bar.update(len(examples))
+            shown, sequences = 0, 0
+
+            def advance(n_sequences: int) -> None:  # two sequences per example
+                nonlocal shown, sequences
+                sequences += n_sequences
+                bar.update(sequences // 2 - shown)
+                shown = sequences // 2
+
+            _score_shard(cfg, examples, tokenizer, scorer, encoder, advance).write(shard_path(shard_dir, k))
+            bar.update(len(examples) - shown)
             if after_shard is not None:
                 after_shard(k)
 
 
-def _score_shard(cfg, examples, tokenizer, scorer, encoder) -> Shard:
+def _score_shard(cfg, examples, tokenizer, scorer, encoder, on_batch=None) -> Shard:
     encoded = encode_examples(examples, tokenizer, cfg.template, cfg.max_length)
     keep = [i for i, e in enumerate(encoded) if e.response_ids]
     skipped = {"response_has_no_tokens": len(encoded) - len(keep)} if len(keep) < len(encoded) else {}
     examples = [examples[i] for i in keep]
     encoded = [encoded[i] for i in keep]
-    scores = scorer.score(encoded)
+    scores = scorer.score(encoded, on_batch)
     vectors = scores.embedding if encoder is None else encode_texts(encoder, [example_text(e) for e in examples], cfg.batch_size)
     if cfg.sem_pool == "mean":
         vectors = adaptive_pool(vectors, cfg.sem_dim)

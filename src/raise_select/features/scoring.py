@@ -25,7 +25,7 @@ predict response tokens, never to the prompt positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -115,7 +115,8 @@ class ResponseScorer:
         self.embed = embed
 
     @torch.inference_mode()
-    def score(self, encoded: Sequence[EncodedExample]) -> ResponseScores:
+    def score(self, encoded: Sequence[EncodedExample], on_batch: Callable[[int], None] | None = None) -> ResponseScores:
+        """Score every example; `on_batch(k)` is told after each batch of k sequences (2 per example)."""
         n = len(encoded)
         # (tokens, example index, is_conditional, index of the first response token)
         seqs: list[tuple[list[int], int, bool, int]] = []
@@ -138,6 +139,8 @@ class ResponseScorer:
             if emb is not None:
                 cond_idx = [i for _, i, cond, _ in batch if cond]
                 embedding[cond_idx] = emb
+            if on_batch is not None:
+                on_batch(len(batch))
         return ResponseScores(cond_sum, uncond_sum, embedding)
 
     def _score_batch(self, batch) -> tuple[list[float], np.ndarray | None]:

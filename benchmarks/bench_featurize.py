@@ -1,0 +1,145 @@
+"""Throughput of `raise-select featurize` against the plain IFD-style loop.
+
+    python benchmarks/bench_featurize.py --examples 1024 --loop-examples 128
+
+For each tiny-model preset (`1m`, `10m`; tokenizer trained on the Alpaca texts, random
+weights), on a slice of the real Alpaca pool:
+
+- ours: `features.featurize` end to end (tokenization, the batched pass, shards, K-means,
+  the Parquet table);
+- loop: per example, two plain forward passes of the full model with full-vocabulary
+  logits and a full log-softmax (the way the IFD reference code scores x -> y and y),
+  on the same token ids.
+
+Tokens are the tokens fed to the model (both passes, no padding), the same for both. The
+machine's limit is the FLOP/s of a large float32 matmul measured in the same run; the
+model needs 2 x (non-embedding parameters) FLOPs per token. Targets: 1m ours >= 5x the
+loop; 10m ours >= half the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from raise_select.data.pools import load_pool
+from raise_select.features import FeaturizeConfig, featurize
+from raise_select.features.scoring import encode_examples, start_token_id
+from raise_select.models.tiny import build_tiny_model, non_embedding_parameters
+
+DEFAULT_POOL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alpaca" / "alpaca_data.json"
+
+
+def matmul_flops(n: int = 2048, repeats: int = 5) -> tuple[float, float]:
+    """Best FLOP/s of an (n x n) @ (n x n) float32 matmul, per wall second and per CPU second."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best_wall = best_cpu = 0.0
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        a @ b
+        best_wall = max(best_wall, 2 * n**3 / (time.perf_counter() - t))
+        best_cpu = max(best_cpu, 2 * n**3 / (time.process_time() - c))
+    return best_wall, best_cpu
+
+
+@torch.inference_mode()
+def reference_loop(model, encoded, start: int) -> tuple[float, float, list[float]]:
+    """Wall and CPU seconds of the plain per-example loop, and its mean log P(y|x) per example."""
+    t, c = time.perf_counter(), time.process_time()
+    cond_means = []
+    for e in encoded:
+        cond = torch.tensor([[start, *e.prompt_ids, *e.response_ids]])
+        uncond = torch.tensor([[start, *e.response_ids]])
+        means = []
+        for ids, first in ((cond, 1 + len(e.prompt_ids)), (uncond, 1)):
+            logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+            means.append(float(logp[first - 1:-1].gather(1, ids[0, first:, None]).mean()))
+        cond_means.append(means[0])
+    return time.perf_counter() - t, time.process_time() - c, cond_means
+
+
+def forwarded_tokens(encoded) -> int:
+    return sum(2 + len(e.prompt_ids) + 2 * len(e.response_ids) for e in encoded)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pool", default=str(DEFAULT_POOL), help="Alpaca pool file")
+    ap.add_argument("--examples", type=int, default=1024, help="examples featurized by ours")
+    ap.add_argument("--loop-examples", type=int, default=128, help="examples scored by the plain loop (its rate is per example)")
+    ap.add_argument("--presets", default="1m,10m", help="comma-separated tiny-model presets")
+    ap.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (ours)")
+    ap.add_argument("--shard-size", type=int, default=2048, help="examples per shard (ours)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--work-dir", default=None, help="where models and outputs go (default: a temp folder)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    pool = load_pool(args.pool, limit=args.examples)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-featurize-"))
+    texts = ["\n".join(c for _, c in e.messages) for e in load_pool(args.pool, limit=20000).examples]
+    print(f"pool: {args.pool} ({len(pool)} examples; loop on the first {args.loop_examples}); torch threads {torch.get_num_threads()}")
+    ok = True
+    for preset in args.presets.split(","):
+        model_dir = work / f"model-{preset}"
+        if not (model_dir / "config.json").is_file():
+            build_tiny_model(model_dir, texts, preset=preset, seed=0)
+        flops_before = matmul_flops()
+        cfg = FeaturizeConfig(
+            model=str(model_dir), out=str(work / f"out-{preset}-{time.time_ns()}"), batch_size=args.batch_size,
+            shard_size=args.shard_size, pool=args.pool,
+        )
+        t, c = time.perf_counter(), time.process_time()
+        table = featurize(cfg, pool=pool)
+        ours_s, ours_cpu = time.perf_counter() - t, time.process_time() - c
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        encoded = encode_examples(pool.examples, tok, cfg.template, cfg.max_length)
+        loop_enc = encoded[: args.loop_examples]
+        loop_s, loop_cpu, loop_cond = reference_loop(model, loop_enc, start_token_id(tok))
+        flops_after = matmul_flops()
+        flops_limit = max(flops_before[0], flops_after[0])
+        flops_limit_cpu = max(flops_before[1], flops_after[1])
+
+        ours_tok = forwarded_tokens(encoded) / ours_s
+        loop_tok = forwarded_tokens(loop_enc) / loop_s
+        ours_ex, loop_ex = len(encoded) / ours_s, len(loop_enc) / loop_s
+        diff = max(abs(a - b) for a, b in zip(loop_cond, table["logp_cond"]))
+        per_token = 2 * non_embedding_parameters(model)
+        fraction = ours_tok * per_token / flops_limit
+        print(f"\n== preset {preset}: {non_embedding_parameters(model) / 1e6:.2f}M non-embedding parameters, "
+              f"{per_token / 1e6:.1f} MFLOP/token")
+        print(f"ours: {ours_ex:8.1f} examples/s {ours_tok:10.0f} tokens/s  ({len(encoded)} examples, {ours_s:.1f} s end to end)")
+        print(f"loop: {loop_ex:8.1f} examples/s {loop_tok:10.0f} tokens/s  ({len(loop_enc)} examples, {loop_s:.1f} s)")
+        cpu_speedup = (forwarded_tokens(encoded) / ours_cpu) / (forwarded_tokens(loop_enc) / loop_cpu)
+        print(f"speed-up (tokens/s): {ours_tok / loop_tok:.1f}x ({cpu_speedup:.1f}x per CPU second); "
+              f"max |logp_cond ours - loop| = {diff:.2e}")
+        print(f"matmul float32: {flops_limit / 1e9:.1f} GFLOP/s; ours {ours_tok * per_token / 1e9:.1f} GFLOP/s "
+              f"= {fraction:.2f} of it")
+        # The machine is shared: per CPU second of this process, contention cancels out.
+        fraction_cpu = forwarded_tokens(encoded) * per_token / ours_cpu / flops_limit_cpu
+        print(f"per CPU second: matmul {flops_limit_cpu / 1e9:.1f} GFLOP/s, ours {fraction_cpu:.2f} of it "
+              f"(ours used {ours_cpu:.1f} CPU s in {ours_s:.1f} s)")
+        if preset == "1m":
+            passed = ours_tok / loop_tok >= 5
+            print(f"target 1m: >= 5x the loop: {'PASS' if passed else 'FAIL'}")
+            ok &= passed
+        if preset == "10m":
+            passed = fraction >= 0.5
+            print(f"target 10m: >= 0.5 of the matmul limit: {'PASS' if passed else 'FAIL'}")
+            ok &= passed
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
