@@ -56,6 +56,13 @@ def method_options(method: str, config_path: str | Path | None, overrides: list[
     return options
 
 
+def _features_key(features: str) -> str:
+    """The features folder and its meta.json (which fingerprints model, template and data), so a
+    re-featurized folder invalidates an earlier selection."""
+    meta = Path(features) / "meta.json" if features else None
+    return f"{features}:{fingerprint(meta.read_text())}" if meta is not None and meta.is_file() else features
+
+
 def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     """Select (or reuse an identical earlier selection), write `selection.json`, train if asked.
     Returns the written selection record."""
@@ -75,7 +82,7 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     pool = load_pool(cfg.pool, fmt=cfg.format, limit=cfg.limit)
     k = budget_count(cfg.budget, len(pool))
     key = fingerprint({"method": cfg.method, "options": asdict(method), "pool": pool.fingerprint, "budget": k,
-                       "features": cfg.features, "model": cfg.model, "val": cfg.val, "val_size": cfg.val_size,
+                       "features": _features_key(cfg.features), "model": cfg.model, "val": cfg.val, "val_size": cfg.val_size,
                        "seed": cfg.seed, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "steps": cfg.steps,
                        "template": cfg.template, "max_length": cfg.max_length})
     sel_path = out / "selection.json"
