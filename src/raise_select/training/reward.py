@@ -98,8 +98,10 @@ class Validator:
         self.max_new_tokens = max_new_tokens
         self.accelerator = accelerator
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-        self._mine = list(range(rank, len(examples), world))
-        self._encoded = {i: encode_example(examples[i], tokenizer, template, max_length) for i in self._mine} if self.user_fn is None else {}
+        mine = range(rank, len(examples), world)
+        self._encoded = {i: encode_example(examples[i], tokenizer, template, max_length) for i in mine} if self.user_fn is None else {}
+        # Batches of similar lengths waste little on padding; the metrics do not depend on the order.
+        self._mine = sorted(mine, key=lambda i: -len(self._encoded[i].input_ids)) if self._encoded else list(mine)
 
     def __call__(self, model) -> float:
         acc = self.accelerator
