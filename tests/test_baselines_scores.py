@@ -266,3 +266,43 @@ def test_sspl_schedule_from_features():
     assert means == sorted(means)
     with pytest.raises(UserError, match="unknown loss source"):
         make_baseline("sspl", {"loss": "nope"}).select(pool, 8, SelectionContext(features=ft))
+
+
+def test_example_losses_match_the_model_loss_per_example(tiny_model_dir):
+    from raise_select.baselines.lm import encoded_batch, example_losses
+    from raise_select.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    examples = make_pool(5).examples
+    batched = example_losses(model, tok, examples, "alpaca", 64, batch_size=3)
+    for e, got in zip(examples, batched):
+        with torch.no_grad():
+            single = model(**encoded_batch([e], tok, "alpaca", 64, "cpu")).loss  # HF mean over labelled tokens
+        assert float(got) == pytest.approx(float(single), rel=1e-4)
+
+
+def test_sspl_target_loss_orders_by_the_models_loss(tiny_model_dir):
+    from raise_select.baselines.lm import example_losses
+    from raise_select.models.loading import load_model_and_tokenizer
+
+    pool = make_pool(12)
+    sel = make_baseline("sspl", {"loss": "target"}).select(
+        pool, 4, SelectionContext(model=str(tiny_model_dir), batch_size=2, epochs=1, max_length=64))
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    losses = example_losses(model, tok, pool.examples, "alpaca", 64).numpy()
+    assert sel.scores == pytest.approx(losses[sel.indices].tolist(), rel=1e-4)
+    batches = matched_batches(sel, 2, sel.info["steps"], seed=0, dynamic=True)
+    assert [max(losses[b]) <= min(losses[c]) for b, c in zip(batches, batches[1:])] == [True]
+
+
+def test_last_token_embeddings_ignore_left_padding(tiny_model_dir):
+    from raise_select.baselines.deita import last_token_embeddings
+    from raise_select.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    texts = ["Name three colors: red, green and blue.", "What is 12 plus 7?"]
+    batched = last_token_embeddings(model, tok, texts, batch_size=2, max_length=64)
+    for text, got in zip(texts, batched):
+        with torch.no_grad():
+            hidden = model(**tok(text, return_tensors="pt"), output_hidden_states=True).hidden_states[-1][0, -1]
+        assert np.allclose(got, hidden.numpy(), atol=1e-4)
