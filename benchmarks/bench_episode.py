@@ -1,6 +1,6 @@
 """Wall-time split of one RAISE episode (one round of Algorithm 2) on a 10M-parameter model.
 
-    python benchmarks/bench_episode.py --examples 2000 --steps 20 --val-size 64
+    python benchmarks/bench_episode.py --examples 1000 --steps 10 --val-size 32 --threads 1
 
 A tiny Llama of preset `10m` (tokenizer trained on the pool's texts, random weights) is
 featurized and trained on a slice of the real Alpaca pool, with GSM8K as validation set
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=2000, help="first N Alpaca examples form the pool")
     ap.add_argument("--steps", type=int, default=20, help="T, steps of the episode")
     ap.add_argument("--val-size", type=int, default=64, help="GSM8K validation examples")
+    ap.add_argument("--select-every", type=int, default=1, help="M: policy (and validation) every M steps")
     ap.add_argument("--classes", type=int, default=8, help="C; the batch is C x 1")
     ap.add_argument("--max-length", type=int, default=256, help="tokens per example")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -65,7 +66,7 @@ def main() -> None:
     run = work / "run"
     cfg = TrainPolicyConfig(pool=str(pool_file), features=str(work / "features"), model=str(model_dir), val="gsm8k",
                             data_dir=str(args.data_dir), val_size=args.val_size, out=str(run), rounds=1,
-                            steps=args.steps, max_length=args.max_length)
+                            steps=args.steps, max_length=args.max_length, select_every=args.select_every)
     if (run / "checkpoint").exists():
         import shutil
 
@@ -81,7 +82,7 @@ def main() -> None:
     print(f"\nmodel: tiny Llama 10m ({params / 1e6:.1f}M non-embedding parameters), {torch.get_num_threads()} threads, "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
     print(f"pool: {len(pool)} Alpaca examples, {args.classes} classes, batch {args.classes}, {args.max_length} tokens; "
-          f"validation: {args.val_size} GSM8K examples; T = {args.steps}")
+          f"validation: {args.val_size} GSM8K examples; T = {args.steps}, M = {args.select_every}")
     print(f"featurize: {featurize_s:.1f}s; episode (train_policy, rounds=1, incl. loading): {episode_s:.1f}s")
     print(f"{'part':<10}{'seconds':>10}{'share':>8}{'per step (ms)':>16}")
     for key in ("train", "reward", "scoring", "ppo"):
