@@ -2,11 +2,9 @@
 
 import json
 import math
-import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from raise_select.data.pools import load_pool
 from raise_select.data.templates import render_prompt
@@ -24,6 +22,15 @@ ROWS = [
     {"instruction": "Count to three.", "input": "", "output": "1 2 3"},
 ]
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; on a shared machine extra threads mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
