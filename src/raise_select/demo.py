@@ -76,17 +76,17 @@ class DemoConfig:
     lr: float = 3e-3                  # LLM learning rate (cosine, no warm-up); see the module docstring
     # policy training
     rounds: int = 8                   # K: policy-training rounds per seed
-    gamma: float = 0.0                # GAE discount; 0 credits each batch with its own reward (see README)
+    gamma: float = 0.99               # GAE discount (paper)
     lam: float = 1.0                  # GAE lambda (paper)
-    actor_lr: float = 1e-2            # actor AdamW learning rate (paper: 1e-1)
+    actor_lr: float = 1e-1            # actor AdamW learning rate (paper)
     critic_lr: float = 2e-1           # critic AdamW learning rate (paper)
-    ppo_epochs: int = 8               # PPO epochs per round (paper's K_2)
-    minibatches: int = 4              # PPO optimizer steps per epoch
+    ppo_epochs: int = 8               # PPO epochs per round (paper's K_2 is 4: 8 x 4 minibatches learns in 8 rounds)
+    minibatches: int = 4              # PPO optimizer steps per epoch (the round's steps in 4 shuffled groups)
     hidden: int = 64                  # actor and critic hidden width
 
 
 # `--quick`: the same pipeline, small enough for a test.
-QUICK = {"pool_size": 240, "val_size": 16, "steps": 6, "rounds": 2, "per_class": 4, "seeds": 2}
+QUICK = {"pool_size": 120, "val_size": 8, "steps": 4, "rounds": 2, "per_class": 4, "seeds": 2}
 
 
 @dataclass
