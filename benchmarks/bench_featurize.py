@@ -1,15 +1,15 @@
 """Throughput of `raise-select featurize` against the plain IFD-style loop.
 
-    python benchmarks/bench_featurize.py --examples 1024 --loop-examples 128
+    python benchmarks/bench_featurize.py --examples 2048 --loop-examples 128 --threads 1
 
 For each tiny-model preset (`1m`, `10m`; tokenizer trained on the Alpaca texts, random
 weights), on a slice of the real Alpaca pool:
 
 - ours: `features.featurize` end to end (tokenization, the batched pass, shards, K-means,
   the Parquet table);
-- loop: per example, two plain forward passes of the full model with full-vocabulary
-  logits and a full log-softmax (the way the IFD reference code scores x -> y and y),
-  on the same token ids.
+- loop: per example, tokenization and two plain forward passes of the full model with
+  full-vocabulary logits and the loss from `labels` (the way the IFD reference code
+  scores y given x and y alone), on the same token ids.
 
 Tokens are the tokens fed to the model (both passes, no padding), the same for both. The
 machine's limit is the FLOP/s of a large float32 matmul measured in the same run; the
@@ -48,20 +48,31 @@ def matmul_flops(n: int = 2048, repeats: int = 5) -> tuple[float, float]:
     return best_wall, best_cpu
 
 
-@torch.inference_mode()
-def reference_loop(model, encoded, start: int) -> tuple[float, float, list[float]]:
-    """Wall and CPU seconds of the plain per-example loop, and its mean log P(y|x) per example."""
+@torch.no_grad()
+def reference_loop(model, tokenizer, examples, template: str, max_length: int) -> tuple[float, float, list[float], list]:
+    """The IFD reference way, one example at a time: tokenize, then two forward passes of the
+    full model with full-vocabulary logits and the loss from `labels` (prompt masked with -100),
+    the conditional one also returning the hidden states for the embedding.
+
+    Returns wall and CPU seconds, mean log P(y|x) per example, and the encoded examples.
+    """
+    start = start_token_id(tokenizer)
     t, c = time.perf_counter(), time.process_time()
-    cond_means = []
-    for e in encoded:
+    cond_means, encoded = [], []
+    for ex in examples:
+        e = encode_examples([ex], tokenizer, template, max_length)[0]
+        encoded.append(e)
         cond = torch.tensor([[start, *e.prompt_ids, *e.response_ids]])
+        labels = cond.clone()
+        labels[0, : 1 + len(e.prompt_ids)] = -100
+        out = model(cond, labels=labels, output_hidden_states=True)
+        out.hidden_states[-1][0, 1 + len(e.prompt_ids):].mean(0)  # E(d)
         uncond = torch.tensor([[start, *e.response_ids]])
-        means = []
-        for ids, first in ((cond, 1 + len(e.prompt_ids)), (uncond, 1)):
-            logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-            means.append(float(logp[first - 1:-1].gather(1, ids[0, first:, None]).mean()))
-        cond_means.append(means[0])
-    return time.perf_counter() - t, time.process_time() - c, cond_means
+        labels = uncond.clone()
+        labels[0, 0] = -100
+        model(uncond, labels=labels)
+        cond_means.append(-float(out.loss))
+    return time.perf_counter() - t, time.process_time() - c, cond_means, encoded
 
 
 def forwarded_tokens(encoded) -> int:
@@ -71,16 +82,21 @@ def forwarded_tokens(encoded) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", default=str(DEFAULT_POOL), help="Alpaca pool file")
-    ap.add_argument("--examples", type=int, default=1024, help="examples featurized by ours")
+    ap.add_argument("--examples", type=int, default=2048, help="examples featurized by ours")
     ap.add_argument("--loop-examples", type=int, default=128, help="examples scored by the plain loop (its rate is per example)")
     ap.add_argument("--presets", default="1m,10m", help="comma-separated tiny-model presets")
     ap.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (ours)")
     ap.add_argument("--shard-size", type=int, default=2048, help="examples per shard (ours)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; 1 on a shared machine)")
     ap.add_argument("--work-dir", default=None, help="where models and outputs go (default: a temp folder)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+
+    # Import what both sides use before any timing: a process pays it once, not per pool.
+    import accelerate  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401
 
     pool = load_pool(args.pool, limit=args.examples)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-featurize-"))
@@ -100,13 +116,12 @@ def main() -> int:
         table = featurize(cfg, pool=pool)
         ours_s, ours_cpu = time.perf_counter() - t, time.process_time() - c
 
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         tok = AutoTokenizer.from_pretrained(model_dir)
         encoded = encode_examples(pool.examples, tok, cfg.template, cfg.max_length)
-        loop_enc = encoded[: args.loop_examples]
-        loop_s, loop_cpu, loop_cond = reference_loop(model, loop_enc, start_token_id(tok))
+        loop_s, loop_cpu, loop_cond, loop_enc = reference_loop(
+            model, tok, pool.examples[: args.loop_examples], cfg.template, cfg.max_length
+        )
         flops_after = matmul_flops()
         flops_limit = max(flops_before[0], flops_after[0])
         flops_limit_cpu = max(flops_before[1], flops_after[1])
