@@ -85,7 +85,7 @@ def main() -> int:
     ap.add_argument("--examples", type=int, default=2048, help="examples featurized by ours")
     ap.add_argument("--loop-examples", type=int, default=128, help="examples scored by the plain loop (its rate is per example)")
     ap.add_argument("--presets", default="1m,10m", help="comma-separated tiny-model presets")
-    ap.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (ours)")
+    ap.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (ours; default: the featurizer's)")
     ap.add_argument("--shard-size", type=int, default=2048, help="examples per shard (ours)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; 1 on a shared machine)")
     ap.add_argument("--work-dir", default=None, help="where models and outputs go (default: a temp folder)")

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         out: Optional[str] = typer.Option(None, "--out", help="Output folder for features.parquet, meta.json and shards/."),
         template: Optional[str] = typer.Option(None, "--template", help="Prompt template: alpaca (default) or chat (the tokenizer's chat template)."),
         max_length: Optional[int] = typer.Option(None, "--max-length", help="Max tokens per example (default 512); the prompt is cut from the left first."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Token sequences per forward pass, two per example (default 32)."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Token sequences per forward pass, two per example (default: 8 on CPU, 32 on GPU)."),
         sem_dim: Optional[int] = typer.Option(None, "--sem-dim", help="Size of the semantic state d_sem (default 32)."),
         sem_pool: Optional[str] = typer.Option(None, "--sem-pool", help="Reduce the embedding to d_sem by 'mean' (adaptive average pooling, default) or 'pca'."),
         embed_model: Optional[str] = typer.Option(None, "--embed-model", help="sentence-transformers model (name or folder) to embed with instead of the LM's hidden states."),

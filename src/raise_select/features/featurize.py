@@ -52,7 +52,7 @@ class FeaturizeConfig:
     out: Optional[str] = None          # output folder (features.parquet, meta.json, shards/)
     template: str = "alpaca"           # prompt template: alpaca | chat (the tokenizer's)
     max_length: int = 512              # tokens of [start] + prompt + response; the prompt is cut first
-    batch_size: int = 32               # token sequences per forward pass (two per example)
+    batch_size: Optional[int] = None   # token sequences per forward pass (two per example); None: 8 on CPU (fits the cache), 32 on GPU
     sem_dim: int = 32                  # d_sem, size of the semantic state (paper: 32)
     sem_pool: str = "mean"             # mean: adaptive average pooling of E(d); pca: scikit-learn PCA
     embed_model: Optional[str] = None  # sentence-transformers model for E(d) instead of the LM's hidden states
@@ -72,7 +72,7 @@ class FeaturizeConfig:
         if self.sem_pool not in SEM_POOLS:
             raise UserError(f"unknown --sem-pool '{self.sem_pool}'; available: {', '.join(SEM_POOLS)}")
         for name, low in (("max_length", 2), ("batch_size", 1), ("sem_dim", 1), ("classes", 1), ("shard_size", 1)):
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
 
 
@@ -220,8 +220,9 @@ def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard) -> Non
     if max_pos is not None and cfg.max_length > max_pos:
         raise UserError(f"--max-length {cfg.max_length} is over the model's max_position_embeddings ({max_pos})")
     encoder = load_sentence_encoder(cfg.embed_model, device, cfg.trust_remote_code) if cfg.embed_model else None
+    batch_size = cfg.batch_size or (8 if device.type == "cpu" else 32)
     scorer = ResponseScorer(
-        model, start_token_id(tokenizer), tokenizer.pad_token_id, cfg.batch_size, device, embed=encoder is None
+        model, start_token_id(tokenizer), tokenizer.pad_token_id, batch_size, device, embed=encoder is None
     )
     size = lambda k: min(cfg.shard_size, len(pool) - k * cfg.shard_size)  # noqa: E731
     total = sum(size(k) for k in mine)
@@ -251,7 +252,7 @@ def _score_shard(cfg, examples, tokenizer, scorer, encoder, on_batch=None) -> Sh
     examples = [examples[i] for i in keep]
     encoded = [encoded[i] for i in keep]
     scores = scorer.score(encoded, on_batch)
-    vectors = scores.embedding if encoder is None else encode_texts(encoder, [example_text(e) for e in examples], cfg.batch_size)
+    vectors = scores.embedding if encoder is None else encode_texts(encoder, [example_text(e) for e in examples], scorer.batch_size)
     if cfg.sem_pool == "mean":
         vectors = adaptive_pool(vectors, cfg.sem_dim)
     return Shard(
