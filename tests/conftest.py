@@ -19,6 +19,17 @@ TOKENIZER_TEXTS = [
 ] * 20
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run fastest on one intra-op thread (and tests stay repeatable)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """`../shared/data`; tests that need it skip when it is absent."""
