@@ -12,7 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from raise_select.baselines import SelectionContext, make_baseline
-from raise_select.baselines.alpagasus import API_KEY_ENV, BASE_URL_ENV, judge_messages, parse_score
+from raise_select.baselines.alpagasus import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    LocalJudge,
+    judge_messages,
+    parse_score,
+    rating_token_ids,
+)
 from raise_select.data.pools import Example, Pool, example_id
 from raise_select.errors import UserError
 
@@ -165,8 +172,164 @@ def test_prompt_is_the_reference_triplet():
 
 def test_local_judge_runs_and_counts_unrated(tiny_model_dir, tmp_path):
     pool = judge_pool()
-    method = make_baseline("alpagasus", {"backend": "local", "judge_model": str(tiny_model_dir), "max_tokens": 4})
+    method = make_baseline("alpagasus", {"backend": "local", "scoring": "generate", "judge_model": str(tiny_model_dir), "max_tokens": 4})
     sel = method.select(pool, 3, SelectionContext(out_dir=tmp_path))
+    assert sel.info["scoring"] == "generate"
     assert sel.info["requested"] == len(pool) and sel.info["failed"] == 0
     rated = len(pool) - sel.info["unrated"]
     assert len(sel.indices) == min(3, rated)
+
+
+# ---------------------------------------------------------------- scoring="expectation"
+
+
+def manual_expectations(model_dir, examples) -> list[float]:
+    """sum_k k * p_k with p the softmax over the logits of "0".."5", one plain unpadded forward per example."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    digit_ids = []
+    for d in "012345":
+        ids = tok.encode(d, add_special_tokens=False)
+        assert len(ids) == 1
+        digit_ids.append(ids[0])
+    out = []
+    for ex in examples:
+        text = tok.apply_chat_template(judge_messages(ex, "accuracy"), tokenize=False, add_generation_prompt=True)
+        assert text.endswith("<|assistant|>\n")  # the tiny template's generation prompt, nothing after it
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([tok.encode(text)])).logits[0, -1]
+        z = [float(logits[i]) for i in digit_ids]
+        m = max(z)
+        e = [math.exp(v - m) for v in z]
+        out.append(sum(k * e[k] for k in range(6)) / sum(e))
+    return out
+
+
+def local_options(model_dir, **extra) -> dict:
+    return {"backend": "local", "judge_model": str(model_dir), **extra}
+
+
+def scores_by_row(sel) -> dict[int, float]:
+    return dict(zip(sel.indices, sel.scores))
+
+
+def test_expectation_is_the_softmax_over_the_digit_logits(tiny_model_dir, tmp_path):
+    pool = judge_pool()
+    pool = Pool(examples=pool.examples[:3], format=pool.format, sources=pool.sources)
+    sel = make_baseline("alpagasus", local_options(tiny_model_dir)).select(pool, 3, SelectionContext(out_dir=tmp_path))
+    assert sel.info["scoring"] == "expectation"      # the local judge's default
+    assert sel.info["unrated"] == 0 and sel.info["requested"] == 3
+    got = scores_by_row(sel)
+    want = manual_expectations(tiny_model_dir, pool.examples)
+    assert sorted(got) == [0, 1, 2]
+    for row, w in enumerate(want):
+        assert got[row] == pytest.approx(w, abs=1e-5)
+    lines = [json.loads(x) for x in (tmp_path / "cache" / "alpagasus-judgments.jsonl").read_text().splitlines()]
+    for rec in lines:
+        assert sum(rec["probs"]) == pytest.approx(1.0, abs=1e-6)
+        assert rec["score"] == pytest.approx(sum(k * p for k, p in enumerate(rec["probs"])), abs=1e-6)
+
+
+def test_left_padded_batch_equals_single_passes(tiny_model_dir):
+    import numpy as np
+
+    judge = LocalJudge(str(tiny_model_dir), "float32", "cpu", batch_size=4)
+    prompts = [judge.prompt(judge_messages(ex, "accuracy")) for ex in judge_pool().examples[:4]]
+    prompts[1] += " The quick brown fox jumps over the lazy dog." * 3   # lengths differ: padding is real
+    lengths = {len(judge.tokenizer(p)["input_ids"]) for p in prompts}
+    assert len(lengths) > 1
+    ratings, probs = judge.expectations(prompts)
+    singles = [judge.expectations([p]) for p in prompts]
+    np.testing.assert_allclose(ratings, [r[0] for r, _ in singles], atol=1e-5)
+    np.testing.assert_allclose(probs, np.concatenate([p for _, p in singles]), atol=1e-5)
+
+
+def test_expectation_judgments_are_cached_per_scoring_mode(tiny_model_dir, tmp_path):
+    pool = judge_pool()
+    ctx = SelectionContext(out_dir=tmp_path)
+    first = make_baseline("alpagasus", local_options(tiny_model_dir, batch_size=4)).select(pool, 4, ctx)
+    cache_file = tmp_path / "cache" / "alpagasus-judgments.jsonl"
+    assert len(cache_file.read_text().splitlines()) == len(pool)
+    again = make_baseline("alpagasus", local_options(tiny_model_dir, batch_size=4)).select(pool, 4, ctx)
+    assert again.info["cached"] == len(pool) and again.info["requested"] == 0
+    assert again.indices == first.indices and again.scores == first.scores
+    assert len(cache_file.read_text().splitlines()) == len(pool)
+    # The other scoring mode of the same judge is another judgment.
+    gen = make_baseline("alpagasus", local_options(tiny_model_dir, scoring="generate", max_tokens=2)).select(pool, 4, ctx)
+    assert gen.info["cached"] == 0 and gen.info["requested"] == len(pool)
+
+
+@pytest.fixture(scope="module")
+def rigged_judge_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with an LM head that rates example 0 near 5 and example 1 near 2: the
+    rows of "0".."4" are zero and the row of "5" is c (h0 - h1), h the final hidden state at
+    the last prompt token. RMSNorm gives |h0| = |h1|, so (h0 - h1).h0 = -(h0 - h1).h1 =
+    |h0 - h1|^2 / 2 = 10 / c, and the score is 2 + 3 p5 with p5 = e^x / (5 + e^x)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    hidden = []
+    for ex in judge_pool().examples[:2]:
+        text = tok.apply_chat_template(judge_messages(ex, "accuracy"), tokenize=False, add_generation_prompt=True)
+        with torch.no_grad():
+            hidden.append(model.model(input_ids=torch.tensor([tok.encode(text)])).last_hidden_state[0, -1])
+    d = hidden[0] - hidden[1]
+    ids = rating_token_ids(tok)
+    with torch.no_grad():
+        model.lm_head.weight[ids[:5]] = 0.0
+        model.lm_head.weight[ids[5]] = 20.0 * d / d.dot(d)
+    out = tmp_path_factory.mktemp("rigged-judge")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_threshold_then_fill_with_expectation_scores(rigged_judge_dir, tmp_path):
+    pool = judge_pool()
+    want = manual_expectations(rigged_judge_dir, pool.examples)
+    assert want[0] > 4.99 and 2.0 < want[1] < 2.01   # the rigging works as its docstring says
+    above = [i for i, w in enumerate(want) if w >= 4.5]
+    assert 0 < len(above) < len(pool)
+    budget = min(len(pool), len(above) + 2)
+    sel = make_baseline("alpagasus", local_options(rigged_judge_dir)).select(pool, budget, SelectionContext(out_dir=tmp_path))
+    best_first = sorted(range(len(pool)), key=lambda i: (-want[i], i))
+    assert sel.indices == best_first[:budget]
+    assert sel.indices[:len(above)] == sorted(above, key=lambda i: -want[i])
+    assert sel.info["above_threshold"] == len(above)
+    assert sel.info["filled_below_threshold"] == budget - len(above)
+    assert "short_of_budget" not in sel.info and sel.info["unrated"] == 0
+
+
+def test_digit_tokens_must_be_distinct(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = rating_token_ids(tok)
+    assert ids == [tok.convert_tokens_to_ids(d) for d in "012345"] and len(set(ids)) == 6
+
+    class OneTokenForAllDigits:
+        unk_token_id = 3
+
+        def convert_tokens_to_ids(self, token):
+            return self.unk_token_id
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [7, 100 + int(text)]}   # a shared prefix token, then the digit
+
+    with pytest.raises(UserError, match="two of the digits"):
+        rating_token_ids(OneTokenForAllDigits())
+
+
+def test_expectation_needs_a_local_judge(monkeypatch):
+    monkeypatch.setenv(BASE_URL_ENV, "http://127.0.0.1:9")
+    with pytest.raises(UserError, match="backend=local"):
+        make_baseline("alpagasus", {"scoring": "expectation"}).select(judge_pool(), 2, SelectionContext())
+    with pytest.raises(UserError, match="unknown scoring"):
+        make_baseline("alpagasus", {"backend": "local", "scoring": "mean"}).select(judge_pool(), 2, SelectionContext())

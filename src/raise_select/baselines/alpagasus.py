@@ -14,10 +14,30 @@ Two judges: an OpenAI-compatible HTTP endpoint (`/v1/chat/completions`; base URL
 from the environment variables `RAISE_SELECT_JUDGE_BASE_URL` and
 `RAISE_SELECT_JUDGE_API_KEY`; the key is sent only in the Authorization header and never
 logged or written), queried by a bounded thread pool with retries and exponential backoff
-on 429, 5xx, timeouts and connection errors; or a local HF model (`backend="local"`,
-greedy generation). Judgments are cached as JSON Lines keyed by example id + judge +
-prompt hash, so a re-run makes no request for what it already has. Requests that still
-fail after the retries are counted and not cached (a re-run tries them again).
+on 429, 5xx, timeouts and connection errors; or a local HF model (`backend="local"`).
+Judgments are cached as JSON Lines keyed by example id + judge + scoring mode + prompt
+hash, so a re-run makes no request for what it already has. Requests that still fail after
+the retries are counted and not cached (a re-run tries them again).
+
+Scoring modes (`scoring`):
+
+- `generate` (the only one of the HTTP judge): the judge writes its review (greedy) and
+  the score is parsed from it as above.
+- `expectation` (the default of the local judge): the probability-weighted score of
+  G-Eval (Liu et al., 2023) and of DEITA's scorers, sum_k k * p_k over k = 0..5, where
+  p = softmax of the next-token logits of the tokens "0".."5" alone. The prompt is the
+  same messages rendered with the judge's chat template and its generation prompt (plain
+  text, the messages' contents joined by blank lines, when it has none), with nothing
+  appended: the reference asks for "a single line containing value indicating the scores"
+  first and reads the score as `float(review.split("\n")[0])`, so the answer's very first
+  token is the score's leading digit (a "Score: " prefix would be a format the reference
+  neither asks for nor parses). A rating like "4.5" starts with "4", so the expectation
+  over the integer digits is what the first token can tell. Every example gets a score, so
+  this mode never leaves one unrated. A digit's token is its own vocabulary entry (Llama's
+  sentencepiece "5", a byte-level BPE's "5"); a tokenizer without one uses the first token
+  of the digit's encoding; two digits on one token is an error. With the tiny random
+  models of the tests and the CPU study the scores carry no meaning (as for DEITA's tiny
+  scorers): they exercise the pipeline, not the judge.
 """
 
 from __future__ import annotations
@@ -31,7 +51,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Optional
 
 import numpy as np
 
@@ -46,6 +66,8 @@ log = logging.getLogger(__name__)
 BASE_URL_ENV = "RAISE_SELECT_JUDGE_BASE_URL"
 API_KEY_ENV = "RAISE_SELECT_JUDGE_API_KEY"
 BACKENDS = ("http", "local")
+SCORINGS = ("expectation", "generate")
+RATING_DIGITS = "012345"  # the scale 0..5 of the reference's prompt
 
 SYSTEM_PROMPT = "We would like to request your feedback on the performance of AI assistant in response to the instruction and the given input displayed following."
 RATING_PROMPTS = {
@@ -155,34 +177,93 @@ class HttpJudge:
         raise AssertionError("unreachable")
 
 
-class LocalJudge:
-    """Greedy generation from a local (or hub) causal LM, one example at a time."""
+def rating_token_ids(tokenizer) -> list[int]:
+    """Ids of the tokens "0".."5": the digit's own vocabulary entry, else the first token of its encoding."""
+    ids = []
+    for digit in RATING_DIGITS:
+        tid = tokenizer.convert_tokens_to_ids(digit)
+        if tid is None or tid == tokenizer.unk_token_id:
+            encoded = tokenizer(digit, add_special_tokens=False)["input_ids"]
+            if not encoded:
+                raise UserError(f"alpagasus: the judge's tokenizer encodes the digit '{digit}' as nothing; use scoring=generate")
+            tid = encoded[0]
+        ids.append(int(tid))
+    if len(set(ids)) < len(ids):
+        raise UserError(f"alpagasus: the judge's tokenizer maps two of the digits 0-5 to one token (ids {ids}); use scoring=generate")
+    return ids
 
-    def __init__(self, model: str, max_tokens: int, dtype: str, device):
+
+def expected_ratings(next_logits, token_ids: list[int]):
+    """(B,) expectations sum_k k * p_k and (B, 6) p = softmax over the digit tokens' logits of (B, V)."""
+    import torch
+
+    probs = torch.softmax(next_logits[:, token_ids].float(), dim=-1)
+    return probs @ torch.arange(len(token_ids), dtype=probs.dtype, device=probs.device), probs
+
+
+class LocalJudge:
+    """A local (or hub) causal LM as the judge: greedy reviews, or next-token expectations."""
+
+    def __init__(self, model: str, dtype: str, device, max_tokens: int = 256, batch_size: int = 8, max_length: int = 2048):
         from ..models.loading import load_model_and_tokenizer
 
         self.model, self.tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device)
+        self.model.eval()
         self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    def prompt(self, messages: list[dict]) -> str:
+        """The messages with the chat template and its generation prompt, or joined as plain text."""
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            return "\n\n".join(m["content"] for m in messages)
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # The tokenizer adds its BOS itself; a template that writes it too would double it.
+        bos = tok.bos_token
+        return text[len(bos):] if bos and text.startswith(bos) else text
 
     def __call__(self, messages: list[dict]) -> str:
+        """The greedy review of one example (`scoring="generate"`)."""
         import torch
 
         tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            prompt = "\n\n".join(m["content"] for m in messages)
-        enc = tok(prompt, return_tensors="pt").to(self.model.device)
-        with torch.no_grad():
+        enc = tok(self.prompt(messages), return_tensors="pt").to(self.model.device)
+        with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
         return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def expectations(self, prompts: list[str]):
+        """(B,) expected ratings and (B, 6) digit probabilities of one left-padded batch of prompts."""
+        import torch
+
+        from .deita import _left_padded
+
+        if not hasattr(self, "_digit_ids"):
+            self._digit_ids = rating_token_ids(self.tokenizer)
+        enc = _left_padded(self.tokenizer, prompts, self.max_length, self.model.device)
+        with torch.inference_mode():
+            logits = self.model(**enc).logits[:, -1]
+        ratings, probs = expected_ratings(logits, self._digit_ids)
+        return ratings.cpu().numpy(), probs.cpu().numpy()
+
+
+def judgment_keys(examples: list[Example], judge_name: str, scoring: str, dimension: str) -> tuple[list[str], str]:
+    """Cache keys of the examples' judgments and the hash of the prompt they were asked with."""
+    prompt_hash = sha256_text(SYSTEM_PROMPT, TRIPLET, RATING_PROMPTS[dimension])[:12]
+    return [f"{e.id}:{judge_name}:{scoring}:{prompt_hash}" for e in examples], prompt_hash
+
+
+def cached_scores(keys: list[str], cache: JsonlCache, counts: dict) -> list[float | None]:
+    """Scores of the keys from the cache (None: not judged or unrated); counts the unrated."""
+    counts["unrated"] = sum(1 for k in keys if k in cache and cache.get(k)["score"] is None)
+    return [cache.get(k)["score"] if k in cache else None for k in keys]
 
 
 def rate_pool(examples: list[Example], judge: Callable[[list[dict]], str], judge_name: str, dimension: str,
               cache: JsonlCache, concurrency: int) -> tuple[list[float | None], dict]:
-    """Scores of all examples (None: unrated) and counts of what happened."""
-    prompt_hash = sha256_text(SYSTEM_PROMPT, TRIPLET, RATING_PROMPTS[dimension])[:12]
-    keys = [f"{e.id}:{judge_name}:{prompt_hash}" for e in examples]
+    """Scores parsed from the judge's reviews (None: unrated) and counts of what happened."""
+    keys, prompt_hash = judgment_keys(examples, judge_name, "generate", dimension)
     todo = [i for i, k in enumerate(keys) if k not in cache]
     counts = {"cached": len(examples) - len(todo), "requested": len(todo), "failed": 0, "unrated": 0}
     from tqdm.auto import tqdm
@@ -201,11 +282,27 @@ def rate_pool(examples: list[Example], judge: Callable[[list[dict]], str], judge
                 counts["failed"] += 1
                 log.warning("judge gave up on example %s: %s", examples[i].id, e.args[0])
                 continue
-            cache.put(keys[i], {"id": examples[i].id, "judge": judge_name, "prompt": prompt_hash,
+            cache.put(keys[i], {"id": examples[i].id, "judge": judge_name, "scoring": "generate", "prompt": prompt_hash,
                                 "review": review, "score": parse_score(review)})
-    scores = [cache.get(k)["score"] if k in cache else None for k in keys]
-    counts["unrated"] = sum(1 for k in keys if k in cache and cache.get(k)["score"] is None)
-    return scores, counts
+    return cached_scores(keys, cache, counts), counts
+
+
+def rate_pool_expectation(examples: list[Example], judge: LocalJudge, judge_name: str, dimension: str,
+                          cache: JsonlCache) -> tuple[list[float | None], dict]:
+    """Expected 0-5 ratings from the judge's next-token digit probabilities, in batches, cached per batch."""
+    from tqdm.auto import tqdm
+
+    keys, prompt_hash = judgment_keys(examples, judge_name, "expectation", dimension)
+    todo = [i for i, k in enumerate(keys) if k not in cache]
+    counts = {"cached": len(examples) - len(todo), "requested": len(todo), "failed": 0, "unrated": 0}
+    step = max(1, judge.batch_size)
+    for start in tqdm(range(0, len(todo), step), desc="alpagasus judge (expectation)", unit="batch"):
+        batch = todo[start:start + step]
+        ratings, probs = judge.expectations([judge.prompt(judge_messages(examples[i], dimension)) for i in batch])
+        for i, rating, p in zip(batch, ratings, probs):
+            cache.put(keys[i], {"id": examples[i].id, "judge": judge_name, "scoring": "expectation", "prompt": prompt_hash,
+                                "probs": [float(x) for x in p], "score": float(rating)})
+    return cached_scores(keys, cache, counts), counts
 
 
 @dataclass
@@ -223,31 +320,44 @@ class AlpaGasus:
     max_retries: int = 5                # retries of a request on 429/5xx/timeouts before giving up on it
     timeout: float = 60.0               # seconds per HTTP request
     backoff: float = 1.0                # seconds before the first retry (doubles each time; Retry-After honoured)
-    max_tokens: int = 256               # tokens the judge may answer with
+    max_tokens: int = 256               # tokens the judge may answer with (scoring="generate")
     dtype: str = "float32"              # local judge weights dtype
+    scoring: Optional[str] = None       # "expectation" (sum_k k p_k over the digits 0-5) or "generate" (parse a review); None: expectation for local, generate for http
+    batch_size: int = 8                 # local judge: prompts per forward pass (scoring="expectation")
+    max_length: int = 2048              # local judge: token limit of a prompt (cut from the left, keeping the rating request)
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         if self.backend not in BACKENDS:
             raise UserError(f"alpagasus: unknown backend '{self.backend}'; available: {', '.join(BACKENDS)}")
         if self.dimension not in RATING_PROMPTS:
             raise UserError(f"alpagasus: unknown dimension '{self.dimension}'; available: {', '.join(RATING_PROMPTS)}")
+        scoring = self.scoring or ("expectation" if self.backend == "local" else "generate")
+        if scoring not in SCORINGS:
+            raise UserError(f"alpagasus: unknown scoring '{scoring}'; available: {', '.join(SCORINGS)}")
+        if scoring == "expectation" and self.backend != "local":
+            raise UserError("alpagasus: scoring=expectation needs the judge's logits: use backend=local, or scoring=generate")
         cache = JsonlCache(ctx.cache_path("alpagasus-judgments.jsonl"))
-        scores, counts = rate_pool(pool.examples, self._judge(ctx), f"{self.backend}:{self.judge_model}",
-                                   self.dimension, cache, self.concurrency if self.backend == "http" else 1)
+        judge_name = f"{self.backend}:{self.judge_model}"
+        if scoring == "expectation":
+            scores, counts = rate_pool_expectation(pool.examples, self._judge(ctx), judge_name, self.dimension, cache)
+        else:
+            scores, counts = rate_pool(pool.examples, self._judge(ctx), judge_name, self.dimension, cache,
+                                       self.concurrency if self.backend == "http" else 1)
         rated = np.array([i for i, s in enumerate(scores) if s is not None], dtype=np.int64)
         values = np.array([s if s is not None else -np.inf for s in scores], dtype=np.float64)
         order = rated[np.lexsort((rated, -values[rated]))] if rated.size else rated
         chosen = order[:budget]
-        info = {**counts, "threshold": self.threshold, "judge": f"{self.backend}:{self.judge_model}",
+        info = {**counts, "threshold": self.threshold, "judge": judge_name, "scoring": scoring,
                 "above_threshold": int((values >= self.threshold).sum()),
                 "filled_below_threshold": int((values[chosen] < self.threshold).sum())}
         if chosen.size < budget:
             info["short_of_budget"] = int(budget - chosen.size)
         return Selection(indices=chosen.tolist(), scores=values[chosen].tolist(), info=info)
 
-    def _judge(self, ctx: SelectionContext) -> Callable[[list[dict]], str]:
+    def _judge(self, ctx: SelectionContext) -> HttpJudge | LocalJudge:
         if self.backend == "local":
-            return LocalJudge(self.judge_model, self.max_tokens, self.dtype, ctx.torch_device())
+            return LocalJudge(self.judge_model, self.dtype, ctx.torch_device(), max_tokens=self.max_tokens,
+                              batch_size=self.batch_size, max_length=self.max_length)
         base_url = os.environ.get(BASE_URL_ENV)
         if not base_url:
             raise UserError(f"alpagasus: set ${BASE_URL_ENV} to an OpenAI-compatible endpoint (and ${API_KEY_ENV}), or use --set alpagasus.backend=local")
