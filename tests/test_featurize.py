@@ -89,8 +89,8 @@ def test_values_match_plain_reference(pool_file, tiny_model_dir, tmp_path, max_l
         assert table["logp_uncond"][k] == pytest.approx(ref["logp_uncond_sum"] / n, abs=1e-5)
         assert table["logp_cond_sum"][k] == pytest.approx(ref["logp_cond_sum"], abs=1e-5 * n)
         assert table["logp_uncond_sum"][k] == pytest.approx(ref["logp_uncond_sum"], abs=1e-5 * n)
-        ppl_cond, ppl_uncond = math.exp(-ref["logp_cond_sum"] / n), math.exp(-ref["logp_uncond_sum"] / n)
-        assert table["ifd"][k] == pytest.approx(ppl_cond / ppl_uncond, rel=1e-4)
+        loss_cond, loss_uncond = -ref["logp_cond_sum"] / n, -ref["logp_uncond_sum"] / n
+        assert table["ifd"][k] == pytest.approx(loss_cond / loss_uncond, rel=1e-4)
         # Adaptive average pooling of 32 hidden features to 8 = means of 4 neighbours.
         np.testing.assert_allclose(table.sem[k], ref["emb"].reshape(8, 4).mean(1), atol=1e-5)
         full_response = len(tok(ex.response, add_special_tokens=False).input_ids)

@@ -3,9 +3,8 @@
 
 IFD(x, y) = s(y|x) / s(y), the ratio of the mean response-token losses with and without the
 prompt; here s(y|x) = -logp_cond and s(y) = -logp_uncond from the featurized table, so
-IFD = logp_cond / logp_uncond (RAISE paper, appendix C.1). The reference divides mean
-losses, not perplexities: the feature table's `ifd` column (a perplexity ratio) orders
-examples differently and is not used. As the reference does, examples whose response was
+IFD = logp_cond / logp_uncond (RAISE paper, appendix C.1), the feature table's `ifd`
+column; here rows where s(y) is not positive are marked undefined. As the reference does, examples whose response was
 cut by the length limit are skipped, and IFD > 1 (the prompt does not help predict the
 response) is dropped (the reference's test is `mean_rate > 1`; IFD == 1 exactly is kept).
 The rest are ranked by decreasing IFD and the top `budget` kept.

@@ -78,6 +78,16 @@ class FeaturizeConfig:
 
 # ---------------------------------------------------------------- fingerprints
 
+def ifd_ratio(logp_cond: np.ndarray, logp_uncond: np.ndarray) -> np.ndarray:
+    """Instruction-following difficulty as the reference (Cherry_LLM) computes it: the mean
+    response loss given the prompt over the mean response loss without it, s(y|x) / s(y).
+    Above 1 the prompt does not help (those rows are what IFD selection drops)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.asarray(logp_cond, dtype=np.float64) / np.asarray(logp_uncond, dtype=np.float64)
+    # log P(y) = 0 only for a response the model is certain of: no difficulty to speak of.
+    return np.where(np.asarray(logp_uncond) == 0, 1.0, out)
+
+
 def _hash_folder(folder: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
@@ -287,7 +297,7 @@ def _merge(cfg, pool, shard_dir, n_shards, final_fp, num_processes) -> FeatureTa
         "logp_uncond": logp_uncond,
         "logp_cond_sum": cond_sum,
         "logp_uncond_sum": uncond_sum,
-        "ifd": np.exp(logp_uncond - logp_cond),  # PPL(y|x) / PPL(y)
+        "ifd": ifd_ratio(logp_cond, logp_uncond),
         "truncated": cat("truncated").astype(np.float64),
     }
     sem = _semantic_state(cfg, shard_dir, n_shards, len(ids))

@@ -63,7 +63,9 @@ def truncate(prompt_ids: Sequence[int], response_ids: Sequence[int], max_length:
     if r <= budget:
         keep_p, keep_r = min(p, budget - r), r
     else:
-        keep_p = min(p, budget // 4)
+        # The response alone is too long: keep a quarter of the budget for the end of the
+        # prompt (at least one token, so y_1 is still predicted from its context).
+        keep_p = min(p, max(1, budget // 4))
         keep_r = budget - keep_p
     return EncodedExample(
         prompt_ids=list(prompt_ids[p - keep_p:]),

@@ -25,7 +25,7 @@ FEATURE_COLUMNS = (
     "logp_uncond",      # mean log P(y) over response tokens, scored without the prompt
     "logp_cond_sum",    # sum log P(y|x)
     "logp_uncond_sum",  # sum log P(y)
-    "ifd",              # exp(-logp_cond) / exp(-logp_uncond) = PPL(y|x) / PPL(y)
+    "ifd",              # logp_cond / logp_uncond = loss(y|x) / loss(y), as the IFD reference code
     "truncated",        # 1 if the response alone was over max_length and was cut
 )
 DIFFICULTY_COLUMNS = ("len_prompt", "len_response", "logp_cond", "logp_uncond")  # eq. 3

@@ -20,7 +20,7 @@ import torch
 
 from ..config import to_dict
 from .episode import EpisodeConfig, check_batch, check_common, lm_config, load_static, resolve_per_class, run_episode
-from .loop import LMTrainer
+from .loop import LMTrainer, full_precision_accelerator
 from .reward import Validator, check_finite
 from .runs import RunFolder
 
@@ -37,7 +37,6 @@ class FinetuneConfig(EpisodeConfig):
 
 def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     """Fine-tune `cfg.model` with the policy in `cfg.policy`; returns the saved model folder."""
-    from accelerate import Accelerator
     from transformers import set_seed
 
     from ..cli.common import setup_logging
@@ -45,7 +44,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     from ..policy import RaisePolicy
 
     check_common(cfg, ("policy", "pool", "features", "model", "val", "out"))
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    acc = accelerator or full_precision_accelerator()
     run = RunFolder(cfg.out, enabled=acc.is_main_process, tensorboard=cfg.tensorboard)
     if acc.is_main_process:
         setup_logging(run.out)

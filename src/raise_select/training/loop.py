@@ -29,6 +29,7 @@ import torch
 from ..data.pools import Example, Pool
 from ..data.templates import CHAT_TEMPLATE, render_prompt
 from ..errors import UserError
+from ..features.scoring import truncate
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,32 @@ class Encoded:
     labels: list[int]                # IGNORE_INDEX on the prompt; response tokens + EOS otherwise
 
 
+def full_precision_accelerator():
+    """An `Accelerator` without mixed precision.
+
+    accelerate keeps one process-wide state: an earlier HF `Trainer` run with `bf16=True`
+    (TRL's default) would otherwise make every later model here run under bf16 autocast.
+    That state is reset, with a warning, rather than silently training in bf16.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    cpu = not torch.cuda.is_available()
+    try:
+        return Accelerator(cpu=cpu, mixed_precision="no")
+    except ValueError:
+        log.warning("accelerate state had mixed precision on from an earlier run in this process; resetting it")
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(cpu=cpu, mixed_precision="no")
+
+
 def encode_example(example: Example, tokenizer, template: str = "alpaca", max_length: int = 512) -> Encoded:
     """Prompt x (rendered with `render_prompt`) + response y + EOS, labels only on y + EOS.
 
     Over `max_length`, the prompt is cut from the left (its end, next to the response, is
     kept); only when the response alone does not fit is it cut from the right, keeping the
-    last prompt token so that the first response token is still predicted.
+    last quarter of the budget (at least one token) for the end of the prompt, exactly as
+    `features.scoring.truncate` does for featurization.
     """
     if max_length < 2:
         raise UserError(f"max_length must be at least 2, got {max_length}")
@@ -79,11 +100,10 @@ def encode_example(example: Example, tokenizer, template: str = "alpaca", max_le
     if not prompt_ids:
         # The first response token needs a token before it to be predicted.
         prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-    room = max_length - len(response_ids)
-    if room < 1:
-        response_ids = response_ids[: max_length - 1]
-        room = 1
-    prompt_ids = prompt_ids[-room:]
+    # The featurizer's rule, so features describe what is trained on (its budget counts a
+    # start token that is part of `prompt_ids` here).
+    fit = truncate(prompt_ids, response_ids, max_length + 1)
+    prompt_ids, response_ids = fit.prompt_ids, fit.response_ids
     return Encoded(prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids)
 
 
@@ -135,7 +155,6 @@ class LMTrainer:
         tokenizer=None,
         accelerator=None,
     ):
-        from accelerate import Accelerator
         from transformers import set_seed
 
         if total_steps < 1:
@@ -143,7 +162,7 @@ class LMTrainer:
         self.cfg = cfg
         self.pool = pool
         self.total_steps = total_steps
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = accelerator or full_precision_accelerator()
         set_seed(cfg.seed)
         if isinstance(model, str):
             from ..models.loading import load_model_and_tokenizer

@@ -22,7 +22,7 @@ import torch
 from ..config import to_dict
 from ..errors import UserError
 from .episode import EpisodeConfig, check_batch, check_common, load_static, resolve_per_class, lm_config, run_episode, share_from_main
-from .loop import LMTrainer
+from .loop import LMTrainer, full_precision_accelerator
 from .reward import Validator, check_finite
 from .runs import RunFolder, rng_state, set_rng_state
 
@@ -62,7 +62,6 @@ def policy_config(cfg: TrainPolicyConfig):
 
 def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     """Run Algorithm 2 into `cfg.out`; returns the folder of the trained policy (`<out>/policy`)."""
-    from accelerate import Accelerator
     from transformers import set_seed
 
     from ..cli.common import setup_logging
@@ -72,7 +71,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     check_common(cfg, ("pool", "features", "model", "val", "out"))
     if cfg.rounds < 1:
         raise UserError(f"invalid settings: rounds = {cfg.rounds} (must be >= 1)")
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    acc = accelerator or full_precision_accelerator()
     run = RunFolder(cfg.out, enabled=acc.is_main_process, tensorboard=cfg.tensorboard)
     if acc.is_main_process:
         setup_logging(run.out)
