@@ -24,14 +24,6 @@ ROWS = [
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread; on a shared machine extra threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     path = tmp_path_factory.mktemp("pool") / "pool.json"

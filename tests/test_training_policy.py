@@ -19,14 +19,6 @@ CLASSES = 3
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread; on a shared machine extra threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
     """A 24-row pool with random features in 3 classes and a 4-row validation file."""
