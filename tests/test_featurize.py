@@ -1,7 +1,6 @@
 """Featurization: values against a plain per-example reference, format, resume, reuse, errors."""
 
 import json
-import math
 import os
 import subprocess
 import sys
