@@ -80,7 +80,7 @@ def test_empty_response_skipped_and_counted(tmp_path):
 @pytest.mark.parametrize(
     "content,message",
     [
-        ('{"instruction": "a", "output": "b"}\n{"instruction": "c", "outp', "row 1: malformed JSON line"),
+        ('{"instruction": "a", "output": "b"}\n{"instruction": "c", "outp', r"row 1 \(line 2\): malformed JSON"),
         ('{"instruction": "a", "input": ""}\n', "row 0, field 'output': missing field"),
         ('{"foo": 1}\n', "unknown format"),
         ("", "file is empty"),

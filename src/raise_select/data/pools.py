@@ -118,7 +118,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}: row {lineno}: malformed JSON line ({e.msg})") from None
+                raise UserError(f"{path}: row {lineno} (line {lineno + 1}): malformed JSON ({e.msg})") from None
             n += 1
             yield lineno, rec
     if n == 0:
