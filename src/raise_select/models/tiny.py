@@ -67,11 +67,20 @@ def build_tiny_model(
     preset: str = "test",
     seed: int = 0,
     spec: TinySpec | None = None,
+    vocab_size: int | None = None,
 ) -> Path:
-    """Train a tokenizer on `texts`, build a random Llama of `preset` size, save both to `out_dir`."""
+    """Train a tokenizer on `texts`, build a random Llama of `preset` size, save both to `out_dir`.
+
+    `vocab_size` overrides the preset's tokenizer size (the BPE trainer may stop short of it
+    on little text; the model takes the size actually reached, `len(tokenizer)`).
+    """
+    from dataclasses import replace
+
     from transformers import LlamaConfig, LlamaForCausalLM
 
     spec = spec or PRESETS[preset]
+    if vocab_size is not None:
+        spec = replace(spec, vocab_size=vocab_size)
     tok = train_tokenizer(texts, vocab_size=spec.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tok),
