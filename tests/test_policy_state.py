@@ -41,10 +41,10 @@ def test_fuse_state_on_hand_made_table():
     s = math.sqrt(1.5)   # 1 / std of [0, 1, 2] (= sqrt(2/3))
     r2 = math.sqrt(0.5)  # deviations [1, 1, -2] / sqrt(2)
     expected = torch.tensor([
-        # P_{t-1}, t/T, len(x), len(y), logP(y|x), logP(y), sem (2), times selected
+        # P_{t-1}, t/T, len(x), len(y), logP(y|x), logP(y), sem (2), log(1 + times selected)
         [-1.5, 0.25, -s, 0.0, s, r2, 1.0, -1.0, 0.0],
-        [-1.5, 0.25, 0.0, 0.0, 0.0, r2, 1.0, 1.0, 2.0],
-        [-1.5, 0.25, s, 0.0, -s, -2 * r2, -1.0, 1.0, 1.0],
+        [-1.5, 0.25, 0.0, 0.0, 0.0, r2, 1.0, 1.0, math.log(3.0)],
+        [-1.5, 0.25, s, 0.0, -s, -2 * r2, -1.0, 1.0, math.log(2.0)],
     ])
     assert fused.shape == (3, static.fused_dim) == (3, 2 + 4 + 2 + 1)
     torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)

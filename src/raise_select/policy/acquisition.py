@@ -1,7 +1,7 @@
 """The acquisition function F_theta (actor) and the critic V_phi.
 
 F_theta is an MLP over the fused state of eq. 6. Its first linear layer is split by the
-blocks of the state: W x' = W_stage [P, t/T] + W_static [diff, sem] + w_avail nu. The
+blocks of the state: W x' = W_stage [P, t/T] + W_static [diff, sem] + w_avail log1p(nu). The
 static product (N x hidden) is computed once per actor version and cached; a step then
 costs one broadcast add, one activation and one matrix-vector product per chunk of rows,
 with the same numbers as scoring `fuse_state`'s matrix (tested).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .state import STAGE_DIM
+from .state import STAGE_DIM, availability
 
 SCORE_CHUNK = 65536  # rows per chunk: bounds the (chunk x hidden) activations
 
@@ -44,12 +44,12 @@ class AcquisitionMLP(nn.Module):
         stage = w[:, 0] * perf_prev + w[:, 1] * progress          # (hidden,), shared by all rows
         w_avail = w[:, -1]
         w_out = self.out.weight[0]
-        counts = counts.to(projection.dtype)
+        avail = availability(counts, projection.dtype)   # the same scaling as fuse_state
         parts = []
         for start in range(0, projection.shape[0], chunk):
-            # one fused pass for proj + counts x w_avail, then in place (autograd-safe: addr and
+            # one fused pass for proj + avail x w_avail, then in place (autograd-safe: addr and
             # add_ keep no output for backward, tanh_ keeps its own result)
-            pre = torch.addr(projection[start:start + chunk], counts[start:start + chunk], w_avail).add_(stage)
+            pre = torch.addr(projection[start:start + chunk], avail[start:start + chunk], w_avail).add_(stage)
             parts.append(torch.mv(pre.tanh_(), w_out))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 

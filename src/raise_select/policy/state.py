@@ -2,7 +2,7 @@
 
 The fused state of instruction d at step t is
 
-    [P_{t-1}, t/T | len(x), len(y), log P(y|x), log P(y) | sem(d) | nu(d)]
+    [P_{t-1}, t/T | len(x), len(y), log P(y|x), log P(y) | sem(d) | log1p(nu(d))]
       stage (2)     difficulty (4)                          semantic  availability (1)
 
 Only the stage (2 numbers shared by all rows) and the availability column change from
@@ -23,7 +23,19 @@ from ..features.table import DIFFICULTY_COLUMNS, FeatureTable
 
 STAGE_DIM = 2          # eq. 2: [P_{t-1}, t/T]
 DIFFICULTY_DIM = len(DIFFICULTY_COLUMNS)  # eq. 3
-AVAILABILITY_DIM = 1   # eq. 5: times selected
+AVAILABILITY_DIM = 1   # eq. 5: times selected, read as log1p (see `availability`)
+
+
+def availability(counts: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Eq. 5's availability nu(d) as the networks read it: log1p(times selected).
+
+    Raw counts range from 0 to T (100 in the demo) and enter a tanh layer: rollouts sample
+    and rarely push a count past 2-3, so the weight on a raw count is never trained on the
+    values top-b reaches at use time (60-80 repeats of the same rows), and a count of 60
+    saturates every unit it touches. log1p keeps 0 at 0, separates 0 / 1 / 2 strongly and
+    grows slowly (log1p(80) = 4.4), so the same weight is informative at every count.
+    """
+    return torch.log1p(counts.to(dtype))
 
 
 @dataclass
@@ -123,11 +135,11 @@ class StaticState:
 
 
 def fuse_state(static: StaticState, perf_prev: float, progress: float, counts: torch.Tensor) -> torch.Tensor:
-    """Eq. 2-6, materialised: (N, 2 + 4 + d_sem + 1) = [P_{t-1}, t/T, difficulty, sem, times selected].
+    """Eq. 2-6, materialised: (N, 2 + 4 + d_sem + 1) = [P_{t-1}, t/T, difficulty, sem, log1p(times selected)].
 
     The reference path (tests, inspection); per-step scoring uses the split first layer.
     """
     n = len(static)
     stage = torch.tensor([perf_prev, progress], dtype=torch.float32).expand(n, STAGE_DIM)
-    avail = counts.to(torch.float32).reshape(n, AVAILABILITY_DIM)
+    avail = availability(counts).reshape(n, AVAILABILITY_DIM)
     return torch.cat([stage, static.x, avail], dim=1)
