@@ -59,8 +59,10 @@ class FeatureTable:
         pos = {i: k for k, i in enumerate(self.ids)}
         missing = [i for i in ids if i not in pos]
         if missing:
+            skipped = self.meta.get("counts", {}).get("skipped")
+            why = f"; the featurizer skipped {skipped}" if skipped else ""
             raise UserError(
-                f"features are missing for {len(missing)} pool example(s) (first id {missing[0]}); "
+                f"features are missing for {len(missing)} pool example(s) (first id {missing[0]}){why}; "
                 "re-run `raise-select featurize` on this pool"
             )
         idx = np.fromiter((pos[i] for i in ids), dtype=np.int64, count=len(ids))
