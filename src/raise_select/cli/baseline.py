@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, SetOption, handle_errors, setup_logging
+from .common import ConfigOption, DataDirOption, PoolOption, SetOption, ValSizeOption, handle_errors, setup_logging
 
 ORDER = 50
 
@@ -17,14 +17,14 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def baseline_cmd(
         method: Optional[str] = typer.Option(None, "--method", help="Method: full, random, ifd, deita, alpagasus, sspl or less."),
-        pool: Optional[str] = typer.Option(None, "--pool", help="Instruction pool: file, folder or `datasets` name."),
+        pool: Optional[str] = PoolOption,
         format: Optional[str] = typer.Option(None, "--format", help="Pool format: alpaca, sharegpt or messages (default: detected)."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N pool examples."),
         features: Optional[str] = typer.Option(None, "--features", help="Featurize output folder of this pool (ifd, sspl; deita's default embeddings)."),
         model: Optional[str] = typer.Option(None, "--model", help="Target LLM: hub id or folder (for --train, less, and sspl with loss=target)."),
         val: Optional[str] = typer.Option(None, "--val", help="Validation set for less: a named set (gsm8k, mmlu, ...) or a pool file/folder."),
-        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder of the named validation sets' original files."),
-        val_size: Optional[int] = typer.Option(None, "--val-size", help="Use at most this many validation examples."),
+        data_dir: Optional[str] = DataDirOption,
+        val_size: Optional[int] = ValSizeOption,
         budget: Optional[float] = typer.Option(None, "--budget", help="Fraction of the pool (< 1) or number of examples [default: 0.01]."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size [default: 8]."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs over a static subset [default: 3, as in the paper]."),

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, SetOption, handle_errors
+from .common import BatchSizeOption, ConfigOption, DataDirOption, FeaturesOption, LrOption, MaxLengthOption, MetricOption, PoolOption, SelectEveryOption, SetOption, TensorboardOption, ValSizeOption, handle_errors
 
 ORDER = 30
 
@@ -16,23 +16,23 @@ def register(app: typer.Typer) -> None:
     @app.command("train-policy")
     @handle_errors
     def train_policy_cmd(
-        pool: Optional[str] = typer.Option(None, "--pool", help="Instruction pool: file, folder or `datasets` name."),
-        features: Optional[str] = typer.Option(None, "--features", help="Featurize output folder of this pool."),
+        pool: Optional[str] = PoolOption,
+        features: Optional[str] = FeaturesOption,
         model: Optional[str] = typer.Option(None, "--model", help="Target LLM M_0: hub id or local folder."),
         val: Optional[str] = typer.Option(None, "--val", help="Validation set: a named set (gsm8k, mmlu, ...) or a pool file/folder."),
-        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder of the named validation sets' original files."),
-        val_size: Optional[int] = typer.Option(None, "--val-size", help="Use at most this many validation examples."),
+        data_dir: Optional[str] = DataDirOption,
+        val_size: Optional[int] = ValSizeOption,
         out: Optional[Path] = typer.Option(None, "--out", help="Run folder; re-running with the same folder resumes after the last finished round."),
         rounds: Optional[int] = typer.Option(None, "--rounds", help="K: policy-training rounds (default 20)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="T: LLM updates per round (default 100)."),
         per_class: Optional[int] = typer.Option(None, "--per-class", help="b: items per class and step; batch B = classes x b (default 1)."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="B instead of --per-class (a multiple of the number of classes)."),
-        select_every: Optional[int] = typer.Option(None, "--select-every", help="M: the policy chooses every M steps, random batches in between (default 1)."),
-        metric: Optional[str] = typer.Option(None, "--metric", help="P(M): neg_loss, accuracy or module:function (default neg_loss)."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="LLM learning rate (default 2e-5, cosine, no warm-up)."),
-        max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens per example (default 512)."),
+        batch_size: Optional[int] = BatchSizeOption,
+        select_every: Optional[int] = SelectEveryOption,
+        metric: Optional[str] = MetricOption,
+        lr: Optional[float] = LrOption,
+        max_length: Optional[int] = MaxLengthOption,
         lora: Optional[bool] = typer.Option(None, "--lora/--no-lora", help="Train a LoRA adapter (peft) instead of all weights."),
-        tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also log to <out>/tensorboard."),
+        tensorboard: Optional[bool] = TensorboardOption,
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the LLM, the policy and the rollouts (default 0)."),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
