@@ -54,6 +54,3 @@ def _not_found(name_or_path: str, err: Exception) -> str:
         f"({str(err).splitlines()[0]})"
     )
 
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
