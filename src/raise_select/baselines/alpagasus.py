@@ -266,11 +266,11 @@ def rate_pool(examples: list[Example], judge: Callable[[list[dict]], str], judge
     keys, prompt_hash = judgment_keys(examples, judge_name, "generate", dimension)
     todo = [i for i, k in enumerate(keys) if k not in cache]
     counts = {"cached": len(examples) - len(todo), "requested": len(todo), "failed": 0, "unrated": 0}
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         futures = {pool.submit(judge, judge_messages(examples[i], dimension)): i for i in todo}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="alpagasus judge", unit="ex"):
+        for fut in progress_bar(as_completed(futures), total=len(futures), desc="alpagasus judge", unit="ex"):
             i = futures[fut]
             try:
                 review = fut.result()
@@ -290,13 +290,13 @@ def rate_pool(examples: list[Example], judge: Callable[[list[dict]], str], judge
 def rate_pool_expectation(examples: list[Example], judge: LocalJudge, judge_name: str, dimension: str,
                           cache: JsonlCache) -> tuple[list[float | None], dict]:
     """Expected 0-5 ratings from the judge's next-token digit probabilities, in batches, cached per batch."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     keys, prompt_hash = judgment_keys(examples, judge_name, "expectation", dimension)
     todo = [i for i, k in enumerate(keys) if k not in cache]
     counts = {"cached": len(examples) - len(todo), "requested": len(todo), "failed": 0, "unrated": 0}
     step = max(1, judge.batch_size)
-    for start in tqdm(range(0, len(todo), step), desc="alpagasus judge (expectation)", unit="batch"):
+    for start in progress_bar(range(0, len(todo), step), desc="alpagasus judge (expectation)", unit="batch"):
         batch = todo[start:start + step]
         ratings, probs = judge.expectations([judge.prompt(judge_messages(examples[i], dimension)) for i in batch])
         for i, rating, p in zip(batch, ratings, probs):

@@ -68,13 +68,13 @@ def _left_padded(tokenizer, texts: Sequence[str], max_length: int, device) -> di
 @torch.no_grad()
 def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int, max_length: int, desc: str) -> np.ndarray:
     """Expected 1..6 score of each prompt from the logits at its next position."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     ids = score_token_ids(tokenizer)
     device = next(model.parameters()).device
     model.eval()
     out = []
-    for s in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
+    for s in progress_bar(range(0, len(texts), batch_size), desc=desc, unit="batch"):
         enc = _left_padded(tokenizer, texts[s:s + batch_size], max_length, device)
         logits = model(**enc).logits[:, -1]
         out.append(expected_scores(logits, ids).cpu().numpy())
@@ -84,12 +84,12 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int, max_len
 @torch.no_grad()
 def last_token_embeddings(model, tokenizer, texts: Sequence[str], batch_size: int, max_length: int) -> np.ndarray:
     """(N, H) last-layer hidden state at each text's last token (the reference's CLM embedder)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     device = next(model.parameters()).device
     model.eval()
     out = []
-    for s in tqdm(range(0, len(texts), batch_size), desc="deita embeddings", unit="batch"):
+    for s in progress_bar(range(0, len(texts), batch_size), desc="deita embeddings", unit="batch"):
         enc = _left_padded(tokenizer, texts[s:s + batch_size], max_length, device)
         hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
         out.append(hidden[:, -1].float().cpu().numpy())

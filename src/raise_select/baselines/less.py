@@ -163,7 +163,7 @@ class LESS:
         return Selection(indices=chosen.tolist(), scores=scores[chosen].tolist(), info=info)
 
     def _warmup(self, model, tok, examples: list[Example], ctx: SelectionContext, rng) -> list[_Checkpoint]:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
         from transformers import get_linear_schedule_with_warmup
 
         params = [p for p in model.parameters() if p.requires_grad]
@@ -178,7 +178,7 @@ class LESS:
         for epoch in range(self.warmup_epochs):
             lrs = []
             order = rng.permutation(len(examples))
-            for s in tqdm(range(0, len(order), self.warmup_batch_size), desc=f"less warm-up epoch {epoch + 1}", unit="step"):
+            for s in progress_bar(range(0, len(order), self.warmup_batch_size), desc=f"less warm-up epoch {epoch + 1}", unit="step"):
                 rows = order[s:s + self.warmup_batch_size]
                 batch = encoded_batch([examples[i] for i in rows], tok, ctx.template, ctx.max_length, device)
                 lrs.append(sched.get_last_lr()[0])
@@ -199,12 +199,12 @@ class LESS:
     def _projected_grads(self, model, tok, examples: Sequence[Example], ctx: SelectionContext,
                          projector: RademacherProjector, ckpt: _Checkpoint | None, desc: str) -> torch.Tensor:
         """(N, proj_dim): per-example LoRA gradients (Adam-preconditioned when `ckpt`), projected."""
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         params = [p for p in model.parameters() if p.requires_grad]
         device = next(model.parameters()).device
         out, pending = [], []
-        for e in tqdm(examples, desc=desc, unit="ex"):
+        for e in progress_bar(examples, desc=desc, unit="ex"):
             batch = encoded_batch([e], tok, ctx.template, ctx.max_length, device)
             grads = torch.autograd.grad(model(**batch).loss, params)
             g = torch.cat([x.reshape(-1) for x in grads]).float()

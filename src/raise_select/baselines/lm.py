@@ -32,12 +32,12 @@ def response_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def example_losses(model, tokenizer, examples: Sequence[Example], template: str, max_length: int, batch_size: int = 8, desc: str = "losses") -> torch.Tensor:
     """(N,) mean response loss of each example under `model` (eval mode, batched)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     device = next(model.parameters()).device
     model.eval()
     out = []
-    for s in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch"):
+    for s in progress_bar(range(0, len(examples), batch_size), desc=desc, unit="batch"):
         batch = encoded_batch(examples[s:s + batch_size], tokenizer, template, max_length, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         out.append(response_losses(logits, batch["labels"]).cpu())

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,19 +35,83 @@ MaxLengthOption = typer.Option(None, "--max-length", help="Tokens per example (d
 TensorboardOption = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also log to <out>/tensorboard.")
 
 
+def _command_line_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of a malformed command line: typer's own (newer typer bundles
+    its click) and click's (older typer)."""
+    types: list[type[BaseException]] = [t for t in (getattr(typer, "TyperException", None),) if t is not None]
+    try:
+        import click
+
+        types.append(click.exceptions.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+COMMAND_LINE_ERRORS = _command_line_errors()
+DEBUG_ENV = "RAISE_SELECT_DEBUG"  # set (or `raise-select --debug`) to see the traceback of an unexpected error
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def write_traceback(exc: BaseException) -> str:
+    """Write `exc`'s traceback to the run folder's log (the file handlers `setup_logging`
+    installed) or, without one, to a new file in the temp folder; return where it went."""
+    record = logging.LogRecord("raise_select", logging.ERROR, __file__, 0, "unexpected error (a bug)", None,
+                               (type(exc), exc, exc.__traceback__))
+    files = [h for h in logging.getLogger().handlers
+             if isinstance(h, logging.FileHandler) and getattr(h, "_raise_select", False)]
+    written = []
+    for h in files:
+        try:
+            h.handle(record)
+            h.flush()
+            written.append(h.baseFilename)
+        except Exception:  # a full disk must not hide the error itself
+            continue
+    if written:
+        return ", ".join(written)
+    fd, path = tempfile.mkstemp(prefix="raise-select-traceback-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return path
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Turn `UserError` into a one-line message and exit status 2 (no traceback)."""
+    """One line on stderr for every failure, never a traceback (unless asked for):
+    `UserError` (and a refused permission) exit 2; any other exception is a bug: one line
+    saying so and where the traceback was written, exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {_one_line(e)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+        except PermissionError as e:
+            typer.secho(f"error: {e.filename or ''}: permission denied ({e.strerror or e}); "
+                        "choose a path you can write to", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             typer.secho("interrupted; finished work is kept and the next run resumes from it", err=True)
             raise typer.Exit(code=130) from None
+        except (typer.Exit, typer.Abort, *COMMAND_LINE_ERRORS):
+            raise
+        except Exception as e:
+            if debug_enabled():
+                raise
+            where = write_traceback(e)
+            typer.secho(f"internal error (a bug in raise-select, not in your input): {type(e).__name__}: "
+                        f"{_one_line(e)[:300]}; full traceback in {where} (set {DEBUG_ENV}=1 or pass "
+                        "`raise-select --debug` to print it)", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1) from None
 
     return wrapper
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..data.pools import Pool, load_pool
 from ..data.templates import TEMPLATES
@@ -237,7 +237,7 @@ def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard) -> Non
     size = lambda k: min(cfg.shard_size, len(pool) - k * cfg.shard_size)  # noqa: E731
     total = sum(size(k) for k in mine)
     done = total - sum(size(k) for k in todo)
-    bar = tqdm(total=total, initial=done, desc="featurize", unit="ex", disable=not state.is_main_process, dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=done, desc="featurize", unit="ex", disable=not state.is_main_process, dynamic_ncols=True)
     with bar:
         for k in todo:
             examples = pool.examples[k * cfg.shard_size:(k + 1) * cfg.shard_size]

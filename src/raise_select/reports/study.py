@@ -297,12 +297,12 @@ class Study:
 
     def run(self) -> dict:
         """Every cell, then `study_table.{md,csv,json}` and `study_plot.png` in the study folder."""
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         self.prepare()
         write_json_atomic(self.out / "study_config.json", asdict(self.cfg))
         records, failed = [], {}
-        for cell in tqdm(self.cells, desc="study cells", unit="cell"):
+        for cell in progress_bar(self.cells, desc="study cells", unit="cell"):
             try:
                 records.append(self.run_cell(cell))
             except UserError as e:

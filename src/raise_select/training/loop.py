@@ -40,20 +40,20 @@ IGNORE_INDEX = -100
 class LMConfig:
     """LLM fine-tuning settings; defaults follow the paper (appendix A.2)."""
 
-    lr: float = 2e-5                 # peak learning rate of the target LLM
-    scheduler: str = "cosine"        # any `transformers.get_scheduler` name
-    warmup_steps: int = 0            # the paper uses no warm-up
-    weight_decay: float = 0.0        # AdamW weight decay of the LLM
-    max_length: int = 512            # tokens per example; the prompt is cut from the left first
-    template: str = "alpaca"         # prompt template: alpaca or chat (the tokenizer's chat template)
-    lora: bool = False               # train a LoRA adapter (peft) instead of all weights
-    lora_r: int = 8                  # LoRA rank
-    lora_alpha: int = 16             # LoRA scaling alpha
-    lora_targets: list[str] = field(default_factory=list)  # modules to adapt; empty = peft's default for the architecture
-    dtype: str = "float32"           # weights dtype: float32, bfloat16, float16
-    seed: int = 0                    # seeds weights of LoRA, dropout and data order
-    grad_clip: float = 1.0           # max global gradient norm (0 = no clipping)
-    micro_batch_size: int = 0        # rows per forward pass (gradient accumulation); 0 = the whole batch at once
+    lr: float = field(default=2e-5, metadata={"help": "peak learning rate of the target LLM"})
+    scheduler: str = field(default="cosine", metadata={"help": "any `transformers.get_scheduler` name"})
+    warmup_steps: int = field(default=0, metadata={"help": "the paper uses no warm-up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the LLM"})
+    max_length: int = field(default=512, metadata={"help": "tokens per example; the prompt is cut from the left first"})
+    template: str = field(default="alpaca", metadata={"help": "prompt template: alpaca or chat (the tokenizer's chat template)"})
+    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (peft) instead of all weights"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha"})
+    lora_targets: list[str] = field(default_factory=list, metadata={"help": "modules to adapt; empty = peft's default for the architecture"})
+    dtype: str = field(default="float32", metadata={"help": "weights dtype: float32, bfloat16, float16"})
+    seed: int = field(default=0, metadata={"help": "seeds weights of LoRA, dropout and data order"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm (0 = no clipping)"})
+    micro_batch_size: int = field(default=0, metadata={"help": "rows per forward pass (gradient accumulation); 0 = the whole batch at once"})
 
 
 @dataclass
@@ -275,10 +275,10 @@ def train_on_schedule(
     total_steps: int,
 ) -> Path:
     """Static baselines: one update per batch of a fixed schedule, then save to `out_dir`."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     trainer = LMTrainer(model, pool, cfg, total_steps)
-    for indices in tqdm(batches, total=total_steps, desc="train", disable=not trainer.accelerator.is_main_process):
+    for indices in progress_bar(batches, total=total_steps, desc="train", disable=not trainer.accelerator.is_main_process):
         if trainer.step_count >= total_steps:
             raise UserError(f"the schedule has more than total_steps={total_steps} batches")
         loss = trainer.step(indices)
