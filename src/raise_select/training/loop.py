@@ -22,7 +22,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -269,20 +269,28 @@ class LMTrainer:
 def train_on_schedule(
     model: str,
     pool: Pool,
-    batches: Iterable[Sequence[int]],
+    batches: Iterable[Sequence[int]] | Callable[[LMTrainer], Iterable[Sequence[int]]],
     cfg: LMConfig,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     total_steps: int,
-) -> Path:
-    """Static baselines: one update per batch of a fixed schedule, then save to `out_dir`."""
+) -> Path | None:
+    """Baselines: one update per batch of a schedule, then save to `out_dir` (None: not saved).
+
+    `batches` is the schedule, or a function of the trainer that returns it lazily: online
+    selectors draw batch t only after update t-1, from the model as it is then.
+    """
     from ..progress import progress_bar
 
     trainer = LMTrainer(model, pool, cfg, total_steps)
+    if callable(batches):
+        batches = batches(trainer)
     for indices in progress_bar(batches, total=total_steps, desc="train", disable=not trainer.accelerator.is_main_process):
         if trainer.step_count >= total_steps:
             raise UserError(f"the schedule has more than total_steps={total_steps} batches")
         loss = trainer.step(indices)
         if trainer.step_count % 10 == 0:
             log.info("step %d/%d loss %.4f", trainer.step_count, total_steps, loss)
+    if out_dir is None:
+        return None
     trainer.save(out_dir)
     return Path(out_dir)
