@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import random
 import re
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from ..errors import UserError, where
-from .pools import Example, _rows_from_path, example_id
+from .pools import Example, _rows_from_path, decode_utf8, example_id
 
 Loader = Callable[[Path | None, str, int | None, int], list[Example]]
 
@@ -150,11 +151,18 @@ def _labelled_choice_doc(rec: dict, source: str = "", row: int | None = None) ->
     if isinstance(question, Mapping):
         stem = _field(question, "stem", source, row)
         raw = _field(question, "choices", source, row)
+        if not isinstance(raw, list) or not all(isinstance(c, Mapping) and "label" in c and "text" in c for c in raw):
+            raise UserError(f"{where(source, row, 'question.choices')}: expected a list of {{'label', 'text'}} objects, "
+                            f"got {type(raw).__name__}")
         labels = [str(c.get("label")) for c in raw]
         texts = [str(c.get("text")) for c in raw]
     else:
         stem = question
         raw = _field(rec, "choices", source, row)
+        if not (isinstance(raw, Mapping) and isinstance(raw.get("label"), list) and isinstance(raw.get("text"), list)
+                and len(raw["label"]) == len(raw["text"])):
+            raise UserError(f"{where(source, row, 'choices')}: expected {{'label': [...], 'text': [...]}} of equal length, "
+                            f"got {type(raw).__name__}")
         labels, texts = [str(x) for x in raw["label"]], [str(x) for x in raw["text"]]
     key = str(_field(rec, "answerKey", source, row)).strip()
     if not key:
@@ -171,8 +179,13 @@ def _mmlu_doc(rec: dict, source: str = "", row: int | None = None) -> dict:
     shape `question`, `choices` (4), `answer` (an index)."""
     question = _field(rec, "question", source, row)
     if "choices" in rec:
+        if not isinstance(rec["choices"], (list, tuple)):
+            raise UserError(f"{where(source, row, 'choices')}: expected a list of choices, got {type(rec['choices']).__name__}")
         choices = [str(c) for c in rec["choices"]]
-        label = int(_field(rec, "answer", source, row))
+        answer = _field(rec, "answer", source, row)
+        if isinstance(answer, bool) or not isinstance(answer, int):
+            raise UserError(f"{where(source, row, 'answer')}: expected the index of the right choice, got {answer!r}")
+        label = answer
     else:
         choices = [str(_field(rec, c, source, row)) for c in "ABCD"]
         answer = str(_field(rec, "answer", source, row)).strip()
@@ -302,14 +315,21 @@ def get_benchmark(name: str) -> BenchmarkSpec:
 
 
 def _read_header_less_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[str, int, dict]]:
+    text = decode_utf8(path.read_bytes(), path)
+    if not text.strip():
+        raise UserError(f"{path}: file is empty")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        numbered = list(enumerate(reader))
+    except csv.Error as e:
+        raise UserError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from None
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for i, values in enumerate(csv.reader(f)):
-            if len(values) != len(columns):
-                raise UserError(f"{where(str(path), i)}: expected {len(columns)} columns ({','.join(columns)}), got {len(values)}")
-            rec = dict(zip(columns, values))
-            rec["subject"] = path.stem.rsplit("_", 1)[0]
-            rows.append((str(path), i, rec))
+    for i, values in numbered:
+        if len(values) != len(columns):
+            raise UserError(f"{where(str(path), i)}: expected {len(columns)} columns ({','.join(columns)}), got {len(values)}")
+        rec = dict(zip(columns, values))
+        rec["subject"] = path.stem.rsplit("_", 1)[0]
+        rows.append((str(path), i, rec))
     return rows
 
 

@@ -10,6 +10,7 @@ every file and run. Exact duplicates are kept once and counted.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from collections import Counter
@@ -84,8 +85,19 @@ def example_id(messages: Iterable[tuple[str, str]]) -> str:
 
 # ---------------------------------------------------------------- reading rows
 
+def decode_utf8(raw: bytes, path: Path | str, row: int | None = None, line: int | None = None) -> str:
+    """`raw` as UTF-8 text (a leading byte-order mark dropped), or a `UserError` naming the
+    file, row and line of the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        at = line if line is not None else raw[: e.start].count(b"\n") + 1
+        loc = f"{where(str(path), row)}, line {at}" if row is not None else f"{path}: line {at}"
+        raise UserError(f"{loc}: byte 0x{raw[e.start]:02x} is not UTF-8 text; re-save the file as UTF-8") from None
+
+
 def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
-    text = path.read_text(encoding="utf-8")
+    text = decode_utf8(path.read_bytes(), path)
     if not text.strip():
         raise UserError(f"{path}: file is empty")
     try:
@@ -111,8 +123,9 @@ def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f):
+            line = decode_utf8(raw if lineno else raw.removeprefix(b"\xef\xbb\xbf"), path, lineno, lineno + 1)
             if not line.strip():
                 continue
             try:
@@ -139,14 +152,25 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        n = 0
+    # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
+    text = decode_utf8(path.read_bytes(), path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    n = 0
+    try:
         for i, rec in enumerate(reader):
             n += 1
-            yield i, {k: (v if v is not None else "") for k, v in rec.items() if k is not None}
-        if n == 0:
-            raise UserError(f"{path}: file is empty (or has only a header)")
+            if None in rec:
+                raise UserError(f"{where(str(path), i)} (line {reader.line_num}): {len(rec[None]) + len(reader.fieldnames or [])} "
+                                f"cells, the header has {len(reader.fieldnames or [])}")
+            short = [k for k, v in rec.items() if v is None]
+            if short:
+                raise UserError(f"{where(str(path), i, short[0])} (line {reader.line_num}): missing cell (the row has fewer "
+                                f"cells than the header's {len(reader.fieldnames or [])})")
+            yield i, rec
+    except csv.Error as e:
+        raise UserError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from None
+    if n == 0:
+        raise UserError(f"{path}: file is empty (or has only a header)")
 
 
 _READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".parquet": _read_parquet, ".csv": _read_csv}
@@ -204,9 +228,16 @@ def _text(value: Any, source: str, row: int, fld: str, required: bool = True) ->
             raise UserError(f"{where(source, row, fld)}: missing value")
         return ""
     if not isinstance(value, str):
-        if isinstance(value, (int, float)):
-            return str(value)
-        raise UserError(f"{where(source, row, fld)}: expected text, got {type(value).__name__}")
+        # A number or true/false is refused rather than turned into text: `42` or `true`
+        # where a response should be usually means the wrong column or a broken export.
+        shown = json.dumps(value) if isinstance(value, (bool, int, float)) else type(value).__name__
+        raise UserError(f"{where(source, row, fld)}: expected text, got {type(value).__name__} {shown} "
+                        "(write it as a string if it is meant as one)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate escape such as "\ud800" in JSON
+        raise UserError(f"{where(source, row, fld)}: invalid text (lone surrogate U+{ord(value[e.start]):04X} "
+                        f"at character {e.start}, e.g. an unpaired \\u{ord(value[e.start]):04x} escape)") from None
     return value
 
 

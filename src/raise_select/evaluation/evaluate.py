@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import yaml
 
-from ..data.benchmarks import BENCHMARKS, get_benchmark
+from ..data.benchmarks import BENCHMARKS, get_benchmark, load_docs
 from ..errors import UserError
 from ..io import write_json_atomic, write_text_atomic
 from ..reports.tables import markdown_table
@@ -97,6 +97,9 @@ def write_task_configs(names: list[str], data_dir: str | Path, out_dir: str | Pa
         for split in dict.fromkeys(shipped[k] for k in _SPLIT_KEYS if shipped.get(k)):
             if not any(data_dir.glob(spec.files[split])):
                 raise UserError(f"{data_dir / spec.files[split]}: no such file (the {name} {split} split)")
+            # Parse every row here first: a bad row is then reported with its file, row and
+            # field, not as an error deep inside the harness's own loader.
+            load_docs(name, data_dir, split)
             data_files[split] = str(data_dir / spec.files[split])
         resolved = {
             "include": str(TASKS_DIR / f"{name}.yaml"),
