@@ -97,9 +97,18 @@ class FeatureTable:
 
     @classmethod
     def read(cls, path: str | Path) -> "FeatureTable":
-        """Read a featurize output folder (or a `features.parquet` file inside one)."""
+        """Read a featurize output folder (or a `features.parquet` file inside one).
+
+        Everything downstream trusts what this returns, so it refuses, naming the file, row
+        and field: a missing or unreadable file, non-finite or absurdly large values, a `sem`
+        column that is not a fixed-size float list, class ids outside `meta.json`'s class
+        count or classes with no row, and duplicate ids.
+        """
         path = Path(path)
-        folder = path.parent if path.suffix == ".parquet" else path
+        if path.is_file() and path.name != "features.parquet":
+            raise UserError(f"{path}: a file, not a featurize output folder; pass the folder `raise-select featurize "
+                            "--out` wrote (it holds features.parquet and meta.json)")
+        folder = path.parent if path.name == "features.parquet" else path
         fp = folder / "features.parquet"
         if not fp.is_file():
             raise UserError(f"{folder}: no features.parquet here; run `raise-select featurize --out {folder}` first")
@@ -110,23 +119,87 @@ class FeatureTable:
         missing = [c for c in ("id", *FEATURE_COLUMNS, "sem", "cluster") if c not in table.column_names]
         if missing:
             raise UserError(f"{fp}: missing column(s) {', '.join(missing)}")
-        meta_path = folder / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = _read_meta(folder / "meta.json")
         sem_col = table.column("sem").combine_chunks()
+        if not pa.types.is_fixed_size_list(sem_col.type) or not pa.types.is_floating(sem_col.type.value_type):
+            raise UserError(f"{fp}, field 'sem': expected a fixed-size list of floats, got {sem_col.type}; "
+                            "re-run `raise-select featurize`")
+        if sem_col.null_count:
+            raise UserError(f"{fp}: row {sem_col.to_pylist().index(None)}, field 'sem': missing value")
         d = sem_col.type.list_size
         sem = sem_col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32)
-        columns = {c: table.column(c).to_numpy().astype(np.float64) for c in FEATURE_COLUMNS}
-        for c, v in columns.items():
-            if np.isnan(v).any():
-                bad = int(np.flatnonzero(np.isnan(v))[0])
-                raise UserError(f"{fp}: row {bad}, field '{c}': NaN feature")
-        if np.isnan(sem).any():
-            bad = int(np.flatnonzero(np.isnan(sem).any(axis=1))[0])
-            raise UserError(f"{fp}: row {bad}, field 'sem': NaN feature")
-        return cls(
-            ids=table.column("id").to_pylist(),
-            columns=columns,
-            sem=sem,
-            cluster=table.column("cluster").to_numpy().astype(np.int64),
-            meta=meta,
-        )
+        columns = {}
+        for c in FEATURE_COLUMNS:
+            col = table.column(c)
+            if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+                raise UserError(f"{fp}, field '{c}': expected numbers, got {col.type}")
+            columns[c] = col.to_numpy().astype(np.float64)
+        for c, v in [*columns.items(), ("sem", sem_col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d))]:
+            bad = ~np.isfinite(v) | (np.abs(np.nan_to_num(v)) > MAX_ABS_FEATURE)
+            if bad.any():
+                row = int(np.flatnonzero(bad.reshape(len(v), -1).any(axis=1))[0])
+                value = float(v[row] if v.ndim == 1 else v[row][bad[row]][0])
+                kind = "NaN" if np.isnan(value) else "infinite" if np.isinf(value) else f"out-of-range (|x| > {MAX_ABS_FEATURE:g})"
+                raise UserError(f"{fp}: row {row}, field '{c}': {kind} feature ({value:g}); re-run `raise-select featurize`")
+        for c in ("len_prompt", "len_response"):
+            low = 1 if c == "len_response" else 0
+            bad = (columns[c] < low) | (columns[c] != np.round(columns[c]))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise UserError(f"{fp}: row {row}, field '{c}': {columns[c][row]} is not a token count >= {low}")
+        ids = table.column("id").to_pylist()
+        if len(set(ids)) != len(ids):
+            seen: set = set()
+            row = next(i for i, x in enumerate(ids) if x in seen or seen.add(x))
+            raise UserError(f"{fp}: row {row}, field 'id': {ids[row]!r} appears twice")
+        cluster_col = table.column("cluster")
+        if not pa.types.is_integer(cluster_col.type) or cluster_col.null_count:
+            raise UserError(f"{fp}, field 'cluster': expected integer class ids, got {cluster_col.type}"
+                            + (" with missing values" if cluster_col.null_count else ""))
+        cluster = cluster_col.to_numpy().astype(np.int64)
+        _check_classes(cluster, meta, fp)
+        return cls(ids=ids, columns=columns, sem=sem, cluster=cluster, meta=meta)
+
+
+# No token count, log-probability or hidden-state value comes near this; a larger one is a
+# corrupted file, and would overflow the state normalisation (squares in float32).
+MAX_ABS_FEATURE = 1e15
+
+
+def _read_meta(meta_path: Path) -> dict:
+    if not meta_path.is_file():
+        return {}
+    from ..data.pools import decode_utf8
+
+    try:
+        meta = json.loads(decode_utf8(meta_path.read_bytes(), meta_path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{meta_path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                        "re-run `raise-select featurize`") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path}: expected a JSON object")
+    classes = meta.get("classes")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        raise UserError(f"{meta_path}, field 'classes': expected a whole number >= 1, got {classes!r}")
+    return meta
+
+
+def _check_classes(cluster: np.ndarray, meta: dict, fp: Path) -> None:
+    """Class ids must be 0..C-1 with every class present (C from meta.json, else the largest id + 1)."""
+    if not len(cluster):
+        return
+    bad = np.flatnonzero(cluster < 0)
+    if len(bad):
+        raise UserError(f"{fp}: row {int(bad[0])}, field 'cluster': negative class id {int(cluster[bad[0]])}")
+    classes = meta.get("classes")
+    if classes is not None:
+        bad = np.flatnonzero(cluster >= classes)
+        if len(bad):
+            raise UserError(f"{fp}: row {int(bad[0])}, field 'cluster': class id {int(cluster[bad[0]])} is outside the "
+                            f"{classes} classes of {fp.parent / 'meta.json'} (field 'classes')")
+    count = classes if classes is not None else int(cluster.max()) + 1
+    empty = sorted(set(range(count)) - set(np.unique(cluster).tolist()))
+    if empty:
+        where_c = f"{fp.parent / 'meta.json'} (field 'classes') says" if classes is not None else "the class ids imply"
+        raise UserError(f"{fp}, field 'cluster': {where_c} {count} classes, but class(es) {', '.join(map(str, empty[:5]))} "
+                        "have no row; re-run `raise-select featurize` with the number of classes you want")
