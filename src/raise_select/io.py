@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -63,3 +65,47 @@ def sha256_text(*parts: str) -> str:
 def fingerprint(obj: Any) -> str:
     """A stable hash of a JSON-serialisable object (keys sorted)."""
     return sha256_text(json.dumps(obj, sort_keys=True, default=str))
+
+
+def check_output(out: str | os.PathLike, inputs: dict[str, Any] | None = None, kind: str = "folder",
+                 flag: str = "--out") -> Path:
+    """Refuse, before anything is computed, an output path that would destroy or mix with an
+    input of the same command, or that cannot be written.
+
+    `kind` is "folder" (the command writes several files into `out`) or "file". `inputs`
+    maps a flag (e.g. "--pool") to the path it was given (None and names that are not
+    local paths, such as hub ids, are skipped). Refused: `out` equal to an input (paths
+    resolved, so `./a` and `a` are the same); for a folder output, `out` inside an input
+    folder (the outputs would be read back as input rows next time) or an input folder
+    inside `out`; an existing path of the wrong kind; a location without write permission.
+    """
+    out_path = Path(out).expanduser()
+    target = out_path.resolve()
+    if kind == "folder" and target.exists() and not target.is_dir():
+        raise UserError(f"{flag} {out}: exists and is a file; give a folder (new or existing) for the outputs")
+    if kind == "file" and target.is_dir():
+        raise UserError(f"{flag} {out}: is a folder; give a file name")
+    for name, spec in (inputs or {}).items():
+        if spec is None or str(spec) == "":
+            continue
+        source = Path(str(spec)).expanduser()
+        if not source.exists():
+            continue
+        source = source.resolve()
+        if source == target:
+            raise UserError(f"{flag} {out} is also the input {name}; writing there would destroy the input; "
+                            "choose another output path")
+        if source.is_dir() and target.is_relative_to(source):
+            raise UserError(f"{flag} {out} lies inside the input folder {name} {spec}; outputs there would be read "
+                            "back as input; choose a path outside it")
+        if kind == "folder" and source.is_relative_to(target) and source.is_dir():
+            raise UserError(f"{flag} {out} contains the input folder {name} {spec}; choose an output folder "
+                            "outside the inputs")
+    folder = target if kind == "folder" else target.parent  # where files get created (atomically, by rename)
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{flag} {out}: {folder} is a file, so nothing can be created below it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: no permission to write in {folder}; choose a path you can write to")
+    return out_path

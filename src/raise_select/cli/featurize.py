@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
         gives every process its share of the shards.
         """
         from ..config import resolve
-        from ..features.featurize import FeaturizeConfig, featurize, process_state
+        from ..features.featurize import FeaturizeConfig, featurize, featurize_inputs, process_state
+        from ..io import check_output
 
         flags = dict(
             pool=pool, format=format, limit=limit, model=model, out=out, template=template, max_length=max_length,
@@ -52,6 +53,7 @@ def register(app: typer.Typer) -> None:
         )
         cfg = resolve(FeaturizeConfig, "featurize", config, overrides, flags)
         cfg.validate()
+        check_output(cfg.out, featurize_inputs(cfg))
         state = process_state(cfg.device)
         setup_logging(Path(cfg.out), name=f"featurize.{state.process_index}.log" if state.num_processes > 1 else "featurize.log")
         table = featurize(cfg)

@@ -22,6 +22,7 @@ class SelectConfig:
     pool: Optional[str] = None    # pool the run used; default: `pool` in the run's config.yaml
     format: Optional[str] = None  # output format (alpaca, sharegpt, messages); default: the pool's own
     include_random: bool = True   # count the steps chosen at random between policy steps (--select-every)
+    round: Optional[int] = None   # train-policy run: the round whose choices to export (default: the last)
 
 
 def run_pool(cfg: SelectConfig) -> str:
@@ -48,28 +49,43 @@ def register(app: typer.Typer) -> None:
     @app.command("select")
     @handle_errors
     def select(
-        run: Optional[str] = typer.Option(None, "--run", help="Run folder written by finetune or train-policy (or its selections.jsonl)."),
+        run: Optional[str] = typer.Option(None, "--run", help="Run folder written by finetune or train-policy (or one of its selection logs)."),
         out: Optional[str] = typer.Option(None, "--out", help="Output file: .jsonl (one record per line) or .json (an array)."),
         pool: Optional[str] = typer.Option(None, "--pool", help="Pool the run used (default: the pool in the run's config.yaml)."),
         fmt: Optional[str] = typer.Option(None, "--format", help="Output format: alpaca, sharegpt or messages (default: the pool's)."),
         include_random: Optional[bool] = typer.Option(
             None, "--include-random/--policy-only",
             help="Count the random batches between policy steps (--select-every > 1); on by default."),
+        round: Optional[int] = typer.Option(
+            None, "--round", help="train-policy run: the round whose rollout choices to export (default: the last round)."),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
-        """Export the instructions a run chose, with how many times and at which steps each was chosen."""
+        """Export the instructions a run chose, with how many times and at which steps each was chosen.
+
+        A finetune run exports its selections.jsonl; a train-policy run exports one round's
+        rollout choices (selections/round_<k>.jsonl), the last round's unless --round is given.
+        """
         from ..config import resolve
         from ..data.pools import load_pool
         from ..errors import UserError
-        from ..training.export import export_chosen, selections_path
+        from ..io import check_output
+        from ..training.export import export_chosen, round_logs, selections_path
 
         cfg = resolve(SelectConfig, "select", config, overrides,
-                      {"run": run, "out": out, "pool": pool, "format": fmt, "include_random": include_random})
+                      {"run": run, "out": out, "pool": pool, "format": fmt, "include_random": include_random,
+                       "round": round})
         missing = [f"--{k}" for k in ("run", "out") if not getattr(cfg, k)]
         if missing:
             raise UserError(f"missing required setting(s): {', '.join(missing)}")
-        selections_path(cfg.run)  # a missing log is the first thing to report
-        summary = export_chosen(load_pool(run_pool(cfg)), cfg.run, cfg.out, cfg.format, cfg.include_random)
+        log = selections_path(cfg.run, cfg.round)  # a missing log is the first thing to report
+        pool_spec = run_pool(cfg)
+        check_output(cfg.out, {"--run": log, "--pool": pool_spec}, kind="file")
+        summary = export_chosen(load_pool(pool_spec), cfg.run, cfg.out, cfg.format, cfg.include_random, cfg.round)
+        rounds = round_logs(Path(cfg.run)) if Path(cfg.run).is_dir() else {}
+        source = summary.log if not rounds else (
+            f"round {summary.log.stem.removeprefix('round_')} of rounds {min(rounds)}-{max(rounds)} ({summary.log}"
+            + ("; the last round; --round picks another)" if cfg.round is None else ")"))
         typer.echo(f"wrote {summary.chosen} instructions chosen {summary.selections} times over {summary.steps} steps "
-                   f"to {summary.out}" + (f" ({summary.random_steps} random steps left out)" if summary.skipped_random and summary.random_steps else ""))
+                   f"of {source} to {summary.out}"
+                   + (f" ({summary.random_steps} random steps left out)" if summary.skipped_random and summary.random_steps else ""))

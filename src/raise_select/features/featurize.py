@@ -32,7 +32,7 @@ from ..progress import progress_bar
 from ..data.pools import Pool, load_pool
 from ..data.templates import TEMPLATES
 from ..errors import UserError
-from ..io import fingerprint
+from ..io import check_output, fingerprint
 from .scoring import ResponseScorer, encode_examples, start_token_id
 from .semantic import SEM_POOLS, PCA_FIT_ROWS, adaptive_pool, encode_texts, example_text, fit_pca, kmeans_classes, load_sentence_encoder
 from .shards import SHARD_GLOB, Shard, shard_path
@@ -74,6 +74,11 @@ class FeaturizeConfig:
         for name, low in (("max_length", 2), ("batch_size", 1), ("sem_dim", 1), ("classes", 1), ("shard_size", 1)):
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+
+
+def featurize_inputs(cfg: FeaturizeConfig) -> dict:
+    """The input paths the output folder must stay clear of (`io.check_output`)."""
+    return {"--pool": cfg.pool, "--model": cfg.model, "--embed-model": cfg.embed_model}
 
 
 # ---------------------------------------------------------------- fingerprints
@@ -151,6 +156,7 @@ def featurize(
     Every process of a distributed launch calls this; all return the finished table.
     """
     cfg.validate(need_pool=pool is None)
+    check_output(cfg.out, featurize_inputs(cfg))
     if pool is None:
         pool = load_pool(cfg.pool, cfg.format, limit=cfg.limit)
     state = process_state(cfg.device)

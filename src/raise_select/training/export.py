@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..data.pools import FORMATS, Pool, to_format
 from ..errors import UserError, where
-from ..io import atomic_path
+from ..io import atomic_path, check_output
 
 SELECTIONS_FILE = "selections.jsonl"
 OUTPUT_SUFFIXES = (".json", ".jsonl")
@@ -28,6 +28,7 @@ class ExportSummary:
     """What `export_chosen` wrote."""
 
     out: Path
+    log: Path           # the selection log read
     steps: int          # steps read from the log (after keeping the last line of a redone step)
     chosen: int         # distinct instructions written
     selections: int     # (step, instruction) pairs, i.e. the sum of times_selected
@@ -35,13 +36,42 @@ class ExportSummary:
     skipped_random: bool
 
 
-def selections_path(run: str | Path) -> Path:
-    """The selection log of a run folder, or `run` itself when it is the log."""
+ROUND_FILES = "selections/round_*.jsonl"  # train-policy: one selection log per round
+
+
+def round_logs(run: Path) -> dict[int, Path]:
+    """Round number -> selection log of a train-policy run folder (empty for other folders)."""
+    out = {}
+    for path in run.glob(ROUND_FILES):
+        suffix = path.stem.removeprefix("round_")
+        if suffix.isdigit():
+            out[int(suffix)] = path
+    return dict(sorted(out.items()))
+
+
+def selections_path(run: str | Path, round: int | None = None) -> Path:
+    """The selection log of a run: `run` itself when it is a log file; `<run>/selections.jsonl`
+    for a finetune run; for a train-policy run, `selections/round_<round>.jsonl`, by default
+    the last round's (the choices of the most trained policy)."""
     run = Path(run)
-    path = run / SELECTIONS_FILE if run.is_dir() else run
+    if run.is_dir():
+        rounds = round_logs(run)
+        if rounds and not (run / SELECTIONS_FILE).is_file():
+            if round is None:
+                return rounds[max(rounds)]
+            if round not in rounds:
+                raise UserError(f"--round {round}: {run} has selection logs of rounds {', '.join(map(str, rounds))}")
+            return rounds[round]
+        if round is not None:
+            raise UserError(f"--round {round}: {run} is not a train-policy run folder (no {ROUND_FILES})")
+        path = run / SELECTIONS_FILE
+    else:
+        if round is not None:
+            raise UserError(f"--round {round}: give the train-policy run folder, not a selection log")
+        path = run
     if not path.is_file():
         raise UserError(f"{path}: no selection log here; give a run folder written by "
-                        f"`raise-select finetune` or `train-policy`, or its {SELECTIONS_FILE}")
+                        f"`raise-select finetune` or `train-policy`, or one of its selection logs")
     return path
 
 
@@ -88,11 +118,13 @@ def export_chosen(
     out: str | Path,
     fmt: str | None = None,
     include_random: bool = True,
+    round: int | None = None,
 ) -> ExportSummary:
     """Write the instructions chosen in the log `selections` (a file or run folder) to `out`.
 
     `fmt` is the output format (default: the pool's own). Steps chosen uniformly at
     random (`"random": true`, between policy steps) count unless `include_random` is off.
+    For a train-policy run folder, `round` picks the round (default: the last).
     """
     out = Path(out)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -100,7 +132,10 @@ def export_chosen(
     fmt = fmt or pool.format
     if fmt not in FORMATS:
         raise UserError(f"unknown output format '{fmt}'; available: {', '.join(FORMATS)}")
-    path = selections_path(selections)
+    path = selections_path(selections, round)
+    check_output(out, {"--run": path}, kind="file")
+    for source in pool.sources:  # every file of a pool folder
+        check_output(out, {"--pool": source}, kind="file")
     log = read_selections(path)
     steps = chosen_steps(log, include_random)
     by_id = {e.id: e for e in pool.examples}
@@ -122,6 +157,7 @@ def export_chosen(
             tmp.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return ExportSummary(
         out=out,
+        log=path,
         steps=len(log),
         chosen=len(records),
         selections=sum(len(s) for s in steps.values()),
