@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -13,6 +14,7 @@ from raise_select.data.pools import load_pool
 from raise_select.errors import UserError
 from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
 from raise_select.models import load_model_and_tokenizer
+from raise_select.policy import PolicyConfig
 from raise_select.training import FinetuneConfig, TrainPolicyConfig, Validator, finetune, train_policy
 
 CLASSES = 3
@@ -32,11 +34,14 @@ def setup(tmp_path_factory, tiny_model_dir):
     pool = load_pool(root / "pool.json")
     rng = np.random.default_rng(0)
     n = len(pool)
-    FeatureTable(ids=pool.ids, columns={c: rng.normal(size=n) for c in FEATURE_COLUMNS},
+    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
+    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))  # token counts
+    FeatureTable(ids=pool.ids, columns=columns,
                  sem=rng.normal(size=(n, 4)).astype(np.float32), cluster=np.arange(n) % CLASSES,
                  meta={"classes": CLASSES}).write(root / "features")
     base = TrainPolicyConfig(pool=str(root / "pool.json"), features=str(root / "features"), model=str(tiny_model_dir),
-                             val=str(root / "val.json"), rounds=2, steps=3, lr=1e-3, max_length=64, per_class=1)
+                             val=str(root / "val.json"), rounds=2, steps=3, lr=1e-3, max_length=64,
+                             policy=PolicyConfig(per_class=1))
     return root, base
 
 
@@ -139,9 +144,12 @@ def _refused(cfg, match):
 def test_invalid_settings_are_refused_before_training(setup, tmp_path, monkeypatch):
     root, base = setup
     out = str(tmp_path / "bad")
-    _refused(replace(base, out=out, per_class=0), "per_class")
+    with pytest.raises(UserError, match="per_class = 0"):  # refused where the setting is made
+        replace(base, policy=replace(base.policy, per_class=0))
+    with pytest.raises(UserError, match="rounds = 0"):
+        replace(base, rounds=0)
     _refused(replace(base, out=out, batch_size=2), r"more classes \(3\) than batch slots")
-    _refused(replace(base, out=out, per_class=9), "fewer than one batch of 27")
+    _refused(replace(base, out=out, policy=replace(base.policy, per_class=9)), "fewer than one batch of 27")
     (tmp_path / "empty.json").write_text("[]")
     _refused(replace(base, out=out, val=str(tmp_path / "empty.json")), "no usable examples")
     table = FeatureTable.read(root / "features")
@@ -202,10 +210,12 @@ def test_cli_train_policy_and_finetune(setup, tmp_path):
     common = ["--pool", base.pool, "--features", base.features, "--model", base.model, "--val", base.val,
               "--steps", "2", "--lr", "1e-3", "--max-length", "64"]
     res = runner.invoke(app, ["train-policy", *common, "--out", str(tmp_path / "run"), "--rounds", "1",
-                              "--set", "train_policy.ppo_epochs=1"])
+                              "--set", "train_policy.policy.ppo_epochs=1", "--set", "policy.hidden=8"])
     assert res.exit_code == 0, res.output
     assert "policy saved to" in res.output
-    assert "ppo_epochs: 1" in (tmp_path / "run" / "config.yaml").read_text()
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["policy"]["ppo_epochs"] == 1 and written["policy"]["hidden"] == 8
+    assert json.loads((tmp_path / "run" / "policy" / "policy.json").read_text())["config"]["hidden"] == 8
     res = runner.invoke(app, ["finetune", *common, "--policy", str(tmp_path / "run" / "policy"), "--out", str(tmp_path / "ft")])
     assert res.exit_code == 0, res.output
     assert len(read_jsonl(tmp_path / "ft" / "selections.jsonl")) == 2
@@ -216,8 +226,9 @@ def test_cli_train_policy_and_finetune(setup, tmp_path):
 DISTRIBUTED_SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)
+from raise_select.config import from_dict
 from raise_select.training import TrainPolicyConfig, train_policy
-train_policy(TrainPolicyConfig(**json.loads(sys.argv[1])))
+train_policy(from_dict(TrainPolicyConfig, json.loads(sys.argv[1])))
 """
 
 

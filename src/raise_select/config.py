@@ -10,6 +10,12 @@ One YAML file can hold the whole pipeline, one section per stage::
 
 Each command reads its own section (or the top level when the file has no sections), and
 dotted overrides (`--set train_policy.rounds=2`) or the command's own flags win over it.
+A field whose type is itself a dataclass is a nested section (`train_policy.policy.gamma`,
+see `PolicyConfig`); its keys are merged over the job's default for that section.
+
+Every field carries its meaning in `field(metadata={"help": ...})`; `--help` and the settings
+reference (docs/settings.md) are built from it. A config validates its own fields in
+`check()`, which `__post_init__` calls (`check_fields` words the error).
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
     args = typing.get_args(tp)
     if value is None:
         return None
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: '{name}' is a section of settings; give a mapping, got {value!r}")
+        return from_dict(tp, value, source, prefix=f"{name}.")
     if origin in (typing.Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
         for a in non_none:
@@ -67,17 +79,37 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
-    """Build dataclass `cls` from `data`, refusing unknown keys with the list of known ones."""
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def from_dict(cls: type[T], data: dict, source: str = "config", prefix: str = "") -> T:
+    """Build dataclass `cls` from `data`, refusing unknown keys with the list of known ones.
+
+    A nested section given as a mapping is laid over the field's default (so a job that
+    changes a default of its `policy` section keeps it when the YAML sets other keys).
+    """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise UserError(
-            f"{source}: unknown option(s) {', '.join(unknown)}; available: {', '.join(sorted(fields))}"
+            f"{source}: unknown option(s) {', '.join(prefix + u for u in unknown)}; "
+            f"available: {', '.join(prefix + k for k in sorted(fields))}"
         )
-    kwargs = {k: _coerce(v, hints[k], k, source) for k, v in data.items()}
-    return cls(**kwargs)
+    kwargs = {}
+    for k, v in data.items():
+        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict):
+            base = _default(fields[k])
+            if dataclasses.is_dataclass(base):
+                v = {**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, **v}
+        kwargs[k] = _coerce(v, hints[k], prefix + k, source)
+    try:
+        return cls(**kwargs)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -109,6 +141,33 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
+def merge(into: dict, new: dict, skip_none: bool = False) -> dict:
+    """Lay `new` over `into`, section by section (nested mappings merged, not replaced)."""
+    for k, v in new.items():
+        if skip_none and v is None:
+            continue
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            merge(into[k], v, skip_none)
+        elif isinstance(v, dict):
+            into[k] = merge({}, v, skip_none)
+        else:
+            into[k] = v
+    return into
+
+
+def _sections(cls: type) -> set[str]:
+    """Fields of `cls` that are nested sections (dataclass-typed)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _own_keys(cls: type, data: dict) -> dict:
+    """The keys of a flat mapping that belong to `cls`: plain values and `cls`'s own sections;
+    other mappings are other commands' sections."""
+    nested = _sections(cls)
+    return {k: v for k, v in data.items() if not isinstance(v, dict) or k in nested}
+
+
 def resolve(
     cls: type[T],
     section: str,
@@ -116,24 +175,105 @@ def resolve(
     overrides: list[str] | None = None,
     flags: dict | None = None,
 ) -> T:
-    """Defaults <- YAML section <- dotted overrides <- explicit flags (those not None)."""
+    """Defaults <- YAML section <- dotted overrides <- explicit flags (those not None).
+
+    Overrides name the command's section (`--set train_policy.policy.gamma=0`) or, for this
+    command only, leave it out (`--set policy.gamma=0`, `--set rounds=2`). Flags are nested
+    like the config (`{"policy": {"per_class": 2}}`).
+    """
     data: dict = {}
     source = "config"
     if config_path is not None:
         source = str(config_path)
         raw = read_yaml(config_path)
-        known = {f.name for f in dataclasses.fields(cls)}
         if section in raw and isinstance(raw[section], dict):
-            data.update(raw[section])
+            merge(data, raw[section])
         else:
             # A flat file for a single stage; other stages' sections are skipped.
-            data.update({k: v for k, v in raw.items() if k in known or not isinstance(v, dict)})
+            merge(data, _own_keys(cls, raw))
     ov = parse_overrides(overrides)
     if section in ov and isinstance(ov[section], dict):
-        data.update(ov.pop(section))
-    data.update({k: v for k, v in ov.items() if not isinstance(v, dict)})
-    data.update({k: v for k, v in (flags or {}).items() if v is not None})
+        merge(data, ov.pop(section))
+    merge(data, _own_keys(cls, ov))
+    merge(data, flags or {}, skip_none=True)
     return from_dict(cls, data, source)
+
+
+def require_settings(cfg: Any, names: tuple[str, ...]) -> None:
+    """Refuse a job whose required settings are empty, naming their flags."""
+    missing = [f"--{name.replace('_', '-')}" for name in names if not getattr(cfg, name)]
+    if missing:
+        raise UserError(f"missing required setting(s): {', '.join(missing)}")
+
+
+def check_fields(cfg: Any, rules: list[tuple[bool, str, str]], what: str) -> None:
+    """Refuse `cfg` when a rule fails: `rules` are (holds, field, why), every failure named.
+
+    The one wording of a settings error; each config's `check()` lists its own rules.
+    """
+    bad = [f"{name} = {getattr(cfg, name)!r} ({why})" for ok, name, why in rules if not ok]
+    if bad:
+        raise UserError(f"invalid {what} settings: " + "; ".join(bad))
+
+
+def _field(cls: type, path: str) -> tuple[dataclasses.Field, Any]:
+    """The field at dotted `path` of `cls` and its default (a nested default read from the parent's)."""
+    parts = path.split(".")
+    default: Any = dataclasses.MISSING
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            raise KeyError(f"{cls.__name__} has no setting '{'.'.join(parts[:i + 1])}'")
+        f = fields[part]
+        default = _default(f) if i == 0 else getattr(default, part)
+        cls = typing.get_type_hints(cls)[part]
+    return f, default
+
+
+def field_help(cls: type, path: str, with_default: bool = True) -> str:
+    """The help text of setting `path` (`"policy.gamma"`) of `cls`, with its default."""
+    f, default = _field(cls, path)
+    text = f.metadata.get("help", "")
+    if with_default and default is not dataclasses.MISSING and not dataclasses.is_dataclass(default):
+        text += f" [default: {_show(default)}]"
+    return text
+
+
+def has_field(cls: type, path: str) -> bool:
+    try:
+        _field(cls, path)
+    except KeyError:
+        return False
+    return True
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "empty"
+    return str(value)
+
+
+def settings_rows(cls: type, prefix: str = "", base: Any = None) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) of every setting of `cls`, nested sections flattened.
+
+    `base` is the instance whose values are the defaults (a job may change a nested default,
+    as the demo does for its `policy` section); None: the fields' own defaults.
+    """
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        default = _default(f) if base is None else getattr(base, f.name)
+        if dataclasses.is_dataclass(tp):
+            rows += settings_rows(tp, f"{prefix}{f.name}.", default)
+            continue
+        type_name = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+        rows.append((prefix + f.name, type_name, _show(default), f.metadata.get("help", "")))
+    return rows
 
 
 def to_dict(cfg: Any) -> dict:

@@ -34,59 +34,72 @@ import dataclasses
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .config import to_dict
+from .config import check_fields, to_dict
 from .data.pools import Pool, load_pool
 from .data.synthetic import SyntheticConfig, demo_texts, is_clean_on_target, write_demo_data
-from .errors import UserError
 from .io import append_jsonl, write_json_atomic, write_text_atomic
+from .policy.agent import PolicyConfig
 
 log = logging.getLogger(__name__)
 
 METHODS = ("raise", "rand", "perfect")
 
 
+def demo_policy() -> PolicyConfig:
+    """The demo's policy section: b = 8, and 8 PPO epochs of 4 minibatches (the paper's K_2 is 4;
+    the README says why)."""
+    return PolicyConfig(per_class=8, ppo_epochs=8, minibatches=4)
+
+
 @dataclass
 class DemoConfig:
     """`raise-select demo`: every setting of the built-in demo (see configs/demo.yaml)."""
 
-    out: str = "runs/demo"            # run folder
-    seeds: int = 3                    # seeds per method (policy training, RAND batches)
-    perfect: bool = True              # also train on clean target-family batches only (the oracle)
+    out: str = field(default="runs/demo", metadata={"help": "run folder; a re-run reuses data, model, features and finished policy rounds"})
+    seeds: int = field(default=3, metadata={"help": "seeds per method (policy training, RAND batches)"})
+    perfect: bool = field(default=True, metadata={"help": "also train on clean target-family batches only (the oracle)"})
     # data (data.synthetic)
-    pool_size: int = 1200             # generated pool records, split evenly over the families
-    noise: float = 0.3                # share of each family with a wrong, truncated or garbage response
-    target: str = "add"               # family of the validation task
-    val_size: int = 32                # validation examples (clean, target family, inputs never in the pool)
-    data_seed: int = 0                # seed of the pool and the validation set
+    pool_size: int = field(default=1200, metadata={"help": "generated pool records, split evenly over the families"})
+    noise: float = field(default=0.3, metadata={"help": "share of each family with a wrong, truncated or garbage response"})
+    target: str = field(default="add", metadata={"help": "family of the validation task"})
+    val_size: int = field(default=32, metadata={"help": "validation examples (clean, target family, inputs never in the pool)"})
+    data_seed: int = field(default=0, metadata={"help": "seed of the pool and the validation set"})
     # model and features
-    preset: str = "test"              # tiny Llama size (models.tiny.PRESETS)
-    model_seed: int = 0               # seed of M_0's random weights
-    classes: int = 1                  # C: K-means classes of the diversity constraint
-    sem_dim: int = 16                 # d_sem of the semantic state
-    max_length: int = 96              # tokens per example (the longest demo example is ~75)
-    # LLM fine-tuning (same for every method)
-    steps: int = 100                  # T: updates per round and per fine-tuning run
-    per_class: int = 8                # b; the batch is B = classes x per_class
-    lr: float = 3e-3                  # LLM learning rate (cosine, no warm-up); see the module docstring
+    preset: str = field(default="test", metadata={"help": "tiny Llama size (models.tiny.PRESETS)"})
+    model_seed: int = field(default=0, metadata={"help": "seed of M_0's random weights"})
+    classes: int = field(default=1, metadata={"help": "C: K-means classes of the diversity constraint"})
+    sem_dim: int = field(default=16, metadata={"help": "d_sem of the semantic state"})
+    max_length: int = field(default=96, metadata={"help": "tokens per example (the longest demo example is ~75)"})
+    # LLM fine-tuning (same for every method; the batch is B = classes x policy.per_class)
+    steps: int = field(default=100, metadata={"help": "T: updates per round and per fine-tuning run"})
+    lr: float = field(default=3e-3, metadata={"help": "LLM learning rate (cosine, no warm-up); see the module docstring"})
     # policy training
-    rounds: int = 16                  # K: policy-training rounds per seed
-    gamma: float = 0.99               # GAE discount (paper)
-    lam: float = 1.0                  # GAE lambda (paper)
-    actor_lr: float = 1e-1            # actor AdamW learning rate (paper)
-    critic_lr: float = 2e-1           # critic AdamW learning rate (paper)
-    ppo_epochs: int = 8               # PPO epochs per round (paper's K_2 is 4; see the README on why 8 x 4 minibatches)
-    minibatches: int = 4              # PPO optimizer steps per epoch (the round's steps in 4 shuffled groups)
-    hidden: int = 64                  # actor and critic hidden width
+    rounds: int = field(default=16, metadata={"help": "K: policy-training rounds per seed"})
+    policy: PolicyConfig = field(default_factory=demo_policy, metadata={"help": "the selection policy and PPO; its seed: the demo seed"})
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        from .models.tiny import PRESETS
+
+        _data_config(self).check()
+        check_fields(self, [
+            *((getattr(self, k) >= 1, k, "must be >= 1") for k in ("seeds", "steps", "rounds", "classes", "sem_dim")),
+            (self.max_length >= 2, "max_length", "must be >= 2"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (self.preset in PRESETS, "preset", f"available: {', '.join(PRESETS)}"),
+        ], "demo")
 
 
 # `--quick`: the same pipeline, small enough for a test.
-QUICK = {"pool_size": 120, "val_size": 8, "steps": 4, "rounds": 2, "per_class": 4, "seeds": 2}
+QUICK = {"pool_size": 120, "val_size": 8, "steps": 4, "rounds": 2, "policy": {"per_class": 4}, "seeds": 2}
 
 
 @dataclass
@@ -102,18 +115,6 @@ class MethodRun:
 
 def _data_config(cfg: DemoConfig) -> SyntheticConfig:
     return SyntheticConfig(size=cfg.pool_size, target=cfg.target, noise=cfg.noise, val_size=cfg.val_size, seed=cfg.data_seed)
-
-
-def check(cfg: DemoConfig) -> None:
-    from .models.tiny import PRESETS
-
-    _data_config(cfg).check()
-    bad = [f"{k} = {getattr(cfg, k)} (must be >= 1)" for k in ("seeds", "steps", "per_class", "rounds", "classes")
-           if getattr(cfg, k) < 1]
-    if cfg.preset not in PRESETS:
-        bad.append(f"preset = {cfg.preset!r} (available: {', '.join(PRESETS)})")
-    if bad:
-        raise UserError("invalid demo settings: " + "; ".join(bad))
 
 
 def _selection_share(run_dir: Path, pool: Pool, target: str) -> float:
@@ -135,7 +136,7 @@ def _train_on_batches(cfg: DemoConfig, pool: Pool, val, model_dir: Path, out: Pa
     trainer = LMTrainer(str(model_dir), pool, lm, total_steps=cfg.steps)
     validator = Validator(val, trainer.tokenizer, max_length=cfg.max_length, batch_size=cfg.val_size)
     generator = torch.Generator().manual_seed(seed)
-    batch = cfg.classes * cfg.per_class
+    batch = cfg.classes * cfg.policy.per_class
     selections = out / "selections.jsonl"
     selections.parent.mkdir(parents=True, exist_ok=True)
     selections.write_text("", encoding="utf-8")
@@ -160,9 +161,8 @@ def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int) -> float:
                   val=str(paths["val"]), steps=cfg.steps, lr=cfg.lr, max_length=cfg.max_length, seed=seed,
                   val_batch_size=cfg.val_size)
     run_dir = paths["out"] / f"seed_{seed}"
-    policy_dir = train_policy(TrainPolicyConfig(
-        **common, out=str(run_dir / "policy"), rounds=cfg.rounds, per_class=cfg.per_class, hidden=cfg.hidden,
-        actor_lr=cfg.actor_lr, critic_lr=cfg.critic_lr, ppo_epochs=cfg.ppo_epochs))
+    policy_dir = train_policy(TrainPolicyConfig(**common, out=str(run_dir / "policy"), rounds=cfg.rounds,
+                                                policy=dataclasses.replace(cfg.policy, seed=seed)))
     finetune(FinetuneConfig(**common, out=str(run_dir / "raise"), policy=str(policy_dir)))
     final = [r for r in RunFolder(run_dir / "raise").read_metrics() if r.get("kind") == "finetune"]
     return -final[-1]["final_P"]
@@ -187,7 +187,6 @@ def prepare(cfg: DemoConfig) -> dict[str, Path]:
 
 def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = log.info) -> dict:
     """The whole demo; returns (and writes) the summary."""
-    check(cfg)
     # A ~50k-parameter model gains nothing from intra-op threads, and they cost a lot on a
     # busy machine (observed on a shared 2-core box: rounds of 6-7 s with one thread, ~40 s
     # with two).
@@ -258,7 +257,7 @@ def summarize(cfg: DemoConfig, runs: list[MethodRun], seconds: float, pool_share
         "raise_beats_rand": methods["raise"]["val_loss_mean"] < methods["rand"]["val_loss_mean"],
         "pool_clean_on_target": pool_share,
         "steps": cfg.steps,
-        "batch_size": cfg.classes * cfg.per_class,
+        "batch_size": cfg.classes * cfg.policy.per_class,
         "seconds": seconds,
         "config": to_dict(cfg),
     }

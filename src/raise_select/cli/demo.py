@@ -8,26 +8,32 @@ from typing import List, Optional
 import typer
 
 from .common import ConfigOption, SetOption, handle_errors
+from .fields import ConfigOptions
 
 ORDER = 1
 
+# Option help comes from the fields of DemoConfig.
+OPTIONS = ConfigOptions("raise_select.demo:DemoConfig")
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("demo")
+    @app.command("demo", cls=OPTIONS.command)
     @handle_errors
     def demo(
-        out: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/demo); a re-run reuses data, model, features and finished policy rounds."),
-        seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per method (default 3)."),
+        out: Optional[str] = typer.Option(None, "--out"),
+        seeds: Optional[int] = typer.Option(None, "--seeds"),
         quick: bool = typer.Option(False, "--quick", help="A tiny version of the same pipeline (seconds; for tests)."),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
-        """Generate a pool and a target task, train a RAISE policy, and compare it with RAND (and the oracle)."""
-        from ..config import resolve
+        """Generate a pool and a target task, train a RAISE policy, and compare it with RAND (and the oracle).
+
+        Every setting is in DemoConfig (docs/settings.md, configs/demo.yaml); the policy's go in its `policy:` section, e.g. `--set demo.policy.ppo_epochs=4`.
+        """
+        from ..config import merge, resolve
         from ..demo import QUICK, DemoConfig, format_table, run_demo
 
-        given = {k: v for k, v in {"out": out, "seeds": seeds}.items() if v is not None}
-        flags = {**(QUICK if quick else {}), **given}
+        flags = merge(merge({}, QUICK) if quick else {}, OPTIONS.flags({"out": out, "seeds": seeds}))
         cfg = resolve(DemoConfig, "demo", config, overrides, flags)
         summary = run_demo(cfg, progress=typer.echo)
         typer.echo("")

@@ -7,43 +7,47 @@ from typing import List, Optional
 
 import typer
 
-from .common import BatchSizeOption, ConfigOption, DataDirOption, FeaturesOption, LrOption, MaxLengthOption, MetricOption, PoolOption, SelectEveryOption, SetOption, TensorboardOption, ValSizeOption, handle_errors
+from .common import ConfigOption, SetOption, handle_errors
+from .fields import ConfigOptions
 
 ORDER = 30
 
+# Option help comes from the fields of TrainPolicyConfig (and its `policy` section).
+OPTIONS = ConfigOptions("raise_select.training.train_policy:TrainPolicyConfig", per_class="policy.per_class")
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("train-policy")
+    @app.command("train-policy", cls=OPTIONS.command)
     @handle_errors
     def train_policy_cmd(
-        pool: Optional[str] = PoolOption,
-        features: Optional[str] = FeaturesOption,
-        model: Optional[str] = typer.Option(None, "--model", help="Target LLM M_0: hub id or local folder."),
-        val: Optional[str] = typer.Option(None, "--val", help="Validation set: a named set (gsm8k, mmlu, ...) or a pool file/folder."),
-        data_dir: Optional[str] = DataDirOption,
-        val_size: Optional[int] = ValSizeOption,
+        pool: Optional[str] = typer.Option(None, "--pool"),
+        features: Optional[str] = typer.Option(None, "--features"),
+        model: Optional[str] = typer.Option(None, "--model"),
+        val: Optional[str] = typer.Option(None, "--val"),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+        val_size: Optional[int] = typer.Option(None, "--val-size"),
         out: Optional[Path] = typer.Option(None, "--out", help="Run folder; re-running with the same folder resumes after the last finished round."),
-        rounds: Optional[int] = typer.Option(None, "--rounds", help="K: policy-training rounds (default 20)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="T: LLM updates per round (default 100)."),
-        per_class: Optional[int] = typer.Option(None, "--per-class", help="b: items per class and step; batch B = classes x b (default 1)."),
-        batch_size: Optional[int] = BatchSizeOption,
-        select_every: Optional[int] = SelectEveryOption,
-        metric: Optional[str] = MetricOption,
-        lr: Optional[float] = LrOption,
-        max_length: Optional[int] = MaxLengthOption,
-        lora: Optional[bool] = typer.Option(None, "--lora/--no-lora", help="Train a LoRA adapter (peft) instead of all weights."),
-        tensorboard: Optional[bool] = TensorboardOption,
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the LLM, the policy and the rollouts (default 0)."),
+        rounds: Optional[int] = typer.Option(None, "--rounds"),
+        steps: Optional[int] = typer.Option(None, "--steps"),
+        per_class: Optional[int] = typer.Option(None, "--per-class"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+        select_every: Optional[int] = typer.Option(None, "--select-every"),
+        metric: Optional[str] = typer.Option(None, "--metric"),
+        lr: Optional[float] = typer.Option(None, "--lr"),
+        max_length: Optional[int] = typer.Option(None, "--max-length"),
+        lora: Optional[bool] = typer.Option(None, "--lora/--no-lora"),
+        tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard"),
+        seed: Optional[int] = typer.Option(None, "--seed"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
-        """Train the selection policy: K rounds of T steps from the same M_0, PPO after each round."""
-        flags = dict(locals())  # every option above, by its config field name
-        del flags["config"], flags["overrides"]
-        flags["out"] = str(out) if out is not None else None
+        """Train the selection policy: K rounds of T steps from the same M_0, PPO after each round.
+
+        Every setting, the policy's included, can go in a `train_policy:` section of the --config file or in --set: `--set train_policy.policy.gamma=0.9` (or, for this command alone, `--set policy.gamma=0.9`). docs/settings.md lists them all.
+        """
         from ..config import resolve
         from ..training.train_policy import TrainPolicyConfig, train_policy
 
-        cfg = resolve(TrainPolicyConfig, "train_policy", config, overrides, flags)
+        cfg = resolve(TrainPolicyConfig, "train_policy", config, overrides, OPTIONS.flags(locals()))
         policy_dir = train_policy(cfg)
         typer.echo(f"policy saved to {policy_dir}; metrics, selections and plots in {cfg.out}")

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from ..config import check_fields
 from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
 from .acquisition import CRITIC_FEATURES, AcquisitionMLP, Critic, critic_features
@@ -30,20 +32,28 @@ POLICY_FORMAT = 1
 
 @dataclass
 class PolicyConfig:
-    """Selection policy and PPO settings (defaults: appendix A.2 of the paper where it gives one)."""
+    """Selection policy and PPO settings (defaults: appendix A.2 of the paper where it gives one).
 
-    hidden: int = 64                  # width of the actor's and critic's hidden layers
-    gamma: float = 0.99               # discount factor of GAE (eq. 7-8)
-    lam: float = 1.0                  # GAE lambda (eq. 8)
-    clip: float = 0.2                 # PPO clipping epsilon (eq. 12)
-    actor_lr: float = 1e-1            # AdamW learning rate of F_theta
-    critic_lr: float = 2e-1           # AdamW learning rate of V_phi
-    weight_decay: float = 1e-2        # AdamW weight decay of both
-    ppo_epochs: int = 4               # passes over a round's buffer per update (K_2 of Algorithm 2)
-    per_class: int = 1                # b: items chosen per class; the batch is B = C x b
-    seed: int = 0                     # initial weights and the minibatch order of updates
-    minibatches: int = 1              # optimizer steps per epoch; the round's steps are shuffled into this many groups
-    normalize_advantages: bool = True # standardise a round's advantages before eq. 12 (rewards are tiny validation deltas)
+    The jobs that train a policy (train-policy, demo, the study's RAISE cells) hold one as
+    their `policy:` section; a field added here reaches their YAML, `--set` and the settings
+    reference with its help text. Rules on a field go in `check()`.
+    """
+
+    hidden: int = field(default=64, metadata={"help": "width of the actor's and critic's hidden layers"})
+    gamma: float = field(default=0.99, metadata={"help": "discount factor of GAE (eq. 7-8)"})
+    lam: float = field(default=1.0, metadata={"help": "GAE lambda (eq. 8)"})
+    clip: float = field(default=0.2, metadata={"help": "PPO clipping epsilon (eq. 12)"})
+    actor_lr: float = field(default=1e-1, metadata={"help": "AdamW learning rate of the actor F_theta (scaled per layer by 1/sqrt(fan_in))"})
+    critic_lr: float = field(default=2e-1, metadata={"help": "AdamW learning rate of the critic V_phi (scaled per layer by 1/sqrt(fan_in))"})
+    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay of actor and critic"})
+    ppo_epochs: int = field(default=4, metadata={"help": "passes over a round's buffer per PPO update (K_2 of Algorithm 2)"})
+    per_class: int = field(default=1, metadata={"help": "b: items chosen per class and step; the batch is B = C x b"})
+    seed: Optional[int] = field(default=None, metadata={"help": "seed of the initial weights and of the minibatch order of updates; none: the job's seed (0 for a policy built directly)"})
+    minibatches: int = field(default=1, metadata={"help": "optimizer steps per epoch: the round's steps are shuffled into this many groups"})
+    normalize_advantages: bool = field(default=True, metadata={"help": "standardise a round's advantages before eq. 12 (rewards are tiny validation deltas)"})
+
+    def __post_init__(self) -> None:
+        self.check()
 
     def check(self) -> None:
         """Refuse invalid settings before any training, naming each bad field."""
@@ -57,11 +67,10 @@ class PolicyConfig:
             (self.weight_decay >= 0.0, "weight_decay", "must be >= 0"),
             (self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1"),
             (self.per_class >= 1, "per_class", "must be >= 1"),
+            (self.seed is None or self.seed >= 0, "seed", "must be >= 0"),
             (self.minibatches >= 1, "minibatches", "must be >= 1"),
         ]
-        bad = [f"{name} = {getattr(self, name)!r} ({why})" for ok, name, why in rules if not ok]
-        if bad:
-            raise UserError("invalid policy settings: " + "; ".join(bad))
+        check_fields(self, rules, "policy")
 
 
 def layer_groups(module: nn.Module, lr: float) -> list[dict]:
@@ -87,6 +96,8 @@ class Action:
 class RaisePolicy:
     def __init__(self, static: StaticState, cfg: PolicyConfig):
         cfg.check()
+        if cfg.seed is None:
+            cfg = replace(cfg, seed=0)
         batch = static.num_classes * cfg.per_class
         if len(static) < batch:
             raise UserError(f"the pool has {len(static)} instructions, fewer than one batch of {batch} "

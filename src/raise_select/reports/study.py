@@ -17,7 +17,7 @@ its evaluation, under `<out>/cells/<cell>/`:
 A cell whose `cell.json` records the same training and evaluation settings is not
 recomputed, so an interrupted study resumes where it stopped and a finished one only
 rewrites the table. Options of a method go in a section named after it (`deita:`, `less:`,
-`raise:` for train-policy settings such as `per_class` or `hidden`); the string
+`raise:` for train-policy settings such as `rounds` or `policy: {per_class: 2, hidden: 32}`); the string
 `{base_model}` in them stands for the study's base model (a scorer or judge folder).
 """
 
@@ -235,7 +235,8 @@ class Study:
                            "study: section 'raise'")
             policy_dir = train_policy(tp)
             ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-            ft = FinetuneConfig(**{k: v for k, v in asdict(tp).items() if k in ft_fields and k != "out"},
+            # `policy` of a FinetuneConfig is the trained policy's folder, not the settings section.
+            ft = FinetuneConfig(**{k: v for k, v in asdict(tp).items() if k in ft_fields and k not in ("out", "policy")},
                                 policy=str(policy_dir), out=str(cell_dir / "finetune"))
             return finetune(ft)
         from ..baselines.run import BaselineConfig, run_baseline

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from ..config import check_fields
 from ..data.pools import Pool
 from ..errors import UserError
 from .loop import LMConfig, LMTrainer
@@ -38,49 +39,37 @@ class EpisodeConfig(LMConfig):
     """Settings of a job that fine-tunes the target LLM with a policy (train-policy, finetune);
     the LLM settings are those of `LMConfig`."""
 
-    pool: str = ""                    # instruction pool: file, folder or `datasets` name
-    features: str = ""                # featurize output folder of this pool
-    model: str = ""                   # target LLM M_0: hub id or local folder
-    val: str = ""                     # validation set: a named set (gsm8k, mmlu, ...) or a pool file/folder
-    out: str = ""                     # run folder
-    data_dir: Optional[str] = None    # folder of the named validation sets' original files
-    val_size: Optional[int] = None    # use at most this many validation examples (seeded sample for named sets)
-    steps: int = 100                  # T: LLM updates (per round for train-policy)
-    batch_size: Optional[int] = None  # B; when set, per_class = B / C (B a multiple of the number of classes C)
-    select_every: int = 1             # M (appendix F): the policy chooses every M steps, random batches in between
-    metric: str = "neg_loss"          # P(M): neg_loss, accuracy or module:function
-    val_batch_size: int = 16          # validation examples per forward pass
-    max_new_tokens: int = 128         # generation length for metric=accuracy
-    tensorboard: bool = False         # also log to <out>/tensorboard
+    pool: str = field(default="", metadata={"help": "instruction pool: file, folder or `datasets` name"})
+    features: str = field(default="", metadata={"help": "featurize output folder of this pool"})
+    model: str = field(default="", metadata={"help": "target LLM M_0: hub id or local folder"})
+    val: str = field(default="", metadata={"help": "validation set: a named set (gsm8k, mmlu, ...) or a pool file/folder"})
+    out: str = field(default="", metadata={"help": "run folder"})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "folder of the named validation sets' original files"})
+    val_size: Optional[int] = field(default=None, metadata={"help": "use at most this many validation examples (seeded sample for named sets)"})
+    steps: int = field(default=100, metadata={"help": "T: LLM updates (per round for train-policy)"})
+    batch_size: Optional[int] = field(default=None, metadata={"help": "B; when set, per_class = B / C (B a multiple of the number of classes C)"})
+    select_every: int = field(default=1, metadata={"help": "M (appendix F): the policy chooses every M steps, random batches in between"})
+    metric: str = field(default="neg_loss", metadata={"help": "P(M): neg_loss, accuracy or module:function"})
+    val_batch_size: int = field(default=16, metadata={"help": "validation examples per forward pass"})
+    max_new_tokens: int = field(default=128, metadata={"help": "generation length for metric=accuracy"})
+    tensorboard: bool = field(default=False, metadata={"help": "also log to <out>/tensorboard"})
+
+    def check(self) -> None:
+        super().check()
+        check_fields(self, [
+            (self.steps >= 1, "steps", "must be >= 1"),
+            (self.select_every >= 1, "select_every", "must be >= 1"),
+            (self.batch_size is None or self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.val_size is None or self.val_size >= 1, "val_size", "must be >= 1"),
+            (self.val_batch_size >= 1, "val_batch_size", "must be >= 1"),
+            (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
+        ], "episode")
+        resolve_metric(self.metric)
 
 
 def lm_config(cfg: LMConfig) -> LMConfig:
     """The plain LMConfig part of a job config."""
     return LMConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LMConfig)})
-
-
-def check_common(cfg: EpisodeConfig, required: tuple[str, ...]) -> None:
-    """Settings checks shared by train-policy and finetune, before anything is loaded."""
-    missing = [f"--{name.replace('_', '-')}" for name in required if not getattr(cfg, name)]
-    if missing:
-        raise UserError(f"missing required setting(s): {', '.join(missing)}")
-    bad = []
-    if cfg.steps < 1:
-        bad.append(f"steps = {cfg.steps} (must be >= 1)")
-    if cfg.select_every < 1:
-        bad.append(f"select_every = {cfg.select_every} (must be >= 1)")
-    per_class = getattr(cfg, "per_class", None)
-    if per_class is not None and per_class < 1:
-        bad.append(f"per_class = {per_class} (must be >= 1: at least one item per class)")
-    if cfg.lr <= 0:
-        bad.append(f"lr = {cfg.lr} (must be > 0)")
-    if cfg.max_length < 2:
-        bad.append(f"max_length = {cfg.max_length} (must be >= 2)")
-    if cfg.val_size is not None and cfg.val_size < 1:
-        bad.append(f"val_size = {cfg.val_size} (must be >= 1)")
-    if bad:
-        raise UserError("invalid settings: " + "; ".join(bad))
-    resolve_metric(cfg.metric)
 
 
 def load_static(pool_spec: str, features: str, normalizer=None):
@@ -133,6 +122,16 @@ class EpisodeResult:
     @property
     def ret(self) -> float:
         return self.final_p - self.p0
+
+    @property
+    def mean_loss(self) -> float:
+        return sum(self.losses) / len(self.losses)
+
+
+def format_timing(timing: dict[str, float]) -> str:
+    """`time 3.2s: train 2.0s (62%), ...`: where an episode's (or round's) time went."""
+    total = sum(timing.values())
+    return f"time {total:.1f}s: " + ", ".join(f"{k} {v:.1f}s ({100 * v / max(total, 1e-9):.0f}%)" for k, v in timing.items())
 
 
 def share_from_main(accelerator, obj):

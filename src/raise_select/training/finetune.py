@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from ..config import to_dict
-from .episode import EpisodeConfig, check_batch, check_common, lm_config, load_static, resolve_per_class, run_episode
+from ..config import check_fields, field_help, require_settings, to_dict
+from ..policy.agent import PolicyConfig
+from .episode import EpisodeConfig, check_batch, format_timing, lm_config, load_static, resolve_per_class, run_episode
 from .loop import LMTrainer, full_precision_accelerator
 from .reward import Validator, check_finite
 from .runs import RunFolder
@@ -31,8 +32,13 @@ log = logging.getLogger(__name__)
 class FinetuneConfig(EpisodeConfig):
     """`raise-select finetune`: LLM defaults lr 2e-5, cosine, no warm-up (appendix A.2)."""
 
-    policy: str = ""                  # folder of a trained policy (<train-policy run>/policy)
-    per_class: Optional[int] = None   # b; default: the value the policy was trained with
+    policy: str = field(default="", metadata={"help": "folder of a trained policy (<train-policy run>/policy)"})
+    per_class: Optional[int] = field(default=None, metadata={
+        "help": field_help(PolicyConfig, "per_class", with_default=False) + "; none: the value the policy was trained with"})
+
+    def check(self) -> None:
+        super().check()
+        check_fields(self, [(self.per_class is None or self.per_class >= 1, "per_class", "must be >= 1")], "finetune")
 
 
 def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
@@ -43,7 +49,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     from ..data.validation import load_validation
     from ..policy import RaisePolicy
 
-    check_common(cfg, ("policy", "pool", "features", "model", "val", "out"))
+    require_settings(cfg, ("policy", "pool", "features", "model", "val", "out"))
     acc = accelerator or full_precision_accelerator()
     run = RunFolder(cfg.out, enabled=acc.is_main_process, tensorboard=cfg.tensorboard)
     if acc.is_main_process:
@@ -77,9 +83,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     model_dir = run.out / "model"
     trainer.save(model_dir)
     run.metric({"kind": "finetune", "P0": p0, "final_P": result.final_p, "gain": result.ret,
-                "mean_loss": sum(result.losses) / len(result.losses), "time": result.time})
-    total = sum(result.time.values())
-    log.info("P %.5f -> %.5f; model saved to %s | time %.1fs: %s", p0, result.final_p, model_dir, total,
-             ", ".join(f"{k} {v:.1f}s ({100 * v / max(total, 1e-9):.0f}%)" for k, v in result.time.items()))
+                "mean_loss": result.mean_loss, "time": result.time})
+    log.info("P %.5f -> %.5f; model saved to %s | %s", p0, result.final_p, model_dir, format_timing(result.time))
     run.close()
     return model_dir

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ..config import check_fields
 from ..data.pools import Example, Pool
 from ..data.templates import CHAT_TEMPLATE, render_prompt
 from ..errors import UserError
@@ -41,8 +42,8 @@ class LMConfig:
     """LLM fine-tuning settings; defaults follow the paper (appendix A.2)."""
 
     lr: float = field(default=2e-5, metadata={"help": "peak learning rate of the target LLM"})
-    scheduler: str = field(default="cosine", metadata={"help": "any `transformers.get_scheduler` name"})
-    warmup_steps: int = field(default=0, metadata={"help": "the paper uses no warm-up"})
+    scheduler: str = field(default="cosine", metadata={"help": "LLM learning-rate schedule: any `transformers.get_scheduler` name"})
+    warmup_steps: int = field(default=0, metadata={"help": "warm-up steps of the LLM learning rate (the paper uses none)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the LLM"})
     max_length: int = field(default=512, metadata={"help": "tokens per example; the prompt is cut from the left first"})
     template: str = field(default="alpaca", metadata={"help": "prompt template: alpaca or chat (the tokenizer's chat template)"})
@@ -51,9 +52,24 @@ class LMConfig:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha"})
     lora_targets: list[str] = field(default_factory=list, metadata={"help": "modules to adapt; empty = peft's default for the architecture"})
     dtype: str = field(default="float32", metadata={"help": "weights dtype: float32, bfloat16, float16"})
-    seed: int = field(default=0, metadata={"help": "seeds weights of LoRA, dropout and data order"})
+    seed: int = field(default=0, metadata={"help": "seed of the LLM run (LoRA weights, dropout, data order); train-policy also seeds the policy and its rollouts with it"})
     grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm (0 = no clipping)"})
     micro_batch_size: int = field(default=0, metadata={"help": "rows per forward pass (gradient accumulation); 0 = the whole batch at once"})
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Rules on the LLM settings; a subclass adds its own rules after calling this."""
+        check_fields(self, [
+            (self.lr > 0, "lr", "must be > 0"),
+            (self.warmup_steps >= 0, "warmup_steps", "must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.max_length >= 2, "max_length", "must be >= 2"),
+            (self.lora_r >= 1, "lora_r", "must be >= 1"),
+            (self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)"),
+            (self.micro_batch_size >= 0, "micro_batch_size", "must be >= 0 (0 = the whole batch)"),
+        ], "LLM")
 
 
 @dataclass
