@@ -25,10 +25,12 @@ def register(app: typer.Typer) -> None:
         """Build a tiny Llama-architecture model with a tokenizer trained on the spot."""
         from ..data.pools import load_pool
         from ..errors import UserError
+        from ..io import check_output
         from ..models.tiny import PRESETS, build_tiny_model
 
         if preset not in PRESETS:
             raise UserError(f"unknown preset '{preset}'; available: {', '.join(PRESETS)}")
+        check_output(out, {"--pool": pool})
         if pool is None:
             from ..data.synthetic import demo_texts
 

@@ -25,10 +25,13 @@ def register(app: typer.Typer) -> None:
         import time
 
         from ..config import resolve
+        from ..io import check_output
         from ..reports.study import StudyConfig, method_sections, run_study
 
         cfg = resolve(StudyConfig, "study", config, overrides, {"out": str(out) if out else None})
         if cfg.out:
+            check_output(cfg.out, {"pool": cfg.pool, "model": cfg.model, "aux_model": cfg.aux_model, "val": cfg.val,
+                                   "data_dir": cfg.data_dir, "config": config})
             setup_logging(Path(cfg.out), name="study.log")
         start = time.perf_counter()
         result = run_study(cfg, method_sections(config, overrides, cfg.methods))
