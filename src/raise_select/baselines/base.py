@@ -12,13 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..data.pools import Example, Pool
 from ..errors import UserError
 from ..features.table import FeatureTable
+
+if TYPE_CHECKING:
+    from ..training.loop import LMConfig
 
 
 @dataclass
@@ -37,6 +40,8 @@ class SelectionContext:
 
     Methods take what they use and refuse (with `UserError`) when something they need is
     missing: `ifd` and `sspl` need `features`, `less` needs `model` and `validation`.
+    Online methods (`greats`, `rho`) train the target model with `lm` while they choose
+    and save it to `out_dir/model`.
     """
 
     features: FeatureTable | None = None      # aligned to the pool (`FeatureTable.align(pool.ids)`)
@@ -50,6 +55,8 @@ class SelectionContext:
     epochs: int = 3                           # static methods train this many epochs over the subset
     steps: int | None = None                  # update steps; None: matched to `epochs` over the budget
     device: str | None = None                 # torch device for LM passes; None: cuda when available
+    data_dir: str | None = None               # original files of named sets (a holdout set given by name)
+    lm: "LMConfig | None" = None              # LLM training settings: online methods choose while they train
 
     def require_features(self, method: str) -> FeatureTable:
         if self.features is None:

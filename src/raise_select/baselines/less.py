@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -126,7 +126,7 @@ class LESS:
 
         from ..models.loading import load_model_and_tokenizer
 
-        validation = ctx.require_validation(self.name)
+        validation = self._validation(ctx)
         if self.warmup_epochs < 1 or not 0 < self.warmup_fraction <= 1:
             raise UserError(f"less: warmup_epochs must be >= 1 and warmup_fraction in (0, 1], got {self.warmup_epochs} and {self.warmup_fraction}")
         device = ctx.torch_device()
@@ -154,8 +154,9 @@ class LESS:
                 for n, p in model.named_parameters():
                     if p.requires_grad:
                         p.copy_(ckpt.lora[n])
-            val = self._projected_grads(model, tok, validation, ctx, projector, None, f"less val grads {c + 1}/{len(checkpoints)}")
-            train = self._projected_grads(model, tok, pool.examples, ctx, projector, ckpt, f"less train grads {c + 1}/{len(checkpoints)}")
+            val = self._validation_grads(model, tok, validation, ctx, projector, f"{self.name} val grads {c + 1}/{len(checkpoints)}")
+            train = self._projected_grads(model, pool.examples, self._sft_loss(model, tok, ctx), projector, ckpt,
+                                          f"{self.name} train grads {c + 1}/{len(checkpoints)}")
             scores += w * mean_cosine(train, val).cpu()
         chosen = top_k(scores.numpy().astype(np.float64), np.arange(len(pool)), budget)
         info = {"warmup_examples": n_warm, "checkpoints": len(checkpoints), "checkpoint_weights": weights,
@@ -196,17 +197,30 @@ class LESS:
             ))
         return checkpoints
 
-    def _projected_grads(self, model, tok, examples: Sequence[Example], ctx: SelectionContext,
+    def _validation(self, ctx: SelectionContext) -> Sequence:
+        """The items whose gradients define the target (LESS: the validation examples)."""
+        return ctx.require_validation(self.name)
+
+    def _validation_grads(self, model, tok, validation: Sequence, ctx: SelectionContext,
+                          projector: RademacherProjector, desc: str) -> torch.Tensor:
+        """(V, proj_dim): plain (SGD) gradients of the validation loss, projected."""
+        return self._projected_grads(model, validation, self._sft_loss(model, tok, ctx), projector, None, desc)
+
+    @staticmethod
+    def _sft_loss(model, tok, ctx: SelectionContext) -> Callable[[Example], torch.Tensor]:
+        device = next(model.parameters()).device
+        return lambda e: model(**encoded_batch([e], tok, ctx.template, ctx.max_length, device)).loss
+
+    def _projected_grads(self, model, items: Sequence, loss_of: Callable[[object], torch.Tensor],
                          projector: RademacherProjector, ckpt: _Checkpoint | None, desc: str) -> torch.Tensor:
-        """(N, proj_dim): per-example LoRA gradients (Adam-preconditioned when `ckpt`), projected."""
+        """(N, proj_dim): the trainable (LoRA) parameters' gradient of `loss_of(item)` for each
+        item, one item per backward (Adam-preconditioned when `ckpt`), projected."""
         from ..progress import progress_bar
 
         params = [p for p in model.parameters() if p.requires_grad]
-        device = next(model.parameters()).device
         out, pending = [], []
-        for e in progress_bar(examples, desc=desc, unit="ex"):
-            batch = encoded_batch([e], tok, ctx.template, ctx.max_length, device)
-            grads = torch.autograd.grad(model(**batch).loss, params)
+        for e in progress_bar(items, desc=desc, unit="ex"):
+            grads = torch.autograd.grad(loss_of(e), params)
             g = torch.cat([x.reshape(-1) for x in grads]).float()
             if ckpt is not None:
                 g = adam_precondition(g, ckpt.exp_avg, ckpt.exp_avg_sq, *ckpt.betas)

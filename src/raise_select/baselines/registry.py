@@ -7,14 +7,18 @@ from .alpagasus import AlpaGasus
 from .base import Baseline
 from .deita import Deita
 from .full import FullData
+from .greats import GREATS
 from .ifd import IFD
 from .less import LESS
 from .rand import RandomSubset
+from .rho import RHOLoss
+from .rose import ROSE
 from .sspl import SSPL
 from ..config import from_dict
 from ..errors import UserError
 
-BASELINES: dict[str, type] = {cls.name: cls for cls in (FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS)}
+BASELINES: dict[str, type] = {cls.name: cls for cls in (FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS,
+                                                           ROSE, GREATS, RHOLoss)}
 
 
 def get_baseline_class(name: str) -> type:

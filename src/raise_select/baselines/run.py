@@ -1,6 +1,8 @@
 """One baseline job: select from a pool at a budget, write `selection.json`, and optionally
 train the target model on the selection at matched update steps (`raise-select baseline`;
-the study calls `run_baseline` for every static method)."""
+the study calls `run_baseline` for every method but RAISE). Online methods (`greats`, `rho`)
+choose each batch with the model being trained, so their selection is a training run: the
+model is always trained and saved to `<out>/model`, and `selection.json` records the batches."""
 
 from __future__ import annotations
 
@@ -25,13 +27,13 @@ class BaselineConfig(LMConfig):
     """A baseline job; the LLM training settings are those of `LMConfig`. Method options
     live in a section named after the method (`deita: {threshold: 0.85}`, `--set deita.threshold=0.85`)."""
 
-    method: str = ""                  # selection method: full, random, ifd, deita, alpagasus, sspl, less
+    method: str = ""                  # selection method: full, random, ifd, deita, alpagasus, sspl, less, rose, greats, rho
     pool: str = ""                    # instruction pool: file, folder or `datasets` name
     format: Optional[str] = None      # pool format (alpaca, sharegpt, messages); None: detected
     limit: Optional[int] = None       # use only the first N pool examples
     features: str = ""                # featurize output folder of this pool (ifd, sspl, deita's default embeddings)
-    model: str = ""                   # target LLM: hub id or folder (trained with --train; less, sspl loss=target)
-    val: str = ""                     # validation set for less: a named set (gsm8k, ...) or a pool file/folder
+    model: str = ""                   # target LLM: hub id or folder (trained with --train; less, rose, sspl loss=target; greats and rho train it while choosing)
+    val: str = ""                     # validation set for less, rose, greats, rho: a named set (gsm8k, ...) or a pool file/folder
     data_dir: Optional[str] = None    # folder of the named validation sets' original files
     val_size: Optional[int] = None    # use at most this many validation examples
     out: str = ""                     # output folder: selection.json, cache/, model/, baseline.log
@@ -39,7 +41,7 @@ class BaselineConfig(LMConfig):
     batch_size: int = 8               # training batch size B
     epochs: int = 3                   # static subsets are trained this many epochs (paper section 4.2)
     steps: Optional[int] = None       # update steps; None: ceil(epochs x budget / B), matched across methods
-    train: bool = False               # also train the target model on the selection and save it to out/model
+    train: bool = False               # also train the target model on the selection and save it to out/model (greats, rho: always trained)
     device: Optional[str] = None      # torch device of the selection passes; None: cuda when available
 
 
@@ -78,16 +80,21 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     method = make_baseline(cfg.method, options)
     if cfg.train and not cfg.model:
         raise UserError("--train needs the target model: pass --model")
+    # Online methods choose each batch with the model being trained: selecting is training.
+    online = getattr(cls, "online", False)
+    if online and not cfg.model:
+        raise UserError(f"method '{cfg.method}' chooses every batch with the model being trained: pass --model")
     out = Path(cfg.out)
     pool = load_pool(cfg.pool, fmt=cfg.format, limit=cfg.limit)
     k = budget_count(cfg.budget, len(pool))
     key = fingerprint({"method": cfg.method, "options": asdict(method), "pool": pool.fingerprint, "budget": k,
                        "features": _features_key(cfg.features), "model": cfg.model, "val": cfg.val, "val_size": cfg.val_size,
                        "seed": cfg.seed, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "steps": cfg.steps,
-                       "template": cfg.template, "max_length": cfg.max_length})
+                       "template": cfg.template, "max_length": cfg.max_length,
+                       **({"lm": asdict(lm_config(cfg)), "data_dir": cfg.data_dir} if online else {})})
     sel_path = out / "selection.json"
     record = json.loads(sel_path.read_text()) if sel_path.is_file() else None
-    if record is not None and record.get("fingerprint") == key:
+    if record is not None and record.get("fingerprint") == key and (not online or (out / "model").is_dir()):
         log.info("%s: same settings as before; reusing the selection", sel_path)
     else:
         ctx = SelectionContext(
@@ -96,6 +103,7 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
             validation=load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed) if cfg.val else None,
             seed=cfg.seed, out_dir=out, template=cfg.template, max_length=cfg.max_length,
             batch_size=cfg.batch_size, epochs=cfg.epochs, steps=cfg.steps, device=cfg.device,
+            data_dir=cfg.data_dir, lm=lm_config(cfg) if online else None,
         )
         sel = method.select(pool, k, ctx)
         # Static subsets train `epochs` passes over the budget (the whole pool for `full`);
@@ -118,6 +126,8 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
         done = out / "train_done.json"
         if done.is_file() and json.loads(done.read_text()).get("fingerprint") == key:
             log.info("%s: already trained with these settings", model_dir)
+        elif online:  # trained while selecting
+            write_json_atomic(done, {"fingerprint": key, "steps": record["steps"], "model": str(model_dir)})
         else:
             batches = matched_batches(Selection(record["indices"]), cfg.batch_size, record["steps"], cfg.seed, cls.dynamic)
             train_on_schedule(cfg.model, pool, batches, lm_config(cfg), model_dir, record["steps"])

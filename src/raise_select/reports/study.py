@@ -10,7 +10,8 @@ its evaluation, under `<out>/cells/<cell>/`:
 - `random-s<seed>`: a random budget-sized subset per seed (the RAND row is their mean);
 - one cell per other baseline of `raise_select.baselines` (`raise-select baseline`'s
   `run_baseline`): a static subset of the budget trained `epochs` epochs, or a schedule
-  with the same number of steps;
+  with the same number of steps (the online selectors GREATS and RHO-LOSS choose each
+  batch while training, for the same number of steps);
 - `raise`: `train_policy` then `finetune` for the same number of steps
   T = ceil(epochs x budget / batch_size).
 
@@ -44,9 +45,9 @@ log = logging.getLogger(__name__)
 
 RAISE = "raise"
 ROW_LABELS = {"random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "AlpaGasus", "sspl": "SSPL",
-              "less": "LESS", RAISE: "RAISE"}
+              "less": "LESS", "rose": "ROSE", "greats": "GREATS", "rho": "RHO-LOSS", RAISE: "RAISE"}
 # Methods that read the featurized pool (RAISE's state, IFD, SSPL's loss, DEITA's embeddings).
-_FEATURE_FREE = ("full", "random")
+_FEATURE_FREE = ("full", "random", "rose", "greats", "rho")
 # Settings that change only the evaluation of a cell, not its training.
 _EVAL_FIELDS = ("tasks", "eval_limit", "num_fewshot", "eval_batch_size", "max_gen_toks", "device")
 _NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "out", "pool", "format", "pool_size", "build_model")

@@ -1,0 +1,169 @@
+"""`greats`: GREATS online batch selection (Wang et al., "GREATS: Online Selection of
+High-Quality Data for LLM Training in Every Iteration", NeurIPS 2024; reference code
+Jiachen-T-Wang/GREATS, `less/train/gctrainer.py`, `less/train/utils_ghost_dot_prod.py`).
+
+At every step, from a candidate set of `candidates` x B rows, B rows are chosen greedily by
+the first-order estimate of the validation-loss drop of an SGD step: row j's gain given the
+rows S already chosen is
+
+    lr * <g_j, g_val>  -  lr^2 * sum_{i in S} <g_i, g_j>
+
+(`greedy_selection`, as the reference's: the pick's row of the interaction matrix is
+subtracted from every score, so a row's own <g_j, g_j> never counts). g_i is the gradient of
+row i's mean response-token loss, g_val the mean of those of `val_batch` validation rows
+drawn at random each step, lr the learning rate of the coming update.
+
+As the reference does: the inner products are taken over the trainable linear layers only
+(LoRA's A and B matrices with `lora: true`; otherwise the linear layers of the last
+`last_layers` decoder blocks, `last_layers: 0` for every trainable linear layer including
+the LM head), from one forward and one backward pass over candidates and validation rows
+together: each layer's input a_i (T x d_in) and output gradient b_i (T x d_out) give the
+per-example gradient b_i^T a_i. The reference materialises it per layer for sequences (its
+T^2 "ghost" form is disabled there as slower); here the form is chosen per layer by cost:
+the ghost form sum_{t,s} (a_i a_j^T)_{ts} (b_i b_j^T)_{ts} when (N T)^2 (d_in + d_out) is
+below N T d_in d_out, else the per-example gradients. The estimate ignores Adam's
+preconditioning and gradient clipping, as the reference's does (it scores with the raw
+gradients and the scheduler's lr while training with AdamW). Where we depart from the
+reference: its LoRA layers drop the LoRA scaling alpha/r from the per-example gradients
+(a constant per layer that rescales the lr^2 term against the lr term); here the gradients
+are the exact ones of the trainable parameters. The reference selects 1/`fracinv` of the
+data loader's batch; here the candidate set is a separate uniform draw of `candidates` x B
+rows, so every method trains on B rows per step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from ..data.pools import Pool
+from ..errors import UserError
+from .base import SelectionContext
+from .online import OnlineSelector
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def greedy_selection(scores: np.ndarray, interaction: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+    """The reference's greedy: pick the best score, subtract the pick's row of `interaction`
+    from every score, never pick twice. Returns the picks and each one's score when picked."""
+    scores = np.asarray(scores, dtype=np.float64).copy()
+    picks, gains = [], []
+    for _ in range(min(k, len(scores))):
+        j = int(np.argmax(scores))
+        picks.append(j)
+        gains.append(float(scores[j]))
+        scores -= interaction[j]
+        scores[j] = -np.inf
+    return picks, gains
+
+
+def scored_linears(model: torch.nn.Module, last_layers: int) -> list[tuple[str, torch.nn.Linear]]:
+    """The linear layers whose per-example gradients enter the inner products: every linear
+    layer with a trainable weight when LoRA is on (only the adapters are) or `last_layers` is 0,
+    else those of the last `last_layers` decoder blocks."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.weight.requires_grad]
+    if not linears:
+        raise UserError("greats: the model has no trainable linear layer")
+    if last_layers <= 0 or any("lora_" in n for n, _ in linears):
+        return linears
+    blocks = sorted({int(m.group(1)) for n, _ in linears if (m := _LAYER.search(n))})
+    if not blocks:
+        raise UserError("greats: no decoder blocks ('layers.<i>.') found in the model; set greats.last_layers=0")
+    keep = set(blocks[-last_layers:])
+    return [(n, m) for n, m in linears if (m2 := _LAYER.search(n)) and int(m2.group(1)) in keep]
+
+
+def layer_gram(a: torch.Tensor, b: torch.Tensor, bias: bool, ghost: bool | None = None) -> torch.Tensor:
+    """(N, N) inner products of the per-example gradients of one linear layer from its inputs
+    `a` (N, T, d_in) and output gradients `b` (N, T, d_out): the ghost form or materialised
+    per-example gradients (`ghost` None: whichever costs fewer multiplications)."""
+    if a.dim() == 2:
+        a, b = a.unsqueeze(1), b.unsqueeze(1)
+    a, b = a.float(), b.float()
+    n, t, d_in = a.shape
+    d_out = b.shape[-1]
+    if ghost is None:
+        ghost = (n * t) ** 2 * (d_in + d_out) < n * t * d_in * d_out
+    if ghost:
+        aa = (a.reshape(n * t, d_in) @ a.reshape(n * t, d_in).T).view(n, t, n, t)
+        bb = (b.reshape(n * t, d_out) @ b.reshape(n * t, d_out).T).view(n, t, n, t)
+        gram = (aa * bb).sum(dim=(1, 3))
+    else:
+        g = torch.bmm(b.transpose(1, 2), a).reshape(n, d_out * d_in)
+        gram = g @ g.T
+    if bias:
+        gb = b.sum(dim=1)
+        gram = gram + gb @ gb.T
+    return gram
+
+
+def per_example_gram(model: torch.nn.Module, modules: Sequence[torch.nn.Linear], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, N) float64 inner products <g_i, g_j> of the rows' gradients (each row's mean
+    response-token loss) over the parameters of `modules`, from one forward and one backward
+    pass; parameters' `.grad` is left untouched."""
+    from .lm import response_losses
+
+    captured: list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]] = []
+
+    def hook(mod, inputs, output):
+        captured.append((mod, inputs[0].detach(), output))
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        for h in handles:
+            h.remove()
+    # Rows do not interact in the forward pass, so the gradient of the sum holds each row's own
+    # output gradients.
+    losses = response_losses(logits, batch["labels"])
+    grads = torch.autograd.grad(losses.sum(), [out for _, _, out in captured])
+    n = batch["input_ids"].shape[0]
+    gram = torch.zeros((n, n), dtype=torch.float64, device=logits.device)
+    for (mod, a, _), b in zip(captured, grads):
+        gram += layer_gram(a, b.detach(), mod.bias is not None and mod.bias.requires_grad).double()
+    return gram
+
+
+@dataclass
+class GREATS(OnlineSelector):
+    """Greedy first-order validation-loss drop over a uniform candidate set, every step."""
+
+    name: ClassVar[str] = "greats"
+
+    candidates: int = 4     # candidate set per step: `candidates` x B rows drawn uniformly
+    val_batch: int = 2      # validation rows drawn per step for g_val (the reference: 2)
+    last_layers: int = 2    # full fine-tuning: score with the last N decoder blocks' linear layers (0: every trainable linear layer)
+
+    def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
+        from ..training.loop import encode_example
+
+        validation = ctx.require_validation(self.name)
+        if self.val_batch < 1:
+            raise UserError(f"greats: val_batch must be at least 1, got {self.val_batch}")
+        cfg = trainer.cfg
+        self._val = [encode_example(e, trainer.tokenizer, cfg.template, cfg.max_length) for e in validation]
+        self._rng = np.random.default_rng(ctx.seed + 1)
+        self._modules = scored_linears(trainer.unwrapped, self.last_layers)
+        dim = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for _, m in self._modules)
+        return {"scored_layers": len(self._modules), "scored_parameters": dim, "validation_examples": len(validation),
+                "val_batch": min(self.val_batch, len(validation))}
+
+    def choose(self, trainer, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from ..training.loop import collate
+
+        model = trainer.unwrapped
+        device = next(model.parameters()).device
+        val = self._rng.choice(len(self._val), size=min(self.val_batch, len(self._val)), replace=False)
+        enc = [trainer.encode(int(i)) for i in rows] + [self._val[int(j)] for j in val]
+        batch = {key: v.to(device) for key, v in collate(enc, trainer.tokenizer.pad_token_id).items()}
+        gram = per_example_gram(model, [m for _, m in self._modules], batch).cpu().numpy()
+        n = len(rows)
+        lr = float(trainer.scheduler.get_last_lr()[0])
+        picks, gains = greedy_selection(lr * gram[:n, n:].mean(axis=1), lr ** 2 * gram[:n, :n], k)
+        return rows[picks], np.asarray(gains)

@@ -1,0 +1,127 @@
+"""What the online batch selectors (`greats`, `rho`) share.
+
+An online selector chooses batch t from the model M_t being trained, so its choice cannot be
+made before training: `select` trains the target model (`training.loop.train_on_schedule`
+with a per-step batch function), and the batches it chose become the schedule recorded in
+`selection.json`; the trained model is saved to `<out>/model`. At every step a candidate
+set of `candidates` x B rows is drawn the way a shuffled data loader with large batches
+draws them (seeded epochs of permutations of the pool, the last incomplete set of an epoch
+dropped), and the method keeps B of them. Dynamic methods train for the matched number of
+steps T = ceil(epochs x budget / B), the same as RAISE's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..data.pools import Pool
+from ..errors import UserError
+from .base import Selection, SelectionContext, matched_steps
+
+log = logging.getLogger(__name__)
+
+
+def candidate_sets(n: int, size: int, seed: int) -> Iterator[np.ndarray]:
+    """Endless candidate sets of `size` distinct pool rows: seeded epochs of permutations of
+    0..n-1 cut into sets, the incomplete last set of an epoch dropped (`size` >= n: the whole
+    pool, reshuffled, every time)."""
+    if size < 1 or n < 1:
+        raise UserError(f"a candidate set needs at least one row of a non-empty pool, got {size} of {n}")
+    rng = np.random.default_rng(seed)
+    size = min(size, n)
+    while True:
+        perm = rng.permutation(n)
+        for s in range(0, n - size + 1, size):
+            yield perm[s:s + size]
+
+
+@torch.no_grad()
+def row_losses(model, encoded: Sequence, pad_id: int, batch_size: int = 16) -> torch.Tensor:
+    """(N,) mean response-token loss of each encoded row under `model` (eval mode for the pass,
+    the model's mode restored after)."""
+    from ..training.loop import collate
+    from .lm import response_losses
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for s in range(0, len(encoded), batch_size):
+            batch = {k: v.to(device) for k, v in collate(list(encoded[s:s + batch_size]), pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            out.append(response_losses(logits, batch["labels"]).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@dataclass
+class OnlineSelector:
+    """Base of the online methods: subclasses set `name` and implement `choose` (and
+    `prepare` when they need something before the first step)."""
+
+    name: ClassVar[str] = ""
+    dynamic: ClassVar[bool] = True
+    online: ClassVar[bool] = True
+
+    candidates: int = 4  # candidate set per step, in batches: `candidates` x B rows drawn uniformly
+
+    def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
+        """Work done once before the first step (with the trainer's M_0); returns info to record."""
+        return {}
+
+    def choose(self, trainer, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`k` of the candidate `rows` for the next update, and their scores."""
+        raise NotImplementedError
+
+    def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
+        from ..training.loop import LMConfig, train_on_schedule
+
+        model = ctx.require_model(self.name)
+        if self.candidates < 1:
+            raise UserError(f"{self.name}: candidates must be at least 1 (batches per candidate set), got {self.candidates}")
+        b = ctx.batch_size
+        if len(pool) < b:
+            raise UserError(f"{self.name}: the pool has {len(pool)} examples, fewer than one batch of {b}")
+        steps = ctx.steps or matched_steps(budget, b, ctx.epochs)
+        lm = ctx.lm or LMConfig(template=ctx.template, max_length=ctx.max_length, seed=ctx.seed)
+        size = min(self.candidates * b, len(pool))
+        chosen: list[int] = []
+        scores: list[float] = []
+        info: dict = {}
+        clock = {"prepare": 0.0, "select": 0.0, "train": 0.0}
+
+        def batches(trainer):
+            start = time.perf_counter()
+            info.update(self.prepare(pool, trainer, ctx))
+            clock["prepare"] = time.perf_counter() - start
+            sets = candidate_sets(len(pool), size, ctx.seed)
+            for _ in range(steps):
+                start = time.perf_counter()
+                rows, s = self.choose(trainer, next(sets), b)
+                clock["select"] += time.perf_counter() - start
+                chosen.extend(int(i) for i in rows)
+                scores.extend(float(x) for x in s)
+                start = time.perf_counter()
+                yield [int(i) for i in rows]
+                clock["train"] += time.perf_counter() - start
+
+        out_dir = None if ctx.out_dir is None else Path(ctx.out_dir) / "model"
+        train_on_schedule(model, pool, batches, lm, out_dir, steps)
+        info.update({
+            "steps": steps, "batch_size": b, "candidate_set": size, "model_dir": None if out_dir is None else str(out_dir),
+            "seconds_prepare": round(clock["prepare"], 3),
+            "seconds_per_step_select": round(clock["select"] / steps, 4),
+            "seconds_per_step_train": round(clock["train"] / steps, 4),
+        })
+        log.info("%s: %d steps; per step %.3fs choosing, %.3fs training", self.name, steps,
+                 clock["select"] / steps, clock["train"] / steps)
+        return Selection(indices=chosen, scores=scores, info=info)

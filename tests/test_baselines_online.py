@@ -1,0 +1,231 @@
+"""The online batch selectors (GREATS, RHO-LOSS) against values computed another way: full
+per-example gradients one example at a time, the actual validation-loss change of an SGD
+step, reducible losses by hand; and both end to end through `raise-select baseline`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from raise_select.baselines import SelectionContext, make_baseline
+from raise_select.baselines.greats import greedy_selection, layer_gram, per_example_gram, scored_linears
+from raise_select.baselines.lm import encoded_batch, response_losses
+from raise_select.baselines.online import candidate_sets, row_losses
+from raise_select.baselines.rho import reducible_loss
+from raise_select.data.pools import Example, Pool, example_id
+from raise_select.errors import UserError
+from raise_select.training.loop import LMConfig, LMTrainer, collate, encode_example
+
+
+def _pool(n: int) -> Pool:
+    examples = []
+    for i in range(n):
+        msgs = (("user", f"What is {i} plus {i % 7}?"), ("assistant", f"The answer is {i + i % 7}." + " red" * (i % 3)))
+        examples.append(Example(id=example_id(msgs), messages=msgs, record={}, row=i))
+    return Pool(examples=examples, format="messages", sources=["test"])
+
+
+def _model(tiny_model_dir, lora: bool = False):
+    from raise_select.models.loading import load_model_and_tokenizer
+
+    torch.manual_seed(0)
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, task_type="CAUSAL_LM"))
+        with torch.no_grad():  # B starts at zero: move it so A's gradients are not zero too
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+    return model, tok
+
+
+def _direct_grads(model, tok, examples, params) -> torch.Tensor:
+    """(N, P): each example's gradient of its own mean response loss, one example per pass."""
+    rows = []
+    for e in examples:
+        batch = encoded_batch([e], tok, "alpaca", 64, "cpu")
+        loss = response_losses(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])[0]
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    return torch.stack(rows).double()
+
+
+# ---------------------------------------------------------------- GREATS
+
+def test_greedy_selection_by_hand():
+    scores = np.array([3.0, 2.5, 1.0, 0.5])
+    inter = np.array([[9.0, 2.0, -1.0, 0.0],
+                      [2.0, 9.0, 0.0, 0.0],
+                      [-1.0, 0.0, 9.0, 0.0],
+                      [0.0, 0.0, 0.0, 9.0]])
+    # pick 0 (3.0); scores - row 0 = [., 0.5, 2.0, 0.5] -> pick 2 (2.0); minus row 2 -> [., 0.5, ., 0.5] -> pick 1 (first max)
+    picks, gains = greedy_selection(scores, inter, 3)
+    assert picks == [0, 2, 1] and gains == [3.0, 2.0, 0.5]
+    assert greedy_selection(scores, inter, 9)[0] == [0, 2, 1, 3]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_layer_gram_ghost_and_materialised_equal_the_explicit_gradients(bias):
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 7, 3, generator=gen), torch.randn(5, 7, 4, generator=gen)
+    grads = [torch.cat([(b[i].T @ a[i]).reshape(-1), *([b[i].sum(0)] if bias else [])]) for i in range(5)]
+    want = torch.stack(grads) @ torch.stack(grads).T
+    for ghost in (True, False, None):
+        assert torch.allclose(layer_gram(a, b, bias, ghost=ghost), want, atol=1e-4)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_greats_inner_products_match_full_per_example_gradients(tiny_model_dir, lora):
+    model, tok = _model(tiny_model_dir, lora)
+    modules = scored_linears(model, last_layers=1)
+    if lora:
+        assert all("lora_" in n for n, _ in modules)
+    else:
+        assert {n.split("layers.")[1].split(".")[0] for n, _ in modules} == {"1"}  # the last of 2 blocks
+    examples = _pool(5).examples
+    batch = encoded_batch(examples, tok, "alpaca", 64, "cpu")
+    gram = per_example_gram(model, [m for _, m in modules], batch)
+    direct = _direct_grads(model, tok, examples, [m.weight for _, m in modules])
+    assert torch.allclose(gram, direct @ direct.T, rtol=1e-4, atol=1e-9)
+    assert all(p.grad is None for p in model.parameters())
+    # GREATS's validation term for rows 0-2 with rows 3-4 as validation: <g_i, mean g_val>
+    tracin = gram[:3, 3:].mean(1)
+    assert torch.allclose(tracin, direct[:3] @ direct[3:].mean(0), rtol=1e-4, atol=1e-9)
+
+
+def test_first_order_estimate_predicts_the_validation_loss_change_of_a_small_sgd_step(tiny_model_dir):
+    model, tok = _model(tiny_model_dir)
+    modules = [m for _, m in scored_linears(model, last_layers=1)]
+    params = [m.weight for m in modules]
+    train, val = _pool(6).examples[:2], _pool(12).examples[8:]
+    g = _direct_grads(model, tok, train, params)
+    vb = encoded_batch(val, tok, "alpaca", 64, "cpu")
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return float(response_losses(model(input_ids=vb["input_ids"], attention_mask=vb["attention_mask"]).logits, vb["labels"]).mean())
+
+    batch = encoded_batch(train + val, tok, "alpaca", 64, "cpu")
+    gram = per_example_gram(model, modules, batch)
+    lr = 0.05
+    before = val_loss()
+    for i in range(2):
+        estimate = -lr * float(gram[i, 2:].mean())   # GREATS's lr * <g_i, g_val>, with the sign of a loss change
+        offsets, start = [], 0
+        for p in params:
+            offsets.append(g[i, start:start + p.numel()].view_as(p).float())
+            start += p.numel()
+        with torch.no_grad():
+            for p, d in zip(params, offsets):
+                p -= lr * d
+        actual = val_loss() - before
+        with torch.no_grad():
+            for p, d in zip(params, offsets):
+                p += lr * d
+        assert abs(estimate) > 1e-4
+        assert actual == pytest.approx(estimate, rel=0.1)
+
+
+# ---------------------------------------------------------------- RHO-LOSS
+
+def test_reducible_loss_by_hand_and_rho_keeps_the_largest(tiny_model_dir):
+    assert reducible_loss([2.0, 1.5, 3.0], [0.5, 1.5, 2.0]).tolist() == [1.5, 0.0, 1.0]
+    pool = _pool(8)
+    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64), total_steps=1)
+    rho = make_baseline("rho")
+    rho._il = np.array([0.0, 5.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.5])
+    rows = np.array([1, 2, 4, 7])
+    picks, scores = rho.choose(trainer, rows, 2)
+    # the training loss computed another way: the model's own loss on each example alone
+    own = []
+    for i in rows:
+        b = {k: v for k, v in encoded_batch([pool.examples[i]], trainer.tokenizer, "alpaca", 64, "cpu").items()}
+        with torch.no_grad():
+            own.append(float(trainer.unwrapped(**b).loss))
+    red = np.array(own) - rho._il[rows]
+    order = np.argsort(-red)[:2]
+    assert picks.tolist() == rows[order].tolist()
+    assert scores == pytest.approx(red[order], abs=1e-5)
+    assert trainer.unwrapped.training  # the scoring pass left train mode on
+
+
+def test_rho_irreducible_losses_are_cached_and_reused(tiny_model_dir, tmp_path):
+    pool = _pool(10)
+    val = _pool(16).examples[10:]
+    ctx = SelectionContext(model=str(tiny_model_dir), validation=val, out_dir=tmp_path, max_length=64, batch_size=2)
+    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=1e-2), total_steps=1)
+    rho = make_baseline("rho", {"il_epochs": 2})
+    info = rho.prepare(pool, trainer, ctx)
+    assert info["il_train_examples"] + info["il_select_examples"] == 6 and info["irreducible_scored_now"] == 10
+    assert len(info["il_loss_by_epoch"]) == 3 and info["il_best_epoch"] in (1, 2)
+    first = rho._il.copy()
+    again = make_baseline("rho", {"il_epochs": 2})
+    assert again.prepare(pool, trainer, ctx)["irreducible_scored_now"] == 0
+    assert np.array_equal(again._il, first)
+    with pytest.raises(UserError, match="holdout set has 1 example"):
+        make_baseline("rho").prepare(pool, trainer, SelectionContext(model=str(tiny_model_dir), validation=val[:1]))
+
+
+# ---------------------------------------------------------------- the online loop
+
+def test_candidate_sets_are_epochs_of_distinct_rows():
+    sets = candidate_sets(10, 4, seed=3)
+    first = [next(sets) for _ in range(4)]
+    assert all(len(set(s.tolist())) == 4 for s in first)
+    # 10 rows in sets of 4: two sets per epoch, the last two rows of each epoch dropped
+    assert len(set(first[0].tolist()) | set(first[1].tolist())) == 8
+    again = candidate_sets(10, 4, seed=3)
+    assert all(np.array_equal(next(again), s) for s in first)
+    assert sorted(next(candidate_sets(3, 8, seed=0)).tolist()) == [0, 1, 2]
+
+
+def test_row_losses_match_the_models_own_loss(tiny_model_dir):
+    model, tok = _model(tiny_model_dir)
+    examples = _pool(4).examples
+    enc = [encode_example(e, tok, "alpaca", 64) for e in examples]
+    got = row_losses(model, enc, tok.pad_token_id, batch_size=3)
+    for e, v in zip(examples, got):
+        b = collate([encode_example(e, tok, "alpaca", 64)], tok.pad_token_id)
+        with torch.no_grad():
+            assert float(model(**b).loss) == pytest.approx(float(v), abs=1e-5)
+
+
+@pytest.mark.parametrize("method,options", [("greats", ["--set", "greats.candidates=3"]),
+                                            ("rho", ["--set", "rho.candidates=3", "--set", "rho.il_epochs=1"])])
+def test_online_method_trains_at_matched_steps_and_reuses_its_run(method, options, tiny_model_dir, tmp_path):
+    from raise_select.cli.main import app
+    from raise_select.data.synthetic import SyntheticConfig, generate_pool, write_jsonl
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", generate_pool(SyntheticConfig(size=24)))
+    val = write_jsonl(tmp_path / "val.jsonl", generate_pool(SyntheticConfig(size=30, seed=5))[:4])
+    out = tmp_path / method
+    args = ["baseline", "--method", method, "--pool", str(pool), "--model", str(tiny_model_dir), "--val", str(val),
+            "--budget", "4", "--batch-size", "2", "--max-length", "48", "--lr", "1e-3", "--out", str(out), "--train", *options]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "selection.json").read_text())
+    assert record["steps"] == 6 and record["dynamic"]  # ceil(3 x 4 / 2), as every other method
+    assert len(record["indices"]) == 12 and (out / "model" / "config.json").is_file()
+    assert record["info"]["candidate_set"] == 6 and record["info"]["seconds_per_step_select"] > 0
+    sets = candidate_sets(24, 6, seed=0)
+    for s in range(6):  # every batch is 2 distinct rows of that step's candidate set
+        batch = record["indices"][2 * s:2 * s + 2]
+        assert len(set(batch)) == 2 and set(batch) <= set(next(sets).tolist())
+    stamp = (out / "model" / "model.safetensors").stat().st_mtime_ns
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert (out / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((out / "train_done.json").read_text())["steps"] == 6
+
+
+def test_online_methods_need_the_model_and_a_validation_set(tiny_model_dir, tmp_path):
+    pool = _pool(8)
+    with pytest.raises(UserError, match="greats.*needs a validation set"):
+        make_baseline("greats").select(pool, 2, SelectionContext(model=str(tiny_model_dir), batch_size=2, max_length=48))
+    with pytest.raises(UserError, match="needs the target model"):
+        make_baseline("rho").select(pool, 2, SelectionContext(batch_size=2))
