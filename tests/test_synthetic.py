@@ -5,7 +5,12 @@ import pytest
 
 from raise_select.data.pools import load_pool
 from raise_select.data.synthetic import (
+    ALL,
+    DEMO_FAMILIES,
     FAMILIES,
+    GIBBERISH,
+    TESTBEDS,
+    Component,
     NOISE_KINDS,
     SyntheticConfig,
     demo_texts,
@@ -20,6 +25,7 @@ from raise_select.errors import UserError
 # The right answer of every family, written independently of the generator.
 REFERENCE = {
     "add": lambda s: str(sum(int(n) for n in re.findall(r"\d+", s))),
+    "sub": lambda s: str(int(s.split()[0]) - int(s.split()[2])),
     "reverse": lambda s: "".join(reversed(s)),
     "copy": lambda s: s,
     "sort": lambda s: "".join(sorted(s)),
@@ -41,7 +47,7 @@ def test_family_and_noise_shares_are_exact():
     assert len(pool) == 602
     per_family = Counter(r["family"] for r in pool)
     # 602 = 6 * 100 + 2: the first two families get one more
-    assert per_family == {f: 100 + (i < 2) for i, f in enumerate(FAMILIES)}
+    assert per_family == {f: 100 + (i < 2) for i, f in enumerate(DEMO_FAMILIES)}
     for fam, count in per_family.items():
         noisy = [r for r in pool if r["family"] == fam and not r["clean"]]
         assert len(noisy) == round(0.3 * count)
@@ -100,4 +106,48 @@ def test_demo_texts_cover_the_template_and_every_family():
     texts = demo_texts(SyntheticConfig(size=60, val_size=5))
     assert len(texts) == 65
     assert all("### Response:\n" in t for t in texts)
-    assert all(any(FAMILIES[f].instruction in t for t in texts) for f in FAMILIES)
+    assert all(any(FAMILIES[f].instruction in t for t in texts) for f in DEMO_FAMILIES)
+
+
+def test_composed_pool_has_exact_component_counts_and_right_answers():
+    cfg = SyntheticConfig(size=203, target="add", seed=4, components=[
+        Component("add", 0.1), Component("add", 0.1, "wrong"), Component("sub", 0.3),
+        Component("copy", 0.29, "garbage"), Component(GIBBERISH, 0.21)])
+    pool = generate_pool(cfg)
+    counts = Counter((r["family"], r["noise"]) for r in pool)
+    # largest remainders: 20.3, 20.3, 60.9, 58.87, 42.63 -> 20, 20, 61, 59, 43 (= 203)
+    assert counts == {("add", "none"): 20, ("add", "wrong"): 20, ("sub", "none"): 61,
+                      ("copy", "garbage"): 59, (GIBBERISH, GIBBERISH): 43}
+    for r in pool:
+        if r["family"] == GIBBERISH:
+            assert not r["clean"] and r["input"] == ""
+            continue
+        right = REFERENCE[r["family"]](r["input"])
+        assert (r["output"] == right) == r["clean"]
+    assert len({(r["instruction"], r["input"]) for r in pool if r["family"] != GIBBERISH}) == 203 - 43
+    assert generate_pool(cfg) == pool
+
+
+def test_components_must_sum_to_one():
+    with pytest.raises(UserError, match="sum to 1"):
+        generate_pool(SyntheticConfig(size=10, target="add", components=[Component("add", 0.5)]))
+
+
+def test_validation_of_all_families_cycles_and_counts_any_clean_row():
+    cfg = SyntheticConfig(size=120, target=ALL, families=["add", "copy", "upper"], val_size=7)
+    val = generate_validation(cfg)
+    assert [r["family"] for r in val] == ["add", "copy", "upper", "add", "copy", "upper", "add"]
+    assert all(REFERENCE[r["family"]](r["input"]) == r["output"] for r in val)
+    pool = generate_pool(cfg)
+    assert {r["input"] for r in val}.isdisjoint(r["input"] for r in pool)
+    assert is_clean_on_target({"family": "copy", "clean": True}, ALL)
+    assert not is_clean_on_target({"family": "copy", "clean": False}, ALL)
+
+
+@pytest.mark.parametrize("name", sorted(TESTBEDS))
+def test_every_testbed_generates(name):
+    cfg = TESTBEDS[name]
+    pool = generate_pool(cfg)
+    assert len(pool) == cfg.size
+    good = sum(is_clean_on_target(r, cfg.target) for r in pool)
+    assert 0 < good < len(pool)

@@ -60,10 +60,21 @@ def _sum(text: str) -> str:
     return str(int(a) + int(b))
 
 
+def _two_numbers_minus(rng: random.Random) -> str:
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    return f"{max(a, b)} - {min(a, b)}"
+
+
+def _difference(text: str) -> str:
+    a, b = text.split(" - ")
+    return str(int(a) - int(b))
+
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("add", "Add the two numbers.", _two_numbers, _sum),
+        Family("sub", "Subtract the second number from the first.", _two_numbers_minus, _difference),
         Family("reverse", "Reverse the word.", _word, lambda w: w[::-1]),
         Family("copy", "Repeat the word.", _word, lambda w: w),
         Family("sort", "Sort the letters of the word.", _word, lambda w: "".join(sorted(w))),
@@ -73,23 +84,48 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+DEMO_FAMILIES = ("add", "reverse", "copy", "sort", "upper", "double")
+GIBBERISH = "gibberish"   # a component of random-character instructions and responses (no family)
+ALL = "*"                 # target: every family (the validation task is the clean data of all of them)
+
+
+@dataclass
+class Component:
+    """One part of a composed pool: `share` of the records, of one family and one kind of response."""
+
+    family: str                          # a FAMILIES name, or "gibberish"
+    share: float                         # fraction of the pool
+    noise: str = "none"                  # none (correct) or one of NOISE_KINDS
+
+
 @dataclass
 class SyntheticConfig:
     """Shape of the generated pool."""
 
     size: int = 1200                     # pool records (split evenly over the families)
-    families: list[str] = field(default_factory=lambda: list(FAMILIES))  # task families in the pool
+    families: list[str] = field(default_factory=lambda: list(DEMO_FAMILIES))  # task families in the pool
     target: str = "add"                  # family the validation set is drawn from
     noise: float = 0.3                   # share of every family whose response is broken
     val_size: int = 64                   # validation examples (clean, target family, unseen inputs)
     seed: int = 0                        # fixes the pool and the validation set
+    components: list[Component] | None = None  # an explicit composition (replaces families/noise): see TESTBEDS
+
+    def pool_families(self) -> list[str]:
+        if self.components is None:
+            return list(self.families)
+        return list(dict.fromkeys(c.family for c in self.components if c.family != GIBBERISH))
 
     def check(self) -> None:
-        unknown = [f for f in self.families if f not in FAMILIES]
+        families = self.pool_families()
+        unknown = [f for f in families if f not in FAMILIES]
         if unknown:
             raise UserError(f"unknown task famil{'ies' if len(unknown) > 1 else 'y'} {unknown}; available: {', '.join(FAMILIES)}")
-        if self.target not in self.families:
-            raise UserError(f"target family '{self.target}' is not among the pool's families {self.families}")
+        if self.target != ALL and self.target not in families:
+            raise UserError(f"target family '{self.target}' is not among the pool's families {families}")
+        if self.components is not None:
+            bad = [c for c in self.components if c.share <= 0 or c.noise not in ("none", *NOISE_KINDS)]
+            if bad or abs(sum(c.share for c in self.components) - 1.0) > 1e-6:
+                raise UserError("components: shares must be > 0 and sum to 1, noise one of none, " + ", ".join(NOISE_KINDS))
         if not 0.0 <= self.noise < 1.0:
             raise UserError(f"noise must be in [0, 1), got {self.noise}")
         if self.size < len(self.families):
@@ -143,6 +179,8 @@ def generate_pool(cfg: SyntheticConfig) -> list[dict]:
     of the held-out validation inputs.
     """
     cfg.check()
+    if cfg.components is not None:
+        return _composed_pool(cfg)
     rng = random.Random(cfg.seed)
     records: list[dict] = []
     for name, count in _family_counts(cfg.size, cfg.families).items():
@@ -164,28 +202,88 @@ def generate_pool(cfg: SyntheticConfig) -> list[dict]:
     return records
 
 
+def _composed_pool(cfg: SyntheticConfig) -> list[dict]:
+    """A pool made of `cfg.components`: exact counts (largest remainders), distinct prompts."""
+    rng = random.Random(cfg.seed)
+    raw = [c.share * cfg.size for c in cfg.components]
+    counts = [int(x) for x in raw]
+    for i in sorted(range(len(raw)), key=lambda i: counts[i] - raw[i])[: cfg.size - sum(counts)]:
+        counts[i] += 1
+    records: list[dict] = []
+    seen: dict[str, set[str]] = {}
+    for comp, count in zip(cfg.components, counts):
+        for _ in range(count):
+            if comp.family == GIBBERISH:
+                records.append(_gibberish(rng))
+                continue
+            fam = FAMILIES[comp.family]
+            used = seen.setdefault(comp.family, set())
+            for _ in range(10_000):
+                text = fam.make_input(rng)
+                if text not in used and not is_held_out(fam.name, text):
+                    break
+            else:
+                raise UserError(f"family '{comp.family}' has too few distinct inputs for a pool of {cfg.size}")
+            used.add(text)
+            output = fam.answer(text) if comp.noise == "none" else _broken(fam, text, comp.noise, rng)
+            records.append(_record(fam, text, output, comp.noise))
+    rng.shuffle(records)
+    return records
+
+
+def _gibberish(rng: random.Random) -> dict:
+    words = [_word(rng) for _ in range(rng.randint(2, 4))]
+    output = "".join(rng.choice(_GARBAGE) for _ in range(rng.randint(3, 8)))
+    return {"instruction": " ".join(words).capitalize() + ".", "input": "", "output": output,
+            "family": GIBBERISH, "clean": False, "noise": GIBBERISH}
+
+
 def generate_validation(cfg: SyntheticConfig) -> list[dict]:
-    """`cfg.val_size` clean target-family records on held-out inputs (never in a pool)."""
+    """`cfg.val_size` clean target-family records on held-out inputs (never in a pool).
+
+    With target "*" the validation task is every family of the pool, in turn."""
     cfg.check()
     rng = random.Random(f"validation-{cfg.seed}")
-    fam = FAMILIES[cfg.target]
+    names = cfg.pool_families() if cfg.target == ALL else [cfg.target]
     seen: set[str] = set()
     out = []
-    for _ in range(cfg.val_size):
+    for k in range(cfg.val_size):
+        fam = FAMILIES[names[k % len(names)]]
         for _ in range(100_000):
             text = fam.make_input(rng)
-            if text not in seen and is_held_out(fam.name, text):
+            if (fam.name, text) not in seen and is_held_out(fam.name, text):
                 break
         else:
-            raise UserError(f"family '{cfg.target}' has too few held-out inputs for {cfg.val_size} validation examples")
-        seen.add(text)
+            raise UserError(f"family '{fam.name}' has too few held-out inputs for {cfg.val_size} validation examples")
+        seen.add((fam.name, text))
         out.append(_record(fam, text, fam.answer(text), "none"))
     return out
 
 
 def is_clean_on_target(record: dict, target: str) -> bool:
-    """The demo's quality measure of one chosen instruction."""
-    return bool(record.get("clean")) and record.get("family") == target
+    """The demo's quality measure of one chosen instruction (target "*": any clean row)."""
+    return bool(record.get("clean")) and (target == ALL or record.get("family") == target)
+
+
+# Learning testbeds (benchmarks/bench_learning.py): pools of different structure. `demo` is
+# the built-in demo's pool; the others are built so that the rows worth training on are
+# found in different ways.
+TESTBEDS: dict[str, SyntheticConfig] = {
+    # Six families, 30% broken responses; validation: addition. Helpful rows: one topic.
+    "demo": SyntheticConfig(size=1200, target="add", noise=0.3),
+    # A rare target (3.5%) beside a twin of it with wrong answers (3.5%), a near-miss family
+    # (subtraction, 10%), four unrelated families and 21% gibberish.
+    "rare": SyntheticConfig(size=1600, target="add", components=[
+        Component("add", 0.035), Component("add", 0.035, "wrong"), Component("sub", 0.10),
+        *[Component(f, 0.155) for f in ("reverse", "copy", "sort", "upper")], Component(GIBBERISH, 0.21)]),
+    # The target is response quality, not topic: validation is clean data of every family;
+    # half of each family is broken (wrong, truncated or garbage).
+    "quality": SyntheticConfig(size=1200, target=ALL, noise=0.5, families=["add", "reverse", "copy", "upper"]),
+    # Only the response tells: one family, a quarter correct, three quarters the answer of
+    # another input (same length and alphabet); a difficulty (log P) signal, not a topic one.
+    "twins": SyntheticConfig(size=1200, target="copy", components=[
+        Component("copy", 0.25), Component("copy", 0.75, "wrong")]),
+}
 
 
 def write_jsonl(path: str | Path, records: list[dict]) -> Path:
