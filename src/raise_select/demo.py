@@ -201,7 +201,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = log.info) -> dic
 def _run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict:
     import yaml
 
-    from .cli.common import setup_logging
+    from .logs import setup_logging
 
     out = Path(cfg.out)
     setup_logging(out)

@@ -17,8 +17,19 @@ from .sspl import SSPL
 from ..config import from_dict
 from ..errors import UserError
 
-BASELINES: dict[str, type] = {cls.name: cls for cls in (FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS,
-                                                           ROSE, GREATS, RHOLoss)}
+
+def registry_of(classes) -> dict[str, type]:
+    """Name -> class of `classes`; a name given twice is refused (the later class would hide the earlier)."""
+    out: dict[str, type] = {}
+    for cls in classes:
+        if cls.name in out:
+            raise ValueError(f"two selection methods are named '{cls.name}': {out[cls.name].__name__} and {cls.__name__}")
+        out[cls.name] = cls
+    return out
+
+
+BASELINES: dict[str, type] = registry_of((FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS,
+                                          ROSE, GREATS, RHOLoss))
 
 
 def get_baseline_class(name: str) -> type:

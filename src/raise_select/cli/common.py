@@ -5,15 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 import tempfile
 import traceback
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import typer
 
 from ..errors import UserError
+from ..logs import setup_logging  # noqa: F401  (the commands import it from here)
 
 ConfigOption = typer.Option(
     None, "--config", "-c", help="YAML config; this command reads its own section (flags win over it)."
@@ -116,21 +115,3 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def setup_logging(run_dir: Optional[Path] = None, name: str = "run.log", verbose: bool = False) -> None:
-    """Log to stderr and, when a run folder is given, to `run_dir/name`."""
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_raise_select", False):
-            root.removeHandler(h)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(run_dir) / name, encoding="utf-8"))
-    for h in handlers:
-        h.setFormatter(fmt)
-        h._raise_select = True  # type: ignore[attr-defined]
-        root.addHandler(h)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

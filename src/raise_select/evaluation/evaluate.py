@@ -24,7 +24,7 @@ import yaml
 from ..data.benchmarks import BENCHMARKS, get_benchmark, load_docs
 from ..errors import UserError
 from ..io import write_json_atomic, write_text_atomic
-from ..reports.tables import markdown_table
+from ..markdown import markdown_table
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..cli.common import setup_logging
-from ..config import from_dict, parse_overrides, read_yaml
+from ..config import from_dict, merge, parse_overrides, read_yaml
 from ..data.benchmarks import sample_indices
 from ..errors import UserError
 from ..io import fingerprint, write_json_atomic, write_text_atomic
+from ..logs import setup_logging
 from ..training.loop import LMConfig
 from .plots import plot_study
 from .tables import BASE_ROW, FULL_ROW, build_table, write_table
@@ -130,7 +130,7 @@ def method_sections(config_path: str | Path | None, overrides: list[str] | None,
     for m in [*methods, "full"]:
         opts = dict(raw.get(m) or {}) if isinstance(raw.get(m), dict) else {}
         if isinstance(ov.get(m), dict):
-            opts.update(ov[m])
+            merge(opts, ov[m])  # nested sections (raise's `policy`) merged key by key
         out[m] = opts
     return out
 

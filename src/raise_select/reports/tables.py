@@ -21,17 +21,10 @@ from typing import Sequence
 
 from ..errors import UserError
 from ..io import write_json_atomic, write_text_atomic
+from ..markdown import markdown_table
 
 BASE_ROW = "0%"
 FULL_ROW = "100%"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub Markdown table; `|` inside cells is escaped."""
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *(line(r) for r in rows)]) + "\n"
 
 
 def average(scores: dict[str, float], tasks: Sequence[str]) -> float:

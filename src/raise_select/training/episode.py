@@ -29,7 +29,7 @@ from ..config import check_fields
 from ..data.pools import Pool
 from ..errors import UserError
 from .loop import LMConfig, LMTrainer
-from .reward import Validator, resolve_metric
+from .reward import Validator, check_finite, resolve_metric
 
 TIME_KEYS = ("train", "reward", "scoring")
 
@@ -200,11 +200,8 @@ def run_episode(
         perf = reward = None
         if t % select_every == 0 or t == steps:
             start = time.perf_counter()
-            perf = validator(trainer.model)
+            perf = check_finite(validator(trainer.model), f"{where}, step {t}")
             timing["reward"] = time.perf_counter() - start
-            if perf != perf or perf in (float("inf"), float("-inf")):
-                raise UserError(f"{where}, step {t}: validation performance P is {perf}, so the reward is not a number; "
-                                "lower the learning rate or check the validation set and metric")
             reward = perf - p_prev
             if buffer is not None:
                 buffer.add_reward(reward)

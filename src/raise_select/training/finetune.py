@@ -45,7 +45,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     """Fine-tune `cfg.model` with the policy in `cfg.policy`; returns the saved model folder."""
     from transformers import set_seed
 
-    from ..cli.common import setup_logging
+    from ..logs import setup_logging
     from ..data.validation import load_validation
     from ..policy import RaisePolicy
 

@@ -62,6 +62,7 @@ from ..data.templates import ALPACA_TEMPLATE, render_prompt
 from ..errors import UserError
 from ..io import append_jsonl
 from ..training.export import SELECTIONS_FILE
+from .reward import check_finite
 
 
 @dataclass
@@ -157,8 +158,7 @@ class RaiseCallback(TrainerCallback):
         self.perf_log: list[tuple[int, float]] = []  # (optimizer step, P) as measured
 
     def _set(self, step: int, perf: float) -> None:
-        if perf != perf or perf in (float("inf"), float("-inf")):
-            raise UserError(f"step {step}: validation performance P is {perf}; the policy cannot score with it")
+        check_finite(perf, f"step {step}")
         self.sampler.stage.perf = float(perf)
         self.perf_log.append((step, float(perf)))
 

@@ -182,6 +182,8 @@ class Validator:
 
 
 def check_finite(value: float, where: str) -> float:
+    """`value` of P, refused when it is NaN or infinite (no reward or stage state can use it)."""
     if not math.isfinite(value):
-        raise UserError(f"validation performance is {value} at {where}; check the validation set and the learning rate")
+        raise UserError(f"{where}: validation performance P is {value}, so no reward or stage state can use it; "
+                        "lower the learning rate or check the validation set and metric")
     return value

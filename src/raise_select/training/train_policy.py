@@ -56,7 +56,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     """Run Algorithm 2 into `cfg.out`; returns the folder of the trained policy (`<out>/policy`)."""
     from transformers import set_seed
 
-    from ..cli.common import setup_logging
+    from ..logs import setup_logging
     from ..data.validation import load_validation
     from ..policy import RaisePolicy, RolloutBuffer
 
