@@ -21,6 +21,7 @@ reference (docs/settings.md) are built from it. A config validates its own field
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -37,7 +38,10 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if value is None:
-        return None
+        if tp is Any or (origin in (typing.Union, types.UnionType) and type(None) in args):
+            return None
+        # `sem_dim: null` in YAML: refused here, not as a crash after the model has loaded.
+        raise UserError(f"{source}: '{name}' needs a value ({getattr(tp, '__name__', tp)}), got null")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -59,10 +63,14 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
             return value.lower() in ("true", "1", "yes", "on")
         raise UserError(f"{source}: '{name}' must be true or false, got {value!r}")
     if tp in (int, float):
+        if isinstance(value, bool):  # YAML `true` would silently become 1
+            raise UserError(f"{source}: '{name}' must be a {'whole ' if tp is int else ''}number, got {str(value).lower()}")
         try:
             out = tp(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{source}: '{name}' must be a {tp.__name__}, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"{source}: '{name}' must be a {'whole number' if tp is int else 'number'}, got {value!r}") from None
+        if not math.isfinite(out):
+            raise UserError(f"{source}: '{name}' must be a finite number, got {value!r}")
         if tp is int and isinstance(value, float) and value != int(value):
             raise UserError(f"{source}: '{name}' must be an integer, got {value!r}")
         return out
@@ -117,7 +125,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        from .data.pools import decode_utf8
+
+        data = yaml.safe_load(decode_utf8(path.read_bytes(), path)) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
     if not isinstance(data, dict):
@@ -132,7 +142,12 @@ def parse_overrides(items: list[str] | None) -> dict:
         if "=" not in item:
             raise UserError(f"override '{item}': expected KEY=VALUE, e.g. train_policy.rounds=2")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"--set {item}: the value is not valid YAML ({problem}); quote it or fix it, "
+                            "e.g. --set featurize.classes=8") from None
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -182,7 +197,7 @@ def resolve(
     like the config (`{"policy": {"per_class": 2}}`).
     """
     data: dict = {}
-    source = "config"
+    source = "command line"
     if config_path is not None:
         source = str(config_path)
         raw = read_yaml(config_path)

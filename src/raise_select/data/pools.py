@@ -321,6 +321,8 @@ def load_pool(
     """
     if fmt is not None and fmt not in FORMATS:
         raise UserError(f"unknown pool format '{fmt}'; available: {', '.join(FORMATS)}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: must be at least 1 (leave it out to use the whole pool)")
     path = Path(spec)
     if path.exists():
         rows = _rows_from_path(path)
