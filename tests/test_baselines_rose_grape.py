@@ -135,12 +135,12 @@ def test_grape_keeps_the_response_with_the_highest_mean_logprob(tiny_model_dir, 
     else:
         rows = [{"instruction": q, "input": "", "output": r} for q, rs in items.items() for r in rs]
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "chosen.jsonl"
+    out = tmp_path / "chosen" / "chosen.jsonl"
     result = CliRunner().invoke(app, ["grape", "--pool", str(pool), "--model", str(tiny_model_dir), "--out", str(out),
                                       "--max-length", "64", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     model, tok = load_model_and_tokenizer(str(tiny_model_dir))
-    chosen = load_pool(out)
+    chosen = load_pool(out.parent)  # the score cache beside it is not read as a pool file
     assert [e.messages[0][1] for e in chosen.examples] == list(items)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     for (q, responses), rec in zip(items.items(), records):

@@ -13,7 +13,8 @@ prompt. The output is a normal pool in the input's format, one row per instructi
 order instructions first appear, with `grape_score` (the chosen response's mean log-prob),
 `grape_candidates` (how many there were) and `grape_choice` (the 0-based index of the
 chosen one among them); ties keep the first candidate. Scores are cached next to the output
-(`<out>.grape-cache.jsonl`), so an interrupted run resumes without scoring twice.
+(`<out>.grape-cache`, JSON lines under a suffix no pool reader takes), so an interrupted run
+resumes without scoring twice.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def run_grape(cfg: GrapeConfig) -> dict:
         raise UserError(f"{cfg.out}: output must end in one of {', '.join(OUTPUT_SUFFIXES)}")
     groups, fmt = read_groups(cfg.pool, cfg.format, cfg.field, cfg.limit)
     examples = [e for g in groups for e in g.candidates]
-    cache = JsonlCache(Path(f"{cfg.out}.grape-cache.jsonl"))
+    cache = JsonlCache(Path(f"{cfg.out}.grape-cache"))
     prefix = fingerprint({"model": cfg.model, "template": cfg.template, "max_length": cfg.max_length, "dtype": cfg.dtype})
     todo = list(dict.fromkeys(e.id for e in examples if f"{prefix}:{e.id}" not in cache))
     if todo:
