@@ -10,7 +10,7 @@ import torch
 
 from raise_select.errors import UserError
 from raise_select.policy import (PolicyConfig, RaisePolicy, RolloutBuffer, StaticState, actor_loss,
-                                 class_log_prob, critic_features, critic_loss, fuse_state, gae)
+                                 class_log_prob, class_log_softmax, critic_features, critic_loss, fuse_state, gae)
 from test_policy_state import synthetic_features
 
 
@@ -29,7 +29,7 @@ def _rollout(policy: RaisePolicy, steps: int, seed: int, reward_of=None) -> tupl
         action = policy.act(perf, t / steps, counts, explore=True, generator=gen)
         reward = reward_of(action.indices)
         seen.append(counts.clone())
-        buf.add(perf, t / steps, action.indices, action.log_prob, action.value, reward)
+        buf.add(perf, t / steps, action.indices, action.log_prob, action.value, reward, action.item_log_prob)
         counts.index_add_(0, action.indices, torch.ones_like(action.indices))
         perf += reward
     return buf, seen
@@ -40,7 +40,7 @@ def test_buffer_rebuilds_counts_exactly():
     buf, seen = _rollout(policy, 6, seed=0)
     for t, counts in enumerate(seen):
         assert torch.equal(buf.counts_before(t, len(policy.static)), counts)
-    assert buf.nbytes() < 6 * (8 * 8 + 64)   # a few dozen bytes per step, nothing of size N
+    assert buf.nbytes() < 6 * (2 * 8 * 8 + 64)   # indices + per-row log-probs + scalars per step, nothing of size N
 
 
 def test_buffer_counts_random_batches_of_select_every():
@@ -113,7 +113,13 @@ def test_update_matches_reference_on_fused_states():
 
     assert stats["actor_loss"] == pytest.approx(a_loss.item(), abs=1e-6)
     assert stats["critic_loss"] == pytest.approx(c_loss.item(), rel=1e-5)
-    assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-5)   # first pass: the acting policy itself
+    # approx_kl: E[(r - 1) - log r] per chosen row between the acting actor and the updated one
+    log_r = torch.cat([
+        class_log_softmax(reference.actor(fuse_state(static, buf.perf_prev[t] + 2.0, buf.progress[t], seen[t])),
+                          static.classes, static.num_classes)[buf.chosen(t)].double() - buf.item_log_prob[t]
+        for t in range(len(buf))]).detach()
+    assert stats["approx_kl"] == pytest.approx(float(((log_r.exp() - 1) - log_r).mean()), rel=1e-4, abs=1e-9)
+    assert stats["approx_kl"] > 0
     for mine, ref in zip([*policy.actor.parameters(), *policy.critic.parameters()],
                          [*reference.actor.parameters(), *reference.critic.parameters()]):
         torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-5)

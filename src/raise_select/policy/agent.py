@@ -23,11 +23,14 @@ from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
 from .acquisition import CRITIC_FEATURES, AcquisitionMLP, Critic, critic_features
 from .buffer import RolloutBuffer
-from .ppo import actor_loss, class_entropy, class_log_prob, class_log_softmax, critic_loss, gae
+from .ppo import actor_loss, class_entropy, class_log_softmax, critic_loss, gae
 from .selection import select_per_class
 from .state import Normalizer, StaticState
 
 POLICY_FORMAT = 1
+RATIOS = ("product", "per_item")
+ADVANTAGES = ("gae", "step_baseline")
+USE_RULES = ("topk", "sample")
 
 
 @dataclass
@@ -51,6 +54,11 @@ class PolicyConfig:
     seed: Optional[int] = field(default=None, metadata={"help": "seed of the initial weights and of the minibatch order of updates; none: the job's seed (0 for a policy built directly)"})
     minibatches: int = field(default=1, metadata={"help": "optimizer steps per epoch: the round's steps are shuffled into this many groups"})
     normalize_advantages: bool = field(default=True, metadata={"help": "standardise a round's advantages before eq. 12 (rewards are tiny validation deltas)"})
+    # Departures from the paper (docs/policy.md has the measured ablation); the paper's form in brackets.
+    ratio: str = field(default="product", metadata={"help": "importance ratio: product of the B class probabilities [eq. 11] or per_item (each chosen row its own clipped ratio)"})
+    advantage: str = field(default="gae", metadata={"help": "gae [eq. 7-9, critic V_phi as baseline] or step_baseline (reward minus the mean reward at the same step of earlier episodes)"})
+    target_kl: float = field(default=0.0, metadata={"help": "stop a round's PPO epochs once the approximate KL per chosen row exceeds this (0 = never [paper])"})
+    use_rule: str = field(default="topk", metadata={"help": "use time: topk [Algorithm 1] or sample (draw from the class softmax, as in rollouts)"})
 
     def __post_init__(self) -> None:
         self.check()
@@ -69,6 +77,10 @@ class PolicyConfig:
             (self.per_class >= 1, "per_class", "must be >= 1"),
             (self.seed is None or self.seed >= 0, "seed", "must be >= 0"),
             (self.minibatches >= 1, "minibatches", "must be >= 1"),
+            (self.ratio in RATIOS, "ratio", f"must be one of {', '.join(RATIOS)}"),
+            (self.advantage in ADVANTAGES, "advantage", f"must be one of {', '.join(ADVANTAGES)}"),
+            (self.target_kl >= 0.0, "target_kl", "must be >= 0 (0 = off)"),
+            (self.use_rule in USE_RULES, "use_rule", f"must be one of {', '.join(USE_RULES)}"),
         ]
         check_fields(self, rules, "policy")
 
@@ -89,8 +101,9 @@ def layer_groups(module: nn.Module, lr: float) -> list[dict]:
 class Action:
     indices: torch.Tensor      # (B,) int64 rows of the pool
     scores: torch.Tensor       # (B,) acquisition scores of the chosen rows
-    log_prob: float            # class_log_prob under the acting policy
+    log_prob: float            # class_log_prob under the acting policy (sum of item_log_prob)
     value: float               # critic V(S_t)
+    item_log_prob: torch.Tensor | None = None  # (B,) class log-probability of each chosen row (eq. 10)
 
 
 class RaisePolicy:
@@ -113,6 +126,10 @@ class RaisePolicy:
         self.updates = 0                          # PPO updates done (seeds the minibatch order)
         self.perf_reference: float | None = None  # P(M_0): the networks read P_{t-1} - P(M_0), see _stage
         self._projection: torch.Tensor | None = None  # static part of the first layer for the current actor
+        # advantage = step_baseline: mean reward of the k-th policy step over the episodes seen
+        # so far (a random-batch reference episode, then every round), and how many there were.
+        self.step_baseline: list[float] | None = None
+        self.baseline_episodes = 0
 
     @property
     def batch_size(self) -> int:
@@ -148,23 +165,62 @@ class RaisePolicy:
         scores = self.scores(perf_prev, progress, counts)
         idx = select_per_class(scores, self.static.classes, self.static.num_classes, self.cfg.per_class,
                                sample=explore, generator=generator)
-        log_prob = class_log_prob(scores, self.static.classes, self.static.num_classes, idx)
-        return Action(indices=idx, scores=scores[idx], log_prob=float(log_prob),
-                      value=self.value(perf_prev, progress, counts))
+        item_log_prob = class_log_softmax(scores, self.static.classes, self.static.num_classes)[idx].double()
+        return Action(indices=idx, scores=scores[idx], log_prob=float(item_log_prob.sum()),
+                      value=self.value(perf_prev, progress, counts), item_log_prob=item_log_prob)
+
+    def use(self, perf_prev: float, progress: float, counts: torch.Tensor,
+            generator: torch.Generator | None = None) -> Action:
+        """Choose a batch at use time with the configured rule (`use_rule`): topk or sample."""
+        return self.act(perf_prev, progress, counts, explore=self.cfg.use_rule == "sample", generator=generator)
+
+    def observe_episode(self, rewards: list[float]) -> None:
+        """Fold one episode's per-policy-step rewards into the step baseline (running mean per step)."""
+        r = [float(x) for x in rewards]
+        if self.step_baseline is None or len(self.step_baseline) != len(r):
+            if self.step_baseline is not None:
+                raise ValueError(f"episode has {len(r)} policy steps, the step baseline {len(self.step_baseline)}")
+            self.step_baseline, self.baseline_episodes = [0.0] * len(r), 0
+        self.baseline_episodes += 1
+        w = 1.0 / self.baseline_episodes
+        self.step_baseline = [b + w * (x - b) for b, x in zip(self.step_baseline, r)]
 
     def value(self, perf_prev: float, progress: float, counts: torch.Tensor) -> float:
         with torch.no_grad():
             return float(self.critic(critic_features(self._stage(perf_prev), progress, counts)))
 
     # ---- learning -----------------------------------------------------------------------
+    def advantages(self, buffer: RolloutBuffer, last_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(advantages, critic targets) of a round, (T,) float64 each.
+
+        gae: eq. 7-9 with V_phi. step_baseline: A_t = sum_l gamma^l (R_{t+l} - b_{t+l}), where
+        b_k is the mean reward of the k-th policy step over the episodes observed so far
+        (`observe_episode`): R_t is dominated by *when* a step happens (early steps gain far
+        more), and b removes that part. Before any episode was observed it falls back to gae.
+        The critic targets are the GAE returns in both cases.
+        """
+        data = buffer.tensors()
+        adv, returns = gae(data["reward"], data["value"], last_value, self.cfg.gamma, self.cfg.lam)
+        if self.cfg.advantage == "step_baseline" and self.step_baseline is not None:
+            if len(self.step_baseline) != len(buffer):
+                raise ValueError(f"round has {len(buffer)} policy steps, the step baseline {len(self.step_baseline)}")
+            centred = data["reward"] - torch.tensor(self.step_baseline, dtype=data["reward"].dtype)
+            adv, _ = gae(centred, torch.zeros_like(centred), 0.0, self.cfg.gamma, 1.0)
+        return adv, returns
+
     def update(self, buffer: RolloutBuffer, last_value: float = 0.0) -> dict:
-        """PPO after a round (eq. 7-13): `ppo_epochs` passes over the buffer.
+        """PPO after a round (eq. 7-13): up to `ppo_epochs` passes over the buffer.
 
         New log-probabilities of the chosen sets are recomputed under the current actor at
         every step's state, whose counts are rebuilt from the buffer. The gradient of the
         static projection is accumulated on a detached copy and pushed through the first
         layer once per optimizer step, so a step's graph holds only its own (N x hidden)
-        activations.
+        activations. ratio = product is eq. 11 (one ratio per step, the product over the B
+        rows); per_item gives every chosen row its own clipped ratio with the step's
+        advantage, so one row far from its old probability does not clip the whole step.
+        With target_kl > 0 the epochs stop once the mean approximate KL per chosen row
+        (E[(r - 1) - log r]) of an epoch exceeds it. With advantage = step_baseline the
+        round's rewards are folded into the step baseline after the update.
         """
         steps = len(buffer)
         if steps == 0:
@@ -175,7 +231,10 @@ class RaisePolicy:
             raise UserError(f"reward of step {bad} is not a finite number ({buffer.reward[bad]}); check the validation metric")
         cfg, static = self.cfg, self.static
         n, classes, num_classes = len(static), static.classes, static.num_classes
-        adv, returns = gae(data["reward"], data["value"], last_value, cfg.gamma, cfg.lam)
+        per_item = cfg.ratio == "per_item"
+        if per_item and any(bool(torch.isnan(x).any()) for x in buffer.item_log_prob):
+            raise ValueError("ratio = per_item needs the per-row log-probabilities in the buffer (RolloutBuffer.add item_log_prob)")
+        adv, returns = self.advantages(buffer, last_value)
         adv_used = adv
         if cfg.normalize_advantages and steps > 1:
             adv_used = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -183,25 +242,34 @@ class RaisePolicy:
         critic_in = torch.stack([critic_features(stage[t], buffer.progress[t], buffer.counts_before(t, n))
                                  for t in range(steps)])
         order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
-        actor_losses, critic_losses, kls, clipped, entropies = [], [], [], [], []
+        actor_losses, critic_losses, entropies = [], [], []
+        epochs_done, epoch_kl, epoch_clipped = 0, [], []
         # A bar only when the update is long (large pools): about 1e8 row-passes and more.
         bar = tqdm(total=cfg.ppo_epochs * steps, desc="PPO update", unit="step", leave=False,
                    disable=cfg.ppo_epochs * steps * n < 100_000_000)
         for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(steps, generator=order_gen) if cfg.minibatches > 1 else torch.arange(steps)
+            kl_sum, kl_count, clip_sum = 0.0, 0, 0.0
             for group in order.chunk(min(cfg.minibatches, steps)):
                 self.actor_opt.zero_grad(set_to_none=True)
                 projection = self.actor.static_projection(static.x)
                 leaf = projection.detach().requires_grad_()
                 for t in group.tolist():
                     scores = self.actor.score(leaf, stage[t], buffer.progress[t], buffer.counts_before(t, n))
-                    log_p = class_log_softmax(scores, classes, num_classes)
-                    log_ratio = (log_p[buffer.chosen(t)].sum().double() - data["old_log_prob"][t]).reshape(1)
-                    loss = actor_loss(log_ratio, adv_used[t].reshape(1), cfg.clip)                       # eq. 11-12
+                    new = class_log_softmax(scores, classes, num_classes)[buffer.chosen(t)].double()
+                    if per_item:
+                        log_ratio = new - buffer.item_log_prob[t]
+                        loss = actor_loss(log_ratio, adv_used[t].expand_as(log_ratio), cfg.clip)
+                    else:
+                        log_ratio = (new.sum() - data["old_log_prob"][t]).reshape(1)                    # eq. 11
+                        loss = actor_loss(log_ratio, adv_used[t].reshape(1), cfg.clip)                   # eq. 12
                     (loss / len(group)).backward()
                     actor_losses.append(loss.item())
-                    kls.append(-log_ratio.item())
-                    clipped.append(abs(log_ratio.exp().item() - 1.0) > cfg.clip)
+                    with torch.no_grad():
+                        ratio = log_ratio.exp()
+                        kl_sum += float(((ratio - 1.0) - log_ratio).sum())
+                        kl_count += log_ratio.numel()
+                        clip_sum += float(((ratio - 1.0).abs() > cfg.clip).double().mean())
                     if epoch == 0:
                         with torch.no_grad():
                             entropies.append(class_entropy(scores, classes, num_classes).item())
@@ -213,21 +281,48 @@ class RaisePolicy:
                 c_loss.backward()
                 self.critic_opt.step()
                 critic_losses.append(c_loss.item())
+            epochs_done += 1
+            epoch_kl.append(kl_sum / kl_count)
+            epoch_clipped.append(clip_sum / steps)
+            self._projection = None
+            if cfg.target_kl > 0 and self._kl_now(buffer, stage, data) > cfg.target_kl:
+                break
         bar.close()
+        final_kl = self._kl_now(buffer, stage, data)
+        if cfg.advantage == "step_baseline":
+            self.observe_episode(buffer.reward)
         self.updates += 1
         self._projection = None
-        last = slice(len(kls) - steps, None)
         return {
             "actor_loss": sum(actor_losses) / len(actor_losses),
             "critic_loss": sum(critic_losses) / len(critic_losses),
             "entropy": sum(entropies) / len(entropies),
-            "approx_kl": sum(kls[last]) / steps,
-            "clip_fraction": sum(clipped[last]) / steps,
+            "approx_kl": final_kl,                 # per chosen row, old policy -> policy after the update
+            "clip_fraction": epoch_clipped[-1],    # share of (step, ratio) terms outside [1 - clip, 1 + clip] in the last epoch
+            "ppo_epochs_done": epochs_done,
             "return": float(data["reward"].sum()),
             "advantage_mean": float(adv.mean()),
             "value_mean": float(data["value"].mean()),
             "steps": steps,
         }
+
+    def _kl_now(self, buffer: RolloutBuffer, stage: list[float], data: dict) -> float:
+        """Mean approximate KL E[(r - 1) - log r] per chosen row between the acting and the current actor."""
+        n, classes, num_classes = len(self.static), self.static.classes, self.static.num_classes
+        total, count = 0.0, 0
+        with torch.no_grad():
+            projection = self._static_projection()
+            for t in range(len(buffer)):
+                scores = self.actor.score(projection, stage[t], buffer.progress[t], buffer.counts_before(t, n))
+                new = class_log_softmax(scores, classes, num_classes)[buffer.chosen(t)].double()
+                old = buffer.item_log_prob[t]
+                if bool(torch.isnan(old).any()):      # transitions recorded without per-row log-probs
+                    log_ratio = (new.sum() - data["old_log_prob"][t]).reshape(1) / new.numel()
+                else:
+                    log_ratio = new - old
+                total += float(((log_ratio.exp() - 1.0) - log_ratio).sum())
+                count += log_ratio.numel()
+        return total / max(count, 1)
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> None:
@@ -244,6 +339,8 @@ class RaisePolicy:
                      "num_classes": self.static.num_classes, "critic_features": list(CRITIC_FEATURES)},
             "updates": self.updates,
             "perf_reference": self.perf_reference,
+            "step_baseline": self.step_baseline,
+            "baseline_episodes": self.baseline_episodes,
         })
 
     @staticmethod
@@ -282,6 +379,8 @@ class RaisePolicy:
         policy.critic.load_state_dict(load_file(str(out_dir / "critic.safetensors")))
         policy.updates = int(meta.get("updates", 0))
         policy.perf_reference = meta.get("perf_reference")
+        policy.step_baseline = meta.get("step_baseline")
+        policy.baseline_episodes = int(meta.get("baseline_episodes", 0))
         return policy
 
     def training_state(self) -> dict:

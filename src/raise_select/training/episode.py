@@ -110,6 +110,27 @@ def check_batch(static, per_class: int, pool_size: int, processes: int) -> int:
     return batch
 
 
+class RandomBatches:
+    """Uniformly random batches of `batch_size` distinct rows from the whole pool (RAND).
+
+    Drop-in for a policy in `run_episode`: the reference episode of train-policy and the
+    `--compare-random` run of finetune. Draws come from the episode's generator.
+    """
+
+    def __init__(self, static, batch_size: int):
+        self.static = static
+        self.batch_size = batch_size
+
+    def act(self, perf_prev: float, progress: float, counts: torch.Tensor, explore: bool = True,
+            generator: torch.Generator | None = None):
+        from ..policy.agent import Action
+
+        idx = torch.randperm(len(self.static), generator=generator)[:self.batch_size]
+        return Action(indices=idx, scores=torch.zeros(len(idx)), log_prob=0.0, value=0.0, item_log_prob=None)
+
+    use = act
+
+
 @dataclass
 class EpisodeResult:
     p0: float
@@ -122,6 +143,12 @@ class EpisodeResult:
     @property
     def ret(self) -> float:
         return self.final_p - self.p0
+
+    @property
+    def rewards(self) -> list[float]:
+        """Reward of every policy step: P at the end of its interval minus P before it."""
+        perf = [self.p0, *self.perf]
+        return [b - a for a, b in zip(perf, perf[1:])]
 
     @property
     def mean_loss(self) -> float:
@@ -159,6 +186,9 @@ def run_episode(
 ) -> EpisodeResult:
     """Train `steps` updates from the trainer's current model; `buffer` gets the PPO transitions.
 
+    explore=True: rollouts (`policy.act` samples within each class); False: use time
+    (`policy.use`, the policy's `use_rule`).
+
     `on_step(metrics, selection)` receives each step's metrics line and selection line.
     `where` names the episode in errors ("round 3").
     """
@@ -177,17 +207,22 @@ def run_episode(
         choice = None
         if acc.is_main_process:
             if from_policy:
-                action = policy.act(p_prev, t / steps, counts, explore=explore, generator=generator)
-                choice = (action.indices.tolist(), action.scores.tolist(), action.log_prob, action.value)
+                if explore:
+                    action = policy.act(p_prev, t / steps, counts, explore=True, generator=generator)
+                else:
+                    action = policy.use(p_prev, t / steps, counts, generator=generator)
+                item_lp = action.item_log_prob.tolist() if action.item_log_prob is not None else None
+                choice = (action.indices.tolist(), action.scores.tolist(), action.log_prob, action.value, item_lp)
             else:
-                choice = (torch.randperm(n, generator=generator)[:batch_size].tolist(), [None] * batch_size, None, None)
-        indices, scores, log_prob, value = share_from_main(acc, choice)
+                choice = (torch.randperm(n, generator=generator)[:batch_size].tolist(), [None] * batch_size, None, None, None)
+        indices, scores, log_prob, value, item_lp = share_from_main(acc, choice)
         chosen = torch.tensor(indices, dtype=torch.int64)
         counts += torch.bincount(chosen, minlength=n)
         if buffer is not None:
             if from_policy:
                 # The reward is added when P is next measured (end of this interval).
-                buffer.add(p_prev, t / steps, chosen, log_prob, value, 0.0)
+                buffer.add(p_prev, t / steps, chosen, log_prob, value, 0.0,
+                           item_log_prob=None if item_lp is None else torch.tensor(item_lp, dtype=torch.float64))
             else:
                 buffer.add_counted(chosen)
         timing["scoring"] = time.perf_counter() - start
