@@ -17,7 +17,7 @@ from .common import COMMAND_LINE_ERRORS, DEBUG_ENV
 app = typer.Typer(
     name="raise-select",
     help="Choose the instruction data an LLM is fine-tuned on, step by step (RAISE), "
-    "and compare with static selection baselines at matched budgets.",
+    "and compare with static and online selection baselines at matched budgets.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
