@@ -43,8 +43,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fine-tune with a trained policy (top-b per class at every policy step); save the model and the selection log."""
         from ..config import resolve
+        from ..io import check_output
         from ..training.finetune import FinetuneConfig, finetune
 
         cfg = resolve(FinetuneConfig, "finetune", config, overrides, OPTIONS.flags(locals()))
+        if cfg.out:
+            check_output(cfg.out, {"--policy": cfg.policy, "--pool": cfg.pool, "--features": cfg.features,
+                                   "--model": cfg.model, "--val": cfg.val, "--data-dir": cfg.data_dir})
         model_dir = finetune(cfg)
         typer.echo(f"model saved to {model_dir}; selection log {Path(cfg.out) / 'selections.jsonl'}")

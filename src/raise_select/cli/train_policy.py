@@ -46,8 +46,12 @@ def register(app: typer.Typer) -> None:
         Every setting, the policy's included, can go in a `train_policy:` section of the --config file or in --set: `--set train_policy.policy.gamma=0.9` (or, for this command alone, `--set policy.gamma=0.9`). docs/settings.md lists them all.
         """
         from ..config import resolve
+        from ..io import check_output
         from ..training.train_policy import TrainPolicyConfig, train_policy
 
         cfg = resolve(TrainPolicyConfig, "train_policy", config, overrides, OPTIONS.flags(locals()))
+        if cfg.out:
+            check_output(cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
+                                   "--val": cfg.val, "--data-dir": cfg.data_dir})
         policy_dir = train_policy(cfg)
         typer.echo(f"policy saved to {policy_dir}; metrics, selections and plots in {cfg.out}")
