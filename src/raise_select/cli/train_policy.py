@@ -52,6 +52,6 @@ def register(app: typer.Typer) -> None:
         cfg = resolve(TrainPolicyConfig, "train_policy", config, overrides, OPTIONS.flags(locals()))
         if cfg.out:
             check_output(cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
-                                   "--val": cfg.val, "--data-dir": cfg.data_dir})
+                                   "--val": cfg.val})
         policy_dir = train_policy(cfg)
         typer.echo(f"policy saved to {policy_dir}; metrics, selections and plots in {cfg.out}")
