@@ -11,7 +11,9 @@
   admitted only if its cosine similarity to every admitted one is at most `threshold`,
   until the budget is full. The reference embeds each conversation with a causal LM's
   last-layer hidden state at the last token (`embedder/clm_embedder.py`); this is what
-  `embedder=<model id or folder>` does. The default `embedder="features"` uses the
+  `embedder=<model id or folder>` does; a sentence-transformers model there (a folder with
+  `modules.json`, e.g. the short name `all-minilm-l6-v2`) embeds the example's text with
+  it instead. The default `embedder="features"` uses the
   featurized `sem` embedding instead (no extra LM pass; it is pooled to d_sem dimensions,
   so the same threshold admits fewer near-duplicates than on full hidden states).
 """
@@ -136,7 +138,7 @@ class Deita:
     complexity_scorer: str = "hkust-nlp/deita-complexity-scorer"  # hub id or folder of the complexity scorer LM
     quality_scorer: str = "hkust-nlp/deita-quality-scorer"        # hub id or folder of the quality scorer LM
     threshold: float = 0.9         # admit only if cosine similarity to every admitted example <= this
-    embedder: str = "features"     # "features": the featurized `sem`; else an LM id/folder (last-token hidden state)
+    embedder: str = "features"     # "features": the featurized `sem`; a sentence-transformers model (e.g. all-minilm-l6-v2): its embedding; else an LM id/folder (last-token hidden state)
     batch_size: int = 8            # scorer / embedder batch size
     max_length: int = 2048         # scorer / embedder token limit (prompts cut from the left)
     dtype: str = "float32"         # scorer / embedder weights dtype (bfloat16 on GPUs)
@@ -187,7 +189,13 @@ class Deita:
         if self.embedder == "features":
             return ctx.require_features(self.name).sem
         from ..models.loading import load_model_and_tokenizer
+        from ..models.resolve import is_sentence_transformer, resolve_model
 
+        if is_sentence_transformer(resolve_model(self.embedder)):
+            from ..features.semantic import encode_texts, example_text, load_sentence_encoder
+
+            encoder = load_sentence_encoder(self.embedder, ctx.torch_device())
+            return encode_texts(encoder, [example_text(e) for e in pool.examples], self.batch_size)
         model, tok = load_model_and_tokenizer(self.embedder, dtype=self.dtype, device=ctx.torch_device())
         texts = [render_prompt(e.prompt_messages, ctx.template, tok, e.record) + e.response for e in pool.examples]
         return last_token_embeddings(model, tok, texts, self.batch_size, self.max_length)

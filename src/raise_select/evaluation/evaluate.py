@@ -112,12 +112,15 @@ def write_task_configs(names: list[str], data_dir: str | Path, out_dir: str | Pa
 
 def _hf_model_args(model: str) -> dict:
     """`HFLM` arguments for a full model or a LoRA adapter folder (base model + `peft`)."""
+    from ..models.resolve import resolve_model
+
+    model = resolve_model(model)
     adapter_cfg = Path(model) / "adapter_config.json"
     if adapter_cfg.is_file():
         base = json.loads(adapter_cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
         if not base:
             raise UserError(f"{adapter_cfg}: field 'base_model_name_or_path' missing; cannot load the LoRA adapter")
-        return {"pretrained": base, "peft": model, "tokenizer": model}
+        return {"pretrained": resolve_model(base), "peft": model, "tokenizer": model}
     if not Path(model).exists() and (model.startswith((".", "/")) or model.endswith(("/",))):
         raise UserError(f"{model}: model folder not found")
     return {"pretrained": model}

@@ -104,7 +104,11 @@ def _hash_folder(folder: Path) -> str:
 
 
 def model_fingerprint(name_or_path: str) -> str:
-    """Content hash of a local model folder, or the hub id with its cached revision."""
+    """Content hash of a local model folder (a GGUF or short name: of its converted folder),
+    or the hub id with its cached revision."""
+    from ..models.resolve import resolve_model
+
+    name_or_path = resolve_model(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _hash_folder(path)

