@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import UserError
 from .resolve import resolve_model
 
+# Files from which transformers can build a tokenizer (fast, SentencePiece or BPE vocab).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "spm.model", "vocab.txt")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -17,6 +20,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     name_or_path = resolve_model(name_or_path)
+    folder = Path(name_or_path)
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"{folder}: no tokenizer files here (expected one of {', '.join(TOKENIZER_FILES)}); "
+                        "save the tokenizer next to the model (tokenizer.save_pretrained)")
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -43,7 +50,7 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(
             name_or_path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a truncated or corrupt weights file
         raise UserError(_not_found(name_or_path, e)) from None
     if device is not None:
         model.to(device)
@@ -51,10 +58,9 @@ def load_model_and_tokenizer(
 
 
 def _not_found(name_or_path: str, err: Exception) -> str:
+    why = " ".join(str(err).split())[:300] or type(err).__name__  # the library's message, whole but on one line
     if Path(name_or_path).exists():
-        return f"{name_or_path}: cannot load a causal LM from this folder ({str(err).splitlines()[0]})"
-    return (
-        f"model '{name_or_path}': not a local folder, and loading it from the hub failed "
-        f"({str(err).splitlines()[0]})"
-    )
+        kind = " (a weights file is truncated or corrupt)" if isinstance(err, SafetensorError) else ""
+        return f"{name_or_path}: cannot load a causal LM from this folder{kind} ({why})"
+    return f"model '{name_or_path}': not a local folder, and loading it from the hub failed ({why})"
 
