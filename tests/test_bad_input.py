@@ -1,0 +1,452 @@
+"""Hostile and awkward input through every command: each user error is one line on stderr
+naming the file, row and field (or the flag) with exit status 2, never a traceback, and no
+input is destroyed. Most cases run in process (CliRunner); a few run `raise-select` as a
+real subprocess, where the entry point, exit codes and non-terminal logging are what is
+being tested. One tiny pool, features folder and train-policy run serve the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from raise_select.cli.main import app
+from raise_select.data.pools import load_pool
+from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
+from raise_select.progress import LogProgress
+
+CLASSES = 3
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ")
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def subprocess_cli(*args, env=None, code=None):
+    """`raise-select ARGS` in a fresh interpreter (stderr is a pipe, not a terminal)."""
+    cmd = [sys.executable, "-c", code or "from raise_select.cli.main import main; main()", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def problem_lines(stderr: str) -> list[str]:
+    """stderr without the log lines of work done before the error."""
+    return [line for line in stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
+
+
+def assert_user_error(result, *fragments):
+    """Exit 2, exactly one line that starts with `error:` and holds every fragment, no traceback."""
+    code = getattr(result, "exit_code", getattr(result, "returncode", None))
+    stderr = result.stderr
+    lines = problem_lines(stderr)
+    assert code == 2, (code, stderr, getattr(result, "exception", None))
+    assert "Traceback" not in stderr + (result.stdout or "")
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+# ---------------------------------------------------------------- fixtures (built once)
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_model_dir):
+    """A 12-row pool, a 3-row validation file, random features in 3 classes and a 2-round
+    train-policy run made by a real subprocess (its stderr is kept for the progress check)."""
+    root = tmp_path_factory.mktemp("bad-input")
+    rows = [{"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."} for i in range(12)]
+    (root / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    pool = load_pool(root / "pool.jsonl")
+    rng = np.random.default_rng(0)
+    n = len(pool)
+    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
+    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
+    FeatureTable(ids=pool.ids, columns=columns, sem=rng.normal(size=(n, 4)).astype(np.float32),
+                 cluster=np.arange(n) % CLASSES, meta={"classes": CLASSES}).write(root / "features")
+    common = ["--pool", root / "pool.jsonl", "--features", root / "features", "--model", tiny_model_dir,
+              "--val", root / "val.jsonl", "--steps", 2, "--per-class", 1, "--lr", 1e-3, "--max-length", 64]
+    run = subprocess_cli("train-policy", *common, "--out", root / "run", "--rounds", 2,
+                         env={"RAISE_SELECT_PROGRESS_SECONDS": "0"})
+    assert run.returncode == 0, run.stderr
+    return {"root": root, "model": tiny_model_dir, "common": common, "train_stderr": run.stderr}
+
+
+def features_copy(env, name: str) -> Path:
+    dst = env["root"] / f"features-{name}"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(env["root"] / "features", dst)
+    return dst
+
+
+def rewrite_parquet(folder: Path, column: str, values) -> None:
+    table = pq.read_table(folder / "features.parquet")
+    i = table.column_names.index(column)
+    array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+    pq.write_table(table.set_column(i, column, array), folder / "features.parquet")
+
+
+def train_policy(env, features, out_name="tp", *extra):
+    args = list(env["common"])
+    args[args.index("--features") + 1] = features
+    return cli("train-policy", *args, "--rounds", 1, "--out", env["root"] / out_name, *extra)
+
+
+# ---------------------------------------------------------------- pools
+
+POOL_FILES = [
+    ("bad.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "a\xff", "output": "c"}\n',
+     ["bad.jsonl, row 1, line 2", "not UTF-8"]),
+    ("bad.json", b'[{"instruction": "a", "output": "b"},\n {"instruction": "\xfe", "output": "c"}]',
+     ["bad.json: line 2", "not UTF-8"]),
+    ("bad.csv", b"instruction,output\na,b\n\xff,c\n", ["bad.csv: line 3", "not UTF-8"]),
+    ("surrogate.jsonl", b'{"instruction": "a\\ud800", "output": "b"}\n', ["row 0, field 'instruction'", "surrogate"]),
+    ("number.jsonl", b'{"instruction": "a", "output": 42}\n', ["row 0, field 'output'", "expected text, got int 42"]),
+    ("bool.jsonl", b'{"instruction": "a", "output": true}\n', ["row 0, field 'output'", "got bool true"]),
+    ("short.csv", b"instruction,input,output\na,b,c\nd,e\n", ["short.csv, row 1, field 'output'", "missing cell"]),
+    ("long.csv", b"instruction,output\na,b,c\n", ["long.csv, row 0", "3 cells, the header has 2"]),
+]
+
+
+@pytest.mark.parametrize("name,content,fragments", POOL_FILES, ids=[p[0] for p in POOL_FILES])
+def test_bad_pool_files_name_file_row_and_field(env, tmp_path, name, content, fragments):
+    (tmp_path / name).write_bytes(content)
+    result = cli("featurize", "--pool", tmp_path / name, "--model", env["model"], "--out", tmp_path / "feats")
+    assert_user_error(result, *fragments)
+
+
+def test_integer_parquet_response_is_refused_and_a_csv_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    pq.write_table(pa.table({"instruction": ["a", "b"], "output": pa.array([1, 2], pa.int64())}), tmp_path / "p.parquet")
+    result = cli("tiny-model", "--pool", tmp_path / "p.parquet", "--out", tmp_path / "m")
+    assert_user_error(result, "p.parquet, row 0, field 'output'", "expected text, got int 1")
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfinstruction,output\nhello,world\n")
+    assert load_pool(tmp_path / "bom.csv").examples[0].messages == (("user", "hello"), ("assistant", "world"))
+
+
+def test_non_utf8_validation_file_and_config(env, tmp_path):
+    (tmp_path / "val.jsonl").write_bytes(b'{"instruction": "\xc3(", "output": "x"}\n')
+    args = list(env["common"])
+    args[args.index("--val") + 1] = tmp_path / "val.jsonl"
+    result = cli("train-policy", *args, "--rounds", 1, "--out", tmp_path / "run")
+    assert_user_error(result, "val.jsonl, row 0, line 1", "not UTF-8")
+    (tmp_path / "c.yaml").write_bytes(b"featurize:\n  classes: \xff\n")
+    result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f",
+                 "--config", tmp_path / "c.yaml")
+    assert_user_error(result, "c.yaml: line 2", "not UTF-8")
+
+
+# ---------------------------------------------------------------- settings
+
+SETTINGS = [
+    (["--set", "featurize.classes=[1,"], ["--set featurize.classes=[1,", "not valid YAML"]),
+    (["--set", "featurize.classes=true"], ["'classes' must be a whole number, got true"]),
+    (["--set", "featurize.sem_dim=null"], ["'sem_dim' needs a value"]),
+    (["--set", "featurize.classes=.inf"], ["'classes' must be a whole number"]),
+    (["--limit", "0"], ["--limit 0", "at least 1"]),
+    (["--limit", "-5"], ["--limit -5", "at least 1"]),
+]
+
+
+@pytest.mark.parametrize("args,fragments", SETTINGS, ids=[" ".join(a) for a, _ in SETTINGS])
+def test_bad_featurize_settings(env, tmp_path, args, fragments):
+    result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f", *args)
+    assert_user_error(result, *fragments)
+
+
+def test_null_in_a_config_file_and_a_non_finite_budget(env, tmp_path):
+    (tmp_path / "c.yaml").write_text("featurize:\n  sem_dim: null\n")
+    result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f",
+                 "--config", tmp_path / "c.yaml")
+    assert_user_error(result, "c.yaml", "'sem_dim' needs a value")
+    for budget in ("nan", "inf"):
+        result = cli("baseline", "--method", "random", "--pool", env["root"] / "pool.jsonl", "--budget", budget,
+                     "--out", tmp_path / "b")
+        assert_user_error(result, "'budget' must be a finite number")
+
+
+# ---------------------------------------------------------------- features
+
+def _inf_logp(folder):
+    t = pq.read_table(folder / "features.parquet").column("logp_cond").to_numpy().copy()
+    t[2] = np.inf
+    rewrite_parquet(folder, "logp_cond", t)
+
+
+def _huge_length(folder):
+    rewrite_parquet(folder, "len_prompt", np.r_[8.0, 1e308, np.full(10, 8.0)])
+
+
+def _inf_sem(folder):
+    sem = pq.read_table(folder / "features.parquet").column("sem").combine_chunks()
+    flat = sem.flatten().to_numpy().copy()
+    flat[5] = -np.inf
+    rewrite_parquet(folder, "sem", pa.FixedSizeListArray.from_arrays(pa.array(flat), 4))
+
+
+def _ragged_sem(folder):
+    rewrite_parquet(folder, "sem", pa.array([[0.1] * (1 + i % 2) for i in range(12)], pa.list_(pa.float32())))
+
+
+def _meta(update):
+    def edit(folder):
+        meta = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps({**meta, **update}))
+    return edit
+
+
+def _corrupt_meta(folder):
+    (folder / "meta.json").write_text('{"classes": 3,')
+
+
+def _negative_cluster(folder):
+    rewrite_parquet(folder, "cluster", pa.array([-1] + [i % CLASSES for i in range(1, 12)], pa.int32()))
+
+
+FEATURE_CASES = [
+    ("inf-logp", _inf_logp, ["features.parquet: row 2, field 'logp_cond': infinite feature"]),
+    ("huge-length", _huge_length, ["row 1, field 'len_prompt': out-of-range (|x| > 1e+15) feature (1e+308)"]),
+    ("inf-sem", _inf_sem, ["row 1, field 'sem': infinite feature"]),
+    ("ragged-sem", _ragged_sem, ["field 'sem': expected a fixed-size list"]),
+    ("meta-10-classes", _meta({"classes": 10}), ["meta.json (field 'classes') says 10 classes", "3, 4, 5"]),
+    ("meta-classes-text", _meta({"classes": "three"}), ["meta.json, field 'classes'", "'three'"]),
+    ("meta-corrupt", _corrupt_meta, ["meta.json: not valid JSON"]),
+    ("negative-cluster", _negative_cluster, ["row 0, field 'cluster'", "negative class id"]),
+]
+
+
+@pytest.mark.parametrize("name,corrupt,fragments", FEATURE_CASES, ids=[c[0] for c in FEATURE_CASES])
+def test_corrupt_features_are_refused_before_training(env, name, corrupt, fragments):
+    folder = features_copy(env, name)
+    corrupt(folder)
+    result = train_policy(env, folder, f"tp-{name}")
+    assert_user_error(result, *fragments)
+    assert not (env["root"] / f"tp-{name}" / "policy").exists()
+
+
+def test_features_given_as_a_file_and_finetune_with_infinite_features(env):
+    result = train_policy(env, env["root"] / "pool.jsonl")
+    line = assert_user_error(result, "pool.jsonl: a file, not a featurize output folder")
+    assert "featurize --out" not in line.replace("`raise-select featurize --out` wrote", "")
+    folder = features_copy(env, "ft-inf")
+    _inf_logp(folder)
+    args = list(env["common"])
+    args[args.index("--features") + 1] = folder
+    result = cli("finetune", "--policy", env["root"] / "run" / "policy", *args, "--out", env["root"] / "ft-inf")
+    assert_user_error(result, "row 2, field 'logp_cond': infinite feature")
+
+
+# ---------------------------------------------------------------- model and policy files
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def test_broken_model_folders(env, tmp_path):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(env["model"], truncated)
+    _truncate(truncated / "model.safetensors")
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(env["model"], no_tokenizer)
+    for f in no_tokenizer.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            f.unlink()
+    pool = env["root"] / "pool.jsonl"
+    result = cli("featurize", "--pool", pool, "--model", truncated, "--out", tmp_path / "f1")
+    assert_user_error(result, "truncated: cannot load a causal LM", "truncated or corrupt")
+    result = cli("featurize", "--pool", pool, "--model", no_tokenizer, "--out", tmp_path / "f2")
+    assert_user_error(result, "no-tokenizer: no tokenizer files here", "tokenizer.json")
+
+
+def _nan_actor(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "actor.safetensors"))
+    key = sorted(weights)[0]
+    weights[key].view(-1)[0] = float("nan")
+    save_file(weights, str(folder / "actor.safetensors"))
+
+
+POLICY_CASES = [
+    ("truncated-actor", lambda d: _truncate(d / "actor.safetensors"), ["actor.safetensors: not a readable safetensors file"]),
+    ("missing-critic", lambda d: (d / "critic.safetensors").unlink(), ["critic.safetensors: missing"]),
+    ("nan-actor", _nan_actor, ["actor.safetensors: weight", "1 non-finite value(s)"]),
+]
+
+
+@pytest.mark.parametrize("name,corrupt,fragments", POLICY_CASES, ids=[c[0] for c in POLICY_CASES])
+def test_broken_policy_folders(env, tmp_path, name, corrupt, fragments):
+    policy = tmp_path / "policy"
+    shutil.copytree(env["root"] / "run" / "policy", policy)
+    corrupt(policy)
+    result = cli("finetune", "--policy", policy, *env["common"], "--out", tmp_path / "ft")
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "ft" / "model").exists()
+
+
+# ---------------------------------------------------------------- output paths
+
+def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):
+    pool, root = env["root"] / "pool.jsonl", env["root"]
+    before = pool.read_bytes()
+    log = root / "run" / "selections" / "round_1.jsonl"
+    log_before = log.read_bytes()
+    pool_dir = tmp_path / "pooldir"
+    pool_dir.mkdir()
+    shutil.copy(pool, pool_dir / "pool.jsonl")
+    cases = [
+        (("select", "--run", root / "run", "--out", pool), ["--out", "is also the input --pool"]),
+        (("select", "--run", root / "run", "--out", log), ["is also the input --run"]),
+        (("select", "--run", root / "run", "--out", tmp_path), ["is a folder"]),
+        (("featurize", "--pool", pool, "--model", env["model"], "--out", pool), ["exists and is a file"]),
+        (("featurize", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir), ["is also the input --pool"]),
+        (("featurize", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir / "feats"),
+         ["lies inside the input folder --pool"]),
+        (("train-policy", *env["common"], "--out", pool), ["--out", "exists and is a file"]),
+        (("finetune", "--policy", root / "run" / "policy", *env["common"], "--out", root / "run" / "policy"),
+         ["is also the input --policy"]),
+        (("baseline", "--method", "random", "--pool", pool, "--out", pool), ["exists and is a file"]),
+        (("evaluate", "--model", env["model"], "--out", pool), ["exists and is a file"]),
+        (("tiny-model", "--pool", pool_dir, "--out", pool_dir), ["is also the input --pool"]),
+    ]
+    for args, fragments in cases:
+        assert_user_error(cli(*args), *fragments)
+    assert pool.read_bytes() == before and log.read_bytes() == log_before
+    assert sorted(p.name for p in pool_dir.iterdir()) == ["pool.jsonl"]
+
+
+def test_an_output_folder_without_write_permission(env, tmp_path, monkeypatch):
+    # Root may write anywhere, so the refusal is checked through os.access.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", locked / "f")
+    assert_user_error(result, "--out", "no permission to write in", "locked")
+    result = cli("select", "--run", env["root"] / "run", "--out", locked / "chosen.jsonl")
+    assert_user_error(result, "no permission to write in")
+
+
+# ---------------------------------------------------------------- evaluation files
+
+ARC_ROW = {"id": "q1", "answerKey": "A",
+           "question": {"stem": "Which?", "choices": [{"label": "A", "text": "x"}, {"label": "B", "text": "y"}]}}
+EVAL_CASES = [
+    ("arc-malformed", "arc_challenge", {"ARC-Challenge-Test.jsonl": json.dumps(ARC_ROW) + "\n{oops\n"},
+     ["ARC-Challenge-Test.jsonl: row 1 (line 2): malformed JSON"]),
+    ("arc-empty", "arc_challenge", {"ARC-Challenge-Test.jsonl": ""}, ["ARC-Challenge-Test.jsonl: file is empty"]),
+    ("arc-choices-text", "arc_challenge",
+     {"ARC-Challenge-Test.jsonl": json.dumps({**ARC_ROW, "question": {"stem": "Which?", "choices": "A x B y"}}) + "\n"},
+     ["ARC-Challenge-Test.jsonl, row 0, field 'question.choices'"]),
+    ("mmlu-3-columns", "mmlu", {"abstract_algebra_test.csv": "q,a,b\n"},
+     ["abstract_algebra_test.csv, row 0", "expected 6 columns"]),
+]
+
+
+@pytest.mark.parametrize("name,task,files,fragments", EVAL_CASES, ids=[c[0] for c in EVAL_CASES])
+def test_bad_evaluation_files_name_the_file(env, tmp_path, name, task, files, fragments):
+    data = tmp_path / "data"
+    if task == "arc_challenge":
+        folder = data / "arc_challenge"
+        folder.mkdir(parents=True)
+        (folder / "ARC-Challenge-Train.jsonl").write_text(json.dumps(ARC_ROW) + "\n")
+    else:
+        for split in ("dev", "test"):
+            (data / "mmlu" / split).mkdir(parents=True)
+        (data / "mmlu" / "dev" / "abstract_algebra_dev.csv").write_text("q,a,b,c,d,A\n")
+        folder = data / "mmlu" / "test"
+    for file_name, text in files.items():
+        (folder / file_name).write_text(text)
+    result = cli("evaluate", "--model", env["model"], "--tasks", task, "--data-dir", data, "--out", tmp_path / "res")
+    assert_user_error(result, *fragments)
+
+
+# ---------------------------------------------------------------- select on a train-policy run
+
+def test_select_exports_a_train_policy_run_and_says_which_round(env, tmp_path):
+    run = env["root"] / "run"
+    result = cli("select", "--run", run, "--out", tmp_path / "last.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "round 1 of rounds 0-1" in result.stdout and "the last round" in result.stdout
+    log_ids = {i for line in (run / "selections" / "round_1.jsonl").read_text().splitlines() for i in json.loads(line)["ids"]}
+    exported = [json.loads(line) for line in (tmp_path / "last.jsonl").read_text().splitlines()]
+    pool = load_pool(env["root"] / "pool.jsonl")
+    by_instruction = {e.record["instruction"]: e.id for e in pool.examples}
+    assert {by_instruction[r["instruction"]] for r in exported} == log_ids
+    result = cli("select", "--run", run, "--round", 0, "--out", tmp_path / "first.jsonl")
+    assert result.exit_code == 0 and "round 0 of rounds 0-1" in result.stdout
+    assert_user_error(cli("select", "--run", run, "--round", 7, "--out", tmp_path / "x.jsonl"), "--round 7", "rounds 0, 1")
+
+
+# ---------------------------------------------------------------- the entry point, as a real process
+
+def test_subprocess_user_errors_are_one_line(env, tmp_path):
+    pool = env["root"] / "pool.jsonl"
+    before = pool.read_bytes()
+    assert_user_error(subprocess_cli("featurize", "--limit", "abc"), "Invalid value for '--limit'", "--help")
+    (tmp_path / "bad.jsonl").write_bytes(b'{"instruction": "\xff", "output": "b"}\n')
+    assert_user_error(subprocess_cli("featurize", "--pool", tmp_path / "bad.jsonl", "--model", env["model"],
+                                     "--out", tmp_path / "f"), "bad.jsonl, row 0, line 1", "not UTF-8")
+    assert_user_error(subprocess_cli("select", "--run", env["root"] / "run", "--out", pool), "is also the input --pool")
+    assert pool.read_bytes() == before
+
+
+BUG = ("import raise_select.data.pools as pools\n"
+       "def boom(*a, **k):\n    raise RuntimeError('simulated defect')\n"
+       "pools.load_pool = boom\n"
+       "from raise_select.cli.main import main; main()")
+
+
+def test_an_unexpected_exception_is_one_line_naming_the_traceback_file(env, tmp_path):
+    args = ("select", "--run", env["root"] / "run", "--out", tmp_path / "c.jsonl")
+    result = subprocess_cli(*args, code=BUG)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = problem_lines(result.stderr)
+    assert len(lines) == 1 and "a bug in raise-select" in lines[0] and "simulated defect" in lines[0], result.stderr
+    where = re.search(r"full traceback in (\S+) \(", lines[0]).group(1)
+    text = Path(where).read_text()
+    assert "Traceback" in text and "RuntimeError: simulated defect" in text
+    Path(where).unlink()
+    shown = subprocess_cli(*args, code=BUG, env={"RAISE_SELECT_DEBUG": "1"})
+    assert shown.returncode == 1 and "Traceback" in shown.stderr and "simulated defect" in shown.stderr
+
+
+def test_progress_is_logged_not_redrawn_when_stderr_is_not_a_terminal(env):
+    stderr = env["train_stderr"]
+    assert "\r" not in stderr
+    progress = [line for line in stderr.splitlines() if "raise_select.progress" in line]
+    assert progress and all(LOG_LINE.match(line) for line in progress)
+    assert any(re.search(r"round 1: at 2/2 it \(100%\)", line) for line in progress)
+
+
+def test_log_progress_reports_once_per_interval_and_once_at_the_end(caplog):
+    now = [0.0]
+    bar = LogProgress(total=100, desc="work", unit="ex", interval=30.0, clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="raise_select.progress"):
+        for _ in range(100):  # 1 s per update: 100 updates over 100 s
+            now[0] += 1.0
+            bar.update()
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4  # at 30 s, 60 s, 90 s, then done
+    assert lines[0].startswith("work: at 30/100 ex (30%), 1 ex/s, 30s elapsed, about 1m10s left")
+    assert lines[-1].startswith("work: done 100/100 ex (100%)")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="raise_select.progress"):
+        for _ in LogProgress(range(5), interval=30.0, clock=lambda: 0.0):
+            pass
+    assert caplog.records == []  # a short loop says nothing
