@@ -1,0 +1,119 @@
+"""Per-step cost of the online selectors GREATS and RHO-LOSS against a plain training step,
+measured in the same run on a tiny 10M-parameter Llama.
+
+    python benchmarks/bench_online.py --threads 1            # 10m preset, 3 timed steps each
+    python benchmarks/bench_online.py --quick --threads 1    # 1m preset, fewer rows and steps (seconds)
+
+The pool is the first `--examples` rows of the real Alpaca data, the validation (GREATS) and
+holdout (RHO-LOSS) set `--val-size` GSM8K examples; B = 8 rows of at most 256 tokens. A plain
+step is one AdamW update on 8 uniformly drawn rows (`LMTrainer.step`). A GREATS step adds one
+forward and backward pass over its candidate set (4 x B) and 2 validation rows with
+per-example inner products of the scored layers; a RHO-LOSS step adds one forward pass over its
+candidate set (10 x B). Each method takes one untimed warm-up step, then `--steps` timed
+ones; RHO-LOSS's one-off irreducible-loss model (training on the holdout, scoring the pool)
+is timed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raise_select.baselines import SelectionContext, make_baseline
+from raise_select.baselines.online import candidate_sets
+from raise_select.data.pools import load_pool
+from raise_select.data.validation import load_validation
+from raise_select.models.tiny import build_tiny_model, non_embedding_parameters
+from raise_select.training.loop import LMConfig, LMTrainer
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def timed_steps(trainer: LMTrainer, choose, sets, batch: int, steps: int) -> tuple[float, float]:
+    """Mean seconds per step spent choosing and training, after one untimed warm-up step."""
+    select_s = train_s = 0.0
+    for s in range(steps + 1):
+        start = time.perf_counter()
+        rows = choose(next(sets), batch)
+        mid = time.perf_counter()
+        trainer.step(rows)
+        end = time.perf_counter()
+        if s:
+            select_s += mid - start
+            train_s += end - mid
+    return select_s / steps, train_s / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=DATA, help="the shared data folder (alpaca/, gsm8k/)")
+    ap.add_argument("--preset", default="10m", help="tiny Llama preset (test, 1m, 10m)")
+    ap.add_argument("--examples", type=int, default=200, help="first N Alpaca examples form the pool")
+    ap.add_argument("--val-size", type=int, default=32, help="GSM8K validation/holdout examples")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per method")
+    ap.add_argument("--batch-size", type=int, default=8, help="B")
+    ap.add_argument("--max-length", type=int, default=256, help="tokens per example")
+    ap.add_argument("--lora", action="store_true", help="train (and score) a LoRA adapter instead of all weights")
+    ap.add_argument("--quick", action="store_true", help="1m preset, 64 examples, 8 validation rows, 2 steps")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--work", type=Path, default=None, help="folder for the model (default: a temp folder)")
+    args = ap.parse_args()
+    if args.quick:
+        args.preset, args.examples, args.val_size, args.steps = "1m", 64, 8, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    alpaca = args.data_dir / "alpaca" / "alpaca_data.json"
+    if not alpaca.is_file():
+        sys.exit(f"{alpaca} not found; pass --data-dir")
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-online-"))
+    pool = load_pool(alpaca, limit=args.examples)
+    model_dir = work / f"model-{args.preset}"
+    if not (model_dir / "config.json").is_file():
+        build_tiny_model(model_dir, ["\n".join(c for _, c in e.messages) for e in pool.examples], preset=args.preset, seed=0)
+    from transformers import AutoModelForCausalLM
+
+    params = non_embedding_parameters(AutoModelForCausalLM.from_pretrained(model_dir))
+    val = load_validation("gsm8k", args.data_dir, n=args.val_size, seed=0)
+    b = args.batch_size
+    lm = LMConfig(lr=1e-3, max_length=args.max_length, lora=args.lora)
+    ctx = SelectionContext(model=str(model_dir), validation=val, batch_size=b, max_length=args.max_length, lm=lm)
+    steps = args.steps + 1
+    rng = np.random.default_rng(0)
+
+    results = {}
+    trainer = LMTrainer(str(model_dir), pool, lm, steps)
+    results["plain"] = timed_steps(trainer, lambda rows, k: rng.choice(rows, size=k, replace=False).tolist(),
+                                   candidate_sets(len(pool), b, 0), b, args.steps)
+    prepare_s = {}
+    for name in ("greats", "rho"):
+        method = make_baseline(name)
+        trainer = LMTrainer(str(model_dir), pool, lm, steps)
+        start = time.perf_counter()
+        info = method.prepare(pool, trainer, ctx)
+        prepare_s[name] = time.perf_counter() - start
+        sets = candidate_sets(len(pool), method.candidates * b, 0)
+        results[name] = timed_steps(trainer, lambda rows, k: method.choose(trainer, rows, k)[0].tolist(), sets, b, args.steps)
+        if name == "greats":
+            scored = info["scored_parameters"]
+
+    plain = sum(results["plain"])
+    print(f"model: preset {args.preset}, {params / 1e6:.2f}M non-embedding parameters, "
+          f"{'LoRA' if args.lora else 'full fine-tuning'}; B = {b}, max {args.max_length} tokens, "
+          f"{torch.get_num_threads()} thread(s); GREATS scores {scored:,} parameters")
+    print(f"{'method':8} {'choose ms':>10} {'train ms':>9} {'step ms':>9} {'x plain':>8}")
+    for name, (sel, tr) in results.items():
+        print(f"{name:8} {sel * 1e3:10.0f} {tr * 1e3:9.0f} {(sel + tr) * 1e3:9.0f} {(sel + tr) / plain:8.2f}")
+    print(f"one-off: GREATS {prepare_s['greats']:.1f} s (encode validation); RHO-LOSS {prepare_s['rho']:.1f} s "
+          f"(train the irreducible-loss model on {args.val_size} holdout rows, score {len(pool)} pool rows)")
+    print(json.dumps({"results_s": results, "prepare_s": prepare_s}))
+
+
+if __name__ == "__main__":
+    main()
