@@ -45,22 +45,24 @@ def candidate_sets(n: int, size: int, seed: int) -> Iterator[np.ndarray]:
 @torch.no_grad()
 def row_losses(model, encoded: Sequence, pad_id: int, batch_size: int = 16) -> torch.Tensor:
     """(N,) mean response-token loss of each encoded row under `model` (eval mode for the pass,
-    the model's mode restored after)."""
+    the model's mode restored after). Rows are batched by length, so little is padding."""
     from ..training.loop import collate
     from .lm import response_losses
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = []
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    out = torch.zeros(len(encoded))
     try:
-        for s in range(0, len(encoded), batch_size):
-            batch = {k: v.to(device) for k, v in collate(list(encoded[s:s + batch_size]), pad_id).items()}
+        for s in range(0, len(order), batch_size):
+            rows = order[s:s + batch_size]
+            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            out.append(response_losses(logits, batch["labels"]).float().cpu())
+            out[rows] = response_losses(logits, batch["labels"]).float().cpu()
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    return out
 
 
 @dataclass
