@@ -98,6 +98,26 @@ def test_greats_inner_products_match_full_per_example_gradients(tiny_model_dir, 
     assert torch.allclose(tracin, direct[:3] @ direct[3:].mean(0), rtol=1e-4, atol=1e-9)
 
 
+def test_greats_choice_equals_the_greedy_over_direct_per_example_gradients(tiny_model_dir):
+    pool, val = _pool(12), _pool(20).examples[14:]
+    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=3.0), total_steps=2)
+    ctx = SelectionContext(model=str(tiny_model_dir), validation=val, seed=4, max_length=64)
+    greats = make_baseline("greats", {"last_layers": 1})
+    greats.prepare(pool, trainer, ctx)
+    rows = np.array([9, 2, 7, 4, 11, 0])
+    picks, gains = greats.choose(trainer, rows, 3)
+    # the same validation rows (the method's generator, seed + 1), gradients one example at a time
+    val_rows = np.random.default_rng(ctx.seed + 1).choice(len(val), size=2, replace=False)
+    model = trainer.unwrapped
+    params = [m.weight for _, m in scored_linears(model, 1)]
+    g = _direct_grads(model, trainer.tokenizer, [pool.examples[i] for i in rows], params).numpy()
+    gv = _direct_grads(model, trainer.tokenizer, [val[i] for i in val_rows], params).numpy().mean(0)
+    want, want_gains = greedy_selection(3.0 * g @ gv, 9.0 * g @ g.T, 3)
+    assert picks.tolist() == rows[want].tolist()
+    assert gains == pytest.approx(want_gains, rel=1e-4)
+    assert gains[1] != pytest.approx(3.0 * float(g[want[1]] @ gv), rel=1e-3)  # the interaction term is applied
+
+
 def test_first_order_estimate_predicts_the_validation_loss_change_of_a_small_sgd_step(tiny_model_dir):
     model, tok = _model(tiny_model_dir)
     modules = [m for _, m in scored_linears(model, last_layers=1)]
