@@ -167,6 +167,26 @@ def test_bad_featurize_settings(env, tmp_path, args, fragments):
     assert_user_error(result, *fragments)
 
 
+EVALUATE_SETTINGS = [("--limit", "0", "limit = 0"), ("--limit", "-1", "limit = -1"), ("--batch-size", "0", "batch_size = 0"),
+                     ("--num-fewshot", "-1", "num_fewshot = -1"), ("--max-length", "1", "max_length = 1")]
+
+
+def test_bad_evaluate_settings(env, tmp_path):
+    for flag, value, fragment in EVALUATE_SETTINGS:
+        result = cli("evaluate", "--model", env["model"], "--out", tmp_path / "res", flag, value)
+        assert_user_error(result, "invalid evaluate settings", fragment)
+
+
+def test_a_max_length_that_leaves_no_response_or_too_few_distinct_rows(env, tmp_path):
+    pool = env["root"] / "pool.jsonl"
+    result = cli("featurize", "--pool", pool, "--model", env["model"], "--out", tmp_path / "f2", "--max-length", 2)
+    assert_user_error(result, "no example is left to featurize", "raise --max-length")
+    result = cli("featurize", "--pool", pool, "--model", env["model"], "--out", tmp_path / "f3", "--max-length", 3,
+                 "--classes", 2)
+    assert_user_error(result, "--classes 2: K-means found only 1 distinct class(es)", "use --classes 1")
+    assert not (tmp_path / "f3" / "features.parquet").exists()
+
+
 def test_null_in_a_config_file_and_a_non_finite_budget(env, tmp_path):
     (tmp_path / "c.yaml").write_text("featurize:\n  sem_dim: null\n")
     result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f",

@@ -53,6 +53,9 @@ def kmeans_classes(sem: np.ndarray, classes: int, seed: int) -> np.ndarray:
 
     if classes < 1:
         raise UserError(f"--classes must be at least 1, got {classes}")
+    if len(sem) == 0:
+        raise UserError("no example is left to featurize: no response token fits in --max-length (each one was "
+                        "skipped as response_has_no_tokens); raise --max-length")
     if len(sem) < classes:
         raise UserError(f"--classes {classes} is more than the {len(sem)} featurized example(s)")
     if classes == 1:
@@ -62,7 +65,12 @@ def kmeans_classes(sem: np.ndarray, classes: int, seed: int) -> np.ndarray:
         km = MiniBatchKMeans(n_clusters=classes, random_state=seed, batch_size=4096, n_init=3)
     else:
         km = KMeans(n_clusters=classes, random_state=seed, n_init=1)
-    return km.fit_predict(x).astype(np.int64)
+    labels = km.fit_predict(x).astype(np.int64)
+    found = len(np.unique(labels))
+    if found < classes:  # fewer distinct semantic states than classes: some classes would stay empty
+        raise UserError(f"--classes {classes}: K-means found only {found} distinct class(es) among {len(x)} examples "
+                        f"(too few distinct semantic states, e.g. with a tiny --max-length); use --classes {found}")
+    return labels
 
 
 def example_text(example: Example) -> str:
