@@ -169,3 +169,18 @@ def test_grape_list_field_of_chat_rows_and_bad_rows(tmp_path):
     bad.write_text(json.dumps({"instruction": "x", "output": ["a", 3]}) + "\n")
     with pytest.raises(UserError, match=r"row 0, field 'output\[1\]': expected text"):
         read_groups(str(bad))
+
+
+def test_grape_user_errors_are_one_line_with_exit_2(tiny_model_dir, tmp_path):
+    from raise_select.cli.main import app
+
+    pool = tmp_path / "multi.jsonl"
+    pool.write_text(json.dumps({"instruction": "Hi?", "output": ["a", "b"]}) + "\n")
+    missing = CliRunner().invoke(app, ["grape", "--pool", str(pool), "--out", str(tmp_path / "o.jsonl")])
+    assert missing.exit_code == 2 and "--model" in missing.output
+    suffix = CliRunner().invoke(app, ["grape", "--pool", str(pool), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o.txt")])
+    assert suffix.exit_code == 2 and "o.txt: output must end in one of .jsonl" in suffix.output
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi?"}], "responses": ["Hello.", "Hey."]}) + "\n")
+    csv = CliRunner().invoke(app, ["grape", "--pool", str(chat), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o.csv")])
+    assert csv.exit_code == 2 and "CSV holds flat (Alpaca) rows only" in csv.output

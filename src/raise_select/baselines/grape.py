@@ -179,6 +179,8 @@ def run_grape(cfg: GrapeConfig) -> dict:
     if Path(cfg.out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"{cfg.out}: output must end in one of {', '.join(OUTPUT_SUFFIXES)}")
     groups, fmt = read_groups(cfg.pool, cfg.format, cfg.field, cfg.limit)
+    if Path(cfg.out).suffix.lower() == ".csv" and fmt != "alpaca":
+        raise UserError(f"{cfg.out}: CSV holds flat (Alpaca) rows only and this pool is in {fmt} format; write .jsonl, .json or .parquet")
     examples = [e for g in groups for e in g.candidates]
     cache = JsonlCache(Path(f"{cfg.out}.grape-cache"))
     prefix = fingerprint({"model": cfg.model, "template": cfg.template, "max_length": cfg.max_length, "dtype": cfg.dtype})
