@@ -120,10 +120,28 @@ def from_dict(cls: type[T], data: dict, source: str = "config", prefix: str = ""
         raise UserError(f"{source}: {e}") from None
 
 
-def read_yaml(path: str | Path) -> dict:
+# The configs that ship with the package (`raise-select demo --config demo`).
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` when it is a file, else the shipped config of that name (`demo`, `demo.yaml`)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise UserError(f"{path}: config file not found (shipped configs, usable by name: {', '.join(shipped_configs())})")
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in YAML file `path` (or in the shipped config of that name)."""
+    path = find_config(path)
     try:
         from .data.pools import decode_utf8
 
@@ -249,8 +267,8 @@ def field_help(cls: type, path: str, with_default: bool = True) -> str:
     """The help text of setting `path` (`"policy.gamma"`) of `cls`, with its default."""
     f, default = _field(cls, path)
     text = f.metadata.get("help", "")
-    if with_default and default is not dataclasses.MISSING and not dataclasses.is_dataclass(default):
-        text += f" [default: {_show(default)}]"
+    if with_default and default not in (dataclasses.MISSING, "") and not dataclasses.is_dataclass(default):
+        text += f" (default: {_show(default)})"  # not [..]: rich help markup would swallow it
     return text
 
 
@@ -286,9 +304,16 @@ def settings_rows(cls: type, prefix: str = "", base: Any = None) -> list[tuple[s
         if dataclasses.is_dataclass(tp):
             rows += settings_rows(tp, f"{prefix}{f.name}.", default)
             continue
-        type_name = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
-        rows.append((prefix + f.name, type_name, _show(default), f.metadata.get("help", "")))
+        rows.append((prefix + f.name, _type_name(tp), _show(default), f.metadata.get("help", "")))
     return rows
+
+
+def _type_name(tp: Any) -> str:
+    """`int`, `str or none`, `list[str]`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " or none"
+    return tp.__name__ if isinstance(tp, type) and not args else str(tp).replace("typing.", "")
 
 
 def to_dict(cfg: Any) -> dict:

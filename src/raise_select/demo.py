@@ -59,7 +59,7 @@ def demo_policy() -> PolicyConfig:
 
 @dataclass
 class DemoConfig:
-    """`raise-select demo`: every setting of the built-in demo (see configs/demo.yaml)."""
+    """`raise-select demo`: every setting of the built-in demo (the shipped config: `--config demo`)."""
 
     out: str = field(default="runs/demo", metadata={"help": "run folder; a re-run reuses data, model, features and finished policy rounds"})
     seeds: int = field(default=3, metadata={"help": "seeds per method (policy training, RAND batches)"})

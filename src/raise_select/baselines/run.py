@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -27,22 +27,22 @@ class BaselineConfig(LMConfig):
     """A baseline job; the LLM training settings are those of `LMConfig`. Method options
     live in a section named after the method (`deita: {threshold: 0.85}`, `--set deita.threshold=0.85`)."""
 
-    method: str = ""                  # selection method: full, random, ifd, deita, alpagasus, sspl, less, rose, greats, rho
-    pool: str = ""                    # instruction pool: file, folder or `datasets` name
-    format: Optional[str] = None      # pool format (alpaca, sharegpt, messages); None: detected
-    limit: Optional[int] = None       # use only the first N pool examples
-    features: str = ""                # featurize output folder of this pool (ifd, sspl, deita's default embeddings)
-    model: str = ""                   # target LLM: hub id or folder (trained with --train; less, rose, sspl loss=target; greats and rho train it while choosing)
-    val: str = ""                     # validation set for less, rose, greats, rho: a named set (gsm8k, ...) or a pool file/folder
-    data_dir: Optional[str] = None    # folder of the named validation sets' original files
-    val_size: Optional[int] = None    # use at most this many validation examples
-    out: str = ""                     # output folder: selection.json, cache/, model/, baseline.log
-    budget: float = 0.01              # fraction of the pool (< 1) or number of examples (>= 1)
-    batch_size: int = 8               # training batch size B
-    epochs: int = 3                   # static subsets are trained this many epochs (paper section 4.2)
-    steps: Optional[int] = None       # update steps; None: ceil(epochs x budget / B), matched across methods
-    train: bool = False               # also train the target model on the selection and save it to out/model (greats, rho: always trained)
-    device: Optional[str] = None      # torch device of the selection passes; None: cuda when available
+    method: str = field(default="", metadata={"help": "selection method: full, random, ifd, deita, alpagasus, sspl, less, rose, greats, rho"})
+    pool: str = field(default="", metadata={"help": "instruction pool: file, folder or `datasets` name"})
+    format: Optional[str] = field(default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"})
+    limit: Optional[int] = field(default=None, metadata={"help": "use only the first N pool examples"})
+    features: str = field(default="", metadata={"help": "featurize output folder of this pool (ifd, sspl, deita's default embeddings)"})
+    model: str = field(default="", metadata={"help": "target LLM: hub id or folder (trained with --train; less, rose, sspl loss=target; greats and rho train it while choosing)"})
+    val: str = field(default="", metadata={"help": "validation set for less, rose, greats, rho: a named set (gsm8k, ...) or a pool file/folder"})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "folder of the named validation sets' original files"})
+    val_size: Optional[int] = field(default=None, metadata={"help": "use at most this many validation examples"})
+    out: str = field(default="", metadata={"help": "output folder: selection.json, cache/, model/, baseline.log"})
+    budget: float = field(default=0.01, metadata={"help": "fraction of the pool (< 1) or number of examples (>= 1)"})
+    batch_size: int = field(default=8, metadata={"help": "training batch size B"})
+    epochs: int = field(default=3, metadata={"help": "static subsets are trained this many epochs (paper section 4.2)"})
+    steps: Optional[int] = field(default=None, metadata={"help": "update steps; None: ceil(epochs x budget / B), matched across methods"})
+    train: bool = field(default=False, metadata={"help": "also train the target model on the selection and save it to out/model (greats, rho: always trained)"})
+    device: Optional[str] = field(default=None, metadata={"help": "torch device of the selection passes; None: cuda when available"})
 
 
 def method_options(method: str, config_path: str | Path | None, overrides: list[str] | None) -> dict:

@@ -7,36 +7,40 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, DataDirOption, PoolOption, SetOption, ValSizeOption, handle_errors, setup_logging
+from .common import ConfigOption, SetOption, handle_errors, setup_logging
+from .fields import ConfigOptions
 
 ORDER = 50
 
+# Option help comes from the fields of the config class.
+OPTIONS = ConfigOptions("raise_select.baselines.run:BaselineConfig")
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("baseline")
+    @app.command("baseline", cls=OPTIONS.command)
     @handle_errors
     def baseline_cmd(
         method: Optional[str] = typer.Option(None, "--method", help="Method: full, random, ifd, deita, alpagasus, sspl, less, rose (static); greats, rho (online, chosen while training)."),
-        pool: Optional[str] = PoolOption,
-        format: Optional[str] = typer.Option(None, "--format", help="Pool format: alpaca, sharegpt or messages (default: detected)."),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N pool examples."),
-        features: Optional[str] = typer.Option(None, "--features", help="Featurize output folder of this pool (ifd, sspl; deita's default embeddings)."),
-        model: Optional[str] = typer.Option(None, "--model", help="Target LLM: hub id or folder (for --train, less, rose, greats, rho, and sspl with loss=target)."),
-        val: Optional[str] = typer.Option(None, "--val", help="Validation set for less, rose, greats, rho: a named set (gsm8k, mmlu, ...) or a pool file/folder."),
-        data_dir: Optional[str] = DataDirOption,
-        val_size: Optional[int] = ValSizeOption,
-        budget: Optional[float] = typer.Option(None, "--budget", help="Fraction of the pool (< 1) or number of examples [default: 0.01]."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size [default: 8]."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs over a static subset [default: 3, as in the paper]."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Update steps [default: ceil(epochs x budget / batch size)]."),
+        pool: Optional[str] = typer.Option(None, "--pool"),
+        format: Optional[str] = typer.Option(None, "--format"),
+        limit: Optional[int] = typer.Option(None, "--limit"),
+        features: Optional[str] = typer.Option(None, "--features"),
+        model: Optional[str] = typer.Option(None, "--model"),
+        val: Optional[str] = typer.Option(None, "--val"),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+        val_size: Optional[int] = typer.Option(None, "--val-size"),
+        budget: Optional[float] = typer.Option(None, "--budget"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+        epochs: Optional[int] = typer.Option(None, "--epochs"),
+        steps: Optional[int] = typer.Option(None, "--steps"),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder: selection.json, cache/, model/, baseline.log."),
-        train: Optional[bool] = typer.Option(None, "--train/--no-train", help="Also train the target model on the selection and save it to <out>/model (greats, rho: always)."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="LLM learning rate [default: 2e-5, cosine, no warm-up]."),
-        template: Optional[str] = typer.Option(None, "--template", help="Prompt template: alpaca (default) or chat."),
-        max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens per example [default: 512]."),
-        lora: Optional[bool] = typer.Option(None, "--lora/--no-lora", help="Train and save a LoRA adapter instead of all weights."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the selection and of training [default: 0]."),
-        device: Optional[str] = typer.Option(None, "--device", help="Device of the selection passes (cpu, cuda); default: cuda when available."),
+        train: Optional[bool] = typer.Option(None, "--train/--no-train"),
+        lr: Optional[float] = typer.Option(None, "--lr"),
+        template: Optional[str] = typer.Option(None, "--template"),
+        max_length: Optional[int] = typer.Option(None, "--max-length"),
+        lora: Optional[bool] = typer.Option(None, "--lora/--no-lora"),
+        seed: Optional[int] = typer.Option(None, "--seed"),
+        device: Optional[str] = typer.Option(None, "--device"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:

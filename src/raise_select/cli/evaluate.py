@@ -8,15 +8,19 @@ from typing import List, Optional
 import typer
 
 from .common import ConfigOption, SetOption, handle_errors, setup_logging
+from .fields import ConfigOptions
 
 ORDER = 60
 
+# Option help comes from the fields of the config class.
+OPTIONS = ConfigOptions("raise_select.evaluation.evaluate:EvaluateConfig")
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("evaluate")
+    @app.command("evaluate", cls=OPTIONS.command)
     @handle_errors
     def evaluate_cmd(
-        model: Optional[str] = typer.Option(None, "--model", help="Model folder (full model or LoRA adapter) or hub id."),
+        model: Optional[str] = typer.Option(None, "--model"),
         tasks: Optional[str] = typer.Option(
             None, "--tasks",
             help="Comma-separated tasks: mmlu, arc_challenge, commonsenseqa, gsm8k, mathqa, mmlu_college_mathematics "
@@ -25,12 +29,12 @@ def register(app: typer.Typer) -> None:
         data_dir: Optional[Path] = typer.Option(
             None, "--data-dir", help="Folder with the original task files (e.g. ../shared/data); omit to use lm-eval's hub tasks."
         ),
-        num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="In-context examples per item (default 0)."),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task (quick checks)."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="lm-eval batch size (default 8)."),
-        device: Optional[str] = typer.Option(None, "--device", help="Torch device (default: cuda when available, else cpu)."),
-        max_length: Optional[int] = typer.Option(None, "--max-length", help="Context length of the harness (default 512, as in the paper)."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder for metrics.json and results.md (default results/)."),
+        num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot"),
+        limit: Optional[int] = typer.Option(None, "--limit"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+        device: Optional[str] = typer.Option(None, "--device"),
+        max_length: Optional[int] = typer.Option(None, "--max-length"),
+        out: Optional[Path] = typer.Option(None, "--out"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:

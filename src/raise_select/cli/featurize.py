@@ -8,31 +8,35 @@ from typing import List, Optional
 import typer
 
 from .common import ConfigOption, SetOption, handle_errors, setup_logging
+from .fields import ConfigOptions
 
 ORDER = 10
 
+# Option help comes from the fields of the config class.
+OPTIONS = ConfigOptions("raise_select.features.featurize:FeaturizeConfig")
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("featurize")
+    @app.command("featurize", cls=OPTIONS.command)
     @handle_errors
     def featurize_cmd(
-        pool: Optional[str] = typer.Option(None, "--pool", help="Pool file, folder or `datasets` name."),
-        format: Optional[str] = typer.Option(None, "--format", help="Pool format: alpaca, sharegpt or messages (default: detected)."),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Featurize only the first N examples of the pool."),
-        model: Optional[str] = typer.Option(None, "--model", help="Auxiliary causal LM: hub id or local folder."),
-        out: Optional[str] = typer.Option(None, "--out", help="Output folder for features.parquet, meta.json and shards/."),
-        template: Optional[str] = typer.Option(None, "--template", help="Prompt template: alpaca (default) or chat (the tokenizer's chat template)."),
-        max_length: Optional[int] = typer.Option(None, "--max-length", help="Max tokens per example (default 512); the prompt is cut from the left first."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Token sequences per forward pass, two per example (default: 8 on CPU, 32 on GPU)."),
-        sem_dim: Optional[int] = typer.Option(None, "--sem-dim", help="Size of the semantic state d_sem (default 32)."),
-        sem_pool: Optional[str] = typer.Option(None, "--sem-pool", help="Reduce the embedding to d_sem by 'mean' (adaptive average pooling, default) or 'pca'."),
-        embed_model: Optional[str] = typer.Option(None, "--embed-model", help="sentence-transformers model (name or folder) to embed with instead of the LM's hidden states."),
-        classes: Optional[int] = typer.Option(None, "--classes", help="K-means classes C for the diversity constraint (default 8)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of K-means and of the PCA sample (default 0)."),
-        shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Examples per shard file; an interruption loses at most one (default 2048)."),
-        trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code/--no-trust-remote-code", help="Run code shipped with a hub model (off by default)."),
-        dtype: Optional[str] = typer.Option(None, "--dtype", help="Model dtype: float32 (default), bfloat16, float16 or auto."),
-        device: Optional[str] = typer.Option(None, "--device", help="Device (cpu, cuda, cuda:1); default: this process's accelerate device."),
+        pool: Optional[str] = typer.Option(None, "--pool"),
+        format: Optional[str] = typer.Option(None, "--format"),
+        limit: Optional[int] = typer.Option(None, "--limit"),
+        model: Optional[str] = typer.Option(None, "--model"),
+        out: Optional[str] = typer.Option(None, "--out"),
+        template: Optional[str] = typer.Option(None, "--template"),
+        max_length: Optional[int] = typer.Option(None, "--max-length"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+        sem_dim: Optional[int] = typer.Option(None, "--sem-dim"),
+        sem_pool: Optional[str] = typer.Option(None, "--sem-pool"),
+        embed_model: Optional[str] = typer.Option(None, "--embed-model"),
+        classes: Optional[int] = typer.Option(None, "--classes"),
+        seed: Optional[int] = typer.Option(None, "--seed"),
+        shard_size: Optional[int] = typer.Option(None, "--shard-size"),
+        trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code/--no-trust-remote-code"),
+        dtype: Optional[str] = typer.Option(None, "--dtype"),
+        device: Optional[str] = typer.Option(None, "--device"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:

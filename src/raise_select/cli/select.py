@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from .common import ConfigOption, SetOption, handle_errors
+from .fields import ConfigOptions
 
 ORDER = 40
+
+# Option help comes from the fields of the config class.
+OPTIONS = ConfigOptions("raise_select.cli.select:SelectConfig")
 
 
 @dataclass
 class SelectConfig:
     """Export a run's chosen instructions."""
 
-    run: str = ""                 # run folder of finetune/train-policy, or its selections.jsonl
-    out: str = ""                 # output file: chosen.jsonl (one record per line) or chosen.json (an array)
-    pool: Optional[str] = None    # pool the run used; default: `pool` in the run's config.yaml
-    format: Optional[str] = None  # output format (alpaca, sharegpt, messages); default: the pool's own
-    include_random: bool = True   # count the steps chosen at random between policy steps (--select-every)
-    round: Optional[int] = None   # train-policy run: the round whose choices to export (default: the last)
+    run: str = field(default="", metadata={"help": "run folder of finetune/train-policy, or its selections.jsonl"})
+    out: str = field(default="", metadata={"help": "output file: chosen.jsonl (one record per line) or chosen.json (an array)"})
+    pool: Optional[str] = field(default=None, metadata={"help": "pool the run used; default: `pool` in the run's config.yaml"})
+    format: Optional[str] = field(default=None, metadata={"help": "output format (alpaca, sharegpt, messages); default: the pool's own"})
+    include_random: bool = field(default=True, metadata={"help": "count the steps chosen at random between policy steps (--select-every)"})
+    round: Optional[int] = field(default=None, metadata={"help": "train-policy run: the round whose choices to export (default: the last)"})
 
 
 def run_pool(cfg: SelectConfig) -> str:
@@ -46,12 +50,12 @@ def run_pool(cfg: SelectConfig) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("select")
+    @app.command("select", cls=OPTIONS.command)
     @handle_errors
     def select(
-        run: Optional[str] = typer.Option(None, "--run", help="Run folder written by finetune or train-policy (or one of its selection logs)."),
-        out: Optional[str] = typer.Option(None, "--out", help="Output file: .jsonl (one record per line) or .json (an array)."),
-        pool: Optional[str] = typer.Option(None, "--pool", help="Pool the run used (default: the pool in the run's config.yaml)."),
+        run: Optional[str] = typer.Option(None, "--run"),
+        out: Optional[str] = typer.Option(None, "--out"),
+        pool: Optional[str] = typer.Option(None, "--pool"),
         fmt: Optional[str] = typer.Option(None, "--format", help="Output format: alpaca, sharegpt or messages (default: the pool's)."),
         include_random: Optional[bool] = typer.Option(
             None, "--include-random/--policy-only",

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
     @app.command("study")
     @handle_errors
     def study_cmd(
-        config: Path = typer.Argument(..., help="Study YAML: a `study:` section (pool, model, val, tasks, budget, methods, ...) "
+        config: Path = typer.Argument(..., help="Study YAML (or a shipped config's name, e.g. study_alpaca_cpu): a `study:` section (pool, model, val, tasks, budget, methods, ...) "
                                       "plus one section per method for its options."),
         out: Optional[Path] = typer.Option(None, "--out", help="Study folder (default: the config's `out`)."),
         overrides: Optional[List[str]] = SetOption,

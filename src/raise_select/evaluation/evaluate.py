@@ -40,18 +40,18 @@ _SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_spli
 class EvaluateConfig:
     """`raise-select evaluate`: lm-evaluation-harness on one model."""
 
-    model: str = ""                     # model folder (full model or LoRA adapter) or hub id
-    tasks: list[str] = field(default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"])  # Table 1's tasks
-    data_dir: str | None = None         # folder with the original files (../shared/data layout); None: lm-eval's hub tasks
-    num_fewshot: int = 0                # in-context examples per item
-    limit: int | None = None            # score only the first N items of each task (quick checks)
-    batch_size: int = 8                 # lm-eval batch size
-    device: str | None = None           # torch device; default cuda when available, else cpu
-    dtype: str = "float32"              # model weights dtype (float32, bfloat16, float16, auto)
-    max_length: int = 512               # context length of the harness (appendix A.2)
-    max_gen_toks: int = 256             # generation budget of generate_until tasks (GSM8K)
-    seed: int = 0                       # lm-eval's python/numpy/torch/few-shot seeds
-    out: str = "results"                # output folder
+    model: str = field(default="", metadata={"help": "model folder (full model or LoRA adapter) or hub id"})
+    tasks: list[str] = field(default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"], metadata={"help": "evaluation tasks (default: those of Table 1)"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder with the original files (../shared/data layout); None: lm-eval's hub tasks"})
+    num_fewshot: int = field(default=0, metadata={"help": "in-context examples per item"})
+    limit: int | None = field(default=None, metadata={"help": "score only the first N items of each task (quick checks)"})
+    batch_size: int = field(default=8, metadata={"help": "lm-eval batch size"})
+    device: str | None = field(default=None, metadata={"help": "torch device; none: cuda when available, else cpu"})
+    dtype: str = field(default="float32", metadata={"help": "model weights dtype (float32, bfloat16, float16, auto)"})
+    max_length: int = field(default=512, metadata={"help": "context length of the harness (appendix A.2)"})
+    max_gen_toks: int = field(default=256, metadata={"help": "generation budget of generate_until tasks (GSM8K)"})
+    seed: int = field(default=0, metadata={"help": "lm-eval's python/numpy/torch/few-shot seeds"})
+    out: str = field(default="results", metadata={"help": "output folder"})
 
 
 def available_tasks() -> list[str]:

@@ -22,7 +22,7 @@ import hashlib
 import importlib.metadata
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -45,23 +45,23 @@ FORMAT_VERSION = 1  # bump when the computation changes, so old outputs are reco
 
 @dataclass
 class FeaturizeConfig:
-    pool: Optional[str] = None         # pool file, folder or `datasets` name
-    format: Optional[str] = None       # alpaca | sharegpt | messages; None detects it
-    limit: Optional[int] = None        # featurize only the first N examples of the pool
-    model: Optional[str] = None        # auxiliary causal LM: hub id or local folder
-    out: Optional[str] = None          # output folder (features.parquet, meta.json, shards/)
-    template: str = "alpaca"           # prompt template: alpaca | chat (the tokenizer's)
-    max_length: int = 512              # tokens of [start] + prompt + response; the prompt is cut first
-    batch_size: Optional[int] = None   # token sequences per forward pass (two per example); None: 8 on CPU (fits the cache), 32 on GPU
-    sem_dim: int = 32                  # d_sem, size of the semantic state (paper: 32)
-    sem_pool: str = "mean"             # mean: adaptive average pooling of E(d); pca: scikit-learn PCA
-    embed_model: Optional[str] = None  # sentence-transformers model for E(d) instead of the LM's hidden states
-    classes: int = 8                   # C, K-means classes for the diversity constraint
-    seed: int = 0                      # seeds K-means and the PCA sample
-    shard_size: int = 2048             # examples per shard file (a crash loses at most one)
-    trust_remote_code: bool = False    # run code shipped with a hub model (off unless asked for)
-    dtype: str = "float32"             # float32 | bfloat16 | float16 | auto
-    device: Optional[str] = None       # cpu, cuda, cuda:1, ...; None: this process's accelerate device
+    pool: Optional[str] = field(default=None, metadata={"help": "instruction pool: file, folder or `datasets` name"})
+    format: Optional[str] = field(default=None, metadata={"help": "pool format: alpaca, sharegpt or messages; none: detected"})
+    limit: Optional[int] = field(default=None, metadata={"help": "featurize only the first N examples of the pool"})
+    model: Optional[str] = field(default=None, metadata={"help": "auxiliary causal LM: hub id or local folder"})
+    out: Optional[str] = field(default=None, metadata={"help": "output folder (features.parquet, meta.json, shards/)"})
+    template: str = field(default="alpaca", metadata={"help": "prompt template: alpaca or chat (the tokenizer's chat template)"})
+    max_length: int = field(default=512, metadata={"help": "tokens of [start] + prompt + response; the prompt is cut first"})
+    batch_size: Optional[int] = field(default=None, metadata={"help": "token sequences per forward pass (two per example); None: 8 on CPU (fits the cache), 32 on GPU"})
+    sem_dim: int = field(default=32, metadata={"help": "d_sem, size of the semantic state (paper: 32)"})
+    sem_pool: str = field(default="mean", metadata={"help": "mean: adaptive average pooling of E(d); pca: scikit-learn PCA"})
+    embed_model: Optional[str] = field(default=None, metadata={"help": "sentence-transformers model for E(d) instead of the LM's hidden states"})
+    classes: int = field(default=8, metadata={"help": "C, K-means classes for the diversity constraint"})
+    seed: int = field(default=0, metadata={"help": "seeds K-means and the PCA sample"})
+    shard_size: int = field(default=2048, metadata={"help": "examples per shard file (a crash loses at most one)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run code shipped with a hub model (off unless asked for)"})
+    dtype: str = field(default="float32", metadata={"help": "model weights dtype: float32, bfloat16, float16 or auto"})
+    device: Optional[str] = field(default=None, metadata={"help": "torch device (cpu, cuda, cuda:1, ...); none: this process's accelerate device"})
 
     def validate(self, need_pool: bool = True) -> None:
         for name in ("pool", "model", "out") if need_pool else ("model", "out"):

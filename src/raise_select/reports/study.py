@@ -57,33 +57,33 @@ _NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "out", "pool", "format", "po
 class StudyConfig(LMConfig):
     """`raise-select study`: the LLM settings are those of `LMConfig` (appendix A.2)."""
 
-    pool: str = ""                       # instruction pool: file, folder or `datasets` name
-    format: Optional[str] = None         # pool format (alpaca, sharegpt, messages); None: detected
-    pool_size: Optional[int] = None      # use a seeded random subsample of this many pool examples (CPU studies)
-    model: str = ""                      # base model M_0: hub id or folder
-    build_model: Optional[str] = None    # with no `model`: build a tiny Llama of this preset (test, 1m, 10m) at <out>/base_model
-    aux_model: str = ""                  # auxiliary LM of featurize; empty: the base model
-    val: str = "mmlu"                    # validation set of RAISE and LESS: a named set or a pool file/folder
-    val_size: Optional[int] = None       # use at most this many validation examples (seeded sample)
-    data_dir: Optional[str] = None       # original files of the named sets (validation and evaluation); None: the hub
-    tasks: list[str] = field(default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"])  # evaluation tasks
-    methods: list[str] = field(default_factory=lambda: ["random", "ifd", "deita", "alpagasus", "sspl", "less", RAISE])  # rows besides 0% and 100%
-    budget: float = 0.01                 # fraction of the pool (< 1) or number of examples (>= 1)
-    epochs: int = 3                      # static subsets are trained this many epochs (section 4.2)
-    batch_size: int = 8                  # training batch size B (RAISE: a multiple of `classes`)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # seeds of the random baseline (the paper's mean of 5)
-    full_steps: Optional[int] = None     # cap on the 100% row's update steps; None: `epochs` over the whole pool
-    classes: int = 8                     # featurize: K-means classes C of the diversity constraint
-    sem_dim: int = 32                    # featurize: d_sem
-    rounds: int = 20                     # RAISE: policy-training rounds K
-    select_every: int = 1                # RAISE: the policy chooses every M steps (appendix F)
-    metric: str = "neg_loss"             # RAISE: P(M) on the validation set
-    eval_limit: Optional[int] = None     # evaluate only the first N items of each task
-    num_fewshot: int = 0                 # evaluation: in-context examples per item
-    eval_batch_size: int = 8             # evaluation: lm-eval batch size
-    max_gen_toks: int = 256              # evaluation: generation budget of GSM8K
-    device: Optional[str] = None         # torch device; None: cuda when available
-    out: str = ""                        # study folder
+    pool: str = field(default="", metadata={"help": "instruction pool: file, folder or `datasets` name"})
+    format: Optional[str] = field(default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"})
+    pool_size: Optional[int] = field(default=None, metadata={"help": "use a seeded random subsample of this many pool examples (CPU studies)"})
+    model: str = field(default="", metadata={"help": "base model M_0: hub id or folder"})
+    build_model: Optional[str] = field(default=None, metadata={"help": "with no `model`: build a tiny Llama of this preset (test, 1m, 10m) at <out>/base_model"})
+    aux_model: str = field(default="", metadata={"help": "auxiliary LM of featurize; empty: the base model"})
+    val: str = field(default="mmlu", metadata={"help": "validation set of RAISE and LESS: a named set or a pool file/folder"})
+    val_size: Optional[int] = field(default=None, metadata={"help": "use at most this many validation examples (seeded sample)"})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "original files of the named sets (validation and evaluation); None: the hub"})
+    tasks: list[str] = field(default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"], metadata={"help": "evaluation tasks"})
+    methods: list[str] = field(default_factory=lambda: ["random", "ifd", "deita", "alpagasus", "sspl", "less", RAISE], metadata={"help": "rows besides 0% and 100%"})
+    budget: float = field(default=0.01, metadata={"help": "fraction of the pool (< 1) or number of examples (>= 1)"})
+    epochs: int = field(default=3, metadata={"help": "static subsets are trained this many epochs (section 4.2)"})
+    batch_size: int = field(default=8, metadata={"help": "training batch size B (RAISE: a multiple of `classes`)"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "seeds of the random baseline (the paper's mean of 5)"})
+    full_steps: Optional[int] = field(default=None, metadata={"help": "cap on the 100% row's update steps; None: `epochs` over the whole pool"})
+    classes: int = field(default=8, metadata={"help": "featurize: K-means classes C of the diversity constraint"})
+    sem_dim: int = field(default=32, metadata={"help": "featurize: d_sem"})
+    rounds: int = field(default=20, metadata={"help": "RAISE: policy-training rounds K"})
+    select_every: int = field(default=1, metadata={"help": "RAISE: the policy chooses every M steps (appendix F)"})
+    metric: str = field(default="neg_loss", metadata={"help": "RAISE: P(M) on the validation set"})
+    eval_limit: Optional[int] = field(default=None, metadata={"help": "evaluate only the first N items of each task"})
+    num_fewshot: int = field(default=0, metadata={"help": "evaluation: in-context examples per item"})
+    eval_batch_size: int = field(default=8, metadata={"help": "evaluation: lm-eval batch size"})
+    max_gen_toks: int = field(default=256, metadata={"help": "evaluation: generation budget of GSM8K"})
+    device: Optional[str] = field(default=None, metadata={"help": "torch device; None: cuda when available"})
+    out: str = field(default="", metadata={"help": "study folder"})
 
 
 @dataclass
