@@ -43,15 +43,17 @@ def candidate_sets(n: int, size: int, seed: int) -> Iterator[np.ndarray]:
 
 
 @torch.no_grad()
-def row_losses(model, encoded: Sequence, pad_id: int, batch_size: int = 16) -> torch.Tensor:
-    """(N,) mean response-token loss of each encoded row under `model` (eval mode for the pass,
-    the model's mode restored after). Rows are batched by length, so little is padding."""
+def row_losses(model, encoded: Sequence, pad_id: int, batch_size: int = 16, eval_mode: bool = True) -> torch.Tensor:
+    """(N,) mean response-token loss of each encoded row under `model`, without gradients (in
+    eval mode unless `eval_mode` is False; the model's mode is restored after). Rows are batched
+    by length, so little is padding."""
     from ..training.loop import collate
     from .lm import response_losses
 
     device = next(model.parameters()).device
     was_training = model.training
-    model.eval()
+    if eval_mode:
+        model.eval()
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     out = torch.zeros(len(encoded))
     try:

@@ -14,8 +14,8 @@ OATML/RHO-Loss, `src/curricula/selection_methods.py` `reducible_loss_selection`,
 2. At every step, from a candidate set of `candidates` x B rows (the reference's
    `percent_train: 0.1`, a tenth of the large batch kept, is `candidates: 10`), the B rows
    with the largest reducible loss = current training loss - IL are kept; the current loss is
-   taken without gradients in eval mode (the reference's default `selection_train_mode:
-   False`).
+   taken without gradients with the model in training mode (the reference's default
+   `selection_train_mode: True`; it matters only for models with dropout).
 The paper's IL model may be a smaller model; the reference's precomputed-loss path used here
 is its default ("much faster"). The irreducible losses are computed under the same prompt
 template and truncation as training.
@@ -80,7 +80,8 @@ class RHOLoss(OnlineSelector):
         return info
 
     def choose(self, trainer, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        current = row_losses(trainer.unwrapped, [trainer.encode(int(i)) for i in rows], trainer.tokenizer.pad_token_id)
+        current = row_losses(trainer.unwrapped, [trainer.encode(int(i)) for i in rows], trainer.tokenizer.pad_token_id,
+                             eval_mode=False)
         scores = np.full(len(self._il), -np.inf)
         scores[rows] = reducible_loss(current.numpy(), self._il[rows])
         picks = top_k(scores, np.asarray(rows), k)
