@@ -250,6 +250,8 @@ FEATURE_CASES = [
     ("meta-classes-text", _meta({"classes": "three"}), ["meta.json, field 'classes'", "'three'"]),
     ("meta-corrupt", _corrupt_meta, ["meta.json: not valid JSON"]),
     ("negative-cluster", _negative_cluster, ["row 0, field 'cluster'", "negative class id"]),
+    ("made-at-512", _meta({"max_length": 512}),
+     ["meta.json, field 'max_length': the features were computed with max_length 512, this run uses --max-length 64"]),
 ]
 
 

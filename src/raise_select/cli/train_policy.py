@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         Every setting, the policy's included, can go in a `train_policy:` section of the --config file or in --set: `--set train_policy.policy.gamma=0.9` (or, for this command alone, `--set policy.gamma=0.9`). docs/settings.md lists them all.
         """
         from ..config import resolve
+        from ..features.table import check_same_encoding
         from ..io import check_output
         from ..training.train_policy import TrainPolicyConfig, train_policy
 
@@ -53,5 +54,7 @@ def register(app: typer.Typer) -> None:
         if cfg.out:
             check_output(cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
                                    "--val": cfg.val})
+        if cfg.features:
+            check_same_encoding(cfg.features, cfg.max_length, cfg.template)
         policy_dir = train_policy(cfg)
         typer.echo(f"policy saved to {policy_dir}; metrics, selections and plots in {cfg.out}")

@@ -161,6 +161,24 @@ class FeatureTable:
         return cls(ids=ids, columns=columns, sem=sem, cluster=cluster, meta=meta)
 
 
+def check_same_encoding(features: str | Path, max_length: int, template: str, flag: str = "--max-length") -> None:
+    """Refuse training on token sequences other than those the features describe: the policy's
+    length and log-probability inputs come from featurize's `max_length` and `template`, and a
+    shorter training limit would truncate rows silently (counted nowhere)."""
+    path = Path(features)
+    folder = path.parent if path.name == "features.parquet" else path
+    meta = _read_meta(folder / "meta.json")
+    made = {"max_length": meta.get("max_length"), "template": meta.get("template")}
+    now = {"max_length": max_length, "template": template}
+    differ = [k for k in made if made[k] is not None and made[k] != now[k]]
+    if differ:
+        k = differ[0]
+        option = flag if k == "max_length" else "--template"
+        raise UserError(f"{folder / 'meta.json'}, field '{k}': the features were computed with {k} {made[k]}, this run "
+                        f"uses {option} {now[k]}; the policy would read features of other token sequences than the ones "
+                        f"trained on: pass {option} {made[k]}, or featurize again with {option} {now[k]}")
+
+
 # No token count, log-probability or hidden-state value comes near this; a larger one is a
 # corrupted file, and would overflow the state normalisation (squares in float32).
 MAX_ABS_FEATURE = 1e15
