@@ -71,11 +71,11 @@ def scored_linears(model: torch.nn.Module, last_layers: int) -> list[tuple[str, 
         raise UserError("greats: the model has no trainable linear layer")
     if last_layers <= 0 or any("lora_" in n for n, _ in linears):
         return linears
-    blocks = sorted({int(m.group(1)) for n, _ in linears if (m := _LAYER.search(n))})
+    blocks = sorted({int(hit.group(1)) for n, _ in linears if (hit := _LAYER.search(n))})
     if not blocks:
         raise UserError("greats: no decoder blocks ('layers.<i>.') found in the model; set greats.last_layers=0")
     keep = set(blocks[-last_layers:])
-    return [(n, m) for n, m in linears if (m2 := _LAYER.search(n)) and int(m2.group(1)) in keep]
+    return [(n, m) for n, m in linears if (hit := _LAYER.search(n)) and int(hit.group(1)) in keep]
 
 
 def layer_gram(a: torch.Tensor, b: torch.Tensor, bias: bool, ghost: bool | None = None) -> torch.Tensor:
