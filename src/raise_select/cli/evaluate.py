@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
             "out": str(out) if out else None,
         }
         cfg = resolve(EvaluateConfig, "evaluate", config, overrides, flags)
-        check_output(cfg.out, {"--model": cfg.model, "--data-dir": cfg.data_dir})
+        check_output(cfg.out, {"--model": cfg.model})
         setup_logging(Path(cfg.out), name="evaluate.log")
         scores = evaluate(cfg)
         typer.echo(results_markdown(cfg.model, scores))

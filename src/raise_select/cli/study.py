@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         cfg = resolve(StudyConfig, "study", config, overrides, {"out": str(out) if out else None})
         if cfg.out:
             check_output(cfg.out, {"pool": cfg.pool, "model": cfg.model, "aux_model": cfg.aux_model, "val": cfg.val,
-                                   "data_dir": cfg.data_dir, "config": config})
+                                   "config": config})
             setup_logging(Path(cfg.out), name="study.log")
         start = time.perf_counter()
         result = run_study(cfg, method_sections(config, overrides, cfg.methods))

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import yaml
 
+from ..config import check_fields
 from ..data.benchmarks import BENCHMARKS, get_benchmark, load_docs
 from ..errors import UserError
 from ..io import write_json_atomic, write_text_atomic
@@ -52,6 +53,22 @@ class EvaluateConfig:
     max_gen_toks: int = field(default=256, metadata={"help": "generation budget of generate_until tasks (GSM8K)"})
     seed: int = field(default=0, metadata={"help": "lm-eval's python/numpy/torch/few-shot seeds"})
     out: str = field(default="results", metadata={"help": "output folder"})
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        check_fields(self, [
+            (self.limit is None or self.limit >= 1, "limit", "must be >= 1; leave it out to score every item"),
+            (self.num_fewshot >= 0, "num_fewshot", "must be >= 0"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.max_length >= MIN_CONTEXT, "max_length", f"must be >= {MIN_CONTEXT}: a question and its answer need room"),
+            (self.max_gen_toks >= 1, "max_gen_toks", "must be >= 1"),
+        ], "evaluate")
+
+
+# Below this many tokens of context the harness scores truncated fragments, not questions.
+MIN_CONTEXT = 16
 
 
 def available_tasks() -> list[str]:
