@@ -82,6 +82,44 @@ def test_train_policy_writes_the_run_folder(finished_run):
         assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_reference_episode_and_step_baseline(finished_run):
+    """A random-batch reference episode runs once before round 0; every round is shown against
+    it; the step baseline is the running mean of the reference's and the rounds' rewards."""
+    cfg, policy_dir = finished_run
+    metrics = read_jsonl(policy_dir.parent / "metrics.jsonl")
+    ref = [m for m in metrics if m["kind"] == "reference"]
+    assert len(ref) == 1 and len(ref[0]["rewards"]) == 3
+    assert ref[0]["return"] == pytest.approx(ref[0]["final_P"] - ref[0]["P0"], abs=1e-6)
+    assert sum(ref[0]["rewards"]) == pytest.approx(ref[0]["return"], abs=1e-6)
+    rounds = [m for m in metrics if m["kind"] == "round"]
+    per_round = [[m["reward"] for m in metrics if m["kind"] == "step" and m["round"] == k] for k in range(2)]
+    for m in rounds:
+        assert m["reference_return"] == ref[0]["return"]
+        assert m["vs_reference"] == pytest.approx(m["return"] - ref[0]["return"])
+        assert m["cost_phi"] > 0 and m["selection"]["slots"] == 3 * CLASSES
+    meta = json.loads((policy_dir / "policy.json").read_text())
+    expected = [sum(x) / 3 for x in zip(ref[0]["rewards"], *per_round)]
+    assert meta["step_baseline"] == pytest.approx(expected, abs=1e-9) and meta["baseline_episodes"] == 3
+
+
+def test_finetune_sample_rule_and_compare_random(finished_run, setup, tmp_path):
+    _, policy_dir = finished_run
+    _, base = setup
+    common = dict(policy=str(policy_dir), pool=base.pool, features=base.features, model=base.model, val=base.val,
+                  steps=3, lr=1e-3, max_length=64)
+    finetune(FinetuneConfig(**common, out=str(tmp_path / "a"), use_rule="sample", compare_random=True))
+    finetune(FinetuneConfig(**common, out=str(tmp_path / "b"), use_rule="sample"))
+    a = read_jsonl(tmp_path / "a" / "selections.jsonl")
+    assert a == read_jsonl(tmp_path / "b" / "selections.jsonl")          # one seed, one selection
+    summary = next(m for m in read_jsonl(tmp_path / "a" / "metrics.jsonl") if m["kind"] == "finetune")
+    assert summary["use_rule"] == "sample" and isinstance(summary["random_final_P"], float)
+    flat = [i for s in a for i in s["indices"]]
+    stats = summary["selection"]
+    assert stats["slots"] == len(flat) and stats["distinct"] == len(set(flat))
+    assert stats["max_times"] == max(flat.count(i) for i in set(flat))
+    assert stats["class_share"] == pytest.approx([1 / CLASSES] * CLASSES, abs=1e-4)   # b = 1 from each class
+
+
 def test_rewards_telescope_to_the_change_of_p(finished_run, setup):
     cfg, policy_dir = finished_run
     _, base = setup
@@ -127,7 +165,7 @@ def test_resume_reaches_the_uninterrupted_result(setup, tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("time", "cost_phi")} for m in ms]  # noqa: E731 (timings)
     assert strip(read_jsonl(tmp_path / "straight" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
     with pytest.raises(UserError, match="different settings"):
         train_policy(replace(resumed, rounds=4, lr=1e-2))
@@ -163,7 +201,7 @@ def test_invalid_settings_are_refused_before_training(setup, tmp_path, monkeypat
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     _refused(replace(base, out=out, metric="nan_metric:always"), "step 0")
-    with pytest.raises(UserError, match="round 0, step 2: validation performance P is nan"):
+    with pytest.raises(UserError, match=r"reference \(random batches\), step 2: validation performance P is nan"):
         train_policy(replace(base, out=str(tmp_path / "nan"), metric="nan_metric:later"))
 
 
@@ -173,7 +211,7 @@ def test_finetune_saves_a_loadable_model_and_top_b_selections(finished_run, setu
     cfg, policy_dir = finished_run
     _, base = setup
     ft = FinetuneConfig(policy=str(policy_dir), pool=base.pool, features=base.features, model=base.model, val=base.val,
-                        out=str(tmp_path / "ft"), steps=4, lr=1e-3, max_length=64)
+                        out=str(tmp_path / "ft"), steps=4, lr=1e-3, max_length=64, use_rule="topk")
     model_dir = finetune(ft)
     model, _ = load_model_and_tokenizer(str(model_dir))
     assert model.config.num_hidden_layers == 2

@@ -1,25 +1,28 @@
 """The built-in demo: the whole RAISE pipeline on generated data, nothing from outside.
 
-1. generate the pool (six task families, 30% broken responses) and a validation set of
-   the target family (`data.synthetic`);
+1. generate a testbed's pool and its validation set (`data.synthetic.TESTBEDS`; the demo's
+   own: six task families, 30% broken responses, validation on addition);
 2. build a tiny Llama M_0 and train its BPE tokenizer on the spot (`models.tiny`);
-3. featurize the pool with M_0 as the auxiliary model (`features.featurize`);
-4. per seed: train a policy (`training.train_policy`, 16 rounds), fine-tune M_0 with it
-   (`training.finetune`), and fine-tune M_0 on uniformly random batches (RAND) for the
-   same number of steps; optionally also on batches of clean target-family examples only
-   (PERFECT, the oracle the metadata allows: how much selection can gain here);
-5. print final validation loss and the share of chosen instructions that are clean and
-   on-target, per method (mean and std over seeds), and write `summary.json`.
+3. build the auxiliary model (M_0 trained for `auxiliary_steps` on a separate clean corpus
+   of the pool's families, the stand-in for the paper's strong instruct model; 0: M_0
+   itself) and featurize the pool with it (`features.featurize`);
+4. per seed: train a policy (`training.train_policy`), fine-tune M_0 with it
+   (`training.finetune`), and fine-tune M_0 for the same steps on uniformly random batches
+   (RAND), on batches of the clean on-target rows only (PERFECT, the oracle the metadata
+   allows: how much selection can gain here) and, with `ifd`, on the top IFD rows;
+5. print the final validation loss, the share of chosen instructions that are clean and
+   on-target, and the oracle-gain fraction (RAND - method) / (RAND - PERFECT) per method
+   (mean and std over seeds), and write `summary.json`.
 
 Run folder::
 
     <out>/config.yaml  run.log  summary.json
-    <out>/data/pool.jsonl  data/validation.jsonl
-    <out>/model/                     M_0 and its tokenizer
+    <out>/data/pool.jsonl  data/validation.jsonl  data/auxiliary.jsonl
+    <out>/model/  <out>/auxiliary/   M_0 and its tokenizer; the auxiliary model
     <out>/features/                  FeatureTable of the pool
     <out>/seed_<s>/policy/           train-policy run (resumable)
     <out>/seed_<s>/raise/            finetune run (selections.jsonl, metrics.jsonl, model/)
-    <out>/seed_<s>/rand/ .../perfect/  selections.jsonl, metrics.jsonl
+    <out>/seed_<s>/rand/ .../perfect/ .../ifd/  selections.jsonl, metrics.jsonl
 
 The LLM learning rate (3e-3) is not the paper's 2e-5: M_0 here is a randomly initialised
 ~50k-parameter model trained from scratch for 100 steps, where 2e-5 barely moves it
@@ -36,25 +39,25 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from .config import check_fields, to_dict
 from .data.pools import Pool, load_pool
-from .data.synthetic import SyntheticConfig, demo_texts, is_clean_on_target, write_demo_data
+from .data.synthetic import TESTBEDS, SyntheticConfig, demo_texts, generate_pool, is_clean_on_target, write_demo_data, write_jsonl
 from .io import append_jsonl, write_json_atomic, write_text_atomic
 from .policy.agent import PolicyConfig
 
 log = logging.getLogger(__name__)
 
-METHODS = ("raise", "rand", "perfect")
+METHODS = ("raise", "rand", "perfect", "ifd")
+NAMES = {"raise": "RAISE", "rand": "RAND", "perfect": "PERFECT (oracle)", "ifd": "IFD"}
 
 
 def demo_policy() -> PolicyConfig:
-    """The demo's policy section: b = 8, and 8 PPO epochs of 4 minibatches (the paper's K_2 is 4;
-    the README says why)."""
-    return PolicyConfig(per_class=8, ppo_epochs=8, minibatches=4)
+    """The demo's policy section: b = 8 (one class), the package defaults otherwise."""
+    return PolicyConfig(per_class=8)
 
 
 @dataclass
@@ -64,17 +67,19 @@ class DemoConfig:
     out: str = field(default="runs/demo", metadata={"help": "run folder; a re-run reuses data, model, features and finished policy rounds"})
     seeds: int = field(default=3, metadata={"help": "seeds per method (policy training, RAND batches)"})
     perfect: bool = field(default=True, metadata={"help": "also train on clean target-family batches only (the oracle)"})
+    ifd: bool = field(default=False, metadata={"help": "also train on the top-IFD rows (baselines.ifd, `ifd_budget` of the pool)"})
+    ifd_budget: float = field(default=0.1, metadata={"help": "share of the pool the IFD baseline keeps"})
     # data (data.synthetic)
-    pool_size: int = field(default=1200, metadata={"help": "generated pool records, split evenly over the families"})
-    noise: float = field(default=0.3, metadata={"help": "share of each family with a wrong, truncated or garbage response"})
-    target: str = field(default="add", metadata={"help": "family of the validation task"})
-    val_size: int = field(default=32, metadata={"help": "validation examples (clean, target family, inputs never in the pool)"})
+    testbed: str = field(default="demo", metadata={"help": "generated pool and validation task: " + ", ".join(TESTBEDS)})
+    pool_size: Optional[int] = field(default=None, metadata={"help": "generated pool records; none: the testbed's size"})
+    val_size: int = field(default=32, metadata={"help": "validation examples (clean, on-target, inputs never in the pool)"})
     data_seed: int = field(default=0, metadata={"help": "seed of the pool and the validation set"})
     # model and features
     preset: str = field(default="test", metadata={"help": "tiny Llama size (models.tiny.PRESETS)"})
     model_seed: int = field(default=0, metadata={"help": "seed of M_0's random weights"})
     classes: int = field(default=1, metadata={"help": "C: K-means classes of the diversity constraint"})
     sem_dim: int = field(default=16, metadata={"help": "d_sem of the semantic state"})
+    auxiliary_steps: int = field(default=300, metadata={"help": "updates of M_0 on a separate clean corpus of the pool's families to make the auxiliary (featurizing) model; 0: featurize with M_0"})
     max_length: int = field(default=96, metadata={"help": "tokens per example (the longest demo example is ~75)"})
     # LLM fine-tuning (same for every method; the batch is B = classes x policy.per_class)
     steps: int = field(default=100, metadata={"help": "T: updates per round and per fine-tuning run"})
@@ -92,6 +97,8 @@ class DemoConfig:
         _data_config(self).check()
         check_fields(self, [
             *((getattr(self, k) >= 1, k, "must be >= 1") for k in ("seeds", "steps", "rounds", "classes", "sem_dim")),
+            (self.auxiliary_steps >= 0, "auxiliary_steps", "must be >= 0"),
+            (0 < self.ifd_budget <= 1, "ifd_budget", "must lie in (0, 1]"),
             (self.max_length >= 2, "max_length", "must be >= 2"),
             (self.lr > 0, "lr", "must be > 0"),
             (self.preset in PRESETS, "preset", f"available: {', '.join(PRESETS)}"),
@@ -99,7 +106,7 @@ class DemoConfig:
 
 
 # `--quick`: the same pipeline, small enough for a test.
-QUICK = {"pool_size": 120, "val_size": 8, "steps": 4, "rounds": 2, "policy": {"per_class": 4}, "seeds": 2}
+QUICK = {"pool_size": 120, "val_size": 8, "steps": 4, "rounds": 2, "auxiliary_steps": 4, "policy": {"per_class": 4}, "seeds": 2}
 
 
 @dataclass
@@ -110,27 +117,51 @@ class MethodRun:
     seed: int
     val_loss: float            # -P(M_T) with P = -mean loss over validation response tokens
     clean_on_target: float     # share of (step, instruction) choices that are clean and of the target family
+    distinct: int              # distinct rows trained on
     seconds: float
 
 
 def _data_config(cfg: DemoConfig) -> SyntheticConfig:
-    return SyntheticConfig(size=cfg.pool_size, target=cfg.target, noise=cfg.noise, val_size=cfg.val_size, seed=cfg.data_seed)
+    if cfg.testbed not in TESTBEDS:
+        from .errors import UserError
+
+        raise UserError(f"demo: unknown testbed {cfg.testbed!r}; available: {', '.join(TESTBEDS)}")
+    base = TESTBEDS[cfg.testbed]
+    return dataclasses.replace(base, size=cfg.pool_size or base.size, val_size=cfg.val_size, seed=cfg.data_seed)
 
 
-def _selection_share(run_dir: Path, pool: Pool, target: str) -> float:
-    """Share of the (step, instruction) choices in `run_dir/selections.jsonl` that are clean and on-target."""
+def _auxiliary_corpus(data: SyntheticConfig) -> SyntheticConfig:
+    """Clean rows of the pool's families on other inputs than the pool's (another seed)."""
+    return SyntheticConfig(size=max(2 * data.size, 600), families=data.pool_families(), target=data.pool_families()[0],
+                           noise=0.0, val_size=1, seed=data.seed + 104_729)
+
+
+def _selection_share(run_dir: Path, pool: Pool, target: str) -> tuple[float, int]:
+    """Share of the (step, instruction) choices in `run_dir/selections.jsonl` that are clean and
+    on-target, and the number of distinct rows chosen."""
     from .training.export import read_selections
 
     by_id = {e.id: e.record for e in pool.examples}
-    chosen = [by_id[i] for rec in read_selections(run_dir / "selections.jsonl") for i in rec["ids"]]
-    return sum(is_clean_on_target(r, target) for r in chosen) / len(chosen)
+    ids = [i for rec in read_selections(run_dir / "selections.jsonl") for i in rec["ids"]]
+    return sum(is_clean_on_target(by_id[i], target) for i in ids) / len(ids), len(set(ids))
 
 
 def _train_on_batches(cfg: DemoConfig, pool: Pool, val, model_dir: Path, out: Path, seed: int,
                       rows: list[int]) -> float:
-    """Fine-tune M_0 on uniform batches from `rows` for `cfg.steps` steps; returns -P(M_T)."""
+    """Fine-tune M_0 on uniform batches from `rows` for `cfg.steps` steps; returns -P(M_T).
+
+    A finished run (its `final` metrics line) is reused, not repeated."""
+    import json
+
     from .training.loop import LMConfig, LMTrainer
     from .training.reward import Validator
+
+    done = out / "metrics.jsonl"
+    if done.is_file():
+        finals = [r for r in map(json.loads, done.read_text(encoding="utf-8").splitlines()) if r.get("kind") == "final"]
+        if finals:
+            return -finals[-1]["final_P"]
+        done.unlink()
 
     lm = LMConfig(lr=cfg.lr, max_length=cfg.max_length, seed=seed)
     trainer = LMTrainer(str(model_dir), pool, lm, total_steps=cfg.steps)
@@ -151,8 +182,9 @@ def _train_on_batches(cfg: DemoConfig, pool: Pool, val, model_dir: Path, out: Pa
     return -final_p
 
 
-def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int) -> float:
-    """Train a policy with `seed`, fine-tune M_0 with it; returns -P(M_T)."""
+def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int, run_dir: Path) -> float:
+    """Train a policy with `seed` into `run_dir/policy` (resumed when there), fine-tune M_0 with
+    it into `run_dir/raise`; returns -P(M_T)."""
     from .training.finetune import FinetuneConfig, finetune
     from .training.runs import RunFolder
     from .training.train_policy import TrainPolicyConfig, train_policy
@@ -160,7 +192,6 @@ def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int) -> float:
     common = dict(pool=str(paths["pool"]), features=str(paths["features"]), model=str(paths["model"]),
                   val=str(paths["val"]), steps=cfg.steps, lr=cfg.lr, max_length=cfg.max_length, seed=seed,
                   val_batch_size=cfg.val_size)
-    run_dir = paths["out"] / f"seed_{seed}"
     policy_dir = train_policy(TrainPolicyConfig(**common, out=str(run_dir / "policy"), rounds=cfg.rounds,
                                                 policy=dataclasses.replace(cfg.policy, seed=seed)))
     finetune(FinetuneConfig(**common, out=str(run_dir / "raise"), policy=str(policy_dir)))
@@ -169,20 +200,59 @@ def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int) -> float:
 
 
 def prepare(cfg: DemoConfig) -> dict[str, Path]:
-    """Steps 1-3: data, M_0 and its tokenizer, features (each reused when already there)."""
+    """Steps 1-3: data, M_0 and its tokenizer, the auxiliary model, features (each reused when already there)."""
+    from .data.pools import load_pool as _load
     from .features.featurize import FeaturizeConfig, featurize
     from .models.tiny import build_tiny_model
+    from .training.loop import LMConfig, train_on_schedule
 
     out = Path(cfg.out)
     data = _data_config(cfg)
     pool_path, val_path = write_demo_data(out / "data", data)
     model_dir = out / "model"
+    corpus = _auxiliary_corpus(data)
     if not (model_dir / "config.json").is_file():
-        build_tiny_model(model_dir, demo_texts(data), preset=cfg.preset, seed=cfg.model_seed)
-    featurize(FeaturizeConfig(pool=str(pool_path), model=str(model_dir), out=str(out / "features"),
+        build_tiny_model(model_dir, demo_texts(data) + demo_texts(corpus), preset=cfg.preset, seed=cfg.model_seed)
+    auxiliary = model_dir
+    if cfg.auxiliary_steps:
+        auxiliary = out / "auxiliary"
+        if not (auxiliary / "config.json").is_file():
+            corpus_path = write_jsonl(out / "data" / "auxiliary.jsonl", generate_pool(corpus))
+            corpus_pool = _load(corpus_path)
+            gen = torch.Generator().manual_seed(cfg.model_seed)
+            batches = [torch.randperm(len(corpus_pool), generator=gen)[:16].tolist() for _ in range(cfg.auxiliary_steps)]
+            train_on_schedule(str(model_dir), corpus_pool, batches, LMConfig(lr=cfg.lr, max_length=cfg.max_length,
+                                                                             seed=cfg.model_seed),
+                              auxiliary, total_steps=cfg.auxiliary_steps)
+    featurize(FeaturizeConfig(pool=str(pool_path), model=str(auxiliary), out=str(out / "features"),
                               max_length=cfg.max_length, sem_dim=cfg.sem_dim, classes=cfg.classes,
                               batch_size=64, seed=cfg.data_seed))
     return {"out": out, "pool": pool_path, "val": val_path, "model": model_dir, "features": out / "features"}
+
+
+def _ifd_rows(cfg: DemoConfig, paths: dict[str, Path], pool: Pool) -> list[int]:
+    """The IFD baseline's rows: `baselines.ifd` on the features, `ifd_budget` of the pool."""
+    import math
+
+    from .baselines.base import SelectionContext
+    from .baselines.ifd import IFD
+    from .features.table import FeatureTable
+
+    ctx = SelectionContext(features=FeatureTable.read(paths["features"]).align(pool.ids))
+    return IFD().select(pool, max(math.ceil(cfg.ifd_budget * len(pool)), cfg.classes * cfg.policy.per_class), ctx).indices
+
+
+def run_method(cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val, method: str, seed: int, seed_dir: Path,
+               rows: list[int] | None = None) -> MethodRun:
+    """One method and seed into `seed_dir/<method>`: raise (train a policy, fine-tune with it)
+    or uniform batches from `rows` (rand, perfect, ifd). Finished parts are reused."""
+    t0 = time.perf_counter()
+    if method == "raise":
+        loss = _raise_run(cfg, paths, seed, seed_dir)
+    else:
+        loss = _train_on_batches(cfg, pool, val, paths["model"], seed_dir / method, seed, rows)
+    share, distinct = _selection_share(seed_dir / method, pool, _data_config(cfg).target)
+    return MethodRun(method, seed, loss, share, distinct, time.perf_counter() - t0)
 
 
 def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = log.info) -> dict:
@@ -211,25 +281,19 @@ def _run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict:
     pool = load_pool(paths["pool"])
     val = load_pool(paths["val"]).examples
     rows_all = list(range(len(pool)))
-    rows_perfect = [i for i, e in enumerate(pool.examples) if is_clean_on_target(e.record, cfg.target)]
+    rows_perfect = [i for i, e in enumerate(pool.examples) if is_clean_on_target(e.record, _data_config(cfg).target)]
     progress(f"pool {len(pool)} instructions ({len(rows_perfect)} clean on-target), validation {len(val)}; "
              f"prepared in {time.perf_counter() - start:.0f}s")
 
+    rows = {"rand": rows_all, "perfect": rows_perfect, "ifd": _ifd_rows(cfg, paths, pool) if cfg.ifd else []}
+    methods = ["raise", "rand", *(["perfect"] if cfg.perfect else []), *(["ifd"] if cfg.ifd else [])]
     runs: list[MethodRun] = []
     for seed in range(cfg.seeds):
-        seed_dir = out / f"seed_{seed}"
-        jobs = [("raise", lambda: _raise_run(cfg, paths, seed)),
-                ("rand", lambda: _train_on_batches(cfg, pool, val, paths["model"], seed_dir / "rand", seed, rows_all))]
-        if cfg.perfect:
-            jobs.append(("perfect", lambda: _train_on_batches(cfg, pool, val, paths["model"], seed_dir / "perfect",
-                                                              seed, rows_perfect)))
-        for method, job in jobs:
-            t0 = time.perf_counter()
-            loss = job()
-            share = _selection_share(seed_dir / method, pool, cfg.target)
-            runs.append(MethodRun(method, seed, loss, share, time.perf_counter() - t0))
-            progress(f"seed {seed} {method:>7}: validation loss {loss:.4f}, clean on-target {share:.1%} "
-                     f"({runs[-1].seconds:.0f}s)")
+        for method in methods:
+            runs.append(run_method(cfg, paths, pool, val, method, seed, out / f"seed_{seed}", rows.get(method)))
+            r = runs[-1]
+            progress(f"seed {seed} {method:>7}: validation loss {r.val_loss:.4f}, clean on-target "
+                     f"{r.clean_on_target:.1%}, {r.distinct} distinct rows ({r.seconds:.0f}s)")
     summary = summarize(cfg, runs, time.perf_counter() - start, pool_share=len(rows_perfect) / len(pool))
     write_json_atomic(out / "summary.json", summary)
     return summary
@@ -239,7 +303,16 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def oracle_gain(method_loss: float, rand_loss: float, perfect_loss: float) -> float:
+    """Share of the perfect selection's gain over random batches that a method recovers:
+    (RAND - method) / (RAND - PERFECT) on the final validation loss (1: as good as the
+    oracle, 0: as random, < 0: worse than random). NaN when the oracle gains nothing."""
+    gap = rand_loss - perfect_loss
+    return (rand_loss - method_loss) / gap if gap > 0 else float("nan")
+
+
 def summarize(cfg: DemoConfig, runs: list[MethodRun], seconds: float, pool_share: float) -> dict:
+    by = {(r.method, r.seed): r for r in runs}
     methods = {}
     for method in METHODS:
         mine = [r for r in runs if r.method == method]
@@ -247,14 +320,23 @@ def summarize(cfg: DemoConfig, runs: list[MethodRun], seconds: float, pool_share
             continue
         loss_mean, loss_std = _mean_std([r.val_loss for r in mine])
         share_mean, share_std = _mean_std([r.clean_on_target for r in mine])
-        methods[method] = {
+        entry = {
             "per_seed": [dataclasses.asdict(r) for r in mine],
             "val_loss_mean": loss_mean, "val_loss_std": loss_std,
             "clean_on_target_mean": share_mean, "clean_on_target_std": share_std,
+            "distinct_mean": statistics.fmean(r.distinct for r in mine),
         }
+        if all(("rand", r.seed) in by and ("perfect", r.seed) in by for r in mine):
+            gains = [oracle_gain(r.val_loss, by["rand", r.seed].val_loss, by["perfect", r.seed].val_loss) for r in mine]
+            entry["oracle_gain_per_seed"] = gains
+            entry["oracle_gain_mean"], entry["oracle_gain_std"] = _mean_std(gains)
+        methods[method] = entry
+    raise_seeds = [r for r in runs if r.method == "raise"]
     return {
         "methods": methods,
         "raise_beats_rand": methods["raise"]["val_loss_mean"] < methods["rand"]["val_loss_mean"],
+        "raise_beats_rand_seeds": sum(r.val_loss < by["rand", r.seed].val_loss for r in raise_seeds),
+        "testbed": cfg.testbed,
         "pool_clean_on_target": pool_share,
         "steps": cfg.steps,
         "batch_size": cfg.classes * cfg.policy.per_class,
@@ -264,10 +346,11 @@ def summarize(cfg: DemoConfig, runs: list[MethodRun], seconds: float, pool_share
 
 
 def format_table(summary: dict) -> str:
-    """The demo's result table (Markdown)."""
-    names = {"raise": "RAISE", "rand": "RAND", "perfect": "PERFECT (oracle)"}
-    lines = ["| method | final validation loss | clean & on-target chosen |", "|---|---|---|"]
+    """The demo's result table (Markdown): mean ± std over seeds."""
+    lines = ["| method | final validation loss | oracle gain | clean & on-target chosen | distinct rows |",
+             "|---|---|---|---|---|"]
     for method, m in summary["methods"].items():
-        lines.append(f"| {names[method]} | {m['val_loss_mean']:.3f} ± {m['val_loss_std']:.3f} | "
-                     f"{m['clean_on_target_mean']:.1%} ± {m['clean_on_target_std']:.1%} |")
+        gain = (f"{m['oracle_gain_mean']:.0%} ± {m['oracle_gain_std']:.0%}" if "oracle_gain_mean" in m else "")
+        lines.append(f"| {NAMES[method]} | {m['val_loss_mean']:.3f} ± {m['val_loss_std']:.3f} | {gain} | "
+                     f"{m['clean_on_target_mean']:.1%} ± {m['clean_on_target_std']:.1%} | {m['distinct_mean']:.0f} |")
     return "\n".join(lines)

@@ -38,17 +38,22 @@ def register(app: typer.Typer) -> None:
         lora: Optional[bool] = typer.Option(None, "--lora/--no-lora"),
         tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard"),
         seed: Optional[int] = typer.Option(None, "--seed"),
+        use_rule: Optional[str] = typer.Option(None, "--use-rule"),
+        compare_random: Optional[bool] = typer.Option(None, "--compare-random/--no-compare-random"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
-        """Fine-tune with a trained policy (top-b per class at every policy step); save the model and the selection log."""
+        """Fine-tune with a trained policy choosing every policy step's batch; save the model and the selection log."""
         from ..config import resolve
+        from ..features.table import check_same_encoding
         from ..io import check_output
         from ..training.finetune import FinetuneConfig, finetune
 
         cfg = resolve(FinetuneConfig, "finetune", config, overrides, OPTIONS.flags(locals()))
         if cfg.out:
             check_output(cfg.out, {"--policy": cfg.policy, "--pool": cfg.pool, "--features": cfg.features,
-                                   "--model": cfg.model, "--val": cfg.val, "--data-dir": cfg.data_dir})
+                                   "--model": cfg.model, "--val": cfg.val})
+        if cfg.features:
+            check_same_encoding(cfg.features, cfg.max_length, cfg.template)
         model_dir = finetune(cfg)
         typer.echo(f"model saved to {model_dir}; selection log {Path(cfg.out) / 'selections.jsonl'}")

@@ -16,11 +16,11 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
 from ..config import check_fields
 from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
+from ..progress import progress_bar
 from .acquisition import CRITIC_FEATURES, AcquisitionMLP, Critic, critic_features
 from .buffer import RolloutBuffer
 from .ppo import actor_loss, class_entropy, class_log_softmax, critic_loss, gae
@@ -28,6 +28,8 @@ from .selection import select_per_class
 from .state import Normalizer, StaticState
 
 POLICY_FORMAT = 1
+# The paper's literal form of the settings we depart from (everything else already is).
+PAPER = {"gamma": 0.99, "ratio": "product", "advantage": "gae", "target_kl": 0.0, "use_rule": "topk"}
 RATIOS = ("product", "per_item")
 ADVANTAGES = ("gae", "step_baseline")
 USE_RULES = ("topk", "sample")
@@ -35,7 +37,12 @@ USE_RULES = ("topk", "sample")
 
 @dataclass
 class PolicyConfig:
-    """Selection policy and PPO settings (defaults: appendix A.2 of the paper where it gives one).
+    """Selection policy and PPO settings.
+
+    Defaults follow appendix A.2 of the paper except four named departures, measured in
+    docs/policy.md: gamma 0 (paper 0.99), ratio per_item (paper product, eq. 11), advantage
+    step_baseline (paper gae) and use_rule sample (paper topk). `PAPER` holds the paper's
+    literal values (`configs/policy_paper.yaml`).
 
     The jobs that train a policy (train-policy, demo, the study's RAISE cells) hold one as
     their `policy:` section; a field added here reaches their YAML, `--set` and the settings
@@ -43,7 +50,7 @@ class PolicyConfig:
     """
 
     hidden: int = field(default=64, metadata={"help": "width of the actor's and critic's hidden layers"})
-    gamma: float = field(default=0.99, metadata={"help": "discount factor of GAE (eq. 7-8)"})
+    gamma: float = field(default=0.0, metadata={"help": "discount factor of the advantage (eq. 7-8); the paper's 0.99 credits a batch with every later step's reward, 0 with its own"})
     lam: float = field(default=1.0, metadata={"help": "GAE lambda (eq. 8)"})
     clip: float = field(default=0.2, metadata={"help": "PPO clipping epsilon (eq. 12)"})
     actor_lr: float = field(default=1e-1, metadata={"help": "AdamW learning rate of the actor F_theta (scaled per layer by 1/sqrt(fan_in))"})
@@ -55,10 +62,10 @@ class PolicyConfig:
     minibatches: int = field(default=1, metadata={"help": "optimizer steps per epoch: the round's steps are shuffled into this many groups"})
     normalize_advantages: bool = field(default=True, metadata={"help": "standardise a round's advantages before eq. 12 (rewards are tiny validation deltas)"})
     # Departures from the paper (docs/policy.md has the measured ablation); the paper's form in brackets.
-    ratio: str = field(default="product", metadata={"help": "importance ratio: product of the B class probabilities [eq. 11] or per_item (each chosen row its own clipped ratio)"})
-    advantage: str = field(default="gae", metadata={"help": "gae [eq. 7-9, critic V_phi as baseline] or step_baseline (reward minus the mean reward at the same step of earlier episodes)"})
+    ratio: str = field(default="per_item", metadata={"help": "importance ratio: product of the B class probabilities [eq. 11] or per_item (each chosen row its own clipped ratio)"})
+    advantage: str = field(default="step_baseline", metadata={"help": "gae [eq. 7-9, critic V_phi as baseline] or step_baseline (reward minus the mean reward at the same step of earlier episodes)"})
     target_kl: float = field(default=0.0, metadata={"help": "stop a round's PPO epochs once the approximate KL per chosen row exceeds this (0 = never [paper])"})
-    use_rule: str = field(default="topk", metadata={"help": "use time: topk [Algorithm 1] or sample (draw from the class softmax, as in rollouts)"})
+    use_rule: str = field(default="sample", metadata={"help": "use time: topk [Algorithm 1] or sample (draw from the class softmax, as in rollouts)"})
 
     def __post_init__(self) -> None:
         self.check()
@@ -163,6 +170,10 @@ class RaisePolicy:
             generator: torch.Generator | None = None) -> Action:
         """Choose a batch: explore=True samples within each class (rollouts), False takes the top-b (use time)."""
         scores = self.scores(perf_prev, progress, counts)
+        if not bool(torch.isfinite(scores).all()):
+            bad = torch.flatnonzero(~torch.isfinite(scores))
+            raise UserError(f"the policy's scores of {len(bad)} instruction(s) are not finite (first: pool row "
+                            f"{int(bad[0])}, P_prev = {perf_prev}); the policy weights or the state diverged")
         idx = select_per_class(scores, self.static.classes, self.static.num_classes, self.cfg.per_class,
                                sample=explore, generator=generator)
         item_log_prob = class_log_softmax(scores, self.static.classes, self.static.num_classes)[idx].double()
@@ -219,8 +230,9 @@ class RaisePolicy:
         rows); per_item gives every chosen row its own clipped ratio with the step's
         advantage, so one row far from its old probability does not clip the whole step.
         With target_kl > 0 the epochs stop once the mean approximate KL per chosen row
-        (E[(r - 1) - log r]) of an epoch exceeds it. With advantage = step_baseline the
-        round's rewards are folded into the step baseline after the update.
+        (E[(r - 1) - log r]) of an epoch exceeds it. The round's rewards are then folded into
+        the step baseline (whatever the advantage form: it is also the record of the mean
+        reward per step).
         """
         steps = len(buffer)
         if steps == 0:
@@ -245,7 +257,7 @@ class RaisePolicy:
         actor_losses, critic_losses, entropies = [], [], []
         epochs_done, epoch_kl, epoch_clipped = 0, [], []
         # A bar only when the update is long (large pools): about 1e8 row-passes and more.
-        bar = tqdm(total=cfg.ppo_epochs * steps, desc="PPO update", unit="step", leave=False,
+        bar = progress_bar(total=cfg.ppo_epochs * steps, desc="PPO update", unit="step", leave=False,
                    disable=cfg.ppo_epochs * steps * n < 100_000_000)
         for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(steps, generator=order_gen) if cfg.minibatches > 1 else torch.arange(steps)
@@ -289,8 +301,7 @@ class RaisePolicy:
                 break
         bar.close()
         final_kl = self._kl_now(buffer, stage, data)
-        if cfg.advantage == "step_baseline":
-            self.observe_episode(buffer.reward)
+        self.observe_episode(buffer.reward)
         self.updates += 1
         self._projection = None
         return {
@@ -328,6 +339,8 @@ class RaisePolicy:
     def save(self, out_dir: str | Path) -> None:
         """actor.safetensors, critic.safetensors and policy.json (config, normaliser, dimensions)."""
         out_dir = Path(out_dir)
+        for name, module in (("actor", self.actor), ("critic", self.critic)):
+            check_finite_weights(module.state_dict(), f"the {name} being saved to {out_dir}", after_update=self.updates)
         for name, module in (("actor", self.actor), ("critic", self.critic)):
             with atomic_path(out_dir / f"{name}.safetensors") as tmp:
                 save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
@@ -371,12 +384,14 @@ class RaisePolicy:
             raise UserError(f"{path}: field 'dims.num_classes' is {dims['num_classes']} but the features have "
                             f"{static.num_classes} classes")
         if static.normalizer.to_dict() != meta["normalizer"]:
-            raise UserError(f"{path}: field 'normalizer' differs from the state's; build the state with "
-                            "StaticState.from_features(features, RaisePolicy.read_normalizer(policy_dir))")
+            raise UserError(f"{path}: field 'normalizer' differs from the features given: this policy was trained on "
+                            "other features; pass the --features it was trained with (or, to resume train-policy, the "
+                            "same --features; a new --out starts afresh). In Python, build the state with "
+                            "RaisePolicy.read_normalizer(policy_dir)")
         known = {f.name for f in fields(PolicyConfig)}
         policy = cls(static, PolicyConfig(**{k: v for k, v in meta["config"].items() if k in known}))
-        policy.actor.load_state_dict(load_file(str(out_dir / "actor.safetensors")))
-        policy.critic.load_state_dict(load_file(str(out_dir / "critic.safetensors")))
+        for name, module in (("actor", policy.actor), ("critic", policy.critic)):
+            module.load_state_dict(_read_weights(out_dir / f"{name}.safetensors", module))
         policy.updates = int(meta.get("updates", 0))
         policy.perf_reference = meta.get("perf_reference")
         policy.step_baseline = meta.get("step_baseline")
@@ -392,3 +407,32 @@ class RaisePolicy:
         self.critic_opt.load_state_dict(d["critic_opt"])
         self.updates = int(d["updates"])
         self._projection = None
+
+
+def check_finite_weights(state: dict, what: str, after_update: int | None = None) -> None:
+    """Refuse NaN or infinite policy weights (a diverged update must not be saved or used)."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            when = f" after {after_update} PPO update(s)" if after_update is not None else ""
+            raise UserError(f"{what}: weight '{key}' has {bad} non-finite value(s){when}; the policy diverged "
+                            "(lower policy.actor_lr / policy.critic_lr, or check the features for extreme values)")
+
+
+def _read_weights(path: Path, module: nn.Module) -> dict:
+    """A safetensors file of `module`'s weights, refused (file named) when missing, unreadable,
+    of other shapes or non-finite."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing; a policy folder holds actor.safetensors, critic.safetensors and policy.json")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for a truncated or corrupt file
+        raise UserError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]})") from None
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        diff = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
+        raise UserError(f"{path}: weights do not fit this policy (first difference: '{diff[0]}' "
+                        f"{got.get(diff[0])} vs {expected.get(diff[0])}); was it saved by another version or for other features?")
+    check_finite_weights(state, str(path))
+    return state

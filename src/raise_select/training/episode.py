@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import check_fields
 from ..data.pools import Pool
 from ..errors import UserError
+from ..progress import progress_bar
 from .loop import LMConfig, LMTrainer
 from .reward import Validator, check_finite, resolve_metric
 
@@ -155,6 +155,23 @@ class EpisodeResult:
         return sum(self.losses) / len(self.losses)
 
 
+def selection_stats(batches: list[list[int]], classes: torch.Tensor, num_classes: int) -> dict:
+    """How an episode spread its choices: distinct rows, repetition and share per class.
+
+    `batches` are the row indices of every step. `top10_share` is the share of all slots
+    taken by the 10 most chosen rows (a policy cycling over a few rows shows here first).
+    """
+    flat = torch.tensor([i for b in batches for i in b], dtype=torch.int64)
+    if flat.numel() == 0:
+        return {"slots": 0, "distinct": 0, "max_times": 0, "top10_share": 0.0, "class_share": []}
+    times = torch.bincount(flat)
+    times = times[times > 0].sort(descending=True).values
+    per_class = torch.bincount(classes[flat], minlength=num_classes).double() / flat.numel()
+    return {"slots": int(flat.numel()), "distinct": int(times.numel()), "max_times": int(times[0]),
+            "top10_share": float(times[:10].sum()) / flat.numel(),
+            "class_share": [round(float(x), 4) for x in per_class]}
+
+
 def format_timing(timing: dict[str, float]) -> str:
     """`time 3.2s: train 2.0s (62%), ...`: where an episode's (or round's) time went."""
     total = sum(timing.values())
@@ -199,7 +216,7 @@ def run_episode(
     counts = torch.zeros(n, dtype=torch.int64)
     result = EpisodeResult(p0=p0, final_p=p0)
     p_prev = p0
-    bar = tqdm(range(1, steps + 1), desc=where, leave=False, disable=not acc.is_main_process)
+    bar = progress_bar(range(1, steps + 1), desc=where, leave=False, disable=not acc.is_main_process)
     for t in bar:
         timing = dict.fromkeys(TIME_KEYS, 0.0)
         from_policy = (t - 1) % select_every == 0

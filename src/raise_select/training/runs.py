@@ -175,8 +175,9 @@ class RunFolder:
 
     # ------------------------------------------------------------ plots
 
-    def plot(self, rounds: list[dict[str, Any]]) -> None:
-        """`plots/performance.png` (P over steps, one line per round) and `plots/return.png`."""
+    def plot(self, rounds: list[dict[str, Any]], reference_return: float | None = None) -> None:
+        """`plots/performance.png` (P over steps, one line per round) and `plots/return.png`
+        (with the return of the random-batch reference episode as a dashed line)."""
         if not self.enabled or not rounds:
             return
         import matplotlib
@@ -196,7 +197,10 @@ class RunFolder:
             ax.legend(fontsize=7)
         self._save_fig(fig, "performance.png")
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([r["round"] for r in rounds], [r["return"] for r in rounds], marker="o")
+        ax.plot([r["round"] for r in rounds], [r["return"] for r in rounds], marker="o", label="policy rollouts")
+        if reference_return is not None:
+            ax.axhline(reference_return, color="grey", linestyle="--", label="uniformly random batches")
+            ax.legend(fontsize=8)
         ax.set_xlabel("round")
         ax.set_ylabel("return = P(M_T) - P(M_0)")
         ax.set_title("return over rounds")

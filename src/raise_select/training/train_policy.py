@@ -21,13 +21,15 @@ import torch
 
 from ..config import check_fields, require_settings, to_dict
 from ..policy.agent import PolicyConfig
-from .episode import (EpisodeConfig, check_batch, format_timing, load_static, lm_config, resolve_per_class, run_episode,
-                      share_from_main)
+from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, load_static, lm_config, resolve_per_class,
+                      run_episode, selection_stats, share_from_main)
 from .loop import LMTrainer, full_precision_accelerator
 from .reward import Validator, check_finite
 from .runs import RunFolder, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
+
+REFERENCE_SEED_OFFSET = 7919   # the reference episode's draws: independent of the rollouts' generator
 
 
 @dataclass
@@ -87,6 +89,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     first_round = 0
+    reference = None
     saved = run.load_checkpoint() if acc.is_main_process else None
     if saved is not None:
         policy_dir, state = saved
@@ -94,6 +97,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         policy.load_training_state(state["policy"])
         set_rng_state(state["rng"], generator)
         history = state["history"]
+        reference = state.get("reference")
         first_round = int(state["rounds_done"])
         run.truncate_metrics(first_round)
         log.info("resuming after round %d of %d from %s", first_round, cfg.rounds, run.out / "checkpoint")
@@ -102,14 +106,33 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         log.info("all %d rounds already done in %s", cfg.rounds, run.out)
     run.write_config(config)
 
+    if first_round == 0:
+        # The reference: one episode of uniformly random batches from M_0 (its own seeded
+        # draws). Its per-step rewards start the step baseline; every round's return is shown
+        # against its return.
+        trainer.reset()
+        ref = run_episode(trainer, validator, RandomBatches(static, batch), pool, cfg.steps, cfg.select_every,
+                          explore=True, generator=torch.Generator().manual_seed(cfg.seed + REFERENCE_SEED_OFFSET),
+                          p0=p0, where="reference (random batches)", on_step=lambda metrics, selection: None)
+        reference = {"return": ref.ret, "final_P": ref.final_p, "rewards": ref.rewards, "time": ref.time}
+        if acc.is_main_process:
+            policy.observe_episode(ref.rewards)
+        run.metric({"kind": "reference", "return": ref.ret, "P0": p0, "final_P": ref.final_p,
+                    "mean_loss": ref.mean_loss, "rewards": ref.rewards, "time": ref.time})
+        log.info("reference episode (uniformly random batches): return %+.5f, P(M_T) %.5f | %s",
+                 ref.ret, ref.final_p, format_timing(ref.time))
+
     for k in range(first_round, cfg.rounds):
         trainer.reset()
         buffer = RolloutBuffer()
         write_selection = run.selection_writer(f"selections/round_{k}.jsonl")
 
+        batches: list[list[int]] = []
+
         def on_step(metrics: dict, selection: dict, k=k) -> None:
             run.metric({"round": k, **metrics})
             write_selection(selection)
+            batches.append(selection["indices"])
 
         result = run_episode(trainer, validator, policy, pool, cfg.steps, cfg.select_every, explore=True,
                              generator=generator, p0=p0, where=f"round {k}", on_step=on_step, buffer=buffer)
@@ -117,18 +140,35 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         stats = policy.update(buffer, last_value=0.0) if acc.is_main_process else {}
         ppo_time = time.perf_counter() - start
         timing = {**result.time, "ppo": ppo_time}
-        summary = {"kind": "round", "round": k, "return": result.ret, "P0": p0, "final_P": result.final_p,
-                   "mean_loss": result.mean_loss,
-                   **{key: v for key, v in stats.items() if key not in ("return", "steps")}, "time": timing}
+        phi = len(pool) / batch * result.time["train"] / cfg.steps
+        vs_reference = result.ret - reference["return"]
+        summary = {"kind": "round", "round": k, "return": result.ret, "reference_return": reference["return"],
+                   "vs_reference": vs_reference, "P0": p0, "final_P": result.final_p, "mean_loss": result.mean_loss,
+                   **{key: v for key, v in stats.items() if key not in ("return", "steps")},
+                   "selection": selection_stats(batches, static.classes, static.num_classes),
+                   "time": timing, "cost_phi": sum(timing.values()) / max(phi, 1e-12)}
         run.metric(summary)
-        history.append({"round": k, "steps": result.steps, "P": result.perf, "return": result.ret})
-        log.info("round %d/%d: return %+.5f, P(M_T) %.5f, actor %.4f, critic %.4g, entropy %.3f | %s",
-                 k + 1, cfg.rounds, result.ret, result.final_p, stats.get("actor_loss", float("nan")),
-                 stats.get("critic_loss", float("nan")), stats.get("entropy", float("nan")), format_timing(timing))
+        history.append({"round": k, "steps": result.steps, "P": result.perf, "return": result.ret,
+                        "cost_phi": summary["cost_phi"]})
+        log.info("round %d/%d: return %+.5f (random batches %+.5f: %+.5f), P(M_T) %.5f, KL %.4f, entropy %.3f, "
+                 "cost %.2f Phi | %s", k + 1, cfg.rounds, result.ret, reference["return"], vs_reference, result.final_p,
+                 stats.get("approx_kl", float("nan")), stats.get("entropy", float("nan")), summary["cost_phi"],
+                 format_timing(timing))
         run.save_policy(policy.save)
         run.save_checkpoint(k + 1, policy.save, {"rounds_done": k + 1, "policy": policy.training_state(),
-                                                 "rng": rng_state(generator), "history": history})
-        run.plot(history)
+                                                 "rng": rng_state(generator), "history": history,
+                                                 "reference": reference})
+        run.plot(history, reference_return=reference["return"])
+    if history and reference is not None:
+        last = history[-min(3, len(history)):]
+        mean_last = sum(r["return"] for r in last) / len(last)
+        total_phi = sum(r.get("cost_phi", 0.0) for r in history)
+        log.info("policy training: %d rounds, %.1f Phi in all (Phi = one epoch of plain training over the pool)",
+                 len(history), total_phi)
+        if mean_last <= reference["return"]:
+            log.warning("the policy is not above the reference: mean return of the last %d rounds %+.5f <= %+.5f of "
+                        "uniformly random batches; more rounds, a larger validation set or the settings in "
+                        "docs/policy.md may help", len(last), mean_last, reference["return"])
     run.close()
     acc.wait_for_everyone()
     return run.out / "policy"
