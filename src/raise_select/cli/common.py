@@ -21,17 +21,9 @@ SetOption = typer.Option(
     None, "--set", help="Dotted override KEY=VALUE, repeatable, e.g. --set train_policy.rounds=2."
 )
 
-# Options shared, word for word, by the commands that train on a pool.
-PoolOption = typer.Option(None, "--pool", help="Instruction pool: file, folder or `datasets` name.")
-FeaturesOption = typer.Option(None, "--features", help="Featurize output folder of this pool.")
-DataDirOption = typer.Option(None, "--data-dir", help="Folder of the named validation sets' original files.")
-ValSizeOption = typer.Option(None, "--val-size", help="Use at most this many validation examples.")
-BatchSizeOption = typer.Option(None, "--batch-size", help="B instead of --per-class (a multiple of the number of classes).")
-SelectEveryOption = typer.Option(None, "--select-every", help="M: the policy chooses every M steps, random batches in between (default 1).")
-MetricOption = typer.Option(None, "--metric", help="P(M): neg_loss, accuracy or module:function (default neg_loss).")
-LrOption = typer.Option(None, "--lr", help="LLM learning rate (default 2e-5, cosine, no warm-up).")
+# Commands with a config class take their options' help from its fields (cli/fields.py);
+# this one is for a command without one (grape).
 MaxLengthOption = typer.Option(None, "--max-length", help="Tokens per example (default 512).")
-TensorboardOption = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also log to <out>/tensorboard.")
 
 
 def _command_line_errors() -> tuple[type[BaseException], ...]:
