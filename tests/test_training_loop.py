@@ -158,6 +158,28 @@ def test_validator_neg_loss_equals_per_example_reference(pool, model_tok):
     assert model.training  # restored after evaluation
 
 
+def test_validator_response_only_head_matches_full_logits_and_follows_the_weights(pool, model_tok):
+    """The split path (base + LM head at response positions) against the full-logits path of a
+    PEFT-wrapped copy (always full), before and after a weight change (batches are cached,
+    the model is not)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = model_tok
+    model = copy.deepcopy(model)
+    validator = Validator(pool.examples, tok, "neg_loss", max_length=64, batch_size=4)
+    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert validator(model) == pytest.approx(validator(wrapped), rel=1e-6)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(1.5)
+        wrapped.get_output_embeddings().weight.mul_(1.5)
+    changed = validator(model)
+    assert changed == pytest.approx(validator(wrapped), rel=1e-6)
+    per_example = [-_reference_mean_loss(model, [encode_example(e, tok, "alpaca", 64)]) for e in pool.examples]
+    assert changed == pytest.approx(sum(per_example) / len(per_example), rel=1e-5)
+
+
 def test_final_answer_normalisation():
     assert final_answer("Natalia sold 48/2 = 24 clips.\n#### 1,000") == "1000"
     assert final_answer("So the answer is $72.") == "72"

@@ -102,6 +102,7 @@ class Validator:
         self._encoded = {i: encode_example(examples[i], tokenizer, template, max_length) for i in mine} if self.user_fn is None else {}
         # Batches of similar lengths waste little on padding; the metrics do not depend on the order.
         self._mine = sorted(mine, key=lambda i: -len(self._encoded[i].input_ids)) if self._encoded else list(mine)
+        self._collated: list[dict[str, torch.Tensor]] | None = None   # neg_loss batches, built on first use
 
     def __call__(self, model) -> float:
         acc = self.accelerator
@@ -141,18 +142,37 @@ class Validator:
             yield [self._encoded[j] for j in self._mine[i : i + self.batch_size]]
 
     def _neg_loss_sums(self, model) -> tuple[float, float]:
-        """(sum over my examples of -mean response-token loss, number of examples)."""
+        """(sum over my examples of -mean response-token loss, number of examples).
+
+        The validation set is fixed, so its padded batches are built once. Where the model has
+        a separate base and LM head (not a PEFT wrapper), the head runs only at the positions
+        that predict a response token: the prompt positions' logits, most of a validation
+        forward for a large vocabulary, are never computed. Same numbers as the full logits
+        (tested)."""
         device = next(model.parameters()).device
+        if self._collated is None:
+            self._collated = [collate(items, self.tokenizer.pad_token_id) for items in self._batches()]
+        base, head = model.base_model, model.get_output_embeddings()
+        split = head is not None and base is not model and not hasattr(model, "peft_config")
+        softcap = getattr(model.config, "final_logit_softcapping", None)
         total = 0.0
-        for items in self._batches():
-            batch = {k: v.to(device) for k, v in collate(items, self.tokenizer.pad_token_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        for cpu_batch in self._collated:
+            batch = {k: v.to(device) for k, v in cpu_batch.items()}
             labels = batch["labels"][:, 1:]
-            tok_loss = F.cross_entropy(
-                logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
-            )
-            n_tok = (labels != IGNORE_INDEX).sum(dim=1)
-            total -= float((tok_loss.sum(dim=1) / n_tok).sum())
+            mask = labels != IGNORE_INDEX
+            if split:
+                hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                logits = head(hidden[:, :-1][mask]).float()
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+                tok_loss = F.cross_entropy(logits, labels[mask], reduction="none")
+                per_row = torch.zeros(labels.shape[0], dtype=tok_loss.dtype, device=device)
+                per_row.index_add_(0, mask.nonzero()[:, 0], tok_loss)
+            else:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+                per_row = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                                          reduction="none").sum(dim=1)
+            total -= float((per_row / mask.sum(dim=1)).sum())
         return total, float(len(self._mine))
 
     def _accuracy_sums(self, model) -> tuple[float, float]:
