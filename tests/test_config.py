@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -35,11 +35,24 @@ def test_policy_section_from_yaml_overrides_and_flags(tmp_path):
     assert cfg.policy == PolicyConfig(gamma=0.25, hidden=16, lam=0.5, per_class=2)
 
 
+@dataclass
+class _Inner:
+    a: int = 1
+    b: int = 2
+
+
+@dataclass
+class _Job:
+    inner: _Inner = field(default_factory=lambda: _Inner(a=10))  # the job changes a default of its section
+
+
 def test_a_nested_section_keeps_the_jobs_own_defaults(tmp_path):
+    assert resolve(_Job, "job", None, ["job.inner.b=5"]).inner == _Inner(a=10, b=5)
+    path = tmp_path / "job.yaml"
+    path.write_text("job:\n  inner:\n    b: 7\n")
+    assert resolve(_Job, "job", path).inner == _Inner(a=10, b=7)
     cfg = resolve(DemoConfig, "demo", None, ["demo.policy.gamma=0.5"])
-    demo = DemoConfig().policy
-    assert cfg.policy == replace(demo, gamma=0.5)
-    assert demo.per_class != PolicyConfig().per_class  # so the line above sees the demo's default, not the class's
+    assert cfg.policy == replace(DemoConfig().policy, gamma=0.5)
 
 
 def test_section_errors_name_the_dotted_key_and_the_source(tmp_path):
@@ -115,7 +128,7 @@ def _help_lines(command: str) -> dict[str, str]:
 def test_help_of_a_setting_is_its_fields_text_the_same_in_every_command():
     helps = {c: _help_lines(c) for c in ("train-policy", "finetune", "demo")}
     policy_help = field_help(PolicyConfig, "per_class", with_default=False)
-    assert helps["train-policy"]["--per-class"] == policy_help + " (default: 1)"
+    assert helps["train-policy"]["--per-class"] == f"{policy_help} (default: {PolicyConfig().per_class})"
     assert helps["finetune"]["--per-class"].startswith(policy_help)
     assert helps["demo"]["--seeds"] == field_help(DemoConfig, "seeds")
     shared = set(helps["train-policy"]) & set(helps["finetune"]) - {"--per-class", "--out", "--help"}
