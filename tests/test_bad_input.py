@@ -203,6 +203,15 @@ def test_null_in_a_config_file_and_a_non_finite_budget(env, tmp_path):
         assert_user_error(result, "'budget' must be a finite number")
 
 
+def test_an_unknown_option_in_a_study_method_section_stops_the_study_before_any_cell(env, tmp_path):
+    head = f"study:\n  pool: {env['root'] / 'pool.jsonl'}\n  build_model: test\n  out: {tmp_path / 'st'}\n  methods: [random, raise]\n"
+    for section, fragments in (("random:\n  foo: 1\n", ["method 'random': unknown option(s) foo; it takes no options"]),
+                               ("raise:\n  roundz: 1\n", ["section 'raise': unknown option(s) roundz; available: batch_size"])):
+        (tmp_path / "study.yaml").write_text(head + section)
+        assert_user_error(cli("study", tmp_path / "study.yaml"), "study.yaml", *fragments)
+        assert not (tmp_path / "st" / "base_model").exists()
+
+
 # ---------------------------------------------------------------- features
 
 def _inf_logp(folder):

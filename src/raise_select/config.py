@@ -103,10 +103,8 @@ def from_dict(cls: type[T], data: dict, source: str = "config", prefix: str = ""
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise UserError(
-            f"{source}: unknown option(s) {', '.join(prefix + u for u in unknown)}; "
-            f"available: {', '.join(prefix + k for k in sorted(fields))}"
-        )
+        known = f"available: {', '.join(prefix + k for k in sorted(fields))}" if fields else "it takes no options"
+        raise UserError(f"{source}: unknown option(s) {', '.join(prefix + u for u in unknown)}; {known}")
     kwargs = {}
     for k, v in data.items():
         if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict):

@@ -7,9 +7,25 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import UserError
 from .common import SetOption, handle_errors, setup_logging
 
 ORDER = 70
+
+
+def check_method_options(options: dict[str, dict], source: str) -> None:
+    """Every method section's option names and values, before any cell runs: a typo must not
+    cost a computed cell, nor let the study end with status 0."""
+    from ..baselines.registry import make_baseline
+    from ..config import from_dict
+    from ..reports.study import RAISE
+    from ..training.train_policy import TrainPolicyConfig
+
+    for method, opts in options.items():
+        if method == RAISE:
+            from_dict(TrainPolicyConfig, opts, f"{source}: section '{method}'")
+        else:
+            make_baseline(method, opts, source)
 
 
 def register(app: typer.Typer) -> None:
@@ -33,8 +49,13 @@ def register(app: typer.Typer) -> None:
             check_output(cfg.out, {"pool": cfg.pool, "model": cfg.model, "aux_model": cfg.aux_model, "val": cfg.val,
                                    "config": config})
             setup_logging(Path(cfg.out), name="study.log")
+        options = method_sections(config, overrides, cfg.methods)
+        check_method_options(options, str(config))
         start = time.perf_counter()
-        result = run_study(cfg, method_sections(config, overrides, cfg.methods))
+        result = run_study(cfg, options)
         typer.echo(result["markdown"])
         typer.echo(f"cells computed: {', '.join(result['computed']) or 'none (all reused)'}; "
                    f"{time.perf_counter() - start:.0f} s; table in {result['paths']['md']}")
+        if result["failed"]:  # the table holds the other rows, but the study is not complete
+            name, why = next(iter(result["failed"].items()))
+            raise UserError(f"{len(result['failed'])} cell(s) failed ({', '.join(result['failed'])}); first, {name}: {why}")
