@@ -113,6 +113,11 @@ def test_rose_selects_with_a_stand_in_and_writes_it(tiny_model_dir, tmp_path):
     assert sel.scores == sorted(sel.scores, reverse=True)
     written = read_preferences(tmp_path / "rose_preferences.jsonl")
     assert [p.chosen for p in written] == [e.response for e in val]
+    # a given preference file replaces the stand-in (no validation set needed); same file, same choice
+    given = SelectionContext(model=str(tiny_model_dir), out_dir=tmp_path / "given", max_length=48)
+    again = make_baseline("rose", {**opts, "preference": str(tmp_path / "rose_preferences.jsonl")}).select(pool, 3, given)
+    assert again.indices == sel.indices and again.scores == pytest.approx(sel.scores, abs=1e-6)
+    assert not (tmp_path / "given" / "rose_preferences.jsonl").exists()
 
 
 # ---------------------------------------------------------------- GRAPE
