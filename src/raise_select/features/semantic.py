@@ -11,6 +11,7 @@ the example's text. `Pool` is adaptive average pooling over the feature dimensio
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ def fit_pca(sample: np.ndarray, dim: int, seed: int):
 def kmeans_classes(sem: np.ndarray, classes: int, seed: int) -> np.ndarray:
     """Class of every example for the diversity constraint (K-means on H_sem, seeded)."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     if classes < 1:
         raise UserError(f"--classes must be at least 1, got {classes}")
@@ -65,7 +67,9 @@ def kmeans_classes(sem: np.ndarray, classes: int, seed: int) -> np.ndarray:
         km = MiniBatchKMeans(n_clusters=classes, random_state=seed, batch_size=4096, n_init=3)
     else:
         km = KMeans(n_clusters=classes, random_state=seed, n_init=1)
-    labels = km.fit_predict(x).astype(np.int64)
+    with warnings.catch_warnings():  # duplicate points: reported below as a UserError, not a warning
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = km.fit_predict(x).astype(np.int64)
     found = len(np.unique(labels))
     if found < classes:  # fewer distinct semantic states than classes: some classes would stay empty
         raise UserError(f"--classes {classes}: K-means found only {found} distinct class(es) among {len(x)} examples "
