@@ -19,6 +19,7 @@ resumes without scoring twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -40,17 +41,17 @@ OUTPUT_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 class GrapeConfig:
     """`raise-select grape`: one response per instruction, chosen by the target model."""
 
-    pool: str = ""                    # pool with several responses per instruction: a list field, or rows sharing a prompt
-    format: Optional[str] = None      # pool format (alpaca, sharegpt, messages); None: detected
-    field: str = ""                   # list field holding the candidates; empty: `output` when it is a list, else responses/completions, else rows sharing a prompt
-    model: str = ""                   # target model: hub id or folder
-    out: str = ""                     # output pool: .jsonl, .json, .parquet or .csv (Alpaca rows only)
-    template: str = "alpaca"          # prompt template: alpaca or chat
-    max_length: int = 512             # tokens per example, truncated as in training
-    batch_size: int = 8               # candidates scored per forward pass
-    dtype: str = "float32"            # model weights dtype
-    device: Optional[str] = None      # torch device; None: cuda when available
-    limit: Optional[int] = None       # read only the first N rows
+    pool: str = dataclasses.field(default="", metadata={"help": "pool file or folder with several responses per instruction: a list field, or rows sharing a prompt"})
+    format: Optional[str] = dataclasses.field(default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"})
+    field: str = dataclasses.field(default="", metadata={"help": "list field holding the candidates; empty: `output` when it is a list, else responses/completions, else rows sharing a prompt"})
+    model: str = dataclasses.field(default="", metadata={"help": "target model: hub id or folder"})
+    out: str = dataclasses.field(default="", metadata={"help": "output pool: .jsonl, .json, .parquet or .csv (Alpaca rows only)"})
+    template: str = dataclasses.field(default="alpaca", metadata={"help": "prompt template: alpaca or chat"})
+    max_length: int = dataclasses.field(default=512, metadata={"help": "tokens per example, truncated as in training"})
+    batch_size: int = dataclasses.field(default=8, metadata={"help": "candidates scored per forward pass"})
+    dtype: str = dataclasses.field(default="float32", metadata={"help": "model weights dtype"})
+    device: Optional[str] = dataclasses.field(default=None, metadata={"help": "torch device; None: cuda when available"})
+    limit: Optional[int] = dataclasses.field(default=None, metadata={"help": "read only the first N rows"})
 
 
 @dataclass

@@ -7,28 +7,29 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, MaxLengthOption, SetOption, handle_errors, setup_logging
+from .common import ConfigOption, SetOption, handle_errors, setup_logging
+from .fields import ConfigOptions
 
 ORDER = 55
 
+# Option help comes from the fields of the config class.
+OPTIONS = ConfigOptions("raise_select.baselines.grape:GrapeConfig")
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("grape")
+    @app.command("grape", cls=OPTIONS.command)
     @handle_errors
     def grape_cmd(
-        pool: Optional[str] = typer.Option(None, "--pool", help="Pool with several responses per instruction: file or folder."),
-        format: Optional[str] = typer.Option(None, "--format", help="Pool format: alpaca, sharegpt or messages (default: detected)."),
-        field: Optional[str] = typer.Option(
-            None, "--field",
-            help="List field holding the candidate responses (default: `output` when it is a list, else `responses` or "
-                 "`completions`; without one, rows sharing a prompt are the candidates)."),
-        model: Optional[str] = typer.Option(None, "--model", help="Target model that will be fine-tuned: hub id or folder."),
-        out: Optional[str] = typer.Option(None, "--out", help="Output pool: .jsonl, .json, .parquet or .csv (Alpaca rows only)."),
-        template: Optional[str] = typer.Option(None, "--template", help="Prompt template: alpaca (default) or chat."),
-        max_length: Optional[int] = MaxLengthOption,
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Candidates scored per forward pass (default 8)."),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Read only the first N rows."),
-        device: Optional[str] = typer.Option(None, "--device", help="Torch device (cpu, cuda); default: cuda when available."),
+        pool: Optional[str] = typer.Option(None, "--pool"),
+        format: Optional[str] = typer.Option(None, "--format"),
+        field: Optional[str] = typer.Option(None, "--field"),
+        model: Optional[str] = typer.Option(None, "--model"),
+        out: Optional[str] = typer.Option(None, "--out"),
+        template: Optional[str] = typer.Option(None, "--template"),
+        max_length: Optional[int] = typer.Option(None, "--max-length"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+        limit: Optional[int] = typer.Option(None, "--limit"),
+        device: Optional[str] = typer.Option(None, "--device"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
@@ -38,9 +39,7 @@ def register(app: typer.Typer) -> None:
         from ..baselines.grape import GrapeConfig, run_grape
         from ..config import resolve
 
-        flags = {"pool": pool, "format": format, "field": field, "model": model, "out": out, "template": template,
-                 "max_length": max_length, "batch_size": batch_size, "limit": limit, "device": device}
-        cfg = resolve(GrapeConfig, "grape", config, overrides, flags)
+        cfg = resolve(GrapeConfig, "grape", config, overrides, OPTIONS.flags(locals()))
         setup_logging()
         summary = run_grape(cfg)
         typer.echo(f"grape: {summary['instructions']} instructions ({summary['multi']} with several of "

@@ -19,6 +19,7 @@ JOBS = (
     ("finetune", "finetune", "raise_select.training.finetune:FinetuneConfig"),
     ("select", "select", "raise_select.cli.select:SelectConfig"),
     ("baseline", "baseline", "raise_select.baselines.run:BaselineConfig"),
+    ("grape", "grape", "raise_select.baselines.grape:GrapeConfig"),
     ("evaluate", "evaluate", "raise_select.evaluation.evaluate:EvaluateConfig"),
     ("study", "study", "raise_select.reports.study:StudyConfig"),
     ("demo", "demo", "raise_select.demo:DemoConfig"),
