@@ -49,7 +49,8 @@ ROW_LABELS = {"random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "Al
 # Methods that read the featurized pool (RAISE's state, IFD, SSPL's loss, DEITA's embeddings).
 _FEATURE_FREE = ("full", "random", "rose", "greats", "rho")
 # Settings that change only the evaluation of a cell, not its training.
-_EVAL_FIELDS = ("tasks", "eval_limit", "num_fewshot", "eval_batch_size", "max_gen_toks", "device")
+_EVAL_FIELDS = ("tasks", "eval_limit", "num_fewshot", "eval_batch_size", "max_gen_toks", "device",
+                "loss_set", "loss_split", "loss_size")
 _NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "out", "pool", "format", "pool_size", "build_model")
 
 
@@ -83,6 +84,9 @@ class StudyConfig(LMConfig):
     eval_batch_size: int = field(default=8, metadata={"help": "evaluation: lm-eval batch size"})
     max_gen_toks: int = field(default=256, metadata={"help": "evaluation: generation budget of GSM8K"})
     device: Optional[str] = field(default=None, metadata={"help": "torch device; None: cuda when available"})
+    loss_set: Optional[str] = field(default=None, metadata={"help": "held-out set (named, e.g. gsm8k, or a file) whose mean response loss each row reports; not in Avg"})
+    loss_split: str = field(default="test", metadata={"help": "split of a named loss_set"})
+    loss_size: Optional[int] = field(default=None, metadata={"help": "use at most this many loss_set examples (seeded sample)"})
     out: str = field(default="", metadata={"help": "study folder"})
 
 
@@ -197,13 +201,26 @@ class Study:
 
             cfg = self.cfg
             out = self.out / "features"
-            featurize(FeaturizeConfig(
+            start = time.perf_counter()
+            table = featurize(FeaturizeConfig(
                 pool=self.pool_spec, format=self.pool.format, model=cfg.aux_model or self.model, out=str(out),
                 template=cfg.template, max_length=cfg.max_length, sem_dim=cfg.sem_dim, classes=cfg.classes,
                 seed=cfg.seed, dtype=cfg.dtype, device=cfg.device,
             ), pool=self.pool)
+            self._record_features_time(table.meta.get("fingerprint"), time.perf_counter() - start)
             self._features = str(out)
         return self._features
+
+    def _record_features_time(self, fp: str | None, seconds: float) -> None:
+        """Wall time of featurizing the pool, kept beside it (a later reuse costs nothing)."""
+        path = self.out / "features_time.json"
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if record.get("fingerprint") != fp:
+            write_json_atomic(path, {"fingerprint": fp, "seconds": round(seconds, 1)})
+
+    def features_seconds(self) -> float:
+        path = self.out / "features_time.json"
+        return float(json.loads(path.read_text(encoding="utf-8"))["seconds"]) if path.is_file() else 0.0
 
     # ---------------------------------------------------------------- cells
 
@@ -263,6 +280,18 @@ class Study:
         ))
         return {t: s["score"] for t, s in scores.items()}
 
+    def _loss(self, model_dir: Path) -> float | None:
+        """Mean response loss on `loss_set` (e.g. GSM8K test solutions); None without one."""
+        cfg = self.cfg
+        if not cfg.loss_set:
+            return None
+        from ..data.validation import load_validation
+        from ..evaluation.loss import response_loss
+
+        examples = load_validation(cfg.loss_set, cfg.data_dir, n=cfg.loss_size, seed=cfg.seed, split=cfg.loss_split)
+        return response_loss(str(model_dir), examples, template=cfg.template, max_length=cfg.max_length,
+                             batch_size=cfg.eval_batch_size, dtype=cfg.dtype, device=cfg.device)
+
     def run_cell(self, cell: Cell) -> dict:
         """Train (unless done) and evaluate (unless done) one cell; return its record."""
         cell_dir = self.out / "cells" / cell.name
@@ -272,16 +301,21 @@ class Study:
         if record.get("train") == train_fp and record.get("eval") == eval_fp and Path(record.get("model", "")).exists():
             return record
         start = time.perf_counter()
+        train_seconds = None
         if record.get("train") == train_fp and Path(record.get("model", "")).exists():
             model_dir = Path(record["model"])
+            train_seconds = record.get("train_seconds")
         else:
             log.info("cell %s: training (%s)", cell.name, cell.method or "none: base model")
             model_dir = self._train(cell, cell_dir)
+            train_seconds = round(time.perf_counter() - start, 1) if cell.method is not None else None
             setup_logging(self.out, "study.log")  # training stages log into their own run folders
-            write_json_atomic(record_path, {**asdict(cell), "train": train_fp, "model": str(model_dir)})
+            write_json_atomic(record_path, {**asdict(cell), "train": train_fp, "model": str(model_dir),
+                                            "train_seconds": train_seconds})
         log.info("cell %s: evaluating %s", cell.name, model_dir)
         scores = self._evaluate(model_dir, cell_dir)
         record = {**asdict(cell), "train": train_fp, "eval": eval_fp, "model": str(model_dir), "scores": scores,
+                  "loss": self._loss(model_dir), "train_seconds": train_seconds,
                   "steps": self.steps if cell.method not in (None, "full") else None,
                   "seconds": round(time.perf_counter() - start, 1)}
         write_json_atomic(record_path, record)
@@ -322,12 +356,21 @@ class Study:
             "cells": {r["name"]: {k: r[k] for k in ("row", "method", "seed", "scores", "model", "steps")} for r in records},
             "failed": failed,
         }
-        paths = write_table(self.out, table, self.cfg.tasks, extra, notes=[f"{n} failed: {e}" for n, e in failed.items()])
+        from .method_stats import method_stats, stats_markdown
+
+        stats = method_stats(records, self.out / "cells", self.pool, self.cfg.batch_size, self.features_seconds(),
+                             _FEATURE_FREE)
+        extra["method_stats"] = stats
+        loss_name = f"{self.cfg.loss_set} {self.cfg.loss_split}" if self.cfg.loss_set else None
+        notes = [f"{n} failed: {e}" for n, e in failed.items()]
+        paths = write_table(self.out, table, self.cfg.tasks, extra, notes=notes)
+        paths["methods_md"] = self.out / "study_methods.md"
+        write_text_atomic(paths["methods_md"], stats_markdown(stats, loss_name))
         paths["png"] = plot_study(table, self.cfg.tasks, self.out / "study_plot.png",
                                   title=f"{Path(self.model).name}, budget {self.cfg.budget}, {self.steps} steps")
         log.info("cells computed this run: %s", ", ".join(self.computed) or "none (all reused)")
         return {"table": table, "paths": paths, "computed": list(self.computed), "failed": failed,
-                "markdown": paths["md"].read_text(encoding="utf-8")}
+                "markdown": paths["md"].read_text(encoding="utf-8") + "\n" + paths["methods_md"].read_text(encoding="utf-8")}
 
 
 def run_study(cfg: StudyConfig, options: dict[str, dict] | None = None) -> dict:

@@ -1,0 +1,96 @@
+"""Per-method figures beside the Table 1 layout: what each method chose and what it cost.
+
+- **math share**: the share of the rows a method trained on (each counted as often as it was
+  in a batch) that `data.quantitative.is_quantitative` labels math or quantitative
+  reasoning; the pool's base rate is printed with it.
+- **cost in Φ**: Φ is the wall time of the 100% row's training per epoch of the pool,
+  `train seconds(100%) x ceil(N / B) / steps(100%)` (the 100% row may be capped below
+  `epochs` passes; its time per step is what is scaled). A method's cost is its training
+  cell's wall time (selection and training: scoring, judging, gradients, RAISE's policy
+  training and fine-tuning) plus, for methods that read the featurized pool, the time of
+  featurizing it (counted in full for each of them: the table compares methods alone).
+- **loss**: the mean response loss of each cell's model on a held-out set (`loss_set`),
+  e.g. GSM8K test solutions, averaged over a row's cells as the scores are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from ..data.pools import Pool
+from ..data.quantitative import is_quantitative, quantitative_share
+from ..markdown import markdown_table
+
+
+def chosen_ids(cell_dir: Path, method: str | None, pool: Pool) -> list[str] | None:
+    """The pool ids a cell trained on, once per time it was in a batch; None when unknown."""
+    if method is None:
+        return []
+    if method == "full":
+        return list(pool.ids)
+    if method == "raise":
+        log = cell_dir / "finetune" / "selections.jsonl"
+        if not log.is_file():
+            return None
+        steps: dict[int, list[str]] = {}
+        for line in log.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                steps[int(rec["step"])] = list(rec["ids"])  # a redone step: the later line wins
+        return [i for s in sorted(steps) for i in steps[s]]
+    sel = cell_dir / "selection.json"
+    if not sel.is_file():
+        return None
+    return list(json.loads(sel.read_text(encoding="utf-8"))["ids"])
+
+
+def phi_seconds(full_train_seconds: float, pool_size: int, batch_size: int, full_steps: int) -> float:
+    """Φ: the 100% row's training time per epoch of the pool."""
+    return full_train_seconds * math.ceil(pool_size / batch_size) / full_steps
+
+
+def method_stats(records: Sequence[dict], cells_dir: Path, pool: Pool, batch_size: int,
+                 features_seconds: float, feature_free: Sequence[str]) -> dict:
+    """Per row label: loss, math share, wall seconds and cost in Φ (means over a row's cells)."""
+    labels = {e.id: is_quantitative(e) for e in pool.examples}
+    base_rate = quantitative_share(pool.ids, labels)
+    full = next((r for r in records if r.get("method") == "full" and r.get("train_seconds") is not None), None)
+    phi = math.nan
+    if full is not None:  # the steps the 100% row trained, as its selection record says
+        full_steps = json.loads((cells_dir / full["name"] / "selection.json").read_text(encoding="utf-8"))["steps"]
+        phi = phi_seconds(full["train_seconds"], len(pool), batch_size, full_steps)
+    rows: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        acc = rows.setdefault(r["row"], {"loss": [], "share": [], "seconds": []})
+        if r.get("loss") is not None:
+            acc["loss"].append(r["loss"])
+        ids = chosen_ids(cells_dir / r["name"], r.get("method"), pool)
+        if ids:
+            acc["share"].append(quantitative_share(ids, labels))
+        if r.get("train_seconds") is not None and r.get("method") is not None:
+            extra = features_seconds if r["method"] not in feature_free else 0.0
+            acc["seconds"].append(r["train_seconds"] + extra)
+    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
+    out = {}
+    for label, acc in rows.items():
+        seconds = mean(acc["seconds"])
+        out[label] = {"loss": mean(acc["loss"]), "math_share": mean(acc["share"]), "seconds": seconds,
+                      "cost_phi": seconds / phi if phi and not math.isnan(phi) else math.nan}
+    return {"rows": out, "phi_seconds": phi, "pool_math_share": base_rate, "features_seconds": features_seconds}
+
+
+def stats_markdown(stats: dict, loss_name: str | None) -> str:
+    """The per-method table and the line that defines its columns."""
+    fmt = lambda x, spec: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)  # noqa: E731
+    header = ["DATA", *([f"{loss_name} loss"] if loss_name else []), "math share", "wall s", "cost (Φ)"]
+    rows = [[label, *([fmt(s["loss"], ".4f")] if loss_name else []), fmt(100 * s["math_share"], ".1f") + "%"
+             if not math.isnan(s["math_share"]) else "n/a", fmt(s["seconds"], ".0f"), fmt(s["cost_phi"], ".2f")]
+            for label, s in stats["rows"].items()]
+    note = (f"\nPool math/quantitative base rate: {100 * stats['pool_math_share']:.1f}% "
+            f"(rule: `raise_select.data.quantitative`). Φ = {fmt(stats['phi_seconds'], '.1f')} s "
+            f"(100% row's training per epoch of the pool); featurizing took {stats['features_seconds']:.0f} s and is "
+            "included in the cost of every method that reads the features.\n")
+    return markdown_table(header, rows) + note
