@@ -163,6 +163,7 @@ SETTINGS = [
     (["--set", "featurize.classes=.inf"], ["'classes' must be a whole number"]),
     (["--limit", "0"], ["--limit 0", "at least 1"]),
     (["--limit", "-5"], ["--limit -5", "at least 1"]),
+    (["--device", "foo"], ["--device 'foo': not a torch device"]),
 ]
 
 

@@ -25,6 +25,7 @@ from ..config import check_fields
 from ..data.benchmarks import BENCHMARKS, get_benchmark, load_docs
 from ..errors import UserError
 from ..io import write_json_atomic, write_text_atomic
+from ..models.loading import check_device
 from ..markdown import markdown_table
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class EvaluateConfig:
             (self.max_length >= MIN_CONTEXT, "max_length", f"must be >= {MIN_CONTEXT}: a question and its answer need room"),
             (self.max_gen_toks >= 1, "max_gen_toks", "must be >= 1"),
         ], "evaluate")
+        check_device(self.device)
 
 
 # Below this many tokens of context the harness scores truncated fragments, not questions.

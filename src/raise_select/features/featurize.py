@@ -33,6 +33,7 @@ from ..data.pools import Pool, load_pool
 from ..data.templates import TEMPLATES
 from ..errors import UserError
 from ..io import check_output, fingerprint
+from ..models.loading import check_device
 from .scoring import ResponseScorer, encode_examples, start_token_id
 from .semantic import SEM_POOLS, PCA_FIT_ROWS, adaptive_pool, encode_texts, example_text, fit_pca, kmeans_classes, load_sentence_encoder
 from .shards import SHARD_GLOB, Shard, shard_path
@@ -74,6 +75,7 @@ class FeaturizeConfig:
         for name, low in (("max_length", 2), ("batch_size", 1), ("sem_dim", 1), ("classes", 1), ("shard_size", 1)):
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+        check_device(self.device)
 
 
 def featurize_inputs(cfg: FeaturizeConfig) -> dict:

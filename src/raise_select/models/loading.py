@@ -16,6 +16,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.mo
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
+def check_device(spec: str | None, flag: str = "--device") -> None:
+    """Refuse a device string torch cannot parse, or a CUDA device this machine does not have."""
+    if spec is None:
+        return
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UserError(f"{flag} {spec!r}: not a torch device; e.g. cpu, cuda, cuda:1, mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise UserError(f"{flag} {spec}: this machine has {count} CUDA device(s); use cpu"
+                            + (f" or cuda:0..cuda:{count - 1}" if count else ""))
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
