@@ -4,16 +4,19 @@ import json
 import math
 import statistics
 
+import pytest
+
 from typer.testing import CliRunner
 
 from raise_select.cli.main import app
 from raise_select.data.pools import load_pool
 from raise_select.data.synthetic import is_clean_on_target
+from raise_select.demo import oracle_gain
 
 
 def test_quick_demo_writes_summary_for_both_methods(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--seeds", "2"])
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--seeds", "2", "--set", "demo.ifd=true"])
     assert result.exit_code == 0, result.output
     assert "| RAISE |" in result.output and "| RAND |" in result.output
 
@@ -21,7 +24,7 @@ def test_quick_demo_writes_summary_for_both_methods(tmp_path):
     pool = load_pool(out / "data" / "pool.jsonl")
     records = {e.id: e.record for e in pool.examples}
     assert summary["pool_clean_on_target"] == sum(is_clean_on_target(r, "add") for r in records.values()) / len(pool)
-    for method in ("raise", "rand", "perfect"):
+    for method in ("raise", "rand", "perfect", "ifd"):
         m = summary["methods"][method]
         assert [r["seed"] for r in m["per_seed"]] == [0, 1]
         losses = [r["val_loss"] for r in m["per_seed"]]
@@ -35,11 +38,29 @@ def test_quick_demo_writes_summary_for_both_methods(tmp_path):
             assert len(lines) == summary["steps"] and len(chosen) == summary["steps"] * summary["batch_size"]
             assert r["clean_on_target"] == sum(is_clean_on_target(records[i], "add") for i in chosen) / len(chosen)
     assert summary["methods"]["perfect"]["clean_on_target_mean"] == 1.0
+    # oracle gain = (RAND - method) / (RAND - PERFECT), per seed, from the per-seed losses
+    loss = {(m, r["seed"]): r["val_loss"] for m in summary["methods"] for r in summary["methods"][m]["per_seed"]}
+    for method in ("raise", "ifd"):
+        expected = [(loss["rand", s] - loss[method, s]) / (loss["rand", s] - loss["perfect", s]) for s in (0, 1)]
+        assert summary["methods"][method]["oracle_gain_per_seed"] == pytest.approx(expected)
+    assert summary["raise_beats_rand_seeds"] == sum(loss["raise", s] < loss["rand", s] for s in (0, 1))
     assert summary["raise_beats_rand"] == (summary["methods"]["raise"]["val_loss_mean"] < summary["methods"]["rand"]["val_loss_mean"])
     # The RAISE runs are ordinary run folders: `select` exports them.
     result = CliRunner().invoke(app, ["select", "--run", str(out / "seed_0" / "raise"), "--out", str(tmp_path / "chosen.jsonl")])
     assert result.exit_code == 0, result.output
     assert all(r["times_selected"] >= 1 for r in map(json.loads, (tmp_path / "chosen.jsonl").read_text().splitlines()))
+
+
+def test_oracle_gain_by_hand():
+    assert oracle_gain(3.0, 4.0, 2.0) == 0.5          # half of the way from RAND to PERFECT
+    assert oracle_gain(4.5, 4.0, 2.0) == -0.25        # worse than random
+    assert oracle_gain(2.0, 4.0, 2.0) == 1.0
+    assert math.isnan(oracle_gain(3.0, 2.0, 2.0))     # the oracle gains nothing: undefined
+
+
+def test_every_testbed_is_a_demo_setting(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--set", "demo.testbed=nope"])
+    assert result.exit_code == 2 and "testbed" in result.output and "rare" in result.output
 
 
 def test_bad_demo_settings_are_refused(tmp_path):
