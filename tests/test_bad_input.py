@@ -322,6 +322,7 @@ POLICY_CASES = [
     ("truncated-actor", lambda d: _truncate(d / "actor.safetensors"), ["actor.safetensors: not a readable safetensors file"]),
     ("missing-critic", lambda d: (d / "critic.safetensors").unlink(), ["critic.safetensors: missing"]),
     ("nan-actor", _nan_actor, ["actor.safetensors: weight", "1 non-finite value(s)"]),
+    ("empty-policy-json", lambda d: (d / "policy.json").write_text("{}"), ["policy.json, field 'config': missing"]),
 ]
 
 
@@ -427,6 +428,10 @@ def test_select_exports_a_train_policy_run_and_says_which_round(env, tmp_path):
     result = cli("select", "--run", run, "--round", 0, "--out", tmp_path / "first.jsonl")
     assert result.exit_code == 0 and "round 0 of rounds 0-1" in result.stdout
     assert_user_error(cli("select", "--run", run, "--round", 7, "--out", tmp_path / "x.jsonl"), "--round 7", "rounds 0, 1")
+    broken = tmp_path / "run-copy"
+    shutil.copytree(run, broken)
+    (broken / "config.yaml").write_text("pool: [unclosed\n")
+    assert_user_error(cli("select", "--run", broken, "--out", tmp_path / "y.jsonl"), "config.yaml: not valid YAML")
 
 
 # ---------------------------------------------------------------- the entry point, as a real process

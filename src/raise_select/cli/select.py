@@ -31,8 +31,7 @@ class SelectConfig:
 
 def run_pool(cfg: SelectConfig) -> str:
     """The pool to read: `--pool`, else the one named in the run folder's config."""
-    import yaml
-
+    from ..config import read_yaml
     from ..errors import UserError
 
     if cfg.pool:
@@ -43,7 +42,7 @@ def run_pool(cfg: SelectConfig) -> str:
     config = next((c for c in candidates if c.is_file()), None)
     if config is None:
         raise UserError(f"{cfg.run}: no config.yaml naming the run's pool; pass --pool")
-    pool = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("pool")
+    pool = read_yaml(config).get("pool")
     if not pool:
         raise UserError(f"{config}, field 'pool': missing; pass --pool")
     return str(pool)
