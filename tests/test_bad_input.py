@@ -336,6 +336,16 @@ def test_broken_policy_folders(env, tmp_path, name, corrupt, fragments):
     assert not (tmp_path / "ft" / "model").exists()
 
 
+def test_a_damaged_run_folder_is_refused_on_resume(env, tmp_path):
+    for name, damage, fragment in (("latest.json", "{oops", "checkpoint/latest.json: damaged checkpoint pointer"),
+                                   ("config.yaml", "a: [\n", "config.yaml: damaged")):
+        run = tmp_path / f"run-{name}"
+        shutil.copytree(env["root"] / "run", run)
+        (run / ("checkpoint/latest.json" if name == "latest.json" else name)).write_text(damage)
+        result = cli("train-policy", *env["common"], "--rounds", 3, "--out", run)
+        assert_user_error(result, fragment, "use a new --out")
+
+
 # ---------------------------------------------------------------- output paths
 
 def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):

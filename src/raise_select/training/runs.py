@@ -74,7 +74,12 @@ class RunFolder:
         path = self.out / "config.yaml"
         if not (path.is_file() and self.latest_round() > 0):
             return
-        saved = yaml.safe_load(path.read_text()) or {}
+        try:
+            saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: damaged ({' '.join(str(e).split())[:150]}); use a new --out") from None
+        if not isinstance(saved, dict):
+            raise UserError(f"{path}: damaged (not a mapping of settings); use a new --out")
         changed = sorted(k for k in set(saved) | set(config) if k not in may_differ and saved.get(k) != config.get(k))
         if changed:
             raise UserError(
@@ -108,7 +113,18 @@ class RunFolder:
         path = self.out / "metrics.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        records = []
+        for row, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if row == len(lines) - 1:
+                    break  # a line cut short by a crash mid-write; its round is redone anyway
+                raise UserError(f"{path}: row {row}: not a JSON line; the metrics log is damaged, use a new --out") from None
+        return records
 
     def truncate_metrics(self, rounds_done: int) -> None:
         """Drop lines of a round that did not finish (a crash mid-round), keeping finished rounds."""
@@ -129,7 +145,19 @@ class RunFolder:
 
     def latest_round(self) -> int:
         path = self.out / "checkpoint" / "latest.json"
-        return int(json.loads(path.read_text())["rounds_done"]) if path.is_file() else 0
+        return int(self._latest()["rounds_done"]) if path.is_file() else 0
+
+    def _latest(self) -> dict:
+        """`checkpoint/latest.json`, refused in one line when damaged."""
+        path = self.out / "checkpoint" / "latest.json"
+        try:
+            latest = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            latest = None
+        if not (isinstance(latest, dict) and isinstance(latest.get("rounds_done"), int) and isinstance(latest.get("folder"), str)):
+            raise UserError(f"{path}: damaged checkpoint pointer; use a new --out (or delete {path.parent} to start "
+                            "this run over)")
+        return latest
 
     def save_checkpoint(self, rounds_done: int, save_policy: Callable[[Path], None], state: dict) -> None:
         """Policy files + `state.pt` in a new folder, then `latest.json` points at it (atomic commit)."""
@@ -151,7 +179,7 @@ class RunFolder:
         latest = self.out / "checkpoint" / "latest.json"
         if not latest.is_file():
             return None
-        folder = self.out / "checkpoint" / json.loads(latest.read_text())["folder"]
+        folder = self.out / "checkpoint" / self._latest()["folder"]
         try:
             state = torch.load(folder / "state.pt", weights_only=True)
         except (OSError, RuntimeError) as e:
