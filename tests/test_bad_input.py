@@ -370,6 +370,7 @@ def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):
         (("baseline", "--method", "random", "--pool", pool, "--out", pool), ["exists and is a file"]),
         (("evaluate", "--model", env["model"], "--out", pool), ["exists and is a file"]),
         (("tiny-model", "--pool", pool_dir, "--out", pool_dir), ["is also the input --pool"]),
+        (("demo", "--quick", "--out", pool), ["exists and is a file"]),
     ]
     for args, fragments in cases:
         assert_user_error(cli(*args), *fragments)
@@ -442,6 +443,8 @@ def test_select_exports_a_train_policy_run_and_says_which_round(env, tmp_path):
     shutil.copytree(run, broken)
     (broken / "config.yaml").write_text("pool: [unclosed\n")
     assert_user_error(cli("select", "--run", broken, "--out", tmp_path / "y.jsonl"), "config.yaml: not valid YAML")
+    assert_user_error(cli("select", "--run", run, "--out", tmp_path / "z.jsonl", "--set", "select.round=true"),
+                      "'round' must be a whole number, got true")
 
 
 # ---------------------------------------------------------------- the entry point, as a real process

@@ -50,12 +50,15 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
         return from_dict(tp, value, source, prefix=f"{name}.")
     if origin in (typing.Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:  # Optional[X]: X's own message
+            return _coerce(value, non_none[0], name, source)
         for a in non_none:
             try:
                 return _coerce(value, a, name, source)
             except (UserError, ValueError, TypeError):
                 continue
-        raise UserError(f"{source}: '{name}' = {value!r} is not a valid {tp}")
+        kinds = " or ".join(getattr(a, "__name__", str(a)) for a in non_none)
+        raise UserError(f"{source}: '{name}' must be {kinds}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -30,6 +30,8 @@ def register(app: typer.Typer) -> None:
 
         if preset not in PRESETS:
             raise UserError(f"unknown preset '{preset}'; available: {', '.join(PRESETS)}")
+        if max_texts < 1:
+            raise UserError(f"--max-texts {max_texts}: must be at least 1")
         check_output(out, {"--pool": pool})
         if pool is None:
             from ..data.synthetic import demo_texts
