@@ -362,9 +362,18 @@ class RaisePolicy:
         if not path.is_file():
             raise UserError(f"{Path(out_dir)}: no policy.json here; point at the policy folder of a train-policy run")
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{path}: expected a JSON object")
+        for key, kind in (("config", dict), ("normalizer", dict), ("dims", dict)):
+            if not isinstance(meta.get(key), kind):
+                raise UserError(f"{path}, field '{key}': missing or not an object; the policy folder is damaged")
+        for key in ("sem_dim", "num_classes"):
+            if not isinstance(meta["dims"].get(key), int):
+                raise UserError(f"{path}, field 'dims.{key}': missing or not an integer; the policy folder is damaged")
+        return meta
 
     @classmethod
     def read_normalizer(cls, out_dir: str | Path) -> Normalizer:
