@@ -37,7 +37,7 @@ def policy(pool):
         cluster=np.arange(n) % 2,
         meta={"classes": 2},
     )
-    return RaisePolicy(StaticState.from_features(table), PolicyConfig(per_class=2, seed=0))
+    return RaisePolicy(StaticState.from_features(table), PolicyConfig(per_class=2, seed=0, use_rule="topk"))
 
 
 def _trainer(cls, tiny_model_dir, pool, policy, out, validator=None, **overrides):

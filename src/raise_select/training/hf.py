@@ -78,8 +78,9 @@ class RaiseSampler(Sampler[int]):
     """Yields pool row indices, B per optimizer step, chosen by a trained `RaisePolicy`.
 
     `steps_per_epoch` is the number of batches one pass yields (`len` is that times B);
-    the state (counts, step, P) carries over from one pass to the next. `explore=True`
-    samples within each class instead of taking the top-b (as in policy rollouts).
+    the state (counts, step, P) carries over from one pass to the next. The batch follows the
+    policy's use rule (`use_rule`: sample from each class softmax, or the top-b); `explore`
+    True or False forces sampling or the top-b.
     """
 
     def __init__(
@@ -88,7 +89,7 @@ class RaiseSampler(Sampler[int]):
         steps_per_epoch: int,
         ids: Sequence[str] | None = None,
         log_path: str | Path | None = None,
-        explore: bool = False,
+        explore: bool | None = None,
         seed: int = 0,
     ):
         if steps_per_epoch < 1:
@@ -118,7 +119,10 @@ class RaiseSampler(Sampler[int]):
         stage = self.stage
         stage.step += 1
         progress = stage.step / max(stage.total_steps, stage.step)
-        action = self.policy.act(stage.perf, progress, self.counts, explore=self.explore, generator=self.generator)
+        if self.explore is None:
+            action = self.policy.use(stage.perf, progress, self.counts, generator=self.generator)
+        else:
+            action = self.policy.act(stage.perf, progress, self.counts, explore=self.explore, generator=self.generator)
         indices = action.indices.tolist()
         self.counts += torch.bincount(action.indices, minlength=len(self.counts))
         record = {"step": stage.step, "perf": stage.perf, "progress": progress, "indices": indices}
