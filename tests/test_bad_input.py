@@ -164,6 +164,8 @@ SETTINGS = [
     (["--limit", "0"], ["--limit 0", "at least 1"]),
     (["--limit", "-5"], ["--limit -5", "at least 1"]),
     (["--device", "foo"], ["--device 'foo': not a torch device"]),
+    (["--set", "=3"], ["override '=3': the key before '=' is empty"]),
+    (["--set", "featurize.template=[a]"], ["'template' must be text, got ['a']"]),
 ]
 
 

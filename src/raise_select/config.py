@@ -78,6 +78,8 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
             raise UserError(f"{source}: '{name}' must be an integer, got {value!r}")
         return out
     if tp is str:
+        if isinstance(value, (list, tuple, dict)):
+            raise UserError(f"{source}: '{name}' must be text, got {value!r}")
         return str(value)
     if origin in (list, tuple):
         if isinstance(value, str):
@@ -161,6 +163,8 @@ def parse_overrides(items: list[str] | None) -> dict:
         if "=" not in item:
             raise UserError(f"override '{item}': expected KEY=VALUE, e.g. train_policy.rounds=2")
         key, raw = item.split("=", 1)
+        if not key.strip() or any(not part.strip() for part in key.split(".")):
+            raise UserError(f"override '{item}': the key before '=' is empty or has an empty part, e.g. train_policy.rounds=2")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
@@ -220,6 +224,8 @@ def resolve(
     if config_path is not None:
         source = str(config_path)
         raw = read_yaml(config_path)
+        if section in raw and not isinstance(raw[section], dict):
+            raise UserError(f"{source}: section '{section}' must be a mapping of settings, got {raw[section]!r}")
         if section in raw and isinstance(raw[section], dict):
             merge(data, raw[section])
         else:
