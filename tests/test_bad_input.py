@@ -462,6 +462,11 @@ def test_subprocess_user_errors_are_one_line(env, tmp_path):
     assert pool.read_bytes() == before
 
 
+def test_every_command_turns_errors_into_one_line():
+    unguarded = [c.name for c in app.registered_commands if not getattr(c.callback, "handles_errors", False)]
+    assert unguarded == []
+
+
 BUG = ("import raise_select.data.pools as pools\n"
        "def boom(*a, **k):\n    raise RuntimeError('simulated defect')\n"
        "pools.load_pool = boom\n"

@@ -104,6 +104,7 @@ def handle_errors(fn: Callable) -> Callable:
                         "`raise-select --debug` to print it)", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=1) from None
 
+    wrapper.handles_errors = True  # type: ignore[attr-defined]  (tests check every command has it)
     return wrapper
 
 
