@@ -467,6 +467,30 @@ def test_every_command_turns_errors_into_one_line():
     assert unguarded == []
 
 
+def test_a_full_disk_or_a_refused_permission_is_one_line_and_other_os_errors_are_bugs(tmp_path, monkeypatch):
+    import errno
+
+    import typer
+
+    from raise_select.cli.common import handle_errors
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the bug's traceback goes
+    errors = {"nospc": OSError(errno.ENOSPC, "No space left on device", "/data/f"),
+              "perm": PermissionError(errno.EACCES, "Permission denied", "/data/g"),
+              "eio": OSError(errno.EIO, "Input/output error", "/data/h")}
+    tiny = typer.Typer()
+
+    @tiny.command()
+    @handle_errors
+    def fail(kind: str) -> None:
+        raise errors[kind]
+
+    assert_user_error(runner.invoke(tiny, ["nospc"]), "/data/f: No space left on device")
+    assert_user_error(runner.invoke(tiny, ["perm"]), "/data/g: permission denied")
+    bug = runner.invoke(tiny, ["eio"])
+    assert bug.exit_code == 1 and "a bug in raise-select" in bug.stderr and len(problem_lines(bug.stderr)) == 1
+
+
 BUG = ("import raise_select.data.pools as pools\n"
        "def boom(*a, **k):\n    raise RuntimeError('simulated defect')\n"
        "pools.load_pool = boom\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -96,6 +97,10 @@ def handle_errors(fn: Callable) -> Callable:
         except (typer.Exit, typer.Abort, *COMMAND_LINE_ERRORS):
             raise
         except Exception as e:
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # the machine, not a bug
+                typer.secho(f"error: {e.filename or ''}: {e.strerror}; free space or choose another output path",
+                            fg=typer.colors.RED, err=True)
+                raise typer.Exit(code=2) from None
             if debug_enabled():
                 raise
             where = write_traceback(e)
