@@ -276,9 +276,11 @@ TESTBEDS: dict[str, SyntheticConfig] = {
     "rare": SyntheticConfig(size=1600, target="add", components=[
         Component("add", 0.035), Component("add", 0.035, "wrong"), Component("sub", 0.10),
         *[Component(f, 0.155) for f in ("reverse", "copy", "sort", "upper")], Component(GIBBERISH, 0.21)]),
-    # The target is response quality, not topic: validation is clean data of every family;
-    # half of each family is broken (wrong, truncated or garbage).
-    "quality": SyntheticConfig(size=1200, target=ALL, noise=0.5, families=["add", "reverse", "copy", "upper"]),
+    # The target is response quality, not topic: validation is clean data of both families;
+    # half of each family has a truncated or a garbage response.
+    "quality": SyntheticConfig(size=1200, target=ALL, components=[
+        Component("add", 0.25), Component("add", 0.125, "truncated"), Component("add", 0.125, "garbage"),
+        Component("upper", 0.25), Component("upper", 0.125, "truncated"), Component("upper", 0.125, "garbage")]),
     # Only the response tells: one family, a quarter correct, three quarters the answer of
     # another input (same length and alphabet); a difficulty (log P) signal, not a topic one.
     "twins": SyntheticConfig(size=1200, target="copy", components=[
