@@ -497,7 +497,7 @@ BUG = ("import raise_select.data.pools as pools\n"
        "from raise_select.cli.main import main; main()")
 
 
-def test_an_unexpected_exception_is_one_line_naming_the_traceback_file(env, tmp_path):
+def test_an_unexpected_exception_is_one_line_naming_the_traceback_file(env, tmp_path, monkeypatch):
     args = ("select", "--run", env["root"] / "run", "--out", tmp_path / "c.jsonl")
     result = subprocess_cli(*args, code=BUG)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -507,8 +507,19 @@ def test_an_unexpected_exception_is_one_line_naming_the_traceback_file(env, tmp_
     text = Path(where).read_text()
     assert "Traceback" in text and "RuntimeError: simulated defect" in text
     Path(where).unlink()
-    shown = subprocess_cli(*args, code=BUG, env={"RAISE_SELECT_DEBUG": "1"})
-    assert shown.returncode == 1 and "Traceback" in shown.stderr and "simulated defect" in shown.stderr
+    # With the debug switch the exception itself comes out (in process: CliRunner holds it).
+    import raise_select.data.pools as pools
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated defect")
+
+    monkeypatch.setattr(pools, "load_pool", boom)
+    monkeypatch.setenv("RAISE_SELECT_DEBUG", "1")
+    shown = cli(*args)
+    assert shown.exit_code == 1 and isinstance(shown.exception, RuntimeError) and "a bug" not in shown.stderr
+    monkeypatch.delenv("RAISE_SELECT_DEBUG")
+    shown = cli("--debug", *args)
+    assert isinstance(shown.exception, RuntimeError)
 
 
 def test_progress_is_logged_not_redrawn_when_stderr_is_not_a_terminal(env):
