@@ -373,6 +373,9 @@ def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):
         (("evaluate", "--model", env["model"], "--out", pool), ["exists and is a file"]),
         (("tiny-model", "--pool", pool_dir, "--out", pool_dir), ["is also the input --pool"]),
         (("demo", "--quick", "--out", pool), ["exists and is a file"]),
+        (("grape", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir / "out.jsonl"),
+         ["lies inside the input folder --pool"]),
+        (("convert-model", pool, "--out", pool), ["exists and is a file"]),
     ]
     for args, fragments in cases:
         assert_user_error(cli(*args), *fragments)

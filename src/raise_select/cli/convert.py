@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         same folder where you choose.
         """
         from ..errors import UserError
+        from ..io import check_output
         from ..models.resolve import PACKAGED, package_file, convert_gguf_folder
 
         if source.lower() in PACKAGED:
@@ -35,5 +36,6 @@ def register(app: typer.Typer) -> None:
         elif not source.lower().endswith(".gguf"):
             raise UserError(f"{source}: expected a .gguf file or one of: "
                             f"{', '.join(k for k, v in PACKAGED.items() if v.kind == 'gguf')}")
+        check_output(out, {"SOURCE": source})
         convert_gguf_folder(source, out)
         typer.echo(f"wrote {out} (from {source})")

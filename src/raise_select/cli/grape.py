@@ -38,8 +38,11 @@ def register(app: typer.Typer) -> None:
         grape_candidates and grape_choice per row) that any selector or `--pool` reads."""
         from ..baselines.grape import GrapeConfig, run_grape
         from ..config import resolve
+        from ..io import check_output
 
         cfg = resolve(GrapeConfig, "grape", config, overrides, OPTIONS.flags(locals()))
+        if cfg.out:
+            check_output(cfg.out, {"--pool": cfg.pool, "--model": cfg.model}, kind="file")
         setup_logging()
         summary = run_grape(cfg)
         typer.echo(f"grape: {summary['instructions']} instructions ({summary['multi']} with several of "
