@@ -358,6 +358,7 @@ def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):
     pool_dir = tmp_path / "pooldir"
     pool_dir.mkdir()
     shutil.copy(pool, pool_dir / "pool.jsonl")
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
     cases = [
         (("select", "--run", root / "run", "--out", pool), ["--out", "is also the input --pool"]),
         (("select", "--run", root / "run", "--out", log), ["is also the input --run"]),
@@ -375,7 +376,7 @@ def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):
         (("demo", "--quick", "--out", pool), ["exists and is a file"]),
         (("grape", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir / "out.jsonl"),
          ["lies inside the input folder --pool"]),
-        (("convert-model", pool, "--out", pool), ["exists and is a file"]),
+        (("convert-model", tmp_path / "m.gguf", "--out", tmp_path / "m.gguf"), ["m.gguf: exists and is a file"]),
     ]
     for args, fragments in cases:
         assert_user_error(cli(*args), *fragments)
