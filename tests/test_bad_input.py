@@ -309,6 +309,13 @@ def test_broken_model_folders(env, tmp_path):
     assert_user_error(result, "truncated: cannot load a causal LM", "truncated or corrupt")
     result = cli("featurize", "--pool", pool, "--model", no_tokenizer, "--out", tmp_path / "f2")
     assert_user_error(result, "no-tokenizer: no tokenizer files here", "tokenizer.json")
+    data = tmp_path / "data" / "arc_challenge"
+    data.mkdir(parents=True)
+    for split in ("Train", "Test"):
+        (data / f"ARC-Challenge-{split}.jsonl").write_text(json.dumps(ARC_ROW) + "\n")
+    result = cli("evaluate", "--model", truncated, "--tasks", "arc_challenge", "--data-dir", tmp_path / "data",
+                 "--out", tmp_path / "res")
+    assert_user_error(result, "truncated': cannot be loaded")
 
 
 def _nan_actor(folder: Path) -> None:

@@ -152,6 +152,7 @@ def run_lm_eval(cfg: EvaluateConfig, lm=None) -> dict:
     """
     import torch
     from lm_eval import simple_evaluate
+    from safetensors import SafetensorError
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -172,8 +173,8 @@ def run_lm_eval(cfg: EvaluateConfig, lm=None) -> dict:
                 **_hf_model_args(cfg.model), max_length=cfg.max_length, batch_size=cfg.batch_size,
                 device=device, dtype=cfg.dtype,
             )
-        except (OSError, ValueError) as e:
-            raise UserError(f"model '{cfg.model}': cannot be loaded ({str(e).splitlines()[0]})") from None
+        except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a truncated or corrupt weights file
+            raise UserError(f"model '{cfg.model}': cannot be loaded ({' '.join(str(e).split())[:300]})") from None
     log.info("evaluating %s on %s (%s, %d-shot, limit %s)", cfg.model, ", ".join(names),
              "local files" if cfg.data_dir else "hub tasks", cfg.num_fewshot, cfg.limit)
     results = simple_evaluate(
