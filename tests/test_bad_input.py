@@ -262,6 +262,10 @@ FEATURE_CASES = [
     ("meta-classes-text", _meta({"classes": "three"}), ["meta.json, field 'classes'", "'three'"]),
     ("meta-corrupt", _corrupt_meta, ["meta.json: not valid JSON"]),
     ("negative-cluster", _negative_cluster, ["row 0, field 'cluster'", "negative class id"]),
+    ("float-cluster", lambda d: rewrite_parquet(d, "cluster", pa.array([float(i % CLASSES) for i in range(12)])),
+     ["field 'cluster': expected integer class ids, got double"]),
+    ("missing-id", lambda d: rewrite_parquet(d, "id", pa.array([None] + [f"x{i}" for i in range(1, 12)], pa.string())),
+     ["row 0, field 'id': missing value"]),
     ("made-at-512", _meta({"max_length": 512}),
      ["meta.json, field 'max_length': the features were computed with max_length 512, this run uses --max-length 64"]),
 ]

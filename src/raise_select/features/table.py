@@ -148,6 +148,10 @@ class FeatureTable:
                 row = int(np.flatnonzero(bad)[0])
                 raise UserError(f"{fp}: row {row}, field '{c}': {columns[c][row]} is not a token count >= {low}")
         ids = table.column("id").to_pylist()
+        if not pa.types.is_string(table.column("id").type) and not pa.types.is_large_string(table.column("id").type):
+            raise UserError(f"{fp}, field 'id': expected text ids, got {table.column('id').type}")
+        if None in ids:
+            raise UserError(f"{fp}: row {ids.index(None)}, field 'id': missing value")
         if len(set(ids)) != len(ids):
             seen: set = set()
             row = next(i for i, x in enumerate(ids) if x in seen or seen.add(x))
