@@ -395,6 +395,22 @@ def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):
     assert sorted(p.name for p in pool_dir.iterdir()) == ["pool.jsonl"]
 
 
+def test_check_output_allows_what_cannot_mix(tmp_path):
+    from raise_select.errors import UserError
+    from raise_select.io import check_output
+
+    pool_dir, feats = tmp_path / "pool", tmp_path / "feats"
+    pool_dir.mkdir()
+    feats.mkdir()
+    check_output(feats / "ifd", {"--features": feats, "--pool": pool_dir})  # features are read by file name
+    check_output(tmp_path, {"--pool": pool_dir})                            # beside the pool folder, not in it
+    check_output(tmp_path / "new" / "deeper", {"--model": "org/hub-id"})    # a hub id is not a path
+    with pytest.raises(UserError, match="lies inside the input folder --pool"):
+        check_output(pool_dir / "out", {"--pool": pool_dir})
+    with pytest.raises(UserError, match="is also the input --features"):
+        check_output(feats, {"--features": feats})
+
+
 def test_an_output_folder_without_write_permission(env, tmp_path, monkeypatch):
     # Root may write anywhere, so the refusal is checked through os.access.
     locked = tmp_path / "locked"

@@ -68,16 +68,18 @@ def fingerprint(obj: Any) -> str:
 
 
 def check_output(out: str | os.PathLike, inputs: dict[str, Any] | None = None, kind: str = "folder",
-                 flag: str = "--out") -> Path:
+                 flag: str = "--out", read_by_name: tuple[str, ...] = ("--features", "--policy")) -> Path:
     """Refuse, before anything is computed, an output path that would destroy or mix with an
     input of the same command, or that cannot be written.
 
     `kind` is "folder" (the command writes several files into `out`) or "file". `inputs`
     maps a flag (e.g. "--pool") to the path it was given (None and names that are not
     local paths, such as hub ids, are skipped). Refused: `out` equal to an input (paths
-    resolved, so `./a` and `a` are the same); for a folder output, `out` inside an input
-    folder (the outputs would be read back as input rows next time) or an input folder
-    inside `out`; an existing path of the wrong kind; a location without write permission.
+    resolved, so `./a` and `a` are the same); `out` inside an input folder, whose files are
+    read by scanning it (a pool folder: the outputs would be read back as pool rows; a model
+    folder: its fingerprint would change), except for the folders in `read_by_name`, whose
+    files are read by their names; an existing path of the wrong kind; a location without
+    write permission.
     """
     out_path = Path(out).expanduser()
     target = out_path.resolve()
@@ -95,12 +97,9 @@ def check_output(out: str | os.PathLike, inputs: dict[str, Any] | None = None, k
         if source == target:
             raise UserError(f"{flag} {out} is also the input {name}; writing there would destroy the input; "
                             "choose another output path")
-        if source.is_dir() and target.is_relative_to(source):
+        if source.is_dir() and target.is_relative_to(source) and name not in read_by_name:
             raise UserError(f"{flag} {out} lies inside the input folder {name} {spec}; outputs there would be read "
                             "back as input; choose a path outside it")
-        if kind == "folder" and source.is_relative_to(target) and source.is_dir():
-            raise UserError(f"{flag} {out} contains the input folder {name} {spec}; choose an output folder "
-                            "outside the inputs")
     folder = target if kind == "folder" else target.parent  # where files get created (atomically, by rename)
     while not folder.exists():
         folder = folder.parent
