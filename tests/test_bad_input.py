@@ -359,6 +359,28 @@ def test_a_damaged_run_folder_is_refused_on_resume(env, tmp_path):
         assert_user_error(result, fragment, "use a new --out")
 
 
+def test_non_finite_policy_weights_are_neither_used_nor_saved(tmp_path):
+    import torch
+
+    from raise_select.errors import UserError
+    from raise_select.policy import PolicyConfig, RaisePolicy, StaticState
+
+    n = 12
+    rng = np.random.default_rng(0)
+    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
+    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
+    table = FeatureTable(ids=[f"x{i}" for i in range(n)], columns=columns, sem=rng.normal(size=(n, 4)).astype(np.float32),
+                         cluster=np.arange(n) % CLASSES, meta={"classes": CLASSES})
+    policy = RaisePolicy(StaticState.from_features(table), PolicyConfig(per_class=1, hidden=8))
+    with torch.no_grad():
+        next(policy.actor.parameters()).view(-1)[0] = float("inf")
+    with pytest.raises(UserError, match="scores of .* instruction\\(s\\) are not finite"):
+        policy.act(0.0, 0.0, torch.zeros(n), explore=True)
+    with pytest.raises(UserError, match="the actor being saved .* non-finite value"):
+        policy.save(tmp_path / "policy")
+    assert not (tmp_path / "policy" / "actor.safetensors").exists()
+
+
 # ---------------------------------------------------------------- output paths
 
 def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):

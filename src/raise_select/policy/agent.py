@@ -171,7 +171,7 @@ class RaisePolicy:
         """Choose a batch: explore=True samples within each class (rollouts), False takes the top-b (use time)."""
         scores = self.scores(perf_prev, progress, counts)
         if not bool(torch.isfinite(scores).all()):
-            bad = torch.flatnonzero(~torch.isfinite(scores))
+            bad = torch.nonzero(~torch.isfinite(scores)).flatten()
             raise UserError(f"the policy's scores of {len(bad)} instruction(s) are not finite (first: pool row "
                             f"{int(bad[0])}, P_prev = {perf_prev}); the policy weights or the state diverged")
         idx = select_per_class(scores, self.static.classes, self.static.num_classes, self.cfg.per_class,
