@@ -200,6 +200,10 @@ def test_null_in_a_config_file_and_a_non_finite_budget(env, tmp_path):
     result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f",
                  "--config", tmp_path / "c.yaml")
     assert_user_error(result, "c.yaml", "'sem_dim' needs a value")
+    (tmp_path / "c.yaml").write_text("featurize: 5\n")
+    result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f",
+                 "--config", tmp_path / "c.yaml")
+    assert_user_error(result, "c.yaml: section 'featurize' must be a mapping of settings, got 5")
     for budget in ("nan", "inf"):
         result = cli("baseline", "--method", "random", "--pool", env["root"] / "pool.jsonl", "--budget", budget,
                      "--out", tmp_path / "b")
@@ -379,6 +383,18 @@ def test_non_finite_policy_weights_are_neither_used_nor_saved(tmp_path):
     with pytest.raises(UserError, match="the actor being saved .* non-finite value"):
         policy.save(tmp_path / "policy")
     assert not (tmp_path / "policy" / "actor.safetensors").exists()
+
+
+def test_a_metrics_line_cut_short_by_a_crash_is_dropped_and_a_damaged_middle_line_refused(tmp_path):
+    from raise_select.errors import UserError
+    from raise_select.training.runs import RunFolder
+
+    run = RunFolder(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"round": 0, "kind": "step"}\n{"round": 0, "ki')
+    assert run.read_metrics() == [{"round": 0, "kind": "step"}]
+    (tmp_path / "metrics.jsonl").write_text('{"round": 0}\n{oops\n{"round": 1}\n')
+    with pytest.raises(UserError, match="metrics.jsonl: row 1: not a JSON line"):
+        run.read_metrics()
 
 
 # ---------------------------------------------------------------- output paths
