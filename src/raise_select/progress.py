@@ -78,9 +78,6 @@ class LogProgress:
         finally:
             self.close()
 
-    def __len__(self) -> int:
-        return int(self.total or 0)
-
     def __enter__(self) -> "LogProgress":
         return self
 
@@ -97,12 +94,6 @@ class LogProgress:
     def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs: Any) -> None:
         items = {**(ordered_dict or {}), **kwargs}
         self._postfix = ", ".join(f"{k}={v}" for k, v in items.items())
-
-    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
-        self.desc = desc or self.desc
-
-    def refresh(self) -> None:
-        pass
 
     def close(self) -> None:
         if self._closed:
