@@ -5,7 +5,7 @@ perfect selection would gain? Every learning testbed x seeds, through the demo h
     python benchmarks/bench_learning.py --quick              # 2 testbeds x 2 seeds, 6 rounds (a few minutes)
     python benchmarks/bench_learning.py --ablation --testbeds demo,rare   # + the paper's form and each departure reverted
 
-For every testbed (`data.synthetic.TESTBEDS`: demo, rare, quality, twins) a pool and a
+For every testbed (`data.synthetic.TESTBEDS`: demo, rare, quality, topic) a pool and a
 validation task are generated, a tiny Llama M_0 is built and an auxiliary model (M_0 trained
 on a separate clean corpus) featurizes the pool. Per seed, at the same number of updates,
 batch and learning rate: RAISE (train-policy for K rounds, then finetune with the policy),
@@ -16,8 +16,8 @@ validation loss. Printed per testbed and seed: final losses, oracle gain, distin
 chosen, wall time; then the averages. Every run folder is kept under --out and reused by a
 re-run (finished methods are not repeated; a policy resumes after its last round).
 
-With --ablation the RAISE column is recomputed for the paper's literal settings and for
-the package's settings with one departure reverted at a time (same testbeds and seeds,
+With --ablation the RAISE column is recomputed for the paper's literal settings, for the
+package's settings with one departure reverted at a time, and with the per-item ratio (same testbeds and seeds,
 RAND / PERFECT reused), and a table setting -> oracle gain per testbed and seed is printed.
 """
 
@@ -42,15 +42,16 @@ from raise_select.policy.agent import PAPER, PolicyConfig
 # Each departure from the paper, reverted alone (the rest as in the package defaults).
 ABLATION = {
     "package defaults": {},
-    "paper (all four reverted)": dict(PAPER),
-    "gamma 0.99 (paper horizon)": {"gamma": PAPER["gamma"]},
-    "ratio product (eq. 11)": {"ratio": PAPER["ratio"]},
+    "use_rule topk (Algorithm 1)": {"use_rule": PAPER["use_rule"]},   # no retraining: the same policies, used top-b
+    "paper (all three reverted)": dict(PAPER),
     "advantage gae (critic baseline)": {"advantage": PAPER["advantage"]},
-    "use_rule topk (Algorithm 1)": {"use_rule": PAPER["use_rule"]},
+    "gamma 0.99 (paper horizon)": {"gamma": PAPER["gamma"]},
+    "ratio per_item (option)": {"ratio": "per_item"},
 }
 
 
-def run_testbed(name: str, args, policy: PolicyConfig, tag: str, methods: list[str]) -> list[dict]:
+def run_testbed(name: str, args, policy: PolicyConfig, tag: str, methods: list[str], change: dict | None = None) -> list[dict]:
+    change = change or {}
     cfg = DemoConfig(out=str(args.out / name), testbed=name, seeds=args.seeds, rounds=args.rounds, steps=args.steps,
                      auxiliary_steps=args.auxiliary_steps, ifd=True, policy=policy)
     paths = prepare(cfg)
@@ -66,8 +67,12 @@ def run_testbed(name: str, args, policy: PolicyConfig, tag: str, methods: list[s
         seed_dir = args.out / name / f"seed_{seed}"
         row = {"testbed": name, "seed": seed, "setting": tag}
         for method in methods:
-            where = seed_dir / tag.replace(" ", "_").replace("(", "").replace(")", "") if method == "raise" and tag != "package defaults" else seed_dir
-            r = run_method(cfg, paths, pool, val, method, seed, where, rows.get(method))
+            where, options = seed_dir, {}
+            if method == "raise" and tag != "package defaults":
+                where = seed_dir / "ablation" / tag.split(" (")[0].replace(" ", "_")
+                if set(change) == {"use_rule"}:   # no retraining: the package's policy, used with the other rule
+                    options = {"policy_dir": seed_dir / "policy" / "policy", "use_rule": change["use_rule"]}
+            r = run_method(cfg, paths, pool, val, method, seed, where, rows.get(method), **options)
             row[method] = r.val_loss
             row[f"{method}_distinct"] = r.distinct
             row[f"{method}_share"] = r.clean_on_target
@@ -145,7 +150,8 @@ def main() -> None:
             if not change:
                 continue
             for name in testbeds:
-                ablation += run_testbed(name, args, dataclasses.replace(base, **change), tag, ["raise", "rand", "ifd", "perfect"])
+                ablation += run_testbed(name, args, dataclasses.replace(base, **change), tag, ["raise", "rand", "ifd", "perfect"],
+                                        change)
         print("\nOracle gain of RAISE per setting (testbed, seed):\n")
         print(ablation_table(ablation, testbeds, args.seeds))
     print(f"\n{time.perf_counter() - start:.0f} s in all; run folders under {args.out}")

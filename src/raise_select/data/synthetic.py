@@ -281,10 +281,10 @@ TESTBEDS: dict[str, SyntheticConfig] = {
     "quality": SyntheticConfig(size=1200, target=ALL, components=[
         Component("add", 0.25), Component("add", 0.125, "truncated"), Component("add", 0.125, "garbage"),
         Component("upper", 0.25), Component("upper", 0.125, "truncated"), Component("upper", 0.125, "garbage")]),
-    # Only the response tells: one family, a quarter correct, three quarters the answer of
-    # another input (same length and alphabet); a difficulty (log P) signal, not a topic one.
-    "twins": SyntheticConfig(size=1200, target="copy", components=[
-        Component("copy", 0.25), Component("copy", 0.75, "wrong")]),
+    # Topic without noise, where length says nothing: capitalising a word has the same
+    # response lengths as copying, reversing and sorting one; only the semantic state (and
+    # log P) tells the target family from the others.
+    "topic": SyntheticConfig(size=1200, target="upper", noise=0.0),
 }
 
 

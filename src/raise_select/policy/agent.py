@@ -39,10 +39,10 @@ USE_RULES = ("topk", "sample")
 class PolicyConfig:
     """Selection policy and PPO settings.
 
-    Defaults follow appendix A.2 of the paper except four named departures, measured in
-    docs/policy.md: gamma 0 (paper 0.99), ratio per_item (paper product, eq. 11), advantage
-    step_baseline (paper gae) and use_rule sample (paper topk). `PAPER` holds the paper's
-    literal values (`configs/policy_paper.yaml`).
+    Defaults follow appendix A.2 of the paper except three named departures, measured in
+    docs/policy.md: gamma 0 (paper 0.99), advantage step_baseline (paper gae) and use_rule
+    sample (paper topk); ratio per_item is an option that measured no better. `PAPER` holds the paper's
+literal values (`configs/policy_paper.yaml`).
 
     The jobs that train a policy (train-policy, demo, the study's RAISE cells) hold one as
     their `policy:` section; a field added here reaches their YAML, `--set` and the settings
@@ -62,7 +62,7 @@ class PolicyConfig:
     minibatches: int = field(default=1, metadata={"help": "optimizer steps per epoch: the round's steps are shuffled into this many groups"})
     normalize_advantages: bool = field(default=True, metadata={"help": "standardise a round's advantages before eq. 12 (rewards are tiny validation deltas)"})
     # Departures from the paper (docs/policy.md has the measured ablation); the paper's form in brackets.
-    ratio: str = field(default="per_item", metadata={"help": "importance ratio: product of the B class probabilities [eq. 11] or per_item (each chosen row its own clipped ratio)"})
+    ratio: str = field(default="product", metadata={"help": "importance ratio: product of the B class probabilities [eq. 11] or per_item (each chosen row its own clipped ratio)"})
     advantage: str = field(default="step_baseline", metadata={"help": "gae [eq. 7-9, critic V_phi as baseline] or step_baseline (reward minus the mean reward at the same step of earlier episodes)"})
     target_kl: float = field(default=0.0, metadata={"help": "stop a round's PPO epochs once the approximate KL per chosen row exceeds this (0 = never [paper])"})
     use_rule: str = field(default="sample", metadata={"help": "use time: topk [Algorithm 1] or sample (draw from the class softmax, as in rollouts)"})
