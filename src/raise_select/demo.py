@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -182,9 +183,11 @@ def _train_on_batches(cfg: DemoConfig, pool: Pool, val, model_dir: Path, out: Pa
     return -final_p
 
 
-def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int, run_dir: Path) -> float:
-    """Train a policy with `seed` into `run_dir/policy` (resumed when there), fine-tune M_0 with
-    it into `run_dir/raise`; returns -P(M_T)."""
+def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int, run_dir: Path, policy_dir: Path | None = None,
+               use_rule: str | None = None) -> float:
+    """Train a policy with `seed` into `run_dir/policy` (resumed when there; or use the trained
+    `policy_dir`), fine-tune M_0 with it into `run_dir/raise` (with `use_rule` in place of the
+    policy's own); returns -P(M_T). A fine-tuning run newer than its policy is reused."""
     from .training.finetune import FinetuneConfig, finetune
     from .training.runs import RunFolder
     from .training.train_policy import TrainPolicyConfig, train_policy
@@ -192,10 +195,14 @@ def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int, run_dir: Path
     common = dict(pool=str(paths["pool"]), features=str(paths["features"]), model=str(paths["model"]),
                   val=str(paths["val"]), steps=cfg.steps, lr=cfg.lr, max_length=cfg.max_length, seed=seed,
                   val_batch_size=cfg.val_size)
-    policy_dir = train_policy(TrainPolicyConfig(**common, out=str(run_dir / "policy"), rounds=cfg.rounds,
-                                                policy=dataclasses.replace(cfg.policy, seed=seed)))
-    finetune(FinetuneConfig(**common, out=str(run_dir / "raise"), policy=str(policy_dir)))
-    final = [r for r in RunFolder(run_dir / "raise").read_metrics() if r.get("kind") == "finetune"]
+    if policy_dir is None:
+        policy_dir = train_policy(TrainPolicyConfig(**common, out=str(run_dir / "policy"), rounds=cfg.rounds,
+                                                    policy=dataclasses.replace(cfg.policy, seed=seed)))
+    done = run_dir / "raise" / "metrics.jsonl"
+    final = [r for r in RunFolder(run_dir / "raise").read_metrics() if r.get("kind") == "finetune"] if done.is_file() else []
+    if not final or done.stat().st_mtime < (Path(policy_dir) / "policy.json").stat().st_mtime:
+        finetune(FinetuneConfig(**common, out=str(run_dir / "raise"), policy=str(policy_dir), use_rule=use_rule))
+        final = [r for r in RunFolder(run_dir / "raise").read_metrics() if r.get("kind") == "finetune"]
     return -final[-1]["final_P"]
 
 
@@ -221,9 +228,12 @@ def prepare(cfg: DemoConfig) -> dict[str, Path]:
             corpus_pool = _load(corpus_path)
             gen = torch.Generator().manual_seed(cfg.model_seed)
             batches = [torch.randperm(len(corpus_pool), generator=gen)[:16].tolist() for _ in range(cfg.auxiliary_steps)]
+            partial = out / "auxiliary.partial"     # renamed when complete: a killed run leaves no half model
+            shutil.rmtree(partial, ignore_errors=True)
             train_on_schedule(str(model_dir), corpus_pool, batches, LMConfig(lr=cfg.lr, max_length=cfg.max_length,
                                                                              seed=cfg.model_seed),
-                              auxiliary, total_steps=cfg.auxiliary_steps)
+                              partial, total_steps=cfg.auxiliary_steps)
+            partial.rename(auxiliary)
     featurize(FeaturizeConfig(pool=str(pool_path), model=str(auxiliary), out=str(out / "features"),
                               max_length=cfg.max_length, sem_dim=cfg.sem_dim, classes=cfg.classes,
                               batch_size=64, seed=cfg.data_seed))
@@ -243,12 +253,13 @@ def _ifd_rows(cfg: DemoConfig, paths: dict[str, Path], pool: Pool) -> list[int]:
 
 
 def run_method(cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val, method: str, seed: int, seed_dir: Path,
-               rows: list[int] | None = None) -> MethodRun:
-    """One method and seed into `seed_dir/<method>`: raise (train a policy, fine-tune with it)
-    or uniform batches from `rows` (rand, perfect, ifd). Finished parts are reused."""
+               rows: list[int] | None = None, **raise_options) -> MethodRun:
+    """One method and seed into `seed_dir/<method>`: raise (train a policy, fine-tune with it;
+    `raise_options` go to `_raise_run`) or uniform batches from `rows` (rand, perfect, ifd).
+    Finished parts are reused."""
     t0 = time.perf_counter()
     if method == "raise":
-        loss = _raise_run(cfg, paths, seed, seed_dir)
+        loss = _raise_run(cfg, paths, seed, seed_dir, **raise_options)
     else:
         loss = _train_on_batches(cfg, pool, val, paths["model"], seed_dir / method, seed, rows)
     share, distinct = _selection_share(seed_dir / method, pool, _data_config(cfg).target)
