@@ -72,7 +72,7 @@ def test_method_stats_from_cell_folders(tmp_path):
     assert rows["RAISE"]["cost_phi"] == pytest.approx((30.0 + 6.0) / phi)  # RAISE reads the features
     chosen = ids[:2] + ids[:2]
     assert rows["RAISE"]["math_share"] == pytest.approx(sum(labels[i] for i in chosen) / 4)
-    assert math.isnan(rows["0%"]["cost_phi"]) and rows["0%"]["loss"] == 2.0
+    assert rows["0%"]["cost_phi"] is None and rows["0%"]["math_share"] is None and rows["0%"]["loss"] == 2.0
 
 
 def test_study_reports_heldout_loss_math_share_and_cost(shared_data, tmp_path):

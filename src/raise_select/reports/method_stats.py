@@ -73,21 +73,25 @@ def method_stats(records: Sequence[dict], cells_dir: Path, pool: Pool, batch_siz
         if r.get("train_seconds") is not None and r.get("method") is not None:
             extra = features_seconds if r["method"] not in feature_free else 0.0
             acc["seconds"].append(r["train_seconds"] + extra)
-    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    known = not math.isnan(phi) and phi > 0
     out = {}
     for label, acc in rows.items():
         seconds = mean(acc["seconds"])
         out[label] = {"loss": mean(acc["loss"]), "math_share": mean(acc["share"]), "seconds": seconds,
-                      "cost_phi": seconds / phi if phi and not math.isnan(phi) else math.nan}
-    return {"rows": out, "phi_seconds": phi, "pool_math_share": base_rate, "features_seconds": features_seconds}
+                      "cost_phi": seconds / phi if known and seconds is not None else None}
+    # None, not NaN, where a figure does not apply: the JSON output stays standard JSON.
+    return {"rows": out, "phi_seconds": phi if known else None, "pool_math_share": base_rate,
+            "features_seconds": features_seconds}
 
 
 def stats_markdown(stats: dict, loss_name: str | None) -> str:
     """The per-method table and the line that defines its columns."""
     fmt = lambda x, spec: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)  # noqa: E731
     header = ["DATA", *([f"{loss_name} loss"] if loss_name else []), "math share", "wall s", "cost (Φ)"]
-    rows = [[label, *([fmt(s["loss"], ".4f")] if loss_name else []), fmt(100 * s["math_share"], ".1f") + "%"
-             if not math.isnan(s["math_share"]) else "n/a", fmt(s["seconds"], ".0f"), fmt(s["cost_phi"], ".2f")]
+    share = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    rows = [[label, *([fmt(s["loss"], ".4f")] if loss_name else []), share(s["math_share"]),
+             fmt(s["seconds"], ".0f"), fmt(s["cost_phi"], ".2f")]
             for label, s in stats["rows"].items()]
     note = (f"\nPool math/quantitative base rate: {100 * stats['pool_math_share']:.1f}% "
             f"(rule: `raise_select.data.quantitative`). Φ = {fmt(stats['phi_seconds'], '.1f')} s "
