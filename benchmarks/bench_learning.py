@@ -77,12 +77,28 @@ def run_testbed(name: str, args, policy: PolicyConfig, tag: str, methods: list[s
             row[f"{method}_distinct"] = r.distinct
             row[f"{method}_share"] = r.clean_on_target
             row[f"{method}_seconds"] = r.seconds
+            if method == "raise":   # measured time of the whole method, also when its runs were reused
+                row["raise_seconds"] = _recorded_seconds(where, options)
         for method in ("raise", "ifd"):
             if method in row:
                 row[f"{method}_gain"] = oracle_gain(row[method], row["rand"], row["perfect"])
         out.append(row)
         print(json.dumps(row), flush=True)
     return out
+
+
+def _recorded_seconds(run_dir: Path, options: dict) -> float:
+    """Seconds the RAISE cell took as its run folders record them: the reference episode, every
+    round (training, reward, scoring, PPO) and the fine-tuning run with the policy."""
+    def seconds(path: Path, kinds: tuple[str, ...]) -> float:
+        if not path.is_file():
+            return 0.0
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return sum(sum(m["time"].values()) for m in lines if m.get("kind") in kinds)
+
+    policy_run = run_dir / "policy" if "policy_dir" not in options else Path(options["policy_dir"]).parent
+    total = seconds(run_dir / "raise" / "metrics.jsonl", ("finetune",))
+    return total + (0.0 if "policy_dir" in options else seconds(policy_run / "metrics.jsonl", ("reference", "round")))
 
 
 def table(rows: list[dict]) -> str:
