@@ -308,7 +308,7 @@ class Study:
         else:
             log.info("cell %s: training (%s)", cell.name, cell.method or "none: base model")
             model_dir = self._train(cell, cell_dir)
-            train_seconds = round(time.perf_counter() - start, 1) if cell.method is not None else None
+            train_seconds = round(time.perf_counter() - start, 3) if cell.method is not None else None
             setup_logging(self.out, "study.log")  # training stages log into their own run folders
             write_json_atomic(record_path, {**asdict(cell), "train": train_fp, "model": str(model_dir),
                                             "train_seconds": train_seconds})
