@@ -1,7 +1,7 @@
 """Does the learned policy choose better than random batches, and by how much of what a
 perfect selection would gain? Every learning testbed x seeds, through the demo harness.
 
-    python benchmarks/bench_learning.py                      # 4 testbeds x 3 seeds, 16 rounds
+    python benchmarks/bench_learning.py                      # 4 testbeds x 3 seeds, 20 rounds
     python benchmarks/bench_learning.py --quick              # 2 testbeds x 2 seeds, 6 rounds (a few minutes)
     python benchmarks/bench_learning.py --ablation --testbeds demo,rare   # + the paper's form and each departure reverted
 
@@ -135,7 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--testbeds", default=",".join(TESTBEDS), help=f"comma-separated, from {', '.join(TESTBEDS)}")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=16, help="K: policy-training rounds")
+    ap.add_argument("--rounds", type=int, default=20, help="K: policy-training rounds (the paper's 20)")
     ap.add_argument("--steps", type=int, default=100, help="T: updates per round and per fine-tuning run")
     ap.add_argument("--auxiliary-steps", type=int, default=300, help="updates of the auxiliary (featurizing) model")
     ap.add_argument("--quick", action="store_true", help="demo and rare, 2 seeds, 6 rounds")
