@@ -58,8 +58,24 @@ def test_oracle_gain_by_hand():
     assert math.isnan(oracle_gain(3.0, 2.0, 2.0))     # the oracle gains nothing: undefined
 
 
+def test_summary_and_table_with_an_undefined_oracle_gain():
+    """A seed where PERFECT does not beat RAND has no oracle gain; the others still count."""
+    from raise_select.demo import DemoConfig, MethodRun, format_table, summarize
+
+    runs = [MethodRun("raise", 0, 3.0, 0.5, 10, 1.0), MethodRun("rand", 0, 4.0, 0.1, 10, 1.0),
+            MethodRun("perfect", 0, 2.0, 1.0, 5, 1.0), MethodRun("raise", 1, 3.0, 0.5, 10, 1.0),
+            MethodRun("rand", 1, 4.0, 0.1, 10, 1.0), MethodRun("perfect", 1, 4.5, 1.0, 5, 1.0)]
+    summary = summarize(DemoConfig(seeds=2), runs, 1.0, pool_share=0.1)
+    gains = summary["methods"]["raise"]["oracle_gain_per_seed"]
+    assert gains[0] == 0.5 and math.isnan(gains[1])
+    assert summary["methods"]["raise"]["oracle_gain_mean"] == 0.5
+    assert "| RAISE | 3.000 ± 0.000 | 50% ± 0% |" in format_table(summary)
+    only_nan = summarize(DemoConfig(seeds=1), runs[3:], 1.0, pool_share=0.1)
+    assert "n/a (the oracle gains nothing)" in format_table(only_nan)
+
+
 def test_every_testbed_is_a_demo_setting(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--set", "demo.testbed=nope"])
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--testbed", "nope"])
     assert result.exit_code == 2 and "testbed" in result.output and "rare" in result.output
 
 

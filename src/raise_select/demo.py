@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -311,7 +312,12 @@ def _run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean and sample std of the finite values (an oracle gain is NaN where the oracle gains
+    nothing over random); NaN when none is finite."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return float("nan"), float("nan")
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
 def oracle_gain(method_loss: float, rand_loss: float, perfect_loss: float) -> float:
@@ -361,7 +367,10 @@ def format_table(summary: dict) -> str:
     lines = ["| method | final validation loss | oracle gain | clean & on-target chosen | distinct rows |",
              "|---|---|---|---|---|"]
     for method, m in summary["methods"].items():
-        gain = (f"{m['oracle_gain_mean']:.0%} ± {m['oracle_gain_std']:.0%}" if "oracle_gain_mean" in m else "")
+        gain = ""
+        if "oracle_gain_mean" in m:
+            gain = (f"{m['oracle_gain_mean']:.0%} ± {m['oracle_gain_std']:.0%}" if math.isfinite(m["oracle_gain_mean"])
+                    else "n/a (the oracle gains nothing)")
         lines.append(f"| {NAMES[method]} | {m['val_loss_mean']:.3f} ± {m['val_loss_std']:.3f} | {gain} | "
                      f"{m['clean_on_target_mean']:.1%} ± {m['clean_on_target_std']:.1%} | {m['distinct_mean']:.0f} |")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Optional[str] = typer.Option(None, "--out"),
         seeds: Optional[int] = typer.Option(None, "--seeds"),
+        testbed: Optional[str] = typer.Option(None, "--testbed"),
         quick: bool = typer.Option(False, "--quick", help="A tiny version of the same pipeline (seconds; for tests)."),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
@@ -34,7 +35,7 @@ def register(app: typer.Typer) -> None:
         from ..demo import QUICK, DemoConfig, format_table, run_demo
         from ..io import check_output
 
-        flags = merge(merge({}, QUICK) if quick else {}, OPTIONS.flags({"out": out, "seeds": seeds}))
+        flags = merge(merge({}, QUICK) if quick else {}, OPTIONS.flags({"out": out, "seeds": seeds, "testbed": testbed}))
         cfg = resolve(DemoConfig, "demo", config, overrides, flags)
         check_output(cfg.out, {"--config": config})
         summary = run_demo(cfg, progress=typer.echo)
