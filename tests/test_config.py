@@ -153,6 +153,39 @@ def test_settings_reference_is_current():
         "docs/settings.md is stale: python -m raise_select.cli.reference > docs/settings.md"
 
 
+def test_every_method_option_has_help():
+    """Each option of a registered selection method, and of the dataclasses it inherits from
+    (the online selectors' base, LESS under ROSE), carries `field(metadata={"help": ...})`:
+    the settings reference is built from it."""
+    import dataclasses
+
+    from raise_select.baselines import BASELINES
+
+    checked, missing = 0, []
+    for method, cls in BASELINES.items():
+        for klass in [k for k in cls.__mro__ if dataclasses.is_dataclass(k)]:
+            for f in dataclasses.fields(klass):
+                checked += 1
+                text = f.metadata.get("help")
+                if not (isinstance(text, str) and text.strip()):
+                    missing.append(f"{method}: {klass.__name__}.{f.name}")
+    assert checked > 0
+    assert not missing, f"method options without field(metadata={{'help': ...}}): {missing}"
+
+
+def test_settings_reference_lists_every_method_option_in_registry_order():
+    from raise_select.baselines import BASELINES
+    from raise_select.cli.reference import render
+
+    text = render().split("\n## Method options")[1]
+    headings = [line.split("`")[1] for line in text.splitlines() if line.startswith("### ")]
+    assert headings == list(BASELINES)
+    for method, cls in BASELINES.items():
+        part = text.split(f"### `{method}`")[1].split("\n### ")[0]
+        names = [row[0] for row in settings_rows(cls)]
+        assert all(f"| `{n}` |" in part for n in names) if names else "No options." in part, method
+
+
 def test_settings_reference_lists_every_policy_setting_for_each_policy_job():
     from raise_select.cli.reference import render
 

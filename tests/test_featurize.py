@@ -211,7 +211,7 @@ def test_bad_inputs_raise_user_errors(pool_file, tiny_model_dir, tmp_path):
     (tmp_path / "empty-model").mkdir()
     with pytest.raises(UserError, match="empty-model"):
         featurize(make_cfg(pool_file, tmp_path / "empty-model", tmp_path / "o3"))
-    with pytest.raises(UserError, match="sem-pool"):
+    with pytest.raises(UserError, match="sem_pool"):
         featurize(make_cfg(pool_file, tiny_model_dir, tmp_path / "o4", sem_pool="max"))
     with pytest.raises(UserError, match="classes"):
         featurize(make_cfg(pool_file, tiny_model_dir, tmp_path / "o5", classes=50))

@@ -50,7 +50,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Optional
 
 import numpy as np
@@ -312,19 +312,22 @@ class AlpaGasus:
     name: ClassVar[str] = "alpagasus"
     dynamic: ClassVar[bool] = False
 
-    backend: str = "http"               # "http": OpenAI-compatible endpoint from the environment; "local": an HF model
-    judge_model: str = "gpt-3.5-turbo"  # model name sent to the endpoint, or the local model's id/folder
-    dimension: str = "accuracy"         # rating prompt of the reference: "accuracy" (its default) or "helpfulness"
-    threshold: float = 4.5              # keep scores at or above this
-    concurrency: int = 8                # parallel HTTP requests
-    max_retries: int = 5                # retries of a request on 429/5xx/timeouts before giving up on it
-    timeout: float = 60.0               # seconds per HTTP request
-    backoff: float = 1.0                # seconds before the first retry (doubles each time; Retry-After honoured)
-    max_tokens: int = 256               # tokens the judge may answer with (scoring="generate")
-    dtype: str = "float32"              # local judge weights dtype
-    scoring: Optional[str] = None       # "expectation" (sum_k k p_k over the digits 0-5) or "generate" (parse a review); None: expectation for local, generate for http
-    batch_size: int = 8                 # local judge: prompts per forward pass (scoring="expectation")
-    max_length: int = 2048              # local judge: token limit of a prompt (cut from the left, keeping the rating request)
+    backend: str = field(default="http", metadata={
+        "help": "judge: http (OpenAI-compatible endpoint at $RAISE_SELECT_JUDGE_BASE_URL, key $RAISE_SELECT_JUDGE_API_KEY) or local (an HF model)"})
+    judge_model: str = field(default="gpt-3.5-turbo", metadata={
+        "help": "judge: model name sent to the endpoint (http), or the model's hub id/folder (local)"})
+    dimension: str = field(default="accuracy", metadata={"help": "rating prompt of the reference: accuracy (its default) or helpfulness"})
+    threshold: float = field(default=4.5, metadata={"help": "keep judge scores (0-5) at or above this, best first; the next best fill the budget"})
+    concurrency: int = field(default=8, metadata={"help": "http: parallel requests"})
+    max_retries: int = field(default=5, metadata={"help": "http: retries of a request on 429/5xx/timeouts before giving up on it"})
+    timeout: float = field(default=60.0, metadata={"help": "http: seconds per request"})
+    backoff: float = field(default=1.0, metadata={"help": "http: seconds before the first retry (doubles each time; Retry-After honoured)"})
+    max_tokens: int = field(default=256, metadata={"help": "tokens the judge may answer with (scoring=generate)"})
+    dtype: str = field(default="float32", metadata={"help": "local: judge weights dtype"})
+    scoring: Optional[str] = field(default=None, metadata={
+        "help": "expectation (sum_k k p_k over the digits 0-5; local only) or generate (parse a written review); none: expectation for local, generate for http"})
+    batch_size: int = field(default=8, metadata={"help": "local: prompts per forward pass (scoring=expectation)"})
+    max_length: int = field(default=2048, metadata={"help": "local: token limit of a prompt (cut from the left, keeping the rating request)"})
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         if self.backend not in BACKENDS:

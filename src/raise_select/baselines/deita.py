@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -135,13 +135,15 @@ class Deita:
     name: ClassVar[str] = "deita"
     dynamic: ClassVar[bool] = False
 
-    complexity_scorer: str = "hkust-nlp/deita-complexity-scorer"  # hub id or folder of the complexity scorer LM
-    quality_scorer: str = "hkust-nlp/deita-quality-scorer"        # hub id or folder of the quality scorer LM
-    threshold: float = 0.9         # admit only if cosine similarity to every admitted example <= this
-    embedder: str = "features"     # "features": the featurized `sem`; a sentence-transformers model (e.g. all-minilm-l6-v2): its embedding; else an LM id/folder (last-token hidden state)
-    batch_size: int = 8            # scorer / embedder batch size
-    max_length: int = 2048         # scorer / embedder token limit (prompts cut from the left)
-    dtype: str = "float32"         # scorer / embedder weights dtype (bfloat16 on GPUs)
+    complexity_scorer: str = field(default="hkust-nlp/deita-complexity-scorer", metadata={"help": "complexity scorer LM: hub id or folder"})
+    quality_scorer: str = field(default="hkust-nlp/deita-quality-scorer", metadata={"help": "quality scorer LM: hub id or folder"})
+    threshold: float = field(default=0.9, metadata={
+        "help": "diversity filter: admit an example only if its cosine similarity to every admitted one is <= this"})
+    embedder: str = field(default="features", metadata={
+        "help": "embedding of the diversity filter: features (the featurized `sem`), a sentence-transformers model (e.g. all-minilm-l6-v2), or an LM id/folder (last-token hidden state)"})
+    batch_size: int = field(default=8, metadata={"help": "examples per scorer / embedder forward pass"})
+    max_length: int = field(default=2048, metadata={"help": "scorer / embedder token limit (prompts cut from the left)"})
+    dtype: str = field(default="float32", metadata={"help": "scorer / LM embedder weights dtype (bfloat16 on GPUs)"})
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         if not -1.0 <= self.threshold <= 1.0:

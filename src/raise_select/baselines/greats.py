@@ -34,7 +34,7 @@ rows, so every method trains on B rows per step.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -136,9 +136,10 @@ class GREATS(OnlineSelector):
 
     name: ClassVar[str] = "greats"
 
-    candidates: int = 4     # candidate set per step: `candidates` x B rows drawn uniformly
-    val_batch: int = 2      # validation rows drawn per step for g_val (the reference: 2)
-    last_layers: int = 2    # full fine-tuning: score with the last N decoder blocks' linear layers (0: every trainable linear layer)
+    candidates: int = field(default=4, metadata={"help": "candidate set per step, in batches: `candidates` x B rows drawn uniformly"})
+    val_batch: int = field(default=2, metadata={"help": "validation rows drawn per step for g_val (the reference: 2)"})
+    last_layers: int = field(default=2, metadata={
+        "help": "full fine-tuning: score with the last N decoder blocks' linear layers (0: every trainable linear layer)"})
 
     def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
         from ..training.loop import encode_example

@@ -12,7 +12,7 @@ The rest are ranked by decreasing IFD and the top `budget` kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -39,7 +39,7 @@ class IFD:
     name: ClassVar[str] = "ifd"
     dynamic: ClassVar[bool] = False
 
-    max_ifd: float = 1.0  # drop IFD above this (the reference's filter)
+    max_ifd: float = field(default=1.0, metadata={"help": "drop examples whose IFD is above this (the reference's filter)"})
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         ft = ctx.require_features(self.name)

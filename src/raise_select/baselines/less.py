@@ -108,18 +108,19 @@ class LESS:
     name: ClassVar[str] = "less"
     dynamic: ClassVar[bool] = False
 
-    warmup_fraction: float = 0.05   # share of the pool the LoRA warm-up trains on (random, seeded)
-    warmup_epochs: int = 4          # warm-up epochs; one checkpoint after each
-    warmup_batch_size: int = 32     # examples per warm-up update (the reference: 1 x 32 accumulation)
-    lr: float = 2e-5                # warm-up AdamW learning rate (linear schedule)
-    warmup_ratio: float = 0.03      # share of warm-up steps with a rising learning rate
-    lora_r: int = 128               # LoRA rank
-    lora_alpha: float = 512.0       # LoRA alpha
-    lora_dropout: float = 0.1       # LoRA dropout during the warm-up
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # LoRA layers
-    proj_dim: int = 8192            # projected gradient dimension
-    proj_seed: int = 0              # seed of the projection matrix
-    chunk: int = 32                 # gradients projected together
+    warmup_fraction: float = field(default=0.05, metadata={"help": "share of the pool the LoRA warm-up trains on (random, seeded)"})
+    warmup_epochs: int = field(default=4, metadata={"help": "warm-up epochs; one checkpoint after each"})
+    warmup_batch_size: int = field(default=32, metadata={"help": "examples per warm-up update (the reference: 1 x 32 accumulation)"})
+    lr: float = field(default=2e-5, metadata={"help": "warm-up AdamW learning rate (linear schedule)"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "share of warm-up steps with a rising learning rate"})
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=512.0, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout during the warm-up (off when taking gradients)"})
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={
+        "help": "modules given LoRA adapters, whose gradients are the features (a list, or comma-separated)"})
+    proj_dim: int = field(default=8192, metadata={"help": "dimension of the randomly projected gradients"})
+    proj_seed: int = field(default=0, metadata={"help": "seed of the Rademacher projection matrix"})
+    chunk: int = field(default=32, metadata={"help": "gradients collected before each projection (memory vs speed)"})
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         from peft import LoraConfig, get_peft_model

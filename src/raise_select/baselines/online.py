@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Iterator, Sequence
 
@@ -76,7 +76,7 @@ class OnlineSelector:
     dynamic: ClassVar[bool] = True
     online: ClassVar[bool] = True
 
-    candidates: int = 4  # candidate set per step, in batches: `candidates` x B rows drawn uniformly
+    candidates: int = field(default=4, metadata={"help": "candidate set per step, in batches: `candidates` x B rows drawn uniformly"})
 
     def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
         """Work done once before the first step (with the trainer's M_0); returns info to record."""

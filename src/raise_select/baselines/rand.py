@@ -13,7 +13,7 @@ from .base import Selection, SelectionContext
 
 @dataclass
 class RandomSubset:
-    """`budget` rows drawn uniformly without replacement with `ctx.seed`."""
+    """`budget` rows drawn uniformly without replacement with the job's `seed`."""
 
     name: ClassVar[str] = "random"
     dynamic: ClassVar[bool] = False

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -52,12 +52,12 @@ class RHOLoss(OnlineSelector):
 
     name: ClassVar[str] = "rho"
 
-    candidates: int = 10              # candidate set per step: `candidates` x B rows (the reference keeps 10%)
-    holdout: str = ""                 # IL model's training data: a named set or a pool file/folder; empty: the validation set
-    holdout_size: int = 0             # use at most this many holdout examples (0: all)
-    il_epochs: int = 3                # epochs of IL-model training (the best one is kept)
-    il_lr: float = 0.0                # IL-model learning rate; 0: the training learning rate
-    il_select_fraction: float = 0.25  # share of the holdout kept out of IL training to choose its best epoch
+    candidates: int = field(default=10, metadata={"help": "candidate set per step, in batches: `candidates` x B rows (the reference keeps 10%)"})
+    holdout: str = field(default="", metadata={"help": "IL model's training data: a named set or a pool file/folder; empty: the validation set"})
+    holdout_size: int = field(default=0, metadata={"help": "use at most this many holdout examples (0: all)"})
+    il_epochs: int = field(default=3, metadata={"help": "epochs of IL-model training (the best one is kept)"})
+    il_lr: float = field(default=0.0, metadata={"help": "IL-model learning rate; 0: the training learning rate"})
+    il_select_fraction: float = field(default=0.25, metadata={"help": "share of the holdout kept out of IL training to choose its best epoch"})
 
     def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
         holdout = self._holdout(ctx)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -156,10 +156,11 @@ class ROSE(LESS):
     name: ClassVar[str] = "rose"
     dynamic: ClassVar[bool] = False
 
-    preference: str = ""             # TRL preference file (prompt/chosen/rejected); empty: a stand-in built from the validation set
-    preference_size: int = 0         # use at most this many preference triples (0: all)
-    beta: float = 0.1                # DPO temperature
-    length_normalize: bool = False   # log p(y|x) as the mean over response tokens instead of the sum
+    preference: str = field(default="", metadata={
+        "help": "TRL preference file (prompt/chosen/rejected); empty: a stand-in built from the validation set"})
+    preference_size: int = field(default=0, metadata={"help": "use at most this many preference triples (0: all)"})
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature beta of the validation loss"})
+    length_normalize: bool = field(default=False, metadata={"help": "log p(y|x) as the mean over response tokens instead of the sum"})
 
     def _validation(self, ctx: SelectionContext) -> list[PreferencePair]:
         if self.beta <= 0:

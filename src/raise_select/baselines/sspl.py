@@ -11,7 +11,7 @@ the seed (buckets smaller than a batch are widened to the next harder rows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -53,7 +53,8 @@ class SSPL:
     name: ClassVar[str] = "sspl"
     dynamic: ClassVar[bool] = True
 
-    loss: str = "features"  # "features": -logp_cond of the featurized table; "target": the target model's loss
+    loss: str = field(default="features", metadata={
+        "help": "loss that orders the curriculum (easy first): features (-logp_cond of the featurized table) or target (the target model's loss, one extra pass)"})
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         if self.loss not in LOSS_SOURCES:

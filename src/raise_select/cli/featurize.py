@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         featurize ...` (or `torchrun --nproc-per-node N -m raise_select.cli.main featurize ...`)
         gives every process its share of the shards.
         """
-        from ..config import resolve
+        from ..config import require_settings, resolve
         from ..features.featurize import FeaturizeConfig, featurize, featurize_inputs, process_state
         from ..io import check_output
 
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
             seed=seed, shard_size=shard_size, trust_remote_code=trust_remote_code, dtype=dtype, device=device,
         )
         cfg = resolve(FeaturizeConfig, "featurize", config, overrides, flags)
-        cfg.validate()
+        require_settings(cfg, ("pool", "model", "out"))
         check_output(cfg.out, featurize_inputs(cfg))
         state = process_state(cfg.device)
         setup_logging(Path(cfg.out), name=f"featurize.{state.process_index}.log" if state.num_processes > 1 else "featurize.log")

@@ -2,7 +2,8 @@
 
     python -m raise_select.cli.reference > docs/settings.md
 
-A test fails when docs/settings.md differs from what this writes.
+A test fails when docs/settings.md differs from what this writes. After the jobs come the
+options of every selection method in `baselines.registry.BASELINES` (the fields of its class).
 """
 
 from __future__ import annotations
@@ -55,6 +56,36 @@ def _flags(command: str) -> dict[str, str]:
     return out
 
 
+METHODS_HEADER = """## Method options (`baseline` and `study`)
+
+The options of a selection method go in a top-level section of the YAML file named after
+the method, beside the job's own section (`deita: {threshold: 0.85}` next to `baseline:` or
+`study:`), or on the command line as `--set METHOD.KEY=VALUE` (`--set deita.threshold=0.85`),
+which wins over the file. `baseline` reads the section of its `method`; `study` reads the
+section of each of its `methods` and checks them all before the first cell runs, and there
+the text `{base_model}` in an option stands for the study's base model (a scorer or judge
+folder). An unknown option name is refused. RAISE's settings in a study are those of
+`train-policy`, in a section `raise:`.
+"""
+
+
+def _docstring(cls: type) -> str:
+    """The first paragraph of `cls`'s docstring, on one line."""
+    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def render_methods() -> str:
+    """One table of options per registered selection method, in registry order."""
+    from ..baselines.registry import BASELINES
+
+    parts = [METHODS_HEADER]
+    for method, cls in BASELINES.items():
+        rows = [(f"`{path}`", tp, f"`{default}`", text) for path, tp, default, text in settings_rows(cls)]
+        table = markdown_table(["setting", "type", "default", "meaning"], rows) if rows else "No options.\n"
+        parts.append(f"### `{method}` (section `{method}:`, `{cls.__name__}`)\n\n{_docstring(cls)}\n\n{table}")
+    return "\n".join(parts)
+
+
 def render() -> str:
     parts = [HEADER]
     for command, section, config in JOBS:
@@ -65,6 +96,7 @@ def render() -> str:
                 for path, tp, default, text in settings_rows(cls)]
         parts.append(f"## `{command}` (section `{section}:`, `{name}`)\n\n"
                      + markdown_table(["setting", "flag", "type", "default", "meaning"], rows))
+    parts.append(render_methods())
     return "\n".join(parts)
 
 

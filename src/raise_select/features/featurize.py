@@ -32,8 +32,9 @@ from ..progress import progress_bar
 from ..data.pools import Pool, load_pool
 from ..data.templates import TEMPLATES
 from ..errors import UserError
+from ..config import check_fields, require_settings
 from ..io import check_output, fingerprint
-from ..models.loading import check_device
+from ..models.loading import DTYPES, check_device
 from .scoring import ResponseScorer, encode_examples, start_token_id
 from .semantic import SEM_POOLS, PCA_FIT_ROWS, adaptive_pool, encode_texts, example_text, fit_pca, kmeans_classes, load_sentence_encoder
 from .shards import SHARD_GLOB, Shard, shard_path
@@ -64,17 +65,18 @@ class FeaturizeConfig:
     dtype: str = field(default="float32", metadata={"help": "model weights dtype: float32, bfloat16, float16 or auto"})
     device: Optional[str] = field(default=None, metadata={"help": "torch device (cpu, cuda, cuda:1, ...); none: this process's accelerate device"})
 
-    def validate(self, need_pool: bool = True) -> None:
-        for name in ("pool", "model", "out") if need_pool else ("model", "out"):
-            if not getattr(self, name):
-                raise UserError(f"featurize needs --{name} (or featurize.{name} in the config)")
-        if self.template not in TEMPLATES:
-            raise UserError(f"unknown template '{self.template}'; available: {', '.join(TEMPLATES)}")
-        if self.sem_pool not in SEM_POOLS:
-            raise UserError(f"unknown --sem-pool '{self.sem_pool}'; available: {', '.join(SEM_POOLS)}")
-        for name, low in (("max_length", 2), ("batch_size", 1), ("sem_dim", 1), ("classes", 1), ("shard_size", 1)):
-            if getattr(self, name) is not None and getattr(self, name) < low:
-                raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        low = {"max_length": 2, "batch_size": 1, "sem_dim": 1, "classes": 1, "shard_size": 1}
+        check_fields(self, [
+            (self.template in TEMPLATES, "template", f"must be one of {', '.join(TEMPLATES)}"),
+            (self.sem_pool in SEM_POOLS, "sem_pool", f"must be one of {', '.join(SEM_POOLS)}"),
+            (self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}"),
+            *[(getattr(self, name) is None or getattr(self, name) >= least, name, f"must be at least {least}")
+              for name, least in low.items()],
+        ], "featurize")
         check_device(self.device)
 
 
@@ -161,7 +163,7 @@ def featurize(
     `after_shard(k)` is called after shard k is written (progress hooks, tests).
     Every process of a distributed launch calls this; all return the finished table.
     """
-    cfg.validate(need_pool=pool is None)
+    require_settings(cfg, ("model", "out") if pool is not None else ("pool", "model", "out"))
     check_output(cfg.out, featurize_inputs(cfg))
     if pool is None:
         pool = load_pool(cfg.pool, cfg.format, limit=cfg.limit)

@@ -13,7 +13,7 @@ from .resolve import resolve_model
 
 # Files from which transformers can build a tokenizer (fast, SentencePiece or BPE vocab).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "spm.model", "vocab.txt")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 def check_device(spec: str | None, flag: str = "--device") -> None:
@@ -57,13 +57,13 @@ def load_model_and_tokenizer(
     """Return `(model, tokenizer)`; `trust_remote_code` stays off unless asked for."""
     from transformers import AutoModelForCausalLM
 
-    if dtype not in _DTYPES:
-        raise UserError(f"unknown dtype '{dtype}'; available: {', '.join(_DTYPES)}")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; available: {', '.join(DTYPES)}")
     name_or_path = resolve_model(name_or_path)
     tok = load_tokenizer(name_or_path, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+            name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a truncated or corrupt weights file
         raise UserError(_not_found(name_or_path, e)) from None
