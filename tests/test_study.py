@@ -99,3 +99,24 @@ def test_unknown_methods_list_what_exists():
         plan_cells(StudyConfig(methods=["magic"]))
     cells = plan_cells(StudyConfig(methods=["random", "raise"], seeds=[3, 4]))
     assert [c.name for c in cells] == ["base", "full", "random-s3", "random-s4", "raise"]
+    cells = plan_cells(StudyConfig(methods=["random", "raise"], seeds=[3], raise_seeds=[0, 2, 0]))
+    assert [(c.name, c.seed) for c in cells] == [("base", 0), ("full", 0), ("random-s3", 3), ("raise-s0", 0), ("raise-s2", 2)]
+    with pytest.raises(UserError, match="raise_seeds"):
+        plan_cells(StudyConfig(raise_seeds=[]))
+
+
+def test_base_cell_of_a_short_name_model_is_reused(tmp_path, monkeypatch):
+    """The 0% cell's model is the study's model: a short name or hub id is no path, and a
+    finished base cell must still be reused rather than evaluated again on every resume."""
+    from raise_select.reports.study import Study
+
+    study = Study(StudyConfig(pool="p.jsonl", model="smollm2-135m-instruct", methods=[], out=str(tmp_path)))
+    study.model, study.steps = "smollm2-135m-instruct", 4
+    calls = []
+    monkeypatch.setattr(Study, "_fingerprints", lambda self, cell: ("t", "e"))
+    monkeypatch.setattr(Study, "_evaluate", lambda self, model_dir, cell_dir: calls.append(model_dir) or {"mmlu": 0.5})
+    monkeypatch.setattr(Study, "_loss", lambda self, model_dir: None)
+    base = study.cells[0]
+    first = study.run_cell(base)
+    again = study.run_cell(base)
+    assert len(calls) == 1 and again == first and first["model"] == "smollm2-135m-instruct"

@@ -102,3 +102,22 @@ def test_study_reports_heldout_loss_math_share_and_cost(shared_data, tmp_path):
     assert stats["rows"]["100%"]["cost_phi"] == pytest.approx(2 / math.ceil(24 / 4))  # 2 of 6 steps per epoch
     assert stats["rows"]["RAND"]["cost_phi"] > 0
     assert "gsm8k test loss" in (out / "study_methods.md").read_text() and "math share" in result.output
+
+
+def test_per_seed_losses_and_raise_versus_random_by_hand(tmp_path):
+    from raise_select.reports.method_stats import seeds_versus_random, stats_markdown
+
+    rand = {"loss_per_seed": {0: 1.22, 1: 1.20, 2: 1.24}}  # mean 1.22, best 1.20
+    raise_row = {"loss_per_seed": {0: 1.19, 1: 1.21, 2: 1.23}}
+    # below the mean: 1.19 and 1.21 (2 of 3); below every seed (< 1.20): 1.19 only.
+    assert seeds_versus_random(raise_row, rand) == (
+        "RAISE's held-out loss is below the RAND mean on 2 of 3 seed(s) and below every RAND seed (3) on 1 of 3.")
+    assert seeds_versus_random(None, rand) is None
+    row = lambda seeds: {"loss": sum(seeds.values()) / len(seeds), "math_share": None, "seconds": None,  # noqa: E731
+                         "cost_phi": None, "loss_per_seed": seeds}
+    stats = {"rows": {"RAND": row(rand["loss_per_seed"]), "RAISE": row({0: 1.19})},
+             "phi_seconds": None, "pool_math_share": 0.1, "features_seconds": 1.0}
+    text = stats_markdown(stats, "gsm8k test")
+    assert "| RAND | 1.2200 | s0: 1.2200, s1: 1.2000, s2: 1.2400 |" in text
+    assert "| RAISE | 1.1900 |  |" in text  # one seed: no per-seed list
+    assert "below the RAND mean on 1 of 1 seed(s) and below every RAND seed (3) on 1 of 1" in text

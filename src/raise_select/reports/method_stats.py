@@ -10,7 +10,9 @@
   training and fine-tuning) plus, for methods that read the featurized pool, the time of
   featurizing it (counted in full for each of them: the table compares methods alone).
 - **loss**: the mean response loss of each cell's model on a held-out set (`loss_set`),
-  e.g. GSM8K test solutions, averaged over a row's cells as the scores are.
+  e.g. GSM8K test solutions, averaged over a row's cells as the scores are; a row of
+  several seeds (RAND, RAISE with `raise_seeds`) also lists each seed's loss, and the note
+  counts the RAISE seeds whose loss is below the RAND mean and below every RAND seed.
 """
 
 from __future__ import annotations
@@ -64,9 +66,10 @@ def method_stats(records: Sequence[dict], cells_dir: Path, pool: Pool, batch_siz
         phi = phi_seconds(full["train_seconds"], len(pool), batch_size, full_steps)
     rows: dict[str, dict[str, list[float]]] = {}
     for r in records:
-        acc = rows.setdefault(r["row"], {"loss": [], "share": [], "seconds": []})
+        acc = rows.setdefault(r["row"], {"loss": [], "share": [], "seconds": [], "seeds": []})
         if r.get("loss") is not None:
             acc["loss"].append(r["loss"])
+            acc["seeds"].append(r.get("seed"))
         ids = chosen_ids(cells_dir / r["name"], r.get("method"), pool)
         if ids:
             acc["share"].append(quantitative_share(ids, labels))
@@ -79,7 +82,8 @@ def method_stats(records: Sequence[dict], cells_dir: Path, pool: Pool, batch_siz
     for label, acc in rows.items():
         seconds = mean(acc["seconds"])
         out[label] = {"loss": mean(acc["loss"]), "math_share": mean(acc["share"]), "seconds": seconds,
-                      "cost_phi": seconds / phi if known and seconds is not None else None}
+                      "cost_phi": seconds / phi if known and seconds is not None else None,
+                      "loss_per_seed": dict(zip(acc["seeds"], acc["loss"]))}
     # None, not NaN, where a figure does not apply: the JSON output stays standard JSON.
     return {"rows": out, "phi_seconds": phi if known else None, "pool_math_share": base_rate,
             "features_seconds": features_seconds}
@@ -88,13 +92,32 @@ def method_stats(records: Sequence[dict], cells_dir: Path, pool: Pool, batch_siz
 def stats_markdown(stats: dict, loss_name: str | None) -> str:
     """The per-method table and the line that defines its columns."""
     fmt = lambda x, spec: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)  # noqa: E731
-    header = ["DATA", *([f"{loss_name} loss"] if loss_name else []), "math share", "wall s", "cost (Φ)"]
+    header = ["DATA", *([f"{loss_name} loss", "per seed"] if loss_name else []), "math share", "wall s", "cost (Φ)"]
     share = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    rows = [[label, *([fmt(s["loss"], ".4f")] if loss_name else []), share(s["math_share"]),
+
+    def per_seed(s: dict) -> str:
+        seeds = s.get("loss_per_seed") or {}
+        return ", ".join(f"s{k}: {v:.4f}" for k, v in seeds.items()) if len(seeds) > 1 else ""
+
+    rows = [[label, *([fmt(s["loss"], ".4f"), per_seed(s)] if loss_name else []), share(s["math_share"]),
              fmt(s["seconds"], ".0f"), fmt(s["cost_phi"], ".2f")]
             for label, s in stats["rows"].items()]
     note = (f"\nPool math/quantitative base rate: {100 * stats['pool_math_share']:.1f}% "
             f"(rule: `raise_select.data.quantitative`). Φ = {fmt(stats['phi_seconds'], '.1f')} s "
             f"(100% row's training per epoch of the pool); featurizing took {stats['features_seconds']:.0f} s and is "
             "included in the cost of every method that reads the features.\n")
+    versus = seeds_versus_random(stats["rows"].get("RAISE"), stats["rows"].get("RAND")) if loss_name else None
+    if versus:
+        note += versus + "\n"
     return markdown_table(header, rows) + note
+
+
+def seeds_versus_random(raise_row: dict | None, rand_row: dict | None) -> str | None:
+    """How many RAISE seeds have a held-out loss below the RAND mean, and below every RAND seed."""
+    if not raise_row or not rand_row or not raise_row.get("loss_per_seed") or not rand_row.get("loss_per_seed"):
+        return None
+    ours, rand = list(raise_row["loss_per_seed"].values()), list(rand_row["loss_per_seed"].values())
+    below_mean = sum(x < sum(rand) / len(rand) for x in ours)
+    below_all = sum(x < min(rand) for x in ours)
+    return (f"RAISE's held-out loss is below the RAND mean on {below_mean} of {len(ours)} seed(s) and below "
+            f"every RAND seed ({len(rand)}) on {below_all} of {len(ours)}.")

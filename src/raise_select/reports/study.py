@@ -12,8 +12,8 @@ its evaluation, under `<out>/cells/<cell>/`:
   `run_baseline`): a static subset of the budget trained `epochs` epochs, or a schedule
   with the same number of steps (the online selectors GREATS and RHO-LOSS choose each
   batch while training, for the same number of steps);
-- `raise`: `train_policy` then `finetune` for the same number of steps
-  T = ceil(epochs x budget / batch_size).
+- `raise` (or `raise-s<seed>` per seed of `raise_seeds`): `train_policy` then `finetune`
+  for the same number of steps T = ceil(epochs x budget / batch_size).
 
 A cell whose `cell.json` records the same training and evaluation settings is not
 recomputed, so an interrupted study resumes where it stopped and a finished one only
@@ -51,7 +51,7 @@ _FEATURE_FREE = ("full", "random", "rose", "greats", "rho")
 # Settings that change only the evaluation of a cell, not its training.
 _EVAL_FIELDS = ("tasks", "eval_limit", "num_fewshot", "eval_batch_size", "max_gen_toks", "device",
                 "loss_set", "loss_split", "loss_size")
-_NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "out", "pool", "format", "pool_size", "build_model")
+_NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "raise_seeds", "out", "pool", "format", "pool_size", "build_model")
 
 
 @dataclass
@@ -73,6 +73,9 @@ class StudyConfig(LMConfig):
     epochs: int = field(default=3, metadata={"help": "static subsets are trained this many epochs (section 4.2)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size B (RAISE: a multiple of `classes`)"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "seeds of the random baseline (the paper's mean of 5)"})
+    raise_seeds: Optional[list[int]] = field(default=None, metadata={
+        "help": "seeds of RAISE (policy training and fine-tuning), a cell `raise-s<seed>` each, the row their mean; "
+                "None: one cell `raise` at the study's `seed`"})
     full_steps: Optional[int] = field(default=None, metadata={"help": "cap on the 100% row's update steps; None: `epochs` over the whole pool"})
     classes: int = field(default=8, metadata={"help": "featurize: K-means classes C of the diversity constraint"})
     sem_dim: int = field(default=32, metadata={"help": "featurize: d_sem"})
@@ -115,12 +118,16 @@ def plan_cells(cfg: StudyConfig) -> list[Cell]:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available)}")
     if not cfg.seeds:
         raise UserError("seeds: give at least one seed for the random baseline")
+    if cfg.raise_seeds is not None and not cfg.raise_seeds:
+        raise UserError("raise_seeds: give at least one seed, or leave it out for one RAISE cell at `seed`")
     cells = [Cell("base", BASE_ROW, None, cfg.seed), Cell("full", FULL_ROW, "full", cfg.seed)]
     for m in dict.fromkeys(cfg.methods):
         if m == "full":
             continue
         if m == "random":
             cells += [Cell(f"random-s{s}", ROW_LABELS[m], m, s) for s in dict.fromkeys(cfg.seeds)]
+        elif m == RAISE and cfg.raise_seeds is not None:
+            cells += [Cell(f"raise-s{s}", ROW_LABELS[m], m, s) for s in dict.fromkeys(cfg.raise_seeds)]
         else:
             cells.append(Cell(m, ROW_LABELS.get(m, m), m, cfg.seed))
     return cells
@@ -298,11 +305,13 @@ class Study:
         record_path = cell_dir / "cell.json"
         train_fp, eval_fp = self._fingerprints(cell)
         record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
-        if record.get("train") == train_fp and record.get("eval") == eval_fp and Path(record.get("model", "")).exists():
+        # The base cell's model is the study's model (a short name or hub id need not be a path).
+        trained = record.get("train") == train_fp and (cell.method is None or Path(record.get("model", "")).exists())
+        if trained and record.get("eval") == eval_fp:
             return record
         start = time.perf_counter()
         train_seconds = None
-        if record.get("train") == train_fp and Path(record.get("model", "")).exists():
+        if trained:
             model_dir = Path(record["model"])
             train_seconds = record.get("train_seconds")
         else:
@@ -352,7 +361,7 @@ class Study:
         extra = {
             "pool": self.pool_spec, "pool_size": len(self.pool), "model": self.model, "val": self.cfg.val,
             "budget": self.cfg.budget, "steps": self.steps, "full_steps": self.cfg.full_steps,
-            "batch_size": self.cfg.batch_size, "seeds": self.cfg.seeds, "eval_limit": self.cfg.eval_limit,
+            "batch_size": self.cfg.batch_size, "seeds": self.cfg.seeds, "raise_seeds": self.cfg.raise_seeds, "eval_limit": self.cfg.eval_limit,
             "cells": {r["name"]: {k: r[k] for k in ("row", "method", "seed", "scores", "model", "steps")} for r in records},
             "failed": failed,
         }
