@@ -120,3 +120,26 @@ def test_base_cell_of_a_short_name_model_is_reused(tmp_path, monkeypatch):
     first = study.run_cell(base)
     again = study.run_cell(base)
     assert len(calls) == 1 and again == first and first["model"] == "smollm2-135m-instruct"
+
+
+def test_a_setting_retrains_only_the_cells_it_reaches():
+    """RAISE's rounds reach the RAISE cell alone; the featurizer's classes reach the methods
+    that read features (IFD, RAISE) and not RAND; the LLM's lr reaches every trained cell."""
+    from types import SimpleNamespace
+
+    from raise_select.reports.study import Study
+
+    def fingerprints(**changes):
+        cfg = StudyConfig(**{"pool": "p.jsonl", "model": "m", "methods": ["random", "ifd", "raise"], "seeds": [0],
+                             "out": "o", **changes})
+        study = Study(cfg)
+        study.pool, study.model, study.steps = SimpleNamespace(fingerprint="pool"), "m", 4
+        return {c.name: study._fingerprints(c)[0] for c in study.cells}
+
+    base = fingerprints()
+    changed = lambda **kw: {name for name, fp in fingerprints(**kw).items() if fp != base.get(name)}  # noqa: E731
+    assert changed(rounds=3) == {"raise"}
+    assert changed(classes=3) == {"ifd", "raise"}
+    assert changed(lr=1e-3) == {"full", "random-s0", "ifd", "raise"}
+    assert changed(seeds=[0, 2]) == {"random-s2"}  # a new seed is a new cell; s0 keeps its key
+    assert changed(eval_limit=3) == set()

@@ -112,6 +112,11 @@ class ResponseScorer:
             raise UserError(f"{type(model).__name__}: need a causal LM with a separate base model and LM head")
         # Gemma-2 style models squash logits; apply the same transform the full model would.
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        # A model loaded in bfloat16 or float16 keeps its body in that dtype, but the head and
+        # the normaliser run in float32: rounded logits would cost far more accuracy in log P
+        # (a 16-bit logit of size 20 is off by up to 0.06) than the body's rounding does.
+        self.head_weight = self.head.weight.float()
+        self.head_bias = None if getattr(self.head, "bias", None) is None else self.head.bias.float()
         self.start_id, self.pad_id = start_id, pad_id
         self.batch_size = batch_size
         self.device = device
@@ -171,7 +176,7 @@ class ResponseScorer:
         vocab = self.head.weight.shape[0]
         chunk = max(1, _LOGIT_ELEMENTS_PER_CHUNK // vocab)
         for c0 in range(0, rows.shape[0], chunk):
-            logits = self.head(rows[c0:c0 + chunk]).float()
+            logits = torch.nn.functional.linear(rows[c0:c0 + chunk].float(), self.head_weight, self.head_bias)
             if self.softcap:
                 logits = torch.tanh(logits / self.softcap) * self.softcap
             # One fused log_softmax pass is cheaper than logsumexp's max/sub/exp/sum passes.

@@ -52,6 +52,9 @@ _FEATURE_FREE = ("full", "random", "rose", "greats", "rho")
 _EVAL_FIELDS = ("tasks", "eval_limit", "num_fewshot", "eval_batch_size", "max_gen_toks", "device",
                 "loss_set", "loss_split", "loss_size")
 _NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "raise_seeds", "out", "pool", "format", "pool_size", "build_model")
+# Settings that reach only some cells: a change retrains those cells alone.
+_RAISE_ONLY = ("rounds", "select_every", "metric")
+_FEATURES_ONLY = ("aux_model", "classes", "sem_dim")
 
 
 @dataclass
@@ -233,7 +236,9 @@ class Study:
 
     def _fingerprints(self, cell: Cell) -> tuple[str, str]:
         cfg = asdict(self.cfg)
-        training = {k: v for k, v in cfg.items() if k not in _NOT_TRAINING}
+        skip = (*_NOT_TRAINING, *(() if cell.method == RAISE else _RAISE_ONLY),
+                *(_FEATURES_ONLY if cell.method in _FEATURE_FREE else ()))
+        training = {k: v for k, v in cfg.items() if k not in skip}
         options = _substitute(self.options.get(cell.method or "", {}), self.model)
         train_fp = fingerprint({"pool": self.pool.fingerprint, "model": self.model, "cell": asdict(cell),
                                 "options": options, "steps": self.steps,
