@@ -266,3 +266,44 @@ def test_two_processes_match_one(pool_file, tiny_model_dir, tmp_path):
     assert (tmp_path / "two" / "featurize.1.log").is_file()
     # Same shards, same batches, same thread count: the same bytes.
     assert (tmp_path / "two" / "features.parquet").read_bytes() == (tmp_path / "one" / "features.parquet").read_bytes()
+
+
+def test_compiled_body_gives_the_same_features(pool_file, tiny_model_dir, tmp_path):
+    eager = featurize(make_cfg(pool_file, tiny_model_dir, tmp_path / "eager"))
+    compiled = featurize(make_cfg(pool_file, tiny_model_dir, tmp_path / "compiled", compile=True))
+    for col in ("logp_cond", "logp_uncond", "ifd"):
+        np.testing.assert_allclose(compiled[col], eager[col], atol=1e-5)
+    np.testing.assert_allclose(compiled.sem, eager.sem, atol=1e-5)
+
+
+def test_failed_compile_is_one_clear_error(pool_file, tiny_model_dir, tmp_path, monkeypatch):
+    def broken(*_, **__):
+        def run(**___):
+            raise torch._dynamo.exc.TorchDynamoException("C++ compiler not found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(UserError, match="torch.compile of the model failed.*C\\+\\+ compiler not found.*without --compile"):
+        featurize(make_cfg(pool_file, tiny_model_dir, tmp_path / "o", compile=True))
+
+
+def test_half_precision_body_is_scored_with_a_float32_head(pool_file, tiny_model_dir):
+    """A bfloat16 model keeps its body in bfloat16, but its logits and normaliser are float32:
+    equal to the bfloat16 body's hidden states through the head in float64."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raise_select.features.scoring import ResponseScorer, encode_examples
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    encoded = encode_examples(load_pool(pool_file).examples[:4], tok, "alpaca", 64)
+    scores = ResponseScorer(model, tok.bos_token_id, tok.pad_token_id, 1, torch.device("cpu")).score(encoded)
+    w = model.get_output_embeddings().weight.double()
+    for k, e in enumerate(encoded):
+        seq = [tok.bos_token_id, *e.prompt_ids, *e.response_ids]
+        with torch.no_grad():
+            hidden = model.base_model(input_ids=torch.tensor([seq])).last_hidden_state[0].double()
+        logp = torch.log_softmax(hidden @ w.T, dim=-1)
+        first = 1 + len(e.prompt_ids)
+        ref = sum(float(logp[j - 1, seq[j]]) for j in range(first, len(seq)))
+        assert scores.logp_cond_sum[k] == pytest.approx(ref, abs=1e-4 * len(e.response_ids))

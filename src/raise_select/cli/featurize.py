@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code/--no-trust-remote-code"),
         dtype: Optional[str] = typer.Option(None, "--dtype"),
         device: Optional[str] = typer.Option(None, "--device"),
+        compile: Optional[bool] = typer.Option(None, "--compile/--no-compile"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
@@ -54,6 +55,7 @@ def register(app: typer.Typer) -> None:
             pool=pool, format=format, limit=limit, model=model, out=out, template=template, max_length=max_length,
             batch_size=batch_size, sem_dim=sem_dim, sem_pool=sem_pool, embed_model=embed_model, classes=classes,
             seed=seed, shard_size=shard_size, trust_remote_code=trust_remote_code, dtype=dtype, device=device,
+            compile=compile,
         )
         cfg = resolve(FeaturizeConfig, "featurize", config, overrides, flags)
         require_settings(cfg, ("pool", "model", "out"))

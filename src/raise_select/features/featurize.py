@@ -64,6 +64,9 @@ class FeaturizeConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "run code shipped with a hub model (off unless asked for)"})
     dtype: str = field(default="float32", metadata={"help": "model weights dtype: float32, bfloat16, float16 or auto"})
     device: Optional[str] = field(default=None, metadata={"help": "torch device (cpu, cuda, cuda:1, ...); none: this process's accelerate device"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model body (inductor, dynamic shapes): on CPU about 15% more tokens/s on SmolLM2-135M "
+                "after about 95 s of compiling, so worth it from a few thousand rows; results agree to ~1e-5"})
 
     def __post_init__(self) -> None:
         self.check()
@@ -246,7 +249,8 @@ def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard) -> Non
     encoder = load_sentence_encoder(cfg.embed_model, device, cfg.trust_remote_code) if cfg.embed_model else None
     batch_size = cfg.batch_size or (8 if device.type == "cpu" else 32)
     scorer = ResponseScorer(
-        model, start_token_id(tokenizer), tokenizer.pad_token_id, batch_size, device, embed=encoder is None
+        model, start_token_id(tokenizer), tokenizer.pad_token_id, batch_size, device, embed=encoder is None,
+        compile=cfg.compile,
     )
     size = lambda k: min(cfg.shard_size, len(pool) - k * cfg.shard_size)  # noqa: E731
     total = sum(size(k) for k in mine)

@@ -104,9 +104,11 @@ class ResponseScores:
 class ResponseScorer:
     """Scores encoded examples with a causal LM in length-bucketed batches."""
 
-    def __init__(self, model, start_id: int, pad_id: int, batch_size: int, device: torch.device, embed: bool = True):
+    def __init__(self, model, start_id: int, pad_id: int, batch_size: int, device: torch.device, embed: bool = True,
+                 compile: bool = False):
         self.model = model
-        self.base = model.base_model
+        self.base = torch.compile(model.base_model, dynamic=True) if compile else model.base_model
+        self.compiled = compile
         self.head = model.get_output_embeddings()
         if self.head is None or self.base is model:
             raise UserError(f"{type(model).__name__}: need a causal LM with a separate base model and LM head")
@@ -138,7 +140,7 @@ class ResponseScorer:
         embedding = np.zeros((n, hidden_size), dtype=np.float32) if self.embed else None
         for b0 in range(0, len(order), self.batch_size):
             batch = [seqs[k] for k in order[b0:b0 + self.batch_size]]
-            sums, emb = self._score_batch(batch)
+            sums, emb = self._score_batch_checked(batch)
             for (tokens, i, cond, _), s in zip(batch, sums):
                 if cond:
                     cond_sum[i] = s
@@ -150,6 +152,15 @@ class ResponseScorer:
             if on_batch is not None:
                 on_batch(len(batch))
         return ResponseScores(cond_sum, uncond_sum, embedding)
+
+    def _score_batch_checked(self, batch) -> tuple[list[float], np.ndarray | None]:
+        if not self.compiled:
+            return self._score_batch(batch)
+        try:
+            return self._score_batch(batch)
+        except torch._dynamo.exc.TorchDynamoException as e:  # no C++ compiler, an unsupported op, ...
+            why = " ".join(str(e).split())[:300]
+            raise UserError(f"torch.compile of the model failed ({type(e).__name__}: {why}); run without --compile") from None
 
     def _score_batch(self, batch) -> tuple[list[float], np.ndarray | None]:
         dev = self.device
