@@ -2,6 +2,7 @@
 
     python benchmarks/bench_featurize.py --examples 1024 --loop-examples 96 --threads 2
     python benchmarks/bench_featurize.py --model smollm2-135m-instruct --examples 128 --loop-examples 32 --threads 2
+    python benchmarks/bench_featurize.py --model smollm2-135m-instruct --examples 1024 --loop-examples 32 --threads 2 --compile
 
 For each tiny-model preset (`1m`, `10m`; a BPE tokenizer of `--vocab-size` tokens trained on
 the Alpaca texts, random weights), on a slice of the real Alpaca pool:
@@ -104,6 +105,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (ours; default: the featurizer's)")
     ap.add_argument("--shard-size", type=int, default=2048, help="examples per shard (ours)")
     ap.add_argument("--vocab-size", type=int, default=32000, help="BPE vocabulary of the tiny models (default 32000, as Llama-2)")
+    ap.add_argument("--compile", action="store_true", help="ours with `compile: true` (torch.compile of the body; its compile time counts)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; 1 on a shared machine)")
     ap.add_argument("--work-dir", default=None, help="where models and outputs go (default: a temp folder)")
     args = ap.parse_args()
@@ -133,7 +135,7 @@ def main() -> int:
         flops_before = matmul_flops()
         cfg = FeaturizeConfig(
             model=str(model_dir), out=str(work / f"out-{preset}-{time.time_ns()}"), batch_size=args.batch_size,
-            shard_size=args.shard_size, pool=args.pool,
+            shard_size=args.shard_size, pool=args.pool, compile=args.compile,
         )
         t, c = time.perf_counter(), time.process_time()
         table = featurize(cfg, pool=pool)
