@@ -143,3 +143,23 @@ def test_a_setting_retrains_only_the_cells_it_reaches():
     assert changed(lr=1e-3) == {"full", "random-s0", "ifd", "raise"}
     assert changed(seeds=[0, 2]) == {"random-s2"}  # a new seed is a new cell; s0 keeps its key
     assert changed(eval_limit=3) == set()
+
+
+def test_policy_training_time_counts_every_run_of_a_resumed_folder(tmp_path):
+    """A RAISE cell resumed from its round checkpoints costs the earlier rounds too: its
+    time is the episodes' logged seconds (a redone round once, the later line)."""
+    import json
+
+    from raise_select.reports.study import policy_training_seconds
+
+    lines = [
+        {"kind": "reference", "time": {"train": 10.0, "reward": 5.0}},
+        {"kind": "step", "round": 1, "time": {"train": 99.0}},             # steps are inside their round
+        {"kind": "round", "round": 1, "time": {"train": 20.0, "reward": 6.0, "ppo": 1.0}},
+        {"kind": "round", "round": 2, "time": {"train": 30.0, "reward": 7.0}},
+        {"kind": "round", "round": 2, "time": {"train": 31.0, "reward": 8.0}},  # redone: counted once
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert policy_training_seconds(path) == pytest.approx(15.0 + 27.0 + 39.0)
+    assert policy_training_seconds(tmp_path / "missing.jsonl") == 0.0

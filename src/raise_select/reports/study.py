@@ -247,13 +247,16 @@ class Study:
                                "data_dir": self.cfg.data_dir, "max_length": self.cfg.max_length})
         return train_fp, eval_fp
 
-    def _train(self, cell: Cell, cell_dir: Path) -> Path:
+    def _train(self, cell: Cell, cell_dir: Path) -> tuple[Path, float | None]:
+        """The cell's model, and its training time when the method counts it itself (RAISE,
+        whose policy training resumes from checkpoints: the time of earlier runs counts too);
+        None: the wall time of this call."""
         cfg = self.cfg
         options = _substitute(self.options.get(cell.method or "", {}), self.model)
         lm = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(LMConfig)}
         lm["seed"] = cell.seed
         if cell.method is None:
-            return Path(self.model)
+            return Path(self.model), None
         if cell.method == RAISE:
             from ..training.finetune import FinetuneConfig, finetune
             from ..training.train_policy import TrainPolicyConfig, train_policy
@@ -263,12 +266,18 @@ class Study:
                           select_every=cfg.select_every, metric=cfg.metric)
             tp = from_dict(TrainPolicyConfig, {**common, "rounds": cfg.rounds, "out": str(cell_dir / "train_policy"), **options},
                            "study: section 'raise'")
+            start = time.perf_counter()
             policy_dir = train_policy(tp)
+            resumed_seconds = time.perf_counter() - start
             ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
             # `policy` of a FinetuneConfig is the trained policy's folder, not the settings section.
             ft = FinetuneConfig(**{k: v for k, v in asdict(tp).items() if k in ft_fields and k not in ("out", "policy")},
                                 policy=str(policy_dir), out=str(cell_dir / "finetune"))
-            return finetune(ft)
+            start = time.perf_counter()
+            model_dir = finetune(ft)
+            finetune_seconds = time.perf_counter() - start
+            policy_seconds = max(resumed_seconds, policy_training_seconds(cell_dir / "train_policy" / "metrics.jsonl"))
+            return model_dir, policy_seconds + finetune_seconds
         from ..baselines.run import BaselineConfig, run_baseline
 
         bcfg = BaselineConfig(
@@ -279,7 +288,7 @@ class Study:
             train=True, device=cfg.device,
         )
         run_baseline(bcfg, options)
-        return cell_dir / "model"
+        return cell_dir / "model", None
 
     def _evaluate(self, model_dir: Path, cell_dir: Path) -> dict[str, float]:
         from ..evaluation.evaluate import EvaluateConfig, evaluate
@@ -321,8 +330,9 @@ class Study:
             train_seconds = record.get("train_seconds")
         else:
             log.info("cell %s: training (%s)", cell.name, cell.method or "none: base model")
-            model_dir = self._train(cell, cell_dir)
-            train_seconds = round(time.perf_counter() - start, 3) if cell.method is not None else None
+            model_dir, counted = self._train(cell, cell_dir)
+            train_seconds = None if cell.method is None else round(
+                counted if counted is not None else time.perf_counter() - start, 3)
             setup_logging(self.out, "study.log")  # training stages log into their own run folders
             write_json_atomic(record_path, {**asdict(cell), "train": train_fp, "model": str(model_dir),
                                             "train_seconds": train_seconds})
@@ -385,6 +395,20 @@ class Study:
         log.info("cells computed this run: %s", ", ".join(self.computed) or "none (all reused)")
         return {"table": table, "paths": paths, "computed": list(self.computed), "failed": failed,
                 "markdown": paths["md"].read_text(encoding="utf-8") + "\n" + paths["methods_md"].read_text(encoding="utf-8")}
+
+
+def policy_training_seconds(metrics: Path) -> float:
+    """The time a train-policy run folder has spent on its episodes, over every run that
+    wrote to it (the reference episode and each round log their train, reward, scoring and
+    PPO seconds): what a resumed run cannot measure with its own clock."""
+    episodes: dict[tuple, float] = {}  # a round logged twice (redone after a crash): the later line
+    if metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if rec.get("kind") in ("reference", "round"):
+                key = (rec["kind"], rec.get("round"))
+                episodes[key] = sum(v for v in (rec.get("time") or {}).values() if isinstance(v, (int, float)))
+    return sum(episodes.values())
 
 
 def run_study(cfg: StudyConfig, options: dict[str, dict] | None = None) -> dict:
