@@ -148,6 +148,28 @@ def test_resume_after_crash_gives_identical_file(pool_file, tiny_model_dir, tmp_
     assert (tmp_path / "resumed" / "features.parquet").read_bytes() == full
 
 
+def test_timing_log_counts_every_shard_once_across_resumes(pool_file, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(Crash):
+        featurize(make_cfg(pool_file, tiny_model_dir, out), after_shard=lambda k: (_ for _ in ()).throw(Crash(k)))
+    table = featurize(make_cfg(pool_file, tiny_model_dir, out))
+    lines = [json.loads(line) for line in (out / "timing.jsonl").read_text().splitlines()]
+    assert sorted(r["shard"] for r in lines) == [0, 1, 2]  # shard 0 in the crashed run, 1 and 2 on resume
+    # tokens fed per example: [start] + prompt + response, then [start] + response; by hand from the table
+    for r in lines:
+        rows = slice(5 * r["shard"], 5 * r["shard"] + r["examples"])
+        assert r["tokens"] == int(sum(2 + table["len_prompt"][rows] + 2 * table["len_response"][rows]))
+    timing = json.loads((out / "meta.json").read_text())["timing"]
+    assert timing["shards_timed"] == timing["shards"] == 3
+    assert timing["tokens"] == sum(r["tokens"] for r in lines)
+    assert timing["seconds"] == pytest.approx(sum(r["seconds"] for r in lines), abs=0.2)
+    # a line cut short by a crash mid-write is dropped, not an error
+    with open(out / "timing.jsonl", "a") as f:
+        f.write('{"shards": "x", "sha')
+    from raise_select.features.featurize import timing_summary
+    assert timing_summary(out, lines[0]["shards"], 3)["shards_timed"] == 3
+
+
 def test_reuse_same_inputs_and_recompute_changed_ones(pool_file, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     featurize(make_cfg(pool_file, tiny_model_dir, out))

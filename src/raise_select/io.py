@@ -54,6 +54,28 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         f.flush()
 
 
+def read_jsonl(path: str | os.PathLike, what: str = "log", advice: str = "") -> list[dict]:
+    """The records of a JSON-lines log that `append_jsonl` wrote. A last line cut short by a
+    crash mid-write is dropped; any other line that is not a JSON object is a `UserError`
+    naming the file and row."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for row, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if row == len(lines) - 1:
+                break
+            raise UserError(f"{path}: row {row}: not a JSON line; the {what} is damaged{advice}") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: row {row}: not a JSON object; the {what} is damaged{advice}")
+        records.append(record)
+    return records
+
+
 def sha256_text(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:

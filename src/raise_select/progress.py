@@ -109,15 +109,16 @@ class LogProgress:
         rate = (self.n - self._initial) / elapsed if elapsed > 0 else 0.0
         eta = ""
         if self.total and rate > 0 and not done:
-            eta = f", about {_duration((self.total - self.n) / rate)} left"
+            eta = f", about {duration((self.total - self.n) / rate)} left"
         post = f" [{self._postfix}]" if self._postfix else ""
         log.info("%s: %s %s %s%s, %.3g %s/s, %s elapsed%s%s", self.desc, "done" if done else "at", count, self.unit,
-                 pct, rate, self.unit, _duration(elapsed), eta, post)
+                 pct, rate, self.unit, duration(elapsed), eta, post)
         self.lines += 1
         self._last_n = self.n
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`42s`, `3m05s`, `1h07m`."""
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds}s"

@@ -14,6 +14,10 @@ process reduces the embeddings, runs K-means over all shards and writes the tabl
 Reuse: the output's fingerprint covers the model's files, the template, max length, the
 embedding settings, dtype, classes, seed and the pool's ids; an output folder holding the
 same fingerprint is returned as is, anything else is recomputed.
+
+Timing: every shard appends a line to `timing.jsonl` in the output folder (examples, tokens
+fed to the model over both passes, seconds, process), so the compute time of a run that was
+resumed several times is the sum of its shards' lines; `meta.json` holds that sum.
 """
 
 from __future__ import annotations
@@ -22,18 +26,19 @@ import hashlib
 import importlib.metadata
 import logging
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from ..progress import progress_bar
+from ..progress import duration, progress_bar
 
 from ..data.pools import Pool, load_pool
 from ..data.templates import TEMPLATES
 from ..errors import UserError
 from ..config import check_fields, require_settings
-from ..io import check_output, fingerprint
+from ..io import append_jsonl, check_output, fingerprint, read_jsonl
 from ..models.loading import DTYPES, check_device
 from .scoring import ResponseScorer, encode_examples, start_token_id
 from .semantic import SEM_POOLS, PCA_FIT_ROWS, adaptive_pool, encode_texts, example_text, fit_pca, kmeans_classes, load_sentence_encoder
@@ -205,13 +210,18 @@ def featurize(
     if len(todo) < len(mine):
         log.info("resuming: %d of this process's %d shard(s) are on disk", len(mine) - len(todo), len(mine))
     if todo:
-        _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard)
+        _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard, shard_fp)
     state.wait_for_everyone()
 
     if state.is_main_process:
         table = _merge(cfg, pool, shard_dir, n_shards, final_fp, state.num_processes)
+        timing = timing_summary(out, shard_fp, n_shards)
+        table.meta["timing"] = timing
         table.write(out)
         log.info("wrote %d examples to %s", len(table), out / "features.parquet")
+        if timing["tokens_per_s"] is not None:
+            log.info("scoring time over %d of %d shards (all resumes): %s, %d tokens, %.0f tokens/s",
+                     timing["shards_timed"], n_shards, duration(timing["seconds"]), timing["tokens"], timing["tokens_per_s"])
     state.wait_for_everyone()
     return FeatureTable.read(out)
 
@@ -235,7 +245,7 @@ def _remove_stale_shards(shards_root: Path, keep: Path) -> None:
             shutil.rmtree(folder)
 
 
-def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard) -> None:
+def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard, shard_fp: str = "") -> None:
     import torch
 
     from ..models.loading import load_model_and_tokenizer
@@ -260,6 +270,7 @@ def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard) -> Non
         for k in todo:
             examples = pool.examples[k * cfg.shard_size:(k + 1) * cfg.shard_size]
             shown, sequences = 0, 0
+            started = time.perf_counter()
 
             def advance(n_sequences: int) -> None:  # two sequences per example
                 nonlocal shown, sequences
@@ -267,10 +278,45 @@ def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard) -> Non
                 bar.update(sequences // 2 - shown)
                 shown = sequences // 2
 
-            _score_shard(cfg, examples, tokenizer, scorer, encoder, advance).write(shard_path(shard_dir, k))
+            shard = _score_shard(cfg, examples, tokenizer, scorer, encoder, advance)
+            shard.write(shard_path(shard_dir, k))
+            seconds = time.perf_counter() - started
+            tokens = shard_tokens(shard)
+            append_jsonl(Path(cfg.out) / TIMING_FILE, {
+                "shards": shard_fp[:16], "shard": k, "process": state.process_index, "examples": len(shard.ids),
+                "tokens": tokens, "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            })
+            log.info("shard %d: %d examples, %d tokens in %.1f s (%.0f tokens/s)", k, len(shard.ids), tokens, seconds,
+                     tokens / seconds if seconds > 0 else 0.0)
             bar.update(len(examples) - shown)
             if after_shard is not None:
                 after_shard(k)
+
+
+TIMING_FILE = "timing.jsonl"
+
+
+def shard_tokens(shard: Shard) -> int:
+    """Tokens fed to the model for a shard: [start] + prompt + response and [start] + response."""
+    return int(np.sum(2 + shard.len_prompt + 2 * shard.len_response))
+
+
+def timing_summary(out: Path, shard_fp: str, n_shards: int) -> dict:
+    """Sum of the per-shard lines of `timing.jsonl` for these shards (the last line of each
+    shard counts: a shard is only recomputed when its file was lost)."""
+    path = Path(out) / TIMING_FILE
+    last: dict[int, dict] = {}
+    if path.is_file():
+        for record in read_jsonl(path):
+            if record.get("shards") == shard_fp[:16]:
+                last[int(record["shard"])] = record
+    seconds = sum(float(r["seconds"]) for r in last.values())
+    tokens = sum(int(r["tokens"]) for r in last.values())
+    return {
+        "shards_timed": len(last), "shards": n_shards, "seconds": round(seconds, 1), "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        "note": "sum over shards of scoring time (model loading, compilation and the merge not counted)",
+    }
 
 
 def _score_shard(cfg, examples, tokenizer, scorer, encoder, on_batch=None) -> Shard:

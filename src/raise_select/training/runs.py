@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from ..errors import UserError
-from ..io import append_jsonl, atomic_path, write_json_atomic, write_text_atomic
+from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +113,8 @@ class RunFolder:
         path = self.out / "metrics.jsonl"
         if not path.is_file():
             return []
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        records = []
-        for row, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if row == len(lines) - 1:
-                    break  # a line cut short by a crash mid-write; its round is redone anyway
-                raise UserError(f"{path}: row {row}: not a JSON line; the metrics log is damaged, use a new --out") from None
-        return records
+        # a last line cut short by a crash mid-write is dropped: its round is redone anyway
+        return read_jsonl(path, what="metrics log", advice=", use a new --out")
 
     def truncate_metrics(self, rounds_done: int) -> None:
         """Drop lines of a round that did not finish (a crash mid-round), keeping finished rounds."""
