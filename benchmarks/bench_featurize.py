@@ -45,7 +45,7 @@ import torch
 
 from raise_select.data.pools import load_pool
 from raise_select.features import FeaturizeConfig, featurize
-from raise_select.features.scoring import encode_examples, start_token_id
+from raise_select.features.scoring import encode_examples, forwarded_tokens, start_token_id
 from raise_select.models.tiny import build_tiny_model, non_embedding_parameters
 
 DEFAULT_POOL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alpaca" / "alpaca_data.json"
@@ -91,8 +91,8 @@ def reference_loop(model, tokenizer, examples, template: str, max_length: int) -
     return time.perf_counter() - t, time.process_time() - c, cond_means, encoded
 
 
-def forwarded_tokens(encoded) -> int:
-    return sum(2 + len(e.prompt_ids) + 2 * len(e.response_ids) for e in encoded)
+def encoded_tokens(encoded) -> int:
+    return forwarded_tokens([len(e.prompt_ids) for e in encoded], [len(e.response_ids) for e in encoded])
 
 
 def main() -> int:
@@ -153,8 +153,8 @@ def main() -> int:
         flops_limit = max(flops_before[0], flops_after[0])
         flops_limit_cpu = max(flops_before[1], flops_after[1])
 
-        ours_tok = forwarded_tokens(encoded) / ours_s
-        loop_tok = forwarded_tokens(loop_enc) / loop_s
+        ours_tok = encoded_tokens(encoded) / ours_s
+        loop_tok = encoded_tokens(loop_enc) / loop_s
         ours_ex, loop_ex = len(encoded) / ours_s, len(loop_enc) / loop_s
         diff = max(abs(a - b) for a, b in zip(loop_cond, table["logp_cond"]))
         per_token = 2 * non_embedding_parameters(model)
@@ -166,18 +166,18 @@ def main() -> int:
         print(f"ours: {ours_ex:8.1f} examples/s {ours_tok:10.0f} tokens/s  ({len(encoded)} examples, {ours_s:.1f} s end to end, "
               f"of which about {load_s:.1f} s loading the model)")
         print(f"loop: {loop_ex:8.1f} examples/s {loop_tok:10.0f} tokens/s  ({len(loop_enc)} examples, {loop_s:.1f} s)")
-        cpu_speedup = (forwarded_tokens(encoded) / ours_cpu) / (forwarded_tokens(loop_enc) / loop_cpu)
+        cpu_speedup = (encoded_tokens(encoded) / ours_cpu) / (encoded_tokens(loop_enc) / loop_cpu)
         # The loop runs the head at every position; ours at the response positions of both passes.
         head_rows = sum(2 * len(e.response_ids) for e in encoded)
-        flop_ratio = (forwarded_tokens(encoded) * (per_token + 2 * vocab * hidden)) / (
-            forwarded_tokens(encoded) * per_token + head_rows * 2 * vocab * hidden
+        flop_ratio = (encoded_tokens(encoded) * (per_token + 2 * vocab * hidden)) / (
+            encoded_tokens(encoded) * per_token + head_rows * 2 * vocab * hidden
         )
         print(f"speed-up (tokens/s): {ours_tok / loop_tok:.1f}x ({cpu_speedup:.1f}x per CPU second); "
               f"FLOP ratio loop/ours {flop_ratio:.2f}; max |logp_cond ours - loop| = {diff:.2e}")
         print(f"matmul float32: {flops_limit / 1e9:.1f} GFLOP/s; ours {ours_tok * per_token / 1e9:.1f} GFLOP/s "
               f"= {fraction:.2f} of it")
         # The machine is shared: per CPU second of this process, contention cancels out.
-        fraction_cpu = forwarded_tokens(encoded) * per_token / ours_cpu / flops_limit_cpu
+        fraction_cpu = encoded_tokens(encoded) * per_token / ours_cpu / flops_limit_cpu
         print(f"per CPU second: matmul {flops_limit_cpu / 1e9:.1f} GFLOP/s, ours {fraction_cpu:.2f} of it "
               f"(ours used {ours_cpu:.1f} CPU s in {ours_s:.1f} s)")
         if preset == "1m":

@@ -165,9 +165,10 @@ def test_timing_log_counts_every_shard_once_across_resumes(pool_file, tiny_model
     assert timing["seconds"] == pytest.approx(sum(r["seconds"] for r in lines), abs=0.2)
     # a line cut short by a crash mid-write is dropped, not an error
     with open(out / "timing.jsonl", "a") as f:
-        f.write('{"shards": "x", "sha')
+        f.write('{"shard_set": "x", "sha')
     from raise_select.features.featurize import timing_summary
-    assert timing_summary(out, lines[0]["shards"], 3)["shards_timed"] == 3
+    assert timing_summary(out, lines[0]["shard_set"] + "0" * 48, 3)["shards_timed"] == 3
+    assert timing_summary(out, "f" * 64, 3)["shards_timed"] == 0  # other inputs' shards: passed over
 
 
 def test_reuse_same_inputs_and_recompute_changed_ones(pool_file, tiny_model_dir, tmp_path):

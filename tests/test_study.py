@@ -162,4 +162,7 @@ def test_policy_training_time_counts_every_run_of_a_resumed_folder(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert policy_training_seconds(path) == pytest.approx(15.0 + 27.0 + 39.0)
+    with open(path, "a") as f:  # a line cut short by a crash mid-write: dropped
+        f.write('{"kind": "round", "round": 3, "ti')
+    assert policy_training_seconds(path) == pytest.approx(15.0 + 27.0 + 39.0)
     assert policy_training_seconds(tmp_path / "missing.jsonl") == 0.0

@@ -40,7 +40,7 @@ from ..errors import UserError
 from ..config import check_fields, require_settings
 from ..io import append_jsonl, check_output, fingerprint, read_jsonl
 from ..models.loading import DTYPES, check_device
-from .scoring import ResponseScorer, encode_examples, start_token_id
+from .scoring import ResponseScorer, encode_examples, forwarded_tokens, start_token_id
 from .semantic import SEM_POOLS, PCA_FIT_ROWS, adaptive_pool, encode_texts, example_text, fit_pca, kmeans_classes, load_sentence_encoder
 from .shards import SHARD_GLOB, Shard, shard_path
 from .table import FeatureTable
@@ -245,7 +245,7 @@ def _remove_stale_shards(shards_root: Path, keep: Path) -> None:
             shutil.rmtree(folder)
 
 
-def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard, shard_fp: str = "") -> None:
+def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard, shard_fp: str) -> None:
     import torch
 
     from ..models.loading import load_model_and_tokenizer
@@ -281,9 +281,9 @@ def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard, shard_
             shard = _score_shard(cfg, examples, tokenizer, scorer, encoder, advance)
             shard.write(shard_path(shard_dir, k))
             seconds = time.perf_counter() - started
-            tokens = shard_tokens(shard)
+            tokens = forwarded_tokens(shard.len_prompt, shard.len_response)
             append_jsonl(Path(cfg.out) / TIMING_FILE, {
-                "shards": shard_fp[:16], "shard": k, "process": state.process_index, "examples": len(shard.ids),
+                "shard_set": shard_fp[:16], "shard": k, "process": state.process_index, "examples": len(shard.ids),
                 "tokens": tokens, "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
             log.info("shard %d: %d examples, %d tokens in %.1f s (%.0f tokens/s)", k, len(shard.ids), tokens, seconds,
@@ -296,26 +296,22 @@ def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard, shard_
 TIMING_FILE = "timing.jsonl"
 
 
-def shard_tokens(shard: Shard) -> int:
-    """Tokens fed to the model for a shard: [start] + prompt + response and [start] + response."""
-    return int(np.sum(2 + shard.len_prompt + 2 * shard.len_response))
-
-
 def timing_summary(out: Path, shard_fp: str, n_shards: int) -> dict:
-    """Sum of the per-shard lines of `timing.jsonl` for these shards (the last line of each
-    shard counts: a shard is only recomputed when its file was lost)."""
+    """Sum of the per-shard lines of `timing.jsonl` for these shards (`shard_set`: lines of
+    other inputs' shards are passed over; a shard scored twice, its file having been lost,
+    counts its last line)."""
     path = Path(out) / TIMING_FILE
     last: dict[int, dict] = {}
     if path.is_file():
         for record in read_jsonl(path):
-            if record.get("shards") == shard_fp[:16]:
+            if record.get("shard_set") == shard_fp[:16]:
                 last[int(record["shard"])] = record
     seconds = sum(float(r["seconds"]) for r in last.values())
     tokens = sum(int(r["tokens"]) for r in last.values())
     return {
         "shards_timed": len(last), "shards": n_shards, "seconds": round(seconds, 1), "tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
-        "note": "sum over shards of scoring time (model loading, compilation and the merge not counted)",
+        "note": "sum over shards of scoring time; model loading and the merge are not counted, compiling (compile: true) is, in the first shard each run scores",
     }
 
 

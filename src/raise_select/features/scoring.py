@@ -101,6 +101,12 @@ class ResponseScores:
     embedding: np.ndarray | None  # (n, hidden) float32: mean last hidden state over y's positions in [s]+x+y
 
 
+def forwarded_tokens(len_prompt, len_response) -> int:
+    """Tokens `ResponseScorer.score` feeds the model for examples of these prompt and response
+    lengths: [start] + prompt + response, then [start] + response (no padding)."""
+    return int(np.sum(2 + np.asarray(len_prompt, dtype=np.int64) + 2 * np.asarray(len_response, dtype=np.int64)))
+
+
 class ResponseScorer:
     """Scores encoded examples with a causal LM in length-bucketed batches."""
 

@@ -35,7 +35,7 @@ from typing import Optional
 from ..config import from_dict, merge, parse_overrides, read_yaml
 from ..data.benchmarks import sample_indices
 from ..errors import UserError
-from ..io import fingerprint, write_json_atomic, write_text_atomic
+from ..io import fingerprint, read_jsonl, write_json_atomic, write_text_atomic
 from ..logs import setup_logging
 from ..training.loop import LMConfig
 from .plots import plot_study
@@ -403,8 +403,7 @@ def policy_training_seconds(metrics: Path) -> float:
     PPO seconds): what a resumed run cannot measure with its own clock."""
     episodes: dict[tuple, float] = {}  # a round logged twice (redone after a crash): the later line
     if metrics.is_file():
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line) if line.strip() else {}
+        for rec in read_jsonl(metrics, what="metrics log"):
             if rec.get("kind") in ("reference", "round"):
                 key = (rec["kind"], rec.get("round"))
                 episodes[key] = sum(v for v in (rec.get("time") or {}).values() if isinstance(v, (int, float)))
