@@ -41,8 +41,8 @@ def make_features(pool: Pool, logp_cond, logp_uncond, truncated=None, sem=None) 
 # ---------------------------------------------------------------- registry, budgets, batches
 
 def test_registry_lists_methods_on_unknown_name():
-    assert set(BASELINES) == {"full", "random", "ifd", "deita", "alpagasus", "sspl", "less", "rose", "greats", "rho"}
-    with pytest.raises(UserError, match=r"unknown method 'nope'; available: full, random, ifd, deita, alpagasus, sspl, less, rose, greats, rho"):
+    assert set(BASELINES) == {"full", "random", "ifd", "deita", "alpagasus", "sspl", "less", "rose", "rds", "embed", "greats", "rho"}
+    with pytest.raises(UserError, match=r"unknown method 'nope'; available: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, greats, rho"):
         get_baseline_class("nope")
     with pytest.raises(UserError, match="unknown option"):
         make_baseline("deita", {"treshold": 0.8})

@@ -14,10 +14,12 @@ princeton-nlp/LESS, `less/data_selection/collect_grad_reps.py`, `matching.py`,
    matrix. The reference uses trak's CUDA projector (a fused kernel); here a chunked torch
    projection generates the matrix block by block from the seed, so it runs on any device
    and never holds the whole matrix for large gradients. Projections are L2-normalised.
-4. Score = sum over checkpoints (weighted by the epoch's mean learning rate, normalised as
-   in `matching.py`) of the cosine similarity to the validation gradients averaged over
-   validation examples (`matching.py` averages within a task's examples and takes the max
-   over its subtasks; one validation set is one subtask). The top `budget` are kept.
+4. Similarity = sum over checkpoints (weighted by the epoch's mean learning rate, normalised
+   as in `matching.py`) of the cosine similarity of each pool row to each validation example.
+   `aggregation: mean` (the default) averages it over the validation examples and keeps the
+   top `budget`, as `matching.py` does for one validation set (it averages within a task's
+   examples and takes the max over subtasks; one validation set is one subtask); `max` and
+   `round_robin` are the other rules of `baselines.aggregate`.
 Gradients are taken in eval mode (LoRA dropout off) so they are deterministic.
 """
 
@@ -33,7 +35,8 @@ import torch
 
 from ..data.pools import Example, Pool
 from ..errors import UserError
-from .base import Selection, SelectionContext, top_k
+from .aggregate import aggregate_select, check_aggregation
+from .base import Selection, SelectionContext
 from .lm import encoded_batch
 
 log = logging.getLogger(__name__)
@@ -85,11 +88,16 @@ def adam_precondition(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: tor
     return m / torch.sqrt(v + eps)
 
 
-def mean_cosine(train: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
-    """(n,) mean over validation rows of the cosine similarity of each train row to them."""
+def cosine_to_each(train: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    """(n, V) cosine similarity of each train row to each validation row."""
     t = torch.nn.functional.normalize(train.float(), dim=1)
     v = torch.nn.functional.normalize(val.float(), dim=1)
-    return (t @ v.T).mean(dim=1)
+    return t @ v.T
+
+
+def mean_cosine(train: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    """(n,) mean over validation rows of the cosine similarity of each train row to them."""
+    return cosine_to_each(train, val).mean(dim=1)
 
 
 @dataclass
@@ -121,6 +129,11 @@ class LESS:
     proj_dim: int = field(default=8192, metadata={"help": "dimension of the randomly projected gradients"})
     proj_seed: int = field(default=0, metadata={"help": "seed of the Rademacher projection matrix"})
     chunk: int = field(default=32, metadata={"help": "gradients collected before each projection (memory vs speed)"})
+    aggregation: str = field(default="mean", metadata={
+        "help": "mean (the reference's rule for one validation set), max, or round_robin over validation examples"})
+
+    def __post_init__(self) -> None:
+        check_aggregation(self.aggregation, self.name)
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         from peft import LoraConfig, get_peft_model
@@ -148,7 +161,7 @@ class LESS:
         projector = RademacherProjector(dim, self.proj_dim, self.proj_seed, device=device)
         total_lr = sum(c.mean_lr for c in checkpoints)
         weights = [c.mean_lr / total_lr if total_lr > 0 else 1 / len(checkpoints) for c in checkpoints]
-        scores = torch.zeros(len(pool))
+        sims = None
         model.eval()
         for c, (ckpt, w) in enumerate(zip(checkpoints, weights)):
             with torch.no_grad():
@@ -158,11 +171,13 @@ class LESS:
             val = self._validation_grads(model, tok, validation, ctx, projector, f"{self.name} val grads {c + 1}/{len(checkpoints)}")
             train = self._projected_grads(model, pool.examples, self._sft_loss(model, tok, ctx), projector, ckpt,
                                           f"{self.name} train grads {c + 1}/{len(checkpoints)}")
-            scores += w * mean_cosine(train, val).cpu()
-        chosen = top_k(scores.numpy().astype(np.float64), np.arange(len(pool)), budget)
+            part = w * cosine_to_each(train, val).cpu()
+            sims = part if sims is None else sims + part
+        chosen, scores = aggregate_select(sims.numpy(), budget, self.aggregation)
         info = {"warmup_examples": n_warm, "checkpoints": len(checkpoints), "checkpoint_weights": weights,
-                "gradient_dim": dim, "proj_dim": self.proj_dim, "validation_examples": len(validation)}
-        return Selection(indices=chosen.tolist(), scores=scores[chosen].tolist(), info=info)
+                "gradient_dim": dim, "proj_dim": self.proj_dim, "validation_examples": len(validation),
+                "aggregation": self.aggregation}
+        return Selection(indices=chosen.tolist(), scores=scores.tolist(), info=info)
 
     def _warmup(self, model, tok, examples: list[Example], ctx: SelectionContext, rng) -> list[_Checkpoint]:
         from ..progress import progress_bar

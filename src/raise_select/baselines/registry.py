@@ -6,11 +6,13 @@ from __future__ import annotations
 from .alpagasus import AlpaGasus
 from .base import Baseline
 from .deita import Deita
+from .embed import Embed
 from .full import FullData
 from .greats import GREATS
 from .ifd import IFD
 from .less import LESS
 from .rand import RandomSubset
+from .rds import RDS
 from .rho import RHOLoss
 from .rose import ROSE
 from .sspl import SSPL
@@ -29,7 +31,7 @@ def registry_of(classes) -> dict[str, type]:
 
 
 BASELINES: dict[str, type] = registry_of((FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS,
-                                          ROSE, GREATS, RHOLoss))
+                                          ROSE, RDS, Embed, GREATS, RHOLoss))
 
 
 def get_baseline_class(name: str) -> type:

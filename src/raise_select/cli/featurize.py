@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         dtype: Optional[str] = typer.Option(None, "--dtype"),
         device: Optional[str] = typer.Option(None, "--device"),
         compile: Optional[bool] = typer.Option(None, "--compile/--no-compile"),
+        rds: Optional[bool] = typer.Option(None, "--rds/--no-rds"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
@@ -55,7 +56,7 @@ def register(app: typer.Typer) -> None:
             pool=pool, format=format, limit=limit, model=model, out=out, template=template, max_length=max_length,
             batch_size=batch_size, sem_dim=sem_dim, sem_pool=sem_pool, embed_model=embed_model, classes=classes,
             seed=seed, shard_size=shard_size, trust_remote_code=trust_remote_code, dtype=dtype, device=device,
-            compile=compile,
+            compile=compile, rds=rds,
         )
         cfg = resolve(FeaturizeConfig, "featurize", config, overrides, flags)
         require_settings(cfg, ("pool", "model", "out"))

@@ -378,3 +378,18 @@ def to_format(example: Example, fmt: str) -> dict:
     if fmt == "messages":
         return {"messages": [{"role": r, "content": c} for r, c in msgs]}
     raise UserError(f"unknown pool format '{fmt}'; available: {', '.join(FORMATS)}")
+
+
+def subsample_to_file(pool: Pool, size: int | None, seed: int, path: str | Path) -> Pool:
+    """A seeded random subsample of `size` rows (all rows when `size` is None or not smaller),
+    written to `path` as JSONL in the pool's format (rewritten only when it changed), and read
+    back as the pool that commands given `--pool path` see."""
+    from ..io import write_text_atomic
+    from .benchmarks import sample_indices
+
+    keep = sample_indices(len(pool), size, seed) if size is not None and size < len(pool) else range(len(pool))
+    path = Path(path)
+    text = "".join(json.dumps(to_format(pool.examples[i], pool.format)) + "\n" for i in keep)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        write_text_atomic(path, text)
+    return load_pool(path, fmt=pool.format)

@@ -38,3 +38,14 @@ def response_loss(model: str, examples: list[Example], template: str = "alpaca",
     lm, tok = load_for_eval(model, dtype=dtype, device=device)
     return -Validator(examples, tok, metric="neg_loss", max_length=max_length, template=template,
                       batch_size=batch_size)(lm)
+
+
+def example_losses(model: str, examples: list[Example], template: str = "alpaca", max_length: int = 512,
+                   batch_size: int = 8, dtype: str = "float32", device: str | None = None):
+    """(n,) numpy array: each example's mean response-token loss under `model` (the per-item
+    figures that `response_loss` averages)."""
+    from ..training.reward import Validator
+
+    lm, tok = load_for_eval(model, dtype=dtype, device=device)
+    return Validator(examples, tok, metric="neg_loss", max_length=max_length, template=template,
+                     batch_size=batch_size).example_losses(lm)

@@ -99,6 +99,23 @@ class ResponseScores:
     logp_cond_sum: np.ndarray    # (n,) float64
     logp_uncond_sum: np.ndarray  # (n,) float64
     embedding: np.ndarray | None  # (n, hidden) float32: mean last hidden state over y's positions in [s]+x+y
+    rds: np.ndarray | None = None  # (n, hidden) float32: RDS+ position-weighted mean over every position of [s]+x+y
+
+
+def rds_weighted_mean(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """RDS+'s representation (hamishivi/automated-instruction-selection,
+    `compute_influence_cosinesim.py`, `--pooling weighted_mean`, after SGPT): the last hidden
+    state averaged over the positions of the sequence with weight p / sum(p) at position
+    p = 1..L, so later tokens, which have read more of the sequence, count more.
+
+    hidden (B, T, H), right-padded; lengths (B,) real tokens per row. The reference weights
+    every position of its padded batch, pads included, so its vectors depend on the batch a row
+    lands in; here the weights stop at each row's own length (the same as the reference with
+    one row per batch)."""
+    pos = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=torch.float32)
+    w = pos[None, :] * (pos[None, :] <= lengths[:, None].float())
+    w = w / w.sum(dim=1, keepdim=True)
+    return torch.einsum("bt,bth->bh", w, hidden.float())
 
 
 def forwarded_tokens(len_prompt, len_response) -> int:
@@ -111,7 +128,7 @@ class ResponseScorer:
     """Scores encoded examples with a causal LM in length-bucketed batches."""
 
     def __init__(self, model, start_id: int, pad_id: int, batch_size: int, device: torch.device, embed: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, rds: bool = False):
         self.model = model
         self.base = torch.compile(model.base_model, dynamic=True) if compile else model.base_model
         self.compiled = compile
@@ -129,6 +146,7 @@ class ResponseScorer:
         self.batch_size = batch_size
         self.device = device
         self.embed = embed
+        self.rds = rds
 
     @torch.inference_mode()
     def score(self, encoded: Sequence[EncodedExample], on_batch: Callable[[int], None] | None = None) -> ResponseScores:
@@ -144,9 +162,10 @@ class ResponseScorer:
         uncond_sum = np.zeros(n, dtype=np.float64)
         hidden_size = self.head.weight.shape[1]
         embedding = np.zeros((n, hidden_size), dtype=np.float32) if self.embed else None
+        rds = np.zeros((n, hidden_size), dtype=np.float32) if self.rds else None
         for b0 in range(0, len(order), self.batch_size):
             batch = [seqs[k] for k in order[b0:b0 + self.batch_size]]
-            sums, emb = self._score_batch_checked(batch)
+            sums, emb, rds_rows = self._score_batch_checked(batch)
             for (tokens, i, cond, _), s in zip(batch, sums):
                 if cond:
                     cond_sum[i] = s
@@ -155,11 +174,13 @@ class ResponseScorer:
             if emb is not None:
                 cond_idx = [i for _, i, cond, _ in batch if cond]
                 embedding[cond_idx] = emb
+            if rds_rows is not None:
+                rds[[i for _, i, cond, _ in batch if cond]] = rds_rows
             if on_batch is not None:
                 on_batch(len(batch))
-        return ResponseScores(cond_sum, uncond_sum, embedding)
+        return ResponseScores(cond_sum, uncond_sum, embedding, rds)
 
-    def _score_batch_checked(self, batch) -> tuple[list[float], np.ndarray | None]:
+    def _score_batch_checked(self, batch) -> tuple[list[float], np.ndarray | None, np.ndarray | None]:
         if not self.compiled:
             return self._score_batch(batch)
         try:
@@ -168,7 +189,7 @@ class ResponseScorer:
             why = " ".join(str(e).split())[:300]
             raise UserError(f"torch.compile of the model failed ({type(e).__name__}: {why}); run without --compile") from None
 
-    def _score_batch(self, batch) -> tuple[list[float], np.ndarray | None]:
+    def _score_batch(self, batch) -> tuple[list[float], np.ndarray | None, np.ndarray | None]:
         dev = self.device
         width = max(len(t) for t, *_ in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -209,4 +230,10 @@ class ResponseScorer:
             pooled.index_add_(0, seq_of_row[keep], hidden[seq_of_row[keep], target_pos[keep]].float())
             pooled = pooled[is_cond] / n_resp[is_cond, None].float()
             emb = pooled.cpu().numpy()
-        return sums.cpu().tolist(), emb
+        rds = None
+        if self.rds:
+            cond_rows = [r for r, (_, _, cond, _) in enumerate(batch) if cond]
+            if cond_rows:
+                lengths = torch.tensor([len(batch[r][0]) for r in cond_rows], device=dev)
+                rds = rds_weighted_mean(hidden[cond_rows], lengths).cpu().numpy()
+        return sums.cpu().tolist(), emb, rds

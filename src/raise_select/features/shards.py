@@ -37,6 +37,7 @@ class Shard:
     prompt_cut: np.ndarray       # (n,) int: prompt tokens dropped from the left
     vectors: np.ndarray          # (n, D) float32: embedding before the final reduction
     skipped: dict                # reason -> count, rows of this slice left out
+    rds: np.ndarray | None = None  # (n, H) float32: RDS+ representation (featurize --rds)
 
     def write(self, path: Path) -> None:
         d = self.vectors.shape[1]
@@ -51,6 +52,8 @@ class Shard:
             "vectors": pa.FixedSizeListArray.from_arrays(
                 pa.array(np.ascontiguousarray(self.vectors, dtype=np.float32).reshape(-1)), d
             ),
+            **({} if self.rds is None else {"rds": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(self.rds, dtype=np.float32).reshape(-1)), self.rds.shape[1])}),
         }).replace_schema_metadata({"skipped": json.dumps(self.skipped, sort_keys=True)})
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
@@ -70,7 +73,12 @@ class Shard:
             col = table.column("vectors").combine_chunks()
             vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(n, col.type.list_size)
         meta = table.schema.metadata or {}
+        rds = None
+        if not columns_only and "rds" in table.column_names:
+            rcol = table.column("rds").combine_chunks()
+            rds = rcol.flatten().to_numpy(zero_copy_only=False).reshape(n, rcol.type.list_size)
         return cls(
+            rds=rds,
             ids=table.column("id").to_pylist(),
             vectors=vectors,
             skipped=json.loads(meta.get(b"skipped", b"{}")),

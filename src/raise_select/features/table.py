@@ -28,6 +28,7 @@ FEATURE_COLUMNS = (
     "ifd",              # logp_cond / logp_uncond = loss(y|x) / loss(y), as the IFD reference code
     "truncated",        # 1 if the response alone was over max_length and was cut
 )
+RDS_FILE = "rds.npy"  # (N, H) float32 in the table's row order, written by `featurize --rds`
 DIFFICULTY_COLUMNS = ("len_prompt", "len_response", "logp_cond", "logp_uncond")  # eq. 3
 
 
@@ -38,6 +39,7 @@ class FeatureTable:
     sem: np.ndarray                 # (N, sem_dim) float32
     cluster: np.ndarray             # (N,) int64
     meta: dict = field(default_factory=dict)
+    rds: np.ndarray | None = None   # (N, H) float32: RDS+ representations (featurize --rds), else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,6 +74,7 @@ class FeatureTable:
             sem=self.sem[idx],
             cluster=self.cluster[idx],
             meta=self.meta,
+            rds=None if self.rds is None else self.rds[idx],
         )
 
     def to_arrow(self) -> pa.Table:
@@ -93,6 +96,9 @@ class FeatureTable:
         out_dir = Path(out_dir)
         with atomic_path(out_dir / "features.parquet") as tmp:
             pq.write_table(self.to_arrow(), tmp)
+        if self.rds is not None:
+            with atomic_path(out_dir / RDS_FILE) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(self.rds, dtype=np.float32))
         write_json_atomic(out_dir / "meta.json", self.meta)
 
     @classmethod
@@ -162,7 +168,7 @@ class FeatureTable:
                             + (" with missing values" if cluster_col.null_count else ""))
         cluster = cluster_col.to_numpy().astype(np.int64)
         _check_classes(cluster, meta, fp)
-        return cls(ids=ids, columns=columns, sem=sem, cluster=cluster, meta=meta)
+        return cls(ids=ids, columns=columns, sem=sem, cluster=cluster, meta=meta, rds=_read_rds(fp.parent, meta, len(ids)))
 
 
 def check_same_encoding(features: str | Path, max_length: int, template: str, flag: str = "--max-length") -> None:
@@ -186,6 +192,23 @@ def check_same_encoding(features: str | Path, max_length: int, template: str, fl
 # No token count, log-probability or hidden-state value comes near this; a larger one is a
 # corrupted file, and would overflow the state normalisation (squares in float32).
 MAX_ABS_FEATURE = 1e15
+
+
+def _read_rds(folder: Path, meta: dict, rows: int) -> np.ndarray | None:
+    """The RDS+ vectors when meta.json says the folder has them (featurize --rds)."""
+    if not isinstance(meta.get("rds"), dict):
+        return None
+    path = folder / RDS_FILE
+    try:
+        rds = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable RDS+ vectors ({e}); meta.json lists them: re-run featurize --rds") from None
+    if rds.ndim != 2 or rds.shape[0] != rows:
+        raise UserError(f"{path}: expected {rows} rows of vectors (one per row of features.parquet), got shape {rds.shape}")
+    bad = np.flatnonzero(~np.isfinite(rds).all(axis=1))
+    if len(bad):
+        raise UserError(f"{path}: row {int(bad[0])}: non-finite value in the RDS+ vector")
+    return rds.astype(np.float32, copy=False)
 
 
 def _read_meta(meta_path: Path) -> dict:

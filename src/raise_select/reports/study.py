@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import from_dict, merge, parse_overrides, read_yaml
-from ..data.benchmarks import sample_indices
 from ..errors import UserError
 from ..io import fingerprint, read_jsonl, write_json_atomic, write_text_atomic
 from ..logs import setup_logging
@@ -45,9 +44,10 @@ log = logging.getLogger(__name__)
 
 RAISE = "raise"
 ROW_LABELS = {"random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "AlpaGasus", "sspl": "SSPL",
-              "less": "LESS", "rose": "ROSE", "greats": "GREATS", "rho": "RHO-LOSS", RAISE: "RAISE"}
+              "less": "LESS", "rose": "ROSE", "rds": "RDS+", "embed": "EMBED", "greats": "GREATS", "rho": "RHO-LOSS",
+              RAISE: "RAISE"}
 # Methods that read the featurized pool (RAISE's state, IFD, SSPL's loss, DEITA's embeddings).
-_FEATURE_FREE = ("full", "random", "rose", "greats", "rho")
+_FEATURE_FREE = ("full", "random", "rose", "embed", "greats", "rho")
 # Settings that change only the evaluation of a cell, not its training.
 _EVAL_FIELDS = ("tasks", "eval_limit", "num_fewshot", "eval_batch_size", "max_gen_toks", "device",
                 "loss_set", "loss_split", "loss_size")
@@ -173,18 +173,14 @@ class Study:
 
     def prepare(self) -> None:
         """The pool (a seeded subsample written to <out>/pool.jsonl when asked) and the base model."""
-        from ..data.pools import load_pool, to_format
+        from ..data.pools import load_pool, subsample_to_file
 
         cfg = self.cfg
         pool = load_pool(cfg.pool, fmt=cfg.format)
         if cfg.pool_size is not None and cfg.pool_size < len(pool):
-            keep = sample_indices(len(pool), cfg.pool_size, cfg.seed)
             path = self.out / "pool.jsonl"
-            text = "".join(json.dumps(to_format(pool.examples[i], pool.format)) + "\n" for i in keep)
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                write_text_atomic(path, text)
+            pool = subsample_to_file(pool, cfg.pool_size, cfg.seed, path)
             self.pool_spec = str(path)
-            pool = load_pool(path, fmt=pool.format)
         else:
             self.pool_spec = cfg.pool
         self.pool = pool
@@ -215,7 +211,7 @@ class Study:
             table = featurize(FeaturizeConfig(
                 pool=self.pool_spec, format=self.pool.format, model=cfg.aux_model or self.model, out=str(out),
                 template=cfg.template, max_length=cfg.max_length, sem_dim=cfg.sem_dim, classes=cfg.classes,
-                seed=cfg.seed, dtype=cfg.dtype, device=cfg.device,
+                seed=cfg.seed, dtype=cfg.dtype, device=cfg.device, rds="rds" in cfg.methods,
             ), pool=self.pool)
             self._record_features_time(table.meta.get("fingerprint"), time.perf_counter() - start)
             self._features = str(out)

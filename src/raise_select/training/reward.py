@@ -24,6 +24,7 @@ import math
 import re
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -142,7 +143,21 @@ class Validator:
             yield [self._encoded[j] for j in self._mine[i : i + self.batch_size]]
 
     def _neg_loss_sums(self, model) -> tuple[float, float]:
-        """(sum over my examples of -mean response-token loss, number of examples).
+        """(sum over my examples of -mean response-token loss, number of examples)."""
+        return -float(self._row_losses(model).sum()), float(len(self._mine))
+
+    def example_losses(self, model) -> np.ndarray:
+        """(n,) float64: each example's mean response-token loss, in the order of `examples`
+        (one process; the held-out figures of a benchmark, bootstrapped over items)."""
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            raise UserError("per-example validation losses are computed in one process")
+        losses = self._with_eval(model, self._row_losses)
+        out = np.empty(len(self.examples), dtype=np.float64)
+        out[np.asarray(self._mine, dtype=np.int64)] = losses
+        return out
+
+    def _row_losses(self, model) -> np.ndarray:
+        """Mean response-token loss of each of my examples, in the order of `self._mine`.
 
         The validation set is fixed, so its padded batches are built once. Where the model has
         a separate base and LM head (not a PEFT wrapper), the head runs only at the positions
@@ -155,7 +170,7 @@ class Validator:
         base, head = model.base_model, model.get_output_embeddings()
         split = head is not None and base is not model and not hasattr(model, "peft_config")
         softcap = getattr(model.config, "final_logit_softcapping", None)
-        total = 0.0
+        rows = []
         for cpu_batch in self._collated:
             batch = {k: v.to(device) for k, v in cpu_batch.items()}
             labels = batch["labels"][:, 1:]
@@ -172,8 +187,8 @@ class Validator:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
                 per_row = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
                                           reduction="none").sum(dim=1)
-            total -= float((per_row / mask.sum(dim=1)).sum())
-        return total, float(len(self._mine))
+            rows.append((per_row / mask.sum(dim=1)).double().cpu())
+        return torch.cat(rows).numpy() if rows else np.zeros(0)
 
     def _accuracy_sums(self, model) -> tuple[float, float]:
         """(number of my examples whose greedy answer matches, number of examples)."""

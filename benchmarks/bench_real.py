@@ -1,0 +1,371 @@
+"""Real data, a real model: which selector helps a target task most, with 95% intervals?
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_real.py                  # the full table (hours on 2 CPU cores)
+    OMP_NUM_THREADS=2 python benchmarks/bench_real.py --quick          # a subset, about 15 minutes
+    python benchmarks/bench_real.py --methods random,rds,embed --targets gsm8k   # a part of it
+
+One pool (a seeded subsample of Alpaca-52K), one base model (SmolLM2-135M-Instruct by
+default, LoRA), three target tasks (GSM8K, ARC-Challenge, CommonsenseQA). Per target, a
+validation sample that the targeted methods read, and a held-out sample from another split
+that no method sees:
+
+| target | validation (methods read it) | held-out (scored) |
+|---|---|---|
+| gsm8k | `train.jsonl` | `test.jsonl` |
+| arc_challenge | `ARC-Challenge-Dev.jsonl` | `ARC-Challenge-Test.jsonl` |
+| commonsenseqa | `train_rand_split.jsonl` | `dev_rand_split.jsonl` (the test file has no answers) |
+
+Every method trains the same base model for the same number of update steps (`budget` x 3
+epochs / batch; `full` one epoch of the whole pool, which is also Φ). Methods that do not read
+a validation set (random, ifd, deita, alpagasus, sspl, full) are trained once and scored on
+every target; targeted ones (rds, embed, less, rose, greats, rho) once per target. The figure
+is the held-out loss over the reference answers, reported as the gain over the zero-shot
+model (base loss - method loss, so higher is better), with a 95% interval: a t-interval over
+seeds for RAND (and any method given several seeds), a paired bootstrap over the held-out items
+otherwise (`raise_select.reports.intervals`). `*` marks a row whose interval lies wholly above
+RAND's. Each row's cost is its selection plus training seconds, plus the featurize time for
+methods that read the features, and the same in Φ.
+
+Every cell is kept under --out (`cells/<method>[@<target>][-s<seed>]/`): a rerun reuses each
+finished cell and evaluation, so a killed run resumes where it stopped. Output:
+`bench_real.md`, `bench_real.json` and `bench_real.png` in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from raise_select.baselines import BASELINES
+from raise_select.baselines.run import BaselineConfig, run_baseline
+from raise_select.data.pools import load_pool, subsample_to_file, to_format
+from raise_select.data.validation import load_validation
+from raise_select.errors import UserError
+from raise_select.io import fingerprint, write_json_atomic, write_text_atomic
+from raise_select.logs import setup_logging
+from raise_select.progress import progress_bar
+from raise_select.reports.intervals import Interval, gain_interval
+
+log = logging.getLogger("bench_real")
+
+# target -> (validation split, held-out split)
+TARGETS = {"gsm8k": ("train", "test"), "arc_challenge": ("dev", "test"), "commonsenseqa": ("train", "dev")}
+# Methods that read no validation set: trained once, scored on every target.
+UNTARGETED = ("full", "random", "ifd", "deita", "alpagasus", "sspl")
+FEATURE_READERS = ("ifd", "sspl", "rds")
+LABELS = {"full": "100%", "random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "AlpaGasus", "sspl": "SSPL",
+          "less": "LESS", "rose": "ROSE", "rds": "RDS+", "embed": "EMBED", "greats": "GREATS", "rho": "RHO-LOSS"}
+ORDER = ("random", "rds", "embed", "full", "ifd", "less", "sspl", "deita", "alpagasus", "greats", "rho", "rose")
+
+
+@dataclass
+class BenchConfig:
+    out: str = "runs/bench_real"
+    pool: str = "../shared/data/alpaca/alpaca_data.json"
+    data_dir: str = "../shared/data"
+    model: str = "smollm2-135m-instruct"
+    pool_size: int = 2000
+    budget: float = 64
+    batch_size: int = 8
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    methods: list[str] = field(default_factory=lambda: list(ORDER))
+    val_size: int = 64
+    heldout_size: int = 128
+    lr: float = 1e-3
+    max_length: int = 256
+    classes: int = 8
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+
+QUICK = dict(pool_size=300, budget=24, seeds=[0, 1], methods=["random", "rds", "embed", "ifd"],
+             val_size=16, heldout_size=32)
+
+# Method options for a 135M model on CPU: the judges and scorers are the base model itself
+# (the reference scorers and ChatGPT are not reachable offline), LESS at a LoRA rank and
+# projection a CPU affords.
+DEFAULT_OPTIONS = {
+    "alpagasus": {"backend": "local", "scoring": "expectation", "judge_model": "{model}", "max_length": 512},
+    "deita": {"complexity_scorer": "{model}", "quality_scorer": "{model}", "embedder": "all-minilm-l6-v2", "max_length": 512},
+    "less": {"lora_r": 8, "lora_alpha": 32, "proj_dim": 1024, "warmup_epochs": 1, "warmup_batch_size": 8, "lr": 2e-4},
+    "rose": {"lora_r": 8, "lora_alpha": 32, "proj_dim": 1024, "warmup_epochs": 1, "warmup_batch_size": 8, "lr": 2e-4},
+}
+
+
+class Bench:
+    def __init__(self, cfg: BenchConfig):
+        unknown = [m for m in cfg.methods if m not in BASELINES]
+        if unknown:
+            raise UserError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(BASELINES)}")
+        bad = [t for t in cfg.targets if t not in TARGETS]
+        if bad:
+            raise UserError(f"unknown target(s) {', '.join(bad)}; available: {', '.join(TARGETS)}")
+        if "random" in cfg.methods and len(cfg.seeds) < 2:
+            raise UserError("RAND needs at least 2 seeds for its interval")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.options = {m: {k: (v.replace("{model}", cfg.model) if isinstance(v, str) else v) for k, v in o.items()}
+                        for m, o in {**DEFAULT_OPTIONS, **cfg.options}.items()}
+
+    # ------------------------------------------------------------ inputs
+
+    def prepare(self) -> None:
+        cfg = self.cfg
+        self.pool_path = self.out / "pool.jsonl"
+        self.pool = subsample_to_file(load_pool(cfg.pool), cfg.pool_size, cfg.seed, self.pool_path)
+        self.val_files, self.heldout = {}, {}
+        for t in cfg.targets:
+            val_split, held_split = TARGETS[t]
+            val = load_validation(t, cfg.data_dir, n=cfg.val_size, seed=cfg.seed, split=val_split)
+            held = load_validation(t, cfg.data_dir, n=cfg.heldout_size, seed=cfg.seed, split=held_split)
+            path = self.out / "targets" / f"{t}_validation.jsonl"
+            text = "".join(json.dumps(to_format(e, "messages")) + "\n" for e in val)
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                write_text_atomic(path, text)
+            self.val_files[t] = str(path)
+            self.heldout[t] = held
+        log.info("pool %s: %d rows; targets %s (validation %d, held-out %d each)", self.pool_path, len(self.pool),
+                 ", ".join(cfg.targets), cfg.val_size, cfg.heldout_size)
+
+    def features(self) -> tuple[str, float]:
+        """The featurized pool (with RDS+ vectors) and its scoring seconds over every resume."""
+        from raise_select.features.featurize import FeaturizeConfig, featurize
+
+        out = self.out / "features"
+        table = featurize(FeaturizeConfig(pool=str(self.pool_path), model=self.cfg.model, out=str(out),
+                                          max_length=self.cfg.max_length, classes=self.cfg.classes, seed=self.cfg.seed,
+                                          rds=True))
+        return str(out), float((table.meta.get("timing") or {}).get("seconds") or 0.0)
+
+    # ------------------------------------------------------------ cells
+
+    def cells(self) -> list[tuple[str, str, str | None, int]]:
+        """(cell name, method, target or None, seed) in the order they run."""
+        cfg, out = self.cfg, []
+        for m in sorted(dict.fromkeys(cfg.methods), key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
+            seeds = cfg.seeds if m == "random" else [cfg.seed]
+            for s in seeds:
+                suffix = f"-s{s}" if m == "random" else ""
+                if m in UNTARGETED:
+                    out.append((f"{m}{suffix}", m, None, s))
+                else:
+                    out += [(f"{m}@{t}{suffix}", m, t, s) for t in cfg.targets]
+        return out
+
+    def run_cell(self, name: str, method: str, target: str | None, seed: int, features: str) -> dict:
+        cfg = self.cfg
+        cell_dir = self.out / "cells" / name
+        bcfg = BaselineConfig(
+            method=method, pool=str(self.pool_path), features=features if method in (*FEATURE_READERS, "deita") else "",
+            model=cfg.model, val=self.val_files[target] if target else "", out=str(cell_dir), budget=cfg.budget,
+            batch_size=cfg.batch_size, epochs=1 if method == "full" else 3, seed=seed, lr=cfg.lr, lora=True, lora_r=8,
+            lora_alpha=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"], max_length=cfg.max_length, device="cpu",
+        )
+        options = self.options.get(method, {})
+        key = fingerprint({"config": asdict(bcfg), "options": options})
+        path = cell_dir / "cell.json"
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if record.get("key") != key:
+            log.info("cell %s: selecting and training", name)
+            t0 = time.perf_counter()
+            bcfg.train = False
+            sel = run_baseline(bcfg, options)
+            t1 = time.perf_counter()
+            bcfg.train = True
+            run_baseline(bcfg, options)
+            t2 = time.perf_counter()
+            record = {"key": key, "method": method, "target": target, "seed": seed, "steps": sel["steps"],
+                      "select_seconds": round(t1 - t0, 2), "train_seconds": round(t2 - t1, 2),
+                      "model": str(cell_dir / "model"), "evals": {}}
+            write_json_atomic(path, record)
+        for t in ([target] if target else cfg.targets):
+            self.evaluate(record, t, path)
+        return record
+
+    def evaluate(self, record: dict, target: str, path: Path | None) -> list[float]:
+        from raise_select.evaluation.loss import example_losses
+
+        cfg = self.cfg
+        ekey = fingerprint({"model": record.get("key"), "target": target, "n": cfg.heldout_size, "seed": cfg.seed,
+                            "max_length": cfg.max_length})
+        done = record.setdefault("evals", {}).get(target)
+        if done and done.get("key") == ekey:
+            return done["losses"]
+        losses = example_losses(record["model"], self.heldout[target], max_length=cfg.max_length, device="cpu")
+        record["evals"][target] = {"key": ekey, "losses": [round(float(x), 6) for x in losses]}
+        if path is not None:
+            write_json_atomic(path, record)
+        return record["evals"][target]["losses"]
+
+    # ------------------------------------------------------------ the run
+
+    def run(self) -> dict:
+        setup_logging(self.out, "bench_real.log")
+        self.prepare()
+        base_path = self.out / "cells" / "base" / "cell.json"
+        base = json.loads(base_path.read_text()) if base_path.is_file() else {}
+        base.update(key="base", model=self.cfg.model)
+        needs_features = any(m in (*FEATURE_READERS, "deita") for m in self.cfg.methods)
+        features, feat_seconds = self.features() if needs_features else ("", 0.0)
+        base_losses = {t: self.evaluate(base, t, base_path) for t in self.cfg.targets}
+        write_json_atomic(base_path, base)
+        records = []
+        for name, method, target, seed in progress_bar(self.cells(), desc="bench cells", unit="cell"):
+            try:
+                records.append(self.run_cell(name, method, target, seed, features))
+            except UserError as e:  # one method that cannot run here must not sink the others
+                log.error("cell %s failed: %s", name, e)
+        result = self.table(records, base_losses, feat_seconds)
+        write_json_atomic(self.out / "bench_real.json", result)
+        write_text_atomic(self.out / "bench_real.md", result["markdown"])
+        plot(result, self.out / "bench_real.png")
+        return result
+
+    def table(self, records: list[dict], base_losses: dict, feat_seconds: float) -> dict:
+        cfg = self.cfg
+        pool_steps = -(-len(self.pool) // cfg.batch_size)
+        full = [r for r in records if r["method"] == "full"]
+        rand = [r for r in records if r["method"] == "random"]
+        if full:
+            phi, phi_from = full[0]["train_seconds"] * pool_steps / full[0]["steps"], "the 100% row (one epoch)"
+        elif rand:
+            per_step = np.mean([r["train_seconds"] / r["steps"] for r in rand])
+            phi, phi_from = float(per_step * pool_steps), "RAND's seconds per step x steps per epoch"
+        else:
+            phi, phi_from = float("nan"), "no plain training cell"
+        rows: dict[str, dict] = {}
+        for t in cfg.targets:
+            base = base_losses[t]
+            groups: dict[str, list[dict]] = {}
+            for r in records:
+                if (r["target"] in (None, t)) and t in r.get("evals", {}):
+                    groups.setdefault(r["method"], []).append(r)
+            for m, group in groups.items():
+                losses = [g["evals"][t]["losses"] for g in group]
+                interval = gain_interval(base, losses, seed=cfg.seed)
+                seconds = float(np.mean([g["select_seconds"] + g["train_seconds"] for g in group]))
+                seconds += feat_seconds if m in (*FEATURE_READERS, "deita") else 0.0
+                rows.setdefault(m, {})[t] = {"gain": interval.mean, "low": interval.low, "high": interval.high,
+                                             "rule": interval.rule, "loss": float(np.mean([np.mean(x) for x in losses])),
+                                             "seconds": round(seconds, 1), "phi": seconds / phi if phi == phi else None,
+                                             "runs": len(group)}
+        for t in cfg.targets:
+            ref = rows.get("random", {}).get(t)
+            for m in rows:
+                cell = rows[m].get(t)
+                if cell is not None:
+                    cell["above_rand"] = bool(ref and m != "random" and Interval(cell["gain"], cell["low"], cell["high"], "").above(
+                        Interval(ref["gain"], ref["low"], ref["high"], "")))
+        md = markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, len(self.pool),
+                      records[0]["steps"] if records else None)
+        return {"config": asdict(cfg), "phi_seconds": phi, "phi_from": phi_from, "featurize_seconds": feat_seconds,
+                "base_loss": {t: float(np.mean(v)) for t, v in base_losses.items()}, "rows": rows, "markdown": md}
+
+
+def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, steps) -> str:
+    order = [m for m in ("full", *ORDER) if m in rows]
+    head = "| method | " + " | ".join(f"{t} gain [95% CI]" for t in cfg.targets) + " | cost (Φ) | seconds |"
+    lines = [head, "|" + "---|" * (len(cfg.targets) + 3)]
+    lines.append("| zero-shot | " + " | ".join(f"0 (loss {np.mean(base_losses[t]):.4f})" for t in cfg.targets) + " | 0 | 0 |")
+    for m in order:
+        cells = []
+        for t in cfg.targets:
+            c = rows[m].get(t)
+            cells.append("n/a" if c is None else
+                         f"{'**' if c['above_rand'] else ''}{c['gain']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+                         f"{'** *' if c['above_rand'] else ''}")
+        any_cell = next(iter(rows[m].values()))
+        phi_txt = f"{any_cell['phi']:.2f}" if any_cell["phi"] is not None else "n/a"
+        label = LABELS.get(m, m) + (f" ({any_cell['runs']} seeds)" if any_cell["runs"] > 1 else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {phi_txt} | {any_cell['seconds']:.0f} |")
+    notes = [
+        "",
+        f"Gain = zero-shot held-out loss - the method's (nats per response token, mean over {cfg.heldout_size} held-out "
+        f"items per target; higher is better). Intervals: t over seeds for rows with several seeds, else a paired "
+        f"bootstrap over items (10,000 resamples). `*`: interval wholly above RAND's.",
+        f"Pool {pool_size} rows; budget {cfg.budget} -> {steps} matched steps of {cfg.batch_size}; the 100% row is one "
+        f"epoch. Φ = {phi:.0f} s (from {phi_from}); featurize (counted for IFD, SSPL, RDS+, DEITA) {feat_seconds:.0f} s. "
+        "Targeted rows (RDS+, EMBED, LESS, ROSE, GREATS, RHO-LOSS) cost one selection per target; their cost is per target.",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, targets = result["rows"], result["config"]["targets"]
+    methods = [m for m in ("full", *ORDER) if m in rows]
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 0.45 * len(methods) + 1.5), squeeze=False)
+    for ax, t in zip(axes[0], targets):
+        ms = [m for m in methods if t in rows[m]]
+        g = np.array([rows[m][t]["gain"] for m in ms])
+        err = np.array([[rows[m][t]["gain"] - rows[m][t]["low"] for m in ms], [rows[m][t]["high"] - rows[m][t]["gain"] for m in ms]])
+        colors = ["tab:green" if rows[m][t]["above_rand"] else ("tab:gray" if m == "random" else "tab:blue") for m in ms]
+        ax.barh(range(len(ms)), g, xerr=err, color=colors, capsize=3)
+        ax.set_yticks(range(len(ms)), [LABELS.get(m, m) for m in ms])
+        ax.invert_yaxis()
+        ax.axvline(0, color="black", lw=0.8)
+        if "random" in rows and t in rows["random"]:
+            ax.axvspan(rows["random"][t]["low"], rows["random"][t]["high"], color="tab:gray", alpha=0.15)
+        ax.set_title(t)
+        ax.set_xlabel("held-out loss gain over zero-shot (95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="pool 300, budget 24 rows, RAND 2 seeds, random/rds/embed/ifd, "
+                   "16 validation and 32 held-out items per target (about 15 minutes with SmolLM2 on 2 cores)")
+    p.add_argument("--out", default=None, help="run folder (default runs/bench_real, runs/bench_real_quick with --quick)")
+    p.add_argument("--model", default=None, help="base model (default smollm2-135m-instruct): short name, folder or hub id")
+    p.add_argument("--pool", default=None, help="instruction pool (default ../shared/data/alpaca/alpaca_data.json)")
+    p.add_argument("--data-dir", default=None, help="folder of the target sets' original files (default ../shared/data)")
+    p.add_argument("--pool-size", type=int, default=None)
+    p.add_argument("--budget", type=float, default=None)
+    p.add_argument("--methods", default=None, help="comma-separated; default " + ",".join(ORDER))
+    p.add_argument("--targets", default=None, help="comma-separated; default " + ",".join(TARGETS))
+    p.add_argument("--seeds", default=None, help="RAND seeds, comma-separated (default 0,1,2,3,4)")
+    p.add_argument("--val-size", type=int, default=None)
+    p.add_argument("--heldout-size", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--classes", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    a = p.parse_args(argv)
+    settings = dict(QUICK) if a.quick else {}
+    settings["out"] = a.out or ("runs/bench_real_quick" if a.quick else "runs/bench_real")
+    for name in ("model", "pool", "data_dir", "pool_size", "budget", "val_size", "heldout_size", "max_length", "classes"):
+        if getattr(a, name) is not None:
+            settings[name] = getattr(a, name)
+    for name in ("methods", "targets"):
+        if getattr(a, name):
+            settings[name] = [x for x in getattr(a, name).split(",") if x]
+    if a.seeds:
+        settings["seeds"] = [int(x) for x in a.seeds.split(",")]
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    try:
+        result = Bench(BenchConfig(**settings)).run()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
