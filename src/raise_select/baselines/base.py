@@ -22,6 +22,7 @@ from ..features.table import FeatureTable
 
 if TYPE_CHECKING:
     from ..training.loop import LMConfig
+    from ..training.reporting import Reporter
 
 
 @dataclass
@@ -57,6 +58,7 @@ class SelectionContext:
     device: str | None = None                 # torch device for LM passes; None: cuda when available
     data_dir: str | None = None               # original files of named sets (a holdout set given by name)
     lm: "LMConfig | None" = None              # LLM training settings: online methods choose while they train
+    report: "Reporter | None" = None          # where training's step loss also goes (`report_to`)
 
     def require_features(self, method: str) -> FeatureTable:
         if self.features is None:

@@ -16,6 +16,7 @@ from ..config import parse_overrides, read_yaml
 from ..errors import UserError
 from ..io import fingerprint, write_json_atomic
 from ..training.loop import LMConfig
+from ..training.reporting import Reporter, parse_report_to
 from .base import SelectionContext, budget_count, matched_batches, matched_steps
 from .registry import get_baseline_class, make_baseline
 
@@ -43,6 +44,7 @@ class BaselineConfig(LMConfig):
     steps: Optional[int] = field(default=None, metadata={"help": "update steps; None: ceil(epochs x budget / B), matched across methods"})
     train: bool = field(default=False, metadata={"help": "also train the target model on the selection and save it to out/model (greats, rho: always trained)"})
     device: Optional[str] = field(default=None, metadata={"help": "torch device of the selection passes; None: cuda when available"})
+    report_to: str = field(default="none", metadata={"help": "training's step loss also to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb), all, or a comma-separated list"})
 
 
 def method_options(method: str, config_path: str | Path | None, overrides: list[str] | None) -> dict:
@@ -69,8 +71,6 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     """Select (or reuse an identical earlier selection), write `selection.json`, train if asked.
     Returns the written selection record."""
     from ..data.pools import load_pool
-    from ..data.validation import load_validation
-    from ..features.table import FeatureTable
     from ..training.episode import lm_config
 
     missing = [f"--{n}" for n in ("method", "pool", "out") if not getattr(cfg, n)]
@@ -84,6 +84,7 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     online = getattr(cls, "online", False)
     if online and not cfg.model:
         raise UserError(f"method '{cfg.method}' chooses every batch with the model being trained: pass --model")
+    targets = parse_report_to(cfg.report_to)
     out = Path(cfg.out)
     pool = load_pool(cfg.pool, fmt=cfg.format, limit=cfg.limit)
     k = budget_count(cfg.budget, len(pool))
@@ -94,6 +95,21 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
                        **({"lm": asdict(lm_config(cfg)), "data_dir": cfg.data_dir} if online else {})})
     sel_path = out / "selection.json"
     record = json.loads(sel_path.read_text()) if sel_path.is_file() else None
+    report = Reporter(out, targets, asdict(cfg)) if targets else None  # the training steps' loss
+    try:
+        return _select_and_train(cfg, method, cls, online, pool, k, key, sel_path, record, report)
+    finally:
+        if report is not None:
+            report.close()
+
+
+def _select_and_train(cfg: BaselineConfig, method, cls, online: bool, pool, k: int, key: str, sel_path: Path,
+                      record: dict | None, report: Reporter | None) -> dict:
+    from ..data.validation import load_validation
+    from ..features.table import FeatureTable
+    from ..training.episode import lm_config
+
+    out = sel_path.parent
     if record is not None and record.get("fingerprint") == key and (not online or (out / "model").is_dir()):
         log.info("%s: same settings as before; reusing the selection", sel_path)
     else:
@@ -103,7 +119,7 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
             validation=load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed) if cfg.val else None,
             seed=cfg.seed, out_dir=out, template=cfg.template, max_length=cfg.max_length,
             batch_size=cfg.batch_size, epochs=cfg.epochs, steps=cfg.steps, device=cfg.device,
-            data_dir=cfg.data_dir, lm=lm_config(cfg) if online else None,
+            data_dir=cfg.data_dir, lm=lm_config(cfg) if online else None, report=report,
         )
         sel = method.select(pool, k, ctx)
         # Static subsets train `epochs` passes over the budget (the whole pool for `full`);
@@ -130,6 +146,6 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
             write_json_atomic(done, {"fingerprint": key, "steps": record["steps"], "model": str(model_dir)})
         else:
             batches = matched_batches(Selection(record["indices"]), cfg.batch_size, record["steps"], cfg.seed, cls.dynamic)
-            train_on_schedule(cfg.model, pool, batches, lm_config(cfg), model_dir, record["steps"])
+            train_on_schedule(cfg.model, pool, batches, lm_config(cfg), model_dir, record["steps"], report)
             write_json_atomic(done, {"fingerprint": key, "steps": record["steps"], "model": str(model_dir)})
     return record

@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         lora: Optional[bool] = typer.Option(None, "--lora/--no-lora"),
         seed: Optional[int] = typer.Option(None, "--seed"),
         device: Optional[str] = typer.Option(None, "--device"),
+        report_to: Optional[str] = typer.Option(None, "--report-to"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
