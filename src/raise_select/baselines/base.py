@@ -33,6 +33,12 @@ class Selection:
     indices: list[int]
     scores: list[float] | None = None
     info: dict = field(default_factory=dict)
+    pool_scores: list[float | None] | None = None  # scoring methods: every pool row's score, pool order
+
+    @staticmethod
+    def per_row(values) -> list[float | None]:
+        """Scores of every pool row as JSON takes them: a row without a finite score is None."""
+        return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
 
 
 @dataclass

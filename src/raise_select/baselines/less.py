@@ -162,7 +162,8 @@ class LESS:
         chosen = top_k(scores.numpy().astype(np.float64), np.arange(len(pool)), budget)
         info = {"warmup_examples": n_warm, "checkpoints": len(checkpoints), "checkpoint_weights": weights,
                 "gradient_dim": dim, "proj_dim": self.proj_dim, "validation_examples": len(validation)}
-        return Selection(indices=chosen.tolist(), scores=scores[chosen].tolist(), info=info)
+        return Selection(indices=chosen.tolist(), scores=scores[chosen].tolist(), info=info,
+                         pool_scores=Selection.per_row(scores.numpy()))
 
     def _warmup(self, model, tok, examples: list[Example], ctx: SelectionContext, rng) -> list[_Checkpoint]:
         from ..progress import progress_bar

@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import parse_overrides, read_yaml
+from ..config import command_line, parse_overrides, read_yaml
 from ..errors import UserError
 from ..io import fingerprint, write_json_atomic
 from ..training.loop import LMConfig
+from ..training.publish import PUBLISH_FORMATS
 from ..training.reporting import Reporter, parse_report_to
 from .base import SelectionContext, budget_count, matched_batches, matched_steps
 from .registry import get_baseline_class, make_baseline
@@ -44,6 +45,8 @@ class BaselineConfig(LMConfig):
     steps: Optional[int] = field(default=None, metadata={"help": "update steps; None: ceil(epochs x budget / B), matched across methods"})
     train: bool = field(default=False, metadata={"help": "also train the target model on the selection and save it to out/model (greats, rho: always trained)"})
     device: Optional[str] = field(default=None, metadata={"help": "torch device of the selection passes; None: cuda when available"})
+    export: Optional[str] = field(default=None, metadata={"help": "also write the chosen rows to this folder to publish: a `datasets` folder (save_to_disk) with a dataset card README.md and scores.parquet (every pool row's score or choice counts)"})
+    export_format: Optional[str] = field(default=None, metadata={"help": "format of `export`: alpaca, sharegpt, messages (default: the pool's) or llamafactory (data.json + dataset_info.json)"})
     report_to: str = field(default="none", metadata={"help": "training's step loss also to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb), all, or a comma-separated list"})
 
 
@@ -85,6 +88,8 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     if online and not cfg.model:
         raise UserError(f"method '{cfg.method}' chooses every batch with the model being trained: pass --model")
     targets = parse_report_to(cfg.report_to)
+    if cfg.export_format is not None and cfg.export_format not in PUBLISH_FORMATS:
+        raise UserError(f"--export-format {cfg.export_format}: unknown; available: {', '.join(PUBLISH_FORMATS)}")
     out = Path(cfg.out)
     pool = load_pool(cfg.pool, fmt=cfg.format, limit=cfg.limit)
     k = budget_count(cfg.budget, len(pool))
@@ -97,10 +102,18 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     record = json.loads(sel_path.read_text()) if sel_path.is_file() else None
     report = Reporter(out, targets, asdict(cfg)) if targets else None  # the training steps' loss
     try:
-        return _select_and_train(cfg, method, cls, online, pool, k, key, sel_path, record, report)
+        record = _select_and_train(cfg, method, cls, online, pool, k, key, sel_path, record, report)
     finally:
         if report is not None:
             report.close()
+    if cfg.export:
+        from ..training.publish import from_baseline, publish
+
+        given = options or {}  # the method's options as given (`--set`); its defaults are in the card's settings
+        publish(pool, from_baseline(pool, record, str(sel_path)), cfg.export,
+                command_line("baseline", cfg, {cfg.method: given} if given else None), cfg.export_format, cfg.features)
+        log.info("%s: the selection, its card and scores.parquet", cfg.export)
+    return record
 
 
 def _select_and_train(cfg: BaselineConfig, method, cls, online: bool, pool, k: int, key: str, sel_path: Path,
@@ -130,7 +143,8 @@ def _select_and_train(cfg: BaselineConfig, method, cls, online: bool, pool, k: i
             "budget_count": k, "pool_size": len(pool), "batch_size": cfg.batch_size, "steps": steps,
             "epochs": cfg.epochs, "seed": cfg.seed, "indices": sel.indices,
             "ids": [pool.examples[i].id for i in sel.indices], "scores": sel.scores, "info": sel.info,
-            "fingerprint": key,
+            "pool_scores": sel.pool_scores, "pool": cfg.pool, "pool_format": pool.format, "limit": cfg.limit,
+            "features": cfg.features, "fingerprint": key, "pool_fingerprint": pool.fingerprint,
         }
         write_json_atomic(sel_path, record)
         log.info("%s: %d rows selected (%s)", sel_path, len(sel.indices), json.dumps(sel.info, default=str)[:500])
