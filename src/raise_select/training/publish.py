@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,6 @@ import yaml
 from ..data.pools import FORMATS, Pool, to_format
 from ..errors import UserError
 
-LAYOUTS = ("datasets", "llamafactory")
 PUBLISH_FORMATS = (*FORMATS, "llamafactory")
 DATA_FILE = "data.json"          # llamafactory layout
 CARD_FILE = "README.md"
@@ -53,7 +52,6 @@ class Chosen:
     scores: dict[int, float] | None = None      # row -> the method's score of a chosen row (static)
     pool_scores: list[float | None] | None = None  # every pool row's score (static scoring methods)
     source: str = ""                       # the log or selection.json read
-    extra: dict = field(default_factory=dict)
 
 
 def from_steps(method: str, pool: Pool, step_ids: list[tuple[int, list[str]]], settings: dict, source: str,
