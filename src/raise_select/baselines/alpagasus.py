@@ -355,7 +355,8 @@ class AlpaGasus:
                 "filled_below_threshold": int((values[chosen] < self.threshold).sum())}
         if chosen.size < budget:
             info["short_of_budget"] = int(budget - chosen.size)
-        return Selection(indices=chosen.tolist(), scores=values[chosen].tolist(), info=info)
+        return Selection(indices=chosen.tolist(), scores=values[chosen].tolist(), info=info,
+                         pool_scores=Selection.per_row(values))
 
     def _judge(self, ctx: SelectionContext) -> HttpJudge | LocalJudge:
         if self.backend == "local":

@@ -22,6 +22,7 @@ from ..features.table import FeatureTable
 
 if TYPE_CHECKING:
     from ..training.loop import LMConfig
+    from ..training.reporting import Reporter
 
 
 @dataclass
@@ -32,6 +33,12 @@ class Selection:
     indices: list[int]
     scores: list[float] | None = None
     info: dict = field(default_factory=dict)
+    pool_scores: list[float | None] | None = None  # scoring methods: every pool row's score, pool order
+
+    @staticmethod
+    def per_row(values) -> list[float | None]:
+        """Scores of every pool row as JSON takes them: a row without a finite score is None."""
+        return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
 
 
 @dataclass
@@ -57,6 +64,7 @@ class SelectionContext:
     device: str | None = None                 # torch device for LM passes; None: cuda when available
     data_dir: str | None = None               # original files of named sets (a holdout set given by name)
     lm: "LMConfig | None" = None              # LLM training settings: online methods choose while they train
+    report: "Reporter | None" = None          # where training's step loss also goes (`report_to`)
 
     def require_features(self, method: str) -> FeatureTable:
         if self.features is None:

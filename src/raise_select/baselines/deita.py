@@ -159,7 +159,7 @@ class Deita:
                 "quality_mean": float(np.mean([np.mean(q) for q in quality]))}
         if len(admitted) < budget:
             info["short_of_budget"] = budget - len(admitted)
-        return Selection(indices=admitted, scores=evol[admitted].tolist(), info=info)
+        return Selection(indices=admitted, scores=evol[admitted].tolist(), info=info, pool_scores=Selection.per_row(evol))
 
     def _score(self, pool: Pool, pairs: list[list[tuple[str, str]]], ctx: SelectionContext, kind: str, scorer: str) -> list[list[float]]:
         cache = JsonlCache(ctx.cache_path(f"deita-{kind}.jsonl"))

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data.pools import Pool
 from ..io import atomic_path, fingerprint
-from .aggregate import aggregate_select, check_aggregation, cosine_matrix
+from .aggregate import aggregate_select, check_aggregation, cosine_matrix, row_scores
 from .base import Selection, SelectionContext
 
 
@@ -50,7 +50,9 @@ class Embed:
                 with atomic_path(cache) as tmp, open(tmp, "wb") as f:
                     np.save(f, rows)
         val = encode_texts(encoder, [example_text(e) for e in validation], self.batch_size)
-        chosen, scores = aggregate_select(cosine_matrix(rows, val), budget, self.aggregation)
+        sims = cosine_matrix(rows, val)
+        chosen, scores = aggregate_select(sims, budget, self.aggregation)
         info = {"aggregation": self.aggregation, "validation_examples": len(validation), "encoder": self.encoder,
                 "dim": int(rows.shape[1])}
-        return Selection(indices=chosen.tolist(), scores=scores.tolist(), info=info)
+        return Selection(indices=chosen.tolist(), scores=scores.tolist(), info=info,
+                         pool_scores=Selection.per_row(row_scores(sims, self.aggregation)))

@@ -58,4 +58,5 @@ class IFD:
         }
         if chosen.size < budget:
             info["short_of_budget"] = int(budget - chosen.size)
-        return Selection(indices=chosen.tolist(), scores=scores[chosen].tolist(), info=info)
+        return Selection(indices=chosen.tolist(), scores=scores[chosen].tolist(), info=info,
+                         pool_scores=Selection.per_row(scores))

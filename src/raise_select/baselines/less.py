@@ -35,7 +35,7 @@ import torch
 
 from ..data.pools import Example, Pool
 from ..errors import UserError
-from .aggregate import aggregate_select, check_aggregation
+from .aggregate import aggregate_select, check_aggregation, row_scores
 from .base import Selection, SelectionContext
 from .lm import encoded_batch
 
@@ -177,7 +177,8 @@ class LESS:
         info = {"warmup_examples": n_warm, "checkpoints": len(checkpoints), "checkpoint_weights": weights,
                 "gradient_dim": dim, "proj_dim": self.proj_dim, "validation_examples": len(validation),
                 "aggregation": self.aggregation}
-        return Selection(indices=chosen.tolist(), scores=scores.tolist(), info=info)
+        return Selection(indices=chosen.tolist(), scores=scores.tolist(), info=info,
+                         pool_scores=Selection.per_row(row_scores(sims.numpy(), self.aggregation)))
 
     def _warmup(self, model, tok, examples: list[Example], ctx: SelectionContext, rng) -> list[_Checkpoint]:
         from ..progress import progress_bar

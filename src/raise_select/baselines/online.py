@@ -119,7 +119,7 @@ class OnlineSelector:
                 clock["train"] += time.perf_counter() - start
 
         out_dir = None if ctx.out_dir is None else Path(ctx.out_dir) / "model"
-        train_on_schedule(model, pool, batches, lm, out_dir, steps)
+        train_on_schedule(model, pool, batches, lm, out_dir, steps, ctx.report)
         info.update({
             "steps": steps, "batch_size": b, "candidate_set": size, "model_dir": None if out_dir is None else str(out_dir),
             "seconds_prepare": round(clock["prepare"], 3),

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..data.pools import Pool
 from ..errors import UserError
-from .aggregate import aggregate_select, check_aggregation, cosine_matrix
+from .aggregate import aggregate_select, check_aggregation, cosine_matrix, row_scores
 from .base import Selection, SelectionContext
 
 
@@ -83,4 +83,5 @@ class RDS:
         chosen, scores = aggregate_select(sims, budget, self.aggregation)
         info = {"aggregation": self.aggregation, "validation_examples": len(validation), "dim": int(val.shape[1]),
                 "encoder": meta.get("model")}
-        return Selection(indices=chosen.tolist(), scores=scores.tolist(), info=info)
+        return Selection(indices=chosen.tolist(), scores=scores.tolist(), info=info,
+                         pool_scores=Selection.per_row(row_scores(sims, self.aggregation)))

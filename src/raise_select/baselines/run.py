@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import parse_overrides, read_yaml
+from ..config import command_line, parse_overrides, read_yaml
 from ..errors import UserError
 from ..io import fingerprint, write_json_atomic
 from ..training.loop import LMConfig
+from ..training.publish import PUBLISH_FORMATS
+from ..training.reporting import Reporter, parse_report_to
 from .base import SelectionContext, budget_count, matched_batches, matched_steps
 from .registry import get_baseline_class, make_baseline
 
@@ -43,6 +45,9 @@ class BaselineConfig(LMConfig):
     steps: Optional[int] = field(default=None, metadata={"help": "update steps; None: ceil(epochs x budget / B), matched across methods"})
     train: bool = field(default=False, metadata={"help": "also train the target model on the selection and save it to out/model (greats, rho: always trained)"})
     device: Optional[str] = field(default=None, metadata={"help": "torch device of the selection passes; None: cuda when available"})
+    export: Optional[str] = field(default=None, metadata={"help": "also write the chosen rows to this folder to publish: a `datasets` folder (save_to_disk) with a dataset card README.md and scores.parquet (every pool row's score or choice counts)"})
+    export_format: Optional[str] = field(default=None, metadata={"help": "format of `export`: alpaca, sharegpt, messages (default: the pool's) or llamafactory (data.json + dataset_info.json)"})
+    report_to: str = field(default="none", metadata={"help": "training's step loss also to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb), all, or a comma-separated list"})
 
 
 def method_options(method: str, config_path: str | Path | None, overrides: list[str] | None) -> dict:
@@ -69,8 +74,6 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     """Select (or reuse an identical earlier selection), write `selection.json`, train if asked.
     Returns the written selection record."""
     from ..data.pools import load_pool
-    from ..data.validation import load_validation
-    from ..features.table import FeatureTable
     from ..training.episode import lm_config
 
     missing = [f"--{n}" for n in ("method", "pool", "out") if not getattr(cfg, n)]
@@ -84,6 +87,9 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     online = getattr(cls, "online", False)
     if online and not cfg.model:
         raise UserError(f"method '{cfg.method}' chooses every batch with the model being trained: pass --model")
+    targets = parse_report_to(cfg.report_to)
+    if cfg.export_format is not None and cfg.export_format not in PUBLISH_FORMATS:
+        raise UserError(f"--export-format {cfg.export_format}: unknown; available: {', '.join(PUBLISH_FORMATS)}")
     out = Path(cfg.out)
     pool = load_pool(cfg.pool, fmt=cfg.format, limit=cfg.limit)
     k = budget_count(cfg.budget, len(pool))
@@ -94,6 +100,29 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
                        **({"lm": asdict(lm_config(cfg)), "data_dir": cfg.data_dir} if online else {})})
     sel_path = out / "selection.json"
     record = json.loads(sel_path.read_text()) if sel_path.is_file() else None
+    report = Reporter(out, targets, asdict(cfg)) if targets else None  # the training steps' loss
+    try:
+        record = _select_and_train(cfg, method, cls, online, pool, k, key, sel_path, record, report)
+    finally:
+        if report is not None:
+            report.close()
+    if cfg.export:
+        from ..training.publish import from_baseline, publish
+
+        given = options or {}  # the method's options as given (`--set`); its defaults are in the card's settings
+        publish(pool, from_baseline(pool, record, str(sel_path)), cfg.export,
+                command_line("baseline", cfg, {cfg.method: given} if given else None), cfg.export_format, cfg.features)
+        log.info("%s: the selection, its card and scores.parquet", cfg.export)
+    return record
+
+
+def _select_and_train(cfg: BaselineConfig, method, cls, online: bool, pool, k: int, key: str, sel_path: Path,
+                      record: dict | None, report: Reporter | None) -> dict:
+    from ..data.validation import load_validation
+    from ..features.table import FeatureTable
+    from ..training.episode import lm_config
+
+    out = sel_path.parent
     if record is not None and record.get("fingerprint") == key and (not online or (out / "model").is_dir()):
         log.info("%s: same settings as before; reusing the selection", sel_path)
     else:
@@ -103,7 +132,7 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
             validation=load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed) if cfg.val else None,
             seed=cfg.seed, out_dir=out, template=cfg.template, max_length=cfg.max_length,
             batch_size=cfg.batch_size, epochs=cfg.epochs, steps=cfg.steps, device=cfg.device,
-            data_dir=cfg.data_dir, lm=lm_config(cfg) if online else None,
+            data_dir=cfg.data_dir, lm=lm_config(cfg) if online else None, report=report,
         )
         sel = method.select(pool, k, ctx)
         # Static subsets train `epochs` passes over the budget (the whole pool for `full`);
@@ -114,7 +143,8 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
             "budget_count": k, "pool_size": len(pool), "batch_size": cfg.batch_size, "steps": steps,
             "epochs": cfg.epochs, "seed": cfg.seed, "indices": sel.indices,
             "ids": [pool.examples[i].id for i in sel.indices], "scores": sel.scores, "info": sel.info,
-            "fingerprint": key,
+            "pool_scores": sel.pool_scores, "pool": cfg.pool, "pool_format": pool.format, "limit": cfg.limit,
+            "features": cfg.features, "fingerprint": key, "pool_fingerprint": pool.fingerprint,
         }
         write_json_atomic(sel_path, record)
         log.info("%s: %d rows selected (%s)", sel_path, len(sel.indices), json.dumps(sel.info, default=str)[:500])
@@ -130,6 +160,6 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
             write_json_atomic(done, {"fingerprint": key, "steps": record["steps"], "model": str(model_dir)})
         else:
             batches = matched_batches(Selection(record["indices"]), cfg.batch_size, record["steps"], cfg.seed, cls.dynamic)
-            train_on_schedule(cfg.model, pool, batches, lm_config(cfg), model_dir, record["steps"])
+            train_on_schedule(cfg.model, pool, batches, lm_config(cfg), model_dir, record["steps"], report)
             write_json_atomic(done, {"fingerprint": key, "steps": record["steps"], "model": str(model_dir)})
     return record

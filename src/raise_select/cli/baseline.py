@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
         lora: Optional[bool] = typer.Option(None, "--lora/--no-lora"),
         seed: Optional[int] = typer.Option(None, "--seed"),
         device: Optional[str] = typer.Option(None, "--device"),
+        export: Optional[str] = typer.Option(None, "--export"),
+        export_format: Optional[str] = typer.Option(None, "--export-format"),
+        report_to: Optional[str] = typer.Option(None, "--report-to"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
@@ -64,8 +67,13 @@ def register(app: typer.Typer) -> None:
         if cfg.out:
             check_output(cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
                                    "--val": cfg.val})
+        if cfg.export:
+            check_output(cfg.export, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
+                                      "--val": cfg.val, "--out": cfg.out}, flag="--export",
+                         read_by_name=("--features", "--out"))  # the baseline's folder is read by file name
         setup_logging(Path(cfg.out) if cfg.out else None, name="baseline.log")
         record = run_baseline(cfg, method_options(cfg.method, config, overrides))
         trained = f"; model saved to {Path(cfg.out) / 'model'}" if cfg.train or record.get("info", {}).get("model_dir") else ""
         typer.echo(f"{cfg.method}: {len(record['indices'])} rows selected ({record['steps']} steps of {record['batch_size']}) "
-                   f"-> {Path(cfg.out) / 'selection.json'}{trained}")
+                   f"-> {Path(cfg.out) / 'selection.json'}{trained}"
+                   + (f"; published to {cfg.export}" if cfg.export else ""))

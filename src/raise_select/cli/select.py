@@ -1,4 +1,5 @@
-"""`raise-select select`: export the instructions a run chose, in the pool's own format."""
+"""`raise-select select`: export the instructions a run chose, in the pool's own format, or as a
+folder to publish or train on elsewhere (`training.publish`)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ OPTIONS = ConfigOptions("raise_select.cli.select:SelectConfig")
 class SelectConfig:
     """Export a run's chosen instructions."""
 
-    run: str = field(default="", metadata={"help": "run folder of finetune/train-policy, or its selections.jsonl"})
-    out: str = field(default="", metadata={"help": "output file: chosen.jsonl (one record per line) or chosen.json (an array)"})
-    pool: Optional[str] = field(default=None, metadata={"help": "pool the run used; default: `pool` in the run's config.yaml"})
-    format: Optional[str] = field(default=None, metadata={"help": "output format (alpaca, sharegpt, messages); default: the pool's own"})
+    run: str = field(default="", metadata={"help": "run folder of finetune/train-policy (or its selections.jsonl), or a baseline's output folder (selection.json)"})
+    out: str = field(default="", metadata={"help": "output: chosen.jsonl (one record per line) or chosen.json (an array); any other name is a folder to publish: a `datasets` folder (save_to_disk) with a dataset card README.md and scores.parquet"})
+    pool: Optional[str] = field(default=None, metadata={"help": "pool the run used; default: `pool` in the run's config.yaml (a baseline's: its selection.json)"})
+    format: Optional[str] = field(default=None, metadata={"help": "output format (alpaca, sharegpt, messages); default: the pool's own. llamafactory (a folder --out): data.json and its dataset_info.json entry"})
+    features: Optional[str] = field(default=None, metadata={"help": "feature table of the pool, for the card's share per class; default: the run's"})
     include_random: bool = field(default=True, metadata={"help": "count the steps chosen at random between policy steps (--select-every)"})
     round: Optional[int] = field(default=None, metadata={"help": "train-policy run: the round whose choices to export (default: the last)"})
 
@@ -34,8 +36,15 @@ def run_pool(cfg: SelectConfig) -> str:
     from ..config import read_yaml
     from ..errors import UserError
 
+    from ..training.publish import baseline_record
+
     if cfg.pool:
         return cfg.pool
+    found = baseline_record(cfg.run)
+    if found is not None:
+        if not found[1].get("pool"):
+            raise UserError(f"{found[0]}, field 'pool': missing (written by an older version); pass --pool")
+        return str(found[1]["pool"])
     run = Path(cfg.run).resolve()
     # A run folder, its selections.jsonl, or train-policy's selections/round_<k>.jsonl.
     candidates = [run / "config.yaml"] if run.is_dir() else [run.parent / "config.yaml", run.parent.parent / "config.yaml"]
@@ -55,7 +64,8 @@ def register(app: typer.Typer) -> None:
         run: Optional[str] = typer.Option(None, "--run"),
         out: Optional[str] = typer.Option(None, "--out"),
         pool: Optional[str] = typer.Option(None, "--pool"),
-        fmt: Optional[str] = typer.Option(None, "--format", help="Output format: alpaca, sharegpt or messages (default: the pool's)."),
+        fmt: Optional[str] = typer.Option(None, "--format", help="Output format: alpaca, sharegpt or messages (default: the pool's); llamafactory for a folder --out."),
+        features: Optional[str] = typer.Option(None, "--features"),
         include_random: Optional[bool] = typer.Option(
             None, "--include-random/--policy-only",
             help="Count the random batches between policy steps (--select-every > 1); on by default."),
@@ -67,22 +77,45 @@ def register(app: typer.Typer) -> None:
         """Export the instructions a run chose, with how many times and at which steps each was chosen.
 
         A finetune run exports its selections.jsonl; a train-policy run exports one round's
-        rollout choices (selections/round_<k>.jsonl), the last round's unless --round is given.
+        rollout choices (selections/round_<k>.jsonl), the last round's unless --round is given;
+        a baseline's output folder exports its selection.json. An --out that is not a .json or
+        .jsonl file is a folder to publish: the chosen rows as a `datasets` folder
+        (load_from_disk), or with --format llamafactory data.json + dataset_info.json; both
+        with a dataset card (README.md) and scores.parquet (every pool row).
         """
-        from ..config import resolve
+        from ..config import command_line, resolve
         from ..data.pools import load_pool
         from ..errors import UserError
         from ..io import check_output
         from ..training.export import export_chosen, round_logs, selections_path
 
+        from ..training.export import OUTPUT_SUFFIXES
+        from ..training.publish import baseline_record, chosen_from_run, publish
+
         cfg = resolve(SelectConfig, "select", config, overrides,
                       {"run": run, "out": out, "pool": pool, "format": fmt, "include_random": include_random,
-                       "round": round})
+                       "round": round, "features": features})
         missing = [f"--{k}" for k in ("run", "out") if not getattr(cfg, k)]
         if missing:
             raise UserError(f"missing required setting(s): {', '.join(missing)}")
-        log = selections_path(cfg.run, cfg.round)  # a missing log is the first thing to report
+        found = baseline_record(cfg.run)
+        # a missing log is the first thing to report
+        log = found[0] if found is not None else selections_path(cfg.run, cfg.round)
         pool_spec = run_pool(cfg)
+        if Path(cfg.out).suffix.lower() not in OUTPUT_SUFFIXES:
+            check_output(cfg.out, {"--run": log, "--pool": pool_spec})
+            record = found[1] if found is not None else {}
+            the_pool = load_pool(pool_spec, fmt=record.get("pool_format"), limit=record.get("limit"))
+            chosen = chosen_from_run(the_pool, cfg.run, cfg.include_random, cfg.round)
+            folder = publish(the_pool, chosen, cfg.out, command_line("select", cfg), cfg.format, cfg.features)
+            typer.echo(f"wrote {len(chosen.rows)} instructions chosen by {chosen.method} ({chosen.source}) to {folder} "
+                       f"({'LLaMA-Factory data.json + dataset_info.json' if cfg.format == 'llamafactory' else 'datasets folder'}, "
+                       "README.md, scores.parquet)")
+            return
+        if found is not None:
+            raise UserError(f"{cfg.run}: a baseline's selection is exported as a folder; give --out a folder name")
+        if cfg.format == "llamafactory":
+            raise UserError(f"--format llamafactory writes a folder; give --out a folder name, not {cfg.out}")
         check_output(cfg.out, {"--run": log, "--pool": pool_spec}, kind="file")
         summary = export_chosen(load_pool(pool_spec), cfg.run, cfg.out, cfg.format, cfg.include_random, cfg.round)
         rounds = round_logs(Path(cfg.run)) if Path(cfg.run).is_dir() else {}

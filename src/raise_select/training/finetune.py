@@ -26,6 +26,7 @@ from ..policy.agent import USE_RULES, PolicyConfig
 from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, lm_config, load_static, resolve_per_class,
                       run_episode, selection_stats)
 from .loop import LMTrainer, full_precision_accelerator
+from .reporting import parse_report_to
 from .reward import Validator, check_finite
 from .runs import RunFolder
 
@@ -64,7 +65,8 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
 
     require_settings(cfg, ("policy", "pool", "features", "model", "val", "out"))
     acc = accelerator or full_precision_accelerator()
-    run = RunFolder(cfg.out, enabled=acc.is_main_process, tensorboard=cfg.tensorboard)
+    run = RunFolder(cfg.out, enabled=acc.is_main_process, report_to=parse_report_to(cfg.report_to, cfg.tensorboard),
+                    config=to_dict(cfg))
     if acc.is_main_process:
         setup_logging(run.out)
     run.write_config(to_dict(cfg))

@@ -22,7 +22,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 
@@ -31,6 +31,9 @@ from ..data.pools import Example, Pool
 from ..data.templates import CHAT_TEMPLATE, render_prompt
 from ..errors import UserError
 from ..features.scoring import truncate
+
+if TYPE_CHECKING:
+    from .reporting import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -289,11 +292,13 @@ def train_on_schedule(
     cfg: LMConfig,
     out_dir: str | Path | None,
     total_steps: int,
+    report: "Reporter | None" = None,
 ) -> Path | None:
     """Baselines: one update per batch of a schedule, then save to `out_dir` (None: not saved).
 
     `batches` is the schedule, or a function of the trainer that returns it lazily: online
-    selectors draw batch t only after update t-1, from the model as it is then.
+    selectors draw batch t only after update t-1, from the model as it is then. `report`
+    gets every step's loss as `step/loss` (`report_to`).
     """
     from ..progress import progress_bar
 
@@ -304,6 +309,8 @@ def train_on_schedule(
         if trainer.step_count >= total_steps:
             raise UserError(f"the schedule has more than total_steps={total_steps} batches")
         loss = trainer.step(indices)
+        if report is not None and trainer.accelerator.is_main_process:
+            report.log("step", {"loss": loss}, trainer.step_count)
         if trainer.step_count % 10 == 0:
             log.info("step %d/%d loss %.4f", trainer.step_count, total_steps, loss)
     if out_dir is None:

@@ -3,6 +3,7 @@
     <out>/config.yaml              resolved config
     <out>/run.log                  log
     <out>/metrics.jsonl            one line per step ("kind": "step") and per round ("kind": "round")
+    <out>/tensorboard/, <out>/wandb/  the same scalars, with report_to (see `reporting`)
     <out>/policy/                  RaisePolicy.save after every finished round
     <out>/selections/round_<k>.jsonl  per-step selections of round k (train-policy)
     <out>/selections.jsonl         per-step selections (finetune)
@@ -26,6 +27,7 @@ import yaml
 
 from ..errors import UserError
 from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
+from .reporting import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +58,15 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 class RunFolder:
     """Writes a run's files; only the main process writes (the others get `enabled=False`)."""
 
-    def __init__(self, out: str | Path, enabled: bool = True, tensorboard: bool = False):
+    def __init__(self, out: str | Path, enabled: bool = True, report_to: list[str] | None = None,
+                 config: dict | None = None):
         self.out = Path(out)
         self.enabled = enabled
-        self._tb = None
+        self._report = None
         if enabled:
             self.out.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+            if report_to:
+                self._report = Reporter(self.out, report_to, config)
 
     # ------------------------------------------------------------ config
 
@@ -97,17 +98,14 @@ class RunFolder:
         if not self.enabled:
             return
         append_jsonl(self.out / "metrics.jsonl", record)
-        if self._tb is not None:
+        if self._report is not None:
             if record["kind"] == "step":
                 x = record["round"] * record["steps"] + record["step"]
-                for key in ("P", "reward", "loss"):
-                    if record.get(key) is not None:
-                        self._tb.add_scalar(f"step/{key}", record[key], x)
-            else:
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and key not in ("round", "kind"):
-                        self._tb.add_scalar(f"round/{key}", value, record["round"])
-            self._tb.flush()
+                self._report.log("step", {k: record[k] for k in ("P", "reward", "loss") if record.get(k) is not None}, x)
+            else:  # a round, or a record of its own kind (the reference episode, finetune's summary) at 0
+                family = "round" if "round" in record else record["kind"]
+                self._report.log(family, {k: v for k, v in record.items() if isinstance(v, (int, float))
+                                          and k not in ("round", "kind")}, record.get("round", 0))
 
     def read_metrics(self) -> list[dict]:
         path = self.out / "metrics.jsonl"
@@ -232,5 +230,5 @@ class RunFolder:
         plt.close(fig)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        if self._report is not None:
+            self._report.close()

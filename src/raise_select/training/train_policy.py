@@ -24,6 +24,7 @@ from ..policy.agent import PolicyConfig
 from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, load_static, lm_config, resolve_per_class,
                       run_episode, selection_stats, share_from_main)
 from .loop import LMTrainer, full_precision_accelerator
+from .reporting import parse_report_to
 from .reward import Validator, check_finite
 from .runs import RunFolder, rng_state, set_rng_state
 
@@ -45,7 +46,7 @@ class TrainPolicyConfig(EpisodeConfig):
 
 
 # Fields that may change between a run and its resumption without changing the result.
-RESUMABLE_CHANGES = ("rounds", "tensorboard", "out")
+RESUMABLE_CHANGES = ("rounds", "report_to", "tensorboard", "out")
 
 
 def policy_settings(cfg: TrainPolicyConfig, per_class: int) -> PolicyConfig:
@@ -64,10 +65,11 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
 
     require_settings(cfg, ("pool", "features", "model", "val", "out"))
     acc = accelerator or full_precision_accelerator()
-    run = RunFolder(cfg.out, enabled=acc.is_main_process, tensorboard=cfg.tensorboard)
+    config = to_dict(cfg)
+    run = RunFolder(cfg.out, enabled=acc.is_main_process, report_to=parse_report_to(cfg.report_to, cfg.tensorboard),
+                    config=config)
     if acc.is_main_process:
         setup_logging(run.out)
-    config = to_dict(cfg)
     run.check_config(config, RESUMABLE_CHANGES)
 
     pool, static = load_static(cfg.pool, cfg.features)
