@@ -48,7 +48,7 @@ def row_losses(model, encoded: Sequence, pad_id: int, batch_size: int = 16, eval
     eval mode unless `eval_mode` is False; the model's mode is restored after). Rows are batched
     by length, so little is padding."""
     from ..training.loop import collate
-    from .lm import response_losses
+    from .lm import batch_response_losses
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -60,8 +60,7 @@ def row_losses(model, encoded: Sequence, pad_id: int, batch_size: int = 16, eval
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
             batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            out[rows] = response_losses(logits, batch["labels"]).float().cpu()
+            out[rows] = batch_response_losses(model, batch).float().cpu()
     finally:
         model.train(was_training)
     return out
