@@ -16,9 +16,13 @@ drawn at random each step, lr the learning rate of the coming update.
 As the reference does: the inner products are taken over the trainable linear layers only
 (LoRA's A and B matrices with `lora: true`; otherwise the linear layers of the last
 `last_layers` decoder blocks, `last_layers: 0` for every trainable linear layer including
-the LM head), from one forward and one backward pass over candidates and validation rows
-together: each layer's input a_i (T x d_in) and output gradient b_i (T x d_out) give the
-per-example gradient b_i^T a_i. The reference materialises it per layer for sequences (its
+the LM head), from one forward and one backward pass over candidates and validation rows,
+in chunks of B rows of similar length (little padding): each layer's input a_i (T x d_in)
+and output gradient b_i (T x d_out) give the per-example gradient b_i^T a_i. Only what those
+need is computed: autograd starts at the first scored layer (nothing below it is recorded,
+so the backward pass stops there: under full fine-tuning it runs through the last
+`last_layers` blocks and the LM head only), and the LM head is applied only from the first
+position that predicts a response token. The reference materialises it per layer for sequences (its
 T^2 "ghost" form is disabled there as slower); here the form is chosen per layer by cost:
 the ghost form sum_{t,s} (a_i a_j^T)_{ts} (b_i b_j^T)_{ts} when (N T)^2 (d_in + d_out) is
 below N T d_in d_out, else the per-example gradients. The estimate ignores Adam's
