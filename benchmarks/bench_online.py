@@ -1,20 +1,21 @@
 """Per-step cost of the online selectors GREATS and RHO-LOSS against a plain training step,
 measured in the same run on a tiny 10M-parameter Llama (or the model given with --model).
 
-    python benchmarks/bench_online.py --threads 1            # 10m preset, 3 timed steps each
-    python benchmarks/bench_online.py --quick --threads 1    # 1m preset, fewer rows and steps (seconds)
+    taskset -c 1 python benchmarks/bench_online.py --threads 1     # 10m preset, 5 timed steps each
+    python benchmarks/bench_online.py --quick --threads 1           # 1m preset, fewer rows and steps (seconds)
     python benchmarks/bench_online.py --model smollm2-135m-instruct --batch-size 4 --max-length 128 \
-        --examples 32 --val-size 8 --steps 1 --threads 1     # a real model (any --model spec)
+        --examples 32 --val-size 8 --steps 2 --threads 1            # a real model (any --model spec); --lora
 
 The pool is the first `--examples` rows of the real Alpaca data, the validation (GREATS) and
 holdout (RHO-LOSS) set `--val-size` GSM8K examples; B = 8 rows of at most 256 tokens. A plain
 step is one AdamW update on 8 uniformly drawn rows (`LMTrainer.step`); each method's own
-training steps are timed too, and "choose/train" is its choosing time over them. A GREATS step adds one
-forward and backward pass over its candidate set (4 x B) and 2 validation rows with
-per-example inner products of the scored layers; a RHO-LOSS step adds one forward pass over its
-candidate set (10 x B). Each method takes one untimed warm-up step, then `--steps` timed
-ones; RHO-LOSS's one-off irreducible-loss model (training on the holdout, scoring the pool)
-is timed apart.
+training steps are timed too, and "choose/train" is its choosing time over them. Both methods
+draw `--candidates` x B candidates per step (4, GREATS's default; RHO-LOSS's default is 10).
+A GREATS step adds a forward pass over the candidates and 2 validation rows and a backward
+pass from the loss down to the first scored layer, with per-example inner products of the
+scored layers; a RHO-LOSS step adds a forward pass over the candidates without gradients.
+Each method takes one untimed warm-up step, then `--steps` timed ones; RHO-LOSS's one-off
+irreducible-loss model (training on the holdout, scoring the pool) is timed apart.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="use this model (hub id, folder, .gguf or packaged name) instead of a tiny preset")
     ap.add_argument("--examples", type=int, default=200, help="first N Alpaca examples form the pool")
     ap.add_argument("--val-size", type=int, default=32, help="GSM8K validation/holdout examples")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per method")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per method")
+    ap.add_argument("--candidates", type=int, default=4, help="candidate set per step, in batches of B (both methods)")
     ap.add_argument("--batch-size", type=int, default=8, help="B")
     ap.add_argument("--max-length", type=int, default=256, help="tokens per example")
     ap.add_argument("--lora", action="store_true", help="train (and score) a LoRA adapter instead of all weights")
@@ -102,7 +104,7 @@ def main() -> None:
                                    candidate_sets(len(pool), b, 0), b, args.steps)
     prepare_s = {}
     for name in ("greats", "rho"):
-        method = make_baseline(name)
+        method = make_baseline(name, {"candidates": args.candidates})
         trainer = LMTrainer(str(model_dir), pool, lm, steps)
         start = time.perf_counter()
         info = method.prepare(pool, trainer, ctx)
@@ -115,7 +117,7 @@ def main() -> None:
     plain = sum(results["plain"])
     print(f"model: {args.model or 'preset ' + args.preset}, {params / 1e6:.2f}M non-embedding parameters, "
           f"{'LoRA' if args.lora else 'full fine-tuning'}; B = {b}, max {args.max_length} tokens, "
-          f"{torch.get_num_threads()} thread(s); GREATS scores {scored:,} parameters")
+          f"{torch.get_num_threads()} thread(s); {args.candidates} x B candidates; GREATS scores {scored:,} parameters")
     # "choose / train": choosing against the training steps of the same phase, which a loaded
     # machine's drift between phases disturbs less than the ratio to the plain phase.
     print(f"{'method':8} {'choose ms':>10} {'train ms':>9} {'step ms':>9} {'x plain':>8} {'choose/train':>13}")

@@ -96,6 +96,31 @@ def test_greats_inner_products_match_full_per_example_gradients(tiny_model_dir, 
     # GREATS's validation term for rows 0-2 with rows 3-4 as validation: <g_i, mean g_val>
     tracin = gram[:3, 3:].mean(1)
     assert torch.allclose(tracin, direct[:3] @ direct[3:].mean(0), rtol=1e-4, atol=1e-9)
+    # The rows in chunks of their own widths (as `choose` passes them): the same inner products.
+    chunks = [encoded_batch(examples[:2], tok, "alpaca", 64, "cpu"), encoded_batch(examples[2:], tok, "alpaca", 64, "cpu")]
+    assert chunks[0]["input_ids"].shape[1] < batch["input_ids"].shape[1]
+    assert torch.allclose(per_example_gram(model, [m for _, m in modules], chunks), direct @ direct.T, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_greats_backward_stops_below_the_first_scored_layer(tiny_model_dir, lora):
+    """The truncated pass records no graph below the first scored layer (full fine-tuning:
+    the last block's; LoRA: the first adapter's), and its inner products equal those of a
+    full backward pass, which reaches every layer."""
+    model, tok = _model(tiny_model_dir, lora)
+    modules = [m for _, m in scored_linears(model, last_layers=1)]
+    batch = encoded_batch(_pool(4).examples, tok, "alpaca", 64, "cpu")
+    blocks = [m for n, m in model.named_modules() if n.endswith("layers.0") or n.endswith("layers.1")]
+    seen: list[bool] = []
+    handles = [blk.register_forward_hook(lambda mod, i, out: seen.append(out[0].requires_grad if isinstance(out, tuple) else out.requires_grad))
+               for blk in blocks]
+    truncated = per_example_gram(model, modules, batch)
+    for h in handles:
+        h.remove()
+    assert seen == ([True, True] if lora else [False, True])  # block 0's output: only LoRA needs its graph
+    # the same products from a full backward pass (autograd on everywhere, gradients of the weights)
+    direct = _direct_grads(model, tok, _pool(4).examples, [m.weight for m in modules])
+    assert torch.allclose(truncated, direct @ direct.T, rtol=1e-4, atol=1e-9)
 
 
 def test_greats_choice_equals_the_greedy_over_direct_per_example_gradients(tiny_model_dir):
@@ -191,7 +216,73 @@ def test_rho_irreducible_losses_are_cached_and_reused(tiny_model_dir, tmp_path):
         make_baseline("rho").prepare(pool, trainer, SelectionContext(model=str(tiny_model_dir), validation=val[:1]))
 
 
+def test_cached_irreducible_losses_equal_the_il_models_losses_per_step(tiny_model_dir, tmp_path):
+    """The irreducible losses are computed once, before training, and looked up at every step:
+    they equal the IL model's own losses of each step's candidates, computed at that step."""
+    pool, val = _pool(10), _pool(30).examples[20:]
+    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=48), total_steps=3)
+    ctx = SelectionContext(model=str(tiny_model_dir), validation=val, out_dir=tmp_path, max_length=48, batch_size=2)
+    rho = make_baseline("rho", {"il_epochs": 2, "candidates": 2})
+    rho.prepare(pool, trainer, ctx)
+    il_model, _ = make_baseline("rho", {"il_epochs": 2})._train_il_model(rho._holdout(ctx), trainer, ctx)
+    sets = candidate_sets(len(pool), 4, seed=0)
+    for _ in range(3):
+        rows = next(sets)
+        per_step = row_losses(il_model, [trainer.encode(int(i)) for i in rows], trainer.tokenizer.pad_token_id, batch_size=3)
+        assert np.allclose(rho._il[rows], per_step.numpy(), rtol=1e-5, atol=1e-6)
+        trainer.step(rho.choose(trainer, rows, 2)[0].tolist())
+    assert len(set(np.round(rho._il, 6))) > 1  # not one value for every row
+
+
 # ---------------------------------------------------------------- the online loop
+
+@pytest.mark.parametrize("method,options", [("greats", {"candidates": 2, "last_layers": 1}),
+                                            ("rho", {"candidates": 2, "il_epochs": 1})])
+def test_online_run_killed_part_way_resumes_to_the_uninterrupted_result(method, options, tiny_model_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from raise_select.baselines import online
+
+    monkeypatch.setattr(online, "CHECKPOINT_SECONDS", 0.0)   # a checkpoint after every step
+    pool, val = _pool(12), _pool(30).examples[20:]
+
+    def ctx(out):
+        return SelectionContext(model=str(tiny_model_dir), validation=val, out_dir=out, batch_size=2, max_length=48,
+                                steps=6, lm=LMConfig(max_length=48, lr=5e-3, seed=1))
+
+    whole = make_baseline(method, options).select(pool, 4, ctx(tmp_path / "whole"))
+    cls = type(make_baseline(method))
+    choose, calls = cls.choose, []
+
+    def dies_at_step_4(self, trainer, rows, k):
+        calls.append(trainer.step_count)
+        if len(calls) == 4 and not getattr(self, "_resumed", False):
+            raise RuntimeError("killed")
+        return choose(self, trainer, rows, k)
+
+    monkeypatch.setattr(cls, "choose", dies_at_step_4)
+    with pytest.raises(RuntimeError, match="killed"):
+        make_baseline(method, options).select(pool, 4, ctx(tmp_path / "cut"))
+    assert (tmp_path / "cut" / "checkpoint" / f"{method}.pt").is_file() and not (tmp_path / "cut" / "model").exists()
+    again = make_baseline(method, options)
+    again._resumed = True
+    resumed = again.select(pool, 4, ctx(tmp_path / "cut"))
+    assert calls == [0, 1, 2, 3, 3, 4, 5]  # the rerun chose only steps 4-6
+    assert resumed.indices == whole.indices and resumed.scores == whole.scores
+    want, got = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("whole", "cut"))
+    assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in want)
+    assert not (tmp_path / "cut" / "checkpoint" / f"{method}.pt").exists()   # removed once the model is saved
+    # a checkpoint of other settings is not resumed from
+    calls.clear()
+    with pytest.raises(RuntimeError, match="killed"):
+        make_baseline(method, options).select(pool, 4, ctx(tmp_path / "cut"))
+    calls.clear()
+    other = make_baseline(method, {**options, "candidates": 3})
+    other._resumed = True
+    assert other.select(pool, 4, ctx(tmp_path / "cut")).info["candidate_set"] == 6
+    assert calls == [0, 1, 2, 3, 4, 5]
+
+
 
 def test_candidate_sets_are_epochs_of_distinct_rows():
     sets = candidate_sets(10, 4, seed=3)

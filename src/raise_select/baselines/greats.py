@@ -16,9 +16,13 @@ drawn at random each step, lr the learning rate of the coming update.
 As the reference does: the inner products are taken over the trainable linear layers only
 (LoRA's A and B matrices with `lora: true`; otherwise the linear layers of the last
 `last_layers` decoder blocks, `last_layers: 0` for every trainable linear layer including
-the LM head), from one forward and one backward pass over candidates and validation rows
-together: each layer's input a_i (T x d_in) and output gradient b_i (T x d_out) give the
-per-example gradient b_i^T a_i. The reference materialises it per layer for sequences (its
+the LM head), from one forward and one backward pass over candidates and validation rows,
+in chunks of B rows of similar length (little padding): each layer's input a_i (T x d_in)
+and output gradient b_i (T x d_out) give the per-example gradient b_i^T a_i. Only what those
+need is computed: autograd starts at the first scored layer (nothing below it is recorded,
+so the backward pass stops there: under full fine-tuning it runs through the last
+`last_layers` blocks and the LM head only), and the LM head is applied only from the first
+position that predicts a response token. The reference materialises it per layer for sequences (its
 T^2 "ghost" form is disabled there as slower); here the form is chosen per layer by cost:
 the ghost form sum_{t,s} (a_i a_j^T)_{ts} (b_i b_j^T)_{ts} when (N T)^2 (d_in + d_out) is
 below N T d_in d_out, else the per-example gradients. The estimate ignores Adam's
@@ -33,6 +37,7 @@ rows, so every method trains on B rows per step.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
@@ -78,55 +83,90 @@ def scored_linears(model: torch.nn.Module, last_layers: int) -> list[tuple[str, 
     return [(n, m) for n, m in linears if (hit := _LAYER.search(n)) and int(hit.group(1)) in keep]
 
 
-def layer_gram(a: torch.Tensor, b: torch.Tensor, bias: bool, ghost: bool | None = None) -> torch.Tensor:
+def layer_gram(a, b, bias: bool, ghost: bool | None = None) -> torch.Tensor:
     """(N, N) inner products of the per-example gradients of one linear layer from its inputs
-    `a` (N, T, d_in) and output gradients `b` (N, T, d_out): the ghost form or materialised
-    per-example gradients (`ghost` None: whichever costs fewer multiplications)."""
-    if a.dim() == 2:
-        a, b = a.unsqueeze(1), b.unsqueeze(1)
-    a, b = a.float(), b.float()
-    n, t, d_in = a.shape
-    d_out = b.shape[-1]
+    `a` (N, T, d_in) and output gradients `b` (N, T, d_out), or from lists of such chunks
+    (the rows of every chunk in order; chunks may differ in T): the ghost form or
+    materialised per-example gradients (`ghost` None: whichever costs fewer multiplications)."""
+    a_parts = [x if x.dim() == 3 else x.unsqueeze(1) for x in (a if isinstance(a, (list, tuple)) else [a])]
+    b_parts = [x if x.dim() == 3 else x.unsqueeze(1) for x in (b if isinstance(b, (list, tuple)) else [b])]
+    a_parts, b_parts = [x.float() for x in a_parts], [x.float() for x in b_parts]
+    tokens = sum(x.shape[0] * x.shape[1] for x in a_parts)
+    d_in, d_out = a_parts[0].shape[-1], b_parts[0].shape[-1]
     if ghost is None:
-        ghost = (n * t) ** 2 * (d_in + d_out) < n * t * d_in * d_out
+        ghost = tokens ** 2 * (d_in + d_out) < tokens * d_in * d_out
     if ghost:
-        aa = (a.reshape(n * t, d_in) @ a.reshape(n * t, d_in).T).view(n, t, n, t)
-        bb = (b.reshape(n * t, d_out) @ b.reshape(n * t, d_out).T).view(n, t, n, t)
-        gram = (aa * bb).sum(dim=(1, 3))
+        blocks = []
+        for a1, b1 in zip(a_parts, b_parts):
+            row = []
+            for a2, b2 in zip(a_parts, b_parts):
+                aa = (a1.reshape(-1, d_in) @ a2.reshape(-1, d_in).T).view(a1.shape[0], a1.shape[1], a2.shape[0], a2.shape[1])
+                bb = (b1.reshape(-1, d_out) @ b2.reshape(-1, d_out).T).view_as(aa)
+                row.append((aa * bb).sum(dim=(1, 3)))
+            blocks.append(torch.cat(row, dim=1))
+        gram = torch.cat(blocks, dim=0)
     else:
-        g = torch.bmm(b.transpose(1, 2), a).reshape(n, d_out * d_in)
+        g = torch.cat([torch.bmm(y.transpose(1, 2), x).reshape(x.shape[0], d_out * d_in) for x, y in zip(a_parts, b_parts)])
         gram = g @ g.T
     if bias:
-        gb = b.sum(dim=1)
+        gb = torch.cat([y.sum(dim=1) for y in b_parts])
         gram = gram + gb @ gb.T
     return gram
 
 
-def per_example_gram(model: torch.nn.Module, modules: Sequence[torch.nn.Linear], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(N, N) float64 inner products <g_i, g_j> of the rows' gradients (each row's mean
-    response-token loss) over the parameters of `modules`, from one forward and one backward
-    pass; parameters' `.grad` is left untouched."""
-    from .lm import response_losses
+@contextlib.contextmanager
+def grad_from(modules: Sequence[torch.nn.Module]):
+    """Autograd off during a forward pass until the first of `modules` runs: nothing below the
+    first scored layer is recorded, so the backward pass stops there."""
+    def on(module, args):
+        torch.set_grad_enabled(True)
 
-    captured: list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]] = []
-
-    def hook(mod, inputs, output):
-        captured.append((mod, inputs[0].detach(), output))
-
-    handles = [m.register_forward_hook(hook) for m in modules]
+    handles = [m.register_forward_pre_hook(on) for m in modules]
+    previous = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
     try:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        yield
     finally:
+        torch.set_grad_enabled(previous)
         for h in handles:
             h.remove()
-    # Rows do not interact in the forward pass, so the gradient of the sum holds each row's own
-    # output gradients.
-    losses = response_losses(logits, batch["labels"])
-    grads = torch.autograd.grad(losses.sum(), [out for _, _, out in captured])
-    n = batch["input_ids"].shape[0]
-    gram = torch.zeros((n, n), dtype=torch.float64, device=logits.device)
-    for (mod, a, _), b in zip(captured, grads):
-        gram += layer_gram(a, b.detach(), mod.bias is not None and mod.bias.requires_grad).double()
+
+
+def per_example_gram(model: torch.nn.Module, modules: Sequence[torch.nn.Linear],
+                     batches: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """(N, N) float64 inner products <g_i, g_j> of the rows' gradients (each row's mean
+    response-token loss) over the parameters of `modules`, the rows of every batch in order,
+    from one forward and one backward pass per batch; the backward pass runs only through the
+    layers above the first of `modules` and the LM head only where a response token is
+    predicted. Parameters' `.grad` is left untouched."""
+    from .lm import batch_response_losses
+
+    batches = [batches] if isinstance(batches, dict) else list(batches)
+    parts: dict[torch.nn.Linear, tuple[list, list]] = {m: ([], []) for m in modules}
+    for batch in batches:
+        captured: list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]] = []
+
+        def hook(mod, inputs, output):
+            captured.append((mod, inputs[0].detach(), output))
+
+        handles = [m.register_forward_hook(hook) for m in modules]
+        try:
+            with grad_from(modules):
+                losses = batch_response_losses(model, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        # Rows do not interact in the forward pass, so the gradient of the sum holds each row's
+        # own output gradients.
+        grads = torch.autograd.grad(losses.sum(), [out for _, _, out in captured])
+        for (mod, a, _), b in zip(captured, grads):
+            parts[mod][0].append(a)
+            parts[mod][1].append(b.detach())
+    n = sum(batch["input_ids"].shape[0] for batch in batches)
+    gram = torch.zeros((n, n), dtype=torch.float64, device=batches[0]["input_ids"].device)
+    for mod, (a, b) in parts.items():
+        if a:
+            gram += layer_gram(a, b, mod.bias is not None and mod.bias.requires_grad).double()
     return gram
 
 
@@ -162,9 +202,21 @@ class GREATS(OnlineSelector):
         device = next(model.parameters()).device
         val = self._rng.choice(len(self._val), size=min(self.val_batch, len(self._val)), replace=False)
         enc = [trainer.encode(int(i)) for i in rows] + [self._val[int(j)] for j in val]
-        batch = {key: v.to(device) for key, v in collate(enc, trainer.tokenizer.pad_token_id).items()}
-        gram = per_example_gram(model, [m for _, m in self._modules], batch).cpu().numpy()
+        # Chunks of k rows of similar length, so little of the pass is padding.
+        order = sorted(range(len(enc)), key=lambda i: len(enc[i].input_ids))
+        chunks = [order[s:s + k] for s in range(0, len(order), k)]
+        batches = [{key: v.to(device) for key, v in collate([enc[i] for i in c], trainer.tokenizer.pad_token_id).items()}
+                   for c in chunks]
+        sorted_gram = per_example_gram(model, [m for _, m in self._modules], batches).cpu().numpy()
+        back = np.argsort(np.concatenate(chunks))   # row i of enc is row back[i] of sorted_gram
+        gram = sorted_gram[np.ix_(back, back)]
         n = len(rows)
         lr = float(trainer.scheduler.get_last_lr()[0])
         picks, gains = greedy_selection(lr * gram[:n, n:].mean(axis=1), lr ** 2 * gram[:n, :n], k)
         return rows[picks], np.asarray(gains)
+
+    def online_state(self) -> dict:
+        return {"rng": self._rng.bit_generator.state}
+
+    def load_online_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state["rng"]

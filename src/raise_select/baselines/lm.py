@@ -29,6 +29,29 @@ def response_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return tok.sum(1) / n
 
 
+def _keeps_logits(model) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def batch_response_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`response_losses` of a batch under `model`, with the LM head applied only from the first
+    position that predicts a response token of any row: the prompt positions before it need
+    no logits (for a large vocabulary, a good share of the forward pass)."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    width = ids.shape[1]
+    kwargs = {}
+    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+    if len(labelled) and _keeps_logits(model):
+        first = max(int(labelled[0]) - 1, 0)   # logits at t - 1 predict the label at t
+        kwargs["logits_to_keep"] = width - first
+        labels = labels[:, first:]
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"], **kwargs).logits
+    return response_losses(logits, labels)
+
+
 @torch.no_grad()
 def example_losses(model, tokenizer, examples: Sequence[Example], template: str, max_length: int, batch_size: int = 8, desc: str = "losses") -> torch.Tensor:
     """(N,) mean response loss of each example under `model` (eval mode, batched)."""

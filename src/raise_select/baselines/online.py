@@ -7,14 +7,17 @@ with a per-step batch function), and the batches it chose become the schedule re
 set of `candidates` x B rows is drawn the way a shuffled data loader with large batches
 draws them (seeded epochs of permutations of the pool, the last incomplete set of an epoch
 dropped), and the method keeps B of them. Dynamic methods train for the matched number of
-steps T = ceil(epochs x budget / B), the same as RAISE's.
+steps T = ceil(epochs x budget / B), the same as RAISE's. A run saves its state every
+`CHECKPOINT_SECONDS` to `<out>/checkpoint/<method>.pt` (atomically); a rerun with the same
+settings continues from there and ends with the model and batches an uninterrupted run has.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Iterator, Sequence
 
@@ -23,9 +26,14 @@ import torch
 
 from ..data.pools import Pool
 from ..errors import UserError
+from ..io import atomic_path, fingerprint
 from .base import Selection, SelectionContext, matched_steps
 
 log = logging.getLogger(__name__)
+
+# A run saves its state (weights, optimizer, schedule, RNG, the batches chosen so far) to
+# `<out>/checkpoint/<method>.pt` at most this often, so a rerun resumes from there.
+CHECKPOINT_SECONDS = 600.0
 
 
 def candidate_sets(n: int, size: int, seed: int) -> Iterator[np.ndarray]:
@@ -48,7 +56,7 @@ def row_losses(model, encoded: Sequence, pad_id: int, batch_size: int = 16, eval
     eval mode unless `eval_mode` is False; the model's mode is restored after). Rows are batched
     by length, so little is padding."""
     from ..training.loop import collate
-    from .lm import response_losses
+    from .lm import batch_response_losses
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -60,8 +68,7 @@ def row_losses(model, encoded: Sequence, pad_id: int, batch_size: int = 16, eval
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
             batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            out[rows] = response_losses(logits, batch["labels"]).float().cpu()
+            out[rows] = batch_response_losses(model, batch).float().cpu()
     finally:
         model.train(was_training)
     return out
@@ -86,6 +93,13 @@ class OnlineSelector:
         """`k` of the candidate `rows` for the next update, and their scores."""
         raise NotImplementedError
 
+    def online_state(self) -> dict:
+        """The method's own state between steps (its random generators), for a resume."""
+        return {}
+
+    def load_online_state(self, state: dict) -> None:
+        """Back to the point `online_state` recorded."""
+
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         from ..training.loop import LMConfig, train_on_schedule
 
@@ -102,13 +116,29 @@ class OnlineSelector:
         scores: list[float] = []
         info: dict = {}
         clock = {"prepare": 0.0, "select": 0.0, "train": 0.0}
+        checkpoint = None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoint" / f"{self.name}.pt"
+        run_key = fingerprint({"method": self.name, "options": asdict(self), "pool": pool.fingerprint, "steps": steps,
+                               "batch_size": b, "seed": ctx.seed, "lm": asdict(lm), "model": model,
+                               "validation": [e.id for e in ctx.validation or []]})
 
         def batches(trainer):
             start = time.perf_counter()
             info.update(self.prepare(pool, trainer, ctx))
             clock["prepare"] = time.perf_counter() - start
             sets = candidate_sets(len(pool), size, ctx.seed)
-            for _ in range(steps):
+            saved = _load_checkpoint(checkpoint, run_key)
+            if saved is not None:
+                trainer.load_training_state(saved["trainer"])
+                self.load_online_state(saved["method"])
+                torch.set_rng_state(saved["torch_rng"])
+                chosen.extend(saved["chosen"])
+                scores.extend(saved["scores"])
+                clock["select"], clock["train"] = saved["clock"]
+                for _ in range(trainer.step_count):
+                    next(sets)
+                log.info("%s: resuming after step %d of %d from %s", self.name, trainer.step_count, steps, checkpoint)
+            last_save = time.monotonic()
+            while trainer.step_count < steps:
                 start = time.perf_counter()
                 rows, s = self.choose(trainer, next(sets), b)
                 clock["select"] += time.perf_counter() - start
@@ -117,9 +147,17 @@ class OnlineSelector:
                 start = time.perf_counter()
                 yield [int(i) for i in rows]
                 clock["train"] += time.perf_counter() - start
+                if checkpoint is not None and trainer.step_count < steps and time.monotonic() - last_save >= CHECKPOINT_SECONDS:
+                    with atomic_path(checkpoint) as tmp:
+                        torch.save({"key": run_key, "trainer": trainer.training_state(), "method": self.online_state(),
+                                    "torch_rng": torch.get_rng_state(), "chosen": chosen, "scores": scores,
+                                    "clock": [clock["select"], clock["train"]]}, tmp)
+                    last_save = time.monotonic()
 
         out_dir = None if ctx.out_dir is None else Path(ctx.out_dir) / "model"
         train_on_schedule(model, pool, batches, lm, out_dir, steps, ctx.report)
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)   # the trained model is saved
         info.update({
             "steps": steps, "batch_size": b, "candidate_set": size, "model_dir": None if out_dir is None else str(out_dir),
             "seconds_prepare": round(clock["prepare"], 3),
@@ -129,3 +167,18 @@ class OnlineSelector:
         log.info("%s: %d steps; per step %.3fs choosing, %.3fs training", self.name, steps,
                  clock["select"] / steps, clock["train"] / steps)
         return Selection(indices=chosen, scores=scores, info=info)
+
+
+def _load_checkpoint(path: Path | None, key: str) -> dict | None:
+    """The checkpoint of this run at `path`, or None (none there, or one of other settings)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        log.warning("%s: unreadable checkpoint (%s); training from the start", path, e)
+        return None
+    if saved.get("key") != key:
+        log.info("%s: checkpoint of other settings; training from the start", path)
+        return None
+    return saved

@@ -275,6 +275,23 @@ class LMTrainer:
             raise UserError(f"training loss is {loss} at step {self.step_count}; lower the learning rate (lr)")
         return loss
 
+    def training_state(self) -> dict:
+        """The trainable weights, optimizer and schedule state and step count, for an exact
+        resume (`torch.save` it; RNG is the caller's)."""
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        return {"weights": {n: p.detach().to("cpu", copy=True) for n, p in self.unwrapped.named_parameters() if p.requires_grad},
+                "optimizer": inner.state_dict(), "scheduler": self.scheduler.state_dict(), "step_count": self.step_count}
+
+    def load_training_state(self, state: dict) -> None:
+        """Back to the point `training_state` recorded."""
+        with torch.no_grad():
+            for n, p in self.unwrapped.named_parameters():
+                if n in state["weights"]:
+                    p.copy_(state["weights"][n])
+        getattr(self.optimizer, "optimizer", self.optimizer).load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_count = state["step_count"]
+
     def save(self, out_dir: str | Path) -> None:
         """`save_pretrained` of the model (or of the LoRA adapter) and the tokenizer, from the main process."""
         self.accelerator.wait_for_everyone()
