@@ -29,13 +29,13 @@ class BaselineConfig(LMConfig):
     """A baseline job; the LLM training settings are those of `LMConfig`. Method options
     live in a section named after the method (`deita: {threshold: 0.85}`, `--set deita.threshold=0.85`)."""
 
-    method: str = field(default="", metadata={"help": "selection method: full, random, ifd, deita, alpagasus, sspl, less, rose, greats, rho"})
+    method: str = field(default="", metadata={"help": "selection method: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, greats, rho"})
     pool: str = field(default="", metadata={"help": "instruction pool: file, folder or `datasets` name"})
     format: Optional[str] = field(default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"})
     limit: Optional[int] = field(default=None, metadata={"help": "use only the first N pool examples"})
-    features: str = field(default="", metadata={"help": "featurize output folder of this pool (ifd, sspl, deita's default embeddings)"})
+    features: str = field(default="", metadata={"help": "featurize output folder of this pool (ifd, sspl, rds: featurize --rds, deita's default embeddings)"})
     model: str = field(default="", metadata={"help": "target LLM: hub id or folder (trained with --train; less, rose, sspl loss=target; greats and rho train it while choosing)"})
-    val: str = field(default="", metadata={"help": "validation set for less, rose, greats, rho: a named set (gsm8k, ...) or a pool file/folder"})
+    val: str = field(default="", metadata={"help": "validation set for less, rose, rds, embed, greats, rho: a named set (gsm8k, ...) or a pool file/folder"})
     data_dir: Optional[str] = field(default=None, metadata={"help": "folder of the named validation sets' original files"})
     val_size: Optional[int] = field(default=None, metadata={"help": "use at most this many validation examples"})
     out: str = field(default="", metadata={"help": "output folder: selection.json, cache/, model/, baseline.log"})
