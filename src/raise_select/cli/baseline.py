@@ -58,12 +58,13 @@ def register(app: typer.Typer) -> None:
         flags["out"] = str(out) if out is not None else None
         from ..baselines.run import BaselineConfig, method_options, run_baseline
         from ..config import resolve
-        from ..io import check_output
+        from ..io import check_output, lock_output
 
         cfg = resolve(BaselineConfig, "baseline", config, overrides, flags)
         if cfg.out:
             check_output(cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
                                    "--val": cfg.val})
+            lock_output(cfg.out, "baseline")
         setup_logging(Path(cfg.out) if cfg.out else None, name="baseline.log")
         record = run_baseline(cfg, method_options(cfg.method, config, overrides))
         trained = f"; model saved to {Path(cfg.out) / 'model'}" if cfg.train or record.get("info", {}).get("model_dir") else ""
