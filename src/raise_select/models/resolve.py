@@ -173,8 +173,8 @@ def _converted(gguf_path: Path) -> Path:
     target = converted_folder(gguf_path)
     if (target / "config.json").is_file():
         return target
-    check_gguf(gguf_path)  # a file that cannot be converted fails before anything is announced
-    _writable_cache(target)
+    _writable_cache(target)  # a cache or a file that cannot be converted fails before anything is announced
+    check_gguf(gguf_path)
     log.info("converting %s to a safetensors folder %s (once; later runs reuse it)", gguf_path, target)
     return _publish(target, lambda tmp: convert_gguf(gguf_path, tmp))
 
