@@ -616,3 +616,183 @@ def test_log_progress_reports_once_per_interval_and_once_at_the_end(caplog):
         for _ in LogProgress(range(5), interval=30.0, clock=lambda: 0.0):
             pass
     assert caplog.records == []  # a short loop says nothing
+
+
+# ---------------------------------------------------------------- second round: settings checked before any write
+
+def _baseline(env, out, *extra):
+    return ("baseline", "--pool", env["root"] / "pool.jsonl", "--budget", 4, "--out", out, *extra)
+
+
+def _grape(env, out, *extra):
+    return ("grape", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", out, *extra)
+
+
+EARLY_REFUSALS = [
+    ("seed-negative", _baseline, ("--method", "random", "--seed", -1), ["seed = -1", "0 .. 2**32 - 1"]),
+    ("steps-zero", _baseline, ("--method", "random", "--steps", 0, "--train", "--model", "MODEL"),
+     ["steps = 0", "leave it unset for the matched count"]),
+    ("steps-negative-train", _baseline, ("--method", "random", "--steps", -2, "--train", "--model", "MODEL"),
+     ["steps = -2"]),
+    ("epochs-zero", _baseline, ("--method", "random", "--epochs", 0), ["epochs = 0"]),
+    ("less-proj-dim-zero", _baseline, ("--method", "less", "--model", "MODEL", "--val", "VAL", "--set", "less.proj_dim=0"),
+     ["method 'less'", "proj_dim = 0", "every score would be 0"]),
+    ("ifd-without-features", _baseline, ("--method", "ifd",), ["needs featurized pool features"]),
+    ("grape-batch-zero", _grape, ("--batch-size", 0), ["grape settings: batch_size = 0"]),
+    ("grape-limit-zero", _grape, ("--limit", 0), ["limit = 0", "leave it unset for every row"]),
+]
+
+
+@pytest.mark.parametrize("name,command,extra,fragments", EARLY_REFUSALS, ids=[c[0] for c in EARLY_REFUSALS])
+def test_settings_are_refused_before_any_output_is_written(env, tmp_path, name, command, extra, fragments):
+    names = {"MODEL": env["model"], "VAL": env["root"] / "val.jsonl"}
+    out = tmp_path / ("out.jsonl" if command is _grape else "out")
+    result = cli(*command(env, out, *[names.get(a, a) if isinstance(a, str) else a for a in extra]))
+    assert_user_error(result, *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no folder, log, selection.json or cache
+
+
+def test_a_refused_finetune_or_evaluate_leaves_no_config_or_task_files(env, tmp_path):
+    folder = features_copy(env, "ft-early")
+    _inf_logp(folder)
+    args = list(env["common"])
+    args[args.index("--features") + 1] = folder
+    result = cli("finetune", "--policy", env["root"] / "run" / "policy", *args, "--out", tmp_path / "ft")
+    assert_user_error(result, "infinite feature")
+    data = tmp_path / "data" / "arc_challenge"
+    data.mkdir(parents=True)
+    for split in ("Train", "Test"):
+        (data / f"ARC-Challenge-{split}.jsonl").write_text(json.dumps(ARC_ROW) + "\n")
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    result = cli("evaluate", "--model", broken, "--tasks", "arc_challenge", "--data-dir", tmp_path / "data",
+                 "--out", tmp_path / "ev")
+    assert_user_error(result, "cannot be loaded")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken-model", "data"]
+
+
+def test_a_resumed_run_folder_is_kept_when_a_later_run_into_it_is_refused(env, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(env["root"] / "run", run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert_user_error(cli("train-policy", *env["common"], "--rounds", 3, "--out", run, "--seed", -1), "seed = -1")
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+# ---------------------------------------------------------------- second round: grape candidates
+
+def test_grape_skips_blank_candidates_and_its_choice_indexes_the_rows_own_list(env, tmp_path):
+    rows = [{"instruction": "What is 1 plus 2?", "responses": ["", "The answer is 3.", "  ", "3"]},
+            {"instruction": "What is 2 plus 2?", "responses": ["The answer is 4.", "four", ""]}]
+    (tmp_path / "multi.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("grape", "--pool", tmp_path / "multi.jsonl", "--model", env["model"], "--out", tmp_path / "g.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "3 blank candidates skipped" in result.stdout
+    out = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    for row, rec in zip(rows, out):
+        assert row["responses"][rec["grape_choice"]] == rec["output"]
+        assert rec["grape_candidates"] == sum(bool(c.strip()) for c in row["responses"])
+
+
+# ---------------------------------------------------------------- second round: select --run
+
+def test_select_refuses_a_run_with_a_deleted_round_log_or_two_kinds_of_log(env, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(env["root"] / "run", run)
+    (run / "selections" / "round_1.jsonl").unlink()
+    assert_user_error(cli("select", "--run", run, "--out", tmp_path / "a.jsonl"),
+                      "round_1.jsonl: missing, but the run finished rounds 0-1")
+    result = cli("select", "--run", run, "--round", 0, "--out", tmp_path / "a.jsonl")
+    assert result.exit_code == 0 and "round 0 of rounds 0-1" in result.stdout
+    both = tmp_path / "both"
+    shutil.copytree(env["root"] / "run", both)
+    shutil.copy(both / "selections" / "round_0.jsonl", both / "selections.jsonl")  # a finetune written into it
+    assert_user_error(cli("select", "--run", both, "--out", tmp_path / "b.jsonl"),
+                      "holds both a finetune's selections.jsonl and train-policy round logs", "--round K")
+    result = cli("select", "--run", both, "--round", 1, "--out", tmp_path / "b.jsonl")
+    assert result.exit_code == 0 and "round 1 of rounds 0-1" in result.stdout, result.output
+    result = cli("select", "--run", both / "selections.jsonl", "--out", tmp_path / "c.jsonl")
+    assert result.exit_code == 0 and "rounds" not in result.stdout
+    assert_user_error(cli("select", "--run", both, "--round", -1, "--out", tmp_path / "d.jsonl"),
+                      "--round -1", "rounds 0, 1")
+    cut = tmp_path / "cut"  # a crash in round 1: its log exists, but only round 0 finished
+    shutil.copytree(env["root"] / "run", cut)
+    (cut / "checkpoint" / "latest.json").write_text(json.dumps({"rounds_done": 1, "folder": "round_0001"}))
+    result = cli("select", "--run", cut, "--out", tmp_path / "e.jsonl")
+    assert result.exit_code == 0 and "round 0 of rounds 0-0" in result.stdout, result.output
+    assert_user_error(cli("select", "--run", cut, "--round", 1, "--out", tmp_path / "e.jsonl"), "cut short")
+    (tmp_path / "notarun").mkdir()
+    assert_user_error(cli("select", "--run", tmp_path / "notarun", "--out", tmp_path / "f.jsonl"), "no selection log here")
+
+
+# ---------------------------------------------------------------- second round: study settings
+
+@pytest.mark.parametrize("setting,fragments", [
+    ("seeds: [-1, -1]", ["seeds: -1 is not a seed"]),
+    ("raise_seeds: [5, -3]", ["raise_seeds: -3 is not a seed"]),
+    ("tasks: []", ["tasks: no task given"]),
+    ("tasks: [mmlu, nope]", ["tasks: unknown task(s) nope"]),
+    ("full_steps: 0", ["full_steps: 0"]),
+], ids=["seeds", "raise-seeds", "no-tasks", "unknown-task", "full-steps"])
+def test_study_settings_are_refused_before_the_first_cell(env, tmp_path, setting, fragments):
+    (tmp_path / "study.yaml").write_text(f"study:\n  pool: {env['root'] / 'pool.jsonl'}\n  build_model: test\n"
+                                         f"  out: {tmp_path / 'st'}\n  methods: [random, raise]\n  {setting}\n")
+    assert_user_error(cli("study", tmp_path / "study.yaml"), *fragments)
+    assert not (tmp_path / "st").exists()
+
+
+# ---------------------------------------------------------------- second round: the environment
+
+def test_a_model_cache_that_cannot_be_a_folder_or_written(env, tmp_path, monkeypatch):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "afile").write_text("x")
+    args = ("featurize", "--pool", env["root"] / "pool.jsonl", "--model", tmp_path / "m.gguf", "--out", tmp_path / "f")
+    monkeypatch.setenv("RAISE_SELECT_CACHE", str(tmp_path / "afile"))
+    assert_user_error(cli(*args), "RAISE_SELECT_CACHE=", "afile is a file, not a folder")
+    monkeypatch.delenv("RAISE_SELECT_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "afile"))
+    assert_user_error(cli(*args), "HOME=", "is a file, not a folder", "set RAISE_SELECT_CACHE")
+    locked = tmp_path / "cache"
+    locked.mkdir()
+    monkeypatch.setenv("RAISE_SELECT_CACHE", str(locked))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    result = cli(*args)
+    assert_user_error(result, "no permission to write in", "cache")
+    assert "converting" not in result.stderr  # refused before anything is announced
+    assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
+def test_a_progress_interval_that_is_not_seconds(env, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("RAISE_SELECT_PROGRESS_SECONDS", value)
+    result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f")
+    assert_user_error(result, f"RAISE_SELECT_PROGRESS_SECONDS='{value}'", "0: a line at every update")
+    assert not (tmp_path / "f").exists()
+
+
+# ---------------------------------------------------------------- second round: two runs into one --out
+
+HOLD_LOCK = ("import sys, time\nfrom raise_select.io import lock_output\n"
+             "lock_output(sys.argv[1], 'train-policy')\nprint('held', flush=True)\ntime.sleep(120)\n")
+
+
+def test_a_second_run_into_a_busy_out_is_refused_and_a_dead_runs_lock_is_not(env, tmp_path):
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (("train-policy", *env["common"], "--rounds", 1, "--out", out),
+                     _baseline(env, out, "--method", "random")):
+            assert_user_error(cli(*args), "in use by another run", f"pid {holder.pid}", "`raise-select train-policy`")
+        assert sorted(p.name for p in out.iterdir()) == [".raise-select.lock"]  # the holder's folder is left alone
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, the lock file stays
+        holder.wait()
+    result = cli(*_baseline(env, out, "--method", "random"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "selection.json").read_text())["budget_count"] == 4
+    result = cli(*_baseline(env, out, "--method", "random"))  # the same process again: its lock was released
+    assert result.exit_code == 0, result.output

@@ -130,3 +130,67 @@ def check_output(out: str | os.PathLike, inputs: dict[str, Any] | None = None, k
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {out}: no permission to write in {folder}; choose a path you can write to")
     return out_path
+
+
+# ---------------------------------------------------------------- one run per output folder
+
+LOCK_FILE = ".raise-select.lock"
+_held_locks: dict[Path, int] = {}  # folder -> open descriptor holding its lock
+_new_folders: list[Path] = []       # output folders this command created (removed again when it is refused)
+
+
+def note_new_folder(folder: str | os.PathLike) -> None:
+    """Remember that this command created output folder `folder` (before it does)."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.exists() and folder not in _new_folders:
+        _new_folders.append(folder)
+
+
+def lock_output(folder: str | os.PathLike, command: str, flag: str = "--out") -> None:
+    """Hold an exclusive lock on output folder `folder` until the command ends, so a second run
+    into it at the same time is refused in one line naming the holder instead of interleaving
+    its files. The lock is `fcntl.flock` on `<folder>/.raise-select.lock`: the kernel drops it
+    when its holder exits or is killed, so a lock left by a dead run never blocks the next one
+    (the file stays; only the lock on it counts). Under `accelerate launch` / `torchrun` the
+    main process (RANK 0) holds it for all."""
+    import fcntl
+    import socket
+    import time
+
+    if os.environ.get("RANK", "0").strip() not in ("", "0"):
+        return
+    folder = Path(folder).expanduser().resolve()
+    if folder in _held_locks:
+        return
+    note_new_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held by a live process
+        holder = os.read(fd, 400).decode("utf-8", errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"{flag} {folder}: in use by another run ({holder}); wait for it to end, or choose another "
+                        f"{flag}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, `raise-select {command}` since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode("utf-8"))
+    _held_locks[folder] = fd
+
+
+def end_of_command(refused: bool, keep: tuple[str, ...] = ()) -> None:
+    """Release this command's output locks; when it was refused (a user error), remove the
+    output folders it created that hold nothing but its lock and the files named in `keep`
+    (its own log), so a refusal leaves no empty run folder behind."""
+    for fd in _held_locks.values():
+        os.close(fd)
+    _held_locks.clear()
+    if refused:
+        for folder in reversed(_new_folders):
+            names = {p.name for p in folder.iterdir()} if folder.is_dir() else {"?"}
+            if names <= {LOCK_FILE, *keep}:
+                for name in names:
+                    (folder / name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+    _new_folders.clear()

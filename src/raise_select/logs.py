@@ -17,6 +17,9 @@ def setup_logging(run_dir: Optional[Path] = None, name: str = "run.log", verbose
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if run_dir is not None:
+        from .io import note_new_folder
+
+        note_new_folder(run_dir)  # a refused command removes it again (cli.common.handle_errors)
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(Path(run_dir) / name, encoding="utf-8"))
     for h in handlers:

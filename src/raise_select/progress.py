@@ -2,7 +2,7 @@
 
 On a terminal, `progress_bar` is a tqdm bar. Anywhere else (`nohup`, a batch scheduler, a pipe)
 a bar would write every refresh as a new line, thousands in a long run; there `progress_bar`
-logs one line every `RAISE_SELECT_PROGRESS_SECONDS` (default 30) seconds instead, and a
+logs one line every `RAISE_SELECT_PROGRESS_SECONDS` (default 30; 0: at every update) seconds instead, and a
 last line when a loop that logged ends, through `logging` so the line also lands in the run
 folder's log.
 """
@@ -21,11 +21,28 @@ INTERVAL_ENV = "RAISE_SELECT_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 30.0
 
 
-def _interval() -> float:
-    try:
-        return max(0.0, float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL)))
-    except ValueError:
+def check_interval() -> float:
+    """Seconds between progress lines: `RAISE_SELECT_PROGRESS_SECONDS` (0: a line at every
+    update), refused in one line when it is not a finite number >= 0."""
+    import math
+
+    from .errors import UserError
+
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
+    if not raw:
         return DEFAULT_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise UserError(f"{INTERVAL_ENV}={raw!r}: give seconds between progress lines, a number >= 0 "
+                        f"(0: a line at every update; unset: {DEFAULT_INTERVAL:g})")
+    return value
+
+
+def _interval() -> float:
+    return check_interval()
 
 
 def stderr_is_terminal() -> bool:

@@ -11,8 +11,9 @@ Candidates come either from a list field of each row (`field`; by default Alpaca
 when it holds a list, else `responses` or `completions`), or from rows that share the same
 prompt. The output is a normal pool in the input's format, one row per instruction, in the
 order instructions first appear, with `grape_score` (the chosen response's mean log-prob),
-`grape_candidates` (how many there were) and `grape_choice` (the 0-based index of the
-chosen one among them); ties keep the first candidate. Scores are cached next to the output
+`grape_candidates` (how many were scored) and `grape_choice` (the 0-based index of the
+chosen one in the row's own list); ties keep the first candidate. Blank candidates are
+skipped (the run says how many). Scores are cached next to the output
 (`<out>.grape-cache`, JSON lines under a suffix no pool reader takes), so an interrupted run
 resumes without scoring twice.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..config import check_fields
 from ..data.pools import Example, example_id
 from ..errors import UserError, where
 from ..io import atomic_path, fingerprint
@@ -51,7 +53,14 @@ class GrapeConfig:
     batch_size: int = dataclasses.field(default=8, metadata={"help": "candidates scored per forward pass"})
     dtype: str = dataclasses.field(default="float32", metadata={"help": "model weights dtype"})
     device: Optional[str] = dataclasses.field(default=None, metadata={"help": "torch device; None: cuda when available"})
-    limit: Optional[int] = dataclasses.field(default=None, metadata={"help": "read only the first N rows"})
+    limit: Optional[int] = dataclasses.field(default=None, metadata={"help": "read only the first N rows (>= 1)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self, [
+            (self.max_length >= 2, "max_length", "must be >= 2"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.limit is None or self.limit >= 1, "limit", "must be >= 1; leave it unset for every row"),
+        ], "grape")
 
 
 @dataclass
@@ -60,6 +69,8 @@ class Group:
 
     prompt: tuple[tuple[str, str], ...]
     candidates: list[Example]
+    positions: list[int] | None = None  # each candidate's index in the row's list; None: 0, 1, ...
+    blank: int = 0                      # blank candidates of the row's list, skipped
 
 
 def _detect_field(rec: dict, field: str) -> str:
@@ -120,7 +131,7 @@ def read_groups(spec: str, fmt: str | None = None, field: str = "", limit: int |
             raise UserError(f"{at}, field '{list_field}': expected a non-empty list of candidate responses")
         if fmt is None:  # the prompt's shape: chat turns, ShareGPT turns, else Alpaca fields
             fmt = "messages" if "messages" in rec else "sharegpt" if "conversations" in rec else "alpaca"
-        examples = []
+        examples, positions = [], []
         for j, c in enumerate(cands):
             if not isinstance(c, str):
                 raise UserError(f"{at}, field '{list_field}[{j}]': expected text, got {type(c).__name__}")
@@ -129,9 +140,10 @@ def read_groups(spec: str, fmt: str | None = None, field: str = "", limit: int |
             full = _with_response(rec, fmt, list_field, c)
             msgs = tuple(normalise(full, fmt, source, row))
             examples.append(Example(id=example_id(msgs), messages=msgs, record=full, source=source, row=row))
+            positions.append(j)
         if not examples:
             raise UserError(f"{at}, field '{list_field}': every candidate response is empty")
-        out.append(Group(examples[0].prompt_messages, examples))
+        out.append(Group(examples[0].prompt_messages, examples, positions, len(cands) - len(examples)))
         if limit is not None and len(out) >= limit:
             break
     return out, fmt or "alpaca"
@@ -202,10 +214,13 @@ def run_grape(cfg: GrapeConfig) -> dict:
     records = []
     for g, s, j in zip(groups, scores, choice):
         rec = to_format(g.candidates[j], fmt)
-        rec.update({"grape_score": s[j], "grape_candidates": len(g.candidates), "grape_choice": j})
+        rec.update({"grape_score": s[j], "grape_candidates": len(g.candidates),
+                    "grape_choice": j if g.positions is None else g.positions[j]})
         records.append(rec)
     write_pool(cfg.out, records)
     multi = sum(len(g.candidates) > 1 for g in groups)
-    log.info("grape: %d instructions (%d with several candidates), %d candidates scored now", len(groups), multi, len(todo))
+    blank = sum(g.blank for g in groups)
+    log.info("grape: %d instructions (%d with several candidates), %d candidates scored now, %d blank ones skipped",
+             len(groups), multi, len(todo), blank)
     return {"instructions": len(groups), "candidates": len(examples), "multi": multi, "scored": len(todo),
-            "format": fmt, "out": cfg.out}
+            "blank": blank, "format": fmt, "out": cfg.out}

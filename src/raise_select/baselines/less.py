@@ -33,6 +33,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
+from ..config import check_fields
 from ..data.pools import Example, Pool
 from ..errors import UserError
 from .aggregate import aggregate_select, check_aggregation, row_scores
@@ -135,14 +136,27 @@ class LESS:
     def __post_init__(self) -> None:
         check_aggregation(self.aggregation, self.name)
 
+    def __post_init__(self) -> None:
+        check_fields(self, [
+            (0 < self.warmup_fraction <= 1, "warmup_fraction", "must be in (0, 1]"),
+            (self.warmup_epochs >= 1, "warmup_epochs", "must be >= 1"),
+            (self.warmup_batch_size >= 1, "warmup_batch_size", "must be >= 1"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (0 <= self.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]"),
+            (self.lora_r >= 1, "lora_r", "must be >= 1"),
+            (0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)"),
+            (bool(self.target_modules), "target_modules", "must name at least one module"),
+            (self.proj_dim >= 1, "proj_dim", "must be >= 1; at 0 every score would be 0"),
+            (self.proj_seed >= 0, "proj_seed", "must be >= 0"),
+            (self.chunk >= 1, "chunk", "must be >= 1"),
+        ], self.name)
+
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         from peft import LoraConfig, get_peft_model
 
         from ..models.loading import load_model_and_tokenizer
 
         validation = self._validation(ctx)
-        if self.warmup_epochs < 1 or not 0 < self.warmup_fraction <= 1:
-            raise UserError(f"less: warmup_epochs must be >= 1 and warmup_fraction in (0, 1], got {self.warmup_epochs} and {self.warmup_fraction}")
         device = ctx.torch_device()
         torch.manual_seed(ctx.seed)
         base, tok = load_model_and_tokenizer(ctx.require_model(self.name), device=device)

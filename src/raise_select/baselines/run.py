@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import command_line, parse_overrides, read_yaml
+from ..config import check_fields, command_line, parse_overrides, read_yaml
 from ..errors import UserError
 from ..io import fingerprint, write_json_atomic
 from ..training.loop import LMConfig
@@ -42,12 +42,22 @@ class BaselineConfig(LMConfig):
     budget: float = field(default=0.01, metadata={"help": "fraction of the pool (< 1) or number of examples (>= 1)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size B"})
     epochs: int = field(default=3, metadata={"help": "static subsets are trained this many epochs (paper section 4.2)"})
-    steps: Optional[int] = field(default=None, metadata={"help": "update steps; None: ceil(epochs x budget / B), matched across methods"})
+    steps: Optional[int] = field(default=None, metadata={"help": "update steps (>= 1); None: ceil(epochs x budget / B), matched across methods"})
     train: bool = field(default=False, metadata={"help": "also train the target model on the selection and save it to out/model (greats, rho: always trained)"})
     device: Optional[str] = field(default=None, metadata={"help": "torch device of the selection passes; None: cuda when available"})
     export: Optional[str] = field(default=None, metadata={"help": "also write the chosen rows to this folder to publish: a `datasets` folder (save_to_disk) with a dataset card README.md and scores.parquet (every pool row's score or choice counts)"})
     export_format: Optional[str] = field(default=None, metadata={"help": "format of `export`: alpaca, sharegpt, messages (default: the pool's) or llamafactory (data.json + dataset_info.json)"})
     report_to: str = field(default="none", metadata={"help": "training's step loss also to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb), all, or a comma-separated list"})
+
+    def check(self) -> None:
+        super().check()
+        check_fields(self, [
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.steps is None or self.steps >= 1, "steps", "must be >= 1; leave it unset for the matched count"),
+            (self.limit is None or self.limit >= 1, "limit", "must be >= 1"),
+            (self.val_size is None or self.val_size >= 1, "val_size", "must be >= 1"),
+        ], "baseline")
 
 
 def method_options(method: str, config_path: str | Path | None, overrides: list[str] | None) -> dict:

@@ -61,12 +61,13 @@ def register(app: typer.Typer) -> None:
         flags["out"] = str(out) if out is not None else None
         from ..baselines.run import BaselineConfig, method_options, run_baseline
         from ..config import resolve
-        from ..io import check_output
+        from ..io import check_output, lock_output
 
         cfg = resolve(BaselineConfig, "baseline", config, overrides, flags)
         if cfg.out:
             check_output(cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
                                    "--val": cfg.val})
+            lock_output(cfg.out, "baseline")
         if cfg.export:
             check_output(cfg.export, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
                                       "--val": cfg.val, "--out": cfg.out}, flag="--export",

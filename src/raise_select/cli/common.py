@@ -75,6 +75,27 @@ def write_traceback(exc: BaseException) -> str:
     return path
 
 
+def check_environment() -> None:
+    """The environment variables the commands read, refused in one line before any work."""
+    from ..progress import check_interval
+
+    check_interval()
+
+
+def _end(refused: bool) -> None:
+    """After a command: release its output locks; after a refusal, also drop the run-folder
+    logs it opened and the output folders it created that hold nothing else."""
+    from ..io import end_of_command
+
+    ours = [h for h in logging.getLogger().handlers
+            if isinstance(h, logging.FileHandler) and getattr(h, "_raise_select", False)]
+    if refused:
+        for h in ours:
+            logging.getLogger().removeHandler(h)
+            h.close()
+    end_of_command(refused, keep=tuple(os.path.basename(h.baseFilename) for h in ours))
+
+
 def handle_errors(fn: Callable) -> Callable:
     """One line on stderr for every failure, never a traceback (unless asked for):
     `UserError` (and a refused permission) exit 2; any other exception is a bug: one line
@@ -82,22 +103,29 @@ def handle_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        refused = False  # a user error: the outputs it created empty are removed again
+        _end(False)
         try:
+            check_environment()
             return fn(*args, **kwargs)
         except UserError as e:
+            refused = True
             typer.secho(f"error: {_one_line(e)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
         except PermissionError as e:
+            refused = True
             typer.secho(f"error: {e.filename or ''}: permission denied ({e.strerror or e}); "
                         "choose a path you can write to", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
+            refused = True
             typer.secho("interrupted; finished work is kept and the next run resumes from it", err=True)
             raise typer.Exit(code=130) from None
         except (typer.Exit, typer.Abort, *COMMAND_LINE_ERRORS):
             raise
         except Exception as e:
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # the machine, not a bug
+                refused = True
                 typer.secho(f"error: {e.filename or ''}: {e.strerror}; free space or choose another output path",
                             fg=typer.colors.RED, err=True)
                 raise typer.Exit(code=2) from None
@@ -108,6 +136,8 @@ def handle_errors(fn: Callable) -> Callable:
                         f"{_one_line(e)[:300]}; full traceback in {where} (set {DEBUG_ENV}=1 or pass "
                         "`raise-select --debug` to print it)", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=1) from None
+        finally:
+            _end(refused)
 
     wrapper.handles_errors = True  # type: ignore[attr-defined]  (tests check every command has it)
     return wrapper

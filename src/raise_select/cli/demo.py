@@ -33,11 +33,12 @@ def register(app: typer.Typer) -> None:
         """
         from ..config import merge, resolve
         from ..demo import QUICK, DemoConfig, format_table, run_demo
-        from ..io import check_output
+        from ..io import check_output, lock_output
 
         flags = merge(merge({}, QUICK) if quick else {}, OPTIONS.flags({"out": out, "seeds": seeds, "testbed": testbed}))
         cfg = resolve(DemoConfig, "demo", config, overrides, flags)
         check_output(cfg.out, {"--config": config})
+        lock_output(cfg.out, "demo")
         summary = run_demo(cfg, progress=typer.echo)
         typer.echo("")
         typer.echo(f"{cfg.seeds} seed(s), {summary['steps']} steps of batch {summary['batch_size']}, "

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         """Score a model on the named tasks; write per-task metrics (JSON) and a Markdown table."""
         from ..config import resolve
         from ..evaluation.evaluate import EvaluateConfig, evaluate, results_markdown
-        from ..io import check_output
+        from ..io import check_output, lock_output
 
         flags = {
             "model": model, "tasks": tasks, "data_dir": str(data_dir) if data_dir else None, "num_fewshot": num_fewshot,
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         }
         cfg = resolve(EvaluateConfig, "evaluate", config, overrides, flags)
         check_output(cfg.out, {"--model": cfg.model})
+        lock_output(cfg.out, "evaluate")
         setup_logging(Path(cfg.out), name="evaluate.log")
         scores = evaluate(cfg)
         typer.echo(results_markdown(cfg.model, scores))

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         """
         from ..config import require_settings, resolve
         from ..features.featurize import FeaturizeConfig, featurize, featurize_inputs, process_state
-        from ..io import check_output
+        from ..io import check_output, lock_output
 
         flags = dict(
             pool=pool, format=format, limit=limit, model=model, out=out, template=template, max_length=max_length,
@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
         cfg = resolve(FeaturizeConfig, "featurize", config, overrides, flags)
         require_settings(cfg, ("pool", "model", "out"))
         check_output(cfg.out, featurize_inputs(cfg))
+        lock_output(cfg.out, "featurize")
         state = process_state(cfg.device)
         setup_logging(Path(cfg.out), name=f"featurize.{state.process_index}.log" if state.num_processes > 1 else "featurize.log")
         table = featurize(cfg)

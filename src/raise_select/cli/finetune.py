@@ -47,13 +47,14 @@ def register(app: typer.Typer) -> None:
         """Fine-tune with a trained policy choosing every policy step's batch; save the model and the selection log."""
         from ..config import resolve
         from ..features.table import check_same_encoding
-        from ..io import check_output
+        from ..io import check_output, lock_output
         from ..training.finetune import FinetuneConfig, finetune
 
         cfg = resolve(FinetuneConfig, "finetune", config, overrides, OPTIONS.flags(locals()))
         if cfg.out:
             check_output(cfg.out, {"--policy": cfg.policy, "--pool": cfg.pool, "--features": cfg.features,
                                    "--model": cfg.model, "--val": cfg.val})
+            lock_output(cfg.out, "finetune")
         if cfg.features:
             check_same_encoding(cfg.features, cfg.max_length, cfg.template)
         model_dir = finetune(cfg)

@@ -46,4 +46,6 @@ def register(app: typer.Typer) -> None:
         setup_logging()
         summary = run_grape(cfg)
         typer.echo(f"grape: {summary['instructions']} instructions ({summary['multi']} with several of "
-                   f"{summary['candidates']} candidates; {summary['scored']} scored now) -> {summary['out']}")
+                   f"{summary['candidates']} candidates; {summary['scored']} scored now"
+                   + (f"; {summary['blank']} blank candidates skipped" if summary["blank"] else "")
+                   + f") -> {summary['out']}")

@@ -69,6 +69,20 @@ folder). An unknown option name is refused. RAISE's settings in a study are thos
 """
 
 
+ENVIRONMENT = """## Environment variables
+
+| variable | default | meaning |
+|---|---|---|
+| `RAISE_SELECT_CACHE` | `~/.cache/raise-select` | folder whose `models/` holds converted GGUF and packaged models; a file there (or a `HOME` that is a file) is refused |
+| `RAISE_SELECT_PROGRESS_SECONDS` | `30` | seconds between progress log lines when stderr is not a terminal; `0`: a line at every update; not a number >= 0: refused |
+| `RAISE_SELECT_DEBUG` | unset | `1`: print the traceback of an unexpected error (as `raise-select --debug`) |
+
+Every command that writes an output folder holds a lock on it (`<out>/.raise-select.lock`)
+while it runs: a second run into the same folder at the same time is refused naming the
+holder. The lock ends with its process, so one left by a killed run never blocks the next.
+"""
+
+
 def _docstring(cls: type) -> str:
     """The first paragraph of `cls`'s docstring, on one line."""
     return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
@@ -97,6 +111,7 @@ def render() -> str:
         parts.append(f"## `{command}` (section `{section}:`, `{name}`)\n\n"
                      + markdown_table(["setting", "flag", "type", "default", "meaning"], rows))
     parts.append(render_methods())
+    parts.append(ENVIRONMENT)
     return "\n".join(parts)
 
 

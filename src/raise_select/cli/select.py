@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         from ..data.pools import load_pool
         from ..errors import UserError
         from ..io import check_output
-        from ..training.export import export_chosen, round_logs, selections_path
+        from ..training.export import export_chosen, finished_rounds, selections_path
 
         from ..training.export import OUTPUT_SUFFIXES
         from ..training.publish import baseline_record, chosen_from_run, publish
@@ -118,9 +118,9 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--format llamafactory writes a folder; give --out a folder name, not {cfg.out}")
         check_output(cfg.out, {"--run": log, "--pool": pool_spec}, kind="file")
         summary = export_chosen(load_pool(pool_spec), cfg.run, cfg.out, cfg.format, cfg.include_random, cfg.round)
-        rounds = round_logs(Path(cfg.run)) if Path(cfg.run).is_dir() else {}
+        rounds = finished_rounds(Path(cfg.run)) if Path(cfg.run).is_dir() and summary.log.parent.name == "selections" else []
         source = summary.log if not rounds else (
-            f"round {summary.log.stem.removeprefix('round_')} of rounds {min(rounds)}-{max(rounds)} ({summary.log}"
+            f"round {summary.log.stem.removeprefix('round_')} of rounds {rounds[0]}-{rounds[-1]} ({summary.log}"
             + ("; the last round; --round picks another)" if cfg.round is None else ")"))
         typer.echo(f"wrote {summary.chosen} instructions chosen {summary.selections} times over {summary.steps} steps "
                    f"of {source} to {summary.out}"

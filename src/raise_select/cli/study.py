@@ -42,13 +42,14 @@ def register(app: typer.Typer) -> None:
         import time
 
         from ..config import resolve
-        from ..io import check_output
+        from ..io import check_output, lock_output
         from ..reports.study import StudyConfig, method_sections, run_study
 
         cfg = resolve(StudyConfig, "study", config, overrides, {"out": str(out) if out else None, "report_to": report_to})
         if cfg.out:
             check_output(cfg.out, {"pool": cfg.pool, "model": cfg.model, "aux_model": cfg.aux_model, "val": cfg.val,
                                    "config": config})
+            lock_output(cfg.out, "study")
             setup_logging(Path(cfg.out), name="study.log")
         options = method_sections(config, overrides, cfg.methods)
         check_method_options(options, str(config))

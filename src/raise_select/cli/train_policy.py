@@ -48,13 +48,14 @@ def register(app: typer.Typer) -> None:
         """
         from ..config import resolve
         from ..features.table import check_same_encoding
-        from ..io import check_output
+        from ..io import check_output, lock_output
         from ..training.train_policy import TrainPolicyConfig, train_policy
 
         cfg = resolve(TrainPolicyConfig, "train_policy", config, overrides, OPTIONS.flags(locals()))
         if cfg.out:
             check_output(cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
                                    "--val": cfg.val})
+            lock_output(cfg.out, "train-policy")
         if cfg.features:
             check_same_encoding(cfg.features, cfg.max_length, cfg.template)
         policy_dir = train_policy(cfg)

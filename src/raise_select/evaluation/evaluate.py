@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import yaml
@@ -109,6 +110,7 @@ def write_task_configs(names: list[str], data_dir: str | Path, out_dir: str | Pa
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: data folder not found")
     out_dir = Path(out_dir)
+    configs = {}  # every task's files checked before the first is written
     for name in check_tasks(names):
         spec = get_benchmark(name)
         shipped = _shipped_config(name)
@@ -120,11 +122,12 @@ def write_task_configs(names: list[str], data_dir: str | Path, out_dir: str | Pa
             # field, not as an error deep inside the harness's own loader.
             load_docs(name, data_dir, split)
             data_files[split] = str(data_dir / spec.files[split])
-        resolved = {
+        configs[name] = {
             "include": str(TASKS_DIR / f"{name}.yaml"),
             "task": name,
             "dataset_kwargs": {**(shipped.get("dataset_kwargs") or {}), "data_files": data_files},
         }
+    for name, resolved in configs.items():
         write_text_atomic(out_dir / f"{name}.yaml", yaml.safe_dump(resolved, sort_keys=False))
     return out_dir
 
@@ -161,6 +164,7 @@ def run_lm_eval(cfg: EvaluateConfig, lm=None) -> dict:
         raise UserError("no model given; pass --model FOLDER_OR_HUB_ID")
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.data_dir is not None:
+        new_task_dir = not (Path(cfg.out) / "tasks").exists()
         task_dir = write_task_configs(names, cfg.data_dir, Path(cfg.out) / "tasks")
         manager = TaskManager(include_path=str(task_dir), include_defaults=False)
         task_names = names
@@ -174,6 +178,8 @@ def run_lm_eval(cfg: EvaluateConfig, lm=None) -> dict:
                 device=device, dtype=cfg.dtype,
             )
         except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a truncated or corrupt weights file
+            if cfg.data_dir is not None and new_task_dir:  # a refused run leaves no task files behind
+                shutil.rmtree(task_dir, ignore_errors=True)
             raise UserError(f"model '{cfg.model}': cannot be loaded ({' '.join(str(e).split())[:300]})") from None
     log.info("evaluating %s on %s (%s, %d-shot, limit %s)", cfg.model, ", ".join(names),
              "local files" if cfg.data_dir else "hub tasks", cfg.num_fewshot, cfg.limit)

@@ -53,8 +53,29 @@ PACKAGED = {
 
 
 def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "raise-select")
-    return Path(root).expanduser() / "models"
+    """`$RAISE_SELECT_CACHE/models`, else `~/.cache/raise-select/models`; a path that cannot be
+    a folder (it, or a folder above it, is a file) is refused naming the variable to set."""
+    root = os.environ.get(CACHE_ENV, "").strip()
+    source = f"{CACHE_ENV}={root}"
+    if not root:
+        try:
+            home = Path.home()
+        except (RuntimeError, KeyError):  # no HOME and no password entry
+            raise UserError(f"HOME is not set, so the model cache has no default place; set {CACHE_ENV} to a folder") from None
+        root, source = str(home / ".cache" / "raise-select"), f"the model cache (HOME={home}, no {CACHE_ENV})"
+    path = Path(root).expanduser().absolute()
+    above = next((p for p in (path, *path.parents) if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"{source}: {above} is a file, not a folder; set {CACHE_ENV} to a folder for converted models")
+    return path / "models"
+
+
+def _writable_cache(target: Path) -> None:
+    """Refuse, before anything is announced or converted, a cache folder that cannot be written."""
+    above = next(p for p in (target.parent, *target.parents) if p.exists())
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise UserError(f"{CACHE_ENV}: no permission to write in {above}, where the model is converted once; "
+                        f"set {CACHE_ENV} to a folder you can write to")
 
 
 def resolve_model(spec: str) -> str:
@@ -126,6 +147,7 @@ def _extracted(name: str, zip_path: Path, version: str) -> Path:
         if not (tmp / "config.json").is_file():
             raise UserError(f"{zip_path}: holds no config.json at its top level; not a model archive")
 
+    _writable_cache(target)
     log.info("extracting %s to %s (once)", zip_path, target)
     return _publish(target, write)
 
@@ -155,7 +177,8 @@ def _converted(gguf_path: Path) -> Path:
     target = converted_folder(gguf_path)
     if (target / "config.json").is_file():
         return target
-    check_gguf(gguf_path)  # a file that cannot be converted fails before anything is announced
+    _writable_cache(target)  # a cache or a file that cannot be converted fails before anything is announced
+    check_gguf(gguf_path)
     log.info("converting %s to a safetensors folder %s (once; later runs reuse it)", gguf_path, target)
     return _publish(target, lambda tmp: convert_gguf(gguf_path, tmp))
 

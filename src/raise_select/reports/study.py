@@ -125,6 +125,18 @@ def plan_cells(cfg: StudyConfig) -> list[Cell]:
         raise UserError("seeds: give at least one seed for the random baseline")
     if cfg.raise_seeds is not None and not cfg.raise_seeds:
         raise UserError("raise_seeds: give at least one seed, or leave it out for one RAISE cell at `seed`")
+    for name in ("seeds", "raise_seeds"):
+        bad = [s for s in getattr(cfg, name) or () if not 0 <= s < 2**32]
+        if bad:
+            raise UserError(f"{name}: {bad[0]} is not a seed; give whole numbers in 0 .. 2**32 - 1")
+    if cfg.full_steps is not None and cfg.full_steps < 1:
+        raise UserError(f"full_steps: {cfg.full_steps}; give at least 1, or leave it out for `epochs` over the whole pool")
+    from ..evaluation.evaluate import check_tasks
+
+    try:  # an unknown or empty task list, before any cell has trained
+        check_tasks(cfg.tasks)
+    except UserError as e:
+        raise UserError(f"tasks: {e}") from None
     cells = [Cell("base", BASE_ROW, None, cfg.seed), Cell("full", FULL_ROW, "full", cfg.seed)]
     for m in dict.fromkeys(cfg.methods):
         if m == "full":

@@ -49,19 +49,44 @@ def round_logs(run: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
+def round_file(run: Path, round: int) -> Path:
+    return run / "selections" / f"round_{round}.jsonl"
+
+
+def finished_rounds(run: Path) -> list[int]:
+    """The rounds a train-policy run finished, by its checkpoint pointer (not by the files
+    present: a round cut short also left a log, and a finished round's log may be gone)."""
+    from .runs import RunFolder
+
+    done = RunFolder(run, enabled=False).latest_round()
+    if done == 0:
+        raise UserError(f"{run}: no train-policy round has finished yet (no {run / 'checkpoint' / 'latest.json'}); "
+                        "run or resume train-policy first")
+    return list(range(done))
+
+
 def selections_path(run: str | Path, round: int | None = None) -> Path:
     """The selection log of a run: `run` itself when it is a log file; `<run>/selections.jsonl`
-    for a finetune run; for a train-policy run, `selections/round_<round>.jsonl`, by default
-    the last round's (the choices of the most trained policy)."""
+    for a finetune run; for a train-policy run, `selections/round_<round>.jsonl` of a
+    finished round, by default the last (the choices of the most trained policy). A folder
+    holding both kinds needs `--round` (or the selections.jsonl file itself)."""
     run = Path(run)
     if run.is_dir():
-        rounds = round_logs(run)
-        if rounds and not (run / SELECTIONS_FILE).is_file():
-            if round is None:
-                return rounds[max(rounds)]
-            if round not in rounds:
-                raise UserError(f"--round {round}: {run} has selection logs of rounds {', '.join(map(str, rounds))}")
-            return rounds[round]
+        trained = bool(round_logs(run)) or (run / "checkpoint" / "latest.json").is_file()
+        if trained and (run / SELECTIONS_FILE).is_file() and round is None:
+            raise UserError(f"{run}: holds both a finetune's {SELECTIONS_FILE} and train-policy round logs; pass "
+                            f"--round K for a round, or {run / SELECTIONS_FILE} itself as --run")
+        if trained:
+            rounds = finished_rounds(run)
+            target = rounds[-1] if round is None else round
+            if target not in rounds:
+                cut = " (that round was cut short)" if target in round_logs(run) else ""
+                raise UserError(f"--round {round}: {run} has selection logs of rounds {', '.join(map(str, rounds))}{cut}")
+            path = round_file(run, target)
+            if not path.is_file():
+                raise UserError(f"{path}: missing, but the run finished rounds {rounds[0]}-{rounds[-1]}; restore the "
+                                "file" + (" or pass another --round" if len(rounds) > 1 else ""))
+            return path
         if round is not None:
             raise UserError(f"--round {round}: {run} is not a train-policy run folder (no {ROUND_FILES})")
         path = run / SELECTIONS_FILE

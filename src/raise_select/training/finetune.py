@@ -69,7 +69,6 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
                     config=to_dict(cfg))
     if acc.is_main_process:
         setup_logging(run.out)
-    run.write_config(to_dict(cfg))
 
     # Score this pool exactly as during training: with the policy's own normaliser.
     pool, static = load_static(cfg.pool, cfg.features, RaisePolicy.read_normalizer(cfg.policy))
@@ -78,6 +77,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     policy.cfg = dataclasses.replace(policy.cfg, per_class=per_class, use_rule=cfg.use_rule or policy.cfg.use_rule)
     batch = check_batch(static, per_class, len(pool), acc.num_processes)
     val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
+    run.write_config(to_dict(cfg))  # once the inputs are checked: a refused run leaves no config behind
     set_seed(cfg.seed)
     trainer = LMTrainer(cfg.model, pool, lm_config(cfg), total_steps=cfg.steps, accelerator=acc)
     validator = Validator(val_examples, trainer.tokenizer, cfg.metric, cfg.max_length, cfg.template,

@@ -72,6 +72,7 @@ class LMConfig:
             (self.lora_r >= 1, "lora_r", "must be >= 1"),
             (self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)"),
             (self.micro_batch_size >= 0, "micro_batch_size", "must be >= 0 (0 = the whole batch)"),
+            (0 <= self.seed < 2**32, "seed", "must be in 0 .. 2**32 - 1"),
         ], "LLM")
 
 
