@@ -215,8 +215,7 @@ class Bench:
         base.update(key="base", model=self.cfg.model)
         needs_features = any(m in (*FEATURE_READERS, "deita") for m in self.cfg.methods)
         features, feat_seconds = self.features() if needs_features else ("", 0.0)
-        base_losses = {t: self.evaluate(base, t, base_path) for t in self.cfg.targets}
-        write_json_atomic(base_path, base)
+        base_losses = {t: self.evaluate(base, t, base_path) for t in self.cfg.targets}   # written when computed
         records = []
         for name, method, target, seed in progress_bar(self.cells(), desc="bench cells", unit="cell"):
             try:
