@@ -170,7 +170,9 @@ class Bench:
             lora_alpha=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"], max_length=cfg.max_length, device="cpu",
         )
         options = self.options.get(method, {})
-        key = fingerprint({"config": asdict(bcfg), "options": options})
+        # Settings that only report or export leave a finished cell valid.
+        settings = {k: v for k, v in asdict(bcfg).items() if k not in ("export", "export_format", "report_to")}
+        key = fingerprint({"config": settings, "options": options})
         path = cell_dir / "cell.json"
         record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if record.get("key") != key:
