@@ -142,7 +142,7 @@ class Bench:
         out = self.out / "features"
         table = featurize(FeaturizeConfig(pool=str(self.pool_path), model=self.cfg.model, out=str(out),
                                           max_length=self.cfg.max_length, classes=self.cfg.classes, seed=self.cfg.seed,
-                                          rds=True))
+                                          rds=True, shard_size=256))
         return str(out), float((table.meta.get("timing") or {}).get("seconds") or 0.0)
 
     # ------------------------------------------------------------ cells
@@ -218,16 +218,22 @@ class Bench:
         needs_features = any(m in (*FEATURE_READERS, "deita") for m in self.cfg.methods)
         features, feat_seconds = self.features() if needs_features else ("", 0.0)
         base_losses = {t: self.evaluate(base, t, base_path) for t in self.cfg.targets}   # written when computed
-        records = []
+        records, result = [], None
         for name, method, target, seed in progress_bar(self.cells(), desc="bench cells", unit="cell"):
             try:
                 records.append(self.run_cell(name, method, target, seed, features))
             except UserError as e:  # one method that cannot run here must not sink the others
                 log.error("cell %s failed: %s", name, e)
+                continue
+            result = self.write(records, base_losses, feat_seconds)  # the table so far: a kill keeps it
+        return result if result is not None else self.write(records, base_losses, feat_seconds)
+
+    def write(self, records: list[dict], base_losses: dict, feat_seconds: float) -> dict:
         result = self.table(records, base_losses, feat_seconds)
         write_json_atomic(self.out / "bench_real.json", result)
         write_text_atomic(self.out / "bench_real.md", result["markdown"])
-        plot(result, self.out / "bench_real.png")
+        if records:
+            plot(result, self.out / "bench_real.png")
         return result
 
     def table(self, records: list[dict], base_losses: dict, feat_seconds: float) -> dict:
