@@ -75,15 +75,31 @@ def lm_config(cfg: LMConfig) -> LMConfig:
     return LMConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LMConfig)})
 
 
-def load_static(pool_spec: str, features: str, normalizer=None):
-    """(pool, static state) with the features aligned to the pool (refuses missing ones)."""
+def load_static(pool_spec: str, features: str, normalizer=None, prior: Callable | None = None):
+    """(pool, static state) with the features aligned to the pool (refuses missing ones).
+
+    `prior`: a function of the aligned feature table giving the `policy.prior` column (`prior_column`).
+    """
     from ..data.pools import load_pool
     from ..features.table import FeatureTable
     from ..policy import StaticState
 
     pool = load_pool(pool_spec)
     table = FeatureTable.read(features).align(pool.ids)
-    return pool, StaticState.from_features(table, normalizer)
+    return pool, StaticState.from_features(table, normalizer, None if prior is None else prior(table))
+
+
+def prior_column(kind: str, val_examples, cfg: LMConfig, model: str) -> Callable | None:
+    """The `policy.prior` column as a function of the aligned feature table (None for `none`).
+
+    The same function at training and at use time: on the same pool and validation set it
+    gives the same column, so a saved policy scores rows as it was trained to.
+    """
+    if kind == "none":
+        return None
+    from ..policy.prior import rds_prior
+
+    return lambda table: rds_prior(table, val_examples, model, cfg.template, cfg.max_length)
 
 
 def resolve_per_class(per_class: int, batch_size: int | None, num_classes: int) -> int:

@@ -23,7 +23,7 @@ import torch
 
 from ..config import check_fields, field_help, require_settings, to_dict
 from ..policy.agent import USE_RULES, PolicyConfig
-from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, lm_config, load_static, resolve_per_class,
+from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, lm_config, load_static, prior_column, resolve_per_class,
                       run_episode, selection_stats)
 from .loop import LMTrainer, full_precision_accelerator
 from .reporting import parse_report_to
@@ -71,12 +71,13 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
         setup_logging(run.out)
 
     # Score this pool exactly as during training: with the policy's own normaliser.
-    pool, static = load_static(cfg.pool, cfg.features, RaisePolicy.read_normalizer(cfg.policy))
+    val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
+    prior = prior_column(RaisePolicy.read_config(cfg.policy).get("prior", "none"), val_examples, cfg, cfg.model)
+    pool, static = load_static(cfg.pool, cfg.features, RaisePolicy.read_normalizer(cfg.policy), prior)
     policy = RaisePolicy.load(cfg.policy, static)
     per_class = resolve_per_class(cfg.per_class or policy.cfg.per_class, cfg.batch_size, static.num_classes)
     policy.cfg = dataclasses.replace(policy.cfg, per_class=per_class, use_rule=cfg.use_rule or policy.cfg.use_rule)
     batch = check_batch(static, per_class, len(pool), acc.num_processes)
-    val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
     run.write_config(to_dict(cfg))  # once the inputs are checked: a refused run leaves no config behind
     set_seed(cfg.seed)
     trainer = LMTrainer(cfg.model, pool, lm_config(cfg), total_steps=cfg.steps, accelerator=acc)

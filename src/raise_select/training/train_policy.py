@@ -21,7 +21,7 @@ import torch
 
 from ..config import check_fields, require_settings, to_dict
 from ..policy.agent import PolicyConfig
-from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, load_static, lm_config, resolve_per_class,
+from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, load_static, lm_config, prior_column, resolve_per_class,
                       run_episode, selection_stats, share_from_main)
 from .loop import LMTrainer, full_precision_accelerator
 from .reporting import parse_report_to
@@ -72,10 +72,10 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         setup_logging(run.out)
     run.check_config(config, RESUMABLE_CHANGES)
 
-    pool, static = load_static(cfg.pool, cfg.features)
+    val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
+    pool, static = load_static(cfg.pool, cfg.features, prior=prior_column(cfg.policy.prior, val_examples, cfg, cfg.model))
     policy_cfg = policy_settings(cfg, resolve_per_class(cfg.policy.per_class, cfg.batch_size, static.num_classes))
     batch = check_batch(static, policy_cfg.per_class, len(pool), acc.num_processes)
-    val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
     set_seed(cfg.seed)
     policy = RaisePolicy(static, policy_cfg)
     lm = lm_config(cfg)
