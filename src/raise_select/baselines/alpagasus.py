@@ -237,11 +237,11 @@ class LocalJudge:
         """(B,) expected ratings and (B, 6) digit probabilities of one left-padded batch of prompts."""
         import torch
 
-        from .deita import _left_padded
+        from .lm import left_padded_batch
 
         if not hasattr(self, "_digit_ids"):
             self._digit_ids = rating_token_ids(self.tokenizer)
-        enc = _left_padded(self.tokenizer, prompts, self.max_length, self.model.device)
+        enc = left_padded_batch(self.tokenizer, prompts, self.max_length, self.model.device)
         with torch.inference_mode():
             logits = self.model(**enc).logits[:, -1]
         ratings, probs = expected_ratings(logits, self._digit_ids)

@@ -163,7 +163,8 @@ def method_sections(config_path: str | Path | None, overrides: list[str] | None,
     return out
 
 
-def _substitute(options: dict, base_model: str) -> dict:
+def substitute_base_model(options: dict, base_model: str) -> dict:
+    """`options` with the string `{base_model}` in their values replaced by the study's base model."""
     return {k: (v.replace("{base_model}", base_model) if isinstance(v, str) else v) for k, v in options.items()}
 
 
@@ -249,7 +250,7 @@ class Study:
         skip = (*_NOT_TRAINING, *(() if cell.method == RAISE else _RAISE_ONLY),
                 *(_FEATURES_ONLY if cell.method in _FEATURE_FREE else ()))
         training = {k: v for k, v in cfg.items() if k not in skip}
-        options = _substitute(self.options.get(cell.method or "", {}), self.model)
+        options = substitute_base_model(self.options.get(cell.method or "", {}), self.model)
         train_fp = fingerprint({"pool": self.pool.fingerprint, "model": self.model, "cell": asdict(cell),
                                 "options": options, "steps": self.steps,
                                 **({} if cell.method is None else training)})
@@ -262,7 +263,7 @@ class Study:
         whose policy training resumes from checkpoints: the time of earlier runs counts too);
         None: the wall time of this call."""
         cfg = self.cfg
-        options = _substitute(self.options.get(cell.method or "", {}), self.model)
+        options = substitute_base_model(self.options.get(cell.method or "", {}), self.model)
         lm = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(LMConfig)}
         lm["seed"] = cell.seed
         if cell.method is None:
