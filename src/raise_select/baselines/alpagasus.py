@@ -329,6 +329,9 @@ class AlpaGasus:
     batch_size: int = field(default=8, metadata={"help": "local: prompts per forward pass (scoring=expectation)"})
     max_length: int = field(default=2048, metadata={"help": "local: token limit of a prompt (cut from the left, keeping the rating request)"})
 
+    def needs_features(self) -> bool:
+        return False
+
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         if self.backend not in BACKENDS:
             raise UserError(f"alpagasus: unknown backend '{self.backend}'; available: {', '.join(BACKENDS)}")

@@ -137,6 +137,9 @@ class Deita:
     max_length: int = field(default=2048, metadata={"help": "scorer / embedder token limit (prompts cut from the left)"})
     dtype: str = field(default="float32", metadata={"help": "scorer / LM embedder weights dtype (bfloat16 on GPUs)"})
 
+    def needs_features(self) -> bool:
+        return self.embedder == "features"  # the featurized `sem` as the diversity filter's embedding
+
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         if not -1.0 <= self.threshold <= 1.0:
             raise UserError(f"deita: threshold must be a cosine similarity in [-1, 1], got {self.threshold}")
