@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raise_select.baselines import BASELINES
+from raise_select.baselines import BASELINES, needs_features, needs_rds_vectors
 from raise_select.baselines.run import BaselineConfig, run_baseline
 from raise_select.data.pools import load_pool, subsample_to_file, to_format
 from raise_select.data.validation import load_validation
@@ -59,7 +59,6 @@ log = logging.getLogger("bench_real")
 TARGETS = {"gsm8k": ("train", "test"), "arc_challenge": ("dev", "test"), "commonsenseqa": ("train", "dev")}
 # Methods that read no validation set: trained once, scored on every target.
 UNTARGETED = ("full", "random", "ifd", "deita", "alpagasus", "sspl")
-FEATURE_READERS = ("ifd", "sspl", "rds")
 LABELS = {"full": "100%", "random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "AlpaGasus", "sspl": "SSPL",
           "less": "LESS", "rose": "ROSE", "rds": "RDS+", "embed": "EMBED", "greats": "GREATS", "rho": "RHO-LOSS"}
 ORDER = ("random", "rds", "embed", "full", "ifd", "less", "sspl", "deita", "alpagasus", "greats", "rho", "rose")
@@ -135,14 +134,20 @@ class Bench:
         log.info("pool %s: %d rows; targets %s (validation %d, held-out %d each)", self.pool_path, len(self.pool),
                  ", ".join(cfg.targets), cfg.val_size, cfg.heldout_size)
 
+    def reads_features(self, method: str) -> bool:
+        """Whether `method` with its options here reads the featurized pool (the method says so)."""
+        return needs_features(method, self.options.get(method, {}))
+
     def features(self) -> tuple[str, float]:
-        """The featurized pool (with RDS+ vectors) and its scoring seconds over every resume."""
+        """The featurized pool (with RDS+ vectors when a method reads them) and its scoring
+        seconds over every resume."""
         from raise_select.features.featurize import FeaturizeConfig, featurize
 
         out = self.out / "features"
+        rds = any(needs_rds_vectors(m, self.options.get(m, {})) for m in self.cfg.methods)
         table = featurize(FeaturizeConfig(pool=str(self.pool_path), model=self.cfg.model, out=str(out),
                                           max_length=self.cfg.max_length, classes=self.cfg.classes, seed=self.cfg.seed,
-                                          rds=True, shard_size=256))
+                                          rds=rds, shard_size=256))
         return str(out), float((table.meta.get("timing") or {}).get("seconds") or 0.0)
 
     # ------------------------------------------------------------ cells
@@ -164,7 +169,7 @@ class Bench:
         cfg = self.cfg
         cell_dir = self.out / "cells" / name
         bcfg = BaselineConfig(
-            method=method, pool=str(self.pool_path), features=features if method in (*FEATURE_READERS, "deita") else "",
+            method=method, pool=str(self.pool_path), features=features if self.reads_features(method) else "",
             model=cfg.model, val=self.val_files[target] if target else "", out=str(cell_dir), budget=cfg.budget,
             batch_size=cfg.batch_size, epochs=1 if method == "full" else 3, seed=seed, lr=cfg.lr, lora=True, lora_r=8,
             lora_alpha=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"], max_length=cfg.max_length, device="cpu",
@@ -215,8 +220,8 @@ class Bench:
         base_path = self.out / "cells" / "base" / "cell.json"
         base = json.loads(base_path.read_text()) if base_path.is_file() else {}
         base.update(key="base", model=self.cfg.model)
-        needs_features = any(m in (*FEATURE_READERS, "deita") for m in self.cfg.methods)
-        features, feat_seconds = self.features() if needs_features else ("", 0.0)
+        reading = any(self.reads_features(m) for m in self.cfg.methods)
+        features, feat_seconds = self.features() if reading else ("", 0.0)
         base_losses = {t: self.evaluate(base, t, base_path) for t in self.cfg.targets}   # written when computed
         records, result = [], None
         for name, method, target, seed in progress_bar(self.cells(), desc="bench cells", unit="cell"):
@@ -259,7 +264,7 @@ class Bench:
                 losses = [g["evals"][t]["losses"] for g in group]
                 interval = gain_interval(base, losses, seed=cfg.seed)
                 seconds = float(np.mean([g["select_seconds"] + g["train_seconds"] for g in group]))
-                seconds += feat_seconds if m in (*FEATURE_READERS, "deita") else 0.0
+                seconds += feat_seconds if self.reads_features(m) else 0.0
                 rows.setdefault(m, {})[t] = {"gain": interval.mean, "low": interval.low, "high": interval.high,
                                              "rule": interval.rule, "loss": float(np.mean([np.mean(x) for x in losses])),
                                              "seconds": round(seconds, 1), "phi": seconds / phi if phi == phi else None,
@@ -272,12 +277,12 @@ class Bench:
                     cell["above_rand"] = bool(ref and m != "random" and Interval(cell["gain"], cell["low"], cell["high"], "").above(
                         Interval(ref["gain"], ref["low"], ref["high"], "")))
         md = markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, len(self.pool),
-                      records[0]["steps"] if records else None)
+                      records[0]["steps"] if records else None, [m for m in rows if self.reads_features(m)])
         return {"config": asdict(cfg), "phi_seconds": phi, "phi_from": phi_from, "featurize_seconds": feat_seconds,
                 "base_loss": {t: float(np.mean(v)) for t, v in base_losses.items()}, "rows": rows, "markdown": md}
 
 
-def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, steps) -> str:
+def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, steps, readers) -> str:
     order = [m for m in ("full", *ORDER) if m in rows]
     head = "| method | " + " | ".join(f"{t} gain [95% CI]" for t in cfg.targets) + " | cost (Φ) | seconds |"
     lines = [head, "|" + "---|" * (len(cfg.targets) + 3)]
@@ -293,13 +298,14 @@ def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, ste
         phi_txt = f"{any_cell['phi']:.2f}" if any_cell["phi"] is not None else "n/a"
         label = LABELS.get(m, m) + (f" ({any_cell['runs']} seeds)" if any_cell["runs"] > 1 else "")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {phi_txt} | {any_cell['seconds']:.0f} |")
+    counted = ", ".join(LABELS.get(m, m) for m in readers) or "no method"
     notes = [
         "",
         f"Gain = zero-shot held-out loss - the method's (nats per response token, mean over {cfg.heldout_size} held-out "
         f"items per target; higher is better). Intervals: t over seeds for rows with several seeds, else a paired "
         f"bootstrap over items (10,000 resamples). `*`: interval wholly above RAND's.",
         f"Pool {pool_size} rows; budget {cfg.budget} -> {steps} matched steps of {cfg.batch_size}; the 100% row is one "
-        f"epoch. Φ = {phi:.0f} s (from {phi_from}); featurize (counted for IFD, SSPL, RDS+, DEITA) {feat_seconds:.0f} s. "
+        f"epoch. Φ = {phi:.0f} s (from {phi_from}); featurize (counted for {counted}) {feat_seconds:.0f} s. "
         "Targeted rows (RDS+, EMBED, LESS, ROSE, GREATS, RHO-LOSS) cost one selection per target; their cost is per target.",
     ]
     return "\n".join(lines + notes) + "\n"

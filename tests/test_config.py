@@ -227,7 +227,7 @@ def test_every_shipped_config_resolves(path):
     options (built as the study builds them) or RAISE's train-policy settings."""
     from raise_select.baselines import BASELINES, make_baseline
     from raise_select.cli.reference import JOBS
-    from raise_select.reports.study import RAISE, _substitute
+    from raise_select.reports.study import RAISE, substitute_base_model
 
     jobs = {section: config for _, section, config in JOBS}
     raw = read_yaml(path)
@@ -240,7 +240,7 @@ def test_every_shipped_config_resolves(path):
             cfg = resolve(cls, section, path)
             assert cfg == from_dict(cls, value)
         elif section in BASELINES:
-            make_baseline(section, _substitute(value, "base-model"), str(path))
+            make_baseline(section, substitute_base_model(value, "base-model"), str(path))
         elif section == RAISE:
             from_dict(TrainPolicyConfig, value, str(path))
         else:

@@ -166,3 +166,92 @@ def test_policy_training_time_counts_every_run_of_a_resumed_folder(tmp_path):
         f.write('{"kind": "round", "round": 3, "ti')
     assert policy_training_seconds(path) == pytest.approx(15.0 + 27.0 + 39.0)
     assert policy_training_seconds(tmp_path / "missing.jsonl") == 0.0
+
+
+def _fingerprints_of(methods, options=None, **changes):
+    from types import SimpleNamespace
+
+    from raise_select.reports.study import Study
+
+    cfg = StudyConfig(**{"pool": "p.jsonl", "model": "m", "methods": methods, "seeds": [0], "out": "o", **changes})
+    study = Study(cfg, options)
+    study.pool, study.model, study.steps = SimpleNamespace(fingerprint="pool"), "m", 4
+    return {c.name: study._fingerprints(c)[0] for c in study.cells}
+
+
+def test_featurize_settings_reach_only_the_methods_that_read_the_features():
+    """classes, sem_dim and aux_model retrain the cells whose method reads the features, as the
+    method says with its options; LESS, AlpaGasus, EMBED (and DEITA on another embedder, SSPL
+    on the target's loss) keep their keys."""
+    methods = ["random", "ifd", "deita", "alpagasus", "sspl", "less", "embed", "rds", "raise"]
+    for options, readers in (({}, {"ifd", "deita", "sspl", "rds", "raise"}),
+                             ({"deita": {"embedder": "all-minilm-l6-v2"}, "sspl": {"loss": "target"}}, {"ifd", "rds", "raise"})):
+        base = _fingerprints_of(methods, options)
+        for change in ({"classes": 3}, {"sem_dim": 8}, {"aux_model": "other"}):
+            after = _fingerprints_of(methods, options, **change)
+            assert {n for n, fp in after.items() if fp != base[n]} == readers, change
+
+
+def test_a_study_of_methods_that_read_no_features_never_featurizes(tmp_path, monkeypatch):
+    """A study with only LESS, AlpaGasus and EMBED featurizes nothing, hands no features to the
+    methods, and charges no featurize time to their cost; a cell runs without `prepare`."""
+    import importlib
+    from pathlib import Path
+
+    import raise_select.baselines.run as run_module
+    from raise_select.data.synthetic import SyntheticConfig, generate_pool, write_jsonl
+    from raise_select.io import write_json_atomic
+    from raise_select.reports.study import Study
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", generate_pool(SyntheticConfig(size=16)))
+    handed = {}
+
+    def fake_baseline(cfg, options):
+        handed[cfg.method] = cfg.features
+        write_json_atomic(Path(cfg.out) / "selection.json", {"ids": [], "steps": 2})
+        return {}
+
+    def no_featurize(*a, **k):
+        raise AssertionError("featurized a pool no method reads")
+
+    monkeypatch.setattr(run_module, "run_baseline", fake_baseline)
+    # the module, not the function the package exports under the same name
+    monkeypatch.setattr(importlib.import_module("raise_select.features.featurize"), "featurize", no_featurize)
+    monkeypatch.setattr(Study, "_evaluate", lambda self, model_dir, cell_dir: {"arc_challenge": 0.5})
+    monkeypatch.setattr(Study, "features_seconds", lambda self: 100.0)  # as if an earlier run had featurized
+    cfg = StudyConfig(pool=str(pool), model="m", methods=["less", "alpagasus", "embed"], tasks=["arc_challenge"],
+                      budget=4, batch_size=4, out=str(tmp_path / "study"))
+    alone = Study(cfg)
+    assert alone.run_cell(alone.cells[2])["name"] == "less"  # no prepare() first
+    result = Study(cfg).run()
+    assert handed == {"full": "", "less": "", "alpagasus": "", "embed": ""}
+    assert not (tmp_path / "study" / "features").exists()
+    stats = json.loads((tmp_path / "study" / "study_table.json").read_text())["method_stats"]["rows"]
+    assert all(stats[row]["seconds"] < 100.0 for row in ("LESS", "AlpaGasus", "EMBED")), stats
+    assert result["failed"] == {}
+
+
+def test_study_jobs_take_their_settings_from_one_mapping():
+    """Every job field named in JOB_FIELDS exists in its job's config and takes a study setting;
+    every study setting reaches a job or is read by the study itself (a new one must be routed)."""
+    import dataclasses
+
+    from raise_select.baselines.run import BaselineConfig
+    from raise_select.evaluation.evaluate import EvaluateConfig
+    from raise_select.features.featurize import FeaturizeConfig
+    from raise_select.reports.study import _NOT_TRAINING, JOB_FIELDS, job_settings
+    from raise_select.training.train_policy import TrainPolicyConfig
+
+    jobs = {"featurize": FeaturizeConfig, "train_policy": TrainPolicyConfig, "baseline": BaselineConfig,
+            "evaluate": EvaluateConfig}
+    assert set(JOB_FIELDS) == set(jobs)
+    cfg = StudyConfig(seed=7, eval_limit=3, eval_batch_size=5, aux_model="aux", classes=4)
+    for job, cls in jobs.items():
+        built = cls(**job_settings(cfg, job))
+        for name, study_name in JOB_FIELDS[job].items():
+            assert getattr(built, name) == getattr(cfg, study_name), (job, name)
+    assert job_settings(cfg, "evaluate")["limit"] == 3 and job_settings(cfg, "evaluate")["batch_size"] == 5
+    read_by_study = {"pool", "format", "pool_size", "model", "build_model", "methods", "seeds", "raise_seeds",
+                     "full_steps", "loss_set", "loss_split", "loss_size", "out"}
+    routed = {f for m in JOB_FIELDS.values() for f in m.values()} | read_by_study | set(_NOT_TRAINING)
+    assert {f.name for f in dataclasses.fields(StudyConfig)} == routed

@@ -61,7 +61,7 @@ def test_method_stats_from_cell_folders(tmp_path):
         {"name": "random-s0", "row": "RAND", "method": "random", "loss": 1.5, "train_seconds": 12.0},
         {"name": "raise", "row": "RAISE", "method": "raise", "loss": 1.2, "train_seconds": 30.0},
     ]
-    stats = method_stats(records, cells, pool, batch_size=4, features_seconds=6.0, feature_free=("full", "random"))
+    stats = method_stats(records, cells, pool, batch_size=4, features_seconds=6.0, feature_readers={"raise"})
     labels = {e.id: is_quantitative(e) for e in pool.examples}
     phi = 40.0 * 5 / 4  # ceil(20 / 4) = 5 steps per epoch, the 100% row trained 4
     assert stats["phi_seconds"] == pytest.approx(phi)

@@ -237,11 +237,11 @@ class LocalJudge:
         """(B,) expected ratings and (B, 6) digit probabilities of one left-padded batch of prompts."""
         import torch
 
-        from .deita import _left_padded
+        from .lm import left_padded_batch
 
         if not hasattr(self, "_digit_ids"):
             self._digit_ids = rating_token_ids(self.tokenizer)
-        enc = _left_padded(self.tokenizer, prompts, self.max_length, self.model.device)
+        enc = left_padded_batch(self.tokenizer, prompts, self.max_length, self.model.device)
         with torch.inference_mode():
             logits = self.model(**enc).logits[:, -1]
         ratings, probs = expected_ratings(logits, self._digit_ids)
@@ -328,6 +328,9 @@ class AlpaGasus:
         "help": "expectation (sum_k k p_k over the digits 0-5; local only) or generate (parse a written review); none: expectation for local, generate for http"})
     batch_size: int = field(default=8, metadata={"help": "local: prompts per forward pass (scoring=expectation)"})
     max_length: int = field(default=2048, metadata={"help": "local: token limit of a prompt (cut from the left, keeping the rating request)"})
+
+    def needs_features(self) -> bool:
+        return False
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         if self.backend not in BACKENDS:

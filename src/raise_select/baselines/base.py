@@ -46,7 +46,8 @@ class SelectionContext:
     """Everything a method may need besides the pool and the budget.
 
     Methods take what they use and refuse (with `UserError`) when something they need is
-    missing: `ifd` and `sspl` need `features`, `less` needs `model` and `validation`.
+    missing: `ifd` needs `features`, `less` needs `model` and `validation`. Whether a method
+    reads `features` is its own `needs_features()` (callers featurize only for those).
     Online methods (`greats`, `rho`) train the target model with `lm` while they choose
     and save it to `out_dir/model`.
     """
@@ -97,6 +98,13 @@ class Baseline(Protocol):
 
     name: ClassVar[str]
     dynamic: ClassVar[bool]  # True: `select` returns a schedule (ordered batches), not a subset
+
+    def needs_features(self) -> bool:
+        """Whether `select` reads `ctx.features` with these options: the one answer that
+        decides whether a job featurizes the pool for the method, hands it the features and
+        charges the featurize time to its cost. A method reading the RDS+ vectors as well
+        (`featurize --rds`) says so with a class attribute `reads_rds_vectors = True`."""
+        ...
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection: ...
 

@@ -32,6 +32,7 @@ from ..data.templates import render_prompt
 from ..errors import UserError
 from .base import Selection, SelectionContext
 from .cache import JsonlCache
+from .lm import left_padded_batch
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,6 @@ def expected_scores(next_logits: torch.Tensor, token_ids: Sequence[int]) -> torc
     return probs @ torch.tensor(SCORE_WEIGHTS, device=probs.device)
 
 
-def _left_padded(tokenizer, texts: Sequence[str], max_length: int, device) -> dict:
-    tokenizer.padding_side = "left"
-    tokenizer.truncation_side = "left"  # keep the template's tail, where the score is read
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-    # Left padding must not shift the real tokens' positions.
-    enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    return {k: v.to(device) for k, v in enc.items() if k != "token_type_ids"}
-
-
 @torch.no_grad()
 def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int, max_length: int, desc: str) -> np.ndarray:
     """Expected 1..6 score of each prompt from the logits at its next position."""
@@ -77,7 +69,7 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int, max_len
     model.eval()
     out = []
     for s in progress_bar(range(0, len(texts), batch_size), desc=desc, unit="batch"):
-        enc = _left_padded(tokenizer, texts[s:s + batch_size], max_length, device)
+        enc = left_padded_batch(tokenizer, texts[s:s + batch_size], max_length, device)
         logits = model(**enc).logits[:, -1]
         out.append(expected_scores(logits, ids).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
@@ -92,7 +84,7 @@ def last_token_embeddings(model, tokenizer, texts: Sequence[str], batch_size: in
     model.eval()
     out = []
     for s in progress_bar(range(0, len(texts), batch_size), desc="deita embeddings", unit="batch"):
-        enc = _left_padded(tokenizer, texts[s:s + batch_size], max_length, device)
+        enc = left_padded_batch(tokenizer, texts[s:s + batch_size], max_length, device)
         hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
         out.append(hidden[:, -1].float().cpu().numpy())
     return np.concatenate(out)
@@ -144,6 +136,9 @@ class Deita:
     batch_size: int = field(default=8, metadata={"help": "examples per scorer / embedder forward pass"})
     max_length: int = field(default=2048, metadata={"help": "scorer / embedder token limit (prompts cut from the left)"})
     dtype: str = field(default="float32", metadata={"help": "scorer / LM embedder weights dtype (bfloat16 on GPUs)"})
+
+    def needs_features(self) -> bool:
+        return self.embedder == "features"  # the featurized `sem` as the diversity filter's embedding
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         if not -1.0 <= self.threshold <= 1.0:

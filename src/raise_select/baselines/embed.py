@@ -36,6 +36,9 @@ class Embed:
     def __post_init__(self) -> None:
         check_aggregation(self.aggregation, self.name)
 
+    def needs_features(self) -> bool:
+        return False
+
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         from ..features.semantic import encode_texts, example_text, load_sentence_encoder
 

@@ -16,5 +16,8 @@ class FullData:
     name: ClassVar[str] = "full"
     dynamic: ClassVar[bool] = False
 
+    def needs_features(self) -> bool:
+        return False
+
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         return Selection(indices=list(range(len(pool))), info={"budget_ignored": budget})

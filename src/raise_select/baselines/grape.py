@@ -95,14 +95,14 @@ def _with_response(rec: dict, fmt: str, list_field: str, response: str) -> dict:
 
 def read_groups(spec: str, fmt: str | None = None, field: str = "", limit: int | None = None) -> tuple[list[Group], str]:
     """The pool's instructions with their candidate responses, and the pool format."""
-    from ..data.pools import FORMATS, _rows_from_path, load_pool, normalise
+    from ..data.pools import FORMATS, load_pool, normalise, rows_from_path
 
     if fmt is not None and fmt not in FORMATS:
         raise UserError(f"unknown pool format '{fmt}'; available: {', '.join(FORMATS)}")
     path = Path(spec)
     if not path.exists():
         raise UserError(f"{spec}: pool file or folder not found")
-    rows = _rows_from_path(path)
+    rows = rows_from_path(path)
     first = next(rows, None)
     if first is None:
         raise UserError(f"{spec}: no rows")

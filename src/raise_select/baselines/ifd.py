@@ -41,6 +41,9 @@ class IFD:
 
     max_ifd: float = field(default=1.0, metadata={"help": "drop examples whose IFD is above this (the reference's filter)"})
 
+    def needs_features(self) -> bool:
+        return True
+
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         ft = ctx.require_features(self.name)
         scores = ifd_scores(ft["logp_cond"], ft["logp_uncond"])

@@ -151,6 +151,9 @@ class LESS:
             (self.chunk >= 1, "chunk", "must be >= 1"),
         ], self.name)
 
+    def needs_features(self) -> bool:
+        return False  # its own LoRA gradients of the target model
+
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         from peft import LoraConfig, get_peft_model
 

@@ -18,6 +18,16 @@ def encoded_batch(examples: Sequence[Example], tokenizer, template: str, max_len
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def left_padded_batch(tokenizer, texts: Sequence[str], max_length: int, device) -> dict[str, torch.Tensor]:
+    """`texts` tokenized, padded and cut from the left (the prompt's tail, where a score is read
+    at the last position, is kept), with position ids that padding does not shift."""
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return {k: v.to(device) for k, v in enc.items() if k != "token_type_ids"}
+
+
 def response_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B,) mean next-token cross-entropy over each row's labelled (response) tokens."""
     shift_logits = logits[:, :-1].float()

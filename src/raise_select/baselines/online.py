@@ -85,6 +85,9 @@ class OnlineSelector:
 
     candidates: int = field(default=4, metadata={"help": "candidate set per step, in batches: `candidates` x B rows drawn uniformly"})
 
+    def needs_features(self) -> bool:
+        return False  # the model being trained and the validation set
+
     def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
         """Work done once before the first step (with the trainer's M_0); returns info to record."""
         return {}

@@ -18,6 +18,9 @@ class RandomSubset:
     name: ClassVar[str] = "random"
     dynamic: ClassVar[bool] = False
 
+    def needs_features(self) -> bool:
+        return False
+
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         rng = np.random.default_rng(ctx.seed)
         chosen = rng.choice(len(pool), size=budget, replace=False)

@@ -60,12 +60,16 @@ class RDS:
 
     name: ClassVar[str] = "rds"
     dynamic: ClassVar[bool] = False
+    reads_rds_vectors: ClassVar[bool] = True  # the features' RDS+ vectors: featurize --rds
 
     aggregation: str = field(default="round_robin", metadata={
         "help": "round_robin (RDS+'s default: validation examples take turns at their best remaining row), max or mean"})
 
     def __post_init__(self) -> None:
         check_aggregation(self.aggregation, self.name)
+
+    def needs_features(self) -> bool:
+        return True
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         ft = ctx.require_features(self.name)

@@ -1,5 +1,6 @@
 """The selection methods by name: `BASELINES["ifd"]` is the method's class (a dataclass whose
-fields are its options); `make_baseline` builds one from an options dict."""
+fields are its options); `make_baseline` builds one from an options dict; `needs_features`
+and `needs_rds_vectors` are what a method with given options reads of the featurized pool."""
 
 from __future__ import annotations
 
@@ -45,3 +46,15 @@ def get_baseline_class(name: str) -> type:
 def make_baseline(name: str, options: dict | None = None, source: str = "config") -> Baseline:
     """An instance of method `name` with `options` (unknown option names are refused)."""
     return from_dict(get_baseline_class(name), options or {}, f"{source}: method '{name}'")
+
+
+def needs_features(name: str, options: dict | None = None) -> bool:
+    """Whether method `name` with `options` reads the featurized pool: the method's own
+    `needs_features()`, the one answer every job that featurizes or charges for it asks."""
+    return make_baseline(name, options).needs_features()
+
+
+def needs_rds_vectors(name: str, options: dict | None = None) -> bool:
+    """Whether method `name` with `options` reads the features' RDS+ vectors (`featurize --rds`)."""
+    method = make_baseline(name, options)
+    return method.needs_features() and getattr(method, "reads_rds_vectors", False)

@@ -91,13 +91,13 @@ def _response(value, at: str) -> str:
 
 def read_preferences(spec: str | Path, limit: int | None = None) -> list[PreferencePair]:
     """Preference triples from a JSON/JSONL/Parquet/CSV file or folder in TRL's format."""
-    from ..data.pools import _rows_from_path
+    from ..data.pools import rows_from_path
 
     path = Path(spec)
     if not path.exists():
         raise UserError(f"{spec}: preference file or folder not found")
     pairs = []
-    for source, row, rec in _rows_from_path(path):
+    for source, row, rec in rows_from_path(path):
         at = where(source, row)
         if not isinstance(rec, dict):
             raise UserError(f"{at}: expected a record with 'prompt', 'chosen' and 'rejected'")

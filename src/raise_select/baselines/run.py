@@ -33,7 +33,7 @@ class BaselineConfig(LMConfig):
     pool: str = field(default="", metadata={"help": "instruction pool: file, folder or `datasets` name"})
     format: Optional[str] = field(default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"})
     limit: Optional[int] = field(default=None, metadata={"help": "use only the first N pool examples"})
-    features: str = field(default="", metadata={"help": "featurize output folder of this pool (ifd, sspl, rds: featurize --rds, deita's default embeddings)"})
+    features: str = field(default="", metadata={"help": "featurize output folder of this pool (ifd, sspl's default loss, rds: featurize --rds, deita's default embeddings); methods that do not read it ignore it"})
     model: str = field(default="", metadata={"help": "target LLM: hub id or folder (trained with --train; less, rose, sspl loss=target; greats and rho train it while choosing)"})
     val: str = field(default="", metadata={"help": "validation set for less, rose, rds, embed, greats, rho: a named set (gsm8k, ...) or a pool file/folder"})
     data_dir: Optional[str] = field(default=None, metadata={"help": "folder of the named validation sets' original files"})
@@ -103,8 +103,12 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     out = Path(cfg.out)
     pool = load_pool(cfg.pool, fmt=cfg.format, limit=cfg.limit)
     k = budget_count(cfg.budget, len(pool))
+    # A method that does not read the features is handed none, and a re-featurized pool keeps its selection.
+    features = cfg.features if method.needs_features() else ""
+    if cfg.features and not features:
+        log.info("method '%s' with these options does not read the features; %s is not used", cfg.method, cfg.features)
     key = fingerprint({"method": cfg.method, "options": asdict(method), "pool": pool.fingerprint, "budget": k,
-                       "features": _features_key(cfg.features), "model": cfg.model, "val": cfg.val, "val_size": cfg.val_size,
+                       "features": _features_key(features), "model": cfg.model, "val": cfg.val, "val_size": cfg.val_size,
                        "seed": cfg.seed, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "steps": cfg.steps,
                        "template": cfg.template, "max_length": cfg.max_length,
                        **({"lm": asdict(lm_config(cfg)), "data_dir": cfg.data_dir} if online else {})})
@@ -112,7 +116,7 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     record = json.loads(sel_path.read_text()) if sel_path.is_file() else None
     report = Reporter(out, targets, asdict(cfg)) if targets else None  # the training steps' loss
     try:
-        record = _select_and_train(cfg, method, cls, online, pool, k, key, sel_path, record, report)
+        record = _select_and_train(cfg, method, cls, online, pool, k, key, sel_path, record, report, features)
     finally:
         if report is not None:
             report.close()
@@ -127,7 +131,7 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
 
 
 def _select_and_train(cfg: BaselineConfig, method, cls, online: bool, pool, k: int, key: str, sel_path: Path,
-                      record: dict | None, report: Reporter | None) -> dict:
+                      record: dict | None, report: Reporter | None, features: str) -> dict:
     from ..data.validation import load_validation
     from ..features.table import FeatureTable
     from ..training.episode import lm_config
@@ -137,7 +141,7 @@ def _select_and_train(cfg: BaselineConfig, method, cls, online: bool, pool, k: i
         log.info("%s: same settings as before; reusing the selection", sel_path)
     else:
         ctx = SelectionContext(
-            features=FeatureTable.read(cfg.features).align(pool.ids) if cfg.features else None,
+            features=FeatureTable.read(features).align(pool.ids) if features else None,
             model=cfg.model or None,
             validation=load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed) if cfg.val else None,
             seed=cfg.seed, out_dir=out, template=cfg.template, max_length=cfg.max_length,

@@ -56,6 +56,9 @@ class SSPL:
     loss: str = field(default="features", metadata={
         "help": "loss that orders the curriculum (easy first): features (-logp_cond of the featurized table) or target (the target model's loss, one extra pass)"})
 
+    def needs_features(self) -> bool:
+        return self.loss == "features"  # loss=target: the target model's own pass
+
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         if self.loss not in LOSS_SOURCES:
             raise UserError(f"sspl: unknown loss source '{self.loss}'; available: {', '.join(LOSS_SOURCES)}")

@@ -55,7 +55,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from ..errors import UserError, where
-from .pools import Example, _rows_from_path, decode_utf8, example_id
+from .pools import Example, decode_utf8, example_id, rows_from_path
 
 Loader = Callable[[Path | None, str, int | None, int], list[Example]]
 
@@ -361,7 +361,7 @@ def read_rows(spec: BenchmarkSpec, data_dir: Path | None, split: str) -> list[tu
         if spec.csv_columns:
             rows += _read_header_less_csv(fp, spec.csv_columns)
         else:
-            rows += list(_rows_from_path(fp))
+            rows += list(rows_from_path(fp))
     return rows
 
 

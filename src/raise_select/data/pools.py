@@ -176,7 +176,8 @@ def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
 _READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".parquet": _read_parquet, ".csv": _read_csv}
 
 
-def _rows_from_path(path: Path) -> Iterator[tuple[str, int, Any]]:
+def rows_from_path(path: Path) -> Iterator[tuple[str, int, Any]]:
+    """(file, row number, record) of every row of a pool file, or of every pool file under a folder."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
         if not files:
@@ -325,7 +326,7 @@ def load_pool(
         raise UserError(f"--limit {limit}: must be at least 1 (leave it out to use the whole pool)")
     path = Path(spec)
     if path.exists():
-        rows = _rows_from_path(path)
+        rows = rows_from_path(path)
     elif any(str(spec).endswith(s) for s in FILE_SUFFIXES) or "/" in str(spec) and str(spec).startswith((".", "/")):
         raise UserError(f"{spec}: pool file or folder not found")
     else:

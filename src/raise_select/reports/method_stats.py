@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from ..data.pools import Pool
 from ..data.quantitative import is_quantitative, quantitative_share
@@ -55,8 +55,9 @@ def phi_seconds(full_train_seconds: float, pool_size: int, batch_size: int, full
 
 
 def method_stats(records: Sequence[dict], cells_dir: Path, pool: Pool, batch_size: int,
-                 features_seconds: float, feature_free: Sequence[str]) -> dict:
-    """Per row label: loss, math share, wall seconds and cost in Φ (means over a row's cells)."""
+                 features_seconds: float, feature_readers: Collection[str]) -> dict:
+    """Per row label: loss, math share, wall seconds and cost in Φ (means over a row's cells);
+    `feature_readers` are the methods that read the featurized pool (their cost includes it)."""
     labels = {e.id: is_quantitative(e) for e in pool.examples}
     base_rate = quantitative_share(pool.ids, labels)
     full = next((r for r in records if r.get("method") == "full" and r.get("train_seconds") is not None), None)
@@ -74,7 +75,7 @@ def method_stats(records: Sequence[dict], cells_dir: Path, pool: Pool, batch_siz
         if ids:
             acc["share"].append(quantitative_share(ids, labels))
         if r.get("train_seconds") is not None and r.get("method") is not None:
-            extra = features_seconds if r["method"] not in feature_free else 0.0
+            extra = features_seconds if r["method"] in feature_readers else 0.0
             acc["seconds"].append(r["train_seconds"] + extra)
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     known = not math.isnan(phi) and phi > 0

@@ -46,16 +46,44 @@ RAISE = "raise"
 ROW_LABELS = {"random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "AlpaGasus", "sspl": "SSPL",
               "less": "LESS", "rose": "ROSE", "rds": "RDS+", "embed": "EMBED", "greats": "GREATS", "rho": "RHO-LOSS",
               RAISE: "RAISE"}
-# Methods that read the featurized pool (RAISE's state, IFD, SSPL's loss, DEITA's embeddings).
-_FEATURE_FREE = ("full", "random", "rose", "embed", "greats", "rho")
+_LM_FIELDS = tuple(f.name for f in dataclasses.fields(LMConfig))
+# What each job of a cell takes from the study's settings: {job's field: StudyConfig field}.
+# The cell's own values (pool, model, features, out, its seed, steps) are added where the job
+# is built; a job field not named here keeps the job's default. featurize's `model` is the
+# auxiliary model, the base model when `aux_model` is empty.
+JOB_FIELDS: dict[str, dict[str, str]] = {
+    "featurize": {**{k: k for k in ("template", "max_length", "sem_dim", "classes", "seed", "dtype", "device")},
+                  "model": "aux_model"},
+    "train_policy": {k: k for k in (*_LM_FIELDS, "val", "data_dir", "val_size", "batch_size", "select_every", "metric",
+                                    "report_to", "rounds")},
+    "baseline": {k: k for k in (*_LM_FIELDS, "val", "data_dir", "val_size", "budget", "batch_size", "epochs", "device",
+                                "report_to")},
+    "evaluate": {**{k: k for k in ("tasks", "data_dir", "num_fewshot", "device", "dtype", "max_length", "max_gen_toks",
+                                   "seed")},
+                 "limit": "eval_limit", "batch_size": "eval_batch_size"},
+}
+
+
+def _study_fields(*jobs: str) -> set[str]:
+    return {f for job in jobs for f in JOB_FIELDS[job].values()}
+
+
 # Settings that change only the evaluation of a cell, not its training.
 _EVAL_FIELDS = ("tasks", "eval_limit", "num_fewshot", "eval_batch_size", "max_gen_toks", "device",
                 "loss_set", "loss_split", "loss_size")
 _NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "raise_seeds", "out", "pool", "format", "pool_size", "build_model",
                  "report_to")
-# Settings that reach only some cells: a change retrains those cells alone.
-_RAISE_ONLY = ("rounds", "select_every", "metric")
-_FEATURES_ONLY = ("aux_model", "classes", "sem_dim")
+# Settings that reach only some cells, a change retrains those cells alone: train-policy's own
+# (the RAISE cells), and featurize's own (the cells whose method reads the features).
+_RAISE_ONLY = tuple(sorted(_study_fields("train_policy") - _study_fields("baseline")))
+_FEATURES_ONLY = tuple(sorted(_study_fields("featurize") - _study_fields("train_policy", "baseline")))
+# What `prepare` reads: a cell run without it reads them on first use.
+_INPUTS = ("pool", "pool_spec", "model", "steps")
+
+
+def job_settings(cfg: StudyConfig, job: str) -> dict:
+    """The settings `job` (a key of `JOB_FIELDS`) takes from the study, under the job's names."""
+    return {name: getattr(cfg, study_name) for name, study_name in JOB_FIELDS[job].items()}
 
 
 @dataclass
@@ -163,7 +191,8 @@ def method_sections(config_path: str | Path | None, overrides: list[str] | None,
     return out
 
 
-def _substitute(options: dict, base_model: str) -> dict:
+def substitute_base_model(options: dict, base_model: str) -> dict:
+    """`options` with the string `{base_model}` in their values replaced by the study's base model."""
     return {k: (v.replace("{base_model}", base_model) if isinstance(v, str) else v) for k, v in options.items()}
 
 
@@ -183,10 +212,19 @@ class Study:
         self.computed: list[str] = []
         self._features: str | None = None
 
+    def __getattr__(self, name: str):
+        # The pool, the base model and T are read by `prepare`: a cell run before it (or a
+        # method asking for them) reads them on first use instead of failing.
+        if name in _INPUTS:
+            self.prepare()
+            return self.__dict__[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
     # ---------------------------------------------------------------- inputs
 
     def prepare(self) -> None:
-        """The pool (a seeded subsample written to <out>/pool.jsonl when asked) and the base model."""
+        """The pool (a seeded subsample written to <out>/pool.jsonl when asked) and the base model.
+        `run` calls it; a cell run alone calls it on first use of what it reads."""
         from ..data.pools import load_pool, subsample_to_file
 
         cfg = self.cfg
@@ -214,19 +252,39 @@ class Study:
             build_tiny_model(path, texts, preset=self.cfg.build_model, seed=self.cfg.seed)
         return path
 
+    def method_options(self, method: str) -> dict:
+        """The method's section of the config, `{base_model}` replaced by the base model."""
+        return substitute_base_model(self.options.get(method, {}), self.model)
+
+    def reads_features(self, method: str | None) -> bool:
+        """Whether a cell of `method` reads the featurized pool: RAISE's state always, a
+        baseline as it says itself (`needs_features`); the untrained base model never."""
+        from ..baselines import needs_features
+
+        if method is None:
+            return False
+        return method == RAISE or needs_features(method, self.method_options(method))
+
     def features(self) -> str:
-        """The featurized pool (computed once, reused by featurize itself when present)."""
+        """The featurized pool (computed once, reused by featurize itself when present), with
+        the RDS+ vectors when a method of the study reads them."""
         if self._features is None:
+            from ..baselines import needs_rds_vectors
             from ..features.featurize import FeaturizeConfig, featurize
 
             cfg = self.cfg
             out = self.out / "features"
+            rds = False
+            for m in dict.fromkeys(cfg.methods):
+                try:
+                    rds = rds or (m != RAISE and needs_rds_vectors(m, self.method_options(m)))
+                except UserError:
+                    pass  # bad options of that method: its own cell fails with them, the others run
             start = time.perf_counter()
-            table = featurize(FeaturizeConfig(
-                pool=self.pool_spec, format=self.pool.format, model=cfg.aux_model or self.model, out=str(out),
-                template=cfg.template, max_length=cfg.max_length, sem_dim=cfg.sem_dim, classes=cfg.classes,
-                seed=cfg.seed, dtype=cfg.dtype, device=cfg.device, rds="rds" in cfg.methods,
-            ), pool=self.pool)
+            table = featurize(FeaturizeConfig(**{
+                **job_settings(cfg, "featurize"), "model": cfg.aux_model or self.model,
+                "pool": self.pool_spec, "format": self.pool.format, "out": str(out), "rds": rds,
+            }), pool=self.pool)
             self._record_features_time(table.meta.get("fingerprint"), time.perf_counter() - start)
             self._features = str(out)
         return self._features
@@ -247,9 +305,9 @@ class Study:
     def _fingerprints(self, cell: Cell) -> tuple[str, str]:
         cfg = asdict(self.cfg)
         skip = (*_NOT_TRAINING, *(() if cell.method == RAISE else _RAISE_ONLY),
-                *(_FEATURES_ONLY if cell.method in _FEATURE_FREE else ()))
+                *(() if self.reads_features(cell.method) else _FEATURES_ONLY))
         training = {k: v for k, v in cfg.items() if k not in skip}
-        options = _substitute(self.options.get(cell.method or "", {}), self.model)
+        options = self.method_options(cell.method or "")
         train_fp = fingerprint({"pool": self.pool.fingerprint, "model": self.model, "cell": asdict(cell),
                                 "options": options, "steps": self.steps,
                                 **({} if cell.method is None else training)})
@@ -262,19 +320,17 @@ class Study:
         whose policy training resumes from checkpoints: the time of earlier runs counts too);
         None: the wall time of this call."""
         cfg = self.cfg
-        options = _substitute(self.options.get(cell.method or "", {}), self.model)
-        lm = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(LMConfig)}
-        lm["seed"] = cell.seed
         if cell.method is None:
             return Path(self.model), None
+        options = self.method_options(cell.method)
+        features = self.features() if self.reads_features(cell.method) else ""
+        own = {"seed": cell.seed, "pool": self.pool_spec, "features": features, "model": self.model, "out": str(cell_dir)}
         if cell.method == RAISE:
             from ..training.finetune import FinetuneConfig, finetune
             from ..training.train_policy import TrainPolicyConfig, train_policy
 
-            common = dict(lm, pool=self.pool_spec, features=self.features(), model=self.model, val=cfg.val,
-                          data_dir=cfg.data_dir, val_size=cfg.val_size, steps=self.steps, batch_size=cfg.batch_size,
-                          select_every=cfg.select_every, metric=cfg.metric, report_to=cfg.report_to)
-            tp = from_dict(TrainPolicyConfig, {**common, "rounds": cfg.rounds, "out": str(cell_dir / "train_policy"), **options},
+            tp = from_dict(TrainPolicyConfig, {**job_settings(cfg, "train_policy"), **own, "steps": self.steps,
+                                               "out": str(cell_dir / "train_policy"), **options},
                            "study: section 'raise'")
             start = time.perf_counter()
             policy_dir = train_policy(tp)
@@ -290,25 +346,16 @@ class Study:
             return model_dir, policy_seconds + finetune_seconds
         from ..baselines.run import BaselineConfig, run_baseline
 
-        bcfg = BaselineConfig(
-            **lm, method=cell.method, pool=self.pool_spec, format=self.pool.format,
-            features="" if cell.method in _FEATURE_FREE else self.features(), model=self.model, val=cfg.val,
-            data_dir=cfg.data_dir, val_size=cfg.val_size, out=str(cell_dir), budget=cfg.budget,
-            batch_size=cfg.batch_size, epochs=cfg.epochs, steps=cfg.full_steps if cell.method == "full" else None,
-            train=True, device=cfg.device, report_to=cfg.report_to,
-        )
+        bcfg = BaselineConfig(**{**job_settings(cfg, "baseline"), **own, "method": cell.method, "format": self.pool.format,
+                                 "steps": cfg.full_steps if cell.method == "full" else None, "train": True})
         run_baseline(bcfg, options)
         return cell_dir / "model", None
 
     def _evaluate(self, model_dir: Path, cell_dir: Path) -> dict[str, float]:
         from ..evaluation.evaluate import EvaluateConfig, evaluate
 
-        cfg = self.cfg
-        scores = evaluate(EvaluateConfig(
-            model=str(model_dir), tasks=cfg.tasks, data_dir=cfg.data_dir, num_fewshot=cfg.num_fewshot,
-            limit=cfg.eval_limit, batch_size=cfg.eval_batch_size, device=cfg.device, dtype=cfg.dtype,
-            max_length=cfg.max_length, max_gen_toks=cfg.max_gen_toks, seed=cfg.seed, out=str(cell_dir / "eval"),
-        ))
+        scores = evaluate(EvaluateConfig(**job_settings(self.cfg, "evaluate"), model=str(model_dir),
+                                         out=str(cell_dir / "eval")))
         return {t: s["score"] for t, s in scores.items()}
 
     def _loss(self, model_dir: Path) -> float | None:
@@ -392,8 +439,9 @@ class Study:
         }
         from .method_stats import method_stats, stats_markdown
 
+        readers = {r["method"] for r in records if self.reads_features(r["method"])}
         stats = method_stats(records, self.out / "cells", self.pool, self.cfg.batch_size, self.features_seconds(),
-                             _FEATURE_FREE)
+                             readers)
         extra["method_stats"] = stats
         loss_name = f"{self.cfg.loss_set} {self.cfg.loss_split}" if self.cfg.loss_set else None
         notes = [f"{n} failed: {e}" for n, e in failed.items()]

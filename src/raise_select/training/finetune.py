@@ -28,11 +28,9 @@ from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, 
 from .loop import LMTrainer, full_precision_accelerator
 from .reporting import parse_report_to
 from .reward import Validator, check_finite
-from .runs import RunFolder
+from .runs import RunFolder, random_episode_generator
 
 log = logging.getLogger(__name__)
-
-RANDOM_SEED_OFFSET = 7919   # --compare-random's draws (as train-policy's reference episode)
 
 
 @dataclass
@@ -111,7 +109,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     if cfg.compare_random:
         trainer.reset()
         rand = run_episode(trainer, validator, RandomBatches(static, batch), pool, cfg.steps, cfg.select_every,
-                           explore=True, generator=torch.Generator().manual_seed(cfg.seed + RANDOM_SEED_OFFSET),
+                           explore=True, generator=random_episode_generator(cfg.seed),
                            p0=p0, where="random batches", on_step=lambda metrics, selection: None)
         summary["random_final_P"] = rand.final_p
         log.info("same steps on uniformly random batches: P %.5f -> %.5f; the policy %s them by %.5f",

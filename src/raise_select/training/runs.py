@@ -31,6 +31,16 @@ from .reporting import Reporter
 
 log = logging.getLogger(__name__)
 
+# The episodes of uniformly random batches (train-policy's reference episode, finetune's
+# --compare-random) draw from their own generator, seeded `seed + RANDOM_EPISODE_SEED_OFFSET`:
+# independent of the policy's generator (seeded `seed`), and the same draws in both commands.
+RANDOM_EPISODE_SEED_OFFSET = 7919
+
+
+def random_episode_generator(seed: int) -> torch.Generator:
+    """The generator of a random-batch episode of a run seeded `seed`."""
+    return torch.Generator().manual_seed(seed + RANDOM_EPISODE_SEED_OFFSET)
+
 
 def rng_state(generator: torch.Generator) -> dict:
     """Python, NumPy, torch and the selection generator's states (plain types, loadable with weights_only)."""

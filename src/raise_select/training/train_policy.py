@@ -26,11 +26,9 @@ from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, 
 from .loop import LMTrainer, full_precision_accelerator
 from .reporting import parse_report_to
 from .reward import Validator, check_finite
-from .runs import RunFolder, rng_state, set_rng_state
+from .runs import RunFolder, random_episode_generator, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
-
-REFERENCE_SEED_OFFSET = 7919   # the reference episode's draws: independent of the rollouts' generator
 
 
 @dataclass
@@ -114,7 +112,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         # against its return.
         trainer.reset()
         ref = run_episode(trainer, validator, RandomBatches(static, batch), pool, cfg.steps, cfg.select_every,
-                          explore=True, generator=torch.Generator().manual_seed(cfg.seed + REFERENCE_SEED_OFFSET),
+                          explore=True, generator=random_episode_generator(cfg.seed),
                           p0=p0, where="reference (random batches)", on_step=lambda metrics, selection: None)
         reference = {"return": ref.ret, "final_P": ref.final_p, "rewards": ref.rewards, "time": ref.time}
         if acc.is_main_process:
