@@ -287,3 +287,87 @@ def test_default_policy_learns_a_rare_good_family_despite_a_time_trend():
     for seed in range(3):
         assert run(PolicyConfig(per_class=8, seed=seed), seed) > 0.5
     assert run(PolicyConfig(per_class=8, seed=0, gamma=0.99, ratio="product", advantage="gae"), 0) < 0.3
+
+
+def test_target_kl_stops_after_the_epoch_that_crosses_it():
+    """target_kl: the update stops after the first epoch whose approximate KL exceeds it, and
+    then equals an update of just that many epochs (weights and KL)."""
+    from dataclasses import replace
+
+    static = _static(n=60)
+    base = PolicyConfig(per_class=2, ppo_epochs=6, minibatches=2, ratio="per_item", seed=2)
+    buf, _ = _rollout(RaisePolicy(static, base), 5, seed=3)
+    kl_after = []                     # the approximate KL after an update of E epochs, E = 1..6
+    fixed = {}
+    for epochs in range(1, 7):
+        policy = RaisePolicy(static, replace(base, ppo_epochs=epochs))
+        stats = policy.update(buf)
+        assert stats["ppo_epochs_done"] == epochs
+        kl_after.append(stats["approx_kl"])
+        fixed[epochs] = policy
+    target = (kl_after[1] + kl_after[2]) / 2
+    expected = next((e + 1 for e, kl in enumerate(kl_after) if kl > target), 6)
+    assert 1 < expected < 6            # the threshold falls inside the run, not at either end
+    policy = RaisePolicy(static, replace(base, target_kl=target))
+    stats = policy.update(buf)
+    assert stats["ppo_epochs_done"] == expected
+    assert stats["approx_kl"] == kl_after[expected - 1]
+    for a, b in zip(policy.actor.state_dict().values(), fixed[expected].actor.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_clip_fraction_and_entropy_by_hand():
+    """clip_fraction: share of per-row ratios outside [1 - eps, 1 + eps] in the last epoch, here
+    the second, whose ratios are those of the actor after one epoch; entropy: the mean class
+    entropy under the acting actor. Both recomputed on fuse_state."""
+    from dataclasses import replace
+
+    from raise_select.policy import class_entropy
+
+    static = _static(n=60)
+    cfg = PolicyConfig(per_class=2, ppo_epochs=2, ratio="per_item", actor_lr=1.0, seed=1)
+    policy = RaisePolicy(static, cfg)
+    buf, seen = _rollout(policy, 5, seed=4)
+    acting = copy.deepcopy(policy.actor)
+    one_epoch = RaisePolicy(static, replace(cfg, ppo_epochs=1))
+    one_epoch.update(buf)
+    stats = policy.update(buf)
+
+    def fused(t):
+        return fuse_state(static, buf.perf_prev[t] + 2.0, buf.progress[t], seen[t])
+
+    with torch.no_grad():
+        shares = []
+        for t in range(len(buf)):
+            log_p = class_log_softmax(one_epoch.actor(fused(t)), static.classes, static.num_classes)[buf.chosen(t)]
+            ratio = (log_p.double() - buf.item_log_prob[t]).exp()
+            shares.append(((ratio - 1).abs() > cfg.clip).double().mean().item())
+        entropy = sum(class_entropy(acting(fused(t)), static.classes, static.num_classes).item()
+                      for t in range(len(buf))) / len(buf)
+    clip_fraction = sum(shares) / len(shares)
+    assert 0 < clip_fraction < 1
+    assert stats["clip_fraction"] == pytest.approx(clip_fraction, abs=1e-12)
+    assert stats["entropy"] == pytest.approx(entropy, rel=1e-5)
+
+
+def test_cached_projection_follows_every_weight_change():
+    """The static projection is cached between calls; after an update and after load_state_dict
+    (also into a copy) the scores are those of the actor's current weights."""
+    static = _static()
+    policy = RaisePolicy(static, PolicyConfig(per_class=2))
+    counts = torch.randint(0, 3, (len(static),))
+
+    def fresh(p):
+        with torch.no_grad():
+            return p.actor(fuse_state(static, 0.1, 0.4, counts))
+
+    policy.scores(-2.0, 0.0, counts)                                                # P(M_0) = -2; fills the cache
+    torch.testing.assert_close(policy.scores(-1.9, 0.4, counts), fresh(policy))
+    policy.update(_rollout(policy, 4, seed=0)[0])
+    torch.testing.assert_close(policy.scores(-1.9, 0.4, counts), fresh(policy))
+    other = RaisePolicy(static, PolicyConfig(per_class=2, seed=7))
+    copied = copy.deepcopy(policy)
+    copied.actor.load_state_dict(other.actor.state_dict())
+    torch.testing.assert_close(copied.scores(-1.9, 0.4, counts), fresh(other))
+    torch.testing.assert_close(policy.scores(-1.9, 0.4, counts), fresh(policy))    # the original keeps its own
+    assert not torch.allclose(fresh(policy), fresh(other))

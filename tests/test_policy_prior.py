@@ -86,7 +86,7 @@ def test_prior_and_state_must_agree_and_survive_save_load(tmp_path):
     policy = RaisePolicy(static, PolicyConfig(per_class=1, prior="rds"))
     policy.save(tmp_path)
     assert json.loads((tmp_path / "policy.json").read_text())["dims"]["prior_dim"] == 1
-    assert RaisePolicy.read_config(tmp_path)["prior"] == "rds"
+    assert RaisePolicy.read_config(tmp_path).prior == "rds"
     again = RaisePolicy.load(tmp_path, StaticState.from_features(ft, RaisePolicy.read_normalizer(tmp_path), prior=z))
     counts = torch.zeros(len(static), dtype=torch.int64)
     assert torch.equal(again.scores(-1.0, 0.0, counts), policy.scores(-1.0, 0.0, counts))

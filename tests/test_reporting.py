@@ -16,14 +16,31 @@ from raise_select.training.runs import RunFolder
 wandb = pytest.importorskip("wandb", reason="wandb not installed (pip install -e '.[wandb]')")
 
 
-def read_wandb_history(run_dir: Path) -> list[dict]:
+def read_wandb_history(run_dir: Path, wait: float = 60.0) -> list[dict]:
     """The `history` records of an offline run's `run-<id>.wandb` file, decoded with wandb's own
     protobuf classes. The file is a LevelDB-style log (a 7-byte header, then 32 KiB blocks of
-    chunks `crc32c:4 length:2 type:1 data`); wandb 0.31 ships no Python reader of it."""
+    chunks `crc32c:4 length:2 type:1 data`); wandb 0.31 ships no Python reader of it.
+
+    wandb's service process writes the file on its own time: `finish()` can return before the
+    last records are on disk (seen on a loaded machine), so the file is read again until its
+    `exit` record is there, for up to `wait` seconds."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        rows, complete = _read_wandb_records(run_dir)
+        if complete or time.monotonic() > deadline:
+            assert complete, f"{run_dir}: no exit record after {wait:.0f} s"
+            return rows
+        time.sleep(0.5)
+
+
+def _read_wandb_records(run_dir: Path) -> tuple[list[dict], bool]:
     from wandb.proto import wandb_internal_pb2
 
     (path,) = run_dir.glob("run-*.wandb")
     raw = path.read_bytes()
+    complete = False
     assert raw[:4] == b":W&B"
     block, pos, pending, rows = 32768, 7, b"", []
     while pos + 7 <= len(raw):
@@ -31,7 +48,7 @@ def read_wandb_history(run_dir: Path) -> list[dict]:
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
-        if kind == 0 and length == 0:
+        if (kind == 0 and length == 0) or pos + 7 + length > len(raw):  # the end, or a chunk still being written
             break
         pending += raw[pos + 7:pos + 7 + length]
         pos += 7 + length
@@ -42,7 +59,8 @@ def read_wandb_history(run_dir: Path) -> list[dict]:
             if rec.WhichOneof("record_type") == "history":
                 rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                              for item in rec.history.item})
-    return rows
+            complete |= rec.WhichOneof("record_type") == "exit"
+    return rows, complete
 
 
 def scalars_by_tag(history: list[dict]) -> dict[str, dict[int, float]]:

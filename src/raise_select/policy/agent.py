@@ -118,6 +118,49 @@ class Action:
     item_log_prob: torch.Tensor | None = None  # (B,) class log-probability of each chosen row (eq. 10)
 
 
+@dataclass(frozen=True, eq=False)
+class RoundInputs:
+    """What every PPO step of one update reads: the round's buffer and its per-step inputs."""
+
+    buffer: RolloutBuffer
+    data: dict[str, torch.Tensor]      # buffer.tensors()
+    stage: list[float]                 # P_{t-1} - P(M_0) of every step (`RaisePolicy._stage`)
+    advantages: torch.Tensor           # (T,) float64, eq. 8 or the step baseline's
+    actor_advantages: torch.Tensor     # (T,) as eq. 12 uses them: standardised with normalize_advantages
+    returns: torch.Tensor              # (T,) float64 critic targets (eq. 9)
+    critic_in: torch.Tensor            # (T, len(CRITIC_FEATURES)) critic inputs
+
+
+@dataclass
+class UpdateStats:
+    """What one PPO update records on its way, and the summary `RaisePolicy.update` returns."""
+
+    actor_losses: list[float] = field(default_factory=list)       # eq. 12 of every (epoch, step)
+    critic_losses: list[float] = field(default_factory=list)      # eq. 13 of every optimizer step
+    entropies: list[float] = field(default_factory=list)          # class entropy of every step, first epoch
+    clipped: list[float] = field(default_factory=list)            # clipped share of every step, this epoch
+    epoch_clip_fraction: list[float] = field(default_factory=list)  # per finished epoch
+
+    def end_epoch(self, steps: int) -> None:
+        self.epoch_clip_fraction.append(sum(self.clipped) / steps)
+        self.clipped = []
+
+    def summary(self, rnd: RoundInputs, approx_kl: float) -> dict:
+        data = rnd.data
+        return {
+            "actor_loss": sum(self.actor_losses) / len(self.actor_losses),
+            "critic_loss": sum(self.critic_losses) / len(self.critic_losses),
+            "entropy": sum(self.entropies) / len(self.entropies),
+            "approx_kl": approx_kl,                            # per chosen row, old policy -> policy after the update
+            "clip_fraction": self.epoch_clip_fraction[-1],     # share of (step, ratio) terms outside [1 - clip, 1 + clip] in the last epoch
+            "ppo_epochs_done": len(self.epoch_clip_fraction),
+            "return": float(data["reward"].sum()),
+            "advantage_mean": float(rnd.advantages.mean()),
+            "value_mean": float(data["value"].mean()),
+            "steps": len(rnd.buffer),
+        }
+
+
 class RaisePolicy:
     def __init__(self, static: StaticState, cfg: PolicyConfig):
         cfg.check()
@@ -144,6 +187,9 @@ class RaisePolicy:
         self.updates = 0                          # PPO updates done (seeds the minibatch order)
         self.perf_reference: float | None = None  # P(M_0): the networks read P_{t-1} - P(M_0), see _stage
         self._projection: torch.Tensor | None = None  # static part of the first layer for the current actor
+        # The actor's weights change only by its optimizer step (`_actor_step`) or load_state_dict;
+        # both call `_actor_changed`, the latter as a module hook (kept by a deepcopy, unlike an optimizer hook).
+        self.actor.register_load_state_dict_post_hook(self._actor_changed)
         # advantage = step_baseline: mean reward of the k-th policy step over the episodes seen
         # so far (a random-batch reference episode, then every round), and how many there were.
         self.step_baseline: list[float] | None = None
@@ -154,6 +200,10 @@ class RaisePolicy:
         return self.static.num_classes * self.cfg.per_class
 
     # ---- acting -------------------------------------------------------------------------
+    def _actor_changed(self, *_) -> None:
+        """Drop the cached static projection: the actor's weights changed (optimizer step, load_state_dict)."""
+        self._projection = None
+
     def _static_projection(self) -> torch.Tensor:
         if self._projection is None:
             with torch.no_grad():
@@ -233,18 +283,38 @@ class RaisePolicy:
     def update(self, buffer: RolloutBuffer, last_value: float = 0.0) -> dict:
         """PPO after a round (eq. 7-13): up to `ppo_epochs` passes over the buffer.
 
-        New log-probabilities of the chosen sets are recomputed under the current actor at
-        every step's state, whose counts are rebuilt from the buffer. The gradient of the
-        static projection is accumulated on a detached copy and pushed through the first
-        layer once per optimizer step, so a step's graph holds only its own (N x hidden)
-        activations. ratio = product is eq. 11 (one ratio per step, the product over the B
-        rows); per_item gives every chosen row its own clipped ratio with the step's
-        advantage, so one row far from its old probability does not clip the whole step.
-        With target_kl > 0 the epochs stop once the mean approximate KL per chosen row
-        (E[(r - 1) - log r]) of an epoch exceeds it. The round's rewards are then folded into
-        the step baseline (whatever the advantage form: it is also the record of the mean
-        reward per step).
+        Each pass shuffles the round's steps into `minibatches` groups (in order when 1);
+        every group gets one actor step (`_actor_step`) and then one critic step
+        (`_critic_step`). With target_kl > 0 the epochs stop once the mean approximate KL
+        per chosen row (E[(r - 1) - log r], `_approx_kl`) exceeds it. The round's rewards
+        are then folded into the step baseline (`observe_episode`, whatever the advantage
+        form: it is also the record of the mean reward per step). Returns the statistics
+        of `UpdateStats.summary`.
         """
+        cfg = self.cfg
+        rnd = self._round_inputs(buffer, last_value)
+        steps = len(buffer)
+        order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
+        stats = UpdateStats()
+        # A bar only when the update is long (large pools): about 1e8 row-passes and more.
+        bar = progress_bar(total=cfg.ppo_epochs * steps, desc="PPO update", unit="step", leave=False,
+                           disable=cfg.ppo_epochs * steps * len(self.static) < 100_000_000)
+        for epoch in range(cfg.ppo_epochs):
+            order = torch.randperm(steps, generator=order_gen) if cfg.minibatches > 1 else torch.arange(steps)
+            for group in order.chunk(min(cfg.minibatches, steps)):
+                self._actor_step(rnd, group.tolist(), stats, with_entropy=epoch == 0, bar=bar)
+                stats.critic_losses.append(self._critic_step(rnd, group))
+            stats.end_epoch(steps)
+            if cfg.target_kl > 0 and self._approx_kl(rnd) > cfg.target_kl:
+                break
+        bar.close()
+        summary = stats.summary(rnd, approx_kl=self._approx_kl(rnd))
+        self.observe_episode(buffer.reward)
+        self.updates += 1
+        return summary
+
+    def _round_inputs(self, buffer: RolloutBuffer, last_value: float) -> RoundInputs:
+        """The buffer checked, and what every PPO step of this update reads from it."""
         steps = len(buffer)
         if steps == 0:
             raise ValueError("update() needs at least one transition in the buffer")
@@ -252,96 +322,86 @@ class RaisePolicy:
         if not torch.isfinite(data["reward"]).all():
             bad = int((~torch.isfinite(data["reward"])).nonzero()[0])
             raise UserError(f"reward of step {bad} is not a finite number ({buffer.reward[bad]}); check the validation metric")
-        cfg, static = self.cfg, self.static
-        n, classes, num_classes = len(static), static.classes, static.num_classes
-        per_item = cfg.ratio == "per_item"
-        if per_item and any(bool(torch.isnan(x).any()) for x in buffer.item_log_prob):
+        if self.cfg.ratio == "per_item" and any(bool(torch.isnan(x).any()) for x in buffer.item_log_prob):
             raise ValueError("ratio = per_item needs the per-row log-probabilities in the buffer (RolloutBuffer.add item_log_prob)")
         adv, returns = self.advantages(buffer, last_value)
-        adv_used = adv
-        if cfg.normalize_advantages and steps > 1:
-            adv_used = (adv - adv.mean()) / (adv.std() + 1e-8)
+        actor_adv = adv
+        if self.cfg.normalize_advantages and steps > 1:
+            actor_adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        n = len(self.static)
         stage = [self._stage(p) for p in buffer.perf_prev]
         critic_in = torch.stack([critic_features(stage[t], buffer.progress[t], buffer.counts_before(t, n))
                                  for t in range(steps)])
-        order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
-        actor_losses, critic_losses, entropies = [], [], []
-        epochs_done, epoch_kl, epoch_clipped = 0, [], []
-        # A bar only when the update is long (large pools): about 1e8 row-passes and more.
-        bar = progress_bar(total=cfg.ppo_epochs * steps, desc="PPO update", unit="step", leave=False,
-                   disable=cfg.ppo_epochs * steps * n < 100_000_000)
-        for epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(steps, generator=order_gen) if cfg.minibatches > 1 else torch.arange(steps)
-            kl_sum, kl_count, clip_sum = 0.0, 0, 0.0
-            for group in order.chunk(min(cfg.minibatches, steps)):
-                self.actor_opt.zero_grad(set_to_none=True)
-                projection = self.actor.static_projection(static.x)
-                leaf = projection.detach().requires_grad_()
-                for t in group.tolist():
-                    scores = self.actor.score(leaf, stage[t], buffer.progress[t], buffer.counts_before(t, n))
-                    new = class_log_softmax(scores, classes, num_classes)[buffer.chosen(t)].double()
-                    if per_item:
-                        log_ratio = new - buffer.item_log_prob[t]
-                        loss = actor_loss(log_ratio, adv_used[t].expand_as(log_ratio), cfg.clip)
-                    else:
-                        log_ratio = (new.sum() - data["old_log_prob"][t]).reshape(1)                    # eq. 11
-                        loss = actor_loss(log_ratio, adv_used[t].reshape(1), cfg.clip)                   # eq. 12
-                    (loss / len(group)).backward()
-                    actor_losses.append(loss.item())
-                    with torch.no_grad():
-                        ratio = log_ratio.exp()
-                        kl_sum += float(((ratio - 1.0) - log_ratio).sum())
-                        kl_count += log_ratio.numel()
-                        clip_sum += float(((ratio - 1.0).abs() > cfg.clip).double().mean())
-                    if epoch == 0:
-                        with torch.no_grad():
-                            entropies.append(class_entropy(scores, classes, num_classes).item())
-                    bar.update()
-                projection.backward(leaf.grad)
-                self.actor_opt.step()
-                self.critic_opt.zero_grad(set_to_none=True)
-                c_loss = critic_loss(self.critic(critic_in[group]), returns[group].float())                 # eq. 13
-                c_loss.backward()
-                self.critic_opt.step()
-                critic_losses.append(c_loss.item())
-            epochs_done += 1
-            epoch_kl.append(kl_sum / kl_count)
-            epoch_clipped.append(clip_sum / steps)
-            self._projection = None
-            if cfg.target_kl > 0 and self._kl_now(buffer, stage, data) > cfg.target_kl:
-                break
-        bar.close()
-        final_kl = self._kl_now(buffer, stage, data)
-        self.observe_episode(buffer.reward)
-        self.updates += 1
-        self._projection = None
-        return {
-            "actor_loss": sum(actor_losses) / len(actor_losses),
-            "critic_loss": sum(critic_losses) / len(critic_losses),
-            "entropy": sum(entropies) / len(entropies),
-            "approx_kl": final_kl,                 # per chosen row, old policy -> policy after the update
-            "clip_fraction": epoch_clipped[-1],    # share of (step, ratio) terms outside [1 - clip, 1 + clip] in the last epoch
-            "ppo_epochs_done": epochs_done,
-            "return": float(data["reward"].sum()),
-            "advantage_mean": float(adv.mean()),
-            "value_mean": float(data["value"].mean()),
-            "steps": steps,
-        }
+        return RoundInputs(buffer=buffer, data=data, stage=stage, advantages=adv, actor_advantages=actor_adv,
+                           returns=returns, critic_in=critic_in)
 
-    def _kl_now(self, buffer: RolloutBuffer, stage: list[float], data: dict) -> float:
-        """Mean approximate KL E[(r - 1) - log r] per chosen row between the acting and the current actor."""
-        n, classes, num_classes = len(self.static), self.static.classes, self.static.num_classes
+    def _chosen_log_prob(self, projection: torch.Tensor, rnd: RoundInputs, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores of every row, (B,) float64 class log-probability of step t's chosen rows) under the current
+        actor at step t's state; `projection` is the actor's static projection (or a leaf standing in for it)."""
+        static, buffer = self.static, rnd.buffer
+        scores = self.actor.score(projection, rnd.stage[t], buffer.progress[t], buffer.counts_before(t, len(static)))
+        return scores, class_log_softmax(scores, static.classes, static.num_classes)[buffer.chosen(t)].double()
+
+    @staticmethod
+    def _log_ratio(new: torch.Tensor, rnd: RoundInputs, t: int, per_item: bool) -> torch.Tensor:
+        """log r of step t: per chosen row, (B,), or of the chosen set as eq. 11, (1,)."""
+        if per_item:
+            return new - rnd.buffer.item_log_prob[t]
+        return (new.sum() - rnd.data["old_log_prob"][t]).reshape(1)
+
+    def _actor_step(self, rnd: RoundInputs, group: list[int], stats: UpdateStats, with_entropy: bool, bar) -> None:
+        """One AdamW step of the actor on the steps in `group` (eq. 12, the mean over the group).
+
+        ratio = product is eq. 11 (one ratio per step, the product over the B rows);
+        per_item gives every chosen row its own clipped ratio with the step's advantage, so
+        one row far from its old probability does not clip the whole step. The gradient of
+        the static projection is accumulated on a detached leaf and pushed through the
+        first layer once, so a step's graph holds only its own (N x hidden) activations.
+        Records each step's loss, clipped share (and entropy) in `stats`.
+        """
+        cfg = self.cfg
+        per_item = cfg.ratio == "per_item"
+        self.actor_opt.zero_grad(set_to_none=True)
+        projection = self.actor.static_projection(self.static.x)
+        leaf = projection.detach().requires_grad_()
+        for t in group:
+            scores, new = self._chosen_log_prob(leaf, rnd, t)
+            log_ratio = self._log_ratio(new, rnd, t, per_item)                                    # eq. 11
+            loss = actor_loss(log_ratio, rnd.actor_advantages[t].expand_as(log_ratio), cfg.clip)  # eq. 12
+            (loss / len(group)).backward()
+            stats.actor_losses.append(loss.item())
+            with torch.no_grad():
+                stats.clipped.append(float(((log_ratio.exp() - 1.0).abs() > cfg.clip).double().mean()))
+                if with_entropy:
+                    stats.entropies.append(class_entropy(scores, self.static.classes, self.static.num_classes).item())
+            bar.update()
+        projection.backward(leaf.grad)
+        self.actor_opt.step()
+        self._actor_changed()
+
+    def _critic_step(self, rnd: RoundInputs, group: torch.Tensor) -> float:
+        """One AdamW step of the critic on the steps in `group` (eq. 13); returns its loss."""
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss = critic_loss(self.critic(rnd.critic_in[group]), rnd.returns[group].float())                  # eq. 13
+        loss.backward()
+        self.critic_opt.step()
+        return loss.item()
+
+    def _approx_kl(self, rnd: RoundInputs) -> float:
+        """Mean approximate KL E[(r - 1) - log r] per chosen row between the acting and the current actor.
+
+        Per row where the buffer holds the rows' own log-probabilities; otherwise the step's
+        set ratio is spread evenly over its rows.
+        """
         total, count = 0.0, 0
         with torch.no_grad():
             projection = self._static_projection()
-            for t in range(len(buffer)):
-                scores = self.actor.score(projection, stage[t], buffer.progress[t], buffer.counts_before(t, n))
-                new = class_log_softmax(scores, classes, num_classes)[buffer.chosen(t)].double()
-                old = buffer.item_log_prob[t]
-                if bool(torch.isnan(old).any()):      # transitions recorded without per-row log-probs
-                    log_ratio = (new.sum() - data["old_log_prob"][t]).reshape(1) / new.numel()
-                else:
-                    log_ratio = new - old
+            for t in range(len(rnd.buffer)):
+                _, new = self._chosen_log_prob(projection, rnd, t)
+                per_row = not bool(torch.isnan(rnd.buffer.item_log_prob[t]).any())
+                log_ratio = self._log_ratio(new, rnd, t, per_item=per_row)
+                if not per_row:
+                    log_ratio = log_ratio / new.numel()
                 total += float(((log_ratio.exp() - 1.0) - log_ratio).sum())
                 count += log_ratio.numel()
         return total / max(count, 1)
@@ -387,14 +447,15 @@ class RaisePolicy:
         return meta
 
     @classmethod
-    def read_config(cls, out_dir: str | Path) -> dict:
-        """The PolicyConfig fields a saved policy was trained with (as stored in policy.json)."""
-        return dict(cls._read_meta(out_dir)["config"])
-
-    @classmethod
     def read_normalizer(cls, out_dir: str | Path) -> Normalizer:
         """The normaliser a saved policy was trained with: build the `StaticState` with it."""
         return Normalizer.from_dict(cls._read_meta(out_dir)["normalizer"])
+
+    @classmethod
+    def read_config(cls, out_dir: str | Path) -> PolicyConfig:
+        """The settings a saved policy was trained with (fields this version does not know are left out)."""
+        known = {f.name for f in fields(PolicyConfig)}
+        return PolicyConfig(**{k: v for k, v in cls._read_meta(out_dir)["config"].items() if k in known})
 
     @classmethod
     def load(cls, out_dir: str | Path, static: StaticState) -> "RaisePolicy":
@@ -416,8 +477,7 @@ class RaisePolicy:
                             "other features; pass the --features it was trained with (or, to resume train-policy, the "
                             "same --features; a new --out starts afresh). In Python, build the state with "
                             "RaisePolicy.read_normalizer(policy_dir)")
-        known = {f.name for f in fields(PolicyConfig)}
-        policy = cls(static, PolicyConfig(**{k: v for k, v in meta["config"].items() if k in known}))
+        policy = cls(static, cls.read_config(out_dir))
         for name, module in (("actor", policy.actor), ("critic", policy.critic)):
             module.load_state_dict(_read_weights(out_dir / f"{name}.safetensors", module))
         policy.updates = int(meta.get("updates", 0))
@@ -434,7 +494,6 @@ class RaisePolicy:
         self.actor_opt.load_state_dict(d["actor_opt"])
         self.critic_opt.load_state_dict(d["critic_opt"])
         self.updates = int(d["updates"])
-        self._projection = None
 
 
 def check_finite_weights(state: dict, what: str, after_update: int | None = None) -> None:

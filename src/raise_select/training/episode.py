@@ -11,26 +11,37 @@ M = 1 this is R_t = P(M_t) - P(M_{t-1}) of section 3.2, and in every case the re
 round sum to P(M_T) - P(M_0). Random batches count towards times-selected (eq. 5) but are
 not PPO transitions.
 
-Multi-process: the batch is decided on the main process and broadcast; every process
-trains on its slice and P is reduced across processes (see `loop` and `reward`).
+Multi-process: the batch is decided on the main process and broadcast (a `Choice`); every
+process trains on its slice and P is reduced across processes (see `loop` and `reward`).
+
+`start_episode_job` is the setup train-policy and finetune share before their first episode.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, runtime_checkable
 
 import torch
 
-from ..config import check_fields
+from ..config import check_fields, require_settings, to_dict
 from ..data.pools import Pool
 from ..errors import UserError
+from ..policy.agent import Action
+from ..policy.state import StaticState
 from ..progress import progress_bar
-from .loop import LMConfig, LMTrainer
+from .loop import LMConfig, LMTrainer, full_precision_accelerator
 from .reporting import parse_report_to
 from .reward import Validator, check_finite, resolve_metric
+from .runs import RunFolder
+
+if TYPE_CHECKING:
+    from ..policy.agent import RaisePolicy
+
+log = logging.getLogger(__name__)
 
 TIME_KEYS = ("train", "reward", "scoring")
 
@@ -129,25 +140,74 @@ def check_batch(static, per_class: int, pool_size: int, processes: int) -> int:
     return batch
 
 
+@runtime_checkable
+class EpisodePolicy(Protocol):
+    """What `run_episode` asks of a policy: `RaisePolicy`, or `RandomBatches` for the random-batch episodes."""
+
+    static: StaticState     # the pool's features; its `classes` label the selection records
+
+    @property
+    def batch_size(self) -> int:
+        """B: rows chosen at every step."""
+        ...
+
+    def act(self, perf_prev: float, progress: float, counts: torch.Tensor, explore: bool,
+            generator: torch.Generator | None = None) -> Action:
+        """A batch at a rollout step (explore=True samples) or at use time (False: the top-b)."""
+        ...
+
+    def use(self, perf_prev: float, progress: float, counts: torch.Tensor,
+            generator: torch.Generator | None = None) -> Action:
+        """A batch at use time, by the policy's own rule."""
+        ...
+
+
 class RandomBatches:
     """Uniformly random batches of `batch_size` distinct rows from the whole pool (RAND).
 
-    Drop-in for a policy in `run_episode`: the reference episode of train-policy and the
-    `--compare-random` run of finetune. Draws come from the episode's generator.
+    An `EpisodePolicy`: the reference episode of train-policy and the `--compare-random` run
+    of finetune. Draws come from the episode's generator.
     """
 
-    def __init__(self, static, batch_size: int):
+    def __init__(self, static: StaticState, batch_size: int):
         self.static = static
         self.batch_size = batch_size
 
     def act(self, perf_prev: float, progress: float, counts: torch.Tensor, explore: bool = True,
-            generator: torch.Generator | None = None):
-        from ..policy.agent import Action
-
+            generator: torch.Generator | None = None) -> Action:
         idx = torch.randperm(len(self.static), generator=generator)[:self.batch_size]
         return Action(indices=idx, scores=torch.zeros(len(idx)), log_prob=0.0, value=0.0, item_log_prob=None)
 
-    use = act
+    def use(self, perf_prev: float, progress: float, counts: torch.Tensor,
+            generator: torch.Generator | None = None) -> Action:
+        return self.act(perf_prev, progress, counts, generator=generator)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One step's batch as the main process chose it and every process receives it (`share_from_main`).
+
+    A policy step carries its `Action`'s PPO quantities; a random step (between policy steps
+    with select_every > 1) only its rows.
+    """
+
+    indices: tuple[int, ...]                       # pool rows, in training order
+    scores: tuple[float | None, ...]               # acquisition score of each row; None on a random step
+    log_prob: float | None = None                  # Action.log_prob (policy steps)
+    value: float | None = None                     # Action.value (policy steps)
+    item_log_prob: tuple[float, ...] | None = None  # Action.item_log_prob, where the policy gives it
+
+    @classmethod
+    def of_action(cls, action: Action) -> Choice:
+        item = None if action.item_log_prob is None else tuple(action.item_log_prob.tolist())
+        return cls(indices=tuple(action.indices.tolist()), scores=tuple(action.scores.tolist()),
+                   log_prob=action.log_prob, value=action.value, item_log_prob=item)
+
+    @classmethod
+    def random(cls, pool_size: int, batch_size: int, generator: torch.Generator) -> Choice:
+        """`batch_size` distinct rows drawn uniformly from the pool."""
+        return cls(indices=tuple(torch.randperm(pool_size, generator=generator)[:batch_size].tolist()),
+                   scores=(None,) * batch_size)
 
 
 @dataclass
@@ -209,7 +269,7 @@ def share_from_main(accelerator, obj):
 def run_episode(
     trainer: LMTrainer,
     validator: Validator,
-    policy,
+    policy: EpisodePolicy,
     pool: Pool,
     steps: int,
     select_every: int,
@@ -240,24 +300,25 @@ def run_episode(
         timing = dict.fromkeys(TIME_KEYS, 0.0)
         from_policy = (t - 1) % select_every == 0
         start = time.perf_counter()
-        choice = None
+        choice: Choice | None = None
         if acc.is_main_process:
             if from_policy:
                 if explore:
                     action = policy.act(p_prev, t / steps, counts, explore=True, generator=generator)
                 else:
                     action = policy.use(p_prev, t / steps, counts, generator=generator)
-                item_lp = action.item_log_prob.tolist() if action.item_log_prob is not None else None
-                choice = (action.indices.tolist(), action.scores.tolist(), action.log_prob, action.value, item_lp)
+                choice = Choice.of_action(action)
             else:
-                choice = (torch.randperm(n, generator=generator)[:batch_size].tolist(), [None] * batch_size, None, None, None)
-        indices, scores, log_prob, value, item_lp = share_from_main(acc, choice)
+                choice = Choice.random(n, batch_size, generator)
+        choice = share_from_main(acc, choice)
+        indices = list(choice.indices)
         chosen = torch.tensor(indices, dtype=torch.int64)
         counts += torch.bincount(chosen, minlength=n)
         if buffer is not None:
             if from_policy:
                 # The reward is added when P is next measured (end of this interval).
-                buffer.add(p_prev, t / steps, chosen, log_prob, value, 0.0,
+                item_lp = choice.item_log_prob
+                buffer.add(p_prev, t / steps, chosen, choice.log_prob, choice.value, 0.0,
                            item_log_prob=None if item_lp is None else torch.tensor(item_lp, dtype=torch.float64))
             else:
                 buffer.add_counted(chosen)
@@ -284,8 +345,71 @@ def run_episode(
             result.time[key] += timing[key]
         metrics = {"kind": "step", "step": t, "steps": steps, "P": perf, "reward": reward, "loss": loss,
                    "policy": from_policy, "time": timing}
-        selection = {"step": t, "ids": [pool.examples[i].id for i in indices], "indices": indices, "scores": scores,
+        selection = {"step": t, "ids": [pool.examples[i].id for i in indices], "indices": indices, "scores": list(choice.scores),
                      "classes": classes[chosen].tolist(), "random": not from_policy}
         on_step(metrics, selection)
     result.final_p = p_prev
     return result
+
+
+@dataclass
+class EpisodeJob:
+    """A train-policy or finetune run ready for its episodes (`start_episode_job`)."""
+
+    accelerator: Any
+    run: RunFolder
+    config: dict                # the job's settings, as written to config.yaml
+    pool: Pool
+    static: StaticState
+    policy: RaisePolicy
+    batch: int                  # B = C x b
+    trainer: LMTrainer          # holds M_0
+    validator: Validator
+    p0: float                   # P(M_0)
+
+
+def start_episode_job(cfg: EpisodeConfig, accelerator, required: tuple[str, ...], per_class: int,
+                      make_policy: Callable[[StaticState, int], RaisePolicy], normalizer=None,
+                      resumable: tuple[str, ...] | None = None, prior: str = "none") -> EpisodeJob:
+    """The setup train-policy and finetune share, refusing bad inputs before any model is loaded.
+
+    In order: the settings in `required`; the run folder and its log; with `resumable`, the
+    settings of a run being resumed there (only those fields may differ); the validation set; the
+    pool and its features (scaled with `normalizer`, the policy's own when given; with the
+    `policy.prior` column of `prior`); b (`per_class`, or B / C
+    from `batch_size`) and B; the policy, `make_policy(static, b)`; then
+    config.yaml (a refused run leaves none), the seeded target model M_0, the validator and
+    P(M_0).
+    """
+    from transformers import set_seed
+
+    from ..data.validation import load_validation
+    from ..logs import setup_logging
+
+    require_settings(cfg, required)
+    acc = accelerator or full_precision_accelerator()
+    config = to_dict(cfg)
+    run = RunFolder(cfg.out, enabled=acc.is_main_process, report_to=parse_report_to(cfg.report_to, cfg.tensorboard),
+                    config=config)
+    if acc.is_main_process:
+        setup_logging(run.out)
+    if resumable is not None:
+        run.check_config(config, resumable)
+    val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
+    pool, static = load_static(cfg.pool, cfg.features, normalizer, prior_column(prior, val_examples, cfg, cfg.model))
+    per_class = resolve_per_class(per_class, cfg.batch_size, static.num_classes)
+    batch = check_batch(static, per_class, len(pool), acc.num_processes)
+    policy = make_policy(static, per_class)
+    run.write_config(config)
+    set_seed(cfg.seed)
+    lm = lm_config(cfg)
+    trainer = LMTrainer(cfg.model, pool, lm, total_steps=cfg.steps, accelerator=acc)
+    validator = Validator(val_examples, trainer.tokenizer, cfg.metric, lm.max_length, lm.template,
+                          cfg.val_batch_size, cfg.max_new_tokens, accelerator=acc)
+    start = time.perf_counter()
+    p0 = check_finite(validator(trainer.model), "step 0 (the initial model M_0)")
+    log.info("pool %d instructions, %d classes, batch %d = %d x %d; validation %d examples; P(M_0) = %.5f (%.1fs)",
+             len(pool), static.num_classes, batch, static.num_classes, per_class, len(val_examples), p0,
+             time.perf_counter() - start)
+    return EpisodeJob(accelerator=acc, run=run, config=config, pool=pool, static=static, policy=policy, batch=batch,
+                      trainer=trainer, validator=validator, p0=p0)

@@ -22,14 +22,10 @@ from typing import Optional
 
 import torch
 
-from ..config import check_fields, field_help, require_settings, to_dict
+from ..config import check_fields, field_help, require_settings
 from ..policy.agent import USE_RULES, PolicyConfig
-from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, lm_config, load_static, prior_column, resolve_per_class,
-                      run_episode, selection_stats)
-from .loop import LMTrainer, full_precision_accelerator
-from .reporting import parse_report_to
-from .reward import Validator, check_finite
-from .runs import RunFolder, random_episode_generator
+from .episode import EpisodeConfig, RandomBatches, format_timing, run_episode, selection_stats, start_episode_job
+from .runs import random_episode_generator
 
 log = logging.getLogger(__name__)
 
@@ -56,35 +52,24 @@ class FinetuneConfig(EpisodeConfig):
 
 def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     """Fine-tune `cfg.model` with the policy in `cfg.policy`; returns the saved model folder."""
-    from transformers import set_seed
-
-    from ..logs import setup_logging
-    from ..data.validation import load_validation
     from ..policy import RaisePolicy
 
-    require_settings(cfg, ("policy", "pool", "features", "model", "val", "out"))
-    acc = accelerator or full_precision_accelerator()
-    run = RunFolder(cfg.out, enabled=acc.is_main_process, report_to=parse_report_to(cfg.report_to, cfg.tensorboard),
-                    config=to_dict(cfg))
-    if acc.is_main_process:
-        setup_logging(run.out)
+    def load_policy(static, per_class: int) -> RaisePolicy:
+        policy = RaisePolicy.load(cfg.policy, static)
+        policy.cfg = dataclasses.replace(policy.cfg, per_class=per_class, use_rule=cfg.use_rule or policy.cfg.use_rule)
+        return policy
 
+    required = ("policy", "pool", "features", "model", "val", "out")
+    require_settings(cfg, required)   # before the policy folder is read for b and the normaliser
     # Score this pool exactly as during training: with the policy's own normaliser.
-    val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
-    prior = prior_column(RaisePolicy.read_config(cfg.policy).get("prior", "none"), val_examples, cfg, cfg.model)
-    pool, static = load_static(cfg.pool, cfg.features, RaisePolicy.read_normalizer(cfg.policy), prior)
-    policy = RaisePolicy.load(cfg.policy, static)
-    per_class = resolve_per_class(cfg.per_class or policy.cfg.per_class, cfg.batch_size, static.num_classes)
-    policy.cfg = dataclasses.replace(policy.cfg, per_class=per_class, use_rule=cfg.use_rule or policy.cfg.use_rule)
-    batch = check_batch(static, per_class, len(pool), acc.num_processes)
-    run.write_config(to_dict(cfg))  # once the inputs are checked: a refused run leaves no config behind
-    set_seed(cfg.seed)
-    trainer = LMTrainer(cfg.model, pool, lm_config(cfg), total_steps=cfg.steps, accelerator=acc)
-    validator = Validator(val_examples, trainer.tokenizer, cfg.metric, cfg.max_length, cfg.template,
-                          cfg.val_batch_size, cfg.max_new_tokens, accelerator=acc)
-    p0 = check_finite(validator(trainer.model), "step 0 (the initial model)")
-    log.info("fine-tuning %s for %d steps, batch %d = %d classes x %d; P(M_0) = %.5f",
-             cfg.model, cfg.steps, batch, static.num_classes, per_class, p0)
+    job = start_episode_job(cfg, accelerator, required,
+                            cfg.per_class or RaisePolicy.read_config(cfg.policy).per_class, load_policy,
+                            normalizer=RaisePolicy.read_normalizer(cfg.policy),
+                            prior=RaisePolicy.read_config(cfg.policy).prior)
+    run, static, policy, batch = job.run, job.static, job.policy, job.batch
+    trainer, validator, p0 = job.trainer, job.validator, job.p0
+    log.info("fine-tuning %s for %d steps with the policy in %s (use rule %s)", cfg.model, cfg.steps, cfg.policy,
+             policy.cfg.use_rule)
 
     write_selection = run.selection_writer("selections.jsonl")
     batches: list[list[int]] = []
@@ -95,7 +80,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
         batches.append(selection["indices"])
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    result = run_episode(trainer, validator, policy, pool, cfg.steps, cfg.select_every, explore=False,
+    result = run_episode(trainer, validator, policy, job.pool, cfg.steps, cfg.select_every, explore=False,
                          generator=generator, p0=p0, where="finetune", on_step=on_step)
     model_dir = run.out / "model"
     trainer.save(model_dir)
@@ -109,7 +94,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
              100 * stats["top10_share"], stats["class_share"])
     if cfg.compare_random:
         trainer.reset()
-        rand = run_episode(trainer, validator, RandomBatches(static, batch), pool, cfg.steps, cfg.select_every,
+        rand = run_episode(trainer, validator, RandomBatches(static, batch), job.pool, cfg.steps, cfg.select_every,
                            explore=True, generator=random_episode_generator(cfg.seed),
                            p0=p0, where="random batches", on_step=lambda metrics, selection: None)
         summary["random_final_P"] = rand.final_p

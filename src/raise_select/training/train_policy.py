@@ -19,14 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import check_fields, require_settings, to_dict
+from ..config import check_fields
 from ..policy.agent import PolicyConfig
-from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, load_static, lm_config, prior_column, resolve_per_class,
-                      run_episode, selection_stats, share_from_main)
-from .loop import LMTrainer, full_precision_accelerator
-from .reporting import parse_report_to
-from .reward import Validator, check_finite
-from .runs import RunFolder, random_episode_generator, rng_state, set_rng_state
+from .episode import (EpisodeConfig, RandomBatches, format_timing, run_episode, selection_stats, share_from_main,
+                      start_episode_job)
+from .runs import random_episode_generator, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -55,36 +52,13 @@ def policy_settings(cfg: TrainPolicyConfig, per_class: int) -> PolicyConfig:
 
 def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     """Run Algorithm 2 into `cfg.out`; returns the folder of the trained policy (`<out>/policy`)."""
-    from transformers import set_seed
-
-    from ..logs import setup_logging
-    from ..data.validation import load_validation
     from ..policy import RaisePolicy, RolloutBuffer
 
-    require_settings(cfg, ("pool", "features", "model", "val", "out"))
-    acc = accelerator or full_precision_accelerator()
-    config = to_dict(cfg)
-    run = RunFolder(cfg.out, enabled=acc.is_main_process, report_to=parse_report_to(cfg.report_to, cfg.tensorboard),
-                    config=config)
-    if acc.is_main_process:
-        setup_logging(run.out)
-    run.check_config(config, RESUMABLE_CHANGES)
-
-    val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
-    pool, static = load_static(cfg.pool, cfg.features, prior=prior_column(cfg.policy.prior, val_examples, cfg, cfg.model))
-    policy_cfg = policy_settings(cfg, resolve_per_class(cfg.policy.per_class, cfg.batch_size, static.num_classes))
-    batch = check_batch(static, policy_cfg.per_class, len(pool), acc.num_processes)
-    set_seed(cfg.seed)
-    policy = RaisePolicy(static, policy_cfg)
-    lm = lm_config(cfg)
-    trainer = LMTrainer(cfg.model, pool, lm, total_steps=cfg.steps, accelerator=acc)
-    validator = Validator(val_examples, trainer.tokenizer, cfg.metric, lm.max_length, lm.template,
-                          cfg.val_batch_size, cfg.max_new_tokens, accelerator=acc)
-    start = time.perf_counter()
-    p0 = check_finite(validator(trainer.model), "step 0 (the initial model M_0)")
-    log.info("pool %d instructions, %d classes, batch %d = %d x %d; validation %d examples; P(M_0) = %.5f (%.1fs)",
-             len(pool), static.num_classes, batch, static.num_classes, policy_cfg.per_class, len(val_examples), p0,
-             time.perf_counter() - start)
+    job = start_episode_job(cfg, accelerator, ("pool", "features", "model", "val", "out"), cfg.policy.per_class,
+                            lambda static, per_class: RaisePolicy(static, policy_settings(cfg, per_class)),
+                            resumable=RESUMABLE_CHANGES, prior=cfg.policy.prior)
+    acc, run, pool, static, policy, batch = job.accelerator, job.run, job.pool, job.static, job.policy, job.batch
+    trainer, validator, p0 = job.trainer, job.validator, job.p0
 
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
@@ -104,7 +78,6 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     first_round = share_from_main(acc, first_round)
     if first_round >= cfg.rounds:
         log.info("all %d rounds already done in %s", cfg.rounds, run.out)
-    run.write_config(config)
 
     if first_round == 0:
         # The reference: one episode of uniformly random batches from M_0 (its own seeded
