@@ -70,7 +70,7 @@ RAISE_VARIANTS = {
 LABELS = {"full": "100%", "random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "AlpaGasus", "sspl": "SSPL",
           "less": "LESS", "rose": "ROSE", "rds": "RDS+", "embed": "EMBED", "greats": "GREATS", "rho": "RHO-LOSS",
           "raise": "RAISE (+RDS+ prior)", "raise_noprior": "RAISE (defaults)", "raise_paper": "RAISE (paper)"}
-ORDER = ("random", "rds", "embed", "full", "ifd", "less", "sspl", "deita", "alpagasus", "greats", "rho", "rose",
+ORDER = ("random", "rds", "embed", "ifd", "full", "less", "sspl", "deita", "alpagasus", "greats", "rho", "rose",
          *RAISE_VARIANTS)
 
 
@@ -207,7 +207,7 @@ class Bench:
                       "select_seconds": round(t1 - t0, 2), "train_seconds": round(t2 - t1, 2),
                       "model": str(cell_dir / "model"), "evals": {}}
             write_json_atomic(path, record)
-        for t in ([target] if target else cfg.targets):
+        for t in ([target] if target else self.cfg.targets):
             self.evaluate(record, t, path)
         return record
 
