@@ -50,6 +50,7 @@ from raise_select.data.validation import load_validation
 from raise_select.errors import UserError
 from raise_select.io import fingerprint, write_json_atomic, write_text_atomic
 from raise_select.logs import setup_logging
+from raise_select.policy.agent import PAPER
 from raise_select.progress import progress_bar
 from raise_select.reports.intervals import Interval, gain_interval
 
@@ -59,9 +60,18 @@ log = logging.getLogger("bench_real")
 TARGETS = {"gsm8k": ("train", "test"), "arc_challenge": ("dev", "test"), "commonsenseqa": ("train", "dev")}
 # Methods that read no validation set: trained once, scored on every target.
 UNTARGETED = ("full", "random", "ifd", "deita", "alpagasus", "sspl")
+# RAISE rows (train-policy, then finetune with the policy, per target and seed of `raise_seeds`):
+# the policy settings each row uses on top of PolicyConfig's defaults.
+RAISE_VARIANTS = {
+    "raise": {"prior": "rds"},   # the package defaults + the RDS+ prior (policy/prior.py)
+    "raise_noprior": {},         # the package defaults (the prior's ablation)
+    "raise_paper": dict(PAPER),  # the paper's literal form (appendix A.2, eq. 2-12)
+}
 LABELS = {"full": "100%", "random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "AlpaGasus", "sspl": "SSPL",
-          "less": "LESS", "rose": "ROSE", "rds": "RDS+", "embed": "EMBED", "greats": "GREATS", "rho": "RHO-LOSS"}
-ORDER = ("random", "rds", "embed", "full", "ifd", "less", "sspl", "deita", "alpagasus", "greats", "rho", "rose")
+          "less": "LESS", "rose": "ROSE", "rds": "RDS+", "embed": "EMBED", "greats": "GREATS", "rho": "RHO-LOSS",
+          "raise": "RAISE (+RDS+ prior)", "raise_noprior": "RAISE (defaults)", "raise_paper": "RAISE (paper)"}
+ORDER = ("random", "rds", "embed", "ifd", "full", "less", "sspl", "deita", "alpagasus", "greats", "rho", "rose",
+         *RAISE_VARIANTS)
 
 
 @dataclass
@@ -82,6 +92,9 @@ class BenchConfig:
     max_length: int = 256
     classes: int = 8
     seed: int = 0
+    raise_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    raise_rounds: int = 6
+    raise_val_size: int = 32
     options: dict = field(default_factory=dict)
 
 
@@ -101,9 +114,9 @@ DEFAULT_OPTIONS = {
 
 class Bench:
     def __init__(self, cfg: BenchConfig):
-        unknown = [m for m in cfg.methods if m not in BASELINES]
+        unknown = [m for m in cfg.methods if m not in BASELINES and m not in RAISE_VARIANTS]
         if unknown:
-            raise UserError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(BASELINES)}")
+            raise UserError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join([*BASELINES, *RAISE_VARIANTS])}")
         bad = [t for t in cfg.targets if t not in TARGETS]
         if bad:
             raise UserError(f"unknown target(s) {', '.join(bad)}; available: {', '.join(TARGETS)}")
@@ -135,8 +148,14 @@ class Bench:
                  ", ".join(cfg.targets), cfg.val_size, cfg.heldout_size)
 
     def reads_features(self, method: str) -> bool:
-        """Whether `method` with its options here reads the featurized pool (the method says so)."""
-        return needs_features(method, self.options.get(method, {}))
+        """Whether `method` with its options here reads the featurized pool (the method says so;
+        RAISE's state always does)."""
+        return method in RAISE_VARIANTS or needs_features(method, self.options.get(method, {}))
+
+    def reads_rds_vectors(self, method: str) -> bool:
+        if method in RAISE_VARIANTS:
+            return RAISE_VARIANTS[method].get("prior") == "rds"
+        return needs_rds_vectors(method, self.options.get(method, {}))
 
     def features(self) -> tuple[str, float]:
         """The featurized pool (with RDS+ vectors when a method reads them) and its scoring
@@ -144,7 +163,7 @@ class Bench:
         from raise_select.features.featurize import FeaturizeConfig, featurize
 
         out = self.out / "features"
-        rds = any(needs_rds_vectors(m, self.options.get(m, {})) for m in self.cfg.methods)
+        rds = any(self.reads_rds_vectors(m) for m in self.cfg.methods)
         table = featurize(FeaturizeConfig(pool=str(self.pool_path), model=self.cfg.model, out=str(out),
                                           max_length=self.cfg.max_length, classes=self.cfg.classes, seed=self.cfg.seed,
                                           rds=rds, shard_size=256))
@@ -156,9 +175,9 @@ class Bench:
         """(cell name, method, target or None, seed) in the order they run."""
         cfg, out = self.cfg, []
         for m in sorted(dict.fromkeys(cfg.methods), key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
-            seeds = cfg.seeds if m == "random" else [cfg.seed]
+            seeds = cfg.seeds if m == "random" else cfg.raise_seeds if m in RAISE_VARIANTS else [cfg.seed]
             for s in seeds:
-                suffix = f"-s{s}" if m == "random" else ""
+                suffix = f"-s{s}" if m == "random" or m in RAISE_VARIANTS else ""
                 if m in UNTARGETED:
                     out.append((f"{m}{suffix}", m, None, s))
                 else:
@@ -166,18 +185,13 @@ class Bench:
         return out
 
     def run_cell(self, name: str, method: str, target: str | None, seed: int, features: str) -> dict:
-        cfg = self.cfg
+        if method in RAISE_VARIANTS:
+            return self.run_raise_cell(name, method, target, seed, features)
         cell_dir = self.out / "cells" / name
-        bcfg = BaselineConfig(
-            method=method, pool=str(self.pool_path), features=features if self.reads_features(method) else "",
-            model=cfg.model, val=self.val_files[target] if target else "", out=str(cell_dir), budget=cfg.budget,
-            batch_size=cfg.batch_size, epochs=1 if method == "full" else 3, seed=seed, lr=cfg.lr, lora=True, lora_r=8,
-            lora_alpha=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"], max_length=cfg.max_length, device="cpu",
-        )
+        bcfg = self.baseline_job(name, method, target, seed, features)
         options = self.options.get(method, {})
         # Settings that only report or export leave a finished cell valid.
-        settings = {k: v for k, v in asdict(bcfg).items() if k not in ("export", "export_format", "report_to")}
-        key = fingerprint({"config": settings, "options": options})
+        key = self.cell_key(bcfg, ("export", "export_format", "report_to"), options)
         path = cell_dir / "cell.json"
         record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if record.get("key") != key:
@@ -193,16 +207,75 @@ class Bench:
                       "select_seconds": round(t1 - t0, 2), "train_seconds": round(t2 - t1, 2),
                       "model": str(cell_dir / "model"), "evals": {}}
             write_json_atomic(path, record)
-        for t in ([target] if target else cfg.targets):
+        for t in ([target] if target else self.cfg.targets):
             self.evaluate(record, t, path)
         return record
+
+    def baseline_job(self, name: str, method: str, target: str | None, seed: int, features: str) -> BaselineConfig:
+        cfg = self.cfg
+        return BaselineConfig(
+            method=method, pool=str(self.pool_path), features=features if self.reads_features(method) else "",
+            model=cfg.model, val=self.val_files[target] if target else "", out=str(self.out / "cells" / name),
+            budget=cfg.budget, batch_size=cfg.batch_size, epochs=1 if method == "full" else 3, seed=seed, lr=cfg.lr,
+            lora=True, lora_r=8, lora_alpha=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"],
+            max_length=cfg.max_length, device="cpu",
+        )
+
+    def cell_key(self, job, leave_out: tuple[str, ...], options: dict | None = None) -> str:
+        """A cell's key: its job settings (less those that only report or export, which leave a
+        finished cell valid) and method options, with paths inside --out written relative to it,
+        so the cells of a run still match when the run folder is moved or copied elsewhere."""
+        def rel(v):
+            if isinstance(v, str) and v:
+                try:
+                    return Path(v).resolve().relative_to(self.out.resolve()).as_posix()
+                except ValueError:
+                    return v
+            return v
+        settings = {k: rel(v) for k, v in asdict(job).items() if k not in leave_out}
+        return fingerprint({"config": settings, **({"options": options} if options is not None else {})})
+
+    def run_raise_cell(self, name: str, method: str, target: str, seed: int, features: str) -> dict:
+        """train-policy (`raise_rounds` rounds of episodes as long as the matched steps), then
+        finetune with the policy for the matched steps; the policy's reward is the validation
+        loss on `raise_val_size` examples of the target's validation sample. Cost: policy
+        training (reference episode + rounds) + fine-tuning, + featurize."""
+        from raise_select.baselines.base import budget_count, matched_steps
+        from raise_select.policy import PolicyConfig
+        from raise_select.training.finetune import train_and_finetune
+        from raise_select.training.train_policy import TrainPolicyConfig
+
+        cfg = self.cfg
+        cell_dir = self.out / "cells" / name
+        steps = matched_steps(budget_count(cfg.budget, len(self.pool)), cfg.batch_size, 3)
+        tp = TrainPolicyConfig(
+            pool=str(self.pool_path), features=features, model=cfg.model, val=self.val_files[target], out="",
+            val_size=cfg.raise_val_size, rounds=cfg.raise_rounds, steps=steps, batch_size=cfg.batch_size, seed=seed,
+            lr=cfg.lr, lora=True, lora_r=8, lora_alpha=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"],
+            max_length=cfg.max_length, policy=PolicyConfig(**RAISE_VARIANTS[method]), **self.options.get(method, {}))
+        key = self.cell_key(tp, ("out", "report_to"))
+        path = cell_dir / "cell.json"
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if record.get("key") != key:
+            log.info("cell %s: training the policy and fine-tuning with it", name)
+            model_dir, policy_seconds, finetune_seconds = train_and_finetune(tp, cell_dir)
+            record = {"key": key, "method": method, "target": target, "seed": seed, "steps": steps,
+                      "select_seconds": round(policy_seconds, 2), "train_seconds": round(finetune_seconds, 2),
+                      "model": str(model_dir), "evals": {}}
+            write_json_atomic(path, record)
+        self.evaluate(record, target, path)
+        return record
+
+    def eval_key(self, cell_key: str | None, target: str) -> str:
+        cfg = self.cfg
+        return fingerprint({"model": cell_key, "target": target, "n": cfg.heldout_size, "seed": cfg.seed,
+                            "max_length": cfg.max_length})
 
     def evaluate(self, record: dict, target: str, path: Path | None) -> list[float]:
         from raise_select.evaluation.loss import example_losses
 
         cfg = self.cfg
-        ekey = fingerprint({"model": record.get("key"), "target": target, "n": cfg.heldout_size, "seed": cfg.seed,
-                            "max_length": cfg.max_length})
+        ekey = self.eval_key(record.get("key"), target)
         done = record.setdefault("evals", {}).get(target)
         if done and done.get("key") == ekey:
             return done["losses"]
@@ -351,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help="comma-separated; default " + ",".join(ORDER))
     p.add_argument("--targets", default=None, help="comma-separated; default " + ",".join(TARGETS))
     p.add_argument("--seeds", default=None, help="RAND seeds, comma-separated (default 0,1,2,3,4)")
+    p.add_argument("--raise-seeds", default=None, help="seeds of the RAISE rows, comma-separated (default 0,1,2)")
+    p.add_argument("--raise-rounds", type=int, default=None, help="policy-training rounds of the RAISE rows (default 6)")
+    p.add_argument("--raise-val-size", type=int, default=None,
+                   help="validation examples of RAISE's reward, drawn from the target's validation sample (default 32)")
     p.add_argument("--val-size", type=int, default=None)
     p.add_argument("--heldout-size", type=int, default=None)
     p.add_argument("--max-length", type=int, default=None)
@@ -359,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     settings = dict(QUICK) if a.quick else {}
     settings["out"] = a.out or ("runs/bench_real_quick" if a.quick else "runs/bench_real")
-    for name in ("model", "pool", "data_dir", "pool_size", "budget", "val_size", "heldout_size", "max_length", "classes"):
+    for name in ("model", "pool", "data_dir", "pool_size", "budget", "val_size", "heldout_size", "max_length", "classes",
+                 "raise_rounds", "raise_val_size"):
         if getattr(a, name) is not None:
             settings[name] = getattr(a, name)
     for name in ("methods", "targets"):
@@ -367,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             settings[name] = [x for x in getattr(a, name).split(",") if x]
     if a.seeds:
         settings["seeds"] = [int(x) for x in a.seeds.split(",")]
+    if a.raise_seeds:
+        settings["raise_seeds"] = [int(x) for x in a.raise_seeds.split(",")]
     if a.threads:
         import torch
 

@@ -150,7 +150,7 @@ def test_policy_training_time_counts_every_run_of_a_resumed_folder(tmp_path):
     time is the episodes' logged seconds (a redone round once, the later line)."""
     import json
 
-    from raise_select.reports.study import policy_training_seconds
+    from raise_select.training.finetune import policy_training_seconds
 
     lines = [
         {"kind": "reference", "time": {"train": 10.0, "reward": 5.0}},

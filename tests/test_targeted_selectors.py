@@ -236,11 +236,17 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
     out = tmp_path / "bench"
     argv = ["--quick", "--out", str(out), "--model", str(tiny_model_dir), "--pool", str(shared_data / "alpaca/alpaca_data.json"),
             "--data-dir", str(shared_data), "--pool-size", "40", "--budget", "8", "--val-size", "4", "--heldout-size", "6",
-            "--max-length", "96", "--classes", "2", "--methods", "random,rds,ifd"]
+            "--max-length", "96", "--classes", "2", "--methods", "random,rds,ifd,raise", "--raise-seeds", "0",
+            "--raise-rounds", "1", "--raise-val-size", "3"]
     assert bench_real.main(argv) == 0
     result = json.loads((out / "bench_real.json").read_text())
     rows = result["rows"]
-    assert set(rows) == {"random", "rds", "ifd"}
+    assert set(rows) == {"random", "rds", "ifd", "raise"}
+    # A RAISE cell trains a policy with the RDS+ prior, then fine-tunes with it; its cost counts both.
+    policy = json.loads((out / "cells" / "raise@gsm8k-s0" / "train_policy" / "policy" / "policy.json").read_text())
+    assert policy["config"]["prior"] == "rds" and policy["dims"]["prior_dim"] == 1
+    raise_cell = json.loads((out / "cells" / "raise@gsm8k-s0" / "cell.json").read_text())
+    assert raise_cell["select_seconds"] > 0 and raise_cell["train_seconds"] > 0
     assert set(rows["rds"]) == {"gsm8k", "arc_challenge", "commonsenseqa"}
     assert rows["random"]["gsm8k"]["rule"] == "t over 2 seeds" and rows["rds"]["gsm8k"]["rule"].startswith("bootstrap")
     for m in rows:
@@ -258,3 +264,11 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
     before = {p: p.stat().st_mtime for p in out.glob("cells/*/cell.json")}
     assert bench_real.main(argv) == 0
     assert {p: p.stat().st_mtime for p in out.glob("cells/*/cell.json")} == before
+    # So does a copy of the run folder elsewhere (keys hold paths relative to --out).
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    before = {p.relative_to(moved): p.read_text() for p in moved.glob("cells/*/cell.json")}
+    assert bench_real.main([*argv[:argv.index("--out")], "--out", str(moved), *argv[argv.index("--out") + 2:]]) == 0
+    assert {p.relative_to(moved): p.read_text() for p in moved.glob("cells/*/cell.json")} == before

@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
 from ..progress import progress_bar
 from .acquisition import CRITIC_FEATURES, AcquisitionMLP, Critic, critic_features
+from .prior import PRIORS, init_prior_actor
 from .buffer import RolloutBuffer
 from .ppo import actor_loss, class_entropy, class_log_softmax, critic_loss, gae
 from .selection import select_per_class
@@ -66,6 +67,8 @@ literal values (`configs/policy_paper.yaml`).
     advantage: str = field(default="step_baseline", metadata={"help": "gae [eq. 7-9, critic V_phi as baseline] or step_baseline (reward minus the mean reward at the same step of earlier episodes)"})
     target_kl: float = field(default=0.0, metadata={"help": "stop a round's PPO epochs once the approximate KL per chosen row exceeds this (0 = never [paper])"})
     use_rule: str = field(default="sample", metadata={"help": "use time: topk [Algorithm 1] or sample (draw from the class softmax, as in rollouts)"})
+    prior: str = field(default="none", metadata={"help": "none [eq. 2-6] or rds: one more static state column, the RDS+ similarity of each row to the validation set, with an actor whose round 0 ranks rows by it (policy/prior.py; needs featurize --rds)"})
+    prior_scale: float = field(default=3.0, metadata={"help": "with a prior: round 0 scores are prior_scale * tanh(standardised prior), the logit range of each class softmax"})
 
     def __post_init__(self) -> None:
         self.check()
@@ -88,6 +91,8 @@ literal values (`configs/policy_paper.yaml`).
             (self.advantage in ADVANTAGES, "advantage", f"must be one of {', '.join(ADVANTAGES)}"),
             (self.target_kl >= 0.0, "target_kl", "must be >= 0 (0 = off)"),
             (self.use_rule in USE_RULES, "use_rule", f"must be one of {', '.join(USE_RULES)}"),
+            (self.prior in PRIORS, "prior", f"must be one of {', '.join(PRIORS)}"),
+            (math.isfinite(self.prior_scale) and self.prior_scale > 0.0, "prior_scale", "must be a finite number > 0"),
         ]
         check_fields(self, rules, "policy")
 
@@ -165,11 +170,17 @@ class RaisePolicy:
         if len(static) < batch:
             raise UserError(f"the pool has {len(static)} instructions, fewer than one batch of {batch} "
                             f"({static.num_classes} classes x per_class {cfg.per_class})")
+        if (cfg.prior != "none") != bool(static.prior_dim):
+            raise UserError(f"policy.prior is {cfg.prior} but the state {'has' if static.prior_dim else 'has no'} prior "
+                            "column: build it with the prior (training.episode.load_static(..., prior=...)) or set "
+                            "policy.prior accordingly")
         self.static = static
         self.cfg = cfg
         with torch.random.fork_rng(devices=[]):   # seeded weights without touching the caller's RNG
             torch.manual_seed(cfg.seed)
             self.actor = AcquisitionMLP(static.fused_dim, cfg.hidden)
+            if cfg.prior != "none":
+                init_prior_actor(self.actor, static.prior_column, cfg.prior_scale)
             self.critic = Critic(cfg.hidden)
         self.actor_opt = torch.optim.AdamW(layer_groups(self.actor, cfg.actor_lr), weight_decay=cfg.weight_decay)
         self.critic_opt = torch.optim.AdamW(layer_groups(self.critic, cfg.critic_lr), weight_decay=cfg.weight_decay)
@@ -408,7 +419,7 @@ class RaisePolicy:
             "format": POLICY_FORMAT,
             "config": asdict(self.cfg),
             "normalizer": self.static.normalizer.to_dict(),
-            "dims": {"fused_dim": self.static.fused_dim, "sem_dim": self.static.sem_dim,
+            "dims": {"fused_dim": self.static.fused_dim, "sem_dim": self.static.sem_dim, "prior_dim": self.static.prior_dim,
                      "num_classes": self.static.num_classes, "critic_features": list(CRITIC_FEATURES)},
             "updates": self.updates,
             "perf_reference": self.perf_reference,
@@ -455,6 +466,9 @@ class RaisePolicy:
         path = out_dir / "policy.json"
         if dims["sem_dim"] != static.sem_dim:
             raise UserError(f"{path}: field 'dims.sem_dim' is {dims['sem_dim']} but the features have sem_dim {static.sem_dim}")
+        if int(dims.get("prior_dim", 0)) != static.prior_dim:
+            raise UserError(f"{path}: field 'dims.prior_dim' is {dims.get('prior_dim', 0)} but the state has "
+                            f"{static.prior_dim} prior column(s); policy.prior is {meta['config'].get('prior', 'none')}")
         if dims["num_classes"] != static.num_classes:
             raise UserError(f"{path}: field 'dims.num_classes' is {dims['num_classes']} but the features have "
                             f"{static.num_classes} classes")

@@ -8,7 +8,8 @@ The fused state of instruction d at step t is
 Only the stage (2 numbers shared by all rows) and the availability column change from
 step to step, so the static part (difficulty + semantic) is normalised once per pool and
 held in `StaticState`; `fuse_state` concatenates everything for reference and tests, while
-scoring (`acquisition.AcquisitionMLP.score`) never builds the N x M matrix.
+scoring (`acquisition.AcquisitionMLP.score`) never builds the N x M matrix. With
+`policy.prior` (a departure, `policy/prior.py`) one more static column follows sem(d).
 """
 
 from __future__ import annotations
@@ -92,17 +93,20 @@ class Normalizer:
 class StaticState:
     """The parts of eq. 6 that do not change during training, held once per pool."""
 
-    x: torch.Tensor            # (N, 4 + d_sem) float32: normalised difficulty + scaled semantic
+    x: torch.Tensor            # (N, 4 + d_sem [+ 1]) float32: normalised difficulty + scaled semantic [+ prior]
     classes: torch.Tensor      # (N,) int64 in [0, num_classes)
     num_classes: int
     normalizer: Normalizer
+    prior_dim: int = 0         # 1 with `policy.prior` (policy/prior.py): a standardised static column after sem
 
     @classmethod
-    def from_features(cls, ft: FeatureTable, normalizer: Normalizer | None = None) -> "StaticState":
+    def from_features(cls, ft: FeatureTable, normalizer: Normalizer | None = None,
+                      prior: np.ndarray | None = None) -> "StaticState":
         """Build from a feature table already aligned to the pool (`FeatureTable.align`).
 
         Without a `normalizer` one is fitted on this table (training); pass the policy's
-        own to score a pool exactly as during training (use time).
+        own to score a pool exactly as during training (use time). `prior`: an (N,)
+        standardised column (`policy.prior`) appended after the semantic block.
         """
         n = len(ft)
         if n == 0:
@@ -113,24 +117,35 @@ class StaticState:
             raise UserError(
                 f"the policy's normaliser has {len(normalizer.mean)} difficulty columns, the features have {difficulty.shape[1]}"
             )
-        x = np.concatenate([normalizer(difficulty), normalizer.scale_sem(ft.sem)], axis=1)
+        blocks = [normalizer(difficulty), normalizer.scale_sem(ft.sem)]
+        if prior is not None:
+            prior = np.asarray(prior, dtype=np.float32).reshape(-1)
+            if prior.shape[0] != n:
+                raise UserError(f"the prior column has {prior.shape[0]} rows, the feature table {n}")
+            blocks.append(prior[:, None])
+        x = np.concatenate(blocks, axis=1)
         classes = np.asarray(ft.cluster, dtype=np.int64)
         num_classes = ft.num_classes
         if classes.min() < 0 or classes.max() >= num_classes:
             raise UserError(f"feature table: class ids must lie in [0, {num_classes}), got {classes.min()}..{classes.max()}")
         return cls(x=torch.from_numpy(np.ascontiguousarray(x)), classes=torch.from_numpy(classes),
-                   num_classes=num_classes, normalizer=normalizer)
+                   num_classes=num_classes, normalizer=normalizer, prior_dim=0 if prior is None else 1)
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     @property
     def sem_dim(self) -> int:
-        return self.x.shape[1] - DIFFICULTY_DIM
+        return self.x.shape[1] - DIFFICULTY_DIM - self.prior_dim
+
+    @property
+    def prior_column(self) -> int | None:
+        """Index of the prior in the fused state (eq. 6 layout plus the prior), None without one."""
+        return STAGE_DIM + self.x.shape[1] - 1 if self.prior_dim else None
 
     @property
     def fused_dim(self) -> int:
-        """M of eq. 6: 2 + 4 + d_sem + 1."""
+        """M of eq. 6: 2 + 4 + d_sem (+ 1 with a prior) + 1."""
         return STAGE_DIM + self.x.shape[1] + AVAILABILITY_DIM
 
 

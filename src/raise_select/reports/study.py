@@ -34,7 +34,7 @@ from typing import Optional
 
 from ..config import from_dict, merge, parse_overrides, read_yaml
 from ..errors import UserError
-from ..io import fingerprint, read_jsonl, write_json_atomic, write_text_atomic
+from ..io import fingerprint, write_json_atomic, write_text_atomic
 from ..logs import setup_logging
 from ..training.loop import LMConfig
 from .plots import plot_study
@@ -326,23 +326,13 @@ class Study:
         features = self.features() if self.reads_features(cell.method) else ""
         own = {"seed": cell.seed, "pool": self.pool_spec, "features": features, "model": self.model, "out": str(cell_dir)}
         if cell.method == RAISE:
-            from ..training.finetune import FinetuneConfig, finetune
-            from ..training.train_policy import TrainPolicyConfig, train_policy
+            from ..training.finetune import train_and_finetune
+            from ..training.train_policy import TrainPolicyConfig
 
             tp = from_dict(TrainPolicyConfig, {**job_settings(cfg, "train_policy"), **own, "steps": self.steps,
                                                "out": str(cell_dir / "train_policy"), **options},
                            "study: section 'raise'")
-            start = time.perf_counter()
-            policy_dir = train_policy(tp)
-            resumed_seconds = time.perf_counter() - start
-            ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-            # `policy` of a FinetuneConfig is the trained policy's folder, not the settings section.
-            ft = FinetuneConfig(**{k: v for k, v in asdict(tp).items() if k in ft_fields and k not in ("out", "policy")},
-                                policy=str(policy_dir), out=str(cell_dir / "finetune"))
-            start = time.perf_counter()
-            model_dir = finetune(ft)
-            finetune_seconds = time.perf_counter() - start
-            policy_seconds = max(resumed_seconds, policy_training_seconds(cell_dir / "train_policy" / "metrics.jsonl"))
+            model_dir, policy_seconds, finetune_seconds = train_and_finetune(tp, cell_dir)
             return model_dir, policy_seconds + finetune_seconds
         from ..baselines.run import BaselineConfig, run_baseline
 
@@ -453,19 +443,6 @@ class Study:
         log.info("cells computed this run: %s", ", ".join(self.computed) or "none (all reused)")
         return {"table": table, "paths": paths, "computed": list(self.computed), "failed": failed,
                 "markdown": paths["md"].read_text(encoding="utf-8") + "\n" + paths["methods_md"].read_text(encoding="utf-8")}
-
-
-def policy_training_seconds(metrics: Path) -> float:
-    """The time a train-policy run folder has spent on its episodes, over every run that
-    wrote to it (the reference episode and each round log their train, reward, scoring and
-    PPO seconds): what a resumed run cannot measure with its own clock."""
-    episodes: dict[tuple, float] = {}  # a round logged twice (redone after a crash): the later line
-    if metrics.is_file():
-        for rec in read_jsonl(metrics, what="metrics log"):
-            if rec.get("kind") in ("reference", "round"):
-                key = (rec["kind"], rec.get("round"))
-                episodes[key] = sum(v for v in (rec.get("time") or {}).values() if isinstance(v, (int, float)))
-    return sum(episodes.values())
 
 
 def run_study(cfg: StudyConfig, options: dict[str, dict] | None = None) -> dict:

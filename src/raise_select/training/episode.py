@@ -86,15 +86,31 @@ def lm_config(cfg: LMConfig) -> LMConfig:
     return LMConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LMConfig)})
 
 
-def load_static(pool_spec: str, features: str, normalizer=None):
-    """(pool, static state) with the features aligned to the pool (refuses missing ones)."""
+def load_static(pool_spec: str, features: str, normalizer=None, prior: Callable | None = None):
+    """(pool, static state) with the features aligned to the pool (refuses missing ones).
+
+    `prior`: a function of the aligned feature table giving the `policy.prior` column (`prior_column`).
+    """
     from ..data.pools import load_pool
     from ..features.table import FeatureTable
     from ..policy import StaticState
 
     pool = load_pool(pool_spec)
     table = FeatureTable.read(features).align(pool.ids)
-    return pool, StaticState.from_features(table, normalizer)
+    return pool, StaticState.from_features(table, normalizer, None if prior is None else prior(table))
+
+
+def prior_column(kind: str, val_examples, cfg: LMConfig, model: str) -> Callable | None:
+    """The `policy.prior` column as a function of the aligned feature table (None for `none`).
+
+    The same function at training and at use time: on the same pool and validation set it
+    gives the same column, so a saved policy scores rows as it was trained to.
+    """
+    if kind == "none":
+        return None
+    from ..policy.prior import rds_prior
+
+    return lambda table: rds_prior(table, val_examples, model, cfg.template, cfg.max_length)
 
 
 def resolve_per_class(per_class: int, batch_size: int | None, num_classes: int) -> int:
@@ -354,13 +370,14 @@ class EpisodeJob:
 
 def start_episode_job(cfg: EpisodeConfig, accelerator, required: tuple[str, ...], per_class: int,
                       make_policy: Callable[[StaticState, int], RaisePolicy], normalizer=None,
-                      resumable: tuple[str, ...] | None = None) -> EpisodeJob:
+                      resumable: tuple[str, ...] | None = None, prior: str = "none") -> EpisodeJob:
     """The setup train-policy and finetune share, refusing bad inputs before any model is loaded.
 
     In order: the settings in `required`; the run folder and its log; with `resumable`, the
-    settings of a run being resumed there (only those fields may differ); the pool and its
-    features (scaled with `normalizer`, the policy's own when given); b (`per_class`, or B / C
-    from `batch_size`) and B; the policy, `make_policy(static, b)`; the validation set; then
+    settings of a run being resumed there (only those fields may differ); the validation set; the
+    pool and its features (scaled with `normalizer`, the policy's own when given; with the
+    `policy.prior` column of `prior`); b (`per_class`, or B / C
+    from `batch_size`) and B; the policy, `make_policy(static, b)`; then
     config.yaml (a refused run leaves none), the seeded target model M_0, the validator and
     P(M_0).
     """
@@ -378,11 +395,11 @@ def start_episode_job(cfg: EpisodeConfig, accelerator, required: tuple[str, ...]
         setup_logging(run.out)
     if resumable is not None:
         run.check_config(config, resumable)
-    pool, static = load_static(cfg.pool, cfg.features, normalizer)
+    val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
+    pool, static = load_static(cfg.pool, cfg.features, normalizer, prior_column(prior, val_examples, cfg, cfg.model))
     per_class = resolve_per_class(per_class, cfg.batch_size, static.num_classes)
     batch = check_batch(static, per_class, len(pool), acc.num_processes)
     policy = make_policy(static, per_class)
-    val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
     run.write_config(config)
     set_seed(cfg.seed)
     lm = lm_config(cfg)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -63,7 +64,8 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     # Score this pool exactly as during training: with the policy's own normaliser.
     job = start_episode_job(cfg, accelerator, required,
                             cfg.per_class or RaisePolicy.read_config(cfg.policy).per_class, load_policy,
-                            normalizer=RaisePolicy.read_normalizer(cfg.policy))
+                            normalizer=RaisePolicy.read_normalizer(cfg.policy),
+                            prior=RaisePolicy.read_config(cfg.policy).prior)
     run, static, policy, batch = job.run, job.static, job.policy, job.batch
     trainer, validator, p0 = job.trainer, job.validator, job.p0
     log.info("fine-tuning %s for %d steps with the policy in %s (use rule %s)", cfg.model, cfg.steps, cfg.policy,
@@ -102,3 +104,43 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     run.metric(summary)
     run.close()
     return model_dir
+
+
+def policy_training_seconds(metrics: Path) -> float:
+    """The time a train-policy run folder has spent on its episodes, over every run that
+    wrote to it (the reference episode and each round log their train, reward, scoring and
+    PPO seconds): what a resumed run cannot measure with its own clock."""
+    from ..io import read_jsonl
+
+    episodes: dict[tuple, float] = {}  # a round logged twice (redone after a crash): the later line
+    if Path(metrics).is_file():
+        for rec in read_jsonl(metrics, what="metrics log"):
+            if rec.get("kind") in ("reference", "round"):
+                key = (rec["kind"], rec.get("round"))
+                episodes[key] = sum(v for v in (rec.get("time") or {}).values() if isinstance(v, (int, float)))
+    return sum(episodes.values())
+
+
+def train_and_finetune(tp, out: str | Path) -> tuple[Path, float, float]:
+    """RAISE end to end: `train_policy(tp)` into <out>/train_policy, then `finetune` with the
+    trained policy and the same LLM and episode settings into <out>/finetune.
+
+    Returns (model folder, policy-training seconds over every run of that folder, finetune
+    seconds). `tp` is a TrainPolicyConfig whose `out` is replaced.
+    """
+    from .train_policy import train_policy
+
+    out = Path(out)
+    tp = dataclasses.replace(tp, out=str(out / "train_policy"))
+    start = time.perf_counter()
+    policy_dir = train_policy(tp)
+    resumed_seconds = time.perf_counter() - start
+    ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    # `policy` of a FinetuneConfig is the trained policy's folder, not the settings section.
+    ft = FinetuneConfig(**{k: getattr(tp, k) for k in ft_fields if hasattr(tp, k) and k not in ("out", "policy")},
+                        policy=str(policy_dir), out=str(out / "finetune"))
+    start = time.perf_counter()
+    model_dir = finetune(ft)
+    finetune_seconds = time.perf_counter() - start
+    policy_seconds = max(resumed_seconds, policy_training_seconds(out / "train_policy" / "metrics.jsonl"))
+    return model_dir, policy_seconds, finetune_seconds

@@ -56,7 +56,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
 
     job = start_episode_job(cfg, accelerator, ("pool", "features", "model", "val", "out"), cfg.policy.per_class,
                             lambda static, per_class: RaisePolicy(static, policy_settings(cfg, per_class)),
-                            resumable=RESUMABLE_CHANGES)
+                            resumable=RESUMABLE_CHANGES, prior=cfg.policy.prior)
     acc, run, pool, static, policy, batch = job.accelerator, job.run, job.pool, job.static, job.policy, job.batch
     trainer, validator, p0 = job.trainer, job.validator, job.p0
 
