@@ -35,7 +35,8 @@ import torch
 
 from raise_select.data.pools import load_pool
 from raise_select.data.synthetic import TESTBEDS, is_clean_on_target
-from raise_select.demo import DemoConfig, oracle_gain, prepare, run_method
+from raise_select.demo import DemoConfig, ifd_rows, oracle_gain, prepare, run_method
+from raise_select.io import read_jsonl
 from raise_select.logs import setup_logging
 from raise_select.policy.agent import PAPER, PolicyConfig
 
@@ -59,9 +60,7 @@ def run_testbed(name: str, args, policy: PolicyConfig, tag: str, methods: list[s
     val = load_pool(paths["val"]).examples
     target = TESTBEDS[name].target
     perfect = [i for i, e in enumerate(pool.examples) if is_clean_on_target(e.record, target)]
-    from raise_select.demo import _ifd_rows
-
-    rows = {"rand": list(range(len(pool))), "perfect": perfect, "ifd": _ifd_rows(cfg, paths, pool)}
+    rows = {"rand": list(range(len(pool))), "perfect": perfect, "ifd": ifd_rows(cfg, paths, pool)}
     out = []
     for seed in range(args.seeds):
         seed_dir = args.out / name / f"seed_{seed}"
@@ -93,8 +92,7 @@ def _recorded_seconds(run_dir: Path, options: dict) -> float:
     def seconds(path: Path, kinds: tuple[str, ...]) -> float:
         if not path.is_file():
             return 0.0
-        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return sum(sum(m["time"].values()) for m in lines if m.get("kind") in kinds)
+        return sum(sum(m["time"].values()) for m in read_jsonl(path, what="metrics log") if m.get("kind") in kinds)
 
     policy_run = run_dir / "policy" if "policy_dir" not in options else Path(options["policy_dir"]).parent
     total = seconds(run_dir / "raise" / "metrics.jsonl", ("finetune",))

@@ -5,7 +5,7 @@ import math
 import statistics
 
 import pytest
-
+import torch
 from typer.testing import CliRunner
 
 from raise_select.cli.main import app
@@ -38,6 +38,15 @@ def test_quick_demo_writes_summary_for_both_methods(tmp_path):
             assert len(lines) == summary["steps"] and len(chosen) == summary["steps"] * summary["batch_size"]
             assert r["clean_on_target"] == sum(is_clean_on_target(records[i], "add") for i in chosen) / len(chosen)
     assert summary["methods"]["perfect"]["clean_on_target_mean"] == 1.0
+    # PERFECT's batches: B distinct clean on-target rows per step, drawn with the seed (computed by hand here)
+    perfect = [i for i, e in enumerate(pool.examples) if is_clean_on_target(e.record, "add")]
+    for seed in (0, 1):
+        gen = torch.Generator().manual_seed(seed)
+        expected = [[perfect[i] for i in torch.randperm(len(perfect), generator=gen)[:summary["batch_size"]].tolist()]
+                    for _ in range(summary["steps"])]
+        lines = [json.loads(line) for line in (out / f"seed_{seed}" / "perfect" / "selections.jsonl").read_text().splitlines()]
+        assert [line["indices"] for line in lines] == expected
+        assert all(line["ids"] == [pool.examples[i].id for i in line["indices"]] and line["random"] for line in lines)
     # oracle gain = (RAND - method) / (RAND - PERFECT), per seed, from the per-seed losses
     loss = {(m, r["seed"]): r["val_loss"] for m in summary["methods"] for r in summary["methods"][m]["per_seed"]}
     for method in ("raise", "ifd"):
@@ -45,6 +54,19 @@ def test_quick_demo_writes_summary_for_both_methods(tmp_path):
         assert summary["methods"][method]["oracle_gain_per_seed"] == pytest.approx(expected)
     assert summary["raise_beats_rand_seeds"] == sum(loss["raise", s] < loss["rand", s] for s in (0, 1))
     assert summary["raise_beats_rand"] == (summary["methods"]["raise"]["val_loss_mean"] < summary["methods"]["rand"]["val_loss_mean"])
+    # A RAND run killed while writing its metrics (no final line, the last line cut) is redone
+    # on the next run, without a traceback, to the same result: one seed, one result.
+    metrics = out / "seed_0" / "rand" / "metrics.jsonl"
+    kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["kind"] != "final"]
+    metrics.write_text("\n".join(kept[:-1] + [kept[-1][:30]]))
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--seeds", "2", "--set", "demo.ifd=true"])
+    assert result.exit_code == 0, result.output
+    again = json.loads((out / "summary.json").read_text())
+    for method in ("raise", "rand", "perfect", "ifd"):
+        assert [r["val_loss"] for r in again["methods"][method]["per_seed"]] == \
+            [r["val_loss"] for r in summary["methods"][method]["per_seed"]]
+    final = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "final"]
+    assert len(final) == 1 and -final[0]["final_P"] == summary["methods"]["rand"]["per_seed"][0]["val_loss"]
     # The RAISE runs are ordinary run folders: `select` exports them.
     result = CliRunner().invoke(app, ["select", "--run", str(out / "seed_0" / "raise"), "--out", str(tmp_path / "chosen.jsonl")])
     assert result.exit_code == 0, result.output

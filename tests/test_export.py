@@ -88,6 +88,26 @@ def test_policy_only_skips_random_steps_and_a_redone_step_keeps_its_last_line(tm
             assert ex.response not in records
 
 
+def test_a_log_whose_last_line_a_crash_cut_is_read_without_it_and_a_damaged_middle_line_refused(tmp_path):
+    pool = load_pool(_alpaca_pool(tmp_path / "pool.jsonl"))
+    log = tmp_path / "selections.jsonl"
+    lines = _log(log, pool, steps=4, rng=random.Random(3))
+    whole = log.read_text()
+    log.write_text(whole + json.dumps(dict(lines[0], step=5))[:25])  # step 5's line, cut mid-write
+    assert [r["step"] for r in read_selections(log)] == [1, 2, 3, 4]
+    result = CliRunner().invoke(app, ["select", "--run", str(log), "--pool", str(tmp_path / "pool.jsonl"),
+                                      "--out", str(tmp_path / "chosen.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert load_pool(tmp_path / "chosen.jsonl").ids == list(_reference(lines))
+    log.write_text(whole.replace("\n", "\n{oops\n", 1))
+    with pytest.raises(UserError, match=r"selections.jsonl: row 1: not a JSON line; the selection log is damaged"):
+        read_selections(log)
+    log.write_text('{"step": 1, "id')  # nothing but a cut line
+    with pytest.raises(UserError, match="the selection log is empty"):
+        read_selections(log)
+    assert read_selections(log, allow_empty=True) == []
+
+
 def test_bad_logs_and_foreign_ids_are_refused(tmp_path):
     pool = load_pool(_alpaca_pool(tmp_path / "pool.jsonl"))
     log = tmp_path / "selections.jsonl"

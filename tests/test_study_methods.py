@@ -54,7 +54,9 @@ def test_method_stats_from_cell_folders(tmp_path):
     (cells / "random-s0" / "selection.json").write_text(json.dumps({"ids": ids[:4], "steps": 2}))
     (cells / "raise" / "finetune").mkdir(parents=True)
     steps = [{"step": 0, "ids": ids[:2]}, {"step": 1, "ids": ids[2:4]}, {"step": 1, "ids": ids[:2]}]  # step 1 redone
-    (cells / "raise" / "finetune" / "selections.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    # the last line was cut short by a crash mid-write: dropped, not a traceback
+    (cells / "raise" / "finetune" / "selections.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps)
+                                                                   + json.dumps({"step": 2, "ids": ids[4:6]})[:20])
     records = [
         {"name": "base", "row": "0%", "method": None, "loss": 2.0, "train_seconds": None},
         {"name": "full", "row": "100%", "method": "full", "loss": 1.0, "train_seconds": 40.0},

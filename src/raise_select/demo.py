@@ -9,7 +9,9 @@
 4. per seed: train a policy (`training.train_policy`), fine-tune M_0 with it
    (`training.finetune`), and fine-tune M_0 for the same steps on uniformly random batches
    (RAND), on batches of the clean on-target rows only (PERFECT, the oracle the metadata
-   allows: how much selection can gain here) and, with `ifd`, on the top IFD rows;
+   allows: how much selection can gain here) and, with `ifd`, on the top IFD rows
+   (`baselines.ifd`); the three are the random-batch episode of `training.episode`
+   (`RandomBatches`) on those rows;
 5. print the final validation loss, the share of chosen instructions that are clean and
    on-target, and the oracle-gain fraction (RAND - method) / (RAND - PERFECT) per method
    (mean and std over seeds), and write `summary.json`.
@@ -22,7 +24,7 @@ Run folder::
     <out>/features/                  FeatureTable of the pool
     <out>/seed_<s>/policy/           train-policy run (resumable)
     <out>/seed_<s>/raise/            finetune run (selections.jsonl, metrics.jsonl, model/)
-    <out>/seed_<s>/rand/ .../perfect/ .../ifd/  selections.jsonl, metrics.jsonl
+    <out>/seed_<s>/rand/ .../perfect/ .../ifd/  selections.jsonl, metrics.jsonl (P after every step)
 
 The LLM learning rate (3e-3) is not the paper's 2e-5: M_0 here is a randomly initialised
 ~50k-parameter model trained from scratch for 100 steps, where 2e-5 barely moves it
@@ -44,12 +46,29 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+import yaml
 
+from .baselines.base import SelectionContext
+from .baselines.ifd import IFD
 from .config import check_fields, to_dict
-from .data.pools import Pool, load_pool
-from .data.synthetic import TESTBEDS, SyntheticConfig, demo_texts, generate_pool, is_clean_on_target, write_demo_data, write_jsonl
-from .io import append_jsonl, write_json_atomic, write_text_atomic
+from .data.pools import Example, Pool, load_pool
+from .data.synthetic import (TESTBEDS, SyntheticConfig, auxiliary_corpus, demo_texts, generate_pool, is_clean_on_target,
+                             write_demo_data, write_jsonl)
+from .errors import UserError
+from .features.featurize import FeaturizeConfig, featurize
+from .features.table import FeatureTable
+from .io import write_json_atomic, write_text_atomic
+from .logs import setup_logging
+from .models.tiny import PRESETS, build_tiny_model
 from .policy.agent import PolicyConfig
+from .policy.state import StaticState
+from .training.episode import RandomBatches, run_episode, selection_stats
+from .training.export import read_selections
+from .training.finetune import FinetuneConfig, finetune
+from .training.loop import LMConfig, LMTrainer, train_on_schedule
+from .training.reward import Validator, check_finite
+from .training.runs import RunFolder
+from .training.train_policy import TrainPolicyConfig, train_policy
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +113,6 @@ class DemoConfig:
         self.check()
 
     def check(self) -> None:
-        from .models.tiny import PRESETS
-
         _data_config(self).check()
         check_fields(self, [
             *((getattr(self, k) >= 1, k, "must be >= 1") for k in ("seeds", "steps", "rounds", "classes", "sem_dim")),
@@ -106,9 +123,19 @@ class DemoConfig:
             (self.preset in PRESETS, "preset", f"available: {', '.join(PRESETS)}"),
         ], "demo")
 
+    @property
+    def batch_size(self) -> int:
+        """B = classes x policy.per_class, the batch of every method."""
+        return self.classes * self.policy.per_class
+
+    def lm(self, seed: int) -> LMConfig:
+        """LLM settings of the random-batch runs and the auxiliary model (RAISE's runs take the same lr and max_length)."""
+        return LMConfig(lr=self.lr, max_length=self.max_length, seed=seed)
+
 
 # `--quick`: the same pipeline, small enough for a test.
 QUICK = {"pool_size": 120, "val_size": 8, "steps": 4, "rounds": 2, "auxiliary_steps": 4, "policy": {"per_class": 4}, "seeds": 2}
+AUXILIARY_BATCH = 16   # rows per update of the auxiliary model
 
 
 @dataclass
@@ -125,63 +152,55 @@ class MethodRun:
 
 def _data_config(cfg: DemoConfig) -> SyntheticConfig:
     if cfg.testbed not in TESTBEDS:
-        from .errors import UserError
-
         raise UserError(f"demo: unknown testbed {cfg.testbed!r}; available: {', '.join(TESTBEDS)}")
     base = TESTBEDS[cfg.testbed]
     return dataclasses.replace(base, size=cfg.pool_size or base.size, val_size=cfg.val_size, seed=cfg.data_seed)
 
 
-def _auxiliary_corpus(data: SyntheticConfig) -> SyntheticConfig:
-    """Clean rows of the pool's families on other inputs than the pool's (another seed)."""
-    return SyntheticConfig(size=max(2 * data.size, 600), families=data.pool_families(), target=data.pool_families()[0],
-                           noise=0.0, val_size=1, seed=data.seed + 104_729)
-
-
 def _selection_share(run_dir: Path, pool: Pool, target: str) -> tuple[float, int]:
     """Share of the (step, instruction) choices in `run_dir/selections.jsonl` that are clean and
     on-target, and the number of distinct rows chosen."""
-    from .training.export import read_selections
-
     by_id = {e.id: e.record for e in pool.examples}
     ids = [i for rec in read_selections(run_dir / "selections.jsonl") for i in rec["ids"]]
     return sum(is_clean_on_target(by_id[i], target) for i in ids) / len(ids), len(set(ids))
 
 
-def _train_on_batches(cfg: DemoConfig, pool: Pool, val, model_dir: Path, out: Path, seed: int,
+def _train_on_batches(cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val: list[Example], out: Path, seed: int,
                       rows: list[int]) -> float:
-    """Fine-tune M_0 on uniform batches from `rows` for `cfg.steps` steps; returns -P(M_T).
+    """Fine-tune M_0 for `cfg.steps` steps on uniformly random batches of distinct rows from
+    `rows` into the run folder `out`; returns -P(M_T).
 
-    A finished run (its `final` metrics line) is reused, not repeated."""
-    import json
+    The random-batch episode of train-policy's reference and finetune's `--compare-random`
+    (`training.episode.RandomBatches` in `run_episode`) on the sub-pool `rows` (RAND: the
+    whole pool), P measured after every step; the logs name rows of the whole pool. A
+    finished run (its `final` metrics line) is reused, not repeated."""
+    run = RunFolder(out)
+    finals = [r for r in run.read_metrics() if r.get("kind") == "final"]
+    if finals:
+        return -finals[-1]["final_P"]
+    (out / "metrics.jsonl").unlink(missing_ok=True)   # an unfinished earlier attempt is redone
 
-    from .training.loop import LMConfig, LMTrainer
-    from .training.reward import Validator
-
-    done = out / "metrics.jsonl"
-    if done.is_file():
-        finals = [r for r in map(json.loads, done.read_text(encoding="utf-8").splitlines()) if r.get("kind") == "final"]
-        if finals:
-            return -finals[-1]["final_P"]
-        done.unlink()
-
-    lm = LMConfig(lr=cfg.lr, max_length=cfg.max_length, seed=seed)
-    trainer = LMTrainer(str(model_dir), pool, lm, total_steps=cfg.steps)
+    sub = dataclasses.replace(pool, examples=[pool.examples[i] for i in rows])
+    static = StaticState.from_features(FeatureTable.read(paths["features"]).align(sub.ids))
+    trainer = LMTrainer(str(paths["model"]), sub, cfg.lm(seed), total_steps=cfg.steps)
     validator = Validator(val, trainer.tokenizer, max_length=cfg.max_length, batch_size=cfg.val_size)
-    generator = torch.Generator().manual_seed(seed)
-    batch = cfg.classes * cfg.policy.per_class
-    selections = out / "selections.jsonl"
-    selections.parent.mkdir(parents=True, exist_ok=True)
-    selections.write_text("", encoding="utf-8")
-    for t in range(1, cfg.steps + 1):
-        chosen = [rows[i] for i in torch.randperm(len(rows), generator=generator)[:batch].tolist()]
-        loss = trainer.step(chosen)
-        append_jsonl(selections, {"step": t, "ids": [pool.examples[i].id for i in chosen], "indices": chosen,
-                                  "scores": [None] * len(chosen), "classes": [None] * len(chosen), "random": True})
-        append_jsonl(out / "metrics.jsonl", {"kind": "step", "step": t, "loss": loss})
-    final_p = validator(trainer.model)
-    append_jsonl(out / "metrics.jsonl", {"kind": "final", "final_P": final_p})
-    return -final_p
+    where = f"{out.name}, seed {seed}"
+    p0 = check_finite(validator(trainer.model), f"{where}, step 0 (the initial model)")
+    write_selection = run.selection_writer("selections.jsonl")
+    batches: list[list[int]] = []   # rows of the sub-pool
+
+    def on_step(metrics: dict, selection: dict) -> None:
+        # The episode takes RandomBatches for a policy; its lines say what the batches were.
+        run.metric({**metrics, "policy": False})
+        write_selection({**selection, "indices": [rows[i] for i in selection["indices"]],
+                         "scores": [None] * len(selection["indices"]), "random": True})
+        batches.append(selection["indices"])
+
+    result = run_episode(trainer, validator, RandomBatches(static, cfg.batch_size), sub, cfg.steps, select_every=1,
+                         explore=True, generator=torch.Generator().manual_seed(seed), p0=p0, where=where, on_step=on_step)
+    run.metric({"kind": "final", "P0": p0, "final_P": result.final_p, "mean_loss": result.mean_loss,
+                "selection": selection_stats(batches, static.classes, static.num_classes), "time": result.time})
+    return -result.final_p
 
 
 def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int, run_dir: Path, policy_dir: Path | None = None,
@@ -189,10 +208,6 @@ def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int, run_dir: Path
     """Train a policy with `seed` into `run_dir/policy` (resumed when there; or use the trained
     `policy_dir`), fine-tune M_0 with it into `run_dir/raise` (with `use_rule` in place of the
     policy's own); returns -P(M_T). A fine-tuning run newer than its policy is reused."""
-    from .training.finetune import FinetuneConfig, finetune
-    from .training.runs import RunFolder
-    from .training.train_policy import TrainPolicyConfig, train_policy
-
     common = dict(pool=str(paths["pool"]), features=str(paths["features"]), model=str(paths["model"]),
                   val=str(paths["val"]), steps=cfg.steps, lr=cfg.lr, max_length=cfg.max_length, seed=seed,
                   val_batch_size=cfg.val_size)
@@ -200,61 +215,54 @@ def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int, run_dir: Path
         policy_dir = train_policy(TrainPolicyConfig(**common, out=str(run_dir / "policy"), rounds=cfg.rounds,
                                                     policy=dataclasses.replace(cfg.policy, seed=seed)))
     done = run_dir / "raise" / "metrics.jsonl"
-    final = [r for r in RunFolder(run_dir / "raise").read_metrics() if r.get("kind") == "finetune"] if done.is_file() else []
+    final = [r for r in RunFolder(run_dir / "raise").read_metrics() if r.get("kind") == "finetune"]
     if not final or done.stat().st_mtime < (Path(policy_dir) / "policy.json").stat().st_mtime:
         finetune(FinetuneConfig(**common, out=str(run_dir / "raise"), policy=str(policy_dir), use_rule=use_rule))
         final = [r for r in RunFolder(run_dir / "raise").read_metrics() if r.get("kind") == "finetune"]
     return -final[-1]["final_P"]
 
 
+def _auxiliary_model(cfg: DemoConfig, out: Path, model_dir: Path, corpus: SyntheticConfig) -> Path:
+    """M_0 trained for `auxiliary_steps` uniformly random batches of the clean corpus
+    (`data.synthetic.auxiliary_corpus`) into `out/auxiliary` (reused when there)."""
+    auxiliary = out / "auxiliary"
+    if (auxiliary / "config.json").is_file():
+        return auxiliary
+    corpus_pool = load_pool(write_jsonl(out / "data" / "auxiliary.jsonl", generate_pool(corpus)))
+    gen = torch.Generator().manual_seed(cfg.model_seed)
+    batches = [torch.randperm(len(corpus_pool), generator=gen)[:AUXILIARY_BATCH].tolist()
+               for _ in range(cfg.auxiliary_steps)]
+    partial = out / "auxiliary.partial"     # renamed when complete: a killed run leaves no half model
+    shutil.rmtree(partial, ignore_errors=True)
+    train_on_schedule(str(model_dir), corpus_pool, batches, cfg.lm(cfg.model_seed), partial, total_steps=cfg.auxiliary_steps)
+    partial.rename(auxiliary)
+    return auxiliary
+
+
 def prepare(cfg: DemoConfig) -> dict[str, Path]:
     """Steps 1-3: data, M_0 and its tokenizer, the auxiliary model, features (each reused when already there)."""
-    from .data.pools import load_pool as _load
-    from .features.featurize import FeaturizeConfig, featurize
-    from .models.tiny import build_tiny_model
-    from .training.loop import LMConfig, train_on_schedule
-
     out = Path(cfg.out)
     data = _data_config(cfg)
     pool_path, val_path = write_demo_data(out / "data", data)
     model_dir = out / "model"
-    corpus = _auxiliary_corpus(data)
+    corpus = auxiliary_corpus(data)
     if not (model_dir / "config.json").is_file():
         build_tiny_model(model_dir, demo_texts(data) + demo_texts(corpus), preset=cfg.preset, seed=cfg.model_seed)
-    auxiliary = model_dir
-    if cfg.auxiliary_steps:
-        auxiliary = out / "auxiliary"
-        if not (auxiliary / "config.json").is_file():
-            corpus_path = write_jsonl(out / "data" / "auxiliary.jsonl", generate_pool(corpus))
-            corpus_pool = _load(corpus_path)
-            gen = torch.Generator().manual_seed(cfg.model_seed)
-            batches = [torch.randperm(len(corpus_pool), generator=gen)[:16].tolist() for _ in range(cfg.auxiliary_steps)]
-            partial = out / "auxiliary.partial"     # renamed when complete: a killed run leaves no half model
-            shutil.rmtree(partial, ignore_errors=True)
-            train_on_schedule(str(model_dir), corpus_pool, batches, LMConfig(lr=cfg.lr, max_length=cfg.max_length,
-                                                                             seed=cfg.model_seed),
-                              partial, total_steps=cfg.auxiliary_steps)
-            partial.rename(auxiliary)
+    auxiliary = _auxiliary_model(cfg, out, model_dir, corpus) if cfg.auxiliary_steps else model_dir
     featurize(FeaturizeConfig(pool=str(pool_path), model=str(auxiliary), out=str(out / "features"),
                               max_length=cfg.max_length, sem_dim=cfg.sem_dim, classes=cfg.classes,
                               batch_size=64, seed=cfg.data_seed))
     return {"out": out, "pool": pool_path, "val": val_path, "model": model_dir, "features": out / "features"}
 
 
-def _ifd_rows(cfg: DemoConfig, paths: dict[str, Path], pool: Pool) -> list[int]:
-    """The IFD baseline's rows: `baselines.ifd` on the features, `ifd_budget` of the pool."""
-    import math
-
-    from .baselines.base import SelectionContext
-    from .baselines.ifd import IFD
-    from .features.table import FeatureTable
-
+def ifd_rows(cfg: DemoConfig, paths: dict[str, Path], pool: Pool) -> list[int]:
+    """The IFD baseline's rows: `baselines.ifd` on the features, `ifd_budget` of the pool (at least one batch)."""
     ctx = SelectionContext(features=FeatureTable.read(paths["features"]).align(pool.ids))
-    return IFD().select(pool, max(math.ceil(cfg.ifd_budget * len(pool)), cfg.classes * cfg.policy.per_class), ctx).indices
+    return IFD().select(pool, max(math.ceil(cfg.ifd_budget * len(pool)), cfg.batch_size), ctx).indices
 
 
-def run_method(cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val, method: str, seed: int, seed_dir: Path,
-               rows: list[int] | None = None, **raise_options) -> MethodRun:
+def run_method(cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val: list[Example], method: str, seed: int,
+               seed_dir: Path, rows: list[int] | None = None, **raise_options) -> MethodRun:
     """One method and seed into `seed_dir/<method>`: raise (train a policy, fine-tune with it;
     `raise_options` go to `_raise_run`) or uniform batches from `rows` (rand, perfect, ifd).
     Finished parts are reused."""
@@ -262,7 +270,7 @@ def run_method(cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val, method:
     if method == "raise":
         loss = _raise_run(cfg, paths, seed, seed_dir, **raise_options)
     else:
-        loss = _train_on_batches(cfg, pool, val, paths["model"], seed_dir / method, seed, rows)
+        loss = _train_on_batches(cfg, paths, pool, val, seed_dir / method, seed, rows)
     share, distinct = _selection_share(seed_dir / method, pool, _data_config(cfg).target)
     return MethodRun(method, seed, loss, share, distinct, time.perf_counter() - t0)
 
@@ -281,10 +289,6 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = log.info) -> dic
 
 
 def _run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict:
-    import yaml
-
-    from .logs import setup_logging
-
     out = Path(cfg.out)
     setup_logging(out)
     write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -297,7 +301,7 @@ def _run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict:
     progress(f"pool {len(pool)} instructions ({len(rows_perfect)} clean on-target), validation {len(val)}; "
              f"prepared in {time.perf_counter() - start:.0f}s")
 
-    rows = {"rand": rows_all, "perfect": rows_perfect, "ifd": _ifd_rows(cfg, paths, pool) if cfg.ifd else []}
+    rows = {"rand": rows_all, "perfect": rows_perfect, "ifd": ifd_rows(cfg, paths, pool) if cfg.ifd else []}
     methods = ["raise", "rand", *(["perfect"] if cfg.perfect else []), *(["ifd"] if cfg.ifd else [])]
     runs: list[MethodRun] = []
     for seed in range(cfg.seeds):
@@ -356,7 +360,7 @@ def summarize(cfg: DemoConfig, runs: list[MethodRun], seconds: float, pool_share
         "testbed": cfg.testbed,
         "pool_clean_on_target": pool_share,
         "steps": cfg.steps,
-        "batch_size": cfg.classes * cfg.policy.per_class,
+        "batch_size": cfg.batch_size,
         "seconds": seconds,
         "config": to_dict(cfg),
     }

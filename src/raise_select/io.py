@@ -58,6 +58,11 @@ def read_jsonl(path: str | os.PathLike, what: str = "log", advice: str = "") -> 
     """The records of a JSON-lines log that `append_jsonl` wrote. A last line cut short by a
     crash mid-write is dropped; any other line that is not a JSON object is a `UserError`
     naming the file and row."""
+    return [record for _, record in read_jsonl_rows(path, what, advice)]
+
+
+def read_jsonl_rows(path: str | os.PathLike, what: str = "log", advice: str = "") -> list[tuple[int, dict]]:
+    """`read_jsonl` with each record's row (0-based line number), for errors that name it."""
     path = Path(path)
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     records = []
@@ -72,7 +77,7 @@ def read_jsonl(path: str | os.PathLike, what: str = "log", advice: str = "") -> 
             raise UserError(f"{path}: row {row}: not a JSON line; the {what} is damaged{advice}") from None
         if not isinstance(record, dict):
             raise UserError(f"{path}: row {row}: not a JSON object; the {what} is damaged{advice}")
-        records.append(record)
+        records.append((row, record))
     return records
 
 

@@ -303,6 +303,13 @@ def write_demo_data(out_dir: str | Path, cfg: SyntheticConfig) -> tuple[Path, Pa
     )
 
 
+def auxiliary_corpus(cfg: SyntheticConfig) -> SyntheticConfig:
+    """The demo's auxiliary-model corpus for pool `cfg`: clean rows of the pool's families, at
+    least twice the pool's size, on other inputs than the pool's (another seed)."""
+    return SyntheticConfig(size=max(2 * cfg.size, 600), families=cfg.pool_families(), target=cfg.pool_families()[0],
+                           noise=0.0, val_size=1, seed=cfg.seed + 104_729)
+
+
 def demo_texts(cfg: SyntheticConfig | None = None) -> list[str]:
     """Texts to train the demo tokenizer on: the rendered prompts and responses of a pool."""
     from .templates import render_alpaca

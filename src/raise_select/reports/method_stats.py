@@ -25,6 +25,7 @@ from typing import Collection, Sequence
 from ..data.pools import Pool
 from ..data.quantitative import is_quantitative, quantitative_share
 from ..markdown import markdown_table
+from ..training.export import read_selections
 
 
 def chosen_ids(cell_dir: Path, method: str | None, pool: Pool) -> list[str] | None:
@@ -37,12 +38,8 @@ def chosen_ids(cell_dir: Path, method: str | None, pool: Pool) -> list[str] | No
         log = cell_dir / "finetune" / "selections.jsonl"
         if not log.is_file():
             return None
-        steps: dict[int, list[str]] = {}
-        for line in log.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                steps[int(rec["step"])] = list(rec["ids"])  # a redone step: the later line wins
-        return [i for s in sorted(steps) for i in steps[s]]
+        # a redone step: the later line wins; a last line cut short by a crash is dropped
+        return [i for rec in read_selections(log, allow_empty=True) for i in rec["ids"]]
     sel = cell_dir / "selection.json"
     if not sel.is_file():
         return None

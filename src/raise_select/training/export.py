@@ -6,7 +6,7 @@ record of the pool's format (`data.pools.to_format`) with two extra fields:
 `times_selected` (how many steps chose it) and `steps` (which ones, ascending). Records
 come in the order they were first chosen. A `.jsonl` output gets one record per line, a
 `.json` output one array. If a step appears twice in the log (a resumed run redid it),
-the later line wins.
+the later line wins; a last line cut short by a crash mid-write is left out.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..data.pools import FORMATS, Pool, to_format
 from ..errors import UserError, where
-from ..io import atomic_path, check_output
+from ..io import atomic_path, check_output, read_jsonl_rows
 
 SELECTIONS_FILE = "selections.jsonl"
 OUTPUT_SUFFIXES = (".json", ".jsonl")
@@ -100,28 +100,20 @@ def selections_path(run: str | Path, round: int | None = None) -> Path:
     return path
 
 
-def read_selections(path: str | Path) -> list[dict]:
-    """The log's lines by step (ascending); a redone step keeps its last line."""
+def read_selections(path: str | Path, allow_empty: bool = False) -> list[dict]:
+    """The log's lines by step (ascending); a redone step keeps its last line, a last line cut
+    short by a crash is dropped (`io.read_jsonl`). An empty log is refused unless `allow_empty`."""
     path = Path(path)
     by_step: dict[int, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for row, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where(str(path), row)}: malformed JSON line ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise UserError(f"{where(str(path), row)}: expected an object")
-            for fld, kind in (("step", int), ("ids", list)):
-                if not isinstance(rec.get(fld), kind) or isinstance(rec.get(fld), bool):
-                    raise UserError(f"{where(str(path), row, fld)}: missing or not a{'n integer' if kind is int else ' list'}")
-            if not all(isinstance(i, str) for i in rec["ids"]):
-                raise UserError(f"{where(str(path), row, 'ids')}: expected a list of example ids (strings)")
-            rec["_row"] = row
-            by_step[rec["step"]] = rec
-    if not by_step:
+    for row, rec in read_jsonl_rows(path, what="selection log"):
+        for fld, kind in (("step", int), ("ids", list)):
+            if not isinstance(rec.get(fld), kind) or isinstance(rec.get(fld), bool):
+                raise UserError(f"{where(str(path), row, fld)}: missing or not a{'n integer' if kind is int else ' list'}")
+        if not all(isinstance(i, str) for i in rec["ids"]):
+            raise UserError(f"{where(str(path), row, 'ids')}: expected a list of example ids (strings)")
+        rec["_row"] = row
+        by_step[rec["step"]] = rec
+    if not by_step and not allow_empty:
         raise UserError(f"{path}: the selection log is empty")
     return [by_step[s] for s in sorted(by_step)]
 
