@@ -62,6 +62,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     from ..logs import setup_logging
     from ..data.validation import load_validation
     from ..policy import RaisePolicy
+    from ..policy.provenance import check_trained_on, trained_on
 
     require_settings(cfg, ("policy", "pool", "features", "model", "val", "out"))
     acc = accelerator or full_precision_accelerator()
@@ -72,6 +73,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
 
     # Score this pool exactly as during training: with the policy's own normaliser.
     pool, static = load_static(cfg.pool, cfg.features, RaisePolicy.read_normalizer(cfg.policy))
+    check_trained_on(cfg.policy, trained_on(cfg.pool, pool.ids, cfg.features))
     policy = RaisePolicy.load(cfg.policy, static)
     per_class = resolve_per_class(cfg.per_class or policy.cfg.per_class, cfg.batch_size, static.num_classes)
     policy.cfg = dataclasses.replace(policy.cfg, per_class=per_class, use_rule=cfg.use_rule or policy.cfg.use_rule)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..config import check_fields, require_settings, to_dict
+from ..errors import UserError
 from ..policy.agent import PolicyConfig
 from .episode import (EpisodeConfig, RandomBatches, check_batch, format_timing, load_static, lm_config, resolve_per_class,
                       run_episode, selection_stats, share_from_main)
@@ -42,7 +43,12 @@ class TrainPolicyConfig(EpisodeConfig):
 
     def check(self) -> None:
         super().check()
+        decisions = -(-self.steps // self.select_every)  # the policy's steps per round: ceil(T / M)
         check_fields(self, [(self.rounds >= 1, "rounds", "must be >= 1")], "train-policy")
+        if self.policy.minibatches > decisions:
+            raise UserError(f"invalid train-policy settings: policy.minibatches = {self.policy.minibatches} is more "
+                            f"than the {decisions} policy step(s) of a round (steps {self.steps}, select_every "
+                            f"{self.select_every}), and a minibatch needs at least one; use at most {decisions}")
 
 
 # Fields that may change between a run and its resumption without changing the result.
@@ -62,6 +68,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     from ..logs import setup_logging
     from ..data.validation import load_validation
     from ..policy import RaisePolicy, RolloutBuffer
+    from ..policy.provenance import trained_on, write_trained_on
 
     require_settings(cfg, ("pool", "features", "model", "val", "out"))
     acc = accelerator or full_precision_accelerator()
@@ -87,6 +94,12 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     log.info("pool %d instructions, %d classes, batch %d = %d x %d; validation %d examples; P(M_0) = %.5f (%.1fs)",
              len(pool), static.num_classes, batch, static.num_classes, policy_cfg.per_class, len(val_examples), p0,
              time.perf_counter() - start)
+
+    record = trained_on(cfg.pool, pool.ids, cfg.features)
+
+    def save(folder: Path) -> None:  # the weights, and the rows and features they were trained on
+        policy.save(folder)
+        write_trained_on(folder, record)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
@@ -156,8 +169,8 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
                  "cost %.2f Phi | %s", k + 1, cfg.rounds, result.ret, reference["return"], vs_reference, result.final_p,
                  stats.get("approx_kl", float("nan")), stats.get("entropy", float("nan")), summary["cost_phi"],
                  format_timing(timing))
-        run.save_policy(policy.save)
-        run.save_checkpoint(k + 1, policy.save, {"rounds_done": k + 1, "policy": policy.training_state(),
+        run.save_policy(save)
+        run.save_checkpoint(k + 1, save, {"rounds_done": k + 1, "policy": policy.training_state(),
                                                  "rng": rng_state(generator), "history": history,
                                                  "reference": reference})
         run.plot(history, reference_return=reference["return"])
