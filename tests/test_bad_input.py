@@ -111,6 +111,14 @@ def train_policy(env, features, out_name="tp", *extra):
     return cli("train-policy", *args, "--rounds", 1, "--out", env["root"] / out_name, *extra)
 
 
+def _with(args, **flags):
+    """`args` (a flag list) with the values of some flags replaced: `_with(common, pool=p)`."""
+    args = list(args)
+    for flag, value in flags.items():
+        args[args.index(f"--{flag}") + 1] = value
+    return args
+
+
 # ---------------------------------------------------------------- pools
 
 POOL_FILES = [
@@ -796,3 +804,289 @@ def test_a_second_run_into_a_busy_out_is_refused_and_a_dead_runs_lock_is_not(env
     assert json.loads((out / "selection.json").read_text())["budget_count"] == 4
     result = cli(*_baseline(env, out, "--method", "random"))  # the same process again: its lock was released
     assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------- third round: model files and names
+
+def _gguf_header(tensors: int = 0, fields: int = 0) -> bytes:
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", 3, tensors, fields)  # a version-3 header and nothing after it
+
+
+def test_empty_short_and_header_only_gguf_files_and_folders_named_gguf(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAISE_SELECT_CACHE", str(tmp_path / "cache"))
+    files = {"zero.gguf": b"", "magic.gguf": b"GGUF", "header.gguf": _gguf_header()}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "folder.gguf").mkdir()
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("a.gguf", "b.gguf"):
+        (two / name).write_bytes(_gguf_header())
+    featurize = ("featurize", "--pool", env["root"] / "pool.jsonl", "--out", tmp_path / "f")
+    cases = [
+        (("--model", tmp_path / "zero.gguf"), ["zero.gguf: is empty (0 bytes)", "not a GGUF model file"]),
+        (("--model", tmp_path / "magic.gguf"), ["magic.gguf: has only 4 bytes, fewer than a GGUF header (24)"]),
+        (("--model", tmp_path / "header.gguf"), ["header.gguf: GGUF file has no 'general.architecture' field", "0 tensor(s)"]),
+        (("--model", tmp_path / "folder.gguf"), ["folder.gguf: a folder without a model", "no config.json"]),
+        (("--model", env["model"], "--embed-model", tmp_path / "zero.gguf"), ["zero.gguf: is empty"]),
+    ]
+    for extra, fragments in cases:
+        assert_user_error(cli(*featurize, *extra), *fragments)
+    for source, fragments in ((tmp_path / "folder.gguf", ["folder.gguf: a folder holding no .gguf file"]),
+                              (two, ["two: holds 2 GGUF files (a.gguf, b.gguf)"]),
+                              (tmp_path / "zero.gguf", ["zero.gguf: is empty"])):
+        assert_user_error(cli("convert-model", source, "--out", tmp_path / "c"), *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.gguf", "header.gguf", "magic.gguf", "two", "zero.gguf"]
+
+
+def test_short_names_in_any_case_and_near_misses_refused_before_the_hub(env, tmp_path, monkeypatch):
+    import raise_select.models.resolve as resolve
+
+    asked = []
+    monkeypatch.setattr(resolve, "_packaged", lambda name: asked.append(name) or tmp_path)
+    assert resolve.resolve_model("SmolLM2-135M-Instruct") == str(tmp_path)
+    assert resolve.resolve_model("ALL-MINILM-L6-V2") == str(tmp_path)
+    assert asked == ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+    assert resolve.resolve_model("gpt2") == "gpt2" and resolve.resolve_model("org/SmolLM2") == "org/SmolLM2"
+    featurize = ("featurize", "--pool", env["root"] / "pool.jsonl", "--out", tmp_path / "f")
+    for name, near in (("SmolLM2", "smollm2-135m-instruct"), ("smollm2-135m", "smollm2-135m-instruct")):
+        assert_user_error(cli(*featurize, "--model", name), f"model '{name}': not a local path", f"did you mean '{near}'",
+                          "short names, any case")
+    assert_user_error(cli(*featurize, "--model", env["model"], "--embed-model", "all-MiniLM"), "did you mean 'all-minilm-l6-v2'")
+
+
+# ---------------------------------------------------------------- third round: nested lists where text or a flat list belongs
+
+def test_nested_lists_in_grape_and_pool_rows(env, tmp_path):
+    rows = {
+        "nested.jsonl": ({"instruction": "What is 1 plus 2?", "responses": [["The answer is 3.", "3"], "three"]},
+                         ["nested.jsonl, row 0, field 'responses[0]': expected text, got list"]),
+        "empty-inner.jsonl": ({"instruction": "What is 1 plus 2?", "output": [[]]}, ["field 'output[0]': expected text, got list"]),
+        "one-text.jsonl": ({"instruction": "What is 1 plus 2?", "responses": "just one"},
+                           ["one-text.jsonl, row 0, field 'responses': expected a list of candidate responses, got str"]),
+        "parts.jsonl": ({"instruction": ["What is", "1 plus 2?"], "output": "3"},
+                        ["parts.jsonl, row 0, field 'instruction': expected text, got list [\"What is\", \"1 plus 2?\"]",
+                         "join the parts into one string"]),
+        "turns.jsonl": ({"messages": [[{"role": "user", "content": "hi"}], {"role": "assistant", "content": "x"}]},
+                        ["turns.jsonl, row 0, field 'messages[0]': each turn needs 'role' and 'content'"]),
+    }
+    for name, (row, fragments) in rows.items():
+        (tmp_path / name).write_text(json.dumps(row) + "\n")
+        assert_user_error(cli("grape", "--pool", tmp_path / name, "--model", env["model"], "--out", tmp_path / "g.jsonl"),
+                          *fragments)
+    result = cli("train-policy", *_with(env["common"], val=tmp_path / "parts.jsonl"), "--rounds", 1, "--out", tmp_path / "tp")
+    assert_user_error(result, "parts.jsonl, row 0, field 'instruction'")
+    assert not (tmp_path / "g.jsonl").exists() and not (tmp_path / "tp").exists()
+
+
+# ---------------------------------------------------------------- third round: validation sets of 0 and 1 rows
+
+VAL_METHODS = ("rds", "embed", "less", "rose", "greats", "rho")
+
+
+def test_an_empty_validation_set_is_refused_by_every_method_before_any_work(env, tmp_path):
+    empties = {"empty.jsonl": ("", "empty.jsonl: file is empty"), "header.csv": ("instruction,output\n", "only a header"),
+               "none.json": ("[]", "none.json: no usable examples")}
+    for name, (text, _) in empties.items():
+        (tmp_path / name).write_text(text)
+    for i, method in enumerate(VAL_METHODS):
+        name = list(empties)[i % len(empties)]
+        result = cli(*_baseline(env, tmp_path / "out", "--method", method, "--model", env["model"], "--features",
+                                env["root"] / "features", "--val", tmp_path / name, "--max-length", 64))
+        assert_user_error(result, empties[name][1])
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_validation_row_is_enough_except_for_rho_and_roses_stand_in(env, tmp_path):
+    (tmp_path / "one.jsonl").write_text(json.dumps({"instruction": "What is 1 plus 2?", "output": "The answer is 3."}) + "\n")
+    args = ("--model", env["model"], "--val", tmp_path / "one.jsonl", "--max-length", 64, "--batch-size", 2, "--steps", 2)
+    assert_user_error(cli(*_baseline(env, tmp_path / "rho", "--method", "rho", *args)),
+                      "rho: the holdout set has 1 example(s)", "needs at least 2")
+    assert_user_error(cli(*_baseline(env, tmp_path / "rose", "--method", "rose", *args)),
+                      "rose: the validation set has 1 example(s)", "rose.preference=FILE")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl"]  # refused before the model loaded or a file was written
+    result = cli(*_baseline(env, tmp_path / "greats", "--method", "greats", *args, "--lr", 1e-3))
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "greats" / "selection.json").read_text())
+    assert record["info"]["validation_examples"] == 1 and record["info"]["val_batch"] == 1 and len(record["indices"]) == 4
+
+
+# ---------------------------------------------------------------- third round: online and gradient methods' options
+
+METHOD_OPTIONS = [
+    ("greats", "greats.candidates=0", ["method 'greats'", "candidates = 0 (must be >= 1"]),
+    ("greats", "greats.candidates=abc", ["'candidates' must be a whole number, got 'abc'"]),
+    ("greats", "greats.candidates=2.5", ["'candidates' must be an integer, got 2.5"]),
+    ("greats", "greats.candidate=2", ["unknown option(s) candidate; available: candidates, last_layers, val_batch"]),
+    ("greats", "greats.val_batch=0", ["val_batch = 0 (must be >= 1)"]),
+    ("greats", "greats.last_layers=-1", ["last_layers = -1 (must be >= 0"]),
+    ("rho", "rho.candidates=-3", ["method 'rho'", "candidates = -3"]),
+    ("rho", "rho.holdout_size=-1", ["holdout_size = -1 (must be >= 0 (0: all))"]),
+    ("rho", "rho.il_select_fraction=1", ["il_select_fraction = 1.0 (must lie in (0, 1))"]),
+    ("rho", "rho.il_epochs=0", ["il_epochs = 0 (must be >= 1)"]),
+    ("rho", "rho.il_lr=-1", ["il_lr = -1.0 (must be >= 0"]),
+    ("rho", "rho.il_lr=.nan", ["'il_lr' must be a finite number"]),
+    ("rho", "rho.holdout=[a]", ["'holdout' must be text, got ['a']"]),
+    ("less", "less.aggregation=foo", ["method 'less'", "less.aggregation: unknown rule 'foo'"]),
+    ("rose", "rose.beta=0", ["method 'rose'", "beta = 0.0 (must be > 0)"]),
+    ("rose", "rose.aggregation=median", ["rose.aggregation: unknown rule 'median'"]),
+]
+
+
+@pytest.mark.parametrize("method,setting,fragments", METHOD_OPTIONS, ids=[c[1] for c in METHOD_OPTIONS])
+def test_method_options_are_refused_before_the_model_loads(env, tmp_path, method, setting, fragments):
+    result = cli(*_baseline(env, tmp_path / "out", "--method", method, "--model", env["model"],
+                            "--val", env["root"] / "val.jsonl", "--set", setting))
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- third round: policy settings at their edges
+
+POLICY_EDGES = [
+    ("policy.actor_lr=0", "actor_lr = 0.0 (must be > 0)"), ("policy.critic_lr=-1", "critic_lr = -1.0 (must be > 0)"),
+    ("policy.critic_lr=nan", "'policy.critic_lr' must be a finite number"), ("policy.clip=0", "clip = 0.0 (must be > 0)"),
+    ("policy.ppo_epochs=0", "ppo_epochs = 0 (must be >= 1)"), ("policy.minibatches=0", "minibatches = 0 (must be >= 1)"),
+    ("policy.minibatches=3", "policy.minibatches = 3 is more than the 2 policy step(s) of a round"),
+    ("policy.gamma=1.5", "gamma = 1.5 (must lie in [0, 1])"), ("policy.lam=-0.1", "lam = -0.1 (must lie in [0, 1])"),
+    ("policy.gamma=true", "'policy.gamma' must be a number, got true"), ("policy.hidden=0", "hidden = 0 (must be >= 1)"),
+    ("policy.use_rule=foo", "use_rule = 'foo' (must be one of"), ("policy.target_kl=-1", "target_kl = -1.0"),
+    ("policy.weight_decay=-1", "weight_decay = -1.0 (must be >= 0)"), ("policy.seed=-1", "seed = -1 (must be >= 0)"),
+]
+
+
+def test_policy_settings_at_their_edges_are_refused_before_any_work(env, tmp_path):
+    for setting, fragment in POLICY_EDGES:
+        result = cli("train-policy", *env["common"], "--rounds", 1, "--out", tmp_path / "tp", "--set", setting)
+        assert_user_error(result, fragment)
+    assert not (tmp_path / "tp").exists()
+
+
+# ---------------------------------------------------------------- third round: features or a policy of another pool
+
+@pytest.fixture(scope="module")
+def other_pool(env):
+    """Another 12-row pool and random features of it (3 classes, like the module's)."""
+    root = env["root"]
+    rows = [{"instruction": f"Name colour {i}.", "input": "", "output": f"Colour {i} is red."} for i in range(12)]
+    (root / "pool2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pool = load_pool(root / "pool2.jsonl")
+    rng = np.random.default_rng(1)
+    columns = {c: rng.normal(size=12) for c in FEATURE_COLUMNS}
+    columns.update(len_prompt=np.full(12, 8.0), len_response=np.full(12, 5.0))
+    FeatureTable(ids=pool.ids, columns=columns, sem=rng.normal(size=(12, 4)).astype(np.float32),
+                 cluster=np.arange(12) % CLASSES, meta={"classes": CLASSES}).write(root / "features2")
+    return {"pool": root / "pool2.jsonl", "features": root / "features2"}
+
+
+def test_features_and_a_policy_of_another_pool_are_refused(env, other_pool, tmp_path):
+    result = cli("train-policy", *_with(env["common"], pool=other_pool["pool"]), "--rounds", 1, "--out", tmp_path / "tp")
+    assert_user_error(result, f"{env['root'] / 'features'}: features are missing for 12 pool example(s)",
+                      "these features were made from another pool")
+    policy = env["root"] / "run" / "policy"
+    other = _with(env["common"], pool=other_pool["pool"], features=other_pool["features"])
+    assert_user_error(cli("finetune", "--policy", policy, *other, "--out", tmp_path / "ft"),
+                      f"--policy {policy}: trained on another pool (12 rows of {env['root'] / 'pool.jsonl'}",
+                      f"not on the 12 rows of {other_pool['pool']}")
+    copy = tmp_path / "policy"  # the same rows, but the features were computed otherwise
+    shutil.copytree(policy, copy)
+    record = json.loads((copy / "trained_on.json").read_text())
+    (copy / "trained_on.json").write_text(json.dumps({**record, "features_fingerprint": "a" * 64}))
+    feats = features_copy(env, "refeaturized")
+    _meta({"fingerprint": "b" * 64})(feats)
+    assert_user_error(cli("finetune", "--policy", copy, *_with(env["common"], features=feats), "--out", tmp_path / "ft"),
+                      "trained on other features of this pool")
+    (copy / "trained_on.json").write_text("{oops")
+    assert_user_error(cli("finetune", "--policy", copy, *env["common"], "--out", tmp_path / "ft"),
+                      "trained_on.json: not valid JSON", "damaged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+    # The same rows in another order are the same pool: features and policy are matched by row id.
+    rows = (env["root"] / "pool.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "reversed.jsonl").write_text("".join(reversed(rows)))
+    result = cli("finetune", "--policy", policy, *_with(env["common"], pool=tmp_path / "reversed.jsonl"), "--out", tmp_path / "ft")
+    assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------- third round: study configs
+
+def test_study_config_paths_and_shapes(env, tmp_path):
+    (tmp_path / "folder").mkdir()
+    assert_user_error(cli("study", tmp_path / "folder"), "folder: a folder; give the YAML config file itself")
+    (tmp_path / "list.yaml").write_text("- study:\n    pool: x\n")
+    assert_user_error(cli("study", tmp_path / "list.yaml"), "list.yaml: expected a mapping of sections at the top level",
+                      "got a list")
+    head = f"study:\n  pool: {env['root'] / 'pool.jsonl'}\n  build_model: test\n  out: {tmp_path / 'st'}\n"
+    (tmp_path / "section.yaml").write_text(head + "  methods: [random, ifd]\nifd: [1]\n")
+    assert_user_error(cli("study", tmp_path / "section.yaml"), "section.yaml: section 'ifd' holds the method's options as a mapping",
+                      "got [1]")
+    assert_user_error(cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f",
+                          "--config", tmp_path / "folder"), "a folder; give the YAML config file itself")
+    assert not (tmp_path / "st").exists() and not (tmp_path / "f").exists()
+    from raise_select.reports.study import StudyConfig, plan_cells
+
+    cells = plan_cells(StudyConfig(methods=["random", "ifd", "random"], seeds=[1, 1]))  # a repeat is one cell (documented)
+    assert [c.name for c in cells] == ["base", "full", "random-s1", "ifd"]
+
+
+# ---------------------------------------------------------------- third round: paths and output folders
+
+def test_paths_with_spaces_and_non_ascii_and_an_out_that_is_a_symlink(env, tmp_path):
+    folder = tmp_path / "sp ace" / "dätä ü"
+    folder.mkdir(parents=True)
+    shutil.copy(env["root"] / "pool.jsonl", folder / "pööl 1.jsonl")
+    out = tmp_path / "sp ace" / "bäse ö"
+    result = cli("baseline", "--method", "random", "--pool", folder / "pööl 1.jsonl", "--budget", 4, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "selection.json").read_text())["pool"] == str(folder / "pööl 1.jsonl")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert cli(*_baseline(env, tmp_path / "link", "--method", "random")).exit_code == 0
+    assert (tmp_path / "real" / "selection.json").is_file()  # written through the link
+    (tmp_path / "feats-link").symlink_to(env["root"] / "features")
+    assert_user_error(cli(*_baseline(env, tmp_path / "feats-link", "--method", "ifd", "--features", env["root"] / "features")),
+                      "is also the input --features")
+    assert_user_error(cli("train-policy", *env["common"], "--rounds", 1, "--out", env["model"] / "run"),
+                      "lies inside the input folder --model")
+    assert not (env["model"] / "run").exists()
+
+
+def test_an_out_folder_holding_another_kind_of_run_is_refused(env, tmp_path):
+    run = env["root"] / "run"
+    before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    holds_run = ["holds the output of `raise-select train-policy` (policy/policy.json)", "a folder holds one kind of run"]
+    assert_user_error(cli("finetune", "--policy", run / "policy", *env["common"], "--out", run), *holds_run)
+    assert_user_error(cli(*_baseline(env, run, "--method", "random")), *holds_run)
+    assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+    base = tmp_path / "base"
+    assert cli(*_baseline(env, base, "--method", "random")).exit_code == 0
+    assert_user_error(cli("train-policy", *env["common"], "--rounds", 1, "--out", base),
+                      "holds the output of `raise-select baseline` (selection.json)")
+    assert_user_error(cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", base),
+                      "holds the output of `raise-select baseline`")
+    assert cli(*_baseline(env, base, "--method", "random", "--seed", 3)).exit_code == 0  # the same kind again: fine
+    assert sorted(p.name for p in base.iterdir()) == [".raise-select.lock", "baseline.log", "selection.json"]
+    old = tmp_path / "old"  # a folder of an older version, without a lock file: none is left behind
+    old.mkdir()
+    (old / "selection.json").write_text("{}")
+    assert_user_error(cli("train-policy", *env["common"], "--rounds", 1, "--out", old), "`raise-select baseline`")
+    assert sorted(p.name for p in old.iterdir()) == ["selection.json"]
+
+
+def test_evaluate_without_data_dir_and_an_unreachable_hub_is_one_line(monkeypatch, tmp_path):
+    import lm_eval
+    import lm_eval.tasks
+
+    from raise_select.errors import UserError
+    from raise_select.evaluation.evaluate import EvaluateConfig, evaluate
+
+    def offline(**kwargs):
+        raise ConnectionError("Couldn't reach 'cais/mmlu' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", lambda *a, **k: None)
+    with pytest.raises(UserError, match=r"mmlu: no --data-dir given and loading the tasks' data from the hub failed "
+                                        r"\(ConnectionError: Couldn't reach 'cais/mmlu'.*pass --data-dir"):
+        evaluate(EvaluateConfig(model="m", tasks=["mmlu"], out=str(tmp_path / "ev")), lm=object())
+    assert not (tmp_path / "ev").exists()

@@ -136,6 +136,8 @@ def find_config(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise UserError(f"{path}: a folder; give the YAML config file itself")
     shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
     if path.parent == Path(".") and shipped.is_file():
         return shipped
@@ -152,7 +154,8 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
+        raise UserError(f"{path}: expected a mapping of sections at the top level (e.g. `study:`), "
+                        f"got a {type(data).__name__}")
     return data
 
 

@@ -140,6 +140,19 @@ def check_output(out: str | os.PathLike, inputs: dict[str, Any] | None = None, k
 # ---------------------------------------------------------------- one run per output folder
 
 LOCK_FILE = ".raise-select.lock"
+# What each command leaves in its output folder that no other command writes there: a folder
+# holding one of these belongs to that command, and another command's run into it is refused
+# (their files would mix: train-policy and finetune both write config.yaml and metrics.jsonl,
+# and `select --run` could no longer tell which run the folder holds).
+OUTPUT_SIGNATURES = {
+    "featurize": ("features.parquet", "shards"),
+    "train-policy": ("policy/policy.json", "checkpoint/latest.json", "selections"),
+    "finetune": ("selections.jsonl",),
+    "baseline": ("selection.json",),
+    "evaluate": ("lm_eval_results.json", "results.md"),
+    "study": ("study_table.json", "cells"),
+    "demo": ("summary.json",),
+}
 _held_locks: dict[Path, int] = {}  # folder -> open descriptor holding its lock
 _new_folders: list[Path] = []       # output folders this command created (removed again when it is refused)
 
@@ -157,7 +170,8 @@ def lock_output(folder: str | os.PathLike, command: str, flag: str = "--out") ->
     its files. The lock is `fcntl.flock` on `<folder>/.raise-select.lock`: the kernel drops it
     when its holder exits or is killed, so a lock left by a dead run never blocks the next one
     (the file stays; only the lock on it counts). Under `accelerate launch` / `torchrun` the
-    main process (RANK 0) holds it for all."""
+    main process (RANK 0) holds it for all. A folder that holds another command's output
+    (`OUTPUT_SIGNATURES`) is refused, before anything is written into it."""
     import fcntl
     import socket
     import time
@@ -169,6 +183,7 @@ def lock_output(folder: str | os.PathLike, command: str, flag: str = "--out") ->
         return
     note_new_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    new_lock = not (folder / LOCK_FILE).exists()
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,10 +192,27 @@ def lock_output(folder: str | os.PathLike, command: str, flag: str = "--out") ->
         os.close(fd)
         raise UserError(f"{flag} {folder}: in use by another run ({holder}); wait for it to end, or choose another "
                         f"{flag}") from None
+    try:
+        _check_kind(folder, command, flag)
+    except UserError:
+        os.close(fd)
+        if new_lock:  # the other run's folder is left as it was
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+        raise
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, `raise-select {command}` since "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode("utf-8"))
     _held_locks[folder] = fd
+
+
+def _check_kind(folder: Path, command: str, flag: str) -> None:
+    """Refuse `command` writing into a folder that holds another command's output."""
+    for other, names in OUTPUT_SIGNATURES.items():
+        found = next((n for n in names if (folder / n).exists()), None)
+        if other != command and command in OUTPUT_SIGNATURES and found is not None:
+            raise UserError(f"{flag} {folder}: holds the output of `raise-select {other}` ({found}); a folder holds "
+                            f"one kind of run, and `raise-select {command}` would mix its files with it; choose "
+                            f"another {flag}")
 
 
 def end_of_command(refused: bool, keep: tuple[str, ...] = ()) -> None:

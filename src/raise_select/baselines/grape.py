@@ -73,12 +73,17 @@ class Group:
     blank: int = 0                      # blank candidates of the row's list, skipped
 
 
-def _detect_field(rec: dict, field: str) -> str:
+def _detect_field(rec: dict, field: str, at: str = "") -> str:
     if field:
         return field
     if isinstance(rec.get("output"), list):
         return "output"
-    return next((f for f in LIST_FIELDS if isinstance(rec.get(f), list)), "")
+    found = next((f for f in LIST_FIELDS if isinstance(rec.get(f), list)), "")
+    odd = next((f for f in LIST_FIELDS if f in rec and not isinstance(rec[f], list)), "")
+    if not found and odd and "output" not in rec:  # `responses: "one text"`: not read as rows sharing a prompt
+        raise UserError(f"{at}, field '{odd}': expected a list of candidate responses, got "
+                        f"{type(rec[odd]).__name__}")
+    return found
 
 
 def _with_response(rec: dict, fmt: str, list_field: str, response: str) -> dict:
@@ -109,7 +114,7 @@ def read_groups(spec: str, fmt: str | None = None, field: str = "", limit: int |
     source, row, rec = first
     if not isinstance(rec, dict):
         raise UserError(f"{where(source, row)}: expected a record (object)")
-    list_field = _detect_field(rec, field)
+    list_field = _detect_field(rec, field, where(source, row))
     if not list_field:
         pool = load_pool(spec, fmt=fmt, limit=limit)
         groups: dict[tuple, Group] = {}

@@ -181,12 +181,14 @@ class GREATS(OnlineSelector):
     last_layers: int = field(default=2, metadata={
         "help": "full fine-tuning: score with the last N decoder blocks' linear layers (0: every trainable linear layer)"})
 
+    def _rules(self) -> list[tuple[bool, str, str]]:
+        return [*super()._rules(), (self.val_batch >= 1, "val_batch", "must be >= 1"),
+                (self.last_layers >= 0, "last_layers", "must be >= 0 (0: every trainable linear layer)")]
+
     def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
         from ..training.loop import encode_example
 
         validation = ctx.require_validation(self.name)
-        if self.val_batch < 1:
-            raise UserError(f"greats: val_batch must be at least 1, got {self.val_batch}")
         cfg = trainer.cfg
         self._val = [encode_example(e, trainer.tokenizer, cfg.template, cfg.max_length) for e in validation]
         self._rng = np.random.default_rng(ctx.seed + 1)

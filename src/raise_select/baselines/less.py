@@ -135,9 +135,11 @@ class LESS:
 
     def __post_init__(self) -> None:
         check_aggregation(self.aggregation, self.name)
+        check_fields(self, self._rules(), self.name)
 
-    def __post_init__(self) -> None:
-        check_fields(self, [
+    def _rules(self) -> list[tuple[bool, str, str]]:
+        """The rules on the options (a subclass adds its own)."""
+        return [
             (0 < self.warmup_fraction <= 1, "warmup_fraction", "must be in (0, 1]"),
             (self.warmup_epochs >= 1, "warmup_epochs", "must be >= 1"),
             (self.warmup_batch_size >= 1, "warmup_batch_size", "must be >= 1"),
@@ -149,7 +151,7 @@ class LESS:
             (self.proj_dim >= 1, "proj_dim", "must be >= 1; at 0 every score would be 0"),
             (self.proj_seed >= 0, "proj_seed", "must be >= 0"),
             (self.chunk >= 1, "chunk", "must be >= 1"),
-        ], self.name)
+        ]
 
     def needs_features(self) -> bool:
         return False  # its own LoRA gradients of the target model

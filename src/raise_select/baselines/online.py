@@ -24,6 +24,7 @@ from typing import ClassVar, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..config import check_fields
 from ..data.pools import Pool
 from ..errors import UserError
 from ..io import atomic_path, fingerprint
@@ -92,6 +93,18 @@ class OnlineSelector:
         """Work done once before the first step (with the trainer's M_0); returns info to record."""
         return {}
 
+    def __post_init__(self) -> None:
+        check_fields(self, self._rules(), self.name)
+
+    def _rules(self) -> list[tuple[bool, str, str]]:
+        """The rules on the options, checked when the method is built (a subclass adds its own)."""
+        return [(self.candidates >= 1, "candidates", "must be >= 1 (batches per candidate set)")]
+
+    def check_inputs(self, ctx: SelectionContext) -> None:
+        """Refuse, before the model is loaded, a run missing what the method needs (by default
+        the validation set)."""
+        ctx.require_validation(self.name)
+
     def choose(self, trainer, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """`k` of the candidate `rows` for the next update, and their scores."""
         raise NotImplementedError
@@ -107,8 +120,7 @@ class OnlineSelector:
         from ..training.loop import LMConfig, train_on_schedule
 
         model = ctx.require_model(self.name)
-        if self.candidates < 1:
-            raise UserError(f"{self.name}: candidates must be at least 1 (batches per candidate set), got {self.candidates}")
+        self.check_inputs(ctx)
         b = ctx.batch_size
         if len(pool) < b:
             raise UserError(f"{self.name}: the pool has {len(pool)} examples, fewer than one batch of {b}")

@@ -59,6 +59,15 @@ class RHOLoss(OnlineSelector):
     il_lr: float = field(default=0.0, metadata={"help": "IL-model learning rate; 0: the training learning rate"})
     il_select_fraction: float = field(default=0.25, metadata={"help": "share of the holdout kept out of IL training to choose its best epoch"})
 
+    def _rules(self) -> list[tuple[bool, str, str]]:
+        return [*super()._rules(), (self.holdout_size >= 0, "holdout_size", "must be >= 0 (0: all)"),
+                (self.il_epochs >= 1, "il_epochs", "must be >= 1"),
+                (0 < self.il_select_fraction < 1, "il_select_fraction", "must lie in (0, 1)"),
+                (self.il_lr >= 0, "il_lr", "must be >= 0 (0: the training learning rate)")]
+
+    def check_inputs(self, ctx: SelectionContext) -> None:
+        self._holdout(ctx)  # read again in `prepare`: a file or the validation set already read, so cheap
+
     def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
         holdout = self._holdout(ctx)
         cfg = trainer.cfg
@@ -99,8 +108,6 @@ class RHOLoss(OnlineSelector):
         if len(examples) < 2:
             raise UserError(f"rho: the holdout set has {len(examples)} example(s); the irreducible-loss model needs at least 2 "
                             "(one to train on, one to choose its epoch)")
-        if not 0 < self.il_select_fraction < 1 or self.il_epochs < 1:
-            raise UserError(f"rho: il_select_fraction must be in (0, 1) and il_epochs >= 1, got {self.il_select_fraction} and {self.il_epochs}")
         return examples
 
     def _train_il_model(self, holdout: list[Example], trainer, ctx: SelectionContext):

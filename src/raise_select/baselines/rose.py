@@ -118,6 +118,10 @@ def preference_pairs_from_qa(examples: Sequence[Example], seed: int = 0) -> list
     """A stand-in preference set: each example's gold answer chosen, the answer of another
     example (seeded, with a different text) rejected. Examples whose answer no other example
     differs from are left out."""
+    if len(examples) < 2:
+        raise UserError(f"rose: the validation set has {len(examples)} example(s); the stand-in preference set pairs each "
+                        "answer with another example's, so it needs at least 2 with different answers; give a "
+                        "preference file with rose.preference=FILE (prompt/chosen/rejected)")
     answers = [e.response for e in examples]
     rng = np.random.default_rng(seed)
     pairs = []
@@ -162,9 +166,11 @@ class ROSE(LESS):
     beta: float = field(default=0.1, metadata={"help": "DPO temperature beta of the validation loss"})
     length_normalize: bool = field(default=False, metadata={"help": "log p(y|x) as the mean over response tokens instead of the sum"})
 
+    def _rules(self) -> list[tuple[bool, str, str]]:
+        return [*super()._rules(), (self.beta > 0, "beta", "must be > 0"),
+                (self.preference_size >= 0, "preference_size", "must be >= 0 (0: all)")]
+
     def _validation(self, ctx: SelectionContext) -> list[PreferencePair]:
-        if self.beta <= 0:
-            raise UserError(f"rose: beta must be positive, got {self.beta}")
         if self.preference:
             pairs = read_preferences(self.preference, self.preference_size or None)
         else:

@@ -35,7 +35,7 @@ class BaselineConfig(LMConfig):
     limit: Optional[int] = field(default=None, metadata={"help": "use only the first N pool examples"})
     features: str = field(default="", metadata={"help": "featurize output folder of this pool (ifd, sspl's default loss, rds: featurize --rds, deita's default embeddings); methods that do not read it ignore it"})
     model: str = field(default="", metadata={"help": "target LLM: hub id or folder (trained with --train; less, rose, sspl loss=target; greats and rho train it while choosing)"})
-    val: str = field(default="", metadata={"help": "validation set for less, rose, rds, embed, greats, rho: a named set (gsm8k, ...) or a pool file/folder"})
+    val: str = field(default="", metadata={"help": "validation set for less, rose, rds, embed, greats, rho: a named set (gsm8k, ...) or a pool file/folder; one example is enough, except for rho and rose's stand-in preference set, which need 2; an empty one is refused"})
     data_dir: Optional[str] = field(default=None, metadata={"help": "folder of the named validation sets' original files"})
     val_size: Optional[int] = field(default=None, metadata={"help": "use at most this many validation examples"})
     out: str = field(default="", metadata={"help": "output folder: selection.json, cache/, model/, baseline.log"})
@@ -63,13 +63,12 @@ class BaselineConfig(LMConfig):
 def method_options(method: str, config_path: str | Path | None, overrides: list[str] | None) -> dict:
     """The method's own section of the YAML file, then `--set <method>.<key>=value` overrides."""
     options: dict = {}
-    if config_path is not None:
-        section = read_yaml(config_path).get(method)
-        if isinstance(section, dict):
-            options.update(section)
-    section = parse_overrides(overrides).get(method)
-    if isinstance(section, dict):
-        options.update(section)
+    for source, section in ((config_path, read_yaml(config_path).get(method) if config_path is not None else None),
+                            ("--set", parse_overrides(overrides).get(method))):
+        if section is not None and not isinstance(section, dict):
+            raise UserError(f"{source}: section '{method}' holds the method's options as a mapping (option: value), "
+                            f"got {section!r}")
+        options.update(section or {})
     return options
 
 

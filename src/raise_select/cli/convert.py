@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
             if PACKAGED[source.lower()].kind != "gguf":
                 raise UserError(f"'{source}' is not a GGUF model; it needs no conversion")
             source = str(package_file(source.lower()))
-        elif not source.lower().endswith(".gguf"):
+        elif not source.lower().endswith(".gguf") and not Path(source).expanduser().is_dir():
             raise UserError(f"{source}: expected a .gguf file or one of: "
                             f"{', '.join(k for k, v in PACKAGED.items() if v.kind == 'gguf')}")
         check_output(out, {"SOURCE": source})

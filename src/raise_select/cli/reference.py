@@ -80,6 +80,9 @@ ENVIRONMENT = """## Environment variables
 Every command that writes an output folder holds a lock on it (`<out>/.raise-select.lock`)
 while it runs: a second run into the same folder at the same time is refused naming the
 holder. The lock ends with its process, so one left by a killed run never blocks the next.
+A folder holds one kind of run: a command whose output folder holds another command's output
+(a train-policy run, a finetune's `selections.jsonl`, a baseline's `selection.json`, features,
+evaluation results, a study or a demo) is refused rather than mixing its files with them.
 """
 
 

@@ -231,9 +231,10 @@ def _text(value: Any, source: str, row: int, fld: str, required: bool = True) ->
     if not isinstance(value, str):
         # A number or true/false is refused rather than turned into text: `42` or `true`
         # where a response should be usually means the wrong column or a broken export.
-        shown = json.dumps(value) if isinstance(value, (bool, int, float)) else type(value).__name__
-        raise UserError(f"{where(source, row, fld)}: expected text, got {type(value).__name__} {shown} "
-                        "(write it as a string if it is meant as one)")
+        shown = json.dumps(value, ensure_ascii=False, default=str)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        advice = "join the parts into one string" if isinstance(value, (list, tuple)) else "write it as a string if it is meant as one"
+        raise UserError(f"{where(source, row, fld)}: expected text, got {type(value).__name__} {shown} ({advice})")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate escape such as "\ud800" in JSON

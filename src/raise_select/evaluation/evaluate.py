@@ -183,11 +183,18 @@ def run_lm_eval(cfg: EvaluateConfig, lm=None) -> dict:
             raise UserError(f"model '{cfg.model}': cannot be loaded ({' '.join(str(e).split())[:300]})") from None
     log.info("evaluating %s on %s (%s, %d-shot, limit %s)", cfg.model, ", ".join(names),
              "local files" if cfg.data_dir else "hub tasks", cfg.num_fewshot, cfg.limit)
-    results = simple_evaluate(
-        model=lm, tasks=task_names, num_fewshot=cfg.num_fewshot, limit=cfg.limit, task_manager=manager,
-        gen_kwargs={"max_gen_toks": cfg.max_gen_toks}, log_samples=False,
-        random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
-    )
+    try:
+        results = simple_evaluate(
+            model=lm, tasks=task_names, num_fewshot=cfg.num_fewshot, limit=cfg.limit, task_manager=manager,
+            gen_kwargs={"max_gen_toks": cfg.max_gen_toks}, log_samples=False,
+            random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
+        )
+    except OSError as e:  # the hub unreachable, or a dataset not there (no errno: not the machine's own error)
+        if cfg.data_dir is not None or e.errno is not None:
+            raise
+        raise UserError(f"{', '.join(names)}: no --data-dir given and loading the tasks' data from the hub failed "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); pass --data-dir with the original "
+                        "files, or check the network") from None
     if results is None:  # only on non-zero ranks of a distributed run
         return {}
     results["task_names"] = dict(zip(names, task_names))

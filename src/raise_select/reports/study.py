@@ -100,14 +100,14 @@ class StudyConfig(LMConfig):
     val_size: Optional[int] = field(default=None, metadata={"help": "use at most this many validation examples (seeded sample)"})
     data_dir: Optional[str] = field(default=None, metadata={"help": "original files of the named sets (validation and evaluation); None: the hub"})
     tasks: list[str] = field(default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"], metadata={"help": "evaluation tasks"})
-    methods: list[str] = field(default_factory=lambda: ["random", "ifd", "deita", "alpagasus", "sspl", "less", RAISE], metadata={"help": "rows besides 0% and 100%"})
+    methods: list[str] = field(default_factory=lambda: ["random", "ifd", "deita", "alpagasus", "sspl", "less", RAISE], metadata={"help": "rows besides 0% and 100%, in this order; a method listed twice is one row"})
     budget: float = field(default=0.01, metadata={"help": "fraction of the pool (< 1) or number of examples (>= 1)"})
     epochs: int = field(default=3, metadata={"help": "static subsets are trained this many epochs (section 4.2)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size B (RAISE: a multiple of `classes`)"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "seeds of the random baseline (the paper's mean of 5)"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "seeds of the random baseline (the paper's mean of 5); a seed listed twice is one cell"})
     raise_seeds: Optional[list[int]] = field(default=None, metadata={
         "help": "seeds of RAISE (policy training and fine-tuning), a cell `raise-s<seed>` each, the row their mean; "
-                "None: one cell `raise` at the study's `seed`"})
+                "a seed listed twice is one cell; None: one cell `raise` at the study's `seed`"})
     full_steps: Optional[int] = field(default=None, metadata={"help": "cap on the 100% row's update steps; None: `epochs` over the whole pool"})
     classes: int = field(default=8, metadata={"help": "featurize: K-means classes C of the diversity constraint"})
     sem_dim: int = field(default=32, metadata={"help": "featurize: d_sem"})
@@ -184,7 +184,10 @@ def method_sections(config_path: str | Path | None, overrides: list[str] | None,
     ov = parse_overrides(overrides)
     out = {}
     for m in [*methods, "full"]:
-        opts = dict(raw.get(m) or {}) if isinstance(raw.get(m), dict) else {}
+        if raw.get(m) is not None and not isinstance(raw[m], dict):
+            raise UserError(f"{config_path}: section '{m}' holds the method's options as a mapping (option: value), "
+                            f"got {raw[m]!r}")
+        opts = dict(raw.get(m) or {})
         if isinstance(ov.get(m), dict):
             merge(opts, ov[m])  # nested sections (raise's `policy`) merged key by key
         out[m] = opts

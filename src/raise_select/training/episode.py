@@ -369,7 +369,7 @@ class EpisodeJob:
 
 
 def start_episode_job(cfg: EpisodeConfig, accelerator, required: tuple[str, ...], per_class: int,
-                      make_policy: Callable[[StaticState, int], RaisePolicy], normalizer=None,
+                      make_policy: Callable[[StaticState, int, Pool], RaisePolicy], normalizer=None,
                       resumable: tuple[str, ...] | None = None, prior: str = "none") -> EpisodeJob:
     """The setup train-policy and finetune share, refusing bad inputs before any model is loaded.
 
@@ -377,7 +377,7 @@ def start_episode_job(cfg: EpisodeConfig, accelerator, required: tuple[str, ...]
     settings of a run being resumed there (only those fields may differ); the validation set; the
     pool and its features (scaled with `normalizer`, the policy's own when given; with the
     `policy.prior` column of `prior`); b (`per_class`, or B / C
-    from `batch_size`) and B; the policy, `make_policy(static, b)`; then
+    from `batch_size`) and B; the policy, `make_policy(static, b, pool)`; then
     config.yaml (a refused run leaves none), the seeded target model M_0, the validator and
     P(M_0).
     """
@@ -399,7 +399,7 @@ def start_episode_job(cfg: EpisodeConfig, accelerator, required: tuple[str, ...]
     pool, static = load_static(cfg.pool, cfg.features, normalizer, prior_column(prior, val_examples, cfg, cfg.model))
     per_class = resolve_per_class(per_class, cfg.batch_size, static.num_classes)
     batch = check_batch(static, per_class, len(pool), acc.num_processes)
-    policy = make_policy(static, per_class)
+    policy = make_policy(static, per_class, pool)
     run.write_config(config)
     set_seed(cfg.seed)
     lm = lm_config(cfg)

@@ -53,8 +53,10 @@ class FinetuneConfig(EpisodeConfig):
 def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     """Fine-tune `cfg.model` with the policy in `cfg.policy`; returns the saved model folder."""
     from ..policy import RaisePolicy
+    from ..policy.provenance import check_trained_on, trained_on
 
-    def load_policy(static, per_class: int) -> RaisePolicy:
+    def load_policy(static, per_class: int, pool) -> RaisePolicy:
+        check_trained_on(cfg.policy, trained_on(cfg.pool, pool.ids, cfg.features))
         policy = RaisePolicy.load(cfg.policy, static)
         policy.cfg = dataclasses.replace(policy.cfg, per_class=per_class, use_rule=cfg.use_rule or policy.cfg.use_rule)
         return policy

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..config import check_fields
+from ..errors import UserError
 from ..policy.agent import PolicyConfig
 from .episode import (EpisodeConfig, RandomBatches, format_timing, run_episode, selection_stats, share_from_main,
                       start_episode_job)
@@ -37,7 +38,12 @@ class TrainPolicyConfig(EpisodeConfig):
 
     def check(self) -> None:
         super().check()
+        decisions = -(-self.steps // self.select_every)  # the policy's steps per round: ceil(T / M)
         check_fields(self, [(self.rounds >= 1, "rounds", "must be >= 1")], "train-policy")
+        if self.policy.minibatches > decisions:
+            raise UserError(f"invalid train-policy settings: policy.minibatches = {self.policy.minibatches} is more "
+                            f"than the {decisions} policy step(s) of a round (steps {self.steps}, select_every "
+                            f"{self.select_every}), and a minibatch needs at least one; use at most {decisions}")
 
 
 # Fields that may change between a run and its resumption without changing the result.
@@ -53,12 +59,19 @@ def policy_settings(cfg: TrainPolicyConfig, per_class: int) -> PolicyConfig:
 def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     """Run Algorithm 2 into `cfg.out`; returns the folder of the trained policy (`<out>/policy`)."""
     from ..policy import RaisePolicy, RolloutBuffer
+    from ..policy.provenance import trained_on, write_trained_on
 
     job = start_episode_job(cfg, accelerator, ("pool", "features", "model", "val", "out"), cfg.policy.per_class,
-                            lambda static, per_class: RaisePolicy(static, policy_settings(cfg, per_class)),
+                            lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
                             resumable=RESUMABLE_CHANGES, prior=cfg.policy.prior)
     acc, run, pool, static, policy, batch = job.accelerator, job.run, job.pool, job.static, job.policy, job.batch
     trainer, validator, p0 = job.trainer, job.validator, job.p0
+
+    record = trained_on(cfg.pool, pool.ids, cfg.features)
+
+    def save(folder: Path) -> None:  # the weights, and the rows and features they were trained on
+        policy.save(folder)
+        write_trained_on(folder, record)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
@@ -127,8 +140,8 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
                  "cost %.2f Phi | %s", k + 1, cfg.rounds, result.ret, reference["return"], vs_reference, result.final_p,
                  stats.get("approx_kl", float("nan")), stats.get("entropy", float("nan")), summary["cost_phi"],
                  format_timing(timing))
-        run.save_policy(policy.save)
-        run.save_checkpoint(k + 1, policy.save, {"rounds_done": k + 1, "policy": policy.training_state(),
+        run.save_policy(save)
+        run.save_checkpoint(k + 1, save, {"rounds_done": k + 1, "policy": policy.training_state(),
                                                  "rng": rng_state(generator), "history": history,
                                                  "reference": reference})
         run.plot(history, reference_return=reference["return"])
