@@ -95,6 +95,7 @@ class BenchConfig:
     raise_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     raise_rounds: int = 6
     raise_val_size: int = 32
+    raise_select_every: int = 1
     options: dict = field(default_factory=dict)
 
 
@@ -250,7 +251,8 @@ class Bench:
         steps = matched_steps(budget_count(cfg.budget, len(self.pool)), cfg.batch_size, 3)
         tp = TrainPolicyConfig(
             pool=str(self.pool_path), features=features, model=cfg.model, val=self.val_files[target], out="",
-            val_size=cfg.raise_val_size, rounds=cfg.raise_rounds, steps=steps, batch_size=cfg.batch_size, seed=seed,
+            val_size=cfg.raise_val_size, rounds=cfg.raise_rounds, steps=steps, select_every=cfg.raise_select_every,
+            batch_size=cfg.batch_size, seed=seed,
             lr=cfg.lr, lora=True, lora_r=8, lora_alpha=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"],
             max_length=cfg.max_length, policy=PolicyConfig(**RAISE_VARIANTS[method]), **self.options.get(method, {}))
         key = self.cell_key(tp, ("out", "report_to"))
@@ -426,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default=None, help="RAND seeds, comma-separated (default 0,1,2,3,4)")
     p.add_argument("--raise-seeds", default=None, help="seeds of the RAISE rows, comma-separated (default 0,1,2)")
     p.add_argument("--raise-rounds", type=int, default=None, help="policy-training rounds of the RAISE rows (default 6)")
+    p.add_argument("--raise-select-every", type=int, default=None,
+                   help="RAISE chooses every M steps, random batches in between (appendix F; default 1): 1/M of the rewards")
     p.add_argument("--raise-val-size", type=int, default=None,
                    help="validation examples of RAISE's reward, drawn from the target's validation sample (default 32)")
     p.add_argument("--val-size", type=int, default=None)
@@ -437,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(QUICK) if a.quick else {}
     settings["out"] = a.out or ("runs/bench_real_quick" if a.quick else "runs/bench_real")
     for name in ("model", "pool", "data_dir", "pool_size", "budget", "val_size", "heldout_size", "max_length", "classes",
-                 "raise_rounds", "raise_val_size"):
+                 "raise_rounds", "raise_val_size", "raise_select_every"):
         if getattr(a, name) is not None:
             settings[name] = getattr(a, name)
     for name in ("methods", "targets"):
