@@ -109,10 +109,14 @@ def render() -> str:
         module, name = config.split(":")
         cls = getattr(importlib.import_module(module), name)
         flags = _flags(command)
-        rows = [(f"`{path}`", f"`{flags[path]}`" if path in flags else "", tp, f"`{default}`", text)
-                for path, tp, default, text in settings_rows(cls)]
-        parts.append(f"## `{command}` (section `{section}:`, `{name}`)\n\n"
-                     + markdown_table(["setting", "flag", "type", "default", "meaning"], rows))
+        rows = [
+            (f"`{path}`", f"`{flags[path]}`" if path in flags else "", tp, f"`{default}`", text)
+            for path, tp, default, text in settings_rows(cls)
+        ]
+        parts.append(
+            f"## `{command}` (section `{section}:`, `{name}`)\n\n"
+            + markdown_table(["setting", "flag", "type", "default", "meaning"], rows)
+        )
     parts.append(render_methods())
     parts.append(ENVIRONMENT)
     return "\n".join(parts)

@@ -42,7 +42,9 @@ def render_alpaca(messages: Sequence[tuple[str, str]], record: dict | None = Non
     return "".join(parts)
 
 
-def render_prompt(messages: Sequence[tuple[str, str]], template: str = ALPACA_TEMPLATE, tokenizer=None, record: dict | None = None) -> str:
+def render_prompt(
+    messages: Sequence[tuple[str, str]], template: str = ALPACA_TEMPLATE, tokenizer=None, record: dict | None = None
+) -> str:
     """Render the prompt x (everything before the response) as text."""
     if template == ALPACA_TEMPLATE:
         return render_alpaca(messages, record)
