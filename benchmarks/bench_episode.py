@@ -114,7 +114,8 @@ def main() -> None:
         print(f"{key:<10}{split[key]:>10.2f}{100 * split[key] / total:>7.1f}%{per_step:>16.1f}")
     print(f"{'total':<10}{total:>10.2f}")
     print(
-        f"scoring / train = {split['scoring'] / split['train']:.4f}; ppo / train = {split['ppo'] / split['train']:.4f}; "
+        f"scoring / train = {split['scoring'] / split['train']:.4f}; "
+        f"ppo / train = {split['ppo'] / split['train']:.4f}; "
         f"reward / train = {split['reward'] / split['train']:.3f}"
     )
     print(f"return of the round: {summary['return']:+.5f} (P {summary['P0']:.4f} -> {summary['final_P']:.4f})")

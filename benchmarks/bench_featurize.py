@@ -2,7 +2,8 @@
 
     python benchmarks/bench_featurize.py --examples 1024 --loop-examples 96 --threads 2
     python benchmarks/bench_featurize.py --model smollm2-135m-instruct --examples 128 --loop-examples 32 --threads 2
-    python benchmarks/bench_featurize.py --model smollm2-135m-instruct --examples 1024 --loop-examples 32 --threads 2 --compile
+    python benchmarks/bench_featurize.py --model smollm2-135m-instruct --examples 1024 --loop-examples 32 \
+--threads 2 --compile
 
 For each tiny-model preset (`1m`, `10m`; a BPE tokenizer of `--vocab-size` tokens trained on
 the Alpaca texts, random weights), on a slice of the real Alpaca pool:
@@ -140,7 +141,8 @@ def main() -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-featurize-"))
     texts = ["\n".join(c for _, c in e.messages) for e in load_pool(args.pool, limit=20000).examples]
     print(
-        f"pool: {args.pool} ({len(pool)} examples; loop on the first {args.loop_examples}); torch threads {torch.get_num_threads()}"
+        f"pool: {args.pool} ({len(pool)} examples; loop on the first {args.loop_examples}); "
+        f"torch threads {torch.get_num_threads()}"
     )
     ok = True
     for preset in [args.model] if args.model else args.presets.split(","):
@@ -188,7 +190,8 @@ def main() -> int:
             f"(LM head {2 * vocab * hidden / 1e6:.1f} MFLOP/row)"
         )
         print(
-            f"ours: {ours_ex:8.1f} examples/s {ours_tok:10.0f} tokens/s  ({len(encoded)} examples, {ours_s:.1f} s end to end, "
+            f"ours: {ours_ex:8.1f} examples/s {ours_tok:10.0f} tokens/s  ({len(encoded)} examples, "
+            f"{ours_s:.1f} s end to end, "
             f"of which about {load_s:.1f} s loading the model)"
         )
         print(f"loop: {loop_ex:8.1f} examples/s {loop_tok:10.0f} tokens/s  ({len(loop_enc)} examples, {loop_s:.1f} s)")

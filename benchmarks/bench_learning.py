@@ -3,7 +3,8 @@ perfect selection would gain? Every learning testbed x seeds, through the demo h
 
     python benchmarks/bench_learning.py                      # 4 testbeds x 3 seeds, 20 rounds
     python benchmarks/bench_learning.py --quick              # 2 testbeds x 2 seeds, 6 rounds (a few minutes)
-    python benchmarks/bench_learning.py --ablation --testbeds demo,rare   # + the paper's form and each departure reverted
+    python benchmarks/bench_learning.py --ablation --testbeds demo,rare   # + the paper's form and each \
+departure reverted
 
 For every testbed (`data.synthetic.TESTBEDS`: demo, rare, quality, topic) a pool and a
 validation task are generated, a tiny Llama M_0 is built and an auxiliary model (M_0 trained
@@ -118,7 +119,8 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['testbed']} | {r['seed']} | {r['raise']:.3f} | {r['rand']:.3f} | {r['ifd']:.3f} | {r['perfect']:.3f} | "
+            f"| {r['testbed']} | {r['seed']} | {r['raise']:.3f} | {r['rand']:.3f} | "
+            f"{r['ifd']:.3f} | {r['perfect']:.3f} | "
             f"{r['raise_gain']:.0%} | {r['ifd_gain']:.0%} | {r['raise_distinct']} | {r['raise_share']:.0%} | "
             f"{r['raise_seconds']:.0f} s |"
         )

@@ -136,7 +136,8 @@ def main() -> None:
     print(f"{'method':8} {'choose ms':>10} {'train ms':>9} {'step ms':>9} {'x plain':>8} {'choose/train':>13}")
     for name, (sel, tr) in results.items():
         print(
-            f"{name:8} {sel * 1e3:10.0f} {tr * 1e3:9.0f} {(sel + tr) * 1e3:9.0f} {(sel + tr) / plain:8.2f} {sel / tr:13.2f}"
+            f"{name:8} {sel * 1e3:10.0f} {tr * 1e3:9.0f} {(sel + tr) * 1e3:9.0f} "
+            f"{(sel + tr) / plain:8.2f} {sel / tr:13.2f}"
         )
     print(
         f"one-off: GREATS {prepare_s['greats']:.1f} s (encode validation); RHO-LOSS {prepare_s['rho']:.1f} s "

@@ -75,7 +75,8 @@ def bench_memory(n: int, steps: int, classes: int, sem_dim: int) -> None:
     fused_gb = steps * n * static.fused_dim * 4 / 1e9
     print(f"[memory] N={n:,} T={steps:,} C={classes} d_sem={sem_dim} (M={static.fused_dim})")
     print(
-        f"  rollout {t1 - t0:.1f} s, PPO update ({policy.cfg.ppo_epochs} epochs) {t2 - t1:.1f} s, entropy {stats['entropy']:.3f}"
+        f"  rollout {t1 - t0:.1f} s, PPO update ({policy.cfg.ppo_epochs} epochs) {t2 - t1:.1f} s, "
+        f"entropy {stats['entropy']:.3f}"
     )
     print(f"  buffer: {buf.nbytes() / 1e6:.2f} MB; static state: {static.x.numel() * 4 / 1e6:.1f} MB")
     print(f"  peak RSS: {peak_rss_mb():.0f} MB (process before the pool: {base:.0f} MB); limit 2048 MB")
@@ -135,7 +136,8 @@ def bench_step_ratio(n: int, classes: int, sem_dim: int, repeats: int) -> None:
         f"(first call with the static projection: {first * 1e3:.1f} ms, once per actor version)"
     )
     print(
-        f"  Llama {params / 1e6:.1f}M non-embedding params, B=8 x 256 tokens, fwd+bwd+AdamW: {train_step * 1e3:.0f} ms/step"
+        f"  Llama {params / 1e6:.1f}M non-embedding params, B=8 x 256 tokens, "
+        f"fwd+bwd+AdamW: {train_step * 1e3:.0f} ms/step"
     )
     print(f"  ratio: {100 * per_step / train_step:.2f}% of a training step (limit 2%)")
 

@@ -504,12 +504,14 @@ def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, ste
     counted = ", ".join(LABELS.get(m, m) for m in readers) or "no method"
     notes = [
         "",
-        f"Gain = zero-shot held-out loss - the method's (nats per response token, mean over {cfg.heldout_size} held-out "
+        f"Gain = zero-shot held-out loss - the method's (nats per response token, mean over "
+        f"{cfg.heldout_size} held-out "
         f"items per target; higher is better). Intervals: t over seeds for rows with several seeds, else a paired "
         f"bootstrap over items (10,000 resamples). `*`: interval wholly above RAND's.",
         f"Pool {pool_size} rows; budget {cfg.budget} -> {steps} matched steps of {cfg.batch_size}; the 100% row is one "
         f"epoch. Φ = {phi:.0f} s (from {phi_from}); featurize (counted for {counted}) {feat_seconds:.0f} s. "
-        "Targeted rows (RDS+, EMBED, LESS, ROSE, GREATS, RHO-LOSS) cost one selection per target; their cost is per target.",
+        "Targeted rows (RDS+, EMBED, LESS, ROSE, GREATS, RHO-LOSS) cost one selection per target; "
+        "their cost is per target.",
     ]
     return "\n".join(lines + notes) + "\n"
 

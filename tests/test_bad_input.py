@@ -310,7 +310,10 @@ def test_null_in_a_config_file_and_a_non_finite_budget(env, tmp_path):
 
 
 def test_an_unknown_option_in_a_study_method_section_stops_the_study_before_any_cell(env, tmp_path):
-    head = f"study:\n  pool: {env['root'] / 'pool.jsonl'}\n  build_model: test\n  out: {tmp_path / 'st'}\n  methods: [random, raise]\n"
+    head = (
+        f"study:\n  pool: {env['root'] / 'pool.jsonl'}\n  build_model: test\n"
+        f"  out: {tmp_path / 'st'}\n  methods: [random, raise]\n"
+    )
     for section, fragments in (
         ("random:\n  foo: 1\n", ["method 'random': unknown option(s) foo; it takes no options"]),
         ("raise:\n  roundz: 1\n", ["section 'raise': unknown option(s) roundz; available: batch_size"]),
@@ -383,7 +386,8 @@ FEATURE_CASES = [
         "made-at-512",
         _meta({"max_length": 512}),
         [
-            "meta.json, field 'max_length': the features were computed with max_length 512, this run uses --max-length 64"
+            "meta.json, field 'max_length': the features were computed with max_length 512, "
+            "this run uses --max-length 64"
         ],
     ),
 ]
@@ -1099,7 +1103,7 @@ def test_short_names_in_any_case_and_near_misses_refused_before_the_hub(env, tmp
     )
 
 
-# ---------------------------------------------------------------- third round: nested lists where text or a flat list belongs
+# ---------------------------------------------------------------- third round: nested lists in text or flat-list fields
 
 
 def test_nested_lists_in_grape_and_pool_rows(env, tmp_path):

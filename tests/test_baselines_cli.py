@@ -107,7 +107,8 @@ def test_deita_with_local_scorers_from_a_config_file(pool_and_features, tiny_mod
     pool_file, features, _ = pool_and_features
     cfg = tmp_path / "study.yaml"
     cfg.write_text(
-        f"baseline:\n  budget: 5\ndeita:\n  complexity_scorer: {tiny_model_dir}\n  quality_scorer: {tiny_model_dir}\n  threshold: 0.5\n"
+        f"baseline:\n  budget: 5\ndeita:\n  complexity_scorer: {tiny_model_dir}\n"
+        f"  quality_scorer: {tiny_model_dir}\n  threshold: 0.5\n"
     )
     args = (
         "--method",

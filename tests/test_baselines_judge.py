@@ -168,7 +168,8 @@ def test_prompt_is_the_reference_triplet():
     msgs = judge_messages(ex, "accuracy")
     assert msgs[0]["content"].startswith("We would like to request your feedback")
     assert msgs[1]["content"].startswith(
-        "###Instruction:\ngood5\n\n### Input:\n\n\n### Response:\nanswer of good5\n\nPlease rate according to the accuracy"
+        "###Instruction:\ngood5\n\n### Input:\n\n\n### Response:\nanswer of good5\n\n"
+        "Please rate according to the accuracy"
     )
 
 

@@ -63,7 +63,8 @@ def _direct_grads(model, tok, examples, params) -> torch.Tensor:
 def test_greedy_selection_by_hand():
     scores = np.array([3.0, 2.5, 1.0, 0.5])
     inter = np.array([[9.0, 2.0, -1.0, 0.0], [2.0, 9.0, 0.0, 0.0], [-1.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 9.0]])
-    # pick 0 (3.0); scores - row 0 = [., 0.5, 2.0, 0.5] -> pick 2 (2.0); minus row 2 -> [., 0.5, ., 0.5] -> pick 1 (first max)
+    # pick 0 (3.0); scores - row 0 = [., 0.5, 2.0, 0.5] -> pick 2 (2.0);
+    # minus row 2 -> [., 0.5, ., 0.5] -> pick 1 (first max)
     picks, gains = greedy_selection(scores, inter, 3)
     assert picks == [0, 2, 1] and gains == [3.0, 2.0, 0.5]
     assert greedy_selection(scores, inter, 9)[0] == [0, 2, 1, 3]

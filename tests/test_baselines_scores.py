@@ -80,7 +80,8 @@ def test_registry_lists_methods_on_unknown_name():
     }
     with pytest.raises(
         UserError,
-        match=r"unknown method 'nope'; available: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, greats, rho",
+        match=r"unknown method 'nope'; available: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, "
+        r"greats, rho",
     ):
         get_baseline_class("nope")
     with pytest.raises(UserError, match="unknown option"):

@@ -21,12 +21,12 @@ def test_gae_hand_computed():
 
 
 def _gae_loop(rewards, values, last_value, gamma, lam):
-    """Eq. 8 literally: Adv_t = sum_{l=0}^{T-t-1} (gamma lam)^l delta_{t+l}."""
+    """Eq. 8 literally: Adv_t = sum_{k=0}^{T-t-1} (gamma lam)^k delta_{t+k}."""
     r, v = rewards.tolist(), values.tolist()
     steps = len(r)
     nxt = v[1:] + [last_value]
     delta = [r[t] + gamma * nxt[t] - v[t] for t in range(steps)]
-    adv = [sum((gamma * lam) ** l * delta[t + l] for l in range(steps - t)) for t in range(steps)]
+    adv = [sum((gamma * lam) ** k * delta[t + k] for k in range(steps - t)) for t in range(steps)]
     return torch.tensor(adv, dtype=torch.float64), torch.tensor(
         [v[t] + adv[t] for t in range(steps)], dtype=torch.float64
     )

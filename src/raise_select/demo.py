@@ -124,7 +124,8 @@ class DemoConfig:
     auxiliary_steps: int = field(
         default=300,
         metadata={
-            "help": "updates of M_0 on a separate clean corpus of the pool's families to make the auxiliary (featurizing) model; 0: featurize with M_0"
+            "help": "updates of M_0 on a separate clean corpus of the pool's families to make the auxiliary "
+            "(featurizing) model; 0: featurize with M_0"
         },
     )
     max_length: int = field(default=96, metadata={"help": "tokens per example (the longest demo example is ~75)"})
@@ -166,7 +167,8 @@ class DemoConfig:
         return self.classes * self.policy.per_class
 
     def lm(self, seed: int) -> LMConfig:
-        """LLM settings of the random-batch runs and the auxiliary model (RAISE's runs take the same lr and max_length)."""
+        """LLM settings of the random-batch runs and the auxiliary model (RAISE's runs take the same lr and
+        max_length)."""
         return LMConfig(lr=self.lr, max_length=self.max_length, seed=seed)
 
 

@@ -69,10 +69,23 @@ BACKENDS = ("http", "local")
 SCORINGS = ("expectation", "generate")
 RATING_DIGITS = "012345"  # the scale 0..5 of the reference's prompt
 
-SYSTEM_PROMPT = "We would like to request your feedback on the performance of AI assistant in response to the instruction and the given input displayed following."
+SYSTEM_PROMPT = (
+    "We would like to request your feedback on the performance of AI assistant in response to the instruction "
+    "and the given input displayed following."
+)
 RATING_PROMPTS = {
-    "accuracy": "Please rate according to the accuracy of the response to the instruction and the input. Each assistant receives a score on a scale of 0 to 5, where a higher score indicates higher level of the accuracy. Please first output a single line containing value indicating the scores. In the subsequent line, please provide a comprehensive explanation of your evaluation, avoiding any potential bias. \n\n",
-    "helpfulness": "Please rate according to the helpfulness of the response to the instruction and the input. Each assistant receives an score on a scale of 0 to 5, where a higher score indicates higher level of the helpfulness. Please first output a single line containing value indicating the scores. In the subsequent line, please provide a comprehensive explanation of your evaluation, avoiding any potential bias. \n\n",
+    "accuracy": (
+        "Please rate according to the accuracy of the response to the instruction and the input. Each assistant "
+        "receives a score on a scale of 0 to 5, where a higher score indicates higher level of the accuracy. "
+        "Please first output a single line containing value indicating the scores. In the subsequent line, please "
+        "provide a comprehensive explanation of your evaluation, avoiding any potential bias. \n\n"
+    ),
+    "helpfulness": (
+        "Please rate according to the helpfulness of the response to the instruction and the input. Each assistant "
+        "receives an score on a scale of 0 to 5, where a higher score indicates higher level of the helpfulness. "
+        "Please first output a single line containing value indicating the scores. In the subsequent line, please "
+        "provide a comprehensive explanation of your evaluation, avoiding any potential bias. \n\n"
+    ),
 }
 TRIPLET = "###Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}\n\n"
 _NUMBER = r"(\d+(?:\.\d+)?)"
@@ -201,7 +214,8 @@ def rating_token_ids(tokenizer) -> list[int]:
         ids.append(int(tid))
     if len(set(ids)) < len(ids):
         raise UserError(
-            f"alpagasus: the judge's tokenizer maps two of the digits 0-5 to one token (ids {ids}); use scoring=generate"
+            f"alpagasus: the judge's tokenizer maps two of the digits 0-5 to one token (ids {ids}); "
+            f"use scoring=generate"
         )
     return ids
 
@@ -357,7 +371,8 @@ class AlpaGasus:
     backend: str = field(
         default="http",
         metadata={
-            "help": "judge: http (OpenAI-compatible endpoint at $RAISE_SELECT_JUDGE_BASE_URL, key $RAISE_SELECT_JUDGE_API_KEY) or local (an HF model)"
+            "help": "judge: http (OpenAI-compatible endpoint at $RAISE_SELECT_JUDGE_BASE_URL, "
+            "key $RAISE_SELECT_JUDGE_API_KEY) or local (an HF model)"
         },
     )
     judge_model: str = field(
@@ -384,7 +399,8 @@ class AlpaGasus:
     scoring: Optional[str] = field(
         default=None,
         metadata={
-            "help": "expectation (sum_k k p_k over the digits 0-5; local only) or generate (parse a written review); none: expectation for local, generate for http"
+            "help": "expectation (sum_k k p_k over the digits 0-5; local only) or generate (parse a written review); "
+            "none: expectation for local, generate for http"
         },
     )
     batch_size: int = field(default=8, metadata={"help": "local: prompts per forward pass (scoring=expectation)"})
@@ -452,7 +468,8 @@ class AlpaGasus:
         base_url = os.environ.get(BASE_URL_ENV)
         if not base_url:
             raise UserError(
-                f"alpagasus: set ${BASE_URL_ENV} to an OpenAI-compatible endpoint (and ${API_KEY_ENV}), or use --set alpagasus.backend=local"
+                f"alpagasus: set ${BASE_URL_ENV} to an OpenAI-compatible endpoint (and ${API_KEY_ENV}), "
+                f"or use --set alpagasus.backend=local"
             )
         return HttpJudge(
             base_url=base_url,

@@ -37,8 +37,14 @@ from .lm import left_padded_batch
 log = logging.getLogger(__name__)
 
 # Verbatim from the reference's Llama scorer (spaces and newlines included).
-COMPLEXITY_TEMPLATE = "You are a helpful assistant. Please identify the complexity score of the following user query. \n##Query: {instruction}  \n##Complexity: "
-QUALITY_TEMPLATE = "You are a helpful assistant. Please identify the quality score of the Response corresponding to the Question. \n #Question#:\n{instruction}\n#Response#:\n{output} \n##Quality: "
+COMPLEXITY_TEMPLATE = (
+    "You are a helpful assistant. Please identify the complexity score of the following user query. "
+    "\n##Query: {instruction}  \n##Complexity: "
+)
+QUALITY_TEMPLATE = (
+    "You are a helpful assistant. Please identify the quality score of the Response corresponding to the Question. "
+    "\n #Question#:\n{instruction}\n#Response#:\n{output} \n##Quality: "
+)
 SCORE_WEIGHTS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 
 
@@ -144,7 +150,8 @@ class Deita:
     embedder: str = field(
         default="features",
         metadata={
-            "help": "embedding of the diversity filter: features (the featurized `sem`), a sentence-transformers model (e.g. all-minilm-l6-v2), or an LM id/folder (last-token hidden state)"
+            "help": "embedding of the diversity filter: features (the featurized `sem`), a sentence-transformers model "
+            "(e.g. all-minilm-l6-v2), or an LM id/folder (last-token hidden state)"
         },
     )
     batch_size: int = field(default=8, metadata={"help": "examples per scorer / embedder forward pass"})

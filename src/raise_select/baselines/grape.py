@@ -55,7 +55,8 @@ class GrapeConfig:
     field: str = dataclasses.field(
         default="",
         metadata={
-            "help": "list field holding the candidates; empty: `output` when it is a list, else responses/completions, else rows sharing a prompt"
+            "help": "list field holding the candidates; empty: `output` when it is a list, else responses/completions, "
+            "else rows sharing a prompt"
         },
     )
     model: str = dataclasses.field(default="", metadata={"help": "target model: hub id or folder"})
@@ -220,7 +221,8 @@ def run_grape(cfg: GrapeConfig) -> dict:
     groups, fmt = read_groups(cfg.pool, cfg.format, cfg.field, cfg.limit)
     if Path(cfg.out).suffix.lower() == ".csv" and fmt != "alpaca":
         raise UserError(
-            f"{cfg.out}: CSV holds flat (Alpaca) rows only and this pool is in {fmt} format; write .jsonl, .json or .parquet"
+            f"{cfg.out}: CSV holds flat (Alpaca) rows only and this pool is in {fmt} format; "
+            f"write .jsonl, .json or .parquet"
         )
     examples = [e for g in groups for e in g.candidates]
     cache = JsonlCache(Path(f"{cfg.out}.grape-cache"))

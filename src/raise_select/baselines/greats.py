@@ -191,7 +191,8 @@ class GREATS(OnlineSelector):
     last_layers: int = field(
         default=2,
         metadata={
-            "help": "full fine-tuning: score with the last N decoder blocks' linear layers (0: every trainable linear layer)"
+            "help": "full fine-tuning: score with the last N decoder blocks' linear layers "
+            "(0: every trainable linear layer)"
         },
     )
 

@@ -55,7 +55,8 @@ class IFD:
         keep = np.flatnonzero(~(truncated | undefined | too_high))
         if keep.size == 0:
             raise UserError(
-                f"ifd: no example left after the filters (truncated {int(truncated.sum())}, IFD > {self.max_ifd}: {int(too_high.sum())})"
+                f"ifd: no example left after the filters (truncated {int(truncated.sum())}, "
+                f"IFD > {self.max_ifd}: {int(too_high.sum())})"
             )
         chosen = top_k(scores, keep, budget)
         info = {

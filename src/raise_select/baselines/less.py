@@ -203,7 +203,8 @@ class LESS:
             )
         except ValueError as e:
             raise UserError(
-                f"less: cannot put LoRA on modules {list(self.target_modules)} of {ctx.model} ({e}); set less.target_modules"
+                f"less: cannot put LoRA on modules {list(self.target_modules)} of {ctx.model} ({e}); "
+                f"set less.target_modules"
             ) from None
         rng = np.random.default_rng(ctx.seed)
         n_warm = max(1, round(self.warmup_fraction * len(pool)))

@@ -66,7 +66,8 @@ class RDS:
     aggregation: str = field(
         default="round_robin",
         metadata={
-            "help": "round_robin (RDS+'s default: validation examples take turns at their best remaining row), max or mean"
+            "help": "round_robin (RDS+'s default: validation examples take turns at their best remaining row), "
+            "max or mean"
         },
     )
 

@@ -43,19 +43,23 @@ class BaselineConfig(LMConfig):
     features: str = field(
         default="",
         metadata={
-            "help": "featurize output folder of this pool (ifd, sspl's default loss, rds: featurize --rds, deita's default embeddings); methods that do not read it ignore it"
+            "help": "featurize output folder of this pool (ifd, sspl's default loss, rds: featurize --rds, "
+            "deita's default embeddings); methods that do not read it ignore it"
         },
     )
     model: str = field(
         default="",
         metadata={
-            "help": "target LLM: hub id or folder (trained with --train; less, rose, sspl loss=target; greats and rho train it while choosing)"
+            "help": "target LLM: hub id or folder (trained with --train; less, rose, sspl loss=target; "
+            "greats and rho train it while choosing)"
         },
     )
     val: str = field(
         default="",
         metadata={
-            "help": "validation set for less, rose, rds, embed, greats, rho: a named set (gsm8k, ...) or a pool file/folder; one example is enough, except for rho and rose's stand-in preference set, which need 2; an empty one is refused"
+            "help": "validation set for less, rose, rds, embed, greats, rho: a named set (gsm8k, ...) or a pool "
+            "file/folder; one example is enough, except for rho and rose's stand-in preference set, which need 2; "
+            "an empty one is refused"
         },
     )
     data_dir: Optional[str] = field(
@@ -72,7 +76,8 @@ class BaselineConfig(LMConfig):
     train: bool = field(
         default=False,
         metadata={
-            "help": "also train the target model on the selection and save it to out/model (greats, rho: always trained)"
+            "help": "also train the target model on the selection and save it to out/model "
+            "(greats, rho: always trained)"
         },
     )
     device: Optional[str] = field(
@@ -81,19 +86,22 @@ class BaselineConfig(LMConfig):
     export: Optional[str] = field(
         default=None,
         metadata={
-            "help": "also write the chosen rows to this folder to publish: a `datasets` folder (save_to_disk) with a dataset card README.md and scores.parquet (every pool row's score or choice counts)"
+            "help": "also write the chosen rows to this folder to publish: a `datasets` folder (save_to_disk) with a "
+            "dataset card README.md and scores.parquet (every pool row's score or choice counts)"
         },
     )
     export_format: Optional[str] = field(
         default=None,
         metadata={
-            "help": "format of `export`: alpaca, sharegpt, messages (default: the pool's) or llamafactory (data.json + dataset_info.json)"
+            "help": "format of `export`: alpaca, sharegpt, messages (default: the pool's) "
+            "or llamafactory (data.json + dataset_info.json)"
         },
     )
     report_to: str = field(
         default="none",
         metadata={
-            "help": "training's step loss also to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb), all, or a comma-separated list"
+            "help": "training's step loss also to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb), all, "
+            "or a comma-separated list"
         },
     )
 

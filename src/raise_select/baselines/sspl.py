@@ -56,7 +56,8 @@ class SSPL:
     loss: str = field(
         default="features",
         metadata={
-            "help": "loss that orders the curriculum (easy first): features (-logp_cond of the featurized table) or target (the target model's loss, one extra pass)"
+            "help": "loss that orders the curriculum (easy first): features (-logp_cond of the featurized table) "
+            "or target (the target model's loss, one extra pass)"
         },
     )
 

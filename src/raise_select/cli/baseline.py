@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
         method: Optional[str] = typer.Option(
             None,
             "--method",
-            help="Method: full, random, ifd, deita, alpagasus, sspl, less, rose (static); greats, rho (online, chosen while training).",
+            help="Method: full, random, ifd, deita, alpagasus, sspl, less, rose (static); "
+            "greats, rho (online, chosen while training).",
         ),
         pool: Optional[str] = typer.Option(None, "--pool"),
         format: Optional[str] = typer.Option(None, "--format"),

@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Convert a GGUF model (dequantised to float32) into a safetensors folder.
 
-        Every command also takes the .gguf file itself as --model and converts it once into its cache ($RAISE_SELECT_CACHE, default ~/.cache/raise-select); this writes the same folder where you choose.
+        Every command also takes the .gguf file itself as --model and converts it once into its cache \
+($RAISE_SELECT_CACHE, default ~/.cache/raise-select); this writes the same folder where you choose.
         """
         from ..errors import UserError
         from ..io import check_output

@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate a pool and a target task, train a RAISE policy, and compare it with RAND (and the oracle).
 
-        Every setting is in DemoConfig (docs/settings.md; the shipped config: `--config demo`); the policy's go in its `policy:` section, e.g. `--set demo.policy.ppo_epochs=4`.
+        Every setting is in DemoConfig (docs/settings.md; the shipped config: `--config demo`); the policy's go in its \
+`policy:` section, e.g. `--set demo.policy.ppo_epochs=4`.
         """
         from ..config import merge, resolve
         from ..demo import QUICK, DemoConfig, format_table, run_demo

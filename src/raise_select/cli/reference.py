@@ -73,8 +73,10 @@ ENVIRONMENT = """## Environment variables
 
 | variable | default | meaning |
 |---|---|---|
-| `RAISE_SELECT_CACHE` | `~/.cache/raise-select` | folder whose `models/` holds converted GGUF and packaged models; a file there (or a `HOME` that is a file) is refused |
-| `RAISE_SELECT_PROGRESS_SECONDS` | `30` | seconds between progress log lines when stderr is not a terminal; `0`: a line at every update; not a number >= 0: refused |
+| `RAISE_SELECT_CACHE` | `~/.cache/raise-select` | folder whose `models/` holds converted GGUF and packaged models; \
+a file there (or a `HOME` that is a file) is refused |
+| `RAISE_SELECT_PROGRESS_SECONDS` | `30` | seconds between progress log lines when stderr is not a terminal; \
+`0`: a line at every update; not a number >= 0: refused |
 | `RAISE_SELECT_DEBUG` | unset | `1`: print the traceback of an unexpected error (as `raise-select --debug`) |
 
 Every command that writes an output folder holds a lock on it (`<out>/.raise-select.lock`)

@@ -25,13 +25,15 @@ class SelectConfig:
     run: str = field(
         default="",
         metadata={
-            "help": "run folder of finetune/train-policy (or its selections.jsonl), or a baseline's output folder (selection.json)"
+            "help": "run folder of finetune/train-policy (or its selections.jsonl), "
+            "or a baseline's output folder (selection.json)"
         },
     )
     out: str = field(
         default="",
         metadata={
-            "help": "output: chosen.jsonl (one record per line) or chosen.json (an array); any other name is a folder to publish: a `datasets` folder (save_to_disk) with a dataset card README.md and scores.parquet"
+            "help": "output: chosen.jsonl (one record per line) or chosen.json (an array); any other name is a folder "
+            "to publish: a `datasets` folder (save_to_disk) with a dataset card README.md and scores.parquet"
         },
     )
     pool: Optional[str] = field(
@@ -43,7 +45,8 @@ class SelectConfig:
     format: Optional[str] = field(
         default=None,
         metadata={
-            "help": "output format (alpaca, sharegpt, messages); default: the pool's own. llamafactory (a folder --out): data.json and its dataset_info.json entry"
+            "help": "output format (alpaca, sharegpt, messages); default: the pool's own. "
+            "llamafactory (a folder --out): data.json and its dataset_info.json entry"
         },
     )
     features: Optional[str] = field(
@@ -154,9 +157,10 @@ def register(app: typer.Typer) -> None:
             the_pool = load_pool(pool_spec, fmt=record.get("pool_format"), limit=record.get("limit"))
             chosen = chosen_from_run(the_pool, cfg.run, cfg.include_random, cfg.round)
             folder = publish(the_pool, chosen, cfg.out, command_line("select", cfg), cfg.format, cfg.features)
+            kind = "LLaMA-Factory data.json + dataset_info.json" if cfg.format == "llamafactory" else "datasets folder"
             typer.echo(
                 f"wrote {len(chosen.rows)} instructions chosen by {chosen.method} ({chosen.source}) to {folder} "
-                f"({'LLaMA-Factory data.json + dataset_info.json' if cfg.format == 'llamafactory' else 'datasets folder'}, "
+                f"({kind}, "
                 "README.md, scores.parquet)"
             )
             return

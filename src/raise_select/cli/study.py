@@ -34,14 +34,16 @@ def register(app: typer.Typer) -> None:
     def study_cmd(
         config: Path = typer.Argument(
             ...,
-            help="Study YAML (or a shipped config's name, e.g. study_alpaca_cpu): a `study:` section (pool, model, val, tasks, budget, methods, ...) "
+            help="Study YAML (or a shipped config's name, e.g. study_alpaca_cpu): "
+            "a `study:` section (pool, model, val, tasks, budget, methods, ...) "
             "plus one section per method for its options.",
         ),
         out: Optional[Path] = typer.Option(None, "--out", help="Study folder (default: the config's `out`)."),
         report_to: Optional[str] = typer.Option(
             None,
             "--report-to",
-            help="Every cell's training scalars also to: none, tensorboard, wandb, all (one run per cell, in its folder).",
+            help="Every cell's training scalars also to: none, tensorboard, wandb, all "
+            "(one run per cell, in its folder).",
         ),
         overrides: Optional[List[str]] = SetOption,
     ) -> None:

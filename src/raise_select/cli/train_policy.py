@@ -46,7 +46,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train the selection policy: K rounds of T steps from the same M_0, PPO after each round.
 
-        Every setting, the policy's included, can go in a `train_policy:` section of the --config file or in --set: `--set train_policy.policy.gamma=0.9` (or, for this command alone, `--set policy.gamma=0.9`). docs/settings.md lists them all.
+        Every setting, the policy's included, can go in a `train_policy:` section of the --config file or in --set: \
+`--set train_policy.policy.gamma=0.9` (or, for this command alone, `--set policy.gamma=0.9`). \
+docs/settings.md lists them all.
         """
         from ..config import resolve
         from ..features.table import check_same_encoding

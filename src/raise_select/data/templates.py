@@ -28,7 +28,10 @@ def render_alpaca(messages: Sequence[tuple[str, str]], record: dict | None = Non
     if record and "instruction" in record and len(messages) <= 3:
         inp = record.get("input") or ""
         if isinstance(inp, str) and inp.strip():
-            return f"{_ALPACA_HEADER_INPUT}### Instruction:\n{record['instruction']}\n\n### Input:\n{inp}\n\n### Response:\n"
+            return (
+                f"{_ALPACA_HEADER_INPUT}### Instruction:\n{record['instruction']}\n\n"
+                f"### Input:\n{inp}\n\n### Response:\n"
+            )
         return f"{_ALPACA_HEADER}### Instruction:\n{record['instruction']}\n\n### Response:\n"
     parts = [_ALPACA_HEADER]
     for role, content in messages:

@@ -107,8 +107,8 @@ class FeaturizeConfig:
     compile: bool = field(
         default=False,
         metadata={
-            "help": "torch.compile the model body (inductor, dynamic shapes): on CPU about 15% more tokens/s on SmolLM2-135M "
-            "after about 95 s of compiling, so worth it from a few thousand rows; results agree to ~1e-5"
+            "help": "torch.compile the model body (inductor, dynamic shapes): on CPU about 15% more tokens/s on "
+            "SmolLM2-135M after about 95 s of compiling, so worth it from a few thousand rows; results agree to ~1e-5"
         },
     )
 
@@ -398,7 +398,8 @@ def timing_summary(out: Path, shard_fp: str, n_shards: int) -> dict:
         "seconds": round(seconds, 1),
         "tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
-        "note": "sum over shards of scoring time; model loading and the merge are not counted, compiling (compile: true) is, in the first shard each run scores",
+        "note": "sum over shards of scoring time; model loading and the merge are not counted, "
+        "compiling (compile: true) is, in the first shard each run scores",
     }
 
 

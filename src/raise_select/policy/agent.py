@@ -54,7 +54,8 @@ class PolicyConfig:
     gamma: float = field(
         default=0.0,
         metadata={
-            "help": "discount factor of the advantage (eq. 7-8); the paper's 0.99 credits a batch with every later step's reward, 0 with its own"
+            "help": "discount factor of the advantage (eq. 7-8); the paper's 0.99 credits a batch with every later "
+            "step's reward, 0 with its own"
         },
     )
     lam: float = field(default=1.0, metadata={"help": "GAE lambda (eq. 8)"})
@@ -73,7 +74,8 @@ class PolicyConfig:
     seed: Optional[int] = field(
         default=None,
         metadata={
-            "help": "seed of the initial weights and of the minibatch order of updates; none: the job's seed (0 for a policy built directly)"
+            "help": "seed of the initial weights and of the minibatch order of updates; none: the job's seed "
+            "(0 for a policy built directly)"
         },
     )
     minibatches: int = field(
@@ -87,13 +89,15 @@ class PolicyConfig:
     ratio: str = field(
         default="product",
         metadata={
-            "help": "importance ratio: product of the B class probabilities [eq. 11] or per_item (each chosen row its own clipped ratio)"
+            "help": "importance ratio: product of the B class probabilities [eq. 11] "
+            "or per_item (each chosen row its own clipped ratio)"
         },
     )
     advantage: str = field(
         default="step_baseline",
         metadata={
-            "help": "gae [eq. 7-9, critic V_phi as baseline] or step_baseline (reward minus the mean reward at the same step of earlier episodes)"
+            "help": "gae [eq. 7-9, critic V_phi as baseline] or step_baseline (reward minus the mean reward at the "
+            "same step of earlier episodes)"
         },
     )
     target_kl: float = field(
@@ -109,13 +113,15 @@ class PolicyConfig:
     prior: str = field(
         default="none",
         metadata={
-            "help": "none [eq. 2-6] or rds: one more static state column, the RDS+ similarity of each row to the validation set, with an actor whose round 0 ranks rows by it (policy/prior.py; needs featurize --rds)"
+            "help": "none [eq. 2-6] or rds: one more static state column, the RDS+ similarity of each row to the "
+            "validation set, with an actor whose round 0 ranks rows by it (policy/prior.py; needs featurize --rds)"
         },
     )
     prior_scale: float = field(
         default=3.0,
         metadata={
-            "help": "with a prior: round 0 scores are prior_scale * tanh(standardised prior), the logit range of each class softmax"
+            "help": "with a prior: round 0 scores are prior_scale * tanh(standardised prior), "
+            "the logit range of each class softmax"
         },
     )
 

@@ -93,7 +93,8 @@ class RolloutBuffer:
         }
 
     def nbytes(self) -> int:
-        """Bytes held: the index batches, the per-row log-probabilities and the five scalars per transition (Python floats, 8 bytes of payload each)."""
+        """Bytes held: the index batches, the per-row log-probabilities and the five scalars per transition
+        (Python floats, 8 bytes of payload each)."""
         return (
             sum(b.numel() * b.element_size() for b in self._batches)
             + 5 * 8 * len(self)

@@ -125,7 +125,8 @@ class StaticState:
         normalizer = normalizer or Normalizer.fit(difficulty, ft.sem)
         if len(normalizer.mean) != difficulty.shape[1]:
             raise UserError(
-                f"the policy's normaliser has {len(normalizer.mean)} difficulty columns, the features have {difficulty.shape[1]}"
+                f"the policy's normaliser has {len(normalizer.mean)} difficulty columns, "
+                f"the features have {difficulty.shape[1]}"
             )
         blocks = [normalizer(difficulty), normalizer.scale_sem(ft.sem)]
         if prior is not None:

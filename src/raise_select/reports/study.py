@@ -177,8 +177,8 @@ class StudyConfig(LMConfig):
     raise_seeds: Optional[list[int]] = field(
         default=None,
         metadata={
-            "help": "seeds of RAISE (policy training and fine-tuning), a cell `raise-s<seed>` each, the row their mean; "
-            "a seed listed twice is one cell; None: one cell `raise` at the study's `seed`"
+            "help": "seeds of RAISE (policy training and fine-tuning), a cell `raise-s<seed>` each, "
+            "the row their mean; a seed listed twice is one cell; None: one cell `raise` at the study's `seed`"
         },
     )
     full_steps: Optional[int] = field(
@@ -208,7 +208,8 @@ class StudyConfig(LMConfig):
     report_to: str = field(
         default="none",
         metadata={
-            "help": "every cell's training scalars also to: none, tensorboard, wandb, all (a run per cell, in its folder)"
+            "help": "every cell's training scalars also to: none, tensorboard, wandb, all "
+            "(a run per cell, in its folder)"
         },
     )
 

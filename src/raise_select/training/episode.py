@@ -77,7 +77,8 @@ class EpisodeConfig(LMConfig):
     report_to: str = field(
         default="none",
         metadata={
-            "help": "also log the scalars to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb; WANDB_MODE=offline works without a network), all, or a comma-separated list"
+            "help": "also log the scalars to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb; "
+            "WANDB_MODE=offline works without a network), all, or a comma-separated list"
         },
     )
     tensorboard: bool = field(default=False, metadata={"help": "deprecated: the same as report_to=tensorboard"})

@@ -233,9 +233,10 @@ class RaiseTrainerMixin:
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         if per_step != policy.batch_size:
             raise UserError(
-                f"the policy chooses B = {policy.batch_size} instructions per step ({policy.static.num_classes} classes x "
-                f"{policy.cfg.per_class}), but the trainer takes per_device_train_batch_size "
-                f"{args.per_device_train_batch_size} x gradient_accumulation_steps {args.gradient_accumulation_steps} x "
+                f"the policy chooses B = {policy.batch_size} instructions per step "
+                f"({policy.static.num_classes} classes x {policy.cfg.per_class}), "
+                f"but the trainer takes per_device_train_batch_size {args.per_device_train_batch_size} "
+                f"x gradient_accumulation_steps {args.gradient_accumulation_steps} x "
                 f"{args.world_size} process(es) = {per_step}; make them equal"
             )
         for flag in ("packing", "shuffle_dataset"):
@@ -250,7 +251,8 @@ class RaiseTrainerMixin:
         if dataset is None or not hasattr(dataset, "__len__") or len(dataset) != n:
             size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else "no length"
             raise UserError(
-                f"the training dataset has {size} rows but the policy's pool has {n}: train on the pool itself, row-aligned "
+                f"the training dataset has {size} rows but the policy's pool has {n}: "
+                f"train on the pool itself, row-aligned "
                 "(no packing, no filtering: raise max_length if rows were dropped as fully truncated)"
             )
         return self.raise_sampler

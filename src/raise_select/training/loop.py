@@ -66,7 +66,8 @@ class LMConfig:
     seed: int = field(
         default=0,
         metadata={
-            "help": "seed of the LLM run (LoRA weights, dropout, data order); train-policy also seeds the policy and its rollouts with it"
+            "help": "seed of the LLM run (LoRA weights, dropout, data order); "
+            "train-policy also seeds the policy and its rollouts with it"
         },
     )
     grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm (0 = no clipping)"})

@@ -258,7 +258,8 @@ def card(pool: Pool, chosen: Chosen, layout: str, fmt: str, shares: list[dict] |
         "",
         "| | |",
         "|---|---|",
-        f"| pool | {', '.join(f'`{s}`' for s in pool.sources) or 'given in memory'} ({pool.format}, {len(pool)} rows) |",
+        f"| pool | {', '.join(f'`{s}`' for s in pool.sources) or 'given in memory'} "
+        f"({pool.format}, {len(pool)} rows) |",
         f"| pool fingerprint | `{pool.fingerprint}` |",
         *(f"| {k.replace('_', ' ')} | {v} |" for k, v in chosen.budget.items() if v is not None),
         f"| rows here | {len(chosen.rows)}, in order of first choice ({fmt} records) |",
