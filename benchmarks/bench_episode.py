@@ -38,7 +38,9 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=8, help="C; the batch is C x 1")
     ap.add_argument("--max-length", type=int, default=256, help="tokens per example")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--work", type=Path, default=None, help="folder for the model, features and run (default: a temp folder)")
+    ap.add_argument(
+        "--work", type=Path, default=None, help="folder for the model, features and run (default: a temp folder)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,14 +61,32 @@ def main() -> None:
     params = non_embedding_parameters(AutoModelForCausalLM.from_pretrained(model_dir))
 
     start = time.perf_counter()
-    featurize(FeaturizeConfig(pool=str(pool_file), model=str(model_dir), out=str(work / "features"),
-                              max_length=args.max_length, classes=args.classes, device="cpu"))
+    featurize(
+        FeaturizeConfig(
+            pool=str(pool_file),
+            model=str(model_dir),
+            out=str(work / "features"),
+            max_length=args.max_length,
+            classes=args.classes,
+            device="cpu",
+        )
+    )
     featurize_s = time.perf_counter() - start
 
     run = work / "run"
-    cfg = TrainPolicyConfig(pool=str(pool_file), features=str(work / "features"), model=str(model_dir), val="gsm8k",
-                            data_dir=str(args.data_dir), val_size=args.val_size, out=str(run), rounds=1,
-                            steps=args.steps, max_length=args.max_length, select_every=args.select_every)
+    cfg = TrainPolicyConfig(
+        pool=str(pool_file),
+        features=str(work / "features"),
+        model=str(model_dir),
+        val="gsm8k",
+        data_dir=str(args.data_dir),
+        val_size=args.val_size,
+        out=str(run),
+        rounds=1,
+        steps=args.steps,
+        max_length=args.max_length,
+        select_every=args.select_every,
+    )
     if (run / "checkpoint").exists():
         import shutil
 
@@ -79,18 +99,25 @@ def main() -> None:
     summary = next(m for m in metrics if m["kind"] == "round")
     split = summary["time"]
     total = sum(split.values())
-    print(f"\nmodel: tiny Llama 10m ({params / 1e6:.1f}M non-embedding parameters), {torch.get_num_threads()} threads, "
-          f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
-    print(f"pool: {len(pool)} Alpaca examples, {args.classes} classes, batch {args.classes}, {args.max_length} tokens; "
-          f"validation: {args.val_size} GSM8K examples; T = {args.steps}, M = {args.select_every}")
+    print(
+        f"\nmodel: tiny Llama 10m ({params / 1e6:.1f}M non-embedding parameters), {torch.get_num_threads()} threads, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
+    print(
+        f"pool: {len(pool)} Alpaca examples, {args.classes} classes, batch {args.classes}, {args.max_length} tokens; "
+        f"validation: {args.val_size} GSM8K examples; T = {args.steps}, M = {args.select_every}"
+    )
     print(f"featurize: {featurize_s:.1f}s; episode (train_policy, rounds=1, incl. loading): {episode_s:.1f}s")
     print(f"{'part':<10}{'seconds':>10}{'share':>8}{'per step (ms)':>16}")
     for key in ("train", "reward", "scoring", "ppo"):
         per_step = 1000 * split[key] / args.steps
         print(f"{key:<10}{split[key]:>10.2f}{100 * split[key] / total:>7.1f}%{per_step:>16.1f}")
     print(f"{'total':<10}{total:>10.2f}")
-    print(f"scoring / train = {split['scoring'] / split['train']:.4f}; ppo / train = {split['ppo'] / split['train']:.4f}; "
-          f"reward / train = {split['reward'] / split['train']:.3f}")
+    print(
+        f"scoring / train = {split['scoring'] / split['train']:.4f}; "
+        f"ppo / train = {split['ppo'] / split['train']:.4f}; "
+        f"reward / train = {split['reward'] / split['train']:.3f}"
+    )
     print(f"return of the round: {summary['return']:+.5f} (P {summary['P0']:.4f} -> {summary['final_P']:.4f})")
 
 

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_featurize.py --examples 1024 --loop-examples 96 --threads 2
     python benchmarks/bench_featurize.py --model smollm2-135m-instruct --examples 128 --loop-examples 32 --threads 2
-    python benchmarks/bench_featurize.py --model smollm2-135m-instruct --examples 1024 --loop-examples 32 --threads 2 --compile
+    python benchmarks/bench_featurize.py --model smollm2-135m-instruct --examples 1024 --loop-examples 32 \
+--threads 2 --compile
 
 For each tiny-model preset (`1m`, `10m`; a BPE tokenizer of `--vocab-size` tokens trained on
 the Alpaca texts, random weights), on a slice of the real Alpaca pool:
@@ -65,7 +66,9 @@ def matmul_flops(n: int = 2048, repeats: int = 5) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def reference_loop(model, tokenizer, examples, template: str, max_length: int) -> tuple[float, float, list[float], list]:
+def reference_loop(
+    model, tokenizer, examples, template: str, max_length: int
+) -> tuple[float, float, list[float], list]:
     """The IFD reference way, one example at a time: tokenize, then two forward passes of the
     full model with full-vocabulary logits and the loss from `labels` (prompt masked with -100),
     the conditional one also returning the hidden states for the embedding.
@@ -82,7 +85,7 @@ def reference_loop(model, tokenizer, examples, template: str, max_length: int) -
         labels = cond.clone()
         labels[0, : 1 + len(e.prompt_ids)] = -100
         out = model(cond, labels=labels, output_hidden_states=True)
-        out.hidden_states[-1][0, 1 + len(e.prompt_ids):].mean(0)  # E(d)
+        out.hidden_states[-1][0, 1 + len(e.prompt_ids) :].mean(0)  # E(d)
         uncond = torch.tensor([[start, *e.response_ids]])
         labels = uncond.clone()
         labels[0, 0] = -100
@@ -99,14 +102,28 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", default=str(DEFAULT_POOL), help="Alpaca pool file")
     ap.add_argument("--examples", type=int, default=2048, help="examples featurized by ours")
-    ap.add_argument("--loop-examples", type=int, default=128, help="examples scored by the plain loop (its rate is per example)")
+    ap.add_argument(
+        "--loop-examples", type=int, default=128, help="examples scored by the plain loop (its rate is per example)"
+    )
     ap.add_argument("--presets", default="1m,10m", help="comma-separated tiny-model presets")
-    ap.add_argument("--model", default=None, help="a real model instead of the presets: short name, GGUF file or folder")
-    ap.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (ours; default: the featurizer's)")
+    ap.add_argument(
+        "--model", default=None, help="a real model instead of the presets: short name, GGUF file or folder"
+    )
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="sequences per forward pass (ours; default: the featurizer's)"
+    )
     ap.add_argument("--shard-size", type=int, default=2048, help="examples per shard (ours)")
-    ap.add_argument("--vocab-size", type=int, default=32000, help="BPE vocabulary of the tiny models (default 32000, as Llama-2)")
-    ap.add_argument("--compile", action="store_true", help="ours with `compile: true` (torch.compile of the body; its compile time counts)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; 1 on a shared machine)")
+    ap.add_argument(
+        "--vocab-size", type=int, default=32000, help="BPE vocabulary of the tiny models (default 32000, as Llama-2)"
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="ours with `compile: true` (torch.compile of the body; its compile time counts)",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice; 1 on a shared machine)"
+    )
     ap.add_argument("--work-dir", default=None, help="where models and outputs go (default: a temp folder)")
     args = ap.parse_args()
     if args.threads:
@@ -123,7 +140,10 @@ def main() -> int:
     pool = load_pool(args.pool, limit=args.examples)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-featurize-"))
     texts = ["\n".join(c for _, c in e.messages) for e in load_pool(args.pool, limit=20000).examples]
-    print(f"pool: {args.pool} ({len(pool)} examples; loop on the first {args.loop_examples}); torch threads {torch.get_num_threads()}")
+    print(
+        f"pool: {args.pool} ({len(pool)} examples; loop on the first {args.loop_examples}); "
+        f"torch threads {torch.get_num_threads()}"
+    )
     ok = True
     for preset in [args.model] if args.model else args.presets.split(","):
         if args.model:
@@ -134,8 +154,12 @@ def main() -> int:
                 build_tiny_model(model_dir, texts, preset=preset, seed=0, vocab_size=args.vocab_size)
         flops_before = matmul_flops()
         cfg = FeaturizeConfig(
-            model=str(model_dir), out=str(work / f"out-{preset}-{time.time_ns()}"), batch_size=args.batch_size,
-            shard_size=args.shard_size, pool=args.pool, compile=args.compile,
+            model=str(model_dir),
+            out=str(work / f"out-{preset}-{time.time_ns()}"),
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            pool=args.pool,
+            compile=args.compile,
         )
         t, c = time.perf_counter(), time.process_time()
         table = featurize(cfg, pool=pool)
@@ -160,11 +184,16 @@ def main() -> int:
         per_token = 2 * non_embedding_parameters(model)
         fraction = ours_tok * per_token / flops_limit
         vocab, hidden = model.get_output_embeddings().weight.shape
-        print(f"\n== preset {preset}: {non_embedding_parameters(model) / 1e6:.2f}M non-embedding parameters, "
-              f"{per_token / 1e6:.1f} MFLOP/token; vocabulary {vocab} tokens "
-              f"(LM head {2 * vocab * hidden / 1e6:.1f} MFLOP/row)")
-        print(f"ours: {ours_ex:8.1f} examples/s {ours_tok:10.0f} tokens/s  ({len(encoded)} examples, {ours_s:.1f} s end to end, "
-              f"of which about {load_s:.1f} s loading the model)")
+        print(
+            f"\n== preset {preset}: {non_embedding_parameters(model) / 1e6:.2f}M non-embedding parameters, "
+            f"{per_token / 1e6:.1f} MFLOP/token; vocabulary {vocab} tokens "
+            f"(LM head {2 * vocab * hidden / 1e6:.1f} MFLOP/row)"
+        )
+        print(
+            f"ours: {ours_ex:8.1f} examples/s {ours_tok:10.0f} tokens/s  ({len(encoded)} examples, "
+            f"{ours_s:.1f} s end to end, "
+            f"of which about {load_s:.1f} s loading the model)"
+        )
         print(f"loop: {loop_ex:8.1f} examples/s {loop_tok:10.0f} tokens/s  ({len(loop_enc)} examples, {loop_s:.1f} s)")
         cpu_speedup = (encoded_tokens(encoded) / ours_cpu) / (encoded_tokens(loop_enc) / loop_cpu)
         # The loop runs the head at every position; ours at the response positions of both passes.
@@ -172,14 +201,20 @@ def main() -> int:
         flop_ratio = (encoded_tokens(encoded) * (per_token + 2 * vocab * hidden)) / (
             encoded_tokens(encoded) * per_token + head_rows * 2 * vocab * hidden
         )
-        print(f"speed-up (tokens/s): {ours_tok / loop_tok:.1f}x ({cpu_speedup:.1f}x per CPU second); "
-              f"FLOP ratio loop/ours {flop_ratio:.2f}; max |logp_cond ours - loop| = {diff:.2e}")
-        print(f"matmul float32: {flops_limit / 1e9:.1f} GFLOP/s; ours {ours_tok * per_token / 1e9:.1f} GFLOP/s "
-              f"= {fraction:.2f} of it")
+        print(
+            f"speed-up (tokens/s): {ours_tok / loop_tok:.1f}x ({cpu_speedup:.1f}x per CPU second); "
+            f"FLOP ratio loop/ours {flop_ratio:.2f}; max |logp_cond ours - loop| = {diff:.2e}"
+        )
+        print(
+            f"matmul float32: {flops_limit / 1e9:.1f} GFLOP/s; ours {ours_tok * per_token / 1e9:.1f} GFLOP/s "
+            f"= {fraction:.2f} of it"
+        )
         # The machine is shared: per CPU second of this process, contention cancels out.
         fraction_cpu = encoded_tokens(encoded) * per_token / ours_cpu / flops_limit_cpu
-        print(f"per CPU second: matmul {flops_limit_cpu / 1e9:.1f} GFLOP/s, ours {fraction_cpu:.2f} of it "
-              f"(ours used {ours_cpu:.1f} CPU s in {ours_s:.1f} s)")
+        print(
+            f"per CPU second: matmul {flops_limit_cpu / 1e9:.1f} GFLOP/s, ours {fraction_cpu:.2f} of it "
+            f"(ours used {ours_cpu:.1f} CPU s in {ours_s:.1f} s)"
+        )
         if preset == "1m":
             passed = ours_tok / loop_tok >= 5
             print(f"target 1m: >= 5x the loop: {'PASS' if passed else 'FAIL'}")

@@ -3,7 +3,8 @@ perfect selection would gain? Every learning testbed x seeds, through the demo h
 
     python benchmarks/bench_learning.py                      # 4 testbeds x 3 seeds, 20 rounds
     python benchmarks/bench_learning.py --quick              # 2 testbeds x 2 seeds, 6 rounds (a few minutes)
-    python benchmarks/bench_learning.py --ablation --testbeds demo,rare   # + the paper's form and each departure reverted
+    python benchmarks/bench_learning.py --ablation --testbeds demo,rare   # + the paper's form and each \
+departure reverted
 
 For every testbed (`data.synthetic.TESTBEDS`: demo, rare, quality, topic) a pool and a
 validation task are generated, a tiny Llama M_0 is built and an auxiliary model (M_0 trained
@@ -43,7 +44,7 @@ from raise_select.policy.agent import PAPER, PolicyConfig
 # Each departure from the paper, reverted alone (the rest as in the package defaults).
 ABLATION = {
     "package defaults": {},
-    "use_rule topk (Algorithm 1)": {"use_rule": PAPER["use_rule"]},   # no retraining: the same policies, used top-b
+    "use_rule topk (Algorithm 1)": {"use_rule": PAPER["use_rule"]},  # no retraining: the same policies, used top-b
     "paper (all three reverted)": dict(PAPER),
     "advantage gae (critic baseline)": {"advantage": PAPER["advantage"]},
     "gamma 0.99 (paper horizon)": {"gamma": PAPER["gamma"]},
@@ -51,10 +52,20 @@ ABLATION = {
 }
 
 
-def run_testbed(name: str, args, policy: PolicyConfig, tag: str, methods: list[str], change: dict | None = None) -> list[dict]:
+def run_testbed(
+    name: str, args, policy: PolicyConfig, tag: str, methods: list[str], change: dict | None = None
+) -> list[dict]:
     change = change or {}
-    cfg = DemoConfig(out=str(args.out / name), testbed=name, seeds=args.seeds, rounds=args.rounds, steps=args.steps,
-                     auxiliary_steps=args.auxiliary_steps, ifd=True, policy=policy)
+    cfg = DemoConfig(
+        out=str(args.out / name),
+        testbed=name,
+        seeds=args.seeds,
+        rounds=args.rounds,
+        steps=args.steps,
+        auxiliary_steps=args.auxiliary_steps,
+        ifd=True,
+        policy=policy,
+    )
     paths = prepare(cfg)
     pool = load_pool(paths["pool"])
     val = load_pool(paths["val"]).examples
@@ -69,14 +80,14 @@ def run_testbed(name: str, args, policy: PolicyConfig, tag: str, methods: list[s
             where, options = seed_dir, {}
             if method == "raise" and tag != "package defaults":
                 where = seed_dir / "ablation" / tag.split(" (")[0].replace(" ", "_")
-                if set(change) == {"use_rule"}:   # no retraining: the package's policy, used with the other rule
+                if set(change) == {"use_rule"}:  # no retraining: the package's policy, used with the other rule
                     options = {"policy_dir": seed_dir / "policy" / "policy", "use_rule": change["use_rule"]}
             r = run_method(cfg, paths, pool, val, method, seed, where, rows.get(method), **options)
             row[method] = r.val_loss
             row[f"{method}_distinct"] = r.distinct
             row[f"{method}_share"] = r.clean_on_target
             row[f"{method}_seconds"] = r.seconds
-            if method == "raise":   # measured time of the whole method, also when its runs were reused
+            if method == "raise":  # measured time of the whole method, also when its runs were reused
                 row["raise_seconds"] = _recorded_seconds(where, options)
         for method in ("raise", "ifd"):
             if method in row:
@@ -89,6 +100,7 @@ def run_testbed(name: str, args, policy: PolicyConfig, tag: str, methods: list[s
 def _recorded_seconds(run_dir: Path, options: dict) -> float:
     """Seconds the RAISE cell took as its run folders record them: the reference episode, every
     round (training, reward, scoring, PPO) and the fine-tuning run with the policy."""
+
     def seconds(path: Path, kinds: tuple[str, ...]) -> float:
         if not path.is_file():
             return 0.0
@@ -100,19 +112,27 @@ def _recorded_seconds(run_dir: Path, options: dict) -> float:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| testbed | seed | RAISE | RAND | IFD | PERFECT | RAISE oracle gain | IFD oracle gain | RAISE distinct rows | "
-             "RAISE clean on-target | RAISE wall time |", "|---" * 11 + "|"]
+    lines = [
+        "| testbed | seed | RAISE | RAND | IFD | PERFECT | RAISE oracle gain | IFD oracle gain | RAISE distinct rows | "
+        "RAISE clean on-target | RAISE wall time |",
+        "|---" * 11 + "|",
+    ]
     for r in rows:
-        lines.append(f"| {r['testbed']} | {r['seed']} | {r['raise']:.3f} | {r['rand']:.3f} | {r['ifd']:.3f} | {r['perfect']:.3f} | "
-                     f"{r['raise_gain']:.0%} | {r['ifd_gain']:.0%} | {r['raise_distinct']} | {r['raise_share']:.0%} | "
-                     f"{r['raise_seconds']:.0f} s |")
+        lines.append(
+            f"| {r['testbed']} | {r['seed']} | {r['raise']:.3f} | {r['rand']:.3f} | "
+            f"{r['ifd']:.3f} | {r['perfect']:.3f} | "
+            f"{r['raise_gain']:.0%} | {r['ifd_gain']:.0%} | {r['raise_distinct']} | {r['raise_share']:.0%} | "
+            f"{r['raise_seconds']:.0f} s |"
+        )
     gains = [r["raise_gain"] for r in rows]
     wins = sum(r["raise"] < r["rand"] for r in rows)
     beats_ifd = sum(r["raise"] < r["ifd"] for r in rows)
     lines.append("")
-    lines.append(f"RAISE below RAND on {wins}/{len(rows)} (testbed, seed) pairs, below IFD on {beats_ifd}/{len(rows)}; "
-                 f"mean oracle gain {statistics.fmean(gains):.0%} (min {min(gains):.0%}); "
-                 f"IFD mean oracle gain {statistics.fmean(r['ifd_gain'] for r in rows):.0%}")
+    lines.append(
+        f"RAISE below RAND on {wins}/{len(rows)} (testbed, seed) pairs, below IFD on {beats_ifd}/{len(rows)}; "
+        f"mean oracle gain {statistics.fmean(gains):.0%} (min {min(gains):.0%}); "
+        f"IFD mean oracle gain {statistics.fmean(r['ifd_gain'] for r in rows):.0%}"
+    )
     for name in dict.fromkeys(r["testbed"] for r in rows):
         mine = [r["raise_gain"] for r in rows if r["testbed"] == name]
         lines.append(f"  {name}: mean oracle gain {statistics.fmean(mine):.0%} over {len(mine)} seeds")
@@ -123,8 +143,11 @@ def ablation_table(rows: list[dict], testbeds: list[str], seeds: int) -> str:
     head = [f"{t} s{s}" for t in testbeds for s in range(seeds)]
     lines = ["| setting | " + " | ".join(head) + " | mean |", "|---" * (len(head) + 2) + "|"]
     for tag in dict.fromkeys(r["setting"] for r in rows):
-        gains = [next(r["raise_gain"] for r in rows if r["setting"] == tag and r["testbed"] == t and r["seed"] == s)
-                 for t in testbeds for s in range(seeds)]
+        gains = [
+            next(r["raise_gain"] for r in rows if r["setting"] == tag and r["testbed"] == t and r["seed"] == s)
+            for t in testbeds
+            for s in range(seeds)
+        ]
         lines.append(f"| {tag} | " + " | ".join(f"{g:.0%}" for g in gains) + f" | {statistics.fmean(gains):.0%} |")
     return "\n".join(lines)
 
@@ -139,7 +162,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="demo and rare, 2 seeds, 6 rounds")
     ap.add_argument("--ablation", action="store_true", help="also the paper's settings and each departure reverted")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_learning"))
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: a ~50k-parameter model gains nothing from more)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: a ~50k-parameter model gains nothing from more)"
+    )
     args = ap.parse_args()
     if args.quick:
         args.testbeds, args.seeds, args.rounds = "demo,rare", 2, 6
@@ -155,8 +180,10 @@ def main() -> None:
     rows = []
     for name in testbeds:
         rows += run_testbed(name, args, base, "package defaults", ["raise", "rand", "ifd", "perfect"])
-    print(f"\n{len(testbeds)} testbed(s) x {args.seeds} seed(s), {args.rounds} rounds of {args.steps} steps, batch "
-          f"{base.per_class}; {time.perf_counter() - start:.0f} s in all\n")
+    print(
+        f"\n{len(testbeds)} testbed(s) x {args.seeds} seed(s), {args.rounds} rounds of {args.steps} steps, batch "
+        f"{base.per_class}; {time.perf_counter() - start:.0f} s in all\n"
+    )
     print(table(rows))
     if args.ablation:
         ablation = [dict(r) for r in rows]
@@ -164,8 +191,9 @@ def main() -> None:
             if not change:
                 continue
             for name in testbeds:
-                ablation += run_testbed(name, args, dataclasses.replace(base, **change), tag, ["raise", "rand", "ifd", "perfect"],
-                                        change)
+                ablation += run_testbed(
+                    name, args, dataclasses.replace(base, **change), tag, ["raise", "rand", "ifd", "perfect"], change
+                )
         print("\nOracle gain of RAISE per setting (testbed, seed):\n")
         print(ablation_table(ablation, testbeds, args.seeds))
     print(f"\n{time.perf_counter() - start:.0f} s in all; run folders under {args.out}")

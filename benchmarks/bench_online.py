@@ -59,7 +59,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=DATA, help="the shared data folder (alpaca/, gsm8k/)")
     ap.add_argument("--preset", default="10m", help="tiny Llama preset (test, 1m, 10m)")
-    ap.add_argument("--model", default=None, help="use this model (hub id, folder, .gguf or packaged name) instead of a tiny preset")
+    ap.add_argument(
+        "--model", default=None, help="use this model (hub id, folder, .gguf or packaged name) instead of a tiny preset"
+    )
     ap.add_argument("--examples", type=int, default=200, help="first N Alpaca examples form the pool")
     ap.add_argument("--val-size", type=int, default=32, help="GSM8K validation/holdout examples")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per method")
@@ -87,7 +89,9 @@ def main() -> None:
     else:
         model_dir = work / f"model-{args.preset}"
         if not (model_dir / "config.json").is_file():
-            build_tiny_model(model_dir, ["\n".join(c for _, c in e.messages) for e in pool.examples], preset=args.preset, seed=0)
+            build_tiny_model(
+                model_dir, ["\n".join(c for _, c in e.messages) for e in pool.examples], preset=args.preset, seed=0
+            )
     from transformers import AutoModelForCausalLM
 
     params = non_embedding_parameters(AutoModelForCausalLM.from_pretrained(model_dir))
@@ -100,8 +104,13 @@ def main() -> None:
 
     results = {}
     trainer = LMTrainer(str(model_dir), pool, lm, steps)
-    results["plain"] = timed_steps(trainer, lambda rows, k: rng.choice(rows, size=k, replace=False).tolist(),
-                                   candidate_sets(len(pool), b, 0), b, args.steps)
+    results["plain"] = timed_steps(
+        trainer,
+        lambda rows, k: rng.choice(rows, size=k, replace=False).tolist(),
+        candidate_sets(len(pool), b, 0),
+        b,
+        args.steps,
+    )
     prepare_s = {}
     for name in ("greats", "rho"):
         method = make_baseline(name, {"candidates": args.candidates})
@@ -110,21 +119,30 @@ def main() -> None:
         info = method.prepare(pool, trainer, ctx)
         prepare_s[name] = time.perf_counter() - start
         sets = candidate_sets(len(pool), method.candidates * b, 0)
-        results[name] = timed_steps(trainer, lambda rows, k: method.choose(trainer, rows, k)[0].tolist(), sets, b, args.steps)
+        results[name] = timed_steps(
+            trainer, lambda rows, k: method.choose(trainer, rows, k)[0].tolist(), sets, b, args.steps
+        )
         if name == "greats":
             scored = info["scored_parameters"]
 
     plain = sum(results["plain"])
-    print(f"model: {args.model or 'preset ' + args.preset}, {params / 1e6:.2f}M non-embedding parameters, "
-          f"{'LoRA' if args.lora else 'full fine-tuning'}; B = {b}, max {args.max_length} tokens, "
-          f"{torch.get_num_threads()} thread(s); {args.candidates} x B candidates; GREATS scores {scored:,} parameters")
+    print(
+        f"model: {args.model or 'preset ' + args.preset}, {params / 1e6:.2f}M non-embedding parameters, "
+        f"{'LoRA' if args.lora else 'full fine-tuning'}; B = {b}, max {args.max_length} tokens, "
+        f"{torch.get_num_threads()} thread(s); {args.candidates} x B candidates; GREATS scores {scored:,} parameters"
+    )
     # "choose / train": choosing against the training steps of the same phase, which a loaded
     # machine's drift between phases disturbs less than the ratio to the plain phase.
     print(f"{'method':8} {'choose ms':>10} {'train ms':>9} {'step ms':>9} {'x plain':>8} {'choose/train':>13}")
     for name, (sel, tr) in results.items():
-        print(f"{name:8} {sel * 1e3:10.0f} {tr * 1e3:9.0f} {(sel + tr) * 1e3:9.0f} {(sel + tr) / plain:8.2f} {sel / tr:13.2f}")
-    print(f"one-off: GREATS {prepare_s['greats']:.1f} s (encode validation); RHO-LOSS {prepare_s['rho']:.1f} s "
-          f"(train the irreducible-loss model on {args.val_size} holdout rows, score {len(pool)} pool rows)")
+        print(
+            f"{name:8} {sel * 1e3:10.0f} {tr * 1e3:9.0f} {(sel + tr) * 1e3:9.0f} "
+            f"{(sel + tr) / plain:8.2f} {sel / tr:13.2f}"
+        )
+    print(
+        f"one-off: GREATS {prepare_s['greats']:.1f} s (encode validation); RHO-LOSS {prepare_s['rho']:.1f} s "
+        f"(train the irreducible-loss model on {args.val_size} holdout rows, score {len(pool)} pool rows)"
+    )
     print(json.dumps({"results_s": results, "prepare_s": prepare_s}))
 
 

@@ -63,15 +63,42 @@ UNTARGETED = ("full", "random", "ifd", "deita", "alpagasus", "sspl")
 # RAISE rows (train-policy, then finetune with the policy, per target and seed of `raise_seeds`):
 # the policy settings each row uses on top of PolicyConfig's defaults.
 RAISE_VARIANTS = {
-    "raise": {"prior": "rds"},   # the package defaults + the RDS+ prior (policy/prior.py)
-    "raise_noprior": {},         # the package defaults (the prior's ablation)
+    "raise": {"prior": "rds"},  # the package defaults + the RDS+ prior (policy/prior.py)
+    "raise_noprior": {},  # the package defaults (the prior's ablation)
     "raise_paper": dict(PAPER),  # the paper's literal form (appendix A.2, eq. 2-12)
 }
-LABELS = {"full": "100%", "random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "AlpaGasus", "sspl": "SSPL",
-          "less": "LESS", "rose": "ROSE", "rds": "RDS+", "embed": "EMBED", "greats": "GREATS", "rho": "RHO-LOSS",
-          "raise": "RAISE (+RDS+ prior)", "raise_noprior": "RAISE (defaults)", "raise_paper": "RAISE (paper)"}
-ORDER = ("random", "rds", "embed", "ifd", "full", "less", "sspl", "deita", "alpagasus", "greats", "rho", "rose",
-         *RAISE_VARIANTS)
+LABELS = {
+    "full": "100%",
+    "random": "RAND",
+    "ifd": "IFD",
+    "deita": "DEITA",
+    "alpagasus": "AlpaGasus",
+    "sspl": "SSPL",
+    "less": "LESS",
+    "rose": "ROSE",
+    "rds": "RDS+",
+    "embed": "EMBED",
+    "greats": "GREATS",
+    "rho": "RHO-LOSS",
+    "raise": "RAISE (+RDS+ prior)",
+    "raise_noprior": "RAISE (defaults)",
+    "raise_paper": "RAISE (paper)",
+}
+ORDER = (
+    "random",
+    "rds",
+    "embed",
+    "ifd",
+    "full",
+    "less",
+    "sspl",
+    "deita",
+    "alpagasus",
+    "greats",
+    "rho",
+    "rose",
+    *RAISE_VARIANTS,
+)
 
 
 @dataclass
@@ -99,15 +126,21 @@ class BenchConfig:
     options: dict = field(default_factory=dict)
 
 
-QUICK = dict(pool_size=300, budget=24, seeds=[0, 1], methods=["random", "rds", "embed", "ifd"],
-             val_size=16, heldout_size=32)
+QUICK = dict(
+    pool_size=300, budget=24, seeds=[0, 1], methods=["random", "rds", "embed", "ifd"], val_size=16, heldout_size=32
+)
 
 # Method options for a 135M model on CPU: the judges and scorers are the base model itself
 # (the reference scorers and ChatGPT are not reachable offline), LESS at a LoRA rank and
 # projection a CPU affords.
 DEFAULT_OPTIONS = {
     "alpagasus": {"backend": "local", "scoring": "expectation", "judge_model": "{model}", "max_length": 512},
-    "deita": {"complexity_scorer": "{model}", "quality_scorer": "{model}", "embedder": "all-minilm-l6-v2", "max_length": 512},
+    "deita": {
+        "complexity_scorer": "{model}",
+        "quality_scorer": "{model}",
+        "embedder": "all-minilm-l6-v2",
+        "max_length": 512,
+    },
     "less": {"lora_r": 8, "lora_alpha": 32, "proj_dim": 1024, "warmup_epochs": 1, "warmup_batch_size": 8, "lr": 2e-4},
     "rose": {"lora_r": 8, "lora_alpha": 32, "proj_dim": 1024, "warmup_epochs": 1, "warmup_batch_size": 8, "lr": 2e-4},
 }
@@ -117,7 +150,9 @@ class Bench:
     def __init__(self, cfg: BenchConfig):
         unknown = [m for m in cfg.methods if m not in BASELINES and m not in RAISE_VARIANTS]
         if unknown:
-            raise UserError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join([*BASELINES, *RAISE_VARIANTS])}")
+            raise UserError(
+                f"unknown method(s) {', '.join(unknown)}; available: {', '.join([*BASELINES, *RAISE_VARIANTS])}"
+            )
         bad = [t for t in cfg.targets if t not in TARGETS]
         if bad:
             raise UserError(f"unknown target(s) {', '.join(bad)}; available: {', '.join(TARGETS)}")
@@ -125,8 +160,10 @@ class Bench:
             raise UserError("RAND needs at least 2 seeds for its interval")
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.options = {m: {k: (v.replace("{model}", cfg.model) if isinstance(v, str) else v) for k, v in o.items()}
-                        for m, o in {**DEFAULT_OPTIONS, **cfg.options}.items()}
+        self.options = {
+            m: {k: (v.replace("{model}", cfg.model) if isinstance(v, str) else v) for k, v in o.items()}
+            for m, o in {**DEFAULT_OPTIONS, **cfg.options}.items()
+        }
 
     # ------------------------------------------------------------ inputs
 
@@ -145,8 +182,14 @@ class Bench:
                 write_text_atomic(path, text)
             self.val_files[t] = str(path)
             self.heldout[t] = held
-        log.info("pool %s: %d rows; targets %s (validation %d, held-out %d each)", self.pool_path, len(self.pool),
-                 ", ".join(cfg.targets), cfg.val_size, cfg.heldout_size)
+        log.info(
+            "pool %s: %d rows; targets %s (validation %d, held-out %d each)",
+            self.pool_path,
+            len(self.pool),
+            ", ".join(cfg.targets),
+            cfg.val_size,
+            cfg.heldout_size,
+        )
 
     def reads_features(self, method: str) -> bool:
         """Whether `method` with its options here reads the featurized pool (the method says so;
@@ -165,9 +208,18 @@ class Bench:
 
         out = self.out / "features"
         rds = any(self.reads_rds_vectors(m) for m in self.cfg.methods)
-        table = featurize(FeaturizeConfig(pool=str(self.pool_path), model=self.cfg.model, out=str(out),
-                                          max_length=self.cfg.max_length, classes=self.cfg.classes, seed=self.cfg.seed,
-                                          rds=rds, shard_size=256))
+        table = featurize(
+            FeaturizeConfig(
+                pool=str(self.pool_path),
+                model=self.cfg.model,
+                out=str(out),
+                max_length=self.cfg.max_length,
+                classes=self.cfg.classes,
+                seed=self.cfg.seed,
+                rds=rds,
+                shard_size=256,
+            )
+        )
         return str(out), float((table.meta.get("timing") or {}).get("seconds") or 0.0)
 
     # ------------------------------------------------------------ cells
@@ -204,28 +256,49 @@ class Bench:
             bcfg.train = True
             run_baseline(bcfg, options)
             t2 = time.perf_counter()
-            record = {"key": key, "method": method, "target": target, "seed": seed, "steps": sel["steps"],
-                      "select_seconds": round(t1 - t0, 2), "train_seconds": round(t2 - t1, 2),
-                      "model": str(cell_dir / "model"), "evals": {}}
+            record = {
+                "key": key,
+                "method": method,
+                "target": target,
+                "seed": seed,
+                "steps": sel["steps"],
+                "select_seconds": round(t1 - t0, 2),
+                "train_seconds": round(t2 - t1, 2),
+                "model": str(cell_dir / "model"),
+                "evals": {},
+            }
             write_json_atomic(path, record)
-        for t in ([target] if target else self.cfg.targets):
+        for t in [target] if target else self.cfg.targets:
             self.evaluate(record, t, path)
         return record
 
     def baseline_job(self, name: str, method: str, target: str | None, seed: int, features: str) -> BaselineConfig:
         cfg = self.cfg
         return BaselineConfig(
-            method=method, pool=str(self.pool_path), features=features if self.reads_features(method) else "",
-            model=cfg.model, val=self.val_files[target] if target else "", out=str(self.out / "cells" / name),
-            budget=cfg.budget, batch_size=cfg.batch_size, epochs=1 if method == "full" else 3, seed=seed, lr=cfg.lr,
-            lora=True, lora_r=8, lora_alpha=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-            max_length=cfg.max_length, device="cpu",
+            method=method,
+            pool=str(self.pool_path),
+            features=features if self.reads_features(method) else "",
+            model=cfg.model,
+            val=self.val_files[target] if target else "",
+            out=str(self.out / "cells" / name),
+            budget=cfg.budget,
+            batch_size=cfg.batch_size,
+            epochs=1 if method == "full" else 3,
+            seed=seed,
+            lr=cfg.lr,
+            lora=True,
+            lora_r=8,
+            lora_alpha=16,
+            lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"],
+            max_length=cfg.max_length,
+            device="cpu",
         )
 
     def cell_key(self, job, leave_out: tuple[str, ...], options: dict | None = None) -> str:
         """A cell's key: its job settings (less those that only report or export, which leave a
         finished cell valid) and method options, with paths inside --out written relative to it,
         so the cells of a run still match when the run folder is moved or copied elsewhere."""
+
         def rel(v):
             if isinstance(v, str) and v:
                 try:
@@ -233,6 +306,7 @@ class Bench:
                 except ValueError:
                     return v
             return v
+
         settings = {k: rel(v) for k, v in asdict(job).items() if k not in leave_out}
         return fingerprint({"config": settings, **({"options": options} if options is not None else {})})
 
@@ -250,28 +324,52 @@ class Bench:
         cell_dir = self.out / "cells" / name
         steps = matched_steps(budget_count(cfg.budget, len(self.pool)), cfg.batch_size, 3)
         tp = TrainPolicyConfig(
-            pool=str(self.pool_path), features=features, model=cfg.model, val=self.val_files[target], out="",
-            val_size=cfg.raise_val_size, rounds=cfg.raise_rounds, steps=steps, select_every=cfg.raise_select_every,
-            batch_size=cfg.batch_size, seed=seed,
-            lr=cfg.lr, lora=True, lora_r=8, lora_alpha=16, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-            max_length=cfg.max_length, policy=PolicyConfig(**RAISE_VARIANTS[method]), **self.options.get(method, {}))
+            pool=str(self.pool_path),
+            features=features,
+            model=cfg.model,
+            val=self.val_files[target],
+            out="",
+            val_size=cfg.raise_val_size,
+            rounds=cfg.raise_rounds,
+            steps=steps,
+            select_every=cfg.raise_select_every,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            lr=cfg.lr,
+            lora=True,
+            lora_r=8,
+            lora_alpha=16,
+            lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"],
+            max_length=cfg.max_length,
+            policy=PolicyConfig(**RAISE_VARIANTS[method]),
+            **self.options.get(method, {}),
+        )
         key = self.cell_key(tp, ("out", "report_to"))
         path = cell_dir / "cell.json"
         record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if record.get("key") != key:
             log.info("cell %s: training the policy and fine-tuning with it", name)
             model_dir, policy_seconds, finetune_seconds = train_and_finetune(tp, cell_dir)
-            record = {"key": key, "method": method, "target": target, "seed": seed, "steps": steps,
-                      "select_seconds": round(policy_seconds, 2), "train_seconds": round(finetune_seconds, 2),
-                      "model": str(model_dir), "evals": {}}
+            record = {
+                "key": key,
+                "method": method,
+                "target": target,
+                "seed": seed,
+                "steps": steps,
+                "select_seconds": round(policy_seconds, 2),
+                "train_seconds": round(finetune_seconds, 2),
+                "model": str(model_dir),
+                "evals": {},
+            }
             write_json_atomic(path, record)
         self.evaluate(record, target, path)
         return record
 
     def eval_key(self, cell_key: str | None, target: str) -> str:
         cfg = self.cfg
-        return fingerprint({"model": cell_key, "target": target, "n": cfg.heldout_size, "seed": cfg.seed,
-                            "max_length": cfg.max_length})
+        return fingerprint(
+            {"model": cell_key, "target": target, "n": cfg.heldout_size, "seed": cfg.seed, "max_length": cfg.max_length}
+        )
 
     def evaluate(self, record: dict, target: str, path: Path | None) -> list[float]:
         from raise_select.evaluation.loss import example_losses
@@ -297,7 +395,7 @@ class Bench:
         base.update(key="base", model=self.cfg.model)
         reading = any(self.reads_features(m) for m in self.cfg.methods)
         features, feat_seconds = self.features() if reading else ("", 0.0)
-        base_losses = {t: self.evaluate(base, t, base_path) for t in self.cfg.targets}   # written when computed
+        base_losses = {t: self.evaluate(base, t, base_path) for t in self.cfg.targets}  # written when computed
         records, result = [], None
         for name, method, target, seed in progress_bar(self.cells(), desc="bench cells", unit="cell"):
             try:
@@ -340,35 +438,67 @@ class Bench:
                 interval = gain_interval(base, losses, seed=cfg.seed)
                 seconds = float(np.mean([g["select_seconds"] + g["train_seconds"] for g in group]))
                 seconds += feat_seconds if self.reads_features(m) else 0.0
-                rows.setdefault(m, {})[t] = {"gain": interval.mean, "low": interval.low, "high": interval.high,
-                                             "rule": interval.rule, "loss": float(np.mean([np.mean(x) for x in losses])),
-                                             "seconds": round(seconds, 1), "phi": seconds / phi if phi == phi else None,
-                                             "runs": len(group)}
+                rows.setdefault(m, {})[t] = {
+                    "gain": interval.mean,
+                    "low": interval.low,
+                    "high": interval.high,
+                    "rule": interval.rule,
+                    "loss": float(np.mean([np.mean(x) for x in losses])),
+                    "seconds": round(seconds, 1),
+                    "phi": seconds / phi if phi == phi else None,
+                    "runs": len(group),
+                }
         for t in cfg.targets:
             ref = rows.get("random", {}).get(t)
             for m in rows:
                 cell = rows[m].get(t)
                 if cell is not None:
-                    cell["above_rand"] = bool(ref and m != "random" and Interval(cell["gain"], cell["low"], cell["high"], "").above(
-                        Interval(ref["gain"], ref["low"], ref["high"], "")))
-        md = markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, len(self.pool),
-                      records[0]["steps"] if records else None, [m for m in rows if self.reads_features(m)])
-        return {"config": asdict(cfg), "phi_seconds": phi, "phi_from": phi_from, "featurize_seconds": feat_seconds,
-                "base_loss": {t: float(np.mean(v)) for t, v in base_losses.items()}, "rows": rows, "markdown": md}
+                    cell["above_rand"] = bool(
+                        ref
+                        and m != "random"
+                        and Interval(cell["gain"], cell["low"], cell["high"], "").above(
+                            Interval(ref["gain"], ref["low"], ref["high"], "")
+                        )
+                    )
+        md = markdown(
+            rows,
+            cfg,
+            base_losses,
+            phi,
+            phi_from,
+            feat_seconds,
+            len(self.pool),
+            records[0]["steps"] if records else None,
+            [m for m in rows if self.reads_features(m)],
+        )
+        return {
+            "config": asdict(cfg),
+            "phi_seconds": phi,
+            "phi_from": phi_from,
+            "featurize_seconds": feat_seconds,
+            "base_loss": {t: float(np.mean(v)) for t, v in base_losses.items()},
+            "rows": rows,
+            "markdown": md,
+        }
 
 
 def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, steps, readers) -> str:
     order = [m for m in ("full", *ORDER) if m in rows]
     head = "| method | " + " | ".join(f"{t} gain [95% CI]" for t in cfg.targets) + " | cost (Φ) | seconds |"
     lines = [head, "|" + "---|" * (len(cfg.targets) + 3)]
-    lines.append("| zero-shot | " + " | ".join(f"0 (loss {np.mean(base_losses[t]):.4f})" for t in cfg.targets) + " | 0 | 0 |")
+    lines.append(
+        "| zero-shot | " + " | ".join(f"0 (loss {np.mean(base_losses[t]):.4f})" for t in cfg.targets) + " | 0 | 0 |"
+    )
     for m in order:
         cells = []
         for t in cfg.targets:
             c = rows[m].get(t)
-            cells.append("n/a" if c is None else
-                         f"{'**' if c['above_rand'] else ''}{c['gain']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
-                         f"{'** *' if c['above_rand'] else ''}")
+            cells.append(
+                "n/a"
+                if c is None
+                else f"{'**' if c['above_rand'] else ''}{c['gain']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+                f"{'** *' if c['above_rand'] else ''}"
+            )
         any_cell = next(iter(rows[m].values()))
         phi_txt = f"{any_cell['phi']:.2f}" if any_cell["phi"] is not None else "n/a"
         label = LABELS.get(m, m) + (f" ({any_cell['runs']} seeds)" if any_cell["runs"] > 1 else "")
@@ -376,12 +506,14 @@ def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, ste
     counted = ", ".join(LABELS.get(m, m) for m in readers) or "no method"
     notes = [
         "",
-        f"Gain = zero-shot held-out loss - the method's (nats per response token, mean over {cfg.heldout_size} held-out "
+        f"Gain = zero-shot held-out loss - the method's (nats per response token, mean over "
+        f"{cfg.heldout_size} held-out "
         f"items per target; higher is better). Intervals: t over seeds for rows with several seeds, else a paired "
         f"bootstrap over items (10,000 resamples). `*`: interval wholly above RAND's.",
         f"Pool {pool_size} rows; budget {cfg.budget} -> {steps} matched steps of {cfg.batch_size}; the 100% row is one "
         f"epoch. Φ = {phi:.0f} s (from {phi_from}); featurize (counted for {counted}) {feat_seconds:.0f} s. "
-        "Targeted rows (RDS+, EMBED, LESS, ROSE, GREATS, RHO-LOSS) cost one selection per target; their cost is per target.",
+        "Targeted rows (RDS+, EMBED, LESS, ROSE, GREATS, RHO-LOSS) cost one selection per target; "
+        "their cost is per target.",
     ]
     return "\n".join(lines + notes) + "\n"
 
@@ -398,8 +530,15 @@ def plot(result: dict, path: Path) -> None:
     for ax, t in zip(axes[0], targets):
         ms = [m for m in methods if t in rows[m]]
         g = np.array([rows[m][t]["gain"] for m in ms])
-        err = np.array([[rows[m][t]["gain"] - rows[m][t]["low"] for m in ms], [rows[m][t]["high"] - rows[m][t]["gain"] for m in ms]])
-        colors = ["tab:green" if rows[m][t]["above_rand"] else ("tab:gray" if m == "random" else "tab:blue") for m in ms]
+        err = np.array(
+            [
+                [rows[m][t]["gain"] - rows[m][t]["low"] for m in ms],
+                [rows[m][t]["high"] - rows[m][t]["gain"] for m in ms],
+            ]
+        )
+        colors = [
+            "tab:green" if rows[m][t]["above_rand"] else ("tab:gray" if m == "random" else "tab:blue") for m in ms
+        ]
         ax.barh(range(len(ms)), g, xerr=err, color=colors, capsize=3)
         ax.set_yticks(range(len(ms)), [LABELS.get(m, m) for m in ms])
         ax.invert_yaxis()
@@ -414,24 +553,46 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="pool 300, budget 24 rows, RAND 2 seeds, random/rds/embed/ifd, "
-                   "16 validation and 32 held-out items per target (about 15 minutes with SmolLM2 on 2 cores)")
-    p.add_argument("--out", default=None, help="run folder (default runs/bench_real, runs/bench_real_quick with --quick)")
-    p.add_argument("--model", default=None, help="base model (default smollm2-135m-instruct): short name, folder or hub id")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="pool 300, budget 24 rows, RAND 2 seeds, random/rds/embed/ifd, "
+        "16 validation and 32 held-out items per target (about 15 minutes with SmolLM2 on 2 cores)",
+    )
+    p.add_argument(
+        "--out", default=None, help="run folder (default runs/bench_real, runs/bench_real_quick with --quick)"
+    )
+    p.add_argument(
+        "--model", default=None, help="base model (default smollm2-135m-instruct): short name, folder or hub id"
+    )
     p.add_argument("--pool", default=None, help="instruction pool (default ../shared/data/alpaca/alpaca_data.json)")
-    p.add_argument("--data-dir", default=None, help="folder of the target sets' original files (default ../shared/data)")
+    p.add_argument(
+        "--data-dir", default=None, help="folder of the target sets' original files (default ../shared/data)"
+    )
     p.add_argument("--pool-size", type=int, default=None)
     p.add_argument("--budget", type=float, default=None)
     p.add_argument("--methods", default=None, help="comma-separated; default " + ",".join(ORDER))
     p.add_argument("--targets", default=None, help="comma-separated; default " + ",".join(TARGETS))
     p.add_argument("--seeds", default=None, help="RAND seeds, comma-separated (default 0,1,2,3,4)")
     p.add_argument("--raise-seeds", default=None, help="seeds of the RAISE rows, comma-separated (default 0,1,2)")
-    p.add_argument("--raise-rounds", type=int, default=None, help="policy-training rounds of the RAISE rows (default 6)")
-    p.add_argument("--raise-select-every", type=int, default=None,
-                   help="RAISE chooses every M steps, random batches in between (appendix F; default 1): 1/M of the rewards")
-    p.add_argument("--raise-val-size", type=int, default=None,
-                   help="validation examples of RAISE's reward, drawn from the target's validation sample (default 32)")
+    p.add_argument(
+        "--raise-rounds", type=int, default=None, help="policy-training rounds of the RAISE rows (default 6)"
+    )
+    p.add_argument(
+        "--raise-select-every",
+        type=int,
+        default=None,
+        help="RAISE chooses every M steps, random batches in between (appendix F; default 1): 1/M of the rewards",
+    )
+    p.add_argument(
+        "--raise-val-size",
+        type=int,
+        default=None,
+        help="validation examples of RAISE's reward, drawn from the target's validation sample (default 32)",
+    )
     p.add_argument("--val-size", type=int, default=None)
     p.add_argument("--heldout-size", type=int, default=None)
     p.add_argument("--max-length", type=int, default=None)
@@ -440,8 +601,20 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     settings = dict(QUICK) if a.quick else {}
     settings["out"] = a.out or ("runs/bench_real_quick" if a.quick else "runs/bench_real")
-    for name in ("model", "pool", "data_dir", "pool_size", "budget", "val_size", "heldout_size", "max_length", "classes",
-                 "raise_rounds", "raise_val_size", "raise_select_every"):
+    for name in (
+        "model",
+        "pool",
+        "data_dir",
+        "pool_size",
+        "budget",
+        "val_size",
+        "heldout_size",
+        "max_length",
+        "classes",
+        "raise_rounds",
+        "raise_val_size",
+        "raise_select_every",
+    ):
         if getattr(a, name) is not None:
             settings[name] = getattr(a, name)
     for name in ("methods", "targets"):

@@ -38,8 +38,9 @@ def cli(*args):
 def subprocess_cli(*args, env=None, code=None):
     """`raise-select ARGS` in a fresh interpreter (stderr is a pipe, not a terminal)."""
     cmd = [sys.executable, "-c", code or "from raise_select.cli.main import main; main()", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    )
 
 
 TQDM_BAR = re.compile(r"\d+%\|")
@@ -49,7 +50,9 @@ def problem_lines(stderr: str) -> list[str]:
     """stderr without the log lines of work done before the error (nor, in process, a library's
     progress bar: `raise-select` itself turns those off when stderr is not a terminal, which
     the subprocess tests check)."""
-    return [line for line in stderr.splitlines() if line.strip() and not LOG_LINE.match(line) and not TQDM_BAR.search(line)]
+    return [
+        line for line in stderr.splitlines() if line.strip() and not LOG_LINE.match(line) and not TQDM_BAR.search(line)
+    ]
 
 
 def assert_user_error(result, *fragments):
@@ -67,12 +70,16 @@ def assert_user_error(result, *fragments):
 
 # ---------------------------------------------------------------- fixtures (built once)
 
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_model_dir):
     """A 12-row pool, a 3-row validation file, random features in 3 classes and a 2-round
     train-policy run made by a real subprocess (its stderr is kept for the progress check)."""
     root = tmp_path_factory.mktemp("bad-input")
-    rows = [{"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."} for i in range(12)]
+    rows = [
+        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
+        for i in range(12)
+    ]
     (root / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
     pool = load_pool(root / "pool.jsonl")
@@ -80,12 +87,34 @@ def env(tmp_path_factory, tiny_model_dir):
     n = len(pool)
     columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
     columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
-    FeatureTable(ids=pool.ids, columns=columns, sem=rng.normal(size=(n, 4)).astype(np.float32),
-                 cluster=np.arange(n) % CLASSES, meta={"classes": CLASSES}).write(root / "features")
-    common = ["--pool", root / "pool.jsonl", "--features", root / "features", "--model", tiny_model_dir,
-              "--val", root / "val.jsonl", "--steps", 2, "--per-class", 1, "--lr", 1e-3, "--max-length", 64]
-    run = subprocess_cli("train-policy", *common, "--out", root / "run", "--rounds", 2,
-                         env={"RAISE_SELECT_PROGRESS_SECONDS": "0"})
+    FeatureTable(
+        ids=pool.ids,
+        columns=columns,
+        sem=rng.normal(size=(n, 4)).astype(np.float32),
+        cluster=np.arange(n) % CLASSES,
+        meta={"classes": CLASSES},
+    ).write(root / "features")
+    common = [
+        "--pool",
+        root / "pool.jsonl",
+        "--features",
+        root / "features",
+        "--model",
+        tiny_model_dir,
+        "--val",
+        root / "val.jsonl",
+        "--steps",
+        2,
+        "--per-class",
+        1,
+        "--lr",
+        1e-3,
+        "--max-length",
+        64,
+    ]
+    run = subprocess_cli(
+        "train-policy", *common, "--out", root / "run", "--rounds", 2, env={"RAISE_SELECT_PROGRESS_SECONDS": "0"}
+    )
     assert run.returncode == 0, run.stderr
     return {"root": root, "model": tiny_model_dir, "common": common, "train_stderr": run.stderr}
 
@@ -122,10 +151,16 @@ def _with(args, **flags):
 # ---------------------------------------------------------------- pools
 
 POOL_FILES = [
-    ("bad.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "a\xff", "output": "c"}\n',
-     ["bad.jsonl, row 1, line 2", "not UTF-8"]),
-    ("bad.json", b'[{"instruction": "a", "output": "b"},\n {"instruction": "\xfe", "output": "c"}]',
-     ["bad.json: line 2", "not UTF-8"]),
+    (
+        "bad.jsonl",
+        b'{"instruction": "a", "output": "b"}\n{"instruction": "a\xff", "output": "c"}\n',
+        ["bad.jsonl, row 1, line 2", "not UTF-8"],
+    ),
+    (
+        "bad.json",
+        b'[{"instruction": "a", "output": "b"},\n {"instruction": "\xfe", "output": "c"}]',
+        ["bad.json: line 2", "not UTF-8"],
+    ),
     ("bad.csv", b"instruction,output\na,b\n\xff,c\n", ["bad.csv: line 3", "not UTF-8"]),
     ("surrogate.jsonl", b'{"instruction": "a\\ud800", "output": "b"}\n', ["row 0, field 'instruction'", "surrogate"]),
     ("number.jsonl", b'{"instruction": "a", "output": 42}\n', ["row 0, field 'output'", "expected text, got int 42"]),
@@ -143,7 +178,9 @@ def test_bad_pool_files_name_file_row_and_field(env, tmp_path, name, content, fr
 
 
 def test_integer_parquet_response_is_refused_and_a_csv_byte_order_mark_is_not_part_of_the_header(tmp_path):
-    pq.write_table(pa.table({"instruction": ["a", "b"], "output": pa.array([1, 2], pa.int64())}), tmp_path / "p.parquet")
+    pq.write_table(
+        pa.table({"instruction": ["a", "b"], "output": pa.array([1, 2], pa.int64())}), tmp_path / "p.parquet"
+    )
     result = cli("tiny-model", "--pool", tmp_path / "p.parquet", "--out", tmp_path / "m")
     assert_user_error(result, "p.parquet, row 0, field 'output'", "expected text, got int 1")
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfinstruction,output\nhello,world\n")
@@ -157,8 +194,17 @@ def test_non_utf8_validation_file_and_config(env, tmp_path):
     result = cli("train-policy", *args, "--rounds", 1, "--out", tmp_path / "run")
     assert_user_error(result, "val.jsonl, row 0, line 1", "not UTF-8")
     (tmp_path / "c.yaml").write_bytes(b"featurize:\n  classes: \xff\n")
-    result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f",
-                 "--config", tmp_path / "c.yaml")
+    result = cli(
+        "featurize",
+        "--pool",
+        env["root"] / "pool.jsonl",
+        "--model",
+        env["model"],
+        "--out",
+        tmp_path / "f",
+        "--config",
+        tmp_path / "c.yaml",
+    )
     assert_user_error(result, "c.yaml: line 2", "not UTF-8")
 
 
@@ -179,12 +225,19 @@ SETTINGS = [
 
 @pytest.mark.parametrize("args,fragments", SETTINGS, ids=[" ".join(a) for a, _ in SETTINGS])
 def test_bad_featurize_settings(env, tmp_path, args, fragments):
-    result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f", *args)
+    result = cli(
+        "featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f", *args
+    )
     assert_user_error(result, *fragments)
 
 
-EVALUATE_SETTINGS = [("--limit", "0", "limit = 0"), ("--limit", "-1", "limit = -1"), ("--batch-size", "0", "batch_size = 0"),
-                     ("--num-fewshot", "-1", "num_fewshot = -1"), ("--max-length", "1", "max_length = 1")]
+EVALUATE_SETTINGS = [
+    ("--limit", "0", "limit = 0"),
+    ("--limit", "-1", "limit = -1"),
+    ("--batch-size", "0", "batch_size = 0"),
+    ("--num-fewshot", "-1", "num_fewshot = -1"),
+    ("--max-length", "1", "max_length = 1"),
+]
 
 
 def test_bad_evaluate_settings(env, tmp_path):
@@ -197,37 +250,81 @@ def test_a_max_length_that_leaves_no_response_or_too_few_distinct_rows(env, tmp_
     pool = env["root"] / "pool.jsonl"
     result = cli("featurize", "--pool", pool, "--model", env["model"], "--out", tmp_path / "f2", "--max-length", 2)
     assert_user_error(result, "no example is left to featurize", "raise --max-length")
-    result = cli("featurize", "--pool", pool, "--model", env["model"], "--out", tmp_path / "f3", "--max-length", 3,
-                 "--classes", 2)
+    result = cli(
+        "featurize",
+        "--pool",
+        pool,
+        "--model",
+        env["model"],
+        "--out",
+        tmp_path / "f3",
+        "--max-length",
+        3,
+        "--classes",
+        2,
+    )
     assert_user_error(result, "--classes 2: K-means found only 1 distinct class(es)", "use --classes 1")
     assert not (tmp_path / "f3" / "features.parquet").exists()
 
 
 def test_null_in_a_config_file_and_a_non_finite_budget(env, tmp_path):
     (tmp_path / "c.yaml").write_text("featurize:\n  sem_dim: null\n")
-    result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f",
-                 "--config", tmp_path / "c.yaml")
+    result = cli(
+        "featurize",
+        "--pool",
+        env["root"] / "pool.jsonl",
+        "--model",
+        env["model"],
+        "--out",
+        tmp_path / "f",
+        "--config",
+        tmp_path / "c.yaml",
+    )
     assert_user_error(result, "c.yaml", "'sem_dim' needs a value")
     (tmp_path / "c.yaml").write_text("featurize: 5\n")
-    result = cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f",
-                 "--config", tmp_path / "c.yaml")
+    result = cli(
+        "featurize",
+        "--pool",
+        env["root"] / "pool.jsonl",
+        "--model",
+        env["model"],
+        "--out",
+        tmp_path / "f",
+        "--config",
+        tmp_path / "c.yaml",
+    )
     assert_user_error(result, "c.yaml: section 'featurize' must be a mapping of settings, got 5")
     for budget in ("nan", "inf"):
-        result = cli("baseline", "--method", "random", "--pool", env["root"] / "pool.jsonl", "--budget", budget,
-                     "--out", tmp_path / "b")
+        result = cli(
+            "baseline",
+            "--method",
+            "random",
+            "--pool",
+            env["root"] / "pool.jsonl",
+            "--budget",
+            budget,
+            "--out",
+            tmp_path / "b",
+        )
         assert_user_error(result, "'budget' must be a finite number")
 
 
 def test_an_unknown_option_in_a_study_method_section_stops_the_study_before_any_cell(env, tmp_path):
-    head = f"study:\n  pool: {env['root'] / 'pool.jsonl'}\n  build_model: test\n  out: {tmp_path / 'st'}\n  methods: [random, raise]\n"
-    for section, fragments in (("random:\n  foo: 1\n", ["method 'random': unknown option(s) foo; it takes no options"]),
-                               ("raise:\n  roundz: 1\n", ["section 'raise': unknown option(s) roundz; available: batch_size"])):
+    head = (
+        f"study:\n  pool: {env['root'] / 'pool.jsonl'}\n  build_model: test\n"
+        f"  out: {tmp_path / 'st'}\n  methods: [random, raise]\n"
+    )
+    for section, fragments in (
+        ("random:\n  foo: 1\n", ["method 'random': unknown option(s) foo; it takes no options"]),
+        ("raise:\n  roundz: 1\n", ["section 'raise': unknown option(s) roundz; available: batch_size"]),
+    ):
         (tmp_path / "study.yaml").write_text(head + section)
         assert_user_error(cli("study", tmp_path / "study.yaml"), "study.yaml", *fragments)
         assert not (tmp_path / "st" / "base_model").exists()
 
 
 # ---------------------------------------------------------------- features
+
 
 def _inf_logp(folder):
     t = pq.read_table(folder / "features.parquet").column("logp_cond").to_numpy().copy()
@@ -254,6 +351,7 @@ def _meta(update):
     def edit(folder):
         meta = json.loads((folder / "meta.json").read_text())
         (folder / "meta.json").write_text(json.dumps({**meta, **update}))
+
     return edit
 
 
@@ -274,12 +372,24 @@ FEATURE_CASES = [
     ("meta-classes-text", _meta({"classes": "three"}), ["meta.json, field 'classes'", "'three'"]),
     ("meta-corrupt", _corrupt_meta, ["meta.json: not valid JSON"]),
     ("negative-cluster", _negative_cluster, ["row 0, field 'cluster'", "negative class id"]),
-    ("float-cluster", lambda d: rewrite_parquet(d, "cluster", pa.array([float(i % CLASSES) for i in range(12)])),
-     ["field 'cluster': expected integer class ids, got double"]),
-    ("missing-id", lambda d: rewrite_parquet(d, "id", pa.array([None] + [f"x{i}" for i in range(1, 12)], pa.string())),
-     ["row 0, field 'id': missing value"]),
-    ("made-at-512", _meta({"max_length": 512}),
-     ["meta.json, field 'max_length': the features were computed with max_length 512, this run uses --max-length 64"]),
+    (
+        "float-cluster",
+        lambda d: rewrite_parquet(d, "cluster", pa.array([float(i % CLASSES) for i in range(12)])),
+        ["field 'cluster': expected integer class ids, got double"],
+    ),
+    (
+        "missing-id",
+        lambda d: rewrite_parquet(d, "id", pa.array([None] + [f"x{i}" for i in range(1, 12)], pa.string())),
+        ["row 0, field 'id': missing value"],
+    ),
+    (
+        "made-at-512",
+        _meta({"max_length": 512}),
+        [
+            "meta.json, field 'max_length': the features were computed with max_length 512, "
+            "this run uses --max-length 64"
+        ],
+    ),
 ]
 
 
@@ -306,6 +416,7 @@ def test_features_given_as_a_file_and_finetune_with_infinite_features(env):
 
 # ---------------------------------------------------------------- model and policy files
 
+
 def _truncate(path: Path) -> None:
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size // 2)
@@ -329,8 +440,17 @@ def test_broken_model_folders(env, tmp_path):
     data.mkdir(parents=True)
     for split in ("Train", "Test"):
         (data / f"ARC-Challenge-{split}.jsonl").write_text(json.dumps(ARC_ROW) + "\n")
-    result = cli("evaluate", "--model", truncated, "--tasks", "arc_challenge", "--data-dir", tmp_path / "data",
-                 "--out", tmp_path / "res")
+    result = cli(
+        "evaluate",
+        "--model",
+        truncated,
+        "--tasks",
+        "arc_challenge",
+        "--data-dir",
+        tmp_path / "data",
+        "--out",
+        tmp_path / "res",
+    )
     assert_user_error(result, "truncated': cannot be loaded")
 
 
@@ -344,7 +464,11 @@ def _nan_actor(folder: Path) -> None:
 
 
 POLICY_CASES = [
-    ("truncated-actor", lambda d: _truncate(d / "actor.safetensors"), ["actor.safetensors: not a readable safetensors file"]),
+    (
+        "truncated-actor",
+        lambda d: _truncate(d / "actor.safetensors"),
+        ["actor.safetensors: not a readable safetensors file"],
+    ),
     ("missing-critic", lambda d: (d / "critic.safetensors").unlink(), ["critic.safetensors: missing"]),
     ("nan-actor", _nan_actor, ["actor.safetensors: weight", "1 non-finite value(s)"]),
     ("empty-policy-json", lambda d: (d / "policy.json").write_text("{}"), ["policy.json, field 'config': missing"]),
@@ -362,8 +486,10 @@ def test_broken_policy_folders(env, tmp_path, name, corrupt, fragments):
 
 
 def test_a_damaged_run_folder_is_refused_on_resume(env, tmp_path):
-    for name, damage, fragment in (("latest.json", "{oops", "checkpoint/latest.json: damaged checkpoint pointer"),
-                                   ("config.yaml", "a: [\n", "config.yaml: damaged")):
+    for name, damage, fragment in (
+        ("latest.json", "{oops", "checkpoint/latest.json: damaged checkpoint pointer"),
+        ("config.yaml", "a: [\n", "config.yaml: damaged"),
+    ):
         run = tmp_path / f"run-{name}"
         shutil.copytree(env["root"] / "run", run)
         (run / ("checkpoint/latest.json" if name == "latest.json" else name)).write_text(damage)
@@ -381,8 +507,13 @@ def test_non_finite_policy_weights_are_neither_used_nor_saved(tmp_path):
     rng = np.random.default_rng(0)
     columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
     columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
-    table = FeatureTable(ids=[f"x{i}" for i in range(n)], columns=columns, sem=rng.normal(size=(n, 4)).astype(np.float32),
-                         cluster=np.arange(n) % CLASSES, meta={"classes": CLASSES})
+    table = FeatureTable(
+        ids=[f"x{i}" for i in range(n)],
+        columns=columns,
+        sem=rng.normal(size=(n, 4)).astype(np.float32),
+        cluster=np.arange(n) % CLASSES,
+        meta={"classes": CLASSES},
+    )
     policy = RaisePolicy(StaticState.from_features(table), PolicyConfig(per_class=1, hidden=8))
     with torch.no_grad():
         next(policy.actor.parameters()).view(-1)[0] = float("inf")
@@ -407,6 +538,7 @@ def test_a_metrics_line_cut_short_by_a_crash_is_dropped_and_a_damaged_middle_lin
 
 # ---------------------------------------------------------------- output paths
 
+
 def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):
     pool, root = env["root"] / "pool.jsonl", env["root"]
     before = pool.read_bytes()
@@ -422,17 +554,23 @@ def test_outputs_that_would_destroy_or_mix_with_inputs(env, tmp_path):
         (("select", "--run", root / "run", "--out", tmp_path), ["exists and holds other files"]),
         (("featurize", "--pool", pool, "--model", env["model"], "--out", pool), ["exists and is a file"]),
         (("featurize", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir), ["is also the input --pool"]),
-        (("featurize", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir / "feats"),
-         ["lies inside the input folder --pool"]),
+        (
+            ("featurize", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir / "feats"),
+            ["lies inside the input folder --pool"],
+        ),
         (("train-policy", *env["common"], "--out", pool), ["--out", "exists and is a file"]),
-        (("finetune", "--policy", root / "run" / "policy", *env["common"], "--out", root / "run" / "policy"),
-         ["is also the input --policy"]),
+        (
+            ("finetune", "--policy", root / "run" / "policy", *env["common"], "--out", root / "run" / "policy"),
+            ["is also the input --policy"],
+        ),
         (("baseline", "--method", "random", "--pool", pool, "--out", pool), ["exists and is a file"]),
         (("evaluate", "--model", env["model"], "--out", pool), ["exists and is a file"]),
         (("tiny-model", "--pool", pool_dir, "--out", pool_dir), ["is also the input --pool"]),
         (("demo", "--quick", "--out", pool), ["exists and is a file"]),
-        (("grape", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir / "out.jsonl"),
-         ["lies inside the input folder --pool"]),
+        (
+            ("grape", "--pool", pool_dir, "--model", env["model"], "--out", pool_dir / "out.jsonl"),
+            ["lies inside the input folder --pool"],
+        ),
         (("convert-model", tmp_path / "m.gguf", "--out", tmp_path / "m.gguf"), ["m.gguf: exists and is a file"]),
     ]
     for args, fragments in cases:
@@ -449,8 +587,8 @@ def test_check_output_allows_what_cannot_mix(tmp_path):
     pool_dir.mkdir()
     feats.mkdir()
     check_output(feats / "ifd", {"--features": feats, "--pool": pool_dir})  # features are read by file name
-    check_output(tmp_path, {"--pool": pool_dir})                            # beside the pool folder, not in it
-    check_output(tmp_path / "new" / "deeper", {"--model": "org/hub-id"})    # a hub id is not a path
+    check_output(tmp_path, {"--pool": pool_dir})  # beside the pool folder, not in it
+    check_output(tmp_path / "new" / "deeper", {"--model": "org/hub-id"})  # a hub id is not a path
     with pytest.raises(UserError, match="lies inside the input folder --pool"):
         check_output(pool_dir / "out", {"--pool": pool_dir})
     with pytest.raises(UserError, match="is also the input --features"):
@@ -471,17 +609,34 @@ def test_an_output_folder_without_write_permission(env, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- evaluation files
 
-ARC_ROW = {"id": "q1", "answerKey": "A",
-           "question": {"stem": "Which?", "choices": [{"label": "A", "text": "x"}, {"label": "B", "text": "y"}]}}
+ARC_ROW = {
+    "id": "q1",
+    "answerKey": "A",
+    "question": {"stem": "Which?", "choices": [{"label": "A", "text": "x"}, {"label": "B", "text": "y"}]},
+}
 EVAL_CASES = [
-    ("arc-malformed", "arc_challenge", {"ARC-Challenge-Test.jsonl": json.dumps(ARC_ROW) + "\n{oops\n"},
-     ["ARC-Challenge-Test.jsonl: row 1 (line 2): malformed JSON"]),
+    (
+        "arc-malformed",
+        "arc_challenge",
+        {"ARC-Challenge-Test.jsonl": json.dumps(ARC_ROW) + "\n{oops\n"},
+        ["ARC-Challenge-Test.jsonl: row 1 (line 2): malformed JSON"],
+    ),
     ("arc-empty", "arc_challenge", {"ARC-Challenge-Test.jsonl": ""}, ["ARC-Challenge-Test.jsonl: file is empty"]),
-    ("arc-choices-text", "arc_challenge",
-     {"ARC-Challenge-Test.jsonl": json.dumps({**ARC_ROW, "question": {"stem": "Which?", "choices": "A x B y"}}) + "\n"},
-     ["ARC-Challenge-Test.jsonl, row 0, field 'question.choices'"]),
-    ("mmlu-3-columns", "mmlu", {"abstract_algebra_test.csv": "q,a,b\n"},
-     ["abstract_algebra_test.csv, row 0", "expected 6 columns"]),
+    (
+        "arc-choices-text",
+        "arc_challenge",
+        {
+            "ARC-Challenge-Test.jsonl": json.dumps({**ARC_ROW, "question": {"stem": "Which?", "choices": "A x B y"}})
+            + "\n"
+        },
+        ["ARC-Challenge-Test.jsonl, row 0, field 'question.choices'"],
+    ),
+    (
+        "mmlu-3-columns",
+        "mmlu",
+        {"abstract_algebra_test.csv": "q,a,b\n"},
+        ["abstract_algebra_test.csv, row 0", "expected 6 columns"],
+    ),
 ]
 
 
@@ -505,36 +660,47 @@ def test_bad_evaluation_files_name_the_file(env, tmp_path, name, task, files, fr
 
 # ---------------------------------------------------------------- select on a train-policy run
 
+
 def test_select_exports_a_train_policy_run_and_says_which_round(env, tmp_path):
     run = env["root"] / "run"
     result = cli("select", "--run", run, "--out", tmp_path / "last.jsonl")
     assert result.exit_code == 0, result.output
     assert "round 1 of rounds 0-1" in result.stdout and "the last round" in result.stdout
-    log_ids = {i for line in (run / "selections" / "round_1.jsonl").read_text().splitlines() for i in json.loads(line)["ids"]}
+    log_ids = {
+        i for line in (run / "selections" / "round_1.jsonl").read_text().splitlines() for i in json.loads(line)["ids"]
+    }
     exported = [json.loads(line) for line in (tmp_path / "last.jsonl").read_text().splitlines()]
     pool = load_pool(env["root"] / "pool.jsonl")
     by_instruction = {e.record["instruction"]: e.id for e in pool.examples}
     assert {by_instruction[r["instruction"]] for r in exported} == log_ids
     result = cli("select", "--run", run, "--round", 0, "--out", tmp_path / "first.jsonl")
     assert result.exit_code == 0 and "round 0 of rounds 0-1" in result.stdout
-    assert_user_error(cli("select", "--run", run, "--round", 7, "--out", tmp_path / "x.jsonl"), "--round 7", "rounds 0, 1")
+    assert_user_error(
+        cli("select", "--run", run, "--round", 7, "--out", tmp_path / "x.jsonl"), "--round 7", "rounds 0, 1"
+    )
     broken = tmp_path / "run-copy"
     shutil.copytree(run, broken)
     (broken / "config.yaml").write_text("pool: [unclosed\n")
     assert_user_error(cli("select", "--run", broken, "--out", tmp_path / "y.jsonl"), "config.yaml: not valid YAML")
-    assert_user_error(cli("select", "--run", run, "--out", tmp_path / "z.jsonl", "--set", "select.round=true"),
-                      "'round' must be a whole number, got true")
+    assert_user_error(
+        cli("select", "--run", run, "--out", tmp_path / "z.jsonl", "--set", "select.round=true"),
+        "'round' must be a whole number, got true",
+    )
 
 
 # ---------------------------------------------------------------- the entry point, as a real process
+
 
 def test_subprocess_user_errors_are_one_line(env, tmp_path):
     pool = env["root"] / "pool.jsonl"
     before = pool.read_bytes()
     assert_user_error(subprocess_cli("featurize", "--limit", "abc"), "Invalid value for '--limit'", "--help")
     (tmp_path / "bad.jsonl").write_bytes(b'{"instruction": "\xff", "output": "b"}\n')
-    assert_user_error(subprocess_cli("featurize", "--pool", tmp_path / "bad.jsonl", "--model", env["model"],
-                                     "--out", tmp_path / "f"), "bad.jsonl, row 0, line 1", "not UTF-8")
+    assert_user_error(
+        subprocess_cli("featurize", "--pool", tmp_path / "bad.jsonl", "--model", env["model"], "--out", tmp_path / "f"),
+        "bad.jsonl, row 0, line 1",
+        "not UTF-8",
+    )
     assert_user_error(subprocess_cli("select", "--run", env["root"] / "run", "--out", pool), "is also the input --pool")
     assert pool.read_bytes() == before
 
@@ -552,9 +718,11 @@ def test_a_full_disk_or_a_refused_permission_is_one_line_and_other_os_errors_are
     from raise_select.cli.common import handle_errors
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the bug's traceback goes
-    errors = {"nospc": OSError(errno.ENOSPC, "No space left on device", "/data/f"),
-              "perm": PermissionError(errno.EACCES, "Permission denied", "/data/g"),
-              "eio": OSError(errno.EIO, "Input/output error", "/data/h")}
+    errors = {
+        "nospc": OSError(errno.ENOSPC, "No space left on device", "/data/f"),
+        "perm": PermissionError(errno.EACCES, "Permission denied", "/data/g"),
+        "eio": OSError(errno.EIO, "Input/output error", "/data/h"),
+    }
     tiny = typer.Typer()
 
     @tiny.command()
@@ -568,10 +736,12 @@ def test_a_full_disk_or_a_refused_permission_is_one_line_and_other_os_errors_are
     assert bug.exit_code == 1 and "a bug in raise-select" in bug.stderr and len(problem_lines(bug.stderr)) == 1
 
 
-BUG = ("import raise_select.data.pools as pools\n"
-       "def boom(*a, **k):\n    raise RuntimeError('simulated defect')\n"
-       "pools.load_pool = boom\n"
-       "from raise_select.cli.main import main; main()")
+BUG = (
+    "import raise_select.data.pools as pools\n"
+    "def boom(*a, **k):\n    raise RuntimeError('simulated defect')\n"
+    "pools.load_pool = boom\n"
+    "from raise_select.cli.main import main; main()"
+)
 
 
 def test_an_unexpected_exception_is_one_line_naming_the_traceback_file(env, tmp_path, monkeypatch):
@@ -628,6 +798,7 @@ def test_log_progress_reports_once_per_interval_and_once_at_the_end(caplog):
 
 # ---------------------------------------------------------------- second round: settings checked before any write
 
+
 def _baseline(env, out, *extra):
     return ("baseline", "--pool", env["root"] / "pool.jsonl", "--budget", 4, "--out", out, *extra)
 
@@ -638,14 +809,34 @@ def _grape(env, out, *extra):
 
 EARLY_REFUSALS = [
     ("seed-negative", _baseline, ("--method", "random", "--seed", -1), ["seed = -1", "0 .. 2**32 - 1"]),
-    ("steps-zero", _baseline, ("--method", "random", "--steps", 0, "--train", "--model", "MODEL"),
-     ["steps = 0", "leave it unset for the matched count"]),
-    ("steps-negative-train", _baseline, ("--method", "random", "--steps", -2, "--train", "--model", "MODEL"),
-     ["steps = -2"]),
+    (
+        "steps-zero",
+        _baseline,
+        ("--method", "random", "--steps", 0, "--train", "--model", "MODEL"),
+        ["steps = 0", "leave it unset for the matched count"],
+    ),
+    (
+        "steps-negative-train",
+        _baseline,
+        ("--method", "random", "--steps", -2, "--train", "--model", "MODEL"),
+        ["steps = -2"],
+    ),
     ("epochs-zero", _baseline, ("--method", "random", "--epochs", 0), ["epochs = 0"]),
-    ("less-proj-dim-zero", _baseline, ("--method", "less", "--model", "MODEL", "--val", "VAL", "--set", "less.proj_dim=0"),
-     ["method 'less'", "proj_dim = 0", "every score would be 0"]),
-    ("ifd-without-features", _baseline, ("--method", "ifd",), ["needs featurized pool features"]),
+    (
+        "less-proj-dim-zero",
+        _baseline,
+        ("--method", "less", "--model", "MODEL", "--val", "VAL", "--set", "less.proj_dim=0"),
+        ["method 'less'", "proj_dim = 0", "every score would be 0"],
+    ),
+    (
+        "ifd-without-features",
+        _baseline,
+        (
+            "--method",
+            "ifd",
+        ),
+        ["needs featurized pool features"],
+    ),
     ("grape-batch-zero", _grape, ("--batch-size", 0), ["grape settings: batch_size = 0"]),
     ("grape-limit-zero", _grape, ("--limit", 0), ["limit = 0", "leave it unset for every row"]),
 ]
@@ -674,8 +865,17 @@ def test_a_refused_finetune_or_evaluate_leaves_no_config_or_task_files(env, tmp_
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
-    result = cli("evaluate", "--model", broken, "--tasks", "arc_challenge", "--data-dir", tmp_path / "data",
-                 "--out", tmp_path / "ev")
+    result = cli(
+        "evaluate",
+        "--model",
+        broken,
+        "--tasks",
+        "arc_challenge",
+        "--data-dir",
+        tmp_path / "data",
+        "--out",
+        tmp_path / "ev",
+    )
     assert_user_error(result, "cannot be loaded")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken-model", "data"]
 
@@ -690,9 +890,12 @@ def test_a_resumed_run_folder_is_kept_when_a_later_run_into_it_is_refused(env, t
 
 # ---------------------------------------------------------------- second round: grape candidates
 
+
 def test_grape_skips_blank_candidates_and_its_choice_indexes_the_rows_own_list(env, tmp_path):
-    rows = [{"instruction": "What is 1 plus 2?", "responses": ["", "The answer is 3.", "  ", "3"]},
-            {"instruction": "What is 2 plus 2?", "responses": ["The answer is 4.", "four", ""]}]
+    rows = [
+        {"instruction": "What is 1 plus 2?", "responses": ["", "The answer is 3.", "  ", "3"]},
+        {"instruction": "What is 2 plus 2?", "responses": ["The answer is 4.", "four", ""]},
+    ]
     (tmp_path / "multi.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = cli("grape", "--pool", tmp_path / "multi.jsonl", "--model", env["model"], "--out", tmp_path / "g.jsonl")
     assert result.exit_code == 0, result.output
@@ -705,25 +908,32 @@ def test_grape_skips_blank_candidates_and_its_choice_indexes_the_rows_own_list(e
 
 # ---------------------------------------------------------------- second round: select --run
 
+
 def test_select_refuses_a_run_with_a_deleted_round_log_or_two_kinds_of_log(env, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(env["root"] / "run", run)
     (run / "selections" / "round_1.jsonl").unlink()
-    assert_user_error(cli("select", "--run", run, "--out", tmp_path / "a.jsonl"),
-                      "round_1.jsonl: missing, but the run finished rounds 0-1")
+    assert_user_error(
+        cli("select", "--run", run, "--out", tmp_path / "a.jsonl"),
+        "round_1.jsonl: missing, but the run finished rounds 0-1",
+    )
     result = cli("select", "--run", run, "--round", 0, "--out", tmp_path / "a.jsonl")
     assert result.exit_code == 0 and "round 0 of rounds 0-1" in result.stdout
     both = tmp_path / "both"
     shutil.copytree(env["root"] / "run", both)
     shutil.copy(both / "selections" / "round_0.jsonl", both / "selections.jsonl")  # a finetune written into it
-    assert_user_error(cli("select", "--run", both, "--out", tmp_path / "b.jsonl"),
-                      "holds both a finetune's selections.jsonl and train-policy round logs", "--round K")
+    assert_user_error(
+        cli("select", "--run", both, "--out", tmp_path / "b.jsonl"),
+        "holds both a finetune's selections.jsonl and train-policy round logs",
+        "--round K",
+    )
     result = cli("select", "--run", both, "--round", 1, "--out", tmp_path / "b.jsonl")
     assert result.exit_code == 0 and "round 1 of rounds 0-1" in result.stdout, result.output
     result = cli("select", "--run", both / "selections.jsonl", "--out", tmp_path / "c.jsonl")
     assert result.exit_code == 0 and "rounds" not in result.stdout
-    assert_user_error(cli("select", "--run", both, "--round", -1, "--out", tmp_path / "d.jsonl"),
-                      "--round -1", "rounds 0, 1")
+    assert_user_error(
+        cli("select", "--run", both, "--round", -1, "--out", tmp_path / "d.jsonl"), "--round -1", "rounds 0, 1"
+    )
     cut = tmp_path / "cut"  # a crash in round 1: its log exists, but only round 0 finished
     shutil.copytree(env["root"] / "run", cut)
     (cut / "checkpoint" / "latest.json").write_text(json.dumps({"rounds_done": 1, "folder": "round_0001"}))
@@ -731,26 +941,36 @@ def test_select_refuses_a_run_with_a_deleted_round_log_or_two_kinds_of_log(env, 
     assert result.exit_code == 0 and "round 0 of rounds 0-0" in result.stdout, result.output
     assert_user_error(cli("select", "--run", cut, "--round", 1, "--out", tmp_path / "e.jsonl"), "cut short")
     (tmp_path / "notarun").mkdir()
-    assert_user_error(cli("select", "--run", tmp_path / "notarun", "--out", tmp_path / "f.jsonl"), "no selection log here")
+    assert_user_error(
+        cli("select", "--run", tmp_path / "notarun", "--out", tmp_path / "f.jsonl"), "no selection log here"
+    )
 
 
 # ---------------------------------------------------------------- second round: study settings
 
-@pytest.mark.parametrize("setting,fragments", [
-    ("seeds: [-1, -1]", ["seeds: -1 is not a seed"]),
-    ("raise_seeds: [5, -3]", ["raise_seeds: -3 is not a seed"]),
-    ("tasks: []", ["tasks: no task given"]),
-    ("tasks: [mmlu, nope]", ["tasks: unknown task(s) nope"]),
-    ("full_steps: 0", ["full_steps: 0"]),
-], ids=["seeds", "raise-seeds", "no-tasks", "unknown-task", "full-steps"])
+
+@pytest.mark.parametrize(
+    "setting,fragments",
+    [
+        ("seeds: [-1, -1]", ["seeds: -1 is not a seed"]),
+        ("raise_seeds: [5, -3]", ["raise_seeds: -3 is not a seed"]),
+        ("tasks: []", ["tasks: no task given"]),
+        ("tasks: [mmlu, nope]", ["tasks: unknown task(s) nope"]),
+        ("full_steps: 0", ["full_steps: 0"]),
+    ],
+    ids=["seeds", "raise-seeds", "no-tasks", "unknown-task", "full-steps"],
+)
 def test_study_settings_are_refused_before_the_first_cell(env, tmp_path, setting, fragments):
-    (tmp_path / "study.yaml").write_text(f"study:\n  pool: {env['root'] / 'pool.jsonl'}\n  build_model: test\n"
-                                         f"  out: {tmp_path / 'st'}\n  methods: [random, raise]\n  {setting}\n")
+    (tmp_path / "study.yaml").write_text(
+        f"study:\n  pool: {env['root'] / 'pool.jsonl'}\n  build_model: test\n"
+        f"  out: {tmp_path / 'st'}\n  methods: [random, raise]\n  {setting}\n"
+    )
     assert_user_error(cli("study", tmp_path / "study.yaml"), *fragments)
     assert not (tmp_path / "st").exists()
 
 
 # ---------------------------------------------------------------- second round: the environment
+
 
 def test_a_model_cache_that_cannot_be_a_folder_or_written(env, tmp_path, monkeypatch):
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
@@ -782,18 +1002,26 @@ def test_a_progress_interval_that_is_not_seconds(env, tmp_path, monkeypatch, val
 
 # ---------------------------------------------------------------- second round: two runs into one --out
 
-HOLD_LOCK = ("import sys, time\nfrom raise_select.io import lock_output\n"
-             "lock_output(sys.argv[1], 'train-policy')\nprint('held', flush=True)\ntime.sleep(120)\n")
+HOLD_LOCK = (
+    "import sys, time\nfrom raise_select.io import lock_output\n"
+    "lock_output(sys.argv[1], 'train-policy')\nprint('held', flush=True)\ntime.sleep(120)\n"
+)
 
 
 def test_a_second_run_into_a_busy_out_is_refused_and_a_dead_runs_lock_is_not(env, tmp_path):
     out = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        for args in (("train-policy", *env["common"], "--rounds", 1, "--out", out),
-                     _baseline(env, out, "--method", "random")):
+        for args in (
+            ("train-policy", *env["common"], "--rounds", 1, "--out", out),
+            _baseline(env, out, "--method", "random"),
+        ):
             assert_user_error(cli(*args), "in use by another run", f"pid {holder.pid}", "`raise-select train-policy`")
         assert sorted(p.name for p in out.iterdir()) == [".raise-select.lock"]  # the holder's folder is left alone
     finally:
@@ -807,6 +1035,7 @@ def test_a_second_run_into_a_busy_out_is_refused_and_a_dead_runs_lock_is_not(env
 
 
 # ---------------------------------------------------------------- third round: model files and names
+
 
 def _gguf_header(tensors: int = 0, fields: int = 0) -> bytes:
     import struct
@@ -828,17 +1057,28 @@ def test_empty_short_and_header_only_gguf_files_and_folders_named_gguf(env, tmp_
     cases = [
         (("--model", tmp_path / "zero.gguf"), ["zero.gguf: is empty (0 bytes)", "not a GGUF model file"]),
         (("--model", tmp_path / "magic.gguf"), ["magic.gguf: has only 4 bytes, fewer than a GGUF header (24)"]),
-        (("--model", tmp_path / "header.gguf"), ["header.gguf: GGUF file has no 'general.architecture' field", "0 tensor(s)"]),
+        (
+            ("--model", tmp_path / "header.gguf"),
+            ["header.gguf: GGUF file has no 'general.architecture' field", "0 tensor(s)"],
+        ),
         (("--model", tmp_path / "folder.gguf"), ["folder.gguf: a folder without a model", "no config.json"]),
         (("--model", env["model"], "--embed-model", tmp_path / "zero.gguf"), ["zero.gguf: is empty"]),
     ]
     for extra, fragments in cases:
         assert_user_error(cli(*featurize, *extra), *fragments)
-    for source, fragments in ((tmp_path / "folder.gguf", ["folder.gguf: a folder holding no .gguf file"]),
-                              (two, ["two: holds 2 GGUF files (a.gguf, b.gguf)"]),
-                              (tmp_path / "zero.gguf", ["zero.gguf: is empty"])):
+    for source, fragments in (
+        (tmp_path / "folder.gguf", ["folder.gguf: a folder holding no .gguf file"]),
+        (two, ["two: holds 2 GGUF files (a.gguf, b.gguf)"]),
+        (tmp_path / "zero.gguf", ["zero.gguf: is empty"]),
+    ):
         assert_user_error(cli("convert-model", source, "--out", tmp_path / "c"), *fragments)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.gguf", "header.gguf", "magic.gguf", "two", "zero.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "folder.gguf",
+        "header.gguf",
+        "magic.gguf",
+        "two",
+        "zero.gguf",
+    ]
 
 
 def test_short_names_in_any_case_and_near_misses_refused_before_the_hub(env, tmp_path, monkeypatch):
@@ -852,31 +1092,54 @@ def test_short_names_in_any_case_and_near_misses_refused_before_the_hub(env, tmp
     assert resolve.resolve_model("gpt2") == "gpt2" and resolve.resolve_model("org/SmolLM2") == "org/SmolLM2"
     featurize = ("featurize", "--pool", env["root"] / "pool.jsonl", "--out", tmp_path / "f")
     for name, near in (("SmolLM2", "smollm2-135m-instruct"), ("smollm2-135m", "smollm2-135m-instruct")):
-        assert_user_error(cli(*featurize, "--model", name), f"model '{name}': not a local path", f"did you mean '{near}'",
-                          "short names, any case")
-    assert_user_error(cli(*featurize, "--model", env["model"], "--embed-model", "all-MiniLM"), "did you mean 'all-minilm-l6-v2'")
+        assert_user_error(
+            cli(*featurize, "--model", name),
+            f"model '{name}': not a local path",
+            f"did you mean '{near}'",
+            "short names, any case",
+        )
+    assert_user_error(
+        cli(*featurize, "--model", env["model"], "--embed-model", "all-MiniLM"), "did you mean 'all-minilm-l6-v2'"
+    )
 
 
-# ---------------------------------------------------------------- third round: nested lists where text or a flat list belongs
+# ---------------------------------------------------------------- third round: nested lists in text or flat-list fields
+
 
 def test_nested_lists_in_grape_and_pool_rows(env, tmp_path):
     rows = {
-        "nested.jsonl": ({"instruction": "What is 1 plus 2?", "responses": [["The answer is 3.", "3"], "three"]},
-                         ["nested.jsonl, row 0, field 'responses[0]': expected text, got list"]),
-        "empty-inner.jsonl": ({"instruction": "What is 1 plus 2?", "output": [[]]}, ["field 'output[0]': expected text, got list"]),
-        "one-text.jsonl": ({"instruction": "What is 1 plus 2?", "responses": "just one"},
-                           ["one-text.jsonl, row 0, field 'responses': expected a list of candidate responses, got str"]),
-        "parts.jsonl": ({"instruction": ["What is", "1 plus 2?"], "output": "3"},
-                        ["parts.jsonl, row 0, field 'instruction': expected text, got list [\"What is\", \"1 plus 2?\"]",
-                         "join the parts into one string"]),
-        "turns.jsonl": ({"messages": [[{"role": "user", "content": "hi"}], {"role": "assistant", "content": "x"}]},
-                        ["turns.jsonl, row 0, field 'messages[0]': each turn needs 'role' and 'content'"]),
+        "nested.jsonl": (
+            {"instruction": "What is 1 plus 2?", "responses": [["The answer is 3.", "3"], "three"]},
+            ["nested.jsonl, row 0, field 'responses[0]': expected text, got list"],
+        ),
+        "empty-inner.jsonl": (
+            {"instruction": "What is 1 plus 2?", "output": [[]]},
+            ["field 'output[0]': expected text, got list"],
+        ),
+        "one-text.jsonl": (
+            {"instruction": "What is 1 plus 2?", "responses": "just one"},
+            ["one-text.jsonl, row 0, field 'responses': expected a list of candidate responses, got str"],
+        ),
+        "parts.jsonl": (
+            {"instruction": ["What is", "1 plus 2?"], "output": "3"},
+            [
+                'parts.jsonl, row 0, field \'instruction\': expected text, got list ["What is", "1 plus 2?"]',
+                "join the parts into one string",
+            ],
+        ),
+        "turns.jsonl": (
+            {"messages": [[{"role": "user", "content": "hi"}], {"role": "assistant", "content": "x"}]},
+            ["turns.jsonl, row 0, field 'messages[0]': each turn needs 'role' and 'content'"],
+        ),
     }
     for name, (row, fragments) in rows.items():
         (tmp_path / name).write_text(json.dumps(row) + "\n")
-        assert_user_error(cli("grape", "--pool", tmp_path / name, "--model", env["model"], "--out", tmp_path / "g.jsonl"),
-                          *fragments)
-    result = cli("train-policy", *_with(env["common"], val=tmp_path / "parts.jsonl"), "--rounds", 1, "--out", tmp_path / "tp")
+        assert_user_error(
+            cli("grape", "--pool", tmp_path / name, "--model", env["model"], "--out", tmp_path / "g.jsonl"), *fragments
+        )
+    result = cli(
+        "train-policy", *_with(env["common"], val=tmp_path / "parts.jsonl"), "--rounds", 1, "--out", tmp_path / "tp"
+    )
     assert_user_error(result, "parts.jsonl, row 0, field 'instruction'")
     assert not (tmp_path / "g.jsonl").exists() and not (tmp_path / "tp").exists()
 
@@ -887,30 +1150,70 @@ VAL_METHODS = ("rds", "embed", "less", "rose", "greats", "rho")
 
 
 def test_an_empty_validation_set_is_refused_by_every_method_before_any_work(env, tmp_path):
-    empties = {"empty.jsonl": ("", "empty.jsonl: file is empty"), "header.csv": ("instruction,output\n", "only a header"),
-               "none.json": ("[]", "none.json: no usable examples")}
+    empties = {
+        "empty.jsonl": ("", "empty.jsonl: file is empty"),
+        "header.csv": ("instruction,output\n", "only a header"),
+        "none.json": ("[]", "none.json: no usable examples"),
+    }
     for name, (text, _) in empties.items():
         (tmp_path / name).write_text(text)
     for i, method in enumerate(VAL_METHODS):
         name = list(empties)[i % len(empties)]
-        result = cli(*_baseline(env, tmp_path / "out", "--method", method, "--model", env["model"], "--features",
-                                env["root"] / "features", "--val", tmp_path / name, "--max-length", 64))
+        result = cli(
+            *_baseline(
+                env,
+                tmp_path / "out",
+                "--method",
+                method,
+                "--model",
+                env["model"],
+                "--features",
+                env["root"] / "features",
+                "--val",
+                tmp_path / name,
+                "--max-length",
+                64,
+            )
+        )
         assert_user_error(result, empties[name][1])
     assert not (tmp_path / "out").exists()
 
 
 def test_one_validation_row_is_enough_except_for_rho_and_roses_stand_in(env, tmp_path):
-    (tmp_path / "one.jsonl").write_text(json.dumps({"instruction": "What is 1 plus 2?", "output": "The answer is 3."}) + "\n")
-    args = ("--model", env["model"], "--val", tmp_path / "one.jsonl", "--max-length", 64, "--batch-size", 2, "--steps", 2)
-    assert_user_error(cli(*_baseline(env, tmp_path / "rho", "--method", "rho", *args)),
-                      "rho: the holdout set has 1 example(s)", "needs at least 2")
-    assert_user_error(cli(*_baseline(env, tmp_path / "rose", "--method", "rose", *args)),
-                      "rose: the validation set has 1 example(s)", "rose.preference=FILE")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl"]  # refused before the model loaded or a file was written
+    (tmp_path / "one.jsonl").write_text(
+        json.dumps({"instruction": "What is 1 plus 2?", "output": "The answer is 3."}) + "\n"
+    )
+    args = (
+        "--model",
+        env["model"],
+        "--val",
+        tmp_path / "one.jsonl",
+        "--max-length",
+        64,
+        "--batch-size",
+        2,
+        "--steps",
+        2,
+    )
+    assert_user_error(
+        cli(*_baseline(env, tmp_path / "rho", "--method", "rho", *args)),
+        "rho: the holdout set has 1 example(s)",
+        "needs at least 2",
+    )
+    assert_user_error(
+        cli(*_baseline(env, tmp_path / "rose", "--method", "rose", *args)),
+        "rose: the validation set has 1 example(s)",
+        "rose.preference=FILE",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "one.jsonl"
+    ]  # refused before the model loaded or a file was written
     result = cli(*_baseline(env, tmp_path / "greats", "--method", "greats", *args, "--lr", 1e-3))
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "greats" / "selection.json").read_text())
-    assert record["info"]["validation_examples"] == 1 and record["info"]["val_batch"] == 1 and len(record["indices"]) == 4
+    assert (
+        record["info"]["validation_examples"] == 1 and record["info"]["val_batch"] == 1 and len(record["indices"]) == 4
+    )
 
 
 # ---------------------------------------------------------------- third round: online and gradient methods' options
@@ -937,8 +1240,20 @@ METHOD_OPTIONS = [
 
 @pytest.mark.parametrize("method,setting,fragments", METHOD_OPTIONS, ids=[c[1] for c in METHOD_OPTIONS])
 def test_method_options_are_refused_before_the_model_loads(env, tmp_path, method, setting, fragments):
-    result = cli(*_baseline(env, tmp_path / "out", "--method", method, "--model", env["model"],
-                            "--val", env["root"] / "val.jsonl", "--set", setting))
+    result = cli(
+        *_baseline(
+            env,
+            tmp_path / "out",
+            "--method",
+            method,
+            "--model",
+            env["model"],
+            "--val",
+            env["root"] / "val.jsonl",
+            "--set",
+            setting,
+        )
+    )
     assert_user_error(result, *fragments)
     assert not (tmp_path / "out").exists()
 
@@ -946,14 +1261,21 @@ def test_method_options_are_refused_before_the_model_loads(env, tmp_path, method
 # ---------------------------------------------------------------- third round: policy settings at their edges
 
 POLICY_EDGES = [
-    ("policy.actor_lr=0", "actor_lr = 0.0 (must be > 0)"), ("policy.critic_lr=-1", "critic_lr = -1.0 (must be > 0)"),
-    ("policy.critic_lr=nan", "'policy.critic_lr' must be a finite number"), ("policy.clip=0", "clip = 0.0 (must be > 0)"),
-    ("policy.ppo_epochs=0", "ppo_epochs = 0 (must be >= 1)"), ("policy.minibatches=0", "minibatches = 0 (must be >= 1)"),
+    ("policy.actor_lr=0", "actor_lr = 0.0 (must be > 0)"),
+    ("policy.critic_lr=-1", "critic_lr = -1.0 (must be > 0)"),
+    ("policy.critic_lr=nan", "'policy.critic_lr' must be a finite number"),
+    ("policy.clip=0", "clip = 0.0 (must be > 0)"),
+    ("policy.ppo_epochs=0", "ppo_epochs = 0 (must be >= 1)"),
+    ("policy.minibatches=0", "minibatches = 0 (must be >= 1)"),
     ("policy.minibatches=3", "policy.minibatches = 3 is more than the 2 policy step(s) of a round"),
-    ("policy.gamma=1.5", "gamma = 1.5 (must lie in [0, 1])"), ("policy.lam=-0.1", "lam = -0.1 (must lie in [0, 1])"),
-    ("policy.gamma=true", "'policy.gamma' must be a number, got true"), ("policy.hidden=0", "hidden = 0 (must be >= 1)"),
-    ("policy.use_rule=foo", "use_rule = 'foo' (must be one of"), ("policy.target_kl=-1", "target_kl = -1.0"),
-    ("policy.weight_decay=-1", "weight_decay = -1.0 (must be >= 0)"), ("policy.seed=-1", "seed = -1 (must be >= 0)"),
+    ("policy.gamma=1.5", "gamma = 1.5 (must lie in [0, 1])"),
+    ("policy.lam=-0.1", "lam = -0.1 (must lie in [0, 1])"),
+    ("policy.gamma=true", "'policy.gamma' must be a number, got true"),
+    ("policy.hidden=0", "hidden = 0 (must be >= 1)"),
+    ("policy.use_rule=foo", "use_rule = 'foo' (must be one of"),
+    ("policy.target_kl=-1", "target_kl = -1.0"),
+    ("policy.weight_decay=-1", "weight_decay = -1.0 (must be >= 0)"),
+    ("policy.seed=-1", "seed = -1 (must be >= 0)"),
 ]
 
 
@@ -966,6 +1288,7 @@ def test_policy_settings_at_their_edges_are_refused_before_any_work(env, tmp_pat
 
 # ---------------------------------------------------------------- third round: features or a policy of another pool
 
+
 @pytest.fixture(scope="module")
 def other_pool(env):
     """Another 12-row pool and random features of it (3 classes, like the module's)."""
@@ -976,61 +1299,105 @@ def other_pool(env):
     rng = np.random.default_rng(1)
     columns = {c: rng.normal(size=12) for c in FEATURE_COLUMNS}
     columns.update(len_prompt=np.full(12, 8.0), len_response=np.full(12, 5.0))
-    FeatureTable(ids=pool.ids, columns=columns, sem=rng.normal(size=(12, 4)).astype(np.float32),
-                 cluster=np.arange(12) % CLASSES, meta={"classes": CLASSES}).write(root / "features2")
+    FeatureTable(
+        ids=pool.ids,
+        columns=columns,
+        sem=rng.normal(size=(12, 4)).astype(np.float32),
+        cluster=np.arange(12) % CLASSES,
+        meta={"classes": CLASSES},
+    ).write(root / "features2")
     return {"pool": root / "pool2.jsonl", "features": root / "features2"}
 
 
 def test_features_and_a_policy_of_another_pool_are_refused(env, other_pool, tmp_path):
-    result = cli("train-policy", *_with(env["common"], pool=other_pool["pool"]), "--rounds", 1, "--out", tmp_path / "tp")
-    assert_user_error(result, f"{env['root'] / 'features'}: features are missing for 12 pool example(s)",
-                      "these features were made from another pool")
+    result = cli(
+        "train-policy", *_with(env["common"], pool=other_pool["pool"]), "--rounds", 1, "--out", tmp_path / "tp"
+    )
+    assert_user_error(
+        result,
+        f"{env['root'] / 'features'}: features are missing for 12 pool example(s)",
+        "these features were made from another pool",
+    )
     policy = env["root"] / "run" / "policy"
     other = _with(env["common"], pool=other_pool["pool"], features=other_pool["features"])
-    assert_user_error(cli("finetune", "--policy", policy, *other, "--out", tmp_path / "ft"),
-                      f"--policy {policy}: trained on another pool (12 rows of {env['root'] / 'pool.jsonl'}",
-                      f"not on the 12 rows of {other_pool['pool']}")
+    assert_user_error(
+        cli("finetune", "--policy", policy, *other, "--out", tmp_path / "ft"),
+        f"--policy {policy}: trained on another pool (12 rows of {env['root'] / 'pool.jsonl'}",
+        f"not on the 12 rows of {other_pool['pool']}",
+    )
     copy = tmp_path / "policy"  # the same rows, but the features were computed otherwise
     shutil.copytree(policy, copy)
     record = json.loads((copy / "trained_on.json").read_text())
     (copy / "trained_on.json").write_text(json.dumps({**record, "features_fingerprint": "a" * 64}))
     feats = features_copy(env, "refeaturized")
     _meta({"fingerprint": "b" * 64})(feats)
-    assert_user_error(cli("finetune", "--policy", copy, *_with(env["common"], features=feats), "--out", tmp_path / "ft"),
-                      "trained on other features of this pool")
+    assert_user_error(
+        cli("finetune", "--policy", copy, *_with(env["common"], features=feats), "--out", tmp_path / "ft"),
+        "trained on other features of this pool",
+    )
     (copy / "trained_on.json").write_text("{oops")
-    assert_user_error(cli("finetune", "--policy", copy, *env["common"], "--out", tmp_path / "ft"),
-                      "trained_on.json: not valid JSON", "damaged")
+    assert_user_error(
+        cli("finetune", "--policy", copy, *env["common"], "--out", tmp_path / "ft"),
+        "trained_on.json: not valid JSON",
+        "damaged",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
     # The same rows in another order are the same pool: features and policy are matched by row id.
     rows = (env["root"] / "pool.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "reversed.jsonl").write_text("".join(reversed(rows)))
-    result = cli("finetune", "--policy", policy, *_with(env["common"], pool=tmp_path / "reversed.jsonl"), "--out", tmp_path / "ft")
+    result = cli(
+        "finetune",
+        "--policy",
+        policy,
+        *_with(env["common"], pool=tmp_path / "reversed.jsonl"),
+        "--out",
+        tmp_path / "ft",
+    )
     assert result.exit_code == 0, result.output
 
 
 # ---------------------------------------------------------------- third round: study configs
 
+
 def test_study_config_paths_and_shapes(env, tmp_path):
     (tmp_path / "folder").mkdir()
     assert_user_error(cli("study", tmp_path / "folder"), "folder: a folder; give the YAML config file itself")
     (tmp_path / "list.yaml").write_text("- study:\n    pool: x\n")
-    assert_user_error(cli("study", tmp_path / "list.yaml"), "list.yaml: expected a mapping of sections at the top level",
-                      "got a list")
+    assert_user_error(
+        cli("study", tmp_path / "list.yaml"), "list.yaml: expected a mapping of sections at the top level", "got a list"
+    )
     head = f"study:\n  pool: {env['root'] / 'pool.jsonl'}\n  build_model: test\n  out: {tmp_path / 'st'}\n"
     (tmp_path / "section.yaml").write_text(head + "  methods: [random, ifd]\nifd: [1]\n")
-    assert_user_error(cli("study", tmp_path / "section.yaml"), "section.yaml: section 'ifd' holds the method's options as a mapping",
-                      "got [1]")
-    assert_user_error(cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", tmp_path / "f",
-                          "--config", tmp_path / "folder"), "a folder; give the YAML config file itself")
+    assert_user_error(
+        cli("study", tmp_path / "section.yaml"),
+        "section.yaml: section 'ifd' holds the method's options as a mapping",
+        "got [1]",
+    )
+    assert_user_error(
+        cli(
+            "featurize",
+            "--pool",
+            env["root"] / "pool.jsonl",
+            "--model",
+            env["model"],
+            "--out",
+            tmp_path / "f",
+            "--config",
+            tmp_path / "folder",
+        ),
+        "a folder; give the YAML config file itself",
+    )
     assert not (tmp_path / "st").exists() and not (tmp_path / "f").exists()
     from raise_select.reports.study import StudyConfig, plan_cells
 
-    cells = plan_cells(StudyConfig(methods=["random", "ifd", "random"], seeds=[1, 1]))  # a repeat is one cell (documented)
+    cells = plan_cells(
+        StudyConfig(methods=["random", "ifd", "random"], seeds=[1, 1])
+    )  # a repeat is one cell (documented)
     assert [c.name for c in cells] == ["base", "full", "random-s1", "ifd"]
 
 
 # ---------------------------------------------------------------- third round: paths and output folders
+
 
 def test_paths_with_spaces_and_non_ascii_and_an_out_that_is_a_symlink(env, tmp_path):
     folder = tmp_path / "sp ace" / "dätä ü"
@@ -1045,26 +1412,37 @@ def test_paths_with_spaces_and_non_ascii_and_an_out_that_is_a_symlink(env, tmp_p
     assert cli(*_baseline(env, tmp_path / "link", "--method", "random")).exit_code == 0
     assert (tmp_path / "real" / "selection.json").is_file()  # written through the link
     (tmp_path / "feats-link").symlink_to(env["root"] / "features")
-    assert_user_error(cli(*_baseline(env, tmp_path / "feats-link", "--method", "ifd", "--features", env["root"] / "features")),
-                      "is also the input --features")
-    assert_user_error(cli("train-policy", *env["common"], "--rounds", 1, "--out", env["model"] / "run"),
-                      "lies inside the input folder --model")
+    assert_user_error(
+        cli(*_baseline(env, tmp_path / "feats-link", "--method", "ifd", "--features", env["root"] / "features")),
+        "is also the input --features",
+    )
+    assert_user_error(
+        cli("train-policy", *env["common"], "--rounds", 1, "--out", env["model"] / "run"),
+        "lies inside the input folder --model",
+    )
     assert not (env["model"] / "run").exists()
 
 
 def test_an_out_folder_holding_another_kind_of_run_is_refused(env, tmp_path):
     run = env["root"] / "run"
     before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
-    holds_run = ["holds the output of `raise-select train-policy` (policy/policy.json)", "a folder holds one kind of run"]
+    holds_run = [
+        "holds the output of `raise-select train-policy` (policy/policy.json)",
+        "a folder holds one kind of run",
+    ]
     assert_user_error(cli("finetune", "--policy", run / "policy", *env["common"], "--out", run), *holds_run)
     assert_user_error(cli(*_baseline(env, run, "--method", "random")), *holds_run)
     assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
     base = tmp_path / "base"
     assert cli(*_baseline(env, base, "--method", "random")).exit_code == 0
-    assert_user_error(cli("train-policy", *env["common"], "--rounds", 1, "--out", base),
-                      "holds the output of `raise-select baseline` (selection.json)")
-    assert_user_error(cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", base),
-                      "holds the output of `raise-select baseline`")
+    assert_user_error(
+        cli("train-policy", *env["common"], "--rounds", 1, "--out", base),
+        "holds the output of `raise-select baseline` (selection.json)",
+    )
+    assert_user_error(
+        cli("featurize", "--pool", env["root"] / "pool.jsonl", "--model", env["model"], "--out", base),
+        "holds the output of `raise-select baseline`",
+    )
     assert cli(*_baseline(env, base, "--method", "random", "--seed", 3)).exit_code == 0  # the same kind again: fine
     assert sorted(p.name for p in base.iterdir()) == [".raise-select.lock", "baseline.log", "selection.json"]
     old = tmp_path / "old"  # a folder of an older version, without a lock file: none is left behind
@@ -1086,7 +1464,10 @@ def test_evaluate_without_data_dir_and_an_unreachable_hub_is_one_line(monkeypatc
 
     monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", lambda *a, **k: None)
-    with pytest.raises(UserError, match=r"mmlu: no --data-dir given and loading the tasks' data from the hub failed "
-                                        r"\(ConnectionError: Couldn't reach 'cais/mmlu'.*pass --data-dir"):
+    with pytest.raises(
+        UserError,
+        match=r"mmlu: no --data-dir given and loading the tasks' data from the hub failed "
+        r"\(ConnectionError: Couldn't reach 'cais/mmlu'.*pass --data-dir",
+    ):
         evaluate(EvaluateConfig(model="m", tasks=["mmlu"], out=str(tmp_path / "ev")), lm=object())
     assert not (tmp_path / "ev").exists()

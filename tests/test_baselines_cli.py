@@ -18,7 +18,10 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def pool_and_features(tmp_path_factory):
     folder = tmp_path_factory.mktemp("baseline-pool")
-    rows = [{"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."} for i in range(24)]
+    rows = [
+        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
+        for i in range(24)
+    ]
     pool_file = folder / "pool.json"
     pool_file.write_text(json.dumps(rows))
     pool = load_pool(pool_file)
@@ -28,8 +31,9 @@ def pool_and_features(tmp_path_factory):
     cols["logp_cond"] = -rng.uniform(0.2, 2.0, n)
     cols["logp_uncond"] = cols["logp_cond"] - rng.uniform(-0.3, 1.0, n)
     cols["len_response"] = np.full(n, 6.0)
-    FeatureTable(ids=pool.ids, columns=cols, sem=rng.normal(size=(n, 8)).astype(np.float32),
-                 cluster=np.zeros(n, dtype=np.int64)).write(folder / "features")
+    FeatureTable(
+        ids=pool.ids, columns=cols, sem=rng.normal(size=(n, 8)).astype(np.float32), cluster=np.zeros(n, dtype=np.int64)
+    ).write(folder / "features")
     return pool_file, folder / "features", pool
 
 
@@ -41,8 +45,20 @@ def invoke(*args):
 @pytest.mark.parametrize("method", ["full", "random", "ifd", "sspl"])
 def test_feature_methods_write_a_selection(method, pool_and_features, tmp_path):
     pool_file, features, pool = pool_and_features
-    result, text = invoke("--method", method, "--pool", pool_file, "--features", features, "--budget", 0.25,
-                          "--batch-size", 2, "--out", tmp_path)
+    result, text = invoke(
+        "--method",
+        method,
+        "--pool",
+        pool_file,
+        "--features",
+        features,
+        "--budget",
+        0.25,
+        "--batch-size",
+        2,
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == 0, text
     sel = json.loads((tmp_path / "selection.json").read_text())
     assert sel["method"] == method and sel["budget_count"] == 6
@@ -64,21 +80,48 @@ def test_method_options_from_set_and_missing_inputs(pool_and_features, tmp_path)
     pool_file, features, _ = pool_and_features
     result, text = invoke("--method", "ifd", "--pool", pool_file, "--out", tmp_path)
     assert result.exit_code == 2 and "--features" in text
-    result, text = invoke("--method", "ifd", "--pool", pool_file, "--features", features, "--out", tmp_path,
-                          "--budget", 4, "--set", "ifd.max_ifd=0.5")
+    result, text = invoke(
+        "--method",
+        "ifd",
+        "--pool",
+        pool_file,
+        "--features",
+        features,
+        "--out",
+        tmp_path,
+        "--budget",
+        4,
+        "--set",
+        "ifd.max_ifd=0.5",
+    )
     assert result.exit_code == 0, text
     sel = json.loads((tmp_path / "selection.json").read_text())
     assert sel["options"] == {"max_ifd": 0.5} and all(s <= 0.5 for s in sel["scores"])
-    result, text = invoke("--method", "ifd", "--pool", pool_file, "--features", features, "--out", tmp_path,
-                          "--set", "ifd.nope=1")
+    result, text = invoke(
+        "--method", "ifd", "--pool", pool_file, "--features", features, "--out", tmp_path, "--set", "ifd.nope=1"
+    )
     assert result.exit_code == 2 and "unknown option(s) nope" in text
 
 
 def test_deita_with_local_scorers_from_a_config_file(pool_and_features, tiny_model_dir, tmp_path):
     pool_file, features, _ = pool_and_features
     cfg = tmp_path / "study.yaml"
-    cfg.write_text(f"baseline:\n  budget: 5\ndeita:\n  complexity_scorer: {tiny_model_dir}\n  quality_scorer: {tiny_model_dir}\n  threshold: 0.5\n")
-    args = ("--method", "deita", "--pool", pool_file, "--features", features, "--out", tmp_path / "run", "--config", cfg)
+    cfg.write_text(
+        f"baseline:\n  budget: 5\ndeita:\n  complexity_scorer: {tiny_model_dir}\n"
+        f"  quality_scorer: {tiny_model_dir}\n  threshold: 0.5\n"
+    )
+    args = (
+        "--method",
+        "deita",
+        "--pool",
+        pool_file,
+        "--features",
+        features,
+        "--out",
+        tmp_path / "run",
+        "--config",
+        cfg,
+    )
     result, text = invoke(*args)
     assert result.exit_code == 0, text
     sel = json.loads((tmp_path / "run" / "selection.json").read_text())
@@ -94,8 +137,25 @@ def test_deita_with_local_scorers_from_a_config_file(pool_and_features, tiny_mod
 
 def test_train_on_the_selection_at_matched_steps(pool_and_features, tiny_model_dir, tmp_path):
     pool_file, _, _ = pool_and_features
-    result, text = invoke("--method", "random", "--pool", pool_file, "--model", tiny_model_dir, "--budget", 4,
-                          "--batch-size", 2, "--epochs", 1, "--max-length", 64, "--out", tmp_path, "--train")
+    result, text = invoke(
+        "--method",
+        "random",
+        "--pool",
+        pool_file,
+        "--model",
+        tiny_model_dir,
+        "--budget",
+        4,
+        "--batch-size",
+        2,
+        "--epochs",
+        1,
+        "--max-length",
+        64,
+        "--out",
+        tmp_path,
+        "--train",
+    )
     assert result.exit_code == 0, text
     sel = json.loads((tmp_path / "selection.json").read_text())
     assert sel["steps"] == 2

@@ -121,13 +121,13 @@ def test_judge_scores_retries_caches_and_hides_the_key(judge_server, tmp_path, c
     assert sel.scores == [5.0, 4.9, 4.8, 4.6, 4.5, 3.0]
     assert sel.info["above_threshold"] == 5 and sel.info["filled_below_threshold"] == 1
     assert sel.info["failed"] == 1 and sel.info["unrated"] == 1 and sel.info["requested"] == 9
-    assert FakeJudge.calls["down"] == 4            # first try + 3 retries, then counted as failed
+    assert FakeJudge.calls["down"] == 4  # first try + 3 retries, then counted as failed
     assert FakeJudge.calls["rate429"] == 3 and FakeJudge.calls["badjson"] == 3 and FakeJudge.calls["slow"] == 3
     assert set(FakeJudge.auth) == {f"Bearer {API_KEY}"}
 
     cache_file = tmp_path / "cache" / "alpagasus-judgments.jsonl"
     lines = [json.loads(line) for line in cache_file.read_text().splitlines()]
-    assert len(lines) == 8                          # everything but the failed request
+    assert len(lines) == 8  # everything but the failed request
     assert API_KEY not in cache_file.read_text()
     assert API_KEY not in caplog.text
     assert API_KEY not in json.dumps(sel.info)
@@ -167,12 +167,17 @@ def test_prompt_is_the_reference_triplet():
     ex = judge_pool().examples[0]
     msgs = judge_messages(ex, "accuracy")
     assert msgs[0]["content"].startswith("We would like to request your feedback")
-    assert msgs[1]["content"].startswith("###Instruction:\ngood5\n\n### Input:\n\n\n### Response:\nanswer of good5\n\nPlease rate according to the accuracy")
+    assert msgs[1]["content"].startswith(
+        "###Instruction:\ngood5\n\n### Input:\n\n\n### Response:\nanswer of good5\n\n"
+        "Please rate according to the accuracy"
+    )
 
 
 def test_local_judge_runs_and_counts_unrated(tiny_model_dir, tmp_path):
     pool = judge_pool()
-    method = make_baseline("alpagasus", {"backend": "local", "scoring": "generate", "judge_model": str(tiny_model_dir), "max_tokens": 4})
+    method = make_baseline(
+        "alpagasus", {"backend": "local", "scoring": "generate", "judge_model": str(tiny_model_dir), "max_tokens": 4}
+    )
     sel = method.select(pool, 3, SelectionContext(out_dir=tmp_path))
     assert sel.info["scoring"] == "generate"
     assert sel.info["requested"] == len(pool) and sel.info["failed"] == 0
@@ -222,7 +227,7 @@ def test_expectation_is_the_softmax_over_the_digit_logits(tiny_model_dir, tmp_pa
     pool = judge_pool()
     pool = Pool(examples=pool.examples[:3], format=pool.format, sources=pool.sources)
     sel = make_baseline("alpagasus", local_options(tiny_model_dir)).select(pool, 3, SelectionContext(out_dir=tmp_path))
-    assert sel.info["scoring"] == "expectation"      # the local judge's default
+    assert sel.info["scoring"] == "expectation"  # the local judge's default
     assert sel.info["unrated"] == 0 and sel.info["requested"] == 3
     got = scores_by_row(sel)
     want = manual_expectations(tiny_model_dir, pool.examples)
@@ -240,7 +245,7 @@ def test_left_padded_batch_equals_single_passes(tiny_model_dir):
 
     judge = LocalJudge(str(tiny_model_dir), "float32", "cpu", batch_size=4)
     prompts = [judge.prompt(judge_messages(ex, "accuracy")) for ex in judge_pool().examples[:4]]
-    prompts[1] += " The quick brown fox jumps over the lazy dog." * 3   # lengths differ: padding is real
+    prompts[1] += " The quick brown fox jumps over the lazy dog." * 3  # lengths differ: padding is real
     lengths = {len(judge.tokenizer(p)["input_ids"]) for p in prompts}
     assert len(lengths) > 1
     ratings, probs = judge.expectations(prompts)
@@ -260,7 +265,9 @@ def test_expectation_judgments_are_cached_per_scoring_mode(tiny_model_dir, tmp_p
     assert again.indices == first.indices and again.scores == first.scores
     assert len(cache_file.read_text().splitlines()) == len(pool)
     # The other scoring mode of the same judge is another judgment.
-    gen = make_baseline("alpagasus", local_options(tiny_model_dir, scoring="generate", max_tokens=2)).select(pool, 4, ctx)
+    gen = make_baseline("alpagasus", local_options(tiny_model_dir, scoring="generate", max_tokens=2)).select(
+        pool, 4, ctx
+    )
     assert gen.info["cached"] == 0 and gen.info["requested"] == len(pool)
 
 
@@ -294,14 +301,16 @@ def rigged_judge_dir(tiny_model_dir, tmp_path_factory):
 def test_threshold_then_fill_with_expectation_scores(rigged_judge_dir, tmp_path):
     pool = judge_pool()
     want = manual_expectations(rigged_judge_dir, pool.examples)
-    assert want[0] > 4.99 and 2.0 < want[1] < 2.01   # the rigging works as its docstring says
+    assert want[0] > 4.99 and 2.0 < want[1] < 2.01  # the rigging works as its docstring says
     above = [i for i, w in enumerate(want) if w >= 4.5]
     assert 0 < len(above) < len(pool)
     budget = min(len(pool), len(above) + 2)
-    sel = make_baseline("alpagasus", local_options(rigged_judge_dir)).select(pool, budget, SelectionContext(out_dir=tmp_path))
+    sel = make_baseline("alpagasus", local_options(rigged_judge_dir)).select(
+        pool, budget, SelectionContext(out_dir=tmp_path)
+    )
     best_first = sorted(range(len(pool)), key=lambda i: (-want[i], i))
     assert sel.indices == best_first[:budget]
-    assert sel.indices[:len(above)] == sorted(above, key=lambda i: -want[i])
+    assert sel.indices[: len(above)] == sorted(above, key=lambda i: -want[i])
     assert sel.info["above_threshold"] == len(above)
     assert sel.info["filled_below_threshold"] == budget - len(above)
     assert "short_of_budget" not in sel.info and sel.info["unrated"] == 0
@@ -321,7 +330,7 @@ def test_digit_tokens_must_be_distinct(tiny_model_dir):
             return self.unk_token_id
 
         def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": [7, 100 + int(text)]}   # a shared prefix token, then the digit
+            return {"input_ids": [7, 100 + int(text)]}  # a shared prefix token, then the digit
 
     with pytest.raises(UserError, match="two of the digits"):
         rating_token_ids(OneTokenForAllDigits())

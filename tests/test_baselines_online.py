@@ -50,20 +50,21 @@ def _direct_grads(model, tok, examples, params) -> torch.Tensor:
     rows = []
     for e in examples:
         batch = encoded_batch([e], tok, "alpaca", 64, "cpu")
-        loss = response_losses(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])[0]
+        loss = response_losses(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )[0]
         rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
     return torch.stack(rows).double()
 
 
 # ---------------------------------------------------------------- GREATS
 
+
 def test_greedy_selection_by_hand():
     scores = np.array([3.0, 2.5, 1.0, 0.5])
-    inter = np.array([[9.0, 2.0, -1.0, 0.0],
-                      [2.0, 9.0, 0.0, 0.0],
-                      [-1.0, 0.0, 9.0, 0.0],
-                      [0.0, 0.0, 0.0, 9.0]])
-    # pick 0 (3.0); scores - row 0 = [., 0.5, 2.0, 0.5] -> pick 2 (2.0); minus row 2 -> [., 0.5, ., 0.5] -> pick 1 (first max)
+    inter = np.array([[9.0, 2.0, -1.0, 0.0], [2.0, 9.0, 0.0, 0.0], [-1.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 9.0]])
+    # pick 0 (3.0); scores - row 0 = [., 0.5, 2.0, 0.5] -> pick 2 (2.0);
+    # minus row 2 -> [., 0.5, ., 0.5] -> pick 1 (first max)
     picks, gains = greedy_selection(scores, inter, 3)
     assert picks == [0, 2, 1] and gains == [3.0, 2.0, 0.5]
     assert greedy_selection(scores, inter, 9)[0] == [0, 2, 1, 3]
@@ -97,9 +98,14 @@ def test_greats_inner_products_match_full_per_example_gradients(tiny_model_dir, 
     tracin = gram[:3, 3:].mean(1)
     assert torch.allclose(tracin, direct[:3] @ direct[3:].mean(0), rtol=1e-4, atol=1e-9)
     # The rows in chunks of their own widths (as `choose` passes them): the same inner products.
-    chunks = [encoded_batch(examples[:2], tok, "alpaca", 64, "cpu"), encoded_batch(examples[2:], tok, "alpaca", 64, "cpu")]
+    chunks = [
+        encoded_batch(examples[:2], tok, "alpaca", 64, "cpu"),
+        encoded_batch(examples[2:], tok, "alpaca", 64, "cpu"),
+    ]
     assert chunks[0]["input_ids"].shape[1] < batch["input_ids"].shape[1]
-    assert torch.allclose(per_example_gram(model, [m for _, m in modules], chunks), direct @ direct.T, rtol=1e-4, atol=1e-9)
+    assert torch.allclose(
+        per_example_gram(model, [m for _, m in modules], chunks), direct @ direct.T, rtol=1e-4, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -112,8 +118,12 @@ def test_greats_backward_stops_below_the_first_scored_layer(tiny_model_dir, lora
     batch = encoded_batch(_pool(4).examples, tok, "alpaca", 64, "cpu")
     blocks = [m for n, m in model.named_modules() if n.endswith("layers.0") or n.endswith("layers.1")]
     seen: list[bool] = []
-    handles = [blk.register_forward_hook(lambda mod, i, out: seen.append(out[0].requires_grad if isinstance(out, tuple) else out.requires_grad))
-               for blk in blocks]
+    handles = [
+        blk.register_forward_hook(
+            lambda mod, i, out: seen.append(out[0].requires_grad if isinstance(out, tuple) else out.requires_grad)
+        )
+        for blk in blocks
+    ]
     truncated = per_example_gram(model, modules, batch)
     for h in handles:
         h.remove()
@@ -153,17 +163,21 @@ def test_first_order_estimate_predicts_the_validation_loss_change_of_a_small_sgd
 
     def val_loss() -> float:
         with torch.no_grad():
-            return float(response_losses(model(input_ids=vb["input_ids"], attention_mask=vb["attention_mask"]).logits, vb["labels"]).mean())
+            return float(
+                response_losses(
+                    model(input_ids=vb["input_ids"], attention_mask=vb["attention_mask"]).logits, vb["labels"]
+                ).mean()
+            )
 
     batch = encoded_batch(train + val, tok, "alpaca", 64, "cpu")
     gram = per_example_gram(model, modules, batch)
     lr = 0.05
     before = val_loss()
     for i in range(2):
-        estimate = -lr * float(gram[i, 2:].mean())   # GREATS's lr * <g_i, g_val>, with the sign of a loss change
+        estimate = -lr * float(gram[i, 2:].mean())  # GREATS's lr * <g_i, g_val>, with the sign of a loss change
         offsets, start = [], 0
         for p in params:
-            offsets.append(g[i, start:start + p.numel()].view_as(p).float())
+            offsets.append(g[i, start : start + p.numel()].view_as(p).float())
             start += p.numel()
         with torch.no_grad():
             for p, d in zip(params, offsets):
@@ -177,6 +191,7 @@ def test_first_order_estimate_predicts_the_validation_loss_change_of_a_small_sgd
 
 
 # ---------------------------------------------------------------- RHO-LOSS
+
 
 def test_reducible_loss_by_hand_and_rho_keeps_the_largest(tiny_model_dir):
     assert reducible_loss([2.0, 1.5, 3.0], [0.5, 1.5, 2.0]).tolist() == [1.5, 0.0, 1.0]
@@ -228,7 +243,9 @@ def test_cached_irreducible_losses_equal_the_il_models_losses_per_step(tiny_mode
     sets = candidate_sets(len(pool), 4, seed=0)
     for _ in range(3):
         rows = next(sets)
-        per_step = row_losses(il_model, [trainer.encode(int(i)) for i in rows], trainer.tokenizer.pad_token_id, batch_size=3)
+        per_step = row_losses(
+            il_model, [trainer.encode(int(i)) for i in rows], trainer.tokenizer.pad_token_id, batch_size=3
+        )
         assert np.allclose(rho._il[rows], per_step.numpy(), rtol=1e-5, atol=1e-6)
         trainer.step(rho.choose(trainer, rows, 2)[0].tolist())
     assert len(set(np.round(rho._il, 6))) > 1  # not one value for every row
@@ -236,19 +253,30 @@ def test_cached_irreducible_losses_equal_the_il_models_losses_per_step(tiny_mode
 
 # ---------------------------------------------------------------- the online loop
 
-@pytest.mark.parametrize("method,options", [("greats", {"candidates": 2, "last_layers": 1}),
-                                            ("rho", {"candidates": 2, "il_epochs": 1})])
-def test_online_run_killed_part_way_resumes_to_the_uninterrupted_result(method, options, tiny_model_dir, tmp_path, monkeypatch):
+
+@pytest.mark.parametrize(
+    "method,options", [("greats", {"candidates": 2, "last_layers": 1}), ("rho", {"candidates": 2, "il_epochs": 1})]
+)
+def test_online_run_killed_part_way_resumes_to_the_uninterrupted_result(
+    method, options, tiny_model_dir, tmp_path, monkeypatch
+):
     from safetensors.torch import load_file
 
     from raise_select.baselines import online
 
-    monkeypatch.setattr(online, "CHECKPOINT_SECONDS", 0.0)   # a checkpoint after every step
+    monkeypatch.setattr(online, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every step
     pool, val = _pool(12), _pool(30).examples[20:]
 
     def ctx(out):
-        return SelectionContext(model=str(tiny_model_dir), validation=val, out_dir=out, batch_size=2, max_length=48,
-                                steps=6, lm=LMConfig(max_length=48, lr=5e-3, seed=1))
+        return SelectionContext(
+            model=str(tiny_model_dir),
+            validation=val,
+            out_dir=out,
+            batch_size=2,
+            max_length=48,
+            steps=6,
+            lm=LMConfig(max_length=48, lr=5e-3, seed=1),
+        )
 
     whole = make_baseline(method, options).select(pool, 4, ctx(tmp_path / "whole"))
     cls = type(make_baseline(method))
@@ -271,7 +299,7 @@ def test_online_run_killed_part_way_resumes_to_the_uninterrupted_result(method, 
     assert resumed.indices == whole.indices and resumed.scores == whole.scores
     want, got = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("whole", "cut"))
     assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in want)
-    assert not (tmp_path / "cut" / "checkpoint" / f"{method}.pt").exists()   # removed once the model is saved
+    assert not (tmp_path / "cut" / "checkpoint" / f"{method}.pt").exists()  # removed once the model is saved
     # a checkpoint of other settings is not resumed from
     calls.clear()
     with pytest.raises(RuntimeError, match="killed"):
@@ -281,7 +309,6 @@ def test_online_run_killed_part_way_resumes_to_the_uninterrupted_result(method, 
     other._resumed = True
     assert other.select(pool, 4, ctx(tmp_path / "cut")).info["candidate_set"] == 6
     assert calls == [0, 1, 2, 3, 4, 5]
-
 
 
 def test_candidate_sets_are_epochs_of_distinct_rows():
@@ -306,8 +333,10 @@ def test_row_losses_match_the_models_own_loss(tiny_model_dir):
             assert float(model(**b).loss) == pytest.approx(float(v), abs=1e-5)
 
 
-@pytest.mark.parametrize("method,options", [("greats", ["--set", "greats.candidates=3"]),
-                                            ("rho", ["--set", "rho.candidates=3", "--set", "rho.il_epochs=1"])])
+@pytest.mark.parametrize(
+    "method,options",
+    [("greats", ["--set", "greats.candidates=3"]), ("rho", ["--set", "rho.candidates=3", "--set", "rho.il_epochs=1"])],
+)
 def test_online_method_trains_at_matched_steps_and_reuses_its_run(method, options, tiny_model_dir, tmp_path):
     from raise_select.cli.main import app
     from raise_select.data.synthetic import SyntheticConfig, generate_pool, write_jsonl
@@ -315,8 +344,29 @@ def test_online_method_trains_at_matched_steps_and_reuses_its_run(method, option
     pool = write_jsonl(tmp_path / "pool.jsonl", generate_pool(SyntheticConfig(size=24)))
     val = write_jsonl(tmp_path / "val.jsonl", generate_pool(SyntheticConfig(size=30, seed=5))[:4])
     out = tmp_path / method
-    args = ["baseline", "--method", method, "--pool", str(pool), "--model", str(tiny_model_dir), "--val", str(val),
-            "--budget", "4", "--batch-size", "2", "--max-length", "48", "--lr", "1e-3", "--out", str(out), "--train", *options]
+    args = [
+        "baseline",
+        "--method",
+        method,
+        "--pool",
+        str(pool),
+        "--model",
+        str(tiny_model_dir),
+        "--val",
+        str(val),
+        "--budget",
+        "4",
+        "--batch-size",
+        "2",
+        "--max-length",
+        "48",
+        "--lr",
+        "1e-3",
+        "--out",
+        str(out),
+        "--train",
+        *options,
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "selection.json").read_text())
@@ -325,7 +375,7 @@ def test_online_method_trains_at_matched_steps_and_reuses_its_run(method, option
     assert record["info"]["candidate_set"] == 6 and record["info"]["seconds_per_step_select"] > 0
     sets = candidate_sets(24, 6, seed=0)
     for s in range(6):  # every batch is 2 distinct rows of that step's candidate set
-        batch = record["indices"][2 * s:2 * s + 2]
+        batch = record["indices"][2 * s : 2 * s + 2]
         assert len(set(batch)) == 2 and set(batch) <= set(next(sets).tolist())
     stamp = (out / "model" / "model.safetensors").stat().st_mtime_ns
     again = CliRunner().invoke(app, args)
@@ -337,6 +387,8 @@ def test_online_method_trains_at_matched_steps_and_reuses_its_run(method, option
 def test_online_methods_need_the_model_and_a_validation_set(tiny_model_dir, tmp_path):
     pool = _pool(8)
     with pytest.raises(UserError, match="greats.*needs a validation set"):
-        make_baseline("greats").select(pool, 2, SelectionContext(model=str(tiny_model_dir), batch_size=2, max_length=48))
+        make_baseline("greats").select(
+            pool, 2, SelectionContext(model=str(tiny_model_dir), batch_size=2, max_length=48)
+        )
     with pytest.raises(UserError, match="needs the target model"):
         make_baseline("rho").select(pool, 2, SelectionContext(batch_size=2))

@@ -34,6 +34,7 @@ def _response_logps(model, tok, prompt: str, response: str) -> list[float]:
 
 # ---------------------------------------------------------------- ROSE
 
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_rose_dpo_gradient_equals_autograd_of_the_plain_loss(tiny_model_dir, normalize):
     from peft import LoraConfig, get_peft_model
@@ -61,7 +62,9 @@ def test_rose_dpo_gradient_equals_autograd_of_the_plain_loss(tiny_model_dir, nor
         total = sum(toks)
         return total / len(toks) if normalize else total
 
-    loss = dpo_loss(logp(pair.chosen, False), logp(pair.rejected, False), logp(pair.chosen, True), logp(pair.rejected, True), 0.5)
+    loss = dpo_loss(
+        logp(pair.chosen, False), logp(pair.rejected, False), logp(pair.chosen, True), logp(pair.rejected, True), 0.5
+    )
     assert abs(float(loss.detach()) - float(torch.log(torch.tensor(2.0)))) > 1e-3  # the margin is not zero
     want = torch.autograd.grad(loss, params)
     for g, w in zip(got, want):
@@ -88,9 +91,18 @@ def test_stand_in_preferences_reject_another_answer():
 
 def test_read_trl_preferences_plain_and_conversational(tmp_path):
     path = tmp_path / "pref.jsonl"
-    path.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}) + "\n" + json.dumps({
-        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
-        "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "5"}]}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."})
+        + "\n"
+        + json.dumps(
+            {
+                "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+                "chosen": [{"role": "assistant", "content": "4"}],
+                "rejected": [{"role": "assistant", "content": "5"}],
+            }
+        )
+        + "\n"
+    )
     pairs = read_preferences(path)
     assert pairs[0] == PreferencePair((("user", "Hi?"),), "Hello.", "Go away.")
     assert pairs[1] == PreferencePair((("system", "Be brief."), ("user", "2+2?")), "4", "5")
@@ -104,10 +116,21 @@ def test_read_trl_preferences_plain_and_conversational(tmp_path):
 def test_rose_selects_with_a_stand_in_and_writes_it(tiny_model_dir, tmp_path):
     from raise_select.data.pools import Pool
 
-    pool = Pool(examples=[_qa(f"What is {i} plus 1?", f"The answer is {i + 1}.") for i in range(8)], format="messages", sources=["t"])
+    pool = Pool(
+        examples=[_qa(f"What is {i} plus 1?", f"The answer is {i + 1}.") for i in range(8)],
+        format="messages",
+        sources=["t"],
+    )
     val = [_qa(f"What is {i} minus 1?", f"The answer is {i - 1}.") for i in range(3)]
     ctx = SelectionContext(model=str(tiny_model_dir), validation=val, out_dir=tmp_path, max_length=48)
-    opts = {"lora_r": 2, "lora_alpha": 4, "proj_dim": 8, "warmup_epochs": 1, "warmup_batch_size": 4, "warmup_fraction": 0.5}
+    opts = {
+        "lora_r": 2,
+        "lora_alpha": 4,
+        "proj_dim": 8,
+        "warmup_epochs": 1,
+        "warmup_batch_size": 4,
+        "warmup_fraction": 0.5,
+    }
     sel = make_baseline("rose", opts).select(pool, 3, ctx)
     assert len(sel.indices) == 3 and sel.info["validation_examples"] == 3
     assert sel.scores == sorted(sel.scores, reverse=True)
@@ -115,12 +138,15 @@ def test_rose_selects_with_a_stand_in_and_writes_it(tiny_model_dir, tmp_path):
     assert [p.chosen for p in written] == [e.response for e in val]
     # a given preference file replaces the stand-in (no validation set needed); same file, same choice
     given = SelectionContext(model=str(tiny_model_dir), out_dir=tmp_path / "given", max_length=48)
-    again = make_baseline("rose", {**opts, "preference": str(tmp_path / "rose_preferences.jsonl")}).select(pool, 3, given)
+    again = make_baseline("rose", {**opts, "preference": str(tmp_path / "rose_preferences.jsonl")}).select(
+        pool, 3, given
+    )
     assert again.indices == sel.indices and again.scores == pytest.approx(sel.scores, abs=1e-6)
     assert not (tmp_path / "given" / "rose_preferences.jsonl").exists()
 
 
 # ---------------------------------------------------------------- GRAPE
+
 
 def test_best_candidate_ties_keep_the_first():
     assert best_candidates([[-1.0, -0.5, -0.5], [-2.0], [0.0, 0.0]]) == [1, 0, 0]
@@ -131,9 +157,11 @@ def test_grape_keeps_the_response_with_the_highest_mean_logprob(tiny_model_dir, 
     from raise_select.cli.main import app
     from raise_select.models.loading import load_model_and_tokenizer
 
-    items = {"What is 12 plus 7?": ["The answer is 19.", "red green", "The quick brown fox jumps over the lazy dog."],
-             "Name three colors.": ["red, green and blue.", "0123456789"],
-             "Say hi.": ["Bonjour."]}
+    items = {
+        "What is 12 plus 7?": ["The answer is 19.", "red green", "The quick brown fox jumps over the lazy dog."],
+        "Name three colors.": ["red, green and blue.", "0123456789"],
+        "Say hi.": ["Bonjour."],
+    }
     pool = tmp_path / "multi.jsonl"
     if layout == "list":
         rows = [{"instruction": q, "input": "", "output": rs} for q, rs in items.items()]
@@ -141,8 +169,22 @@ def test_grape_keeps_the_response_with_the_highest_mean_logprob(tiny_model_dir, 
         rows = [{"instruction": q, "input": "", "output": r} for q, rs in items.items() for r in rs]
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "chosen" / "chosen.jsonl"
-    result = CliRunner().invoke(app, ["grape", "--pool", str(pool), "--model", str(tiny_model_dir), "--out", str(out),
-                                      "--max-length", "64", "--batch-size", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "grape",
+            "--pool",
+            str(pool),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--max-length",
+            "64",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     model, tok = load_model_and_tokenizer(str(tiny_model_dir))
     chosen = load_pool(out.parent)  # the score cache beside it is not read as a pool file
@@ -152,21 +194,35 @@ def test_grape_keeps_the_response_with_the_highest_mean_logprob(tiny_model_dir, 
         with torch.no_grad():
             ref = [float(sum(t) / len(t)) for t in (_response_logps(model, tok, q, r) for r in responses)]
         best = max(range(len(ref)), key=lambda j: ref[j])
-        assert rec["output"] == responses[best] and rec["grape_choice"] == best and rec["grape_candidates"] == len(responses)
+        assert (
+            rec["output"] == responses[best]
+            and rec["grape_choice"] == best
+            and rec["grape_candidates"] == len(responses)
+        )
         assert rec["grape_score"] == pytest.approx(ref[best], abs=1e-4)
     # a re-run scores nothing again and writes the same pool; parquet is a pool too
     text = out.read_text()
-    again = CliRunner().invoke(app, ["grape", "--pool", str(pool), "--model", str(tiny_model_dir), "--out", str(out), "--max-length", "64"])
+    again = CliRunner().invoke(
+        app, ["grape", "--pool", str(pool), "--model", str(tiny_model_dir), "--out", str(out), "--max-length", "64"]
+    )
     assert again.exit_code == 0 and "0 scored now" in again.output and out.read_text() == text
     pq = tmp_path / "chosen.parquet"
-    assert CliRunner().invoke(app, ["grape", "--pool", str(pool), "--model", str(tiny_model_dir), "--out", str(pq),
-                                    "--max-length", "64"]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(
+            app, ["grape", "--pool", str(pool), "--model", str(tiny_model_dir), "--out", str(pq), "--max-length", "64"]
+        )
+        .exit_code
+        == 0
+    )
     assert [e.response for e in load_pool(pq).examples] == [r["output"] for r in records]
 
 
 def test_grape_list_field_of_chat_rows_and_bad_rows(tmp_path):
     path = tmp_path / "chat.jsonl"
-    path.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi?"}], "responses": ["Hello.", "", "Hey."]}) + "\n")
+    path.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Hi?"}], "responses": ["Hello.", "", "Hey."]}) + "\n"
+    )
     groups, fmt = read_groups(str(path))
     assert fmt == "messages" and [e.response for e in groups[0].candidates] == ["Hello.", "Hey."]
     assert groups[0].prompt == (("user", "Hi?"),)
@@ -183,9 +239,15 @@ def test_grape_user_errors_are_one_line_with_exit_2(tiny_model_dir, tmp_path):
     pool.write_text(json.dumps({"instruction": "Hi?", "output": ["a", "b"]}) + "\n")
     missing = CliRunner().invoke(app, ["grape", "--pool", str(pool), "--out", str(tmp_path / "o.jsonl")])
     assert missing.exit_code == 2 and "--model" in missing.output
-    suffix = CliRunner().invoke(app, ["grape", "--pool", str(pool), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o.txt")])
+    suffix = CliRunner().invoke(
+        app, ["grape", "--pool", str(pool), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o.txt")]
+    )
     assert suffix.exit_code == 2 and "o.txt: output must end in one of .jsonl" in suffix.output
     chat = tmp_path / "chat.jsonl"
-    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi?"}], "responses": ["Hello.", "Hey."]}) + "\n")
-    csv = CliRunner().invoke(app, ["grape", "--pool", str(chat), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o.csv")])
+    chat.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Hi?"}], "responses": ["Hello.", "Hey."]}) + "\n"
+    )
+    csv = CliRunner().invoke(
+        app, ["grape", "--pool", str(chat), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o.csv")]
+    )
     assert csv.exit_code == 2 and "CSV holds flat (Alpaca) rows only" in csv.output

@@ -8,8 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from raise_select.baselines import BASELINES, Selection, SelectionContext, budget_count, make_baseline, matched_batches, matched_steps
-from raise_select.baselines.deita import diversity_filter, evol_scores, expected_scores, score_texts, score_token_ids, turns
+from raise_select.baselines import (
+    BASELINES,
+    Selection,
+    SelectionContext,
+    budget_count,
+    make_baseline,
+    matched_batches,
+    matched_steps,
+)
+from raise_select.baselines.deita import (
+    diversity_filter,
+    evol_scores,
+    expected_scores,
+    score_texts,
+    score_token_ids,
+    turns,
+)
 from raise_select.baselines.ifd import ifd_scores
 from raise_select.baselines.less import RademacherProjector, adam_precondition, mean_cosine
 from raise_select.baselines.registry import get_baseline_class
@@ -23,7 +38,14 @@ def make_pool(n: int) -> Pool:
     examples = []
     for i in range(n):
         msgs = (("user", f"What is {i} plus {i}?"), ("assistant", f"The answer is {2 * i}."))
-        examples.append(Example(id=example_id(msgs), messages=msgs, record={"instruction": msgs[0][1], "input": "", "output": msgs[1][1]}, row=i))
+        examples.append(
+            Example(
+                id=example_id(msgs),
+                messages=msgs,
+                record={"instruction": msgs[0][1], "input": "", "output": msgs[1][1]},
+                row=i,
+            )
+        )
     return Pool(examples=examples, format="alpaca", sources=["test"])
 
 
@@ -40,9 +62,27 @@ def make_features(pool: Pool, logp_cond, logp_uncond, truncated=None, sem=None) 
 
 # ---------------------------------------------------------------- registry, budgets, batches
 
+
 def test_registry_lists_methods_on_unknown_name():
-    assert set(BASELINES) == {"full", "random", "ifd", "deita", "alpagasus", "sspl", "less", "rose", "rds", "embed", "greats", "rho"}
-    with pytest.raises(UserError, match=r"unknown method 'nope'; available: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, greats, rho"):
+    assert set(BASELINES) == {
+        "full",
+        "random",
+        "ifd",
+        "deita",
+        "alpagasus",
+        "sspl",
+        "less",
+        "rose",
+        "rds",
+        "embed",
+        "greats",
+        "rho",
+    }
+    with pytest.raises(
+        UserError,
+        match=r"unknown method 'nope'; available: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, "
+        r"greats, rho",
+    ):
         get_baseline_class("nope")
     with pytest.raises(UserError, match="unknown option"):
         make_baseline("deita", {"treshold": 0.8})
@@ -67,7 +107,7 @@ def test_static_batches_are_epochs_of_reshuffles():
     flat = [i for b in batches for i in b]
     assert len(batches) == 6 and all(len(b) == 3 for b in batches)
     for epoch in range(3):
-        assert sorted(flat[epoch * 6:(epoch + 1) * 6]) == sorted(subset)
+        assert sorted(flat[epoch * 6 : (epoch + 1) * 6]) == sorted(subset)
     assert matched_batches(Selection(subset), 3, steps, seed=5) == batches
     assert matched_batches(Selection(subset), 3, steps, seed=6) != batches
 
@@ -95,6 +135,7 @@ def test_full_takes_everything():
 
 
 # ---------------------------------------------------------------- IFD
+
 
 def test_ifd_against_plain_loop():
     pool = make_pool(9)
@@ -128,6 +169,7 @@ def test_ifd_needs_features():
 
 
 # ---------------------------------------------------------------- DEITA
+
 
 def test_expected_score_against_manual_softmax():
     gen = torch.Generator().manual_seed(0)
@@ -183,15 +225,18 @@ def test_evol_score_sums_turn_products():
 
 # ---------------------------------------------------------------- LESS
 
+
 def test_projection_chunked_equals_dense_matrix():
     dim, k = 50, 16
     chunked = RademacherProjector(dim, k, seed=3, block_rows=8, cache_limit=0)
-    dense = chunked.project(torch.eye(dim))           # the matrix R itself, row by row
+    dense = chunked.project(torch.eye(dim))  # the matrix R itself, row by row
     assert dense.shape == (dim, k)
     assert torch.allclose(dense.abs(), torch.full((dim, k), 1 / math.sqrt(k)))
     assert torch.equal(torch.cat([chunked.block(b) for b in range(7)]), dense)
     x = torch.randn(5, dim, generator=torch.Generator().manual_seed(1))
-    manual = torch.tensor([[sum(float(x[i, d]) * float(dense[d, j]) for d in range(dim)) for j in range(k)] for i in range(5)])
+    manual = torch.tensor(
+        [[sum(float(x[i, d]) * float(dense[d, j]) for d in range(dim)) for j in range(k)] for i in range(5)]
+    )
     assert torch.allclose(chunked.project(x), manual, atol=1e-5)
     cached = RademacherProjector(dim, k, seed=3, block_rows=8)
     assert torch.allclose(cached.project(x), manual, atol=1e-5)
@@ -228,8 +273,19 @@ def test_adam_preconditioning_formula():
 def test_less_end_to_end_is_deterministic(tiny_model_dir):
     pool = make_pool(10)
     val = make_pool(12).examples[10:]
-    method = make_baseline("less", {"warmup_fraction": 0.4, "warmup_epochs": 2, "warmup_batch_size": 2, "lr": 1e-3,
-                                    "lora_r": 2, "lora_alpha": 4, "proj_dim": 32, "chunk": 4})
+    method = make_baseline(
+        "less",
+        {
+            "warmup_fraction": 0.4,
+            "warmup_epochs": 2,
+            "warmup_batch_size": 2,
+            "lr": 1e-3,
+            "lora_r": 2,
+            "lora_alpha": 4,
+            "proj_dim": 32,
+            "chunk": 4,
+        },
+    )
     ctx = SelectionContext(model=str(tiny_model_dir), validation=val, seed=0, max_length=64)
     a = method.select(pool, 3, ctx)
     b = method.select(pool, 3, ctx)
@@ -240,6 +296,7 @@ def test_less_end_to_end_is_deterministic(tiny_model_dir):
 
 
 # ---------------------------------------------------------------- SSPL
+
 
 def test_sspl_buckets_go_easy_to_hard():
     assert bucket_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
@@ -287,7 +344,8 @@ def test_sspl_target_loss_orders_by_the_models_loss(tiny_model_dir):
 
     pool = make_pool(12)
     sel = make_baseline("sspl", {"loss": "target"}).select(
-        pool, 4, SelectionContext(model=str(tiny_model_dir), batch_size=2, epochs=1, max_length=64))
+        pool, 4, SelectionContext(model=str(tiny_model_dir), batch_size=2, epochs=1, max_length=64)
+    )
     model, tok = load_model_and_tokenizer(str(tiny_model_dir))
     losses = example_losses(model, tok, pool.examples, "alpaca", 64).numpy()
     assert sel.scores == pytest.approx(losses[sel.indices].tolist(), rel=1e-4)

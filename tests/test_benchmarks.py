@@ -19,6 +19,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- Table 2 validation sets
 
+
 @pytest.mark.parametrize("name,size", [("mmlu", 285), ("arc_challenge", 299), ("commonsenseqa", 280), ("gsm8k", 256)])
 def test_validation_sizes_follow_table_2(shared_data, name, size):
     examples = load_validation(name, shared_data)
@@ -54,6 +55,7 @@ def test_mmlu_validation_is_the_dev_split_five_per_subject(shared_data):
 
 
 # ---------------------------------------------------------------- formats on real rows
+
 
 def test_gsm8k_answers_with_thousands_commas(shared_data):
     rows = _jsonl(shared_data / "gsm8k/train.jsonl") + _jsonl(shared_data / "gsm8k/test.jsonl")
@@ -102,10 +104,16 @@ def test_mathqa_options_in_both_spellings(shared_data):
     assert len(docs) == 2985 and all(len(d["choices"]) == 5 for d, *_ in docs)
     listed = [(d, rec) for d, _, _, rec in docs if rec["options"].startswith("[")]
     assert listed  # the list-repr spelling occurs in the real file
-    d, rec = next((d, rec) for d, rec in listed if rec["Problem"].startswith("in two triangles , the ratio of the areas"))
+    d, rec = next(
+        (d, rec) for d, rec in listed if rec["Problem"].startswith("in two triangles , the ratio of the areas")
+    )
     assert d["choices"] == ["2 : 3", "4 : 5", "16 : 9", "7 : 9", "8 : 5"] and d["label"] == 2
     assert bm.parse_mathqa_options("a ) 38 , b ) 27.675 , c ) 30 , d ) data inadequate , e ) none of these") == [
-        "38", "27.675", "30", "data inadequate", "none of these"
+        "38",
+        "27.675",
+        "30",
+        "data inadequate",
+        "none of these",
     ]
     with pytest.raises(UserError, match="options"):
         bm.parse_mathqa_options("38 or 27")
@@ -128,6 +136,7 @@ def test_prompt_and_response_format():
 
 # ---------------------------------------------------------------- answer extraction
 
+
 @pytest.mark.parametrize(
     "text,expected",
     [
@@ -145,7 +154,13 @@ def test_extract_final_number(text, expected):
 
 @pytest.mark.parametrize(
     "text,n,expected",
-    [("The answer is B.", 4, "B"), ("The answer is (C)", 5, "C"), ("D. because", 4, "D"), ("E", 4, None), ("Answer unclear", 4, None)],
+    [
+        ("The answer is B.", 4, "B"),
+        ("The answer is (C)", 5, "C"),
+        ("D. because", 4, "D"),
+        ("E", 4, None),
+        ("Answer unclear", 4, None),
+    ],
 )
 def test_extract_letter(text, n, expected):
     assert bm.extract_letter(text, n) == expected
@@ -160,13 +175,16 @@ def test_gold_answer_round_trips_through_extraction(shared_data):
 
 # ---------------------------------------------------------------- hub shapes and errors
 
+
 def test_hub_rows_are_read_with_the_usual_names(monkeypatch):
     import datasets
 
     calls = []
     hub_rows = {
         "cais/mmlu": [{"question": "Q?", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": 2}],
-        "allenai/ai2_arc": [{"id": "1", "question": "Q?", "choices": {"text": ["x", "y"], "label": ["1", "2"]}, "answerKey": "2"}],
+        "allenai/ai2_arc": [
+            {"id": "1", "question": "Q?", "choices": {"text": ["x", "y"], "label": ["1", "2"]}, "answerKey": "2"}
+        ],
     }
 
     def fake_load_dataset(path, name=None, split=None):

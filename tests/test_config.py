@@ -12,8 +12,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from raise_select.config import (SHIPPED_CONFIGS, field_help, find_config, from_dict, read_yaml, resolve,
-                                 settings_rows, shipped_configs)
+from raise_select.config import (
+    SHIPPED_CONFIGS,
+    field_help,
+    find_config,
+    from_dict,
+    read_yaml,
+    resolve,
+    settings_rows,
+    shipped_configs,
+)
 from raise_select.demo import DemoConfig
 from raise_select.errors import UserError
 from raise_select.policy import PolicyConfig
@@ -24,11 +32,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_policy_section_from_yaml_overrides_and_flags(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"train_policy": {"rounds": 3, "policy": {"gamma": 0.5, "hidden": 16}},
-                                    "finetune": {"steps": 9}}))
-    cfg = resolve(TrainPolicyConfig, "train_policy", path,
-                  ["train_policy.policy.gamma=0.25", "policy.lam=0.5", "finetune.steps=7", "select_every=2"],
-                  {"policy": {"per_class": 2, "clip": None}, "steps": None, "lr": 1e-3})
+    path.write_text(
+        yaml.safe_dump(
+            {"train_policy": {"rounds": 3, "policy": {"gamma": 0.5, "hidden": 16}}, "finetune": {"steps": 9}}
+        )
+    )
+    cfg = resolve(
+        TrainPolicyConfig,
+        "train_policy",
+        path,
+        ["train_policy.policy.gamma=0.25", "policy.lam=0.5", "finetune.steps=7", "select_every=2"],
+        {"policy": {"per_class": 2, "clip": None}, "steps": None, "lr": 1e-3},
+    )
     assert cfg.rounds == 3 and cfg.select_every == 2 and cfg.lr == 1e-3
     assert cfg.steps == 100  # the finetune section and override are another command's
     # YAML < section override < flat override < flags, key by key inside the policy section
@@ -60,7 +75,9 @@ def test_section_errors_name_the_dotted_key_and_the_source(tmp_path):
         resolve(TrainPolicyConfig, "train_policy", None, ["train_policy.policy.gama=1"])
     path = tmp_path / "bad.yaml"
     path.write_text("train_policy:\n  policy:\n    gamma: 2\n")
-    with pytest.raises(UserError, match=re.escape(f"{path}: invalid policy settings: gamma = 2.0 (must lie in [0, 1])")):
+    with pytest.raises(
+        UserError, match=re.escape(f"{path}: invalid policy settings: gamma = 2.0 (must lie in [0, 1])")
+    ):
         resolve(TrainPolicyConfig, "train_policy", path)
     with pytest.raises(UserError, match="'policy' is a section of settings; give a mapping, got 3"):
         resolve(TrainPolicyConfig, "train_policy", None, ["train_policy.policy=3"])
@@ -68,20 +85,23 @@ def test_section_errors_name_the_dotted_key_and_the_source(tmp_path):
         resolve(TrainPolicyConfig, "train_policy", None, ["policy.hidden=wide"])
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: LMConfig(lr=0), r"invalid LLM settings: lr = 0 \(must be > 0\)"),
-    (lambda: LMConfig(max_length=1, grad_clip=-1), r"max_length = 1 .*; grad_clip = -1"),
-    (lambda: EpisodeConfig(steps=0), r"invalid episode settings: steps = 0"),
-    (lambda: EpisodeConfig(select_every=0), r"select_every = 0"),
-    (lambda: EpisodeConfig(lr=-1), r"invalid LLM settings: lr = -1"),  # the parent's rules hold in the child
-    (lambda: EpisodeConfig(metric="nope"), r"unknown metric 'nope'"),
-    (lambda: TrainPolicyConfig(rounds=0), r"invalid train-policy settings: rounds = 0"),
-    (lambda: FinetuneConfig(per_class=0), r"invalid finetune settings: per_class = 0"),
-    (lambda: PolicyConfig(gamma=1.5, minibatches=0), r"gamma = 1.5 .*; minibatches = 0"),
-    (lambda: PolicyConfig(seed=-1), r"seed = -1"),
-    (lambda: DemoConfig(preset="huge"), r"invalid demo settings: preset = 'huge' \(available: "),
-    (lambda: DemoConfig(seeds=0, rounds=0), r"seeds = 0 .*; rounds = 0"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: LMConfig(lr=0), r"invalid LLM settings: lr = 0 \(must be > 0\)"),
+        (lambda: LMConfig(max_length=1, grad_clip=-1), r"max_length = 1 .*; grad_clip = -1"),
+        (lambda: EpisodeConfig(steps=0), r"invalid episode settings: steps = 0"),
+        (lambda: EpisodeConfig(select_every=0), r"select_every = 0"),
+        (lambda: EpisodeConfig(lr=-1), r"invalid LLM settings: lr = -1"),  # the parent's rules hold in the child
+        (lambda: EpisodeConfig(metric="nope"), r"unknown metric 'nope'"),
+        (lambda: TrainPolicyConfig(rounds=0), r"invalid train-policy settings: rounds = 0"),
+        (lambda: FinetuneConfig(per_class=0), r"invalid finetune settings: per_class = 0"),
+        (lambda: PolicyConfig(gamma=1.5, minibatches=0), r"gamma = 1.5 .*; minibatches = 0"),
+        (lambda: PolicyConfig(seed=-1), r"seed = -1"),
+        (lambda: DemoConfig(preset="huge"), r"invalid demo settings: preset = 'huge' \(available: "),
+        (lambda: DemoConfig(seeds=0, rounds=0), r"seeds = 0 .*; rounds = 0"),
+    ],
+)
 def test_each_config_refuses_its_own_bad_fields_when_made(make, message):
     with pytest.raises(UserError, match=message):
         make()
@@ -105,8 +125,13 @@ def test_field_help_reads_the_metadata_and_the_default():
     assert text and field_help(PolicyConfig, "hidden") == f"{text} (default: {PolicyConfig().hidden})"
     assert field_help(DemoConfig, "policy.per_class").endswith(f"(default: {DemoConfig().policy.per_class})")
     assert field_help(PolicyConfig, "seed").endswith("(default: none)")
-    assert field_help(TrainPolicyConfig, "pool") == EpisodeConfig.__dataclass_fields__["pool"].metadata["help"]  # "" shown as no default
-    assert field_help(TrainPolicyConfig, "policy.per_class", with_default=False) == PolicyConfig.__dataclass_fields__["per_class"].metadata["help"]
+    assert (
+        field_help(TrainPolicyConfig, "pool") == EpisodeConfig.__dataclass_fields__["pool"].metadata["help"]
+    )  # "" shown as no default
+    assert (
+        field_help(TrainPolicyConfig, "policy.per_class", with_default=False)
+        == PolicyConfig.__dataclass_fields__["per_class"].metadata["help"]
+    )
     with pytest.raises(KeyError, match="no setting 'policy.nope'"):
         field_help(TrainPolicyConfig, "policy.nope")
 
@@ -149,8 +174,9 @@ def test_settings_reference_is_current():
     from raise_select.cli.reference import render
 
     doc = REPO / "docs" / "settings.md"
-    assert doc.read_text(encoding="utf-8") == render(), \
+    assert doc.read_text(encoding="utf-8") == render(), (
         "docs/settings.md is stale: python -m raise_select.cli.reference > docs/settings.md"
+    )
 
 
 def test_every_method_option_has_help():
@@ -197,6 +223,7 @@ def test_settings_reference_lists_every_policy_setting_for_each_policy_job():
 
 
 # ---------------------------------------------------------------- shipped configs
+
 
 def _shipped() -> list[Path]:
     return sorted(SHIPPED_CONFIGS.glob("*.yaml"))
@@ -252,9 +279,23 @@ def test_the_shipped_study_config_runs_cut_down(shared_data, tmp_path):
     random row and RAISE (the file's own sections are what the run reads for everything else)."""
     from raise_select.cli.main import app
 
-    small = {"pool": str(shared_data / "alpaca" / "alpaca_data.json"), "data_dir": str(shared_data), "pool_size": 40,
-             "methods": "[random,raise]", "seeds": "[0]", "build_model": "test", "val_size": 4, "eval_limit": 2,
-             "full_steps": 2, "rounds": 1, "classes": 2, "sem_dim": 4, "max_length": 48, "budget": 4, "batch_size": 4}
+    small = {
+        "pool": str(shared_data / "alpaca" / "alpaca_data.json"),
+        "data_dir": str(shared_data),
+        "pool_size": 40,
+        "methods": "[random,raise]",
+        "seeds": "[0]",
+        "build_model": "test",
+        "val_size": 4,
+        "eval_limit": 2,
+        "full_steps": 2,
+        "rounds": 1,
+        "classes": 2,
+        "sem_dim": 4,
+        "max_length": 48,
+        "budget": 4,
+        "batch_size": 4,
+    }
     args = [f"--set=study.{k}={v}" for k, v in small.items()]
     result = CliRunner().invoke(app, ["study", "study_alpaca_cpu", "--out", str(tmp_path / "study"), *args])
     assert result.exit_code == 0, result.output

@@ -33,7 +33,10 @@ def test_quick_demo_writes_summary_for_both_methods(tmp_path):
         assert m["val_loss_std"] == statistics.stdev(losses)
         # The share is recomputed from the run's own selection log.
         for r in m["per_seed"]:
-            lines = [json.loads(line) for line in (out / f"seed_{r['seed']}" / method / "selections.jsonl").read_text().splitlines()]
+            lines = [
+                json.loads(line)
+                for line in (out / f"seed_{r['seed']}" / method / "selections.jsonl").read_text().splitlines()
+            ]
             chosen = [i for line in lines for i in line["ids"]]
             assert len(lines) == summary["steps"] and len(chosen) == summary["steps"] * summary["batch_size"]
             assert r["clean_on_target"] == sum(is_clean_on_target(records[i], "add") for i in chosen) / len(chosen)
@@ -42,9 +45,14 @@ def test_quick_demo_writes_summary_for_both_methods(tmp_path):
     perfect = [i for i, e in enumerate(pool.examples) if is_clean_on_target(e.record, "add")]
     for seed in (0, 1):
         gen = torch.Generator().manual_seed(seed)
-        expected = [[perfect[i] for i in torch.randperm(len(perfect), generator=gen)[:summary["batch_size"]].tolist()]
-                    for _ in range(summary["steps"])]
-        lines = [json.loads(line) for line in (out / f"seed_{seed}" / "perfect" / "selections.jsonl").read_text().splitlines()]
+        expected = [
+            [perfect[i] for i in torch.randperm(len(perfect), generator=gen)[: summary["batch_size"]].tolist()]
+            for _ in range(summary["steps"])
+        ]
+        lines = [
+            json.loads(line)
+            for line in (out / f"seed_{seed}" / "perfect" / "selections.jsonl").read_text().splitlines()
+        ]
         assert [line["indices"] for line in lines] == expected
         assert all(line["ids"] == [pool.examples[i].id for i in line["indices"]] and line["random"] for line in lines)
     # oracle gain = (RAND - method) / (RAND - PERFECT), per seed, from the per-seed losses
@@ -53,7 +61,9 @@ def test_quick_demo_writes_summary_for_both_methods(tmp_path):
         expected = [(loss["rand", s] - loss[method, s]) / (loss["rand", s] - loss["perfect", s]) for s in (0, 1)]
         assert summary["methods"][method]["oracle_gain_per_seed"] == pytest.approx(expected)
     assert summary["raise_beats_rand_seeds"] == sum(loss["raise", s] < loss["rand", s] for s in (0, 1))
-    assert summary["raise_beats_rand"] == (summary["methods"]["raise"]["val_loss_mean"] < summary["methods"]["rand"]["val_loss_mean"])
+    assert summary["raise_beats_rand"] == (
+        summary["methods"]["raise"]["val_loss_mean"] < summary["methods"]["rand"]["val_loss_mean"]
+    )
     # A RAND run killed while writing its metrics (no final line, the last line cut) is redone
     # on the next run, without a traceback, to the same result: one seed, one result.
     metrics = out / "seed_0" / "rand" / "metrics.jsonl"
@@ -63,30 +73,38 @@ def test_quick_demo_writes_summary_for_both_methods(tmp_path):
     assert result.exit_code == 0, result.output
     again = json.loads((out / "summary.json").read_text())
     for method in ("raise", "rand", "perfect", "ifd"):
-        assert [r["val_loss"] for r in again["methods"][method]["per_seed"]] == \
-            [r["val_loss"] for r in summary["methods"][method]["per_seed"]]
+        assert [r["val_loss"] for r in again["methods"][method]["per_seed"]] == [
+            r["val_loss"] for r in summary["methods"][method]["per_seed"]
+        ]
     final = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "final"]
     assert len(final) == 1 and -final[0]["final_P"] == summary["methods"]["rand"]["per_seed"][0]["val_loss"]
     # The RAISE runs are ordinary run folders: `select` exports them.
-    result = CliRunner().invoke(app, ["select", "--run", str(out / "seed_0" / "raise"), "--out", str(tmp_path / "chosen.jsonl")])
+    result = CliRunner().invoke(
+        app, ["select", "--run", str(out / "seed_0" / "raise"), "--out", str(tmp_path / "chosen.jsonl")]
+    )
     assert result.exit_code == 0, result.output
     assert all(r["times_selected"] >= 1 for r in map(json.loads, (tmp_path / "chosen.jsonl").read_text().splitlines()))
 
 
 def test_oracle_gain_by_hand():
-    assert oracle_gain(3.0, 4.0, 2.0) == 0.5          # half of the way from RAND to PERFECT
-    assert oracle_gain(4.5, 4.0, 2.0) == -0.25        # worse than random
+    assert oracle_gain(3.0, 4.0, 2.0) == 0.5  # half of the way from RAND to PERFECT
+    assert oracle_gain(4.5, 4.0, 2.0) == -0.25  # worse than random
     assert oracle_gain(2.0, 4.0, 2.0) == 1.0
-    assert math.isnan(oracle_gain(3.0, 2.0, 2.0))     # the oracle gains nothing: undefined
+    assert math.isnan(oracle_gain(3.0, 2.0, 2.0))  # the oracle gains nothing: undefined
 
 
 def test_summary_and_table_with_an_undefined_oracle_gain():
     """A seed where PERFECT does not beat RAND has no oracle gain; the others still count."""
     from raise_select.demo import DemoConfig, MethodRun, format_table, summarize
 
-    runs = [MethodRun("raise", 0, 3.0, 0.5, 10, 1.0), MethodRun("rand", 0, 4.0, 0.1, 10, 1.0),
-            MethodRun("perfect", 0, 2.0, 1.0, 5, 1.0), MethodRun("raise", 1, 3.0, 0.5, 10, 1.0),
-            MethodRun("rand", 1, 4.0, 0.1, 10, 1.0), MethodRun("perfect", 1, 4.5, 1.0, 5, 1.0)]
+    runs = [
+        MethodRun("raise", 0, 3.0, 0.5, 10, 1.0),
+        MethodRun("rand", 0, 4.0, 0.1, 10, 1.0),
+        MethodRun("perfect", 0, 2.0, 1.0, 5, 1.0),
+        MethodRun("raise", 1, 3.0, 0.5, 10, 1.0),
+        MethodRun("rand", 1, 4.0, 0.1, 10, 1.0),
+        MethodRun("perfect", 1, 4.5, 1.0, 5, 1.0),
+    ]
     summary = summarize(DemoConfig(seeds=2), runs, 1.0, pool_share=0.1)
     gains = summary["methods"]["raise"]["oracle_gain_per_seed"]
     assert gains[0] == 0.5 and math.isnan(gains[1])

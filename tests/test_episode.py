@@ -51,13 +51,14 @@ def test_both_policies_meet_the_episode_contract():
 def test_choice_of_an_action_and_of_a_random_step():
     static = StaticState.from_features(synthetic_features(40, sem_dim=3, classes=4))
     policy = RaisePolicy(static, PolicyConfig(per_class=2))
-    action = policy.act(-2.0, 0.0, torch.zeros(40, dtype=torch.int64), explore=True,
-                        generator=torch.Generator().manual_seed(0))
+    action = policy.act(
+        -2.0, 0.0, torch.zeros(40, dtype=torch.int64), explore=True, generator=torch.Generator().manual_seed(0)
+    )
     choice = Choice.of_action(action)
     assert choice.indices == tuple(action.indices.tolist()) and choice.scores == tuple(action.scores.tolist())
     assert (choice.log_prob, choice.value) == (action.log_prob, action.value)
     assert choice.item_log_prob == tuple(action.item_log_prob.tolist())
-    assert pickle.loads(pickle.dumps(choice)) == choice                  # what a broadcast to other processes does
+    assert pickle.loads(pickle.dumps(choice)) == choice  # what a broadcast to other processes does
     with pytest.raises(dataclasses.FrozenInstanceError):
         choice.indices = (0,)
     rand = Choice.random(40, 8, torch.Generator().manual_seed(5))
@@ -75,10 +76,21 @@ def test_run_episode_follows_the_policy_and_writes_the_selection_records():
     policy, replay = RaisePolicy(static, cfg), RaisePolicy(static, cfg)
     pool = Pool(SimpleNamespace(id=f"{i:016x}") for i in range(n))
     trainer, records, buffer = StandInTrainer(), [], RolloutBuffer()
-    perf = lambda model: -2.0 + 0.25 * model   # noqa: E731 (P after `model` steps)
-    result = run_episode(trainer, perf, policy, pool, steps, select_every=2, explore=True,
-                         generator=torch.Generator().manual_seed(11), p0=-2.0, where="test",
-                         on_step=lambda metrics, selection: records.append(selection), buffer=buffer)
+    perf = lambda model: -2.0 + 0.25 * model  # noqa: E731 (P after `model` steps)
+    result = run_episode(
+        trainer,
+        perf,
+        policy,
+        pool,
+        steps,
+        select_every=2,
+        explore=True,
+        generator=torch.Generator().manual_seed(11),
+        p0=-2.0,
+        where="test",
+        on_step=lambda metrics, selection: records.append(selection),
+        buffer=buffer,
+    )
 
     gen, counts, expected = torch.Generator().manual_seed(11), torch.zeros(n, dtype=torch.int64), []
     for t in range(1, steps + 1):

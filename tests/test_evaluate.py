@@ -35,8 +35,8 @@ def _reference_accuracy(model_dir: Path, docs: list[dict], max_length: int) -> f
         for letter in LETTERS[: len(doc["choices"])]:
             ctx = tok(context, add_special_tokens=False)["input_ids"]
             whole = tok(context + " " + letter, add_special_tokens=False)["input_ids"]
-            cont = whole[len(ctx):]
-            tokens = (ctx + cont)[-(max_length + 1):]
+            cont = whole[len(ctx) :]
+            tokens = (ctx + cont)[-(max_length + 1) :]
             with torch.no_grad():
                 logp = torch.log_softmax(model(torch.tensor([tokens[:-1]])).logits[0].float(), -1)
             positions = range(len(tokens) - 1 - len(cont), len(tokens) - 1)
@@ -49,11 +49,30 @@ def test_every_local_task_end_to_end_with_a_tiny_model(shared_data, tiny_model_d
     from raise_select.cli.main import app
 
     out = tmp_path / "eval"
-    result = CliRunner().invoke(app, [
-        "evaluate", "--model", str(tiny_model_dir), "--tasks", ",".join(ALL_TASKS), "--data-dir", str(shared_data),
-        "--num-fewshot", "0", "--limit", str(LIMIT), "--batch-size", "4", "--device", "cpu", "--out", str(out),
-        "--set", "max_gen_toks=8",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model_dir),
+            "--tasks",
+            ",".join(ALL_TASKS),
+            "--data-dir",
+            str(shared_data),
+            "--num-fewshot",
+            "0",
+            "--limit",
+            str(LIMIT),
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--set",
+            "max_gen_toks=8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())["tasks"]
     assert list(metrics) == ALL_TASKS
@@ -87,7 +106,8 @@ class _OracleLM:
             def generate_until(self, requests, disable_tqdm=False):
                 # thousands commas in the generated number must not matter
                 return [
-                    f"{r.doc['rationale']}\nThe answer is {int(r.doc['answer']) + (0 if right else 1):,}." for r in requests
+                    f"{r.doc['rationale']}\nThe answer is {int(r.doc['answer']) + (0 if right else 1):,}."
+                    for r in requests
                 ]
 
         return Oracle()

@@ -12,15 +12,25 @@ from raise_select.training.export import export_chosen, read_selections
 
 
 def _sharegpt_pool(path, n=12):
-    rows = [{"conversations": [{"from": "human", "value": f"question {i}"}, {"from": "gpt", "value": f"answer {i}"}],
-             "extra": i} for i in range(n)]
+    rows = [
+        {
+            "conversations": [{"from": "human", "value": f"question {i}"}, {"from": "gpt", "value": f"answer {i}"}],
+            "extra": i,
+        }
+        for i in range(n)
+    ]
     path.write_text(json.dumps(rows), encoding="utf-8")
     return path
 
 
 def _alpaca_pool(path, n=12):
-    path.write_text("".join(json.dumps({"instruction": f"do {i}", "input": f"x{i}" if i % 2 else "", "output": f"y{i}"}) + "\n"
-                            for i in range(n)), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps({"instruction": f"do {i}", "input": f"x{i}" if i % 2 else "", "output": f"y{i}"}) + "\n"
+            for i in range(n)
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -29,8 +39,16 @@ def _log(path, pool, steps, rng, batch=3, random_every=0):
     lines = []
     for t in range(1, steps + 1):
         idx = rng.sample(range(len(pool)), batch)
-        lines.append({"step": t, "ids": [pool.examples[i].id for i in idx], "indices": idx, "scores": [0.0] * batch,
-                      "classes": [0] * batch, "random": bool(random_every) and t % random_every == 0})
+        lines.append(
+            {
+                "step": t,
+                "ids": [pool.examples[i].id for i in idx],
+                "indices": idx,
+                "scores": [0.0] * batch,
+                "classes": [0] * batch,
+                "random": bool(random_every) and t % random_every == 0,
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
     return lines
 
@@ -95,8 +113,10 @@ def test_a_log_whose_last_line_a_crash_cut_is_read_without_it_and_a_damaged_midd
     whole = log.read_text()
     log.write_text(whole + json.dumps(dict(lines[0], step=5))[:25])  # step 5's line, cut mid-write
     assert [r["step"] for r in read_selections(log)] == [1, 2, 3, 4]
-    result = CliRunner().invoke(app, ["select", "--run", str(log), "--pool", str(tmp_path / "pool.jsonl"),
-                                      "--out", str(tmp_path / "chosen.jsonl")])
+    result = CliRunner().invoke(
+        app,
+        ["select", "--run", str(log), "--pool", str(tmp_path / "pool.jsonl"), "--out", str(tmp_path / "chosen.jsonl")],
+    )
     assert result.exit_code == 0, result.output
     assert load_pool(tmp_path / "chosen.jsonl").ids == list(_reference(lines))
     log.write_text(whole.replace("\n", "\n{oops\n", 1))
@@ -112,7 +132,9 @@ def test_bad_logs_and_foreign_ids_are_refused(tmp_path):
     pool = load_pool(_alpaca_pool(tmp_path / "pool.jsonl"))
     log = tmp_path / "selections.jsonl"
     log.write_text(json.dumps({"step": 1, "ids": ["0123456789abcdef"]}) + "\n")
-    with pytest.raises(UserError, match=r"selections.jsonl, row 0, field 'ids': example 0123456789abcdef is not in the pool"):
+    with pytest.raises(
+        UserError, match=r"selections.jsonl, row 0, field 'ids': example 0123456789abcdef is not in the pool"
+    ):
         export_chosen(pool, log, tmp_path / "out.jsonl")
     log.write_text('{"step": 1, "ids": []}\n{"ids": []}\n')
     with pytest.raises(UserError, match=r"row 1, field 'step'"):

@@ -8,8 +8,13 @@ from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
 def make_table(ids, meta=None):
     n = len(ids)
     cols = {c: np.arange(n, dtype=np.float64) + k for k, c in enumerate(FEATURE_COLUMNS)}
-    return FeatureTable(ids=list(ids), columns=cols, sem=np.arange(n * 2, dtype=np.float32).reshape(n, 2),
-                        cluster=np.array([0, 1, 0][:n]), meta=meta or {})
+    return FeatureTable(
+        ids=list(ids),
+        columns=cols,
+        sem=np.arange(n * 2, dtype=np.float32).reshape(n, 2),
+        cluster=np.array([0, 1, 0][:n]),
+        meta=meta or {},
+    )
 
 
 def test_round_trip_and_align_reorders_every_column(tmp_path):

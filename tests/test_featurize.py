@@ -27,7 +27,11 @@ def _text(n, shift):
 
 
 ROWS = [
-    {"instruction": f"Name {_text(3 + i % 4, i)}.", "input": _text(i % 3 * 4, i + 1), "output": _text(2 + (7 * i) % 23, i + 2)}
+    {
+        "instruction": f"Name {_text(3 + i % 4, i)}.",
+        "input": _text(i % 3 * 4, i + 1),
+        "output": _text(2 + (7 * i) % 23, i + 2),
+    }
     for i in range(13)
 ] + [{"instruction": "Say nothing.", "input": "", "output": "  "}]  # empty response: skipped by the loader
 
@@ -40,7 +44,9 @@ def pool_file(tmp_path):
 
 
 def make_cfg(pool_file, model_dir, out, **kw):
-    base = dict(pool=str(pool_file), model=str(model_dir), out=str(out), shard_size=5, batch_size=3, classes=3, sem_dim=8)
+    base = dict(
+        pool=str(pool_file), model=str(model_dir), out=str(out), shard_size=5, batch_size=3, classes=3, sem_dim=8
+    )
     return FeaturizeConfig(**{**base, **kw})
 
 
@@ -55,7 +61,7 @@ def reference(model, tok, example, max_length):
         r = r[: budget - keep_p]
     else:
         keep_p = min(len(p), budget - len(r))
-    p = p[len(p) - keep_p:]
+    p = p[len(p) - keep_p :]
 
     def score(seq, first):
         with torch.no_grad():
@@ -167,6 +173,7 @@ def test_timing_log_counts_every_shard_once_across_resumes(pool_file, tiny_model
     with open(out / "timing.jsonl", "a") as f:
         f.write('{"shard_set": "x", "sha')
     from raise_select.features.featurize import timing_summary
+
     assert timing_summary(out, lines[0]["shard_set"] + "0" * 48, 3)["shards_timed"] == 3
     assert timing_summary(out, "f" * 64, 3)["shards_timed"] == 0  # other inputs' shards: passed over
 
@@ -244,8 +251,13 @@ def test_bad_inputs_raise_user_errors(pool_file, tiny_model_dir, tmp_path):
 
 def test_real_alpaca_slice(shared_data, tiny_model_dir, tmp_path):
     cfg = FeaturizeConfig(
-        pool=str(shared_data / "alpaca" / "alpaca_data.json"), limit=40, model=str(tiny_model_dir),
-        out=str(tmp_path / "out"), shard_size=16, batch_size=16, classes=4,
+        pool=str(shared_data / "alpaca" / "alpaca_data.json"),
+        limit=40,
+        model=str(tiny_model_dir),
+        out=str(tmp_path / "out"),
+        shard_size=16,
+        batch_size=16,
+        classes=4,
     )
     table = featurize(cfg)
     assert len(table) == 40 and table.meta["counts"]["pool_examples"] == 40
@@ -258,24 +270,73 @@ def test_cli_with_config_overrides_and_errors(pool_file, tiny_model_dir, tmp_pat
     from raise_select.cli.main import app
 
     config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump({"featurize": {"pool": str(pool_file), "model": str(tiny_model_dir), "classes": 4, "sem_dim": 16}}))
+    config.write_text(
+        yaml.safe_dump(
+            {"featurize": {"pool": str(pool_file), "model": str(tiny_model_dir), "classes": 4, "sem_dim": 16}}
+        )
+    )
     runner = CliRunner()
-    res = runner.invoke(app, ["featurize", "--config", str(config), "--set", "featurize.classes=2", "--out", str(tmp_path / "out"), "--shard-size", "4"])
+    res = runner.invoke(
+        app,
+        [
+            "featurize",
+            "--config",
+            str(config),
+            "--set",
+            "featurize.classes=2",
+            "--out",
+            str(tmp_path / "out"),
+            "--shard-size",
+            "4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "13 examples featurized" in res.output
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["classes"] == 2 and meta["sem_dim"] == 16 and meta["shards"]["count"] == 4
     assert (tmp_path / "out" / "featurize.log").is_file()
 
-    res = runner.invoke(app, ["featurize", "--pool", str(tmp_path / "nope.json"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")])
+    res = runner.invoke(
+        app,
+        [
+            "featurize",
+            "--pool",
+            str(tmp_path / "nope.json"),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert res.exit_code == 2 and "nope.json" in res.output and "Traceback" not in res.output
 
 
 def test_two_processes_match_one(pool_file, tiny_model_dir, tmp_path):
     """`torchrun` (what `accelerate launch` runs) with 2 CPU processes, each writing its own shards."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "raise_select.cli.main",
-           "featurize", "--pool", str(pool_file), "--model", str(tiny_model_dir), "--shard-size", "5",
-           "--batch-size", "3", "--classes", "3", "--sem-dim", "8", "--out", str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "raise_select.cli.main",
+        "featurize",
+        "--pool",
+        str(pool_file),
+        "--model",
+        str(tiny_model_dir),
+        "--shard-size",
+        "5",
+        "--batch-size",
+        "3",
+        "--classes",
+        "3",
+        "--sem-dim",
+        "8",
+        "--out",
+        str(tmp_path / "two"),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     threads = torch.get_num_threads()
@@ -303,10 +364,13 @@ def test_failed_compile_is_one_clear_error(pool_file, tiny_model_dir, tmp_path, 
     def broken(*_, **__):
         def run(**___):
             raise torch._dynamo.exc.TorchDynamoException("C++ compiler not found")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
-    with pytest.raises(UserError, match="torch.compile of the model failed.*C\\+\\+ compiler not found.*without --compile"):
+    with pytest.raises(
+        UserError, match="torch.compile of the model failed.*C\\+\\+ compiler not found.*without --compile"
+    ):
         featurize(make_cfg(pool_file, tiny_model_dir, tmp_path / "o", compile=True))
 
 

@@ -20,7 +20,9 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
-    rows = [{"instruction": f"What is {i} plus 7?", "input": "", "output": f"The answer is {i + 7}."} for i in range(16)]
+    rows = [
+        {"instruction": f"What is {i} plus 7?", "input": "", "output": f"The answer is {i + 7}."} for i in range(16)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return load_pool(path)
 
@@ -47,12 +49,31 @@ def _trainer(cls, tiny_model_dir, pool, policy, out, validator=None, **overrides
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    args = dict(output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                learning_rate=1e-2, report_to="none", save_strategy="no", logging_steps=1, max_length=128,
-                use_cpu=True, disable_tqdm=True, seed=0)
+    args = dict(
+        output_dir=str(out),
+        max_steps=STEPS,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        max_length=128,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
     args.update(overrides)
-    return cls(model=model, processing_class=tok, args=SFTConfig(**args), train_dataset=pool_dataset(pool),
-               raise_policy=policy, raise_validator=validator, raise_eval_every=1, raise_ids=pool.ids)
+    return cls(
+        model=model,
+        processing_class=tok,
+        args=SFTConfig(**args),
+        train_dataset=pool_dataset(pool),
+        raise_policy=policy,
+        raise_validator=validator,
+        raise_eval_every=1,
+        raise_ids=pool.ids,
+    )
 
 
 def test_sft_trainer_trains_on_the_batches_the_policy_chose(tiny_model_dir, pool, policy, tmp_path):
@@ -78,7 +99,7 @@ def test_sft_trainer_trains_on_the_batches_the_policy_chose(tiny_model_dir, pool
     row_of = {tuple(ids): r for r, ids in enumerate(trainer.train_dataset["input_ids"])}
     assert len(row_of) == len(pool)
     rows = [row_of[tuple(ids)] for batch in trained_on for ids in batch]
-    steps_trained = [rows[k:k + 4] for k in range(0, len(rows), 4)]
+    steps_trained = [rows[k : k + 4] for k in range(0, len(rows), 4)]
     assert len(steps_trained) == STEPS == trainer.state.global_step
     assert steps_trained == [h["indices"] for h in sampler.history[:STEPS]]
 

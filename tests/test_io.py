@@ -31,10 +31,10 @@ def test_jsonl_rows_skip_blank_lines_and_drop_a_last_line_cut_by_a_crash(tmp_pat
     log = tmp_path / "log.jsonl"
     append_jsonl(log, {"k": 0})
     with open(log, "a") as f:
-        f.write("\n")                  # a blank line: skipped, but it counts as a row
+        f.write("\n")  # a blank line: skipped, but it counts as a row
     append_jsonl(log, {"k": 2})
     with open(log, "a") as f:
-        f.write('{"k": 3, "cut')        # a line cut short mid-write by a crash
+        f.write('{"k": 3, "cut')  # a line cut short mid-write by a crash
     assert read_jsonl_rows(log) == [(0, {"k": 0}), (2, {"k": 2})]
     assert read_jsonl(log) == [{"k": 0}, {"k": 2}]
     log.write_text('{"k": 0}\n\n[1, 2]\n{"k": 3}\n')

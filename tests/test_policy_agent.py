@@ -9,8 +9,19 @@ import pytest
 import torch
 
 from raise_select.errors import UserError
-from raise_select.policy import (PolicyConfig, RaisePolicy, RolloutBuffer, StaticState, actor_loss,
-                                 class_log_prob, class_log_softmax, critic_features, critic_loss, fuse_state, gae)
+from raise_select.policy import (
+    PolicyConfig,
+    RaisePolicy,
+    RolloutBuffer,
+    StaticState,
+    actor_loss,
+    class_log_prob,
+    class_log_softmax,
+    critic_features,
+    critic_loss,
+    fuse_state,
+    gae,
+)
 from test_policy_state import synthetic_features
 
 
@@ -40,13 +51,13 @@ def test_buffer_rebuilds_counts_exactly():
     buf, seen = _rollout(policy, 6, seed=0)
     for t, counts in enumerate(seen):
         assert torch.equal(buf.counts_before(t, len(policy.static)), counts)
-    assert buf.nbytes() < 6 * (2 * 8 * 8 + 64)   # indices + per-row log-probs + scalars per step, nothing of size N
+    assert buf.nbytes() < 6 * (2 * 8 * 8 + 64)  # indices + per-row log-probs + scalars per step, nothing of size N
 
 
 def test_buffer_counts_random_batches_of_select_every():
     buf = RolloutBuffer()
     buf.add(0.0, 0.0, torch.tensor([0, 1]), -1.0, 0.0, 0.5)
-    buf.add_counted(torch.tensor([1, 2]))      # a random step between two policy steps
+    buf.add_counted(torch.tensor([1, 2]))  # a random step between two policy steps
     buf.add_reward(0.25)
     buf.add(0.0, 0.5, torch.tensor([3, 1]), -1.0, 0.0, 0.1)
     assert len(buf) == 2 and buf.reward == [0.75, 0.1]
@@ -61,11 +72,11 @@ def test_act_top_b_and_log_prob():
     policy = RaisePolicy(static, PolicyConfig(per_class=2))
     counts = torch.zeros(len(static), dtype=torch.int64)
     greedy = policy.act(-2.0, 0.0, counts, explore=False)
-    scores = policy.actor(fuse_state(static, 0.0, 0.0, counts)).detach()   # stage is relative to P(M_0) = -2
+    scores = policy.actor(fuse_state(static, 0.0, 0.0, counts)).detach()  # stage is relative to P(M_0) = -2
     assert greedy.indices.numel() == 8
     torch.testing.assert_close(greedy.scores, scores[greedy.indices])
     assert greedy.log_prob == pytest.approx(class_log_prob(scores, static.classes, 4, greedy.indices).item(), abs=1e-5)
-    for c in range(4):   # top-2 of every class
+    for c in range(4):  # top-2 of every class
         members = (static.classes == c).nonzero().squeeze(1)
         best = set(members[scores[members].argsort(descending=True)[:2]].tolist())
         assert best <= set(greedy.indices.tolist())
@@ -90,8 +101,9 @@ def test_nan_reward_is_refused():
 def test_update_matches_reference_on_fused_states():
     """One epoch, one minibatch: the split/accumulated update equals plain autograd on fuse_state."""
     static = _static(n=60)
-    cfg = PolicyConfig(per_class=2, ppo_epochs=1, normalize_advantages=False, seed=3,
-                       ratio="product", advantage="gae", gamma=0.99)   # the paper's form
+    cfg = PolicyConfig(
+        per_class=2, ppo_epochs=1, normalize_advantages=False, seed=3, ratio="product", advantage="gae", gamma=0.99
+    )  # the paper's form
     policy = RaisePolicy(static, cfg)
     buf, seen = _rollout(policy, 5, seed=1)
     reference = copy.deepcopy(policy)
@@ -99,9 +111,17 @@ def test_update_matches_reference_on_fused_states():
 
     data = buf.tensors()
     adv, returns = gae(data["reward"], data["value"], 0.0, cfg.gamma, cfg.lam)
-    new_lp = torch.stack([
-        class_log_prob(reference.actor(fuse_state(static, buf.perf_prev[t] + 2.0, buf.progress[t], seen[t])),
-                       static.classes, static.num_classes, buf.chosen(t)) for t in range(len(buf))])
+    new_lp = torch.stack(
+        [
+            class_log_prob(
+                reference.actor(fuse_state(static, buf.perf_prev[t] + 2.0, buf.progress[t], seen[t])),
+                static.classes,
+                static.num_classes,
+                buf.chosen(t),
+            )
+            for t in range(len(buf))
+        ]
+    )
     a_loss = actor_loss(new_lp.double() - data["old_log_prob"], adv, cfg.clip)
     reference.actor_opt.zero_grad()
     a_loss.backward()
@@ -115,14 +135,23 @@ def test_update_matches_reference_on_fused_states():
     assert stats["actor_loss"] == pytest.approx(a_loss.item(), abs=1e-6)
     assert stats["critic_loss"] == pytest.approx(c_loss.item(), rel=1e-5)
     # approx_kl: E[(r - 1) - log r] per chosen row between the acting actor and the updated one
-    log_r = torch.cat([
-        class_log_softmax(reference.actor(fuse_state(static, buf.perf_prev[t] + 2.0, buf.progress[t], seen[t])),
-                          static.classes, static.num_classes)[buf.chosen(t)].double() - buf.item_log_prob[t]
-        for t in range(len(buf))]).detach()
+    log_r = torch.cat(
+        [
+            class_log_softmax(
+                reference.actor(fuse_state(static, buf.perf_prev[t] + 2.0, buf.progress[t], seen[t])),
+                static.classes,
+                static.num_classes,
+            )[buf.chosen(t)].double()
+            - buf.item_log_prob[t]
+            for t in range(len(buf))
+        ]
+    ).detach()
     assert stats["approx_kl"] == pytest.approx(float(((log_r.exp() - 1) - log_r).mean()), rel=1e-4, abs=1e-9)
     assert stats["approx_kl"] > 0
-    for mine, ref in zip([*policy.actor.parameters(), *policy.critic.parameters()],
-                         [*reference.actor.parameters(), *reference.critic.parameters()]):
+    for mine, ref in zip(
+        [*policy.actor.parameters(), *policy.critic.parameters()],
+        [*reference.actor.parameters(), *reference.critic.parameters()],
+    ):
         torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-5)
 
 
@@ -132,9 +161,14 @@ def test_save_load_round_trip(tmp_path):
     buf, _ = _rollout(policy, 4, seed=0)
     policy.update(buf)
     policy.save(tmp_path / "policy")
-    assert {p.name for p in (tmp_path / "policy").iterdir()} == {"actor.safetensors", "critic.safetensors", "policy.json"}
-    restored_static = StaticState.from_features(synthetic_features(120, sem_dim=3, classes=4),
-                                                RaisePolicy.read_normalizer(tmp_path / "policy"))
+    assert {p.name for p in (tmp_path / "policy").iterdir()} == {
+        "actor.safetensors",
+        "critic.safetensors",
+        "policy.json",
+    }
+    restored_static = StaticState.from_features(
+        synthetic_features(120, sem_dim=3, classes=4), RaisePolicy.read_normalizer(tmp_path / "policy")
+    )
     loaded = RaisePolicy.load(tmp_path / "policy", restored_static)
     counts = torch.randint(0, 3, (120,))
     assert torch.equal(loaded.scores(-1.9, 0.4, counts), policy.scores(-1.9, 0.4, counts))
@@ -196,10 +230,17 @@ def test_per_item_update_with_step_baseline_matches_reference_on_fused_states():
     """ratio = per_item, advantage = step_baseline: one clipped ratio per chosen row with the
     step's advantage R_t - b_t (gamma 0), against plain autograd on fuse_state."""
     static = _static(n=60)
-    cfg = PolicyConfig(per_class=2, ppo_epochs=1, normalize_advantages=False, seed=3, gamma=0.0,
-                       ratio="per_item", advantage="step_baseline")
+    cfg = PolicyConfig(
+        per_class=2,
+        ppo_epochs=1,
+        normalize_advantages=False,
+        seed=3,
+        gamma=0.0,
+        ratio="per_item",
+        advantage="step_baseline",
+    )
     policy = RaisePolicy(static, cfg)
-    policy.observe_episode([0.5, 0.2, 0.1, 0.0, -0.1])          # a reference episode of 5 steps
+    policy.observe_episode([0.5, 0.2, 0.1, 0.0, -0.1])  # a reference episode of 5 steps
     buf, seen = _rollout(policy, 5, seed=1)
     reference = copy.deepcopy(policy)
     stats = policy.update(buf)
@@ -207,8 +248,11 @@ def test_per_item_update_with_step_baseline_matches_reference_on_fused_states():
     adv = torch.tensor(buf.reward, dtype=torch.float64) - torch.tensor([0.5, 0.2, 0.1, 0.0, -0.1], dtype=torch.float64)
     losses = []
     for t in range(len(buf)):
-        log_p = class_log_softmax(reference.actor(fuse_state(static, buf.perf_prev[t] + 2.0, buf.progress[t], seen[t])),
-                                  static.classes, static.num_classes)[buf.chosen(t)].double()
+        log_p = class_log_softmax(
+            reference.actor(fuse_state(static, buf.perf_prev[t] + 2.0, buf.progress[t], seen[t])),
+            static.classes,
+            static.num_classes,
+        )[buf.chosen(t)].double()
         ratio = (log_p - buf.item_log_prob[t]).exp()
         # eq. 12 per row, written out: -min(r A, clip(r) A), averaged over the rows of the step
         surrogate = torch.minimum(ratio * adv[t], ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv[t])
@@ -249,8 +293,10 @@ def test_use_rule_sample_draws_and_topk_is_greedy():
     sampled.actor.load_state_dict(greedy.actor.state_dict())
     top = greedy.use(-2.0, 0.5, counts).indices
     assert torch.equal(top, greedy.act(-2.0, 0.5, counts, explore=False).indices)
-    draws = {tuple(sampled.use(-2.0, 0.5, counts, generator=torch.Generator().manual_seed(s)).indices.tolist())
-             for s in range(5)}
+    draws = {
+        tuple(sampled.use(-2.0, 0.5, counts, generator=torch.Generator().manual_seed(s)).indices.tolist())
+        for s in range(5)
+    }
     assert len(draws) > 1
 
 
@@ -268,9 +314,11 @@ def test_default_policy_learns_a_rare_good_family_despite_a_time_trend():
     def run(cfg: PolicyConfig, seed: int) -> float:
         policy = RaisePolicy(static, cfg)
         noise = torch.Generator().manual_seed(100 + seed)
-        trend = [0.3 * 0.9 ** t for t in range(steps)]
-        reward = lambda t, idx: trend[t] + 0.02 * good[idx].float().mean().item() + 0.003 * torch.randn(1, generator=noise).item()
-        policy.observe_episode([trend[t] + 0.02 * 0.15 for t in range(steps)])   # what a random episode gives
+        trend = [0.3 * 0.9**t for t in range(steps)]
+        reward = lambda t, idx: (
+            trend[t] + 0.02 * good[idx].float().mean().item() + 0.003 * torch.randn(1, generator=noise).item()
+        )
+        policy.observe_episode([trend[t] + 0.02 * 0.15 for t in range(steps)])  # what a random episode gives
         share = 0.0
         for k in range(rounds):
             gen = torch.Generator().manual_seed(1000 * seed + k)
@@ -297,7 +345,7 @@ def test_target_kl_stops_after_the_epoch_that_crosses_it():
     static = _static(n=60)
     base = PolicyConfig(per_class=2, ppo_epochs=6, minibatches=2, ratio="per_item", seed=2)
     buf, _ = _rollout(RaisePolicy(static, base), 5, seed=3)
-    kl_after = []                     # the approximate KL after an update of E epochs, E = 1..6
+    kl_after = []  # the approximate KL after an update of E epochs, E = 1..6
     fixed = {}
     for epochs in range(1, 7):
         policy = RaisePolicy(static, replace(base, ppo_epochs=epochs))
@@ -307,7 +355,7 @@ def test_target_kl_stops_after_the_epoch_that_crosses_it():
         fixed[epochs] = policy
     target = (kl_after[1] + kl_after[2]) / 2
     expected = next((e + 1 for e, kl in enumerate(kl_after) if kl > target), 6)
-    assert 1 < expected < 6            # the threshold falls inside the run, not at either end
+    assert 1 < expected < 6  # the threshold falls inside the run, not at either end
     policy = RaisePolicy(static, replace(base, target_kl=target))
     stats = policy.update(buf)
     assert stats["ppo_epochs_done"] == expected
@@ -342,8 +390,9 @@ def test_clip_fraction_and_entropy_by_hand():
             log_p = class_log_softmax(one_epoch.actor(fused(t)), static.classes, static.num_classes)[buf.chosen(t)]
             ratio = (log_p.double() - buf.item_log_prob[t]).exp()
             shares.append(((ratio - 1).abs() > cfg.clip).double().mean().item())
-        entropy = sum(class_entropy(acting(fused(t)), static.classes, static.num_classes).item()
-                      for t in range(len(buf))) / len(buf)
+        entropy = sum(
+            class_entropy(acting(fused(t)), static.classes, static.num_classes).item() for t in range(len(buf))
+        ) / len(buf)
     clip_fraction = sum(shares) / len(shares)
     assert 0 < clip_fraction < 1
     assert stats["clip_fraction"] == pytest.approx(clip_fraction, abs=1e-12)
@@ -361,7 +410,7 @@ def test_cached_projection_follows_every_weight_change():
         with torch.no_grad():
             return p.actor(fuse_state(static, 0.1, 0.4, counts))
 
-    policy.scores(-2.0, 0.0, counts)                                                # P(M_0) = -2; fills the cache
+    policy.scores(-2.0, 0.0, counts)  # P(M_0) = -2; fills the cache
     torch.testing.assert_close(policy.scores(-1.9, 0.4, counts), fresh(policy))
     policy.update(_rollout(policy, 4, seed=0)[0])
     torch.testing.assert_close(policy.scores(-1.9, 0.4, counts), fresh(policy))
@@ -369,5 +418,5 @@ def test_cached_projection_follows_every_weight_change():
     copied = copy.deepcopy(policy)
     copied.actor.load_state_dict(other.actor.state_dict())
     torch.testing.assert_close(copied.scores(-1.9, 0.4, counts), fresh(other))
-    torch.testing.assert_close(policy.scores(-1.9, 0.4, counts), fresh(policy))    # the original keeps its own
+    torch.testing.assert_close(policy.scores(-1.9, 0.4, counts), fresh(policy))  # the original keeps its own
     assert not torch.allclose(fresh(policy), fresh(other))

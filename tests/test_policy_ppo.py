@@ -21,13 +21,15 @@ def test_gae_hand_computed():
 
 
 def _gae_loop(rewards, values, last_value, gamma, lam):
-    """Eq. 8 literally: Adv_t = sum_{l=0}^{T-t-1} (gamma lam)^l delta_{t+l}."""
+    """Eq. 8 literally: Adv_t = sum_{k=0}^{T-t-1} (gamma lam)^k delta_{t+k}."""
     r, v = rewards.tolist(), values.tolist()
     steps = len(r)
     nxt = v[1:] + [last_value]
     delta = [r[t] + gamma * nxt[t] - v[t] for t in range(steps)]
-    adv = [sum((gamma * lam) ** l * delta[t + l] for l in range(steps - t)) for t in range(steps)]
-    return torch.tensor(adv, dtype=torch.float64), torch.tensor([v[t] + adv[t] for t in range(steps)], dtype=torch.float64)
+    adv = [sum((gamma * lam) ** k * delta[t + k] for k in range(steps - t)) for t in range(steps)]
+    return torch.tensor(adv, dtype=torch.float64), torch.tensor(
+        [v[t] + adv[t] for t in range(steps)], dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("gamma,lam", [(0.99, 1.0), (0.9, 0.95), (0.0, 1.0), (1.0, 0.5)])
@@ -82,7 +84,8 @@ def test_class_log_prob_equals_product_of_eq11():
         classes[:num_classes] = torch.arange(num_classes)
         chosen = torch.randperm(n, generator=g)[:8]
         assert class_log_prob(scores, classes, num_classes, chosen).item() == pytest.approx(
-            _eq11_loop(scores, classes, num_classes, chosen), abs=1e-10)
+            _eq11_loop(scores, classes, num_classes, chosen), abs=1e-10
+        )
     # Large scores stay finite (log-space), and an empty class does not matter.
     scores = torch.tensor([1000.0, 999.0, -1000.0])
     classes = torch.tensor([0, 0, 2])
@@ -96,7 +99,9 @@ def test_class_log_prob_gradient_is_that_of_the_softmax():
     class_log_prob(scores, classes, 2, torch.tensor([0, 3])).backward()
     p0 = torch.softmax(scores.detach()[:2], 0)
     p1 = torch.softmax(scores.detach()[2:], 0)
-    expected = torch.cat([torch.tensor([1.0, 0.0], dtype=torch.float64) - p0, torch.tensor([0.0, 1.0], dtype=torch.float64) - p1])
+    expected = torch.cat(
+        [torch.tensor([1.0, 0.0], dtype=torch.float64) - p0, torch.tensor([0.0, 1.0], dtype=torch.float64) - p1]
+    )
     torch.testing.assert_close(scores.grad, expected)
 
 
@@ -104,5 +109,5 @@ def test_class_entropy_is_the_mean_class_entropy():
     scores = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 5.0])
     classes = torch.tensor([0, 0, 0, 0, 2, 2])
     p = torch.softmax(torch.tensor([1.0, 5.0]), 0)
-    expected = (math.log(4) + float(-(p * p.log()).sum())) / 2   # class 1 is empty
+    expected = (math.log(4) + float(-(p * p.log()).sum())) / 2  # class 1 is empty
     assert class_entropy(scores, classes, 3).item() == pytest.approx(expected, abs=1e-6)

@@ -62,7 +62,9 @@ def test_round_zero_scores_are_the_closed_form_and_rank_each_class_by_the_prior(
         scores = policy.scores(perf, progress, counts)
         assert scores.detach().numpy() == pytest.approx(2.5 * np.tanh(z), abs=1e-6)
         # The materialised path (eq. 6 + F_theta) agrees with the cached projection.
-        assert policy.actor(fuse_state(static, perf, progress, counts)).detach().numpy() == pytest.approx(2.5 * np.tanh(z), abs=1e-6)
+        assert policy.actor(fuse_state(static, perf, progress, counts)).detach().numpy() == pytest.approx(
+            2.5 * np.tanh(z), abs=1e-6
+        )
     policy.cfg = replace(policy.cfg, use_rule="topk")
     chosen = policy.use(-2.0, 0.0, counts).indices.tolist()
     classes = static.classes.numpy()
@@ -111,20 +113,33 @@ def rds_setup(tmp_path_factory, tiny_model_dir):
     from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
 
     root = tmp_path_factory.mktemp("prior")
-    rows = [{"instruction": f"What is {i} plus {i + 1}?" if i % 2 else f"Name animal number {i}.", "input": "",
-             "output": f"The answer is {2 * i + 1}." if i % 2 else "A cat."} for i in range(24)]
+    rows = [
+        {
+            "instruction": f"What is {i} plus {i + 1}?" if i % 2 else f"Name animal number {i}.",
+            "input": "",
+            "output": f"The answer is {2 * i + 1}." if i % 2 else "A cat.",
+        }
+        for i in range(24)
+    ]
     (root / "pool.json").write_text(json.dumps(rows))
-    val = [{"instruction": "What is 3 plus 4?", "input": "", "output": "The answer is 7."},
-           {"instruction": "What is 10 plus 1?", "input": "", "output": "The answer is 11."}]
+    val = [
+        {"instruction": "What is 3 plus 4?", "input": "", "output": "The answer is 7."},
+        {"instruction": "What is 10 plus 1?", "input": "", "output": "The answer is 11."},
+    ]
     (root / "val.json").write_text(json.dumps(val))
     pool = load_pool(root / "pool.json")
     rng = np.random.default_rng(0)
     n = len(pool)
     columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
     columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
-    FeatureTable(ids=pool.ids, columns=columns, sem=rng.normal(size=(n, 4)).astype(np.float32),
-                 cluster=np.arange(n) % 3, meta={"classes": 3, "model": str(tiny_model_dir), "max_length": 64, "rds": {"pooling": "weighted_mean"}},
-                 rds=rds_vectors(str(tiny_model_dir), pool.examples, "alpaca", 64)).write(root / "features")
+    FeatureTable(
+        ids=pool.ids,
+        columns=columns,
+        sem=rng.normal(size=(n, 4)).astype(np.float32),
+        cluster=np.arange(n) % 3,
+        meta={"classes": 3, "model": str(tiny_model_dir), "max_length": 64, "rds": {"pooling": "weighted_mean"}},
+        rds=rds_vectors(str(tiny_model_dir), pool.examples, "alpaca", 64),
+    ).write(root / "features")
     return root, pool, load_pool(root / "val.json").examples
 
 
@@ -139,8 +154,10 @@ def test_rds_prior_matches_hand_computed_cosines(rds_setup, tiny_model_dir):
     table = FeatureTable.read(root / "features").align(pool.ids)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    vec = lambda exs: [slow_rds(model, [tok.bos_token_id, *e.prompt_ids, *e.response_ids]).numpy()  # noqa: E731
-                       for e in encode_examples(exs, tok, "alpaca", 64)]
+    vec = lambda exs: [
+        slow_rds(model, [tok.bos_token_id, *e.prompt_ids, *e.response_ids]).numpy()  # noqa: E731
+        for e in encode_examples(exs, tok, "alpaca", 64)
+    ]
     pv, vv = vec(pool.examples), vec(val)
     sim = np.array([np.mean([p @ v / np.linalg.norm(p) / np.linalg.norm(v) for v in vv]) for p in pv])
     expected = (sim - sim.mean()) / sim.std()
@@ -154,12 +171,32 @@ def test_train_policy_and_finetune_with_the_rds_prior(rds_setup, tiny_model_dir,
     from raise_select.training import FinetuneConfig, TrainPolicyConfig, finetune, train_policy
 
     root, pool, _ = rds_setup
-    cfg = TrainPolicyConfig(pool=str(root / "pool.json"), features=str(root / "features"), model=str(tiny_model_dir),
-                            val=str(root / "val.json"), out=str(tmp_path / "run"), rounds=1, steps=2, lr=1e-3,
-                            max_length=64, policy=PolicyConfig(per_class=1, prior="rds"))
+    cfg = TrainPolicyConfig(
+        pool=str(root / "pool.json"),
+        features=str(root / "features"),
+        model=str(tiny_model_dir),
+        val=str(root / "val.json"),
+        out=str(tmp_path / "run"),
+        rounds=1,
+        steps=2,
+        lr=1e-3,
+        max_length=64,
+        policy=PolicyConfig(per_class=1, prior="rds"),
+    )
     policy_dir = train_policy(cfg)
     meta = json.loads((policy_dir / "policy.json").read_text())
     assert meta["config"]["prior"] == "rds" and meta["dims"]["prior_dim"] == 1
-    out = finetune(FinetuneConfig(policy=str(policy_dir), pool=cfg.pool, features=cfg.features, model=cfg.model,
-                                  val=cfg.val, out=str(tmp_path / "ft"), steps=2, lr=1e-3, max_length=64))
+    out = finetune(
+        FinetuneConfig(
+            policy=str(policy_dir),
+            pool=cfg.pool,
+            features=cfg.features,
+            model=cfg.model,
+            val=cfg.val,
+            out=str(tmp_path / "ft"),
+            steps=2,
+            lr=1e-3,
+            max_length=64,
+        )
+    )
     assert out.is_dir()

@@ -33,7 +33,7 @@ def test_top_b_per_class_invariants():
 
 def test_short_class_gives_its_slots_to_the_best_remaining():
     scores = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.0, 9.0])
-    classes = torch.tensor([0, 0, 0, 0, 1, 1, 2])   # class 2 has one member, b = 2
+    classes = torch.tensor([0, 0, 0, 0, 1, 1, 2])  # class 2 has one member, b = 2
     idx = select_per_class(scores, classes, 3, per_class=2)
     assert idx.numel() == 6 and len(set(idx.tolist())) == 6
     # top-2 of each class: {0, 1}, {4, 5}, {6}; the free slot goes to the best remaining row (2)
@@ -44,7 +44,7 @@ def test_short_class_gives_its_slots_to_the_best_remaining():
 
 def test_empty_class_and_too_small_pool():
     scores = torch.arange(6, dtype=torch.float32)
-    classes = torch.tensor([0, 0, 0, 0, 2, 2])    # class 1 is empty
+    classes = torch.tensor([0, 0, 0, 0, 2, 2])  # class 1 is empty
     idx = select_per_class(scores, classes, 3, per_class=2, sample=True, generator=torch.Generator().manual_seed(3))
     assert idx.numel() == 6
     with pytest.raises(UserError, match="fewer than one batch"):
@@ -86,6 +86,6 @@ def test_sampling_frequencies_match_the_class_softmax():
         for _ in range(draws):
             hits[select_per_class(scores, classes, 2, b, sample=True, generator=g)] += 1
         expected = _inclusion_probabilities(scores[:4].tolist(), b) + _inclusion_probabilities(scores[4:].tolist(), b)
-        if b == 1:   # one draw per class is the class softmax of eq. 10
+        if b == 1:  # one draw per class is the class softmax of eq. 10
             torch.testing.assert_close(torch.tensor(expected[:4]), torch.softmax(scores[:4], 0))
         torch.testing.assert_close(hits / draws, torch.tensor(expected, dtype=torch.float32), atol=0.025, rtol=0)

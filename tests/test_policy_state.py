@@ -19,33 +19,40 @@ def synthetic_features(n: int, sem_dim: int = 4, classes: int = 4, seed: int = 0
     cols = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
     cols["len_prompt"] = rng.integers(1, 400, n).astype(np.float64)
     cols["len_response"] = rng.integers(1, 400, n).astype(np.float64)
-    return FeatureTable(ids=[f"{i:016x}" for i in range(n)], columns=cols,
-                        sem=rng.normal(size=(n, sem_dim)).astype(np.float32),
-                        cluster=rng.integers(0, classes, n).astype(np.int64), meta={"classes": classes})
+    return FeatureTable(
+        ids=[f"{i:016x}" for i in range(n)],
+        columns=cols,
+        sem=rng.normal(size=(n, sem_dim)).astype(np.float32),
+        cluster=rng.integers(0, classes, n).astype(np.int64),
+        meta={"classes": classes},
+    )
 
 
 def three_example_table() -> FeatureTable:
     cols = {c: np.zeros(3) for c in FEATURE_COLUMNS}
-    cols["len_prompt"] = np.array([0.0, math.e - 1, math.e ** 2 - 1])   # log1p -> 0, 1, 2
-    cols["len_response"] = np.array([3.0, 3.0, 3.0])                       # constant column
+    cols["len_prompt"] = np.array([0.0, math.e - 1, math.e**2 - 1])  # log1p -> 0, 1, 2
+    cols["len_response"] = np.array([3.0, 3.0, 3.0])  # constant column
     cols["logp_cond"] = np.array([-1.0, -2.0, -3.0])
     cols["logp_uncond"] = np.array([-2.0, -2.0, -5.0])
     sem = np.array([[2.0, -2.0], [2.0, 2.0], [-2.0, 2.0]], dtype=np.float32)  # RMS 2
-    return FeatureTable(ids=["a" * 16, "b" * 16, "c" * 16], columns=cols, sem=sem,
-                        cluster=np.array([0, 1, 1]), meta={"classes": 2})
+    return FeatureTable(
+        ids=["a" * 16, "b" * 16, "c" * 16], columns=cols, sem=sem, cluster=np.array([0, 1, 1]), meta={"classes": 2}
+    )
 
 
 def test_fuse_state_on_hand_made_table():
     static = StaticState.from_features(three_example_table())
     fused = fuse_state(static, perf_prev=-1.5, progress=0.25, counts=torch.tensor([0, 2, 1]))
-    s = math.sqrt(1.5)   # 1 / std of [0, 1, 2] (= sqrt(2/3))
+    s = math.sqrt(1.5)  # 1 / std of [0, 1, 2] (= sqrt(2/3))
     r2 = math.sqrt(0.5)  # deviations [1, 1, -2] / sqrt(2)
-    expected = torch.tensor([
-        # P_{t-1}, t/T, len(x), len(y), logP(y|x), logP(y), sem (2), log(1 + times selected)
-        [-1.5, 0.25, -s, 0.0, s, r2, 1.0, -1.0, 0.0],
-        [-1.5, 0.25, 0.0, 0.0, 0.0, r2, 1.0, 1.0, math.log(3.0)],
-        [-1.5, 0.25, s, 0.0, -s, -2 * r2, -1.0, 1.0, math.log(2.0)],
-    ])
+    expected = torch.tensor(
+        [
+            # P_{t-1}, t/T, len(x), len(y), logP(y|x), logP(y), sem (2), log(1 + times selected)
+            [-1.5, 0.25, -s, 0.0, s, r2, 1.0, -1.0, 0.0],
+            [-1.5, 0.25, 0.0, 0.0, 0.0, r2, 1.0, 1.0, math.log(3.0)],
+            [-1.5, 0.25, s, 0.0, -s, -2 * r2, -1.0, 1.0, math.log(2.0)],
+        ]
+    )
     assert fused.shape == (3, static.fused_dim) == (3, 2 + 4 + 2 + 1)
     torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
     assert static.classes.tolist() == [0, 1, 1] and static.num_classes == 2

@@ -41,10 +41,17 @@ def test_folder_loads_every_file_and_reports_duplicates(tmp_path):
 
 
 def test_sharegpt_multiturn_last_assistant_is_response(tmp_path):
-    rows = [{"conversations": [
-        {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"},
-        {"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}, {"from": "human", "value": "thanks"},
-    ]}]
+    rows = [
+        {
+            "conversations": [
+                {"from": "human", "value": "hi"},
+                {"from": "gpt", "value": "hello"},
+                {"from": "human", "value": "2+2?"},
+                {"from": "gpt", "value": "4"},
+                {"from": "human", "value": "thanks"},
+            ]
+        }
+    ]
     p = load_pool(write_jsonl(tmp_path / "s.jsonl", rows))
     ex = p.examples[0]
     assert p.format == "sharegpt"
@@ -56,7 +63,15 @@ def test_sharegpt_multiturn_last_assistant_is_response(tmp_path):
 def test_messages_format_and_chat_template(tmp_path, tiny_model_dir):
     from raise_select.models import load_tokenizer
 
-    rows = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "yo"},
+            ]
+        }
+    ]
     p = load_pool(write_jsonl(tmp_path / "m.jsonl", rows))
     tok = load_tokenizer(str(tiny_model_dir))
     text = render_prompt(p.examples[0].prompt_messages, "chat", tok)

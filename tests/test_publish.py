@@ -21,14 +21,27 @@ CLASSES = 3
 
 
 def _alpaca_pool(path, n=N):
-    path.write_text("".join(json.dumps({"instruction": f"do {i}", "input": f"x{i}" if i % 2 else "", "output": f"y{i}"}) + "\n"
-                            for i in range(n)), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps({"instruction": f"do {i}", "input": f"x{i}" if i % 2 else "", "output": f"y{i}"}) + "\n"
+            for i in range(n)
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
 def _sharegpt_pool(path, n=N):
-    rows = [{"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": f"question {i}"},
-                               {"from": "gpt", "value": f"answer {i}"}]} for i in range(n)]
+    rows = [
+        {
+            "conversations": [
+                {"from": "system", "value": "be brief"},
+                {"from": "human", "value": f"question {i}"},
+                {"from": "gpt", "value": f"answer {i}"},
+            ]
+        }
+        for i in range(n)
+    ]
     path.write_text(json.dumps(rows), encoding="utf-8")
     return path
 
@@ -38,12 +51,22 @@ def _features(path, pool, seed=0):
     rng = np.random.default_rng(seed)
     n = len(pool)
     columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
-    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0), truncated=np.zeros(n),
-                   logp_cond=-rng.uniform(0.5, 2.0, size=n), logp_uncond=-rng.uniform(1.0, 3.0, size=n))
+    columns.update(
+        len_prompt=np.full(n, 8.0),
+        len_response=np.full(n, 5.0),
+        truncated=np.zeros(n),
+        logp_cond=-rng.uniform(0.5, 2.0, size=n),
+        logp_uncond=-rng.uniform(1.0, 3.0, size=n),
+    )
     columns["logp_uncond"][5] = 0.0
     columns["truncated"][7] = 1.0
-    FeatureTable(ids=pool.ids, columns=columns, sem=rng.normal(size=(n, 4)).astype(np.float32),
-                 cluster=np.arange(n) % CLASSES, meta={"classes": CLASSES}).write(path)
+    FeatureTable(
+        ids=pool.ids,
+        columns=columns,
+        sem=rng.normal(size=(n, 4)).astype(np.float32),
+        cluster=np.arange(n) % CLASSES,
+        meta={"classes": CLASSES},
+    ).write(path)
     return columns
 
 
@@ -52,7 +75,9 @@ def _finetune_run(root, pool_path, features, steps=5, batch=3, seed=1):
     pool = load_pool(pool_path)
     run = root / "run"
     run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"pool": str(pool_path), "features": str(features), "steps": steps}))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"pool": str(pool_path), "features": str(features), "steps": steps})
+    )
     rng = random.Random(seed)
     lines = []
     for t in range(1, steps + 1):
@@ -98,7 +123,9 @@ def test_select_publishes_a_raise_run_as_a_datasets_folder(tmp_path):
     assert scores["chosen"].tolist() == [i in ref for i in pool.ids]
     assert scores["class"].tolist() == [i % CLASSES for i in range(N)]
     order = list(ref)
-    assert [None if pd.isna(r) else int(r) for r in scores["rank"]] == [order.index(i) if i in ref else None for i in pool.ids]
+    assert [None if pd.isna(r) else int(r) for r in scores["rank"]] == [
+        order.index(i) if i in ref else None for i in pool.ids
+    ]
 
     card, text = _card(tmp_path / "hf")
     assert card["method"] == "raise" and card["settings"]["steps"] == 5
@@ -123,8 +150,23 @@ def test_baseline_export_has_every_pool_rows_score(tmp_path):
     pool = load_pool(pool_path)
     cols = _features(tmp_path / "features", pool)
     out = tmp_path / "ifd"
-    _invoke("baseline", "--method", "ifd", "--pool", pool_path, "--features", tmp_path / "features",
-            "--budget", "6", "--out", out, "--export", out / "hf", "--set", "ifd.max_ifd=10")
+    _invoke(
+        "baseline",
+        "--method",
+        "ifd",
+        "--pool",
+        pool_path,
+        "--features",
+        tmp_path / "features",
+        "--budget",
+        "6",
+        "--out",
+        out,
+        "--export",
+        out / "hf",
+        "--set",
+        "ifd.max_ifd=10",
+    )
     record = json.loads((out / "selection.json").read_text())
     ds = load_from_disk(str(out / "hf"))
     assert ds["id"] == record["ids"] and ds["rank"] == list(range(6))
@@ -138,8 +180,10 @@ def test_baseline_export_has_every_pool_rows_score(tmp_path):
     assert scores["chosen"].sum() == 6
     card, _ = _card(out / "hf")
     assert card["method"] == "ifd" and card["settings"]["options"] == {"max_ifd": 10.0}
-    assert card["command"] == (f"raise-select baseline --method ifd --pool {pool_path} --features {tmp_path / 'features'} "
-                               f"--out {out} --budget 6.0 --export {out / 'hf'} --set ifd.max_ifd=10")
+    assert card["command"] == (
+        f"raise-select baseline --method ifd --pool {pool_path} --features {tmp_path / 'features'} "
+        f"--out {out} --budget 6.0 --export {out / 'hf'} --set ifd.max_ifd=10"
+    )
     assert card["budget"]["budget_count"] == 6 and card["pool"]["fingerprint"] == pool.fingerprint
     assert sum(s["rows"] for s in card["class_shares"]) == 6
 
@@ -154,8 +198,21 @@ def test_a_schedule_baseline_exports_its_per_step_counts(tmp_path):
     pool = load_pool(pool_path)
     _features(tmp_path / "features", pool)
     out = tmp_path / "sspl"
-    _invoke("baseline", "--method", "sspl", "--pool", pool_path, "--features", tmp_path / "features",
-            "--budget", "6", "--batch-size", "2", "--out", out)
+    _invoke(
+        "baseline",
+        "--method",
+        "sspl",
+        "--pool",
+        pool_path,
+        "--features",
+        tmp_path / "features",
+        "--budget",
+        "6",
+        "--batch-size",
+        "2",
+        "--out",
+        out,
+    )
     _invoke("select", "--run", out, "--out", tmp_path / "hf")
     record = json.loads((out / "selection.json").read_text())
     ref: dict[int, list[int]] = {}
@@ -192,7 +249,9 @@ def test_llamafactory_files_have_the_fields_its_docs_name(tmp_path, maker):
         roles = {tags["user_tag"], tags["assistant_tag"], tags["system_tag"]}
         for rec in data:
             turns = rec[entry["columns"]["messages"]]
-            assert all(set(t) == {tags["role_tag"], tags["content_tag"]} and t[tags["role_tag"]] in roles for t in turns)
+            assert all(
+                set(t) == {tags["role_tag"], tags["content_tag"]} and t[tags["role_tag"]] in roles for t in turns
+            )
             assert turns[-1][tags["role_tag"]] == tags["assistant_tag"]
     card, _ = _card(tmp_path / "lf")
     assert card["layout"] == "llamafactory" and card["class_shares"] is None  # no feature table

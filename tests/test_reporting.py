@@ -47,18 +47,19 @@ def _read_wandb_records(run_dir: Path) -> tuple[list[dict], bool]:
         if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
         if (kind == 0 and length == 0) or pos + 7 + length > len(raw):  # the end, or a chunk still being written
             break
-        pending += raw[pos + 7:pos + 7 + length]
+        pending += raw[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST: one record complete
             rec = wandb_internal_pb2.Record()
             rec.ParseFromString(pending)
             pending = b""
             if rec.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in rec.history.item})
+                rows.append(
+                    {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item}
+                )
             complete |= rec.WhichOneof("record_type") == "exit"
     return rows, complete
 
@@ -121,20 +122,39 @@ def test_train_policy_sends_the_same_scalars_to_tensorboard_and_wandb(tmp_path, 
     from raise_select.policy import PolicyConfig
     from raise_select.training import TrainPolicyConfig, train_policy
 
-    rows = [{"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."} for i in range(8)]
+    rows = [
+        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
+        for i in range(8)
+    ]
     (tmp_path / "pool.json").write_text(json.dumps(rows))
     (tmp_path / "val.json").write_text(json.dumps(rows[:2]))
     pool = load_pool(tmp_path / "pool.json")
     rng = np.random.default_rng(0)
     columns = {c: rng.normal(size=8) for c in FEATURE_COLUMNS}
     columns.update(len_prompt=np.full(8, 8.0), len_response=np.full(8, 5.0))
-    FeatureTable(ids=pool.ids, columns=columns, sem=rng.normal(size=(8, 4)).astype(np.float32),
-                 cluster=np.arange(8) % 2, meta={"classes": 2}).write(tmp_path / "features")
+    FeatureTable(
+        ids=pool.ids,
+        columns=columns,
+        sem=rng.normal(size=(8, 4)).astype(np.float32),
+        cluster=np.arange(8) % 2,
+        meta={"classes": 2},
+    ).write(tmp_path / "features")
     out = tmp_path / "run"
-    train_policy(TrainPolicyConfig(pool=str(tmp_path / "pool.json"), features=str(tmp_path / "features"),
-                                   model=str(tiny_model_dir), val=str(tmp_path / "val.json"), rounds=2, steps=2,
-                                   lr=1e-3, max_length=64, policy=PolicyConfig(per_class=1), out=str(out),
-                                   report_to="tensorboard,wandb"))
+    train_policy(
+        TrainPolicyConfig(
+            pool=str(tmp_path / "pool.json"),
+            features=str(tmp_path / "features"),
+            model=str(tiny_model_dir),
+            val=str(tmp_path / "val.json"),
+            rounds=2,
+            steps=2,
+            lr=1e-3,
+            max_length=64,
+            policy=PolicyConfig(per_class=1),
+            out=str(out),
+            report_to="tensorboard,wandb",
+        )
+    )
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     logged = scalars_by_tag(read_wandb_history(run_dir))
     tb = read_tensorboard(out / "tensorboard")
@@ -155,10 +175,31 @@ def test_baseline_training_reports_every_step_loss(tmp_path, tiny_model_dir, wan
     rows = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(12)]
     (tmp_path / "pool.json").write_text(json.dumps(rows))
     out = tmp_path / "rand"
-    result = CliRunner().invoke(app, ["baseline", "--method", "random", "--pool", str(tmp_path / "pool.json"),
-                                      "--model", str(tiny_model_dir), "--budget", "4", "--batch-size", "2",
-                                      "--epochs", "2", "--train", "--max-length", "32", "--out", str(out),
-                                      "--report-to", "wandb"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "baseline",
+            "--method",
+            "random",
+            "--pool",
+            str(tmp_path / "pool.json"),
+            "--model",
+            str(tiny_model_dir),
+            "--budget",
+            "4",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "2",
+            "--train",
+            "--max-length",
+            "32",
+            "--out",
+            str(out),
+            "--report-to",
+            "wandb",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     logged = scalars_by_tag(read_wandb_history(run_dir))
@@ -171,7 +212,19 @@ def test_unknown_report_target_is_one_line_exit_2(tmp_path):
     from raise_select.cli.main import app
 
     (tmp_path / "pool.json").write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}] * 4))
-    result = CliRunner().invoke(app, ["baseline", "--method", "random", "--pool", str(tmp_path / "pool.json"),
-                                      "--out", str(tmp_path / "o"), "--report-to", "mlflow"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "baseline",
+            "--method",
+            "random",
+            "--pool",
+            str(tmp_path / "pool.json"),
+            "--out",
+            str(tmp_path / "o"),
+            "--report-to",
+            "mlflow",
+        ],
+    )
     assert result.exit_code == 2
     assert "report_to: unknown target 'mlflow'" in result.output and "Traceback" not in result.output

@@ -52,7 +52,9 @@ def test_build_table_rows_and_required_rows():
 
 
 def _small_table():
-    return build_table([("0%", {"a": 0.25, "b": 0.5}), ("100%", {"a": 0.5, "b": 0.75}), ("X", {"a": 0.125, "b": 0.5})], ["a", "b"])
+    return build_table(
+        [("0%", {"a": 0.25, "b": 0.5}), ("100%", {"a": 0.5, "b": 0.75}), ("X", {"a": 0.125, "b": 0.5})], ["a", "b"]
+    )
 
 
 def test_markdown_layout():

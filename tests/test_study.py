@@ -51,10 +51,24 @@ def test_small_study_with_every_method_finishes_and_resumes(shared_data, tmp_pat
     methods = ["random", *(m for m in BASELINES if m not in ("full", "random")), "raise"]
     config = {
         "study": {
-            "pool": str(pool), "build_model": "test", "val": "arc_challenge", "val_size": 4,
-            "data_dir": str(shared_data), "tasks": ["arc_challenge"], "methods": methods, "budget": 4, "batch_size": 4,
-            "seeds": [0, 1], "full_steps": 2, "classes": 2, "sem_dim": 4, "rounds": 1, "eval_limit": 2, "max_length": 48,
-            "max_gen_toks": 4, "out": str(tmp_path / "study"),
+            "pool": str(pool),
+            "build_model": "test",
+            "val": "arc_challenge",
+            "val_size": 4,
+            "data_dir": str(shared_data),
+            "tasks": ["arc_challenge"],
+            "methods": methods,
+            "budget": 4,
+            "batch_size": 4,
+            "seeds": [0, 1],
+            "full_steps": 2,
+            "classes": 2,
+            "sem_dim": 4,
+            "rounds": 1,
+            "eval_limit": 2,
+            "max_length": 48,
+            "max_gen_toks": 4,
+            "out": str(tmp_path / "study"),
         },
         "deita": {"complexity_scorer": "{base_model}", "quality_scorer": "{base_model}"},
         "alpagasus": {"concurrency": 2, "max_retries": 0},
@@ -75,7 +89,8 @@ def test_small_study_with_every_method_finishes_and_resumes(shared_data, tmp_pat
     cells = data["cells"]
     rand = next(r for r in data["rows"] if r["row"] == "RAND")
     assert rand["arc_challenge"] == pytest.approx(
-        (cells["random-s0"]["scores"]["arc_challenge"] + cells["random-s1"]["scores"]["arc_challenge"]) / 2)
+        (cells["random-s0"]["scores"]["arc_challenge"] + cells["random-s1"]["scores"]["arc_challenge"]) / 2
+    )
     base, full = data["rows"][0]["avg"], data["rows"][1]["avg"]
     for r in data["rows"]:
         assert 0.0 <= r["avg"] <= 1.0
@@ -100,7 +115,13 @@ def test_unknown_methods_list_what_exists():
     cells = plan_cells(StudyConfig(methods=["random", "raise"], seeds=[3, 4]))
     assert [c.name for c in cells] == ["base", "full", "random-s3", "random-s4", "raise"]
     cells = plan_cells(StudyConfig(methods=["random", "raise"], seeds=[3], raise_seeds=[0, 2, 0]))
-    assert [(c.name, c.seed) for c in cells] == [("base", 0), ("full", 0), ("random-s3", 3), ("raise-s0", 0), ("raise-s2", 2)]
+    assert [(c.name, c.seed) for c in cells] == [
+        ("base", 0),
+        ("full", 0),
+        ("random-s3", 3),
+        ("raise-s0", 0),
+        ("raise-s2", 2),
+    ]
     with pytest.raises(UserError, match="raise_seeds"):
         plan_cells(StudyConfig(raise_seeds=[]))
 
@@ -130,8 +151,16 @@ def test_a_setting_retrains_only_the_cells_it_reaches():
     from raise_select.reports.study import Study
 
     def fingerprints(**changes):
-        cfg = StudyConfig(**{"pool": "p.jsonl", "model": "m", "methods": ["random", "ifd", "raise"], "seeds": [0],
-                             "out": "o", **changes})
+        cfg = StudyConfig(
+            **{
+                "pool": "p.jsonl",
+                "model": "m",
+                "methods": ["random", "ifd", "raise"],
+                "seeds": [0],
+                "out": "o",
+                **changes,
+            }
+        )
         study = Study(cfg)
         study.pool, study.model, study.steps = SimpleNamespace(fingerprint="pool"), "m", 4
         return {c.name: study._fingerprints(c)[0] for c in study.cells}
@@ -154,7 +183,7 @@ def test_policy_training_time_counts_every_run_of_a_resumed_folder(tmp_path):
 
     lines = [
         {"kind": "reference", "time": {"train": 10.0, "reward": 5.0}},
-        {"kind": "step", "round": 1, "time": {"train": 99.0}},             # steps are inside their round
+        {"kind": "step", "round": 1, "time": {"train": 99.0}},  # steps are inside their round
         {"kind": "round", "round": 1, "time": {"train": 20.0, "reward": 6.0, "ppo": 1.0}},
         {"kind": "round", "round": 2, "time": {"train": 30.0, "reward": 7.0}},
         {"kind": "round", "round": 2, "time": {"train": 31.0, "reward": 8.0}},  # redone: counted once
@@ -184,8 +213,10 @@ def test_featurize_settings_reach_only_the_methods_that_read_the_features():
     method says with its options; LESS, AlpaGasus, EMBED (and DEITA on another embedder, SSPL
     on the target's loss) keep their keys."""
     methods = ["random", "ifd", "deita", "alpagasus", "sspl", "less", "embed", "rds", "raise"]
-    for options, readers in (({}, {"ifd", "deita", "sspl", "rds", "raise"}),
-                             ({"deita": {"embedder": "all-minilm-l6-v2"}, "sspl": {"loss": "target"}}, {"ifd", "rds", "raise"})):
+    for options, readers in (
+        ({}, {"ifd", "deita", "sspl", "rds", "raise"}),
+        ({"deita": {"embedder": "all-minilm-l6-v2"}, "sspl": {"loss": "target"}}, {"ifd", "rds", "raise"}),
+    ):
         base = _fingerprints_of(methods, options)
         for change in ({"classes": 3}, {"sem_dim": 8}, {"aux_model": "other"}):
             after = _fingerprints_of(methods, options, **change)
@@ -219,8 +250,15 @@ def test_a_study_of_methods_that_read_no_features_never_featurizes(tmp_path, mon
     monkeypatch.setattr(importlib.import_module("raise_select.features.featurize"), "featurize", no_featurize)
     monkeypatch.setattr(Study, "_evaluate", lambda self, model_dir, cell_dir: {"arc_challenge": 0.5})
     monkeypatch.setattr(Study, "features_seconds", lambda self: 100.0)  # as if an earlier run had featurized
-    cfg = StudyConfig(pool=str(pool), model="m", methods=["less", "alpagasus", "embed"], tasks=["arc_challenge"],
-                      budget=4, batch_size=4, out=str(tmp_path / "study"))
+    cfg = StudyConfig(
+        pool=str(pool),
+        model="m",
+        methods=["less", "alpagasus", "embed"],
+        tasks=["arc_challenge"],
+        budget=4,
+        batch_size=4,
+        out=str(tmp_path / "study"),
+    )
     alone = Study(cfg)
     assert alone.run_cell(alone.cells[2])["name"] == "less"  # no prepare() first
     result = Study(cfg).run()
@@ -242,8 +280,12 @@ def test_study_jobs_take_their_settings_from_one_mapping():
     from raise_select.reports.study import _NOT_TRAINING, JOB_FIELDS, job_settings
     from raise_select.training.train_policy import TrainPolicyConfig
 
-    jobs = {"featurize": FeaturizeConfig, "train_policy": TrainPolicyConfig, "baseline": BaselineConfig,
-            "evaluate": EvaluateConfig}
+    jobs = {
+        "featurize": FeaturizeConfig,
+        "train_policy": TrainPolicyConfig,
+        "baseline": BaselineConfig,
+        "evaluate": EvaluateConfig,
+    }
     assert set(JOB_FIELDS) == set(jobs)
     cfg = StudyConfig(seed=7, eval_limit=3, eval_batch_size=5, aux_model="aux", classes=4)
     for job, cls in jobs.items():
@@ -251,7 +293,20 @@ def test_study_jobs_take_their_settings_from_one_mapping():
         for name, study_name in JOB_FIELDS[job].items():
             assert getattr(built, name) == getattr(cfg, study_name), (job, name)
     assert job_settings(cfg, "evaluate")["limit"] == 3 and job_settings(cfg, "evaluate")["batch_size"] == 5
-    read_by_study = {"pool", "format", "pool_size", "model", "build_model", "methods", "seeds", "raise_seeds",
-                     "full_steps", "loss_set", "loss_split", "loss_size", "out"}
+    read_by_study = {
+        "pool",
+        "format",
+        "pool_size",
+        "model",
+        "build_model",
+        "methods",
+        "seeds",
+        "raise_seeds",
+        "full_steps",
+        "loss_set",
+        "loss_split",
+        "loss_size",
+        "out",
+    }
     routed = {f for m in JOB_FIELDS.values() for f in m.values()} | read_by_study | set(_NOT_TRAINING)
     assert {f.name for f in dataclasses.fields(StudyConfig)} == routed

@@ -20,16 +20,19 @@ def _ex(prompt: str, response: str) -> Example:
     return Example(id=example_id(messages), messages=messages, record={}, source="t", row=0)
 
 
-@pytest.mark.parametrize("prompt,response,expected", [
-    ("Calculate the area of a square with sides of 4 cm.", "16 cm2", True),       # math word
-    ("What is 12 * 7?", "84", True),                                            # arithmetic in the prompt
-    ("Find x.", "We have 3 + 4 = 7, so x is 7.", True),                         # worked result in the response
-    ("What share of voters turned out?", "About 61% of them.", False),            # a percentage in the response only
-    ("Increase the price by 15%.", "The new price.", True),                     # a percentage in the prompt
-    ("Write a poem about the sea.", "Waves in 2 - 3 rows.", False),             # numbers but no worked result
-    ("Describe a computer.", "A machine that computes.", False),                 # 'computer' is not 'compute'
-    ("List multiple colours.", "Red, green.", False),                            # 'multiple' is not 'multiply'
-])
+@pytest.mark.parametrize(
+    "prompt,response,expected",
+    [
+        ("Calculate the area of a square with sides of 4 cm.", "16 cm2", True),  # math word
+        ("What is 12 * 7?", "84", True),  # arithmetic in the prompt
+        ("Find x.", "We have 3 + 4 = 7, so x is 7.", True),  # worked result in the response
+        ("What share of voters turned out?", "About 61% of them.", False),  # a percentage in the response only
+        ("Increase the price by 15%.", "The new price.", True),  # a percentage in the prompt
+        ("Write a poem about the sea.", "Waves in 2 - 3 rows.", False),  # numbers but no worked result
+        ("Describe a computer.", "A machine that computes.", False),  # 'computer' is not 'compute'
+        ("List multiple colours.", "Red, green.", False),  # 'multiple' is not 'multiply'
+    ],
+)
 def test_quantitative_rule(prompt, response, expected):
     assert is_quantitative(_ex(prompt, response)) is expected
 
@@ -55,8 +58,9 @@ def test_method_stats_from_cell_folders(tmp_path):
     (cells / "raise" / "finetune").mkdir(parents=True)
     steps = [{"step": 0, "ids": ids[:2]}, {"step": 1, "ids": ids[2:4]}, {"step": 1, "ids": ids[:2]}]  # step 1 redone
     # the last line was cut short by a crash mid-write: dropped, not a traceback
-    (cells / "raise" / "finetune" / "selections.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps)
-                                                                   + json.dumps({"step": 2, "ids": ids[4:6]})[:20])
+    (cells / "raise" / "finetune" / "selections.jsonl").write_text(
+        "".join(json.dumps(s) + "\n" for s in steps) + json.dumps({"step": 2, "ids": ids[4:6]})[:20]
+    )
     records = [
         {"name": "base", "row": "0%", "method": None, "loss": 2.0, "train_seconds": None},
         {"name": "full", "row": "100%", "method": "full", "loss": 1.0, "train_seconds": 40.0},
@@ -69,7 +73,9 @@ def test_method_stats_from_cell_folders(tmp_path):
     assert stats["phi_seconds"] == pytest.approx(phi)
     assert stats["pool_math_share"] == pytest.approx(sum(labels.values()) / 20)
     rows = stats["rows"]
-    assert rows["100%"]["cost_phi"] == pytest.approx(40.0 / phi) and rows["100%"]["math_share"] == stats["pool_math_share"]
+    assert (
+        rows["100%"]["cost_phi"] == pytest.approx(40.0 / phi) and rows["100%"]["math_share"] == stats["pool_math_share"]
+    )
     assert rows["RAND"]["cost_phi"] == pytest.approx(12.0 / phi)
     assert rows["RAISE"]["cost_phi"] == pytest.approx((30.0 + 6.0) / phi)  # RAISE reads the features
     chosen = ids[:2] + ids[:2]
@@ -84,12 +90,30 @@ def test_study_reports_heldout_loss_math_share_and_cost(shared_data, tmp_path):
     from raise_select.evaluation.loss import response_loss
 
     pool = write_jsonl(tmp_path / "pool.jsonl", generate_pool(SyntheticConfig(size=24)))
-    config = {"study": {
-        "pool": str(pool), "build_model": "test", "val": "arc_challenge", "val_size": 4, "data_dir": str(shared_data),
-        "tasks": ["arc_challenge"], "methods": ["random"], "budget": 4, "batch_size": 4, "seeds": [0],
-        "full_steps": 2, "classes": 2, "sem_dim": 4, "eval_limit": 2, "max_length": 48, "max_gen_toks": 4,
-        "loss_set": "gsm8k", "loss_split": "test", "loss_size": 3, "out": str(tmp_path / "study"),
-    }}
+    config = {
+        "study": {
+            "pool": str(pool),
+            "build_model": "test",
+            "val": "arc_challenge",
+            "val_size": 4,
+            "data_dir": str(shared_data),
+            "tasks": ["arc_challenge"],
+            "methods": ["random"],
+            "budget": 4,
+            "batch_size": 4,
+            "seeds": [0],
+            "full_steps": 2,
+            "classes": 2,
+            "sem_dim": 4,
+            "eval_limit": 2,
+            "max_length": 48,
+            "max_gen_toks": 4,
+            "loss_set": "gsm8k",
+            "loss_split": "test",
+            "loss_size": 3,
+            "out": str(tmp_path / "study"),
+        }
+    }
     cfg_path = tmp_path / "study.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(app, ["study", str(cfg_path)])
@@ -113,12 +137,22 @@ def test_per_seed_losses_and_raise_versus_random_by_hand(tmp_path):
     raise_row = {"loss_per_seed": {0: 1.19, 1: 1.21, 2: 1.23}}
     # below the mean: 1.19 and 1.21 (2 of 3); below every seed (< 1.20): 1.19 only.
     assert seeds_versus_random(raise_row, rand) == (
-        "RAISE's held-out loss is below the RAND mean on 2 of 3 seed(s) and below every RAND seed (3) on 1 of 3.")
+        "RAISE's held-out loss is below the RAND mean on 2 of 3 seed(s) and below every RAND seed (3) on 1 of 3."
+    )
     assert seeds_versus_random(None, rand) is None
-    row = lambda seeds: {"loss": sum(seeds.values()) / len(seeds), "math_share": None, "seconds": None,  # noqa: E731
-                         "cost_phi": None, "loss_per_seed": seeds}
-    stats = {"rows": {"RAND": row(rand["loss_per_seed"]), "RAISE": row({0: 1.19})},
-             "phi_seconds": None, "pool_math_share": 0.1, "features_seconds": 1.0}
+    row = lambda seeds: {
+        "loss": sum(seeds.values()) / len(seeds),
+        "math_share": None,
+        "seconds": None,  # noqa: E731
+        "cost_phi": None,
+        "loss_per_seed": seeds,
+    }
+    stats = {
+        "rows": {"RAND": row(rand["loss_per_seed"]), "RAISE": row({0: 1.19})},
+        "phi_seconds": None,
+        "pool_math_share": 0.1,
+        "features_seconds": 1.0,
+    }
     text = stats_markdown(stats, "gsm8k test")
     assert "| RAND | 1.2200 | s0: 1.2200, s1: 1.2000, s2: 1.2400 |" in text
     assert "| RAISE | 1.1900 |  |" in text  # one seed: no per-seed list

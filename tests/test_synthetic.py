@@ -9,9 +9,9 @@ from raise_select.data.synthetic import (
     DEMO_FAMILIES,
     FAMILIES,
     GIBBERISH,
+    NOISE_KINDS,
     TESTBEDS,
     Component,
-    NOISE_KINDS,
     SyntheticConfig,
     demo_texts,
     generate_pool,
@@ -110,14 +110,28 @@ def test_demo_texts_cover_the_template_and_every_family():
 
 
 def test_composed_pool_has_exact_component_counts_and_right_answers():
-    cfg = SyntheticConfig(size=203, target="add", seed=4, components=[
-        Component("add", 0.1), Component("add", 0.1, "wrong"), Component("sub", 0.3),
-        Component("copy", 0.29, "garbage"), Component(GIBBERISH, 0.21)])
+    cfg = SyntheticConfig(
+        size=203,
+        target="add",
+        seed=4,
+        components=[
+            Component("add", 0.1),
+            Component("add", 0.1, "wrong"),
+            Component("sub", 0.3),
+            Component("copy", 0.29, "garbage"),
+            Component(GIBBERISH, 0.21),
+        ],
+    )
     pool = generate_pool(cfg)
     counts = Counter((r["family"], r["noise"]) for r in pool)
     # largest remainders: 20.3, 20.3, 60.9, 58.87, 42.63 -> 20, 20, 61, 59, 43 (= 203)
-    assert counts == {("add", "none"): 20, ("add", "wrong"): 20, ("sub", "none"): 61,
-                      ("copy", "garbage"): 59, (GIBBERISH, GIBBERISH): 43}
+    assert counts == {
+        ("add", "none"): 20,
+        ("add", "wrong"): 20,
+        ("sub", "none"): 61,
+        ("copy", "garbage"): 59,
+        (GIBBERISH, GIBBERISH): 43,
+    }
     for r in pool:
         if r["family"] == GIBBERISH:
             assert not r["clean"] and r["input"] == ""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,14 @@ from raise_select.reports.intervals import bootstrap_interval, gain_interval, t_
 ROOT = Path(__file__).resolve().parents[1]
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
-ROWS = [{"instruction": f"Say {' '.join(WORDS[i % 7:(i % 7) + 2 + i % 3])}.", "input": "",
-         "output": " ".join(WORDS[(3 * i) % 11:(3 * i) % 11 + 3 + i % 5])} for i in range(12)]
+ROWS = [
+    {
+        "instruction": f"Say {' '.join(WORDS[i % 7 : (i % 7) + 2 + i % 3])}.",
+        "input": "",
+        "output": " ".join(WORDS[(3 * i) % 11 : (3 * i) % 11 + 3 + i % 5]),
+    }
+    for i in range(12)
+]
 
 
 @pytest.fixture
@@ -36,12 +41,7 @@ def pool_file(tmp_path):
 
 # ---------------------------------------------------------------- aggregation
 
-S = np.array([[0.9, 0.1, 0.3],
-              [0.8, 0.7, 0.2],
-              [0.1, 0.6, 0.95],
-              [0.5, 0.5, 0.5],
-              [0.2, 0.9, 0.1],
-              [0.85, 0.0, 0.6]])
+S = np.array([[0.9, 0.1, 0.3], [0.8, 0.7, 0.2], [0.1, 0.6, 0.95], [0.5, 0.5, 0.5], [0.2, 0.9, 0.1], [0.85, 0.0, 0.6]])
 
 
 def brute_round_robin(scores, budget):
@@ -91,6 +91,7 @@ def test_cosine_matrix_against_loop():
 
 # ---------------------------------------------------------------- RDS+
 
+
 def slow_rds(model, seq):
     """The reference's weighted mean for one unpadded sequence: weights 1..L / sum."""
     with torch.no_grad():
@@ -104,8 +105,17 @@ def test_featurize_rds_vectors_match_slow_reference(pool_file, tiny_model_dir, t
 
     from raise_select.features.scoring import encode_examples
 
-    cfg = FeaturizeConfig(pool=str(pool_file), model=str(tiny_model_dir), out=str(tmp_path / "f"), shard_size=5,
-                          batch_size=3, classes=2, sem_dim=4, max_length=64, rds=True)
+    cfg = FeaturizeConfig(
+        pool=str(pool_file),
+        model=str(tiny_model_dir),
+        out=str(tmp_path / "f"),
+        shard_size=5,
+        batch_size=3,
+        classes=2,
+        sem_dim=4,
+        max_length=64,
+        rds=True,
+    )
     table = featurize(cfg)
     again = FeatureTable.read(tmp_path / "f")
     assert again.rds is not None and again.rds.shape == (len(ROWS), table.rds.shape[1])
@@ -127,8 +137,17 @@ def test_rds_selection_is_round_robin_over_hand_computed_cosines(pool_file, tiny
 
     from raise_select.features.scoring import encode_examples
 
-    cfg = FeaturizeConfig(pool=str(pool_file), model=str(tiny_model_dir), out=str(tmp_path / "f"), shard_size=5,
-                          batch_size=3, classes=2, sem_dim=4, max_length=64, rds=True)
+    cfg = FeaturizeConfig(
+        pool=str(pool_file),
+        model=str(tiny_model_dir),
+        out=str(tmp_path / "f"),
+        shard_size=5,
+        batch_size=3,
+        classes=2,
+        sem_dim=4,
+        max_length=64,
+        rds=True,
+    )
     featurize(cfg)
     pool = load_pool(pool_file)
     val = load_pool(pool_file).examples[:3]
@@ -137,16 +156,24 @@ def test_rds_selection_is_round_robin_over_hand_computed_cosines(pool_file, tiny
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    vec = lambda exs: np.stack([slow_rds(model, [tok.bos_token_id, *e.prompt_ids, *e.response_ids]).numpy()  # noqa: E731
-                                for e in encode_examples(exs, tok, "alpaca", 64)])
+    vec = lambda exs: np.stack(
+        [
+            slow_rds(model, [tok.bos_token_id, *e.prompt_ids, *e.response_ids]).numpy()  # noqa: E731
+            for e in encode_examples(exs, tok, "alpaca", 64)
+        ]
+    )
     pv, vv = vec(pool.examples), vec(val)
     cos = np.array([[x @ y / np.linalg.norm(x) / np.linalg.norm(y) for y in vv] for x in pv])
     assert sel.indices == brute_round_robin(cos, 5)
     # Validation rows are pool rows here: each takes itself first.
     assert sel.indices[:3] == [0, 1, 2]
 
-    ctx_plain = SelectionContext(features=featurize(FeaturizeConfig(**{**cfg.__dict__, "out": str(tmp_path / "g"), "rds": False})).align(pool.ids),
-                                 validation=val)
+    ctx_plain = SelectionContext(
+        features=featurize(FeaturizeConfig(**{**cfg.__dict__, "out": str(tmp_path / "g"), "rds": False})).align(
+            pool.ids
+        ),
+        validation=val,
+    )
     with pytest.raises(UserError, match="featurize the pool with --rds"):
         make_baseline("rds", {}).select(pool, 5, ctx_plain)
 
@@ -163,7 +190,9 @@ def test_embed_with_a_stub_encoder(pool_file, tmp_path, monkeypatch):
     pool = load_pool(pool_file)
     val = pool.examples[4:6]
     for rule in ("round_robin", "max", "mean"):
-        sel = make_baseline("embed", {"aggregation": rule}).select(pool, 4, SelectionContext(validation=val, out_dir=tmp_path))
+        sel = make_baseline("embed", {"aggregation": rule}).select(
+            pool, 4, SelectionContext(validation=val, out_dir=tmp_path)
+        )
         texts = lambda exs: [semantic.example_text(e) for e in exs]  # noqa: E731
         cos = cosine_matrix(fake_encode(None, texts(pool.examples), 0), fake_encode(None, texts(val), 0))
         assert sel.indices == aggregate_select(cos, 4, rule)[0].tolist()
@@ -171,6 +200,7 @@ def test_embed_with_a_stub_encoder(pool_file, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- per-item losses
+
 
 def test_example_losses_match_the_mean_and_a_loop(pool_file, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -181,7 +211,9 @@ def test_example_losses_match_the_mean_and_a_loop(pool_file, tiny_model_dir):
     examples = load_pool(pool_file).examples[:7]
     losses = example_losses(str(tiny_model_dir), examples, max_length=64, batch_size=3)
     assert losses.shape == (7,)
-    assert response_loss(str(tiny_model_dir), examples, max_length=64, batch_size=3) == pytest.approx(losses.mean(), abs=1e-6)
+    assert response_loss(str(tiny_model_dir), examples, max_length=64, batch_size=3) == pytest.approx(
+        losses.mean(), abs=1e-6
+    )
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     for k, e in enumerate(examples):
@@ -194,6 +226,7 @@ def test_example_losses_match_the_mean_and_a_loop(pool_file, tiny_model_dir):
 
 
 # ---------------------------------------------------------------- intervals
+
 
 def test_t_interval_closed_form():
     x = [0.1, 0.3, 0.2, 0.5, 0.4]
@@ -229,15 +262,43 @@ def test_gain_interval_picks_the_rule_and_above():
 
 # ---------------------------------------------------------------- the benchmark
 
+
 def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_real
 
     out = tmp_path / "bench"
-    argv = ["--quick", "--out", str(out), "--model", str(tiny_model_dir), "--pool", str(shared_data / "alpaca/alpaca_data.json"),
-            "--data-dir", str(shared_data), "--pool-size", "40", "--budget", "8", "--val-size", "4", "--heldout-size", "6",
-            "--max-length", "96", "--classes", "2", "--methods", "random,rds,ifd,raise", "--raise-seeds", "0",
-            "--raise-rounds", "1", "--raise-val-size", "3"]
+    argv = [
+        "--quick",
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--pool",
+        str(shared_data / "alpaca/alpaca_data.json"),
+        "--data-dir",
+        str(shared_data),
+        "--pool-size",
+        "40",
+        "--budget",
+        "8",
+        "--val-size",
+        "4",
+        "--heldout-size",
+        "6",
+        "--max-length",
+        "96",
+        "--classes",
+        "2",
+        "--methods",
+        "random,rds,ifd,raise",
+        "--raise-seeds",
+        "0",
+        "--raise-rounds",
+        "1",
+        "--raise-val-size",
+        "3",
+    ]
     assert bench_real.main(argv) == 0
     result = json.loads((out / "bench_real.json").read_text())
     rows = result["rows"]
@@ -257,7 +318,9 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
     from raise_select.data.validation import load_validation
 
     for t, (val_split, held_split) in bench_real.TARGETS.items():
-        val = {json.loads(line)["messages"][0]["content"] for line in (out / "targets" / f"{t}_validation.jsonl").open()}
+        val = {
+            json.loads(line)["messages"][0]["content"] for line in (out / "targets" / f"{t}_validation.jsonl").open()
+        }
         held = {e.messages[0][1] for e in load_validation(t, shared_data, n=6, seed=0, split=held_split)}
         assert len(val) == 4 and not val & held
     # A rerun reuses every cell: nothing is trained again.
@@ -270,5 +333,5 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
     moved = tmp_path / "moved"
     shutil.copytree(out, moved)
     before = {p.relative_to(moved): p.read_text() for p in moved.glob("cells/*/cell.json")}
-    assert bench_real.main([*argv[:argv.index("--out")], "--out", str(moved), *argv[argv.index("--out") + 2:]]) == 0
+    assert bench_real.main([*argv[: argv.index("--out")], "--out", str(moved), *argv[argv.index("--out") + 2 :]]) == 0
     assert {p.relative_to(moved): p.read_text() for p in moved.glob("cells/*/cell.json")} == before

@@ -23,7 +23,6 @@ ROWS = [
 ]
 
 
-
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     path = tmp_path_factory.mktemp("pool") / "pool.json"
@@ -67,7 +66,9 @@ def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_response(pool, m
     limit = n_resp - 1
     cut = encode_example(ex, tok, "alpaca", limit)
     keep = max(1, limit // 4)
-    assert cut.input_ids == full.input_ids[n_prompt - keep : n_prompt] + full.input_ids[n_prompt : n_prompt + limit - keep]
+    assert (
+        cut.input_ids == full.input_ids[n_prompt - keep : n_prompt] + full.input_ids[n_prompt : n_prompt + limit - keep]
+    )
     assert cut.labels[:keep] == [IGNORE_INDEX] * keep
 
 
@@ -107,7 +108,9 @@ def _capture_gradients(trainer) -> dict:
     step = trainer.optimizer.step
 
     def capture(*args, **kwargs):
-        grads.update({n: p.grad.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.grad is not None})
+        grads.update(
+            {n: p.grad.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.grad is not None}
+        )
         return step(*args, **kwargs)
 
     trainer.optimizer.step = capture
@@ -195,9 +198,14 @@ def test_accuracy_is_exact_match_of_greedy_answers(pool, model_tok):
     for ex in pool.examples[:4]:
         enc = encode_example(ex, tok, "alpaca", 64)
         prompt = [t for t, lab in zip(enc.input_ids, enc.labels) if lab == IGNORE_INDEX]
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        greedy.append(tok.decode(out[0, len(prompt):], skip_special_tokens=True))
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        greedy.append(tok.decode(out[0, len(prompt) :], skip_special_tokens=True))
     # Examples 0 and 2 answer with what the model generates, 1 and 3 with something else.
     from dataclasses import replace
 
@@ -238,7 +246,9 @@ def test_lora_trains_only_the_adapter_and_saves_it(pool, tiny_model_dir, tmp_pat
 
 
 def test_train_on_schedule_saves_a_loadable_model(pool, tiny_model_dir, tmp_path):
-    out = train_on_schedule(str(tiny_model_dir), pool, [[0, 1], [2, 3], [4, 5]], LMConfig(lr=1e-3, max_length=64), tmp_path / "m", 3)
+    out = train_on_schedule(
+        str(tiny_model_dir), pool, [[0, 1], [2, 3], [4, 5]], LMConfig(lr=1e-3, max_length=64), tmp_path / "m", 3
+    )
     model, _ = load_model_and_tokenizer(str(out))
     original, _ = load_model_and_tokenizer(str(tiny_model_dir))
     assert not torch.equal(model.lm_head.weight, original.lm_head.weight)

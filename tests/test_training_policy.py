@@ -20,28 +20,48 @@ from raise_select.training import FinetuneConfig, TrainPolicyConfig, Validator, 
 CLASSES = 3
 
 
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
     """A 24-row pool with random features in 3 classes and a 4-row validation file."""
     root = tmp_path_factory.mktemp("raise")
-    rows = [{"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."} for i in range(24)]
+    rows = [
+        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
+        for i in range(24)
+    ]
     (root / "pool.json").write_text(json.dumps(rows))
-    (root / "val.json").write_text(json.dumps([{"instruction": "What is 3 plus 4?", "input": "", "output": "7"},
-                                                {"instruction": "Say hi.", "input": "", "output": "Hi!"},
-                                                {"instruction": "What is 10 plus 1?", "input": "", "output": "The answer is 11."},
-                                                {"instruction": "Name a color.", "input": "", "output": "red"}]))
+    (root / "val.json").write_text(
+        json.dumps(
+            [
+                {"instruction": "What is 3 plus 4?", "input": "", "output": "7"},
+                {"instruction": "Say hi.", "input": "", "output": "Hi!"},
+                {"instruction": "What is 10 plus 1?", "input": "", "output": "The answer is 11."},
+                {"instruction": "Name a color.", "input": "", "output": "red"},
+            ]
+        )
+    )
     pool = load_pool(root / "pool.json")
     rng = np.random.default_rng(0)
     n = len(pool)
     columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
     columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))  # token counts
-    FeatureTable(ids=pool.ids, columns=columns,
-                 sem=rng.normal(size=(n, 4)).astype(np.float32), cluster=np.arange(n) % CLASSES,
-                 meta={"classes": CLASSES}).write(root / "features")
-    base = TrainPolicyConfig(pool=str(root / "pool.json"), features=str(root / "features"), model=str(tiny_model_dir),
-                             val=str(root / "val.json"), rounds=2, steps=3, lr=1e-3, max_length=64,
-                             policy=PolicyConfig(per_class=1))
+    FeatureTable(
+        ids=pool.ids,
+        columns=columns,
+        sem=rng.normal(size=(n, 4)).astype(np.float32),
+        cluster=np.arange(n) % CLASSES,
+        meta={"classes": CLASSES},
+    ).write(root / "features")
+    base = TrainPolicyConfig(
+        pool=str(root / "pool.json"),
+        features=str(root / "features"),
+        model=str(tiny_model_dir),
+        val=str(root / "val.json"),
+        rounds=2,
+        steps=3,
+        lr=1e-3,
+        max_length=64,
+        policy=PolicyConfig(per_class=1),
+    )
     return root, base
 
 
@@ -105,19 +125,27 @@ def test_reference_episode_and_step_baseline(finished_run):
 def test_finetune_sample_rule_and_compare_random(finished_run, setup, tmp_path):
     _, policy_dir = finished_run
     _, base = setup
-    common = dict(policy=str(policy_dir), pool=base.pool, features=base.features, model=base.model, val=base.val,
-                  steps=3, lr=1e-3, max_length=64)
+    common = dict(
+        policy=str(policy_dir),
+        pool=base.pool,
+        features=base.features,
+        model=base.model,
+        val=base.val,
+        steps=3,
+        lr=1e-3,
+        max_length=64,
+    )
     finetune(FinetuneConfig(**common, out=str(tmp_path / "a"), use_rule="sample", compare_random=True))
     finetune(FinetuneConfig(**common, out=str(tmp_path / "b"), use_rule="sample"))
     a = read_jsonl(tmp_path / "a" / "selections.jsonl")
-    assert a == read_jsonl(tmp_path / "b" / "selections.jsonl")          # one seed, one selection
+    assert a == read_jsonl(tmp_path / "b" / "selections.jsonl")  # one seed, one selection
     summary = next(m for m in read_jsonl(tmp_path / "a" / "metrics.jsonl") if m["kind"] == "finetune")
     assert summary["use_rule"] == "sample" and isinstance(summary["random_final_P"], float)
     flat = [i for s in a for i in s["indices"]]
     stats = summary["selection"]
     assert stats["slots"] == len(flat) and stats["distinct"] == len(set(flat))
     assert stats["max_times"] == max(flat.count(i) for i in set(flat))
-    assert stats["class_share"] == pytest.approx([1 / CLASSES] * CLASSES, abs=1e-4)   # b = 1 from each class
+    assert stats["class_share"] == pytest.approx([1 / CLASSES] * CLASSES, abs=1e-4)  # b = 1 from each class
 
 
 def test_rewards_telescope_to_the_change_of_p(finished_run, setup):
@@ -166,7 +194,9 @@ def test_resume_reaches_the_uninterrupted_result(setup, tmp_path):
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
     strip = lambda ms: [{k: v for k, v in m.items() if k not in ("time", "cost_phi")} for m in ms]  # noqa: E731 (timings)
-    assert strip(read_jsonl(tmp_path / "straight" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
+    assert strip(read_jsonl(tmp_path / "straight" / "metrics.jsonl")) == strip(
+        read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+    )
     with pytest.raises(UserError, match="different settings"):
         train_policy(replace(resumed, rounds=4, lr=1e-2))
 
@@ -191,8 +221,13 @@ def test_invalid_settings_are_refused_before_training(setup, tmp_path, monkeypat
     (tmp_path / "empty.json").write_text("[]")
     _refused(replace(base, out=out, val=str(tmp_path / "empty.json")), "no usable examples")
     table = FeatureTable.read(root / "features")
-    FeatureTable(ids=table.ids[:-1], columns={k: v[:-1] for k, v in table.columns.items()}, sem=table.sem[:-1],
-                 cluster=table.cluster[:-1], meta=table.meta).write(tmp_path / "partial")
+    FeatureTable(
+        ids=table.ids[:-1],
+        columns={k: v[:-1] for k, v in table.columns.items()},
+        sem=table.sem[:-1],
+        cluster=table.cluster[:-1],
+        meta=table.meta,
+    ).write(tmp_path / "partial")
     _refused(replace(base, out=out, features=str(tmp_path / "partial")), "features are missing for 1")
     (tmp_path / "nan_metric.py").write_text(
         "calls = [0]\n"
@@ -210,8 +245,18 @@ def test_finetune_saves_a_loadable_model_and_top_b_selections(finished_run, setu
 
     cfg, policy_dir = finished_run
     _, base = setup
-    ft = FinetuneConfig(policy=str(policy_dir), pool=base.pool, features=base.features, model=base.model, val=base.val,
-                        out=str(tmp_path / "ft"), steps=4, lr=1e-3, max_length=64, use_rule="topk")
+    ft = FinetuneConfig(
+        policy=str(policy_dir),
+        pool=base.pool,
+        features=base.features,
+        model=base.model,
+        val=base.val,
+        out=str(tmp_path / "ft"),
+        steps=4,
+        lr=1e-3,
+        max_length=64,
+        use_rule="topk",
+    )
     model_dir = finetune(ft)
     model, _ = load_model_and_tokenizer(str(model_dir))
     assert model.config.num_hidden_layers == 2
@@ -221,7 +266,9 @@ def test_finetune_saves_a_loadable_model_and_top_b_selections(finished_run, setu
     metrics = read_jsonl(tmp_path / "ft" / "metrics.jsonl")
     p0 = next(m for m in metrics if m["kind"] == "finetune")["P0"]
     pool = load_pool(base.pool)
-    static = StaticState.from_features(FeatureTable.read(base.features).align(pool.ids), RaisePolicy.read_normalizer(policy_dir))
+    static = StaticState.from_features(
+        FeatureTable.read(base.features).align(pool.ids), RaisePolicy.read_normalizer(policy_dir)
+    )
     policy = RaisePolicy.load(policy_dir, static)
     scores = policy.scores(p0, 1 / 4, torch.zeros(len(pool), dtype=torch.int64))
     expected = select_per_class(scores, static.classes, CLASSES, 1).tolist()
@@ -233,8 +280,19 @@ def test_finetune_saves_a_loadable_model_and_top_b_selections(finished_run, setu
 def test_finetune_with_lora_saves_an_adapter(finished_run, setup, tmp_path):
     _, policy_dir = finished_run
     _, base = setup
-    ft = FinetuneConfig(policy=str(policy_dir), pool=base.pool, features=base.features, model=base.model, val=base.val,
-                        out=str(tmp_path / "ft"), steps=2, lr=1e-3, max_length=64, lora=True, select_every=2)
+    ft = FinetuneConfig(
+        policy=str(policy_dir),
+        pool=base.pool,
+        features=base.features,
+        model=base.model,
+        val=base.val,
+        out=str(tmp_path / "ft"),
+        steps=2,
+        lr=1e-3,
+        max_length=64,
+        lora=True,
+        select_every=2,
+    )
     model_dir = finetune(ft)
     assert (model_dir / "adapter_config.json").is_file()
     assert len(read_jsonl(tmp_path / "ft" / "selections.jsonl")) == 2
@@ -245,16 +303,45 @@ def test_cli_train_policy_and_finetune(setup, tmp_path):
 
     _, base = setup
     runner = CliRunner()
-    common = ["--pool", base.pool, "--features", base.features, "--model", base.model, "--val", base.val,
-              "--steps", "2", "--lr", "1e-3", "--max-length", "64"]
-    res = runner.invoke(app, ["train-policy", *common, "--out", str(tmp_path / "run"), "--rounds", "1",
-                              "--set", "train_policy.policy.ppo_epochs=1", "--set", "policy.hidden=8"])
+    common = [
+        "--pool",
+        base.pool,
+        "--features",
+        base.features,
+        "--model",
+        base.model,
+        "--val",
+        base.val,
+        "--steps",
+        "2",
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "64",
+    ]
+    res = runner.invoke(
+        app,
+        [
+            "train-policy",
+            *common,
+            "--out",
+            str(tmp_path / "run"),
+            "--rounds",
+            "1",
+            "--set",
+            "train_policy.policy.ppo_epochs=1",
+            "--set",
+            "policy.hidden=8",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "policy saved to" in res.output
     written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert written["policy"]["ppo_epochs"] == 1 and written["policy"]["hidden"] == 8
     assert json.loads((tmp_path / "run" / "policy" / "policy.json").read_text())["config"]["hidden"] == 8
-    res = runner.invoke(app, ["finetune", *common, "--policy", str(tmp_path / "run" / "policy"), "--out", str(tmp_path / "ft")])
+    res = runner.invoke(
+        app, ["finetune", *common, "--policy", str(tmp_path / "run" / "policy"), "--out", str(tmp_path / "ft")]
+    )
     assert res.exit_code == 0, res.output
     assert len(read_jsonl(tmp_path / "ft" / "selections.jsonl")) == 2
     res = runner.invoke(app, ["train-policy", *common, "--out", str(tmp_path / "bad"), "--per-class", "0"])
@@ -287,15 +374,29 @@ def test_two_processes_match_one(setup, tmp_path):
     two = replace(one, out=str(tmp_path / "two"))
     (tmp_path / "run.py").write_text(DISTRIBUTED_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", str(tmp_path / "run.py"),
-                           json.dumps(dataclasses.asdict(two))], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(tmp_path / "run.py"),
+            json.dumps(dataclasses.asdict(two)),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sel = [read_jsonl(tmp_path / name / "selections" / "round_0.jsonl") for name in ("one", "two")]
     assert [s["indices"] for s in sel[0]] == [s["indices"] for s in sel[1]]
     for a, b in zip(*sel):
         assert b["scores"] == pytest.approx(a["scores"], abs=1e-5)
-    steps = [[m for m in read_jsonl(tmp_path / name / "metrics.jsonl") if m["kind"] == "step"] for name in ("one", "two")]
+    steps = [
+        [m for m in read_jsonl(tmp_path / name / "metrics.jsonl") if m["kind"] == "step"] for name in ("one", "two")
+    ]
     assert len(steps[1]) == 2  # only the main process writes
     for a, b in zip(*steps):
         assert b["P"] == pytest.approx(a["P"], abs=1e-5) and b["loss"] == pytest.approx(a["loss"], abs=1e-5)

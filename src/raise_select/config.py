@@ -67,11 +67,15 @@ def _coerce(value: Any, tp: Any, name: str, source: str) -> Any:
         raise UserError(f"{source}: '{name}' must be true or false, got {value!r}")
     if tp in (int, float):
         if isinstance(value, bool):  # YAML `true` would silently become 1
-            raise UserError(f"{source}: '{name}' must be a {'whole ' if tp is int else ''}number, got {str(value).lower()}")
+            raise UserError(
+                f"{source}: '{name}' must be a {'whole ' if tp is int else ''}number, got {str(value).lower()}"
+            )
         try:
             out = tp(value)
         except (TypeError, ValueError, OverflowError):
-            raise UserError(f"{source}: '{name}' must be a {'whole number' if tp is int else 'number'}, got {value!r}") from None
+            raise UserError(
+                f"{source}: '{name}' must be a {'whole number' if tp is int else 'number'}, got {value!r}"
+            ) from None
         if not math.isfinite(out):
             raise UserError(f"{source}: '{name}' must be a finite number, got {value!r}")
         if tp is int and isinstance(value, float) and value != int(value):
@@ -154,8 +158,9 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of sections at the top level (e.g. `study:`), "
-                        f"got a {type(data).__name__}")
+        raise UserError(
+            f"{path}: expected a mapping of sections at the top level (e.g. `study:`), got a {type(data).__name__}"
+        )
     return data
 
 
@@ -167,13 +172,17 @@ def parse_overrides(items: list[str] | None) -> dict:
             raise UserError(f"override '{item}': expected KEY=VALUE, e.g. train_policy.rounds=2")
         key, raw = item.split("=", 1)
         if not key.strip() or any(not part.strip() for part in key.split(".")):
-            raise UserError(f"override '{item}': the key before '=' is empty or has an empty part, e.g. train_policy.rounds=2")
+            raise UserError(
+                f"override '{item}': the key before '=' is empty or has an empty part, e.g. train_policy.rounds=2"
+            )
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise UserError(f"--set {item}: the value is not valid YAML ({problem}); quote it or fix it, "
-                            "e.g. --set featurize.classes=8") from None
+            raise UserError(
+                f"--set {item}: the value is not valid YAML ({problem}); quote it or fix it, "
+                "e.g. --set featurize.classes=8"
+            ) from None
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -266,7 +275,7 @@ def _field(cls: type, path: str) -> tuple[dataclasses.Field, Any]:
     for i, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if part not in fields:
-            raise KeyError(f"{cls.__name__} has no setting '{'.'.join(parts[:i + 1])}'")
+            raise KeyError(f"{cls.__name__} has no setting '{'.'.join(parts[: i + 1])}'")
         f = fields[part]
         default = _default(f) if i == 0 else getattr(default, part)
         cls = typing.get_type_hints(cls)[part]

@@ -52,8 +52,16 @@ from .baselines.base import SelectionContext
 from .baselines.ifd import IFD
 from .config import check_fields, to_dict
 from .data.pools import Example, Pool, load_pool
-from .data.synthetic import (TESTBEDS, SyntheticConfig, auxiliary_corpus, demo_texts, generate_pool, is_clean_on_target,
-                             write_demo_data, write_jsonl)
+from .data.synthetic import (
+    TESTBEDS,
+    SyntheticConfig,
+    auxiliary_corpus,
+    demo_texts,
+    generate_pool,
+    is_clean_on_target,
+    write_demo_data,
+    write_jsonl,
+)
 from .errors import UserError
 from .features.featurize import FeaturizeConfig, featurize
 from .features.table import FeatureTable
@@ -85,43 +93,73 @@ def demo_policy() -> PolicyConfig:
 class DemoConfig:
     """`raise-select demo`: every setting of the built-in demo (the shipped config: `--config demo`)."""
 
-    out: str = field(default="runs/demo", metadata={"help": "run folder; a re-run reuses data, model, features and finished policy rounds"})
+    out: str = field(
+        default="runs/demo",
+        metadata={"help": "run folder; a re-run reuses data, model, features and finished policy rounds"},
+    )
     seeds: int = field(default=3, metadata={"help": "seeds per method (policy training, RAND batches)"})
-    perfect: bool = field(default=True, metadata={"help": "also train on clean target-family batches only (the oracle)"})
-    ifd: bool = field(default=False, metadata={"help": "also train on the top-IFD rows (baselines.ifd, `ifd_budget` of the pool)"})
+    perfect: bool = field(
+        default=True, metadata={"help": "also train on clean target-family batches only (the oracle)"}
+    )
+    ifd: bool = field(
+        default=False, metadata={"help": "also train on the top-IFD rows (baselines.ifd, `ifd_budget` of the pool)"}
+    )
     ifd_budget: float = field(default=0.1, metadata={"help": "share of the pool the IFD baseline keeps"})
     # data (data.synthetic)
-    testbed: str = field(default="demo", metadata={"help": "generated pool and validation task: " + ", ".join(TESTBEDS)})
-    pool_size: Optional[int] = field(default=None, metadata={"help": "generated pool records; none: the testbed's size"})
-    val_size: int = field(default=32, metadata={"help": "validation examples (clean, on-target, inputs never in the pool)"})
+    testbed: str = field(
+        default="demo", metadata={"help": "generated pool and validation task: " + ", ".join(TESTBEDS)}
+    )
+    pool_size: Optional[int] = field(
+        default=None, metadata={"help": "generated pool records; none: the testbed's size"}
+    )
+    val_size: int = field(
+        default=32, metadata={"help": "validation examples (clean, on-target, inputs never in the pool)"}
+    )
     data_seed: int = field(default=0, metadata={"help": "seed of the pool and the validation set"})
     # model and features
     preset: str = field(default="test", metadata={"help": "tiny Llama size (models.tiny.PRESETS)"})
     model_seed: int = field(default=0, metadata={"help": "seed of M_0's random weights"})
     classes: int = field(default=1, metadata={"help": "C: K-means classes of the diversity constraint"})
     sem_dim: int = field(default=16, metadata={"help": "d_sem of the semantic state"})
-    auxiliary_steps: int = field(default=300, metadata={"help": "updates of M_0 on a separate clean corpus of the pool's families to make the auxiliary (featurizing) model; 0: featurize with M_0"})
+    auxiliary_steps: int = field(
+        default=300,
+        metadata={
+            "help": "updates of M_0 on a separate clean corpus of the pool's families to make the auxiliary "
+            "(featurizing) model; 0: featurize with M_0"
+        },
+    )
     max_length: int = field(default=96, metadata={"help": "tokens per example (the longest demo example is ~75)"})
     # LLM fine-tuning (same for every method; the batch is B = classes x policy.per_class)
     steps: int = field(default=100, metadata={"help": "T: updates per round and per fine-tuning run"})
-    lr: float = field(default=3e-3, metadata={"help": "LLM learning rate (cosine, no warm-up); see the module docstring"})
+    lr: float = field(
+        default=3e-3, metadata={"help": "LLM learning rate (cosine, no warm-up); see the module docstring"}
+    )
     # policy training
     rounds: int = field(default=16, metadata={"help": "K: policy-training rounds per seed"})
-    policy: PolicyConfig = field(default_factory=demo_policy, metadata={"help": "the selection policy and PPO; its seed: the demo seed"})
+    policy: PolicyConfig = field(
+        default_factory=demo_policy, metadata={"help": "the selection policy and PPO; its seed: the demo seed"}
+    )
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
         _data_config(self).check()
-        check_fields(self, [
-            *((getattr(self, k) >= 1, k, "must be >= 1") for k in ("seeds", "steps", "rounds", "classes", "sem_dim")),
-            (self.auxiliary_steps >= 0, "auxiliary_steps", "must be >= 0"),
-            (0 < self.ifd_budget <= 1, "ifd_budget", "must lie in (0, 1]"),
-            (self.max_length >= 2, "max_length", "must be >= 2"),
-            (self.lr > 0, "lr", "must be > 0"),
-            (self.preset in PRESETS, "preset", f"available: {', '.join(PRESETS)}"),
-        ], "demo")
+        check_fields(
+            self,
+            [
+                *(
+                    (getattr(self, k) >= 1, k, "must be >= 1")
+                    for k in ("seeds", "steps", "rounds", "classes", "sem_dim")
+                ),
+                (self.auxiliary_steps >= 0, "auxiliary_steps", "must be >= 0"),
+                (0 < self.ifd_budget <= 1, "ifd_budget", "must lie in (0, 1]"),
+                (self.max_length >= 2, "max_length", "must be >= 2"),
+                (self.lr > 0, "lr", "must be > 0"),
+                (self.preset in PRESETS, "preset", f"available: {', '.join(PRESETS)}"),
+            ],
+            "demo",
+        )
 
     @property
     def batch_size(self) -> int:
@@ -129,13 +167,22 @@ class DemoConfig:
         return self.classes * self.policy.per_class
 
     def lm(self, seed: int) -> LMConfig:
-        """LLM settings of the random-batch runs and the auxiliary model (RAISE's runs take the same lr and max_length)."""
+        """LLM settings of the random-batch runs and the auxiliary model (RAISE's runs take the same lr and
+        max_length)."""
         return LMConfig(lr=self.lr, max_length=self.max_length, seed=seed)
 
 
 # `--quick`: the same pipeline, small enough for a test.
-QUICK = {"pool_size": 120, "val_size": 8, "steps": 4, "rounds": 2, "auxiliary_steps": 4, "policy": {"per_class": 4}, "seeds": 2}
-AUXILIARY_BATCH = 16   # rows per update of the auxiliary model
+QUICK = {
+    "pool_size": 120,
+    "val_size": 8,
+    "steps": 4,
+    "rounds": 2,
+    "auxiliary_steps": 4,
+    "policy": {"per_class": 4},
+    "seeds": 2,
+}
+AUXILIARY_BATCH = 16  # rows per update of the auxiliary model
 
 
 @dataclass
@@ -144,9 +191,9 @@ class MethodRun:
 
     method: str
     seed: int
-    val_loss: float            # -P(M_T) with P = -mean loss over validation response tokens
-    clean_on_target: float     # share of (step, instruction) choices that are clean and of the target family
-    distinct: int              # distinct rows trained on
+    val_loss: float  # -P(M_T) with P = -mean loss over validation response tokens
+    clean_on_target: float  # share of (step, instruction) choices that are clean and of the target family
+    distinct: int  # distinct rows trained on
     seconds: float
 
 
@@ -165,8 +212,9 @@ def _selection_share(run_dir: Path, pool: Pool, target: str) -> tuple[float, int
     return sum(is_clean_on_target(by_id[i], target) for i in ids) / len(ids), len(set(ids))
 
 
-def _train_on_batches(cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val: list[Example], out: Path, seed: int,
-                      rows: list[int]) -> float:
+def _train_on_batches(
+    cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val: list[Example], out: Path, seed: int, rows: list[int]
+) -> float:
     """Fine-tune M_0 for `cfg.steps` steps on uniformly random batches of distinct rows from
     `rows` into the run folder `out`; returns -P(M_T).
 
@@ -178,7 +226,7 @@ def _train_on_batches(cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val: 
     finals = [r for r in run.read_metrics() if r.get("kind") == "final"]
     if finals:
         return -finals[-1]["final_P"]
-    (out / "metrics.jsonl").unlink(missing_ok=True)   # an unfinished earlier attempt is redone
+    (out / "metrics.jsonl").unlink(missing_ok=True)  # an unfinished earlier attempt is redone
 
     sub = dataclasses.replace(pool, examples=[pool.examples[i] for i in rows])
     static = StaticState.from_features(FeatureTable.read(paths["features"]).align(sub.ids))
@@ -187,33 +235,78 @@ def _train_on_batches(cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val: 
     where = f"{out.name}, seed {seed}"
     p0 = check_finite(validator(trainer.model), f"{where}, step 0 (the initial model)")
     write_selection = run.selection_writer("selections.jsonl")
-    batches: list[list[int]] = []   # rows of the sub-pool
+    batches: list[list[int]] = []  # rows of the sub-pool
 
     def on_step(metrics: dict, selection: dict) -> None:
         # The episode takes RandomBatches for a policy; its lines say what the batches were.
         run.metric({**metrics, "policy": False})
-        write_selection({**selection, "indices": [rows[i] for i in selection["indices"]],
-                         "scores": [None] * len(selection["indices"]), "random": True})
+        write_selection(
+            {
+                **selection,
+                "indices": [rows[i] for i in selection["indices"]],
+                "scores": [None] * len(selection["indices"]),
+                "random": True,
+            }
+        )
         batches.append(selection["indices"])
 
-    result = run_episode(trainer, validator, RandomBatches(static, cfg.batch_size), sub, cfg.steps, select_every=1,
-                         explore=True, generator=torch.Generator().manual_seed(seed), p0=p0, where=where, on_step=on_step)
-    run.metric({"kind": "final", "P0": p0, "final_P": result.final_p, "mean_loss": result.mean_loss,
-                "selection": selection_stats(batches, static.classes, static.num_classes), "time": result.time})
+    result = run_episode(
+        trainer,
+        validator,
+        RandomBatches(static, cfg.batch_size),
+        sub,
+        cfg.steps,
+        select_every=1,
+        explore=True,
+        generator=torch.Generator().manual_seed(seed),
+        p0=p0,
+        where=where,
+        on_step=on_step,
+    )
+    run.metric(
+        {
+            "kind": "final",
+            "P0": p0,
+            "final_P": result.final_p,
+            "mean_loss": result.mean_loss,
+            "selection": selection_stats(batches, static.classes, static.num_classes),
+            "time": result.time,
+        }
+    )
     return -result.final_p
 
 
-def _raise_run(cfg: DemoConfig, paths: dict[str, Path], seed: int, run_dir: Path, policy_dir: Path | None = None,
-               use_rule: str | None = None) -> float:
+def _raise_run(
+    cfg: DemoConfig,
+    paths: dict[str, Path],
+    seed: int,
+    run_dir: Path,
+    policy_dir: Path | None = None,
+    use_rule: str | None = None,
+) -> float:
     """Train a policy with `seed` into `run_dir/policy` (resumed when there; or use the trained
     `policy_dir`), fine-tune M_0 with it into `run_dir/raise` (with `use_rule` in place of the
     policy's own); returns -P(M_T). A fine-tuning run newer than its policy is reused."""
-    common = dict(pool=str(paths["pool"]), features=str(paths["features"]), model=str(paths["model"]),
-                  val=str(paths["val"]), steps=cfg.steps, lr=cfg.lr, max_length=cfg.max_length, seed=seed,
-                  val_batch_size=cfg.val_size)
+    common = dict(
+        pool=str(paths["pool"]),
+        features=str(paths["features"]),
+        model=str(paths["model"]),
+        val=str(paths["val"]),
+        steps=cfg.steps,
+        lr=cfg.lr,
+        max_length=cfg.max_length,
+        seed=seed,
+        val_batch_size=cfg.val_size,
+    )
     if policy_dir is None:
-        policy_dir = train_policy(TrainPolicyConfig(**common, out=str(run_dir / "policy"), rounds=cfg.rounds,
-                                                    policy=dataclasses.replace(cfg.policy, seed=seed)))
+        policy_dir = train_policy(
+            TrainPolicyConfig(
+                **common,
+                out=str(run_dir / "policy"),
+                rounds=cfg.rounds,
+                policy=dataclasses.replace(cfg.policy, seed=seed),
+            )
+        )
     done = run_dir / "raise" / "metrics.jsonl"
     final = [r for r in RunFolder(run_dir / "raise").read_metrics() if r.get("kind") == "finetune"]
     if not final or done.stat().st_mtime < (Path(policy_dir) / "policy.json").stat().st_mtime:
@@ -230,11 +323,14 @@ def _auxiliary_model(cfg: DemoConfig, out: Path, model_dir: Path, corpus: Synthe
         return auxiliary
     corpus_pool = load_pool(write_jsonl(out / "data" / "auxiliary.jsonl", generate_pool(corpus)))
     gen = torch.Generator().manual_seed(cfg.model_seed)
-    batches = [torch.randperm(len(corpus_pool), generator=gen)[:AUXILIARY_BATCH].tolist()
-               for _ in range(cfg.auxiliary_steps)]
-    partial = out / "auxiliary.partial"     # renamed when complete: a killed run leaves no half model
+    batches = [
+        torch.randperm(len(corpus_pool), generator=gen)[:AUXILIARY_BATCH].tolist() for _ in range(cfg.auxiliary_steps)
+    ]
+    partial = out / "auxiliary.partial"  # renamed when complete: a killed run leaves no half model
     shutil.rmtree(partial, ignore_errors=True)
-    train_on_schedule(str(model_dir), corpus_pool, batches, cfg.lm(cfg.model_seed), partial, total_steps=cfg.auxiliary_steps)
+    train_on_schedule(
+        str(model_dir), corpus_pool, batches, cfg.lm(cfg.model_seed), partial, total_steps=cfg.auxiliary_steps
+    )
     partial.rename(auxiliary)
     return auxiliary
 
@@ -249,9 +345,18 @@ def prepare(cfg: DemoConfig) -> dict[str, Path]:
     if not (model_dir / "config.json").is_file():
         build_tiny_model(model_dir, demo_texts(data) + demo_texts(corpus), preset=cfg.preset, seed=cfg.model_seed)
     auxiliary = _auxiliary_model(cfg, out, model_dir, corpus) if cfg.auxiliary_steps else model_dir
-    featurize(FeaturizeConfig(pool=str(pool_path), model=str(auxiliary), out=str(out / "features"),
-                              max_length=cfg.max_length, sem_dim=cfg.sem_dim, classes=cfg.classes,
-                              batch_size=64, seed=cfg.data_seed))
+    featurize(
+        FeaturizeConfig(
+            pool=str(pool_path),
+            model=str(auxiliary),
+            out=str(out / "features"),
+            max_length=cfg.max_length,
+            sem_dim=cfg.sem_dim,
+            classes=cfg.classes,
+            batch_size=64,
+            seed=cfg.data_seed,
+        )
+    )
     return {"out": out, "pool": pool_path, "val": val_path, "model": model_dir, "features": out / "features"}
 
 
@@ -261,8 +366,17 @@ def ifd_rows(cfg: DemoConfig, paths: dict[str, Path], pool: Pool) -> list[int]:
     return IFD().select(pool, max(math.ceil(cfg.ifd_budget * len(pool)), cfg.batch_size), ctx).indices
 
 
-def run_method(cfg: DemoConfig, paths: dict[str, Path], pool: Pool, val: list[Example], method: str, seed: int,
-               seed_dir: Path, rows: list[int] | None = None, **raise_options) -> MethodRun:
+def run_method(
+    cfg: DemoConfig,
+    paths: dict[str, Path],
+    pool: Pool,
+    val: list[Example],
+    method: str,
+    seed: int,
+    seed_dir: Path,
+    rows: list[int] | None = None,
+    **raise_options,
+) -> MethodRun:
     """One method and seed into `seed_dir/<method>`: raise (train a policy, fine-tune with it;
     `raise_options` go to `_raise_run`) or uniform batches from `rows` (rand, perfect, ifd).
     Finished parts are reused."""
@@ -298,8 +412,10 @@ def _run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict:
     val = load_pool(paths["val"]).examples
     rows_all = list(range(len(pool)))
     rows_perfect = [i for i, e in enumerate(pool.examples) if is_clean_on_target(e.record, _data_config(cfg).target)]
-    progress(f"pool {len(pool)} instructions ({len(rows_perfect)} clean on-target), validation {len(val)}; "
-             f"prepared in {time.perf_counter() - start:.0f}s")
+    progress(
+        f"pool {len(pool)} instructions ({len(rows_perfect)} clean on-target), validation {len(val)}; "
+        f"prepared in {time.perf_counter() - start:.0f}s"
+    )
 
     rows = {"rand": rows_all, "perfect": rows_perfect, "ifd": ifd_rows(cfg, paths, pool) if cfg.ifd else []}
     methods = ["raise", "rand", *(["perfect"] if cfg.perfect else []), *(["ifd"] if cfg.ifd else [])]
@@ -308,8 +424,10 @@ def _run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict:
         for method in methods:
             runs.append(run_method(cfg, paths, pool, val, method, seed, out / f"seed_{seed}", rows.get(method)))
             r = runs[-1]
-            progress(f"seed {seed} {method:>7}: validation loss {r.val_loss:.4f}, clean on-target "
-                     f"{r.clean_on_target:.1%}, {r.distinct} distinct rows ({r.seconds:.0f}s)")
+            progress(
+                f"seed {seed} {method:>7}: validation loss {r.val_loss:.4f}, clean on-target "
+                f"{r.clean_on_target:.1%}, {r.distinct} distinct rows ({r.seconds:.0f}s)"
+            )
     summary = summarize(cfg, runs, time.perf_counter() - start, pool_share=len(rows_perfect) / len(pool))
     write_json_atomic(out / "summary.json", summary)
     return summary
@@ -343,8 +461,10 @@ def summarize(cfg: DemoConfig, runs: list[MethodRun], seconds: float, pool_share
         share_mean, share_std = _mean_std([r.clean_on_target for r in mine])
         entry = {
             "per_seed": [dataclasses.asdict(r) for r in mine],
-            "val_loss_mean": loss_mean, "val_loss_std": loss_std,
-            "clean_on_target_mean": share_mean, "clean_on_target_std": share_std,
+            "val_loss_mean": loss_mean,
+            "val_loss_std": loss_std,
+            "clean_on_target_mean": share_mean,
+            "clean_on_target_std": share_std,
             "distinct_mean": statistics.fmean(r.distinct for r in mine),
         }
         if all(("rand", r.seed) in by and ("perfect", r.seed) in by for r in mine):
@@ -368,13 +488,20 @@ def summarize(cfg: DemoConfig, runs: list[MethodRun], seconds: float, pool_share
 
 def format_table(summary: dict) -> str:
     """The demo's result table (Markdown): mean ± std over seeds."""
-    lines = ["| method | final validation loss | oracle gain | clean & on-target chosen | distinct rows |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| method | final validation loss | oracle gain | clean & on-target chosen | distinct rows |",
+        "|---|---|---|---|---|",
+    ]
     for method, m in summary["methods"].items():
         gain = ""
         if "oracle_gain_mean" in m:
-            gain = (f"{m['oracle_gain_mean']:.0%} ± {m['oracle_gain_std']:.0%}" if math.isfinite(m["oracle_gain_mean"])
-                    else "n/a (the oracle gains nothing)")
-        lines.append(f"| {NAMES[method]} | {m['val_loss_mean']:.3f} ± {m['val_loss_std']:.3f} | {gain} | "
-                     f"{m['clean_on_target_mean']:.1%} ± {m['clean_on_target_std']:.1%} | {m['distinct_mean']:.0f} |")
+            gain = (
+                f"{m['oracle_gain_mean']:.0%} ± {m['oracle_gain_std']:.0%}"
+                if math.isfinite(m["oracle_gain_mean"])
+                else "n/a (the oracle gains nothing)"
+            )
+        lines.append(
+            f"| {NAMES[method]} | {m['val_loss_mean']:.3f} ± {m['val_loss_std']:.3f} | {gain} | "
+            f"{m['clean_on_target_mean']:.1%} ± {m['clean_on_target_std']:.1%} | {m['distinct_mean']:.0f} |"
+        )
     return "\n".join(lines)

@@ -94,8 +94,13 @@ def fingerprint(obj: Any) -> str:
     return sha256_text(json.dumps(obj, sort_keys=True, default=str))
 
 
-def check_output(out: str | os.PathLike, inputs: dict[str, Any] | None = None, kind: str = "folder",
-                 flag: str = "--out", read_by_name: tuple[str, ...] = ("--features", "--policy")) -> Path:
+def check_output(
+    out: str | os.PathLike,
+    inputs: dict[str, Any] | None = None,
+    kind: str = "folder",
+    flag: str = "--out",
+    read_by_name: tuple[str, ...] = ("--features", "--policy"),
+) -> Path:
     """Refuse, before anything is computed, an output path that would destroy or mix with an
     input of the same command, or that cannot be written.
 
@@ -122,11 +127,15 @@ def check_output(out: str | os.PathLike, inputs: dict[str, Any] | None = None, k
             continue
         source = source.resolve()
         if source == target:
-            raise UserError(f"{flag} {out} is also the input {name}; writing there would destroy the input; "
-                            "choose another output path")
+            raise UserError(
+                f"{flag} {out} is also the input {name}; writing there would destroy the input; "
+                "choose another output path"
+            )
         if source.is_dir() and target.is_relative_to(source) and name not in read_by_name:
-            raise UserError(f"{flag} {out} lies inside the input folder {name} {spec}; outputs there would be read "
-                            "back as input; choose a path outside it")
+            raise UserError(
+                f"{flag} {out} lies inside the input folder {name} {spec}; outputs there would be read "
+                "back as input; choose a path outside it"
+            )
     folder = target if kind == "folder" else target.parent  # where files get created (atomically, by rename)
     while not folder.exists():
         folder = folder.parent
@@ -154,7 +163,7 @@ OUTPUT_SIGNATURES = {
     "demo": ("summary.json",),
 }
 _held_locks: dict[Path, int] = {}  # folder -> open descriptor holding its lock
-_new_folders: list[Path] = []       # output folders this command created (removed again when it is refused)
+_new_folders: list[Path] = []  # output folders this command created (removed again when it is refused)
 
 
 def note_new_folder(folder: str | os.PathLike) -> None:
@@ -190,8 +199,9 @@ def lock_output(folder: str | os.PathLike, command: str, flag: str = "--out") ->
     except OSError:  # BlockingIOError: held by a live process
         holder = os.read(fd, 400).decode("utf-8", errors="replace").strip() or "another process"
         os.close(fd)
-        raise UserError(f"{flag} {folder}: in use by another run ({holder}); wait for it to end, or choose another "
-                        f"{flag}") from None
+        raise UserError(
+            f"{flag} {folder}: in use by another run ({holder}); wait for it to end, or choose another {flag}"
+        ) from None
     try:
         _check_kind(folder, command, flag)
     except UserError:
@@ -200,8 +210,11 @@ def lock_output(folder: str | os.PathLike, command: str, flag: str = "--out") ->
             (folder / LOCK_FILE).unlink(missing_ok=True)
         raise
     os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, `raise-select {command}` since "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode("utf-8"))
+    os.write(
+        fd,
+        f"pid {os.getpid()} on {socket.gethostname()}, `raise-select {command}` since "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode("utf-8"),
+    )
     _held_locks[folder] = fd
 
 
@@ -210,9 +223,11 @@ def _check_kind(folder: Path, command: str, flag: str) -> None:
     for other, names in OUTPUT_SIGNATURES.items():
         found = next((n for n in names if (folder / n).exists()), None)
         if other != command and command in OUTPUT_SIGNATURES and found is not None:
-            raise UserError(f"{flag} {folder}: holds the output of `raise-select {other}` ({found}); a folder holds "
-                            f"one kind of run, and `raise-select {command}` would mix its files with it; choose "
-                            f"another {flag}")
+            raise UserError(
+                f"{flag} {folder}: holds the output of `raise-select {other}` ({found}); a folder holds "
+                f"one kind of run, and `raise-select {command}` would mix its files with it; choose "
+                f"another {flag}"
+            )
 
 
 def end_of_command(refused: bool, keep: tuple[str, ...] = ()) -> None:

@@ -36,8 +36,10 @@ def check_interval() -> float:
     except ValueError:
         value = float("nan")
     if not (math.isfinite(value) and value >= 0):
-        raise UserError(f"{INTERVAL_ENV}={raw!r}: give seconds between progress lines, a number >= 0 "
-                        f"(0: a line at every update; unset: {DEFAULT_INTERVAL:g})")
+        raise UserError(
+            f"{INTERVAL_ENV}={raw!r}: give seconds between progress lines, a number >= 0 "
+            f"(0: a line at every update; unset: {DEFAULT_INTERVAL:g})"
+        )
     return value
 
 
@@ -52,8 +54,16 @@ def stderr_is_terminal() -> bool:
         return False
 
 
-def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
-             initial: int = 0, disable: bool = False, **tqdm_kwargs: Any):
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    initial: int = 0,
+    disable: bool = False,
+    **tqdm_kwargs: Any,
+):
     """A tqdm bar on a terminal, a `LogProgress` elsewhere (the same calls work on both:
     iteration, `update`, `set_postfix`, `close`, `with`)."""
     if disable or stderr_is_terminal():
@@ -67,8 +77,16 @@ class LogProgress:
     """Counts like a tqdm bar and logs `desc: n/total unit (p%), rate, elapsed[, postfix]`
     at most once per `interval` seconds."""
 
-    def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it",
-                 initial: int = 0, interval: float = DEFAULT_INTERVAL, clock=time.monotonic):
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        initial: int = 0,
+        interval: float = DEFAULT_INTERVAL,
+        clock=time.monotonic,
+    ):
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
@@ -128,8 +146,19 @@ class LogProgress:
         if self.total and rate > 0 and not done:
             eta = f", about {duration((self.total - self.n) / rate)} left"
         post = f" [{self._postfix}]" if self._postfix else ""
-        log.info("%s: %s %s %s%s, %.3g %s/s, %s elapsed%s%s", self.desc, "done" if done else "at", count, self.unit,
-                 pct, rate, self.unit, duration(elapsed), eta, post)
+        log.info(
+            "%s: %s %s %s%s, %.3g %s/s, %s elapsed%s%s",
+            self.desc,
+            "done" if done else "at",
+            count,
+            self.unit,
+            pct,
+            rate,
+            self.unit,
+            duration(elapsed),
+            eta,
+            post,
+        )
         self.lines += 1
         self._last_n = self.n
 

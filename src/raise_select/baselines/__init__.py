@@ -6,6 +6,15 @@ from .base import Baseline, Selection, SelectionContext, budget_count, matched_b
 from .registry import BASELINES, get_baseline_class, make_baseline, needs_features, needs_rds_vectors
 
 __all__ = [
-    "BASELINES", "Baseline", "Selection", "SelectionContext", "budget_count", "get_baseline_class",
-    "make_baseline", "matched_batches", "matched_steps", "needs_features", "needs_rds_vectors",
+    "BASELINES",
+    "Baseline",
+    "Selection",
+    "SelectionContext",
+    "budget_count",
+    "get_baseline_class",
+    "make_baseline",
+    "matched_batches",
+    "matched_steps",
+    "needs_features",
+    "needs_rds_vectors",
 ]

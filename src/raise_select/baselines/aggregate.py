@@ -48,7 +48,7 @@ def aggregate_select(scores: np.ndarray, budget: int, rule: str) -> tuple[np.nda
     if rule != "round_robin":
         raise UserError(f"unknown aggregation '{rule}'; available: {', '.join(AGGREGATIONS)}")
     # Each validation example's rows, best first (stable: lower index first among ties).
-    ranked = np.argsort(-scores, axis=0, kind="stable")   # (N, V)
+    ranked = np.argsort(-scores, axis=0, kind="stable")  # (N, V)
     pointer = np.zeros(scores.shape[1], dtype=np.int64)
     taken = np.zeros(n, dtype=bool)
     chosen, chosen_scores = [], []
@@ -56,7 +56,7 @@ def aggregate_select(scores: np.ndarray, budget: int, rule: str) -> tuple[np.nda
     while len(chosen) < budget:
         col = ranked[:, v]
         p = pointer[v]
-        while taken[col[p]]:   # at most N steps per column over the whole run
+        while taken[col[p]]:  # at most N steps per column over the whole run
             p += 1
         row = int(col[p])
         pointer[v] = p + 1

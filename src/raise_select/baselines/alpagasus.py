@@ -69,10 +69,23 @@ BACKENDS = ("http", "local")
 SCORINGS = ("expectation", "generate")
 RATING_DIGITS = "012345"  # the scale 0..5 of the reference's prompt
 
-SYSTEM_PROMPT = "We would like to request your feedback on the performance of AI assistant in response to the instruction and the given input displayed following."
+SYSTEM_PROMPT = (
+    "We would like to request your feedback on the performance of AI assistant in response to the instruction "
+    "and the given input displayed following."
+)
 RATING_PROMPTS = {
-    "accuracy": "Please rate according to the accuracy of the response to the instruction and the input. Each assistant receives a score on a scale of 0 to 5, where a higher score indicates higher level of the accuracy. Please first output a single line containing value indicating the scores. In the subsequent line, please provide a comprehensive explanation of your evaluation, avoiding any potential bias. \n\n",
-    "helpfulness": "Please rate according to the helpfulness of the response to the instruction and the input. Each assistant receives an score on a scale of 0 to 5, where a higher score indicates higher level of the helpfulness. Please first output a single line containing value indicating the scores. In the subsequent line, please provide a comprehensive explanation of your evaluation, avoiding any potential bias. \n\n",
+    "accuracy": (
+        "Please rate according to the accuracy of the response to the instruction and the input. Each assistant "
+        "receives a score on a scale of 0 to 5, where a higher score indicates higher level of the accuracy. "
+        "Please first output a single line containing value indicating the scores. In the subsequent line, please "
+        "provide a comprehensive explanation of your evaluation, avoiding any potential bias. \n\n"
+    ),
+    "helpfulness": (
+        "Please rate according to the helpfulness of the response to the instruction and the input. Each assistant "
+        "receives an score on a scale of 0 to 5, where a higher score indicates higher level of the helpfulness. "
+        "Please first output a single line containing value indicating the scores. In the subsequent line, please "
+        "provide a comprehensive explanation of your evaluation, avoiding any potential bias. \n\n"
+    ),
 }
 TRIPLET = "###Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}\n\n"
 _NUMBER = r"(\d+(?:\.\d+)?)"
@@ -122,7 +135,7 @@ class HttpJudge:
     model: str
     timeout: float = 60.0
     max_retries: int = 5
-    backoff: float = 1.0          # seconds before the first retry; doubles after each
+    backoff: float = 1.0  # seconds before the first retry; doubles after each
     max_backoff: float = 60.0
     max_tokens: int = 256
     temperature: float = 0.0
@@ -133,8 +146,15 @@ class HttpJudge:
         return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
 
     def _post(self, messages: list[dict]) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
-                           "max_tokens": self.max_tokens, "top_p": 1.0}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": messages,
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+                "top_p": 1.0,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -144,7 +164,9 @@ class HttpJudge:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             if e.code in (401, 403):
-                raise UserError(f"judge endpoint {self.url} refused the request (HTTP {e.code}); check ${API_KEY_ENV}") from None
+                raise UserError(
+                    f"judge endpoint {self.url} refused the request (HTTP {e.code}); check ${API_KEY_ENV}"
+                ) from None
             if e.code == 429 or e.code >= 500:
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 raise RetryableError(f"HTTP {e.code}", retry_after) from None
@@ -185,11 +207,16 @@ def rating_token_ids(tokenizer) -> list[int]:
         if tid is None or tid == tokenizer.unk_token_id:
             encoded = tokenizer(digit, add_special_tokens=False)["input_ids"]
             if not encoded:
-                raise UserError(f"alpagasus: the judge's tokenizer encodes the digit '{digit}' as nothing; use scoring=generate")
+                raise UserError(
+                    f"alpagasus: the judge's tokenizer encodes the digit '{digit}' as nothing; use scoring=generate"
+                )
             tid = encoded[0]
         ids.append(int(tid))
     if len(set(ids)) < len(ids):
-        raise UserError(f"alpagasus: the judge's tokenizer maps two of the digits 0-5 to one token (ids {ids}); use scoring=generate")
+        raise UserError(
+            f"alpagasus: the judge's tokenizer maps two of the digits 0-5 to one token (ids {ids}); "
+            f"use scoring=generate"
+        )
     return ids
 
 
@@ -204,7 +231,9 @@ def expected_ratings(next_logits, token_ids: list[int]):
 class LocalJudge:
     """A local (or hub) causal LM as the judge: greedy reviews, or next-token expectations."""
 
-    def __init__(self, model: str, dtype: str, device, max_tokens: int = 256, batch_size: int = 8, max_length: int = 2048):
+    def __init__(
+        self, model: str, dtype: str, device, max_tokens: int = 256, batch_size: int = 8, max_length: int = 2048
+    ):
         from ..models.loading import load_model_and_tokenizer
 
         self.model, self.tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device)
@@ -221,7 +250,7 @@ class LocalJudge:
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         # The tokenizer adds its BOS itself; a template that writes it too would double it.
         bos = tok.bos_token
-        return text[len(bos):] if bos and text.startswith(bos) else text
+        return text[len(bos) :] if bos and text.startswith(bos) else text
 
     def __call__(self, messages: list[dict]) -> str:
         """The greedy review of one example (`scoring="generate"`)."""
@@ -230,8 +259,10 @@ class LocalJudge:
         tok = self.tokenizer
         enc = tok(self.prompt(messages), return_tensors="pt").to(self.model.device)
         with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=self.max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = self.model.generate(
+                **enc, max_new_tokens=self.max_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def expectations(self, prompts: list[str]):
         """(B,) expected ratings and (B, 6) digit probabilities of one left-padded batch of prompts."""
@@ -260,8 +291,14 @@ def cached_scores(keys: list[str], cache: JsonlCache, counts: dict) -> list[floa
     return [cache.get(k)["score"] if k in cache else None for k in keys]
 
 
-def rate_pool(examples: list[Example], judge: Callable[[list[dict]], str], judge_name: str, dimension: str,
-              cache: JsonlCache, concurrency: int) -> tuple[list[float | None], dict]:
+def rate_pool(
+    examples: list[Example],
+    judge: Callable[[list[dict]], str],
+    judge_name: str,
+    dimension: str,
+    cache: JsonlCache,
+    concurrency: int,
+) -> tuple[list[float | None], dict]:
     """Scores parsed from the judge's reviews (None: unrated) and counts of what happened."""
     keys, prompt_hash = judgment_keys(examples, judge_name, "generate", dimension)
     todo = [i for i, k in enumerate(keys) if k not in cache]
@@ -282,13 +319,23 @@ def rate_pool(examples: list[Example], judge: Callable[[list[dict]], str], judge
                 counts["failed"] += 1
                 log.warning("judge gave up on example %s: %s", examples[i].id, e.args[0])
                 continue
-            cache.put(keys[i], {"id": examples[i].id, "judge": judge_name, "scoring": "generate", "prompt": prompt_hash,
-                                "review": review, "score": parse_score(review)})
+            cache.put(
+                keys[i],
+                {
+                    "id": examples[i].id,
+                    "judge": judge_name,
+                    "scoring": "generate",
+                    "prompt": prompt_hash,
+                    "review": review,
+                    "score": parse_score(review),
+                },
+            )
     return cached_scores(keys, cache, counts), counts
 
 
-def rate_pool_expectation(examples: list[Example], judge: LocalJudge, judge_name: str, dimension: str,
-                          cache: JsonlCache) -> tuple[list[float | None], dict]:
+def rate_pool_expectation(
+    examples: list[Example], judge: LocalJudge, judge_name: str, dimension: str, cache: JsonlCache
+) -> tuple[list[float | None], dict]:
     """Expected 0-5 ratings from the judge's next-token digit probabilities, in batches, cached per batch."""
     from ..progress import progress_bar
 
@@ -297,11 +344,20 @@ def rate_pool_expectation(examples: list[Example], judge: LocalJudge, judge_name
     counts = {"cached": len(examples) - len(todo), "requested": len(todo), "failed": 0, "unrated": 0}
     step = max(1, judge.batch_size)
     for start in progress_bar(range(0, len(todo), step), desc="alpagasus judge (expectation)", unit="batch"):
-        batch = todo[start:start + step]
+        batch = todo[start : start + step]
         ratings, probs = judge.expectations([judge.prompt(judge_messages(examples[i], dimension)) for i in batch])
         for i, rating, p in zip(batch, ratings, probs):
-            cache.put(keys[i], {"id": examples[i].id, "judge": judge_name, "scoring": "expectation", "prompt": prompt_hash,
-                                "probs": [float(x) for x in p], "score": float(rating)})
+            cache.put(
+                keys[i],
+                {
+                    "id": examples[i].id,
+                    "judge": judge_name,
+                    "scoring": "expectation",
+                    "prompt": prompt_hash,
+                    "probs": [float(x) for x in p],
+                    "score": float(rating),
+                },
+            )
     return cached_scores(keys, cache, counts), counts
 
 
@@ -312,22 +368,46 @@ class AlpaGasus:
     name: ClassVar[str] = "alpagasus"
     dynamic: ClassVar[bool] = False
 
-    backend: str = field(default="http", metadata={
-        "help": "judge: http (OpenAI-compatible endpoint at $RAISE_SELECT_JUDGE_BASE_URL, key $RAISE_SELECT_JUDGE_API_KEY) or local (an HF model)"})
-    judge_model: str = field(default="gpt-3.5-turbo", metadata={
-        "help": "judge: model name sent to the endpoint (http), or the model's hub id/folder (local)"})
-    dimension: str = field(default="accuracy", metadata={"help": "rating prompt of the reference: accuracy (its default) or helpfulness"})
-    threshold: float = field(default=4.5, metadata={"help": "keep judge scores (0-5) at or above this, best first; the next best fill the budget"})
+    backend: str = field(
+        default="http",
+        metadata={
+            "help": "judge: http (OpenAI-compatible endpoint at $RAISE_SELECT_JUDGE_BASE_URL, "
+            "key $RAISE_SELECT_JUDGE_API_KEY) or local (an HF model)"
+        },
+    )
+    judge_model: str = field(
+        default="gpt-3.5-turbo",
+        metadata={"help": "judge: model name sent to the endpoint (http), or the model's hub id/folder (local)"},
+    )
+    dimension: str = field(
+        default="accuracy", metadata={"help": "rating prompt of the reference: accuracy (its default) or helpfulness"}
+    )
+    threshold: float = field(
+        default=4.5,
+        metadata={"help": "keep judge scores (0-5) at or above this, best first; the next best fill the budget"},
+    )
     concurrency: int = field(default=8, metadata={"help": "http: parallel requests"})
-    max_retries: int = field(default=5, metadata={"help": "http: retries of a request on 429/5xx/timeouts before giving up on it"})
+    max_retries: int = field(
+        default=5, metadata={"help": "http: retries of a request on 429/5xx/timeouts before giving up on it"}
+    )
     timeout: float = field(default=60.0, metadata={"help": "http: seconds per request"})
-    backoff: float = field(default=1.0, metadata={"help": "http: seconds before the first retry (doubles each time; Retry-After honoured)"})
+    backoff: float = field(
+        default=1.0, metadata={"help": "http: seconds before the first retry (doubles each time; Retry-After honoured)"}
+    )
     max_tokens: int = field(default=256, metadata={"help": "tokens the judge may answer with (scoring=generate)"})
     dtype: str = field(default="float32", metadata={"help": "local: judge weights dtype"})
-    scoring: Optional[str] = field(default=None, metadata={
-        "help": "expectation (sum_k k p_k over the digits 0-5; local only) or generate (parse a written review); none: expectation for local, generate for http"})
+    scoring: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "expectation (sum_k k p_k over the digits 0-5; local only) or generate (parse a written review); "
+            "none: expectation for local, generate for http"
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "local: prompts per forward pass (scoring=expectation)"})
-    max_length: int = field(default=2048, metadata={"help": "local: token limit of a prompt (cut from the left, keeping the rating request)"})
+    max_length: int = field(
+        default=2048,
+        metadata={"help": "local: token limit of a prompt (cut from the left, keeping the rating request)"},
+    )
 
     def needs_features(self) -> bool:
         return False
@@ -341,32 +421,62 @@ class AlpaGasus:
         if scoring not in SCORINGS:
             raise UserError(f"alpagasus: unknown scoring '{scoring}'; available: {', '.join(SCORINGS)}")
         if scoring == "expectation" and self.backend != "local":
-            raise UserError("alpagasus: scoring=expectation needs the judge's logits: use backend=local, or scoring=generate")
+            raise UserError(
+                "alpagasus: scoring=expectation needs the judge's logits: use backend=local, or scoring=generate"
+            )
         cache = JsonlCache(ctx.cache_path("alpagasus-judgments.jsonl"))
         judge_name = f"{self.backend}:{self.judge_model}"
         if scoring == "expectation":
             scores, counts = rate_pool_expectation(pool.examples, self._judge(ctx), judge_name, self.dimension, cache)
         else:
-            scores, counts = rate_pool(pool.examples, self._judge(ctx), judge_name, self.dimension, cache,
-                                       self.concurrency if self.backend == "http" else 1)
+            scores, counts = rate_pool(
+                pool.examples,
+                self._judge(ctx),
+                judge_name,
+                self.dimension,
+                cache,
+                self.concurrency if self.backend == "http" else 1,
+            )
         rated = np.array([i for i, s in enumerate(scores) if s is not None], dtype=np.int64)
         values = np.array([s if s is not None else -np.inf for s in scores], dtype=np.float64)
         order = rated[np.lexsort((rated, -values[rated]))] if rated.size else rated
         chosen = order[:budget]
-        info = {**counts, "threshold": self.threshold, "judge": judge_name, "scoring": scoring,
-                "above_threshold": int((values >= self.threshold).sum()),
-                "filled_below_threshold": int((values[chosen] < self.threshold).sum())}
+        info = {
+            **counts,
+            "threshold": self.threshold,
+            "judge": judge_name,
+            "scoring": scoring,
+            "above_threshold": int((values >= self.threshold).sum()),
+            "filled_below_threshold": int((values[chosen] < self.threshold).sum()),
+        }
         if chosen.size < budget:
             info["short_of_budget"] = int(budget - chosen.size)
-        return Selection(indices=chosen.tolist(), scores=values[chosen].tolist(), info=info,
-                         pool_scores=Selection.per_row(values))
+        return Selection(
+            indices=chosen.tolist(), scores=values[chosen].tolist(), info=info, pool_scores=Selection.per_row(values)
+        )
 
     def _judge(self, ctx: SelectionContext) -> HttpJudge | LocalJudge:
         if self.backend == "local":
-            return LocalJudge(self.judge_model, self.dtype, ctx.torch_device(), max_tokens=self.max_tokens,
-                              batch_size=self.batch_size, max_length=self.max_length)
+            return LocalJudge(
+                self.judge_model,
+                self.dtype,
+                ctx.torch_device(),
+                max_tokens=self.max_tokens,
+                batch_size=self.batch_size,
+                max_length=self.max_length,
+            )
         base_url = os.environ.get(BASE_URL_ENV)
         if not base_url:
-            raise UserError(f"alpagasus: set ${BASE_URL_ENV} to an OpenAI-compatible endpoint (and ${API_KEY_ENV}), or use --set alpagasus.backend=local")
-        return HttpJudge(base_url=base_url, api_key=os.environ.get(API_KEY_ENV), model=self.judge_model,
-                         timeout=self.timeout, max_retries=self.max_retries, backoff=self.backoff, max_tokens=self.max_tokens)
+            raise UserError(
+                f"alpagasus: set ${BASE_URL_ENV} to an OpenAI-compatible endpoint (and ${API_KEY_ENV}), "
+                f"or use --set alpagasus.backend=local"
+            )
+        return HttpJudge(
+            base_url=base_url,
+            api_key=os.environ.get(API_KEY_ENV),
+            model=self.judge_model,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            max_tokens=self.max_tokens,
+        )

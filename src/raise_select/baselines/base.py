@@ -52,24 +52,26 @@ class SelectionContext:
     and save it to `out_dir/model`.
     """
 
-    features: FeatureTable | None = None      # aligned to the pool (`FeatureTable.align(pool.ids)`)
-    model: str | None = None                  # target model id or folder (LESS gradients, SSPL target loss)
-    validation: list[Example] | None = None   # target-task examples (LESS)
-    seed: int = 0                             # fixes every random choice of the method
-    out_dir: Path | None = None               # where caches (scores, judgments) are kept; None: no cache
-    template: str = "alpaca"                  # prompt template for methods that run an LM on the pool
-    max_length: int = 512                     # token limit for those passes
-    batch_size: int = 8                       # training batch size (schedules are built from it)
-    epochs: int = 3                           # static methods train this many epochs over the subset
-    steps: int | None = None                  # update steps; None: matched to `epochs` over the budget
-    device: str | None = None                 # torch device for LM passes; None: cuda when available
-    data_dir: str | None = None               # original files of named sets (a holdout set given by name)
-    lm: "LMConfig | None" = None              # LLM training settings: online methods choose while they train
-    report: "Reporter | None" = None          # where training's step loss also goes (`report_to`)
+    features: FeatureTable | None = None  # aligned to the pool (`FeatureTable.align(pool.ids)`)
+    model: str | None = None  # target model id or folder (LESS gradients, SSPL target loss)
+    validation: list[Example] | None = None  # target-task examples (LESS)
+    seed: int = 0  # fixes every random choice of the method
+    out_dir: Path | None = None  # where caches (scores, judgments) are kept; None: no cache
+    template: str = "alpaca"  # prompt template for methods that run an LM on the pool
+    max_length: int = 512  # token limit for those passes
+    batch_size: int = 8  # training batch size (schedules are built from it)
+    epochs: int = 3  # static methods train this many epochs over the subset
+    steps: int | None = None  # update steps; None: matched to `epochs` over the budget
+    device: str | None = None  # torch device for LM passes; None: cuda when available
+    data_dir: str | None = None  # original files of named sets (a holdout set given by name)
+    lm: "LMConfig | None" = None  # LLM training settings: online methods choose while they train
+    report: "Reporter | None" = None  # where training's step loss also goes (`report_to`)
 
     def require_features(self, method: str) -> FeatureTable:
         if self.features is None:
-            raise UserError(f"method '{method}' needs featurized pool features; pass --features (see `raise-select featurize`)")
+            raise UserError(
+                f"method '{method}' needs featurized pool features; pass --features (see `raise-select featurize`)"
+            )
         return self.features
 
     def require_model(self, method: str) -> str:
@@ -129,7 +131,9 @@ def matched_steps(budget: int, batch_size: int, epochs: int = 3) -> int:
     return math.ceil(epochs * budget / batch_size)
 
 
-def matched_batches(selection: Selection, batch_size: int, steps: int, seed: int, dynamic: bool = False) -> list[list[int]]:
+def matched_batches(
+    selection: Selection, batch_size: int, steps: int, seed: int, dynamic: bool = False
+) -> list[list[int]]:
     """The per-step batches of pool rows at `steps` matched update steps.
 
     Static subsets: epochs of seeded reshuffles of the subset, one stream cut into full
@@ -143,13 +147,13 @@ def matched_batches(selection: Selection, batch_size: int, steps: int, seed: int
         need = steps * batch_size
         if len(idx) != need:
             raise UserError(f"the schedule holds {len(idx)} rows but {steps} steps of {batch_size} need {need}")
-        return [idx[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
+        return [idx[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
     rng = np.random.default_rng(seed)
     stream: list[int] = []
     arr = np.asarray(idx, dtype=np.int64)
     while len(stream) < steps * batch_size:
         stream.extend(arr[rng.permutation(len(arr))].tolist())
-    return [stream[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
+    return [stream[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
 
 
 def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:

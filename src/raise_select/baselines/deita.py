@@ -37,8 +37,14 @@ from .lm import left_padded_batch
 log = logging.getLogger(__name__)
 
 # Verbatim from the reference's Llama scorer (spaces and newlines included).
-COMPLEXITY_TEMPLATE = "You are a helpful assistant. Please identify the complexity score of the following user query. \n##Query: {instruction}  \n##Complexity: "
-QUALITY_TEMPLATE = "You are a helpful assistant. Please identify the quality score of the Response corresponding to the Question. \n #Question#:\n{instruction}\n#Response#:\n{output} \n##Quality: "
+COMPLEXITY_TEMPLATE = (
+    "You are a helpful assistant. Please identify the complexity score of the following user query. "
+    "\n##Query: {instruction}  \n##Complexity: "
+)
+QUALITY_TEMPLATE = (
+    "You are a helpful assistant. Please identify the quality score of the Response corresponding to the Question. "
+    "\n #Question#:\n{instruction}\n#Response#:\n{output} \n##Quality: "
+)
 SCORE_WEIGHTS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 
 
@@ -69,7 +75,7 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int, max_len
     model.eval()
     out = []
     for s in progress_bar(range(0, len(texts), batch_size), desc=desc, unit="batch"):
-        enc = left_padded_batch(tokenizer, texts[s:s + batch_size], max_length, device)
+        enc = left_padded_batch(tokenizer, texts[s : s + batch_size], max_length, device)
         logits = model(**enc).logits[:, -1]
         out.append(expected_scores(logits, ids).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
@@ -84,7 +90,7 @@ def last_token_embeddings(model, tokenizer, texts: Sequence[str], batch_size: in
     model.eval()
     out = []
     for s in progress_bar(range(0, len(texts), batch_size), desc="deita embeddings", unit="batch"):
-        enc = left_padded_batch(tokenizer, texts[s:s + batch_size], max_length, device)
+        enc = left_padded_batch(tokenizer, texts[s : s + batch_size], max_length, device)
         hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
         out.append(hidden[:, -1].float().cpu().numpy())
     return np.concatenate(out)
@@ -101,7 +107,9 @@ def evol_scores(complexity: list[list[float]], quality: list[list[float]]) -> np
     return np.array([float(np.sum(np.asarray(c) * np.asarray(q))) for c, q in zip(complexity, quality)])
 
 
-def diversity_filter(embeddings: np.ndarray, order: Sequence[int], threshold: float, budget: int) -> tuple[list[int], int]:
+def diversity_filter(
+    embeddings: np.ndarray, order: Sequence[int], threshold: float, budget: int
+) -> tuple[list[int], int]:
     """Walk `order`, admitting a row only if its cosine similarity to every admitted row is
     at most `threshold`; stop at `budget`. Returns (admitted rows, rows rejected)."""
     emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
@@ -127,14 +135,29 @@ class Deita:
     name: ClassVar[str] = "deita"
     dynamic: ClassVar[bool] = False
 
-    complexity_scorer: str = field(default="hkust-nlp/deita-complexity-scorer", metadata={"help": "complexity scorer LM: hub id or folder"})
-    quality_scorer: str = field(default="hkust-nlp/deita-quality-scorer", metadata={"help": "quality scorer LM: hub id or folder"})
-    threshold: float = field(default=0.9, metadata={
-        "help": "diversity filter: admit an example only if its cosine similarity to every admitted one is <= this"})
-    embedder: str = field(default="features", metadata={
-        "help": "embedding of the diversity filter: features (the featurized `sem`), a sentence-transformers model (e.g. all-minilm-l6-v2), or an LM id/folder (last-token hidden state)"})
+    complexity_scorer: str = field(
+        default="hkust-nlp/deita-complexity-scorer", metadata={"help": "complexity scorer LM: hub id or folder"}
+    )
+    quality_scorer: str = field(
+        default="hkust-nlp/deita-quality-scorer", metadata={"help": "quality scorer LM: hub id or folder"}
+    )
+    threshold: float = field(
+        default=0.9,
+        metadata={
+            "help": "diversity filter: admit an example only if its cosine similarity to every admitted one is <= this"
+        },
+    )
+    embedder: str = field(
+        default="features",
+        metadata={
+            "help": "embedding of the diversity filter: features (the featurized `sem`), a sentence-transformers model "
+            "(e.g. all-minilm-l6-v2), or an LM id/folder (last-token hidden state)"
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "examples per scorer / embedder forward pass"})
-    max_length: int = field(default=2048, metadata={"help": "scorer / embedder token limit (prompts cut from the left)"})
+    max_length: int = field(
+        default=2048, metadata={"help": "scorer / embedder token limit (prompts cut from the left)"}
+    )
     dtype: str = field(default="float32", metadata={"help": "scorer / LM embedder weights dtype (bfloat16 on GPUs)"})
 
     def needs_features(self) -> bool:
@@ -149,14 +172,22 @@ class Deita:
         evol = evol_scores(complexity, quality)
         order = np.lexsort((np.arange(len(evol)), -evol))
         admitted, rejected = diversity_filter(self._embeddings(pool, ctx), order, self.threshold, budget)
-        info = {"threshold": self.threshold, "embedder": self.embedder, "rejected_as_similar": rejected,
-                "complexity_mean": float(np.mean([np.mean(c) for c in complexity])),
-                "quality_mean": float(np.mean([np.mean(q) for q in quality]))}
+        info = {
+            "threshold": self.threshold,
+            "embedder": self.embedder,
+            "rejected_as_similar": rejected,
+            "complexity_mean": float(np.mean([np.mean(c) for c in complexity])),
+            "quality_mean": float(np.mean([np.mean(q) for q in quality])),
+        }
         if len(admitted) < budget:
             info["short_of_budget"] = budget - len(admitted)
-        return Selection(indices=admitted, scores=evol[admitted].tolist(), info=info, pool_scores=Selection.per_row(evol))
+        return Selection(
+            indices=admitted, scores=evol[admitted].tolist(), info=info, pool_scores=Selection.per_row(evol)
+        )
 
-    def _score(self, pool: Pool, pairs: list[list[tuple[str, str]]], ctx: SelectionContext, kind: str, scorer: str) -> list[list[float]]:
+    def _score(
+        self, pool: Pool, pairs: list[list[tuple[str, str]]], ctx: SelectionContext, kind: str, scorer: str
+    ) -> list[list[float]]:
         cache = JsonlCache(ctx.cache_path(f"deita-{kind}.jsonl"))
 
         def key(e: Example) -> str:
@@ -170,15 +201,20 @@ class Deita:
             texts, owner = [], []
             for i in todo:
                 for instruction, response in pairs[i]:
-                    texts.append(COMPLEXITY_TEMPLATE.format(instruction=instruction) if kind == "complexity"
-                                 else QUALITY_TEMPLATE.format(instruction=instruction, output=response))
+                    texts.append(
+                        COMPLEXITY_TEMPLATE.format(instruction=instruction)
+                        if kind == "complexity"
+                        else QUALITY_TEMPLATE.format(instruction=instruction, output=response)
+                    )
                     owner.append(i)
             flat = score_texts(model, tok, texts, self.batch_size, self.max_length, f"deita {kind}")
             per_example: dict[int, list[float]] = {i: [] for i in todo}
             for i, s in zip(owner, flat.tolist()):
                 per_example[i].append(s)
             for i in todo:
-                cache.put(key(pool.examples[i]), {"id": pool.examples[i].id, "scorer": scorer, "scores": per_example[i]})
+                cache.put(
+                    key(pool.examples[i]), {"id": pool.examples[i].id, "scorer": scorer, "scores": per_example[i]}
+                )
             del model
         return [cache.get(key(e))["scores"] for e in pool.examples]
 

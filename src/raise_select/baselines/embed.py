@@ -28,8 +28,10 @@ class Embed:
     name: ClassVar[str] = "embed"
     dynamic: ClassVar[bool] = False
 
-    encoder: str = field(default="all-minilm-l6-v2", metadata={
-        "help": "sentence-transformers model: hub id, folder, or a packaged short name"})
+    encoder: str = field(
+        default="all-minilm-l6-v2",
+        metadata={"help": "sentence-transformers model: hub id, folder, or a packaged short name"},
+    )
     aggregation: str = field(default="round_robin", metadata={"help": "round_robin, max or mean (see `rds`)"})
     batch_size: int = field(default=64, metadata={"help": "texts per encoder batch"})
 
@@ -55,7 +57,15 @@ class Embed:
         val = encode_texts(encoder, [example_text(e) for e in validation], self.batch_size)
         sims = cosine_matrix(rows, val)
         chosen, scores = aggregate_select(sims, budget, self.aggregation)
-        info = {"aggregation": self.aggregation, "validation_examples": len(validation), "encoder": self.encoder,
-                "dim": int(rows.shape[1])}
-        return Selection(indices=chosen.tolist(), scores=scores.tolist(), info=info,
-                         pool_scores=Selection.per_row(row_scores(sims, self.aggregation)))
+        info = {
+            "aggregation": self.aggregation,
+            "validation_examples": len(validation),
+            "encoder": self.encoder,
+            "dim": int(rows.shape[1]),
+        }
+        return Selection(
+            indices=chosen.tolist(),
+            scores=scores.tolist(),
+            info=info,
+            pool_scores=Selection.per_row(row_scores(sims, self.aggregation)),
+        )

@@ -43,24 +43,45 @@ OUTPUT_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 class GrapeConfig:
     """`raise-select grape`: one response per instruction, chosen by the target model."""
 
-    pool: str = dataclasses.field(default="", metadata={"help": "pool file or folder with several responses per instruction: a list field, or rows sharing a prompt"})
-    format: Optional[str] = dataclasses.field(default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"})
-    field: str = dataclasses.field(default="", metadata={"help": "list field holding the candidates; empty: `output` when it is a list, else responses/completions, else rows sharing a prompt"})
+    pool: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "pool file or folder with several responses per instruction: a list field, or rows sharing a prompt"
+        },
+    )
+    format: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"}
+    )
+    field: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "list field holding the candidates; empty: `output` when it is a list, else responses/completions, "
+            "else rows sharing a prompt"
+        },
+    )
     model: str = dataclasses.field(default="", metadata={"help": "target model: hub id or folder"})
-    out: str = dataclasses.field(default="", metadata={"help": "output pool: .jsonl, .json, .parquet or .csv (Alpaca rows only)"})
+    out: str = dataclasses.field(
+        default="", metadata={"help": "output pool: .jsonl, .json, .parquet or .csv (Alpaca rows only)"}
+    )
     template: str = dataclasses.field(default="alpaca", metadata={"help": "prompt template: alpaca or chat"})
     max_length: int = dataclasses.field(default=512, metadata={"help": "tokens per example, truncated as in training"})
     batch_size: int = dataclasses.field(default=8, metadata={"help": "candidates scored per forward pass"})
     dtype: str = dataclasses.field(default="float32", metadata={"help": "model weights dtype"})
-    device: Optional[str] = dataclasses.field(default=None, metadata={"help": "torch device; None: cuda when available"})
+    device: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "torch device; None: cuda when available"}
+    )
     limit: Optional[int] = dataclasses.field(default=None, metadata={"help": "read only the first N rows (>= 1)"})
 
     def __post_init__(self) -> None:
-        check_fields(self, [
-            (self.max_length >= 2, "max_length", "must be >= 2"),
-            (self.batch_size >= 1, "batch_size", "must be >= 1"),
-            (self.limit is None or self.limit >= 1, "limit", "must be >= 1; leave it unset for every row"),
-        ], "grape")
+        check_fields(
+            self,
+            [
+                (self.max_length >= 2, "max_length", "must be >= 2"),
+                (self.batch_size >= 1, "batch_size", "must be >= 1"),
+                (self.limit is None or self.limit >= 1, "limit", "must be >= 1; leave it unset for every row"),
+            ],
+            "grape",
+        )
 
 
 @dataclass
@@ -70,7 +91,7 @@ class Group:
     prompt: tuple[tuple[str, str], ...]
     candidates: list[Example]
     positions: list[int] | None = None  # each candidate's index in the row's list; None: 0, 1, ...
-    blank: int = 0                      # blank candidates of the row's list, skipped
+    blank: int = 0  # blank candidates of the row's list, skipped
 
 
 def _detect_field(rec: dict, field: str, at: str = "") -> str:
@@ -81,8 +102,7 @@ def _detect_field(rec: dict, field: str, at: str = "") -> str:
     found = next((f for f in LIST_FIELDS if isinstance(rec.get(f), list)), "")
     odd = next((f for f in LIST_FIELDS if f in rec and not isinstance(rec[f], list)), "")
     if not found and odd and "output" not in rec:  # `responses: "one text"`: not read as rows sharing a prompt
-        raise UserError(f"{at}, field '{odd}': expected a list of candidate responses, got "
-                        f"{type(rec[odd]).__name__}")
+        raise UserError(f"{at}, field '{odd}': expected a list of candidate responses, got {type(rec[odd]).__name__}")
     return found
 
 
@@ -98,7 +118,9 @@ def _with_response(rec: dict, fmt: str, list_field: str, response: str) -> dict:
     return out
 
 
-def read_groups(spec: str, fmt: str | None = None, field: str = "", limit: int | None = None) -> tuple[list[Group], str]:
+def read_groups(
+    spec: str, fmt: str | None = None, field: str = "", limit: int | None = None
+) -> tuple[list[Group], str]:
     """The pool's instructions with their candidate responses, and the pool format."""
     from ..data.pools import FORMATS, load_pool, normalise, rows_from_path
 
@@ -198,10 +220,15 @@ def run_grape(cfg: GrapeConfig) -> dict:
         raise UserError(f"{cfg.out}: output must end in one of {', '.join(OUTPUT_SUFFIXES)}")
     groups, fmt = read_groups(cfg.pool, cfg.format, cfg.field, cfg.limit)
     if Path(cfg.out).suffix.lower() == ".csv" and fmt != "alpaca":
-        raise UserError(f"{cfg.out}: CSV holds flat (Alpaca) rows only and this pool is in {fmt} format; write .jsonl, .json or .parquet")
+        raise UserError(
+            f"{cfg.out}: CSV holds flat (Alpaca) rows only and this pool is in {fmt} format; "
+            f"write .jsonl, .json or .parquet"
+        )
     examples = [e for g in groups for e in g.candidates]
     cache = JsonlCache(Path(f"{cfg.out}.grape-cache"))
-    prefix = fingerprint({"model": cfg.model, "template": cfg.template, "max_length": cfg.max_length, "dtype": cfg.dtype})
+    prefix = fingerprint(
+        {"model": cfg.model, "template": cfg.template, "max_length": cfg.max_length, "dtype": cfg.dtype}
+    )
     todo = list(dict.fromkeys(e.id for e in examples if f"{prefix}:{e.id}" not in cache))
     if todo:
         device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -210,8 +237,10 @@ def run_grape(cfg: GrapeConfig) -> dict:
             tok.pad_token = tok.eos_token
         by_id = {e.id: e for e in examples}
         for s in range(0, len(todo), 256):  # cache as we go: a crash loses at most one chunk
-            chunk = [by_id[i] for i in todo[s:s + 256]]
-            losses = example_losses(model, tok, chunk, cfg.template, cfg.max_length, batch_size=cfg.batch_size, desc="grape")
+            chunk = [by_id[i] for i in todo[s : s + 256]]
+            losses = example_losses(
+                model, tok, chunk, cfg.template, cfg.max_length, batch_size=cfg.batch_size, desc="grape"
+            )
             for e, v in zip(chunk, losses.tolist()):
                 cache.put(f"{prefix}:{e.id}", {"logp": -v})
     scores = [[cache.get(f"{prefix}:{e.id}")["logp"] for e in g.candidates] for g in groups]
@@ -219,13 +248,30 @@ def run_grape(cfg: GrapeConfig) -> dict:
     records = []
     for g, s, j in zip(groups, scores, choice):
         rec = to_format(g.candidates[j], fmt)
-        rec.update({"grape_score": s[j], "grape_candidates": len(g.candidates),
-                    "grape_choice": j if g.positions is None else g.positions[j]})
+        rec.update(
+            {
+                "grape_score": s[j],
+                "grape_candidates": len(g.candidates),
+                "grape_choice": j if g.positions is None else g.positions[j],
+            }
+        )
         records.append(rec)
     write_pool(cfg.out, records)
     multi = sum(len(g.candidates) > 1 for g in groups)
     blank = sum(g.blank for g in groups)
-    log.info("grape: %d instructions (%d with several candidates), %d candidates scored now, %d blank ones skipped",
-             len(groups), multi, len(todo), blank)
-    return {"instructions": len(groups), "candidates": len(examples), "multi": multi, "scored": len(todo),
-            "blank": blank, "format": fmt, "out": cfg.out}
+    log.info(
+        "grape: %d instructions (%d with several candidates), %d candidates scored now, %d blank ones skipped",
+        len(groups),
+        multi,
+        len(todo),
+        blank,
+    )
+    return {
+        "instructions": len(groups),
+        "candidates": len(examples),
+        "multi": multi,
+        "scored": len(todo),
+        "blank": blank,
+        "format": fmt,
+        "out": cfg.out,
+    }

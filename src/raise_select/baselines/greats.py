@@ -94,19 +94,23 @@ def layer_gram(a, b, bias: bool, ghost: bool | None = None) -> torch.Tensor:
     tokens = sum(x.shape[0] * x.shape[1] for x in a_parts)
     d_in, d_out = a_parts[0].shape[-1], b_parts[0].shape[-1]
     if ghost is None:
-        ghost = tokens ** 2 * (d_in + d_out) < tokens * d_in * d_out
+        ghost = tokens**2 * (d_in + d_out) < tokens * d_in * d_out
     if ghost:
         blocks = []
         for a1, b1 in zip(a_parts, b_parts):
             row = []
             for a2, b2 in zip(a_parts, b_parts):
-                aa = (a1.reshape(-1, d_in) @ a2.reshape(-1, d_in).T).view(a1.shape[0], a1.shape[1], a2.shape[0], a2.shape[1])
+                aa = (a1.reshape(-1, d_in) @ a2.reshape(-1, d_in).T).view(
+                    a1.shape[0], a1.shape[1], a2.shape[0], a2.shape[1]
+                )
                 bb = (b1.reshape(-1, d_out) @ b2.reshape(-1, d_out).T).view_as(aa)
                 row.append((aa * bb).sum(dim=(1, 3)))
             blocks.append(torch.cat(row, dim=1))
         gram = torch.cat(blocks, dim=0)
     else:
-        g = torch.cat([torch.bmm(y.transpose(1, 2), x).reshape(x.shape[0], d_out * d_in) for x, y in zip(a_parts, b_parts)])
+        g = torch.cat(
+            [torch.bmm(y.transpose(1, 2), x).reshape(x.shape[0], d_out * d_in) for x, y in zip(a_parts, b_parts)]
+        )
         gram = g @ g.T
     if bias:
         gb = torch.cat([y.sum(dim=1) for y in b_parts])
@@ -118,6 +122,7 @@ def layer_gram(a, b, bias: bool, ghost: bool | None = None) -> torch.Tensor:
 def grad_from(modules: Sequence[torch.nn.Module]):
     """Autograd off during a forward pass until the first of `modules` runs: nothing below the
     first scored layer is recorded, so the backward pass stops there."""
+
     def on(module, args):
         torch.set_grad_enabled(True)
 
@@ -132,8 +137,11 @@ def grad_from(modules: Sequence[torch.nn.Module]):
             h.remove()
 
 
-def per_example_gram(model: torch.nn.Module, modules: Sequence[torch.nn.Linear],
-                     batches: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+def per_example_gram(
+    model: torch.nn.Module,
+    modules: Sequence[torch.nn.Linear],
+    batches: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
+) -> torch.Tensor:
     """(N, N) float64 inner products <g_i, g_j> of the rows' gradients (each row's mean
     response-token loss) over the parameters of `modules`, the rows of every batch in order,
     from one forward and one backward pass per batch; the backward pass runs only through the
@@ -176,14 +184,24 @@ class GREATS(OnlineSelector):
 
     name: ClassVar[str] = "greats"
 
-    candidates: int = field(default=4, metadata={"help": "candidate set per step, in batches: `candidates` x B rows drawn uniformly"})
+    candidates: int = field(
+        default=4, metadata={"help": "candidate set per step, in batches: `candidates` x B rows drawn uniformly"}
+    )
     val_batch: int = field(default=2, metadata={"help": "validation rows drawn per step for g_val (the reference: 2)"})
-    last_layers: int = field(default=2, metadata={
-        "help": "full fine-tuning: score with the last N decoder blocks' linear layers (0: every trainable linear layer)"})
+    last_layers: int = field(
+        default=2,
+        metadata={
+            "help": "full fine-tuning: score with the last N decoder blocks' linear layers "
+            "(0: every trainable linear layer)"
+        },
+    )
 
     def _rules(self) -> list[tuple[bool, str, str]]:
-        return [*super()._rules(), (self.val_batch >= 1, "val_batch", "must be >= 1"),
-                (self.last_layers >= 0, "last_layers", "must be >= 0 (0: every trainable linear layer)")]
+        return [
+            *super()._rules(),
+            (self.val_batch >= 1, "val_batch", "must be >= 1"),
+            (self.last_layers >= 0, "last_layers", "must be >= 0 (0: every trainable linear layer)"),
+        ]
 
     def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
         from ..training.loop import encode_example
@@ -194,8 +212,12 @@ class GREATS(OnlineSelector):
         self._rng = np.random.default_rng(ctx.seed + 1)
         self._modules = scored_linears(trainer.unwrapped, self.last_layers)
         dim = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for _, m in self._modules)
-        return {"scored_layers": len(self._modules), "scored_parameters": dim, "validation_examples": len(validation),
-                "val_batch": min(self.val_batch, len(validation))}
+        return {
+            "scored_layers": len(self._modules),
+            "scored_parameters": dim,
+            "validation_examples": len(validation),
+            "val_batch": min(self.val_batch, len(validation)),
+        }
 
     def choose(self, trainer, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         from ..training.loop import collate
@@ -206,15 +228,17 @@ class GREATS(OnlineSelector):
         enc = [trainer.encode(int(i)) for i in rows] + [self._val[int(j)] for j in val]
         # Chunks of k rows of similar length, so little of the pass is padding.
         order = sorted(range(len(enc)), key=lambda i: len(enc[i].input_ids))
-        chunks = [order[s:s + k] for s in range(0, len(order), k)]
-        batches = [{key: v.to(device) for key, v in collate([enc[i] for i in c], trainer.tokenizer.pad_token_id).items()}
-                   for c in chunks]
+        chunks = [order[s : s + k] for s in range(0, len(order), k)]
+        batches = [
+            {key: v.to(device) for key, v in collate([enc[i] for i in c], trainer.tokenizer.pad_token_id).items()}
+            for c in chunks
+        ]
         sorted_gram = per_example_gram(model, [m for _, m in self._modules], batches).cpu().numpy()
-        back = np.argsort(np.concatenate(chunks))   # row i of enc is row back[i] of sorted_gram
+        back = np.argsort(np.concatenate(chunks))  # row i of enc is row back[i] of sorted_gram
         gram = sorted_gram[np.ix_(back, back)]
         n = len(rows)
         lr = float(trainer.scheduler.get_last_lr()[0])
-        picks, gains = greedy_selection(lr * gram[:n, n:].mean(axis=1), lr ** 2 * gram[:n, :n], k)
+        picks, gains = greedy_selection(lr * gram[:n, n:].mean(axis=1), lr**2 * gram[:n, :n], k)
         return rows[picks], np.asarray(gains)
 
     def online_state(self) -> dict:

@@ -39,7 +39,9 @@ class IFD:
     name: ClassVar[str] = "ifd"
     dynamic: ClassVar[bool] = False
 
-    max_ifd: float = field(default=1.0, metadata={"help": "drop examples whose IFD is above this (the reference's filter)"})
+    max_ifd: float = field(
+        default=1.0, metadata={"help": "drop examples whose IFD is above this (the reference's filter)"}
+    )
 
     def needs_features(self) -> bool:
         return True
@@ -52,14 +54,22 @@ class IFD:
         too_high = ~truncated & ~undefined & (scores > self.max_ifd)
         keep = np.flatnonzero(~(truncated | undefined | too_high))
         if keep.size == 0:
-            raise UserError(f"ifd: no example left after the filters (truncated {int(truncated.sum())}, IFD > {self.max_ifd}: {int(too_high.sum())})")
+            raise UserError(
+                f"ifd: no example left after the filters (truncated {int(truncated.sum())}, "
+                f"IFD > {self.max_ifd}: {int(too_high.sum())})"
+            )
         chosen = top_k(scores, keep, budget)
         info = {
-            "dropped": {"truncated_or_empty": int(truncated.sum()), "undefined": int(undefined.sum()), "ifd_above_max": int(too_high.sum())},
+            "dropped": {
+                "truncated_or_empty": int(truncated.sum()),
+                "undefined": int(undefined.sum()),
+                "ifd_above_max": int(too_high.sum()),
+            },
             "max_ifd": self.max_ifd,
             "eligible": int(keep.size),
         }
         if chosen.size < budget:
             info["short_of_budget"] = int(budget - chosen.size)
-        return Selection(indices=chosen.tolist(), scores=scores[chosen].tolist(), info=info,
-                         pool_scores=Selection.per_row(scores))
+        return Selection(
+            indices=chosen.tolist(), scores=scores[chosen].tolist(), info=info, pool_scores=Selection.per_row(scores)
+        )

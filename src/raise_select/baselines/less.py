@@ -51,8 +51,15 @@ class RademacherProjector:
     rebuilt alone. When dim x proj_dim is at most `cache_limit` entries R is kept in memory.
     """
 
-    def __init__(self, dim: int, proj_dim: int, seed: int = 0, block_rows: int = 8192,
-                 device: torch.device | str = "cpu", cache_limit: int = 2 ** 26):
+    def __init__(
+        self,
+        dim: int,
+        proj_dim: int,
+        seed: int = 0,
+        block_rows: int = 8192,
+        device: torch.device | str = "cpu",
+        cache_limit: int = 2**26,
+    ):
         self.dim, self.proj_dim, self.seed, self.block_rows = dim, proj_dim, seed, block_rows
         self.device = torch.device(device)
         self._dense = self._full() if dim * proj_dim <= cache_limit else None
@@ -77,15 +84,21 @@ class RademacherProjector:
         out = torch.zeros((x.shape[0], self.proj_dim), device=self.device)
         for b in range(self._blocks()):
             s = b * self.block_rows
-            out += x[:, s:s + self.block_rows] @ self.block(b)
+            out += x[:, s : s + self.block_rows] @ self.block(b)
         return out
 
 
-def adam_precondition(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                      beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> torch.Tensor:
+def adam_precondition(
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """The reference's Adam update direction for one more step from moments (m, v)."""
     m = beta1 * exp_avg + (1 - beta1) * grad
-    v = beta2 * exp_avg_sq + (1 - beta2) * grad ** 2
+    v = beta2 * exp_avg_sq + (1 - beta2) * grad**2
     return m / torch.sqrt(v + eps)
 
 
@@ -117,21 +130,33 @@ class LESS:
     name: ClassVar[str] = "less"
     dynamic: ClassVar[bool] = False
 
-    warmup_fraction: float = field(default=0.05, metadata={"help": "share of the pool the LoRA warm-up trains on (random, seeded)"})
+    warmup_fraction: float = field(
+        default=0.05, metadata={"help": "share of the pool the LoRA warm-up trains on (random, seeded)"}
+    )
     warmup_epochs: int = field(default=4, metadata={"help": "warm-up epochs; one checkpoint after each"})
-    warmup_batch_size: int = field(default=32, metadata={"help": "examples per warm-up update (the reference: 1 x 32 accumulation)"})
+    warmup_batch_size: int = field(
+        default=32, metadata={"help": "examples per warm-up update (the reference: 1 x 32 accumulation)"}
+    )
     lr: float = field(default=2e-5, metadata={"help": "warm-up AdamW learning rate (linear schedule)"})
     warmup_ratio: float = field(default=0.03, metadata={"help": "share of warm-up steps with a rising learning rate"})
     lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=512.0, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout during the warm-up (off when taking gradients)"})
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={
-        "help": "modules given LoRA adapters, whose gradients are the features (a list, or comma-separated)"})
+    lora_dropout: float = field(
+        default=0.1, metadata={"help": "LoRA dropout during the warm-up (off when taking gradients)"}
+    )
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "modules given LoRA adapters, whose gradients are the features (a list, or comma-separated)"},
+    )
     proj_dim: int = field(default=8192, metadata={"help": "dimension of the randomly projected gradients"})
     proj_seed: int = field(default=0, metadata={"help": "seed of the Rademacher projection matrix"})
     chunk: int = field(default=32, metadata={"help": "gradients collected before each projection (memory vs speed)"})
-    aggregation: str = field(default="mean", metadata={
-        "help": "mean (the reference's rule for one validation set), max, or round_robin over validation examples"})
+    aggregation: str = field(
+        default="mean",
+        metadata={
+            "help": "mean (the reference's rule for one validation set), max, or round_robin over validation examples"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_aggregation(self.aggregation, self.name)
@@ -166,10 +191,21 @@ class LESS:
         torch.manual_seed(ctx.seed)
         base, tok = load_model_and_tokenizer(ctx.require_model(self.name), device=device)
         try:
-            model = get_peft_model(base, LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                                                    target_modules=list(self.target_modules), task_type="CAUSAL_LM"))
+            model = get_peft_model(
+                base,
+                LoraConfig(
+                    r=self.lora_r,
+                    lora_alpha=self.lora_alpha,
+                    lora_dropout=self.lora_dropout,
+                    target_modules=list(self.target_modules),
+                    task_type="CAUSAL_LM",
+                ),
+            )
         except ValueError as e:
-            raise UserError(f"less: cannot put LoRA on modules {list(self.target_modules)} of {ctx.model} ({e}); set less.target_modules") from None
+            raise UserError(
+                f"less: cannot put LoRA on modules {list(self.target_modules)} of {ctx.model} ({e}); "
+                f"set less.target_modules"
+            ) from None
         rng = np.random.default_rng(ctx.seed)
         n_warm = max(1, round(self.warmup_fraction * len(pool)))
         warm_rows = rng.choice(len(pool), size=n_warm, replace=False)
@@ -187,21 +223,40 @@ class LESS:
                 for n, p in model.named_parameters():
                     if p.requires_grad:
                         p.copy_(ckpt.lora[n])
-            val = self._validation_grads(model, tok, validation, ctx, projector, f"{self.name} val grads {c + 1}/{len(checkpoints)}")
-            train = self._projected_grads(model, pool.examples, self._sft_loss(model, tok, ctx), projector, ckpt,
-                                          f"{self.name} train grads {c + 1}/{len(checkpoints)}")
+            val = self._validation_grads(
+                model, tok, validation, ctx, projector, f"{self.name} val grads {c + 1}/{len(checkpoints)}"
+            )
+            train = self._projected_grads(
+                model,
+                pool.examples,
+                self._sft_loss(model, tok, ctx),
+                projector,
+                ckpt,
+                f"{self.name} train grads {c + 1}/{len(checkpoints)}",
+            )
             part = w * cosine_to_each(train, val).cpu()
             sims = part if sims is None else sims + part
         chosen, scores = aggregate_select(sims.numpy(), budget, self.aggregation)
-        info = {"warmup_examples": n_warm, "checkpoints": len(checkpoints), "checkpoint_weights": weights,
-                "gradient_dim": dim, "proj_dim": self.proj_dim, "validation_examples": len(validation),
-                "aggregation": self.aggregation}
-        return Selection(indices=chosen.tolist(), scores=scores.tolist(), info=info,
-                         pool_scores=Selection.per_row(row_scores(sims.numpy(), self.aggregation)))
+        info = {
+            "warmup_examples": n_warm,
+            "checkpoints": len(checkpoints),
+            "checkpoint_weights": weights,
+            "gradient_dim": dim,
+            "proj_dim": self.proj_dim,
+            "validation_examples": len(validation),
+            "aggregation": self.aggregation,
+        }
+        return Selection(
+            indices=chosen.tolist(),
+            scores=scores.tolist(),
+            info=info,
+            pool_scores=Selection.per_row(row_scores(sims.numpy(), self.aggregation)),
+        )
 
     def _warmup(self, model, tok, examples: list[Example], ctx: SelectionContext, rng) -> list[_Checkpoint]:
-        from ..progress import progress_bar
         from transformers import get_linear_schedule_with_warmup
+
+        from ..progress import progress_bar
 
         params = [p for p in model.parameters() if p.requires_grad]
         names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -215,8 +270,10 @@ class LESS:
         for epoch in range(self.warmup_epochs):
             lrs = []
             order = rng.permutation(len(examples))
-            for s in progress_bar(range(0, len(order), self.warmup_batch_size), desc=f"less warm-up epoch {epoch + 1}", unit="step"):
-                rows = order[s:s + self.warmup_batch_size]
+            for s in progress_bar(
+                range(0, len(order), self.warmup_batch_size), desc=f"less warm-up epoch {epoch + 1}", unit="step"
+            ):
+                rows = order[s : s + self.warmup_batch_size]
                 batch = encoded_batch([examples[i] for i in rows], tok, ctx.template, ctx.max_length, device)
                 lrs.append(sched.get_last_lr()[0])
                 model(**batch).loss.backward()
@@ -224,21 +281,24 @@ class LESS:
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             state = [opt.state[p] for p in params]
-            checkpoints.append(_Checkpoint(
-                lora={n: p.detach().clone() for n, p in zip(names, params)},
-                exp_avg=torch.cat([s["exp_avg"].reshape(-1) for s in state]).clone(),
-                exp_avg_sq=torch.cat([s["exp_avg_sq"].reshape(-1) for s in state]).clone(),
-                betas=tuple(opt.param_groups[0]["betas"]),
-                mean_lr=float(np.mean(lrs)),
-            ))
+            checkpoints.append(
+                _Checkpoint(
+                    lora={n: p.detach().clone() for n, p in zip(names, params)},
+                    exp_avg=torch.cat([s["exp_avg"].reshape(-1) for s in state]).clone(),
+                    exp_avg_sq=torch.cat([s["exp_avg_sq"].reshape(-1) for s in state]).clone(),
+                    betas=tuple(opt.param_groups[0]["betas"]),
+                    mean_lr=float(np.mean(lrs)),
+                )
+            )
         return checkpoints
 
     def _validation(self, ctx: SelectionContext) -> Sequence:
         """The items whose gradients define the target (LESS: the validation examples)."""
         return ctx.require_validation(self.name)
 
-    def _validation_grads(self, model, tok, validation: Sequence, ctx: SelectionContext,
-                          projector: RademacherProjector, desc: str) -> torch.Tensor:
+    def _validation_grads(
+        self, model, tok, validation: Sequence, ctx: SelectionContext, projector: RademacherProjector, desc: str
+    ) -> torch.Tensor:
         """(V, proj_dim): plain (SGD) gradients of the validation loss, projected."""
         return self._projected_grads(model, validation, self._sft_loss(model, tok, ctx), projector, None, desc)
 
@@ -247,8 +307,15 @@ class LESS:
         device = next(model.parameters()).device
         return lambda e: model(**encoded_batch([e], tok, ctx.template, ctx.max_length, device)).loss
 
-    def _projected_grads(self, model, items: Sequence, loss_of: Callable[[object], torch.Tensor],
-                         projector: RademacherProjector, ckpt: _Checkpoint | None, desc: str) -> torch.Tensor:
+    def _projected_grads(
+        self,
+        model,
+        items: Sequence,
+        loss_of: Callable[[object], torch.Tensor],
+        projector: RademacherProjector,
+        ckpt: _Checkpoint | None,
+        desc: str,
+    ) -> torch.Tensor:
         """(N, proj_dim): the trainable (LoRA) parameters' gradient of `loss_of(item)` for each
         item, one item per backward (Adam-preconditioned when `ckpt`), projected."""
         from ..progress import progress_bar

@@ -11,7 +11,9 @@ from ..data.pools import Example
 from ..training.loop import IGNORE_INDEX, collate, encode_example
 
 
-def encoded_batch(examples: Sequence[Example], tokenizer, template: str, max_length: int, device) -> dict[str, torch.Tensor]:
+def encoded_batch(
+    examples: Sequence[Example], tokenizer, template: str, max_length: int, device
+) -> dict[str, torch.Tensor]:
     """Right-padded `input_ids`, `attention_mask`, `labels` of `examples` on `device`."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batch = collate([encode_example(e, tokenizer, template, max_length) for e in examples], pad)
@@ -33,7 +35,10 @@ def response_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     tok = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
     ).view(shift_labels.shape)
     n = (shift_labels != IGNORE_INDEX).sum(1).clamp(min=1)
     return tok.sum(1) / n
@@ -55,7 +60,7 @@ def batch_response_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor
     kwargs = {}
     labelled = (labels != IGNORE_INDEX).any(0).nonzero()
     if len(labelled) and _keeps_logits(model):
-        first = max(int(labelled[0]) - 1, 0)   # logits at t - 1 predict the label at t
+        first = max(int(labelled[0]) - 1, 0)  # logits at t - 1 predict the label at t
         kwargs["logits_to_keep"] = width - first
         labels = labels[:, first:]
     logits = model(input_ids=ids, attention_mask=batch["attention_mask"], **kwargs).logits
@@ -63,7 +68,15 @@ def batch_response_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 
 @torch.no_grad()
-def example_losses(model, tokenizer, examples: Sequence[Example], template: str, max_length: int, batch_size: int = 8, desc: str = "losses") -> torch.Tensor:
+def example_losses(
+    model,
+    tokenizer,
+    examples: Sequence[Example],
+    template: str,
+    max_length: int,
+    batch_size: int = 8,
+    desc: str = "losses",
+) -> torch.Tensor:
     """(N,) mean response loss of each example under `model` (eval mode, batched)."""
     from ..progress import progress_bar
 
@@ -71,7 +84,7 @@ def example_losses(model, tokenizer, examples: Sequence[Example], template: str,
     model.eval()
     out = []
     for s in progress_bar(range(0, len(examples), batch_size), desc=desc, unit="batch"):
-        batch = encoded_batch(examples[s:s + batch_size], tokenizer, template, max_length, device)
+        batch = encoded_batch(examples[s : s + batch_size], tokenizer, template, max_length, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         out.append(response_losses(logits, batch["labels"]).cpu())
     return torch.cat(out)

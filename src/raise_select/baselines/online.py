@@ -48,7 +48,7 @@ def candidate_sets(n: int, size: int, seed: int) -> Iterator[np.ndarray]:
     while True:
         perm = rng.permutation(n)
         for s in range(0, n - size + 1, size):
-            yield perm[s:s + size]
+            yield perm[s : s + size]
 
 
 @torch.no_grad()
@@ -67,7 +67,7 @@ def row_losses(model, encoded: Sequence, pad_id: int, batch_size: int = 16, eval
     out = torch.zeros(len(encoded))
     try:
         for s in range(0, len(order), batch_size):
-            rows = order[s:s + batch_size]
+            rows = order[s : s + batch_size]
             batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
             out[rows] = batch_response_losses(model, batch).float().cpu()
     finally:
@@ -84,7 +84,9 @@ class OnlineSelector:
     dynamic: ClassVar[bool] = True
     online: ClassVar[bool] = True
 
-    candidates: int = field(default=4, metadata={"help": "candidate set per step, in batches: `candidates` x B rows drawn uniformly"})
+    candidates: int = field(
+        default=4, metadata={"help": "candidate set per step, in batches: `candidates` x B rows drawn uniformly"}
+    )
 
     def needs_features(self) -> bool:
         return False  # the model being trained and the validation set
@@ -132,9 +134,19 @@ class OnlineSelector:
         info: dict = {}
         clock = {"prepare": 0.0, "select": 0.0, "train": 0.0}
         checkpoint = None if ctx.out_dir is None else Path(ctx.out_dir) / "checkpoint" / f"{self.name}.pt"
-        run_key = fingerprint({"method": self.name, "options": asdict(self), "pool": pool.fingerprint, "steps": steps,
-                               "batch_size": b, "seed": ctx.seed, "lm": asdict(lm), "model": model,
-                               "validation": [e.id for e in ctx.validation or []]})
+        run_key = fingerprint(
+            {
+                "method": self.name,
+                "options": asdict(self),
+                "pool": pool.fingerprint,
+                "steps": steps,
+                "batch_size": b,
+                "seed": ctx.seed,
+                "lm": asdict(lm),
+                "model": model,
+                "validation": [e.id for e in ctx.validation or []],
+            }
+        )
 
         def batches(trainer):
             start = time.perf_counter()
@@ -162,25 +174,48 @@ class OnlineSelector:
                 start = time.perf_counter()
                 yield [int(i) for i in rows]
                 clock["train"] += time.perf_counter() - start
-                if checkpoint is not None and trainer.step_count < steps and time.monotonic() - last_save >= CHECKPOINT_SECONDS:
+                if (
+                    checkpoint is not None
+                    and trainer.step_count < steps
+                    and time.monotonic() - last_save >= CHECKPOINT_SECONDS
+                ):
                     with atomic_path(checkpoint) as tmp:
-                        torch.save({"key": run_key, "trainer": trainer.training_state(), "method": self.online_state(),
-                                    "torch_rng": torch.get_rng_state(), "chosen": chosen, "scores": scores,
-                                    "clock": [clock["select"], clock["train"]]}, tmp)
+                        torch.save(
+                            {
+                                "key": run_key,
+                                "trainer": trainer.training_state(),
+                                "method": self.online_state(),
+                                "torch_rng": torch.get_rng_state(),
+                                "chosen": chosen,
+                                "scores": scores,
+                                "clock": [clock["select"], clock["train"]],
+                            },
+                            tmp,
+                        )
                     last_save = time.monotonic()
 
         out_dir = None if ctx.out_dir is None else Path(ctx.out_dir) / "model"
         train_on_schedule(model, pool, batches, lm, out_dir, steps, ctx.report)
         if checkpoint is not None:
-            checkpoint.unlink(missing_ok=True)   # the trained model is saved
-        info.update({
-            "steps": steps, "batch_size": b, "candidate_set": size, "model_dir": None if out_dir is None else str(out_dir),
-            "seconds_prepare": round(clock["prepare"], 3),
-            "seconds_per_step_select": round(clock["select"] / steps, 4),
-            "seconds_per_step_train": round(clock["train"] / steps, 4),
-        })
-        log.info("%s: %d steps; per step %.3fs choosing, %.3fs training", self.name, steps,
-                 clock["select"] / steps, clock["train"] / steps)
+            checkpoint.unlink(missing_ok=True)  # the trained model is saved
+        info.update(
+            {
+                "steps": steps,
+                "batch_size": b,
+                "candidate_set": size,
+                "model_dir": None if out_dir is None else str(out_dir),
+                "seconds_prepare": round(clock["prepare"], 3),
+                "seconds_per_step_select": round(clock["select"] / steps, 4),
+                "seconds_per_step_train": round(clock["train"] / steps, 4),
+            }
+        )
+        log.info(
+            "%s: %d steps; per step %.3fs choosing, %.3fs training",
+            self.name,
+            steps,
+            clock["select"] / steps,
+            clock["train"] / steps,
+        )
         return Selection(indices=chosen, scores=scores, info=info)
 
 

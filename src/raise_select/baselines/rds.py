@@ -35,8 +35,9 @@ from .aggregate import aggregate_select, check_aggregation, cosine_matrix, row_s
 from .base import Selection, SelectionContext
 
 
-def rds_vectors(model_name: str, examples, template: str, max_length: int, dtype: str = "float32",
-                device=None, batch_size: int = 8) -> np.ndarray:
+def rds_vectors(
+    model_name: str, examples, template: str, max_length: int, dtype: str = "float32", device=None, batch_size: int = 8
+) -> np.ndarray:
     """(n, H) RDS+ vectors of `examples` under `model_name`, as `featurize --rds` computes them."""
     import torch
 
@@ -62,8 +63,13 @@ class RDS:
     dynamic: ClassVar[bool] = False
     reads_rds_vectors: ClassVar[bool] = True  # the features' RDS+ vectors: featurize --rds
 
-    aggregation: str = field(default="round_robin", metadata={
-        "help": "round_robin (RDS+'s default: validation examples take turns at their best remaining row), max or mean"})
+    aggregation: str = field(
+        default="round_robin",
+        metadata={
+            "help": "round_robin (RDS+'s default: validation examples take turns at their best remaining row), "
+            "max or mean"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_aggregation(self.aggregation, self.name)
@@ -74,18 +80,36 @@ class RDS:
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
         ft = ctx.require_features(self.name)
         if ft.rds is None:
-            raise UserError("rds: the features hold no RDS+ vectors; featurize the pool with --rds "
-                            "(`raise-select featurize ... --rds`, or `rds: true` in its config)")
+            raise UserError(
+                "rds: the features hold no RDS+ vectors; featurize the pool with --rds "
+                "(`raise-select featurize ... --rds`, or `rds: true` in its config)"
+            )
         validation = ctx.require_validation(self.name)
         meta = ft.meta
-        val = rds_vectors(meta.get("model") or ctx.require_model(self.name), validation, meta.get("template", ctx.template),
-                          int(meta.get("max_length", ctx.max_length)), meta.get("dtype", "float32"), ctx.torch_device())
+        val = rds_vectors(
+            meta.get("model") or ctx.require_model(self.name),
+            validation,
+            meta.get("template", ctx.template),
+            int(meta.get("max_length", ctx.max_length)),
+            meta.get("dtype", "float32"),
+            ctx.torch_device(),
+        )
         if val.shape[1] != ft.rds.shape[1]:
-            raise UserError(f"rds: the pool's vectors have {ft.rds.shape[1]} dimensions but the featurize model gives "
-                            f"{val.shape[1]}; re-featurize the pool with --rds")
+            raise UserError(
+                f"rds: the pool's vectors have {ft.rds.shape[1]} dimensions but the featurize model gives "
+                f"{val.shape[1]}; re-featurize the pool with --rds"
+            )
         sims = cosine_matrix(ft.rds, val)
         chosen, scores = aggregate_select(sims, budget, self.aggregation)
-        info = {"aggregation": self.aggregation, "validation_examples": len(validation), "dim": int(val.shape[1]),
-                "encoder": meta.get("model")}
-        return Selection(indices=chosen.tolist(), scores=scores.tolist(), info=info,
-                         pool_scores=Selection.per_row(row_scores(sims, self.aggregation)))
+        info = {
+            "aggregation": self.aggregation,
+            "validation_examples": len(validation),
+            "dim": int(val.shape[1]),
+            "encoder": meta.get("model"),
+        }
+        return Selection(
+            indices=chosen.tolist(),
+            scores=scores.tolist(),
+            info=info,
+            pool_scores=Selection.per_row(row_scores(sims, self.aggregation)),
+        )

@@ -4,6 +4,8 @@ and `needs_rds_vectors` are what a method with given options reads of the featur
 
 from __future__ import annotations
 
+from ..config import from_dict
+from ..errors import UserError
 from .alpagasus import AlpaGasus
 from .base import Baseline
 from .deita import Deita
@@ -17,8 +19,6 @@ from .rds import RDS
 from .rho import RHOLoss
 from .rose import ROSE
 from .sspl import SSPL
-from ..config import from_dict
-from ..errors import UserError
 
 
 def registry_of(classes) -> dict[str, type]:
@@ -26,13 +26,16 @@ def registry_of(classes) -> dict[str, type]:
     out: dict[str, type] = {}
     for cls in classes:
         if cls.name in out:
-            raise ValueError(f"two selection methods are named '{cls.name}': {out[cls.name].__name__} and {cls.__name__}")
+            raise ValueError(
+                f"two selection methods are named '{cls.name}': {out[cls.name].__name__} and {cls.__name__}"
+            )
         out[cls.name] = cls
     return out
 
 
-BASELINES: dict[str, type] = registry_of((FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS,
-                                          ROSE, RDS, Embed, GREATS, RHOLoss))
+BASELINES: dict[str, type] = registry_of(
+    (FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS, ROSE, RDS, Embed, GREATS, RHOLoss)
+)
 
 
 def get_baseline_class(name: str) -> type:

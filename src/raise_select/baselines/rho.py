@@ -52,18 +52,29 @@ class RHOLoss(OnlineSelector):
 
     name: ClassVar[str] = "rho"
 
-    candidates: int = field(default=10, metadata={"help": "candidate set per step, in batches: `candidates` x B rows (the reference keeps 10%)"})
-    holdout: str = field(default="", metadata={"help": "IL model's training data: a named set or a pool file/folder; empty: the validation set"})
+    candidates: int = field(
+        default=10,
+        metadata={"help": "candidate set per step, in batches: `candidates` x B rows (the reference keeps 10%)"},
+    )
+    holdout: str = field(
+        default="",
+        metadata={"help": "IL model's training data: a named set or a pool file/folder; empty: the validation set"},
+    )
     holdout_size: int = field(default=0, metadata={"help": "use at most this many holdout examples (0: all)"})
     il_epochs: int = field(default=3, metadata={"help": "epochs of IL-model training (the best one is kept)"})
     il_lr: float = field(default=0.0, metadata={"help": "IL-model learning rate; 0: the training learning rate"})
-    il_select_fraction: float = field(default=0.25, metadata={"help": "share of the holdout kept out of IL training to choose its best epoch"})
+    il_select_fraction: float = field(
+        default=0.25, metadata={"help": "share of the holdout kept out of IL training to choose its best epoch"}
+    )
 
     def _rules(self) -> list[tuple[bool, str, str]]:
-        return [*super()._rules(), (self.holdout_size >= 0, "holdout_size", "must be >= 0 (0: all)"),
-                (self.il_epochs >= 1, "il_epochs", "must be >= 1"),
-                (0 < self.il_select_fraction < 1, "il_select_fraction", "must lie in (0, 1)"),
-                (self.il_lr >= 0, "il_lr", "must be >= 0 (0: the training learning rate)")]
+        return [
+            *super()._rules(),
+            (self.holdout_size >= 0, "holdout_size", "must be >= 0 (0: all)"),
+            (self.il_epochs >= 1, "il_epochs", "must be >= 1"),
+            (0 < self.il_select_fraction < 1, "il_select_fraction", "must lie in (0, 1)"),
+            (self.il_lr >= 0, "il_lr", "must be >= 0 (0: the training learning rate)"),
+        ]
 
     def check_inputs(self, ctx: SelectionContext) -> None:
         self._holdout(ctx)  # read again in `prepare`: a file or the validation set already read, so cheap
@@ -71,9 +82,21 @@ class RHOLoss(OnlineSelector):
     def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
         holdout = self._holdout(ctx)
         cfg = trainer.cfg
-        key = fingerprint({"model": ctx.model, "holdout": [e.id for e in holdout], "epochs": self.il_epochs, "lr": self.il_lr,
-                           "select": self.il_select_fraction, "seed": ctx.seed, "batch_size": ctx.batch_size,
-                           "template": cfg.template, "max_length": cfg.max_length, "lora": cfg.lora, "dtype": cfg.dtype})
+        key = fingerprint(
+            {
+                "model": ctx.model,
+                "holdout": [e.id for e in holdout],
+                "epochs": self.il_epochs,
+                "lr": self.il_lr,
+                "select": self.il_select_fraction,
+                "seed": ctx.seed,
+                "batch_size": ctx.batch_size,
+                "template": cfg.template,
+                "max_length": cfg.max_length,
+                "lora": cfg.lora,
+                "dtype": cfg.dtype,
+            }
+        )
         cache = JsonlCache(ctx.cache_path("rho_irreducible.jsonl"))
         missing = [i for i, e in enumerate(pool.examples) if f"{key}:{e.id}" not in cache]
         info: dict = {"holdout_examples": len(holdout)}
@@ -89,8 +112,9 @@ class RHOLoss(OnlineSelector):
         return info
 
     def choose(self, trainer, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        current = row_losses(trainer.unwrapped, [trainer.encode(int(i)) for i in rows], trainer.tokenizer.pad_token_id,
-                             eval_mode=False)
+        current = row_losses(
+            trainer.unwrapped, [trainer.encode(int(i)) for i in rows], trainer.tokenizer.pad_token_id, eval_mode=False
+        )
         scores = np.full(len(self._il), -np.inf)
         scores[rows] = reducible_loss(current.numpy(), self._il[rows])
         picks = top_k(scores, np.asarray(rows), k)
@@ -104,10 +128,12 @@ class RHOLoss(OnlineSelector):
         else:
             examples = list(ctx.require_validation(self.name))
             if self.holdout_size:
-                examples = examples[:self.holdout_size]
+                examples = examples[: self.holdout_size]
         if len(examples) < 2:
-            raise UserError(f"rho: the holdout set has {len(examples)} example(s); the irreducible-loss model needs at least 2 "
-                            "(one to train on, one to choose its epoch)")
+            raise UserError(
+                f"rho: the holdout set has {len(examples)} example(s); the irreducible-loss model needs at least 2 "
+                "(one to train on, one to choose its epoch)"
+            )
         return examples
 
     def _train_il_model(self, holdout: list[Example], trainer, ctx: SelectionContext):
@@ -130,7 +156,7 @@ class RHOLoss(OnlineSelector):
         for epoch in range(1, self.il_epochs + 1):
             perm = rng.permutation(len(train_ex))
             for s in range(0, len(perm), b):
-                il.step(perm[s:s + b].tolist())
+                il.step(perm[s : s + b].tolist())
             loss = float(row_losses(il.unwrapped, sel_enc, pad).mean())
             curve.append(loss)
             if loss < best_loss:
@@ -141,5 +167,14 @@ class RHOLoss(OnlineSelector):
             for n, p in model.named_parameters():
                 if n in best_state:
                     p.copy_(best_state[n])
-        log.info("rho: irreducible-loss model: held-out loss by epoch (0 = M_0) %s; epoch %d kept", [round(x, 4) for x in curve], best_epoch)
-        return model, {"il_train_examples": len(train_ex), "il_select_examples": n_sel, "il_loss_by_epoch": curve, "il_best_epoch": best_epoch}
+        log.info(
+            "rho: irreducible-loss model: held-out loss by epoch (0 = M_0) %s; epoch %d kept",
+            [round(x, 4) for x in curve],
+            best_epoch,
+        )
+        return model, {
+            "il_train_examples": len(train_ex),
+            "il_select_examples": n_sel,
+            "il_loss_by_epoch": curve,
+            "il_best_epoch": best_epoch,
+        }

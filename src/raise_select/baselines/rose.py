@@ -60,8 +60,11 @@ class PreferencePair:
         return Example(id=example_id(msgs), messages=msgs, record={})
 
     def to_trl(self) -> dict:
-        prompt = self.prompt[0][1] if len(self.prompt) == 1 and self.prompt[0][0] == "user" else [
-            {"role": r, "content": c} for r, c in self.prompt]
+        prompt = (
+            self.prompt[0][1]
+            if len(self.prompt) == 1 and self.prompt[0][0] == "user"
+            else [{"role": r, "content": c} for r, c in self.prompt]
+        )
         return {"prompt": prompt, "chosen": self.chosen, "rejected": self.rejected}
 
 
@@ -83,7 +86,9 @@ def _prompt_turns(value, at: str) -> tuple[tuple[str, str], ...]:
 
 def _response(value, at: str) -> str:
     if isinstance(value, list):  # conversational: the assistant turn(s)
-        value = "".join(str(t.get("content", "")) for t in value if isinstance(t, dict) and t.get("role") == "assistant")
+        value = "".join(
+            str(t.get("content", "")) for t in value if isinstance(t, dict) and t.get("role") == "assistant"
+        )
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{at}: expected a non-empty response (a string or assistant messages)")
     return value
@@ -104,9 +109,13 @@ def read_preferences(spec: str | Path, limit: int | None = None) -> list[Prefere
         for name in ("prompt", "chosen", "rejected"):
             if name not in rec or rec[name] is None:
                 raise UserError(f"{at}, field '{name}': missing (TRL preference format: prompt, chosen, rejected)")
-        pairs.append(PreferencePair(_prompt_turns(rec["prompt"], f"{at}, field 'prompt'"),
-                                    _response(rec["chosen"], f"{at}, field 'chosen'"),
-                                    _response(rec["rejected"], f"{at}, field 'rejected'")))
+        pairs.append(
+            PreferencePair(
+                _prompt_turns(rec["prompt"], f"{at}, field 'prompt'"),
+                _response(rec["chosen"], f"{at}, field 'chosen'"),
+                _response(rec["rejected"], f"{at}, field 'rejected'"),
+            )
+        )
         if limit is not None and len(pairs) >= limit:
             break
     if not pairs:
@@ -119,19 +128,25 @@ def preference_pairs_from_qa(examples: Sequence[Example], seed: int = 0) -> list
     example (seeded, with a different text) rejected. Examples whose answer no other example
     differs from are left out."""
     if len(examples) < 2:
-        raise UserError(f"rose: the validation set has {len(examples)} example(s); the stand-in preference set pairs each "
-                        "answer with another example's, so it needs at least 2 with different answers; give a "
-                        "preference file with rose.preference=FILE (prompt/chosen/rejected)")
+        raise UserError(
+            f"rose: the validation set has {len(examples)} example(s); the stand-in preference set pairs each "
+            "answer with another example's, so it needs at least 2 with different answers; give a "
+            "preference file with rose.preference=FILE (prompt/chosen/rejected)"
+        )
     answers = [e.response for e in examples]
     rng = np.random.default_rng(seed)
     pairs = []
     for i, e in enumerate(examples):
         others = [j for j, a in enumerate(answers) if j != i and a.strip() != e.response.strip()]
         if others:
-            pairs.append(PreferencePair(tuple(e.prompt_messages), e.response, answers[others[int(rng.integers(len(others)))]]))
+            pairs.append(
+                PreferencePair(tuple(e.prompt_messages), e.response, answers[others[int(rng.integers(len(others)))]])
+            )
     if not pairs:
-        raise UserError("rose: cannot build a preference set from the validation set: every answer is the same text; "
-                        "give one with rose.preference=FILE (prompt/chosen/rejected)")
+        raise UserError(
+            "rose: cannot build a preference set from the validation set: every answer is the same text; "
+            "give one with rose.preference=FILE (prompt/chosen/rejected)"
+        )
     return pairs
 
 
@@ -160,15 +175,24 @@ class ROSE(LESS):
     name: ClassVar[str] = "rose"
     dynamic: ClassVar[bool] = False
 
-    preference: str = field(default="", metadata={
-        "help": "TRL preference file (prompt/chosen/rejected); empty: a stand-in built from the validation set"})
+    preference: str = field(
+        default="",
+        metadata={
+            "help": "TRL preference file (prompt/chosen/rejected); empty: a stand-in built from the validation set"
+        },
+    )
     preference_size: int = field(default=0, metadata={"help": "use at most this many preference triples (0: all)"})
     beta: float = field(default=0.1, metadata={"help": "DPO temperature beta of the validation loss"})
-    length_normalize: bool = field(default=False, metadata={"help": "log p(y|x) as the mean over response tokens instead of the sum"})
+    length_normalize: bool = field(
+        default=False, metadata={"help": "log p(y|x) as the mean over response tokens instead of the sum"}
+    )
 
     def _rules(self) -> list[tuple[bool, str, str]]:
-        return [*super()._rules(), (self.beta > 0, "beta", "must be > 0"),
-                (self.preference_size >= 0, "preference_size", "must be >= 0 (0: all)")]
+        return [
+            *super()._rules(),
+            (self.beta > 0, "beta", "must be > 0"),
+            (self.preference_size >= 0, "preference_size", "must be >= 0 (0: all)"),
+        ]
 
     def _validation(self, ctx: SelectionContext) -> list[PreferencePair]:
         if self.preference:
@@ -176,18 +200,29 @@ class ROSE(LESS):
         else:
             pairs = preference_pairs_from_qa(ctx.require_validation(self.name), ctx.seed)
             if self.preference_size:
-                pairs = pairs[:self.preference_size]
-            log.warning("rose: no preference set given (rose.preference); using a stand-in built from the validation set "
-                        "(gold answer chosen, another question's answer rejected)")
+                pairs = pairs[: self.preference_size]
+            log.warning(
+                "rose: no preference set given (rose.preference); using a stand-in built from the validation set "
+                "(gold answer chosen, another question's answer rejected)"
+            )
             if ctx.out_dir is not None:
-                write_text_atomic(Path(ctx.out_dir) / "rose_preferences.jsonl",
-                                  "".join(json.dumps(p.to_trl()) + "\n" for p in pairs))
+                write_text_atomic(
+                    Path(ctx.out_dir) / "rose_preferences.jsonl", "".join(json.dumps(p.to_trl()) + "\n" for p in pairs)
+                )
         return pairs
 
-    def _validation_grads(self, model, tok, validation: Sequence[PreferencePair], ctx: SelectionContext,
-                          projector: RademacherProjector, desc: str) -> torch.Tensor:
-        return self._projected_grads(model, validation, self.dpo_objective(model, tok, ctx.template, ctx.max_length),
-                                     projector, None, desc)
+    def _validation_grads(
+        self,
+        model,
+        tok,
+        validation: Sequence[PreferencePair],
+        ctx: SelectionContext,
+        projector: RademacherProjector,
+        desc: str,
+    ) -> torch.Tensor:
+        return self._projected_grads(
+            model, validation, self.dpo_objective(model, tok, ctx.template, ctx.max_length), projector, None, desc
+        )
 
     def dpo_objective(self, model, tok, template: str, max_length: int):
         """pair -> a scalar whose gradient is the DPO loss's: w * (log p(y_w|x) - log p(y_l|x))
@@ -198,7 +233,9 @@ class ROSE(LESS):
         device = next(model.parameters()).device
 
         def objective(pair: PreferencePair) -> torch.Tensor:
-            batch = encoded_batch([pair.example(pair.chosen), pair.example(pair.rejected)], tok, template, max_length, device)
+            batch = encoded_batch(
+                [pair.example(pair.chosen), pair.example(pair.rejected)], tok, template, max_length, device
+            )
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             with torch.no_grad(), model.disable_adapter():
                 ref = sequence_logps(model(**inputs).logits, batch["labels"], self.length_normalize)

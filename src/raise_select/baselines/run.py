@@ -29,45 +29,108 @@ class BaselineConfig(LMConfig):
     """A baseline job; the LLM training settings are those of `LMConfig`. Method options
     live in a section named after the method (`deita: {threshold: 0.85}`, `--set deita.threshold=0.85`)."""
 
-    method: str = field(default="", metadata={"help": "selection method: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, greats, rho"})
+    method: str = field(
+        default="",
+        metadata={
+            "help": "selection method: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, greats, rho"
+        },
+    )
     pool: str = field(default="", metadata={"help": "instruction pool: file, folder or `datasets` name"})
-    format: Optional[str] = field(default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"})
+    format: Optional[str] = field(
+        default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"}
+    )
     limit: Optional[int] = field(default=None, metadata={"help": "use only the first N pool examples"})
-    features: str = field(default="", metadata={"help": "featurize output folder of this pool (ifd, sspl's default loss, rds: featurize --rds, deita's default embeddings); methods that do not read it ignore it"})
-    model: str = field(default="", metadata={"help": "target LLM: hub id or folder (trained with --train; less, rose, sspl loss=target; greats and rho train it while choosing)"})
-    val: str = field(default="", metadata={"help": "validation set for less, rose, rds, embed, greats, rho: a named set (gsm8k, ...) or a pool file/folder; one example is enough, except for rho and rose's stand-in preference set, which need 2; an empty one is refused"})
-    data_dir: Optional[str] = field(default=None, metadata={"help": "folder of the named validation sets' original files"})
+    features: str = field(
+        default="",
+        metadata={
+            "help": "featurize output folder of this pool (ifd, sspl's default loss, rds: featurize --rds, "
+            "deita's default embeddings); methods that do not read it ignore it"
+        },
+    )
+    model: str = field(
+        default="",
+        metadata={
+            "help": "target LLM: hub id or folder (trained with --train; less, rose, sspl loss=target; "
+            "greats and rho train it while choosing)"
+        },
+    )
+    val: str = field(
+        default="",
+        metadata={
+            "help": "validation set for less, rose, rds, embed, greats, rho: a named set (gsm8k, ...) or a pool "
+            "file/folder; one example is enough, except for rho and rose's stand-in preference set, which need 2; "
+            "an empty one is refused"
+        },
+    )
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "folder of the named validation sets' original files"}
+    )
     val_size: Optional[int] = field(default=None, metadata={"help": "use at most this many validation examples"})
     out: str = field(default="", metadata={"help": "output folder: selection.json, cache/, model/, baseline.log"})
     budget: float = field(default=0.01, metadata={"help": "fraction of the pool (< 1) or number of examples (>= 1)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size B"})
     epochs: int = field(default=3, metadata={"help": "static subsets are trained this many epochs (paper section 4.2)"})
-    steps: Optional[int] = field(default=None, metadata={"help": "update steps (>= 1); None: ceil(epochs x budget / B), matched across methods"})
-    train: bool = field(default=False, metadata={"help": "also train the target model on the selection and save it to out/model (greats, rho: always trained)"})
-    device: Optional[str] = field(default=None, metadata={"help": "torch device of the selection passes; None: cuda when available"})
-    export: Optional[str] = field(default=None, metadata={"help": "also write the chosen rows to this folder to publish: a `datasets` folder (save_to_disk) with a dataset card README.md and scores.parquet (every pool row's score or choice counts)"})
-    export_format: Optional[str] = field(default=None, metadata={"help": "format of `export`: alpaca, sharegpt, messages (default: the pool's) or llamafactory (data.json + dataset_info.json)"})
-    report_to: str = field(default="none", metadata={"help": "training's step loss also to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb), all, or a comma-separated list"})
+    steps: Optional[int] = field(
+        default=None, metadata={"help": "update steps (>= 1); None: ceil(epochs x budget / B), matched across methods"}
+    )
+    train: bool = field(
+        default=False,
+        metadata={
+            "help": "also train the target model on the selection and save it to out/model "
+            "(greats, rho: always trained)"
+        },
+    )
+    device: Optional[str] = field(
+        default=None, metadata={"help": "torch device of the selection passes; None: cuda when available"}
+    )
+    export: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "also write the chosen rows to this folder to publish: a `datasets` folder (save_to_disk) with a "
+            "dataset card README.md and scores.parquet (every pool row's score or choice counts)"
+        },
+    )
+    export_format: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "format of `export`: alpaca, sharegpt, messages (default: the pool's) "
+            "or llamafactory (data.json + dataset_info.json)"
+        },
+    )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "training's step loss also to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb), all, "
+            "or a comma-separated list"
+        },
+    )
 
     def check(self) -> None:
         super().check()
-        check_fields(self, [
-            (self.batch_size >= 1, "batch_size", "must be >= 1"),
-            (self.epochs >= 1, "epochs", "must be >= 1"),
-            (self.steps is None or self.steps >= 1, "steps", "must be >= 1; leave it unset for the matched count"),
-            (self.limit is None or self.limit >= 1, "limit", "must be >= 1"),
-            (self.val_size is None or self.val_size >= 1, "val_size", "must be >= 1"),
-        ], "baseline")
+        check_fields(
+            self,
+            [
+                (self.batch_size >= 1, "batch_size", "must be >= 1"),
+                (self.epochs >= 1, "epochs", "must be >= 1"),
+                (self.steps is None or self.steps >= 1, "steps", "must be >= 1; leave it unset for the matched count"),
+                (self.limit is None or self.limit >= 1, "limit", "must be >= 1"),
+                (self.val_size is None or self.val_size >= 1, "val_size", "must be >= 1"),
+            ],
+            "baseline",
+        )
 
 
 def method_options(method: str, config_path: str | Path | None, overrides: list[str] | None) -> dict:
     """The method's own section of the YAML file, then `--set <method>.<key>=value` overrides."""
     options: dict = {}
-    for source, section in ((config_path, read_yaml(config_path).get(method) if config_path is not None else None),
-                            ("--set", parse_overrides(overrides).get(method))):
+    for source, section in (
+        (config_path, read_yaml(config_path).get(method) if config_path is not None else None),
+        ("--set", parse_overrides(overrides).get(method)),
+    ):
         if section is not None and not isinstance(section, dict):
-            raise UserError(f"{source}: section '{method}' holds the method's options as a mapping (option: value), "
-                            f"got {section!r}")
+            raise UserError(
+                f"{source}: section '{method}' holds the method's options as a mapping (option: value), got {section!r}"
+            )
         options.update(section or {})
     return options
 
@@ -106,11 +169,25 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     features = cfg.features if method.needs_features() else ""
     if cfg.features and not features:
         log.info("method '%s' with these options does not read the features; %s is not used", cfg.method, cfg.features)
-    key = fingerprint({"method": cfg.method, "options": asdict(method), "pool": pool.fingerprint, "budget": k,
-                       "features": _features_key(features), "model": cfg.model, "val": cfg.val, "val_size": cfg.val_size,
-                       "seed": cfg.seed, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "steps": cfg.steps,
-                       "template": cfg.template, "max_length": cfg.max_length,
-                       **({"lm": asdict(lm_config(cfg)), "data_dir": cfg.data_dir} if online else {})})
+    key = fingerprint(
+        {
+            "method": cfg.method,
+            "options": asdict(method),
+            "pool": pool.fingerprint,
+            "budget": k,
+            "features": _features_key(features),
+            "model": cfg.model,
+            "val": cfg.val,
+            "val_size": cfg.val_size,
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+            "epochs": cfg.epochs,
+            "steps": cfg.steps,
+            "template": cfg.template,
+            "max_length": cfg.max_length,
+            **({"lm": asdict(lm_config(cfg)), "data_dir": cfg.data_dir} if online else {}),
+        }
+    )
     sel_path = out / "selection.json"
     record = json.loads(sel_path.read_text()) if sel_path.is_file() else None
     report = Reporter(out, targets, asdict(cfg)) if targets else None  # the training steps' loss
@@ -123,14 +200,31 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
         from ..training.publish import from_baseline, publish
 
         given = options or {}  # the method's options as given (`--set`); its defaults are in the card's settings
-        publish(pool, from_baseline(pool, record, str(sel_path)), cfg.export,
-                command_line("baseline", cfg, {cfg.method: given} if given else None), cfg.export_format, cfg.features)
+        publish(
+            pool,
+            from_baseline(pool, record, str(sel_path)),
+            cfg.export,
+            command_line("baseline", cfg, {cfg.method: given} if given else None),
+            cfg.export_format,
+            cfg.features,
+        )
         log.info("%s: the selection, its card and scores.parquet", cfg.export)
     return record
 
 
-def _select_and_train(cfg: BaselineConfig, method, cls, online: bool, pool, k: int, key: str, sel_path: Path,
-                      record: dict | None, report: Reporter | None, features: str) -> dict:
+def _select_and_train(
+    cfg: BaselineConfig,
+    method,
+    cls,
+    online: bool,
+    pool,
+    k: int,
+    key: str,
+    sel_path: Path,
+    record: dict | None,
+    report: Reporter | None,
+    features: str,
+) -> dict:
     from ..data.validation import load_validation
     from ..features.table import FeatureTable
     from ..training.episode import lm_config
@@ -143,21 +237,48 @@ def _select_and_train(cfg: BaselineConfig, method, cls, online: bool, pool, k: i
             features=FeatureTable.read(features).align(pool.ids) if features else None,
             model=cfg.model or None,
             validation=load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed) if cfg.val else None,
-            seed=cfg.seed, out_dir=out, template=cfg.template, max_length=cfg.max_length,
-            batch_size=cfg.batch_size, epochs=cfg.epochs, steps=cfg.steps, device=cfg.device,
-            data_dir=cfg.data_dir, lm=lm_config(cfg) if online else None, report=report,
+            seed=cfg.seed,
+            out_dir=out,
+            template=cfg.template,
+            max_length=cfg.max_length,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            steps=cfg.steps,
+            device=cfg.device,
+            data_dir=cfg.data_dir,
+            lm=lm_config(cfg) if online else None,
+            report=report,
         )
         sel = method.select(pool, k, ctx)
         # Static subsets train `epochs` passes over the budget (the whole pool for `full`);
         # schedules say their own step count.
-        steps = sel.info.get("steps") if cls.dynamic else cfg.steps or matched_steps(max(k, len(sel.indices)), cfg.batch_size, cfg.epochs)
+        steps = (
+            sel.info.get("steps")
+            if cls.dynamic
+            else cfg.steps or matched_steps(max(k, len(sel.indices)), cfg.batch_size, cfg.epochs)
+        )
         record = {
-            "method": cfg.method, "options": asdict(method), "dynamic": cls.dynamic, "budget": cfg.budget,
-            "budget_count": k, "pool_size": len(pool), "batch_size": cfg.batch_size, "steps": steps,
-            "epochs": cfg.epochs, "seed": cfg.seed, "indices": sel.indices,
-            "ids": [pool.examples[i].id for i in sel.indices], "scores": sel.scores, "info": sel.info,
-            "pool_scores": sel.pool_scores, "pool": cfg.pool, "pool_format": pool.format, "limit": cfg.limit,
-            "features": cfg.features, "fingerprint": key, "pool_fingerprint": pool.fingerprint,
+            "method": cfg.method,
+            "options": asdict(method),
+            "dynamic": cls.dynamic,
+            "budget": cfg.budget,
+            "budget_count": k,
+            "pool_size": len(pool),
+            "batch_size": cfg.batch_size,
+            "steps": steps,
+            "epochs": cfg.epochs,
+            "seed": cfg.seed,
+            "indices": sel.indices,
+            "ids": [pool.examples[i].id for i in sel.indices],
+            "scores": sel.scores,
+            "info": sel.info,
+            "pool_scores": sel.pool_scores,
+            "pool": cfg.pool,
+            "pool_format": pool.format,
+            "limit": cfg.limit,
+            "features": cfg.features,
+            "fingerprint": key,
+            "pool_fingerprint": pool.fingerprint,
         }
         write_json_atomic(sel_path, record)
         log.info("%s: %d rows selected (%s)", sel_path, len(sel.indices), json.dumps(sel.info, default=str)[:500])
@@ -172,7 +293,9 @@ def _select_and_train(cfg: BaselineConfig, method, cls, online: bool, pool, k: i
         elif online:  # trained while selecting
             write_json_atomic(done, {"fingerprint": key, "steps": record["steps"], "model": str(model_dir)})
         else:
-            batches = matched_batches(Selection(record["indices"]), cfg.batch_size, record["steps"], cfg.seed, cls.dynamic)
+            batches = matched_batches(
+                Selection(record["indices"]), cfg.batch_size, record["steps"], cfg.seed, cls.dynamic
+            )
             train_on_schedule(cfg.model, pool, batches, lm_config(cfg), model_dir, record["steps"], report)
             write_json_atomic(done, {"fingerprint": key, "steps": record["steps"], "model": str(model_dir)})
     return record

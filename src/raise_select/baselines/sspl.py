@@ -53,8 +53,13 @@ class SSPL:
     name: ClassVar[str] = "sspl"
     dynamic: ClassVar[bool] = True
 
-    loss: str = field(default="features", metadata={
-        "help": "loss that orders the curriculum (easy first): features (-logp_cond of the featurized table) or target (the target model's loss, one extra pass)"})
+    loss: str = field(
+        default="features",
+        metadata={
+            "help": "loss that orders the curriculum (easy first): features (-logp_cond of the featurized table) "
+            "or target (the target model's loss, one extra pass)"
+        },
+    )
 
     def needs_features(self) -> bool:
         return self.loss == "features"  # loss=target: the target model's own pass
@@ -79,4 +84,8 @@ class SSPL:
         from .lm import example_losses
 
         model, tok = load_model_and_tokenizer(ctx.require_model(self.name), device=ctx.torch_device())
-        return example_losses(model, tok, pool.examples, ctx.template, ctx.max_length, desc="sspl target loss").numpy().astype(np.float64)
+        return (
+            example_losses(model, tok, pool.examples, ctx.template, ctx.max_length, desc="sspl target loss")
+            .numpy()
+            .astype(np.float64)
+        )

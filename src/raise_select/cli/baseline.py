@@ -20,7 +20,12 @@ def register(app: typer.Typer) -> None:
     @app.command("baseline", cls=OPTIONS.command)
     @handle_errors
     def baseline_cmd(
-        method: Optional[str] = typer.Option(None, "--method", help="Method: full, random, ifd, deita, alpagasus, sspl, less, rose (static); greats, rho (online, chosen while training)."),
+        method: Optional[str] = typer.Option(
+            None,
+            "--method",
+            help="Method: full, random, ifd, deita, alpagasus, sspl, less, rose (static); "
+            "greats, rho (online, chosen while training).",
+        ),
         pool: Optional[str] = typer.Option(None, "--pool"),
         format: Optional[str] = typer.Option(None, "--format"),
         limit: Optional[int] = typer.Option(None, "--limit"),
@@ -33,7 +38,9 @@ def register(app: typer.Typer) -> None:
         batch_size: Optional[int] = typer.Option(None, "--batch-size"),
         epochs: Optional[int] = typer.Option(None, "--epochs"),
         steps: Optional[int] = typer.Option(None, "--steps"),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder: selection.json, cache/, model/, baseline.log."),
+        out: Optional[Path] = typer.Option(
+            None, "--out", help="Output folder: selection.json, cache/, model/, baseline.log."
+        ),
         train: Optional[bool] = typer.Option(None, "--train/--no-train"),
         lr: Optional[float] = typer.Option(None, "--lr"),
         template: Optional[str] = typer.Option(None, "--template"),
@@ -65,16 +72,31 @@ def register(app: typer.Typer) -> None:
 
         cfg = resolve(BaselineConfig, "baseline", config, overrides, flags)
         if cfg.out:
-            check_output(cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
-                                   "--val": cfg.val})
+            check_output(
+                cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model, "--val": cfg.val}
+            )
             lock_output(cfg.out, "baseline")
         if cfg.export:
-            check_output(cfg.export, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
-                                      "--val": cfg.val, "--out": cfg.out}, flag="--export",
-                         read_by_name=("--features", "--out"))  # the baseline's folder is read by file name
+            check_output(
+                cfg.export,
+                {
+                    "--pool": cfg.pool,
+                    "--features": cfg.features,
+                    "--model": cfg.model,
+                    "--val": cfg.val,
+                    "--out": cfg.out,
+                },
+                flag="--export",
+                read_by_name=("--features", "--out"),
+            )  # the baseline's folder is read by file name
         setup_logging(Path(cfg.out) if cfg.out else None, name="baseline.log")
         record = run_baseline(cfg, method_options(cfg.method, config, overrides))
-        trained = f"; model saved to {Path(cfg.out) / 'model'}" if cfg.train or record.get("info", {}).get("model_dir") else ""
-        typer.echo(f"{cfg.method}: {len(record['indices'])} rows selected ({record['steps']} steps of {record['batch_size']}) "
-                   f"-> {Path(cfg.out) / 'selection.json'}{trained}"
-                   + (f"; published to {cfg.export}" if cfg.export else ""))
+        trained = (
+            f"; model saved to {Path(cfg.out) / 'model'}"
+            if cfg.train or record.get("info", {}).get("model_dir")
+            else ""
+        )
+        typer.echo(
+            f"{cfg.method}: {len(record['indices'])} rows selected ({record['steps']} steps of {record['batch_size']}) "
+            f"-> {Path(cfg.out) / 'selection.json'}{trained}" + (f"; published to {cfg.export}" if cfg.export else "")
+        )

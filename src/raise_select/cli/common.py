@@ -18,9 +18,7 @@ from ..logs import setup_logging  # noqa: F401  (the commands import it from her
 ConfigOption = typer.Option(
     None, "--config", "-c", help="YAML config; this command reads its own section (flags win over it)."
 )
-SetOption = typer.Option(
-    None, "--set", help="Dotted override KEY=VALUE, repeatable, e.g. --set train_policy.rounds=2."
-)
+SetOption = typer.Option(None, "--set", help="Dotted override KEY=VALUE, repeatable, e.g. --set train_policy.rounds=2.")
 
 # Commands with a config class take their options' help from its fields (cli/fields.py);
 # this one is for a command without one (grape).
@@ -55,10 +53,20 @@ def _one_line(text: str) -> str:
 def write_traceback(exc: BaseException) -> str:
     """Write `exc`'s traceback to the run folder's log (the file handlers `setup_logging`
     installed) or, without one, to a new file in the temp folder; return where it went."""
-    record = logging.LogRecord("raise_select", logging.ERROR, __file__, 0, "unexpected error (a bug)", None,
-                               (type(exc), exc, exc.__traceback__))
-    files = [h for h in logging.getLogger().handlers
-             if isinstance(h, logging.FileHandler) and getattr(h, "_raise_select", False)]
+    record = logging.LogRecord(
+        "raise_select",
+        logging.ERROR,
+        __file__,
+        0,
+        "unexpected error (a bug)",
+        None,
+        (type(exc), exc, exc.__traceback__),
+    )
+    files = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.FileHandler) and getattr(h, "_raise_select", False)
+    ]
     written = []
     for h in files:
         try:
@@ -87,8 +95,11 @@ def _end(refused: bool) -> None:
     logs it opened and the output folders it created that hold nothing else."""
     from ..io import end_of_command
 
-    ours = [h for h in logging.getLogger().handlers
-            if isinstance(h, logging.FileHandler) and getattr(h, "_raise_select", False)]
+    ours = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.FileHandler) and getattr(h, "_raise_select", False)
+    ]
     if refused:
         for h in ours:
             logging.getLogger().removeHandler(h)
@@ -114,8 +125,11 @@ def handle_errors(fn: Callable) -> Callable:
             raise typer.Exit(code=2) from None
         except PermissionError as e:
             refused = True
-            typer.secho(f"error: {e.filename or ''}: permission denied ({e.strerror or e}); "
-                        "choose a path you can write to", fg=typer.colors.RED, err=True)
+            typer.secho(
+                f"error: {e.filename or ''}: permission denied ({e.strerror or e}); choose a path you can write to",
+                fg=typer.colors.RED,
+                err=True,
+            )
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             refused = True
@@ -124,22 +138,31 @@ def handle_errors(fn: Callable) -> Callable:
         except (typer.Exit, typer.Abort, *COMMAND_LINE_ERRORS):
             raise
         except Exception as e:
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # the machine, not a bug
+            if isinstance(e, OSError) and e.errno in (
+                errno.ENOSPC,
+                errno.EDQUOT,
+                errno.EROFS,
+            ):  # the machine, not a bug
                 refused = True
-                typer.secho(f"error: {e.filename or ''}: {e.strerror}; free space or choose another output path",
-                            fg=typer.colors.RED, err=True)
+                typer.secho(
+                    f"error: {e.filename or ''}: {e.strerror}; free space or choose another output path",
+                    fg=typer.colors.RED,
+                    err=True,
+                )
                 raise typer.Exit(code=2) from None
             if debug_enabled():
                 raise
             where = write_traceback(e)
-            typer.secho(f"internal error (a bug in raise-select, not in your input): {type(e).__name__}: "
-                        f"{_one_line(e)[:300]}; full traceback in {where} (set {DEBUG_ENV}=1 or pass "
-                        "`raise-select --debug` to print it)", fg=typer.colors.RED, err=True)
+            typer.secho(
+                f"internal error (a bug in raise-select, not in your input): {type(e).__name__}: "
+                f"{_one_line(e)[:300]}; full traceback in {where} (set {DEBUG_ENV}=1 or pass "
+                "`raise-select --debug` to print it)",
+                fg=typer.colors.RED,
+                err=True,
+            )
             raise typer.Exit(code=1) from None
         finally:
             _end(refused)
 
     wrapper.handles_errors = True  # type: ignore[attr-defined]  (tests check every command has it)
     return wrapper
-
-

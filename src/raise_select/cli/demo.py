@@ -29,21 +29,28 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate a pool and a target task, train a RAISE policy, and compare it with RAND (and the oracle).
 
-        Every setting is in DemoConfig (docs/settings.md; the shipped config: `--config demo`); the policy's go in its `policy:` section, e.g. `--set demo.policy.ppo_epochs=4`.
+        Every setting is in DemoConfig (docs/settings.md; the shipped config: `--config demo`); the policy's go in its \
+`policy:` section, e.g. `--set demo.policy.ppo_epochs=4`.
         """
         from ..config import merge, resolve
         from ..demo import QUICK, DemoConfig, format_table, run_demo
         from ..io import check_output, lock_output
 
-        flags = merge(merge({}, QUICK) if quick else {}, OPTIONS.flags({"out": out, "seeds": seeds, "testbed": testbed}))
+        flags = merge(
+            merge({}, QUICK) if quick else {}, OPTIONS.flags({"out": out, "seeds": seeds, "testbed": testbed})
+        )
         cfg = resolve(DemoConfig, "demo", config, overrides, flags)
         check_output(cfg.out, {"--config": config})
         lock_output(cfg.out, "demo")
         summary = run_demo(cfg, progress=typer.echo)
         typer.echo("")
-        typer.echo(f"{cfg.seeds} seed(s), {summary['steps']} steps of batch {summary['batch_size']}, "
-                   f"{summary['pool_clean_on_target']:.1%} of the pool is clean and on-target:")
+        typer.echo(
+            f"{cfg.seeds} seed(s), {summary['steps']} steps of batch {summary['batch_size']}, "
+            f"{summary['pool_clean_on_target']:.1%} of the pool is clean and on-target:"
+        )
         typer.echo(format_table(summary))
         verdict = "beats" if summary["raise_beats_rand"] else "does NOT beat"
-        typer.echo(f"\nRAISE {verdict} RAND on the final validation loss; {summary['seconds']:.0f}s in all; "
-                   f"summary in {Path(cfg.out) / 'summary.json'}")
+        typer.echo(
+            f"\nRAISE {verdict} RAND on the final validation loss; {summary['seconds']:.0f}s in all; "
+            f"summary in {Path(cfg.out) / 'summary.json'}"
+        )

@@ -22,12 +22,15 @@ def register(app: typer.Typer) -> None:
     def evaluate_cmd(
         model: Optional[str] = typer.Option(None, "--model"),
         tasks: Optional[str] = typer.Option(
-            None, "--tasks",
+            None,
+            "--tasks",
             help="Comma-separated tasks: mmlu, arc_challenge, commonsenseqa, gsm8k, mathqa, mmlu_college_mathematics "
             "(default: mmlu,arc_challenge,commonsenseqa).",
         ),
         data_dir: Optional[Path] = typer.Option(
-            None, "--data-dir", help="Folder with the original task files (e.g. ../shared/data); omit to use lm-eval's hub tasks."
+            None,
+            "--data-dir",
+            help="Folder with the original task files (e.g. ../shared/data); omit to use lm-eval's hub tasks.",
         ),
         num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot"),
         limit: Optional[int] = typer.Option(None, "--limit"),
@@ -44,8 +47,14 @@ def register(app: typer.Typer) -> None:
         from ..io import check_output, lock_output
 
         flags = {
-            "model": model, "tasks": tasks, "data_dir": str(data_dir) if data_dir else None, "num_fewshot": num_fewshot,
-            "limit": limit, "batch_size": batch_size, "device": device, "max_length": max_length,
+            "model": model,
+            "tasks": tasks,
+            "data_dir": str(data_dir) if data_dir else None,
+            "num_fewshot": num_fewshot,
+            "limit": limit,
+            "batch_size": batch_size,
+            "device": device,
+            "max_length": max_length,
             "out": str(out) if out else None,
         }
         cfg = resolve(EvaluateConfig, "evaluate", config, overrides, flags)

@@ -53,17 +53,34 @@ def register(app: typer.Typer) -> None:
         from ..io import check_output, lock_output
 
         flags = dict(
-            pool=pool, format=format, limit=limit, model=model, out=out, template=template, max_length=max_length,
-            batch_size=batch_size, sem_dim=sem_dim, sem_pool=sem_pool, embed_model=embed_model, classes=classes,
-            seed=seed, shard_size=shard_size, trust_remote_code=trust_remote_code, dtype=dtype, device=device,
-            compile=compile, rds=rds,
+            pool=pool,
+            format=format,
+            limit=limit,
+            model=model,
+            out=out,
+            template=template,
+            max_length=max_length,
+            batch_size=batch_size,
+            sem_dim=sem_dim,
+            sem_pool=sem_pool,
+            embed_model=embed_model,
+            classes=classes,
+            seed=seed,
+            shard_size=shard_size,
+            trust_remote_code=trust_remote_code,
+            dtype=dtype,
+            device=device,
+            compile=compile,
+            rds=rds,
         )
         cfg = resolve(FeaturizeConfig, "featurize", config, overrides, flags)
         require_settings(cfg, ("pool", "model", "out"))
         check_output(cfg.out, featurize_inputs(cfg))
         lock_output(cfg.out, "featurize")
         state = process_state(cfg.device)
-        setup_logging(Path(cfg.out), name=f"featurize.{state.process_index}.log" if state.num_processes > 1 else "featurize.log")
+        setup_logging(
+            Path(cfg.out), name=f"featurize.{state.process_index}.log" if state.num_processes > 1 else "featurize.log"
+        )
         table = featurize(cfg)
         if state.is_main_process:
             counts = table.meta["counts"]

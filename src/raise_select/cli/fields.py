@@ -25,8 +25,8 @@ from typer.core import TyperCommand
 
 class ConfigOptions:
     def __init__(self, config: str, **paths: str):
-        self.config = config      # "module:Class"
-        self.paths = paths        # option name -> dotted field path, where they differ
+        self.config = config  # "module:Class"
+        self.paths = paths  # option name -> dotted field path, where they differ
 
     def config_class(self) -> type:
         module, name = self.config.split(":")
@@ -42,8 +42,12 @@ class ConfigOptions:
         cls = self.config_class()
         for p in params:
             # an option (not an argument) without help; typer may bundle its own click, hence no isinstance
-            if getattr(p, "param_type_name", None) == "option" and not p.help and p.name \
-                    and has_field(cls, self.path(p.name)):
+            if (
+                getattr(p, "param_type_name", None) == "option"
+                and not p.help
+                and p.name
+                and has_field(cls, self.path(p.name))
+            ):
                 p.help = field_help(cls, self.path(p.name))
 
     @property

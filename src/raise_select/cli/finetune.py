@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
         val: Optional[str] = typer.Option(None, "--val"),
         data_dir: Optional[str] = typer.Option(None, "--data-dir"),
         val_size: Optional[int] = typer.Option(None, "--val-size"),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder: model/, selections.jsonl, metrics.jsonl, run.log."),
+        out: Optional[Path] = typer.Option(
+            None, "--out", help="Output folder: model/, selections.jsonl, metrics.jsonl, run.log."
+        ),
         steps: Optional[int] = typer.Option(None, "--steps"),
         per_class: Optional[int] = typer.Option(None, "--per-class"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size"),
@@ -52,8 +54,16 @@ def register(app: typer.Typer) -> None:
 
         cfg = resolve(FinetuneConfig, "finetune", config, overrides, OPTIONS.flags(locals()))
         if cfg.out:
-            check_output(cfg.out, {"--policy": cfg.policy, "--pool": cfg.pool, "--features": cfg.features,
-                                   "--model": cfg.model, "--val": cfg.val})
+            check_output(
+                cfg.out,
+                {
+                    "--policy": cfg.policy,
+                    "--pool": cfg.pool,
+                    "--features": cfg.features,
+                    "--model": cfg.model,
+                    "--val": cfg.val,
+                },
+            )
             lock_output(cfg.out, "finetune")
         if cfg.features:
             check_same_encoding(cfg.features, cfg.max_length, cfg.template)

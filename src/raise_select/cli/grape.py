@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
             check_output(cfg.out, {"--pool": cfg.pool, "--model": cfg.model}, kind="file")
         setup_logging()
         summary = run_grape(cfg)
-        typer.echo(f"grape: {summary['instructions']} instructions ({summary['multi']} with several of "
-                   f"{summary['candidates']} candidates; {summary['scored']} scored now"
-                   + (f"; {summary['blank']} blank candidates skipped" if summary["blank"] else "")
-                   + f") -> {summary['out']}")
+        typer.echo(
+            f"grape: {summary['instructions']} instructions ({summary['multi']} with several of "
+            f"{summary['candidates']} candidates; {summary['scored']} scored now"
+            + (f"; {summary['blank']} blank candidates skipped" if summary["blank"] else "")
+            + f") -> {summary['out']}"
+        )

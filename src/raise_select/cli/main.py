@@ -33,7 +33,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-    debug: bool = typer.Option(False, "--debug", help="Print the full traceback of an unexpected error (or set RAISE_SELECT_DEBUG=1)."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Print the full traceback of an unexpected error (or set RAISE_SELECT_DEBUG=1)."
+    ),
 ) -> None:
     if debug:
         os.environ[DEBUG_ENV] = "1"
@@ -68,13 +70,17 @@ def main() -> None:
             sys.exit(0)
         ctx = getattr(e, "ctx", None)
         path = ctx.command_path if ctx is not None else "raise-select"
-        typer.secho(f"error: {path}: {' '.join(e.format_message().split())} (see `{path} --help`)",
-                    fg=typer.colors.RED, err=True)
+        typer.secho(
+            f"error: {path}: {' '.join(e.format_message().split())} (see `{path} --help`)",
+            fg=typer.colors.RED,
+            err=True,
+        )
         sys.exit(getattr(e, "exit_code", 2))
     except typer.Abort:
         typer.secho("aborted", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
 
 if __name__ == "__main__":
     main()

@@ -17,8 +17,12 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def tiny_model(
         out: Path = typer.Option(..., "--out", help="Folder to write the model and tokenizer to."),
-        pool: Optional[str] = typer.Option(None, "--pool", help="Pool whose texts train the tokenizer (default: the built-in demo pool)."),
-        preset: str = typer.Option("test", "--preset", help="Size: test (~20k params), 1m or 10m (non-embedding parameters)."),
+        pool: Optional[str] = typer.Option(
+            None, "--pool", help="Pool whose texts train the tokenizer (default: the built-in demo pool)."
+        ),
+        preset: str = typer.Option(
+            "test", "--preset", help="Size: test (~20k params), 1m or 10m (non-embedding parameters)."
+        ),
         max_texts: int = typer.Option(20000, "--max-texts", help="Train the tokenizer on at most this many examples."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
     ) -> None:

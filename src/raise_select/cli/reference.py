@@ -73,8 +73,10 @@ ENVIRONMENT = """## Environment variables
 
 | variable | default | meaning |
 |---|---|---|
-| `RAISE_SELECT_CACHE` | `~/.cache/raise-select` | folder whose `models/` holds converted GGUF and packaged models; a file there (or a `HOME` that is a file) is refused |
-| `RAISE_SELECT_PROGRESS_SECONDS` | `30` | seconds between progress log lines when stderr is not a terminal; `0`: a line at every update; not a number >= 0: refused |
+| `RAISE_SELECT_CACHE` | `~/.cache/raise-select` | folder whose `models/` holds converted GGUF and packaged models; \
+a file there (or a `HOME` that is a file) is refused |
+| `RAISE_SELECT_PROGRESS_SECONDS` | `30` | seconds between progress log lines when stderr is not a terminal; \
+`0`: a line at every update; not a number >= 0: refused |
 | `RAISE_SELECT_DEBUG` | unset | `1`: print the traceback of an unexpected error (as `raise-select --debug`) |
 
 Every command that writes an output folder holds a lock on it (`<out>/.raise-select.lock`)
@@ -109,10 +111,14 @@ def render() -> str:
         module, name = config.split(":")
         cls = getattr(importlib.import_module(module), name)
         flags = _flags(command)
-        rows = [(f"`{path}`", f"`{flags[path]}`" if path in flags else "", tp, f"`{default}`", text)
-                for path, tp, default, text in settings_rows(cls)]
-        parts.append(f"## `{command}` (section `{section}:`, `{name}`)\n\n"
-                     + markdown_table(["setting", "flag", "type", "default", "meaning"], rows))
+        rows = [
+            (f"`{path}`", f"`{flags[path]}`" if path in flags else "", tp, f"`{default}`", text)
+            for path, tp, default, text in settings_rows(cls)
+        ]
+        parts.append(
+            f"## `{command}` (section `{section}:`, `{name}`)\n\n"
+            + markdown_table(["setting", "flag", "type", "default", "meaning"], rows)
+        )
     parts.append(render_methods())
     parts.append(ENVIRONMENT)
     return "\n".join(parts)

@@ -22,20 +22,48 @@ OPTIONS = ConfigOptions("raise_select.cli.select:SelectConfig")
 class SelectConfig:
     """Export a run's chosen instructions."""
 
-    run: str = field(default="", metadata={"help": "run folder of finetune/train-policy (or its selections.jsonl), or a baseline's output folder (selection.json)"})
-    out: str = field(default="", metadata={"help": "output: chosen.jsonl (one record per line) or chosen.json (an array); any other name is a folder to publish: a `datasets` folder (save_to_disk) with a dataset card README.md and scores.parquet"})
-    pool: Optional[str] = field(default=None, metadata={"help": "pool the run used; default: `pool` in the run's config.yaml (a baseline's: its selection.json)"})
-    format: Optional[str] = field(default=None, metadata={"help": "output format (alpaca, sharegpt, messages); default: the pool's own. llamafactory (a folder --out): data.json and its dataset_info.json entry"})
-    features: Optional[str] = field(default=None, metadata={"help": "feature table of the pool, for the card's share per class; default: the run's"})
-    include_random: bool = field(default=True, metadata={"help": "count the steps chosen at random between policy steps (--select-every)"})
-    round: Optional[int] = field(default=None, metadata={"help": "train-policy run: the round whose choices to export (default: the last)"})
+    run: str = field(
+        default="",
+        metadata={
+            "help": "run folder of finetune/train-policy (or its selections.jsonl), "
+            "or a baseline's output folder (selection.json)"
+        },
+    )
+    out: str = field(
+        default="",
+        metadata={
+            "help": "output: chosen.jsonl (one record per line) or chosen.json (an array); any other name is a folder "
+            "to publish: a `datasets` folder (save_to_disk) with a dataset card README.md and scores.parquet"
+        },
+    )
+    pool: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "pool the run used; default: `pool` in the run's config.yaml (a baseline's: its selection.json)"
+        },
+    )
+    format: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "output format (alpaca, sharegpt, messages); default: the pool's own. "
+            "llamafactory (a folder --out): data.json and its dataset_info.json entry"
+        },
+    )
+    features: Optional[str] = field(
+        default=None, metadata={"help": "feature table of the pool, for the card's share per class; default: the run's"}
+    )
+    include_random: bool = field(
+        default=True, metadata={"help": "count the steps chosen at random between policy steps (--select-every)"}
+    )
+    round: Optional[int] = field(
+        default=None, metadata={"help": "train-policy run: the round whose choices to export (default: the last)"}
+    )
 
 
 def run_pool(cfg: SelectConfig) -> str:
     """The pool to read: `--pool`, else the one named in the run folder's config."""
     from ..config import read_yaml
     from ..errors import UserError
-
     from ..training.publish import baseline_record
 
     if cfg.pool:
@@ -47,7 +75,9 @@ def run_pool(cfg: SelectConfig) -> str:
         return str(found[1]["pool"])
     run = Path(cfg.run).resolve()
     # A run folder, its selections.jsonl, or train-policy's selections/round_<k>.jsonl.
-    candidates = [run / "config.yaml"] if run.is_dir() else [run.parent / "config.yaml", run.parent.parent / "config.yaml"]
+    candidates = (
+        [run / "config.yaml"] if run.is_dir() else [run.parent / "config.yaml", run.parent.parent / "config.yaml"]
+    )
     config = next((c for c in candidates if c.is_file()), None)
     if config is None:
         raise UserError(f"{cfg.run}: no config.yaml naming the run's pool; pass --pool")
@@ -64,13 +94,22 @@ def register(app: typer.Typer) -> None:
         run: Optional[str] = typer.Option(None, "--run"),
         out: Optional[str] = typer.Option(None, "--out"),
         pool: Optional[str] = typer.Option(None, "--pool"),
-        fmt: Optional[str] = typer.Option(None, "--format", help="Output format: alpaca, sharegpt or messages (default: the pool's); llamafactory for a folder --out."),
+        fmt: Optional[str] = typer.Option(
+            None,
+            "--format",
+            help="Output format: alpaca, sharegpt or messages (default: the pool's); llamafactory for a folder --out.",
+        ),
         features: Optional[str] = typer.Option(None, "--features"),
         include_random: Optional[bool] = typer.Option(
-            None, "--include-random/--policy-only",
-            help="Count the random batches between policy steps (--select-every > 1); on by default."),
+            None,
+            "--include-random/--policy-only",
+            help="Count the random batches between policy steps (--select-every > 1); on by default.",
+        ),
         round: Optional[int] = typer.Option(
-            None, "--round", help="train-policy run: the round whose rollout choices to export (default: the last round)."),
+            None,
+            "--round",
+            help="train-policy run: the round whose rollout choices to export (default: the last round).",
+        ),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
@@ -87,14 +126,24 @@ def register(app: typer.Typer) -> None:
         from ..data.pools import load_pool
         from ..errors import UserError
         from ..io import check_output
-        from ..training.export import export_chosen, finished_rounds, selections_path
-
-        from ..training.export import OUTPUT_SUFFIXES
+        from ..training.export import OUTPUT_SUFFIXES, export_chosen, finished_rounds, selections_path
         from ..training.publish import baseline_record, chosen_from_run, publish
 
-        cfg = resolve(SelectConfig, "select", config, overrides,
-                      {"run": run, "out": out, "pool": pool, "format": fmt, "include_random": include_random,
-                       "round": round, "features": features})
+        cfg = resolve(
+            SelectConfig,
+            "select",
+            config,
+            overrides,
+            {
+                "run": run,
+                "out": out,
+                "pool": pool,
+                "format": fmt,
+                "include_random": include_random,
+                "round": round,
+                "features": features,
+            },
+        )
         missing = [f"--{k}" for k in ("run", "out") if not getattr(cfg, k)]
         if missing:
             raise UserError(f"missing required setting(s): {', '.join(missing)}")
@@ -108,9 +157,12 @@ def register(app: typer.Typer) -> None:
             the_pool = load_pool(pool_spec, fmt=record.get("pool_format"), limit=record.get("limit"))
             chosen = chosen_from_run(the_pool, cfg.run, cfg.include_random, cfg.round)
             folder = publish(the_pool, chosen, cfg.out, command_line("select", cfg), cfg.format, cfg.features)
-            typer.echo(f"wrote {len(chosen.rows)} instructions chosen by {chosen.method} ({chosen.source}) to {folder} "
-                       f"({'LLaMA-Factory data.json + dataset_info.json' if cfg.format == 'llamafactory' else 'datasets folder'}, "
-                       "README.md, scores.parquet)")
+            kind = "LLaMA-Factory data.json + dataset_info.json" if cfg.format == "llamafactory" else "datasets folder"
+            typer.echo(
+                f"wrote {len(chosen.rows)} instructions chosen by {chosen.method} ({chosen.source}) to {folder} "
+                f"({kind}, "
+                "README.md, scores.parquet)"
+            )
             return
         if found is not None:
             raise UserError(f"{cfg.run}: a baseline's selection is exported as a folder; give --out a folder name")
@@ -118,10 +170,23 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--format llamafactory writes a folder; give --out a folder name, not {cfg.out}")
         check_output(cfg.out, {"--run": log, "--pool": pool_spec}, kind="file")
         summary = export_chosen(load_pool(pool_spec), cfg.run, cfg.out, cfg.format, cfg.include_random, cfg.round)
-        rounds = finished_rounds(Path(cfg.run)) if Path(cfg.run).is_dir() and summary.log.parent.name == "selections" else []
-        source = summary.log if not rounds else (
-            f"round {summary.log.stem.removeprefix('round_')} of rounds {rounds[0]}-{rounds[-1]} ({summary.log}"
-            + ("; the last round; --round picks another)" if cfg.round is None else ")"))
-        typer.echo(f"wrote {summary.chosen} instructions chosen {summary.selections} times over {summary.steps} steps "
-                   f"of {source} to {summary.out}"
-                   + (f" ({summary.random_steps} random steps left out)" if summary.skipped_random and summary.random_steps else ""))
+        rounds = (
+            finished_rounds(Path(cfg.run)) if Path(cfg.run).is_dir() and summary.log.parent.name == "selections" else []
+        )
+        source = (
+            summary.log
+            if not rounds
+            else (
+                f"round {summary.log.stem.removeprefix('round_')} of rounds {rounds[0]}-{rounds[-1]} ({summary.log}"
+                + ("; the last round; --round picks another)" if cfg.round is None else ")")
+            )
+        )
+        typer.echo(
+            f"wrote {summary.chosen} instructions chosen {summary.selections} times over {summary.steps} steps "
+            f"of {source} to {summary.out}"
+            + (
+                f" ({summary.random_steps} random steps left out)"
+                if summary.skipped_random and summary.random_steps
+                else ""
+            )
+        )

@@ -32,10 +32,19 @@ def register(app: typer.Typer) -> None:
     @app.command("study")
     @handle_errors
     def study_cmd(
-        config: Path = typer.Argument(..., help="Study YAML (or a shipped config's name, e.g. study_alpaca_cpu): a `study:` section (pool, model, val, tasks, budget, methods, ...) "
-                                      "plus one section per method for its options."),
+        config: Path = typer.Argument(
+            ...,
+            help="Study YAML (or a shipped config's name, e.g. study_alpaca_cpu): "
+            "a `study:` section (pool, model, val, tasks, budget, methods, ...) "
+            "plus one section per method for its options.",
+        ),
         out: Optional[Path] = typer.Option(None, "--out", help="Study folder (default: the config's `out`)."),
-        report_to: Optional[str] = typer.Option(None, "--report-to", help="Every cell's training scalars also to: none, tensorboard, wandb, all (one run per cell, in its folder)."),
+        report_to: Optional[str] = typer.Option(
+            None,
+            "--report-to",
+            help="Every cell's training scalars also to: none, tensorboard, wandb, all "
+            "(one run per cell, in its folder).",
+        ),
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
         """Run (or resume) a comparison study; write study_table.{md,csv,json} and study_plot.png."""
@@ -45,10 +54,14 @@ def register(app: typer.Typer) -> None:
         from ..io import check_output, lock_output
         from ..reports.study import StudyConfig, method_sections, run_study
 
-        cfg = resolve(StudyConfig, "study", config, overrides, {"out": str(out) if out else None, "report_to": report_to})
+        cfg = resolve(
+            StudyConfig, "study", config, overrides, {"out": str(out) if out else None, "report_to": report_to}
+        )
         if cfg.out:
-            check_output(cfg.out, {"pool": cfg.pool, "model": cfg.model, "aux_model": cfg.aux_model, "val": cfg.val,
-                                   "config": config})
+            check_output(
+                cfg.out,
+                {"pool": cfg.pool, "model": cfg.model, "aux_model": cfg.aux_model, "val": cfg.val, "config": config},
+            )
             lock_output(cfg.out, "study")
             setup_logging(Path(cfg.out), name="study.log")
         options = method_sections(config, overrides, cfg.methods)
@@ -56,8 +69,12 @@ def register(app: typer.Typer) -> None:
         start = time.perf_counter()
         result = run_study(cfg, options)
         typer.echo(result["markdown"])
-        typer.echo(f"cells computed: {', '.join(result['computed']) or 'none (all reused)'}; "
-                   f"{time.perf_counter() - start:.0f} s; table in {result['paths']['md']}")
+        typer.echo(
+            f"cells computed: {', '.join(result['computed']) or 'none (all reused)'}; "
+            f"{time.perf_counter() - start:.0f} s; table in {result['paths']['md']}"
+        )
         if result["failed"]:  # the table holds the other rows, but the study is not complete
             name, why = next(iter(result["failed"].items()))
-            raise UserError(f"{len(result['failed'])} cell(s) failed ({', '.join(result['failed'])}); first, {name}: {why}")
+            raise UserError(
+                f"{len(result['failed'])} cell(s) failed ({', '.join(result['failed'])}); first, {name}: {why}"
+            )

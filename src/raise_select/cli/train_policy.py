@@ -26,7 +26,9 @@ def register(app: typer.Typer) -> None:
         val: Optional[str] = typer.Option(None, "--val"),
         data_dir: Optional[str] = typer.Option(None, "--data-dir"),
         val_size: Optional[int] = typer.Option(None, "--val-size"),
-        out: Optional[Path] = typer.Option(None, "--out", help="Run folder; re-running with the same folder resumes after the last finished round."),
+        out: Optional[Path] = typer.Option(
+            None, "--out", help="Run folder; re-running with the same folder resumes after the last finished round."
+        ),
         rounds: Optional[int] = typer.Option(None, "--rounds"),
         steps: Optional[int] = typer.Option(None, "--steps"),
         per_class: Optional[int] = typer.Option(None, "--per-class"),
@@ -44,7 +46,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train the selection policy: K rounds of T steps from the same M_0, PPO after each round.
 
-        Every setting, the policy's included, can go in a `train_policy:` section of the --config file or in --set: `--set train_policy.policy.gamma=0.9` (or, for this command alone, `--set policy.gamma=0.9`). docs/settings.md lists them all.
+        Every setting, the policy's included, can go in a `train_policy:` section of the --config file or in --set: \
+`--set train_policy.policy.gamma=0.9` (or, for this command alone, `--set policy.gamma=0.9`). \
+docs/settings.md lists them all.
         """
         from ..config import resolve
         from ..features.table import check_same_encoding
@@ -53,8 +57,9 @@ def register(app: typer.Typer) -> None:
 
         cfg = resolve(TrainPolicyConfig, "train_policy", config, overrides, OPTIONS.flags(locals()))
         if cfg.out:
-            check_output(cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model,
-                                   "--val": cfg.val})
+            check_output(
+                cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model, "--val": cfg.val}
+            )
             lock_output(cfg.out, "train-policy")
         if cfg.features:
             check_same_encoding(cfg.features, cfg.max_length, cfg.template)

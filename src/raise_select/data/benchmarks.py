@@ -48,10 +48,10 @@ import csv
 import io
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Callable
 
 from ..errors import UserError, where
@@ -138,6 +138,7 @@ def parse_mathqa_options(options: str, source: str = "", row: int | None = None)
 
 # ---------------------------------------------------------------- rows -> docs
 
+
 def _field(rec: dict, name: str, source: str, row: int | None) -> Any:
     if not isinstance(rec, Mapping) or name not in rec or rec[name] is None:
         raise UserError(f"{where(source, row, name)}: missing field")
@@ -152,17 +153,25 @@ def _labelled_choice_doc(rec: dict, source: str = "", row: int | None = None) ->
         stem = _field(question, "stem", source, row)
         raw = _field(question, "choices", source, row)
         if not isinstance(raw, list) or not all(isinstance(c, Mapping) and "label" in c and "text" in c for c in raw):
-            raise UserError(f"{where(source, row, 'question.choices')}: expected a list of {{'label', 'text'}} objects, "
-                            f"got {type(raw).__name__}")
+            raise UserError(
+                f"{where(source, row, 'question.choices')}: expected a list of {{'label', 'text'}} objects, "
+                f"got {type(raw).__name__}"
+            )
         labels = [str(c.get("label")) for c in raw]
         texts = [str(c.get("text")) for c in raw]
     else:
         stem = question
         raw = _field(rec, "choices", source, row)
-        if not (isinstance(raw, Mapping) and isinstance(raw.get("label"), list) and isinstance(raw.get("text"), list)
-                and len(raw["label"]) == len(raw["text"])):
-            raise UserError(f"{where(source, row, 'choices')}: expected {{'label': [...], 'text': [...]}} of equal length, "
-                            f"got {type(raw).__name__}")
+        if not (
+            isinstance(raw, Mapping)
+            and isinstance(raw.get("label"), list)
+            and isinstance(raw.get("text"), list)
+            and len(raw["label"]) == len(raw["text"])
+        ):
+            raise UserError(
+                f"{where(source, row, 'choices')}: expected {{'label': [...], 'text': [...]}} of equal length, "
+                f"got {type(raw).__name__}"
+            )
         labels, texts = [str(x) for x in raw["label"]], [str(x) for x in raw["text"]]
     key = str(_field(rec, "answerKey", source, row)).strip()
     if not key:
@@ -180,7 +189,9 @@ def _mmlu_doc(rec: dict, source: str = "", row: int | None = None) -> dict:
     question = _field(rec, "question", source, row)
     if "choices" in rec:
         if not isinstance(rec["choices"], (list, tuple)):
-            raise UserError(f"{where(source, row, 'choices')}: expected a list of choices, got {type(rec['choices']).__name__}")
+            raise UserError(
+                f"{where(source, row, 'choices')}: expected a list of choices, got {type(rec['choices']).__name__}"
+            )
         choices = [str(c) for c in rec["choices"]]
         answer = _field(rec, "answer", source, row)
         if isinstance(answer, bool) or not isinstance(answer, int):
@@ -201,8 +212,14 @@ def _mathqa_doc(rec: dict, source: str = "", row: int | None = None) -> dict:
     choices = parse_mathqa_options(str(_field(rec, "options", source, row)), source, row)
     correct = str(_field(rec, "correct", source, row)).strip().lower()
     if correct not in "abcde"[: len(choices)] or len(correct) != 1:
-        raise UserError(f"{where(source, row, 'correct')}: expected a letter a-{'abcde'[len(choices) - 1]}, got {correct!r}")
-    return {"question": str(_field(rec, "Problem", source, row)).strip(), "choices": choices, "label": "abcde".index(correct)}
+        raise UserError(
+            f"{where(source, row, 'correct')}: expected a letter a-{'abcde'[len(choices) - 1]}, got {correct!r}"
+        )
+    return {
+        "question": str(_field(rec, "Problem", source, row)).strip(),
+        "choices": choices,
+        "label": "abcde".index(correct),
+    }
 
 
 def _gsm8k_doc(rec: dict, source: str = "", row: int | None = None) -> dict:
@@ -216,6 +233,7 @@ def _gsm8k_doc(rec: dict, source: str = "", row: int | None = None) -> dict:
 
 
 # ---------------------------------------------------------------- docs -> text
+
 
 def format_prompt(doc: dict) -> str:
     """The question with lettered choices and the answer cue (also lm-eval's `doc_to_text`)."""
@@ -233,19 +251,20 @@ def format_response(doc: dict) -> str:
 
 # ---------------------------------------------------------------- the sets
 
+
 @dataclass(frozen=True)
 class BenchmarkSpec:
     """Where a named set lives (files or hub) and how its rows become docs."""
 
     name: str
     to_doc: Callable[..., dict]
-    files: dict[str, str]          # split -> glob relative to the data folder
-    hub: tuple[str, str | None]    # `datasets.load_dataset(path, name)`
-    hub_splits: dict[str, str]     # split -> hub split name
-    validation_split: str          # the split the validation set is drawn from
-    validation_size: int | None    # Table 2 sample size; None = the whole split
-    eval_split: str                # the split evaluation scores
-    lm_eval_task: str              # lm-evaluation-harness's own (hub) task
+    files: dict[str, str]  # split -> glob relative to the data folder
+    hub: tuple[str, str | None]  # `datasets.load_dataset(path, name)`
+    hub_splits: dict[str, str]  # split -> hub split name
+    validation_split: str  # the split the validation set is drawn from
+    validation_size: int | None  # Table 2 sample size; None = the whole split
+    eval_split: str  # the split evaluation scores
+    lm_eval_task: str  # lm-evaluation-harness's own (hub) task
     multiple_choice: bool = True
     csv_columns: tuple[str, ...] = field(default=())  # header-less CSV files
 
@@ -254,54 +273,88 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     s.name: s
     for s in (
         BenchmarkSpec(
-            "mmlu", _mmlu_doc,
+            "mmlu",
+            _mmlu_doc,
             files={"dev": "mmlu/dev/*_dev.csv", "val": "mmlu/val/*_val.csv", "test": "mmlu/test/*_test.csv"},
-            hub=("cais/mmlu", "all"), hub_splits={"dev": "dev", "val": "validation", "test": "test"},
-            validation_split="dev", validation_size=None, eval_split="test", lm_eval_task="mmlu",
+            hub=("cais/mmlu", "all"),
+            hub_splits={"dev": "dev", "val": "validation", "test": "test"},
+            validation_split="dev",
+            validation_size=None,
+            eval_split="test",
+            lm_eval_task="mmlu",
             csv_columns=MMLU_COLUMNS,
         ),
         BenchmarkSpec(
-            "arc_challenge", _labelled_choice_doc,
+            "arc_challenge",
+            _labelled_choice_doc,
             files={
                 "train": "arc_challenge/ARC-Challenge-Train.jsonl",
                 "dev": "arc_challenge/ARC-Challenge-Dev.jsonl",
                 "test": "arc_challenge/ARC-Challenge-Test.jsonl",
             },
-            hub=("allenai/ai2_arc", "ARC-Challenge"), hub_splits={"train": "train", "dev": "validation", "test": "test"},
-            validation_split="dev", validation_size=None, eval_split="test", lm_eval_task="arc_challenge",
+            hub=("allenai/ai2_arc", "ARC-Challenge"),
+            hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            validation_split="dev",
+            validation_size=None,
+            eval_split="test",
+            lm_eval_task="arc_challenge",
         ),
         BenchmarkSpec(
-            "commonsenseqa", _labelled_choice_doc,
+            "commonsenseqa",
+            _labelled_choice_doc,
             files={
                 "train": "commonsenseqa/train_rand_split.jsonl",
                 "dev": "commonsenseqa/dev_rand_split.jsonl",
                 "test": "commonsenseqa/test_rand_split_no_answers.jsonl",
             },
-            hub=("tau/commonsense_qa", None), hub_splits={"train": "train", "dev": "validation", "test": "test"},
-            validation_split="dev", validation_size=280, eval_split="dev", lm_eval_task="commonsense_qa",
+            hub=("tau/commonsense_qa", None),
+            hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            validation_split="dev",
+            validation_size=280,
+            eval_split="dev",
+            lm_eval_task="commonsense_qa",
         ),
         BenchmarkSpec(
-            "gsm8k", _gsm8k_doc,
+            "gsm8k",
+            _gsm8k_doc,
             files={"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
-            hub=("openai/gsm8k", "main"), hub_splits={"train": "train", "test": "test"},
-            validation_split="train", validation_size=256, eval_split="test", lm_eval_task="gsm8k",
+            hub=("openai/gsm8k", "main"),
+            hub_splits={"train": "train", "test": "test"},
+            validation_split="train",
+            validation_size=256,
+            eval_split="test",
+            lm_eval_task="gsm8k",
             multiple_choice=False,
         ),
         BenchmarkSpec(
-            "mathqa", _mathqa_doc,
-            files={"dev": "mathqa/dev.json", "test": "mathqa/test.json", "challenge_test": "mathqa/challenge_test.json"},
-            hub=("allenai/math_qa", None), hub_splits={"train": "train", "dev": "validation", "test": "test"},
-            validation_split="dev", validation_size=None, eval_split="test", lm_eval_task="mathqa",
+            "mathqa",
+            _mathqa_doc,
+            files={
+                "dev": "mathqa/dev.json",
+                "test": "mathqa/test.json",
+                "challenge_test": "mathqa/challenge_test.json",
+            },
+            hub=("allenai/math_qa", None),
+            hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            validation_split="dev",
+            validation_size=None,
+            eval_split="test",
+            lm_eval_task="mathqa",
         ),
         BenchmarkSpec(
-            "mmlu_college_mathematics", _mmlu_doc,
+            "mmlu_college_mathematics",
+            _mmlu_doc,
             files={
                 "dev": "mmlu/dev/college_mathematics_dev.csv",
                 "val": "mmlu/val/college_mathematics_val.csv",
                 "test": "mmlu/test/college_mathematics_test.csv",
             },
-            hub=("cais/mmlu", "college_mathematics"), hub_splits={"dev": "dev", "val": "validation", "test": "test"},
-            validation_split="dev", validation_size=None, eval_split="test", lm_eval_task="mmlu_college_mathematics",
+            hub=("cais/mmlu", "college_mathematics"),
+            hub_splits={"dev": "dev", "val": "validation", "test": "test"},
+            validation_split="dev",
+            validation_size=None,
+            eval_split="test",
+            lm_eval_task="mmlu_college_mathematics",
             csv_columns=MMLU_COLUMNS,
         ),
     )
@@ -326,7 +379,9 @@ def _read_header_less_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[st
     rows = []
     for i, values in numbered:
         if len(values) != len(columns):
-            raise UserError(f"{where(str(path), i)}: expected {len(columns)} columns ({','.join(columns)}), got {len(values)}")
+            raise UserError(
+                f"{where(str(path), i)}: expected {len(columns)} columns ({','.join(columns)}), got {len(values)}"
+            )
         rec = dict(zip(columns, values))
         rec["subject"] = path.stem.rsplit("_", 1)[0]
         rows.append((str(path), i, rec))
@@ -352,10 +407,14 @@ def read_rows(spec: BenchmarkSpec, data_dir: Path | None, split: str) -> list[tu
             ) from None
         return [(f"{path}:{hub_split}", i, rec) for i, rec in enumerate(ds)]
     if split not in spec.files:
-        raise UserError(f"{spec.name}: unknown split '{split}' in a data folder; available: {', '.join(spec.files)}, {VALIDATION}")
+        raise UserError(
+            f"{spec.name}: unknown split '{split}' in a data folder; available: {', '.join(spec.files)}, {VALIDATION}"
+        )
     files = sorted(Path(data_dir).glob(spec.files[split]))
     if not files:
-        raise UserError(f"{Path(data_dir) / spec.files[split]}: no such file (expected the {spec.name} {split} split there)")
+        raise UserError(
+            f"{Path(data_dir) / spec.files[split]}: no such file (expected the {spec.name} {split} split there)"
+        )
     rows: list[tuple[str, int, dict]] = []
     for fp in files:
         if spec.csv_columns:

@@ -26,8 +26,14 @@ log = logging.getLogger(__name__)
 FORMATS = ("alpaca", "sharegpt", "messages")
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 _ROLE_ALIASES = {
-    "human": "user", "user": "user", "prompter": "user",
-    "gpt": "assistant", "assistant": "assistant", "bot": "assistant", "chatgpt": "assistant", "model": "assistant",
+    "human": "user",
+    "user": "user",
+    "prompter": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "chatgpt": "assistant",
+    "model": "assistant",
     "system": "system",
 }
 
@@ -84,6 +90,7 @@ def example_id(messages: Iterable[tuple[str, str]]) -> str:
 
 
 # ---------------------------------------------------------------- reading rows
+
 
 def decode_utf8(raw: bytes, path: Path | str, row: int | None = None, line: int | None = None) -> str:
     """`raw` as UTF-8 text (a leading byte-order mark dropped), or a `UserError` naming the
@@ -160,12 +167,16 @@ def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
         for i, rec in enumerate(reader):
             n += 1
             if None in rec:
-                raise UserError(f"{where(str(path), i)} (line {reader.line_num}): {len(rec[None]) + len(reader.fieldnames or [])} "
-                                f"cells, the header has {len(reader.fieldnames or [])}")
+                raise UserError(
+                    f"{where(str(path), i)} (line {reader.line_num}): {len(rec[None]) + len(reader.fieldnames or [])} "
+                    f"cells, the header has {len(reader.fieldnames or [])}"
+                )
             short = [k for k, v in rec.items() if v is None]
             if short:
-                raise UserError(f"{where(str(path), i, short[0])} (line {reader.line_num}): missing cell (the row has fewer "
-                                f"cells than the header's {len(reader.fieldnames or [])})")
+                raise UserError(
+                    f"{where(str(path), i, short[0])} (line {reader.line_num}): missing cell (the row has fewer "
+                    f"cells than the header's {len(reader.fieldnames or [])})"
+                )
             yield i, rec
     except csv.Error as e:
         raise UserError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from None
@@ -201,12 +212,15 @@ def _rows_from_hub(name: str) -> Iterator[tuple[str, int, Any]]:
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # network, missing dataset, bad split
-        raise UserError(f"pool '{name}': not a file or folder, and loading it as a `datasets` name failed: {e}") from None
+        raise UserError(
+            f"pool '{name}': not a file or folder, and loading it as a `datasets` name failed: {e}"
+        ) from None
     for i, rec in enumerate(ds):
         yield f"{name}:{split}", i, rec
 
 
 # ---------------------------------------------------------------- normalising
+
 
 def detect_format(record: Any, source: str = "", row: int | None = None) -> str:
     if not isinstance(record, dict):
@@ -233,20 +247,28 @@ def _text(value: Any, source: str, row: int, fld: str, required: bool = True) ->
         # where a response should be usually means the wrong column or a broken export.
         shown = json.dumps(value, ensure_ascii=False, default=str)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        advice = "join the parts into one string" if isinstance(value, (list, tuple)) else "write it as a string if it is meant as one"
+        advice = (
+            "join the parts into one string"
+            if isinstance(value, (list, tuple))
+            else "write it as a string if it is meant as one"
+        )
         raise UserError(f"{where(source, row, fld)}: expected text, got {type(value).__name__} {shown} ({advice})")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate escape such as "\ud800" in JSON
-        raise UserError(f"{where(source, row, fld)}: invalid text (lone surrogate U+{ord(value[e.start]):04X} "
-                        f"at character {e.start}, e.g. an unpaired \\u{ord(value[e.start]):04x} escape)") from None
+        raise UserError(
+            f"{where(source, row, fld)}: invalid text (lone surrogate U+{ord(value[e.start]):04X} "
+            f"at character {e.start}, e.g. an unpaired \\u{ord(value[e.start]):04x} escape)"
+        ) from None
     return value
 
 
 def _normalise_alpaca(rec: dict, source: str, row: int) -> list[tuple[str, str]]:
     for fld in ("instruction", "output"):
         if fld not in rec:
-            raise UserError(f"{where(source, row, fld)}: missing field (Alpaca format needs 'instruction' and 'output')")
+            raise UserError(
+                f"{where(source, row, fld)}: missing field (Alpaca format needs 'instruction' and 'output')"
+            )
     instruction = _text(rec["instruction"], source, row, "instruction")
     inp = _text(rec.get("input"), source, row, "input", required=False)
     output = _text(rec["output"], source, row, "output")
@@ -257,7 +279,9 @@ def _normalise_alpaca(rec: dict, source: str, row: int) -> list[tuple[str, str]]
     return msgs + [("user", prompt), ("assistant", output)]
 
 
-def _normalise_turns(turns: Any, source: str, row: int, fld: str, role_key: str, content_key: str) -> list[tuple[str, str]]:
+def _normalise_turns(
+    turns: Any, source: str, row: int, fld: str, role_key: str, content_key: str
+) -> list[tuple[str, str]]:
     if not isinstance(turns, (list, tuple)) or len(turns) == 0:
         raise UserError(f"{where(source, row, fld)}: expected a non-empty list of turns")
     out = []
@@ -363,7 +387,9 @@ def load_pool(
         log.warning("%s: %d exact duplicate example(s) kept once", spec, duplicates)
     if skipped:
         log.warning("%s: skipped %s", spec, dict(skipped))
-    return Pool(examples=examples, format=fmt or "alpaca", sources=sources, skipped=dict(skipped), duplicates=duplicates)
+    return Pool(
+        examples=examples, format=fmt or "alpaca", sources=sources, skipped=dict(skipped), duplicates=duplicates
+    )
 
 
 def to_format(example: Example, fmt: str) -> dict:

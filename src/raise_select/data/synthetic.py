@@ -85,29 +85,29 @@ FAMILIES: dict[str, Family] = {
 
 
 DEMO_FAMILIES = ("add", "reverse", "copy", "sort", "upper", "double")
-GIBBERISH = "gibberish"   # a component of random-character instructions and responses (no family)
-ALL = "*"                 # target: every family (the validation task is the clean data of all of them)
+GIBBERISH = "gibberish"  # a component of random-character instructions and responses (no family)
+ALL = "*"  # target: every family (the validation task is the clean data of all of them)
 
 
 @dataclass
 class Component:
     """One part of a composed pool: `share` of the records, of one family and one kind of response."""
 
-    family: str                          # a FAMILIES name, or "gibberish"
-    share: float                         # fraction of the pool
-    noise: str = "none"                  # none (correct) or one of NOISE_KINDS
+    family: str  # a FAMILIES name, or "gibberish"
+    share: float  # fraction of the pool
+    noise: str = "none"  # none (correct) or one of NOISE_KINDS
 
 
 @dataclass
 class SyntheticConfig:
     """Shape of the generated pool."""
 
-    size: int = 1200                     # pool records (split evenly over the families)
+    size: int = 1200  # pool records (split evenly over the families)
     families: list[str] = field(default_factory=lambda: list(DEMO_FAMILIES))  # task families in the pool
-    target: str = "add"                  # family the validation set is drawn from
-    noise: float = 0.3                   # share of every family whose response is broken
-    val_size: int = 64                   # validation examples (clean, target family, unseen inputs)
-    seed: int = 0                        # fixes the pool and the validation set
+    target: str = "add"  # family the validation set is drawn from
+    noise: float = 0.3  # share of every family whose response is broken
+    val_size: int = 64  # validation examples (clean, target family, unseen inputs)
+    seed: int = 0  # fixes the pool and the validation set
     components: list[Component] | None = None  # an explicit composition (replaces families/noise): see TESTBEDS
 
     def pool_families(self) -> list[str]:
@@ -119,13 +119,17 @@ class SyntheticConfig:
         families = self.pool_families()
         unknown = [f for f in families if f not in FAMILIES]
         if unknown:
-            raise UserError(f"unknown task famil{'ies' if len(unknown) > 1 else 'y'} {unknown}; available: {', '.join(FAMILIES)}")
+            raise UserError(
+                f"unknown task famil{'ies' if len(unknown) > 1 else 'y'} {unknown}; available: {', '.join(FAMILIES)}"
+            )
         if self.target != ALL and self.target not in families:
             raise UserError(f"target family '{self.target}' is not among the pool's families {families}")
         if self.components is not None:
             bad = [c for c in self.components if c.share <= 0 or c.noise not in ("none", *NOISE_KINDS)]
             if bad or abs(sum(c.share for c in self.components) - 1.0) > 1e-6:
-                raise UserError("components: shares must be > 0 and sum to 1, noise one of none, " + ", ".join(NOISE_KINDS))
+                raise UserError(
+                    "components: shares must be > 0 and sum to 1, noise one of none, " + ", ".join(NOISE_KINDS)
+                )
         if not 0.0 <= self.noise < 1.0:
             raise UserError(f"noise must be in [0, 1), got {self.noise}")
         if self.size < len(self.families):
@@ -234,8 +238,14 @@ def _composed_pool(cfg: SyntheticConfig) -> list[dict]:
 def _gibberish(rng: random.Random) -> dict:
     words = [_word(rng) for _ in range(rng.randint(2, 4))]
     output = "".join(rng.choice(_GARBAGE) for _ in range(rng.randint(3, 8)))
-    return {"instruction": " ".join(words).capitalize() + ".", "input": "", "output": output,
-            "family": GIBBERISH, "clean": False, "noise": GIBBERISH}
+    return {
+        "instruction": " ".join(words).capitalize() + ".",
+        "input": "",
+        "output": output,
+        "family": GIBBERISH,
+        "clean": False,
+        "noise": GIBBERISH,
+    }
 
 
 def generate_validation(cfg: SyntheticConfig) -> list[dict]:
@@ -273,14 +283,31 @@ TESTBEDS: dict[str, SyntheticConfig] = {
     "demo": SyntheticConfig(size=1200, target="add", noise=0.3),
     # A rare target (3.5%) beside a twin of it with wrong answers (3.5%), a near-miss family
     # (subtraction, 10%), four unrelated families and 21% gibberish.
-    "rare": SyntheticConfig(size=1600, target="add", components=[
-        Component("add", 0.035), Component("add", 0.035, "wrong"), Component("sub", 0.10),
-        *[Component(f, 0.155) for f in ("reverse", "copy", "sort", "upper")], Component(GIBBERISH, 0.21)]),
+    "rare": SyntheticConfig(
+        size=1600,
+        target="add",
+        components=[
+            Component("add", 0.035),
+            Component("add", 0.035, "wrong"),
+            Component("sub", 0.10),
+            *[Component(f, 0.155) for f in ("reverse", "copy", "sort", "upper")],
+            Component(GIBBERISH, 0.21),
+        ],
+    ),
     # The target is response quality, not topic: validation is clean data of both families;
     # half of each family has a truncated or a garbage response.
-    "quality": SyntheticConfig(size=1200, target=ALL, components=[
-        Component("add", 0.25), Component("add", 0.125, "truncated"), Component("add", 0.125, "garbage"),
-        Component("upper", 0.25), Component("upper", 0.125, "truncated"), Component("upper", 0.125, "garbage")]),
+    "quality": SyntheticConfig(
+        size=1200,
+        target=ALL,
+        components=[
+            Component("add", 0.25),
+            Component("add", 0.125, "truncated"),
+            Component("add", 0.125, "garbage"),
+            Component("upper", 0.25),
+            Component("upper", 0.125, "truncated"),
+            Component("upper", 0.125, "garbage"),
+        ],
+    ),
     # Topic without noise, where length says nothing: capitalising a word has the same
     # response lengths as copying, reversing and sorting one; only the semantic state (and
     # log P) tells the target family from the others.
@@ -306,8 +333,14 @@ def write_demo_data(out_dir: str | Path, cfg: SyntheticConfig) -> tuple[Path, Pa
 def auxiliary_corpus(cfg: SyntheticConfig) -> SyntheticConfig:
     """The demo's auxiliary-model corpus for pool `cfg`: clean rows of the pool's families, at
     least twice the pool's size, on other inputs than the pool's (another seed)."""
-    return SyntheticConfig(size=max(2 * cfg.size, 600), families=cfg.pool_families(), target=cfg.pool_families()[0],
-                           noise=0.0, val_size=1, seed=cfg.seed + 104_729)
+    return SyntheticConfig(
+        size=max(2 * cfg.size, 600),
+        families=cfg.pool_families(),
+        target=cfg.pool_families()[0],
+        noise=0.0,
+        val_size=1,
+        seed=cfg.seed + 104_729,
+    )
 
 
 def demo_texts(cfg: SyntheticConfig | None = None) -> list[str]:

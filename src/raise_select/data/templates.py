@@ -28,7 +28,10 @@ def render_alpaca(messages: Sequence[tuple[str, str]], record: dict | None = Non
     if record and "instruction" in record and len(messages) <= 3:
         inp = record.get("input") or ""
         if isinstance(inp, str) and inp.strip():
-            return f"{_ALPACA_HEADER_INPUT}### Instruction:\n{record['instruction']}\n\n### Input:\n{inp}\n\n### Response:\n"
+            return (
+                f"{_ALPACA_HEADER_INPUT}### Instruction:\n{record['instruction']}\n\n"
+                f"### Input:\n{inp}\n\n### Response:\n"
+            )
         return f"{_ALPACA_HEADER}### Instruction:\n{record['instruction']}\n\n### Response:\n"
     parts = [_ALPACA_HEADER]
     for role, content in messages:
@@ -42,7 +45,9 @@ def render_alpaca(messages: Sequence[tuple[str, str]], record: dict | None = Non
     return "".join(parts)
 
 
-def render_prompt(messages: Sequence[tuple[str, str]], template: str = ALPACA_TEMPLATE, tokenizer=None, record: dict | None = None) -> str:
+def render_prompt(
+    messages: Sequence[tuple[str, str]], template: str = ALPACA_TEMPLATE, tokenizer=None, record: dict | None = None
+) -> str:
     """Render the prompt x (everything before the response) as text."""
     if template == ALPACA_TEMPLATE:
         return render_alpaca(messages, record)

@@ -20,14 +20,15 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
 import yaml
 
 from ..config import check_fields
 from ..data.benchmarks import BENCHMARKS, get_benchmark, load_docs
 from ..errors import UserError
 from ..io import write_json_atomic, write_text_atomic
-from ..models.loading import check_device
 from ..markdown import markdown_table
+from ..models.loading import check_device
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,18 @@ class EvaluateConfig:
     """`raise-select evaluate`: lm-evaluation-harness on one model."""
 
     model: str = field(default="", metadata={"help": "model folder (full model or LoRA adapter) or hub id"})
-    tasks: list[str] = field(default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"], metadata={"help": "evaluation tasks (default: those of Table 1)"})
-    data_dir: str | None = field(default=None, metadata={"help": "folder with the original files (../shared/data layout); None: lm-eval's hub tasks"})
+    tasks: list[str] = field(
+        default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"],
+        metadata={"help": "evaluation tasks (default: those of Table 1)"},
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "folder with the original files (../shared/data layout); None: lm-eval's hub tasks"},
+    )
     num_fewshot: int = field(default=0, metadata={"help": "in-context examples per item"})
-    limit: int | None = field(default=None, metadata={"help": "score only the first N items of each task (quick checks)"})
+    limit: int | None = field(
+        default=None, metadata={"help": "score only the first N items of each task (quick checks)"}
+    )
     batch_size: int = field(default=8, metadata={"help": "lm-eval batch size"})
     device: str | None = field(default=None, metadata={"help": "torch device; none: cuda when available, else cpu"})
     dtype: str = field(default="float32", metadata={"help": "model weights dtype (float32, bfloat16, float16, auto)"})
@@ -60,13 +69,21 @@ class EvaluateConfig:
         self.check()
 
     def check(self) -> None:
-        check_fields(self, [
-            (self.limit is None or self.limit >= 1, "limit", "must be >= 1; leave it out to score every item"),
-            (self.num_fewshot >= 0, "num_fewshot", "must be >= 0"),
-            (self.batch_size >= 1, "batch_size", "must be >= 1"),
-            (self.max_length >= MIN_CONTEXT, "max_length", f"must be >= {MIN_CONTEXT}: a question and its answer need room"),
-            (self.max_gen_toks >= 1, "max_gen_toks", "must be >= 1"),
-        ], "evaluate")
+        check_fields(
+            self,
+            [
+                (self.limit is None or self.limit >= 1, "limit", "must be >= 1; leave it out to score every item"),
+                (self.num_fewshot >= 0, "num_fewshot", "must be >= 0"),
+                (self.batch_size >= 1, "batch_size", "must be >= 1"),
+                (
+                    self.max_length >= MIN_CONTEXT,
+                    "max_length",
+                    f"must be >= {MIN_CONTEXT}: a question and its answer need room",
+                ),
+                (self.max_gen_toks >= 1, "max_gen_toks", "must be >= 1"),
+            ],
+            "evaluate",
+        )
         check_device(self.device)
 
 
@@ -155,9 +172,9 @@ def run_lm_eval(cfg: EvaluateConfig, lm=None) -> dict:
     """
     import torch
     from lm_eval import simple_evaluate
-    from safetensors import SafetensorError
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+    from safetensors import SafetensorError
 
     names = check_tasks(cfg.tasks)
     if not cfg.model and lm is None:
@@ -174,27 +191,46 @@ def run_lm_eval(cfg: EvaluateConfig, lm=None) -> dict:
     if lm is None:
         try:
             lm = HFLM(
-                **_hf_model_args(cfg.model), max_length=cfg.max_length, batch_size=cfg.batch_size,
-                device=device, dtype=cfg.dtype,
+                **_hf_model_args(cfg.model),
+                max_length=cfg.max_length,
+                batch_size=cfg.batch_size,
+                device=device,
+                dtype=cfg.dtype,
             )
         except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a truncated or corrupt weights file
             if cfg.data_dir is not None and new_task_dir:  # a refused run leaves no task files behind
                 shutil.rmtree(task_dir, ignore_errors=True)
             raise UserError(f"model '{cfg.model}': cannot be loaded ({' '.join(str(e).split())[:300]})") from None
-    log.info("evaluating %s on %s (%s, %d-shot, limit %s)", cfg.model, ", ".join(names),
-             "local files" if cfg.data_dir else "hub tasks", cfg.num_fewshot, cfg.limit)
+    log.info(
+        "evaluating %s on %s (%s, %d-shot, limit %s)",
+        cfg.model,
+        ", ".join(names),
+        "local files" if cfg.data_dir else "hub tasks",
+        cfg.num_fewshot,
+        cfg.limit,
+    )
     try:
         results = simple_evaluate(
-            model=lm, tasks=task_names, num_fewshot=cfg.num_fewshot, limit=cfg.limit, task_manager=manager,
-            gen_kwargs={"max_gen_toks": cfg.max_gen_toks}, log_samples=False,
-            random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
+            model=lm,
+            tasks=task_names,
+            num_fewshot=cfg.num_fewshot,
+            limit=cfg.limit,
+            task_manager=manager,
+            gen_kwargs={"max_gen_toks": cfg.max_gen_toks},
+            log_samples=False,
+            random_seed=cfg.seed,
+            numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
         )
     except OSError as e:  # the hub unreachable, or a dataset not there (no errno: not the machine's own error)
         if cfg.data_dir is not None or e.errno is not None:
             raise
-        raise UserError(f"{', '.join(names)}: no --data-dir given and loading the tasks' data from the hub failed "
-                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); pass --data-dir with the original "
-                        "files, or check the network") from None
+        raise UserError(
+            f"{', '.join(names)}: no --data-dir given and loading the tasks' data from the hub failed "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); pass --data-dir with the original "
+            "files, or check the network"
+        ) from None
     if results is None:  # only on non-zero ranks of a distributed run
         return {}
     results["task_names"] = dict(zip(names, task_names))
@@ -218,7 +254,10 @@ def summarize(results: dict) -> dict[str, dict]:
 
 
 def results_markdown(model: str, scores: dict[str, dict]) -> str:
-    rows = [[name, s["metric"], f"{100 * s['score']:.2f}", "" if s["n"] is None else str(s["n"])] for name, s in scores.items()]
+    rows = [
+        [name, s["metric"], f"{100 * s['score']:.2f}", "" if s["n"] is None else str(s["n"])]
+        for name, s in scores.items()
+    ]
     return f"# {model}\n\n" + markdown_table(["task", "metric", "score (%)", "items"], rows)
 
 
@@ -230,7 +269,9 @@ def evaluate(cfg: EvaluateConfig, lm=None) -> dict[str, dict]:
     if not results:
         return {}
     scores = summarize(results)
-    write_json_atomic(out / "lm_eval_results.json", {k: results.get(k) for k in ("results", "n-samples", "configs", "versions")})
+    write_json_atomic(
+        out / "lm_eval_results.json", {k: results.get(k) for k in ("results", "n-samples", "configs", "versions")}
+    )
     write_json_atomic(out / "metrics.json", {"model": cfg.model, "config": asdict(cfg), "tasks": scores})
     write_text_atomic(out / "results.md", results_markdown(cfg.model, scores))
     for name, s in scores.items():

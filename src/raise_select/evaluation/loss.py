@@ -30,22 +30,38 @@ def load_for_eval(model: str, dtype: str = "float32", device: str | None = None)
     return PeftModel.from_pretrained(base_model, model), load_tokenizer(model)
 
 
-def response_loss(model: str, examples: list[Example], template: str = "alpaca", max_length: int = 512,
-                  batch_size: int = 8, dtype: str = "float32", device: str | None = None) -> float:
+def response_loss(
+    model: str,
+    examples: list[Example],
+    template: str = "alpaca",
+    max_length: int = 512,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str | None = None,
+) -> float:
     """Mean over `examples` of the mean response-token loss of `model`."""
     from ..training.reward import Validator
 
     lm, tok = load_for_eval(model, dtype=dtype, device=device)
-    return -Validator(examples, tok, metric="neg_loss", max_length=max_length, template=template,
-                      batch_size=batch_size)(lm)
+    return -Validator(
+        examples, tok, metric="neg_loss", max_length=max_length, template=template, batch_size=batch_size
+    )(lm)
 
 
-def example_losses(model: str, examples: list[Example], template: str = "alpaca", max_length: int = 512,
-                   batch_size: int = 8, dtype: str = "float32", device: str | None = None):
+def example_losses(
+    model: str,
+    examples: list[Example],
+    template: str = "alpaca",
+    max_length: int = 512,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str | None = None,
+):
     """(n,) numpy array: each example's mean response-token loss under `model` (the per-item
     figures that `response_loss` averages)."""
     from ..training.reward import Validator
 
     lm, tok = load_for_eval(model, dtype=dtype, device=device)
-    return Validator(examples, tok, metric="neg_loss", max_length=max_length, template=template,
-                     batch_size=batch_size).example_losses(lm)
+    return Validator(
+        examples, tok, metric="neg_loss", max_length=max_length, template=template, batch_size=batch_size
+    ).example_losses(lm)

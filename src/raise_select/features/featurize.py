@@ -32,16 +32,25 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from ..progress import duration, progress_bar
 
+from ..config import check_fields, require_settings
 from ..data.pools import Pool, load_pool
 from ..data.templates import TEMPLATES
 from ..errors import UserError
-from ..config import check_fields, require_settings
 from ..io import append_jsonl, check_output, fingerprint, read_jsonl
 from ..models.loading import DTYPES, check_device
+from ..progress import duration, progress_bar
 from .scoring import ResponseScorer, encode_examples, forwarded_tokens, start_token_id
-from .semantic import SEM_POOLS, PCA_FIT_ROWS, adaptive_pool, encode_texts, example_text, fit_pca, kmeans_classes, load_sentence_encoder
+from .semantic import (
+    PCA_FIT_ROWS,
+    SEM_POOLS,
+    adaptive_pool,
+    encode_texts,
+    example_text,
+    fit_pca,
+    kmeans_classes,
+    load_sentence_encoder,
+)
 from .shards import SHARD_GLOB, Shard, shard_path
 from .table import RDS_FILE, FeatureTable
 
@@ -53,41 +62,74 @@ FORMAT_VERSION = 1  # bump when the computation changes, so old outputs are reco
 @dataclass
 class FeaturizeConfig:
     pool: Optional[str] = field(default=None, metadata={"help": "instruction pool: file, folder or `datasets` name"})
-    format: Optional[str] = field(default=None, metadata={"help": "pool format: alpaca, sharegpt or messages; none: detected"})
+    format: Optional[str] = field(
+        default=None, metadata={"help": "pool format: alpaca, sharegpt or messages; none: detected"}
+    )
     limit: Optional[int] = field(default=None, metadata={"help": "featurize only the first N examples of the pool"})
     model: Optional[str] = field(default=None, metadata={"help": "auxiliary causal LM: hub id or local folder"})
     out: Optional[str] = field(default=None, metadata={"help": "output folder (features.parquet, meta.json, shards/)"})
-    template: str = field(default="alpaca", metadata={"help": "prompt template: alpaca or chat (the tokenizer's chat template)"})
-    max_length: int = field(default=512, metadata={"help": "tokens of [start] + prompt + response; the prompt is cut first"})
-    batch_size: Optional[int] = field(default=None, metadata={"help": "token sequences per forward pass (two per example); None: 8 on CPU (fits the cache), 32 on GPU"})
+    template: str = field(
+        default="alpaca", metadata={"help": "prompt template: alpaca or chat (the tokenizer's chat template)"}
+    )
+    max_length: int = field(
+        default=512, metadata={"help": "tokens of [start] + prompt + response; the prompt is cut first"}
+    )
+    batch_size: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "token sequences per forward pass (two per example); None: 8 on CPU (fits the cache), 32 on GPU"
+        },
+    )
     sem_dim: int = field(default=32, metadata={"help": "d_sem, size of the semantic state (paper: 32)"})
-    sem_pool: str = field(default="mean", metadata={"help": "mean: adaptive average pooling of E(d); pca: scikit-learn PCA"})
-    embed_model: Optional[str] = field(default=None, metadata={"help": "sentence-transformers model for E(d) instead of the LM's hidden states"})
+    sem_pool: str = field(
+        default="mean", metadata={"help": "mean: adaptive average pooling of E(d); pca: scikit-learn PCA"}
+    )
+    embed_model: Optional[str] = field(
+        default=None, metadata={"help": "sentence-transformers model for E(d) instead of the LM's hidden states"}
+    )
     classes: int = field(default=8, metadata={"help": "C, K-means classes for the diversity constraint"})
     seed: int = field(default=0, metadata={"help": "seeds K-means and the PCA sample"})
     shard_size: int = field(default=2048, metadata={"help": "examples per shard file (a crash loses at most one)"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "run code shipped with a hub model (off unless asked for)"})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run code shipped with a hub model (off unless asked for)"}
+    )
     dtype: str = field(default="float32", metadata={"help": "model weights dtype: float32, bfloat16, float16 or auto"})
-    device: Optional[str] = field(default=None, metadata={"help": "torch device (cpu, cuda, cuda:1, ...); none: this process's accelerate device"})
-    rds: bool = field(default=False, metadata={
-        "help": "also store RDS+'s representation of every row (the last hidden state, position-weighted mean over "
-                "[start] + prompt + response) in rds.npy, from the same forward pass; read by the `rds` selector"})
-    compile: bool = field(default=False, metadata={
-        "help": "torch.compile the model body (inductor, dynamic shapes): on CPU about 15% more tokens/s on SmolLM2-135M "
-                "after about 95 s of compiling, so worth it from a few thousand rows; results agree to ~1e-5"})
+    device: Optional[str] = field(
+        default=None, metadata={"help": "torch device (cpu, cuda, cuda:1, ...); none: this process's accelerate device"}
+    )
+    rds: bool = field(
+        default=False,
+        metadata={
+            "help": "also store RDS+'s representation of every row (the last hidden state, position-weighted mean over "
+            "[start] + prompt + response) in rds.npy, from the same forward pass; read by the `rds` selector"
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the model body (inductor, dynamic shapes): on CPU about 15% more tokens/s on "
+            "SmolLM2-135M after about 95 s of compiling, so worth it from a few thousand rows; results agree to ~1e-5"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
         low = {"max_length": 2, "batch_size": 1, "sem_dim": 1, "classes": 1, "shard_size": 1}
-        check_fields(self, [
-            (self.template in TEMPLATES, "template", f"must be one of {', '.join(TEMPLATES)}"),
-            (self.sem_pool in SEM_POOLS, "sem_pool", f"must be one of {', '.join(SEM_POOLS)}"),
-            (self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}"),
-            *[(getattr(self, name) is None or getattr(self, name) >= least, name, f"must be at least {least}")
-              for name, least in low.items()],
-        ], "featurize")
+        check_fields(
+            self,
+            [
+                (self.template in TEMPLATES, "template", f"must be one of {', '.join(TEMPLATES)}"),
+                (self.sem_pool in SEM_POOLS, "sem_pool", f"must be one of {', '.join(SEM_POOLS)}"),
+                (self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}"),
+                *[
+                    (getattr(self, name) is None or getattr(self, name) >= least, name, f"must be at least {least}")
+                    for name, least in low.items()
+                ],
+            ],
+            "featurize",
+        )
         check_device(self.device)
 
 
@@ -97,6 +139,7 @@ def featurize_inputs(cfg: FeaturizeConfig) -> dict:
 
 
 # ---------------------------------------------------------------- fingerprints
+
 
 def ifd_ratio(logp_cond: np.ndarray, logp_uncond: np.ndarray) -> np.ndarray:
     """Instruction-following difficulty as the reference (Cherry_LLM) computes it: the mean
@@ -143,7 +186,15 @@ def model_fingerprint(name_or_path: str) -> str:
 
 def _versions() -> dict:
     out = {}
-    for pkg in ("raise-select", "torch", "transformers", "accelerate", "scikit-learn", "pyarrow", "sentence-transformers"):
+    for pkg in (
+        "raise-select",
+        "torch",
+        "transformers",
+        "accelerate",
+        "scikit-learn",
+        "pyarrow",
+        "sentence-transformers",
+    ):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -152,6 +203,7 @@ def _versions() -> dict:
 
 
 # ---------------------------------------------------------------- the run
+
 
 def process_state(device: str | None = None):
     """This process's rank among those `accelerate launch` / `torchrun` started.
@@ -224,8 +276,14 @@ def featurize(
         table.write(out)
         log.info("wrote %d examples to %s", len(table), out / "features.parquet")
         if timing["tokens_per_s"] is not None:
-            log.info("scoring time over %d of %d shards (all resumes): %s, %d tokens, %.0f tokens/s",
-                     timing["shards_timed"], n_shards, duration(timing["seconds"]), timing["tokens"], timing["tokens_per_s"])
+            log.info(
+                "scoring time over %d of %d shards (all resumes): %s, %d tokens, %.0f tokens/s",
+                timing["shards_timed"],
+                n_shards,
+                duration(timing["seconds"]),
+                timing["tokens"],
+                timing["tokens_per_s"],
+            )
     state.wait_for_everyone()
     return FeatureTable.read(out)
 
@@ -263,16 +321,24 @@ def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard, shard_
     encoder = load_sentence_encoder(cfg.embed_model, device, cfg.trust_remote_code) if cfg.embed_model else None
     batch_size = cfg.batch_size or (8 if device.type == "cpu" else 32)
     scorer = ResponseScorer(
-        model, start_token_id(tokenizer), tokenizer.pad_token_id, batch_size, device, embed=encoder is None,
-        compile=cfg.compile, rds=cfg.rds,
+        model,
+        start_token_id(tokenizer),
+        tokenizer.pad_token_id,
+        batch_size,
+        device,
+        embed=encoder is None,
+        compile=cfg.compile,
+        rds=cfg.rds,
     )
     size = lambda k: min(cfg.shard_size, len(pool) - k * cfg.shard_size)  # noqa: E731
     total = sum(size(k) for k in mine)
     done = total - sum(size(k) for k in todo)
-    bar = progress_bar(total=total, initial=done, desc="featurize", unit="ex", disable=not state.is_main_process, dynamic_ncols=True)
+    bar = progress_bar(
+        total=total, initial=done, desc="featurize", unit="ex", disable=not state.is_main_process, dynamic_ncols=True
+    )
     with bar:
         for k in todo:
-            examples = pool.examples[k * cfg.shard_size:(k + 1) * cfg.shard_size]
+            examples = pool.examples[k * cfg.shard_size : (k + 1) * cfg.shard_size]
             shown, sequences = 0, 0
             started = time.perf_counter()
 
@@ -286,12 +352,26 @@ def _compute_shards(cfg, pool, shard_dir, mine, todo, state, after_shard, shard_
             shard.write(shard_path(shard_dir, k))
             seconds = time.perf_counter() - started
             tokens = forwarded_tokens(shard.len_prompt, shard.len_response)
-            append_jsonl(Path(cfg.out) / TIMING_FILE, {
-                "shard_set": shard_fp[:16], "shard": k, "process": state.process_index, "examples": len(shard.ids),
-                "tokens": tokens, "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            })
-            log.info("shard %d: %d examples, %d tokens in %.1f s (%.0f tokens/s)", k, len(shard.ids), tokens, seconds,
-                     tokens / seconds if seconds > 0 else 0.0)
+            append_jsonl(
+                Path(cfg.out) / TIMING_FILE,
+                {
+                    "shard_set": shard_fp[:16],
+                    "shard": k,
+                    "process": state.process_index,
+                    "examples": len(shard.ids),
+                    "tokens": tokens,
+                    "seconds": round(seconds, 3),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
+            log.info(
+                "shard %d: %d examples, %d tokens in %.1f s (%.0f tokens/s)",
+                k,
+                len(shard.ids),
+                tokens,
+                seconds,
+                tokens / seconds if seconds > 0 else 0.0,
+            )
             bar.update(len(examples) - shown)
             if after_shard is not None:
                 after_shard(k)
@@ -313,9 +393,13 @@ def timing_summary(out: Path, shard_fp: str, n_shards: int) -> dict:
     seconds = sum(float(r["seconds"]) for r in last.values())
     tokens = sum(int(r["tokens"]) for r in last.values())
     return {
-        "shards_timed": len(last), "shards": n_shards, "seconds": round(seconds, 1), "tokens": tokens,
+        "shards_timed": len(last),
+        "shards": n_shards,
+        "seconds": round(seconds, 1),
+        "tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
-        "note": "sum over shards of scoring time; model loading and the merge are not counted, compiling (compile: true) is, in the first shard each run scores",
+        "note": "sum over shards of scoring time; model loading and the merge are not counted, "
+        "compiling (compile: true) is, in the first shard each run scores",
     }
 
 
@@ -326,7 +410,11 @@ def _score_shard(cfg, examples, tokenizer, scorer, encoder, on_batch=None) -> Sh
     examples = [examples[i] for i in keep]
     encoded = [encoded[i] for i in keep]
     scores = scorer.score(encoded, on_batch)
-    vectors = scores.embedding if encoder is None else encode_texts(encoder, [example_text(e) for e in examples], scorer.batch_size)
+    vectors = (
+        scores.embedding
+        if encoder is None
+        else encode_texts(encoder, [example_text(e) for e in examples], scorer.batch_size)
+    )
     if cfg.sem_pool == "mean":
         vectors = adaptive_pool(vectors, cfg.sem_dim)
     return Shard(
@@ -347,9 +435,11 @@ def _merge(cfg, pool, shard_dir, n_shards, final_fp, num_processes) -> FeatureTa
     """Join the shards in pool order, reduce E(d) to d_sem, run K-means, build the table."""
     shards = [Shard.read(shard_path(shard_dir, k), columns_only=True) for k in range(n_shards)]
     for k, s in enumerate(shards):
-        expected = {e.id for e in pool.examples[k * cfg.shard_size:(k + 1) * cfg.shard_size]}
+        expected = {e.id for e in pool.examples[k * cfg.shard_size : (k + 1) * cfg.shard_size]}
         if not set(s.ids) <= expected:
-            raise UserError(f"{shard_path(shard_dir, k)}: holds examples of another pool; delete {shard_dir} and re-run")
+            raise UserError(
+                f"{shard_path(shard_dir, k)}: holds examples of another pool; delete {shard_dir} and re-run"
+            )
     cat = lambda name: np.concatenate([getattr(s, name) for s in shards])  # noqa: E731
     ids = [i for s in shards for i in s.ids]
     len_prompt, len_response = cat("len_prompt").astype(np.float64), cat("len_response").astype(np.float64)
@@ -385,7 +475,12 @@ def _merge(cfg, pool, shard_dir, n_shards, final_fp, num_processes) -> FeatureTa
         "classes": cfg.classes,
         "seed": cfg.seed,
         "unconditional_prefix": "bos (eos when the tokenizer has no bos)",
-        "pool": {"spec": str(cfg.pool), "format": pool.format, "sources": pool.sources, "fingerprint": pool.fingerprint},
+        "pool": {
+            "spec": str(cfg.pool),
+            "format": pool.format,
+            "sources": pool.sources,
+            "fingerprint": pool.fingerprint,
+        },
         "counts": {
             "pool_examples": len(pool),
             "examples": len(ids),
@@ -401,7 +496,11 @@ def _merge(cfg, pool, shard_dir, n_shards, final_fp, num_processes) -> FeatureTa
     rds = None
     if cfg.rds:
         rds = np.concatenate([Shard.read(shard_path(shard_dir, k)).rds for k in range(n_shards)]).astype(np.float32)
-        meta["rds"] = {"file": RDS_FILE, "dim": int(rds.shape[1]), "pooling": "weighted_mean over [start] + prompt + response"}
+        meta["rds"] = {
+            "file": RDS_FILE,
+            "dim": int(rds.shape[1]),
+            "pooling": "weighted_mean over [start] + prompt + response",
+        }
     return FeatureTable(ids=ids, columns=columns, sem=sem, cluster=cluster, meta=meta, rds=rds)
 
 

@@ -46,7 +46,7 @@ class EncodedExample:
     prompt_ids: list[int]
     response_ids: list[int]
     response_truncated: bool  # the response alone was over max_length and was cut
-    prompt_cut: int           # prompt tokens dropped from the left
+    prompt_cut: int  # prompt tokens dropped from the left
 
 
 def start_token_id(tokenizer) -> int:
@@ -69,16 +69,14 @@ def truncate(prompt_ids: Sequence[int], response_ids: Sequence[int], max_length:
         keep_p = min(p, max(1, budget // 4))
         keep_r = budget - keep_p
     return EncodedExample(
-        prompt_ids=list(prompt_ids[p - keep_p:]),
+        prompt_ids=list(prompt_ids[p - keep_p :]),
         response_ids=list(response_ids[:keep_r]),
         response_truncated=keep_r < r,
         prompt_cut=p - keep_p,
     )
 
 
-def encode_examples(
-    examples: Sequence[Example], tokenizer, template: str, max_length: int
-) -> list[EncodedExample]:
+def encode_examples(examples: Sequence[Example], tokenizer, template: str, max_length: int) -> list[EncodedExample]:
     """Render each prompt with `template`, tokenize prompt and response, and truncate."""
     start = start_token_id(tokenizer)
     prompts = [render_prompt(e.prompt_messages, template, tokenizer, e.record) for e in examples]
@@ -96,7 +94,7 @@ def encode_examples(
 class ResponseScores:
     """Per example: sums of log P(y|x) and log P(y) over response tokens, and E(d)."""
 
-    logp_cond_sum: np.ndarray    # (n,) float64
+    logp_cond_sum: np.ndarray  # (n,) float64
     logp_uncond_sum: np.ndarray  # (n,) float64
     embedding: np.ndarray | None  # (n, hidden) float32: mean last hidden state over y's positions in [s]+x+y
     rds: np.ndarray | None = None  # (n, hidden) float32: RDS+ position-weighted mean over every position of [s]+x+y
@@ -127,8 +125,17 @@ def forwarded_tokens(len_prompt, len_response) -> int:
 class ResponseScorer:
     """Scores encoded examples with a causal LM in length-bucketed batches."""
 
-    def __init__(self, model, start_id: int, pad_id: int, batch_size: int, device: torch.device, embed: bool = True,
-                 compile: bool = False, rds: bool = False):
+    def __init__(
+        self,
+        model,
+        start_id: int,
+        pad_id: int,
+        batch_size: int,
+        device: torch.device,
+        embed: bool = True,
+        compile: bool = False,
+        rds: bool = False,
+    ):
         self.model = model
         self.base = torch.compile(model.base_model, dynamic=True) if compile else model.base_model
         self.compiled = compile
@@ -164,7 +171,7 @@ class ResponseScorer:
         embedding = np.zeros((n, hidden_size), dtype=np.float32) if self.embed else None
         rds = np.zeros((n, hidden_size), dtype=np.float32) if self.rds else None
         for b0 in range(0, len(order), self.batch_size):
-            batch = [seqs[k] for k in order[b0:b0 + self.batch_size]]
+            batch = [seqs[k] for k in order[b0 : b0 + self.batch_size]]
             sums, emb, rds_rows = self._score_batch_checked(batch)
             for (tokens, i, cond, _), s in zip(batch, sums):
                 if cond:
@@ -187,7 +194,9 @@ class ResponseScorer:
             return self._score_batch(batch)
         except torch._dynamo.exc.TorchDynamoException as e:  # no C++ compiler, an unsupported op, ...
             why = " ".join(str(e).split())[:300]
-            raise UserError(f"torch.compile of the model failed ({type(e).__name__}: {why}); run without --compile") from None
+            raise UserError(
+                f"torch.compile of the model failed ({type(e).__name__}: {why}); run without --compile"
+            ) from None
 
     def _score_batch(self, batch) -> tuple[list[float], np.ndarray | None, np.ndarray | None]:
         dev = self.device
@@ -214,11 +223,13 @@ class ResponseScorer:
         vocab = self.head.weight.shape[0]
         chunk = max(1, _LOGIT_ELEMENTS_PER_CHUNK // vocab)
         for c0 in range(0, rows.shape[0], chunk):
-            logits = torch.nn.functional.linear(rows[c0:c0 + chunk].float(), self.head_weight, self.head_bias)
+            logits = torch.nn.functional.linear(rows[c0 : c0 + chunk].float(), self.head_weight, self.head_bias)
             if self.softcap:
                 logits = torch.tanh(logits / self.softcap) * self.softcap
             # One fused log_softmax pass is cheaper than logsumexp's max/sub/exp/sum passes.
-            token_logp[c0:c0 + chunk] = torch.log_softmax(logits, dim=-1).gather(1, targets[c0:c0 + chunk, None]).squeeze(1)
+            token_logp[c0 : c0 + chunk] = (
+                torch.log_softmax(logits, dim=-1).gather(1, targets[c0 : c0 + chunk, None]).squeeze(1)
+            )
         sums = torch.zeros(len(batch), dtype=torch.float64, device=dev)
         sums.index_add_(0, seq_of_row, token_logp.double())
 

@@ -56,8 +56,10 @@ def kmeans_classes(sem: np.ndarray, classes: int, seed: int) -> np.ndarray:
     if classes < 1:
         raise UserError(f"--classes must be at least 1, got {classes}")
     if len(sem) == 0:
-        raise UserError("no example is left to featurize: no response token fits in --max-length (each one was "
-                        "skipped as response_has_no_tokens); raise --max-length")
+        raise UserError(
+            "no example is left to featurize: no response token fits in --max-length (each one was "
+            "skipped as response_has_no_tokens); raise --max-length"
+        )
     if len(sem) < classes:
         raise UserError(f"--classes {classes} is more than the {len(sem)} featurized example(s)")
     if classes == 1:
@@ -72,8 +74,10 @@ def kmeans_classes(sem: np.ndarray, classes: int, seed: int) -> np.ndarray:
         labels = km.fit_predict(x).astype(np.int64)
     found = len(np.unique(labels))
     if found < classes:  # fewer distinct semantic states than classes: some classes would stay empty
-        raise UserError(f"--classes {classes}: K-means found only {found} distinct class(es) among {len(x)} examples "
-                        f"(too few distinct semantic states, e.g. with a tiny --max-length); use --classes {found}")
+        raise UserError(
+            f"--classes {classes}: K-means found only {found} distinct class(es) among {len(x)} examples "
+            f"(too few distinct semantic states, e.g. with a tiny --max-length); use --classes {found}"
+        )
     return labels
 
 
@@ -90,7 +94,9 @@ def load_sentence_encoder(name_or_path: str, device: str | torch.device, trust_r
     try:
         return SentenceTransformer(resolve_model(name_or_path), device=str(device), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(f"--embed-model '{name_or_path}': cannot load a sentence-transformers model ({str(e).splitlines()[0]})") from None
+        raise UserError(
+            f"--embed-model '{name_or_path}': cannot load a sentence-transformers model ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def encode_texts(encoder, texts: list[str], batch_size: int) -> np.ndarray:

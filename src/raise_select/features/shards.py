@@ -29,32 +29,41 @@ def shard_path(folder: Path, index: int) -> Path:
 @dataclass
 class Shard:
     ids: list[str]
-    len_prompt: np.ndarray       # (n,) int: prompt tokens after truncation
-    len_response: np.ndarray     # (n,) int: response tokens after truncation
-    logp_cond_sum: np.ndarray    # (n,) float64
+    len_prompt: np.ndarray  # (n,) int: prompt tokens after truncation
+    len_response: np.ndarray  # (n,) int: response tokens after truncation
+    logp_cond_sum: np.ndarray  # (n,) float64
     logp_uncond_sum: np.ndarray  # (n,) float64
-    truncated: np.ndarray        # (n,) int: the response alone was over max_length
-    prompt_cut: np.ndarray       # (n,) int: prompt tokens dropped from the left
-    vectors: np.ndarray          # (n, D) float32: embedding before the final reduction
-    skipped: dict                # reason -> count, rows of this slice left out
+    truncated: np.ndarray  # (n,) int: the response alone was over max_length
+    prompt_cut: np.ndarray  # (n,) int: prompt tokens dropped from the left
+    vectors: np.ndarray  # (n, D) float32: embedding before the final reduction
+    skipped: dict  # reason -> count, rows of this slice left out
     rds: np.ndarray | None = None  # (n, H) float32: RDS+ representation (featurize --rds)
 
     def write(self, path: Path) -> None:
         d = self.vectors.shape[1]
-        table = pa.table({
-            "id": pa.array(self.ids, pa.string()),
-            "len_prompt": pa.array(self.len_prompt, pa.int32()),
-            "len_response": pa.array(self.len_response, pa.int32()),
-            "logp_cond_sum": pa.array(self.logp_cond_sum, pa.float64()),
-            "logp_uncond_sum": pa.array(self.logp_uncond_sum, pa.float64()),
-            "truncated": pa.array(self.truncated, pa.int8()),
-            "prompt_cut": pa.array(self.prompt_cut, pa.int32()),
-            "vectors": pa.FixedSizeListArray.from_arrays(
-                pa.array(np.ascontiguousarray(self.vectors, dtype=np.float32).reshape(-1)), d
-            ),
-            **({} if self.rds is None else {"rds": pa.FixedSizeListArray.from_arrays(
-                pa.array(np.ascontiguousarray(self.rds, dtype=np.float32).reshape(-1)), self.rds.shape[1])}),
-        }).replace_schema_metadata({"skipped": json.dumps(self.skipped, sort_keys=True)})
+        table = pa.table(
+            {
+                "id": pa.array(self.ids, pa.string()),
+                "len_prompt": pa.array(self.len_prompt, pa.int32()),
+                "len_response": pa.array(self.len_response, pa.int32()),
+                "logp_cond_sum": pa.array(self.logp_cond_sum, pa.float64()),
+                "logp_uncond_sum": pa.array(self.logp_uncond_sum, pa.float64()),
+                "truncated": pa.array(self.truncated, pa.int8()),
+                "prompt_cut": pa.array(self.prompt_cut, pa.int32()),
+                "vectors": pa.FixedSizeListArray.from_arrays(
+                    pa.array(np.ascontiguousarray(self.vectors, dtype=np.float32).reshape(-1)), d
+                ),
+                **(
+                    {}
+                    if self.rds is None
+                    else {
+                        "rds": pa.FixedSizeListArray.from_arrays(
+                            pa.array(np.ascontiguousarray(self.rds, dtype=np.float32).reshape(-1)), self.rds.shape[1]
+                        )
+                    }
+                ),
+            }
+        ).replace_schema_metadata({"skipped": json.dumps(self.skipped, sort_keys=True)})
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
 

@@ -19,14 +19,14 @@ from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
 
 FEATURE_COLUMNS = (
-    "len_prompt",       # prompt tokens after truncation
-    "len_response",     # response tokens after truncation
-    "logp_cond",        # mean log P(y|x) over response tokens
-    "logp_uncond",      # mean log P(y) over response tokens, scored without the prompt
-    "logp_cond_sum",    # sum log P(y|x)
+    "len_prompt",  # prompt tokens after truncation
+    "len_response",  # response tokens after truncation
+    "logp_cond",  # mean log P(y|x) over response tokens
+    "logp_uncond",  # mean log P(y) over response tokens, scored without the prompt
+    "logp_cond_sum",  # sum log P(y|x)
     "logp_uncond_sum",  # sum log P(y)
-    "ifd",              # logp_cond / logp_uncond = loss(y|x) / loss(y), as the IFD reference code
-    "truncated",        # 1 if the response alone was over max_length and was cut
+    "ifd",  # logp_cond / logp_uncond = loss(y|x) / loss(y), as the IFD reference code
+    "truncated",  # 1 if the response alone was over max_length and was cut
 )
 RDS_FILE = "rds.npy"  # (N, H) float32 in the table's row order, written by `featurize --rds`
 DIFFICULTY_COLUMNS = ("len_prompt", "len_response", "logp_cond", "logp_uncond")  # eq. 3
@@ -36,10 +36,10 @@ DIFFICULTY_COLUMNS = ("len_prompt", "len_response", "logp_cond", "logp_uncond") 
 class FeatureTable:
     ids: list[str]
     columns: dict[str, np.ndarray]  # FEATURE_COLUMNS -> (N,) float64
-    sem: np.ndarray                 # (N, sem_dim) float32
-    cluster: np.ndarray             # (N,) int64
+    sem: np.ndarray  # (N, sem_dim) float32
+    cluster: np.ndarray  # (N,) int64
     meta: dict = field(default_factory=dict)
-    rds: np.ndarray | None = None   # (N, H) float32: RDS+ representations (featurize --rds), else None
+    rds: np.ndarray | None = None  # (N, H) float32: RDS+ representations (featurize --rds), else None
     source: str = field(default="", compare=False)  # the folder it was read from (named in errors)
 
     def __len__(self) -> int:
@@ -66,8 +66,10 @@ class FeatureTable:
             why = f"; the featurizer skipped {skipped}" if skipped else ""
             if len(missing) == len(ids):  # not one row in common: the features of another pool
                 made = self.meta.get("pool", {}).get("spec") if isinstance(self.meta.get("pool"), dict) else None
-                why += (f"; none of the pool's {len(ids)} rows is among the {len(self)} featurized ones, so these "
-                        "features were made from another pool" + (f" ({made})" if made else ""))
+                why += (
+                    f"; none of the pool's {len(ids)} rows is among the {len(self)} featurized ones, so these "
+                    "features were made from another pool" + (f" ({made})" if made else "")
+                )
             raise UserError(
                 f"{self.source + ': ' if self.source else ''}features are missing for {len(missing)} pool example(s) "
                 f"(first id {missing[0]}){why}; re-run `raise-select featurize` on this pool"
@@ -118,8 +120,10 @@ class FeatureTable:
         """
         path = Path(path)
         if path.is_file() and path.name != "features.parquet":
-            raise UserError(f"{path}: a file, not a featurize output folder; pass the folder `raise-select featurize "
-                            "--out` wrote (it holds features.parquet and meta.json)")
+            raise UserError(
+                f"{path}: a file, not a featurize output folder; pass the folder `raise-select featurize "
+                "--out` wrote (it holds features.parquet and meta.json)"
+            )
         folder = path.parent if path.name == "features.parquet" else path
         fp = folder / "features.parquet"
         if not fp.is_file():
@@ -134,8 +138,10 @@ class FeatureTable:
         meta = _read_meta(folder / "meta.json")
         sem_col = table.column("sem").combine_chunks()
         if not pa.types.is_fixed_size_list(sem_col.type) or not pa.types.is_floating(sem_col.type.value_type):
-            raise UserError(f"{fp}, field 'sem': expected a fixed-size list of floats, got {sem_col.type}; "
-                            "re-run `raise-select featurize`")
+            raise UserError(
+                f"{fp}, field 'sem': expected a fixed-size list of floats, got {sem_col.type}; "
+                "re-run `raise-select featurize`"
+            )
         if sem_col.null_count:
             raise UserError(f"{fp}: row {sem_col.to_pylist().index(None)}, field 'sem': missing value")
         d = sem_col.type.list_size
@@ -151,8 +157,16 @@ class FeatureTable:
             if bad.any():
                 row = int(np.flatnonzero(bad.reshape(len(v), -1).any(axis=1))[0])
                 value = float(v[row] if v.ndim == 1 else v[row][bad[row]][0])
-                kind = "NaN" if np.isnan(value) else "infinite" if np.isinf(value) else f"out-of-range (|x| > {MAX_ABS_FEATURE:g})"
-                raise UserError(f"{fp}: row {row}, field '{c}': {kind} feature ({value:g}); re-run `raise-select featurize`")
+                kind = (
+                    "NaN"
+                    if np.isnan(value)
+                    else "infinite"
+                    if np.isinf(value)
+                    else f"out-of-range (|x| > {MAX_ABS_FEATURE:g})"
+                )
+                raise UserError(
+                    f"{fp}: row {row}, field '{c}': {kind} feature ({value:g}); re-run `raise-select featurize`"
+                )
         for c in ("len_prompt", "len_response"):
             low = 1 if c == "len_response" else 0
             bad = (columns[c] < low) | (columns[c] != np.round(columns[c]))
@@ -170,12 +184,21 @@ class FeatureTable:
             raise UserError(f"{fp}: row {row}, field 'id': {ids[row]!r} appears twice")
         cluster_col = table.column("cluster")
         if not pa.types.is_integer(cluster_col.type) or cluster_col.null_count:
-            raise UserError(f"{fp}, field 'cluster': expected integer class ids, got {cluster_col.type}"
-                            + (" with missing values" if cluster_col.null_count else ""))
+            raise UserError(
+                f"{fp}, field 'cluster': expected integer class ids, got {cluster_col.type}"
+                + (" with missing values" if cluster_col.null_count else "")
+            )
         cluster = cluster_col.to_numpy().astype(np.int64)
         _check_classes(cluster, meta, fp)
-        return cls(ids=ids, columns=columns, sem=sem, cluster=cluster, meta=meta, rds=_read_rds(fp.parent, meta, len(ids)),
-                   source=str(folder))
+        return cls(
+            ids=ids,
+            columns=columns,
+            sem=sem,
+            cluster=cluster,
+            meta=meta,
+            rds=_read_rds(fp.parent, meta, len(ids)),
+            source=str(folder),
+        )
 
 
 def check_same_encoding(features: str | Path, max_length: int, template: str, flag: str = "--max-length") -> None:
@@ -191,9 +214,11 @@ def check_same_encoding(features: str | Path, max_length: int, template: str, fl
     if differ:
         k = differ[0]
         option = flag if k == "max_length" else "--template"
-        raise UserError(f"{folder / 'meta.json'}, field '{k}': the features were computed with {k} {made[k]}, this run "
-                        f"uses {option} {now[k]}; the policy would read features of other token sequences than the ones "
-                        f"trained on: pass {option} {made[k]}, or featurize again with {option} {now[k]}")
+        raise UserError(
+            f"{folder / 'meta.json'}, field '{k}': the features were computed with {k} {made[k]}, this run "
+            f"uses {option} {now[k]}; the policy would read features of other token sequences than the ones "
+            f"trained on: pass {option} {made[k]}, or featurize again with {option} {now[k]}"
+        )
 
 
 # No token count, log-probability or hidden-state value comes near this; a larger one is a
@@ -209,9 +234,13 @@ def _read_rds(folder: Path, meta: dict, rows: int) -> np.ndarray | None:
     try:
         rds = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable RDS+ vectors ({e}); meta.json lists them: re-run featurize --rds") from None
+        raise UserError(
+            f"{path}: unreadable RDS+ vectors ({e}); meta.json lists them: re-run featurize --rds"
+        ) from None
     if rds.ndim != 2 or rds.shape[0] != rows:
-        raise UserError(f"{path}: expected {rows} rows of vectors (one per row of features.parquet), got shape {rds.shape}")
+        raise UserError(
+            f"{path}: expected {rows} rows of vectors (one per row of features.parquet), got shape {rds.shape}"
+        )
     bad = np.flatnonzero(~np.isfinite(rds).all(axis=1))
     if len(bad):
         raise UserError(f"{path}: row {int(bad[0])}: non-finite value in the RDS+ vector")
@@ -232,8 +261,9 @@ def _read_meta(meta_path: Path) -> dict:
     try:
         meta = json.loads(decode_utf8(meta_path.read_bytes(), meta_path))
     except json.JSONDecodeError as e:
-        raise UserError(f"{meta_path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
-                        "re-run `raise-select featurize`") from None
+        raise UserError(
+            f"{meta_path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); re-run `raise-select featurize`"
+        ) from None
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: expected a JSON object")
     classes = meta.get("classes")
@@ -253,11 +283,15 @@ def _check_classes(cluster: np.ndarray, meta: dict, fp: Path) -> None:
     if classes is not None:
         bad = np.flatnonzero(cluster >= classes)
         if len(bad):
-            raise UserError(f"{fp}: row {int(bad[0])}, field 'cluster': class id {int(cluster[bad[0]])} is outside the "
-                            f"{classes} classes of {fp.parent / 'meta.json'} (field 'classes')")
+            raise UserError(
+                f"{fp}: row {int(bad[0])}, field 'cluster': class id {int(cluster[bad[0]])} is outside the "
+                f"{classes} classes of {fp.parent / 'meta.json'} (field 'classes')"
+            )
     count = classes if classes is not None else int(cluster.max()) + 1
     empty = sorted(set(range(count)) - set(np.unique(cluster).tolist()))
     if empty:
         where_c = f"{fp.parent / 'meta.json'} (field 'classes') says" if classes is not None else "the class ids imply"
-        raise UserError(f"{fp}, field 'cluster': {where_c} {count} classes, but class(es) {', '.join(map(str, empty[:5]))} "
-                        "have no row; re-run `raise-select featurize` with the number of classes you want")
+        raise UserError(
+            f"{fp}, field 'cluster': {where_c} {count} classes, but class(es) {', '.join(map(str, empty[:5]))} "
+            "have no row; re-run `raise-select featurize` with the number of classes you want"
+        )

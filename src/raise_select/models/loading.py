@@ -12,7 +12,15 @@ from ..errors import UserError
 from .resolve import SHORT_NAMES, resolve_model
 
 # Files from which transformers can build a tokenizer (fast, SentencePiece or BPE vocab).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "spm.model", "vocab.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "spm.model",
+    "vocab.txt",
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -27,8 +35,10 @@ def check_device(spec: str | None, flag: str = "--device") -> None:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index is not None and device.index >= count):
-            raise UserError(f"{flag} {spec}: this machine has {count} CUDA device(s); use cpu"
-                            + (f" or cuda:0..cuda:{count - 1}" if count else ""))
+            raise UserError(
+                f"{flag} {spec}: this machine has {count} CUDA device(s); use cpu"
+                + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -37,8 +47,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     name_or_path = resolve_model(name_or_path)
     folder = Path(name_or_path)
     if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise UserError(f"{folder}: no tokenizer files here (expected one of {', '.join(TOKENIZER_FILES)}); "
-                        "save the tokenizer next to the model (tokenizer.save_pretrained)")
+        raise UserError(
+            f"{folder}: no tokenizer files here (expected one of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer next to the model (tokenizer.save_pretrained)"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -78,4 +90,3 @@ def _not_found(name_or_path: str, err: Exception) -> str:
         kind = " (a weights file is truncated or corrupt)" if isinstance(err, SafetensorError) else ""
         return f"{name_or_path}: cannot load a causal LM from this folder{kind} ({why})"
     return f"model '{name_or_path}': not a local folder, and loading it from the hub failed ({why}; {SHORT_NAMES})"
-

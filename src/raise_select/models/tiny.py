@@ -33,9 +33,20 @@ class TinySpec:
 
 # Named sizes: "1m" and "10m" are the benchmark sizes (non-embedding parameters, roughly).
 PRESETS = {
-    "test": TinySpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512),
-    "1m": TinySpec(hidden_size=128, intermediate_size=352, num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=4),
-    "10m": TinySpec(hidden_size=320, intermediate_size=864, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8),
+    "test": TinySpec(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+    ),
+    "1m": TinySpec(
+        hidden_size=128, intermediate_size=352, num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=4
+    ),
+    "10m": TinySpec(
+        hidden_size=320, intermediate_size=864, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8
+    ),
 }
 
 

@@ -9,7 +9,22 @@ from .selection import select_per_class
 from .state import Normalizer, StaticState, fuse_state
 
 __all__ = [
-    "Action", "AcquisitionMLP", "CRITIC_FEATURES", "Critic", "Normalizer", "PolicyConfig", "RaisePolicy",
-    "RolloutBuffer", "StaticState", "actor_loss", "class_entropy", "class_log_prob", "class_log_softmax",
-    "critic_features", "critic_loss", "fuse_state", "gae", "select_per_class",
+    "Action",
+    "AcquisitionMLP",
+    "CRITIC_FEATURES",
+    "Critic",
+    "Normalizer",
+    "PolicyConfig",
+    "RaisePolicy",
+    "RolloutBuffer",
+    "StaticState",
+    "actor_loss",
+    "class_entropy",
+    "class_log_prob",
+    "class_log_softmax",
+    "critic_features",
+    "critic_loss",
+    "fuse_state",
+    "gae",
+    "select_per_class",
 ]

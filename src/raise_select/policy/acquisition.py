@@ -37,19 +37,25 @@ class AcquisitionMLP(nn.Module):
         w_static = self.hidden_layer.weight[:, STAGE_DIM:-1]
         return torch.addmm(self.hidden_layer.bias, static_x, w_static.t())
 
-    def score(self, projection: torch.Tensor, perf_prev: float, progress: float, counts: torch.Tensor,
-              chunk: int = SCORE_CHUNK) -> torch.Tensor:
+    def score(
+        self,
+        projection: torch.Tensor,
+        perf_prev: float,
+        progress: float,
+        counts: torch.Tensor,
+        chunk: int = SCORE_CHUNK,
+    ) -> torch.Tensor:
         """Scores of all N rows from the cached static projection, chunked over N (eq. 6 + F_theta)."""
         w = self.hidden_layer.weight
-        stage = w[:, 0] * perf_prev + w[:, 1] * progress          # (hidden,), shared by all rows
+        stage = w[:, 0] * perf_prev + w[:, 1] * progress  # (hidden,), shared by all rows
         w_avail = w[:, -1]
         w_out = self.out.weight[0]
-        avail = availability(counts, projection.dtype)   # the same scaling as fuse_state
+        avail = availability(counts, projection.dtype)  # the same scaling as fuse_state
         parts = []
         for start in range(0, projection.shape[0], chunk):
             # one fused pass for proj + avail x w_avail, then in place (autograd-safe: addr and
             # add_ keep no output for backward, tanh_ keeps its own result)
-            pre = torch.addr(projection[start:start + chunk], avail[start:start + chunk], w_avail).add_(stage)
+            pre = torch.addr(projection[start : start + chunk], avail[start : start + chunk], w_avail).add_(stage)
             parts.append(torch.mv(pre.tanh_(), w_out))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -69,7 +75,9 @@ def critic_features(perf_prev: float, progress: float, counts: torch.Tensor) -> 
     n_used = int(used.sum())
     mean_used = float(counts[used].mean()) if n_used else 0.0
     max_count = float(counts.max()) if counts.numel() else 0.0
-    return torch.tensor([perf_prev, progress, n_used / max(counts.numel(), 1), mean_used, max_count], dtype=torch.float32)
+    return torch.tensor(
+        [perf_prev, progress, n_used / max(counts.numel(), 1), mean_used, max_count], dtype=torch.float32
+    )
 
 
 class Critic(nn.Module):
@@ -77,8 +85,9 @@ class Critic(nn.Module):
 
     def __init__(self, hidden: int, in_dim: int = len(CRITIC_FEATURES)):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features).squeeze(-1)
-

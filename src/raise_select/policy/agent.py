@@ -22,9 +22,9 @@ from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
 from ..progress import progress_bar
 from .acquisition import CRITIC_FEATURES, AcquisitionMLP, Critic, critic_features
-from .prior import PRIORS, init_prior_actor
 from .buffer import RolloutBuffer
 from .ppo import actor_loss, class_entropy, class_log_softmax, critic_loss, gae
+from .prior import PRIORS, init_prior_actor
 from .selection import select_per_class
 from .state import Normalizer, StaticState
 
@@ -40,35 +40,90 @@ USE_RULES = ("topk", "sample")
 class PolicyConfig:
     """Selection policy and PPO settings.
 
-    Defaults follow appendix A.2 of the paper except three named departures, measured in
-    docs/policy.md: gamma 0 (paper 0.99), advantage step_baseline (paper gae) and use_rule
-    sample (paper topk); ratio per_item is an option that measured no better. `PAPER` holds the paper's
-literal values (`configs/policy_paper.yaml`).
+        Defaults follow appendix A.2 of the paper except three named departures, measured in
+        docs/policy.md: gamma 0 (paper 0.99), advantage step_baseline (paper gae) and use_rule
+        sample (paper topk); ratio per_item is an option that measured no better. `PAPER` holds the paper's
+    literal values (`configs/policy_paper.yaml`).
 
-    The jobs that train a policy (train-policy, demo, the study's RAISE cells) hold one as
-    their `policy:` section; a field added here reaches their YAML, `--set` and the settings
-    reference with its help text. Rules on a field go in `check()`.
+        The jobs that train a policy (train-policy, demo, the study's RAISE cells) hold one as
+        their `policy:` section; a field added here reaches their YAML, `--set` and the settings
+        reference with its help text. Rules on a field go in `check()`.
     """
 
     hidden: int = field(default=64, metadata={"help": "width of the actor's and critic's hidden layers"})
-    gamma: float = field(default=0.0, metadata={"help": "discount factor of the advantage (eq. 7-8); the paper's 0.99 credits a batch with every later step's reward, 0 with its own"})
+    gamma: float = field(
+        default=0.0,
+        metadata={
+            "help": "discount factor of the advantage (eq. 7-8); the paper's 0.99 credits a batch with every later "
+            "step's reward, 0 with its own"
+        },
+    )
     lam: float = field(default=1.0, metadata={"help": "GAE lambda (eq. 8)"})
     clip: float = field(default=0.2, metadata={"help": "PPO clipping epsilon (eq. 12)"})
-    actor_lr: float = field(default=1e-1, metadata={"help": "AdamW learning rate of the actor F_theta (scaled per layer by 1/sqrt(fan_in))"})
-    critic_lr: float = field(default=2e-1, metadata={"help": "AdamW learning rate of the critic V_phi (scaled per layer by 1/sqrt(fan_in))"})
+    actor_lr: float = field(
+        default=1e-1, metadata={"help": "AdamW learning rate of the actor F_theta (scaled per layer by 1/sqrt(fan_in))"}
+    )
+    critic_lr: float = field(
+        default=2e-1, metadata={"help": "AdamW learning rate of the critic V_phi (scaled per layer by 1/sqrt(fan_in))"}
+    )
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay of actor and critic"})
-    ppo_epochs: int = field(default=4, metadata={"help": "passes over a round's buffer per PPO update (K_2 of Algorithm 2)"})
+    ppo_epochs: int = field(
+        default=4, metadata={"help": "passes over a round's buffer per PPO update (K_2 of Algorithm 2)"}
+    )
     per_class: int = field(default=1, metadata={"help": "b: items chosen per class and step; the batch is B = C x b"})
-    seed: Optional[int] = field(default=None, metadata={"help": "seed of the initial weights and of the minibatch order of updates; none: the job's seed (0 for a policy built directly)"})
-    minibatches: int = field(default=1, metadata={"help": "optimizer steps per epoch: the round's steps are shuffled into this many groups"})
-    normalize_advantages: bool = field(default=True, metadata={"help": "standardise a round's advantages before eq. 12 (rewards are tiny validation deltas)"})
+    seed: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "seed of the initial weights and of the minibatch order of updates; none: the job's seed "
+            "(0 for a policy built directly)"
+        },
+    )
+    minibatches: int = field(
+        default=1, metadata={"help": "optimizer steps per epoch: the round's steps are shuffled into this many groups"}
+    )
+    normalize_advantages: bool = field(
+        default=True,
+        metadata={"help": "standardise a round's advantages before eq. 12 (rewards are tiny validation deltas)"},
+    )
     # Departures from the paper (docs/policy.md has the measured ablation); the paper's form in brackets.
-    ratio: str = field(default="product", metadata={"help": "importance ratio: product of the B class probabilities [eq. 11] or per_item (each chosen row its own clipped ratio)"})
-    advantage: str = field(default="step_baseline", metadata={"help": "gae [eq. 7-9, critic V_phi as baseline] or step_baseline (reward minus the mean reward at the same step of earlier episodes)"})
-    target_kl: float = field(default=0.0, metadata={"help": "stop a round's PPO epochs once the approximate KL per chosen row exceeds this (0 = never [paper])"})
-    use_rule: str = field(default="sample", metadata={"help": "use time: topk [Algorithm 1] or sample (draw from the class softmax, as in rollouts)"})
-    prior: str = field(default="none", metadata={"help": "none [eq. 2-6] or rds: one more static state column, the RDS+ similarity of each row to the validation set, with an actor whose round 0 ranks rows by it (policy/prior.py; needs featurize --rds)"})
-    prior_scale: float = field(default=3.0, metadata={"help": "with a prior: round 0 scores are prior_scale * tanh(standardised prior), the logit range of each class softmax"})
+    ratio: str = field(
+        default="product",
+        metadata={
+            "help": "importance ratio: product of the B class probabilities [eq. 11] "
+            "or per_item (each chosen row its own clipped ratio)"
+        },
+    )
+    advantage: str = field(
+        default="step_baseline",
+        metadata={
+            "help": "gae [eq. 7-9, critic V_phi as baseline] or step_baseline (reward minus the mean reward at the "
+            "same step of earlier episodes)"
+        },
+    )
+    target_kl: float = field(
+        default=0.0,
+        metadata={
+            "help": "stop a round's PPO epochs once the approximate KL per chosen row exceeds this (0 = never [paper])"
+        },
+    )
+    use_rule: str = field(
+        default="sample",
+        metadata={"help": "use time: topk [Algorithm 1] or sample (draw from the class softmax, as in rollouts)"},
+    )
+    prior: str = field(
+        default="none",
+        metadata={
+            "help": "none [eq. 2-6] or rds: one more static state column, the RDS+ similarity of each row to the "
+            "validation set, with an actor whose round 0 ranks rows by it (policy/prior.py; needs featurize --rds)"
+        },
+    )
+    prior_scale: float = field(
+        default=3.0,
+        metadata={
+            "help": "with a prior: round 0 scores are prior_scale * tanh(standardised prior), "
+            "the logit range of each class softmax"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.check()
@@ -105,16 +160,19 @@ def layer_groups(module: nn.Module, lr: float) -> list[dict]:
     scale (~1/sqrt(fan_in)) in one step. Scaling each layer's rate by 1/sqrt(fan_in) makes
     the paper's rate a step relative to the layer's natural scale.
     """
-    return [{"params": list(layer.parameters()), "lr": lr / math.sqrt(layer.in_features)}
-            for layer in module.modules() if isinstance(layer, nn.Linear)]
+    return [
+        {"params": list(layer.parameters()), "lr": lr / math.sqrt(layer.in_features)}
+        for layer in module.modules()
+        if isinstance(layer, nn.Linear)
+    ]
 
 
 @dataclass
 class Action:
-    indices: torch.Tensor      # (B,) int64 rows of the pool
-    scores: torch.Tensor       # (B,) acquisition scores of the chosen rows
-    log_prob: float            # class_log_prob under the acting policy (sum of item_log_prob)
-    value: float               # critic V(S_t)
+    indices: torch.Tensor  # (B,) int64 rows of the pool
+    scores: torch.Tensor  # (B,) acquisition scores of the chosen rows
+    log_prob: float  # class_log_prob under the acting policy (sum of item_log_prob)
+    value: float  # critic V(S_t)
     item_log_prob: torch.Tensor | None = None  # (B,) class log-probability of each chosen row (eq. 10)
 
 
@@ -123,22 +181,22 @@ class RoundInputs:
     """What every PPO step of one update reads: the round's buffer and its per-step inputs."""
 
     buffer: RolloutBuffer
-    data: dict[str, torch.Tensor]      # buffer.tensors()
-    stage: list[float]                 # P_{t-1} - P(M_0) of every step (`RaisePolicy._stage`)
-    advantages: torch.Tensor           # (T,) float64, eq. 8 or the step baseline's
-    actor_advantages: torch.Tensor     # (T,) as eq. 12 uses them: standardised with normalize_advantages
-    returns: torch.Tensor              # (T,) float64 critic targets (eq. 9)
-    critic_in: torch.Tensor            # (T, len(CRITIC_FEATURES)) critic inputs
+    data: dict[str, torch.Tensor]  # buffer.tensors()
+    stage: list[float]  # P_{t-1} - P(M_0) of every step (`RaisePolicy._stage`)
+    advantages: torch.Tensor  # (T,) float64, eq. 8 or the step baseline's
+    actor_advantages: torch.Tensor  # (T,) as eq. 12 uses them: standardised with normalize_advantages
+    returns: torch.Tensor  # (T,) float64 critic targets (eq. 9)
+    critic_in: torch.Tensor  # (T, len(CRITIC_FEATURES)) critic inputs
 
 
 @dataclass
 class UpdateStats:
     """What one PPO update records on its way, and the summary `RaisePolicy.update` returns."""
 
-    actor_losses: list[float] = field(default_factory=list)       # eq. 12 of every (epoch, step)
-    critic_losses: list[float] = field(default_factory=list)      # eq. 13 of every optimizer step
-    entropies: list[float] = field(default_factory=list)          # class entropy of every step, first epoch
-    clipped: list[float] = field(default_factory=list)            # clipped share of every step, this epoch
+    actor_losses: list[float] = field(default_factory=list)  # eq. 12 of every (epoch, step)
+    critic_losses: list[float] = field(default_factory=list)  # eq. 13 of every optimizer step
+    entropies: list[float] = field(default_factory=list)  # class entropy of every step, first epoch
+    clipped: list[float] = field(default_factory=list)  # clipped share of every step, this epoch
     epoch_clip_fraction: list[float] = field(default_factory=list)  # per finished epoch
 
     def end_epoch(self, steps: int) -> None:
@@ -151,8 +209,10 @@ class UpdateStats:
             "actor_loss": sum(self.actor_losses) / len(self.actor_losses),
             "critic_loss": sum(self.critic_losses) / len(self.critic_losses),
             "entropy": sum(self.entropies) / len(self.entropies),
-            "approx_kl": approx_kl,                            # per chosen row, old policy -> policy after the update
-            "clip_fraction": self.epoch_clip_fraction[-1],     # share of (step, ratio) terms outside [1 - clip, 1 + clip] in the last epoch
+            "approx_kl": approx_kl,  # per chosen row, old policy -> policy after the update
+            "clip_fraction": self.epoch_clip_fraction[
+                -1
+            ],  # share of (step, ratio) terms outside [1 - clip, 1 + clip] in the last epoch
             "ppo_epochs_done": len(self.epoch_clip_fraction),
             "return": float(data["reward"].sum()),
             "advantage_mean": float(rnd.advantages.mean()),
@@ -168,15 +228,19 @@ class RaisePolicy:
             cfg = replace(cfg, seed=0)
         batch = static.num_classes * cfg.per_class
         if len(static) < batch:
-            raise UserError(f"the pool has {len(static)} instructions, fewer than one batch of {batch} "
-                            f"({static.num_classes} classes x per_class {cfg.per_class})")
+            raise UserError(
+                f"the pool has {len(static)} instructions, fewer than one batch of {batch} "
+                f"({static.num_classes} classes x per_class {cfg.per_class})"
+            )
         if (cfg.prior != "none") != bool(static.prior_dim):
-            raise UserError(f"policy.prior is {cfg.prior} but the state {'has' if static.prior_dim else 'has no'} prior "
-                            "column: build it with the prior (training.episode.load_static(..., prior=...)) or set "
-                            "policy.prior accordingly")
+            raise UserError(
+                f"policy.prior is {cfg.prior} but the state {'has' if static.prior_dim else 'has no'} prior "
+                "column: build it with the prior (training.episode.load_static(..., prior=...)) or set "
+                "policy.prior accordingly"
+            )
         self.static = static
         self.cfg = cfg
-        with torch.random.fork_rng(devices=[]):   # seeded weights without touching the caller's RNG
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
             torch.manual_seed(cfg.seed)
             self.actor = AcquisitionMLP(static.fused_dim, cfg.hidden)
             if cfg.prior != "none":
@@ -184,7 +248,7 @@ class RaisePolicy:
             self.critic = Critic(cfg.hidden)
         self.actor_opt = torch.optim.AdamW(layer_groups(self.actor, cfg.actor_lr), weight_decay=cfg.weight_decay)
         self.critic_opt = torch.optim.AdamW(layer_groups(self.critic, cfg.critic_lr), weight_decay=cfg.weight_decay)
-        self.updates = 0                          # PPO updates done (seeds the minibatch order)
+        self.updates = 0  # PPO updates done (seeds the minibatch order)
         self.perf_reference: float | None = None  # P(M_0): the networks read P_{t-1} - P(M_0), see _stage
         self._projection: torch.Tensor | None = None  # static part of the first layer for the current actor
         # The actor's weights change only by its optimizer step (`_actor_step`) or load_state_dict;
@@ -227,22 +291,42 @@ class RaisePolicy:
         with torch.no_grad():
             return self.actor.score(self._static_projection(), self._stage(perf_prev), progress, counts)
 
-    def act(self, perf_prev: float, progress: float, counts: torch.Tensor, explore: bool,
-            generator: torch.Generator | None = None) -> Action:
+    def act(
+        self,
+        perf_prev: float,
+        progress: float,
+        counts: torch.Tensor,
+        explore: bool,
+        generator: torch.Generator | None = None,
+    ) -> Action:
         """Choose a batch: explore=True samples within each class (rollouts), False takes the top-b (use time)."""
         scores = self.scores(perf_prev, progress, counts)
         if not bool(torch.isfinite(scores).all()):
             bad = torch.nonzero(~torch.isfinite(scores)).flatten()
-            raise UserError(f"the policy's scores of {len(bad)} instruction(s) are not finite (first: pool row "
-                            f"{int(bad[0])}, P_prev = {perf_prev}); the policy weights or the state diverged")
-        idx = select_per_class(scores, self.static.classes, self.static.num_classes, self.cfg.per_class,
-                               sample=explore, generator=generator)
+            raise UserError(
+                f"the policy's scores of {len(bad)} instruction(s) are not finite (first: pool row "
+                f"{int(bad[0])}, P_prev = {perf_prev}); the policy weights or the state diverged"
+            )
+        idx = select_per_class(
+            scores,
+            self.static.classes,
+            self.static.num_classes,
+            self.cfg.per_class,
+            sample=explore,
+            generator=generator,
+        )
         item_log_prob = class_log_softmax(scores, self.static.classes, self.static.num_classes)[idx].double()
-        return Action(indices=idx, scores=scores[idx], log_prob=float(item_log_prob.sum()),
-                      value=self.value(perf_prev, progress, counts), item_log_prob=item_log_prob)
+        return Action(
+            indices=idx,
+            scores=scores[idx],
+            log_prob=float(item_log_prob.sum()),
+            value=self.value(perf_prev, progress, counts),
+            item_log_prob=item_log_prob,
+        )
 
-    def use(self, perf_prev: float, progress: float, counts: torch.Tensor,
-            generator: torch.Generator | None = None) -> Action:
+    def use(
+        self, perf_prev: float, progress: float, counts: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Action:
         """Choose a batch at use time with the configured rule (`use_rule`): topk or sample."""
         return self.act(perf_prev, progress, counts, explore=self.cfg.use_rule == "sample", generator=generator)
 
@@ -297,8 +381,13 @@ class RaisePolicy:
         order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
         stats = UpdateStats()
         # A bar only when the update is long (large pools): about 1e8 row-passes and more.
-        bar = progress_bar(total=cfg.ppo_epochs * steps, desc="PPO update", unit="step", leave=False,
-                           disable=cfg.ppo_epochs * steps * len(self.static) < 100_000_000)
+        bar = progress_bar(
+            total=cfg.ppo_epochs * steps,
+            desc="PPO update",
+            unit="step",
+            leave=False,
+            disable=cfg.ppo_epochs * steps * len(self.static) < 100_000_000,
+        )
         for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(steps, generator=order_gen) if cfg.minibatches > 1 else torch.arange(steps)
             for group in order.chunk(min(cfg.minibatches, steps)):
@@ -321,19 +410,31 @@ class RaisePolicy:
         data = buffer.tensors()
         if not torch.isfinite(data["reward"]).all():
             bad = int((~torch.isfinite(data["reward"])).nonzero()[0])
-            raise UserError(f"reward of step {bad} is not a finite number ({buffer.reward[bad]}); check the validation metric")
+            raise UserError(
+                f"reward of step {bad} is not a finite number ({buffer.reward[bad]}); check the validation metric"
+            )
         if self.cfg.ratio == "per_item" and any(bool(torch.isnan(x).any()) for x in buffer.item_log_prob):
-            raise ValueError("ratio = per_item needs the per-row log-probabilities in the buffer (RolloutBuffer.add item_log_prob)")
+            raise ValueError(
+                "ratio = per_item needs the per-row log-probabilities in the buffer (RolloutBuffer.add item_log_prob)"
+            )
         adv, returns = self.advantages(buffer, last_value)
         actor_adv = adv
         if self.cfg.normalize_advantages and steps > 1:
             actor_adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         n = len(self.static)
         stage = [self._stage(p) for p in buffer.perf_prev]
-        critic_in = torch.stack([critic_features(stage[t], buffer.progress[t], buffer.counts_before(t, n))
-                                 for t in range(steps)])
-        return RoundInputs(buffer=buffer, data=data, stage=stage, advantages=adv, actor_advantages=actor_adv,
-                           returns=returns, critic_in=critic_in)
+        critic_in = torch.stack(
+            [critic_features(stage[t], buffer.progress[t], buffer.counts_before(t, n)) for t in range(steps)]
+        )
+        return RoundInputs(
+            buffer=buffer,
+            data=data,
+            stage=stage,
+            advantages=adv,
+            actor_advantages=actor_adv,
+            returns=returns,
+            critic_in=critic_in,
+        )
 
     def _chosen_log_prob(self, projection: torch.Tensor, rnd: RoundInputs, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores of every row, (B,) float64 class log-probability of step t's chosen rows) under the current
@@ -366,7 +467,7 @@ class RaisePolicy:
         leaf = projection.detach().requires_grad_()
         for t in group:
             scores, new = self._chosen_log_prob(leaf, rnd, t)
-            log_ratio = self._log_ratio(new, rnd, t, per_item)                                    # eq. 11
+            log_ratio = self._log_ratio(new, rnd, t, per_item)  # eq. 11
             loss = actor_loss(log_ratio, rnd.actor_advantages[t].expand_as(log_ratio), cfg.clip)  # eq. 12
             (loss / len(group)).backward()
             stats.actor_losses.append(loss.item())
@@ -382,7 +483,7 @@ class RaisePolicy:
     def _critic_step(self, rnd: RoundInputs, group: torch.Tensor) -> float:
         """One AdamW step of the critic on the steps in `group` (eq. 13); returns its loss."""
         self.critic_opt.zero_grad(set_to_none=True)
-        loss = critic_loss(self.critic(rnd.critic_in[group]), rnd.returns[group].float())                  # eq. 13
+        loss = critic_loss(self.critic(rnd.critic_in[group]), rnd.returns[group].float())  # eq. 13
         loss.backward()
         self.critic_opt.step()
         return loss.item()
@@ -415,17 +516,25 @@ class RaisePolicy:
         for name, module in (("actor", self.actor), ("critic", self.critic)):
             with atomic_path(out_dir / f"{name}.safetensors") as tmp:
                 save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
-        write_json_atomic(out_dir / "policy.json", {
-            "format": POLICY_FORMAT,
-            "config": asdict(self.cfg),
-            "normalizer": self.static.normalizer.to_dict(),
-            "dims": {"fused_dim": self.static.fused_dim, "sem_dim": self.static.sem_dim, "prior_dim": self.static.prior_dim,
-                     "num_classes": self.static.num_classes, "critic_features": list(CRITIC_FEATURES)},
-            "updates": self.updates,
-            "perf_reference": self.perf_reference,
-            "step_baseline": self.step_baseline,
-            "baseline_episodes": self.baseline_episodes,
-        })
+        write_json_atomic(
+            out_dir / "policy.json",
+            {
+                "format": POLICY_FORMAT,
+                "config": asdict(self.cfg),
+                "normalizer": self.static.normalizer.to_dict(),
+                "dims": {
+                    "fused_dim": self.static.fused_dim,
+                    "sem_dim": self.static.sem_dim,
+                    "prior_dim": self.static.prior_dim,
+                    "num_classes": self.static.num_classes,
+                    "critic_features": list(CRITIC_FEATURES),
+                },
+                "updates": self.updates,
+                "perf_reference": self.perf_reference,
+                "step_baseline": self.step_baseline,
+                "baseline_episodes": self.baseline_episodes,
+            },
+        )
 
     @staticmethod
     def _read_meta(out_dir: str | Path) -> dict:
@@ -465,18 +574,26 @@ class RaisePolicy:
         dims = meta["dims"]
         path = out_dir / "policy.json"
         if dims["sem_dim"] != static.sem_dim:
-            raise UserError(f"{path}: field 'dims.sem_dim' is {dims['sem_dim']} but the features have sem_dim {static.sem_dim}")
+            raise UserError(
+                f"{path}: field 'dims.sem_dim' is {dims['sem_dim']} but the features have sem_dim {static.sem_dim}"
+            )
         if int(dims.get("prior_dim", 0)) != static.prior_dim:
-            raise UserError(f"{path}: field 'dims.prior_dim' is {dims.get('prior_dim', 0)} but the state has "
-                            f"{static.prior_dim} prior column(s); policy.prior is {meta['config'].get('prior', 'none')}")
+            raise UserError(
+                f"{path}: field 'dims.prior_dim' is {dims.get('prior_dim', 0)} but the state has "
+                f"{static.prior_dim} prior column(s); policy.prior is {meta['config'].get('prior', 'none')}"
+            )
         if dims["num_classes"] != static.num_classes:
-            raise UserError(f"{path}: field 'dims.num_classes' is {dims['num_classes']} but the features have "
-                            f"{static.num_classes} classes")
+            raise UserError(
+                f"{path}: field 'dims.num_classes' is {dims['num_classes']} but the features have "
+                f"{static.num_classes} classes"
+            )
         if static.normalizer.to_dict() != meta["normalizer"]:
-            raise UserError(f"{path}: field 'normalizer' differs from the features given: this policy was trained on "
-                            "other features; pass the --features it was trained with (or, to resume train-policy, the "
-                            "same --features; a new --out starts afresh). In Python, build the state with "
-                            "RaisePolicy.read_normalizer(policy_dir)")
+            raise UserError(
+                f"{path}: field 'normalizer' differs from the features given: this policy was trained on "
+                "other features; pass the --features it was trained with (or, to resume train-policy, the "
+                "same --features; a new --out starts afresh). In Python, build the state with "
+                "RaisePolicy.read_normalizer(policy_dir)"
+            )
         policy = cls(static, cls.read_config(out_dir))
         for name, module in (("actor", policy.actor), ("critic", policy.critic)):
             module.load_state_dict(_read_weights(out_dir / f"{name}.safetensors", module))
@@ -488,7 +605,11 @@ class RaisePolicy:
 
     def training_state(self) -> dict:
         """Optimizer states and the update count, for an exact resume (`torch.save` it; RNG is the caller's)."""
-        return {"actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(), "updates": self.updates}
+        return {
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "updates": self.updates,
+        }
 
     def load_training_state(self, d: dict) -> None:
         self.actor_opt.load_state_dict(d["actor_opt"])
@@ -502,8 +623,10 @@ def check_finite_weights(state: dict, what: str, after_update: int | None = None
         if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             when = f" after {after_update} PPO update(s)" if after_update is not None else ""
-            raise UserError(f"{what}: weight '{key}' has {bad} non-finite value(s){when}; the policy diverged "
-                            "(lower policy.actor_lr / policy.critic_lr, or check the features for extreme values)")
+            raise UserError(
+                f"{what}: weight '{key}' has {bad} non-finite value(s){when}; the policy diverged "
+                "(lower policy.actor_lr / policy.critic_lr, or check the features for extreme values)"
+            )
 
 
 def _read_weights(path: Path, module: nn.Module) -> dict:
@@ -519,7 +642,9 @@ def _read_weights(path: Path, module: nn.Module) -> dict:
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expected:
         diff = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
-        raise UserError(f"{path}: weights do not fit this policy (first difference: '{diff[0]}' "
-                        f"{got.get(diff[0])} vs {expected.get(diff[0])}); was it saved by another version or for other features?")
+        raise UserError(
+            f"{path}: weights do not fit this policy (first difference: '{diff[0]}' "
+            f"{got.get(diff[0])} vs {expected.get(diff[0])}); was it saved by another version or for other features?"
+        )
     check_finite_weights(state, str(path))
     return state

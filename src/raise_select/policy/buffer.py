@@ -22,16 +22,24 @@ class RolloutBuffer:
         self.value: list[float] = []
         self.reward: list[float] = []
         self.item_log_prob: list[torch.Tensor] = []  # (B,) class log-probability of each chosen row (eq. 10)
-        self._batches: list[torch.Tensor] = []   # every batch trained on, in order (policy and random)
-        self._batch_of: list[int] = []           # transition -> position of its batch in _batches
-        self._flat: torch.Tensor | None = None   # cached concatenation of _batches
-        self._offsets: list[int] = [0]           # _offsets[k] = number of indices in _batches[:k]
+        self._batches: list[torch.Tensor] = []  # every batch trained on, in order (policy and random)
+        self._batch_of: list[int] = []  # transition -> position of its batch in _batches
+        self._flat: torch.Tensor | None = None  # cached concatenation of _batches
+        self._offsets: list[int] = [0]  # _offsets[k] = number of indices in _batches[:k]
 
     def __len__(self) -> int:
         return len(self.reward)
 
-    def add(self, perf_prev: float, progress: float, chosen: torch.Tensor, old_log_prob: float, value: float,
-            reward: float, item_log_prob: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        perf_prev: float,
+        progress: float,
+        chosen: torch.Tensor,
+        old_log_prob: float,
+        value: float,
+        reward: float,
+        item_log_prob: torch.Tensor | None = None,
+    ) -> None:
         """Record one policy step: its stage state, chosen rows and the PPO quantities.
 
         `item_log_prob` holds each chosen row's own class log-probability (needed by the
@@ -41,7 +49,9 @@ class RolloutBuffer:
         self._push(chosen)
         if item_log_prob is None:
             item_log_prob = torch.full((self._batches[-1].numel(),), float("nan"), dtype=torch.float64)
-        self.item_log_prob.append(torch.as_tensor(item_log_prob, dtype=torch.float64).detach().cpu().reshape(-1).clone())
+        self.item_log_prob.append(
+            torch.as_tensor(item_log_prob, dtype=torch.float64).detach().cpu().reshape(-1).clone()
+        )
         self.perf_prev.append(float(perf_prev))
         self.progress.append(float(progress))
         self.old_log_prob.append(float(old_log_prob))
@@ -77,10 +87,17 @@ class RolloutBuffer:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Per-transition scalars as (T,) float64 tensors."""
-        return {k: torch.tensor(getattr(self, k), dtype=torch.float64)
-                for k in ("perf_prev", "progress", "old_log_prob", "value", "reward")}
+        return {
+            k: torch.tensor(getattr(self, k), dtype=torch.float64)
+            for k in ("perf_prev", "progress", "old_log_prob", "value", "reward")
+        }
 
     def nbytes(self) -> int:
-        """Bytes held: the index batches, the per-row log-probabilities and the five scalars per transition (Python floats, 8 bytes of payload each)."""
-        return (sum(b.numel() * b.element_size() for b in self._batches) + 5 * 8 * len(self) + 8 * len(self._batch_of)
-                + sum(b.numel() * b.element_size() for b in self.item_log_prob))
+        """Bytes held: the index batches, the per-row log-probabilities and the five scalars per transition
+        (Python floats, 8 bytes of payload each)."""
+        return (
+            sum(b.numel() * b.element_size() for b in self._batches)
+            + 5 * 8 * len(self)
+            + 8 * len(self._batch_of)
+            + sum(b.numel() * b.element_size() for b in self.item_log_prob)
+        )

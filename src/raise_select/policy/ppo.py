@@ -8,8 +8,9 @@ import torch
 from scipy.signal import lfilter
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, last_value: float, gamma: float, lam: float
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, last_value: float, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages and returns of one round (eq. 7-9).
 
     delta_t = R_t + gamma V(S_{t+1}) - V(S_t) with V(S_{T+1}) = last_value (0 at the end of
@@ -19,10 +20,10 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, last_value: float, gamma: f
     r = rewards.detach().to(torch.float64).cpu().numpy()
     v = values.detach().to(torch.float64).cpu().numpy()
     next_v = np.append(v[1:], float(last_value))
-    delta = r + gamma * next_v - v                                              # eq. 7
-    adv = lfilter([1.0], [1.0, -gamma * lam], delta[::-1])[::-1].copy()        # eq. 8
+    delta = r + gamma * next_v - v  # eq. 7
+    adv = lfilter([1.0], [1.0, -gamma * lam], delta[::-1])[::-1].copy()  # eq. 8
     adv_t = torch.from_numpy(adv).to(rewards.dtype)
-    return adv_t, values.detach().to(rewards.dtype) + adv_t                    # eq. 9
+    return adv_t, values.detach().to(rewards.dtype) + adv_t  # eq. 9
 
 
 def class_log_softmax(scores: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -49,7 +50,9 @@ def class_log_prob(scores: torch.Tensor, classes: torch.Tensor, num_classes: int
 def class_entropy(scores: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean over non-empty classes of the entropy of the class softmax (eq. 10), in nats."""
     logp = class_log_softmax(scores, classes, num_classes)
-    per_class = torch.zeros(num_classes, dtype=scores.dtype, device=scores.device).index_add(0, classes, -(logp.exp() * logp))
+    per_class = torch.zeros(num_classes, dtype=scores.dtype, device=scores.device).index_add(
+        0, classes, -(logp.exp() * logp)
+    )
     present = torch.bincount(classes, minlength=num_classes) > 0
     return per_class[present].mean()
 

@@ -45,8 +45,10 @@ def rds_similarity(pool_vectors: np.ndarray, val_vectors: np.ndarray) -> np.ndar
     from ..baselines.aggregate import cosine_matrix  # lazy: baselines import the training layer
 
     if val_vectors.shape[1] != pool_vectors.shape[1]:
-        raise UserError(f"prior rds: the pool's RDS+ vectors have {pool_vectors.shape[1]} dimensions, the validation "
-                        f"set's {val_vectors.shape[1]}; re-featurize the pool with --rds and the same model")
+        raise UserError(
+            f"prior rds: the pool's RDS+ vectors have {pool_vectors.shape[1]} dimensions, the validation "
+            f"set's {val_vectors.shape[1]}; re-featurize the pool with --rds and the same model"
+        )
     return cosine_matrix(pool_vectors, val_vectors).mean(axis=1)
 
 
@@ -59,13 +61,21 @@ def rds_prior(table, val_examples, model: str, template: str, max_length: int, d
     from ..baselines.rds import rds_vectors  # lazy: baselines import the training layer
 
     if table.rds is None:
-        raise UserError("policy.prior rds: the features hold no RDS+ vectors; featurize the pool with --rds "
-                        "(`raise-select featurize ... --rds`, or `rds: true` in its config)")
+        raise UserError(
+            "policy.prior rds: the features hold no RDS+ vectors; featurize the pool with --rds "
+            "(`raise-select featurize ... --rds`, or `rds: true` in its config)"
+        )
     if not val_examples:
         raise UserError("policy.prior rds: the validation set is empty")
     meta = table.meta
-    val = rds_vectors(meta.get("model") or model, val_examples, meta.get("template", template),
-                      int(meta.get("max_length", max_length)), meta.get("dtype", "float32"), device)
+    val = rds_vectors(
+        meta.get("model") or model,
+        val_examples,
+        meta.get("template", template),
+        int(meta.get("max_length", max_length)),
+        meta.get("dtype", "float32"),
+        device,
+    )
     return standardize(rds_similarity(table.rds, val), "policy.prior rds")
 
 

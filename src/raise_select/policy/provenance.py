@@ -21,8 +21,13 @@ def trained_on(pool_spec: str, ids: Iterable[str], features: str | Path) -> dict
     from ..features.table import read_features_meta
 
     ids = sorted(ids)
-    return {"pool": str(pool_spec), "rows": len(ids), "rows_fingerprint": fingerprint(ids),
-            "features": str(features), "features_fingerprint": read_features_meta(features).get("fingerprint")}
+    return {
+        "pool": str(pool_spec),
+        "rows": len(ids),
+        "rows_fingerprint": fingerprint(ids),
+        "features": str(features),
+        "features_fingerprint": read_features_meta(features).get("fingerprint"),
+    }
 
 
 def write_trained_on(policy_dir: str | Path, record: dict[str, Any]) -> None:
@@ -43,11 +48,17 @@ def check_trained_on(policy_dir: str | Path, now: dict[str, Any], flag: str = "-
         raise UserError(f"{path}: field 'rows_fingerprint': missing; the policy folder is damaged")
     then = f"{saved.get('rows')} rows of {saved.get('pool')}, features {saved.get('features')}"
     if saved["rows_fingerprint"] != now["rows_fingerprint"]:
-        raise UserError(f"{flag} {policy_dir}: trained on another pool ({then}), not on the {now['rows']} rows of "
-                        f"{now['pool']}; a policy chooses among the rows it was trained on: pass that pool and its "
-                        "features, or train a policy on this pool (`raise-select train-policy`)")
-    if None not in (saved.get("features_fingerprint"), now["features_fingerprint"]) \
-            and saved["features_fingerprint"] != now["features_fingerprint"]:
-        raise UserError(f"{flag} {policy_dir}: trained on other features of this pool ({saved.get('features')}), not "
-                        f"on {now['features']} (computed with another model or other settings); pass the features it "
-                        "was trained on, or train a policy on these")
+        raise UserError(
+            f"{flag} {policy_dir}: trained on another pool ({then}), not on the {now['rows']} rows of "
+            f"{now['pool']}; a policy chooses among the rows it was trained on: pass that pool and its "
+            "features, or train a policy on this pool (`raise-select train-policy`)"
+        )
+    if (
+        None not in (saved.get("features_fingerprint"), now["features_fingerprint"])
+        and saved["features_fingerprint"] != now["features_fingerprint"]
+    ):
+        raise UserError(
+            f"{flag} {policy_dir}: trained on other features of this pool ({saved.get('features')}), not "
+            f"on {now['features']} (computed with another model or other settings); pass the features it "
+            "was trained on, or train a policy on these"
+        )

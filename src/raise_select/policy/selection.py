@@ -14,13 +14,21 @@ import torch
 from ..errors import UserError
 
 
-def _gumbel(shape: torch.Size, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _gumbel(
+    shape: torch.Size, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
     return (-torch.log(-torch.log(u.clamp_min(1e-300)))).to(dtype)
 
 
-def select_per_class(scores: torch.Tensor, classes: torch.Tensor, num_classes: int, per_class: int,
-                     sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def select_per_class(
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    num_classes: int,
+    per_class: int,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Algorithm 1: (B,) int64 row indices, B = num_classes * per_class, grouped by class.
 
     sample=False: top-b per class. sample=True: b draws without replacement from each class
@@ -33,7 +41,9 @@ def select_per_class(scores: torch.Tensor, classes: torch.Tensor, num_classes: i
     if per_class < 1:
         raise UserError(f"per_class (b) must be at least 1, got {per_class}")
     if n < batch:
-        raise UserError(f"the pool has {n} instructions, fewer than one batch of {batch} (= {num_classes} classes x {per_class})")
+        raise UserError(
+            f"the pool has {n} instructions, fewer than one batch of {batch} (= {num_classes} classes x {per_class})"
+        )
     keys = scores.detach().clone()
     if sample:
         keys += _gumbel(keys.shape, generator, keys.dtype, keys.device)

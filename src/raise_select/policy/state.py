@@ -22,9 +22,9 @@ import torch
 from ..errors import UserError
 from ..features.table import DIFFICULTY_COLUMNS, FeatureTable
 
-STAGE_DIM = 2          # eq. 2: [P_{t-1}, t/T]
+STAGE_DIM = 2  # eq. 2: [P_{t-1}, t/T]
 DIFFICULTY_DIM = len(DIFFICULTY_COLUMNS)  # eq. 3
-AVAILABILITY_DIM = 1   # eq. 5: times selected, read as log1p (see `availability`)
+AVAILABILITY_DIM = 1  # eq. 5: times selected, read as log1p (see `availability`)
 
 
 def availability(counts: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -81,27 +81,37 @@ class Normalizer:
         return (np.asarray(sem, dtype=np.float32) / np.float32(self.sem_rms)).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std), "log_columns": list(self.log_columns), "sem_rms": self.sem_rms}
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "log_columns": list(self.log_columns),
+            "sem_rms": self.sem_rms,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalizer":
-        return cls(mean=list(d["mean"]), std=list(d["std"]), log_columns=list(d.get("log_columns", [0, 1])),
-                   sem_rms=float(d.get("sem_rms", 1.0)))
+        return cls(
+            mean=list(d["mean"]),
+            std=list(d["std"]),
+            log_columns=list(d.get("log_columns", [0, 1])),
+            sem_rms=float(d.get("sem_rms", 1.0)),
+        )
 
 
 @dataclass
 class StaticState:
     """The parts of eq. 6 that do not change during training, held once per pool."""
 
-    x: torch.Tensor            # (N, 4 + d_sem [+ 1]) float32: normalised difficulty + scaled semantic [+ prior]
-    classes: torch.Tensor      # (N,) int64 in [0, num_classes)
+    x: torch.Tensor  # (N, 4 + d_sem [+ 1]) float32: normalised difficulty + scaled semantic [+ prior]
+    classes: torch.Tensor  # (N,) int64 in [0, num_classes)
     num_classes: int
     normalizer: Normalizer
-    prior_dim: int = 0         # 1 with `policy.prior` (policy/prior.py): a standardised static column after sem
+    prior_dim: int = 0  # 1 with `policy.prior` (policy/prior.py): a standardised static column after sem
 
     @classmethod
-    def from_features(cls, ft: FeatureTable, normalizer: Normalizer | None = None,
-                      prior: np.ndarray | None = None) -> "StaticState":
+    def from_features(
+        cls, ft: FeatureTable, normalizer: Normalizer | None = None, prior: np.ndarray | None = None
+    ) -> "StaticState":
         """Build from a feature table already aligned to the pool (`FeatureTable.align`).
 
         Without a `normalizer` one is fitted on this table (training); pass the policy's
@@ -115,7 +125,8 @@ class StaticState:
         normalizer = normalizer or Normalizer.fit(difficulty, ft.sem)
         if len(normalizer.mean) != difficulty.shape[1]:
             raise UserError(
-                f"the policy's normaliser has {len(normalizer.mean)} difficulty columns, the features have {difficulty.shape[1]}"
+                f"the policy's normaliser has {len(normalizer.mean)} difficulty columns, "
+                f"the features have {difficulty.shape[1]}"
             )
         blocks = [normalizer(difficulty), normalizer.scale_sem(ft.sem)]
         if prior is not None:
@@ -127,9 +138,16 @@ class StaticState:
         classes = np.asarray(ft.cluster, dtype=np.int64)
         num_classes = ft.num_classes
         if classes.min() < 0 or classes.max() >= num_classes:
-            raise UserError(f"feature table: class ids must lie in [0, {num_classes}), got {classes.min()}..{classes.max()}")
-        return cls(x=torch.from_numpy(np.ascontiguousarray(x)), classes=torch.from_numpy(classes),
-                   num_classes=num_classes, normalizer=normalizer, prior_dim=0 if prior is None else 1)
+            raise UserError(
+                f"feature table: class ids must lie in [0, {num_classes}), got {classes.min()}..{classes.max()}"
+            )
+        return cls(
+            x=torch.from_numpy(np.ascontiguousarray(x)),
+            classes=torch.from_numpy(classes),
+            num_classes=num_classes,
+            normalizer=normalizer,
+            prior_dim=0 if prior is None else 1,
+        )
 
     def __len__(self) -> int:
         return self.x.shape[0]

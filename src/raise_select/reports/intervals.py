@@ -24,7 +24,7 @@ class Interval:
     mean: float
     low: float
     high: float
-    rule: str          # "t over n seeds" or "bootstrap over n items"
+    rule: str  # "t over n seeds" or "bootstrap over n items"
 
     def above(self, other: "Interval") -> bool:
         return self.low > other.high

@@ -51,8 +51,14 @@ def phi_seconds(full_train_seconds: float, pool_size: int, batch_size: int, full
     return full_train_seconds * math.ceil(pool_size / batch_size) / full_steps
 
 
-def method_stats(records: Sequence[dict], cells_dir: Path, pool: Pool, batch_size: int,
-                 features_seconds: float, feature_readers: Collection[str]) -> dict:
+def method_stats(
+    records: Sequence[dict],
+    cells_dir: Path,
+    pool: Pool,
+    batch_size: int,
+    features_seconds: float,
+    feature_readers: Collection[str],
+) -> dict:
     """Per row label: loss, math share, wall seconds and cost in Φ (means over a row's cells);
     `feature_readers` are the methods that read the featurized pool (their cost includes it)."""
     labels = {e.id: is_quantitative(e) for e in pool.examples}
@@ -79,12 +85,20 @@ def method_stats(records: Sequence[dict], cells_dir: Path, pool: Pool, batch_siz
     out = {}
     for label, acc in rows.items():
         seconds = mean(acc["seconds"])
-        out[label] = {"loss": mean(acc["loss"]), "math_share": mean(acc["share"]), "seconds": seconds,
-                      "cost_phi": seconds / phi if known and seconds is not None else None,
-                      "loss_per_seed": dict(zip(acc["seeds"], acc["loss"]))}
+        out[label] = {
+            "loss": mean(acc["loss"]),
+            "math_share": mean(acc["share"]),
+            "seconds": seconds,
+            "cost_phi": seconds / phi if known and seconds is not None else None,
+            "loss_per_seed": dict(zip(acc["seeds"], acc["loss"])),
+        }
     # None, not NaN, where a figure does not apply: the JSON output stays standard JSON.
-    return {"rows": out, "phi_seconds": phi if known else None, "pool_math_share": base_rate,
-            "features_seconds": features_seconds}
+    return {
+        "rows": out,
+        "phi_seconds": phi if known else None,
+        "pool_math_share": base_rate,
+        "features_seconds": features_seconds,
+    }
 
 
 def stats_markdown(stats: dict, loss_name: str | None) -> str:
@@ -97,13 +111,22 @@ def stats_markdown(stats: dict, loss_name: str | None) -> str:
         seeds = s.get("loss_per_seed") or {}
         return ", ".join(f"s{k}: {v:.4f}" for k, v in seeds.items()) if len(seeds) > 1 else ""
 
-    rows = [[label, *([fmt(s["loss"], ".4f"), per_seed(s)] if loss_name else []), share(s["math_share"]),
-             fmt(s["seconds"], ".0f"), fmt(s["cost_phi"], ".2f")]
-            for label, s in stats["rows"].items()]
-    note = (f"\nPool math/quantitative base rate: {100 * stats['pool_math_share']:.1f}% "
-            f"(rule: `raise_select.data.quantitative`). Φ = {fmt(stats['phi_seconds'], '.1f')} s "
-            f"(100% row's training per epoch of the pool); featurizing took {stats['features_seconds']:.0f} s and is "
-            "included in the cost of every method that reads the features.\n")
+    rows = [
+        [
+            label,
+            *([fmt(s["loss"], ".4f"), per_seed(s)] if loss_name else []),
+            share(s["math_share"]),
+            fmt(s["seconds"], ".0f"),
+            fmt(s["cost_phi"], ".2f"),
+        ]
+        for label, s in stats["rows"].items()
+    ]
+    note = (
+        f"\nPool math/quantitative base rate: {100 * stats['pool_math_share']:.1f}% "
+        f"(rule: `raise_select.data.quantitative`). Φ = {fmt(stats['phi_seconds'], '.1f')} s "
+        f"(100% row's training per epoch of the pool); featurizing took {stats['features_seconds']:.0f} s and is "
+        "included in the cost of every method that reads the features.\n"
+    )
     versus = seeds_versus_random(stats["rows"].get("RAISE"), stats["rows"].get("RAND")) if loss_name else None
     if versus:
         note += versus + "\n"
@@ -117,5 +140,7 @@ def seeds_versus_random(raise_row: dict | None, rand_row: dict | None) -> str | 
     ours, rand = list(raise_row["loss_per_seed"].values()), list(rand_row["loss_per_seed"].values())
     below_mean = sum(x < sum(rand) / len(rand) for x in ours)
     below_all = sum(x < min(rand) for x in ours)
-    return (f"RAISE's held-out loss is below the RAND mean on {below_mean} of {len(ours)} seed(s) and below "
-            f"every RAND seed ({len(rand)}) on {below_all} of {len(ours)}.")
+    return (
+        f"RAISE's held-out loss is below the RAND mean on {below_mean} of {len(ours)} seed(s) and below "
+        f"every RAND seed ({len(rand)}) on {below_all} of {len(ours)}."
+    )

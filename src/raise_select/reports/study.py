@@ -43,24 +43,53 @@ from .tables import BASE_ROW, FULL_ROW, build_table, write_table
 log = logging.getLogger(__name__)
 
 RAISE = "raise"
-ROW_LABELS = {"random": "RAND", "ifd": "IFD", "deita": "DEITA", "alpagasus": "AlpaGasus", "sspl": "SSPL",
-              "less": "LESS", "rose": "ROSE", "rds": "RDS+", "embed": "EMBED", "greats": "GREATS", "rho": "RHO-LOSS",
-              RAISE: "RAISE"}
+ROW_LABELS = {
+    "random": "RAND",
+    "ifd": "IFD",
+    "deita": "DEITA",
+    "alpagasus": "AlpaGasus",
+    "sspl": "SSPL",
+    "less": "LESS",
+    "rose": "ROSE",
+    "rds": "RDS+",
+    "embed": "EMBED",
+    "greats": "GREATS",
+    "rho": "RHO-LOSS",
+    RAISE: "RAISE",
+}
 _LM_FIELDS = tuple(f.name for f in dataclasses.fields(LMConfig))
 # What each job of a cell takes from the study's settings: {job's field: StudyConfig field}.
 # The cell's own values (pool, model, features, out, its seed, steps) are added where the job
 # is built; a job field not named here keeps the job's default. featurize's `model` is the
 # auxiliary model, the base model when `aux_model` is empty.
 JOB_FIELDS: dict[str, dict[str, str]] = {
-    "featurize": {**{k: k for k in ("template", "max_length", "sem_dim", "classes", "seed", "dtype", "device")},
-                  "model": "aux_model"},
-    "train_policy": {k: k for k in (*_LM_FIELDS, "val", "data_dir", "val_size", "batch_size", "select_every", "metric",
-                                    "report_to", "rounds")},
-    "baseline": {k: k for k in (*_LM_FIELDS, "val", "data_dir", "val_size", "budget", "batch_size", "epochs", "device",
-                                "report_to")},
-    "evaluate": {**{k: k for k in ("tasks", "data_dir", "num_fewshot", "device", "dtype", "max_length", "max_gen_toks",
-                                   "seed")},
-                 "limit": "eval_limit", "batch_size": "eval_batch_size"},
+    "featurize": {
+        **{k: k for k in ("template", "max_length", "sem_dim", "classes", "seed", "dtype", "device")},
+        "model": "aux_model",
+    },
+    "train_policy": {
+        k: k
+        for k in (
+            *_LM_FIELDS,
+            "val",
+            "data_dir",
+            "val_size",
+            "batch_size",
+            "select_every",
+            "metric",
+            "report_to",
+            "rounds",
+        )
+    },
+    "baseline": {
+        k: k
+        for k in (*_LM_FIELDS, "val", "data_dir", "val_size", "budget", "batch_size", "epochs", "device", "report_to")
+    },
+    "evaluate": {
+        **{k: k for k in ("tasks", "data_dir", "num_fewshot", "device", "dtype", "max_length", "max_gen_toks", "seed")},
+        "limit": "eval_limit",
+        "batch_size": "eval_batch_size",
+    },
 }
 
 
@@ -69,10 +98,29 @@ def _study_fields(*jobs: str) -> set[str]:
 
 
 # Settings that change only the evaluation of a cell, not its training.
-_EVAL_FIELDS = ("tasks", "eval_limit", "num_fewshot", "eval_batch_size", "max_gen_toks", "device",
-                "loss_set", "loss_split", "loss_size")
-_NOT_TRAINING = (*_EVAL_FIELDS, "methods", "seeds", "raise_seeds", "out", "pool", "format", "pool_size", "build_model",
-                 "report_to")
+_EVAL_FIELDS = (
+    "tasks",
+    "eval_limit",
+    "num_fewshot",
+    "eval_batch_size",
+    "max_gen_toks",
+    "device",
+    "loss_set",
+    "loss_split",
+    "loss_size",
+)
+_NOT_TRAINING = (
+    *_EVAL_FIELDS,
+    "methods",
+    "seeds",
+    "raise_seeds",
+    "out",
+    "pool",
+    "format",
+    "pool_size",
+    "build_model",
+    "report_to",
+)
 # Settings that reach only some cells, a change retrains those cells alone: train-policy's own
 # (the RAISE cells), and featurize's own (the cells whose method reads the features).
 _RAISE_ONLY = tuple(sorted(_study_fields("train_policy") - _study_fields("baseline")))
@@ -91,24 +139,51 @@ class StudyConfig(LMConfig):
     """`raise-select study`: the LLM settings are those of `LMConfig` (appendix A.2)."""
 
     pool: str = field(default="", metadata={"help": "instruction pool: file, folder or `datasets` name"})
-    format: Optional[str] = field(default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"})
-    pool_size: Optional[int] = field(default=None, metadata={"help": "use a seeded random subsample of this many pool examples (CPU studies)"})
+    format: Optional[str] = field(
+        default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"}
+    )
+    pool_size: Optional[int] = field(
+        default=None, metadata={"help": "use a seeded random subsample of this many pool examples (CPU studies)"}
+    )
     model: str = field(default="", metadata={"help": "base model M_0: hub id or folder"})
-    build_model: Optional[str] = field(default=None, metadata={"help": "with no `model`: build a tiny Llama of this preset (test, 1m, 10m) at <out>/base_model"})
+    build_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "with no `model`: build a tiny Llama of this preset (test, 1m, 10m) at <out>/base_model"},
+    )
     aux_model: str = field(default="", metadata={"help": "auxiliary LM of featurize; empty: the base model"})
-    val: str = field(default="mmlu", metadata={"help": "validation set of RAISE and LESS: a named set or a pool file/folder"})
-    val_size: Optional[int] = field(default=None, metadata={"help": "use at most this many validation examples (seeded sample)"})
-    data_dir: Optional[str] = field(default=None, metadata={"help": "original files of the named sets (validation and evaluation); None: the hub"})
-    tasks: list[str] = field(default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"], metadata={"help": "evaluation tasks"})
-    methods: list[str] = field(default_factory=lambda: ["random", "ifd", "deita", "alpagasus", "sspl", "less", RAISE], metadata={"help": "rows besides 0% and 100%, in this order; a method listed twice is one row"})
+    val: str = field(
+        default="mmlu", metadata={"help": "validation set of RAISE and LESS: a named set or a pool file/folder"}
+    )
+    val_size: Optional[int] = field(
+        default=None, metadata={"help": "use at most this many validation examples (seeded sample)"}
+    )
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "original files of the named sets (validation and evaluation); None: the hub"}
+    )
+    tasks: list[str] = field(
+        default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"], metadata={"help": "evaluation tasks"}
+    )
+    methods: list[str] = field(
+        default_factory=lambda: ["random", "ifd", "deita", "alpagasus", "sspl", "less", RAISE],
+        metadata={"help": "rows besides 0% and 100%, in this order; a method listed twice is one row"},
+    )
     budget: float = field(default=0.01, metadata={"help": "fraction of the pool (< 1) or number of examples (>= 1)"})
     epochs: int = field(default=3, metadata={"help": "static subsets are trained this many epochs (section 4.2)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size B (RAISE: a multiple of `classes`)"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "seeds of the random baseline (the paper's mean of 5); a seed listed twice is one cell"})
-    raise_seeds: Optional[list[int]] = field(default=None, metadata={
-        "help": "seeds of RAISE (policy training and fine-tuning), a cell `raise-s<seed>` each, the row their mean; "
-                "a seed listed twice is one cell; None: one cell `raise` at the study's `seed`"})
-    full_steps: Optional[int] = field(default=None, metadata={"help": "cap on the 100% row's update steps; None: `epochs` over the whole pool"})
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        metadata={"help": "seeds of the random baseline (the paper's mean of 5); a seed listed twice is one cell"},
+    )
+    raise_seeds: Optional[list[int]] = field(
+        default=None,
+        metadata={
+            "help": "seeds of RAISE (policy training and fine-tuning), a cell `raise-s<seed>` each, "
+            "the row their mean; a seed listed twice is one cell; None: one cell `raise` at the study's `seed`"
+        },
+    )
+    full_steps: Optional[int] = field(
+        default=None, metadata={"help": "cap on the 100% row's update steps; None: `epochs` over the whole pool"}
+    )
     classes: int = field(default=8, metadata={"help": "featurize: K-means classes C of the diversity constraint"})
     sem_dim: int = field(default=32, metadata={"help": "featurize: d_sem"})
     rounds: int = field(default=20, metadata={"help": "RAISE: policy-training rounds K"})
@@ -119,17 +194,30 @@ class StudyConfig(LMConfig):
     eval_batch_size: int = field(default=8, metadata={"help": "evaluation: lm-eval batch size"})
     max_gen_toks: int = field(default=256, metadata={"help": "evaluation: generation budget of GSM8K"})
     device: Optional[str] = field(default=None, metadata={"help": "torch device; None: cuda when available"})
-    loss_set: Optional[str] = field(default=None, metadata={"help": "held-out set (named, e.g. gsm8k, or a file) whose mean response loss each row reports; not in Avg"})
+    loss_set: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "held-out set (named, e.g. gsm8k, or a file) whose mean response loss each row reports; not in Avg"
+        },
+    )
     loss_split: str = field(default="test", metadata={"help": "split of a named loss_set"})
-    loss_size: Optional[int] = field(default=None, metadata={"help": "use at most this many loss_set examples (seeded sample)"})
+    loss_size: Optional[int] = field(
+        default=None, metadata={"help": "use at most this many loss_set examples (seeded sample)"}
+    )
     out: str = field(default="", metadata={"help": "study folder"})
-    report_to: str = field(default="none", metadata={"help": "every cell's training scalars also to: none, tensorboard, wandb, all (a run per cell, in its folder)"})
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "every cell's training scalars also to: none, tensorboard, wandb, all "
+            "(a run per cell, in its folder)"
+        },
+    )
 
 
 @dataclass
 class Cell:
-    name: str           # folder under <out>/cells
-    row: str            # table row it counts towards
+    name: str  # folder under <out>/cells
+    row: str  # table row it counts towards
     method: str | None  # None: the untrained base model
     seed: int
 
@@ -158,7 +246,9 @@ def plan_cells(cfg: StudyConfig) -> list[Cell]:
         if bad:
             raise UserError(f"{name}: {bad[0]} is not a seed; give whole numbers in 0 .. 2**32 - 1")
     if cfg.full_steps is not None and cfg.full_steps < 1:
-        raise UserError(f"full_steps: {cfg.full_steps}; give at least 1, or leave it out for `epochs` over the whole pool")
+        raise UserError(
+            f"full_steps: {cfg.full_steps}; give at least 1, or leave it out for `epochs` over the whole pool"
+        )
     from ..evaluation.evaluate import check_tasks
 
     try:  # an unknown or empty task list, before any cell has trained
@@ -185,8 +275,9 @@ def method_sections(config_path: str | Path | None, overrides: list[str] | None,
     out = {}
     for m in [*methods, "full"]:
         if raw.get(m) is not None and not isinstance(raw[m], dict):
-            raise UserError(f"{config_path}: section '{m}' holds the method's options as a mapping (option: value), "
-                            f"got {raw[m]!r}")
+            raise UserError(
+                f"{config_path}: section '{m}' holds the method's options as a mapping (option: value), got {raw[m]!r}"
+            )
         opts = dict(raw.get(m) or {})
         if isinstance(ov.get(m), dict):
             merge(opts, ov[m])  # nested sections (raise's `policy`) merged key by key
@@ -241,8 +332,14 @@ class Study:
         self.pool = pool
         self.steps = matched_step_count(cfg, len(pool))
         self.model = cfg.model or str(self._build_model())
-        log.info("pool %s: %d examples; base model %s; %d matched update steps of %d",
-                 self.pool_spec, len(pool), self.model, self.steps, cfg.batch_size)
+        log.info(
+            "pool %s: %d examples; base model %s; %d matched update steps of %d",
+            self.pool_spec,
+            len(pool),
+            self.model,
+            self.steps,
+            cfg.batch_size,
+        )
 
     def _build_model(self) -> Path:
         from ..models.tiny import PRESETS, build_tiny_model
@@ -284,10 +381,19 @@ class Study:
                 except UserError:
                     pass  # bad options of that method: its own cell fails with them, the others run
             start = time.perf_counter()
-            table = featurize(FeaturizeConfig(**{
-                **job_settings(cfg, "featurize"), "model": cfg.aux_model or self.model,
-                "pool": self.pool_spec, "format": self.pool.format, "out": str(out), "rds": rds,
-            }), pool=self.pool)
+            table = featurize(
+                FeaturizeConfig(
+                    **{
+                        **job_settings(cfg, "featurize"),
+                        "model": cfg.aux_model or self.model,
+                        "pool": self.pool_spec,
+                        "format": self.pool.format,
+                        "out": str(out),
+                        "rds": rds,
+                    }
+                ),
+                pool=self.pool,
+            )
             self._record_features_time(table.meta.get("fingerprint"), time.perf_counter() - start)
             self._features = str(out)
         return self._features
@@ -307,15 +413,31 @@ class Study:
 
     def _fingerprints(self, cell: Cell) -> tuple[str, str]:
         cfg = asdict(self.cfg)
-        skip = (*_NOT_TRAINING, *(() if cell.method == RAISE else _RAISE_ONLY),
-                *(() if self.reads_features(cell.method) else _FEATURES_ONLY))
+        skip = (
+            *_NOT_TRAINING,
+            *(() if cell.method == RAISE else _RAISE_ONLY),
+            *(() if self.reads_features(cell.method) else _FEATURES_ONLY),
+        )
         training = {k: v for k, v in cfg.items() if k not in skip}
         options = self.method_options(cell.method or "")
-        train_fp = fingerprint({"pool": self.pool.fingerprint, "model": self.model, "cell": asdict(cell),
-                                "options": options, "steps": self.steps,
-                                **({} if cell.method is None else training)})
-        eval_fp = fingerprint({"train": train_fp, **{k: cfg[k] for k in _EVAL_FIELDS if k != "device"},
-                               "data_dir": self.cfg.data_dir, "max_length": self.cfg.max_length})
+        train_fp = fingerprint(
+            {
+                "pool": self.pool.fingerprint,
+                "model": self.model,
+                "cell": asdict(cell),
+                "options": options,
+                "steps": self.steps,
+                **({} if cell.method is None else training),
+            }
+        )
+        eval_fp = fingerprint(
+            {
+                "train": train_fp,
+                **{k: cfg[k] for k in _EVAL_FIELDS if k != "device"},
+                "data_dir": self.cfg.data_dir,
+                "max_length": self.cfg.max_length,
+            }
+        )
         return train_fp, eval_fp
 
     def _train(self, cell: Cell, cell_dir: Path) -> tuple[Path, float | None]:
@@ -327,28 +449,51 @@ class Study:
             return Path(self.model), None
         options = self.method_options(cell.method)
         features = self.features() if self.reads_features(cell.method) else ""
-        own = {"seed": cell.seed, "pool": self.pool_spec, "features": features, "model": self.model, "out": str(cell_dir)}
+        own = {
+            "seed": cell.seed,
+            "pool": self.pool_spec,
+            "features": features,
+            "model": self.model,
+            "out": str(cell_dir),
+        }
         if cell.method == RAISE:
             from ..training.finetune import train_and_finetune
             from ..training.train_policy import TrainPolicyConfig
 
-            tp = from_dict(TrainPolicyConfig, {**job_settings(cfg, "train_policy"), **own, "steps": self.steps,
-                                               "out": str(cell_dir / "train_policy"), **options},
-                           "study: section 'raise'")
+            tp = from_dict(
+                TrainPolicyConfig,
+                {
+                    **job_settings(cfg, "train_policy"),
+                    **own,
+                    "steps": self.steps,
+                    "out": str(cell_dir / "train_policy"),
+                    **options,
+                },
+                "study: section 'raise'",
+            )
             model_dir, policy_seconds, finetune_seconds = train_and_finetune(tp, cell_dir)
             return model_dir, policy_seconds + finetune_seconds
         from ..baselines.run import BaselineConfig, run_baseline
 
-        bcfg = BaselineConfig(**{**job_settings(cfg, "baseline"), **own, "method": cell.method, "format": self.pool.format,
-                                 "steps": cfg.full_steps if cell.method == "full" else None, "train": True})
+        bcfg = BaselineConfig(
+            **{
+                **job_settings(cfg, "baseline"),
+                **own,
+                "method": cell.method,
+                "format": self.pool.format,
+                "steps": cfg.full_steps if cell.method == "full" else None,
+                "train": True,
+            }
+        )
         run_baseline(bcfg, options)
         return cell_dir / "model", None
 
     def _evaluate(self, model_dir: Path, cell_dir: Path) -> dict[str, float]:
         from ..evaluation.evaluate import EvaluateConfig, evaluate
 
-        scores = evaluate(EvaluateConfig(**job_settings(self.cfg, "evaluate"), model=str(model_dir),
-                                         out=str(cell_dir / "eval")))
+        scores = evaluate(
+            EvaluateConfig(**job_settings(self.cfg, "evaluate"), model=str(model_dir), out=str(cell_dir / "eval"))
+        )
         return {t: s["score"] for t, s in scores.items()}
 
     def _loss(self, model_dir: Path) -> float | None:
@@ -360,8 +505,15 @@ class Study:
         from ..evaluation.loss import response_loss
 
         examples = load_validation(cfg.loss_set, cfg.data_dir, n=cfg.loss_size, seed=cfg.seed, split=cfg.loss_split)
-        return response_loss(str(model_dir), examples, template=cfg.template, max_length=cfg.max_length,
-                             batch_size=cfg.eval_batch_size, dtype=cfg.dtype, device=cfg.device)
+        return response_loss(
+            str(model_dir),
+            examples,
+            template=cfg.template,
+            max_length=cfg.max_length,
+            batch_size=cfg.eval_batch_size,
+            dtype=cfg.dtype,
+            device=cfg.device,
+        )
 
     def run_cell(self, cell: Cell) -> dict:
         """Train (unless done) and evaluate (unless done) one cell; return its record."""
@@ -381,17 +533,29 @@ class Study:
         else:
             log.info("cell %s: training (%s)", cell.name, cell.method or "none: base model")
             model_dir, counted = self._train(cell, cell_dir)
-            train_seconds = None if cell.method is None else round(
-                counted if counted is not None else time.perf_counter() - start, 3)
+            train_seconds = (
+                None
+                if cell.method is None
+                else round(counted if counted is not None else time.perf_counter() - start, 3)
+            )
             setup_logging(self.out, "study.log")  # training stages log into their own run folders
-            write_json_atomic(record_path, {**asdict(cell), "train": train_fp, "model": str(model_dir),
-                                            "train_seconds": train_seconds})
+            write_json_atomic(
+                record_path,
+                {**asdict(cell), "train": train_fp, "model": str(model_dir), "train_seconds": train_seconds},
+            )
         log.info("cell %s: evaluating %s", cell.name, model_dir)
         scores = self._evaluate(model_dir, cell_dir)
-        record = {**asdict(cell), "train": train_fp, "eval": eval_fp, "model": str(model_dir), "scores": scores,
-                  "loss": self._loss(model_dir), "train_seconds": train_seconds,
-                  "steps": self.steps if cell.method not in (None, "full") else None,
-                  "seconds": round(time.perf_counter() - start, 1)}
+        record = {
+            **asdict(cell),
+            "train": train_fp,
+            "eval": eval_fp,
+            "model": str(model_dir),
+            "scores": scores,
+            "loss": self._loss(model_dir),
+            "train_seconds": train_seconds,
+            "steps": self.steps if cell.method not in (None, "full") else None,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         write_json_atomic(record_path, record)
         self.computed.append(cell.name)
         return record
@@ -403,7 +567,10 @@ class Study:
         grouped: dict[str, list[dict[str, float]]] = {}
         for r in records:
             grouped.setdefault(r["row"], []).append(r["scores"])
-        return [(label, {t: sum(s[t] for s in group) / len(group) for t in self.cfg.tasks}) for label, group in grouped.items()]
+        return [
+            (label, {t: sum(s[t] for s in group) / len(group) for t in self.cfg.tasks})
+            for label, group in grouped.items()
+        ]
 
     def run(self) -> dict:
         """Every cell, then `study_table.{md,csv,json}` and `study_plot.png` in the study folder."""
@@ -424,28 +591,50 @@ class Study:
                 failed[cell.name] = str(e)
         table = build_table(self.rows(records), self.cfg.tasks)
         extra = {
-            "pool": self.pool_spec, "pool_size": len(self.pool), "model": self.model, "val": self.cfg.val,
-            "budget": self.cfg.budget, "steps": self.steps, "full_steps": self.cfg.full_steps,
-            "batch_size": self.cfg.batch_size, "seeds": self.cfg.seeds, "raise_seeds": self.cfg.raise_seeds, "eval_limit": self.cfg.eval_limit,
-            "cells": {r["name"]: {k: r[k] for k in ("row", "method", "seed", "scores", "model", "steps")} for r in records},
+            "pool": self.pool_spec,
+            "pool_size": len(self.pool),
+            "model": self.model,
+            "val": self.cfg.val,
+            "budget": self.cfg.budget,
+            "steps": self.steps,
+            "full_steps": self.cfg.full_steps,
+            "batch_size": self.cfg.batch_size,
+            "seeds": self.cfg.seeds,
+            "raise_seeds": self.cfg.raise_seeds,
+            "eval_limit": self.cfg.eval_limit,
+            "cells": {
+                r["name"]: {k: r[k] for k in ("row", "method", "seed", "scores", "model", "steps")} for r in records
+            },
             "failed": failed,
         }
         from .method_stats import method_stats, stats_markdown
 
         readers = {r["method"] for r in records if self.reads_features(r["method"])}
-        stats = method_stats(records, self.out / "cells", self.pool, self.cfg.batch_size, self.features_seconds(),
-                             readers)
+        stats = method_stats(
+            records, self.out / "cells", self.pool, self.cfg.batch_size, self.features_seconds(), readers
+        )
         extra["method_stats"] = stats
         loss_name = f"{self.cfg.loss_set} {self.cfg.loss_split}" if self.cfg.loss_set else None
         notes = [f"{n} failed: {e}" for n, e in failed.items()]
         paths = write_table(self.out, table, self.cfg.tasks, extra, notes=notes)
         paths["methods_md"] = self.out / "study_methods.md"
         write_text_atomic(paths["methods_md"], stats_markdown(stats, loss_name))
-        paths["png"] = plot_study(table, self.cfg.tasks, self.out / "study_plot.png",
-                                  title=f"{Path(self.model).name}, budget {self.cfg.budget}, {self.steps} steps")
+        paths["png"] = plot_study(
+            table,
+            self.cfg.tasks,
+            self.out / "study_plot.png",
+            title=f"{Path(self.model).name}, budget {self.cfg.budget}, {self.steps} steps",
+        )
         log.info("cells computed this run: %s", ", ".join(self.computed) or "none (all reused)")
-        return {"table": table, "paths": paths, "computed": list(self.computed), "failed": failed,
-                "markdown": paths["md"].read_text(encoding="utf-8") + "\n" + paths["methods_md"].read_text(encoding="utf-8")}
+        return {
+            "table": table,
+            "paths": paths,
+            "computed": list(self.computed),
+            "failed": failed,
+            "markdown": paths["md"].read_text(encoding="utf-8")
+            + "\n"
+            + paths["methods_md"].read_text(encoding="utf-8"),
+        }
 
 
 def run_study(cfg: StudyConfig, options: dict[str, dict] | None = None) -> dict:

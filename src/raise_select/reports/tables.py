@@ -52,8 +52,12 @@ def build_table(rows: Sequence[tuple[str, dict[str, float]]], tasks: Sequence[st
             raise UserError(f"the table needs a '{needed}' row; rows: {', '.join(labels)}")
     avgs = {label: average(scores, tasks) for label, scores in rows}
     return [
-        {"row": label, "avg_q": avg_q(avgs[label], avgs[BASE_ROW], avgs[FULL_ROW]), "avg": avgs[label],
-         **{t: float(scores[t]) for t in tasks}}
+        {
+            "row": label,
+            "avg_q": avg_q(avgs[label], avgs[BASE_ROW], avgs[FULL_ROW]),
+            "avg": avgs[label],
+            **{t: float(scores[t]) for t in tasks},
+        }
         for label, scores in rows
     ]
 
@@ -82,8 +86,9 @@ def table_csv(table: list[dict], tasks: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def write_table(out_dir: str | Path, table: list[dict], tasks: Sequence[str], extra: dict | None = None,
-                notes: Sequence[str] = ()) -> dict[str, Path]:
+def write_table(
+    out_dir: str | Path, table: list[dict], tasks: Sequence[str], extra: dict | None = None, notes: Sequence[str] = ()
+) -> dict[str, Path]:
     """Write `study_table.md` (with `notes` as a list below it), `.csv` and `.json`
     atomically into `out_dir`; return their paths."""
     out_dir = Path(out_dir)

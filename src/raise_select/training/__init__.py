@@ -8,6 +8,15 @@ from .reward import Validator, final_answer
 from .train_policy import TrainPolicyConfig, train_policy
 
 __all__ = [
-    "EpisodeConfig", "FinetuneConfig", "LMConfig", "LMTrainer", "TrainPolicyConfig", "Validator",
-    "encode_example", "final_answer", "finetune", "train_on_schedule", "train_policy",
+    "EpisodeConfig",
+    "FinetuneConfig",
+    "LMConfig",
+    "LMTrainer",
+    "TrainPolicyConfig",
+    "Validator",
+    "encode_example",
+    "final_answer",
+    "finetune",
+    "train_on_schedule",
+    "train_policy",
 ]

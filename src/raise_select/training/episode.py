@@ -54,29 +54,49 @@ class EpisodeConfig(LMConfig):
     pool: str = field(default="", metadata={"help": "instruction pool: file, folder or `datasets` name"})
     features: str = field(default="", metadata={"help": "featurize output folder of this pool"})
     model: str = field(default="", metadata={"help": "target LLM M_0: hub id or local folder"})
-    val: str = field(default="", metadata={"help": "validation set: a named set (gsm8k, mmlu, ...) or a pool file/folder"})
+    val: str = field(
+        default="", metadata={"help": "validation set: a named set (gsm8k, mmlu, ...) or a pool file/folder"}
+    )
     out: str = field(default="", metadata={"help": "run folder"})
-    data_dir: Optional[str] = field(default=None, metadata={"help": "folder of the named validation sets' original files"})
-    val_size: Optional[int] = field(default=None, metadata={"help": "use at most this many validation examples (seeded sample for named sets)"})
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "folder of the named validation sets' original files"}
+    )
+    val_size: Optional[int] = field(
+        default=None, metadata={"help": "use at most this many validation examples (seeded sample for named sets)"}
+    )
     steps: int = field(default=100, metadata={"help": "T: LLM updates (per round for train-policy)"})
-    batch_size: Optional[int] = field(default=None, metadata={"help": "B; when set, per_class = B / C (B a multiple of the number of classes C)"})
-    select_every: int = field(default=1, metadata={"help": "M (appendix F): the policy chooses every M steps, random batches in between"})
+    batch_size: Optional[int] = field(
+        default=None, metadata={"help": "B; when set, per_class = B / C (B a multiple of the number of classes C)"}
+    )
+    select_every: int = field(
+        default=1, metadata={"help": "M (appendix F): the policy chooses every M steps, random batches in between"}
+    )
     metric: str = field(default="neg_loss", metadata={"help": "P(M): neg_loss, accuracy or module:function"})
     val_batch_size: int = field(default=16, metadata={"help": "validation examples per forward pass"})
     max_new_tokens: int = field(default=128, metadata={"help": "generation length for metric=accuracy"})
-    report_to: str = field(default="none", metadata={"help": "also log the scalars to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb; WANDB_MODE=offline works without a network), all, or a comma-separated list"})
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "also log the scalars to: none, tensorboard (<out>/tensorboard), wandb (<out>/wandb; "
+            "WANDB_MODE=offline works without a network), all, or a comma-separated list"
+        },
+    )
     tensorboard: bool = field(default=False, metadata={"help": "deprecated: the same as report_to=tensorboard"})
 
     def check(self) -> None:
         super().check()
-        check_fields(self, [
-            (self.steps >= 1, "steps", "must be >= 1"),
-            (self.select_every >= 1, "select_every", "must be >= 1"),
-            (self.batch_size is None or self.batch_size >= 1, "batch_size", "must be >= 1"),
-            (self.val_size is None or self.val_size >= 1, "val_size", "must be >= 1"),
-            (self.val_batch_size >= 1, "val_batch_size", "must be >= 1"),
-            (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
-        ], "episode")
+        check_fields(
+            self,
+            [
+                (self.steps >= 1, "steps", "must be >= 1"),
+                (self.select_every >= 1, "select_every", "must be >= 1"),
+                (self.batch_size is None or self.batch_size >= 1, "batch_size", "must be >= 1"),
+                (self.val_size is None or self.val_size >= 1, "val_size", "must be >= 1"),
+                (self.val_batch_size >= 1, "val_batch_size", "must be >= 1"),
+                (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
+            ],
+            "episode",
+        )
         resolve_metric(self.metric)
         parse_report_to(self.report_to)
 
@@ -120,11 +140,15 @@ def resolve_per_class(per_class: int, batch_size: int | None, num_classes: int) 
     if batch_size is None:
         return per_class
     if batch_size < num_classes:
-        raise UserError(f"more classes ({num_classes}) than batch slots (batch_size {batch_size}): every class needs "
-                        f"at least one slot; set batch_size >= {num_classes} or featurize with fewer classes")
+        raise UserError(
+            f"more classes ({num_classes}) than batch slots (batch_size {batch_size}): every class needs "
+            f"at least one slot; set batch_size >= {num_classes} or featurize with fewer classes"
+        )
     if batch_size % num_classes:
-        raise UserError(f"batch_size {batch_size} is not a multiple of the {num_classes} classes (B = C x b); "
-                        f"use {batch_size - batch_size % num_classes} or {batch_size - batch_size % num_classes + num_classes}")
+        raise UserError(
+            f"batch_size {batch_size} is not a multiple of the {num_classes} classes (B = C x b); "
+            f"use {batch_size - batch_size % num_classes} or {batch_size - batch_size % num_classes + num_classes}"
+        )
     return batch_size // num_classes
 
 
@@ -132,11 +156,15 @@ def check_batch(static, per_class: int, pool_size: int, processes: int) -> int:
     """B = C x b, refused when it cannot be filled or split (before any training)."""
     batch = static.num_classes * per_class
     if pool_size < batch:
-        raise UserError(f"the pool has {pool_size} instructions, fewer than one batch of {batch} "
-                        f"({static.num_classes} classes x per_class {per_class}); lower per_class or the number of classes")
+        raise UserError(
+            f"the pool has {pool_size} instructions, fewer than one batch of {batch} "
+            f"({static.num_classes} classes x per_class {per_class}); lower per_class or the number of classes"
+        )
     if batch < processes:
-        raise UserError(f"a batch of {batch} ({static.num_classes} classes x per_class {per_class}) has fewer slots "
-                        f"than the {processes} processes; raise per_class")
+        raise UserError(
+            f"a batch of {batch} ({static.num_classes} classes x per_class {per_class}) has fewer slots "
+            f"than the {processes} processes; raise per_class"
+        )
     return batch
 
 
@@ -144,20 +172,27 @@ def check_batch(static, per_class: int, pool_size: int, processes: int) -> int:
 class EpisodePolicy(Protocol):
     """What `run_episode` asks of a policy: `RaisePolicy`, or `RandomBatches` for the random-batch episodes."""
 
-    static: StaticState     # the pool's features; its `classes` label the selection records
+    static: StaticState  # the pool's features; its `classes` label the selection records
 
     @property
     def batch_size(self) -> int:
         """B: rows chosen at every step."""
         ...
 
-    def act(self, perf_prev: float, progress: float, counts: torch.Tensor, explore: bool,
-            generator: torch.Generator | None = None) -> Action:
+    def act(
+        self,
+        perf_prev: float,
+        progress: float,
+        counts: torch.Tensor,
+        explore: bool,
+        generator: torch.Generator | None = None,
+    ) -> Action:
         """A batch at a rollout step (explore=True samples) or at use time (False: the top-b)."""
         ...
 
-    def use(self, perf_prev: float, progress: float, counts: torch.Tensor,
-            generator: torch.Generator | None = None) -> Action:
+    def use(
+        self, perf_prev: float, progress: float, counts: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Action:
         """A batch at use time, by the policy's own rule."""
         ...
 
@@ -173,13 +208,20 @@ class RandomBatches:
         self.static = static
         self.batch_size = batch_size
 
-    def act(self, perf_prev: float, progress: float, counts: torch.Tensor, explore: bool = True,
-            generator: torch.Generator | None = None) -> Action:
-        idx = torch.randperm(len(self.static), generator=generator)[:self.batch_size]
+    def act(
+        self,
+        perf_prev: float,
+        progress: float,
+        counts: torch.Tensor,
+        explore: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Action:
+        idx = torch.randperm(len(self.static), generator=generator)[: self.batch_size]
         return Action(indices=idx, scores=torch.zeros(len(idx)), log_prob=0.0, value=0.0, item_log_prob=None)
 
-    def use(self, perf_prev: float, progress: float, counts: torch.Tensor,
-            generator: torch.Generator | None = None) -> Action:
+    def use(
+        self, perf_prev: float, progress: float, counts: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Action:
         return self.act(perf_prev, progress, counts, generator=generator)
 
 
@@ -191,32 +233,39 @@ class Choice:
     with select_every > 1) only its rows.
     """
 
-    indices: tuple[int, ...]                       # pool rows, in training order
-    scores: tuple[float | None, ...]               # acquisition score of each row; None on a random step
-    log_prob: float | None = None                  # Action.log_prob (policy steps)
-    value: float | None = None                     # Action.value (policy steps)
+    indices: tuple[int, ...]  # pool rows, in training order
+    scores: tuple[float | None, ...]  # acquisition score of each row; None on a random step
+    log_prob: float | None = None  # Action.log_prob (policy steps)
+    value: float | None = None  # Action.value (policy steps)
     item_log_prob: tuple[float, ...] | None = None  # Action.item_log_prob, where the policy gives it
 
     @classmethod
     def of_action(cls, action: Action) -> Choice:
         item = None if action.item_log_prob is None else tuple(action.item_log_prob.tolist())
-        return cls(indices=tuple(action.indices.tolist()), scores=tuple(action.scores.tolist()),
-                   log_prob=action.log_prob, value=action.value, item_log_prob=item)
+        return cls(
+            indices=tuple(action.indices.tolist()),
+            scores=tuple(action.scores.tolist()),
+            log_prob=action.log_prob,
+            value=action.value,
+            item_log_prob=item,
+        )
 
     @classmethod
     def random(cls, pool_size: int, batch_size: int, generator: torch.Generator) -> Choice:
         """`batch_size` distinct rows drawn uniformly from the pool."""
-        return cls(indices=tuple(torch.randperm(pool_size, generator=generator)[:batch_size].tolist()),
-                   scores=(None,) * batch_size)
+        return cls(
+            indices=tuple(torch.randperm(pool_size, generator=generator)[:batch_size].tolist()),
+            scores=(None,) * batch_size,
+        )
 
 
 @dataclass
 class EpisodeResult:
     p0: float
     final_p: float
-    steps: list[int] = field(default_factory=list)      # steps after which P was measured
-    perf: list[float] = field(default_factory=list)     # P at those steps
-    losses: list[float] = field(default_factory=list)   # training loss of every step
+    steps: list[int] = field(default_factory=list)  # steps after which P was measured
+    perf: list[float] = field(default_factory=list)  # P at those steps
+    losses: list[float] = field(default_factory=list)  # training loss of every step
     time: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIME_KEYS, 0.0))
 
     @property
@@ -246,15 +295,21 @@ def selection_stats(batches: list[list[int]], classes: torch.Tensor, num_classes
     times = torch.bincount(flat)
     times = times[times > 0].sort(descending=True).values
     per_class = torch.bincount(classes[flat], minlength=num_classes).double() / flat.numel()
-    return {"slots": int(flat.numel()), "distinct": int(times.numel()), "max_times": int(times[0]),
-            "top10_share": float(times[:10].sum()) / flat.numel(),
-            "class_share": [round(float(x), 4) for x in per_class]}
+    return {
+        "slots": int(flat.numel()),
+        "distinct": int(times.numel()),
+        "max_times": int(times[0]),
+        "top10_share": float(times[:10].sum()) / flat.numel(),
+        "class_share": [round(float(x), 4) for x in per_class],
+    }
 
 
 def format_timing(timing: dict[str, float]) -> str:
     """`time 3.2s: train 2.0s (62%), ...`: where an episode's (or round's) time went."""
     total = sum(timing.values())
-    return f"time {total:.1f}s: " + ", ".join(f"{k} {v:.1f}s ({100 * v / max(total, 1e-9):.0f}%)" for k, v in timing.items())
+    return f"time {total:.1f}s: " + ", ".join(
+        f"{k} {v:.1f}s ({100 * v / max(total, 1e-9):.0f}%)" for k, v in timing.items()
+    )
 
 
 def share_from_main(accelerator, obj):
@@ -318,8 +373,15 @@ def run_episode(
             if from_policy:
                 # The reward is added when P is next measured (end of this interval).
                 item_lp = choice.item_log_prob
-                buffer.add(p_prev, t / steps, chosen, choice.log_prob, choice.value, 0.0,
-                           item_log_prob=None if item_lp is None else torch.tensor(item_lp, dtype=torch.float64))
+                buffer.add(
+                    p_prev,
+                    t / steps,
+                    chosen,
+                    choice.log_prob,
+                    choice.value,
+                    0.0,
+                    item_log_prob=None if item_lp is None else torch.tensor(item_lp, dtype=torch.float64),
+                )
             else:
                 buffer.add_counted(chosen)
         timing["scoring"] = time.perf_counter() - start
@@ -343,10 +405,24 @@ def run_episode(
             bar.set_postfix(P=f"{perf:.4f}", loss=f"{loss:.3f}")
         for key in TIME_KEYS:
             result.time[key] += timing[key]
-        metrics = {"kind": "step", "step": t, "steps": steps, "P": perf, "reward": reward, "loss": loss,
-                   "policy": from_policy, "time": timing}
-        selection = {"step": t, "ids": [pool.examples[i].id for i in indices], "indices": indices, "scores": list(choice.scores),
-                     "classes": classes[chosen].tolist(), "random": not from_policy}
+        metrics = {
+            "kind": "step",
+            "step": t,
+            "steps": steps,
+            "P": perf,
+            "reward": reward,
+            "loss": loss,
+            "policy": from_policy,
+            "time": timing,
+        }
+        selection = {
+            "step": t,
+            "ids": [pool.examples[i].id for i in indices],
+            "indices": indices,
+            "scores": list(choice.scores),
+            "classes": classes[chosen].tolist(),
+            "random": not from_policy,
+        }
         on_step(metrics, selection)
     result.final_p = p_prev
     return result
@@ -358,19 +434,26 @@ class EpisodeJob:
 
     accelerator: Any
     run: RunFolder
-    config: dict                # the job's settings, as written to config.yaml
+    config: dict  # the job's settings, as written to config.yaml
     pool: Pool
     static: StaticState
     policy: RaisePolicy
-    batch: int                  # B = C x b
-    trainer: LMTrainer          # holds M_0
+    batch: int  # B = C x b
+    trainer: LMTrainer  # holds M_0
     validator: Validator
-    p0: float                   # P(M_0)
+    p0: float  # P(M_0)
 
 
-def start_episode_job(cfg: EpisodeConfig, accelerator, required: tuple[str, ...], per_class: int,
-                      make_policy: Callable[[StaticState, int, Pool], RaisePolicy], normalizer=None,
-                      resumable: tuple[str, ...] | None = None, prior: str = "none") -> EpisodeJob:
+def start_episode_job(
+    cfg: EpisodeConfig,
+    accelerator,
+    required: tuple[str, ...],
+    per_class: int,
+    make_policy: Callable[[StaticState, int, Pool], RaisePolicy],
+    normalizer=None,
+    resumable: tuple[str, ...] | None = None,
+    prior: str = "none",
+) -> EpisodeJob:
     """The setup train-policy and finetune share, refusing bad inputs before any model is loaded.
 
     In order: the settings in `required`; the run folder and its log; with `resumable`, the
@@ -389,8 +472,9 @@ def start_episode_job(cfg: EpisodeConfig, accelerator, required: tuple[str, ...]
     require_settings(cfg, required)
     acc = accelerator or full_precision_accelerator()
     config = to_dict(cfg)
-    run = RunFolder(cfg.out, enabled=acc.is_main_process, report_to=parse_report_to(cfg.report_to, cfg.tensorboard),
-                    config=config)
+    run = RunFolder(
+        cfg.out, enabled=acc.is_main_process, report_to=parse_report_to(cfg.report_to, cfg.tensorboard), config=config
+    )
     if acc.is_main_process:
         setup_logging(run.out)
     if resumable is not None:
@@ -404,12 +488,38 @@ def start_episode_job(cfg: EpisodeConfig, accelerator, required: tuple[str, ...]
     set_seed(cfg.seed)
     lm = lm_config(cfg)
     trainer = LMTrainer(cfg.model, pool, lm, total_steps=cfg.steps, accelerator=acc)
-    validator = Validator(val_examples, trainer.tokenizer, cfg.metric, lm.max_length, lm.template,
-                          cfg.val_batch_size, cfg.max_new_tokens, accelerator=acc)
+    validator = Validator(
+        val_examples,
+        trainer.tokenizer,
+        cfg.metric,
+        lm.max_length,
+        lm.template,
+        cfg.val_batch_size,
+        cfg.max_new_tokens,
+        accelerator=acc,
+    )
     start = time.perf_counter()
     p0 = check_finite(validator(trainer.model), "step 0 (the initial model M_0)")
-    log.info("pool %d instructions, %d classes, batch %d = %d x %d; validation %d examples; P(M_0) = %.5f (%.1fs)",
-             len(pool), static.num_classes, batch, static.num_classes, per_class, len(val_examples), p0,
-             time.perf_counter() - start)
-    return EpisodeJob(accelerator=acc, run=run, config=config, pool=pool, static=static, policy=policy, batch=batch,
-                      trainer=trainer, validator=validator, p0=p0)
+    log.info(
+        "pool %d instructions, %d classes, batch %d = %d x %d; validation %d examples; P(M_0) = %.5f (%.1fs)",
+        len(pool),
+        static.num_classes,
+        batch,
+        static.num_classes,
+        per_class,
+        len(val_examples),
+        p0,
+        time.perf_counter() - start,
+    )
+    return EpisodeJob(
+        accelerator=acc,
+        run=run,
+        config=config,
+        pool=pool,
+        static=static,
+        policy=policy,
+        batch=batch,
+        trainer=trainer,
+        validator=validator,
+        p0=p0,
+    )

@@ -28,11 +28,11 @@ class ExportSummary:
     """What `export_chosen` wrote."""
 
     out: Path
-    log: Path           # the selection log read
-    steps: int          # steps read from the log (after keeping the last line of a redone step)
-    chosen: int         # distinct instructions written
-    selections: int     # (step, instruction) pairs, i.e. the sum of times_selected
-    random_steps: int   # steps chosen uniformly at random (appendix F) that were included or skipped
+    log: Path  # the selection log read
+    steps: int  # steps read from the log (after keeping the last line of a redone step)
+    chosen: int  # distinct instructions written
+    selections: int  # (step, instruction) pairs, i.e. the sum of times_selected
+    random_steps: int  # steps chosen uniformly at random (appendix F) that were included or skipped
     skipped_random: bool
 
 
@@ -60,8 +60,10 @@ def finished_rounds(run: Path) -> list[int]:
 
     done = RunFolder(run, enabled=False).latest_round()
     if done == 0:
-        raise UserError(f"{run}: no train-policy round has finished yet (no {run / 'checkpoint' / 'latest.json'}); "
-                        "run or resume train-policy first")
+        raise UserError(
+            f"{run}: no train-policy round has finished yet (no {run / 'checkpoint' / 'latest.json'}); "
+            "run or resume train-policy first"
+        )
     return list(range(done))
 
 
@@ -74,18 +76,24 @@ def selections_path(run: str | Path, round: int | None = None) -> Path:
     if run.is_dir():
         trained = bool(round_logs(run)) or (run / "checkpoint" / "latest.json").is_file()
         if trained and (run / SELECTIONS_FILE).is_file() and round is None:
-            raise UserError(f"{run}: holds both a finetune's {SELECTIONS_FILE} and train-policy round logs; pass "
-                            f"--round K for a round, or {run / SELECTIONS_FILE} itself as --run")
+            raise UserError(
+                f"{run}: holds both a finetune's {SELECTIONS_FILE} and train-policy round logs; pass "
+                f"--round K for a round, or {run / SELECTIONS_FILE} itself as --run"
+            )
         if trained:
             rounds = finished_rounds(run)
             target = rounds[-1] if round is None else round
             if target not in rounds:
                 cut = " (that round was cut short)" if target in round_logs(run) else ""
-                raise UserError(f"--round {round}: {run} has selection logs of rounds {', '.join(map(str, rounds))}{cut}")
+                raise UserError(
+                    f"--round {round}: {run} has selection logs of rounds {', '.join(map(str, rounds))}{cut}"
+                )
             path = round_file(run, target)
             if not path.is_file():
-                raise UserError(f"{path}: missing, but the run finished rounds {rounds[0]}-{rounds[-1]}; restore the "
-                                "file" + (" or pass another --round" if len(rounds) > 1 else ""))
+                raise UserError(
+                    f"{path}: missing, but the run finished rounds {rounds[0]}-{rounds[-1]}; restore the "
+                    "file" + (" or pass another --round" if len(rounds) > 1 else "")
+                )
             return path
         if round is not None:
             raise UserError(f"--round {round}: {run} is not a train-policy run folder (no {ROUND_FILES})")
@@ -95,8 +103,10 @@ def selections_path(run: str | Path, round: int | None = None) -> Path:
             raise UserError(f"--round {round}: give the train-policy run folder, not a selection log")
         path = run
     if not path.is_file():
-        raise UserError(f"{path}: no selection log here; give a run folder written by "
-                        f"`raise-select finetune` or `train-policy`, or one of its selection logs")
+        raise UserError(
+            f"{path}: no selection log here; give a run folder written by "
+            f"`raise-select finetune` or `train-policy`, or one of its selection logs"
+        )
     return path
 
 
@@ -108,7 +118,9 @@ def read_selections(path: str | Path, allow_empty: bool = False) -> list[dict]:
     for row, rec in read_jsonl_rows(path, what="selection log"):
         for fld, kind in (("step", int), ("ids", list)):
             if not isinstance(rec.get(fld), kind) or isinstance(rec.get(fld), bool):
-                raise UserError(f"{where(str(path), row, fld)}: missing or not a{'n integer' if kind is int else ' list'}")
+                raise UserError(
+                    f"{where(str(path), row, fld)}: missing or not a{'n integer' if kind is int else ' list'}"
+                )
         if not all(isinstance(i, str) for i in rec["ids"]):
             raise UserError(f"{where(str(path), row, 'ids')}: expected a list of example ids (strings)")
         rec["_row"] = row
@@ -124,8 +136,10 @@ def check_ids(pool: Pool, log: list[dict], path: Path) -> None:
     for rec in log:
         missing = [i for i in rec["ids"] if i not in ids]
         if missing:
-            raise UserError(f"{where(str(path), rec['_row'], 'ids')}: example {missing[0]} is not in the pool "
-                            f"({pool.sources[0] if pool.sources else 'given'}); pass the pool the run used with --pool")
+            raise UserError(
+                f"{where(str(path), rec['_row'], 'ids')}: example {missing[0]} is not in the pool "
+                f"({pool.sources[0] if pool.sources else 'given'}); pass the pool the run used with --pool"
+            )
 
 
 def chosen_steps(selections: list[dict], include_random: bool = True) -> dict[str, list[int]]:

@@ -35,19 +35,40 @@ class FinetuneConfig(EpisodeConfig):
     """`raise-select finetune`: LLM defaults lr 2e-5, cosine, no warm-up (appendix A.2)."""
 
     policy: str = field(default="", metadata={"help": "folder of a trained policy (<train-policy run>/policy)"})
-    per_class: Optional[int] = field(default=None, metadata={
-        "help": field_help(PolicyConfig, "per_class", with_default=False) + "; none: the value the policy was trained with"})
+    per_class: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": field_help(PolicyConfig, "per_class", with_default=False)
+            + "; none: the value the policy was trained with"
+        },
+    )
 
-    use_rule: Optional[str] = field(default=None, metadata={
-        "help": field_help(PolicyConfig, "use_rule", with_default=False) + "; none: the rule the policy was trained with"})
-    compare_random: bool = field(default=False, metadata={
-        "help": "also train M_0 on uniformly random batches for the same steps and report both final P"})
+    use_rule: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": field_help(PolicyConfig, "use_rule", with_default=False)
+            + "; none: the rule the policy was trained with"
+        },
+    )
+    compare_random: bool = field(
+        default=False,
+        metadata={"help": "also train M_0 on uniformly random batches for the same steps and report both final P"},
+    )
 
     def check(self) -> None:
         super().check()
-        check_fields(self, [(self.per_class is None or self.per_class >= 1, "per_class", "must be >= 1"),
-                            (self.use_rule is None or self.use_rule in USE_RULES, "use_rule",
-                             f"must be one of {', '.join(USE_RULES)}")], "finetune")
+        check_fields(
+            self,
+            [
+                (self.per_class is None or self.per_class >= 1, "per_class", "must be >= 1"),
+                (
+                    self.use_rule is None or self.use_rule in USE_RULES,
+                    "use_rule",
+                    f"must be one of {', '.join(USE_RULES)}",
+                ),
+            ],
+            "finetune",
+        )
 
 
 def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
@@ -62,16 +83,26 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
         return policy
 
     required = ("policy", "pool", "features", "model", "val", "out")
-    require_settings(cfg, required)   # before the policy folder is read for b and the normaliser
+    require_settings(cfg, required)  # before the policy folder is read for b and the normaliser
     # Score this pool exactly as during training: with the policy's own normaliser.
-    job = start_episode_job(cfg, accelerator, required,
-                            cfg.per_class or RaisePolicy.read_config(cfg.policy).per_class, load_policy,
-                            normalizer=RaisePolicy.read_normalizer(cfg.policy),
-                            prior=RaisePolicy.read_config(cfg.policy).prior)
+    job = start_episode_job(
+        cfg,
+        accelerator,
+        required,
+        cfg.per_class or RaisePolicy.read_config(cfg.policy).per_class,
+        load_policy,
+        normalizer=RaisePolicy.read_normalizer(cfg.policy),
+        prior=RaisePolicy.read_config(cfg.policy).prior,
+    )
     run, static, policy, batch = job.run, job.static, job.policy, job.batch
     trainer, validator, p0 = job.trainer, job.validator, job.p0
-    log.info("fine-tuning %s for %d steps with the policy in %s (use rule %s)", cfg.model, cfg.steps, cfg.policy,
-             policy.cfg.use_rule)
+    log.info(
+        "fine-tuning %s for %d steps with the policy in %s (use rule %s)",
+        cfg.model,
+        cfg.steps,
+        cfg.policy,
+        policy.cfg.use_rule,
+    )
 
     write_selection = run.selection_writer("selections.jsonl")
     batches: list[list[int]] = []
@@ -82,27 +113,72 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
         batches.append(selection["indices"])
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    result = run_episode(trainer, validator, policy, job.pool, cfg.steps, cfg.select_every, explore=False,
-                         generator=generator, p0=p0, where="finetune", on_step=on_step)
+    result = run_episode(
+        trainer,
+        validator,
+        policy,
+        job.pool,
+        cfg.steps,
+        cfg.select_every,
+        explore=False,
+        generator=generator,
+        p0=p0,
+        where="finetune",
+        on_step=on_step,
+    )
     model_dir = run.out / "model"
     trainer.save(model_dir)
     stats = selection_stats(batches, static.classes, static.num_classes)
-    summary = {"kind": "finetune", "P0": p0, "final_P": result.final_p, "gain": result.ret,
-               "mean_loss": result.mean_loss, "use_rule": policy.cfg.use_rule, "selection": stats, "time": result.time}
-    log.info("P %.5f -> %.5f (use rule %s); model saved to %s | %s", p0, result.final_p, policy.cfg.use_rule,
-             model_dir, format_timing(result.time))
-    log.info("chose %d distinct rows over %d slots; most chosen row %d times; 10 most chosen rows %.1f%% of the "
-             "slots; share per class %s", stats["distinct"], stats["slots"], stats["max_times"],
-             100 * stats["top10_share"], stats["class_share"])
+    summary = {
+        "kind": "finetune",
+        "P0": p0,
+        "final_P": result.final_p,
+        "gain": result.ret,
+        "mean_loss": result.mean_loss,
+        "use_rule": policy.cfg.use_rule,
+        "selection": stats,
+        "time": result.time,
+    }
+    log.info(
+        "P %.5f -> %.5f (use rule %s); model saved to %s | %s",
+        p0,
+        result.final_p,
+        policy.cfg.use_rule,
+        model_dir,
+        format_timing(result.time),
+    )
+    log.info(
+        "chose %d distinct rows over %d slots; most chosen row %d times; 10 most chosen rows %.1f%% of the "
+        "slots; share per class %s",
+        stats["distinct"],
+        stats["slots"],
+        stats["max_times"],
+        100 * stats["top10_share"],
+        stats["class_share"],
+    )
     if cfg.compare_random:
         trainer.reset()
-        rand = run_episode(trainer, validator, RandomBatches(static, batch), job.pool, cfg.steps, cfg.select_every,
-                           explore=True, generator=random_episode_generator(cfg.seed),
-                           p0=p0, where="random batches", on_step=lambda metrics, selection: None)
+        rand = run_episode(
+            trainer,
+            validator,
+            RandomBatches(static, batch),
+            job.pool,
+            cfg.steps,
+            cfg.select_every,
+            explore=True,
+            generator=random_episode_generator(cfg.seed),
+            p0=p0,
+            where="random batches",
+            on_step=lambda metrics, selection: None,
+        )
         summary["random_final_P"] = rand.final_p
-        log.info("same steps on uniformly random batches: P %.5f -> %.5f; the policy %s them by %.5f",
-                 p0, rand.final_p, "beats" if result.final_p > rand.final_p else "does NOT beat",
-                 abs(result.final_p - rand.final_p))
+        log.info(
+            "same steps on uniformly random batches: P %.5f -> %.5f; the policy %s them by %.5f",
+            p0,
+            rand.final_p,
+            "beats" if result.final_p > rand.final_p else "does NOT beat",
+            abs(result.final_p - rand.final_p),
+        )
     run.metric(summary)
     run.close()
     return model_dir
@@ -139,8 +215,11 @@ def train_and_finetune(tp, out: str | Path) -> tuple[Path, float, float]:
     resumed_seconds = time.perf_counter() - start
     ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     # `policy` of a FinetuneConfig is the trained policy's folder, not the settings section.
-    ft = FinetuneConfig(**{k: getattr(tp, k) for k in ft_fields if hasattr(tp, k) and k not in ("out", "policy")},
-                        policy=str(policy_dir), out=str(out / "finetune"))
+    ft = FinetuneConfig(
+        **{k: getattr(tp, k) for k in ft_fields if hasattr(tp, k) and k not in ("out", "policy")},
+        policy=str(policy_dir),
+        out=str(out / "finetune"),
+    )
     start = time.perf_counter()
     model_dir = finetune(ft)
     finetune_seconds = time.perf_counter() - start

@@ -69,9 +69,9 @@ from .reward import check_finite
 class StageState:
     """What the sampler knows about training when it chooses (eq. 2)."""
 
-    perf: float = 0.0          # P_{t-1}: the last measured validation performance
-    total_steps: int = 0       # T: optimizer steps of the run (the trainer's max_steps)
-    step: int = 0              # optimizer steps chosen so far
+    perf: float = 0.0  # P_{t-1}: the last measured validation performance
+    total_steps: int = 0  # T: optimizer steps of the run (the trainer's max_steps)
+    step: int = 0  # optimizer steps chosen so far
 
 
 class RaiseSampler(Sampler[int]):
@@ -128,11 +128,19 @@ class RaiseSampler(Sampler[int]):
         record = {"step": stage.step, "perf": stage.perf, "progress": progress, "indices": indices}
         self.history.append(record)
         if self.log_path is not None and self.ids is not None:
-            append_jsonl(self.log_path, {
-                "step": stage.step, "ids": [self.ids[i] for i in indices], "indices": indices,
-                "scores": action.scores.tolist(), "classes": self.policy.static.classes[action.indices].tolist(),
-                "random": False, "P_prev": stage.perf, "progress": progress,
-            })
+            append_jsonl(
+                self.log_path,
+                {
+                    "step": stage.step,
+                    "ids": [self.ids[i] for i in indices],
+                    "indices": indices,
+                    "scores": action.scores.tolist(),
+                    "classes": self.policy.static.classes[action.indices].tolist(),
+                    "random": False,
+                    "P_prev": stage.perf,
+                    "progress": progress,
+                },
+            )
         return indices
 
     def __iter__(self) -> Iterator[int]:
@@ -149,8 +157,14 @@ class RaiseCallback(TrainerCallback):
     `initial_perf` until the first one.
     """
 
-    def __init__(self, sampler: RaiseSampler, validator=None, eval_every: int = 0,
-                 initial_perf: float | None = None, metric_key: str = "eval_loss"):
+    def __init__(
+        self,
+        sampler: RaiseSampler,
+        validator=None,
+        eval_every: int = 0,
+        initial_perf: float | None = None,
+        metric_key: str = "eval_loss",
+    ):
         if eval_every < 0:
             raise UserError(f"eval_every must be >= 0, got {eval_every}")
         self.sampler = sampler
@@ -190,8 +204,16 @@ class RaiseTrainerMixin:
     `<output_dir>/selections.jsonl`).
     """
 
-    def __init__(self, *args, raise_policy, raise_validator=None, raise_eval_every: int = 0,
-                 raise_initial_perf: float | None = None, raise_ids: Sequence[str] | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        raise_policy,
+        raise_validator=None,
+        raise_eval_every: int = 0,
+        raise_initial_perf: float | None = None,
+        raise_ids: Sequence[str] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self._raise_check_args(raise_policy)
         log_path = None
@@ -199,7 +221,9 @@ class RaiseTrainerMixin:
             log_path = Path(self.args.output_dir) / SELECTIONS_FILE
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.write_text("", encoding="utf-8")
-        steps = self.args.max_steps if self.args.max_steps > 0 else -(-len(raise_policy.static) // raise_policy.batch_size)
+        steps = (
+            self.args.max_steps if self.args.max_steps > 0 else -(-len(raise_policy.static) // raise_policy.batch_size)
+        )
         self.raise_sampler = RaiseSampler(raise_policy, steps, ids=raise_ids, log_path=log_path, seed=self.args.seed)
         self.raise_callback = RaiseCallback(self.raise_sampler, raise_validator, raise_eval_every, raise_initial_perf)
         self.add_callback(self.raise_callback)
@@ -209,13 +233,17 @@ class RaiseTrainerMixin:
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         if per_step != policy.batch_size:
             raise UserError(
-                f"the policy chooses B = {policy.batch_size} instructions per step ({policy.static.num_classes} classes x "
-                f"{policy.cfg.per_class}), but the trainer takes per_device_train_batch_size "
-                f"{args.per_device_train_batch_size} x gradient_accumulation_steps {args.gradient_accumulation_steps} x "
-                f"{args.world_size} process(es) = {per_step}; make them equal")
+                f"the policy chooses B = {policy.batch_size} instructions per step "
+                f"({policy.static.num_classes} classes x {policy.cfg.per_class}), "
+                f"but the trainer takes per_device_train_batch_size {args.per_device_train_batch_size} "
+                f"x gradient_accumulation_steps {args.gradient_accumulation_steps} x "
+                f"{args.world_size} process(es) = {per_step}; make them equal"
+            )
         for flag in ("packing", "shuffle_dataset"):
             if getattr(args, flag, False):
-                raise UserError(f"{flag}=True breaks the row alignment between the dataset and the policy's pool; turn it off")
+                raise UserError(
+                    f"{flag}=True breaks the row alignment between the dataset and the policy's pool; turn it off"
+                )
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -223,8 +251,10 @@ class RaiseTrainerMixin:
         if dataset is None or not hasattr(dataset, "__len__") or len(dataset) != n:
             size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else "no length"
             raise UserError(
-                f"the training dataset has {size} rows but the policy's pool has {n}: train on the pool itself, row-aligned "
-                "(no packing, no filtering: raise max_length if rows were dropped as fully truncated)")
+                f"the training dataset has {size} rows but the policy's pool has {n}: "
+                f"train on the pool itself, row-aligned "
+                "(no packing, no filtering: raise max_length if rows were dropped as fully truncated)"
+            )
         return self.raise_sampler
 
 
@@ -237,7 +267,9 @@ def pool_dataset(pool: Pool, template: str = ALPACA_TEMPLATE, tokenizer=None):
     """A row-aligned `datasets.Dataset` of the pool: `prompt` (rendered) and `completion` (the response)."""
     import datasets
 
-    return datasets.Dataset.from_dict({
-        "prompt": [render_prompt(e.prompt_messages, template, tokenizer, e.record) for e in pool.examples],
-        "completion": [e.response for e in pool.examples],
-    })
+    return datasets.Dataset.from_dict(
+        {
+            "prompt": [render_prompt(e.prompt_messages, template, tokenizer, e.record) for e in pool.examples],
+            "completion": [e.response for e in pool.examples],
+        }
+    )

@@ -45,41 +45,61 @@ class LMConfig:
     """LLM fine-tuning settings; defaults follow the paper (appendix A.2)."""
 
     lr: float = field(default=2e-5, metadata={"help": "peak learning rate of the target LLM"})
-    scheduler: str = field(default="cosine", metadata={"help": "LLM learning-rate schedule: any `transformers.get_scheduler` name"})
-    warmup_steps: int = field(default=0, metadata={"help": "warm-up steps of the LLM learning rate (the paper uses none)"})
+    scheduler: str = field(
+        default="cosine", metadata={"help": "LLM learning-rate schedule: any `transformers.get_scheduler` name"}
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"help": "warm-up steps of the LLM learning rate (the paper uses none)"}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the LLM"})
     max_length: int = field(default=512, metadata={"help": "tokens per example; the prompt is cut from the left first"})
-    template: str = field(default="alpaca", metadata={"help": "prompt template: alpaca or chat (the tokenizer's chat template)"})
+    template: str = field(
+        default="alpaca", metadata={"help": "prompt template: alpaca or chat (the tokenizer's chat template)"}
+    )
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (peft) instead of all weights"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha"})
-    lora_targets: list[str] = field(default_factory=list, metadata={"help": "modules to adapt; empty = peft's default for the architecture"})
+    lora_targets: list[str] = field(
+        default_factory=list, metadata={"help": "modules to adapt; empty = peft's default for the architecture"}
+    )
     dtype: str = field(default="float32", metadata={"help": "weights dtype: float32, bfloat16, float16"})
-    seed: int = field(default=0, metadata={"help": "seed of the LLM run (LoRA weights, dropout, data order); train-policy also seeds the policy and its rollouts with it"})
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "seed of the LLM run (LoRA weights, dropout, data order); "
+            "train-policy also seeds the policy and its rollouts with it"
+        },
+    )
     grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm (0 = no clipping)"})
-    micro_batch_size: int = field(default=0, metadata={"help": "rows per forward pass (gradient accumulation); 0 = the whole batch at once"})
+    micro_batch_size: int = field(
+        default=0, metadata={"help": "rows per forward pass (gradient accumulation); 0 = the whole batch at once"}
+    )
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
         """Rules on the LLM settings; a subclass adds its own rules after calling this."""
-        check_fields(self, [
-            (self.lr > 0, "lr", "must be > 0"),
-            (self.warmup_steps >= 0, "warmup_steps", "must be >= 0"),
-            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
-            (self.max_length >= 2, "max_length", "must be >= 2"),
-            (self.lora_r >= 1, "lora_r", "must be >= 1"),
-            (self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)"),
-            (self.micro_batch_size >= 0, "micro_batch_size", "must be >= 0 (0 = the whole batch)"),
-            (0 <= self.seed < 2**32, "seed", "must be in 0 .. 2**32 - 1"),
-        ], "LLM")
+        check_fields(
+            self,
+            [
+                (self.lr > 0, "lr", "must be > 0"),
+                (self.warmup_steps >= 0, "warmup_steps", "must be >= 0"),
+                (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+                (self.max_length >= 2, "max_length", "must be >= 2"),
+                (self.lora_r >= 1, "lora_r", "must be >= 1"),
+                (self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)"),
+                (self.micro_batch_size >= 0, "micro_batch_size", "must be >= 0 (0 = the whole batch)"),
+                (0 <= self.seed < 2**32, "seed", "must be in 0 .. 2**32 - 1"),
+            ],
+            "LLM",
+        )
 
 
 @dataclass
 class Encoded:
     input_ids: list[int]
-    labels: list[int]                # IGNORE_INDEX on the prompt; response tokens + EOS otherwise
+    labels: list[int]  # IGNORE_INDEX on the prompt; response tokens + EOS otherwise
 
 
 def full_precision_accelerator():
@@ -155,7 +175,9 @@ def _lora_model(model, cfg: LMConfig):
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
-        raise UserError(f"cannot add LoRA to this model ({e}); set lora_targets, e.g. --set lora_targets=[q_proj,v_proj]") from None
+        raise UserError(
+            f"cannot add LoRA to this model ({e}); set lora_targets, e.g. --set lora_targets=[q_proj,v_proj]"
+        ) from None
 
 
 class LMTrainer:
@@ -280,8 +302,14 @@ class LMTrainer:
         """The trainable weights, optimizer and schedule state and step count, for an exact
         resume (`torch.save` it; RNG is the caller's)."""
         inner = getattr(self.optimizer, "optimizer", self.optimizer)
-        return {"weights": {n: p.detach().to("cpu", copy=True) for n, p in self.unwrapped.named_parameters() if p.requires_grad},
-                "optimizer": inner.state_dict(), "scheduler": self.scheduler.state_dict(), "step_count": self.step_count}
+        return {
+            "weights": {
+                n: p.detach().to("cpu", copy=True) for n, p in self.unwrapped.named_parameters() if p.requires_grad
+            },
+            "optimizer": inner.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step_count": self.step_count,
+        }
 
     def load_training_state(self, state: dict) -> None:
         """Back to the point `training_state` recorded."""
@@ -323,7 +351,9 @@ def train_on_schedule(
     trainer = LMTrainer(model, pool, cfg, total_steps)
     if callable(batches):
         batches = batches(trainer)
-    for indices in progress_bar(batches, total=total_steps, desc="train", disable=not trainer.accelerator.is_main_process):
+    for indices in progress_bar(
+        batches, total=total_steps, desc="train", disable=not trainer.accelerator.is_main_process
+    ):
         if trainer.step_count >= total_steps:
             raise UserError(f"the schedule has more than total_steps={total_steps} batches")
         loss = trainer.step(indices)

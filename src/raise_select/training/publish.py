@@ -35,7 +35,7 @@ from ..data.pools import FORMATS, Pool, to_format
 from ..errors import UserError
 
 PUBLISH_FORMATS = (*FORMATS, "llamafactory")
-DATA_FILE = "data.json"          # llamafactory layout
+DATA_FILE = "data.json"  # llamafactory layout
 CARD_FILE = "README.md"
 SCORES_FILE = "scores.parquet"
 
@@ -45,17 +45,23 @@ class Chosen:
     """What a selection chose, read from a run's selection log or a baseline's selection.json."""
 
     method: str
-    rows: list[int]                        # pool rows, in order of first choice (static: the method's order)
-    settings: dict                         # the run's settings (config.yaml, or the baseline's options)
-    budget: dict                           # how much was chosen: rows, steps, batch size, fraction of the pool
-    steps: dict[int, list[int]] | None = None   # row -> steps that chose it (RAISE, online, schedules)
-    scores: dict[int, float] | None = None      # row -> the method's score of a chosen row (static)
+    rows: list[int]  # pool rows, in order of first choice (static: the method's order)
+    settings: dict  # the run's settings (config.yaml, or the baseline's options)
+    budget: dict  # how much was chosen: rows, steps, batch size, fraction of the pool
+    steps: dict[int, list[int]] | None = None  # row -> steps that chose it (RAISE, online, schedules)
+    scores: dict[int, float] | None = None  # row -> the method's score of a chosen row (static)
     pool_scores: list[float | None] | None = None  # every pool row's score (static scoring methods)
-    source: str = ""                       # the log or selection.json read
+    source: str = ""  # the log or selection.json read
 
 
-def from_steps(method: str, pool: Pool, step_ids: list[tuple[int, list[str]]], settings: dict, source: str,
-               batch_size: int | None = None) -> Chosen:
+def from_steps(
+    method: str,
+    pool: Pool,
+    step_ids: list[tuple[int, list[str]]],
+    settings: dict,
+    source: str,
+    batch_size: int | None = None,
+) -> Chosen:
     """A per-step selection: (step, ids chosen at it) pairs, ascending steps."""
     index = {e.id: i for i, e in enumerate(pool.examples)}
     steps: dict[int, list[int]] = {}
@@ -63,34 +69,53 @@ def from_steps(method: str, pool: Pool, step_ids: list[tuple[int, list[str]]], s
         for ex_id in ids:
             steps.setdefault(index[ex_id], []).append(step)
     total = sum(len(s) for s in steps.values())
-    budget = {"rows": len(steps), "selections": total, "steps": len(step_ids),
-              "batch_size": batch_size or (max(len(ids) for _, ids in step_ids) if step_ids else 0),
-              "fraction_of_pool": round(len(steps) / len(pool), 6) if len(pool) else 0.0}
+    budget = {
+        "rows": len(steps),
+        "selections": total,
+        "steps": len(step_ids),
+        "batch_size": batch_size or (max(len(ids) for _, ids in step_ids) if step_ids else 0),
+        "fraction_of_pool": round(len(steps) / len(pool), 6) if len(pool) else 0.0,
+    }
     return Chosen(method, list(steps), settings, budget, steps=steps, source=source)
 
 
 def from_baseline(pool: Pool, record: dict, source: str) -> Chosen:
     """A baseline's `selection.json`: a static subset, or a schedule of batches (`dynamic`)."""
     if record.get("pool_size") != len(pool) or any(
-            pool.examples[i].id != ex_id for i, ex_id in zip(record["indices"], record["ids"])):
-        raise UserError(f"{source}: its rows are not those of the pool given ({len(pool)} rows); "
-                        "pass the pool the baseline ran on with --pool")
-    settings = {"options": record.get("options", {}), "seed": record.get("seed"), "epochs": record.get("epochs"),
-                **{k: record[k] for k in ("pool", "features", "limit") if record.get(k) is not None}}
+        pool.examples[i].id != ex_id for i, ex_id in zip(record["indices"], record["ids"])
+    ):
+        raise UserError(
+            f"{source}: its rows are not those of the pool given ({len(pool)} rows); "
+            "pass the pool the baseline ran on with --pool"
+        )
+    settings = {
+        "options": record.get("options", {}),
+        "seed": record.get("seed"),
+        "epochs": record.get("epochs"),
+        **{k: record[k] for k in ("pool", "features", "limit") if record.get(k) is not None},
+    }
     if record.get("dynamic"):
         b = int(record["batch_size"])
         idx = record["indices"]
-        step_ids = [(t + 1, [pool.examples[i].id for i in idx[t * b:(t + 1) * b]]) for t in range((len(idx) + b - 1) // b)]
+        step_ids = [
+            (t + 1, [pool.examples[i].id for i in idx[t * b : (t + 1) * b]]) for t in range((len(idx) + b - 1) // b)
+        ]
         chosen = from_steps(record["method"], pool, step_ids, settings, source, b)
         chosen.budget.update(budget=record.get("budget"), budget_count=record.get("budget_count"))
         return chosen
     rows = [int(i) for i in record["indices"]]
     scores = dict(zip(rows, record["scores"])) if record.get("scores") is not None else None
-    budget = {"rows": len(rows), "budget": record.get("budget"), "budget_count": record.get("budget_count"),
-              "fraction_of_pool": round(len(rows) / len(pool), 6) if len(pool) else 0.0,
-              "training_steps": record.get("steps"), "batch_size": record.get("batch_size")}
-    return Chosen(record["method"], rows, settings, budget, scores=scores, pool_scores=record.get("pool_scores"),
-                  source=source)
+    budget = {
+        "rows": len(rows),
+        "budget": record.get("budget"),
+        "budget_count": record.get("budget_count"),
+        "fraction_of_pool": round(len(rows) / len(pool), 6) if len(pool) else 0.0,
+        "training_steps": record.get("steps"),
+        "batch_size": record.get("batch_size"),
+    }
+    return Chosen(
+        record["method"], rows, settings, budget, scores=scores, pool_scores=record.get("pool_scores"), source=source
+    )
 
 
 BASELINE_FILE = "selection.json"
@@ -178,52 +203,108 @@ def class_shares(chosen: Chosen, classes: np.ndarray | None) -> list[dict] | Non
     counts = np.bincount(np.asarray(classes)[chosen.rows], minlength=int(classes.max()) + 1) if len(classes) else []
     base = np.bincount(classes, minlength=len(counts))
     total = max(len(chosen.rows), 1)
-    return [{"class": c, "rows": int(counts[c]), "share": round(float(counts[c]) / total, 6),
-             "pool_share": round(float(base[c]) / len(classes), 6)} for c in range(len(counts))]
+    return [
+        {
+            "class": c,
+            "rows": int(counts[c]),
+            "share": round(float(counts[c]) / total, 6),
+            "pool_share": round(float(base[c]) / len(classes), 6),
+        }
+        for c in range(len(counts))
+    ]
 
 
 def card(pool: Pool, chosen: Chosen, layout: str, fmt: str, shares: list[dict] | None, command: str) -> str:
     from .. import __version__
 
     facts = {
-        "method": chosen.method, "settings": chosen.settings,
-        "pool": {"source": [str(s) for s in pool.sources], "format": pool.format, "fingerprint": pool.fingerprint,
-                 "size": len(pool)},
-        "budget": chosen.budget, "class_shares": shares, "layout": layout, "format": fmt,
-        "selection_source": chosen.source, "command": command, "raise_select_version": __version__,
+        "method": chosen.method,
+        "settings": chosen.settings,
+        "pool": {
+            "source": [str(s) for s in pool.sources],
+            "format": pool.format,
+            "fingerprint": pool.fingerprint,
+            "size": len(pool),
+        },
+        "budget": chosen.budget,
+        "class_shares": shares,
+        "layout": layout,
+        "format": fmt,
+        "selection_source": chosen.source,
+        "command": command,
+        "raise_select_version": __version__,
     }
-    header = yaml.safe_dump({"tags": ["raise-select", "instruction-tuning", "data-selection"],
-                             "raise_select": json.loads(json.dumps(facts, default=str))}, sort_keys=False, width=10_000)
-    kind = ("per-step choices (`times_selected`, `steps`)" if chosen.steps is not None
-            else "the method's score of every pool row (`score`; null where the method gives none)")
+    header = yaml.safe_dump(
+        {
+            "tags": ["raise-select", "instruction-tuning", "data-selection"],
+            "raise_select": json.loads(json.dumps(facts, default=str)),
+        },
+        sort_keys=False,
+        width=10_000,
+    )
+    kind = (
+        "per-step choices (`times_selected`, `steps`)"
+        if chosen.steps is not None
+        else "the method's score of every pool row (`score`; null where the method gives none)"
+    )
     lines = [
-        "---", header.rstrip(), "---", "",
-        f"# {chosen.method} selection of {len(chosen.rows)} rows from a pool of {len(pool)}", "",
-        f"Chosen by `{chosen.method}` with raise-select {__version__}, from `{chosen.source}`.", "",
-        "| | |", "|---|---|",
-        f"| pool | {', '.join(f'`{s}`' for s in pool.sources) or 'given in memory'} ({pool.format}, {len(pool)} rows) |",
+        "---",
+        header.rstrip(),
+        "---",
+        "",
+        f"# {chosen.method} selection of {len(chosen.rows)} rows from a pool of {len(pool)}",
+        "",
+        f"Chosen by `{chosen.method}` with raise-select {__version__}, from `{chosen.source}`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| pool | {', '.join(f'`{s}`' for s in pool.sources) or 'given in memory'} "
+        f"({pool.format}, {len(pool)} rows) |",
         f"| pool fingerprint | `{pool.fingerprint}` |",
         *(f"| {k.replace('_', ' ')} | {v} |" for k, v in chosen.budget.items() if v is not None),
         f"| rows here | {len(chosen.rows)}, in order of first choice ({fmt} records) |",
-        f"| made by | `{command}` |", "",
-        "## Settings", "", "```yaml", yaml.safe_dump(json.loads(json.dumps(chosen.settings, default=str)),
-                                                      sort_keys=False).rstrip(), "```", "",
-        "## Share per class", "",
+        f"| made by | `{command}` |",
+        "",
+        "## Settings",
+        "",
+        "```yaml",
+        yaml.safe_dump(json.loads(json.dumps(chosen.settings, default=str)), sort_keys=False).rstrip(),
+        "```",
+        "",
+        "## Share per class",
+        "",
     ]
     if shares is None:
         lines += ["No feature table was given, so the rows' classes are not known.", ""]
     else:
-        lines += ["| class | rows | share | share of the pool |", "|---|---|---|---|",
-                  *(f"| {s['class']} | {s['rows']} | {s['share']:.3f} | {s['pool_share']:.3f} |" for s in shares), ""]
-    lines += [f"`{SCORES_FILE}` holds every pool row (`index`, `id`, `chosen`, `rank`, `class` when known) "
-              f"with {kind}.", ""]
+        lines += [
+            "| class | rows | share | share of the pool |",
+            "|---|---|---|---|",
+            *(f"| {s['class']} | {s['rows']} | {s['share']:.3f} | {s['pool_share']:.3f} |" for s in shares),
+            "",
+        ]
+    lines += [
+        f"`{SCORES_FILE}` holds every pool row (`index`, `id`, `chosen`, `rank`, `class` when known) with {kind}.",
+        "",
+    ]
     if layout == "llamafactory":
-        lines += ["## Train with LLaMA-Factory", "",
-                  "`dataset_info.json` names this subset; in the training YAML set "
-                  f"`dataset_dir: <this folder>` and `dataset: {llamafactory_name(chosen)}`.", ""]
+        lines += [
+            "## Train with LLaMA-Factory",
+            "",
+            "`dataset_info.json` names this subset; in the training YAML set "
+            f"`dataset_dir: <this folder>` and `dataset: {llamafactory_name(chosen)}`.",
+            "",
+        ]
     else:
-        lines += ["## Load", "", "```python", "from datasets import load_from_disk",
-                  "subset = load_from_disk('<this folder>')", "```", ""]
+        lines += [
+            "## Load",
+            "",
+            "```python",
+            "from datasets import load_from_disk",
+            "subset = load_from_disk('<this folder>')",
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -234,15 +315,28 @@ def llamafactory_name(chosen: Chosen) -> str:
 def llamafactory_entry(fmt: str) -> dict:
     """The `dataset_info.json` entry of `data.json` (LLaMA-Factory's data/README.md)."""
     if fmt == "alpaca":
-        return {"file_name": DATA_FILE, "formatting": "alpaca",
-                "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
-    return {"file_name": DATA_FILE, "formatting": "sharegpt", "columns": {"messages": "conversations"},
-            "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                     "system_tag": "system"}}
+        return {
+            "file_name": DATA_FILE,
+            "formatting": "alpaca",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        }
+    return {
+        "file_name": DATA_FILE,
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations"},
+        "tags": {
+            "role_tag": "from",
+            "content_tag": "value",
+            "user_tag": "human",
+            "assistant_tag": "gpt",
+            "system_tag": "system",
+        },
+    }
 
 
-def publish(pool: Pool, chosen: Chosen, out: str | Path, command: str, fmt: str | None = None,
-            features: str | None = None) -> Path:
+def publish(
+    pool: Pool, chosen: Chosen, out: str | Path, command: str, fmt: str | None = None, features: str | None = None
+) -> Path:
     """Write the folder `out` (replaced as a whole once complete). `command` is the command
     line that made it (`config.command_line`); `fmt`: a record format (a `datasets` folder in
     it; default the pool's) or `llamafactory`."""
@@ -266,7 +360,8 @@ def publish(pool: Pool, chosen: Chosen, out: str | Path, command: str, fmt: str 
         tmp.mkdir(parents=True)
         (tmp / DATA_FILE).write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         (tmp / "dataset_info.json").write_text(
-            json.dumps({llamafactory_name(chosen): llamafactory_entry(record_fmt)}, indent=2) + "\n", encoding="utf-8")
+            json.dumps({llamafactory_name(chosen): llamafactory_entry(record_fmt)}, indent=2) + "\n", encoding="utf-8"
+        )
     else:
         for rank, (row, rec) in enumerate(zip(chosen.rows, records)):
             rec["id"] = pool.examples[row].id
@@ -280,8 +375,9 @@ def publish(pool: Pool, chosen: Chosen, out: str | Path, command: str, fmt: str 
     import pyarrow.parquet as pq
 
     pq.write_table(scores_table(pool, chosen, classes), tmp / SCORES_FILE)
-    (tmp / CARD_FILE).write_text(card(pool, chosen, layout, record_fmt, class_shares(chosen, classes), command),
-                                 encoding="utf-8")
+    (tmp / CARD_FILE).write_text(
+        card(pool, chosen, layout, record_fmt, class_shares(chosen, classes), command), encoding="utf-8"
+    )
     old = out.parent / f".{out.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():

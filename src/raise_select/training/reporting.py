@@ -60,11 +60,16 @@ class Reporter:
             try:
                 import wandb
             except ImportError:
-                raise UserError("report_to wandb: the wandb package is not installed; "
-                                "pip install 'raise-select[wandb]'") from None
+                raise UserError(
+                    "report_to wandb: the wandb package is not installed; pip install 'raise-select[wandb]'"
+                ) from None
             self.out.mkdir(parents=True, exist_ok=True)
-            self._wandb = wandb.init(project=os.environ.get(WANDB_PROJECT_ENV) or DEFAULT_PROJECT,
-                                     name=self.out.resolve().name, dir=str(self.out), config=config or {})
+            self._wandb = wandb.init(
+                project=os.environ.get(WANDB_PROJECT_ENV) or DEFAULT_PROJECT,
+                name=self.out.resolve().name,
+                dir=str(self.out),
+                config=config or {},
+            )
             for family in ("step", "round"):
                 self._wandb.define_metric(f"{family}/x")
                 self._wandb.define_metric(f"{family}/*", step_metric=f"{family}/x")

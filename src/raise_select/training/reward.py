@@ -100,10 +100,14 @@ class Validator:
         self.accelerator = accelerator
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         mine = range(rank, len(examples), world)
-        self._encoded = {i: encode_example(examples[i], tokenizer, template, max_length) for i in mine} if self.user_fn is None else {}
+        self._encoded = (
+            {i: encode_example(examples[i], tokenizer, template, max_length) for i in mine}
+            if self.user_fn is None
+            else {}
+        )
         # Batches of similar lengths waste little on padding; the metrics do not depend on the order.
         self._mine = sorted(mine, key=lambda i: -len(self._encoded[i].input_ids)) if self._encoded else list(mine)
-        self._collated: list[dict[str, torch.Tensor]] | None = None   # neg_loss batches, built on first use
+        self._collated: list[dict[str, torch.Tensor]] | None = None  # neg_loss batches, built on first use
 
     def __call__(self, model) -> float:
         acc = self.accelerator
@@ -185,8 +189,9 @@ class Validator:
                 per_row.index_add_(0, mask.nonzero()[:, 0], tok_loss)
             else:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-                per_row = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                                          reduction="none").sum(dim=1)
+                per_row = F.cross_entropy(
+                    logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+                ).sum(dim=1)
             rows.append((per_row / mask.sum(dim=1)).double().cpu())
         return torch.cat(rows).numpy() if rows else np.zeros(0)
 
@@ -219,6 +224,8 @@ class Validator:
 def check_finite(value: float, where: str) -> float:
     """`value` of P, refused when it is NaN or infinite (no reward or stage state can use it)."""
     if not math.isfinite(value):
-        raise UserError(f"{where}: validation performance P is {value}, so no reward or stage state can use it; "
-                        "lower the learning rate or check the validation set and metric")
+        raise UserError(
+            f"{where}: validation performance P is {value}, so no reward or stage state can use it; "
+            "lower the learning rate or check the validation set and metric"
+        )
     return value

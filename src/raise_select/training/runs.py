@@ -1,15 +1,15 @@
 """The run folder of `train-policy` and `finetune`, and round checkpoints for resuming.
 
-    <out>/config.yaml              resolved config
-    <out>/run.log                  log
-    <out>/metrics.jsonl            one line per step ("kind": "step") and per round ("kind": "round")
-    <out>/tensorboard/, <out>/wandb/  the same scalars, with report_to (see `reporting`)
-    <out>/policy/                  RaisePolicy.save after every finished round
-    <out>/selections/round_<k>.jsonl  per-step selections of round k (train-policy)
-    <out>/selections.jsonl         per-step selections (finetune)
-    <out>/plots/*.png              P over steps per round, return over rounds
-    <out>/checkpoint/round_<k>/    policy + critic + optimizers + RNG states after round k
-    <out>/checkpoint/latest.json   the last finished round (written last: the commit point)
+<out>/config.yaml              resolved config
+<out>/run.log                  log
+<out>/metrics.jsonl            one line per step ("kind": "step") and per round ("kind": "round")
+<out>/tensorboard/, <out>/wandb/  the same scalars, with report_to (see `reporting`)
+<out>/policy/                  RaisePolicy.save after every finished round
+<out>/selections/round_<k>.jsonl  per-step selections of round k (train-policy)
+<out>/selections.jsonl         per-step selections (finetune)
+<out>/plots/*.png              P over steps per round, return over rounds
+<out>/checkpoint/round_<k>/    policy + critic + optimizers + RNG states after round k
+<out>/checkpoint/latest.json   the last finished round (written last: the commit point)
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 class RunFolder:
     """Writes a run's files; only the main process writes (the others get `enabled=False`)."""
 
-    def __init__(self, out: str | Path, enabled: bool = True, report_to: list[str] | None = None,
-                 config: dict | None = None):
+    def __init__(
+        self, out: str | Path, enabled: bool = True, report_to: list[str] | None = None, config: dict | None = None
+    ):
         self.out = Path(out)
         self.enabled = enabled
         self._report = None
@@ -111,11 +112,16 @@ class RunFolder:
         if self._report is not None:
             if record["kind"] == "step":
                 x = record["round"] * record["steps"] + record["step"]
-                self._report.log("step", {k: record[k] for k in ("P", "reward", "loss") if record.get(k) is not None}, x)
+                self._report.log(
+                    "step", {k: record[k] for k in ("P", "reward", "loss") if record.get(k) is not None}, x
+                )
             else:  # a round, or a record of its own kind (the reference episode, finetune's summary) at 0
                 family = "round" if "round" in record else record["kind"]
-                self._report.log(family, {k: v for k, v in record.items() if isinstance(v, (int, float))
-                                          and k not in ("round", "kind")}, record.get("round", 0))
+                self._report.log(
+                    family,
+                    {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("round", "kind")},
+                    record.get("round", 0),
+                )
 
     def read_metrics(self) -> list[dict]:
         path = self.out / "metrics.jsonl"
@@ -152,9 +158,14 @@ class RunFolder:
             latest = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             latest = None
-        if not (isinstance(latest, dict) and isinstance(latest.get("rounds_done"), int) and isinstance(latest.get("folder"), str)):
-            raise UserError(f"{path}: damaged checkpoint pointer; use a new --out (or delete {path.parent} to start "
-                            "this run over)")
+        if not (
+            isinstance(latest, dict)
+            and isinstance(latest.get("rounds_done"), int)
+            and isinstance(latest.get("folder"), str)
+        ):
+            raise UserError(
+                f"{path}: damaged checkpoint pointer; use a new --out (or delete {path.parent} to start this run over)"
+            )
         return latest
 
     def save_checkpoint(self, rounds_done: int, save_policy: Callable[[Path], None], state: dict) -> None:

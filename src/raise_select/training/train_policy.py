@@ -22,8 +22,15 @@ import torch
 from ..config import check_fields
 from ..errors import UserError
 from ..policy.agent import PolicyConfig
-from .episode import (EpisodeConfig, RandomBatches, format_timing, run_episode, selection_stats, share_from_main,
-                      start_episode_job)
+from .episode import (
+    EpisodeConfig,
+    RandomBatches,
+    format_timing,
+    run_episode,
+    selection_stats,
+    share_from_main,
+    start_episode_job,
+)
 from .runs import random_episode_generator, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -41,9 +48,11 @@ class TrainPolicyConfig(EpisodeConfig):
         decisions = -(-self.steps // self.select_every)  # the policy's steps per round: ceil(T / M)
         check_fields(self, [(self.rounds >= 1, "rounds", "must be >= 1")], "train-policy")
         if self.policy.minibatches > decisions:
-            raise UserError(f"invalid train-policy settings: policy.minibatches = {self.policy.minibatches} is more "
-                            f"than the {decisions} policy step(s) of a round (steps {self.steps}, select_every "
-                            f"{self.select_every}), and a minibatch needs at least one; use at most {decisions}")
+            raise UserError(
+                f"invalid train-policy settings: policy.minibatches = {self.policy.minibatches} is more "
+                f"than the {decisions} policy step(s) of a round (steps {self.steps}, select_every "
+                f"{self.select_every}), and a minibatch needs at least one; use at most {decisions}"
+            )
 
 
 # Fields that may change between a run and its resumption without changing the result.
@@ -61,9 +70,15 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     from ..policy import RaisePolicy, RolloutBuffer
     from ..policy.provenance import trained_on, write_trained_on
 
-    job = start_episode_job(cfg, accelerator, ("pool", "features", "model", "val", "out"), cfg.policy.per_class,
-                            lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
-                            resumable=RESUMABLE_CHANGES, prior=cfg.policy.prior)
+    job = start_episode_job(
+        cfg,
+        accelerator,
+        ("pool", "features", "model", "val", "out"),
+        cfg.policy.per_class,
+        lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
+        resumable=RESUMABLE_CHANGES,
+        prior=cfg.policy.prior,
+    )
     acc, run, pool, static, policy, batch = job.accelerator, job.run, job.pool, job.static, job.policy, job.batch
     trainer, validator, p0 = job.trainer, job.validator, job.p0
 
@@ -97,16 +112,39 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         # draws). Its per-step rewards start the step baseline; every round's return is shown
         # against its return.
         trainer.reset()
-        ref = run_episode(trainer, validator, RandomBatches(static, batch), pool, cfg.steps, cfg.select_every,
-                          explore=True, generator=random_episode_generator(cfg.seed),
-                          p0=p0, where="reference (random batches)", on_step=lambda metrics, selection: None)
+        ref = run_episode(
+            trainer,
+            validator,
+            RandomBatches(static, batch),
+            pool,
+            cfg.steps,
+            cfg.select_every,
+            explore=True,
+            generator=random_episode_generator(cfg.seed),
+            p0=p0,
+            where="reference (random batches)",
+            on_step=lambda metrics, selection: None,
+        )
         reference = {"return": ref.ret, "final_P": ref.final_p, "rewards": ref.rewards, "time": ref.time}
         if acc.is_main_process:
             policy.observe_episode(ref.rewards)
-        run.metric({"kind": "reference", "return": ref.ret, "P0": p0, "final_P": ref.final_p,
-                    "mean_loss": ref.mean_loss, "rewards": ref.rewards, "time": ref.time})
-        log.info("reference episode (uniformly random batches): return %+.5f, P(M_T) %.5f | %s",
-                 ref.ret, ref.final_p, format_timing(ref.time))
+        run.metric(
+            {
+                "kind": "reference",
+                "return": ref.ret,
+                "P0": p0,
+                "final_P": ref.final_p,
+                "mean_loss": ref.mean_loss,
+                "rewards": ref.rewards,
+                "time": ref.time,
+            }
+        )
+        log.info(
+            "reference episode (uniformly random batches): return %+.5f, P(M_T) %.5f | %s",
+            ref.ret,
+            ref.final_p,
+            format_timing(ref.time),
+        )
 
     for k in range(first_round, cfg.rounds):
         trainer.reset()
@@ -120,41 +158,89 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
             write_selection(selection)
             batches.append(selection["indices"])
 
-        result = run_episode(trainer, validator, policy, pool, cfg.steps, cfg.select_every, explore=True,
-                             generator=generator, p0=p0, where=f"round {k}", on_step=on_step, buffer=buffer)
+        result = run_episode(
+            trainer,
+            validator,
+            policy,
+            pool,
+            cfg.steps,
+            cfg.select_every,
+            explore=True,
+            generator=generator,
+            p0=p0,
+            where=f"round {k}",
+            on_step=on_step,
+            buffer=buffer,
+        )
         start = time.perf_counter()
         stats = policy.update(buffer, last_value=0.0) if acc.is_main_process else {}
         ppo_time = time.perf_counter() - start
         timing = {**result.time, "ppo": ppo_time}
         phi = len(pool) / batch * result.time["train"] / cfg.steps
         vs_reference = result.ret - reference["return"]
-        summary = {"kind": "round", "round": k, "return": result.ret, "reference_return": reference["return"],
-                   "vs_reference": vs_reference, "P0": p0, "final_P": result.final_p, "mean_loss": result.mean_loss,
-                   **{key: v for key, v in stats.items() if key not in ("return", "steps")},
-                   "selection": selection_stats(batches, static.classes, static.num_classes),
-                   "time": timing, "cost_phi": sum(timing.values()) / max(phi, 1e-12)}
+        summary = {
+            "kind": "round",
+            "round": k,
+            "return": result.ret,
+            "reference_return": reference["return"],
+            "vs_reference": vs_reference,
+            "P0": p0,
+            "final_P": result.final_p,
+            "mean_loss": result.mean_loss,
+            **{key: v for key, v in stats.items() if key not in ("return", "steps")},
+            "selection": selection_stats(batches, static.classes, static.num_classes),
+            "time": timing,
+            "cost_phi": sum(timing.values()) / max(phi, 1e-12),
+        }
         run.metric(summary)
-        history.append({"round": k, "steps": result.steps, "P": result.perf, "return": result.ret,
-                        "cost_phi": summary["cost_phi"]})
-        log.info("round %d/%d: return %+.5f (random batches %+.5f: %+.5f), P(M_T) %.5f, KL %.4f, entropy %.3f, "
-                 "cost %.2f Phi | %s", k + 1, cfg.rounds, result.ret, reference["return"], vs_reference, result.final_p,
-                 stats.get("approx_kl", float("nan")), stats.get("entropy", float("nan")), summary["cost_phi"],
-                 format_timing(timing))
+        history.append(
+            {"round": k, "steps": result.steps, "P": result.perf, "return": result.ret, "cost_phi": summary["cost_phi"]}
+        )
+        log.info(
+            "round %d/%d: return %+.5f (random batches %+.5f: %+.5f), P(M_T) %.5f, KL %.4f, entropy %.3f, "
+            "cost %.2f Phi | %s",
+            k + 1,
+            cfg.rounds,
+            result.ret,
+            reference["return"],
+            vs_reference,
+            result.final_p,
+            stats.get("approx_kl", float("nan")),
+            stats.get("entropy", float("nan")),
+            summary["cost_phi"],
+            format_timing(timing),
+        )
         run.save_policy(save)
-        run.save_checkpoint(k + 1, save, {"rounds_done": k + 1, "policy": policy.training_state(),
-                                                 "rng": rng_state(generator), "history": history,
-                                                 "reference": reference})
+        run.save_checkpoint(
+            k + 1,
+            save,
+            {
+                "rounds_done": k + 1,
+                "policy": policy.training_state(),
+                "rng": rng_state(generator),
+                "history": history,
+                "reference": reference,
+            },
+        )
         run.plot(history, reference_return=reference["return"])
     if history and reference is not None:
-        last = history[-min(3, len(history)):]
+        last = history[-min(3, len(history)) :]
         mean_last = sum(r["return"] for r in last) / len(last)
         total_phi = sum(r.get("cost_phi", 0.0) for r in history)
-        log.info("policy training: %d rounds, %.1f Phi in all (Phi = one epoch of plain training over the pool)",
-                 len(history), total_phi)
+        log.info(
+            "policy training: %d rounds, %.1f Phi in all (Phi = one epoch of plain training over the pool)",
+            len(history),
+            total_phi,
+        )
         if mean_last <= reference["return"]:
-            log.warning("the policy is not above the reference: mean return of the last %d rounds %+.5f <= %+.5f of "
-                        "uniformly random batches; more rounds, a larger validation set or the settings in "
-                        "docs/policy.md may help", len(last), mean_last, reference["return"])
+            log.warning(
+                "the policy is not above the reference: mean return of the last %d rounds %+.5f <= %+.5f of "
+                "uniformly random batches; more rounds, a larger validation set or the settings in "
+                "docs/policy.md may help",
+                len(last),
+                mean_last,
+                reference["return"],
+            )
     run.close()
     acc.wait_for_everyone()
     return run.out / "policy"
