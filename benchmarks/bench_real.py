@@ -53,6 +53,7 @@ from raise_select.logs import setup_logging
 from raise_select.policy.agent import PAPER
 from raise_select.progress import progress_bar
 from raise_select.reports.intervals import Interval, gain_interval
+from raise_select.reports.study import ROW_LABELS
 
 log = logging.getLogger("bench_real")
 
@@ -68,18 +69,8 @@ RAISE_VARIANTS = {
     "raise_paper": dict(PAPER),  # the paper's literal form (appendix A.2, eq. 2-12)
 }
 LABELS = {
+    **ROW_LABELS,  # the study's row names
     "full": "100%",
-    "random": "RAND",
-    "ifd": "IFD",
-    "deita": "DEITA",
-    "alpagasus": "AlpaGasus",
-    "sspl": "SSPL",
-    "less": "LESS",
-    "rose": "ROSE",
-    "rds": "RDS+",
-    "embed": "EMBED",
-    "greats": "GREATS",
-    "rho": "RHO-LOSS",
     "raise": "RAISE (+RDS+ prior)",
     "raise_noprior": "RAISE (defaults)",
     "raise_paper": "RAISE (paper)",
