@@ -38,7 +38,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ import numpy as np
 from raise_select.baselines import BASELINES, needs_features, needs_rds_vectors
 from raise_select.baselines.run import BaselineConfig, run_baseline
 from raise_select.data.pools import load_pool, subsample_to_file, to_format
+from raise_select.data.topics import TOPIC_RULES, on_topic_share, topic_labels
 from raise_select.data.validation import load_validation
 from raise_select.errors import UserError
 from raise_select.io import fingerprint, write_json_atomic, write_text_atomic
@@ -53,6 +54,7 @@ from raise_select.logs import setup_logging
 from raise_select.policy.agent import PAPER
 from raise_select.progress import progress_bar
 from raise_select.reports.intervals import Interval, gain_interval
+from raise_select.reports.method_stats import chosen_ids
 from raise_select.reports.study import ROW_LABELS
 
 log = logging.getLogger("bench_real")
@@ -90,6 +92,13 @@ ORDER = (
     "rose",
     *RAISE_VARIANTS,
 )
+
+
+def cell_name(method: str, target: str | None, seed: int) -> str:
+    """A cell's folder under <out>/cells: `<method>[@<target>][-s<seed>]` (seeds for the rows that
+    run several)."""
+    suffix = f"-s{seed}" if method == "random" or method in RAISE_VARIANTS else ""
+    return f"{method}{f'@{target}' if target else ''}{suffix}"
 
 
 @dataclass
@@ -221,12 +230,24 @@ class Bench:
         for m in sorted(dict.fromkeys(cfg.methods), key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
             seeds = cfg.seeds if m == "random" else cfg.raise_seeds if m in RAISE_VARIANTS else [cfg.seed]
             for s in seeds:
-                suffix = f"-s{s}" if m == "random" or m in RAISE_VARIANTS else ""
-                if m in UNTARGETED:
-                    out.append((f"{m}{suffix}", m, None, s))
-                else:
-                    out += [(f"{m}@{t}{suffix}", m, t, s) for t in cfg.targets]
+                targets = [None] if m in UNTARGETED else cfg.targets
+                out += [(cell_name(m, t, s), m, t, s) for t in targets]
         return out
+
+    def chosen(self, name: str, method: str, bcfg: BaselineConfig | None = None) -> list[str] | None:
+        """The pool ids a finished cell trained on (each time it was in a batch), read from its
+        selection file. A baseline cell whose file is gone (a cell copied from a committed run)
+        is selected again without training: the same settings and seed give the same rows.
+        None when unknown (a RAISE or online cell whose selection log is gone: redoing it means
+        training again)."""
+        cell_dir = self.out / "cells" / name
+        kind = "raise" if method in RAISE_VARIANTS else method
+        ids = chosen_ids(cell_dir, kind, self.pool)
+        if ids is None and bcfg is not None and not getattr(BASELINES[method], "online", False):
+            log.info("cell %s: selecting again (no training) to count its on-topic rows", name)
+            run_baseline(replace(bcfg, train=False), self.options.get(method, {}))
+            ids = chosen_ids(cell_dir, kind, self.pool)
+        return ids
 
     def run_cell(self, name: str, method: str, target: str | None, seed: int, features: str) -> dict:
         if method in RAISE_VARIANTS:
@@ -258,6 +279,9 @@ class Bench:
                 "model": str(cell_dir / "model"),
                 "evals": {},
             }
+            write_json_atomic(path, record)
+        if "chosen" not in record and method != "full":  # the 100% row trains on the whole pool
+            record["chosen"] = self.chosen(name, method, bcfg)
             write_json_atomic(path, record)
         for t in [target] if target else self.cfg.targets:
             self.evaluate(record, t, path)
@@ -352,6 +376,9 @@ class Bench:
                 "model": str(model_dir),
                 "evals": {},
             }
+            write_json_atomic(path, record)
+        if record.get("chosen") is None:
+            record["chosen"] = self.chosen(name, method)
             write_json_atomic(path, record)
         self.evaluate(record, target, path)
         return record
@@ -451,6 +478,7 @@ class Bench:
                             Interval(ref["gain"], ref["low"], ref["high"], "")
                         )
                     )
+        topics = self.topic_shares(records)
         md = markdown(
             rows,
             cfg,
@@ -461,7 +489,7 @@ class Bench:
             len(self.pool),
             records[0]["steps"] if records else None,
             [m for m in rows if self.reads_features(m)],
-        )
+        ) + topic_markdown(topics, cfg.targets)
         return {
             "config": asdict(cfg),
             "phi_seconds": phi,
@@ -469,8 +497,29 @@ class Bench:
             "featurize_seconds": feat_seconds,
             "base_loss": {t: float(np.mean(v)) for t, v in base_losses.items()},
             "rows": rows,
+            "topics": topics,
             "markdown": md,
         }
+
+    def topic_shares(self, records: list[dict]) -> dict:
+        """Per target: the pool's on-topic base rate (`data.topics`) and, per method, the mean
+        on-topic share of the rows its cells trained on, with the number of cells counted."""
+        out = {}
+        for t in self.cfg.targets:
+            labels = topic_labels(t, self.pool.examples)
+            per: dict[str, list[float]] = {}
+            for r in records:
+                if r["target"] not in (None, t):
+                    continue
+                ids = list(self.pool.ids) if r["method"] == "full" else r.get("chosen")
+                if ids:
+                    per.setdefault(r["method"], []).append(on_topic_share(ids, labels))
+            out[t] = {
+                "rule": TOPIC_RULES[t][0],
+                "pool": on_topic_share(self.pool.ids, labels),
+                "methods": {m: {"share": float(np.mean(v)), "cells": len(v)} for m, v in per.items()},
+            }
+        return out
 
 
 def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, steps, readers) -> str:
@@ -507,6 +556,25 @@ def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, ste
         "their cost is per target.",
     ]
     return "\n".join(lines + notes) + "\n"
+
+
+def topic_markdown(topics: dict, targets: list[str]) -> str:
+    """The on-topic table: the pool's base rate, then each method's share per target."""
+    methods = [m for m in ("full", *ORDER) if any(m in topics[t]["methods"] for t in targets)]
+    head = "| rows trained on | " + " | ".join(f"{t}: {topics[t]['rule']}" for t in targets) + " |"
+    lines = ["", "On-topic share of the rows each method trained on (`raise_select.data.topics`):", "", head]
+    lines.append("|" + "---|" * (len(targets) + 1))
+    lines.append("| the pool (base rate) | " + " | ".join(f"{100 * topics[t]['pool']:.1f}%" for t in targets) + " |")
+    for m in methods:
+        cells = []
+        for t in targets:
+            c = topics[t]["methods"].get(m)
+            cells.append(
+                "n/a" if c is None else f"{100 * c['share']:.1f}%" + (f" ({c['cells']})" if c["cells"] > 1 else "")
+            )
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    lines.append("\n(n): the mean over n cells (seeds). n/a: no cell whose choices are on record.")
+    return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: Path) -> None:

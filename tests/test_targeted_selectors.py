@@ -314,6 +314,27 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
         for cell in rows[m].values():
             assert cell["low"] <= cell["gain"] <= cell["high"]
     assert (out / "bench_real.png").is_file() and "RDS+" in (out / "bench_real.md").read_text()
+    # On-topic shares: the pool's base rate and each cell's chosen rows, counted by hand.
+    from raise_select.data.pools import load_pool
+    from raise_select.data.quantitative import is_quantitative
+
+    pool = load_pool(out / "pool.jsonl")
+    maths = {e.id for e in pool.examples if is_quantitative(e)}
+    topics = result["topics"]["gsm8k"]
+    assert topics["rule"] == "math" and topics["pool"] == pytest.approx(len(maths) / len(pool))
+    rds_ids = json.loads((out / "cells" / "rds@gsm8k" / "selection.json").read_text())["ids"]
+    assert topics["methods"]["rds"] == {
+        "share": pytest.approx(sum(i in maths for i in rds_ids) / len(rds_ids)),
+        "cells": 1,
+    }
+    raise_ids = [
+        i
+        for line in (out / "cells" / "raise@gsm8k-s0" / "finetune" / "selections.jsonl").open()
+        for i in json.loads(line)["ids"]
+    ]
+    assert len(raise_ids) == raise_cell["steps"] * result["config"]["batch_size"]
+    assert topics["methods"]["raise"]["share"] == pytest.approx(sum(i in maths for i in raise_ids) / len(raise_ids))
+    assert topics["methods"]["random"]["cells"] == 2 and "On-topic share" in (out / "bench_real.md").read_text()
     # The held-out items come from another split than the validation items.
     from raise_select.data.validation import load_validation
 
@@ -335,3 +356,14 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
     before = {p.relative_to(moved): p.read_text() for p in moved.glob("cells/*/cell.json")}
     assert bench_real.main([*argv[: argv.index("--out")], "--out", str(moved), *argv[argv.index("--out") + 2 :]]) == 0
     assert {p.relative_to(moved): p.read_text() for p in moved.glob("cells/*/cell.json")} == before
+    # A copied cell without its selection file (as in a committed run) is selected again, untrained,
+    # to the same rows.
+    cell = moved / "cells" / "rds@gsm8k" / "cell.json"
+    record = json.loads(cell.read_text())
+    chosen = record.pop("chosen")
+    cell.write_text(json.dumps(record))
+    (moved / "cells" / "rds@gsm8k" / "selection.json").unlink()
+    trained = {p: p.stat().st_mtime for p in (moved / "cells" / "rds@gsm8k" / "model").rglob("*")}
+    assert bench_real.main([*argv[: argv.index("--out")], "--out", str(moved), *argv[argv.index("--out") + 2 :]]) == 0
+    assert json.loads(cell.read_text()) == {**record, "chosen": chosen}
+    assert {p: p.stat().st_mtime for p in (moved / "cells" / "rds@gsm8k" / "model").rglob("*")} == trained
