@@ -332,7 +332,7 @@ class Bench:
         training (reference episode + rounds) + fine-tuning, + featurize."""
         from raise_select.baselines.base import budget_count, matched_steps
         from raise_select.policy import PolicyConfig
-        from raise_select.training.finetune import train_and_finetune
+        from raise_select.training.finetune import policy_training_episodes, train_and_finetune
         from raise_select.training.train_policy import TrainPolicyConfig
 
         cfg = self.cfg
@@ -379,6 +379,9 @@ class Bench:
             write_json_atomic(path, record)
         if record.get("chosen") is None:
             record["chosen"] = self.chosen(name, method)
+            write_json_atomic(path, record)
+        if not record.get("policy_episodes"):  # seconds of the reference episode and of each round
+            record["policy_episodes"] = policy_training_episodes(cell_dir / "train_policy" / "metrics.jsonl") or None
             write_json_atomic(path, record)
         self.evaluate(record, target, path)
         return record
@@ -479,17 +482,22 @@ class Bench:
                         )
                     )
         topics = self.topic_shares(records)
-        md = markdown(
-            rows,
-            cfg,
-            base_losses,
-            phi,
-            phi_from,
-            feat_seconds,
-            len(self.pool),
-            records[0]["steps"] if records else None,
-            [m for m in rows if self.reads_features(m)],
-        ) + topic_markdown(topics, cfg.targets)
+        policy_costs = raise_costs(records, phi)
+        md = (
+            markdown(
+                rows,
+                cfg,
+                base_losses,
+                phi,
+                phi_from,
+                feat_seconds,
+                len(self.pool),
+                records[0]["steps"] if records else None,
+                [m for m in rows if self.reads_features(m)],
+            )
+            + cost_markdown(policy_costs)
+            + topic_markdown(topics, cfg.targets)
+        )
         return {
             "config": asdict(cfg),
             "phi_seconds": phi,
@@ -498,6 +506,7 @@ class Bench:
             "base_loss": {t: float(np.mean(v)) for t, v in base_losses.items()},
             "rows": rows,
             "topics": topics,
+            "raise_costs": policy_costs,
             "markdown": md,
         }
 
@@ -556,6 +565,44 @@ def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, ste
         "their cost is per target.",
     ]
     return "\n".join(lines + notes) + "\n"
+
+
+def raise_costs(records: list[dict], phi: float) -> dict:
+    """Per RAISE row: mean seconds of its policy training's reference episode, of one round
+    (over its rounds and cells) and of its fine-tuning, and the same in Φ; the cells whose
+    episode times are on record."""
+    out = {}
+    for m in RAISE_VARIANTS:
+        group = [r for r in records if r["method"] == m and r.get("policy_episodes")]
+        if not group:
+            continue
+        ref = [r["policy_episodes"].get("reference", 0.0) for r in group]
+        rounds = [v for r in group for k, v in r["policy_episodes"].items() if k != "reference"]
+        cost = {
+            "reference": float(np.mean(ref)),
+            "round": float(np.mean(rounds)) if rounds else float("nan"),
+            "rounds": len(rounds) / len(group),
+            "finetune": float(np.mean([r["train_seconds"] for r in group])),
+            "cells": len(group),
+        }
+        cost.update({f"{k}_phi": cost[k] / phi if phi == phi else None for k in ("reference", "round", "finetune")})
+        out[m] = cost
+    return out
+
+
+def cost_markdown(costs: dict) -> str:
+    """One line per RAISE row: what its policy training and fine-tuning cost, per part."""
+
+    def part(m, k):
+        c = costs[m]
+        return f"{c[k]:.0f} s" + (f" ({c[k + '_phi']:.2f} Φ)" if c[k + "_phi"] is not None else "")
+
+    lines = [
+        f"{LABELS[m]}, per seed (mean of {c['cells']} cells): policy training = reference episode "
+        f"{part(m, 'reference')} + {c['rounds']:g} round(s) x {part(m, 'round')}; fine-tuning {part(m, 'finetune')}."
+        for m, c in costs.items()
+    ]
+    return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def topic_markdown(topics: dict, targets: list[str]) -> str:

@@ -179,7 +179,7 @@ def test_policy_training_time_counts_every_run_of_a_resumed_folder(tmp_path):
     time is the episodes' logged seconds (a redone round once, the later line)."""
     import json
 
-    from raise_select.training.finetune import policy_training_seconds
+    from raise_select.training.finetune import policy_training_episodes, policy_training_seconds
 
     lines = [
         {"kind": "reference", "time": {"train": 10.0, "reward": 5.0}},
@@ -191,6 +191,7 @@ def test_policy_training_time_counts_every_run_of_a_resumed_folder(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert policy_training_seconds(path) == pytest.approx(15.0 + 27.0 + 39.0)
+    assert policy_training_episodes(path) == {"reference": 15.0, "round 1": 27.0, "round 2": 39.0}
     with open(path, "a") as f:  # a line cut short by a crash mid-write: dropped
         f.write('{"kind": "round", "round": 3, "ti')
     assert policy_training_seconds(path) == pytest.approx(15.0 + 27.0 + 39.0)

@@ -308,6 +308,18 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
     assert policy["config"]["prior"] == "rds" and policy["dims"]["prior_dim"] == 1
     raise_cell = json.loads((out / "cells" / "raise@gsm8k-s0" / "cell.json").read_text())
     assert raise_cell["select_seconds"] > 0 and raise_cell["train_seconds"] > 0
+    # ... and its cost is also given per part: the reference episode and each round, from its metrics log.
+    from raise_select.training.finetune import policy_training_seconds
+
+    costs = result["raise_costs"]["raise"]
+    cells = [out / "cells" / f"raise@{t}-s0" for t in bench_real.TARGETS]  # one cell per target
+    assert costs["cells"] == 3 and costs["rounds"] == 1
+    assert costs["finetune"] == pytest.approx(
+        np.mean([json.loads((c / "cell.json").read_text())["train_seconds"] for c in cells])
+    )
+    total = np.mean([policy_training_seconds(c / "train_policy" / "metrics.jsonl") for c in cells])
+    assert costs["reference"] + costs["round"] == pytest.approx(total)
+    assert "reference episode" in (out / "bench_real.md").read_text()
     assert set(rows["rds"]) == {"gsm8k", "arc_challenge", "commonsenseqa"}
     assert rows["random"]["gsm8k"]["rule"] == "t over 2 seeds" and rows["rds"]["gsm8k"]["rule"].startswith("bootstrap")
     for m in rows:

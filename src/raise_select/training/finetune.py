@@ -184,19 +184,24 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     return model_dir
 
 
-def policy_training_seconds(metrics: Path) -> float:
-    """The time a train-policy run folder has spent on its episodes, over every run that
-    wrote to it (the reference episode and each round log their train, reward, scoring and
-    PPO seconds): what a resumed run cannot measure with its own clock."""
+def policy_training_episodes(metrics: Path) -> dict[str, float]:
+    """Seconds per episode of a train-policy run folder, over every run that wrote to it (the
+    reference episode and each round log their train, reward, scoring and PPO seconds), keyed
+    `reference` and `round <k>`: what a resumed run cannot measure with its own clock."""
     from ..io import read_jsonl
 
-    episodes: dict[tuple, float] = {}  # a round logged twice (redone after a crash): the later line
+    episodes: dict[str, float] = {}  # a round logged twice (redone after a crash): the later line
     if Path(metrics).is_file():
         for rec in read_jsonl(metrics, what="metrics log"):
             if rec.get("kind") in ("reference", "round"):
-                key = (rec["kind"], rec.get("round"))
+                key = "reference" if rec["kind"] == "reference" else f"round {rec.get('round')}"
                 episodes[key] = sum(v for v in (rec.get("time") or {}).values() if isinstance(v, (int, float)))
-    return sum(episodes.values())
+    return episodes
+
+
+def policy_training_seconds(metrics: Path) -> float:
+    """The time a train-policy run folder has spent on its episodes (`policy_training_episodes`)."""
+    return sum(policy_training_episodes(metrics).values())
 
 
 def train_and_finetune(tp, out: str | Path) -> tuple[Path, float, float]:
