@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raise_select.baselines import BASELINES, needs_features, needs_rds_vectors
+from raise_select.baselines import BASELINES, needs_features
 from raise_select.baselines.run import BaselineConfig, run_baseline
 from raise_select.data.pools import load_pool, subsample_to_file, to_format
 from raise_select.data.topics import TOPIC_RULES, on_topic_share, topic_labels
@@ -196,18 +196,14 @@ class Bench:
         RAISE's state always does)."""
         return method in RAISE_VARIANTS or needs_features(method, self.options.get(method, {}))
 
-    def reads_rds_vectors(self, method: str) -> bool:
-        if method in RAISE_VARIANTS:
-            return RAISE_VARIANTS[method].get("prior") == "rds"
-        return needs_rds_vectors(method, self.options.get(method, {}))
-
     def features(self) -> tuple[str, float]:
-        """The featurized pool (with RDS+ vectors when a method reads them) and its scoring
-        seconds over every resume."""
+        """The featurized pool and its scoring seconds over every resume. The RDS+ vectors come
+        from the same forward pass, so they are always kept: a run with other `--methods` then
+        asks for the same features and reuses them (asking without them would featurize again
+        and drop the stored shards)."""
         from raise_select.features.featurize import FeaturizeConfig, featurize
 
         out = self.out / "features"
-        rds = any(self.reads_rds_vectors(m) for m in self.cfg.methods)
         table = featurize(
             FeaturizeConfig(
                 pool=str(self.pool_path),
@@ -216,7 +212,7 @@ class Bench:
                 max_length=self.cfg.max_length,
                 classes=self.cfg.classes,
                 seed=self.cfg.seed,
-                rds=rds,
+                rds=True,
                 shard_size=256,
             )
         )
@@ -330,14 +326,13 @@ class Bench:
         finetune with the policy for the matched steps; the policy's reward is the validation
         loss on `raise_val_size` examples of the target's validation sample. Cost: policy
         training (reference episode + rounds) + fine-tuning, + featurize."""
-        from raise_select.baselines.base import budget_count, matched_steps
         from raise_select.policy import PolicyConfig
         from raise_select.training.finetune import policy_training_episodes, train_and_finetune
         from raise_select.training.train_policy import TrainPolicyConfig
 
         cfg = self.cfg
         cell_dir = self.out / "cells" / name
-        steps = matched_steps(budget_count(cfg.budget, len(self.pool)), cfg.batch_size, 3)
+        steps = self.matched_steps()
         tp = TrainPolicyConfig(
             pool=str(self.pool_path),
             features=features,
@@ -379,6 +374,9 @@ class Bench:
             write_json_atomic(path, record)
         if record.get("chosen") is None:
             record["chosen"] = self.chosen(name, method)
+            write_json_atomic(path, record)
+        if "chosen_by_policy" not in record:  # without the random batches between its choices
+            record["chosen_by_policy"] = chosen_ids(cell_dir, "raise", self.pool, policy_only=True)
             write_json_atomic(path, record)
         if not record.get("policy_episodes"):  # seconds of the reference episode and of each round
             record["policy_episodes"] = policy_training_episodes(cell_dir / "train_policy" / "metrics.jsonl") or None
@@ -434,6 +432,12 @@ class Bench:
         if records:
             plot(result, self.out / "bench_real.png")
         return result
+
+    def matched_steps(self) -> int:
+        """The steps of every selector's cell: 3 epochs over the budget (`baselines.base`)."""
+        from raise_select.baselines.base import budget_count, matched_steps
+
+        return matched_steps(budget_count(self.cfg.budget, len(self.pool)), self.cfg.batch_size, 3)
 
     def table(self, records: list[dict], base_losses: dict, feat_seconds: float) -> dict:
         cfg = self.cfg
@@ -492,7 +496,7 @@ class Bench:
                 phi_from,
                 feat_seconds,
                 len(self.pool),
-                records[0]["steps"] if records else None,
+                self.matched_steps(),
                 [m for m in rows if self.reads_features(m)],
             )
             + cost_markdown(policy_costs)
@@ -512,7 +516,9 @@ class Bench:
 
     def topic_shares(self, records: list[dict]) -> dict:
         """Per target: the pool's on-topic base rate (`data.topics`) and, per method, the mean
-        on-topic share of the rows its cells trained on, with the number of cells counted."""
+        on-topic share of the rows its cells trained on, with the number of cells counted. A RAISE
+        row also gets `<method>:policy`, the rows of the batches its policy chose (without the
+        random batches between its choices under `--raise-select-every`)."""
         out = {}
         for t in self.cfg.targets:
             labels = topic_labels(t, self.pool.examples)
@@ -523,6 +529,9 @@ class Bench:
                 ids = list(self.pool.ids) if r["method"] == "full" else r.get("chosen")
                 if ids:
                     per.setdefault(r["method"], []).append(on_topic_share(ids, labels))
+                own = r.get("chosen_by_policy")
+                if own and len(own) < len(ids or []):
+                    per.setdefault(r["method"] + ":policy", []).append(on_topic_share(own, labels))
             out[t] = {
                 "rule": TOPIC_RULES[t][0],
                 "pool": on_topic_share(self.pool.ids, labels),
@@ -607,7 +616,8 @@ def cost_markdown(costs: dict) -> str:
 
 def topic_markdown(topics: dict, targets: list[str]) -> str:
     """The on-topic table: the pool's base rate, then each method's share per target."""
-    methods = [m for m in ("full", *ORDER) if any(m in topics[t]["methods"] for t in targets)]
+    names = [n for m in ("full", *ORDER) for n in (m, m + ":policy")]
+    methods = [m for m in names if any(m in topics[t]["methods"] for t in targets)]
     head = "| rows trained on | " + " | ".join(f"{t}: {topics[t]['rule']}" for t in targets) + " |"
     lines = ["", "On-topic share of the rows each method trained on (`raise_select.data.topics`):", "", head]
     lines.append("|" + "---|" * (len(targets) + 1))
@@ -619,8 +629,14 @@ def topic_markdown(topics: dict, targets: list[str]) -> str:
             cells.append(
                 "n/a" if c is None else f"{100 * c['share']:.1f}%" + (f" ({c['cells']})" if c["cells"] > 1 else "")
             )
-        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+        label = LABELS.get(m.split(":")[0], m) + (", the policy's own batches" if m.endswith(":policy") else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("\n(n): the mean over n cells (seeds). n/a: no cell whose choices are on record.")
+    if any(m.endswith(":policy") for m in methods):
+        lines.append(
+            "The policy's own batches: the steps where it chose, without the uniformly random batches "
+            "between its choices (`--raise-select-every`, the paper's appendix F)."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -298,6 +298,8 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
         "1",
         "--raise-val-size",
         "3",
+        "--raise-select-every",
+        "2",
     ]
     assert bench_real.main(argv) == 0
     result = json.loads((out / "bench_real.json").read_text())
@@ -346,6 +348,16 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
     ]
     assert len(raise_ids) == raise_cell["steps"] * result["config"]["batch_size"]
     assert topics["methods"]["raise"]["share"] == pytest.approx(sum(i in maths for i in raise_ids) / len(raise_ids))
+    # ... and apart, the batches the policy chose (steps 1, 3, ...: random batches in between).
+    own = [
+        i
+        for line in (out / "cells" / "raise@gsm8k-s0" / "finetune" / "selections.jsonl").open()
+        if json.loads(line)["step"] % 2 == 1
+        for i in json.loads(line)["ids"]
+    ]
+    assert 0 < len(own) < len(raise_ids) and raise_cell["chosen_by_policy"] == own
+    assert topics["methods"]["raise:policy"]["share"] == pytest.approx(sum(i in maths for i in own) / len(own))
+    assert "the policy's own batches" in (out / "bench_real.md").read_text()
     assert topics["methods"]["random"]["cells"] == 2 and "On-topic share" in (out / "bench_real.md").read_text()
     # The held-out items come from another split than the validation items.
     from raise_select.data.validation import load_validation
@@ -360,6 +372,13 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
     before = {p: p.stat().st_mtime for p in out.glob("cells/*/cell.json")}
     assert bench_real.main(argv) == 0
     assert {p: p.stat().st_mtime for p in out.glob("cells/*/cell.json")} == before
+    # ... and so does a part of the table whose methods read no RDS+ vectors: the features (kept
+    # with their vectors) are not computed again.
+    feats = {p: p.stat().st_mtime for p in (out / "features").rglob("*") if p.is_file()}
+    methods = argv.index("--methods") + 1
+    assert bench_real.main([*argv[:methods], "random,ifd", *argv[methods + 1 :]]) == 0
+    assert {p: p.stat().st_mtime for p in (out / "features").rglob("*") if p.is_file()} == feats
+    assert (out / "features" / "rds.npy").is_file()
     # So does a copy of the run folder elsewhere (keys hold paths relative to --out).
     import shutil
 

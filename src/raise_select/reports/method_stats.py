@@ -28,8 +28,11 @@ from ..markdown import markdown_table
 from ..training.export import read_selections
 
 
-def chosen_ids(cell_dir: Path, method: str | None, pool: Pool) -> list[str] | None:
-    """The pool ids a cell trained on, once per time it was in a batch; None when unknown."""
+def chosen_ids(cell_dir: Path, method: str | None, pool: Pool, policy_only: bool = False) -> list[str] | None:
+    """The pool ids a cell trained on, once per time it was in a batch; None when unknown.
+
+    policy_only: for RAISE, only the batches the policy chose, leaving out the uniformly random
+    batches between its choices (`--select-every M`, appendix F)."""
     if method is None:
         return []
     if method == "full":
@@ -39,7 +42,8 @@ def chosen_ids(cell_dir: Path, method: str | None, pool: Pool) -> list[str] | No
         if not log.is_file():
             return None
         # a redone step: the later line wins; a last line cut short by a crash is dropped
-        return [i for rec in read_selections(log, allow_empty=True) for i in rec["ids"]]
+        recs = read_selections(log, allow_empty=True)
+        return [i for rec in recs if not (policy_only and rec.get("random")) for i in rec["ids"]]
     sel = cell_dir / "selection.json"
     if not sel.is_file():
         return None
