@@ -92,6 +92,7 @@ ORDER = (
     "rose",
     *RAISE_VARIANTS,
 )
+TABLE_ORDER = ("full", *(m for m in ORDER if m != "full"))  # the tables start with the 100% row
 
 
 def cell_name(method: str, target: str | None, seed: int) -> str:
@@ -541,7 +542,7 @@ class Bench:
 
 
 def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, steps, readers) -> str:
-    order = [m for m in ("full", *ORDER) if m in rows]
+    order = [m for m in TABLE_ORDER if m in rows]
     head = "| method | " + " | ".join(f"{t} gain [95% CI]" for t in cfg.targets) + " | cost (Φ) | seconds |"
     lines = [head, "|" + "---|" * (len(cfg.targets) + 3)]
     lines.append(
@@ -616,7 +617,7 @@ def cost_markdown(costs: dict) -> str:
 
 def topic_markdown(topics: dict, targets: list[str]) -> str:
     """The on-topic table: the pool's base rate, then each method's share per target."""
-    names = [n for m in ("full", *ORDER) for n in (m, m + ":policy")]
+    names = [n for m in TABLE_ORDER for n in (m, m + ":policy")]
     methods = [m for m in names if any(m in topics[t]["methods"] for t in targets)]
     head = "| rows trained on | " + " | ".join(f"{t}: {topics[t]['rule']}" for t in targets) + " |"
     lines = ["", "On-topic share of the rows each method trained on (`raise_select.data.topics`):", "", head]
@@ -647,7 +648,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows, targets = result["rows"], result["config"]["targets"]
-    methods = [m for m in ("full", *ORDER) if m in rows]
+    methods = [m for m in TABLE_ORDER if m in rows]
     fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 0.45 * len(methods) + 1.5), squeeze=False)
     for ax, t in zip(axes[0], targets):
         ms = [m for m in methods if t in rows[m]]
