@@ -263,6 +263,36 @@ def test_gain_interval_picks_the_rule_and_above():
 # ---------------------------------------------------------------- the benchmark
 
 
+def test_bench_real_topic_table_lists_each_row_once(monkeypatch):
+    """The 100% row leads the table once (it is also in the run order), and a RAISE row's
+    policy-only share sits under it, labelled."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_real
+
+    share = {"share": 0.25, "cells": 3}
+    topics = {
+        "gsm8k": {
+            "rule": "math",
+            "pool": 0.05,
+            "methods": {"raise": share, "raise:policy": {"share": 0.5, "cells": 3}, "full": share, "rds": share},
+        }
+    }
+    rows = [
+        line.split(" | ")[0] for line in bench_real.topic_markdown(topics, ["gsm8k"]).splitlines() if line[:2] == "| "
+    ]
+    assert rows == [
+        "| rows trained on",
+        "| the pool (base rate)",
+        "| 100%",
+        "| RDS+",
+        "| RAISE (+RDS+ prior)",
+        "| RAISE (+RDS+ prior), the policy's own batches",
+    ]
+    assert "| RAISE (+RDS+ prior), the policy's own batches | 50.0% (3) |" in bench_real.topic_markdown(
+        topics, ["gsm8k"]
+    )
+
+
 def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_real
