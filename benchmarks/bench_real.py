@@ -63,6 +63,9 @@ log = logging.getLogger("bench_real")
 TARGETS = {"gsm8k": ("train", "test"), "arc_challenge": ("dev", "test"), "commonsenseqa": ("train", "dev")}
 # Methods that read no validation set: trained once, scored on every target.
 UNTARGETED = ("full", "random", "ifd", "deita", "alpagasus", "sspl")
+SHARED_CACHE = ("less", "rose")  # methods whose costly pass does not depend on the target
+# Baseline settings that only report, export or say where caches live: a finished cell stays valid.
+NOT_IN_KEY = ("export", "export_format", "report_to", "cache")
 # RAISE rows (train-policy, then finetune with the policy, per target and seed of `raise_seeds`):
 # the policy settings each row uses on top of PolicyConfig's defaults.
 RAISE_VARIANTS = {
@@ -252,8 +255,7 @@ class Bench:
         cell_dir = self.out / "cells" / name
         bcfg = self.baseline_job(name, method, target, seed, features)
         options = self.options.get(method, {})
-        # Settings that only report or export leave a finished cell valid.
-        key = self.cell_key(bcfg, ("export", "export_format", "report_to"), options)
+        key = self.cell_key(bcfg, NOT_IN_KEY, options)
         path = cell_dir / "cell.json"
         record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if record.get("key") != key:
@@ -293,6 +295,8 @@ class Bench:
             model=cfg.model,
             val=self.val_files[target] if target else "",
             out=str(self.out / "cells" / name),
+            # LESS and ROSE share the pool's gradients across targets (and with each other).
+            cache=str(self.out / "cache") if method in SHARED_CACHE else "",
             budget=cfg.budget,
             batch_size=cfg.batch_size,
             epochs=1 if method == "full" else 3,

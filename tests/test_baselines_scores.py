@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -293,6 +294,84 @@ def test_less_end_to_end_is_deterministic(tiny_model_dir):
     assert len(a.indices) == 3 and a.scores == sorted(a.scores, reverse=True)
     assert all(-1 <= s <= 1 for s in a.scores)
     assert a.info["checkpoints"] == 2 and sum(a.info["checkpoint_weights"]) == pytest.approx(1.0)
+
+
+LESS_TINY = {
+    "warmup_fraction": 0.4,
+    "warmup_epochs": 2,
+    "warmup_batch_size": 2,
+    "lr": 1e-3,
+    "lora_r": 2,
+    "lora_alpha": 4,
+    "proj_dim": 32,
+    "chunk": 4,
+}
+
+
+def test_less_pool_gradients_resume_from_their_cache_and_rose_shares_them(tiny_model_dir, tmp_path, monkeypatch):
+    """A pass killed part-way keeps its finished chunks; the rerun computes only the rest and
+    selects exactly what an uncached run does; a second target (other validation rows) and
+    ROSE reuse the pool's gradients without one more backward."""
+    from raise_select.baselines.less import LESS
+
+    pool = make_pool(10)
+    val = make_pool(12).examples[10:]
+    ref = make_baseline("less", LESS_TINY).select(
+        pool, 3, SelectionContext(model=str(tiny_model_dir), validation=val, max_length=64)
+    )
+
+    calls = {"n": 0, "fail_at": None}
+    plain = LESS._sft_loss
+
+    def counted(model, tok, ctx):
+        loss = plain(model, tok, ctx)
+
+        def f(e):
+            calls["n"] += 1
+            if calls["n"] == calls["fail_at"]:
+                raise RuntimeError("killed")
+            return loss(e)
+
+        return f
+
+    monkeypatch.setattr(LESS, "_sft_loss", staticmethod(counted))
+    cache = tmp_path / "cache"
+    ctx = SelectionContext(model=str(tiny_model_dir), validation=val, max_length=64, cache_dir=cache)
+    # Checkpoint 1: 2 validation rows (calls 1-2), then pool chunks of 4 rows (3-6, 7-10, 11-12).
+    calls["fail_at"] = 11
+    with pytest.raises(RuntimeError, match="killed"):
+        make_baseline("less", LESS_TINY).select(pool, 3, ctx)
+    (store,) = (cache / "less-train-grads").iterdir()
+    assert sorted(f.name for f in store.iterdir()) == ["0000000.npy", "0000004.npy"]
+
+    calls.update(n=0, fail_at=None)
+    resumed = make_baseline("less", LESS_TINY).select(pool, 3, ctx)
+    # 2 + 2 (the missing chunk of checkpoint 1) + 2 + 10 (checkpoint 2).
+    assert calls["n"] == 16
+    assert resumed.indices == ref.indices and resumed.scores == pytest.approx(ref.scores, abs=1e-6)
+    assert resumed.pool_scores == pytest.approx(ref.pool_scores, abs=1e-6)
+
+    calls["n"] = 0
+    other_target = make_pool(14).examples[12:]
+    make_baseline("less", LESS_TINY).select(pool, 3, replace(ctx, validation=other_target))
+    assert calls["n"] == 4  # the validation rows only, at each checkpoint
+
+    calls["n"] = 0
+    rose = make_baseline("rose", LESS_TINY).select(pool, 3, replace(ctx, out_dir=tmp_path / "rose"))
+    assert calls["n"] == 0 and len(rose.indices) == 3  # ROSE's validation gradients are DPO ones
+    assert len(list((cache / "less-train-grads").iterdir())) == 2  # one folder per checkpoint
+
+
+def test_chunked_store_refuses_a_chunk_of_the_wrong_size(tmp_path):
+    from raise_select.baselines.less import chunked_store
+
+    rows = torch.arange(10, dtype=torch.float32).reshape(5, 2)
+    got = chunked_store(tmp_path, 5, 2, lambda s, e: rows[s:e], "t")
+    assert torch.equal(got, rows) and sorted(f.name for f in tmp_path.iterdir())[0] == "0000000.npy"
+    assert torch.equal(chunked_store(tmp_path, 5, 2, lambda s, e: 1 / 0, "t"), rows)  # all from the files
+    np.save(tmp_path / "0000002.npy", np.zeros((1, 2), dtype=np.float32))
+    with pytest.raises(UserError, match=r"0000002.npy: holds 1 rows, expected 2"):
+        chunked_store(tmp_path, 5, 2, lambda s, e: rows[s:e], "t")
 
 
 # ---------------------------------------------------------------- SSPL

@@ -293,6 +293,30 @@ def test_bench_real_topic_table_lists_each_row_once(monkeypatch):
     )
 
 
+def test_bench_real_less_and_rose_cells_share_one_gradient_cache(tmp_path, monkeypatch):
+    """The pool's LESS gradients do not depend on the target: every less and rose cell points
+    at one cache, and the cache folder is not part of a cell's key (moving it keeps the cells)."""
+    from dataclasses import replace
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_real
+
+    bench = bench_real.Bench(bench_real.BenchConfig(out=str(tmp_path / "b")))
+    bench.pool_path = tmp_path / "b" / "pool.jsonl"
+    bench.val_files = {t: str(tmp_path / f"{t}.jsonl") for t in bench.cfg.targets}
+    jobs = {
+        (m, t): bench.baseline_job(bench_real.cell_name(m, t, 0), m, t, 0, "")
+        for m in ("less", "rose", "rds")
+        for t in ("gsm8k", "arc_challenge")
+    }
+    assert {jobs[k].cache for k in jobs if k[0] != "rds"} == {str(tmp_path / "b" / "cache")}
+    assert {jobs["rds", t].cache for t in ("gsm8k", "arc_challenge")} == {""}
+    leave_out = bench_real.NOT_IN_KEY
+    job = jobs["less", "gsm8k"]
+    assert bench.cell_key(job, leave_out) == bench.cell_key(replace(job, cache=""), leave_out)
+    assert bench.cell_key(job, leave_out) != bench.cell_key(jobs["less", "arc_challenge"], leave_out)
+
+
 def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_real

@@ -57,6 +57,7 @@ class SelectionContext:
     validation: list[Example] | None = None  # target-task examples (LESS)
     seed: int = 0  # fixes every random choice of the method
     out_dir: Path | None = None  # where caches (scores, judgments) are kept; None: no cache
+    cache_dir: Path | None = None  # the caches' folder; None: out_dir/cache
     template: str = "alpaca"  # prompt template for methods that run an LM on the pool
     max_length: int = 512  # token limit for those passes
     batch_size: int = 8  # training batch size (schedules are built from it)
@@ -85,6 +86,8 @@ class SelectionContext:
         return self.validation
 
     def cache_path(self, name: str) -> Path | None:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir) / name
         return None if self.out_dir is None else Path(self.out_dir) / "cache" / name
 
     def torch_device(self):

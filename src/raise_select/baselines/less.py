@@ -21,13 +21,22 @@ princeton-nlp/LESS, `less/data_selection/collect_grad_reps.py`, `matching.py`,
    examples and takes the max over subtasks; one validation set is one subtask); `max` and
    `round_robin` are the other rules of `baselines.aggregate`.
 Gradients are taken in eval mode (LoRA dropout off) so they are deterministic.
+
+The pool's projected gradients (the long pass: one backward per row per checkpoint) are kept
+under `<cache>/less-train-grads/<key>/`, one `.npy` per `chunk` rows, written atomically, so a
+killed pass resumes at its last chunk. The key hashes what decides them: the model, the pool's
+rows and their order, template, max length, the checkpoint's LoRA weights and Adam moments, and
+the projection. Runs that differ only in the validation set (one LESS run per target, or ROSE,
+whose training gradients are LESS's) share them when they share a cache folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
@@ -36,6 +45,7 @@ import torch
 from ..config import check_fields
 from ..data.pools import Example, Pool
 from ..errors import UserError
+from ..io import atomic_path, fingerprint
 from .aggregate import aggregate_select, check_aggregation, row_scores
 from .base import Selection, SelectionContext
 from .lm import encoded_batch
@@ -121,6 +131,51 @@ class _Checkpoint:
     exp_avg_sq: torch.Tensor
     betas: tuple[float, float]
     mean_lr: float
+
+    def digest(self) -> str:
+        """A hash of the weights and moments (bit-exact: a warm-up that differs in any bit
+        gives another digest, so cached gradients are never mixed across checkpoints)."""
+        h = hashlib.sha256()
+        for name in sorted(self.lora):
+            h.update(name.encode())
+            h.update(self.lora[name].detach().float().cpu().contiguous().numpy().tobytes())
+        for t in (self.exp_avg, self.exp_avg_sq):
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        h.update(repr(self.betas).encode())
+        return h.hexdigest()
+
+
+def chunked_store(folder: Path | None, n: int, chunk: int, compute: Callable[[int, int], torch.Tensor], desc: str):
+    """(n, d): rows [s, s + chunk) from `folder/<s>.npy` when there, else from `compute(s, e)`,
+    saved there atomically; so a pass killed part-way resumes at its last saved chunk.
+    `folder` None: nothing is kept."""
+    from ..progress import progress_bar
+
+    starts = list(range(0, n, chunk))
+    files = {s: folder / f"{s:07d}.npy" for s in starts} if folder is not None else {}
+    cached = [s for s in starts if s in files and files[s].is_file()]
+    if cached:
+        log.info("%s: %d of %d rows from %s", desc, sum(min(chunk, n - s) for s in cached), n, folder)
+    out = []
+    bar = progress_bar(total=n, desc=desc, unit="ex", initial=sum(min(chunk, n - s) for s in cached))
+    for s in starts:
+        e = min(s + chunk, n)
+        if s in cached:
+            block = torch.from_numpy(np.load(files[s]))
+            if block.shape[0] != e - s:
+                raise UserError(
+                    f"{files[s]}: holds {block.shape[0]} rows, expected {e - s}; delete the folder {folder}"
+                )
+        else:
+            block = compute(s, e)
+            if folder is not None:
+                with atomic_path(files[s]) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.save(f, block.cpu().numpy())
+            bar.update(e - s)
+        out.append(block)
+    bar.close()
+    return torch.cat(out) if out else torch.zeros((0, 0))
 
 
 @dataclass
@@ -233,6 +288,7 @@ class LESS:
                 projector,
                 ckpt,
                 f"{self.name} train grads {c + 1}/{len(checkpoints)}",
+                store=self._train_store(pool, ctx, ckpt),
             )
             part = w * cosine_to_each(train, val).cpu()
             sims = part if sims is None else sims + part
@@ -307,6 +363,26 @@ class LESS:
         device = next(model.parameters()).device
         return lambda e: model(**encoded_batch([e], tok, ctx.template, ctx.max_length, device)).loss
 
+    def _train_store(self, pool: Pool, ctx: SelectionContext, ckpt: _Checkpoint) -> Path | None:
+        """The cache folder of the pool's projected gradients at one checkpoint (None: no cache)."""
+        root = ctx.cache_path("less-train-grads")
+        if root is None:
+            return None
+        key = fingerprint(
+            {
+                "model": ctx.model,
+                "pool": pool.fingerprint,
+                "template": ctx.template,
+                "max_length": ctx.max_length,
+                "target_modules": list(self.target_modules),
+                "checkpoint": ckpt.digest(),
+                "proj_dim": self.proj_dim,
+                "proj_seed": self.proj_seed,
+                "chunk": self.chunk,
+            }
+        )
+        return root / key[:16]
+
     def _projected_grads(
         self,
         model,
@@ -315,22 +391,21 @@ class LESS:
         projector: RademacherProjector,
         ckpt: _Checkpoint | None,
         desc: str,
+        store: Path | None = None,
     ) -> torch.Tensor:
         """(N, proj_dim): the trainable (LoRA) parameters' gradient of `loss_of(item)` for each
-        item, one item per backward (Adam-preconditioned when `ckpt`), projected."""
-        from ..progress import progress_bar
-
+        item, one item per backward (Adam-preconditioned when `ckpt`), projected; `chunk` items
+        per projection, each chunk kept in `store` when given (see `chunked_store`)."""
         params = [p for p in model.parameters() if p.requires_grad]
-        out, pending = [], []
-        for e in progress_bar(items, desc=desc, unit="ex"):
-            grads = torch.autograd.grad(loss_of(e), params)
-            g = torch.cat([x.reshape(-1) for x in grads]).float()
-            if ckpt is not None:
-                g = adam_precondition(g, ckpt.exp_avg, ckpt.exp_avg_sq, *ckpt.betas)
-            pending.append(g)
-            if len(pending) == self.chunk:
-                out.append(projector.project(torch.stack(pending)))
-                pending = []
-        if pending:
-            out.append(projector.project(torch.stack(pending)))
-        return torch.cat(out)
+
+        def compute(s: int, e: int) -> torch.Tensor:
+            pending = []
+            for item in items[s:e]:
+                grads = torch.autograd.grad(loss_of(item), params)
+                g = torch.cat([x.reshape(-1) for x in grads]).float()
+                if ckpt is not None:
+                    g = adam_precondition(g, ckpt.exp_avg, ckpt.exp_avg_sq, *ckpt.betas)
+                pending.append(g)
+            return projector.project(torch.stack(pending))
+
+        return chunked_store(store, len(items), self.chunk, compute, desc)

@@ -67,6 +67,14 @@ class BaselineConfig(LMConfig):
     )
     val_size: Optional[int] = field(default=None, metadata={"help": "use at most this many validation examples"})
     out: str = field(default="", metadata={"help": "output folder: selection.json, cache/, model/, baseline.log"})
+    cache: str = field(
+        default="",
+        metadata={
+            "help": "folder of the resumable caches (judgments, scores, LESS/ROSE pool gradients); default "
+            "<out>/cache. "
+            "Runs on the same pool and model may share one: entries are keyed by what decides them"
+        },
+    )
     budget: float = field(default=0.01, metadata={"help": "fraction of the pool (< 1) or number of examples (>= 1)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size B"})
     epochs: int = field(default=3, metadata={"help": "static subsets are trained this many epochs (paper section 4.2)"})
@@ -239,6 +247,7 @@ def _select_and_train(
             validation=load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed) if cfg.val else None,
             seed=cfg.seed,
             out_dir=out,
+            cache_dir=Path(cfg.cache) if cfg.cache else None,
             template=cfg.template,
             max_length=cfg.max_length,
             batch_size=cfg.batch_size,
