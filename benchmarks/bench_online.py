@@ -13,7 +13,10 @@ training steps are timed too, and "choose/train" is its choosing time over them.
 draw `--candidates` x B candidates per step (4, GREATS's default; RHO-LOSS's default is 10).
 A GREATS step adds a forward pass over the candidates and 2 validation rows and a backward
 pass from the loss down to the first scored layer, with per-example inner products of the
-scored layers; a RHO-LOSS step adds a forward pass over the candidates without gradients.
+scored layers; under LoRA (every adapter scored) its update takes the chosen rows' gradients
+from that pass instead of a pass of its own, and `greats-l2` (`lora_last_layers: 2`) scores only
+the last 2 blocks' adapters, so the backward stops there. A RHO-LOSS step adds a forward pass
+over the candidates without gradients.
 Each method takes one untimed warm-up step, then `--steps` timed ones; RHO-LOSS's one-off
 irreducible-loss model (training on the holdout, scoring the pool) is timed apart.
 """
@@ -35,19 +38,20 @@ from raise_select.baselines.online import candidate_sets
 from raise_select.data.pools import load_pool
 from raise_select.data.validation import load_validation
 from raise_select.models.tiny import build_tiny_model, non_embedding_parameters
-from raise_select.training.loop import LMConfig, LMTrainer
+from raise_select.training.loop import GivenGradients, LMConfig, LMTrainer
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def timed_steps(trainer: LMTrainer, choose, sets, batch: int, steps: int) -> tuple[float, float]:
-    """Mean seconds per step spent choosing and training, after one untimed warm-up step."""
+    """Mean seconds per step spent choosing and training, after one untimed warm-up step.
+    `choose` returns the rows, or a `GivenGradients` (the update's gradient computed while choosing)."""
     select_s = train_s = 0.0
     for s in range(steps + 1):
         start = time.perf_counter()
         rows = choose(next(sets), batch)
         mid = time.perf_counter()
-        trainer.step(rows)
+        trainer.step_with_gradients(rows) if isinstance(rows, GivenGradients) else trainer.step(rows)
         end = time.perf_counter()
         if s:
             select_s += mid - start
@@ -112,31 +116,42 @@ def main() -> None:
         args.steps,
     )
     prepare_s = {}
-    for name in ("greats", "rho"):
-        method = make_baseline(name, {"candidates": args.candidates})
+    # Under LoRA GREATS also runs with its backward pass cut to the last 2 blocks' adapters.
+    variants = [("greats", "greats", {}), ("rho", "rho", {})]
+    if args.lora:
+        variants.insert(1, ("greats-l2", "greats", {"lora_last_layers": 2}))
+    scored = {}
+    for label, name, extra in variants:
+        method = make_baseline(name, {"candidates": args.candidates, **extra})
         trainer = LMTrainer(str(model_dir), pool, lm, steps)
         start = time.perf_counter()
         info = method.prepare(pool, trainer, ctx)
-        prepare_s[name] = time.perf_counter() - start
+        prepare_s[label] = time.perf_counter() - start
         sets = candidate_sets(len(pool), method.candidates * b, 0)
-        results[name] = timed_steps(
-            trainer, lambda rows, k: method.choose(trainer, rows, k)[0].tolist(), sets, b, args.steps
-        )
+
+        def choose(rows, k, method=method, trainer=trainer):
+            picks = method.choose(trainer, rows, k)[0]
+            given = method.given_gradients(trainer, picks)
+            return picks.tolist() if given is None else given
+
+        results[label] = timed_steps(trainer, choose, sets, b, args.steps)
         if name == "greats":
-            scored = info["scored_parameters"]
+            scored[label] = (info["scored_parameters"], info["update_from_scoring_pass"])
 
     plain = sum(results["plain"])
     print(
         f"model: {args.model or 'preset ' + args.preset}, {params / 1e6:.2f}M non-embedding parameters, "
         f"{'LoRA' if args.lora else 'full fine-tuning'}; B = {b}, max {args.max_length} tokens, "
-        f"{torch.get_num_threads()} thread(s); {args.candidates} x B candidates; GREATS scores {scored:,} parameters"
+        f"{torch.get_num_threads()} thread(s); {args.candidates} x B candidates"
     )
+    for label, (dim, reuse) in scored.items():
+        print(f"{label} scores {dim:,} parameters; {'update from the scoring pass' if reuse else 'update of its own'}")
     # "choose / train": choosing against the training steps of the same phase, which a loaded
     # machine's drift between phases disturbs less than the ratio to the plain phase.
-    print(f"{'method':8} {'choose ms':>10} {'train ms':>9} {'step ms':>9} {'x plain':>8} {'choose/train':>13}")
+    print(f"{'method':9} {'choose ms':>10} {'train ms':>9} {'step ms':>9} {'x plain':>8} {'choose/train':>13}")
     for name, (sel, tr) in results.items():
         print(
-            f"{name:8} {sel * 1e3:10.0f} {tr * 1e3:9.0f} {(sel + tr) * 1e3:9.0f} "
+            f"{name:9} {sel * 1e3:10.0f} {tr * 1e3:9.0f} {(sel + tr) * 1e3:9.0f} "
             f"{(sel + tr) / plain:8.2f} {sel / tr:13.2f}"
         )
     print(

@@ -133,6 +133,29 @@ def test_greats_backward_stops_below_the_first_scored_layer(tiny_model_dir, lora
     assert torch.allclose(truncated, direct @ direct.T, rtol=1e-4, atol=1e-9)
 
 
+def test_greats_lora_last_layers_scores_the_last_blocks_adapters_and_stops_there(tiny_model_dir):
+    model, tok = _model(tiny_model_dir, lora=True)
+    named = scored_linears(model, last_layers=2, lora_last_layers=1)
+    assert named and all("lora_" in n and "layers.1." in n for n, _ in named)
+    assert len(named) < len(scored_linears(model, last_layers=2))  # 0: every adapter
+    modules = [m for _, m in named]
+    blocks = [m for n, m in model.named_modules() if n.endswith("layers.0") or n.endswith("layers.1")]
+    seen: list[bool] = []
+    handles = [
+        blk.register_forward_hook(
+            lambda mod, i, out: seen.append(out[0].requires_grad if isinstance(out, tuple) else out.requires_grad)
+        )
+        for blk in blocks
+    ]
+    batch = encoded_batch(_pool(4).examples, tok, "alpaca", 64, "cpu")
+    truncated = per_example_gram(model, modules, batch)
+    for h in handles:
+        h.remove()
+    assert seen == [False, True]
+    direct = _direct_grads(model, tok, _pool(4).examples, [m.weight for m in modules])
+    assert torch.allclose(truncated, direct @ direct.T, rtol=1e-4, atol=1e-9)
+
+
 def test_greats_choice_equals_the_greedy_over_direct_per_example_gradients(tiny_model_dir):
     pool, val = _pool(12), _pool(20).examples[14:]
     trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=3.0), total_steps=2)
@@ -151,6 +174,59 @@ def test_greats_choice_equals_the_greedy_over_direct_per_example_gradients(tiny_
     assert picks.tolist() == rows[want].tolist()
     assert gains == pytest.approx(want_gains, rel=1e-4)
     assert gains[1] != pytest.approx(3.0 * float(g[want[1]] @ gv), rel=1e-3)  # the interaction term is applied
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_greats_update_from_its_scoring_pass_equals_a_step_of_its_own(tiny_model_dir, lora):
+    """Under LoRA every trainable weight is scored, so the chosen rows' gradients from the
+    scoring pass (weighted by their response tokens, as the trainer's token mean) are the
+    update's: the same gradient as `LMTrainer.step`'s own pass, the same loss, the same picks.
+    Under full fine-tuning with `last_layers` the scored layers are a part: the trainer's pass."""
+    pool, val = _pool(12), _pool(20).examples[14:]
+    ctx = SelectionContext(model=str(tiny_model_dir), validation=val, seed=4, max_length=64)
+    rows = np.array([9, 2, 7, 4, 11, 0])
+    seen = {}
+    for reuse in (True, False):
+        trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=1e-2, lora=lora), total_steps=3)
+        torch.manual_seed(1)
+        with torch.no_grad():  # B starts at zero: move it so A's gradients are not zero too
+            for n, p in trainer.unwrapped.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+        grads = {}
+        update = trainer._update
+
+        def spy(trainer=trainer, grads=grads, update=update):
+            grads.update({n: p.grad.clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad})
+            update()
+
+        trainer._update = spy
+        greats = make_baseline("greats", {"reuse_gradients": reuse, "last_layers": 1})
+        info = greats.prepare(pool, trainer, ctx)
+        assert info["update_from_scoring_pass"] is (reuse and lora)
+        picks, _ = greats.choose(trainer, rows, 3)
+        given = greats.given_gradients(trainer, picks)
+        assert (given is None) is not (reuse and lora)
+        loss = trainer.step(picks) if given is None else trainer.step_with_gradients(given)
+        seen[reuse] = picks.tolist(), loss, grads
+    assert seen[True][0] == seen[False][0]
+    assert seen[True][1] == pytest.approx(seen[False][1], rel=1e-5)
+    assert seen[True][2].keys() == seen[False][2].keys()
+    for n, g in seen[False][2].items():
+        assert float(g.abs().max()) > 0
+        assert torch.allclose(seen[True][2][n], g, rtol=1e-4, atol=1e-7), n
+
+
+def test_given_gradients_must_cover_the_trainable_weights(tiny_model_dir):
+    from raise_select.training.loop import GivenGradients
+
+    trainer = LMTrainer(str(tiny_model_dir), _pool(8), LMConfig(max_length=64, lora=True), total_steps=2)
+    names = [n for n, p in trainer.unwrapped.named_parameters() if p.requires_grad]
+    with pytest.raises(ValueError, match="missing"):
+        trainer.step_with_gradients(GivenGradients([0, 1], {n: torch.zeros(1) for n in names[1:]}, 1.0))
+    with pytest.raises(UserError, match="training loss is nan"):
+        zeros = {n: torch.zeros_like(p) for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
+        trainer.step_with_gradients(GivenGradients([0, 1], zeros, float("nan")))
 
 
 def test_first_order_estimate_predicts_the_validation_loss_change_of_a_small_sgd_step(tiny_model_dir):

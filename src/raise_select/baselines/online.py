@@ -111,6 +111,11 @@ class OnlineSelector:
         """`k` of the candidate `rows` for the next update, and their scores."""
         raise NotImplementedError
 
+    def given_gradients(self, trainer, rows: np.ndarray):
+        """The update's gradient on the chosen `rows` when choosing computed it already (a
+        `GivenGradients`), or None: the trainer takes a pass of its own."""
+        return None
+
     def online_state(self) -> dict:
         """The method's own state between steps (its random generators), for a resume."""
         return {}
@@ -168,11 +173,12 @@ class OnlineSelector:
             while trainer.step_count < steps:
                 start = time.perf_counter()
                 rows, s = self.choose(trainer, next(sets), b)
+                given = self.given_gradients(trainer, rows)
                 clock["select"] += time.perf_counter() - start
                 chosen.extend(int(i) for i in rows)
                 scores.extend(float(x) for x in s)
                 start = time.perf_counter()
-                yield [int(i) for i in rows]
+                yield [int(i) for i in rows] if given is None else given
                 clock["train"] += time.perf_counter() - start
                 if (
                     checkpoint is not None

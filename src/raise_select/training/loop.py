@@ -180,6 +180,18 @@ def _lora_model(model, cfg: LMConfig):
         ) from None
 
 
+@dataclass
+class GivenGradients:
+    """A batch whose gradient was computed already, by an online selector's own backward pass
+    over the same rows (GREATS under LoRA, whose per-example gradients cover every trainable
+    weight): the gradient of the batch's token-mean response loss (the loss `LMTrainer.step`
+    takes) for each trainable parameter by name, and that loss."""
+
+    indices: list[int]
+    grads: dict[str, torch.Tensor]
+    loss: float
+
+
 class LMTrainer:
     """One model, one AdamW optimizer and one learning-rate schedule of `total_steps`.
 
@@ -285,18 +297,38 @@ class LMTrainer:
                 out = self.model(**batch, num_items_in_batch=denom)
                 acc.backward(out.loss)
             loss_sum += float(out.loss.detach()) * float(denom)
-        if self.cfg.grad_clip > 0:
-            acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step_count += 1
+        self._update()
         loss = loss_sum / max(total_tokens, 1)
         if acc.num_processes > 1:
             loss = float(acc.reduce(torch.tensor(loss, device=acc.device), reduction="sum").item())
         if not math.isfinite(loss):
             raise UserError(f"training loss is {loss} at step {self.step_count}; lower the learning rate (lr)")
         return loss
+
+    def step_with_gradients(self, given: "GivenGradients") -> float:
+        """The update of `step(given.indices)` from a gradient computed elsewhere (an online
+        selector's own backward pass over the same rows), without a pass of its own."""
+        if self.accelerator.num_processes > 1:
+            raise UserError("given gradients are for one process; train with `step` under several")
+        params = {n: p for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        if set(given.grads) != set(params):
+            missing, extra = sorted(set(params) - set(given.grads)), sorted(set(given.grads) - set(params))
+            raise ValueError(f"given gradients must cover the trainable parameters: missing {missing}, extra {extra}")
+        for n, g in given.grads.items():
+            params[n].grad = g.to(device=params[n].device, dtype=params[n].dtype).reshape(params[n].shape)
+        self._update()
+        if not math.isfinite(given.loss):
+            raise UserError(f"training loss is {given.loss} at step {self.step_count}; lower the learning rate (lr)")
+        return given.loss
+
+    def _update(self) -> None:
+        """Clip, step the optimizer and the schedule, clear the gradients."""
+        if self.cfg.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
 
     def training_state(self) -> dict:
         """The trainable weights, optimizer and schedule state and step count, for an exact
@@ -343,8 +375,9 @@ def train_on_schedule(
     """Baselines: one update per batch of a schedule, then save to `out_dir` (None: not saved).
 
     `batches` is the schedule, or a function of the trainer that returns it lazily: online
-    selectors draw batch t only after update t-1, from the model as it is then. `report`
-    gets every step's loss as `step/loss` (`report_to`).
+    selectors draw batch t only after update t-1, from the model as it is then; a batch given
+    as `GivenGradients` is applied with the gradient it carries. `report` gets every step's loss
+    as `step/loss` (`report_to`).
     """
     from ..progress import progress_bar
 
@@ -356,7 +389,7 @@ def train_on_schedule(
     ):
         if trainer.step_count >= total_steps:
             raise UserError(f"the schedule has more than total_steps={total_steps} batches")
-        loss = trainer.step(indices)
+        loss = trainer.step_with_gradients(indices) if isinstance(indices, GivenGradients) else trainer.step(indices)
         if report is not None and trainer.accelerator.is_main_process:
             report.log("step", {"loss": loss}, trainer.step_count)
         if trainer.step_count % 10 == 0:
