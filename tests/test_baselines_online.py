@@ -60,6 +60,23 @@ def _direct_grads(model, tok, examples, params) -> torch.Tensor:
 # ---------------------------------------------------------------- GREATS
 
 
+def _gram_recording_blocks(model, modules, batch) -> tuple[torch.Tensor, list[bool]]:
+    """`per_example_gram`, and whether each of the 2 blocks' outputs was recorded for autograd."""
+    blocks = [m for n, m in model.named_modules() if n.endswith("layers.0") or n.endswith("layers.1")]
+    seen: list[bool] = []
+    handles = [
+        blk.register_forward_hook(
+            lambda mod, i, out: seen.append(out[0].requires_grad if isinstance(out, tuple) else out.requires_grad)
+        )
+        for blk in blocks
+    ]
+    try:
+        return per_example_gram(model, modules, batch), seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def test_greedy_selection_by_hand():
     scores = np.array([3.0, 2.5, 1.0, 0.5])
     inter = np.array([[9.0, 2.0, -1.0, 0.0], [2.0, 9.0, 0.0, 0.0], [-1.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 9.0]])
@@ -116,17 +133,7 @@ def test_greats_backward_stops_below_the_first_scored_layer(tiny_model_dir, lora
     model, tok = _model(tiny_model_dir, lora)
     modules = [m for _, m in scored_linears(model, last_layers=1)]
     batch = encoded_batch(_pool(4).examples, tok, "alpaca", 64, "cpu")
-    blocks = [m for n, m in model.named_modules() if n.endswith("layers.0") or n.endswith("layers.1")]
-    seen: list[bool] = []
-    handles = [
-        blk.register_forward_hook(
-            lambda mod, i, out: seen.append(out[0].requires_grad if isinstance(out, tuple) else out.requires_grad)
-        )
-        for blk in blocks
-    ]
-    truncated = per_example_gram(model, modules, batch)
-    for h in handles:
-        h.remove()
+    truncated, seen = _gram_recording_blocks(model, modules, batch)
     assert seen == ([True, True] if lora else [False, True])  # block 0's output: only LoRA needs its graph
     # the same products from a full backward pass (autograd on everywhere, gradients of the weights)
     direct = _direct_grads(model, tok, _pool(4).examples, [m.weight for m in modules])
@@ -139,18 +146,8 @@ def test_greats_lora_last_layers_scores_the_last_blocks_adapters_and_stops_there
     assert named and all("lora_" in n and "layers.1." in n for n, _ in named)
     assert len(named) < len(scored_linears(model, last_layers=2))  # 0: every adapter
     modules = [m for _, m in named]
-    blocks = [m for n, m in model.named_modules() if n.endswith("layers.0") or n.endswith("layers.1")]
-    seen: list[bool] = []
-    handles = [
-        blk.register_forward_hook(
-            lambda mod, i, out: seen.append(out[0].requires_grad if isinstance(out, tuple) else out.requires_grad)
-        )
-        for blk in blocks
-    ]
     batch = encoded_batch(_pool(4).examples, tok, "alpaca", 64, "cpu")
-    truncated = per_example_gram(model, modules, batch)
-    for h in handles:
-        h.remove()
+    truncated, seen = _gram_recording_blocks(model, modules, batch)
     assert seen == [False, True]
     direct = _direct_grads(model, tok, _pool(4).examples, [m.weight for m in modules])
     assert torch.allclose(truncated, direct @ direct.T, rtol=1e-4, atol=1e-9)

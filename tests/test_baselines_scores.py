@@ -271,31 +271,6 @@ def test_adam_preconditioning_formula():
         assert float(got[i]) == pytest.approx(m1 / math.sqrt(v1 + 1e-8), rel=1e-5)
 
 
-def test_less_end_to_end_is_deterministic(tiny_model_dir):
-    pool = make_pool(10)
-    val = make_pool(12).examples[10:]
-    method = make_baseline(
-        "less",
-        {
-            "warmup_fraction": 0.4,
-            "warmup_epochs": 2,
-            "warmup_batch_size": 2,
-            "lr": 1e-3,
-            "lora_r": 2,
-            "lora_alpha": 4,
-            "proj_dim": 32,
-            "chunk": 4,
-        },
-    )
-    ctx = SelectionContext(model=str(tiny_model_dir), validation=val, seed=0, max_length=64)
-    a = method.select(pool, 3, ctx)
-    b = method.select(pool, 3, ctx)
-    assert a.indices == b.indices and a.scores == pytest.approx(b.scores)
-    assert len(a.indices) == 3 and a.scores == sorted(a.scores, reverse=True)
-    assert all(-1 <= s <= 1 for s in a.scores)
-    assert a.info["checkpoints"] == 2 and sum(a.info["checkpoint_weights"]) == pytest.approx(1.0)
-
-
 LESS_TINY = {
     "warmup_fraction": 0.4,
     "warmup_epochs": 2,
@@ -306,6 +281,19 @@ LESS_TINY = {
     "proj_dim": 32,
     "chunk": 4,
 }
+
+
+def test_less_end_to_end_is_deterministic(tiny_model_dir):
+    pool = make_pool(10)
+    val = make_pool(12).examples[10:]
+    method = make_baseline("less", LESS_TINY)
+    ctx = SelectionContext(model=str(tiny_model_dir), validation=val, seed=0, max_length=64)
+    a = method.select(pool, 3, ctx)
+    b = method.select(pool, 3, ctx)
+    assert a.indices == b.indices and a.scores == pytest.approx(b.scores)
+    assert len(a.indices) == 3 and a.scores == sorted(a.scores, reverse=True)
+    assert all(-1 <= s <= 1 for s in a.scores)
+    assert a.info["checkpoints"] == 2 and sum(a.info["checkpoint_weights"]) == pytest.approx(1.0)
 
 
 def test_less_pool_gradients_resume_from_their_cache_and_rose_shares_them(tiny_model_dir, tmp_path, monkeypatch):
