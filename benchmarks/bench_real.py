@@ -84,6 +84,7 @@ ORDER = (
     "random",
     "rds",
     "embed",
+    "tsds",
     "ifd",
     "full",
     "less",

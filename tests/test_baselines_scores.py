@@ -76,13 +76,14 @@ def test_registry_lists_methods_on_unknown_name():
         "rose",
         "rds",
         "embed",
+        "tsds",
         "greats",
         "rho",
     }
     with pytest.raises(
         UserError,
         match=r"unknown method 'nope'; available: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, "
-        r"greats, rho",
+        r"tsds, greats, rho",
     ):
         get_baseline_class("nope")
     with pytest.raises(UserError, match="unknown option"):

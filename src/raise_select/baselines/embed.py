@@ -21,6 +21,25 @@ from .aggregate import aggregate_select, check_aggregation, cosine_matrix, row_s
 from .base import Selection, SelectionContext
 
 
+def embedded_pool_and_validation(
+    encoder_name: str, batch_size: int, pool: Pool, validation, ctx: SelectionContext
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sentence embeddings of the pool's rows (cached in `ctx`'s cache folder, keyed by the
+    encoder and the pool) and of the validation examples."""
+    from ..features.semantic import encode_texts, example_text, load_sentence_encoder
+
+    encoder = load_sentence_encoder(encoder_name, ctx.torch_device())
+    cache = ctx.cache_path(f"embed-{fingerprint({'encoder': encoder_name, 'pool': pool.fingerprint})[:16]}.npy")
+    if cache is not None and cache.is_file():
+        rows = np.load(cache)
+    else:
+        rows = encode_texts(encoder, [example_text(e) for e in pool.examples], batch_size)
+        if cache is not None:
+            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+                np.save(f, rows)
+    return rows, encode_texts(encoder, [example_text(e) for e in validation], batch_size)
+
+
 @dataclass
 class Embed:
     """Cosine of sentence embeddings to the validation examples, round-robin by default."""
@@ -42,19 +61,8 @@ class Embed:
         return False
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
-        from ..features.semantic import encode_texts, example_text, load_sentence_encoder
-
         validation = ctx.require_validation(self.name)
-        encoder = load_sentence_encoder(self.encoder, ctx.torch_device())
-        cache = ctx.cache_path(f"embed-{fingerprint({'encoder': self.encoder, 'pool': pool.fingerprint})[:16]}.npy")
-        if cache is not None and cache.is_file():
-            rows = np.load(cache)
-        else:
-            rows = encode_texts(encoder, [example_text(e) for e in pool.examples], self.batch_size)
-            if cache is not None:
-                with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-                    np.save(f, rows)
-        val = encode_texts(encoder, [example_text(e) for e in validation], self.batch_size)
+        rows, val = embedded_pool_and_validation(self.encoder, self.batch_size, pool, validation, ctx)
         sims = cosine_matrix(rows, val)
         chosen, scores = aggregate_select(sims, budget, self.aggregation)
         info = {

@@ -55,6 +55,33 @@ def rds_vectors(
     return scorer.score(encoded).rds
 
 
+def pool_and_validation_vectors(ctx: SelectionContext, validation, method: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """The pool's RDS+ vectors (from `featurize --rds`), the validation examples' from the same
+    model, template and length limit (the features' meta.json), and that model's name."""
+    ft = ctx.require_features(method)
+    if ft.rds is None:
+        raise UserError(
+            f"{method}: the features hold no RDS+ vectors; featurize the pool with --rds "
+            "(`raise-select featurize ... --rds`, or `rds: true` in its config)"
+        )
+    meta = ft.meta
+    encoder = meta.get("model") or ctx.require_model(method)
+    val = rds_vectors(
+        encoder,
+        validation,
+        meta.get("template", ctx.template),
+        int(meta.get("max_length", ctx.max_length)),
+        meta.get("dtype", "float32"),
+        ctx.torch_device(),
+    )
+    if val.shape[1] != ft.rds.shape[1]:
+        raise UserError(
+            f"{method}: the pool's vectors have {ft.rds.shape[1]} dimensions but the featurize model gives "
+            f"{val.shape[1]}; re-featurize the pool with --rds"
+        )
+    return ft.rds, val, encoder
+
+
 @dataclass
 class RDS:
     """Cosine of position-weighted mean hidden states to the validation examples, round-robin."""
@@ -78,34 +105,15 @@ class RDS:
         return True
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
-        ft = ctx.require_features(self.name)
-        if ft.rds is None:
-            raise UserError(
-                "rds: the features hold no RDS+ vectors; featurize the pool with --rds "
-                "(`raise-select featurize ... --rds`, or `rds: true` in its config)"
-            )
         validation = ctx.require_validation(self.name)
-        meta = ft.meta
-        val = rds_vectors(
-            meta.get("model") or ctx.require_model(self.name),
-            validation,
-            meta.get("template", ctx.template),
-            int(meta.get("max_length", ctx.max_length)),
-            meta.get("dtype", "float32"),
-            ctx.torch_device(),
-        )
-        if val.shape[1] != ft.rds.shape[1]:
-            raise UserError(
-                f"rds: the pool's vectors have {ft.rds.shape[1]} dimensions but the featurize model gives "
-                f"{val.shape[1]}; re-featurize the pool with --rds"
-            )
-        sims = cosine_matrix(ft.rds, val)
+        rows, val, encoder = pool_and_validation_vectors(ctx, validation, self.name)
+        sims = cosine_matrix(rows, val)
         chosen, scores = aggregate_select(sims, budget, self.aggregation)
         info = {
             "aggregation": self.aggregation,
             "validation_examples": len(validation),
             "dim": int(val.shape[1]),
-            "encoder": meta.get("model"),
+            "encoder": encoder,
         }
         return Selection(
             indices=chosen.tolist(),

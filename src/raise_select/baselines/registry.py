@@ -19,6 +19,7 @@ from .rds import RDS
 from .rho import RHOLoss
 from .rose import ROSE
 from .sspl import SSPL
+from .tsds import TSDS
 
 
 def registry_of(classes) -> dict[str, type]:
@@ -34,7 +35,7 @@ def registry_of(classes) -> dict[str, type]:
 
 
 BASELINES: dict[str, type] = registry_of(
-    (FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS, ROSE, RDS, Embed, GREATS, RHOLoss)
+    (FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS, ROSE, RDS, Embed, TSDS, GREATS, RHOLoss)
 )
 
 

@@ -32,7 +32,8 @@ class BaselineConfig(LMConfig):
     method: str = field(
         default="",
         metadata={
-            "help": "selection method: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, greats, rho"
+            "help": "selection method: full, random, ifd, deita, alpagasus, sspl, less, rose, rds, embed, tsds, "
+            "greats, rho"
         },
     )
     pool: str = field(default="", metadata={"help": "instruction pool: file, folder or `datasets` name"})
@@ -57,7 +58,7 @@ class BaselineConfig(LMConfig):
     val: str = field(
         default="",
         metadata={
-            "help": "validation set for less, rose, rds, embed, greats, rho: a named set (gsm8k, ...) or a pool "
+            "help": "validation set for less, rose, rds, embed, tsds, greats, rho: a named set (gsm8k, ...) or a pool "
             "file/folder; one example is enough, except for rho and rose's stand-in preference set, which need 2; "
             "an empty one is refused"
         },

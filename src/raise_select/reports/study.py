@@ -53,6 +53,7 @@ ROW_LABELS = {
     "rose": "ROSE",
     "rds": "RDS+",
     "embed": "EMBED",
+    "tsds": "TSDS",
     "greats": "GREATS",
     "rho": "RHO-LOSS",
     RAISE: "RAISE",
