@@ -72,13 +72,17 @@ RAISE_VARIANTS = {
     "raise": {"prior": "rds"},  # the package defaults + the RDS+ prior (policy/prior.py)
     "raise_noprior": {},  # the package defaults (the prior's ablation)
     "raise_paper": dict(PAPER),  # the paper's literal form (appendix A.2, eq. 2-12)
+    "raise_between": {"prior": "rds"},  # `raise`, with the policy's batches between its choices too
 }
+# Episode settings of a variant (the rest come from the benchmark's --raise-* settings).
+RAISE_EPISODE = {"raise_between": {"between": "policy"}}
 LABELS = {
     **ROW_LABELS,  # the study's row names
     "full": "100%",
     "raise": "RAISE (+RDS+ prior)",
     "raise_noprior": "RAISE (defaults)",
     "raise_paper": "RAISE (paper)",
+    "raise_between": "RAISE (+RDS+ prior, policy between)",
 }
 ORDER = (
     "random",
@@ -349,6 +353,7 @@ class Bench:
             rounds=cfg.raise_rounds,
             steps=steps,
             select_every=cfg.raise_select_every,
+            **RAISE_EPISODE.get(method, {}),
             batch_size=cfg.batch_size,
             seed=seed,
             lr=cfg.lr,
@@ -360,7 +365,8 @@ class Bench:
             policy=PolicyConfig(**RAISE_VARIANTS[method]),
             **self.options.get(method, {}),
         )
-        key = self.cell_key(tp, ("out", "report_to"))
+        # `between` came after the first cells; at its old behaviour it stays out of their keys.
+        key = self.cell_key(tp, ("out", "report_to", *(("between",) if tp.between == "random" else ())))
         path = cell_dir / "cell.json"
         record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if record.get("key") != key:

@@ -177,6 +177,31 @@ def test_select_every_m_credits_random_steps_to_the_policy_step(setup, tmp_path)
     assert rewards[1:] == pytest.approx(np.diff(p).tolist(), abs=1e-9)
 
 
+def test_between_policy_draws_the_batches_between_its_steps_from_the_policy(setup, tmp_path):
+    """`between: policy`: the steps between the policy's own are drawn from it too (one row per
+    class, with scores), counted but not PPO transitions; P and the rewards keep the intervals
+    of `select_every`, and the use-time episode does the same."""
+    from raise_select.training.finetune import train_and_finetune
+
+    _, base = setup
+    cfg = replace(base, rounds=1, steps=5, select_every=2, between="policy")
+    train_and_finetune(cfg, tmp_path / "run")
+    steps = [m for m in read_jsonl(tmp_path / "run" / "train_policy" / "metrics.jsonl") if m["kind"] == "step"]
+    assert [m["policy"] for m in steps] == [True, False, True, False, True]
+    assert [m["P"] is not None for m in steps] == [False, True, False, True, True]
+    for path in (
+        tmp_path / "run" / "train_policy" / "selections" / "round_0.jsonl",
+        tmp_path / "run" / "finetune" / "selections.jsonl",
+    ):
+        sel = read_jsonl(path)
+        assert [s["random"] for s in sel] == [False] * 5
+        assert [s["transition"] for s in sel] == [True, False, True, False, True]
+        for s in sel:
+            assert sorted(s["classes"]) == list(range(CLASSES)) and None not in s["scores"]
+    with pytest.raises(UserError, match="between"):
+        replace(base, between="nope").check()
+
+
 def test_resume_reaches_the_uninterrupted_result(setup, tmp_path):
     _, base = setup
     straight = replace(base, out=str(tmp_path / "straight"), rounds=3)

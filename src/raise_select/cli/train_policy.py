@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         per_class: Optional[int] = typer.Option(None, "--per-class"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size"),
         select_every: Optional[int] = typer.Option(None, "--select-every"),
+        between: Optional[str] = typer.Option(None, "--between"),
         metric: Optional[str] = typer.Option(None, "--metric"),
         lr: Optional[float] = typer.Option(None, "--lr"),
         max_length: Optional[int] = typer.Option(None, "--max-length"),

@@ -3,13 +3,14 @@ lines 7-14), shared by `train_policy` (rollouts, explore=True) and `finetune` (u
 
 With `select_every = M` (appendix F) the policy chooses at steps 1, M+1, 2M+1, ... and a
 uniformly random batch (seeded, without replacement over the whole pool) is used in
-between. P is measured only where it is needed: before each policy step (its stage state
-P_{t-1}) and after the last step, so validation also costs 1/M. A policy step's reward is
-P at the end of its interval minus P before it, i.e. the random steps' improvement is
-credited to the policy step that opened the interval (`RolloutBuffer.add_reward`); with
-M = 1 this is R_t = P(M_t) - P(M_{t-1}) of section 3.2, and in every case the rewards of a
-round sum to P(M_T) - P(M_0). Random batches count towards times-selected (eq. 5) but are
-not PPO transitions.
+between (`between: policy`, a departure: a batch drawn from the policy, as at its own
+steps, with the last measured P in its state). P is measured only where it is needed:
+before each policy step (its stage state P_{t-1}) and after the last step, so validation
+also costs 1/M. A policy step's reward is P at the end of its interval minus P before it,
+i.e. the in-between steps' improvement is credited to the policy step that opened the
+interval (`RolloutBuffer.add_reward`); with M = 1 this is R_t = P(M_t) - P(M_{t-1}) of
+section 3.2, and in every case the rewards of a round sum to P(M_T) - P(M_0). In-between
+batches count towards times-selected (eq. 5) but are not PPO transitions.
 
 Multi-process: the batch is decided on the main process and broadcast (a `Choice`); every
 process trains on its slice and P is reduced across processes (see `loop` and `reward`).
@@ -71,6 +72,14 @@ class EpisodeConfig(LMConfig):
     select_every: int = field(
         default=1, metadata={"help": "M (appendix F): the policy chooses every M steps, random batches in between"}
     )
+    between: str = field(
+        default="random",
+        metadata={
+            "help": "with select_every > 1, the batches between the policy's steps: random (appendix F) or policy "
+            "(drawn from the policy at the current stage and times-selected, with the last measured P; no reward "
+            "or PPO transition of their own: their effect is credited to the step that opened the interval)"
+        },
+    )
     metric: str = field(default="neg_loss", metadata={"help": "P(M): neg_loss, accuracy or module:function"})
     val_batch_size: int = field(default=16, metadata={"help": "validation examples per forward pass"})
     max_new_tokens: int = field(default=128, metadata={"help": "generation length for metric=accuracy"})
@@ -90,6 +99,7 @@ class EpisodeConfig(LMConfig):
             [
                 (self.steps >= 1, "steps", "must be >= 1"),
                 (self.select_every >= 1, "select_every", "must be >= 1"),
+                (self.between in BETWEEN, "between", f"must be one of {', '.join(BETWEEN)}"),
                 (self.batch_size is None or self.batch_size >= 1, "batch_size", "must be >= 1"),
                 (self.val_size is None or self.val_size >= 1, "val_size", "must be >= 1"),
                 (self.val_batch_size >= 1, "val_batch_size", "must be >= 1"),
@@ -321,6 +331,9 @@ def share_from_main(accelerator, obj):
     return broadcast_object_list([obj])[0]
 
 
+BETWEEN = ("random", "policy")  # the batches between the policy's steps (`select_every` > 1)
+
+
 def run_episode(
     trainer: LMTrainer,
     validator: Validator,
@@ -334,11 +347,14 @@ def run_episode(
     where: str,
     on_step: Callable[[dict, dict], None],
     buffer=None,
+    between: str = "random",
 ) -> EpisodeResult:
     """Train `steps` updates from the trainer's current model; `buffer` gets the PPO transitions.
 
     explore=True: rollouts (`policy.act` samples within each class); False: use time
-    (`policy.use`, the policy's `use_rule`).
+    (`policy.use`, the policy's `use_rule`). `between`: the batches between the policy's steps
+    (`select_every` > 1) are uniformly random, or drawn from the policy as its own steps are,
+    counted towards times-selected but not PPO transitions.
 
     `on_step(metrics, selection)` receives each step's metrics line and selection line.
     `where` names the episode in errors ("round 3").
@@ -357,7 +373,7 @@ def run_episode(
         start = time.perf_counter()
         choice: Choice | None = None
         if acc.is_main_process:
-            if from_policy:
+            if from_policy or between == "policy":
                 if explore:
                     action = policy.act(p_prev, t / steps, counts, explore=True, generator=generator)
                 else:
@@ -421,7 +437,8 @@ def run_episode(
             "indices": indices,
             "scores": list(choice.scores),
             "classes": classes[chosen].tolist(),
-            "random": not from_policy,
+            "random": not from_policy and between == "random",
+            **({"transition": from_policy} if between == "policy" else {}),
         }
         on_step(metrics, selection)
     result.final_p = p_prev

@@ -125,6 +125,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
         p0=p0,
         where="finetune",
         on_step=on_step,
+        between=cfg.between,
     )
     model_dir = run.out / "model"
     trainer.save(model_dir)

@@ -171,6 +171,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
             where=f"round {k}",
             on_step=on_step,
             buffer=buffer,
+            between=cfg.between,
         )
         start = time.perf_counter()
         stats = policy.update(buffer, last_value=0.0) if acc.is_main_process else {}
