@@ -18,7 +18,11 @@ that no method sees:
 Every method trains the same base model for the same number of update steps (`budget` x 3
 epochs / batch; `full` one epoch of the whole pool, which is also Φ). Methods that do not read
 a validation set (random, ifd, deita, alpagasus, sspl, full) are trained once and scored on
-every target; targeted ones (rds, embed, less, rose, greats, rho) once per target. The figure
+every target; targeted ones (rds, embed, tsds, less, rose, greats, rho) once per target; less
+and rose share one cache of the pool's gradients (`<out>/cache/`), so the long gradient pass
+runs once for all their cells. RAISE rows: `raise` (the package defaults + the RDS+ prior),
+`raise_noprior`, `raise_paper` (the paper's literal form) and `raise_between` (`raise` with
+the policy's batches between its choices, `between: policy`). The figure
 is the held-out loss over the reference answers, reported as the gain over the zero-shot
 model (base loss - method loss, so higher is better), with a 95% interval: a t-interval over
 seeds for RAND (and any method given several seeds), a paired bootstrap over the held-out items
@@ -582,7 +586,7 @@ def markdown(rows, cfg, base_losses, phi, phi_from, feat_seconds, pool_size, ste
         f"bootstrap over items (10,000 resamples). `*`: interval wholly above RAND's.",
         f"Pool {pool_size} rows; budget {cfg.budget} -> {steps} matched steps of {cfg.batch_size}; the 100% row is one "
         f"epoch. Φ = {phi:.0f} s (from {phi_from}); featurize (counted for {counted}) {feat_seconds:.0f} s. "
-        "Targeted rows (RDS+, EMBED, LESS, ROSE, GREATS, RHO-LOSS) cost one selection per target; "
+        "Targeted rows (RDS+, EMBED, TSDS, LESS, ROSE, GREATS, RHO-LOSS) cost one selection per target; "
         "their cost is per target.",
     ]
     return "\n".join(lines + notes) + "\n"
