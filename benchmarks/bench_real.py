@@ -136,6 +136,7 @@ class BenchConfig:
     raise_rounds: int = 6
     raise_val_size: int = 32
     raise_select_every: int = 1
+    report_only: bool = False  # tables from the finished cells only; nothing selected, trained or evaluated
     options: dict = field(default_factory=dict)
 
 
@@ -157,6 +158,10 @@ DEFAULT_OPTIONS = {
     "less": {"lora_r": 8, "lora_alpha": 32, "proj_dim": 1024, "warmup_epochs": 1, "warmup_batch_size": 8, "lr": 2e-4},
     "rose": {"lora_r": 8, "lora_alpha": 32, "proj_dim": 1024, "warmup_epochs": 1, "warmup_batch_size": 8, "lr": 2e-4},
 }
+
+
+class Unfinished(Exception):
+    """A cell or evaluation that `report_only` does not compute."""
 
 
 class Bench:
@@ -252,7 +257,12 @@ class Bench:
         cell_dir = self.out / "cells" / name
         kind = "raise" if method in RAISE_VARIANTS else method
         ids = chosen_ids(cell_dir, kind, self.pool)
-        if ids is None and bcfg is not None and not getattr(BASELINES[method], "online", False):
+        if (
+            ids is None
+            and bcfg is not None
+            and not getattr(BASELINES[method], "online", False)
+            and not self.cfg.report_only
+        ):
             log.info("cell %s: selecting again (no training) to count its on-topic rows", name)
             run_baseline(replace(bcfg, train=False), self.options.get(method, {}))
             ids = chosen_ids(cell_dir, kind, self.pool)
@@ -268,6 +278,7 @@ class Bench:
         path = cell_dir / "cell.json"
         record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if record.get("key") != key:
+            self.unfinished(name)
             log.info("cell %s: selecting and training", name)
             t0 = time.perf_counter()
             bcfg.train = False
@@ -374,6 +385,7 @@ class Bench:
         path = cell_dir / "cell.json"
         record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if record.get("key") != key:
+            self.unfinished(name)
             log.info("cell %s: training the policy and fine-tuning with it", name)
             model_dir, policy_seconds, finetune_seconds = train_and_finetune(tp, cell_dir)
             record = {
@@ -400,6 +412,11 @@ class Bench:
         self.evaluate(record, target, path)
         return record
 
+    def unfinished(self, what: str) -> None:
+        """With `report_only`, a cell or evaluation not on record is left out of the tables."""
+        if self.cfg.report_only:
+            raise Unfinished(what)
+
     def eval_key(self, cell_key: str | None, target: str) -> str:
         cfg = self.cfg
         return fingerprint(
@@ -414,6 +431,7 @@ class Bench:
         done = record.setdefault("evals", {}).get(target)
         if done and done.get("key") == ekey:
             return done["losses"]
+        self.unfinished(f"{record.get('method', 'base')} on {target}")
         losses = example_losses(record["model"], self.heldout[target], max_length=cfg.max_length, device="cpu")
         record["evals"][target] = {"key": ekey, "losses": [round(float(x), 6) for x in losses]}
         if path is not None:
@@ -435,6 +453,9 @@ class Bench:
         for name, method, target, seed in progress_bar(self.cells(), desc="bench cells", unit="cell"):
             try:
                 records.append(self.run_cell(name, method, target, seed, features))
+            except Unfinished as e:
+                log.info("cell %s: not finished (%s); left out (--report)", name, e)
+                continue
             except UserError as e:  # one method that cannot run here must not sink the others
                 log.error("cell %s failed: %s", name, e)
                 continue
@@ -736,6 +757,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--classes", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="write the tables from the finished cells only: nothing is selected, trained or evaluated "
+        "(cells still running in another process are left out)",
+    )
     a = p.parse_args(argv)
     settings = dict(QUICK) if a.quick else {}
     settings["out"] = a.out or ("runs/bench_real_quick" if a.quick else "runs/bench_real")
@@ -762,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["seeds"] = [int(x) for x in a.seeds.split(",")]
     if a.raise_seeds:
         settings["raise_seeds"] = [int(x) for x in a.raise_seeds.split(",")]
+    settings["report_only"] = a.report
     if a.threads:
         import torch
 

@@ -452,3 +452,8 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
     assert bench_real.main([*argv[: argv.index("--out")], "--out", str(moved), *argv[argv.index("--out") + 2 :]]) == 0
     assert json.loads(cell.read_text()) == {**record, "chosen": chosen}
     assert {p: p.stat().st_mtime for p in (moved / "cells" / "rds@gsm8k" / "model").rglob("*")} == trained
+    # --report: the tables from the finished cells; a method never run (sspl) is left out, untrained.
+    assert bench_real.main([*argv[:methods], "random,sspl", *argv[methods + 1 :], "--report"]) == 0
+    assert not (out / "cells" / "sspl").exists()
+    report = json.loads((out / "bench_real.json").read_text())
+    assert "random" in report["rows"] and "sspl" not in report["rows"]
