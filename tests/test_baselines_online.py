@@ -214,6 +214,33 @@ def test_greats_update_from_its_scoring_pass_equals_a_step_of_its_own(tiny_model
         assert torch.allclose(seen[True][2][n], g, rtol=1e-4, atol=1e-7), n
 
 
+def test_greats_lora_run_with_the_update_from_the_scoring_pass_chooses_as_before(tiny_model_dir, tmp_path):
+    """End to end under LoRA: the run that takes its updates from the scoring pass chooses the
+    same rows at every step as the run that takes a pass of its own, and trains to the same
+    adapter (up to rounding)."""
+    from safetensors.torch import load_file
+
+    pool, val = _pool(16), _pool(24).examples[18:]
+    runs = {}
+    for reuse in (True, False):
+        ctx = SelectionContext(
+            model=str(tiny_model_dir),
+            validation=val,
+            seed=2,
+            batch_size=2,
+            steps=4,
+            max_length=48,
+            out_dir=tmp_path / str(reuse),
+            lm=LMConfig(max_length=48, lr=1e-2, lora=True, seed=2),
+        )
+        sel = make_baseline("greats", {"candidates": 3, "reuse_gradients": reuse}).select(pool, 8, ctx)
+        assert sel.info["update_from_scoring_pass"] is reuse
+        runs[reuse] = sel.indices, load_file(tmp_path / str(reuse) / "model" / "adapter_model.safetensors")
+    assert runs[True][0] == runs[False][0]
+    for name, w in runs[False][1].items():
+        assert torch.allclose(runs[True][1][name], w, rtol=1e-4, atol=1e-6), name
+
+
 def test_given_gradients_must_cover_the_trainable_weights(tiny_model_dir):
     from raise_select.training.loop import GivenGradients
 
