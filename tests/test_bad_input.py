@@ -1222,7 +1222,14 @@ METHOD_OPTIONS = [
     ("greats", "greats.candidates=0", ["method 'greats'", "candidates = 0 (must be >= 1"]),
     ("greats", "greats.candidates=abc", ["'candidates' must be a whole number, got 'abc'"]),
     ("greats", "greats.candidates=2.5", ["'candidates' must be an integer, got 2.5"]),
-    ("greats", "greats.candidate=2", ["unknown option(s) candidate; available: candidates, last_layers, val_batch"]),
+    (
+        "greats",
+        "greats.candidate=2",
+        [
+            "unknown option(s) candidate; available: candidates, last_layers, lora_last_layers, "
+            "reuse_gradients, val_batch"
+        ],
+    ),
     ("greats", "greats.val_batch=0", ["val_batch = 0 (must be >= 1)"]),
     ("greats", "greats.last_layers=-1", ["last_layers = -1 (must be >= 0"]),
     ("rho", "rho.candidates=-3", ["method 'rho'", "candidates = -3"]),

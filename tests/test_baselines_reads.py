@@ -48,6 +48,8 @@ CASES = [
     ("less", LORA),
     ("rose", {**LORA, "warmup_fraction": 0.5}),
     ("embed", {}),
+    ("tsds", {}),
+    ("tsds", {"representation": "embed"}),
     ("greats", {"candidates": 2, "last_layers": 1}),
     ("rho", {"candidates": 2, "il_epochs": 1}),
 ]
@@ -100,7 +102,8 @@ def test_every_registered_method_says_what_it_reads_and_has_a_case():
     # The answers that depend on the options.
     assert needs_features("sspl") and not needs_features("sspl", {"loss": "target"})
     assert needs_features("deita") and not needs_features("deita", {"embedder": "all-minilm-l6-v2"})
-    assert needs_rds_vectors("rds") and not any(needs_rds_vectors(m) for m in BASELINES if m != "rds")
+    assert needs_rds_vectors("rds") and not any(needs_rds_vectors(m) for m in BASELINES if m not in ("rds", "tsds"))
+    assert needs_rds_vectors("tsds") and not needs_rds_vectors("tsds", {"representation": "embed"})
 
 
 @pytest.mark.parametrize("method,options", CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
