@@ -21,8 +21,10 @@ a validation set (random, ifd, deita, alpagasus, sspl, full) are trained once an
 every target; targeted ones (rds, embed, tsds, less, rose, greats, rho) once per target; less
 and rose share one cache of the pool's gradients (`<out>/cache/`), so the long gradient pass
 runs once for all their cells. RAISE rows: `raise` (the package defaults + the RDS+ prior),
-`raise_noprior`, `raise_paper` (the paper's literal form) and `raise_between` (`raise` with
-the policy's batches between its choices, `between: policy`). The figure
+`raise_noprior`, `raise_paper` (the paper's literal form), `raise_between` (`raise` with
+the policy's batches between its choices, `between: policy`) and `raise_less` (the LESS cell's
+scores as the prior, `prior: selection`, policy between; its cost includes that LESS cell's
+selection). The figure
 is the held-out loss over the reference answers, reported as the gain over the zero-shot
 model (base loss - method loss, so higher is better), with a 95% interval: a t-interval over
 seeds for RAND (and any method given several seeds), a paired bootstrap over the held-out items
@@ -77,9 +79,12 @@ RAISE_VARIANTS = {
     "raise_noprior": {},  # the package defaults (the prior's ablation)
     "raise_paper": dict(PAPER),  # the paper's literal form (appendix A.2, eq. 2-12)
     "raise_between": {"prior": "rds"},  # `raise`, with the policy's batches between its choices too
+    "raise_less": {"prior": "selection"},  # the LESS cell's pool scores as the prior (policy/prior.py)
 }
 # Episode settings of a variant (the rest come from the benchmark's --raise-* settings).
-RAISE_EPISODE = {"raise_between": {"between": "policy"}}
+RAISE_EPISODE = {"raise_between": {"between": "policy"}, "raise_less": {"between": "policy"}}
+# Variants whose prior is another cell's selection (same target; its selection seconds are added to the cost).
+PRIOR_FROM = {"raise_less": "less"}
 LABELS = {
     **ROW_LABELS,  # the study's row names
     "full": "100%",
@@ -87,6 +92,7 @@ LABELS = {
     "raise_noprior": "RAISE (defaults)",
     "raise_paper": "RAISE (paper)",
     "raise_between": "RAISE (+RDS+ prior, policy between)",
+    "raise_less": "RAISE (+LESS prior, policy between)",
 }
 ORDER = (
     "random",
@@ -350,7 +356,8 @@ class Bench:
         """train-policy (`raise_rounds` rounds of episodes as long as the matched steps), then
         finetune with the policy for the matched steps; the policy's reward is the validation
         loss on `raise_val_size` examples of the target's validation sample. Cost: policy
-        training (reference episode + rounds) + fine-tuning, + featurize."""
+        training (reference episode + rounds) + fine-tuning, + featurize; for a variant whose prior
+        is another cell's selection (`PRIOR_FROM`), + that cell's selection seconds."""
         from raise_select.policy import PolicyConfig
         from raise_select.training.finetune import policy_training_episodes, train_and_finetune
         from raise_select.training.train_policy import TrainPolicyConfig
@@ -358,6 +365,14 @@ class Bench:
         cfg = self.cfg
         cell_dir = self.out / "cells" / name
         steps = self.matched_steps()
+        policy = dict(RAISE_VARIANTS[method])
+        prior_seconds = 0.0
+        if method in PRIOR_FROM:  # the prior is the source cell's selection: run that cell first
+            source = PRIOR_FROM[method]
+            source_name = cell_name(source, target, cfg.seed)
+            source_record = self.run_cell(source_name, source, target, cfg.seed, features)
+            policy["prior_selection"] = str(self.out / "cells" / source_name / "selection.json")
+            prior_seconds = float(source_record["select_seconds"])
         tp = TrainPolicyConfig(
             pool=str(self.pool_path),
             features=features,
@@ -377,7 +392,7 @@ class Bench:
             lora_alpha=16,
             lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"],
             max_length=cfg.max_length,
-            policy=PolicyConfig(**RAISE_VARIANTS[method]),
+            policy=PolicyConfig(**policy),
             **self.options.get(method, {}),
         )
         # `between` came after the first cells; at its old behaviour it stays out of their keys.
@@ -396,6 +411,7 @@ class Bench:
                 "steps": steps,
                 "select_seconds": round(policy_seconds, 2),
                 "train_seconds": round(finetune_seconds, 2),
+                "prior_seconds": round(prior_seconds, 2),
                 "model": str(model_dir),
                 "evals": {},
             }
@@ -498,7 +514,9 @@ class Bench:
             for m, group in groups.items():
                 losses = [g["evals"][t]["losses"] for g in group]
                 interval = gain_interval(base, losses, seed=cfg.seed)
-                seconds = float(np.mean([g["select_seconds"] + g["train_seconds"] for g in group]))
+                seconds = float(
+                    np.mean([g["select_seconds"] + g["train_seconds"] + g.get("prior_seconds", 0.0) for g in group])
+                )
                 seconds += feat_seconds if self.reads_features(m) else 0.0
                 rows.setdefault(m, {})[t] = {
                     "gain": interval.mean,
@@ -629,9 +647,11 @@ def raise_costs(records: list[dict], phi: float) -> dict:
             "round": float(np.mean(rounds)) if rounds else float("nan"),
             "rounds": len(rounds) / len(group),
             "finetune": float(np.mean([r["train_seconds"] for r in group])),
+            "prior": float(np.mean([r.get("prior_seconds", 0.0) for r in group])),
             "cells": len(group),
         }
-        cost.update({f"{k}_phi": cost[k] / phi if phi == phi else None for k in ("reference", "round", "finetune")})
+        parts = ("reference", "round", "finetune", "prior")
+        cost.update({f"{k}_phi": cost[k] / phi if phi == phi else None for k in parts})
         out[m] = cost
     return out
 
@@ -645,7 +665,8 @@ def cost_markdown(costs: dict) -> str:
 
     lines = [
         f"{LABELS[m]}, per seed (mean of {c['cells']} cells): policy training = reference episode "
-        f"{part(m, 'reference')} + {c['rounds']:g} round(s) x {part(m, 'round')}; fine-tuning {part(m, 'finetune')}."
+        f"{part(m, 'reference')} + {c['rounds']:g} round(s) x {part(m, 'round')}; fine-tuning {part(m, 'finetune')}"
+        + (f"; its prior (the {PRIOR_FROM[m]} cell's selection) {part(m, 'prior')}." if c.get("prior") else ".")
         for m, c in costs.items()
     ]
     return ("\n" + "\n".join(lines) + "\n") if lines else ""

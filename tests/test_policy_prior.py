@@ -200,3 +200,88 @@ def test_train_policy_and_finetune_with_the_rds_prior(rds_setup, tiny_model_dir,
         )
     )
     assert out.is_dir()
+
+
+def _selection_file(path, pool, scores, **extra):
+    record = {"method": "less", "pool_scores": scores, "pool_fingerprint": pool.fingerprint, **extra}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_selection_prior_is_the_standardised_pool_scores_with_nulls_lowest(rds_setup, tmp_path):
+    from raise_select.policy.prior import selection_prior
+
+    root, pool, _ = rds_setup
+    raw = np.random.default_rng(3).normal(size=len(pool))
+    scores = raw.tolist()
+    scores[5] = None  # a row the method left unscored
+    filled = raw.copy()
+    filled[5] = np.delete(raw, 5).min()
+    expected = (filled - filled.mean()) / filled.std()
+    got = selection_prior(_selection_file(tmp_path / "sel.json", pool, scores), pool)
+    assert got == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(UserError, match="no such file"):
+        selection_prior(tmp_path / "missing.json", pool)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(UserError, match="bad.json: not a readable JSON"):
+        selection_prior(tmp_path / "bad.json", pool)
+    with pytest.raises(UserError, match="pool_scores is missing; method 'random'"):
+        selection_prior(_selection_file(tmp_path / "r.json", pool, None, method="random"), pool)
+    with pytest.raises(UserError, match="another pool"):
+        selection_prior(_selection_file(tmp_path / "o.json", pool, scores, pool_fingerprint="x"), pool)
+    with pytest.raises(UserError, match="row 2 is not a number"):
+        selection_prior(_selection_file(tmp_path / "s.json", pool, [0.0, 1.0, "high", *scores[3:]]), pool)
+
+
+def test_prior_selection_must_be_named_exactly_with_prior_selection():
+    with pytest.raises(UserError, match="prior_selection"):
+        PolicyConfig(prior="selection")
+    with pytest.raises(UserError, match="prior_selection"):
+        PolicyConfig(prior="rds", prior_selection="sel.json")
+    assert PolicyConfig(prior="selection", prior_selection="sel.json").prior_selection == "sel.json"
+
+
+def test_train_policy_and_finetune_with_a_selection_prior(rds_setup, tiny_model_dir, tmp_path):
+    """Round 0 ranks each class by the selection's scores; the saved policy scores the pool with
+    the same column at use time."""
+    from raise_select.training import FinetuneConfig, TrainPolicyConfig, finetune, train_policy
+    from raise_select.training.episode import load_static, prior_column
+
+    root, pool, _ = rds_setup
+    raw = np.random.default_rng(4).normal(size=len(pool))
+    sel = _selection_file(tmp_path / "sel.json", pool, raw.tolist())
+    pcfg = PolicyConfig(per_class=1, prior="selection", prior_selection=str(sel), use_rule="topk")
+    _, static = load_static(str(root / "pool.json"), str(root / "features"), prior=prior_column(pcfg, [], None, ""))
+    first = RaisePolicy(static, pcfg).use(-1.0, 0.0, torch.zeros(len(static), dtype=torch.int64)).indices.tolist()
+    classes = static.classes.numpy()
+    best = [int(np.flatnonzero(classes == c)[np.argmax(raw[classes == c])]) for c in range(static.num_classes)]
+    assert sorted(first) == sorted(best)
+    cfg = TrainPolicyConfig(
+        pool=str(root / "pool.json"),
+        features=str(root / "features"),
+        model=str(tiny_model_dir),
+        val=str(root / "val.json"),
+        out=str(tmp_path / "run"),
+        rounds=1,
+        steps=2,
+        lr=1e-3,
+        max_length=64,
+        policy=pcfg,
+    )
+    policy_dir = train_policy(cfg)
+    saved = RaisePolicy.read_config(policy_dir)
+    assert saved.prior == "selection" and saved.prior_selection == str(sel)
+    out = finetune(
+        FinetuneConfig(
+            policy=str(policy_dir),
+            pool=cfg.pool,
+            features=cfg.features,
+            model=cfg.model,
+            val=cfg.val,
+            out=str(tmp_path / "ft"),
+            steps=2,
+            lr=1e-3,
+            max_length=64,
+        )
+    )
+    assert out.is_dir()

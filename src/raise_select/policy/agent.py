@@ -113,9 +113,14 @@ class PolicyConfig:
     prior: str = field(
         default="none",
         metadata={
-            "help": "none [eq. 2-6] or rds: one more static state column, the RDS+ similarity of each row to the "
-            "validation set, with an actor whose round 0 ranks rows by it (policy/prior.py; needs featurize --rds)"
+            "help": "none [eq. 2-6], rds or selection: one more static state column, with an actor whose round 0 "
+            "ranks rows by it (policy/prior.py); rds: the RDS+ similarity of each row to the validation set "
+            "(needs featurize --rds); selection: the pool_scores of a baseline's selection.json (prior_selection)"
         },
+    )
+    prior_selection: str = field(
+        default="",
+        metadata={"help": "with prior selection: a scoring baseline's selection.json on the same pool"},
     )
     prior_scale: float = field(
         default=3.0,
@@ -148,6 +153,11 @@ class PolicyConfig:
             (self.use_rule in USE_RULES, "use_rule", f"must be one of {', '.join(USE_RULES)}"),
             (self.prior in PRIORS, "prior", f"must be one of {', '.join(PRIORS)}"),
             (math.isfinite(self.prior_scale) and self.prior_scale > 0.0, "prior_scale", "must be a finite number > 0"),
+            (
+                (self.prior == "selection") == bool(self.prior_selection),
+                "prior_selection",
+                "must name a selection.json exactly when prior is selection",
+            ),
         ]
         check_fields(self, rules, "policy")
 

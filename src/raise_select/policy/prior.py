@@ -15,17 +15,27 @@ rows by that column: one hidden unit reads only the prior, the output weighs onl
 so each class's softmax (eq. 10) samples like a soft RDS+ selection with the diversity
 constraint of Algorithm 1, and PPO then learns where to deviate (stage, repeats, the other
 state columns), which the other output weights (zero at the start) pick up from the first
-update. `prior: none` is the paper's state (eq. 2-6) and initialisation.
+update. `prior: selection` takes the column from any scoring baseline instead: the
+`pool_scores` of its selection.json (`raise-select baseline ... --method less`, say), given
+as `policy.prior_selection`; it must have been made on the same pool (its pool fingerprint
+is checked), and rows the method left unscored (null) get the lowest score, with a count in
+the log. `prior: none` is the paper's state (eq. 2-6) and initialisation.
 """
 
 from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import UserError
 
-PRIORS = ("none", "rds")
+log = logging.getLogger(__name__)
+
+PRIORS = ("none", "rds", "selection")
 
 
 def standardize(column: np.ndarray, what: str = "prior") -> np.ndarray:
@@ -77,6 +87,53 @@ def rds_prior(table, val_examples, model: str, template: str, max_length: int, d
         device,
     )
     return standardize(rds_similarity(table.rds, val), "policy.prior rds")
+
+
+def selection_prior(path: str | Path, pool) -> np.ndarray:
+    """The standardised `prior: selection` column: a baseline selection's `pool_scores` (pool order).
+
+    Refuses a missing or malformed file, one without per-row scores, and one made on another
+    pool (its `pool_fingerprint` must equal `pool.fingerprint`); null scores become the lowest.
+    """
+    path = Path(path)
+    what = f"policy.prior_selection {path}"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what}: no such file (a baseline run's selection.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what}: not a readable JSON selection ({e})") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{what}: not a selection record (a JSON object)")
+    scores = record.get("pool_scores")
+    if not isinstance(scores, list):
+        raise UserError(
+            f"{what}: field pool_scores is missing; method {record.get('method')!r} scores no pool rows "
+            "(take a scoring method: rds, embed, tsds, less, ifd, alpagasus, deita, ...)"
+        )
+    if record.get("pool_fingerprint") != pool.fingerprint or len(scores) != len(pool):
+        raise UserError(
+            f"{what}: made on another pool ({record.get('pool')!r}, {len(scores)} rows) than this one "
+            f"({len(pool)} rows); run the baseline on the same pool file"
+        )
+    values = np.empty(len(scores), dtype=np.float64)
+    missing = 0
+    for row, v in enumerate(scores):
+        if v is None:
+            values[row], missing = np.nan, missing + 1
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            values[row] = float(v)
+        else:
+            raise UserError(f"{what}: pool_scores row {row} is not a number ({v!r})")
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise UserError(f"{what}: no row has a finite score")
+    if missing or not finite.all():
+        log.warning(
+            "%s: %d of %d rows without a finite score get the lowest score", what, int((~finite).sum()), len(values)
+        )
+        values[~finite] = values[finite].min()
+    return standardize(values, what)
 
 
 def init_prior_actor(actor: torch.nn.Module, column: int, scale: float) -> None:

@@ -119,7 +119,8 @@ def lm_config(cfg: LMConfig) -> LMConfig:
 def load_static(pool_spec: str, features: str, normalizer=None, prior: Callable | None = None):
     """(pool, static state) with the features aligned to the pool (refuses missing ones).
 
-    `prior`: a function of the aligned feature table giving the `policy.prior` column (`prior_column`).
+    `prior`: a function of (the aligned feature table, the pool) giving the `policy.prior`
+    column (`prior_column`).
     """
     from ..data.pools import load_pool
     from ..features.table import FeatureTable
@@ -127,20 +128,24 @@ def load_static(pool_spec: str, features: str, normalizer=None, prior: Callable 
 
     pool = load_pool(pool_spec)
     table = FeatureTable.read(features).align(pool.ids)
-    return pool, StaticState.from_features(table, normalizer, None if prior is None else prior(table))
+    return pool, StaticState.from_features(table, normalizer, None if prior is None else prior(table, pool))
 
 
-def prior_column(kind: str, val_examples, cfg: LMConfig, model: str) -> Callable | None:
-    """The `policy.prior` column as a function of the aligned feature table (None for `none`).
+def prior_column(policy, val_examples, cfg: LMConfig, model: str) -> Callable | None:
+    """The `policy.prior` column of a PolicyConfig as a function of (aligned feature table, pool).
 
-    The same function at training and at use time: on the same pool and validation set it
-    gives the same column, so a saved policy scores rows as it was trained to.
+    None for `none` (or no policy config). The same function at training and at use time: on
+    the same pool and validation set (or selection file) it gives the same column, so a saved
+    policy scores rows as it was trained to.
     """
+    kind = "none" if policy is None else policy.prior
     if kind == "none":
         return None
-    from ..policy.prior import rds_prior
+    from ..policy.prior import rds_prior, selection_prior
 
-    return lambda table: rds_prior(table, val_examples, model, cfg.template, cfg.max_length)
+    if kind == "selection":
+        return lambda table, pool: selection_prior(policy.prior_selection, pool)
+    return lambda table, pool: rds_prior(table, val_examples, model, cfg.template, cfg.max_length)
 
 
 def resolve_per_class(per_class: int, batch_size: int | None, num_classes: int) -> int:
@@ -469,14 +474,14 @@ def start_episode_job(
     make_policy: Callable[[StaticState, int, Pool], RaisePolicy],
     normalizer=None,
     resumable: tuple[str, ...] | None = None,
-    prior: str = "none",
+    prior=None,
 ) -> EpisodeJob:
     """The setup train-policy and finetune share, refusing bad inputs before any model is loaded.
 
     In order: the settings in `required`; the run folder and its log; with `resumable`, the
     settings of a run being resumed there (only those fields may differ); the validation set; the
     pool and its features (scaled with `normalizer`, the policy's own when given; with the
-    `policy.prior` column of `prior`); b (`per_class`, or B / C
+    `policy.prior` column of `prior`, a PolicyConfig); b (`per_class`, or B / C
     from `batch_size`) and B; the policy, `make_policy(static, b, pool)`; then
     config.yaml (a refused run leaves none), the seeded target model M_0, the validator and
     P(M_0).

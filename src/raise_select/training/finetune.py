@@ -92,7 +92,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
         cfg.per_class or RaisePolicy.read_config(cfg.policy).per_class,
         load_policy,
         normalizer=RaisePolicy.read_normalizer(cfg.policy),
-        prior=RaisePolicy.read_config(cfg.policy).prior,
+        prior=RaisePolicy.read_config(cfg.policy),
     )
     run, static, policy, batch = job.run, job.static, job.policy, job.batch
     trainer, validator, p0 = job.trainer, job.validator, job.p0

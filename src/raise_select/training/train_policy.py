@@ -77,7 +77,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         cfg.policy.per_class,
         lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
         resumable=RESUMABLE_CHANGES,
-        prior=cfg.policy.prior,
+        prior=cfg.policy,
     )
     acc, run, pool, static, policy, batch = job.accelerator, job.run, job.pool, job.static, job.policy, job.batch
     trainer, validator, p0 = job.trainer, job.validator, job.p0
