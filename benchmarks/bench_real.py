@@ -350,6 +350,12 @@ class Bench:
             return v
 
         settings = {k: rel(v) for k, v in asdict(job).items() if k not in leave_out}
+        policy = settings.get("policy")
+        if isinstance(policy, dict) and "prior_selection" in policy:  # came after the first RAISE cells
+            if policy["prior_selection"]:
+                policy["prior_selection"] = rel(policy["prior_selection"])
+            else:
+                del policy["prior_selection"]  # at its default it stays out of their keys
         return fingerprint({"config": settings, **({"options": options} if options is not None else {})})
 
     def run_raise_cell(self, name: str, method: str, target: str, seed: int, features: str) -> dict:
