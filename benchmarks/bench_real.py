@@ -561,6 +561,7 @@ class Bench:
                 [m for m in rows if self.reads_features(m)],
             )
             + cost_markdown(policy_costs)
+            + ablation_markdown(records, base_losses, cfg.targets, phi, feat_seconds)
             + topic_markdown(topics, cfg.targets)
         )
         return {
@@ -660,6 +661,39 @@ def raise_costs(records: list[dict], phi: float) -> dict:
         cost.update({f"{k}_phi": cost[k] / phi if phi == phi else None for k in parts})
         out[m] = cost
     return out
+
+
+def ablation_markdown(
+    records: list[dict], base_losses: dict, targets: list[str], phi: float, feat_seconds: float
+) -> str:
+    """The RAISE rows cell by cell: per variant and seed, each target's gain over the zero-shot
+    model (base loss - the cell's mean held-out loss) and the cell's cost in Φ (selection,
+    policy training, fine-tuning, the featurize time and, for a prior taken from another cell,
+    that cell's selection), so a setting's effect can be read seed by seed."""
+    cells: dict[tuple[str, int], dict] = {}
+    for r in records:
+        if r["method"] in RAISE_VARIANTS and r["target"] in targets and r["target"] in r.get("evals", {}):
+            cells.setdefault((r["method"], r["seed"]), {})[r["target"]] = r
+    if not cells:
+        return ""
+    head = "| RAISE row | seed | " + " | ".join(f"{t} gain (Φ)" for t in targets) + " |"
+    lines = ["", "The RAISE rows cell by cell (gain over zero-shot; the cell's cost in Φ):", "", head]
+    lines.append("|" + "---|" * (len(targets) + 2))
+    for m in RAISE_VARIANTS:
+        for (method, seed), by_target in sorted(cells.items(), key=lambda kv: kv[0][1]):
+            if method != m:
+                continue
+            parts = []
+            for t in targets:
+                r = by_target.get(t)
+                if r is None:
+                    parts.append("n/a")
+                    continue
+                gain = float(np.mean(base_losses[t])) - float(np.mean(r["evals"][t]["losses"]))
+                seconds = r["select_seconds"] + r["train_seconds"] + r.get("prior_seconds", 0.0) + feat_seconds
+                parts.append(f"{gain:+.4f} ({seconds / phi:.2f})" if phi == phi else f"{gain:+.4f}")
+            lines.append(f"| {LABELS[m]} | {seed} | " + " | ".join(parts) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def cost_markdown(costs: dict) -> str:

@@ -293,6 +293,41 @@ def test_bench_real_topic_table_lists_each_row_once(monkeypatch):
     )
 
 
+def test_bench_real_ablation_table_is_each_cells_gain_and_cost(monkeypatch):
+    """Per RAISE cell: base loss - its mean held-out loss, and (selection + training + prior +
+    featurize seconds) / Φ, by hand; a target without a cell reads n/a."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_real
+
+    def cell(method, seed, losses, prior=0.0):
+        return {
+            "method": method,
+            "target": "gsm8k",
+            "seed": seed,
+            "select_seconds": 30.0,
+            "train_seconds": 10.0,
+            "prior_seconds": prior,
+            "evals": {"gsm8k": {"losses": losses}},
+        }
+
+    records = [
+        cell("raise_less", 0, [1.0, 0.8], prior=40.0),
+        cell("raise", 1, [1.2, 1.0]),
+        cell("raise", 0, [0.9, 1.1]),
+        {**cell("random", 0, [0.0, 0.0])},  # not a RAISE row
+    ]
+    md = bench_real.ablation_markdown(
+        records, {"gsm8k": [1.5, 1.3], "arc_challenge": [2.0]}, ["gsm8k", "arc_challenge"], 100.0, 20.0
+    )
+    rows = [line for line in md.splitlines() if line.startswith("| RAISE (")]
+    assert rows == [
+        "| RAISE (+RDS+ prior) | 0 | +0.4000 (0.60) | n/a |",  # 1.4 - 1.0; (30 + 10 + 20) / 100
+        "| RAISE (+RDS+ prior) | 1 | +0.3000 (0.60) | n/a |",
+        "| RAISE (+LESS prior, policy between) | 0 | +0.5000 (1.00) | n/a |",  # (30 + 10 + 40 + 20) / 100
+    ]
+    assert bench_real.ablation_markdown(records[3:], {"gsm8k": [1.0]}, ["gsm8k"], 100.0, 0.0) == ""
+
+
 def test_bench_real_less_and_rose_cells_share_one_gradient_cache(tmp_path, monkeypatch):
     """The pool's LESS gradients do not depend on the target: every less and rose cell points
     at one cache, and the cache folder is not part of a cell's key (moving it keeps the cells)."""
