@@ -24,7 +24,8 @@ runs once for all their cells. RAISE rows: `raise` (the package defaults + the R
 `raise_noprior`, `raise_paper` (the paper's literal form), `raise_between` (`raise` with
 the policy's batches between its choices, `between: policy`) and `raise_less` (the LESS cell's
 scores as the prior, `prior: selection`, policy between; its cost includes that LESS cell's
-selection). The figure
+selection) and `raise_less_sharp` (the same at `prior_scale` 10, so round 0 samples closer
+to LESS's own top rows). The figure
 is the held-out loss over the reference answers, reported as the gain over the zero-shot
 model (base loss - method loss, so higher is better), with a 95% interval: a t-interval over
 seeds for RAND (and any method given several seeds), a paired bootstrap over the held-out items
@@ -80,11 +81,14 @@ RAISE_VARIANTS = {
     "raise_paper": dict(PAPER),  # the paper's literal form (appendix A.2, eq. 2-12)
     "raise_between": {"prior": "rds"},  # `raise`, with the policy's batches between its choices too
     "raise_less": {"prior": "selection"},  # the LESS cell's pool scores as the prior (policy/prior.py)
+    # `raise_less` with a sharper prior: at prior_scale 3 round 0 puts 14-17% of its mass on
+    # LESS's top 64 rows (about 700 effective rows), at 10 about 40% (about 250)
+    "raise_less_sharp": {"prior": "selection", "prior_scale": 10.0},
 }
 # Episode settings of a variant (the rest come from the benchmark's --raise-* settings).
-RAISE_EPISODE = {"raise_between": {"between": "policy"}, "raise_less": {"between": "policy"}}
+RAISE_EPISODE = {m: {"between": "policy"} for m in ("raise_between", "raise_less", "raise_less_sharp")}
 # Variants whose prior is another cell's selection (same target; its selection seconds are added to the cost).
-PRIOR_FROM = {"raise_less": "less"}
+PRIOR_FROM = {"raise_less": "less", "raise_less_sharp": "less"}
 LABELS = {
     **ROW_LABELS,  # the study's row names
     "full": "100%",
@@ -93,6 +97,7 @@ LABELS = {
     "raise_paper": "RAISE (paper)",
     "raise_between": "RAISE (+RDS+ prior, policy between)",
     "raise_less": "RAISE (+LESS prior, policy between)",
+    "raise_less_sharp": "RAISE (+LESS prior x10, policy between)",
 }
 ORDER = (
     "random",
