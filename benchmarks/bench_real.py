@@ -567,6 +567,7 @@ class Bench:
             )
             + cost_markdown(policy_costs)
             + ablation_markdown(records, base_losses, cfg.targets, phi, feat_seconds)
+            + prior_markdown(records, self.prior_sources(records), list(self.pool.ids))
             + topic_markdown(topics, cfg.targets)
         )
         return {
@@ -580,6 +581,18 @@ class Bench:
             "raise_costs": policy_costs,
             "markdown": md,
         }
+
+    def prior_sources(self, records: list[dict]) -> dict:
+        """(method, target) -> the selection.json of the cell whose scores are that RAISE row's
+        prior (`PRIOR_FROM`), for the finished RAISE cells of such rows."""
+        out = {}
+        for r in records:
+            source = PRIOR_FROM.get(r["method"])
+            if source and (source, r["target"]) not in out:
+                path = self.out / "cells" / cell_name(source, r["target"], self.cfg.seed) / "selection.json"
+                if path.is_file():
+                    out[(source, r["target"])] = json.loads(path.read_text(encoding="utf-8"))
+        return out
 
     def topic_shares(self, records: list[dict]) -> dict:
         """Per target: the pool's on-topic base rate (`data.topics`) and, per method, the mean
@@ -699,6 +712,39 @@ def ablation_markdown(
                 parts.append(f"{gain:+.4f} ({seconds / phi:.2f})" if phi == phi else f"{gain:+.4f}")
             lines.append(f"| {LABELS[m]} | {seed} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n"
+
+
+def prior_markdown(records: list[dict], sources: dict, pool_ids: list[str]) -> str:
+    """For the RAISE rows whose prior is another method's scores (`PRIOR_FROM`): how close the
+    rows a cell trained on stay to that method's own choice. Per cell: the share of its rows
+    (with repeats) inside the source's selected rows, its distinct rows, and the mean
+    percentile of its rows under the source's pool scores (1 = the top row; unscored rows
+    rank lowest)."""
+    pos = {i: k for k, i in enumerate(pool_ids)}
+    lines = []
+    for r in sorted(records, key=lambda r: (r["method"], r["target"] or "", r["seed"])):
+        sel = sources.get((PRIOR_FROM.get(r["method"]), r["target"]))
+        if sel is None or not r.get("chosen"):
+            continue
+        scores = np.array([-np.inf if v is None else float(v) for v in sel["pool_scores"]], dtype=np.float64)
+        pct = (np.argsort(np.argsort(scores, kind="stable"), kind="stable") + 1) / len(scores)
+        picked = set(sel["ids"])
+        ids = r["chosen"]
+        inside = sum(i in picked for i in ids) / len(ids)
+        mean_pct = float(np.mean([pct[pos[i]] for i in ids]))
+        lines.append(
+            f"| {LABELS[r['method']]} | {r['target']} | {r['seed']} | {inside:.0%} | {len(set(ids))} | {mean_pct:.2f} |"
+        )
+    if not lines:
+        return ""
+    head = [
+        "",
+        "The rows of the RAISE rows with another method's scores as their prior, against that method's own choice:",
+        "",
+        "| RAISE row | target | seed | rows inside its selection | distinct rows | mean percentile of its score |",
+        "|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines) + "\n"
 
 
 def cost_markdown(costs: dict) -> str:

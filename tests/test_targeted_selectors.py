@@ -492,3 +492,24 @@ def test_bench_real_quick_path_on_a_tiny_model(shared_data, tiny_model_dir, tmp_
     assert not (out / "cells" / "sspl").exists()
     report = json.loads((out / "bench_real.json").read_text())
     assert "random" in report["rows"] and "sspl" not in report["rows"]
+
+
+def test_bench_real_prior_table_against_hand_counts(monkeypatch):
+    """The prior table's share inside the source selection, distinct rows and mean score
+    percentile, against counts done by hand on a 5-row pool (an unscored row ranks lowest)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_real
+
+    ids = ["a", "b", "c", "d", "e"]
+    # ascending ranks: b (None) 1, a 2, d 3, c 4, e 5 -> percentiles a .4, b .2, c .8, d .6, e 1
+    sel = {"ids": ["e", "c"], "pool_scores": [0.1, None, 0.5, 0.3, 0.9]}
+    records = [
+        {"method": "raise_less", "target": "gsm8k", "seed": 0, "chosen": ["e", "e", "a", "c"]},
+        {"method": "raise", "target": "gsm8k", "seed": 0, "chosen": ["a"]},  # no prior from a cell
+        {"method": "raise_less", "target": "arc_challenge", "seed": 0, "chosen": ["a"]},  # no source on record
+    ]
+    md = bench_real.prior_markdown(records, {("less", "gsm8k"): sel}, ids)
+    rows = [line for line in md.splitlines() if line.startswith("| RAISE (")]
+    # inside: e, e, c of 4 = 75%; distinct e, a, c = 3; mean percentile (1 + 1 + .4 + .8) / 4 = 0.80
+    assert rows == ["| RAISE (+LESS prior, policy between) | gsm8k | 0 | 75% | 3 | 0.80 |"]
+    assert bench_real.prior_markdown(records[1:], {}, ids) == ""
