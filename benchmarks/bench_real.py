@@ -81,8 +81,9 @@ RAISE_VARIANTS = {
     "raise_paper": dict(PAPER),  # the paper's literal form (appendix A.2, eq. 2-12)
     "raise_between": {"prior": "rds"},  # `raise`, with the policy's batches between its choices too
     "raise_less": {"prior": "selection"},  # the LESS cell's pool scores as the prior (policy/prior.py)
-    # `raise_less` with a sharper prior: at prior_scale 3 round 0 puts 14-17% of its mass on
-    # LESS's top 64 rows (about 700 effective rows), at 10 about 40% (about 250)
+    # `raise_less` with a sharper prior: over the whole pool (classes aside), a softmax of
+    # prior_scale * tanh(z) of LESS's scores puts 14-17% of its mass on LESS's top 64 rows at 3
+    # (about 700 effective rows), about 40% at 10 (about 250)
     "raise_less_sharp": {"prior": "selection", "prior_scale": 10.0},
 }
 # Episode settings of a variant (the rest come from the benchmark's --raise-* settings).
@@ -720,6 +721,8 @@ def prior_markdown(records: list[dict], sources: dict, pool_ids: list[str]) -> s
     (with repeats) inside the source's selected rows, its distinct rows, and the mean
     percentile of its rows under the source's pool scores (1 = the top row; unscored rows
     rank lowest)."""
+    from scipy.stats import rankdata
+
     pos = {i: k for k, i in enumerate(pool_ids)}
     lines = []
     for r in sorted(records, key=lambda r: (r["method"], r["target"] or "", r["seed"])):
@@ -727,7 +730,7 @@ def prior_markdown(records: list[dict], sources: dict, pool_ids: list[str]) -> s
         if sel is None or not r.get("chosen"):
             continue
         scores = np.array([-np.inf if v is None else float(v) for v in sel["pool_scores"]], dtype=np.float64)
-        pct = (np.argsort(np.argsort(scores, kind="stable"), kind="stable") + 1) / len(scores)
+        pct = rankdata(scores) / len(scores)  # ties (the unscored rows) share their mean rank
         picked = set(sel["ids"])
         ids = r["chosen"]
         inside = sum(i in picked for i in ids) / len(ids)
