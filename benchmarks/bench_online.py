@@ -43,16 +43,23 @@ from raise_select.training.loop import GivenGradients, LMConfig, LMTrainer
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
+def clock() -> float:
+    """A host clock read after the GPU's queued work is done (CUDA runs asynchronously)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def timed_steps(trainer: LMTrainer, choose, sets, batch: int, steps: int) -> tuple[float, float]:
     """Mean seconds per step spent choosing and training, after one untimed warm-up step.
     `choose` returns the rows, or a `GivenGradients` (the update's gradient computed while choosing)."""
     select_s = train_s = 0.0
     for s in range(steps + 1):
-        start = time.perf_counter()
+        start = clock()
         rows = choose(next(sets), batch)
-        mid = time.perf_counter()
+        mid = clock()
         trainer.step_with_gradients(rows) if isinstance(rows, GivenGradients) else trainer.step(rows)
-        end = time.perf_counter()
+        end = clock()
         if s:
             select_s += mid - start
             train_s += end - mid
@@ -62,7 +69,9 @@ def timed_steps(trainer: LMTrainer, choose, sets, batch: int, steps: int) -> tup
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=DATA, help="the shared data folder (alpaca/, gsm8k/)")
-    ap.add_argument("--preset", default="10m", help="tiny Llama preset (test, 1m, 10m)")
+    ap.add_argument(
+        "--preset", default="10m", help="tiny Llama preset (test, 1m, 10m; 135m: SmolLM2-135M's shape, random weights)"
+    )
     ap.add_argument(
         "--model", default=None, help="use this model (hub id, folder, .gguf or packaged name) instead of a tiny preset"
     )
@@ -124,9 +133,9 @@ def main() -> None:
     for label, name, extra in variants:
         method = make_baseline(name, {"candidates": args.candidates, **extra})
         trainer = LMTrainer(str(model_dir), pool, lm, steps)
-        start = time.perf_counter()
+        start = clock()
         info = method.prepare(pool, trainer, ctx)
-        prepare_s[label] = time.perf_counter() - start
+        prepare_s[label] = clock() - start
         sets = candidate_sets(len(pool), method.candidates * b, 0)
 
         def choose(rows, k, method=method, trainer=trainer):
@@ -139,10 +148,11 @@ def main() -> None:
             scored[label] = (info["scored_parameters"], info["update_from_scoring_pass"])
 
     plain = sum(results["plain"])
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} thread(s)"
     print(
         f"model: {args.model or 'preset ' + args.preset}, {params / 1e6:.2f}M non-embedding parameters, "
         f"{'LoRA' if args.lora else 'full fine-tuning'}; B = {b}, max {args.max_length} tokens, "
-        f"{torch.get_num_threads()} thread(s); {args.candidates} x B candidates"
+        f"{where}; {args.candidates} x B candidates"
     )
     for label, (dim, reuse) in scored.items():
         print(f"{label} scores {dim:,} parameters; {'update from the scoring pass' if reuse else 'update of its own'}")

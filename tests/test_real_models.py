@@ -350,3 +350,40 @@ def test_deita_diversity_filter_on_minilm_embeddings(minilm_dir, tiny_model_dir,
     selection = deita.select(pool, 4, ctx)
     assert selection.info["rejected_as_similar"] == 1 and selection.info["short_of_budget"] == 1
     assert len({0, 1} & set(selection.indices)) == 1 and {2, 3} <= set(selection.indices)
+
+
+def test_135m_preset_has_smollm2s_shape_and_parameter_count(tmp_path):
+    """The `135m` timing preset: SmolLM2-135M's geometry, its non-embedding parameters by the
+    closed form 30 x (q, o: 576^2; k, v: 576 x 192; MLP: 3 x 576 x 1536; 2 norms) + final norm,
+    and a 49152-row vocabulary although its tokenizer is far smaller."""
+    from transformers import LlamaForCausalLM
+
+    from raise_select.models.tiny import PRESETS, non_embedding_parameters, tiny_config, train_tokenizer
+
+    tok = train_tokenizer(["a tiny text to train a tokenizer on", "and another one"], vocab_size=300)
+    config = tiny_config(PRESETS["135m"], tok)
+    assert len(tok) < 300 and config.vocab_size == 49152
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    per_block = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576
+    assert non_embedding_parameters(model) == 30 * per_block + 576 == 106_203_456
+    assert model.get_input_embeddings().weight.shape == (49152, 576)
+
+
+@needs_smollm2
+def test_135m_preset_matches_the_packaged_smollm2_config(smollm2_dir):
+    from transformers import AutoConfig
+
+    from raise_select.models.tiny import PRESETS
+
+    real, spec = AutoConfig.from_pretrained(smollm2_dir), PRESETS["135m"]
+    assert (real.hidden_size, real.intermediate_size, real.num_hidden_layers) == (
+        spec.hidden_size,
+        spec.intermediate_size,
+        spec.num_hidden_layers,
+    )
+    assert (real.num_attention_heads, real.num_key_value_heads, real.vocab_size) == (
+        spec.num_attention_heads,
+        spec.num_key_value_heads,
+        spec.model_vocab_size,
+    )

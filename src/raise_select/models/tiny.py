@@ -29,9 +29,14 @@ class TinySpec:
     num_key_value_heads: int
     vocab_size: int = 2048
     max_position_embeddings: int = 1024
+    # The model's vocabulary (embedding and LM-head rows) when it must be larger than what the
+    # tokenizer reaches: a real model's shape for timing (the extra rows are never produced by
+    # the tokenizer). None: the tokenizer's size.
+    model_vocab_size: int | None = None
 
 
-# Named sizes: "1m" and "10m" are the benchmark sizes (non-embedding parameters, roughly).
+# Named sizes: "1m" and "10m" are the benchmark sizes (non-embedding parameters, roughly); "135m" a
+# real model's shape.
 PRESETS = {
     "test": TinySpec(
         hidden_size=32,
@@ -46,6 +51,18 @@ PRESETS = {
     ),
     "10m": TinySpec(
         hidden_size=320, intermediate_size=864, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8
+    ),
+    # SmolLM2-135M's shape (30 blocks of width 576, 9 heads over 3 key-value heads, a 49152-row
+    # vocabulary) with random weights and a 2048-token BPE tokenizer: per-step timings of a real
+    # model's size where its weights are not at hand.
+    "135m": TinySpec(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        model_vocab_size=49152,
+        max_position_embeddings=2048,
     ),
 }
 
@@ -87,14 +104,29 @@ def build_tiny_model(
     """
     from dataclasses import replace
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     spec = spec or PRESETS[preset]
     if vocab_size is not None:
         spec = replace(spec, vocab_size=vocab_size)
     tok = train_tokenizer(texts, vocab_size=spec.vocab_size)
-    config = LlamaConfig(
-        vocab_size=len(tok),
+    config = tiny_config(spec, tok)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_config(spec: TinySpec, tok):
+    """The `LlamaConfig` of `spec` for tokenizer `tok` (its special tokens; its size unless
+    `spec.model_vocab_size` is larger)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=max(len(tok), spec.model_vocab_size or 0),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
@@ -106,13 +138,6 @@ def build_tiny_model(
         eos_token_id=tok.eos_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
 
 
 def non_embedding_parameters(model) -> int:
