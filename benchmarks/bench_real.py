@@ -24,8 +24,9 @@ runs once for all their cells. RAISE rows: `raise` (the package defaults + the R
 `raise_noprior`, `raise_paper` (the paper's literal form), `raise_between` (`raise` with
 the policy's batches between its choices, `between: policy`) and `raise_less` (the LESS cell's
 scores as the prior, `prior: selection`, policy between; its cost includes that LESS cell's
-selection) and `raise_less_sharp` (the same at `prior_scale` 10, so round 0 samples closer
-to LESS's own top rows). The figure
+selection), `raise_less_sharp` (the same at `prior_scale` 10, so round 0 samples closer
+to LESS's own top rows), `raise_less_untrained` (that prior alone: 0 policy-training rounds,
+what PPO adds) and `raise_less_x30` (`prior_scale` 30). The figure
 is the held-out loss over the reference answers, reported as the gain over the zero-shot
 model (base loss - method loss, so higher is better), with a 95% interval: a t-interval over
 seeds for RAND (and any method given several seeds), a paired bootstrap over the held-out items
@@ -85,11 +86,18 @@ RAISE_VARIANTS = {
     # prior_scale * tanh(z) of LESS's scores puts 14-17% of its mass on LESS's top 64 rows at 3
     # (about 700 effective rows), about 40% at 10 (about 250)
     "raise_less_sharp": {"prior": "selection", "prior_scale": 10.0},
+    # the sharp prior alone: 0 policy-training rounds, the initial actor fine-tunes (what PPO adds)
+    "raise_less_untrained": {"prior": "selection", "prior_scale": 10.0},
+    # sharper still (about 75% of the mass on LESS's top 64 at 30): how close to LESS the policy must start
+    "raise_less_x30": {"prior": "selection", "prior_scale": 30.0},
 }
 # Episode settings of a variant (the rest come from the benchmark's --raise-* settings).
-RAISE_EPISODE = {m: {"between": "policy"} for m in ("raise_between", "raise_less", "raise_less_sharp")}
+RAISE_EPISODE = {
+    **{m: {"between": "policy"} for m in ("raise_between", "raise_less", "raise_less_sharp", "raise_less_x30")},
+    "raise_less_untrained": {"between": "policy", "rounds": 0},
+}
 # Variants whose prior is another cell's selection (same target; its selection seconds are added to the cost).
-PRIOR_FROM = {"raise_less": "less", "raise_less_sharp": "less"}
+PRIOR_FROM = {m: "less" for m in ("raise_less", "raise_less_sharp", "raise_less_untrained", "raise_less_x30")}
 LABELS = {
     **ROW_LABELS,  # the study's row names
     "full": "100%",
@@ -99,6 +107,8 @@ LABELS = {
     "raise_between": "RAISE (+RDS+ prior, policy between)",
     "raise_less": "RAISE (+LESS prior, policy between)",
     "raise_less_sharp": "RAISE (+LESS prior x10, policy between)",
+    "raise_less_untrained": "RAISE (+LESS prior x10, untrained: 0 rounds)",
+    "raise_less_x30": "RAISE (+LESS prior x30, policy between)",
 }
 ORDER = (
     "random",
@@ -383,7 +393,13 @@ class Bench:
             source = PRIOR_FROM[method]
             source_name = cell_name(source, target, cfg.seed)
             source_record = self.run_cell(source_name, source, target, cfg.seed, features)
-            policy["prior_selection"] = str(self.out / "cells" / source_name / "selection.json")
+            selection = self.out / "cells" / source_name / "selection.json"
+            if not selection.is_file():  # a finished cell copied without its selection file: select again
+                self.unfinished(f"{source_name}'s selection")
+                log.info("cell %s: selecting again (no training) for the prior of %s", source_name, name)
+                bcfg = self.baseline_job(source_name, source, target, cfg.seed, features)
+                run_baseline(replace(bcfg, train=False), self.options.get(source, {}))
+            policy["prior_selection"] = str(selection)
             prior_seconds = float(source_record["select_seconds"])
         tp = TrainPolicyConfig(
             pool=str(self.pool_path),
@@ -391,11 +407,13 @@ class Bench:
             model=cfg.model,
             val=self.val_files[target],
             out="",
-            val_size=cfg.raise_val_size,
-            rounds=cfg.raise_rounds,
+            **{
+                "val_size": cfg.raise_val_size,
+                "rounds": cfg.raise_rounds,
+                "select_every": cfg.raise_select_every,
+                **RAISE_EPISODE.get(method, {}),
+            },
             steps=steps,
-            select_every=cfg.raise_select_every,
-            **RAISE_EPISODE.get(method, {}),
             batch_size=cfg.batch_size,
             seed=seed,
             lr=cfg.lr,
@@ -475,8 +493,16 @@ class Bench:
         base = json.loads(base_path.read_text()) if base_path.is_file() else {}
         base.update(key="base", model=self.cfg.model)
         reading = any(self.reads_features(m) for m in self.cfg.methods)
+        if reading and self.cfg.report_only and not (self.out / "features" / "features.parquet").is_file():
+            log.warning("--report: the pool is not featurized yet; its seconds are left out of the costs")
+            reading = False
         features, feat_seconds = self.features() if reading else ("", 0.0)
-        base_losses = {t: self.evaluate(base, t, base_path) for t in self.cfg.targets}  # written when computed
+        try:
+            base_losses = {t: self.evaluate(base, t, base_path) for t in self.cfg.targets}  # written when computed
+        except Unfinished as e:
+            raise UserError(
+                f"--report: {self.out} holds no zero-shot evaluation ({e}); run the benchmark first"
+            ) from None
         records, result = [], None
         for name, method, target, seed in progress_bar(self.cells(), desc="bench cells", unit="cell"):
             try:

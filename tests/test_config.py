@@ -94,7 +94,7 @@ def test_section_errors_name_the_dotted_key_and_the_source(tmp_path):
         (lambda: EpisodeConfig(select_every=0), r"select_every = 0"),
         (lambda: EpisodeConfig(lr=-1), r"invalid LLM settings: lr = -1"),  # the parent's rules hold in the child
         (lambda: EpisodeConfig(metric="nope"), r"unknown metric 'nope'"),
-        (lambda: TrainPolicyConfig(rounds=0), r"invalid train-policy settings: rounds = 0"),
+        (lambda: TrainPolicyConfig(rounds=-1), r"invalid train-policy settings: rounds = -1"),
         (lambda: FinetuneConfig(per_class=0), r"invalid finetune settings: per_class = 0"),
         (lambda: PolicyConfig(gamma=1.5, minibatches=0), r"gamma = 1.5 .*; minibatches = 0"),
         (lambda: PolicyConfig(seed=-1), r"seed = -1"),

@@ -285,3 +285,38 @@ def test_train_policy_and_finetune_with_a_selection_prior(rds_setup, tiny_model_
         )
     )
     assert out.is_dir()
+
+
+def test_zero_rounds_saves_the_untrained_prior_policy(rds_setup, tiny_model_dir, tmp_path):
+    """`rounds: 0`: no episode runs, and the saved policy scores every row by the closed form
+    prior_scale * tanh(z) of the standardised selection scores (the prior alone)."""
+    from raise_select.training import TrainPolicyConfig, train_policy
+    from raise_select.training.episode import load_static, prior_column
+
+    root, pool, _ = rds_setup
+    raw = np.random.default_rng(5).normal(size=len(pool))
+    sel = _selection_file(tmp_path / "sel.json", pool, raw.tolist())
+    pcfg = PolicyConfig(per_class=1, prior="selection", prior_selection=str(sel), prior_scale=10.0)
+    cfg = TrainPolicyConfig(
+        pool=str(root / "pool.json"),
+        features=str(root / "features"),
+        model=str(tiny_model_dir),
+        val=str(root / "val.json"),
+        out=str(tmp_path / "run"),
+        rounds=0,
+        steps=2,
+        lr=1e-3,
+        max_length=64,
+        policy=pcfg,
+    )
+    policy_dir = train_policy(cfg)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    kinds = [json.loads(x)["kind"] for x in metrics.read_text().splitlines()] if metrics.is_file() else []
+    assert "reference" not in kinds and "round" not in kinds
+    _, static = load_static(str(root / "pool.json"), str(root / "features"), prior=prior_column(pcfg, [], None, ""))
+    saved = RaisePolicy.load(policy_dir, static)
+    z = (raw - raw.mean()) / raw.std()
+    got = saved.scores(-1.0, 0.0, torch.zeros(len(static), dtype=torch.int64)).numpy()
+    assert got == pytest.approx(10.0 * np.tanh(z), abs=1e-4)
+    with pytest.raises(UserError, match="rounds"):
+        replace(cfg, rounds=-1).check()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -513,3 +514,42 @@ def test_bench_real_prior_table_against_hand_counts(monkeypatch):
     # inside: e, e, c of 4 = 75%; distinct e, a, c = 3; mean percentile (1 + 1 + .4 + .8) / 4 = 0.80
     assert rows == ["| RAISE (+LESS prior, policy between) | gsm8k | 0 | 75% | 3 | 0.80 |"]
     assert bench_real.prior_markdown(records[1:], {}, ids) == ""
+
+
+def test_bench_real_prior_from_a_copied_less_cell_and_report_without_features(
+    shared_data, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """A LESS-prior RAISE cell (here the untrained one: 0 rounds) whose LESS cell was copied
+    without its selection file selects LESS again, untrained, to the same scores, and the RAISE
+    cell to the same rows; --report on a run never made computes nothing and says so."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_real
+
+    def argv(out, methods, *extra):
+        return [
+            "--quick", "--out", str(out), "--model", str(tiny_model_dir),
+            "--pool", str(shared_data / "alpaca/alpaca_data.json"), "--data-dir", str(shared_data),
+            "--pool-size", "24", "--budget", "8", "--val-size", "4", "--heldout-size", "4",
+            "--max-length", "64", "--classes", "2", "--targets", "gsm8k", "--methods", methods,
+            "--raise-seeds", "0", "--raise-val-size", "3", "--raise-select-every", "2", *extra,
+        ]  # fmt: skip
+
+    out = tmp_path / "bench"
+    assert bench_real.main(argv(out, "raise_less_untrained")) == 0
+    less, cell = out / "cells" / "less@gsm8k", out / "cells" / "raise_less_untrained@gsm8k-s0"
+    record = json.loads((cell / "cell.json").read_text())
+    assert not record["policy_episodes"]  # no reference episode, no round: no policy training
+    assert record["prior_seconds"] == json.loads((less / "cell.json").read_text())["select_seconds"]
+    scores = json.loads((less / "selection.json").read_text())["pool_scores"]
+    # The committed form of a run: cell.json files only. Both cells come back from LESS's scores.
+    (less / "selection.json").unlink()
+    shutil.rmtree(cell)
+    assert bench_real.main(argv(out, "raise_less_untrained")) == 0
+    assert json.loads((less / "selection.json").read_text())["pool_scores"] == scores
+    again = json.loads((cell / "cell.json").read_text())
+    assert again["chosen"] == record["chosen"] and again["evals"] == record["evals"]
+    # --report on a folder never run: nothing featurized or evaluated, one line saying so.
+    fresh = tmp_path / "fresh"
+    assert bench_real.main(argv(fresh, "rds", "--report")) == 2
+    assert "holds no zero-shot evaluation" in capsys.readouterr().err
+    assert not (fresh / "features" / "features.parquet").exists()

@@ -239,8 +239,8 @@ def test_invalid_settings_are_refused_before_training(setup, tmp_path, monkeypat
     out = str(tmp_path / "bad")
     with pytest.raises(UserError, match="per_class = 0"):  # refused where the setting is made
         replace(base, policy=replace(base.policy, per_class=0))
-    with pytest.raises(UserError, match="rounds = 0"):
-        replace(base, rounds=0)
+    with pytest.raises(UserError, match="rounds = -1"):
+        replace(base, rounds=-1)
     _refused(replace(base, out=out, batch_size=2), r"more classes \(3\) than batch slots")
     _refused(replace(base, out=out, policy=replace(base.policy, per_class=9)), "fewer than one batch of 27")
     (tmp_path / "empty.json").write_text("[]")

@@ -40,13 +40,19 @@ log = logging.getLogger(__name__)
 class TrainPolicyConfig(EpisodeConfig):
     """`raise-select train-policy`: Algorithm 2. LLM and PPO defaults follow appendix A.2."""
 
-    rounds: int = field(default=20, metadata={"help": "K: policy-training rounds (episodes)"})
+    rounds: int = field(
+        default=20,
+        metadata={
+            "help": "K: policy-training rounds (episodes); 0 saves the initial policy untrained (with a "
+            "prior: the prior's soft selection, the ablation of policy training)"
+        },
+    )
     policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={"help": "the selection policy and PPO"})
 
     def check(self) -> None:
         super().check()
         decisions = -(-self.steps // self.select_every)  # the policy's steps per round: ceil(T / M)
-        check_fields(self, [(self.rounds >= 1, "rounds", "must be >= 1")], "train-policy")
+        check_fields(self, [(self.rounds >= 0, "rounds", "must be >= 0")], "train-policy")
         if self.policy.minibatches > decisions:
             raise UserError(
                 f"invalid train-policy settings: policy.minibatches = {self.policy.minibatches} is more "
@@ -104,10 +110,13 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         run.truncate_metrics(first_round)
         log.info("resuming after round %d of %d from %s", first_round, cfg.rounds, run.out / "checkpoint")
     first_round = share_from_main(acc, first_round)
-    if first_round >= cfg.rounds:
+    if cfg.rounds == 0:  # no episode at all: the policy as initialised (its prior, if any)
+        log.info("rounds 0: saving the initial policy untrained to %s", run.out / "policy")
+        run.save_policy(save)
+    elif first_round >= cfg.rounds:
         log.info("all %d rounds already done in %s", cfg.rounds, run.out)
 
-    if first_round == 0:
+    if first_round == 0 and cfg.rounds > 0:
         # The reference: one episode of uniformly random batches from M_0 (its own seeded
         # draws). Its per-step rewards start the step baseline; every round's return is shown
         # against its return.
