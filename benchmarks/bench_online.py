@@ -16,7 +16,9 @@ pass from the loss down to the first scored layer, with per-example inner produc
 scored layers; under LoRA (every adapter scored) its update takes the chosen rows' gradients
 from that pass instead of a pass of its own, and `greats-l2` (`lora_last_layers: 2`) scores only
 the last 2 blocks' adapters, so the backward stops there. A RHO-LOSS step adds a forward pass
-over the candidates without gradients.
+over the candidates without gradients. That forward pass is timed alone too, on the plain
+phase's model: 1 + its share of a plain step is the floor of any step that reads the
+candidates' losses before it trains.
 Each method takes one untimed warm-up step, then `--steps` timed ones; RHO-LOSS's one-off
 irreducible-loss model (training on the holdout, scoring the pool) is timed apart.
 """
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from raise_select.baselines import SelectionContext, make_baseline
-from raise_select.baselines.online import candidate_sets
+from raise_select.baselines.online import candidate_sets, row_losses
 from raise_select.data.pools import load_pool
 from raise_select.data.validation import load_validation
 from raise_select.models.tiny import build_tiny_model, non_embedding_parameters
@@ -124,6 +126,16 @@ def main() -> None:
         b,
         args.steps,
     )
+    # The part of a step neither method can skip: a forward pass without gradients over the
+    # step's candidates (RHO-LOSS's choosing pass), on the plain phase's model.
+    sets = candidate_sets(len(pool), args.candidates * b, 0)
+    forward_s = 0.0
+    for s in range(args.steps + 1):
+        enc = [trainer.encode(int(i)) for i in next(sets)]
+        start = clock()
+        row_losses(trainer.unwrapped, enc, trainer.tokenizer.pad_token_id, eval_mode=False)
+        forward_s += (clock() - start) if s else 0.0
+    forward_s /= args.steps
     prepare_s = {}
     # Under LoRA GREATS also runs with its backward pass cut to the last 2 blocks' adapters.
     variants = [("greats", "greats", {}), ("rho", "rho", {})]
@@ -165,10 +177,15 @@ def main() -> None:
             f"{(sel + tr) / plain:8.2f} {sel / tr:13.2f}"
         )
     print(
+        f"floor: a forward pass without gradients over the {args.candidates} x B candidates takes "
+        f"{forward_s * 1e3:.0f} ms ({forward_s / plain:.2f} plain steps), so a step that reads the candidates' "
+        f"losses and then trains costs at least {1 + forward_s / plain:.2f}x plain"
+    )
+    print(
         f"one-off: GREATS {prepare_s['greats']:.1f} s (encode validation); RHO-LOSS {prepare_s['rho']:.1f} s "
         f"(train the irreducible-loss model on {args.val_size} holdout rows, score {len(pool)} pool rows)"
     )
-    print(json.dumps({"results_s": results, "prepare_s": prepare_s}))
+    print(json.dumps({"results_s": results, "forward_s": forward_s, "prepare_s": prepare_s}))
 
 
 if __name__ == "__main__":
