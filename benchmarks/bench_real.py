@@ -315,7 +315,8 @@ class Bench:
                 "target": target,
                 "seed": seed,
                 "steps": sel["steps"],
-                "select_seconds": round(t1 - t0, 2),
+                # a selection reused from an earlier, killed run: the seconds that run recorded
+                "select_seconds": round(max(t1 - t0, float(sel.get("select_seconds") or 0.0)), 2),
                 "train_seconds": round(t2 - t1, 2),
                 "model": str(cell_dir / "model"),
                 "evals": {},

@@ -541,6 +541,16 @@ def test_bench_real_prior_from_a_copied_less_cell_and_report_without_features(
     assert not record["policy_episodes"]  # no reference episode, no round: no policy training
     assert record["prior_seconds"] == json.loads((less / "cell.json").read_text())["select_seconds"]
     scores = json.loads((less / "selection.json").read_text())["pool_scores"]
+    # Killed after selecting, before training: the rerun trains on the kept selection and
+    # prices the cell with the seconds the selecting run recorded.
+    seconds = json.loads((less / "selection.json").read_text())["select_seconds"]
+    assert seconds > 0
+    for part in ("cell.json", "train_done.json", "model"):
+        (shutil.rmtree if (less / part).is_dir() else Path.unlink)(less / part)
+    shutil.rmtree(cell)
+    assert bench_real.main(argv(out, "raise_less_untrained")) == 0
+    assert json.loads((less / "cell.json").read_text())["select_seconds"] == pytest.approx(seconds, abs=0.01)
+    record = json.loads((cell / "cell.json").read_text())
     # The committed form of a run: cell.json files only. Both cells come back from LESS's scores.
     (less / "selection.json").unlink()
     shutil.rmtree(cell)

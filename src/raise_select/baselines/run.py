@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -259,7 +260,9 @@ def _select_and_train(
             lm=lm_config(cfg) if online else None,
             report=report,
         )
+        started = time.perf_counter()
         sel = method.select(pool, k, ctx)
+        select_seconds = time.perf_counter() - started
         # Static subsets train `epochs` passes over the budget (the whole pool for `full`);
         # schedules say their own step count.
         steps = (
@@ -289,6 +292,7 @@ def _select_and_train(
             "features": cfg.features,
             "fingerprint": key,
             "pool_fingerprint": pool.fingerprint,
+            "select_seconds": round(select_seconds, 2),  # this run's (a pass resumed from a cache: its rest)
         }
         write_json_atomic(sel_path, record)
         log.info("%s: %d rows selected (%s)", sel_path, len(sel.indices), json.dumps(sel.info, default=str)[:500])
