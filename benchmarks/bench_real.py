@@ -25,8 +25,8 @@ runs once for all their cells. RAISE rows: `raise` (the package defaults + the R
 the policy's batches between its choices, `between: policy`) and `raise_less` (the LESS cell's
 scores as the prior, `prior: selection`, policy between; its cost includes that LESS cell's
 selection), `raise_less_sharp` (the same at `prior_scale` 10, so round 0 samples closer
-to LESS's own top rows), `raise_less_untrained` (that prior alone: 0 policy-training rounds,
-what PPO adds) and `raise_less_x30` (`prior_scale` 30). The figure
+to LESS's own top rows) and `raise_less_untrained` (that prior alone: 0 policy-training
+rounds, so the pair says what PPO adds). The figure
 is the held-out loss over the reference answers, reported as the gain over the zero-shot
 model (base loss - method loss, so higher is better), with a 95% interval: a t-interval over
 seeds for RAND (and any method given several seeds), a paired bootstrap over the held-out items
@@ -88,16 +88,14 @@ RAISE_VARIANTS = {
     "raise_less_sharp": {"prior": "selection", "prior_scale": 10.0},
     # the sharp prior alone: 0 policy-training rounds, the initial actor fine-tunes (what PPO adds)
     "raise_less_untrained": {"prior": "selection", "prior_scale": 10.0},
-    # sharper still (about 75% of the mass on LESS's top 64 at 30): how close to LESS the policy must start
-    "raise_less_x30": {"prior": "selection", "prior_scale": 30.0},
 }
 # Episode settings of a variant (the rest come from the benchmark's --raise-* settings).
 RAISE_EPISODE = {
-    **{m: {"between": "policy"} for m in ("raise_between", "raise_less", "raise_less_sharp", "raise_less_x30")},
+    **{m: {"between": "policy"} for m in ("raise_between", "raise_less", "raise_less_sharp")},
     "raise_less_untrained": {"between": "policy", "rounds": 0},
 }
 # Variants whose prior is another cell's selection (same target; its selection seconds are added to the cost).
-PRIOR_FROM = {m: "less" for m in ("raise_less", "raise_less_sharp", "raise_less_untrained", "raise_less_x30")}
+PRIOR_FROM = {m: "less" for m in ("raise_less", "raise_less_sharp", "raise_less_untrained")}
 LABELS = {
     **ROW_LABELS,  # the study's row names
     "full": "100%",
@@ -108,7 +106,6 @@ LABELS = {
     "raise_less": "RAISE (+LESS prior, policy between)",
     "raise_less_sharp": "RAISE (+LESS prior x10, policy between)",
     "raise_less_untrained": "RAISE (+LESS prior x10, untrained: 0 rounds)",
-    "raise_less_x30": "RAISE (+LESS prior x30, policy between)",
 }
 ORDER = (
     "random",
