@@ -58,7 +58,7 @@ from raise_select.data.topics import TOPIC_RULES, on_topic_share, topic_labels
 from raise_select.data.validation import load_validation
 from raise_select.errors import UserError
 from raise_select.io import fingerprint, write_json_atomic, write_text_atomic
-from raise_select.logs import setup_logging
+from raise_select.logs import package_versions, setup_logging
 from raise_select.policy.agent import PAPER
 from raise_select.progress import progress_bar
 from raise_select.reports.intervals import Interval, gain_interval
@@ -316,6 +316,7 @@ class Bench:
                 "select_seconds": round(max(t1 - t0, float(sel.get("select_seconds") or 0.0)), 2),
                 "train_seconds": round(t2 - t1, 2),
                 "model": str(cell_dir / "model"),
+                "versions": package_versions(),
                 "evals": {},
             }
             write_json_atomic(path, record)
@@ -441,6 +442,7 @@ class Bench:
                 "train_seconds": round(finetune_seconds, 2),
                 "prior_seconds": round(prior_seconds, 2),
                 "model": str(model_dir),
+                "versions": package_versions(),
                 "evals": {},
             }
             write_json_atomic(path, record)

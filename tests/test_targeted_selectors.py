@@ -539,6 +539,7 @@ def test_bench_real_prior_from_a_copied_less_cell_and_report_without_features(
     less, cell = out / "cells" / "less@gsm8k", out / "cells" / "raise_less_untrained@gsm8k-s0"
     record = json.loads((cell / "cell.json").read_text())
     assert not record["policy_episodes"]  # no reference episode, no round: no policy training
+    assert record["versions"]["torch"] == torch.__version__  # what a rerun that differs is checked against
     assert record["prior_seconds"] == json.loads((less / "cell.json").read_text())["select_seconds"]
     scores = json.loads((less / "selection.json").read_text())["pool_scores"]
     # Killed after selecting, before training: the rerun trains on the kept selection and

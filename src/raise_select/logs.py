@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
+
+# The packages whose versions a run's records keep (a result that moves between two runs of the
+# same settings is first checked against them).
+RUN_PACKAGES = (
+    "raise-select",
+    "torch",
+    "transformers",
+    "accelerate",
+    "peft",
+    "scikit-learn",
+    "pyarrow",
+    "sentence-transformers",
+)
+
+
+def package_versions(packages: Iterable[str] = RUN_PACKAGES) -> dict[str, str]:
+    """{package: installed version} of those installed among `packages`."""
+    out = {}
+    for pkg in packages:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def setup_logging(run_dir: Optional[Path] = None, name: str = "run.log", verbose: bool = False) -> None:

@@ -23,7 +23,6 @@ resumed several times is the sum of its shards' lines; `meta.json` holds that su
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import logging
 import shutil
 import time
@@ -185,21 +184,11 @@ def model_fingerprint(name_or_path: str) -> str:
 
 
 def _versions() -> dict:
-    out = {}
-    for pkg in (
-        "raise-select",
-        "torch",
-        "transformers",
-        "accelerate",
-        "scikit-learn",
-        "pyarrow",
-        "sentence-transformers",
-    ):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    from ..logs import package_versions
+
+    return package_versions(
+        ("raise-select", "torch", "transformers", "accelerate", "scikit-learn", "pyarrow", "sentence-transformers")
+    )
 
 
 # ---------------------------------------------------------------- the run
