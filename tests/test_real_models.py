@@ -387,3 +387,14 @@ def test_135m_preset_matches_the_packaged_smollm2_config(smollm2_dir):
         spec.num_key_value_heads,
         spec.model_vocab_size,
     )
+
+
+@needs_smollm2
+def test_converting_a_gguf_leaves_the_callers_random_state(tmp_path):
+    """A first use converts (random initial weights, then the GGUF's), a later one reads the
+    cached folder: both must leave torch's random state as they found it, or everything seeded
+    before the load (a LoRA init, dropout masks) depends on whether the cache was warm."""
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    resolve.convert_gguf(resolve.package_file("smollm2-135m-instruct"), tmp_path / "converted")
+    assert torch.equal(torch.get_rng_state(), before)

@@ -294,13 +294,17 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     gguf_path = Path(gguf_path)
     arch, types = check_gguf(gguf_path)
     folder, name = str(gguf_path.parent), gguf_path.name
-    try:
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, NotImplementedError) as e:
-        raise UserError(f"{gguf_path}: transformers cannot load this GGUF ({_first_line(e)})") from None
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # The caller's random state is left as it was: building the model from its config draws
+    # random initial weights, so a first use that converts would otherwise seed everything after
+    # it (a LoRA init, dropout masks) differently from a later use that reads the cached folder.
+    with torch.random.fork_rng(devices=[]):
+        try:
+            config = AutoConfig.from_pretrained(folder, gguf_file=name)
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        except (OSError, ValueError, KeyError, NotImplementedError) as e:
+            raise UserError(f"{gguf_path}: transformers cannot load this GGUF ({_first_line(e)})") from None
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
