@@ -241,10 +241,28 @@ def test_prior_selection_must_be_named_exactly_with_prior_selection():
     assert PolicyConfig(prior="selection", prior_selection="sel.json").prior_selection == "sel.json"
 
 
+def _selection_prior_job(root, tiny_model_dir, tmp_path, pcfg, rounds):
+    """A 2-step train-policy job on `rds_setup`'s pool with policy settings `pcfg`."""
+    from raise_select.training import TrainPolicyConfig
+
+    return TrainPolicyConfig(
+        pool=str(root / "pool.json"),
+        features=str(root / "features"),
+        model=str(tiny_model_dir),
+        val=str(root / "val.json"),
+        out=str(tmp_path / "run"),
+        rounds=rounds,
+        steps=2,
+        lr=1e-3,
+        max_length=64,
+        policy=pcfg,
+    )
+
+
 def test_train_policy_and_finetune_with_a_selection_prior(rds_setup, tiny_model_dir, tmp_path):
     """Round 0 ranks each class by the selection's scores; the saved policy scores the pool with
     the same column at use time."""
-    from raise_select.training import FinetuneConfig, TrainPolicyConfig, finetune, train_policy
+    from raise_select.training import FinetuneConfig, finetune, train_policy
     from raise_select.training.episode import load_static, prior_column
 
     root, pool, _ = rds_setup
@@ -256,18 +274,7 @@ def test_train_policy_and_finetune_with_a_selection_prior(rds_setup, tiny_model_
     classes = static.classes.numpy()
     best = [int(np.flatnonzero(classes == c)[np.argmax(raw[classes == c])]) for c in range(static.num_classes)]
     assert sorted(first) == sorted(best)
-    cfg = TrainPolicyConfig(
-        pool=str(root / "pool.json"),
-        features=str(root / "features"),
-        model=str(tiny_model_dir),
-        val=str(root / "val.json"),
-        out=str(tmp_path / "run"),
-        rounds=1,
-        steps=2,
-        lr=1e-3,
-        max_length=64,
-        policy=pcfg,
-    )
+    cfg = _selection_prior_job(root, tiny_model_dir, tmp_path, pcfg, rounds=1)
     policy_dir = train_policy(cfg)
     saved = RaisePolicy.read_config(policy_dir)
     assert saved.prior == "selection" and saved.prior_selection == str(sel)
@@ -290,25 +297,14 @@ def test_train_policy_and_finetune_with_a_selection_prior(rds_setup, tiny_model_
 def test_zero_rounds_saves_the_untrained_prior_policy(rds_setup, tiny_model_dir, tmp_path):
     """`rounds: 0`: no episode runs, and the saved policy scores every row by the closed form
     prior_scale * tanh(z) of the standardised selection scores (the prior alone)."""
-    from raise_select.training import TrainPolicyConfig, train_policy
+    from raise_select.training import train_policy
     from raise_select.training.episode import load_static, prior_column
 
     root, pool, _ = rds_setup
     raw = np.random.default_rng(5).normal(size=len(pool))
     sel = _selection_file(tmp_path / "sel.json", pool, raw.tolist())
     pcfg = PolicyConfig(per_class=1, prior="selection", prior_selection=str(sel), prior_scale=10.0)
-    cfg = TrainPolicyConfig(
-        pool=str(root / "pool.json"),
-        features=str(root / "features"),
-        model=str(tiny_model_dir),
-        val=str(root / "val.json"),
-        out=str(tmp_path / "run"),
-        rounds=0,
-        steps=2,
-        lr=1e-3,
-        max_length=64,
-        policy=pcfg,
-    )
+    cfg = _selection_prior_job(root, tiny_model_dir, tmp_path, pcfg, rounds=0)
     policy_dir = train_policy(cfg)
     metrics = tmp_path / "run" / "metrics.jsonl"
     kinds = [json.loads(x)["kind"] for x in metrics.read_text().splitlines()] if metrics.is_file() else []
