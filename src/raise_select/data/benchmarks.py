@@ -46,7 +46,6 @@ from __future__ import annotations
 import ast
 import csv
 import io
-import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UserError, where
-from .pools import Example, decode_utf8, example_id, rows_from_path
+from .pools import Example, decode_utf8, example_id, rows_from_path, sample_indices
 
 Loader = Callable[[Path | None, str, int | None, int], list[Example]]
 
@@ -429,11 +428,6 @@ def load_docs(name: str, data_dir: str | Path | None, split: str) -> list[tuple[
     spec = get_benchmark(name)
     rows = read_rows(spec, Path(data_dir) if data_dir is not None else None, split)
     return [(spec.to_doc(rec, source, row), source, row, rec) for source, row, rec in rows]
-
-
-def sample_indices(total: int, n: int, seed: int) -> list[int]:
-    """`n` distinct indices of `range(total)`, seeded, in increasing order (file order kept)."""
-    return sorted(random.Random(seed).sample(range(total), n))
 
 
 def load_named_set(

@@ -13,13 +13,14 @@ import csv
 import io
 import json
 import logging
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import UserError, where
-from ..io import sha256_text
+from ..io import sha256_text, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -408,13 +409,15 @@ def to_format(example: Example, fmt: str) -> dict:
     raise UserError(f"unknown pool format '{fmt}'; available: {', '.join(FORMATS)}")
 
 
+def sample_indices(total: int, n: int, seed: int) -> list[int]:
+    """`n` distinct indices of `range(total)`, seeded, in increasing order (file order kept)."""
+    return sorted(random.Random(seed).sample(range(total), n))
+
+
 def subsample_to_file(pool: Pool, size: int | None, seed: int, path: str | Path) -> Pool:
     """A seeded random subsample of `size` rows (all rows when `size` is None or not smaller),
     written to `path` as JSONL in the pool's format (rewritten only when it changed), and read
     back as the pool that commands given `--pool path` see."""
-    from ..io import write_text_atomic
-    from .benchmarks import sample_indices
-
     keep = sample_indices(len(pool), size, seed) if size is not None and size < len(pool) else range(len(pool))
     path = Path(path)
     text = "".join(json.dumps(to_format(pool.examples[i], pool.format)) + "\n" for i in keep)
