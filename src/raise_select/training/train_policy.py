@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..config import check_fields
+from ..costs import phi_seconds
 from ..errors import UserError
 from ..policy.agent import PolicyConfig
 from .episode import (
@@ -186,7 +187,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         stats = policy.update(buffer, last_value=0.0) if acc.is_main_process else {}
         ppo_time = time.perf_counter() - start
         timing = {**result.time, "ppo": ppo_time}
-        phi = len(pool) / batch * result.time["train"] / cfg.steps
+        phi = phi_seconds(train_seconds=result.time["train"], steps=cfg.steps, pool_size=len(pool), batch_size=batch)
         vs_reference = result.ret - reference["return"]
         summary = {
             "kind": "round",
