@@ -94,6 +94,52 @@ def fingerprint(obj: Any) -> str:
     return sha256_text(json.dumps(obj, sort_keys=True, default=str))
 
 
+# ---------------------------------------------------------------- content digests of files and folders
+
+# (resolved path, listing of (relative name, size, mtime_ns)) -> digest: a folder's (or file's)
+# contents are read once per process; a file written, replaced or touched since changes the
+# listing, so it is read again. Size and mtime only decide whether to re-read, never the digest.
+_digests: dict[tuple[str, tuple], str] = {}
+
+
+def _listing(path: Path) -> tuple[tuple[str, int, int], ...]:
+    if path.is_file():
+        st = path.stat()
+        return (("", st.st_size, st.st_mtime_ns),)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return tuple((p.relative_to(path).as_posix(), *(lambda s: (s.st_size, s.st_mtime_ns))(p.stat())) for p in files)
+
+
+def path_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, or of a folder's files (each relative name, a NUL, its bytes;
+    in name order; files whose names start with a dot, such as locks, left out).
+
+    The contents are hashed once per process and again only when a file's size or mtime
+    changed, so callers may ask for it wherever a reuse decision needs it. A missing path is
+    an `OSError` (FileNotFoundError)."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise FileNotFoundError(str(path))
+    key = (str(path), _listing(path))
+    if key in _digests:
+        return _digests[key]
+    h = hashlib.sha256()
+    if path.is_file():
+        _hash_file_into(h, path)
+    else:
+        for name, _, _ in key[1]:
+            h.update(str(Path(name)).encode() + b"\0")
+            _hash_file_into(h, path / name)
+    _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def _hash_file_into(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+
+
 def check_output(
     out: str | os.PathLike,
     inputs: dict[str, Any] | None = None,

@@ -22,7 +22,6 @@ resumed several times is the sum of its shards' lines; `meta.json` holds that su
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -36,7 +35,7 @@ from ..config import check_fields, require_settings
 from ..data.pools import Pool, load_pool
 from ..data.templates import TEMPLATES
 from ..errors import UserError
-from ..io import append_jsonl, check_output, fingerprint, read_jsonl
+from ..io import append_jsonl, check_output, fingerprint, path_digest, read_jsonl
 from ..models.loading import DTYPES, check_device
 from ..progress import duration, progress_bar
 from .scoring import ResponseScorer, encode_examples, forwarded_tokens, start_token_id
@@ -151,13 +150,8 @@ def ifd_ratio(logp_cond: np.ndarray, logp_uncond: np.ndarray) -> np.ndarray:
 
 
 def _hash_folder(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        h.update(str(f.relative_to(folder)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    """The folder's content digest (`io.path_digest`: hashed once per process)."""
+    return path_digest(folder)
 
 
 def model_fingerprint(name_or_path: str) -> str:
