@@ -19,6 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
+from ..features.similarity import cosine_matrix  # re-exported: it moved below policy/ and baselines/
+
+__all__ = ["AGGREGATIONS", "aggregate_select", "check_aggregation", "cosine_matrix", "row_scores"]
 
 AGGREGATIONS = ("mean", "max", "round_robin")
 
@@ -72,15 +75,3 @@ def row_scores(scores: np.ndarray, rule: str) -> np.ndarray:
     the best validation example's under `max` and `round_robin` (what a round-robin turn reads)."""
     scores = np.asarray(scores, dtype=np.float64)
     return scores.mean(axis=1) if rule == "mean" else scores.max(axis=1)
-
-
-def cosine_matrix(rows: np.ndarray, validation: np.ndarray) -> np.ndarray:
-    """(N, V) cosine similarity of every row vector to every validation vector (float64)."""
-    a = np.asarray(rows, dtype=np.float64)
-    b = np.asarray(validation, dtype=np.float64)
-    na, nb = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
-    if (na == 0).any() or (nb == 0).any():
-        which = "pool row" if (na == 0).any() else "validation example"
-        idx = int(np.flatnonzero((na if which == "pool row" else nb)[:, 0] == 0)[0])
-        raise UserError(f"cosine similarity: {which} {idx} has a zero vector")
-    return (a / na) @ (b / nb).T

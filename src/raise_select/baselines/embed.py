@@ -16,8 +16,9 @@ from typing import ClassVar
 import numpy as np
 
 from ..data.pools import Pool
+from ..features.similarity import cosine_matrix
 from ..io import atomic_path, fingerprint
-from .aggregate import aggregate_select, check_aggregation, cosine_matrix, row_scores
+from .aggregate import aggregate_select, check_aggregation, row_scores
 from .base import Selection, SelectionContext
 
 

@@ -31,28 +31,9 @@ import numpy as np
 
 from ..data.pools import Pool
 from ..errors import UserError
-from .aggregate import aggregate_select, check_aggregation, cosine_matrix, row_scores
+from ..features.similarity import cosine_matrix, rds_vectors  # rds_vectors stays importable from here
+from .aggregate import aggregate_select, check_aggregation, row_scores
 from .base import Selection, SelectionContext
-
-
-def rds_vectors(
-    model_name: str, examples, template: str, max_length: int, dtype: str = "float32", device=None, batch_size: int = 8
-) -> np.ndarray:
-    """(n, H) RDS+ vectors of `examples` under `model_name`, as `featurize --rds` computes them."""
-    import torch
-
-    from ..features.scoring import ResponseScorer, encode_examples, start_token_id
-    from ..models.loading import load_model_and_tokenizer
-
-    device = torch.device(device or "cpu")
-    model, tok = load_model_and_tokenizer(model_name, dtype, device)
-    model.eval()
-    encoded = encode_examples(examples, tok, template, max_length)
-    empty = [i for i, e in enumerate(encoded) if not e.response_ids]
-    if empty:
-        raise UserError(f"rds: validation example {empty[0]} has no response token within max_length {max_length}")
-    scorer = ResponseScorer(model, start_token_id(tok), tok.pad_token_id, batch_size, device, embed=False, rds=True)
-    return scorer.score(encoded).rds
 
 
 def pool_and_validation_vectors(ctx: SelectionContext, validation, method: str) -> tuple[np.ndarray, np.ndarray, str]:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..features.similarity import cosine_matrix, rds_vectors
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,6 @@ def standardize(column: np.ndarray, what: str = "prior") -> np.ndarray:
 
 def rds_similarity(pool_vectors: np.ndarray, val_vectors: np.ndarray) -> np.ndarray:
     """(N,) mean over validation examples of the cosine between each pool row and each example."""
-    from ..baselines.aggregate import cosine_matrix  # lazy: baselines import the training layer
-
     if val_vectors.shape[1] != pool_vectors.shape[1]:
         raise UserError(
             f"prior rds: the pool's RDS+ vectors have {pool_vectors.shape[1]} dimensions, the validation "
@@ -68,8 +67,6 @@ def rds_prior(table, val_examples, model: str, template: str, max_length: int, d
     The validation vectors come from the featurize model, template and length limit recorded
     in the features' meta.json (as `baselines.rds` computes them), so both sides share one encoder.
     """
-    from ..baselines.rds import rds_vectors  # lazy: baselines import the training layer
-
     if table.rds is None:
         raise UserError(
             "policy.prior rds: the features hold no RDS+ vectors; featurize the pool with --rds "
