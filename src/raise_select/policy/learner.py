@@ -1,0 +1,254 @@
+"""The PPO learner of `RaisePolicy` (eq. 7-13): advantages, the actor and critic steps of an update after a round,
+and the step baseline. A mixin: it reads the policy's `static`, `cfg`, `actor`, `critic`, their optimizers and
+`_stage` (policy/agent.py)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..progress import progress_bar
+from .acquisition import critic_features
+from .buffer import RolloutBuffer
+from .ppo import actor_loss, class_entropy, class_log_softmax, critic_loss, gae
+
+
+def layer_groups(module: nn.Module, lr: float) -> list[dict]:
+    """One AdamW parameter group per linear layer, at lr / sqrt(fan_in) (an equalised learning rate).
+
+    Adam moves every parameter by about lr per step whatever its gradient's size, so the
+    paper's rates (1e-1, 2e-1) would change a 64-wide layer by far more than its own weight
+    scale (~1/sqrt(fan_in)) in one step. Scaling each layer's rate by 1/sqrt(fan_in) makes
+    the paper's rate a step relative to the layer's natural scale.
+    """
+    return [
+        {"params": list(layer.parameters()), "lr": lr / math.sqrt(layer.in_features)}
+        for layer in module.modules()
+        if isinstance(layer, nn.Linear)
+    ]
+
+
+@dataclass(frozen=True, eq=False)
+class RoundInputs:
+    """What every PPO step of one update reads: the round's buffer and its per-step inputs."""
+
+    buffer: RolloutBuffer
+    data: dict[str, torch.Tensor]  # buffer.tensors()
+    stage: list[float]  # P_{t-1} - P(M_0) of every step (`RaisePolicy._stage`)
+    advantages: torch.Tensor  # (T,) float64, eq. 8 or the step baseline's
+    actor_advantages: torch.Tensor  # (T,) as eq. 12 uses them: standardised with normalize_advantages
+    returns: torch.Tensor  # (T,) float64 critic targets (eq. 9)
+    critic_in: torch.Tensor  # (T, len(CRITIC_FEATURES)) critic inputs
+
+
+@dataclass
+class UpdateStats:
+    """What one PPO update records on its way, and the summary `RaisePolicy.update` returns."""
+
+    actor_losses: list[float] = field(default_factory=list)  # eq. 12 of every (epoch, step)
+    critic_losses: list[float] = field(default_factory=list)  # eq. 13 of every optimizer step
+    entropies: list[float] = field(default_factory=list)  # class entropy of every step, first epoch
+    clipped: list[float] = field(default_factory=list)  # clipped share of every step, this epoch
+    epoch_clip_fraction: list[float] = field(default_factory=list)  # per finished epoch
+
+    def end_epoch(self, steps: int) -> None:
+        self.epoch_clip_fraction.append(sum(self.clipped) / steps)
+        self.clipped = []
+
+    def summary(self, rnd: RoundInputs, approx_kl: float) -> dict:
+        data = rnd.data
+        return {
+            "actor_loss": sum(self.actor_losses) / len(self.actor_losses),
+            "critic_loss": sum(self.critic_losses) / len(self.critic_losses),
+            "entropy": sum(self.entropies) / len(self.entropies),
+            "approx_kl": approx_kl,  # per chosen row, old policy -> policy after the update
+            "clip_fraction": self.epoch_clip_fraction[
+                -1
+            ],  # share of (step, ratio) terms outside [1 - clip, 1 + clip] in the last epoch
+            "ppo_epochs_done": len(self.epoch_clip_fraction),
+            "return": float(data["reward"].sum()),
+            "advantage_mean": float(rnd.advantages.mean()),
+            "value_mean": float(data["value"].mean()),
+            "steps": len(rnd.buffer),
+        }
+
+
+class PPOLearner:
+    """PPO after a round (`update`) and the step baseline (`observe_episode`) of a `RaisePolicy`."""
+
+    def observe_episode(self, rewards: list[float]) -> None:
+        """Fold one episode's per-policy-step rewards into the step baseline (running mean per step)."""
+        r = [float(x) for x in rewards]
+        if self.step_baseline is None or len(self.step_baseline) != len(r):
+            if self.step_baseline is not None:
+                raise ValueError(f"episode has {len(r)} policy steps, the step baseline {len(self.step_baseline)}")
+            self.step_baseline, self.baseline_episodes = [0.0] * len(r), 0
+        self.baseline_episodes += 1
+        w = 1.0 / self.baseline_episodes
+        self.step_baseline = [b + w * (x - b) for b, x in zip(self.step_baseline, r)]
+
+    # ---- learning -----------------------------------------------------------------------
+    def advantages(self, buffer: RolloutBuffer, last_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(advantages, critic targets) of a round, (T,) float64 each.
+
+        gae: eq. 7-9 with V_phi. step_baseline: A_t = sum_l gamma^l (R_{t+l} - b_{t+l}), where
+        b_k is the mean reward of the k-th policy step over the episodes observed so far
+        (`observe_episode`): R_t is dominated by *when* a step happens (early steps gain far
+        more), and b removes that part. Before any episode was observed it falls back to gae.
+        The critic targets are the GAE returns in both cases.
+        """
+        data = buffer.tensors()
+        adv, returns = gae(data["reward"], data["value"], last_value, self.cfg.gamma, self.cfg.lam)
+        if self.cfg.advantage == "step_baseline" and self.step_baseline is not None:
+            if len(self.step_baseline) != len(buffer):
+                raise ValueError(f"round has {len(buffer)} policy steps, the step baseline {len(self.step_baseline)}")
+            centred = data["reward"] - torch.tensor(self.step_baseline, dtype=data["reward"].dtype)
+            adv, _ = gae(centred, torch.zeros_like(centred), 0.0, self.cfg.gamma, 1.0)
+        return adv, returns
+
+    def update(self, buffer: RolloutBuffer, last_value: float = 0.0) -> dict:
+        """PPO after a round (eq. 7-13): up to `ppo_epochs` passes over the buffer.
+
+        Each pass shuffles the round's steps into `minibatches` groups (in order when 1);
+        every group gets one actor step (`_actor_step`) and then one critic step
+        (`_critic_step`). With target_kl > 0 the epochs stop once the mean approximate KL
+        per chosen row (E[(r - 1) - log r], `_approx_kl`) exceeds it. The round's rewards
+        are then folded into the step baseline (`observe_episode`, whatever the advantage
+        form: it is also the record of the mean reward per step). Returns the statistics
+        of `UpdateStats.summary`.
+        """
+        cfg = self.cfg
+        rnd = self._round_inputs(buffer, last_value)
+        steps = len(buffer)
+        order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
+        stats = UpdateStats()
+        # A bar only when the update is long (large pools): about 1e8 row-passes and more.
+        bar = progress_bar(
+            total=cfg.ppo_epochs * steps,
+            desc="PPO update",
+            unit="step",
+            leave=False,
+            disable=cfg.ppo_epochs * steps * len(self.static) < 100_000_000,
+        )
+        for epoch in range(cfg.ppo_epochs):
+            order = torch.randperm(steps, generator=order_gen) if cfg.minibatches > 1 else torch.arange(steps)
+            for group in order.chunk(min(cfg.minibatches, steps)):
+                self._actor_step(rnd, group.tolist(), stats, with_entropy=epoch == 0, bar=bar)
+                stats.critic_losses.append(self._critic_step(rnd, group))
+            stats.end_epoch(steps)
+            if cfg.target_kl > 0 and self._approx_kl(rnd) > cfg.target_kl:
+                break
+        bar.close()
+        summary = stats.summary(rnd, approx_kl=self._approx_kl(rnd))
+        self.observe_episode(buffer.reward)
+        self.updates += 1
+        return summary
+
+    def _round_inputs(self, buffer: RolloutBuffer, last_value: float) -> RoundInputs:
+        """The buffer checked, and what every PPO step of this update reads from it."""
+        steps = len(buffer)
+        if steps == 0:
+            raise ValueError("update() needs at least one transition in the buffer")
+        data = buffer.tensors()
+        if not torch.isfinite(data["reward"]).all():
+            bad = int((~torch.isfinite(data["reward"])).nonzero()[0])
+            raise UserError(
+                f"reward of step {bad} is not a finite number ({buffer.reward[bad]}); check the validation metric"
+            )
+        if self.cfg.ratio == "per_item" and any(bool(torch.isnan(x).any()) for x in buffer.item_log_prob):
+            raise ValueError(
+                "ratio = per_item needs the per-row log-probabilities in the buffer (RolloutBuffer.add item_log_prob)"
+            )
+        adv, returns = self.advantages(buffer, last_value)
+        actor_adv = adv
+        if self.cfg.normalize_advantages and steps > 1:
+            actor_adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        n = len(self.static)
+        stage = [self._stage(p) for p in buffer.perf_prev]
+        critic_in = torch.stack(
+            [critic_features(stage[t], buffer.progress[t], buffer.counts_before(t, n)) for t in range(steps)]
+        )
+        return RoundInputs(
+            buffer=buffer,
+            data=data,
+            stage=stage,
+            advantages=adv,
+            actor_advantages=actor_adv,
+            returns=returns,
+            critic_in=critic_in,
+        )
+
+    def _chosen_log_prob(self, projection: torch.Tensor, rnd: RoundInputs, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores of every row, (B,) float64 class log-probability of step t's chosen rows) under the current
+        actor at step t's state; `projection` is the actor's static projection (or a leaf standing in for it)."""
+        static, buffer = self.static, rnd.buffer
+        scores = self.actor.score(projection, rnd.stage[t], buffer.progress[t], buffer.counts_before(t, len(static)))
+        return scores, class_log_softmax(scores, static.classes, static.num_classes)[buffer.chosen(t)].double()
+
+    @staticmethod
+    def _log_ratio(new: torch.Tensor, rnd: RoundInputs, t: int, per_item: bool) -> torch.Tensor:
+        """log r of step t: per chosen row, (B,), or of the chosen set as eq. 11, (1,)."""
+        if per_item:
+            return new - rnd.buffer.item_log_prob[t]
+        return (new.sum() - rnd.data["old_log_prob"][t]).reshape(1)
+
+    def _actor_step(self, rnd: RoundInputs, group: list[int], stats: UpdateStats, with_entropy: bool, bar) -> None:
+        """One AdamW step of the actor on the steps in `group` (eq. 12, the mean over the group).
+
+        ratio = product is eq. 11 (one ratio per step, the product over the B rows);
+        per_item gives every chosen row its own clipped ratio with the step's advantage, so
+        one row far from its old probability does not clip the whole step. The gradient of
+        the static projection is accumulated on a detached leaf and pushed through the
+        first layer once, so a step's graph holds only its own (N x hidden) activations.
+        Records each step's loss, clipped share (and entropy) in `stats`.
+        """
+        cfg = self.cfg
+        per_item = cfg.ratio == "per_item"
+        self.actor_opt.zero_grad(set_to_none=True)
+        projection = self.actor.static_projection(self.static.x)
+        leaf = projection.detach().requires_grad_()
+        for t in group:
+            scores, new = self._chosen_log_prob(leaf, rnd, t)
+            log_ratio = self._log_ratio(new, rnd, t, per_item)  # eq. 11
+            loss = actor_loss(log_ratio, rnd.actor_advantages[t].expand_as(log_ratio), cfg.clip)  # eq. 12
+            (loss / len(group)).backward()
+            stats.actor_losses.append(loss.item())
+            with torch.no_grad():
+                stats.clipped.append(float(((log_ratio.exp() - 1.0).abs() > cfg.clip).double().mean()))
+                if with_entropy:
+                    stats.entropies.append(class_entropy(scores, self.static.classes, self.static.num_classes).item())
+            bar.update()
+        projection.backward(leaf.grad)
+        self.actor_opt.step()
+        self._actor_changed()
+
+    def _critic_step(self, rnd: RoundInputs, group: torch.Tensor) -> float:
+        """One AdamW step of the critic on the steps in `group` (eq. 13); returns its loss."""
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss = critic_loss(self.critic(rnd.critic_in[group]), rnd.returns[group].float())  # eq. 13
+        loss.backward()
+        self.critic_opt.step()
+        return loss.item()
+
+    def _approx_kl(self, rnd: RoundInputs) -> float:
+        """Mean approximate KL E[(r - 1) - log r] per chosen row between the acting and the current actor.
+
+        Per row where the buffer holds the rows' own log-probabilities; otherwise the step's
+        set ratio is spread evenly over its rows.
+        """
+        total, count = 0.0, 0
+        with torch.no_grad():
+            projection = self._static_projection()
+            for t in range(len(rnd.buffer)):
+                _, new = self._chosen_log_prob(projection, rnd, t)
+                per_row = not bool(torch.isnan(rnd.buffer.item_log_prob[t]).any())
+                log_ratio = self._log_ratio(new, rnd, t, per_item=per_row)
+                if not per_row:
+                    log_ratio = log_ratio / new.numel()
+                total += float(((log_ratio.exp() - 1.0) - log_ratio).sum())
+                count += log_ratio.numel()
+        return total / max(count, 1)
