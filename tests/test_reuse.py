@@ -26,3 +26,169 @@ def test_path_digest_is_the_sha256_of_the_contents_and_follows_them(tmp_path):
     os.utime(folder / "sub" / "w.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     assert path_digest(folder) != by_hand
     assert path_digest(folder) == hashlib.sha256(b"config.json\x00{}" + b"sub/w.bin\x00\x00\x02").hexdigest()
+
+
+# ---------------------------------------------------------------- train-policy: resume keyed on contents
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from raise_select.errors import UserError  # noqa: E402
+
+CLASSES = 3
+
+
+def _pool_rows(n: int = 12) -> list[dict]:
+    return [
+        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
+        for i in range(n)
+    ]
+
+
+def _write_features(pool_file, out, seed: int = 0):
+    from raise_select.data.pools import load_pool
+    from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
+
+    pool = load_pool(pool_file)
+    rng = np.random.default_rng(seed)
+    n = len(pool)
+    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
+    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
+    FeatureTable(
+        ids=pool.ids,
+        columns=columns,
+        sem=rng.normal(size=(n, 4)).astype(np.float32),
+        cluster=np.arange(n) % CLASSES,
+        meta={"classes": CLASSES},
+    ).write(out)
+
+
+@pytest.fixture(scope="module")
+def episode_inputs(tmp_path_factory, tiny_model_dir):
+    """A 12-row pool with random features in 3 classes, a 2-row validation file, and a copy of
+    the tiny model at a path of its own (tests rebuild it there)."""
+    root = tmp_path_factory.mktemp("reuse")
+    (root / "pool.json").write_text(json.dumps(_pool_rows()))
+    (root / "val.json").write_text(
+        json.dumps(
+            [
+                {"instruction": "What is 3 plus 4?", "input": "", "output": "7"},
+                {"instruction": "Name a color.", "input": "", "output": "red"},
+            ]
+        )
+    )
+    _write_features(root / "pool.json", root / "features")
+    return root
+
+
+def _tp_config(root, model, out, **kw):
+    from raise_select.policy import PolicyConfig
+    from raise_select.training import TrainPolicyConfig
+
+    settings = dict(
+        pool=str(root / "pool.json"),
+        features=str(root / "features"),
+        model=str(model),
+        val=str(root / "val.json"),
+        out=str(out),
+        rounds=2,
+        steps=2,
+        lr=1e-3,
+        max_length=48,
+        policy=PolicyConfig(per_class=1),
+    )
+    settings.update(kw)
+    return TrainPolicyConfig(**settings)
+
+
+def _rebuild_model(path, seed: int):
+    from raise_select.models.tiny import build_tiny_model
+
+    texts = ["What is 12 plus 7? The answer is 19.", "Name three colors: red, green and blue.", "### Response:"] * 20
+    shutil.rmtree(path, ignore_errors=True)
+    return build_tiny_model(path, texts, preset="test", seed=seed)
+
+
+@pytest.fixture(scope="module")
+def two_round_run(episode_inputs, tiny_model_dir, tmp_path_factory):
+    """A finished 2-round train-policy run (its folder is copied by the tests that change it)."""
+    from raise_select.training import train_policy
+
+    out = tmp_path_factory.mktemp("tp") / "run"
+    cfg = _tp_config(episode_inputs, tiny_model_dir, out)
+    train_policy(cfg)
+    return cfg
+
+
+def _copy_run(cfg, tmp_path, **kw):
+    out = tmp_path / "run"
+    shutil.copytree(cfg.out, out)
+    return replace(cfg, out=str(out), **kw)
+
+
+def _policy_bytes(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "policy").iterdir()) if p.suffix == ".safetensors"}
+
+
+def test_train_policy_resume_is_refused_after_the_model_was_rebuilt_at_the_same_path(episode_inputs, tmp_path, caplog):
+    """Round 2 of a run whose rounds 0-1 were trained from another M_0 would mix two starts."""
+    from raise_select.training import train_policy
+
+    model = _rebuild_model(tmp_path / "model", seed=0)
+    cfg = _tp_config(episode_inputs, model, tmp_path / "run", rounds=1)
+    train_policy(cfg)
+    _rebuild_model(model, seed=1)  # another M_0 at the same path
+    config_before = (tmp_path / "run" / "config.yaml").read_text()
+    metrics_before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(UserError, match=r"--model .*changed") as e:
+        train_policy(replace(cfg, rounds=2))
+    assert "\n" not in str(e.value) and "--out" in str(e.value)
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_before
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics_before
+    _rebuild_model(model, seed=0)  # the same contents again (new files, new mtimes): resumes
+    train_policy(replace(cfg, rounds=2))
+    assert json.loads((tmp_path / "run" / "checkpoint" / "latest.json").read_text())["rounds_done"] == 2
+
+
+def test_train_policy_resume_is_refused_after_the_validation_or_features_changed(
+    episode_inputs, tiny_model_dir, tmp_path
+):
+    from raise_select.training import train_policy
+
+    root = tmp_path / "inputs"
+    shutil.copytree(episode_inputs, root)
+    cfg = _tp_config(root, tiny_model_dir, tmp_path / "run", rounds=1)
+    train_policy(cfg)
+    val = (root / "val.json").read_text()
+    (root / "val.json").write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi!"}] * 2))
+    with pytest.raises(UserError, match=r"--val .*changed"):
+        train_policy(replace(cfg, rounds=2))
+    (root / "val.json").write_text(val)
+    _write_features(root / "pool.json", root / "features", seed=1)  # re-featurized in place
+    with pytest.raises(UserError, match=r"--features .*changed"):
+        train_policy(replace(cfg, rounds=2))
+
+
+def test_fewer_rounds_than_a_folder_holds_are_refused_before_anything_is_written(two_round_run, tmp_path):
+    """`--rounds 0` (the untrained prior) or `--rounds 1` into a finished 2-round folder would keep the
+    2-round policy under another label."""
+    from raise_select.training import train_policy
+
+    for rounds in (0, 1):
+        cfg = _copy_run(two_round_run, tmp_path / str(rounds), rounds=rounds)
+        out = tmp_path / str(rounds) / "run"
+        before = ((out / "config.yaml").read_text(), _policy_bytes(out), (out / "metrics.jsonl").read_text())
+        with pytest.raises(UserError, match=r"holds a run of 2 finished rounds.*--rounds %d.*another --out" % rounds):
+            train_policy(cfg)
+        assert ((out / "config.yaml").read_text(), _policy_bytes(out), (out / "metrics.jsonl").read_text()) == before
+        assert yaml.safe_load((out / "config.yaml").read_text())["rounds"] == 2
+    # the same number of rounds again: nothing to do, the policy kept
+    cfg = _copy_run(two_round_run, tmp_path / "2")
+    before = _policy_bytes(tmp_path / "2" / "run")
+    train_policy(cfg)
+    assert _policy_bytes(tmp_path / "2" / "run") == before

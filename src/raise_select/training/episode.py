@@ -37,7 +37,7 @@ from ..progress import progress_bar
 from .loop import LMConfig, LMTrainer, full_precision_accelerator
 from .reporting import parse_report_to
 from .reward import Validator, check_finite, resolve_metric
-from .runs import RunFolder
+from .runs import RunFolder, run_inputs
 
 if TYPE_CHECKING:
     from ..policy.agent import RaisePolicy
@@ -481,7 +481,8 @@ def start_episode_job(
     In order: the settings in `required`; the run folder and its log; with `resumable`, the
     settings of a run being resumed there (only those fields may differ); the validation set; the
     pool and its features (scaled with `normalizer`, the policy's own when given; with the
-    `policy.prior` column of `prior`, a PolicyConfig); b (`per_class`, or B / C
+    `policy.prior` column of `prior`, a PolicyConfig); with `resumable`, the contents of those
+    inputs against the rounds being resumed (`RunFolder.check_inputs`); b (`per_class`, or B / C
     from `batch_size`) and B; the policy, `make_policy(static, b, pool)`; then
     config.yaml (a refused run leaves none), the seeded target model M_0, the validator and
     P(M_0).
@@ -503,6 +504,9 @@ def start_episode_job(
         run.check_config(config, resumable)
     val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
     pool, static = load_static(cfg.pool, cfg.features, normalizer, prior_column(prior, val_examples, cfg, cfg.model))
+    if resumable is not None:  # rounds are resumed only on the same contents of the same paths
+        prior_file = prior.prior_selection if prior is not None and prior.prior == "selection" else None
+        run.check_inputs(run_inputs(cfg.model, pool, cfg.features, val_examples, prior_file), config)
     per_class = resolve_per_class(per_class, cfg.batch_size, static.num_classes)
     batch = check_batch(static, per_class, len(pool), acc.num_processes)
     policy = make_policy(static, per_class, pool)

@@ -9,7 +9,14 @@
 <out>/selections.jsonl         per-step selections (finetune)
 <out>/plots/*.png              P over steps per round, return over rounds
 <out>/checkpoint/round_<k>/    policy + critic + optimizers + RNG states after round k
-<out>/checkpoint/latest.json   the last finished round (written last: the commit point)
+<out>/checkpoint/latest.json   the last finished round (written last: the commit point) and the
+                               content digests of the inputs it was trained on (`run_inputs`)
+
+A run is resumed only from rounds trained on the same inputs: the same settings
+(`check_config`) and the same contents of the model, pool, features, validation set and
+prior file (`check_inputs`; paths alone decide nothing: a model rebuilt at the same path is
+another M_0). Otherwise the run is refused in one line naming what changed, and the folder is
+left as it was: a finished run is never overwritten by one of other inputs.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch
 import yaml
 
 from ..errors import UserError
-from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
+from ..io import append_jsonl, atomic_path, fingerprint, path_digest, read_jsonl, write_json_atomic, write_text_atomic
 from .reporting import Reporter
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,49 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     generator.set_state(state["generator"])
 
 
+# What each entry of `run_inputs` is, as the flag that gives it.
+INPUT_FLAGS = {
+    "model": "--model",
+    "pool": "--pool",
+    "features": "--features",
+    "validation": "--val",
+    "prior_selection": "policy.prior_selection",
+}
+
+
+def _given(config: dict, key: str) -> str:
+    """The path the job's settings give for input `key` of `run_inputs`."""
+    if key == "prior_selection":
+        return str((config.get("policy") or {}).get("prior_selection") or "")
+    return str(config.get("val" if key == "validation" else key) or "")
+
+
+def features_digest(features: str | Path) -> str:
+    """The content digest of a featurize output folder (its table and meta.json)."""
+    folder = Path(features)
+    folder = folder.parent if folder.name == "features.parquet" else folder
+    return fingerprint(
+        {name: path_digest(folder / name) for name in ("features.parquet", "meta.json") if (folder / name).is_file()}
+    )
+
+
+def run_inputs(model: str, pool, features: str | Path, validation, prior_selection: str | None = None) -> dict:
+    """Content digests of what an episode job trains on: the target model's files (or a hub id
+    with its cached revision), the pool rows (`Pool.fingerprint`), the feature table, the
+    validation examples (their ids hash their text) and the prior's selection file, if any."""
+    from ..features.featurize import model_fingerprint
+
+    inputs = {
+        "model": model_fingerprint(model),
+        "pool": pool.fingerprint,
+        "features": features_digest(features),
+        "validation": fingerprint([e.id for e in validation]),
+    }
+    if prior_selection:
+        inputs["prior_selection"] = path_digest(prior_selection)
+    return inputs
+
+
 class RunFolder:
     """Writes a run's files; only the main process writes (the others get `enabled=False`)."""
 
@@ -73,6 +123,7 @@ class RunFolder:
     ):
         self.out = Path(out)
         self.enabled = enabled
+        self.inputs: dict | None = None  # `run_inputs` of this run, recorded with every checkpoint
         self._report = None
         if enabled:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +148,28 @@ class RunFolder:
             raise UserError(
                 f"{path}: this run folder holds a run with different settings ({', '.join(changed)}); "
                 "use a new --out, or the same settings to resume"
+            )
+
+    def check_inputs(self, inputs: dict, config: dict) -> None:
+        """Refuse to resume rounds trained on other contents of the same paths (`run_inputs`);
+        `config` (the job's settings) names the paths in the message. Remembers `inputs` for the
+        checkpoints this run commits."""
+        self.inputs = inputs
+        if self.latest_round() == 0:
+            return
+        latest = self._latest()
+        saved = latest.get("inputs")
+        path = self.out / "checkpoint" / "latest.json"
+        if not isinstance(saved, dict):  # a checkpoint of an older version: nothing to compare
+            log.warning("%s: records no digests of its inputs; resuming without checking them", path)
+            return
+        changed = [k for k in sorted(set(saved) | set(inputs)) if saved.get(k) != inputs.get(k)]
+        if changed:
+            names = ", ".join(f"{INPUT_FLAGS.get(k, k)} {_given(config, k)}".strip() for k in changed)
+            raise UserError(
+                f"{self.out}: holds {latest['rounds_done']} round(s) trained on other inputs: the contents of "
+                f"{names} changed since (same path, other files); resuming would mix rounds of both; use a new "
+                f"--out (or delete {self.out} to train on these inputs there)"
             )
 
     def write_config(self, config: dict) -> None:
@@ -178,7 +251,10 @@ class RunFolder:
         save_policy(folder / "policy")
         with atomic_path(folder / "state.pt") as tmp:
             torch.save(state, tmp)
-        write_json_atomic(root / "latest.json", {"rounds_done": rounds_done, "folder": folder.name})
+        write_json_atomic(
+            root / "latest.json",
+            {"rounds_done": rounds_done, "folder": folder.name, **({"inputs": self.inputs} if self.inputs else {})},
+        )
         for old in root.glob("round_*"):
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)

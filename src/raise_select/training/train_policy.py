@@ -72,11 +72,26 @@ def policy_settings(cfg: TrainPolicyConfig, per_class: int) -> PolicyConfig:
     return dataclasses.replace(cfg.policy, per_class=per_class, seed=seed)
 
 
+def refuse_fewer_rounds(cfg: TrainPolicyConfig) -> None:
+    """Refuse, before anything is written, `rounds` below the rounds the run folder already holds:
+    a trained policy cannot be untrained, and keeping it would label a K-round policy as fewer
+    (`rounds 0`, the untrained prior, would measure a trained policy)."""
+    from .runs import RunFolder
+
+    done = RunFolder(cfg.out, enabled=False).latest_round() if cfg.out else 0
+    if cfg.rounds < done:
+        raise UserError(
+            f"--out {cfg.out}: holds a run of {done} finished rounds, more than --rounds {cfg.rounds} asks for "
+            f"(its policy cannot be untrained); use another --out for a {cfg.rounds}-round run"
+        )
+
+
 def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     """Run Algorithm 2 into `cfg.out`; returns the folder of the trained policy (`<out>/policy`)."""
     from ..policy import RaisePolicy, RolloutBuffer
     from ..policy.provenance import trained_on, write_trained_on
 
+    refuse_fewer_rounds(cfg)
     job = start_episode_job(
         cfg,
         accelerator,
