@@ -39,8 +39,8 @@ def test_sampled_validation_is_seeded_and_drawn_from_its_split(shared_data):
     assert all(e.record["question"].strip() in train_questions for e in a)
     rows = [e.row for e in a]
     assert rows == sorted(rows) and all(e.source.endswith("train.jsonl") for e in a)
-    dev = load_validation("commonsenseqa", shared_data)
-    assert all(e.source.endswith("dev_rand_split.jsonl") for e in dev)
+    csqa = load_validation("commonsenseqa", shared_data)
+    assert all(e.source.endswith("train_rand_split.jsonl") for e in csqa)  # not the evaluated dev file
     # n replaces the Table 2 size
     assert len(load_validation("commonsenseqa", shared_data, n=17, seed=3)) == 17
 

@@ -22,23 +22,41 @@ An `Example` is then one user turn and one assistant turn:
 - response: ``The answer is B.`` for multiple choice; for GSM8K the rationale, a
   newline, then ``The answer is 72.``.
 
-Validation sets follow the paper's Table 2 (appendix A.1):
+Validation sets follow the paper's Table 2 (appendix A.1) in size:
 
-| name | `validation` split | size |
+| name | `validation` drawn from | size |
 |---|---|---|
 | mmlu | all of `dev/` (5 per subject x 57) | 285 |
 | arc_challenge | all of `ARC-Challenge-Dev.jsonl` | 299 |
-| commonsenseqa | seeded sample of `dev_rand_split.jsonl` (1,221) | 280 |
-| gsm8k | seeded sample of `train.jsonl` (7,473) | 256 |
+| commonsenseqa | seeded sample of `train_rand_split.jsonl` less its dev part (8,741) | 280 |
+| gsm8k | seeded sample of `train.jsonl` less its dev part (6,973) | 256 |
 | mathqa | all of `dev.json` (not in the paper) | 4,475 |
 | mmlu_college_mathematics | `dev/college_mathematics_dev.csv` (not in the paper) | 5 |
 
 MMLU's 285 in Table 2 is exactly the size of its `dev/` split, so that is the split used
-(`val/`, 1,531 rows, is there as split `val`). The evaluation split (`BenchmarkSpec.eval_split`) is
-`test` everywhere except CommonsenseQA, whose test file has no answers: there, as in
-lm-evaluation-harness, the 1,221-row dev file is evaluated (the 280 validation rows are
-drawn from it too, as in the paper). Samples are seeded (`seed`, default 0) and keep the
-file order.
+(`val/`, 1,531 rows, is there as split `val`). CommonsenseQA's validation rows come from its
+train file: its test file has no answers, so its dev file is what is evaluated (as in
+lm-evaluation-harness), and validation and evaluation must not share it (the paper draws both
+from dev). The evaluation split of the harness (`BenchmarkSpec.eval_split`) is `test`
+everywhere except CommonsenseQA (`dev`).
+
+Held-out sets (`split_parts`, named `<name>:dev` and `<name>:test`): three disjoint parts per
+target, no question in two of them (compared lower-cased, whitespace collapsed): the rows
+validation samples are drawn from, a dev set for choosing settings and a test set reported
+once.
+
+| target | validation rows | `:dev` | `:test` |
+|---|---|---|---|
+| gsm8k | train less the dev part | 500 rows of train set apart (fixed) | `test.jsonl` (1,319) |
+| arc_challenge | `Dev` (299) | `Train` (1,113 of 1,119) | `Test` (1,170 of 1,172) |
+| commonsenseqa | train less the dev part | 1,000 rows of train set apart (fixed) | `dev_rand_split` (1,221) |
+| mmlu | `dev/` (285) | `val/` (1,492 of 1,531) | `test/` (14,037 of 14,042) |
+
+A dev part set apart from a shared split is a fixed seeded sample (`SPLIT_SEED`), whatever
+`seed` the validation sample uses, so no validation sample overlaps it. Samples are seeded
+(`seed`, default 0) and keep the file order. Multiple-choice examples carry their item in
+the record fields `mc_question`, `mc_choices` and `mc_gold` (read by
+`evaluation.choices`).
 """
 
 from __future__ import annotations
@@ -266,6 +284,12 @@ class BenchmarkSpec:
     lm_eval_task: str  # lm-evaluation-harness's own (hub) task
     multiple_choice: bool = True
     csv_columns: tuple[str, ...] = field(default=())  # header-less CSV files
+    # Held-out sets `<name>:dev` and `<name>:test` (see `HELDOUT`): the file split each is
+    # drawn from; a dev drawn from the validation split is a fixed sample of `dev_size` rows
+    # set apart from it. None: no held-out sets.
+    dev_split: str | None = None
+    dev_size: int | None = None
+    test_split: str | None = None
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -282,6 +306,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             eval_split="test",
             lm_eval_task="mmlu",
             csv_columns=MMLU_COLUMNS,
+            dev_split="val",
+            test_split="test",
         ),
         BenchmarkSpec(
             "arc_challenge",
@@ -297,6 +323,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             validation_size=None,
             eval_split="test",
             lm_eval_task="arc_challenge",
+            dev_split="train",
+            test_split="test",
         ),
         BenchmarkSpec(
             "commonsenseqa",
@@ -308,10 +336,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             },
             hub=("tau/commonsense_qa", None),
             hub_splits={"train": "train", "dev": "validation", "test": "test"},
-            validation_split="dev",
+            validation_split="train",
             validation_size=280,
             eval_split="dev",
             lm_eval_task="commonsense_qa",
+            dev_split="train",
+            dev_size=1000,
+            test_split="dev",
         ),
         BenchmarkSpec(
             "gsm8k",
@@ -324,6 +355,9 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             eval_split="test",
             lm_eval_task="gsm8k",
             multiple_choice=False,
+            dev_split="train",
+            dev_size=500,
+            test_split="test",
         ),
         BenchmarkSpec(
             "mathqa",
@@ -355,6 +389,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             eval_split="test",
             lm_eval_task="mmlu_college_mathematics",
             csv_columns=MMLU_COLUMNS,
+            dev_split="val",
+            test_split="test",
         ),
     )
 }
@@ -430,27 +466,131 @@ def load_docs(name: str, data_dir: str | Path | None, split: str) -> list[tuple[
     return [(spec.to_doc(rec, source, row), source, row, rec) for source, row, rec in rows]
 
 
-def load_named_set(
-    name: str, data_dir: Path | None = None, split: str = VALIDATION, n: int | None = None, seed: int = 0
-) -> list[Example]:
-    """The examples of a named set's split; `validation` is the paper's Table 2 set.
+# Record fields that carry a multiple-choice item on its `Example` (read by
+# `evaluation.choices`): the bare question, the choice texts in order, the gold index.
+QUESTION_FIELD, CHOICES_FIELD, GOLD_FIELD = "mc_question", "mc_choices", "mc_gold"
+DEV, TEST = "dev", "test"
+HELDOUT = (DEV, TEST)
+# The dev part set apart from a split that validation samples are also drawn from is a fixed
+# sample: it does not move with `seed`, so no validation sample of any seed or size overlaps it.
+SPLIT_SEED = 0
 
-    `n` caps the size with a seeded sample (for `validation` it replaces the Table 2 size).
-    """
+DocRow = tuple[dict, str, int, dict]
+
+
+def question_key(doc: dict) -> str:
+    """What two items must not share across validation, dev and test: the question text,
+    lower-cased, whitespace collapsed."""
+    return " ".join(str(doc["question"]).lower().split())
+
+
+def _set_apart(spec: BenchmarkSpec, docs: list[DocRow]) -> tuple[list[DocRow], list[DocRow]]:
+    """(dev part, the rest) of the validation split when the dev set is drawn from it; the rest
+    loses every row whose question is also in the dev part."""
+    size = spec.dev_size
+    if size is None or size >= len(docs):
+        raise UserError(
+            f"{spec.name}: the {spec.validation_split} split has {len(docs)} rows, too few to set {size} apart "
+            "as the dev set"
+        )
+    chosen = set(sample_indices(len(docs), size, SPLIT_SEED))
+    dev = [d for i, d in enumerate(docs) if i in chosen]
+    dev_keys = {question_key(d[0]) for d in dev}
+    rest = [d for i, d in enumerate(docs) if i not in chosen and question_key(d[0]) not in dev_keys]
+    return dev, rest
+
+
+def _validation_docs(spec: BenchmarkSpec, data_dir: str | Path | None) -> list[DocRow]:
+    """The rows validation samples are drawn from: the validation split, less the dev part
+    set apart from it (when the dev set shares it)."""
+    docs = load_docs(spec.name, data_dir, spec.validation_split)
+    if spec.dev_split is not None and spec.dev_split == spec.validation_split:
+        docs = _set_apart(spec, docs)[1]
+    return docs
+
+
+def split_parts(name: str, data_dir: str | Path | None = None) -> dict[str, list[DocRow]]:
+    """The three disjoint parts of a target: `validation` (the rows validation samples are
+    drawn from), `dev` and `test` (the held-out sets), as `(doc, source, row, record)` rows in
+    file order. No question is in two parts: the validation rows are kept whole, the test set
+    loses rows whose question is among them, the dev set rows whose question is in either."""
     spec = get_benchmark(name)
-    base = spec.validation_split if split == VALIDATION else split
-    docs = load_docs(name, data_dir, base)
-    size = n if n is not None else (spec.validation_size if split == VALIDATION else None)
+    if spec.dev_split is None or spec.test_split is None:
+        have = ", ".join(n for n, s in BENCHMARKS.items() if s.dev_split is not None)
+        raise UserError(f"{name}: no held-out dev/test sets; targets with them: {have}")
+    if spec.test_split in (spec.validation_split, spec.dev_split):
+        raise UserError(f"{name}: the test split '{spec.test_split}' must be a split of its own")
+    if spec.dev_split == spec.validation_split:
+        dev, validation = _set_apart(spec, load_docs(name, data_dir, spec.validation_split))
+    else:
+        validation = load_docs(name, data_dir, spec.validation_split)
+        dev = load_docs(name, data_dir, spec.dev_split)
+        if spec.dev_size is not None and spec.dev_size < len(dev):
+            dev = [dev[i] for i in sample_indices(len(dev), spec.dev_size, SPLIT_SEED)]
+    taken = {question_key(d[0]) for d in validation}
+    test = [d for d in load_docs(name, data_dir, spec.test_split) if question_key(d[0]) not in taken]
+    taken |= {question_key(d[0]) for d in test}
+    dev = [d for d in dev if question_key(d[0]) not in taken]
+    return {VALIDATION: validation, DEV: dev, TEST: test}
+
+
+def _examples(docs: list[DocRow]) -> list[Example]:
+    examples = []
+    for doc, source, row, rec in docs:
+        messages = (("user", format_prompt(doc)), ("assistant", format_response(doc)))
+        record = dict(rec)
+        if "choices" in doc:
+            record.update(
+                {QUESTION_FIELD: doc["question"], CHOICES_FIELD: list(doc["choices"]), GOLD_FIELD: doc["label"]}
+            )
+        examples.append(Example(id=example_id(messages), messages=messages, record=record, source=source, row=row))
+    return examples
+
+
+def _sample(name: str, docs: list[DocRow], size: int | None, seed: int) -> list[DocRow]:
     if size is not None:
         if size <= 0:
             raise UserError(f"{name}: the number of examples must be positive, got {size}")
         if size < len(docs):
             docs = [docs[i] for i in sample_indices(len(docs), size, seed)]
-    examples = []
-    for doc, source, row, rec in docs:
-        messages = (("user", format_prompt(doc)), ("assistant", format_response(doc)))
-        examples.append(Example(id=example_id(messages), messages=messages, record=dict(rec), source=source, row=row))
-    return examples
+    return docs
 
 
-NAMED_SETS: dict[str, Loader] = {name: partial(load_named_set, name) for name in BENCHMARKS}
+def load_named_set(
+    name: str, data_dir: Path | None = None, split: str = VALIDATION, n: int | None = None, seed: int = 0
+) -> list[Example]:
+    """The examples of a named set's split; `validation` is the paper's Table 2 set, drawn
+    from the target's validation rows (never from its held-out dev or test set).
+
+    `n` caps the size with a seeded sample (for `validation` it replaces the Table 2 size).
+    Multiple-choice examples carry their item in the record fields `mc_question`,
+    `mc_choices` and `mc_gold`.
+    """
+    spec = get_benchmark(name)
+    if split == VALIDATION:
+        docs = _sample(name, _validation_docs(spec, data_dir), n if n is not None else spec.validation_size, seed)
+    else:
+        docs = _sample(name, load_docs(name, data_dir, split), n, seed)
+    return _examples(docs)
+
+
+def load_heldout(
+    name: str, part: str, data_dir: Path | None = None, split: str = VALIDATION, n: int | None = None, seed: int = 0
+) -> list[Example]:
+    """The held-out `part` (`dev` or `test`) of a target, named `<name>:<part>`; `n` caps it
+    with a seeded sample. `split` is there for the named-set signature: only its default
+    (the set itself) or `part` is accepted."""
+    if split not in (VALIDATION, part):
+        raise UserError(f"{name}:{part} is a held-out set with no splits of its own; got split '{split}'")
+    return _examples(_sample(f"{name}:{part}", split_parts(name, data_dir)[part], n, seed))
+
+
+def heldout_names() -> list[str]:
+    """`<name>:dev` and `<name>:test` of every target that has held-out sets."""
+    return [f"{n}:{p}" for n, s in BENCHMARKS.items() if s.dev_split is not None for p in HELDOUT]
+
+
+NAMED_SETS: dict[str, Loader] = {
+    **{name: partial(load_named_set, name) for name in BENCHMARKS},
+    **{key: partial(load_heldout, *key.split(":")) for key in heldout_names()},
+}

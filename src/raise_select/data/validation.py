@@ -1,11 +1,12 @@
-"""Resolve a validation set given by name (`gsm8k`) or as a pool file/folder."""
+"""Resolve a validation set given by name (`gsm8k`), a held-out set by name (`gsm8k:test`),
+or a pool file/folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import UserError
-from .benchmarks import NAMED_SETS
+from .benchmarks import BENCHMARKS, HELDOUT, NAMED_SETS, heldout_names
 from .pools import Example, load_pool
 
 
@@ -20,6 +21,11 @@ def load_validation(
 
     `n` caps the size (a seeded sample for named sets, the first n for files).
     """
+    base, _, part = spec.partition(":")
+    if part and spec not in NAMED_SETS and base in BENCHMARKS and not Path(spec).exists():
+        if part in HELDOUT:
+            raise UserError(f"'{base}' has no held-out sets; held-out sets: {', '.join(heldout_names())}")
+        raise UserError(f"unknown held-out set '{spec}'; held-out sets: {', '.join(heldout_names())}")
     if spec in NAMED_SETS:
         examples = NAMED_SETS[spec](Path(data_dir) if data_dir else None, split, n, seed)
     else:
