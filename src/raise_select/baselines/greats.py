@@ -46,7 +46,6 @@ backward stops there, at the price of a gradient estimate over a part of the tra
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
@@ -56,6 +55,8 @@ import torch
 
 from ..data.pools import Pool
 from ..errors import UserError
+from ..training.gradients import layer_gram as layer_gram
+from ..training.gradients import per_example_gram
 from .base import SelectionContext
 from .online import OnlineSelector
 
@@ -98,108 +99,6 @@ def scored_linears(
         )
     keep = set(blocks[-last_layers:])
     return [(n, m) for n, m in linears if (hit := _LAYER.search(n)) and int(hit.group(1)) in keep]
-
-
-def layer_gram(a, b, bias: bool, ghost: bool | None = None) -> torch.Tensor:
-    """(N, N) inner products of the per-example gradients of one linear layer from its inputs
-    `a` (N, T, d_in) and output gradients `b` (N, T, d_out), or from lists of such chunks
-    (the rows of every chunk in order; chunks may differ in T): the ghost form or
-    materialised per-example gradients (`ghost` None: whichever costs fewer multiplications)."""
-    a_parts = [x if x.dim() == 3 else x.unsqueeze(1) for x in (a if isinstance(a, (list, tuple)) else [a])]
-    b_parts = [x if x.dim() == 3 else x.unsqueeze(1) for x in (b if isinstance(b, (list, tuple)) else [b])]
-    a_parts, b_parts = [x.float() for x in a_parts], [x.float() for x in b_parts]
-    tokens = sum(x.shape[0] * x.shape[1] for x in a_parts)
-    d_in, d_out = a_parts[0].shape[-1], b_parts[0].shape[-1]
-    if ghost is None:
-        ghost = tokens**2 * (d_in + d_out) < tokens * d_in * d_out
-    if ghost:
-        blocks = []
-        for a1, b1 in zip(a_parts, b_parts):
-            row = []
-            for a2, b2 in zip(a_parts, b_parts):
-                aa = (a1.reshape(-1, d_in) @ a2.reshape(-1, d_in).T).view(
-                    a1.shape[0], a1.shape[1], a2.shape[0], a2.shape[1]
-                )
-                bb = (b1.reshape(-1, d_out) @ b2.reshape(-1, d_out).T).view_as(aa)
-                row.append((aa * bb).sum(dim=(1, 3)))
-            blocks.append(torch.cat(row, dim=1))
-        gram = torch.cat(blocks, dim=0)
-    else:
-        g = torch.cat(
-            [torch.bmm(y.transpose(1, 2), x).reshape(x.shape[0], d_out * d_in) for x, y in zip(a_parts, b_parts)]
-        )
-        gram = g @ g.T
-    if bias:
-        gb = torch.cat([y.sum(dim=1) for y in b_parts])
-        gram = gram + gb @ gb.T
-    return gram
-
-
-@contextlib.contextmanager
-def grad_from(modules: Sequence[torch.nn.Module]):
-    """Autograd off during a forward pass until the first of `modules` runs: nothing below the
-    first scored layer is recorded, so the backward pass stops there."""
-
-    def on(module, args):
-        torch.set_grad_enabled(True)
-
-    handles = [m.register_forward_pre_hook(on) for m in modules]
-    previous = torch.is_grad_enabled()
-    torch.set_grad_enabled(False)
-    try:
-        yield
-    finally:
-        torch.set_grad_enabled(previous)
-        for h in handles:
-            h.remove()
-
-
-def per_example_gram(
-    model: torch.nn.Module,
-    modules: Sequence[torch.nn.Linear],
-    batches: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
-    capture: dict | None = None,
-) -> torch.Tensor:
-    """(N, N) float64 inner products <g_i, g_j> of the rows' gradients (each row's mean
-    response-token loss) over the parameters of `modules`, the rows of every batch in order,
-    from one forward and one backward pass per batch; the backward pass runs only through the
-    layers above the first of `modules` and the LM head only where a response token is
-    predicted. Parameters' `.grad` is left untouched. `capture` (a dict), when given, receives
-    `parts` (module -> (inputs, output gradients), one pair of tensors per batch) and `losses`
-    (each row's loss, the rows of every batch in order)."""
-    from .lm import batch_response_losses
-
-    batches = [batches] if isinstance(batches, dict) else list(batches)
-    parts: dict[torch.nn.Linear, tuple[list, list]] = {m: ([], []) for m in modules}
-    row_losses = []
-    for batch in batches:
-        captured: list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]] = []
-
-        def hook(mod, inputs, output):
-            captured.append((mod, inputs[0].detach(), output))
-
-        handles = [m.register_forward_hook(hook) for m in modules]
-        try:
-            with grad_from(modules):
-                losses = batch_response_losses(model, batch)
-        finally:
-            for h in handles:
-                h.remove()
-        # Rows do not interact in the forward pass, so the gradient of the sum holds each row's
-        # own output gradients.
-        grads = torch.autograd.grad(losses.sum(), [out for _, _, out in captured])
-        row_losses.append(losses.detach())
-        for (mod, a, _), b in zip(captured, grads):
-            parts[mod][0].append(a)
-            parts[mod][1].append(b.detach())
-    n = sum(batch["input_ids"].shape[0] for batch in batches)
-    gram = torch.zeros((n, n), dtype=torch.float64, device=batches[0]["input_ids"].device)
-    for mod, (a, b) in parts.items():
-        if a:
-            gram += layer_gram(a, b, mod.bias is not None and mod.bias.requires_grad).double()
-    if capture is not None:
-        capture.update(parts=parts, losses=torch.cat(row_losses))
-    return gram
 
 
 def batch_gradient(

@@ -8,7 +8,9 @@ from typing import Sequence
 import torch
 
 from ..data.pools import Example
-from ..training.loop import IGNORE_INDEX, collate, encode_example
+from ..training.gradients import batch_response_losses as batch_response_losses
+from ..training.gradients import response_losses
+from ..training.loop import collate, encode_example
 
 
 def encoded_batch(
@@ -28,43 +30,6 @@ def left_padded_batch(tokenizer, texts: Sequence[str], max_length: int, device) 
     enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
     enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     return {k: v.to(device) for k, v in enc.items() if k != "token_type_ids"}
-
-
-def response_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B,) mean next-token cross-entropy over each row's labelled (response) tokens."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    tok = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(shift_labels.shape)
-    n = (shift_labels != IGNORE_INDEX).sum(1).clamp(min=1)
-    return tok.sum(1) / n
-
-
-def _keeps_logits(model) -> bool:
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def batch_response_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`response_losses` of a batch under `model`, with the LM head applied only from the first
-    position that predicts a response token of any row: the prompt positions before it need
-    no logits (for a large vocabulary, a good share of the forward pass)."""
-    ids, labels = batch["input_ids"], batch["labels"]
-    width = ids.shape[1]
-    kwargs = {}
-    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
-    if len(labelled) and _keeps_logits(model):
-        first = max(int(labelled[0]) - 1, 0)  # logits at t - 1 predict the label at t
-        kwargs["logits_to_keep"] = width - first
-        labels = labels[:, first:]
-    logits = model(input_ids=ids, attention_mask=batch["attention_mask"], **kwargs).logits
-    return response_losses(logits, labels)
 
 
 @torch.no_grad()

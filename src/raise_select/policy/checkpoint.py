@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Self
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,9 +17,6 @@ from ..io import atomic_path, write_json_atomic
 from .acquisition import CRITIC_FEATURES
 from .config import PolicyConfig
 from .state import Normalizer, StaticState
-
-if TYPE_CHECKING:
-    from .agent import RaisePolicy
 
 POLICY_FORMAT = 1
 
@@ -86,7 +83,7 @@ class PolicyCheckpoint:
         return PolicyConfig(**{k: v for k, v in cls._read_meta(out_dir)["config"].items() if k in known})
 
     @classmethod
-    def load(cls, out_dir: str | Path, static: StaticState) -> "RaisePolicy":
+    def load(cls, out_dir: str | Path, static: StaticState) -> Self:
         """A saved policy over `static`, which must be built with `read_normalizer(out_dir)`."""
         out_dir = Path(out_dir)
         meta = cls._read_meta(out_dir)
