@@ -1395,7 +1395,7 @@ def test_study_config_paths_and_shapes(env, tmp_path):
         "a folder; give the YAML config file itself",
     )
     assert not (tmp_path / "st").exists() and not (tmp_path / "f").exists()
-    from raise_select.reports.study import StudyConfig, plan_cells
+    from raise_select.experiments.study import StudyConfig, plan_cells
 
     cells = plan_cells(
         StudyConfig(methods=["random", "ifd", "random"], seeds=[1, 1])

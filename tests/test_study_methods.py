@@ -10,9 +10,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from raise_select.costs import phi_seconds
 from raise_select.data.pools import Example, example_id, load_pool
 from raise_select.data.quantitative import is_quantitative, quantitative_share
-from raise_select.reports.method_stats import method_stats, phi_seconds
+from raise_select.reports.method_stats import method_stats
 
 
 def _ex(prompt: str, response: str) -> Example:
@@ -42,7 +43,7 @@ def test_share_counts_repeats_and_phi_by_hand(tmp_path):
     assert quantitative_share(["a", "b", "a", "c"], labels) == 0.5
     assert math.isnan(quantitative_share([], labels))
     # 100 s for 10 steps of B = 8 on a 100-row pool: 13 steps per epoch -> 130 s.
-    assert phi_seconds(100.0, 100, 8, 10) == pytest.approx(130.0)
+    assert phi_seconds(train_seconds=100.0, steps=10, pool_size=100, batch_size=8) == pytest.approx(130.0)
 
 
 def test_method_stats_from_cell_folders(tmp_path):

@@ -1,11 +1,12 @@
-"""The selection methods by name: `BASELINES["ifd"]` is the method's class (a dataclass whose
-fields are its options); `make_baseline` builds one from an options dict; `needs_features`
-and `needs_rds_vectors` are what a method with given options reads of the featurized pool."""
+"""The selection methods by name (a `raise_select.registry.Registry`): `BASELINES["ifd"]` is the
+method's class (a dataclass whose fields are its options); `make_baseline` builds one from an
+options dict; `needs_features` and `needs_rds_vectors` are what a method with given
+options reads of the featurized pool."""
 
 from __future__ import annotations
 
 from ..config import from_dict
-from ..errors import UserError
+from ..registry import Registry
 from .alpagasus import AlpaGasus
 from .base import Baseline
 from .deita import Deita
@@ -34,17 +35,15 @@ def registry_of(classes) -> dict[str, type]:
     return out
 
 
-BASELINES: dict[str, type] = registry_of(
-    (FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS, ROSE, RDS, Embed, TSDS, GREATS, RHOLoss)
+BASELINES: Registry[type] = Registry(
+    "method",
+    registry_of((FullData, RandomSubset, IFD, Deita, AlpaGasus, SSPL, LESS, ROSE, RDS, Embed, TSDS, GREATS, RHOLoss)),
 )
 
 
 def get_baseline_class(name: str) -> type:
-    """The class registered as `name`, or a `UserError` listing what exists."""
-    try:
-        return BASELINES[name]
-    except KeyError:
-        raise UserError(f"unknown method '{name}'; available: {', '.join(BASELINES)}") from None
+    """The class registered as `name`, or a `UserError` naming the closest names and all of them."""
+    return BASELINES.lookup(name)
 
 
 def make_baseline(name: str, options: dict | None = None, source: str = "config") -> Baseline:

@@ -22,7 +22,7 @@ JOBS = (
     ("baseline", "baseline", "raise_select.baselines.run:BaselineConfig"),
     ("grape", "grape", "raise_select.baselines.grape:GrapeConfig"),
     ("evaluate", "evaluate", "raise_select.evaluation.evaluate:EvaluateConfig"),
-    ("study", "study", "raise_select.reports.study:StudyConfig"),
+    ("study", "study", "raise_select.experiments.study:StudyConfig"),
     ("demo", "demo", "raise_select.demo:DemoConfig"),
 )
 

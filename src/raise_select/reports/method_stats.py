@@ -4,11 +4,12 @@
   in a batch) that `data.quantitative.is_quantitative` labels math or quantitative
   reasoning; the pool's base rate is printed with it.
 - **cost in Φ**: Φ is the wall time of the 100% row's training per epoch of the pool,
-  `train seconds(100%) x ceil(N / B) / steps(100%)` (the 100% row may be capped below
-  `epochs` passes; its time per step is what is scaled). A method's cost is its training
-  cell's wall time (selection and training: scoring, judging, gradients, RAISE's policy
-  training and fine-tuning) plus, for methods that read the featurized pool, the time of
-  featurizing it (counted in full for each of them: the table compares methods alone).
+  `train seconds(100%) x ceil(N / B) / steps(100%)` (`raise_select.costs`; the 100% row may be
+  capped below its epochs; its time per step is what is scaled). A method's cost is its
+  cell's selection and training seconds (scoring, judging, gradients, RAISE's policy
+  training and fine-tuning, a prior taken from another cell's selection) plus, for methods
+  that read the featurized pool, the time of featurizing it (counted in full for each of
+  them: the table compares methods alone).
 - **loss**: the mean response loss of each cell's model on a held-out set (`loss_set`),
   e.g. GSM8K test solutions, averaged over a row's cells as the scores are; a row of
   several seeds (RAND, RAISE with `raise_seeds`) also lists each seed's loss, and the note
@@ -22,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Collection, Sequence
 
+from ..costs import phi_seconds
 from ..data.pools import Pool
 from ..data.quantitative import is_quantitative, quantitative_share
 from ..markdown import markdown_table
@@ -50,11 +52,6 @@ def chosen_ids(cell_dir: Path, method: str | None, pool: Pool, policy_only: bool
     return list(json.loads(sel.read_text(encoding="utf-8"))["ids"])
 
 
-def phi_seconds(full_train_seconds: float, pool_size: int, batch_size: int, full_steps: int) -> float:
-    """Φ: the 100% row's training time per epoch of the pool."""
-    return full_train_seconds * math.ceil(pool_size / batch_size) / full_steps
-
-
 def method_stats(
     records: Sequence[dict],
     cells_dir: Path,
@@ -69,21 +66,25 @@ def method_stats(
     base_rate = quantitative_share(pool.ids, labels)
     full = next((r for r in records if r.get("method") == "full" and r.get("train_seconds") is not None), None)
     phi = math.nan
-    if full is not None:  # the steps the 100% row trained, as its selection record says
-        full_steps = json.loads((cells_dir / full["name"] / "selection.json").read_text(encoding="utf-8"))["steps"]
-        phi = phi_seconds(full["train_seconds"], len(pool), batch_size, full_steps)
+    if full is not None:  # the steps the 100% row trained: its record's, else its selection record's
+        steps = (
+            full.get("steps") or json.loads((cells_dir / full["name"] / "selection.json").read_text("utf-8"))["steps"]
+        )
+        phi = phi_seconds(train_seconds=full["train_seconds"], steps=steps, pool_size=len(pool), batch_size=batch_size)
     rows: dict[str, dict[str, list[float]]] = {}
     for r in records:
         acc = rows.setdefault(r["row"], {"loss": [], "share": [], "seconds": [], "seeds": []})
         if r.get("loss") is not None:
             acc["loss"].append(r["loss"])
             acc["seeds"].append(r.get("seed"))
-        ids = chosen_ids(cells_dir / r["name"], r.get("method"), pool)
+        kind = "raise" if r.get("runs") == "raise" else r.get("method")  # RAISE presets log as RAISE
+        ids = chosen_ids(cells_dir / r["name"], kind, pool)
         if ids:
             acc["share"].append(quantitative_share(ids, labels))
         if r.get("train_seconds") is not None and r.get("method") is not None:
             extra = features_seconds if r["method"] in feature_readers else 0.0
-            acc["seconds"].append(r["train_seconds"] + extra)
+            parts = (r.get("select_seconds") or 0.0) + r["train_seconds"] + (r.get("prior_seconds") or 0.0)
+            acc["seconds"].append(parts + extra)
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     known = not math.isnan(phi) and phi > 0
     out = {}

@@ -1,0 +1,867 @@
+"""The comparison study (paper section 4, Table 1): every method at matched update steps, one
+cell runner and one cell store for the study, the real-data benchmark and the demo's methods.
+
+One config names the pool, the base model, the target(s), the budget and the methods
+(`experiments.methods.METHODS`: the baselines and RAISE's presets). The study fills a grid of
+cells under `<out>/cells/<cell>/` (`experiments.cells.CellStore`):
+
+- `base`: the base model, untrained (the 0% row);
+- `full`: the whole pool for `full_epochs` (else `epochs`) epochs, `full_steps` capping its
+  steps (the 100% row, also Φ's measure);
+- one cell per method, target and seed: `<method>[@<target>][-s<seed>]`. A method that reads a
+  validation set runs once per target, the others once and are scored on every target; RAND
+  runs once per seed of `seeds`, RAISE's presets once per seed of `raise_seeds`.
+
+Targets: with `targets` (named sets, e.g. gsm8k), each target has a seeded validation sample
+(`val_size` rows of its validation split, written to `<out>/targets/`, read by the targeted
+methods and RAISE's reward) and a held-out sample of another split (`heldout_size` rows) whose
+per-item response losses every cell reports; the gain table (`reports.study`) compares them
+with 95% intervals. Without `targets`, `val` is the one validation set. With `tasks`, every
+cell is also scored with lm-evaluation-harness in the paper's Table 1 layout.
+
+A cell's key is a digest of what changes its result: its settings and the contents of the
+model, pool, validation set and prior files, never their paths. A finished cell is never
+recomputed, a killed study resumes, `report_only` writes the tables from the finished cells
+alone. Options of a method go in a section named after it (`deita:`, `less:`; `raise:` holds
+train-policy settings shared by every RAISE preset, a preset's own section comes on top); the
+string `{model}` in them stands for the study's base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..baselines import budget_count, matched_steps
+from ..baselines.run import BaselineConfig, run_baseline
+from ..config import from_dict, merge, parse_overrides, read_yaml
+from ..data.pools import load_pool, subsample_to_file, to_format
+from ..data.validation import load_validation
+from ..errors import UserError
+from ..evaluation.evaluate import EvaluateConfig, check_tasks, evaluate
+from ..evaluation.loss import example_losses, response_loss
+from ..features.featurize import FeaturizeConfig, featurize
+from ..io import fingerprint, write_json_atomic, write_text_atomic
+from ..logs import package_versions, setup_logging
+from ..models.tiny import PRESETS, build_tiny_model
+from ..progress import progress_bar
+from ..registry import Registry
+from ..reports.method_stats import method_stats, stats_markdown
+from ..reports.plots import plot_study
+from ..reports.study import gain_markdown, gain_rows
+from ..reports.tables import BASE_ROW, FULL_ROW, build_table, write_table
+from ..training.finetune import train_and_finetune
+from ..training.loop import LMConfig
+from ..training.reporting import parse_report_to
+from ..training.train_policy import TrainPolicyConfig
+from .cells import CellStore, Unfinished, content_digest, evaluation, examples_digest, model_digest, options_digest
+from .costs import phi_from_runs
+from .methods import METHODS
+
+log = logging.getLogger(__name__)
+
+RAISE = "raise"
+PLACEHOLDER = "{model}"  # in a method's options: the study's base model
+
+# Named target tasks: (validation split the methods read, held-out split every cell is scored on).
+TARGETS: Registry[tuple[str, str]] = Registry(
+    "target",
+    {"gsm8k": ("train", "test"), "arc_challenge": ("dev", "test"), "commonsenseqa": ("train", "dev")},
+)
+
+_LM_FIELDS = tuple(f.name for f in dataclasses.fields(LMConfig))
+# What each job of a cell takes from the study's settings: {job's field: StudyConfig field}.
+# The cell's own values (pool, model, features, out, its seed, steps) are added where the job
+# is built; a job field not named here keeps the job's default. featurize's `model` is the
+# auxiliary model, the base model when `aux_model` is empty.
+JOB_FIELDS: dict[str, dict[str, str]] = {
+    "featurize": {
+        **{k: k for k in ("template", "max_length", "sem_dim", "classes", "seed", "dtype", "device")},
+        "model": "aux_model",
+    },
+    "train_policy": {
+        k: k
+        for k in (
+            *_LM_FIELDS,
+            "val",
+            "data_dir",
+            "val_size",
+            "batch_size",
+            "select_every",
+            "metric",
+            "report_to",
+            "rounds",
+        )
+    },
+    "baseline": {
+        k: k
+        for k in (*_LM_FIELDS, "val", "data_dir", "val_size", "budget", "batch_size", "epochs", "device", "report_to")
+    },
+    "evaluate": {
+        **{k: k for k in ("tasks", "data_dir", "num_fewshot", "device", "dtype", "max_length", "max_gen_toks", "seed")},
+        "limit": "eval_limit",
+        "batch_size": "eval_batch_size",
+    },
+}
+
+
+def _study_fields(*jobs: str) -> set[str]:
+    return {f for job in jobs for f in JOB_FIELDS[job].values()}
+
+
+# Settings that change only the evaluation of a cell, not its training.
+_EVAL_FIELDS = (
+    "tasks",
+    "eval_limit",
+    "num_fewshot",
+    "eval_batch_size",
+    "max_gen_toks",
+    "device",
+    "loss_set",
+    "loss_split",
+    "loss_size",
+    "heldout_size",
+)
+# Settings outside a cell's training key: evaluation, the grid, reporting, and the paths whose
+# contents are keyed instead (model, pool, validation set, data folder).
+_NOT_TRAINING = (
+    *_EVAL_FIELDS,
+    "methods",
+    "seeds",
+    "raise_seeds",
+    "targets",
+    "out",
+    "pool",
+    "format",
+    "pool_size",
+    "model",
+    "build_model",
+    "aux_model",
+    "val",
+    "data_dir",
+    "report_to",
+    "report_only",
+)
+# Settings that reach only some cells, a change retrains those cells alone: train-policy's own
+# (the RAISE cells), and featurize's own (the cells whose method reads the features).
+_RAISE_ONLY = tuple(sorted(_study_fields("train_policy") - _study_fields("baseline")))
+_FEATURES_ONLY = tuple(sorted(_study_fields("featurize") - _study_fields("train_policy", "baseline")))
+_INPUTS = ("pool", "pool_spec", "model", "steps", "val_files", "heldout")
+
+
+def job_settings(cfg: StudyConfig, job: str) -> dict:
+    """The settings `job` (a key of `JOB_FIELDS`) takes from the study, under the job's names."""
+    return {name: getattr(cfg, study_name) for name, study_name in JOB_FIELDS[job].items()}
+
+
+@dataclass
+class StudyConfig(LMConfig):
+    """`raise-select study`: the LLM settings are those of `LMConfig` (appendix A.2)."""
+
+    pool: str = field(default="", metadata={"help": "instruction pool: file, folder or `datasets` name"})
+    format: Optional[str] = field(
+        default=None, metadata={"help": "pool format (alpaca, sharegpt, messages); None: detected"}
+    )
+    pool_size: Optional[int] = field(
+        default=None, metadata={"help": "use a seeded random subsample of this many pool examples (CPU studies)"}
+    )
+    model: str = field(default="", metadata={"help": "base model M_0: short name, hub id or folder"})
+    build_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "with no `model`: build a tiny Llama of this preset (test, 1m, 10m) at <out>/base_model"},
+    )
+    aux_model: str = field(default="", metadata={"help": "auxiliary LM of featurize; empty: the base model"})
+    val: str = field(
+        default="mmlu",
+        metadata={"help": "without `targets`: the validation set of the targeted methods and RAISE (named or a file)"},
+    )
+    val_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "use at most this many validation examples (seeded sample); with `targets`: per target"},
+    )
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "original files of the named sets (validation and evaluation); None: the hub"}
+    )
+    targets: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "target tasks (gsm8k, arc_challenge, commonsenseqa): per target a validation sample the "
+            "targeted methods read and a held-out sample every cell is scored on per item; empty: `val` alone"
+        },
+    )
+    heldout_size: Optional[int] = field(
+        default=None, metadata={"help": "with `targets`: held-out items per target (seeded sample); None: all"}
+    )
+    tasks: list[str] = field(
+        default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"],
+        metadata={"help": "lm-evaluation-harness tasks (Table 1's columns); may be empty with `targets`"},
+    )
+    methods: list[str] = field(
+        default_factory=lambda: ["random", "ifd", "deita", "alpagasus", "sspl", "less", RAISE],
+        metadata={
+            "help": "rows besides 0% and 100%, in this order (experiments.methods.METHODS: baselines and RAISE "
+            "presets); a method listed twice is one row"
+        },
+    )
+    budget: float = field(default=0.01, metadata={"help": "fraction of the pool (< 1) or number of examples (>= 1)"})
+    epochs: int = field(default=3, metadata={"help": "static subsets are trained this many epochs (section 4.2)"})
+    full_epochs: Optional[int] = field(
+        default=None, metadata={"help": "epochs of the 100% row over the whole pool; None: `epochs`"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "training batch size B (RAISE: a multiple of `classes`)"})
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        metadata={"help": "seeds of the random baseline (the paper's mean of 5); a seed listed twice is one cell"},
+    )
+    raise_seeds: Optional[list[int]] = field(
+        default=None,
+        metadata={
+            "help": "seeds of the RAISE presets (policy training and fine-tuning), a cell `<preset>-s<seed>` each, "
+            "the row their mean; a seed listed twice is one cell; None: one cell per preset at the study's `seed`"
+        },
+    )
+    full_steps: Optional[int] = field(
+        default=None, metadata={"help": "cap on the 100% row's update steps; None: its epochs over the whole pool"}
+    )
+    classes: int = field(default=8, metadata={"help": "featurize: K-means classes C of the diversity constraint"})
+    sem_dim: int = field(default=32, metadata={"help": "featurize: d_sem"})
+    rounds: int = field(default=20, metadata={"help": "RAISE: policy-training rounds K"})
+    select_every: int = field(default=1, metadata={"help": "RAISE: the policy chooses every M steps (appendix F)"})
+    metric: str = field(default="neg_loss", metadata={"help": "RAISE: P(M) on the validation set"})
+    eval_limit: Optional[int] = field(default=None, metadata={"help": "evaluate only the first N items of each task"})
+    num_fewshot: int = field(default=0, metadata={"help": "evaluation: in-context examples per item"})
+    eval_batch_size: int = field(default=8, metadata={"help": "evaluation: lm-eval batch size"})
+    max_gen_toks: int = field(default=256, metadata={"help": "evaluation: generation budget of GSM8K"})
+    device: Optional[str] = field(default=None, metadata={"help": "torch device; None: cuda when available"})
+    loss_set: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "held-out set (named, e.g. gsm8k, or a file) whose mean response loss each row reports; not in Avg"
+        },
+    )
+    loss_split: str = field(default="test", metadata={"help": "split of a named loss_set"})
+    loss_size: Optional[int] = field(
+        default=None, metadata={"help": "use at most this many loss_set examples (seeded sample)"}
+    )
+    out: str = field(default="", metadata={"help": "study folder"})
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "every cell's training scalars also to: none, tensorboard, wandb, all "
+            "(a run per cell, in its folder)"
+        },
+    )
+    report_only: bool = field(
+        default=False,
+        metadata={"help": "write the tables from the finished cells only: nothing is selected, trained or evaluated"},
+    )
+
+
+@dataclass
+class Cell:
+    name: str  # folder under <out>/cells
+    row: str  # table row it counts towards
+    method: str | None  # None: the untrained base model
+    seed: int
+    target: str | None = None  # a targeted method's target (with `targets`); None: every target
+
+
+def matched_step_count(cfg: StudyConfig, pool_size: int) -> int:
+    """T of every method: `epochs` passes over the budget in batches of `batch_size`."""
+    return matched_steps(budget_count(cfg.budget, pool_size), cfg.batch_size, cfg.epochs)
+
+
+def cell_name(method: str, target: str | None, seed: int | None) -> str:
+    """`<method>[@<target>][-s<seed>]` (a seed for the rows that run several)."""
+    return f"{method}{f'@{target}' if target else ''}{f'-s{seed}' if seed is not None else ''}"
+
+
+def plan_cells(cfg: StudyConfig) -> list[Cell]:
+    """The grid: 0%, 100%, then the methods in the order given (per target and seed as each says)."""
+    METHODS.check((m for m in cfg.methods), "study: methods")
+    TARGETS.check(cfg.targets, "study: targets")
+    if not cfg.seeds:
+        raise UserError("seeds: give at least one seed for the random baseline")
+    if cfg.raise_seeds is not None and not cfg.raise_seeds:
+        raise UserError("raise_seeds: give at least one seed, or leave it out for one RAISE cell at `seed`")
+    for name in ("seeds", "raise_seeds"):
+        bad = [s for s in getattr(cfg, name) or () if not 0 <= s < 2**32]
+        if bad:
+            raise UserError(f"{name}: {bad[0]} is not a seed; give whole numbers in 0 .. 2**32 - 1")
+    if cfg.full_steps is not None and cfg.full_steps < 1:
+        raise UserError(
+            f"full_steps: {cfg.full_steps}; give at least 1, or leave it out for `epochs` over the whole pool"
+        )
+    if cfg.tasks or not cfg.targets:
+        try:  # an unknown or empty task list, before any cell has trained
+            check_tasks(cfg.tasks)
+        except UserError as e:
+            raise UserError(f"tasks: {e}") from None
+    cells = [Cell("base", BASE_ROW, None, cfg.seed), Cell("full", FULL_ROW, "full", cfg.seed)]
+    for m in dict.fromkeys(cfg.methods):
+        if m == "full":
+            continue
+        entry = METHODS[m]
+        if entry.seeds == "random":
+            seeds = [(s, s) for s in dict.fromkeys(cfg.seeds)]
+        elif entry.seeds == "raise" and cfg.raise_seeds is not None:
+            seeds = [(s, s) for s in dict.fromkeys(cfg.raise_seeds)]
+        else:
+            seeds = [(cfg.seed, None)]
+        targets = cfg.targets if entry.reads_validation and cfg.targets else [None]
+        cells += [Cell(cell_name(m, t, shown), entry.label, m, s, t) for s, shown in seeds for t in targets]
+    return cells
+
+
+def method_sections(config_path: str | Path | None, overrides: list[str] | None, methods: list[str]) -> dict[str, dict]:
+    """Each method's own section of the config file, then `--set <method>.<key>=value`."""
+    raw = read_yaml(config_path) if config_path is not None else {}
+    ov = parse_overrides(overrides)
+    out = {}
+    presets = [x for x in methods if x in METHODS and METHODS[x].runs == RAISE]
+    for m in dict.fromkeys([*methods, "full", *((RAISE,) if presets else ())]):
+        if raw.get(m) is not None and not isinstance(raw[m], dict):
+            raise UserError(
+                f"{config_path}: section '{m}' holds the method's options as a mapping (option: value), got {raw[m]!r}"
+            )
+        opts = dict(raw.get(m) or {})
+        if isinstance(ov.get(m), dict):
+            merge(opts, ov[m])  # nested sections (raise's `policy`) merged key by key
+        out[m] = opts
+    return out
+
+
+def substitute_model(options: dict, model: str) -> dict:
+    """`options` with `{model}` in their string values (nested too) replaced by the base model."""
+
+    def one(v):
+        if isinstance(v, dict):
+            return {k: one(x) for k, x in v.items()}
+        return v.replace(PLACEHOLDER, model) if isinstance(v, str) else v
+
+    return {k: one(v) for k, v in options.items()}
+
+
+def check_placeholders(options: dict[str, dict], source: str) -> None:
+    """`{base_model}` was a second name of `{model}`; one placeholder is left, the old one is named."""
+    for m, opts in options.items():
+        for k, v in opts.items():
+            if isinstance(v, str) and "{base_model}" in v:
+                raise UserError(f"{source}: section '{m}', option '{k}': write {PLACEHOLDER} for the study's model")
+
+
+class Study:
+    """Runs the cells of one study folder and writes its tables."""
+
+    def __init__(self, cfg: StudyConfig, options: dict[str, dict] | None = None):
+        for name in ("pool", "out"):
+            if not getattr(cfg, name):
+                raise UserError(f"study needs '{name}' (in the config or --set {name}=...)")
+        if not cfg.model and not cfg.build_model:
+            raise UserError("study needs 'model' (a hub id or folder) or 'build_model' (a tiny preset)")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.cells = plan_cells(cfg)
+        self.options = options or {}
+        check_placeholders(self.options, "study")
+        self.store = CellStore(self.out / "cells", report_only=cfg.report_only)
+        self.computed: list[str] = []
+        self.trainings = 0  # cells trained by this process (a resumed study counts only its own)
+        self._features: str | None = None
+        self._digests: dict[str, str] = {}
+
+    def __getattr__(self, name: str):
+        # The pool, the base model, T and the targets are read by `prepare`: a cell run before it
+        # (or a method asking for them) reads them on first use instead of failing.
+        if name in _INPUTS:
+            self.prepare()
+            return self.__dict__[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    # ---------------------------------------------------------------- inputs
+
+    def prepare(self) -> None:
+        """The pool (a seeded subsample written to <out>/pool.jsonl when asked), the base model,
+        and per target its validation file and held-out rows."""
+        cfg = self.cfg
+        pool = load_pool(cfg.pool, fmt=cfg.format)
+        if cfg.pool_size is not None and cfg.pool_size < len(pool):
+            path = self.out / "pool.jsonl"
+            pool = subsample_to_file(pool, cfg.pool_size, cfg.seed, path)
+            self.pool_spec = str(path)
+        else:
+            self.pool_spec = cfg.pool
+        self.pool = pool
+        self.steps = matched_step_count(cfg, len(pool))
+        self.model = cfg.model or str(self._build_model())
+        self.val_files, self.heldout = {}, {}
+        for t in cfg.targets:
+            val_split, held_split = TARGETS[t]
+            val = load_validation(t, cfg.data_dir, n=cfg.val_size, seed=cfg.seed, split=val_split)
+            path = self.out / "targets" / f"{t}_validation.jsonl"
+            text = "".join(json.dumps(to_format(e, "messages")) + "\n" for e in val)
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                write_text_atomic(path, text)
+            self.val_files[t] = str(path)
+            self.heldout[t] = load_validation(t, cfg.data_dir, n=cfg.heldout_size, seed=cfg.seed, split=held_split)
+        log.info(
+            "pool %s: %d examples; base model %s; %d matched update steps of %d%s",
+            self.pool_spec,
+            len(pool),
+            self.model,
+            self.steps,
+            cfg.batch_size,
+            f"; targets {', '.join(cfg.targets)}" if cfg.targets else "",
+        )
+
+    def _build_model(self) -> Path:
+        if self.cfg.build_model not in PRESETS:
+            raise UserError(f"unknown build_model preset '{self.cfg.build_model}'; available: {', '.join(PRESETS)}")
+        path = self.out / "base_model"
+        if not (path / "config.json").is_file():
+            texts = ["\n".join(c for _, c in e.messages) for e in self.pool.examples[:20000]]
+            build_tiny_model(path, texts, preset=self.cfg.build_model, seed=self.cfg.seed)
+        return path
+
+    def digest(self, what: str) -> str:
+        """Content digests of the study's inputs, computed once per process: `model`, `aux_model`,
+        `val:<target or ''>`, `heldout:<target>`, `loss_set`."""
+        if what not in self._digests:
+            cfg = self.cfg
+            if what == "model":
+                value = model_digest(self.model)
+            elif what == "aux_model":
+                value = model_digest(cfg.aux_model) if cfg.aux_model else self.digest("model")
+            elif what.startswith("val:"):
+                target = what[4:]
+                if target:
+                    value = content_digest(self.val_files[target])
+                else:
+                    examples = load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed)
+                    value = examples_digest(examples)
+            elif what.startswith("heldout:"):
+                value = examples_digest(self.heldout[what[8:]])
+            elif what == "loss_set":
+                value = examples_digest(self._loss_examples())
+            else:
+                raise KeyError(what)
+            self._digests[what] = value
+        return self._digests[what]
+
+    def method_options(self, method: str) -> dict:
+        """The method's options as configured (for a RAISE preset: the `raise:` section, the
+        preset's settings, then its own section), `{model}` not yet replaced."""
+        entry = METHODS[method]
+        if entry.runs != RAISE:
+            return dict(self.options.get(method, {}))
+        opts: dict = merge({}, self.options.get(RAISE, {}))
+        preset = {**entry.episode, **({"policy": dict(entry.policy)} if entry.policy else {})}
+        merge(opts, json.loads(json.dumps(preset)))
+        if method != RAISE:
+            merge(opts, json.loads(json.dumps(self.options.get(method, {}))))
+        return opts
+
+    def reads_features(self, method: str | None) -> bool:
+        """Whether a cell of `method` reads the featurized pool (the method's entry says)."""
+        if method is None:
+            return False
+        return METHODS[method].needs_features(substitute_model(self.method_options(method), self.model))
+
+    def features(self) -> str:
+        """The featurized pool (computed once, reused by featurize itself when present), with
+        the RDS+ vectors when a method of the study reads them."""
+        if self._features is None:
+            cfg = self.cfg
+            out = self.out / "features"
+            rds = False
+            for m in dict.fromkeys(cfg.methods):
+                try:
+                    rds = rds or METHODS[m].needs_rds_vectors(substitute_model(self.method_options(m), self.model))
+                except UserError:
+                    pass  # bad options of that method: its own cell fails with them, the others run
+            if cfg.report_only:
+                if not (out / "features.parquet").is_file():
+                    raise Unfinished("the featurized pool")
+                self._features = str(out)
+                return self._features
+            start = time.perf_counter()
+            table = featurize(
+                FeaturizeConfig(
+                    **{
+                        **job_settings(cfg, "featurize"),
+                        "model": cfg.aux_model or self.model,
+                        "pool": self.pool_spec,
+                        "format": self.pool.format,
+                        "out": str(out),
+                        "rds": rds,
+                    }
+                ),
+                pool=self.pool,
+            )
+            self._record_features_time(table.meta, time.perf_counter() - start)
+            self._features = str(out)
+        return self._features
+
+    def _record_features_time(self, meta: dict, seconds: float) -> None:
+        """Scoring time of the featurized pool over every resume (featurize's own record), else
+        the wall time of the call that computed it; a later reuse costs nothing."""
+        path = self.out / "features_time.json"
+        fp = meta.get("fingerprint")
+        record = _read_json(path)
+        if record.get("fingerprint") != fp:
+            timed = float((meta.get("timing") or {}).get("seconds") or 0.0)
+            write_json_atomic(path, {"fingerprint": fp, "seconds": round(timed or seconds, 1)})
+
+    def features_seconds(self) -> float:
+        return float(_read_json(self.out / "features_time.json").get("seconds") or 0.0)
+
+    # ---------------------------------------------------------------- keys
+
+    def cell_key(self, cell: Cell) -> str:
+        """A digest of what changes the cell's trained model: the settings that reach it and the
+        contents of the model, pool, validation set, features' model and prior."""
+        if cell.method is None:
+            return fingerprint({"base": self.digest("model")})
+        cfg = asdict(self.cfg)
+        entry = METHODS[cell.method]
+        reads = self.reads_features(cell.method)
+        skip = (*_NOT_TRAINING, *(() if entry.runs == RAISE else _RAISE_ONLY), *(() if reads else _FEATURES_ONLY))
+        options = self.method_options(cell.method)
+        key = {
+            "method": cell.method,
+            "seed": cell.seed,
+            "target": cell.target,
+            "options": options_digest(options),
+            "model": self.digest("model"),
+            "pool": self.pool.fingerprint,
+            "steps": self.steps,
+            "settings": {k: v for k, v in cfg.items() if k not in skip},
+        }
+        if entry.reads_validation:
+            key["validation"] = self.digest(f"val:{cell.target or ''}")
+        if reads:
+            key["features_model"] = self.digest("aux_model")
+        if entry.prior_from:
+            key["prior"] = self.cell_key(self._prior_cell(cell))
+        return fingerprint(key)
+
+    def eval_key(self, cell_key: str, what: str) -> str:
+        """The key of one evaluation of a cell: lm-eval's `tasks`, the `loss_set`, or a target's held-out losses."""
+        cfg = self.cfg
+        if what == "tasks":
+            settings = {
+                k: getattr(cfg, k) for k in ("tasks", "eval_limit", "num_fewshot", "max_gen_toks", "max_length")
+            }
+        elif what == "loss_set":
+            settings = {"loss": self.digest("loss_set"), "max_length": cfg.max_length, "template": cfg.template}
+        else:
+            settings = {"heldout": self.digest(f"heldout:{what}"), "max_length": cfg.max_length}
+        return fingerprint({"cell": cell_key, **settings})
+
+    # ---------------------------------------------------------------- cells
+
+    def _prior_cell(self, cell: Cell) -> Cell:
+        source = METHODS[cell.method].prior_from
+        entry = METHODS[source]
+        target = cell.target if entry.reads_validation and self.cfg.targets else None
+        return Cell(cell_name(source, target, None), entry.label, source, self.cfg.seed, target)
+
+    def _outputs_exist(self, record: dict) -> bool:
+        return record.get("method") is None or (self.out / record.get("model", "\0")).is_dir()
+
+    def run_cell(self, cell: Cell) -> dict:
+        """Train (unless finished) and evaluate (unless done) one cell; return its record."""
+        key = self.cell_key(cell)
+        record = self.store.finished(cell.name, key, self._outputs_exist)
+        if record is None:
+            self.store.begin(cell.name, key)
+            log.info("cell %s: training (%s)", cell.name, cell.method or "none: base model")
+            runs = METHODS[cell.method].runs if cell.method else None
+            trained = self._train(cell)
+            record = {**asdict(cell), "runs": runs, "key": key, **trained, "versions": package_versions(), "done": True}
+            self.store.save(cell.name, record)
+            self.computed.append(cell.name)
+        self._evaluate_cell(cell, record)
+        return record
+
+    def _train(self, cell: Cell) -> dict:
+        """Compute the cell; the record's fields of its model (relative to the study folder), steps and seconds."""
+        cfg = self.cfg
+        cell_dir = self.store.dir(cell.name)
+        if cell.method is None:
+            return {"model": None, "steps": 0, "select_seconds": 0.0, "train_seconds": 0.0}
+        self.trainings += 1
+        entry = METHODS[cell.method]
+        options = substitute_model(self.method_options(cell.method), self.model)
+        features = self.features() if self.reads_features(cell.method) else ""
+        val = (self.val_files[cell.target] if cell.target else cfg.val) if entry.reads_validation else ""
+        own = {"seed": cell.seed, "pool": self.pool_spec, "features": features, "model": self.model, "val": val}
+        if cfg.targets:  # the target's file holds its sample
+            own["val_size"] = None
+        if entry.runs == RAISE:
+            prior_seconds = 0.0
+            if entry.prior_from:  # the prior is the source cell's pool scores: that cell first
+                source = self._prior_cell(cell)
+                source_record = self.run_cell(source)
+                options.setdefault("policy", {})["prior_selection"] = str(
+                    self.store.dir(source.name) / "selection.json"
+                )
+                prior_seconds = float(source_record.get("select_seconds") or 0.0)
+            tp = from_dict(
+                TrainPolicyConfig,
+                {**job_settings(cfg, "train_policy"), **own, "steps": self.steps, "out": "", **options},
+                f"study: RAISE preset '{cell.method}'",
+            )
+            model_dir, policy_seconds, finetune_seconds = train_and_finetune(tp, cell_dir)
+            setup_logging(self.out, "study.log")  # training stages log into their own run folders
+            return {
+                "model": _relative(model_dir, self.out),
+                "steps": self.steps,
+                "select_seconds": round(policy_seconds, 2),
+                "train_seconds": round(finetune_seconds, 2),
+                "prior_seconds": round(prior_seconds, 2),
+            }
+        bcfg = BaselineConfig(
+            **{
+                **job_settings(cfg, "baseline"),
+                **own,
+                "method": cell.method,
+                "format": self.pool.format,
+                "out": str(cell_dir),
+                "epochs": (cfg.full_epochs or cfg.epochs) if cell.method == "full" else cfg.epochs,
+                "steps": cfg.full_steps if cell.method == "full" else None,
+                # LESS's and ROSE's gradients of the pool do not depend on the target: one cache
+                "cache": str(self.out / "cache") if entry.shared_cache else "",
+                "train": False,
+            }
+        )
+        t0 = time.perf_counter()
+        sel = run_baseline(bcfg, options)
+        t1 = time.perf_counter()
+        run_baseline(dataclasses.replace(bcfg, train=True), options)
+        t2 = time.perf_counter()
+        setup_logging(self.out, "study.log")
+        return {
+            "model": _relative(cell_dir / "model", self.out),
+            "steps": sel["steps"],
+            # a selection kept from a killed run: the seconds that run recorded
+            # (the 100% row selects nothing: its cost is its training)
+            "select_seconds": 0.0
+            if cell.method == "full"
+            else round(max(t1 - t0, float(sel.get("select_seconds") or 0.0)), 2),
+            "train_seconds": round(t2 - t1, 2),
+        }
+
+    def model_path(self, record: dict) -> str:
+        return self.model if record.get("method") is None else str(self.out / record["model"])
+
+    def _evaluate_cell(self, cell: Cell, record: dict) -> None:
+        """Every evaluation the study asks of the cell, each kept under its own key."""
+        cfg = self.cfg
+        wanted = [t for t in cfg.targets if cell.target in (None, t)]
+        if cfg.tasks:
+            wanted.append("tasks")
+        if cfg.loss_set:
+            wanted.append("loss_set")
+        for what in wanted:
+            key = self.eval_key(record["key"], what)
+            size = len(self.heldout[what]) if what in cfg.targets else None
+            if evaluation(record, what, key, size) is not None:
+                continue
+            if self.store.report_only:
+                raise Unfinished(f"{cell.name} on {what}")
+            log.info("cell %s: evaluating on %s", cell.name, what)
+            model = self.model_path(record)
+            if what == "tasks":
+                scores = evaluate(
+                    EvaluateConfig(
+                        **job_settings(cfg, "evaluate"), model=model, out=str(self.store.dir(cell.name) / "eval")
+                    )
+                )
+                done = {"key": key, "scores": {t: s["score"] for t, s in scores.items()}}
+            elif what == "loss_set":
+                done = {"key": key, "loss": self._loss(model)}
+            else:
+                losses = example_losses(model, self.heldout[what], max_length=cfg.max_length, device=cfg.device)
+                done = {"key": key, "losses": [round(float(x), 6) for x in losses]}
+            record.setdefault("evals", {})[what] = done
+            self.store.save(cell.name, record)
+        if cfg.tasks:
+            record["scores"] = record["evals"]["tasks"]["scores"]
+        record["loss"] = record["evals"]["loss_set"]["loss"] if cfg.loss_set else None
+
+    def _loss_examples(self):
+        cfg = self.cfg
+        return load_validation(cfg.loss_set, cfg.data_dir, n=cfg.loss_size, seed=cfg.seed, split=cfg.loss_split)
+
+    def _loss(self, model: str) -> float:
+        """Mean response loss on `loss_set` (e.g. GSM8K test solutions)."""
+        cfg = self.cfg
+        return response_loss(
+            model,
+            self._loss_examples(),
+            template=cfg.template,
+            max_length=cfg.max_length,
+            batch_size=cfg.eval_batch_size,
+            dtype=cfg.dtype,
+            device=cfg.device,
+        )
+
+    # ---------------------------------------------------------------- tables
+
+    def rows(self, records: list[dict]) -> list[tuple[str, dict[str, float]]]:
+        """Per row label the task scores; rows with several cells (RAND's seeds) are averaged."""
+        grouped: dict[str, list[dict[str, float]]] = {}
+        for r in records:
+            grouped.setdefault(r["row"], []).append(r["scores"])
+        return [
+            (label, {t: sum(s[t] for s in group) / len(group) for t in self.cfg.tasks})
+            for label, group in grouped.items()
+        ]
+
+    def records(self) -> tuple[list[dict], dict[str, str]]:
+        """Every cell's record (computed unless finished, or only the finished ones with
+        `report_only`), and the cells that failed with why."""
+        records, failed = [], {}
+        for cell in progress_bar(self.cells, desc="study cells", unit="cell"):
+            try:
+                records.append(self.run_cell(cell))
+            except Unfinished as e:
+                if cell.method is None:
+                    raise UserError(
+                        f"report_only: {self.out} holds no finished zero-shot cell ({e}); run the study first"
+                    ) from None
+                log.info("cell %s: not finished (%s); left out (report_only)", cell.name, e)
+            except UserError as e:
+                # One method that cannot run here (no judge, too small a pool) must not sink the
+                # others; the 0% and 100% rows are required, though.
+                if cell.method in (None, "full"):
+                    raise
+                log.error("cell %s failed: %s", cell.name, e)
+                failed[cell.name] = str(e)
+        return records, failed
+
+    def run(self) -> dict:
+        """Every cell, then the tables: `study_table.{md,csv,json}`, `study_methods.md` and
+        `study_plot.png` with `tasks`; `study_gains.{md,json}` with `targets`."""
+        self.prepare()
+        if not self.cfg.report_only:
+            write_json_atomic(self.out / "study_config.json", asdict(self.cfg))
+        records, failed = self.records()
+        feat_seconds = self.features_seconds()
+        readers = {r["method"] for r in records if self.reads_features(r["method"])}
+        full = [r for r in records if r["method"] == "full"]
+        rand = [r for r in records if r["method"] == "random"]
+        phi, phi_from = phi_from_runs(full, rand, len(self.pool), self.cfg.batch_size)
+        paths, parts, extra = {}, [], {}
+        notes = [f"{n} failed: {e}" for n, e in failed.items()]
+        if self.cfg.tasks:
+            table = build_table(self.rows(records), self.cfg.tasks)
+            extra = {
+                "pool": self.pool_spec,
+                "pool_size": len(self.pool),
+                "model": self.model,
+                "val": self.cfg.val,
+                "budget": self.cfg.budget,
+                "steps": self.steps,
+                "full_steps": self.cfg.full_steps,
+                "batch_size": self.cfg.batch_size,
+                "seeds": self.cfg.seeds,
+                "raise_seeds": self.cfg.raise_seeds,
+                "eval_limit": self.cfg.eval_limit,
+                "cells": {
+                    r["name"]: {
+                        **{k: r.get(k) for k in ("row", "method", "seed", "target", "scores", "steps")},
+                        "model": self.model_path(r),
+                    }
+                    for r in records
+                },
+                "failed": failed,
+            }
+            stats = method_stats(records, self.out / "cells", self.pool, self.cfg.batch_size, feat_seconds, readers)
+            extra["method_stats"] = stats
+            loss_name = f"{self.cfg.loss_set} {self.cfg.loss_split}" if self.cfg.loss_set else None
+            paths = write_table(self.out, table, self.cfg.tasks, extra, notes=notes)
+            paths["methods_md"] = self.out / "study_methods.md"
+            write_text_atomic(paths["methods_md"], stats_markdown(stats, loss_name))
+            paths["png"] = plot_study(
+                table,
+                self.cfg.tasks,
+                self.out / "study_plot.png",
+                title=f"{Path(self.model).name}, budget {self.cfg.budget}, {self.steps} steps",
+            )
+            parts += [paths["md"].read_text(encoding="utf-8"), paths["methods_md"].read_text(encoding="utf-8")]
+        else:
+            table = None
+        gains = None
+        if self.cfg.targets:
+            base = next((r for r in records if r["method"] is None), None)
+            base_losses = {t: base["evals"][t]["losses"] for t in self.cfg.targets}
+            labels = {r["method"]: r["row"] for r in records if r["method"]}
+            gains = gain_rows(records, base_losses, self.cfg.targets, self.cfg.seed, phi, feat_seconds, readers, labels)
+            md = gain_markdown(
+                gains,
+                base_losses,
+                self.cfg.targets,
+                phi=phi,
+                phi_from=phi_from,
+                feat_seconds=feat_seconds,
+                pool_size=len(self.pool),
+                steps=self.steps,
+                budget=self.cfg.budget,
+                batch_size=self.cfg.batch_size,
+                heldout=self.cfg.heldout_size,
+                readers=[labels.get(m, m) for m in gains if m in readers],
+                notes=notes,
+            )
+            paths["gains_md"] = self.out / "study_gains.md"
+            paths["gains_json"] = self.out / "study_gains.json"
+            write_text_atomic(paths["gains_md"], md)
+            write_json_atomic(
+                paths["gains_json"],
+                {
+                    "config": asdict(self.cfg),
+                    "phi_seconds": phi,
+                    "phi_from": phi_from,
+                    "featurize_seconds": feat_seconds,
+                    "base_loss": {t: sum(v) / len(v) for t, v in base_losses.items()},
+                    "rows": gains,
+                    "failed": failed,
+                },
+            )
+            parts.insert(0, md)
+        log.info("cells computed this run: %s", ", ".join(self.computed) or "none (all reused)")
+        return {
+            "table": table,
+            "gains": gains,
+            "records": records,
+            "paths": paths,
+            "computed": list(self.computed),
+            "failed": failed,
+            "phi": phi,
+            "markdown": "\n".join(parts),
+        }
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` relative to the study folder (a moved folder keeps its cells)."""
+    return Path(path).resolve().relative_to(root.resolve()).as_posix()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def run_study(cfg: StudyConfig, options: dict[str, dict] | None = None) -> dict:
+    """Run (or resume) a study; returns the tables, the written paths and the cells computed."""
+    parse_report_to(cfg.report_to)  # a typo fails before any cell
+    return Study(cfg, options).run()
