@@ -16,16 +16,27 @@ ORDER = 50
 OPTIONS = ConfigOptions("raise_select.baselines.run:BaselineConfig")
 
 
+def methods_help() -> str:
+    """`--method`'s help, from the method registry (read when --help is shown)."""
+    from ..experiments.methods import method_names
+
+    static, online = method_names("baseline", online=False), method_names("baseline", online=True)
+    return f"Method: {', '.join(static)} (static); {', '.join(online)} (online, chosen while training)."
+
+
+class BaselineCommand(OPTIONS.command):
+    def format_help(self, ctx, formatter):
+        for p in self.get_params(ctx):
+            if p.name == "method":
+                p.help = methods_help()
+        return super().format_help(ctx, formatter)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("baseline", cls=OPTIONS.command)
+    @app.command("baseline", cls=BaselineCommand)
     @handle_errors
     def baseline_cmd(
-        method: Optional[str] = typer.Option(
-            None,
-            "--method",
-            help="Method: full, random, ifd, deita, alpagasus, sspl, less, rose (static); "
-            "greats, rho (online, chosen while training).",
-        ),
+        method: Optional[str] = typer.Option(None, "--method", help="Method (listed from the registry)."),
         pool: Optional[str] = typer.Option(None, "--pool"),
         format: Optional[str] = typer.Option(None, "--format"),
         limit: Optional[int] = typer.Option(None, "--limit"),
