@@ -21,8 +21,8 @@ PACKAGE = Path(raise_select.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("",),
     ("errors",),
-    ("io", "progress", "markdown", "registry", "costs"),  # import only `errors`
-    ("logs",),  # io.note_new_folder
+    ("io",),
+    ("logs", "progress", "markdown", "registry", "costs"),
     ("data",),
     ("models", "config"),  # config reads YAML through data.pools.decode_utf8
     ("features",),
