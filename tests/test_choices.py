@@ -1,0 +1,190 @@
+"""Multiple-choice scoring (`evaluation.choices`): the per-choice log-likelihoods against
+lm-evaluation-harness's own `HFLM.loglikelihood`, the choice cross-entropy and accuracy by
+hand, malformed items refused."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raise_select.data.pools import Example, load_pool
+from raise_select.errors import UserError
+from raise_select.evaluation import choices as ch
+
+ITEMS = [
+    ch.ChoiceItem("What is 12 plus 7?", ("19", "21 apples", "the lazy dog"), 0),
+    ch.ChoiceItem("Name three colors:  ", ("red, green and blue", " Bonjour.", "fox " * 6, "0123"), 2),
+    ch.ChoiceItem("Translate to French: good morning.\nThen say it twice.", ("Bonjour. Bonjour.", "Good night"), 1),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), tok
+
+
+def _harness(model, tok, requests, max_length):
+    """lm-eval's own log-likelihoods of `(context, continuation)` requests."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tok, max_length=max_length, batch_size=2)
+    return np.array(
+        [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)])]
+    )
+
+
+@pytest.mark.parametrize("max_length", [512, 14])  # 14: long contexts truncated from the left
+def test_loglikelihoods_equal_lm_evaluation_harness(tiny, max_length):
+    model, tok = tiny
+    requests = [r for it in ITEMS for form in ch.FORMS for r in ch.requests_of(it, form)]
+    requests.append(("Translate to French: good morning. ", "Bonjour."))  # a trailing space moves over
+    ref = _harness(model, tok, requests, max_length)
+    for batch_size in (1, 4, 64):
+        mine = ch.loglikelihoods(model, tok, requests, batch_size=batch_size, max_length=max_length)
+        np.testing.assert_allclose(mine, ref, rtol=1e-5, atol=1e-5)
+    # ... and scored through the items, one array of choice log-likelihoods per item
+    scores = ch.score_items(model, tok, ITEMS, form="cloze", batch_size=3, max_length=max_length)
+    n_cloze = [len(it.choices) for it in ITEMS]
+    starts = np.cumsum([0] + [2 * n for n in n_cloze])
+    for k, it in enumerate(ITEMS):
+        np.testing.assert_allclose(scores.loglik[k], ref[starts[k] : starts[k] + n_cloze[k]], rtol=1e-5, atol=1e-5)
+
+
+def test_requests_follow_the_harness_forms():
+    item = ITEMS[0]
+    assert ch.requests_of(item, "cloze") == [
+        ("Question: What is 12 plus 7?\nAnswer:", " 19"),
+        ("Question: What is 12 plus 7?\nAnswer:", " 21 apples"),
+        ("Question: What is 12 plus 7?\nAnswer:", " the lazy dog"),
+    ]
+    letters = ch.requests_of(item, "letters")
+    assert [c for _, c in letters] == [" A", " B", " C"]
+    assert letters[0][0] == "Question: What is 12 plus 7?\nA. 19\nB. 21 apples\nC. the lazy dog\nAnswer:"
+    with pytest.raises(UserError, match="unknown choice form 'mcq'; available: cloze, letters"):
+        ch.requests_of(item, "mcq")
+
+
+def test_a_lora_model_and_a_model_folder_score_the_same(tiny, tiny_model_dir):
+    """A PEFT/LoRA model scores as its merged weights do under the harness; a folder as its model."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny
+    from_folder = ch.score_choices(str(tiny_model_dir), ITEMS, form="letters", batch_size=5, device="cpu")
+    from_object = ch.score_choices(model, ITEMS, tokenizer=tok, form="letters", batch_size=2)
+    for a, b in zip(from_folder.loglik, from_object.loglik):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+    torch.manual_seed(0)
+    peft = get_peft_model(
+        type(model).from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    requests = [r for it in ITEMS for r in ch.requests_of(it, "cloze")]
+    mine = ch.loglikelihoods(peft, tok, requests, batch_size=4)
+    merged = peft.merge_and_unload()
+    np.testing.assert_allclose(mine, _harness(merged, tok, requests, 512), rtol=1e-5, atol=1e-5)
+    assert np.abs(mine - ch.loglikelihoods(model, tok, requests)).max() > 1e-3  # the adapter counts
+
+
+def test_choice_cross_entropy_by_hand():
+    # -log softmax([-1, -2, -3])[1] = 2 + log(e^-1 + e^-2 + e^-3)
+    by_hand = 2 + math.log(math.exp(-1) + math.exp(-2) + math.exp(-3))
+    assert ch.choice_cross_entropy([-1.0, -2.0, -3.0], 1) == pytest.approx(by_hand, rel=1e-12)
+    assert by_hand == pytest.approx(1.40760596, abs=1e-8)
+    # two equal choices: log 2, whatever their level (no overflow far from zero)
+    assert ch.choice_cross_entropy([-1000.0, -1000.0], 0) == pytest.approx(math.log(2), rel=1e-12)
+    assert ch.choice_cross_entropy([0.0, -800.0, -800.0], 0) == pytest.approx(2 * math.exp(-800), abs=1e-300)
+
+
+def test_accuracy_and_summary_by_hand():
+    items = [
+        ch.ChoiceItem("q1", ("a", "bb"), 0),  # argmax 0: right
+        ch.ChoiceItem("q2", ("a", "bbbb", "c"), 2),  # argmax 1: wrong; per character argmax 1 as well
+        ch.ChoiceItem("q3", ("aaaa", "b"), 0),  # tie: the first maximum, right; per character b wins
+    ]
+    lls = [[-1.0, -2.0], [-9.0, -4.0, -5.0], [-3.0, -3.0]]
+    s = ch.scores_from_loglik(items, lls, "cloze")
+    assert s.acc.tolist() == [1.0, 0.0, 1.0]
+    # acc_norm divides by characters: q2 [-9, -1, -5] -> 1 (wrong); q3 [-0.75, -3] -> 0 (right)
+    assert s.acc_norm.tolist() == [1.0, 0.0, 1.0]
+    lls[2] = [-8.0, -3.0]  # q3: argmax 1 (wrong); per character [-2, -3] -> 0 (right)
+    s = ch.scores_from_loglik(items, lls, "cloze")
+    assert s.acc.tolist() == [1.0, 0.0, 0.0] and s.acc_norm.tolist() == [1.0, 0.0, 1.0]
+    ce = [math.log(math.exp(-1) + math.exp(-2)) + 1, math.log(math.exp(-9) + math.exp(-4) + math.exp(-5)) + 5]
+    ce.append(math.log(math.exp(-8) + math.exp(-3)) + 8)
+    np.testing.assert_allclose(s.ce, ce, rtol=1e-12)
+    summary = s.summary()
+    assert summary["choice_ce"] == pytest.approx(sum(ce) / 3) and summary["choice_acc"] == pytest.approx(1 / 3)
+    assert summary["n"] == 3
+
+
+def test_malformed_items_are_refused_with_file_row_and_field(tmp_path):
+    with pytest.raises(UserError, match=r"f.jsonl, row 4, field 'mc_choices': expected a list of at least 2"):
+        ch.ChoiceItem("q", (), 0, "f.jsonl", 4)
+    with pytest.raises(UserError, match=r"f.jsonl, row 4, field 'mc_gold': gold index 3 is not one of 0..2"):
+        ch.ChoiceItem("q", ("a", "b", "c"), 3, "f.jsonl", 4)
+    with pytest.raises(UserError, match=r"field 'mc_gold': gold index True"):
+        ch.ChoiceItem("q", ("a", "b"), True)
+    with pytest.raises(UserError, match=r"f.jsonl, row 4, field 'mc_choices': choice 1 is empty"):
+        ch.ChoiceItem("q", ("a", "  "), 0, "f.jsonl", 4)
+    # the same from a file's record fields
+    path = tmp_path / "items.jsonl"
+
+    def msgs(k: int) -> list[dict]:
+        return [{"role": "user", "content": f"hi {k}"}, {"role": "assistant", "content": "yo"}]
+
+    rows = [
+        {"messages": msgs(0), "mc_question": "q", "mc_choices": ["a", "b"], "mc_gold": 1},
+        {"messages": msgs(1), "mc_question": "q", "mc_choices": ["a", "b"], "mc_gold": -1},
+        {"messages": msgs(2), "mc_question": "q", "mc_choices": ["a", "b"]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = load_pool(str(path)).examples
+    assert ch.item_from_example(examples[0]) == ch.ChoiceItem("q", ("a", "b"), 1)
+    with pytest.raises(UserError, match=rf"{path}, row 1, field 'mc_gold': gold index -1"):
+        ch.item_from_example(examples[1])
+    with pytest.raises(UserError, match=rf"{path}, row 2, field 'mc_gold': missing field"):
+        ch.item_from_example(examples[2])
+    with pytest.raises(UserError, match=rf"{path}, row 0, field 'messages': not a multiple-choice item"):
+        ch.score_choices("unused", [Example("x", (("user", "hi"), ("assistant", "yo")), {}, str(path), 0)])
+
+
+def test_items_parsed_back_from_the_lettered_prompt():
+    """A file written in the project's prompt format (messages only) is read back into items;
+    a prompt that does not re-render exactly is refused."""
+    from raise_select.data.benchmarks import format_prompt, format_response
+
+    doc = {"question": "Which is warm?\nPick one.", "choices": ["ice", "the sun", "snow"], "label": 1}
+    msgs = (("user", format_prompt(doc)), ("assistant", format_response(doc)))
+    assert ch.item_from_example(Example("x", msgs, {}, "v.jsonl", 3)) == ch.ChoiceItem(
+        "Which is warm?\nPick one.", ("ice", "the sun", "snow"), 1
+    )
+    bad = (("user", format_prompt(doc)), ("assistant", "The answer is D."))
+    with pytest.raises(UserError, match=r"v.jsonl, row 3, field 'mc_gold': gold index 3"):
+        ch.item_from_example(Example("x", bad, {}, "v.jsonl", 3))
+    empty = {"question": "Which?", "choices": ["ice", ""], "label": 0}
+    msgs = (("user", format_prompt(empty)), ("assistant", format_response(empty)))
+    with pytest.raises(UserError, match=r"choice 1 is empty"):
+        ch.item_from_example(Example("x", msgs, {}, "v.jsonl", 3))
+
+
+def test_real_items_score_in_both_forms(shared_data, tiny):
+    """Named-set examples of ARC-Challenge and CommonsenseQA score as the harness on their requests."""
+    from raise_select.data.validation import load_validation
+
+    model, tok = tiny
+    for name in ("arc_challenge:test", "commonsenseqa:test"):
+        examples = load_validation(name, shared_data, n=3, seed=0)
+        for form in ch.FORMS:
+            s = ch.score_choices(model, examples, tokenizer=tok, form=form, batch_size=8)
+            requests = [r for e in examples for r in ch.requests_of(ch.item_from_example(e), form)]
+            np.testing.assert_allclose(np.concatenate(s.loglik), _harness(model, tok, requests, 512), rtol=1e-5)
+            assert s.ce.shape == (3,) and np.all(s.ce > 0)
