@@ -192,3 +192,55 @@ def test_fewer_rounds_than_a_folder_holds_are_refused_before_anything_is_written
     before = _policy_bytes(tmp_path / "2" / "run")
     train_policy(cfg)
     assert _policy_bytes(tmp_path / "2" / "run") == before
+
+
+# ---------------------------------------------------------------- finetune: the selection prior it was trained on
+
+
+def _selection_file(path, pool, scores) -> None:
+    path.write_text(
+        json.dumps({"method": "rds", "pool": "pool.json", "pool_fingerprint": pool.fingerprint, "pool_scores": scores})
+    )
+
+
+def test_finetune_uses_the_prior_file_the_policy_was_trained_on_from_any_folder_and_refuses_an_edited_one(
+    episode_inputs, tiny_model_dir, tmp_path, monkeypatch
+):
+    from raise_select.data.pools import load_pool
+    from raise_select.policy import PolicyConfig
+    from raise_select.training import FinetuneConfig, finetune, train_policy
+
+    pool = load_pool(episode_inputs / "pool.json")
+    work = tmp_path / "work"
+    work.mkdir()
+    _selection_file(work / "sel.json", pool, list(range(len(pool))))
+    monkeypatch.chdir(work)  # train-policy run where the selection file is given by a relative path
+    pcfg = PolicyConfig(per_class=1, prior="selection", prior_selection="sel.json", use_rule="topk")
+    policy_dir = train_policy(_tp_config(episode_inputs, tiny_model_dir, tmp_path / "run", rounds=0, policy=pcfg))
+    record = json.loads((policy_dir / "trained_on.json").read_text())["prior_selection"]
+    assert record["sha256"] == hashlib.sha256((work / "sel.json").read_bytes()).hexdigest()
+    assert record["path"] == str(work / "sel.json")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ft = FinetuneConfig(
+        policy=str(policy_dir),
+        pool=str(episode_inputs / "pool.json"),
+        features=str(episode_inputs / "features"),
+        model=str(tiny_model_dir),
+        val=str(episode_inputs / "val.json"),
+        out=str(tmp_path / "ft"),
+        steps=1,
+        lr=1e-3,
+        max_length=48,
+    )
+    assert (finetune(ft) / "config.json").is_file()
+    first = json.loads((tmp_path / "ft" / "selections.jsonl").read_text().splitlines()[0])
+    assert sorted(first["indices"]) == [9, 10, 11]  # top-1 of each class by the prior (scores = row number)
+    _selection_file(work / "sel.json", pool, list(range(len(pool)))[::-1])  # edited after training
+    with pytest.raises(UserError, match=r"sel.json.*changed since the policy .* was trained") as e:
+        finetune(replace(ft, out=str(tmp_path / "ft2")))
+    assert "\n" not in str(e.value)
+    (work / "sel.json").unlink()
+    with pytest.raises(UserError, match=r"sel.json.*no such file"):
+        finetune(replace(ft, out=str(tmp_path / "ft3")))

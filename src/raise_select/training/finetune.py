@@ -74,7 +74,7 @@ class FinetuneConfig(EpisodeConfig):
 def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
     """Fine-tune `cfg.model` with the policy in `cfg.policy`; returns the saved model folder."""
     from ..policy import RaisePolicy
-    from ..policy.provenance import check_trained_on, trained_on
+    from ..policy.provenance import check_trained_on, prior_for_use, trained_on
 
     def load_policy(static, per_class: int, pool) -> RaisePolicy:
         check_trained_on(cfg.policy, trained_on(cfg.pool, pool.ids, cfg.features))
@@ -92,7 +92,7 @@ def finetune(cfg: FinetuneConfig, accelerator=None) -> Path:
         cfg.per_class or RaisePolicy.read_config(cfg.policy).per_class,
         load_policy,
         normalizer=RaisePolicy.read_normalizer(cfg.policy),
-        prior=RaisePolicy.read_config(cfg.policy),
+        prior=prior_for_use(cfg.policy, RaisePolicy.read_config(cfg.policy)),  # its prior file, unchanged
     )
     run, static, policy, batch = job.run, job.static, job.policy, job.batch
     trainer, validator, p0 = job.trainer, job.validator, job.p0

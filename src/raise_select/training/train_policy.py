@@ -104,7 +104,8 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     acc, run, pool, static, policy, batch = job.accelerator, job.run, job.pool, job.static, job.policy, job.batch
     trainer, validator, p0 = job.trainer, job.validator, job.p0
 
-    record = trained_on(cfg.pool, pool.ids, cfg.features)
+    prior_file = cfg.policy.prior_selection if cfg.policy.prior == "selection" else None
+    record = trained_on(cfg.pool, pool.ids, cfg.features, prior_file)
 
     def save(folder: Path) -> None:  # the weights, and the rows and features they were trained on
         policy.save(folder)
