@@ -566,9 +566,14 @@ class Study:
     # ---------------------------------------------------------------- cells
 
     def _prior_cell(self, cell: Cell) -> Cell:
-        source = METHODS[cell.method].prior_from
+        return self._prior_cell_for(cell.method, cell.target)
+
+    def _prior_cell_for(self, method: str, target: str | None) -> Cell:
+        """The cell whose pool scores are a RAISE preset's prior: its source method at the same
+        target (when that method is targeted) and the study's seed."""
+        source = METHODS[method].prior_from
         entry = METHODS[source]
-        target = cell.target if entry.reads_validation and self.cfg.targets else None
+        target = target if entry.reads_validation and self.cfg.targets else None
         return Cell(cell_name(source, target, None), entry.label, source, self.cfg.seed, target)
 
     def _outputs_exist(self, record: dict) -> bool:
