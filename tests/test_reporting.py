@@ -91,7 +91,7 @@ def wandb_offline(monkeypatch):
     monkeypatch.setenv("WANDB_PROJECT", "raise-select-tests")
 
 
-def test_parse_report_to():
+def test_parse_report_to(wandb_offline):
     assert parse_report_to("none") == [] and parse_report_to(None) == []
     assert parse_report_to("all") == ["tensorboard", "wandb"]
     assert parse_report_to("wandb, tensorboard") == ["tensorboard", "wandb"]

@@ -80,13 +80,14 @@ def register(app: typer.Typer) -> None:
         from ..baselines.run import BaselineConfig, method_options, run_baseline
         from ..config import resolve
         from ..io import check_output, lock_output
+        from ..training.publish import check_target
+        from ..training.reporting import check_report_folders, parse_report_to
 
         cfg = resolve(BaselineConfig, "baseline", config, overrides, flags)
         if cfg.out:
             check_output(
                 cfg.out, {"--pool": cfg.pool, "--features": cfg.features, "--model": cfg.model, "--val": cfg.val}
             )
-            lock_output(cfg.out, "baseline")
         if cfg.export:
             check_output(
                 cfg.export,
@@ -100,6 +101,10 @@ def register(app: typer.Typer) -> None:
                 flag="--export",
                 read_by_name=("--features", "--out"),
             )  # the baseline's folder is read by file name
+            check_target(cfg.export, "--export")  # a folder of other files: refused before the selection runs
+        if cfg.out:
+            check_report_folders(cfg.out, parse_report_to(cfg.report_to))
+            lock_output(cfg.out, "baseline")
         setup_logging(Path(cfg.out) if cfg.out else None, name="baseline.log")
         record = run_baseline(cfg, method_options(cfg.method, config, overrides))
         trained = (

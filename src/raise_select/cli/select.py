@@ -60,6 +60,27 @@ class SelectConfig:
     )
 
 
+# Names a user may give --out meaning a file that select does not write (it would become a folder).
+OTHER_FILE_SUFFIXES = (".parquet", ".csv", ".tsv", ".arrow", ".txt", ".yaml", ".yml", ".gz", ".zip", ".tar", ".md")
+
+
+def _multi_turn_note(count: int, total: int) -> str:
+    if not count:
+        return ""
+    return (
+        f"; {count} of the {total} are multi-turn conversations, written as Alpaca with their earlier "
+        "exchanges in `history` (LLaMA-Factory's field; --format sharegpt or messages keeps the turns as turns)"
+    )
+
+
+def multi_turn_count(pool, rows: list[int], fmt: str | None) -> int:
+    """How many of the exported rows go out as Alpaca records with a `history` (an Alpaca pool's
+    rows, and so its llamafactory export, have one turn)."""
+    if (fmt or pool.format) != "alpaca":
+        return 0
+    return sum(any(r == "assistant" for r, _ in pool.examples[i].messages[:-1]) for i in rows)
+
+
 def run_pool(cfg: SelectConfig) -> str:
     """The pool to read: `--pool`, else the one named in the run folder's config."""
     from ..config import read_yaml
@@ -125,9 +146,9 @@ def register(app: typer.Typer) -> None:
         from ..config import command_line, resolve
         from ..data.pools import load_pool
         from ..errors import UserError
-        from ..io import check_output
+        from ..io import check_output, lock_output
         from ..training.export import OUTPUT_SUFFIXES, export_chosen, finished_rounds, selections_path
-        from ..training.publish import baseline_record, chosen_from_run, publish
+        from ..training.publish import baseline_record, check_target, chosen_from_run, publish
 
         cfg = resolve(
             SelectConfig,
@@ -147,12 +168,25 @@ def register(app: typer.Typer) -> None:
         missing = [f"--{k}" for k in ("run", "out") if not getattr(cfg, k)]
         if missing:
             raise UserError(f"missing required setting(s): {', '.join(missing)}")
+        if cfg.features and not Path(cfg.features).expanduser().exists():
+            raise UserError(
+                f"--features {cfg.features}: not found; give the pool's feature table (a featurize --out folder) "
+                "or leave --features out"
+            )
+        suffix = Path(cfg.out).suffix.lower()
+        if suffix in OTHER_FILE_SUFFIXES:
+            raise UserError(
+                f"--out {cfg.out}: select writes a {' or '.join(OUTPUT_SUFFIXES)} file, or a folder (a name "
+                f"without a file suffix); not a {suffix} file"
+            )
         found = baseline_record(cfg.run)
         # a missing log is the first thing to report
         log = found[0] if found is not None else selections_path(cfg.run, cfg.round)
         pool_spec = run_pool(cfg)
         if Path(cfg.out).suffix.lower() not in OUTPUT_SUFFIXES:
             check_output(cfg.out, {"--run": log, "--pool": pool_spec})
+            check_target(cfg.out)
+            lock_output(cfg.out, "select (export)")
             record = found[1] if found is not None else {}
             the_pool = load_pool(pool_spec, fmt=record.get("pool_format"), limit=record.get("limit"))
             chosen = chosen_from_run(the_pool, cfg.run, cfg.include_random, cfg.round)
@@ -160,8 +194,8 @@ def register(app: typer.Typer) -> None:
             kind = "LLaMA-Factory data.json + dataset_info.json" if cfg.format == "llamafactory" else "datasets folder"
             typer.echo(
                 f"wrote {len(chosen.rows)} instructions chosen by {chosen.method} ({chosen.source}) to {folder} "
-                f"({kind}, "
-                "README.md, scores.parquet)"
+                f"({kind}, README.md, scores.parquet)"
+                + _multi_turn_note(multi_turn_count(the_pool, chosen.rows, cfg.format), len(chosen.rows))
             )
             return
         if found is not None:
@@ -189,4 +223,5 @@ def register(app: typer.Typer) -> None:
                 if summary.skipped_random and summary.random_steps
                 else ""
             )
+            + _multi_turn_note(summary.multi_turn, summary.chosen)
         )

@@ -4,9 +4,12 @@ Reads a run's selection log (`selections.jsonl`, one line per step: `step`, `ids
 `indices`, `scores`, `classes`, `random`) and writes every chosen instruction once, as a
 record of the pool's format (`data.pools.to_format`) with two extra fields:
 `times_selected` (how many steps chose it) and `steps` (which ones, ascending). Records
-come in the order they were first chosen. A `.jsonl` output gets one record per line, a
-`.json` output one array. If a step appears twice in the log (a resumed run redid it),
-the later line wins; a last line cut short by a crash mid-write is left out.
+come in the order they were first chosen. A record holds the whole row that was scored
+(`export_records`): an Alpaca record keeps its `system` prompt, and a conversation written as
+Alpaca keeps its earlier exchanges in `history` (LLaMA-Factory's field for them). A `.jsonl`
+output gets one record per line, a `.json` output one array. If a step appears twice in
+the log (a resumed run redid it), the later line wins; a last line cut short by a crash
+mid-write is left out.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.pools import FORMATS, Pool, to_format
+from ..data.pools import FORMATS, Example, Pool, to_format
 from ..errors import UserError, where
 from ..io import atomic_path, check_output, read_jsonl_rows
 
@@ -34,6 +37,7 @@ class ExportSummary:
     selections: int  # (step, instruction) pairs, i.e. the sum of times_selected
     random_steps: int  # steps chosen uniformly at random (appendix F) that were included or skipped
     skipped_random: bool
+    multi_turn: int = 0  # records whose earlier exchanges went to `history` (a conversation written as alpaca)
 
 
 ROUND_FILES = "selections/round_*.jsonl"  # train-policy: one selection log per round
@@ -130,6 +134,58 @@ def read_selections(path: str | Path, allow_empty: bool = False) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def _alpaca_history(example: Example) -> tuple[str, list[list[str]]]:
+    """(instruction, history) of a conversation written as one Alpaca record: the user turns
+    after the last earlier assistant turn are the instruction (joined as `to_format` joins
+    them), each earlier (user turns, assistant turn) exchange a `[prompt, response]` pair."""
+    turns = [(r, c) for r, c in example.messages[:-1] if r != "system"]
+    history: list[list[str]] = []
+    asked: list[str] = []
+    for role, content in turns:
+        if role == "user":
+            asked.append(content)
+            continue
+        if not asked:
+            raise UserError(
+                f"{where(example.source, example.row)}: an assistant turn with no user turn before it cannot be "
+                "written as Alpaca history; export with --format sharegpt or messages"
+            )
+        history.append(["\n\n".join(asked), content])
+        asked = []
+    if not asked:
+        raise UserError(
+            f"{where(example.source, example.row)}: the response follows another assistant turn, which Alpaca "
+            "cannot hold; export with --format sharegpt or messages"
+        )
+    return "\n\n".join(asked), history
+
+
+def export_records(examples: list[Example], fmt: str) -> tuple[list[dict], int]:
+    """The records of `examples` in `fmt`, holding everything that was scored, and how many keep
+    earlier exchanges in `history`. `to_format` gives the turns; for `alpaca` this adds a
+    `system` field (the row's system prompt) and, for a conversation, `history` with its
+    earlier exchanges instead of flattening them into the instruction. Either field is on
+    every record when it is on one (empty where the row has none), so the records make one
+    table (`datasets` takes its columns from the first record)."""
+    records = [to_format(e, fmt) for e in examples]
+    if fmt != "alpaca":
+        return records, 0
+    multi_turn = 0
+    for ex, rec in zip(examples, records):
+        system = [c for r, c in ex.messages if r == "system"]
+        if system:
+            rec["system"] = "\n\n".join(system)
+        if any(r == "assistant" for r, _ in ex.messages[:-1]):
+            rec["instruction"], rec["history"] = _alpaca_history(ex)
+            rec["input"] = ""
+            multi_turn += 1
+    for name, empty in (("system", ""), ("history", [])):
+        if any(name in rec for rec in records):
+            for rec in records:
+                rec.setdefault(name, empty)
+    return records, multi_turn
+
+
 def check_ids(pool: Pool, log: list[dict], path: Path) -> None:
     """Refuse a log naming an example the pool does not hold (the run used another pool)."""
     ids = set(pool.ids)
@@ -181,12 +237,10 @@ def export_chosen(
     check_ids(pool, log, path)
     steps = chosen_steps(log, include_random)
     by_id = {e.id: e for e in pool.examples}
-    records = []
-    for ex_id, chosen_at in steps.items():
-        rec = to_format(by_id[ex_id], fmt)
+    records, multi_turn = export_records([by_id[ex_id] for ex_id in steps], fmt)
+    for rec, chosen_at in zip(records, steps.values()):
         rec["times_selected"] = len(chosen_at)
         rec["steps"] = chosen_at
-        records.append(rec)
     with atomic_path(out) as tmp:
         if out.suffix.lower() == ".jsonl":
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
@@ -200,4 +254,5 @@ def export_chosen(
         selections=sum(len(s) for s in steps.values()),
         random_steps=sum(bool(r.get("random")) for r in log),
         skipped_random=not include_random,
+        multi_turn=multi_turn,
     )

@@ -14,7 +14,17 @@ Two layouts, both with the same dataset card (`README.md`) and `scores.parquet`:
 `scores.parquet` has one row per pool row: `index`, `id`, `chosen`, `rank` (order of first
 choice, null when not chosen), `class` (the feature table's, when known), and `score`
 (static scoring methods: every pool row's score, null where it has none) or
-`times_selected` and `steps` (the per-step choices).
+`times_selected` and `steps` (the per-step choices). A static method that draws with
+replacement (TSDS) lists each drawn row once, with `times_drawn` in the rows and in
+`scores.parquet` (0 for a row not drawn); its card counts distinct rows and the draws.
+
+Records hold the whole row that was scored (`export.export_records`: an Alpaca `system`, a
+conversation's earlier exchanges as `history`). The folder is built in a temporary folder of
+its own inside `DIR` (`tempfile.mkdtemp`), under the output lock every command takes
+(`io.lock_output`), and its files are then moved into `DIR` one by one. `DIR/.raise-select-export.json`
+lists the files the export wrote: a later export into `DIR` replaces and removes only those,
+so a file a user added stays; a folder holding other files and no such list is refused
+before any work (`check_target`).
 
 The card's YAML header holds the same facts for machines (`raise_select:` section): method
 and settings, pool source, fingerprint and size, budget, share per class, the command that
@@ -24,20 +34,27 @@ made the folder, the package version.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from ..data.pools import FORMATS, Pool, to_format
+from ..data.pools import FORMATS, Pool
 from ..errors import UserError
+from ..io import LOCK_FILE, lock_output, write_json_atomic
 
 PUBLISH_FORMATS = (*FORMATS, "llamafactory")
 DATA_FILE = "data.json"  # llamafactory layout
 CARD_FILE = "README.md"
 SCORES_FILE = "scores.parquet"
+MANIFEST_FILE = ".raise-select-export.json"  # the files an export wrote into its folder
+# What an export written before the manifest existed leaves (save_to_disk's files and ours).
+EARLIER_EXPORT_FILES = (CARD_FILE, SCORES_FILE, DATA_FILE, "dataset_info.json", "state.json", "data-*.arrow")
 
 
 @dataclass
@@ -52,6 +69,7 @@ class Chosen:
     scores: dict[int, float] | None = None  # row -> the method's score of a chosen row (static)
     pool_scores: list[float | None] | None = None  # every pool row's score (static scoring methods)
     source: str = ""  # the log or selection.json read
+    draws: dict[int, int] | None = None  # row -> times drawn (static methods drawing with replacement)
 
 
 def from_steps(
@@ -79,15 +97,69 @@ def from_steps(
     return Chosen(method, list(steps), settings, budget, steps=steps, source=source)
 
 
-def from_baseline(pool: Pool, record: dict, source: str) -> Chosen:
-    """A baseline's `selection.json`: a static subset, or a schedule of batches (`dynamic`)."""
-    if record.get("pool_size") != len(pool) or any(
-        pool.examples[i].id != ex_id for i, ex_id in zip(record["indices"], record["ids"])
-    ):
+def _number_list(value, length: int | None) -> bool:
+    return (
+        isinstance(value, list)
+        and (length is None or len(value) == length)
+        and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value)
+    )
+
+
+def check_baseline_record(pool: Pool, record: dict, source: str) -> None:
+    """Refuse a `selection.json` that does not describe this pool, or that was edited into
+    something no baseline writes, in one line naming the field."""
+    n = len(pool)
+    if record.get("pool_size") != n:
         raise UserError(
             f"{source}: its rows are not those of the pool given ({len(pool)} rows); "
             "pass the pool the baseline ran on with --pool"
         )
+    if record.get("pool_fingerprint") not in (None, pool.fingerprint):
+        raise UserError(
+            f"{source}, field 'pool_fingerprint': the pool given ({', '.join(pool.sources) or 'in memory'}) has the "
+            "same size but other rows or another order than the pool the baseline ran on (another fingerprint); "
+            "pass that pool with --pool"
+        )
+    indices, ids = record.get("indices"), record.get("ids")
+    if not isinstance(indices, list):
+        raise UserError(f"{source}, field 'indices': expected a list of pool row numbers; run the baseline again")
+    for k, i in enumerate(indices):
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise UserError(f"{source}, field 'indices', item {k}: {i!r} is not a pool row number")
+        if not 0 <= i < n:
+            raise UserError(f"{source}, field 'indices', item {k}: row {i} is past the pool's end ({n} rows)")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise UserError(f"{source}, field 'ids': expected a list of example ids; run the baseline again")
+    if len(ids) != len(indices):
+        raise UserError(
+            f"{source}: {len(indices)} indices but {len(ids)} ids (fields 'indices' and 'ids' name the same rows); "
+            "run the baseline again"
+        )
+    if any(pool.examples[i].id != ex_id for i, ex_id in zip(indices, ids)):
+        raise UserError(
+            f"{source}: its rows are not those of the pool given ({len(pool)} rows); "
+            "pass the pool the baseline ran on with --pool"
+        )
+    if record.get("scores") is not None and not _number_list(record["scores"], len(indices)):
+        got = len(record["scores"]) if isinstance(record["scores"], list) else None
+        raise UserError(
+            f"{source}, field 'scores': expected one number per index ({len(indices)} indices), got "
+            + (f"{got} value{'s' if got != 1 else ''}" if got is not None else type(record["scores"]).__name__)
+        )
+    if record.get("pool_scores") is not None and not _number_list(record["pool_scores"], n):
+        got = len(record["pool_scores"]) if isinstance(record["pool_scores"], list) else None
+        raise UserError(
+            f"{source}, field 'pool_scores': expected one number (or null) per pool row ({n} rows), got "
+            + (f"{got} value{'s' if got != 1 else ''}" if got is not None else type(record["pool_scores"]).__name__)
+        )
+    b = record.get("batch_size")
+    if record.get("dynamic") and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+        raise UserError(f"{source}, field 'batch_size': {b!r}; a schedule needs a batch size of at least 1")
+
+
+def from_baseline(pool: Pool, record: dict, source: str) -> Chosen:
+    """A baseline's `selection.json`: a static subset, or a schedule of batches (`dynamic`)."""
+    check_baseline_record(pool, record, source)
     settings = {
         "options": record.get("options", {}),
         "seed": record.get("seed"),
@@ -103,10 +175,13 @@ def from_baseline(pool: Pool, record: dict, source: str) -> Chosen:
         chosen = from_steps(record["method"], pool, step_ids, settings, source, b)
         chosen.budget.update(budget=record.get("budget"), budget_count=record.get("budget_count"))
         return chosen
-    rows = [int(i) for i in record["indices"]]
-    scores = dict(zip(rows, record["scores"])) if record.get("scores") is not None else None
+    drawn = [int(i) for i in record["indices"]]
+    rows = list(dict.fromkeys(drawn))  # a row drawn twice (sampling with replacement) once, at its first draw
+    draws = dict(Counter(drawn)) if len(rows) < len(drawn) else None
+    scores = dict(zip(drawn, record["scores"])) if record.get("scores") is not None else None
     budget = {
         "rows": len(rows),
+        **({"draws": len(drawn)} if draws is not None else {}),
         "budget": record.get("budget"),
         "budget_count": record.get("budget_count"),
         "fraction_of_pool": round(len(rows) / len(pool), 6) if len(pool) else 0.0,
@@ -114,7 +189,14 @@ def from_baseline(pool: Pool, record: dict, source: str) -> Chosen:
         "batch_size": record.get("batch_size"),
     }
     return Chosen(
-        record["method"], rows, settings, budget, scores=scores, pool_scores=record.get("pool_scores"), source=source
+        record["method"],
+        rows,
+        settings,
+        budget,
+        scores=scores,
+        pool_scores=record.get("pool_scores"),
+        source=source,
+        draws=draws,
     )
 
 
@@ -194,6 +276,8 @@ def scores_table(pool: Pool, chosen: Chosen, classes: np.ndarray | None):
         else:
             values = [None] * n
         columns["score"] = pa.array(values, pa.float64())
+        if chosen.draws is not None:
+            columns["times_drawn"] = pa.array([chosen.draws.get(i, 0) for i in range(n)], pa.int64())
     return pa.table(columns)
 
 
@@ -214,7 +298,9 @@ def class_shares(chosen: Chosen, classes: np.ndarray | None) -> list[dict] | Non
     ]
 
 
-def card(pool: Pool, chosen: Chosen, layout: str, fmt: str, shares: list[dict] | None, command: str) -> str:
+def card(
+    pool: Pool, chosen: Chosen, layout: str, fmt: str, shares: list[dict] | None, command: str, multi_turn: int = 0
+) -> str:
     from .. import __version__
 
     facts = {
@@ -230,6 +316,7 @@ def card(pool: Pool, chosen: Chosen, layout: str, fmt: str, shares: list[dict] |
         "class_shares": shares,
         "layout": layout,
         "format": fmt,
+        "multi_turn_rows": multi_turn,
         "selection_source": chosen.source,
         "command": command,
         "raise_select_version": __version__,
@@ -262,7 +349,14 @@ def card(pool: Pool, chosen: Chosen, layout: str, fmt: str, shares: list[dict] |
         f"({pool.format}, {len(pool)} rows) |",
         f"| pool fingerprint | `{pool.fingerprint}` |",
         *(f"| {k.replace('_', ' ')} | {v} |" for k, v in chosen.budget.items() if v is not None),
-        f"| rows here | {len(chosen.rows)}, in order of first choice ({fmt} records) |",
+        f"| rows here | {len(chosen.rows)}, in order of first choice ({fmt} records"
+        + (", each once with `times_drawn`" if chosen.draws is not None else "")
+        + ") |",
+        *(
+            [f"| multi-turn rows | {multi_turn}: their earlier exchanges are in `history` ([prompt, response] pairs) |"]
+            if multi_turn
+            else []
+        ),
         f"| made by | `{command}` |",
         "",
         "## Settings",
@@ -312,13 +406,19 @@ def llamafactory_name(chosen: Chosen) -> str:
     return f"raise_select_{chosen.method}".replace("-", "_")
 
 
-def llamafactory_entry(fmt: str) -> dict:
-    """The `dataset_info.json` entry of `data.json` (LLaMA-Factory's data/README.md)."""
+def llamafactory_entry(fmt: str, fields: tuple[str, ...] = ()) -> dict:
+    """The `dataset_info.json` entry of `data.json` (LLaMA-Factory's data/README.md); `fields`:
+    the records' `system` and `history` columns, where they have them."""
     if fmt == "alpaca":
         return {
             "file_name": DATA_FILE,
             "formatting": "alpaca",
-            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+            "columns": {
+                "prompt": "instruction",
+                "query": "input",
+                "response": "output",
+                **{f: f for f in ("system", "history") if f in fields},
+            },
         }
     return {
         "file_name": DATA_FILE,
@@ -334,13 +434,59 @@ def llamafactory_entry(fmt: str) -> dict:
     }
 
 
+def _ours(out: Path) -> set[str] | None:
+    """The names an earlier export wrote into `out` (its manifest; for an export made before
+    manifests, the names exports write); None when `out` holds no export."""
+    manifest = out / MANIFEST_FILE
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+            if isinstance(files, list) and all(isinstance(f, str) and "/" not in f for f in files):
+                return set(files)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            pass
+        raise UserError(f"{manifest}: damaged; remove it and the files of the earlier export, or choose another --out")
+    if (out / SCORES_FILE).is_file() and (out / CARD_FILE).is_file():
+        return {p.name for pattern in EARLIER_EXPORT_FILES for p in out.glob(pattern) if p.is_file()}
+    return None
+
+
+TEMPORARY = (".export-", ".tmp")  # prefix and suffix of an export's temporary folder inside its output
+
+
+def _is_temporary(path: Path) -> bool:
+    return path.name.startswith(TEMPORARY[0]) and path.name.endswith(TEMPORARY[1]) and path.is_dir()
+
+
+def check_target(out: str | Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an export folder that holds files no export wrote (an empty or
+    new folder, or an earlier export, is fine: see the module's doc)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {out}: exists and is a file; give a folder (new or existing) for the export")
+    names = {p.name for p in out.iterdir() if p.name != LOCK_FILE and not _is_temporary(p)} if out.is_dir() else set()
+    if names and _ours(out) is None:
+        raise UserError(
+            f"{flag} {out}: exists and holds other files ({', '.join(sorted(names)[:3])}"
+            f"{', ...' if len(names) > 3 else ''}); give a new or empty folder (an earlier export is replaced)"
+        )
+
+
 def publish(
-    pool: Pool, chosen: Chosen, out: str | Path, command: str, fmt: str | None = None, features: str | None = None
+    pool: Pool,
+    chosen: Chosen,
+    out: str | Path,
+    command: str,
+    fmt: str | None = None,
+    features: str | None = None,
+    flag: str = "--out",
 ) -> Path:
-    """Write the folder `out` (replaced as a whole once complete). `command` is the command
-    line that made it (`config.command_line`); `fmt`: a record format (a `datasets` folder in
-    it; default the pool's) or `llamafactory`."""
+    """Write the export folder `out` (see the module's doc). `command` is the command line
+    that made it (`config.command_line`); `fmt`: a record format (a `datasets` folder in it;
+    default the pool's) or `llamafactory`. Holds `out`'s output lock until the command ends."""
     from datasets import Dataset
+
+    from .export import export_records
 
     out = Path(out)
     fmt = fmt or pool.format
@@ -348,40 +494,68 @@ def publish(
         raise UserError(f"unknown output format '{fmt}'; available: {', '.join(PUBLISH_FORMATS)}")
     if not chosen.rows:
         raise UserError(f"{chosen.source}: the selection chose no rows; nothing to publish")
-    if out.exists() and any(out.iterdir()) and not (out / SCORES_FILE).is_file():
-        raise UserError(f"--out {out}: exists and holds other files; give a new folder (an earlier export is replaced)")
+    check_target(out, flag)
     layout = "llamafactory" if fmt == "llamafactory" else "datasets"
     record_fmt = ("alpaca" if pool.format == "alpaca" else "sharegpt") if layout == "llamafactory" else fmt
     classes = pool_classes(pool, features or chosen.settings.get("features"))
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    records = [to_format(pool.examples[i], record_fmt) for i in chosen.rows]
-    if layout == "llamafactory":
-        tmp.mkdir(parents=True)
-        (tmp / DATA_FILE).write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        (tmp / "dataset_info.json").write_text(
-            json.dumps({llamafactory_name(chosen): llamafactory_entry(record_fmt)}, indent=2) + "\n", encoding="utf-8"
-        )
-    else:
-        for rank, (row, rec) in enumerate(zip(chosen.rows, records)):
-            rec["id"] = pool.examples[row].id
-            if chosen.steps is not None:
-                rec["times_selected"] = len(chosen.steps[row])
-                rec["steps"] = chosen.steps[row]
-            else:
-                rec["rank"] = rank
-                rec["score"] = None if chosen.scores is None else chosen.scores.get(row)
-        Dataset.from_list(records).save_to_disk(str(tmp))
-    import pyarrow.parquet as pq
+    records, multi_turn = export_records([pool.examples[i] for i in chosen.rows], record_fmt)
+    # A second export into `out` is refused from here on; the lock ends with the command.
+    lock_output(out, f"{command.split()[1] if len(command.split()) > 1 else 'select'} (export)", flag)
+    check_target(out, flag)  # again, under the lock
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [p for p in out.iterdir() if _is_temporary(p)]:  # left by a killed export (none runs now)
+        shutil.rmtree(stale, ignore_errors=True)
+    previous = _ours(out) or set()
+    tmp = Path(tempfile.mkdtemp(prefix=TEMPORARY[0], suffix=TEMPORARY[1], dir=out))
+    try:
+        if layout == "llamafactory":
+            (tmp / DATA_FILE).write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+            (tmp / "dataset_info.json").write_text(
+                json.dumps({llamafactory_name(chosen): llamafactory_entry(record_fmt, tuple(records[0]))}, indent=2)
+                + "\n",
+                encoding="utf-8",
+            )
+        else:
+            for rank, (row, rec) in enumerate(zip(chosen.rows, records)):
+                rec["id"] = pool.examples[row].id
+                if chosen.steps is not None:
+                    rec["times_selected"] = len(chosen.steps[row])
+                    rec["steps"] = chosen.steps[row]
+                else:
+                    rec["rank"] = rank
+                    rec["score"] = None if chosen.scores is None else chosen.scores.get(row)
+                    if chosen.draws is not None:
+                        rec["times_drawn"] = chosen.draws[row]
+            Dataset.from_list(records).save_to_disk(str(tmp / "dataset"))
+            for path in (tmp / "dataset").iterdir():
+                path.rename(tmp / path.name)
+            (tmp / "dataset").rmdir()
+        import pyarrow.parquet as pq
 
-    pq.write_table(scores_table(pool, chosen, classes), tmp / SCORES_FILE)
-    (tmp / CARD_FILE).write_text(
-        card(pool, chosen, layout, record_fmt, class_shares(chosen, classes), command), encoding="utf-8"
-    )
-    old = out.parent / f".{out.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+        pq.write_table(scores_table(pool, chosen, classes), tmp / SCORES_FILE)
+        (tmp / CARD_FILE).write_text(
+            card(pool, chosen, layout, record_fmt, class_shares(chosen, classes), command, multi_turn),
+            encoding="utf-8",
+        )
+        written = sorted(p.name for p in tmp.iterdir())
+        clash = [n for n in written if (out / n).exists() and n not in previous]
+        if clash:
+            raise UserError(
+                f"{flag} {out}: holds {clash[0]}, which this export would overwrite and an earlier export did not "
+                "write; move it away or choose another folder"
+            )
+        # The manifest first lists every file of ours that may be present, so a crash midway
+        # leaves none of them unaccounted for; then the files move in and the old ones go.
+        write_json_atomic(out / MANIFEST_FILE, {"files": sorted(previous | set(written))})
+        for name in written:
+            os.replace(tmp / name, out / name)
+        for name in sorted(previous - set(written)):
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        write_json_atomic(out / MANIFEST_FILE, {"files": written})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -10,13 +10,24 @@ Both get the same scalars under the same names: `step/<key>` against the global 
 (`round x steps + step`), `round/<key>` against the round, and `<kind>/<key>` at 0 for a
 one-off record (train-policy's `reference` episode, finetune's `finetune` summary). W&B needs one increasing
 step per run, so each family carries its own x axis (`step/x`, `round/x`, `define_metric`).
+
+Naming `wandb` checks its settings first (`check_wandb`, from `parse_report_to`, which every
+command calls before any work), from the environment alone and without a network: the
+package, `WANDB_MODE`, `WANDB_PROJECT`, the form of `WANDB_API_KEY`, and, in online mode, that a
+login exists (`WANDB_API_KEY`, `WANDB_IDENTITY_TOKEN_FILE`, or the netrc entry `wandb login`
+writes for the server's host). A folder `<out>/tensorboard` or `<out>/wandb` that is a file is
+refused when the run folder opens its reporter, before its work.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import netrc
 import os
+import re
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlparse
 
 from ..errors import UserError
 
@@ -42,7 +53,97 @@ def parse_report_to(value: str | Iterable[str] | None, tensorboard: bool = False
         raise UserError(f"report_to: unknown target '{unknown[0]}'; available: none, {', '.join(REPORT_TO)}, all")
     if tensorboard:
         names.append("tensorboard")
+    if "wandb" in names:
+        check_wandb()
     return [n for n in REPORT_TO if n in names]
+
+
+WANDB_FIX = "set WANDB_MODE=offline (the run is written under <out>/wandb; `wandb sync` uploads it later)"
+WANDB_NO_LOGIN_MODES = ("offline", "dryrun", "disabled")  # modes that need no account
+
+
+def _wandb_key_problem(key: str) -> str | None:
+    """What is wrong with the form of an API key, by wandb's own check where this wandb has one
+    (a key is 40+ letters, digits or underscores, after an optional `<prefix>-`)."""
+    try:
+        from wandb.sdk.lib.wbauth.validation import check_api_key  # wandb >= 0.22
+
+        return check_api_key(key)
+    except ImportError:
+        secret = key.split("-", 1)[-1]
+        if not re.fullmatch(r"[\w-]+", secret) or len(secret) < 40:
+            return "API keys are 40 or more letters, digits and underscores, after an optional '<prefix>-'."
+        return None
+
+
+def _netrc_login(host: str) -> bool:
+    """Whether the netrc file wandb reads (`$NETRC`, else ~/.netrc or ~/_netrc) has a password for `host`."""
+    paths = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
+    for path in (Path(p).expanduser() for p in paths):
+        if path.is_file():
+            try:
+                entry = netrc.netrc(str(path)).authenticators(host)
+            except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as e:
+                raise UserError(
+                    f"report_to wandb: {path}: unreadable ({' '.join(str(e).split())}); fix it or {WANDB_FIX}"
+                ) from None
+            return bool(entry and entry[2])
+    return False
+
+
+def check_wandb() -> None:
+    """Refuse W&B settings that would fail once the work has started, in one line naming the
+    setting and its fix (see the module's doc); reads the environment only."""
+    if importlib.util.find_spec("wandb") is None:
+        raise UserError("report_to wandb: the wandb package is not installed; pip install 'raise-select[wandb]'")
+    import wandb
+
+    raw = os.environ.get("WANDB_MODE", "")
+    mode = raw.strip().lower()
+    if mode:
+        try:
+            wandb.Settings(mode=mode)
+        except Exception:
+            raise UserError(
+                f"report_to wandb: WANDB_MODE={raw} is not a W&B mode; use offline (no network, `wandb sync` later), "
+                "online (needs `wandb login`) or disabled"
+            ) from None
+    project = os.environ.get(WANDB_PROJECT_ENV)
+    if project:
+        try:
+            wandb.Settings(project=project)
+        except Exception as e:
+            raise UserError(
+                f"report_to wandb: {WANDB_PROJECT_ENV}={project}: {' '.join(str(e).split())[:200]} "
+                "(W&B project names cannot hold / \\ # ? % :); choose another name"
+            ) from None
+    key = os.environ.get("WANDB_API_KEY")
+    if key:
+        problem = _wandb_key_problem(key.strip())
+        if problem:
+            raise UserError(
+                f"report_to wandb: WANDB_API_KEY is malformed ({problem.rstrip('.')}); copy the key from "
+                f"https://wandb.ai/authorize (or your server's), unset it, or {WANDB_FIX}"
+            )
+    if mode in WANDB_NO_LOGIN_MODES or key or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    if not _netrc_login(host):
+        raise UserError(
+            f"report_to wandb: no W&B login for {host} (WANDB_API_KEY unset, no netrc entry) and WANDB_MODE is "
+            f"{mode or 'unset (online)'}; run `wandb login`, set WANDB_API_KEY, or {WANDB_FIX}"
+        )
+
+
+def check_report_folders(out: str | Path, targets: list[str]) -> None:
+    """Refuse a run folder whose `tensorboard` or `wandb` (where the targets write) is a file."""
+    for name in targets:
+        path = Path(out) / name
+        if path.exists() and not path.is_dir():
+            raise UserError(
+                f"report_to {name}: {path}: exists and is a file, where the {name} files go; "
+                "move it away or choose another --out"
+            )
 
 
 class Reporter:
@@ -52,6 +153,7 @@ class Reporter:
         self.out = Path(out)
         self._tb = None
         self._wandb = None
+        check_report_folders(self.out, targets)
         if "tensorboard" in targets:
             from torch.utils.tensorboard import SummaryWriter
 
