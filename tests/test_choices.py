@@ -188,3 +188,60 @@ def test_real_items_score_in_both_forms(shared_data, tiny):
             requests = [r for e in examples for r in ch.requests_of(ch.item_from_example(e), form)]
             np.testing.assert_allclose(np.concatenate(s.loglik), _harness(model, tok, requests, 512), rtol=1e-5)
             assert s.ce.shape == (3,) and np.all(s.ce > 0)
+
+
+# ---------------------------------------------------------------- the metric in the reward and held-out figures
+
+
+def test_validator_choice_metrics_are_the_mean_choice_figures(shared_data, tiny, tiny_model_dir):
+    """P = -mean choice CE (`choice_ce`) and mean accuracy (`choice_acc`), with the per-item
+    figures in the examples' order, from a model object or a model folder."""
+    from raise_select.data.validation import load_validation
+    from raise_select.evaluation.loss import default_metric, heldout_values
+    from raise_select.training.reward import Validator, resolve_metric
+
+    model, tok = tiny
+    examples = load_validation("commonsenseqa:dev", shared_data, n=5, seed=1)
+    s = ch.score_choices(model, examples, tokenizer=tok, batch_size=7)
+    ce_by_hand = [
+        math.log(sum(math.exp(x) for x in ll)) - ll[it.gold]
+        for ll, it in zip(s.loglik, ch.items_from_examples(examples))
+    ]
+    assert resolve_metric("choice_ce") is None and resolve_metric("choice_acc") is None
+    p = Validator(examples, tok, "choice_ce", batch_size=3)(model)
+    assert p == pytest.approx(-sum(ce_by_hand) / 5, rel=1e-6)  # other batches: float32 rounding
+    assert Validator(examples, tok, "choice_acc", batch_size=2)(model) == pytest.approx(s.acc.mean())
+    values = heldout_values(str(tiny_model_dir), examples, metric="choice_ce", batch_size=4, device="cpu")
+    np.testing.assert_allclose(values, ce_by_hand, rtol=1e-6)
+    letters = heldout_values(model, examples, metric="choice_acc", tokenizer=tok, choice_form="letters")
+    assert letters.tolist() == ch.score_choices(model, examples, tokenizer=tok, form="letters").acc.tolist()
+    # the response loss per item is the existing example loss
+    from raise_select.evaluation.loss import example_losses
+
+    gsm = load_validation("gsm8k:test", shared_data, n=3, seed=0)
+    np.testing.assert_allclose(
+        heldout_values(str(tiny_model_dir), gsm, max_length=64, batch_size=2, device="cpu"),
+        example_losses(str(tiny_model_dir), gsm, max_length=64, batch_size=2, device="cpu"),
+        rtol=1e-9,
+    )
+    assert [default_metric(n) for n in ("gsm8k", "commonsenseqa:test", "arc_challenge", "my.jsonl")] == [
+        "neg_loss",
+        "choice_ce",
+        "choice_ce",
+        "neg_loss",
+    ]
+
+
+def test_choice_metrics_refuse_sets_without_choices(shared_data, tiny):
+    from raise_select.data.validation import load_validation
+    from raise_select.evaluation.loss import heldout_values
+    from raise_select.training.reward import Validator
+
+    model, tok = tiny
+    gsm = load_validation("gsm8k", shared_data, n=2, seed=0)
+    with pytest.raises(UserError, match=r"train.jsonl, row \d+, field 'messages': not a multiple-choice item"):
+        Validator(gsm, tok, "choice_ce")
+    with pytest.raises(UserError, match="unknown choice form 'mcq'"):
+        Validator(load_validation("arc_challenge", shared_data, n=2), tok, "choice_ce", choice_form="mcq")
+    with pytest.raises(UserError, match="unknown held-out metric 'f1'; available: neg_loss, accuracy, choice_ce"):
+        heldout_values(model, gsm, metric="f1", tokenizer=tok)

@@ -186,14 +186,11 @@ def _is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def loglikelihoods(
-    model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16, max_length: int = 512
-) -> np.ndarray:
-    """(n,) float64: the summed continuation log-likelihood of each `(context, continuation)`
-    request under `model` (lm-eval's `HFLM.loglikelihood`, its first element). Runs in eval
-    mode without gradients; the model's training mode is restored."""
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
+def encode_requests(
+    tokenizer, requests: Sequence[tuple[str, str]], max_length: int = 512
+) -> list[tuple[list[int], list[int], int]]:
+    """`(input tokens, target tokens, continuation length)` of each request: the model reads
+    `(context + continuation)[-(max_length + 1):][:-1]`, as lm-eval's HFLM does."""
     if max_length < 2:
         raise UserError(f"max_length must be at least 2, got {max_length}")
     encoded = []
@@ -205,6 +202,22 @@ def loglikelihoods(
             raise UserError(f"continuation {continuation[:60]!r} is longer than max_length {max_length} tokens")
         tokens = (ctx + cont)[-(max_length + 1) :]
         encoded.append((tokens[:-1], tokens[1:], len(cont)))
+    return encoded
+
+
+def loglikelihoods(
+    model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16, max_length: int = 512
+) -> np.ndarray:
+    """(n,) float64: the summed continuation log-likelihood of each `(context, continuation)`
+    request under `model` (lm-eval's `HFLM.loglikelihood`, its first element). Runs in eval
+    mode without gradients; the model's training mode is restored."""
+    return encoded_loglikelihoods(model, encode_requests(tokenizer, requests, max_length), batch_size)
+
+
+def encoded_loglikelihoods(model, encoded: Sequence[tuple[list[int], list[int], int]], batch_size: int = 16):
+    """`loglikelihoods` of requests already encoded by `encode_requests`."""
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
     out = np.zeros(len(encoded), dtype=np.float64)
     if not encoded:
         return out
@@ -296,6 +309,26 @@ def _continuations(item: ChoiceItem, form: str) -> list[str]:
     return list(item.choices) if form == "cloze" else list(LETTERS[: len(item.choices)])
 
 
+class ChoiceRequests:
+    """Items with their requests encoded once (a validation set scored at every step)."""
+
+    def __init__(self, items: Sequence, tokenizer, form: str = "cloze", max_length: int = 512):
+        if form not in FORMS:
+            raise UserError(f"unknown choice form '{form}'; available: {', '.join(FORMS)}")
+        self.items = [e if isinstance(e, ChoiceItem) else item_from_example(e) for e in items]
+        self.form = form
+        requests, self.bounds = [], [0]
+        for it in self.items:
+            requests += requests_of(it, form)
+            self.bounds.append(len(requests))
+        self.encoded = encode_requests(tokenizer, requests, max_length)
+
+    def score(self, model, batch_size: int = 16) -> ChoiceScores:
+        flat = encoded_loglikelihoods(model, self.encoded, batch_size)
+        lls = [flat[a:b] for a, b in zip(self.bounds, self.bounds[1:])]
+        return scores_from_loglik(self.items, lls, self.form)
+
+
 def score_items(
     model,
     tokenizer,
@@ -305,14 +338,7 @@ def score_items(
     max_length: int = 512,
 ) -> ChoiceScores:
     """Score `items` with a loaded model (a `PreTrainedModel` or a PEFT/LoRA model)."""
-    if form not in FORMS:
-        raise UserError(f"unknown choice form '{form}'; available: {', '.join(FORMS)}")
-    requests, bounds = [], [0]
-    for it in items:
-        requests += requests_of(it, form)
-        bounds.append(len(requests))
-    flat = loglikelihoods(model, tokenizer, requests, batch_size=batch_size, max_length=max_length)
-    return scores_from_loglik(items, [flat[a:b] for a, b in zip(bounds, bounds[1:])], form)
+    return ChoiceRequests(items, tokenizer, form=form, max_length=max_length).score(model, batch_size)
 
 
 def score_choices(

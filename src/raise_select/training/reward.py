@@ -10,7 +10,16 @@ Metrics:
   "answer is", else the last non-empty line; lower-cased, `$`, thousands commas, a
   trailing period and repeated spaces removed. Meant for short-answer sets; anything
   finer belongs in a user metric.
+- `choice_ce` (multiple-choice sets): minus the mean, over items, of the gold choice's
+  cross-entropy over the choices, `-log softmax(ll)[gold]`, where `ll` are the choices'
+  log-likelihoods as lm-evaluation-harness's `multiple_choice` computes them
+  (`evaluation.choices`, cloze form by default). Continuous and free of the answer's format.
+- `choice_acc`: the share of items whose most likely choice is the gold one (lm-eval's `acc`).
 - `module:function`: a user function `(model, tokenizer, examples) -> float`.
+
+Every built-in metric has a per-item figure (`ITEM_FIGURES`: the response loss, 0/1 exact
+match, the choice cross-entropy, 0/1 choice accuracy), given in the examples' order by
+`Validator.item_values`; P is its mean, negated where lower is better (`LOWER_IS_BETTER`).
 
 Multi-process: built-in metrics score each process's share of the examples and sum the
 totals across processes; a user metric runs on the main process and its value is sent to
@@ -32,7 +41,16 @@ from ..data.pools import Example
 from ..errors import UserError
 from .loop import IGNORE_INDEX, Encoded, collate, encode_example
 
-BUILTIN_METRICS = ("neg_loss", "accuracy")
+BUILTIN_METRICS = ("neg_loss", "accuracy", "choice_ce", "choice_acc")
+CHOICE_METRICS = ("choice_ce", "choice_acc")
+# What one item contributes under each built-in metric, and whether P negates its mean.
+ITEM_FIGURES = {
+    "neg_loss": "response loss",
+    "accuracy": "exact match",
+    "choice_ce": "choice cross-entropy",
+    "choice_acc": "choice accuracy",
+}
+LOWER_IS_BETTER = ("neg_loss", "choice_ce")
 
 
 def resolve_metric(spec: str) -> Callable | None:
@@ -84,6 +102,7 @@ class Validator:
         batch_size: int = 16,
         max_new_tokens: int = 128,
         accelerator=None,
+        choice_form: str = "cloze",
     ):
         if not examples:
             raise UserError("the validation set is empty")
@@ -100,13 +119,24 @@ class Validator:
         self.accelerator = accelerator
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         mine = range(rank, len(examples), world)
-        self._encoded = (
-            {i: encode_example(examples[i], tokenizer, template, max_length) for i in mine}
-            if self.user_fn is None
-            else {}
-        )
-        # Batches of similar lengths waste little on padding; the metrics do not depend on the order.
-        self._mine = sorted(mine, key=lambda i: -len(self._encoded[i].input_ids)) if self._encoded else list(mine)
+        self.choice_form = choice_form
+        self._choices = None  # multiple-choice items and their encoded requests (choice metrics)
+        if metric in CHOICE_METRICS:
+            from ..evaluation.choices import ChoiceRequests
+
+            self._encoded = {}
+            self._mine = list(mine)
+            self._choices = ChoiceRequests(
+                [examples[i] for i in self._mine], tokenizer, form=choice_form, max_length=max_length
+            )
+        else:
+            self._encoded = (
+                {i: encode_example(examples[i], tokenizer, template, max_length) for i in mine}
+                if self.user_fn is None
+                else {}
+            )
+            # Batches of similar lengths waste little on padding; the metrics do not depend on the order.
+            self._mine = sorted(mine, key=lambda i: -len(self._encoded[i].input_ids)) if self._encoded else list(mine)
         self._collated: list[dict[str, torch.Tensor]] | None = None  # neg_loss batches, built on first use
 
     def __call__(self, model) -> float:
@@ -122,8 +152,10 @@ class Validator:
 
                 value = broadcast_object_list([value])[0]
             return value
-        scorer = self._neg_loss_sums if self.metric == "neg_loss" else self._accuracy_sums
-        total, count = self._with_eval(model, scorer)
+        values = self._with_eval(model, self._my_values)
+        total, count = float(values.sum()), float(len(values))
+        if self.metric in LOWER_IS_BETTER:
+            total = -total
         if acc is not None and acc.num_processes > 1:
             t = acc.reduce(torch.tensor([total, count], dtype=torch.float64, device=acc.device), reduction="sum")
             total, count = float(t[0]), float(t[1])
@@ -146,19 +178,34 @@ class Validator:
         for i in range(0, len(self._mine), self.batch_size):
             yield [self._encoded[j] for j in self._mine[i : i + self.batch_size]]
 
-    def _neg_loss_sums(self, model) -> tuple[float, float]:
-        """(sum over my examples of -mean response-token loss, number of examples)."""
-        return -float(self._row_losses(model).sum()), float(len(self._mine))
+    def _my_values(self, model) -> np.ndarray:
+        """The per-item figure of the metric for each of my examples, in the order of `self._mine`."""
+        if self.metric == "neg_loss":
+            return self._row_losses(model)
+        if self.metric == "accuracy":
+            return self._accuracy_items(model)
+        scores = self._choices.score(model, self.batch_size)
+        return scores.ce if self.metric == "choice_ce" else scores.acc
+
+    def item_values(self, model) -> np.ndarray:
+        """(n,) float64: each example's figure under the built-in metric (`ITEM_FIGURES`), in
+        the order of `examples` (one process; the held-out figures of a benchmark,
+        bootstrapped over items). P is their mean, negated for `LOWER_IS_BETTER` metrics."""
+        if self.user_fn is not None:
+            raise UserError(f"metric '{self.metric}' is a user function; it has no per-item values")
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            raise UserError("per-example validation figures are computed in one process")
+        values = self._with_eval(model, self._my_values)
+        out = np.empty(len(self.examples), dtype=np.float64)
+        out[np.asarray(self._mine, dtype=np.int64)] = values
+        return out
 
     def example_losses(self, model) -> np.ndarray:
         """(n,) float64: each example's mean response-token loss, in the order of `examples`
-        (one process; the held-out figures of a benchmark, bootstrapped over items)."""
-        if self.accelerator is not None and self.accelerator.num_processes > 1:
-            raise UserError("per-example validation losses are computed in one process")
-        losses = self._with_eval(model, self._row_losses)
-        out = np.empty(len(self.examples), dtype=np.float64)
-        out[np.asarray(self._mine, dtype=np.int64)] = losses
-        return out
+        (`item_values` of the `neg_loss` metric)."""
+        if self.metric != "neg_loss":
+            raise UserError(f"example losses need metric neg_loss, not '{self.metric}'")
+        return self.item_values(model)
 
     def _row_losses(self, model) -> np.ndarray:
         """Mean response-token loss of each of my examples, in the order of `self._mine`.
@@ -195,10 +242,10 @@ class Validator:
             rows.append((per_row / mask.sum(dim=1)).double().cpu())
         return torch.cat(rows).numpy() if rows else np.zeros(0)
 
-    def _accuracy_sums(self, model) -> tuple[float, float]:
-        """(number of my examples whose greedy answer matches, number of examples)."""
+    def _accuracy_items(self, model) -> np.ndarray:
+        """1.0 for each of my examples whose greedy answer matches, else 0.0 (order of `self._mine`)."""
         device = next(model.parameters()).device
-        correct = 0
+        correct = []
         for start in range(0, len(self._mine), self.batch_size):
             chunk = self._mine[start : start + self.batch_size]
             prompts = []
@@ -217,8 +264,8 @@ class Validator:
             )
             texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             for j, text in zip(chunk, texts):
-                correct += int(final_answer(text) == final_answer(self.examples[j].response))
-        return float(correct), float(len(self._mine))
+                correct.append(float(final_answer(text) == final_answer(self.examples[j].response)))
+        return np.asarray(correct, dtype=np.float64)
 
 
 def check_finite(value: float, where: str) -> float:
