@@ -5,6 +5,7 @@ selection prior of a trained policy, and validation rows that are also pool rows
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 
 from raise_select.io import path_digest
@@ -244,3 +245,115 @@ def test_finetune_uses_the_prior_file_the_policy_was_trained_on_from_any_folder_
     (work / "sel.json").unlink()
     with pytest.raises(UserError, match=r"sel.json.*no such file"):
         finetune(replace(ft, out=str(tmp_path / "ft3")))
+
+
+# ---------------------------------------------------------------- baselines: reuse keyed on the model's contents
+
+
+def _baseline(root, model, out, **kw):
+    from raise_select.baselines.run import BaselineConfig
+
+    settings = dict(
+        method="random",
+        pool=str(root / "pool.json"),
+        model=str(model),
+        out=str(out),
+        budget=4,
+        batch_size=2,
+        epochs=1,
+        train=True,
+        lr=1e-3,
+        max_length=48,
+    )
+    settings.update(kw)
+    return BaselineConfig(**settings)
+
+
+def _weights(folder) -> bytes:
+    return (folder / "model.safetensors").read_bytes()
+
+
+def test_baseline_train_retrains_when_its_model_was_deleted_or_its_base_model_rebuilt(episode_inputs, tmp_path, caplog):
+    from raise_select.baselines.run import run_baseline
+
+    caplog.set_level(logging.INFO)
+    base = _rebuild_model(tmp_path / "base", seed=0)
+    cfg = _baseline(episode_inputs, base, tmp_path / "out")
+    run_baseline(cfg)
+    model = tmp_path / "out" / "model"
+    first = _weights(model)
+    shutil.rmtree(model)  # the trained model deleted: trained again, never "already trained"
+    run_baseline(cfg)
+    assert _weights(model) == first
+    run_baseline(cfg)  # nothing changed: reused as it is
+    assert "already trained" in caplog.text
+    _rebuild_model(base, seed=1)  # another M_0 at the same path: trained again from it
+    caplog.clear()
+    run_baseline(cfg)
+    assert "already trained" not in caplog.text and _weights(model) != first
+    (model / "model.safetensors").write_bytes(b"damaged")  # the saved model is not the one trained
+    caplog.clear()
+    run_baseline(cfg)
+    assert "already trained" not in caplog.text and (model / "model.safetensors").stat().st_size > 100
+
+
+def test_an_online_checkpoint_of_another_model_at_the_same_path_is_not_resumed(episode_inputs, tmp_path, monkeypatch):
+    from raise_select.baselines import online
+    from raise_select.baselines.base import SelectionContext
+    from raise_select.baselines.registry import make_baseline
+    from raise_select.data.pools import load_pool
+    from raise_select.training.loop import LMConfig
+
+    monkeypatch.setattr(online, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every step
+    pool = load_pool(episode_inputs / "pool.json")
+    val = load_pool(episode_inputs / "val.json").examples
+    model = _rebuild_model(tmp_path / "base", seed=0)
+    ctx = SelectionContext(
+        model=str(model),
+        validation=val,
+        out_dir=tmp_path / "out",
+        batch_size=2,
+        max_length=48,
+        steps=4,
+        lm=LMConfig(max_length=48, lr=5e-3, seed=1),
+    )
+    cls = type(make_baseline("greats"))
+    choose, calls, killed = cls.choose, [], []
+
+    def dies_at_step_3(self, trainer, rows, k):
+        calls.append(trainer.step_count)
+        if len(calls) == 3 and not killed:
+            killed.append(True)
+            raise RuntimeError("killed")
+        return choose(self, trainer, rows, k)
+
+    monkeypatch.setattr(cls, "choose", dies_at_step_3)
+    options = {"candidates": 2, "last_layers": 1}
+    with pytest.raises(RuntimeError, match="killed"):
+        make_baseline("greats", options).select(pool, 4, ctx)
+    assert (tmp_path / "out" / "checkpoint" / "greats.pt").is_file()
+    _rebuild_model(model, seed=1)
+    calls.clear()
+    make_baseline("greats", options).select(pool, 4, ctx)
+    assert calls == [0, 1, 2, 3]  # from the start, not after step 2 of the other model
+
+
+def test_rho_irreducible_losses_are_not_reused_across_models_at_the_same_path(episode_inputs, tmp_path):
+    from raise_select.baselines.base import SelectionContext
+    from raise_select.baselines.registry import make_baseline
+    from raise_select.data.pools import load_pool
+    from raise_select.training.loop import LMConfig, LMTrainer
+
+    pool = load_pool(episode_inputs / "pool.json")
+    val = load_pool(episode_inputs / "val.json").examples
+    model = _rebuild_model(tmp_path / "base", seed=0)
+    ctx = SelectionContext(model=str(model), validation=val, out_dir=tmp_path, max_length=48, batch_size=2)
+
+    def prepare():
+        trainer = LMTrainer(str(model), pool, LMConfig(max_length=48), total_steps=1)
+        return make_baseline("rho", {"il_epochs": 1}).prepare(pool, trainer, ctx)
+
+    assert prepare()["irreducible_scored_now"] == len(pool)
+    assert prepare()["irreducible_scored_now"] == 0  # the same model: from the cache
+    _rebuild_model(model, seed=1)
+    assert prepare()["irreducible_scored_now"] == len(pool)

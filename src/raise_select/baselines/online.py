@@ -9,7 +9,9 @@ draws them (seeded epochs of permutations of the pool, the last incomplete set o
 dropped), and the method keeps B of them. Dynamic methods train for the matched number of
 steps T = ceil(epochs x budget / B), the same as RAISE's. A run saves its state every
 `CHECKPOINT_SECONDS` to `<out>/checkpoint/<method>.pt` (atomically); a rerun with the same
-settings continues from there and ends with the model and batches an uninterrupted run has.
+settings continues from there and ends with the model and batches an uninterrupted run has;
+the checkpoint is keyed on the settings and on the contents of the model, pool and validation
+set, so a checkpoint of another model at the same path is not resumed (training starts over).
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ class OnlineSelector:
         """Back to the point `online_state` recorded."""
 
     def select(self, pool: Pool, budget: int, ctx: SelectionContext) -> Selection:
+        from ..features.featurize import model_fingerprint
         from ..training.loop import LMConfig, train_on_schedule
 
         model = ctx.require_model(self.name)
@@ -148,7 +151,7 @@ class OnlineSelector:
                 "batch_size": b,
                 "seed": ctx.seed,
                 "lm": asdict(lm),
-                "model": model,
+                "model": model_fingerprint(model),  # its files' contents: a model rebuilt at the path is another M_0
                 "validation": [e.id for e in ctx.validation or []],
             }
         )

@@ -82,9 +82,11 @@ class RHOLoss(OnlineSelector):
     def prepare(self, pool: Pool, trainer, ctx: SelectionContext) -> dict:
         holdout = self._holdout(ctx)
         cfg = trainer.cfg
+        from ..features.featurize import model_fingerprint
+
         key = fingerprint(
             {
-                "model": ctx.model,
+                "model": model_fingerprint(ctx.model),  # the IL model starts from M_0: its contents, not its path
                 "holdout": [e.id for e in holdout],
                 "epochs": self.il_epochs,
                 "lr": self.il_lr,

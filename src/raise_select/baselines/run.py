@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..config import check_fields, command_line, parse_overrides, read_yaml
 from ..errors import UserError
-from ..io import fingerprint, write_json_atomic
+from ..io import fingerprint, path_digest, write_json_atomic
 from ..training.loop import LMConfig
 from ..training.publish import PUBLISH_FORMATS
 from ..training.reporting import Reporter, parse_report_to
@@ -152,10 +152,27 @@ def _features_key(features: str) -> str:
     return f"{features}:{fingerprint(meta.read_text())}" if meta is not None and meta.is_file() else features
 
 
+def _model_key(model: str) -> str:
+    """What a selection or a training run depends on of the target model: its files' contents
+    (or a hub id with its cached revision), not its path: a model rebuilt at the same path is
+    another model."""
+    from ..features.featurize import model_fingerprint
+
+    return model_fingerprint(model) if model else ""
+
+
+def _model_digest(model_dir: Path) -> str | None:
+    """The content digest of a saved model folder, or None when there is none (deleted, emptied)."""
+    if not model_dir.is_dir() or not any(p.is_file() for p in model_dir.iterdir()):
+        return None
+    return path_digest(model_dir)
+
+
 def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     """Select (or reuse an identical earlier selection), write `selection.json`, train if asked.
     Returns the written selection record."""
     from ..data.pools import load_pool
+    from ..data.validation import load_validation
     from ..training.episode import lm_config
 
     missing = [f"--{n}" for n in ("method", "pool", "out") if not getattr(cfg, n)]
@@ -179,6 +196,9 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     features = cfg.features if method.needs_features() else ""
     if cfg.features and not features:
         log.info("method '%s' with these options does not read the features; %s is not used", cfg.method, cfg.features)
+    # The validation set and the model by what they hold (a file rewritten at the same path, a model
+    # rebuilt there, select and train again); the paths stay in for what the record says.
+    validation = load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed) if cfg.val else None
     key = fingerprint(
         {
             "method": cfg.method,
@@ -187,7 +207,9 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
             "budget": k,
             "features": _features_key(features),
             "model": cfg.model,
+            "model_contents": _model_key(cfg.model),
             "val": cfg.val,
+            "val_contents": None if validation is None else [e.id for e in validation],
             "val_size": cfg.val_size,
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
@@ -202,7 +224,9 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     record = json.loads(sel_path.read_text()) if sel_path.is_file() else None
     report = Reporter(out, targets, asdict(cfg)) if targets else None  # the training steps' loss
     try:
-        record = _select_and_train(cfg, method, cls, online, pool, k, key, sel_path, record, report, features)
+        record = _select_and_train(
+            cfg, method, cls, online, pool, k, key, sel_path, record, report, features, validation
+        )
     finally:
         if report is not None:
             report.close()
@@ -234,19 +258,28 @@ def _select_and_train(
     record: dict | None,
     report: Reporter | None,
     features: str,
+    validation,
 ) -> dict:
-    from ..data.validation import load_validation
     from ..features.table import FeatureTable
     from ..training.episode import lm_config
 
     out = sel_path.parent
-    if record is not None and record.get("fingerprint") == key and (not online or (out / "model").is_dir()):
+    model_dir = out / "model"
+    # An online selection is a training run: reused only with the model it trained, as it was saved.
+    if (
+        record is not None
+        and record.get("fingerprint") == key
+        and (
+            not online
+            or (record.get("model_digest") is not None and _model_digest(model_dir) == record["model_digest"])
+        )
+    ):
         log.info("%s: same settings as before; reusing the selection", sel_path)
     else:
         ctx = SelectionContext(
             features=FeatureTable.read(features).align(pool.ids) if features else None,
             model=cfg.model or None,
-            validation=load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed) if cfg.val else None,
+            validation=validation,
             seed=cfg.seed,
             out_dir=out,
             cache_dir=Path(cfg.cache) if cfg.cache else None,
@@ -293,6 +326,7 @@ def _select_and_train(
             "fingerprint": key,
             "pool_fingerprint": pool.fingerprint,
             "select_seconds": round(select_seconds, 2),  # this run's (a pass resumed from a cache: its rest)
+            **({"model_digest": _model_digest(model_dir)} if online else {}),  # the model it trained
         }
         write_json_atomic(sel_path, record)
         log.info("%s: %d rows selected (%s)", sel_path, len(sel.indices), json.dumps(sel.info, default=str)[:500])
@@ -300,16 +334,39 @@ def _select_and_train(
         from ..training.loop import train_on_schedule
         from .base import Selection
 
-        model_dir = out / "model"
         done = out / "train_done.json"
-        if done.is_file() and json.loads(done.read_text()).get("fingerprint") == key:
+        # Reused only when the model it records is there as it was saved (not deleted, not replaced).
+        if _trained(done, key, model_dir):
             log.info("%s: already trained with these settings", model_dir)
-        elif online:  # trained while selecting
-            write_json_atomic(done, {"fingerprint": key, "steps": record["steps"], "model": str(model_dir)})
         else:
-            batches = matched_batches(
-                Selection(record["indices"]), cfg.batch_size, record["steps"], cfg.seed, cls.dynamic
+            if not online:  # an online method trained it while selecting
+                batches = matched_batches(
+                    Selection(record["indices"]), cfg.batch_size, record["steps"], cfg.seed, cls.dynamic
+                )
+                train_on_schedule(cfg.model, pool, batches, lm_config(cfg), model_dir, record["steps"], report)
+            write_json_atomic(
+                done,
+                {
+                    "fingerprint": key,
+                    "steps": record["steps"],
+                    "model": str(model_dir),
+                    "model_digest": _model_digest(model_dir),
+                },
             )
-            train_on_schedule(cfg.model, pool, batches, lm_config(cfg), model_dir, record["steps"], report)
-            write_json_atomic(done, {"fingerprint": key, "steps": record["steps"], "model": str(model_dir)})
     return record
+
+
+def _trained(done: Path, key: str, model_dir: Path) -> bool:
+    """`train_done.json` records a training run of these settings (`key`) whose model is in
+    `model_dir` with the contents it was saved with."""
+    try:
+        record = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("%s: damaged; training again", done)
+        return False
+    if not isinstance(record, dict) or record.get("fingerprint") != key or not record.get("model_digest"):
+        return False
+    if _model_digest(model_dir) != record["model_digest"]:
+        log.info("%s: not the model trained with these settings (deleted or changed since); training again", model_dir)
+        return False
+    return True
