@@ -212,10 +212,13 @@ def no_wandb_login(tmp_path, monkeypatch):
 def _jobs(tmp_path):
     pool = _pool(tmp_path / "pool.jsonl")
     common = ["--pool", pool, "--features", tmp_path / "feats", "--model", tmp_path / "model", "--val", pool]
+    study = tmp_path / "study.yaml"
+    study.write_text(json.dumps({"study": {"pool": str(pool), "model": str(tmp_path / "model"), "val": str(pool)}}))
     return {
         "train-policy": ["train-policy", *common, "--out", tmp_path / "tp", "--report-to", "wandb"],
         "finetune": ["finetune", *common, "--policy", tmp_path / "p", "--out", tmp_path / "ft", "--report-to", "wandb"],
         "baseline": ["baseline", "--method", "random", "--pool", pool, "--out", tmp_path / "bl", "--report-to", "all"],
+        "study": ["study", study, "--out", tmp_path / "st", "--report-to", "wandb"],
     }
 
 
@@ -234,7 +237,7 @@ def test_wandb_settings_are_refused_before_any_work(tmp_path, monkeypatch, no_wa
         monkeypatch.setenv(name, value)
     for command, args in _jobs(tmp_path).items():
         _refused(_cli(*args), *fragments)
-    assert not any((tmp_path / d).exists() for d in ("tp", "ft", "bl"))  # not even a lock
+    assert not any((tmp_path / d).exists() for d in ("tp", "ft", "bl", "st"))  # not even a lock
 
 
 def test_wandb_settings_that_work_without_a_network_pass(tmp_path, monkeypatch, no_wandb_login):

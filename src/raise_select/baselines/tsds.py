@@ -9,7 +9,8 @@ near-duplicates share one share. The scale s is the smallest at which the transp
 that assignment, weighted by alpha / C, outweighs the diversity term (1 - alpha) M (the
 reference's greedy over a heap of each query's prefix sums, `probabilities`). The selection is
 `budget` draws from the pool's summed probabilities, with replacement (a row drawn twice is
-trained on twice as often), seeded.
+trained on twice as often), seeded; `selection.json` keeps every draw, and an export
+(`baseline --export`, `select`) lists each drawn row once with its `times_drawn`.
 
 As the reference: K = min(max_k, N / 10) nearest neighbours per query by L2 distance; the KDE
 of a neighbour over its kde_k nearest among all the queries' neighbours, with the kernel
