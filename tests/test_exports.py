@@ -247,3 +247,28 @@ def test_a_user_file_an_export_would_overwrite_is_refused(tmp_path):
     _refused(runner.invoke(app, ["select", "--run", str(run), "--out", str(hf), "--format", "llamafactory"]),
              "data.json", "did not write")  # fmt: skip
     assert (hf / "data.json").read_text() == "[]"
+
+
+@pytest.mark.parametrize(
+    "turns",
+    [
+        [("human", "q"), ("gpt", "a1"), ("gpt", "a2")],  # the response follows another assistant turn
+        [("gpt", "hello"), ("human", "q"), ("gpt", "a")],  # an assistant turn with no user turn before it
+    ],
+    ids=["two-assistant-turns", "assistant-first"],
+)
+def test_a_conversation_alpaca_cannot_hold_is_refused_for_alpaca_only(tmp_path, turns):
+    rows = [
+        {"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]} for i in range(3)
+    ]
+    rows.append({"conversations": [{"from": f, "value": v} for f, v in turns]})
+    (tmp_path / "pool.json").write_text(json.dumps(rows))
+    run, _ = _finetune_run(tmp_path, tmp_path / "pool.json", [[0, 3]])
+    _refused(
+        runner.invoke(app, ["select", "--run", str(run), "--out", str(tmp_path / "c.jsonl"), "--format", "alpaca"]),
+        "pool.json",
+        "row 3",
+        "--format sharegpt or messages",
+    )
+    assert not (tmp_path / "c.jsonl").exists()
+    _invoke("select", "--run", run, "--out", tmp_path / "c.jsonl", "--format", "messages")
