@@ -114,8 +114,8 @@ def check_wandb() -> None:
             wandb.Settings(project=project)
         except Exception as e:
             raise UserError(
-                f"report_to wandb: {WANDB_PROJECT_ENV}={project}: {' '.join(str(e).split())[:200]} "
-                "(W&B project names cannot hold / \\ # ? % :); choose another name"
+                f"report_to wandb: {WANDB_PROJECT_ENV}={project}: {' '.join(str(e).split())[:200]}; "
+                f"set {WANDB_PROJECT_ENV} to another name"
             ) from None
     key = os.environ.get("WANDB_API_KEY")
     if key:
