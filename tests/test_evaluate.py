@@ -152,3 +152,47 @@ def test_hub_task_names_exist_in_lm_eval():
     folders = [root / f for f in ("mmlu/default", "arc", "commonsense_qa", "gsm8k", "mathqa")]
     known = set(TaskManager(include_path=[str(f) for f in folders], include_defaults=False).all_tasks)
     assert all(spec.lm_eval_task in known for spec in BENCHMARKS.values())
+
+
+def test_per_item_metrics_on_the_held_out_splits(shared_data, tiny_model_dir, tmp_path):
+    """`--metric main`: the choice cross-entropy per item on ARC-Challenge's test set, the
+    response loss on GSM8K's, each line the figure `heldout_values` gives that item."""
+    import numpy as np
+
+    from raise_select.cli.main import app
+    from raise_select.data.validation import load_validation
+    from raise_select.evaluation.choices import score_choices
+    from raise_select.evaluation.loss import heldout_values
+
+    out = tmp_path / "items"
+    args = ["evaluate", "--model", str(tiny_model_dir), "--tasks", "arc_challenge,gsm8k", "--data-dir"]
+    args += [str(shared_data), "--limit", "3", "--batch-size", "4", "--device", "cpu", "--metric", "main"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--set", "max_length=64"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())["tasks"]
+    assert {t: (m["metric"], m["split"], m["n"]) for t, m in metrics.items()} == {
+        "arc_challenge": ("choice_ce", "test", 3),
+        "gsm8k": ("neg_loss", "test", 3),
+    }
+    arc = [json.loads(line) for line in (out / "items" / "arc_challenge.jsonl").read_text().splitlines()]
+    examples = load_validation("arc_challenge:test", shared_data)[:3]
+    assert [(r["source"], r["row"], r["id"]) for r in arc] == [(e.source, e.row, e.id) for e in examples]
+    s = score_choices(str(tiny_model_dir), examples, max_length=64, device="cpu")
+    np.testing.assert_allclose([r["value"] for r in arc], s.ce, rtol=1e-6)
+    np.testing.assert_allclose([r["loglik"] for r in arc[:1]], [s.loglik[0]], rtol=1e-6)
+    assert [r["gold"] for r in arc] == [e.record["mc_gold"] for e in examples]
+    assert metrics["arc_challenge"]["score"] == pytest.approx(float(np.mean(s.ce)), rel=1e-6)
+    gsm = [json.loads(line)["value"] for line in (out / "items" / "gsm8k.jsonl").read_text().splitlines()]
+    held = load_validation("gsm8k:test", shared_data)[:3]
+    np.testing.assert_allclose(gsm, heldout_values(str(tiny_model_dir), held, max_length=64, device="cpu"), rtol=1e-6)
+    assert "| arc_challenge | choice_ce | test |" in (out / "results.md").read_text()
+    # the dev split, and a choice metric where there are no choices
+    dev_args = [*args[:-1], "choice_acc", "--split", "dev", "--tasks", "commonsenseqa", "--out", str(tmp_path / "d")]
+    assert CliRunner().invoke(app, dev_args).exit_code == 0
+    dev = [json.loads(line) for line in (tmp_path / "d" / "items" / "commonsenseqa.jsonl").read_text().splitlines()]
+    assert len(dev) == 3 and all(r["source"].endswith("train_rand_split.jsonl") for r in dev)
+    assert all(r["value"] == r["choice_acc"] in (0.0, 1.0) for r in dev)
+    with pytest.raises(UserError, match="task 'gsm8k' has no choices; use neg_loss, accuracy or main"):
+        evaluate(EvaluateConfig(model=str(tiny_model_dir), tasks=["gsm8k"], metric="choice_ce", out=str(tmp_path)))
+    with pytest.raises(UserError, match="invalid evaluate settings.*metric.*must be one of harness, main"):
+        EvaluateConfig(metric="f1")

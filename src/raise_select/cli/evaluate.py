@@ -37,11 +37,14 @@ def register(app: typer.Typer) -> None:
         batch_size: Optional[int] = typer.Option(None, "--batch-size"),
         device: Optional[str] = typer.Option(None, "--device"),
         max_length: Optional[int] = typer.Option(None, "--max-length"),
+        metric: Optional[str] = typer.Option(None, "--metric"),
+        split: Optional[str] = typer.Option(None, "--split"),
         out: Optional[Path] = typer.Option(None, "--out"),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = SetOption,
     ) -> None:
-        """Score a model on the named tasks; write per-task metrics (JSON) and a Markdown table."""
+        """Score a model on the named tasks; write per-task metrics (JSON) and a Markdown table
+        (with --metric choice_ce, main, ...: per-item figures on each task's held-out split)."""
         from ..config import resolve
         from ..evaluation.evaluate import EvaluateConfig, evaluate, results_markdown
         from ..io import check_output, lock_output
@@ -55,6 +58,8 @@ def register(app: typer.Typer) -> None:
             "batch_size": batch_size,
             "device": device,
             "max_length": max_length,
+            "metric": metric,
+            "split": split,
             "out": str(out) if out else None,
         }
         cfg = resolve(EvaluateConfig, "evaluate", config, overrides, flags)
@@ -64,3 +69,5 @@ def register(app: typer.Typer) -> None:
         scores = evaluate(cfg)
         typer.echo(results_markdown(cfg.model, scores))
         typer.echo(f"wrote {Path(cfg.out) / 'metrics.json'} and {Path(cfg.out) / 'results.md'}")
+        if cfg.metric != "harness":
+            typer.echo(f"per-item values in {Path(cfg.out) / 'items'}")

@@ -272,10 +272,11 @@ def choice_cross_entropy(ll: Sequence[float], gold: int) -> float:
 
 @dataclass
 class ChoiceScores:
-    """Per item: `loglik` (each choice's summed log-likelihood), `ce` (gold choice's
+    """Per item: `loglik` (each choice's summed log-likelihood), `gold` (its index), `ce` (gold choice's
     cross-entropy over the choices), `acc` and `acc_norm` (0/1)."""
 
     loglik: list[np.ndarray]
+    gold: np.ndarray
     ce: np.ndarray
     acc: np.ndarray
     acc_norm: np.ndarray
@@ -299,7 +300,8 @@ def scores_from_loglik(items: Sequence[ChoiceItem], loglik: Sequence[Sequence[fl
     acc = np.array([float(int(np.argmax(x)) == it.gold) for x, it in zip(lls, items)])
     lengths = [np.array([float(len(c)) for c in _continuations(it, form)]) for it in items]
     acc_norm = np.array([float(int(np.argmax(x / n)) == it.gold) for x, n, it in zip(lls, lengths, items)])
-    return ChoiceScores(loglik=lls, ce=ce, acc=acc, acc_norm=acc_norm, form=form)
+    gold = np.array([it.gold for it in items], dtype=np.int64)
+    return ChoiceScores(loglik=lls, gold=gold, ce=ce, acc=acc, acc_norm=acc_norm, form=form)
 
 
 def _continuations(item: ChoiceItem, form: str) -> list[str]:

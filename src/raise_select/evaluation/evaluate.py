@@ -11,6 +11,14 @@ The model runs through lm-eval's `HFLM` with `max_length` 512 as in the paper. O
 `out`: `metrics.json` (per task: the headline score, its metric, every numeric metric and
 the item count), `results.md` (a Markdown table) and `lm_eval_results.json` (lm-eval's
 own results and task configs), all written atomically.
+
+With `metric` other than `harness` (`main`, `choice_ce`, `choice_acc`, `neg_loss`,
+`accuracy`; `evaluation.loss.heldout_values`), each task's held-out `split` (`test` or `dev`,
+`data.benchmarks.split_parts`) is scored item by item instead: `items/<task>.jsonl` holds one
+line per item (its source, row, id and value; for the choice metrics also the choices'
+log-likelihoods, the gold index, the choice cross-entropy and accuracy), and `metrics.json`
+the means. `main` is each task's main figure: the choice cross-entropy on multiple-choice
+tasks, the response loss on GSM8K.
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 # match of the last number generated (the strict "The answer is N" score is kept too).
 MC_METRIC = "acc,none"
 GSM8K_METRIC = "exact_match,flexible-extract"
+HARNESS = "harness"
+MAIN = "main"
+ITEM_METRICS = ("neg_loss", "accuracy", "choice_ce", "choice_acc")  # training.reward.BUILTIN_METRICS
+METRICS = (HARNESS, MAIN, *ITEM_METRICS)
+SPLITS = ("test", "dev")
 _SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 
 
@@ -64,6 +77,23 @@ class EvaluateConfig:
     max_gen_toks: int = field(default=256, metadata={"help": "generation budget of generate_until tasks (GSM8K)"})
     seed: int = field(default=0, metadata={"help": "lm-eval's python/numpy/torch/few-shot seeds"})
     out: str = field(default="results", metadata={"help": "output folder"})
+    metric: str = field(
+        default=HARNESS,
+        metadata={
+            "help": "harness: lm-evaluation-harness's score per task; main (choice_ce on multiple-choice tasks, "
+            "neg_loss on GSM8K), choice_ce, choice_acc, neg_loss or accuracy: per-item figures on each task's "
+            "held-out split, written to items/<task>.jsonl (docs/metrics.md)"
+        },
+    )
+    split: str = field(
+        default="test",
+        metadata={"help": "held-out set the per-item metrics score: test (report once) or dev (choose settings)"},
+    )
+    choice_form: str = field(
+        default="cloze",
+        metadata={"help": "choice metrics: cloze (each choice's text after the question) or letters (its letter)"},
+    )
+    template: str = field(default="alpaca", metadata={"help": "prompt template of neg_loss and accuracy"})
 
     def __post_init__(self) -> None:
         self.check()
@@ -81,6 +111,10 @@ class EvaluateConfig:
                     f"must be >= {MIN_CONTEXT}: a question and its answer need room",
                 ),
                 (self.max_gen_toks >= 1, "max_gen_toks", "must be >= 1"),
+                (self.metric in METRICS, "metric", f"must be one of {', '.join(METRICS)}"),
+                (self.split in SPLITS, "split", f"must be one of {', '.join(SPLITS)}"),
+                (self.choice_form in ("cloze", "letters"), "choice_form", "must be cloze or letters"),
+                (self.template in ("alpaca", "chat"), "template", "must be alpaca or chat"),
             ],
             "evaluate",
         )
@@ -254,6 +288,8 @@ def summarize(results: dict) -> dict[str, dict]:
 
 
 def results_markdown(model: str, scores: dict[str, dict]) -> str:
+    if any("split" in s for s in scores.values()):
+        return results_markdown_items(model, scores)
     rows = [
         [name, s["metric"], f"{100 * s['score']:.2f}", "" if s["n"] is None else str(s["n"])]
         for name, s in scores.items()
@@ -261,9 +297,120 @@ def results_markdown(model: str, scores: dict[str, dict]) -> str:
     return f"# {model}\n\n" + markdown_table(["task", "metric", "score (%)", "items"], rows)
 
 
+def results_markdown_items(model: str, scores: dict[str, dict]) -> str:
+    rows = [[name, s["metric"], s["split"], f"{s['score']:.4f}", str(s["n"])] for name, s in scores.items()]
+    return f"# {model}\n\n" + markdown_table(["task", "metric", "split", "mean", "items"], rows)
+
+
+def task_metric(cfg_metric: str, task: str) -> str:
+    """The per-item metric a task is scored with (`main`: its main figure); choice metrics
+    only on multiple-choice tasks."""
+    from .loss import default_metric
+
+    metric = default_metric(task) if cfg_metric == MAIN else cfg_metric
+    if metric.startswith("choice_") and not BENCHMARKS[task].multiple_choice:
+        raise UserError(f"--metric {metric}: task '{task}' has no choices; use neg_loss, accuracy or main")
+    return metric
+
+
+def heldout_examples(task: str, split: str, data_dir: str | None, limit: int | None):
+    """The examples of a task's held-out `split` (`<task>:<split>`; a task without held-out
+    sets is scored on its evaluation split, and only for `test`), first `limit` of them."""
+    from ..data.benchmarks import load_named_set
+    from ..data.validation import load_validation
+
+    spec = BENCHMARKS[task]
+    if spec.dev_split is not None:
+        examples = load_validation(f"{task}:{split}", data_dir)
+    elif split == "test":
+        examples = load_named_set(task, Path(data_dir) if data_dir else None, spec.eval_split)
+    else:
+        raise UserError(f"task '{task}' has no dev set; use --split test")
+    return examples[:limit] if limit is not None else examples
+
+
+def evaluate_items(cfg: EvaluateConfig, model=None, tokenizer=None) -> dict[str, dict]:
+    """Per-item figures of `cfg.metric` on each task's held-out split; writes
+    `items/<task>.jsonl`, `metrics.json` and `results.md` into `cfg.out`."""
+    import torch
+
+    from ..models.resolve import resolve_model
+    from .choices import score_choices
+    from .loss import heldout_values, load_for_eval
+
+    names = check_tasks(cfg.tasks)
+    metrics = {name: task_metric(cfg.metric, name) for name in names}
+    examples = {name: heldout_examples(name, cfg.split, cfg.data_dir, cfg.limit) for name in names}
+    if model is None:
+        if not cfg.model:
+            raise UserError("no model given; pass --model FOLDER_OR_HUB_ID")
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            model, tokenizer = load_for_eval(resolve_model(cfg.model), dtype=cfg.dtype, device=device)
+        except OSError as e:
+            raise UserError(f"model '{cfg.model}': cannot be loaded ({' '.join(str(e).split())[:300]})") from None
+    out = Path(cfg.out)
+    scores: dict[str, dict] = {}
+    for name in names:
+        metric, items = metrics[name], examples[name]
+        log.info("scoring %s %s (%d items) by %s", name, cfg.split, len(items), metric)
+        rows = [{"index": i, "source": e.source, "row": e.row, "id": e.id} for i, e in enumerate(items)]
+        summary: dict[str, float] = {}
+        if metric.startswith("choice_"):
+            s = score_choices(
+                model,
+                items,
+                tokenizer=tokenizer,
+                form=cfg.choice_form,
+                batch_size=cfg.batch_size,
+                max_length=cfg.max_length,
+            )
+            values = s.ce if metric == "choice_ce" else s.acc
+            for r, ll, gold, ce, acc, acc_norm in zip(rows, s.loglik, s.gold, s.ce, s.acc, s.acc_norm):
+                r.update(
+                    loglik=[float(x) for x in ll],
+                    gold=int(gold),
+                    choice_ce=float(ce),
+                    choice_acc=float(acc),
+                    choice_acc_norm=float(acc_norm),
+                )
+            summary = {k: float(v) for k, v in s.summary().items() if k != "n"}
+        else:
+            values = heldout_values(
+                model,
+                items,
+                metric=metric,
+                template=cfg.template,
+                max_length=cfg.max_length,
+                batch_size=cfg.batch_size,
+                tokenizer=tokenizer,
+                max_new_tokens=cfg.max_gen_toks,
+            )
+            summary = {metric if metric != "neg_loss" else "loss": float(values.mean())}
+        for r, v in zip(rows, values):
+            r["value"] = float(v)
+        write_text_atomic(out / "items" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        scores[name] = {
+            "score": float(values.mean()),
+            "metric": metric,
+            "metrics": summary,
+            "n": len(items),
+            "split": cfg.split,
+            "form": cfg.choice_form if metric.startswith("choice_") else None,
+        }
+        log.info("%s %s = %.4f", name, metric, scores[name]["score"])
+    write_json_atomic(out / "metrics.json", {"model": cfg.model, "config": asdict(cfg), "tasks": scores})
+    write_text_atomic(out / "results.md", results_markdown_items(cfg.model, scores))
+    return scores
+
+
 def evaluate(cfg: EvaluateConfig, lm=None) -> dict[str, dict]:
     """Evaluate `cfg.model` (or the lm-eval `LM` given) and write `metrics.json`,
-    `results.md` and `lm_eval_results.json`."""
+    `results.md` and `lm_eval_results.json`; with a per-item `metric`, `evaluate_items`."""
+    if cfg.metric != HARNESS:
+        if lm is not None:
+            raise UserError(f"metric '{cfg.metric}' scores a model, not an lm-eval LM; use metric harness")
+        return evaluate_items(cfg)
     out = Path(cfg.out)
     results = run_lm_eval(cfg, lm)
     if not results:
