@@ -7,6 +7,10 @@ counts, which are themselves rebuilt from the chosen indices of the earlier step
 
 Batches trained on outside the policy (the random steps of `--select-every M`, appendix F)
 are recorded with `add_counted`: they count towards times-selected but are no transitions.
+
+With dense credit (`policy.credit: row`) a transition also holds its credit labels
+(`add_labels`): the rows labelled at that step (its chosen rows first, then the sampled rows it
+did not choose) and each one's first-order credit.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class RolloutBuffer:
         self._batch_of: list[int] = []  # transition -> position of its batch in _batches
         self._flat: torch.Tensor | None = None  # cached concatenation of _batches
         self._offsets: list[int] = [0]  # _offsets[k] = number of indices in _batches[:k]
+        self.label_rows: list[torch.Tensor | None] = []  # per transition: rows labelled (chosen first), or None
+        self.label_credit: list[torch.Tensor | None] = []  # per transition: (n,) float64 credit of those rows
 
     def __len__(self) -> int:
         return len(self.reward)
@@ -57,6 +63,22 @@ class RolloutBuffer:
         self.old_log_prob.append(float(old_log_prob))
         self.value.append(float(value))
         self.reward.append(float(reward))
+        self.label_rows.append(None)
+        self.label_credit.append(None)
+
+    def add_labels(self, rows: torch.Tensor, credit: torch.Tensor) -> None:
+        """Attach credit labels to the last transition: `rows` (its chosen rows first) and each one's credit."""
+        if not self.reward:
+            raise IndexError("add_labels before any transition")
+        rows = torch.as_tensor(rows, dtype=torch.int64).detach().cpu().reshape(-1).clone()
+        credit = torch.as_tensor(credit, dtype=torch.float64).detach().cpu().reshape(-1).clone()
+        if rows.numel() != credit.numel():
+            raise ValueError(f"{rows.numel()} labelled rows but {credit.numel()} credits")
+        self.label_rows[-1], self.label_credit[-1] = rows, credit
+
+    def has_labels(self) -> bool:
+        """Whether every transition carries credit labels."""
+        return bool(self.label_rows) and all(r is not None for r in self.label_rows)
 
     def add_counted(self, chosen: torch.Tensor) -> None:
         """Record a batch chosen outside the policy: it only counts towards times-selected."""
@@ -100,4 +122,5 @@ class RolloutBuffer:
             + 5 * 8 * len(self)
             + 8 * len(self._batch_of)
             + sum(b.numel() * b.element_size() for b in self.item_log_prob)
+            + sum(b.numel() * b.element_size() for b in (*self.label_rows, *self.label_credit) if b is not None)
         )

@@ -11,10 +11,19 @@ from ..config import check_fields
 from .prior import PRIORS
 
 # The paper's literal form of the settings we depart from (everything else already is).
-PAPER = {"gamma": 0.99, "ratio": "product", "advantage": "gae", "target_kl": 0.0, "use_rule": "topk"}
+PAPER = {
+    "gamma": 0.99,
+    "ratio": "product",
+    "advantage": "gae",
+    "target_kl": 0.0,
+    "use_rule": "topk",
+    "credit": "batch",
+}
 RATIOS = ("product", "per_item")
 ADVANTAGES = ("gae", "step_baseline")
 USE_RULES = ("topk", "sample")
+CREDITS = ("batch", "row")
+ROW_LOSSES = ("none", "regression", "ranking")
 
 
 @dataclass
@@ -111,6 +120,43 @@ class PolicyConfig:
         },
     )
 
+    # Dense per-row credit (docs/policy.md, "Dense per-row credit"); the paper's form is credit batch.
+    credit: str = field(
+        default="batch",
+        metadata={
+            "help": "batch [section 3.2: one scalar reward per policy step] or row: also a first-order credit label "
+            "lr <g_val, g_i> for every row trained on and for credit_sample rows not chosen (training/credit.py)"
+        },
+    )
+    credit_sample: int = field(
+        default=32,
+        metadata={"help": "with credit row: rows not chosen, drawn uniformly from the pool, labelled per policy step"},
+    )
+    credit_val: int = field(
+        default=0,
+        metadata={
+            "help": "with credit row: validation rows drawn per policy step for g_val (0: the whole validation set)"
+        },
+    )
+    row_loss: str = field(
+        default="ranking",
+        metadata={
+            "help": "with credit row: the auxiliary loss on F_theta's scores of a step's labelled rows, added to "
+            "eq. 12: none, regression (centred scores against the step's standardised credit) or ranking "
+            "(pairwise logistic over pairs of unequal credit)"
+        },
+    )
+    row_loss_weight: float = field(
+        default=1.0, metadata={"help": "with credit row: the weight of row_loss against the PPO loss of a step"}
+    )
+    row_advantage: bool = field(
+        default=False,
+        metadata={
+            "help": "with credit row and ratio per_item: each chosen row's advantage is its own credit, standardised "
+            "over the round's chosen rows, instead of the step's (the first-order reward is additive over rows)"
+        },
+    )
+
     def __post_init__(self) -> None:
         self.check()
 
@@ -138,6 +184,20 @@ class PolicyConfig:
                 (self.prior == "selection") == bool(self.prior_selection),
                 "prior_selection",
                 "must name a selection.json exactly when prior is selection",
+            ),
+            (self.credit in CREDITS, "credit", f"must be one of {', '.join(CREDITS)}"),
+            (self.credit_sample >= 0, "credit_sample", "must be >= 0"),
+            (self.credit_val >= 0, "credit_val", "must be >= 0 (0: the whole validation set)"),
+            (self.row_loss in ROW_LOSSES, "row_loss", f"must be one of {', '.join(ROW_LOSSES)}"),
+            (
+                math.isfinite(self.row_loss_weight) and self.row_loss_weight >= 0.0,
+                "row_loss_weight",
+                "must be a finite number >= 0",
+            ),
+            (
+                not self.row_advantage or (self.credit == "row" and self.ratio == "per_item"),
+                "row_advantage",
+                "needs credit row and ratio per_item (one clipped ratio per chosen row)",
             ),
         ]
         check_fields(self, rules, "policy")

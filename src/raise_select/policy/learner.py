@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..progress import progress_bar
 from .acquisition import critic_features
 from .buffer import RolloutBuffer
+from .credit import row_advantages, row_loss, spearman
 from .ppo import actor_loss, class_entropy, class_log_softmax, critic_loss, gae
 
 
@@ -43,6 +44,9 @@ class RoundInputs:
     actor_advantages: torch.Tensor  # (T,) as eq. 12 uses them: standardised with normalize_advantages
     returns: torch.Tensor  # (T,) float64 critic targets (eq. 9)
     critic_in: torch.Tensor  # (T, len(CRITIC_FEATURES)) critic inputs
+    # credit row: per step its labelled rows and their credit, and with row_advantage the chosen rows' advantages
+    labels: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    row_advantages: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -54,6 +58,7 @@ class UpdateStats:
     entropies: list[float] = field(default_factory=list)  # class entropy of every step, first epoch
     clipped: list[float] = field(default_factory=list)  # clipped share of every step, this epoch
     epoch_clip_fraction: list[float] = field(default_factory=list)  # per finished epoch
+    row_losses: list[float] = field(default_factory=list)  # credit row: row_loss of every (epoch, step)
 
     def end_epoch(self, steps: int) -> None:
         self.epoch_clip_fraction.append(sum(self.clipped) / steps)
@@ -74,6 +79,7 @@ class UpdateStats:
             "advantage_mean": float(rnd.advantages.mean()),
             "value_mean": float(data["value"].mean()),
             "steps": len(rnd.buffer),
+            **({"row_loss": sum(self.row_losses) / len(self.row_losses)} if self.row_losses else {}),
         }
 
 
@@ -124,6 +130,8 @@ class PPOLearner:
         cfg = self.cfg
         rnd = self._round_inputs(buffer, last_value)
         steps = len(buffer)
+        # The learning curve of dense credit: this round's labels, not yet learnt from, against the scores.
+        held_out = self.credit_spearman(rnd) if rnd.labels is not None else None
         order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
         stats = UpdateStats()
         # A bar only when the update is long (large pools): about 1e8 row-passes and more.
@@ -144,6 +152,8 @@ class PPOLearner:
                 break
         bar.close()
         summary = stats.summary(rnd, approx_kl=self._approx_kl(rnd))
+        if held_out is not None:
+            summary["credit_spearman"] = held_out
         self.observe_episode(buffer.reward)
         self.updates += 1
         return summary
@@ -172,6 +182,13 @@ class PPOLearner:
         critic_in = torch.stack(
             [critic_features(stage[t], buffer.progress[t], buffer.counts_before(t, n)) for t in range(steps)]
         )
+        labels = row_adv = None
+        if self.cfg.credit == "row":
+            if not buffer.has_labels():
+                raise ValueError("credit = row needs credit labels on every step (RolloutBuffer.add_labels)")
+            labels = list(zip(buffer.label_rows, buffer.label_credit))
+            if self.cfg.row_advantage:  # the chosen rows come first among a step's labelled rows
+                row_adv = row_advantages([c[: len(buffer.chosen(t))] for t, (_, c) in enumerate(labels)])
         return RoundInputs(
             buffer=buffer,
             data=data,
@@ -180,7 +197,23 @@ class PPOLearner:
             actor_advantages=actor_adv,
             returns=returns,
             critic_in=critic_in,
+            labels=labels,
+            row_advantages=row_adv,
         )
+
+    def credit_spearman(self, rnd: RoundInputs) -> float:
+        """Mean over the round's steps of the Spearman correlation between the current actor's scores at the
+        step's state and the credit of the rows the step labelled without choosing them (nan when none)."""
+        values = []
+        with torch.no_grad():
+            projection = self._static_projection()
+            for t, (rows, credit) in enumerate(rnd.labels):
+                b = len(rnd.buffer.chosen(t))
+                scores, _ = self._chosen_log_prob(projection, rnd, t)
+                rho = spearman(scores[rows[b:]], credit[b:])
+                if not math.isnan(rho):
+                    values.append(rho)
+        return sum(values) / len(values) if values else math.nan
 
     def _chosen_log_prob(self, projection: torch.Tensor, rnd: RoundInputs, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores of every row, (B,) float64 class log-probability of step t's chosen rows) under the current
@@ -200,8 +233,10 @@ class PPOLearner:
         """One AdamW step of the actor on the steps in `group` (eq. 12, the mean over the group).
 
         ratio = product is eq. 11 (one ratio per step, the product over the B rows);
-        per_item gives every chosen row its own clipped ratio with the step's advantage, so
-        one row far from its old probability does not clip the whole step. The gradient of
+        per_item gives every chosen row its own clipped ratio with the step's advantage (with
+        row_advantage, its own credit's), so one row far from its old probability does not clip
+        the whole step. With credit row and a row_loss, row_loss_weight x the step's row loss on
+        its labelled rows' scores is added to the step's loss. The gradient of
         the static projection is accumulated on a detached leaf and pushed through the
         first layer once, so a step's graph holds only its own (N x hidden) activations.
         Records each step's loss, clipped share (and entropy) in `stats`.
@@ -214,8 +249,15 @@ class PPOLearner:
         for t in group:
             scores, new = self._chosen_log_prob(leaf, rnd, t)
             log_ratio = self._log_ratio(new, rnd, t, per_item)  # eq. 11
-            loss = actor_loss(log_ratio, rnd.actor_advantages[t].expand_as(log_ratio), cfg.clip)  # eq. 12
-            (loss / len(group)).backward()
+            adv = rnd.actor_advantages[t].expand_as(log_ratio) if rnd.row_advantages is None else rnd.row_advantages[t]
+            loss = actor_loss(log_ratio, adv, cfg.clip)  # eq. 12
+            total = loss
+            if rnd.labels is not None and cfg.row_loss != "none":
+                rows, credit = rnd.labels[t]
+                extra = row_loss(cfg.row_loss, scores[rows], credit)
+                stats.row_losses.append(extra.item())
+                total = loss + cfg.row_loss_weight * extra
+            (total / len(group)).backward()
             stats.actor_losses.append(loss.item())
             with torch.no_grad():
                 stats.clipped.append(float(((log_ratio.exp() - 1.0).abs() > cfg.clip).double().mean()))

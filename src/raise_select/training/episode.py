@@ -12,6 +12,11 @@ interval (`RolloutBuffer.add_reward`); with M = 1 this is R_t = P(M_t) - P(M_{t-
 section 3.2, and in every case the rewards of a round sum to P(M_T) - P(M_0). In-between
 batches count towards times-selected (eq. 5) but are not PPO transitions.
 
+With `policy.credit: row` every policy step of a rollout also labels its chosen rows and a
+uniform sample of the rows it did not choose with their first-order credit (`training.credit`),
+before it trains; the labels go into the buffer with the transition (main process only, where
+the policy learns) and their time counts as reward time.
+
 Multi-process: the batch is decided on the main process and broadcast (a `Choice`); every
 process trains on its slice and P is reduced across processes (see `loop` and `reward`).
 
@@ -367,6 +372,12 @@ def run_episode(
     acc = trainer.accelerator
     n = len(pool)
     batch_size = policy.batch_size
+    credit = None
+    policy_cfg = getattr(policy, "cfg", None)
+    if buffer is not None and acc.is_main_process and getattr(policy_cfg, "credit", "batch") == "row":
+        from .credit import RowCredit
+
+        credit = RowCredit(trainer, validator, policy_cfg.credit_sample, policy_cfg.credit_val)
     classes = policy.static.classes
     counts = torch.zeros(n, dtype=torch.int64)
     result = EpisodeResult(p0=p0, final_p=p0)
@@ -406,6 +417,10 @@ def run_episode(
             else:
                 buffer.add_counted(chosen)
         timing["scoring"] = time.perf_counter() - start
+        if credit is not None and from_policy:
+            start = time.perf_counter()
+            buffer.add_labels(*credit.labels(chosen, generator))
+            timing["reward"] += time.perf_counter() - start
 
         start = time.perf_counter()
         loss = trainer.step(indices)
@@ -416,7 +431,7 @@ def run_episode(
         if t % select_every == 0 or t == steps:
             start = time.perf_counter()
             perf = check_finite(validator(trainer.model), f"{where}, step {t}")
-            timing["reward"] = time.perf_counter() - start
+            timing["reward"] += time.perf_counter() - start
             reward = perf - p_prev
             if buffer is not None:
                 buffer.add_reward(reward)
@@ -489,6 +504,7 @@ def start_episode_job(
     """
     from transformers import set_seed
 
+    from ..data.overlap import warn_shared_rows
     from ..data.validation import load_validation
     from ..logs import setup_logging
 
@@ -504,6 +520,7 @@ def start_episode_job(
         run.check_config(config, resumable)
     val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
     pool, static = load_static(cfg.pool, cfg.features, normalizer, prior_column(prior, val_examples, cfg, cfg.model))
+    warn_shared_rows(pool, val_examples, f"--val {cfg.val}")  # the reward would be measured on trained rows
     if resumable is not None:  # rounds are resumed only on the same contents of the same paths
         prior_file = prior.prior_selection if prior is not None and prior.prior == "selection" else None
         run.check_inputs(run_inputs(cfg.model, pool, cfg.features, val_examples, prior_file), config)

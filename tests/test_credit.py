@@ -1,0 +1,305 @@
+"""Dense per-row credit (`policy.credit: row`): the first-order credit against the actual change
+of P after a small SGD step on one row and against GREATS's inner products; each row loss, the
+row advantages and Spearman's rho against values worked out by hand; what the learner does with
+the labels; and train-policy end to end with labels on a tiny Llama."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from raise_select.data.pools import Example, Pool, example_id, load_pool
+from raise_select.errors import UserError
+from raise_select.policy import PolicyConfig, RaisePolicy, RolloutBuffer, StaticState
+from raise_select.policy.credit import ranking_loss, regression_loss, row_advantages, spearman, standardise
+from raise_select.training.credit import RowCredit, trainable_linears
+from raise_select.training.loop import LMConfig, LMTrainer, collate
+from raise_select.training.reward import Validator
+from test_policy_state import synthetic_features
+
+R = math.sqrt(1.5)  # the standardised values of (-0.1, 0.1, 0) are (-R, R, 0)
+
+
+# ---------------------------------------------------------------- the losses, by hand
+
+
+def test_standardise_by_hand():
+    z = standardise(torch.tensor([0.1, 0.3, 0.2], dtype=torch.float64))
+    assert z.tolist() == pytest.approx([-R, R, 0.0])
+    assert torch.equal(standardise(torch.tensor([2.0, 2.0])), torch.zeros(2))  # constant: no order to learn
+
+
+def test_regression_loss_by_hand():
+    scores = torch.tensor([1.0, 2.0, 4.0])  # centred: -4/3, -1/3, 5/3
+    credit = torch.tensor([0.1, 0.3, 0.2], dtype=torch.float64)  # standardised: -R, R, 0
+    expected = ((-4 / 3 + R) ** 2 + (-1 / 3 - R) ** 2 + (5 / 3) ** 2) / 3
+    assert float(regression_loss(scores, credit)) == pytest.approx(expected, rel=1e-6)
+    # shifting every score changes nothing (the class softmax is shift-invariant), nor does scaling the credit
+    assert float(regression_loss(scores + 7.0, 1e-4 * credit)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_ranking_loss_by_hand():
+    scores = torch.tensor([1.0, 2.0, 4.0], requires_grad=True)
+    credit = torch.tensor([0.1, 0.3, 0.2], dtype=torch.float64)
+    # pairs with credit_i > credit_j: (1, 0) margin 1, (1, 2) margin -2, (2, 0) margin 3
+    expected = (math.log1p(math.exp(-1)) + math.log1p(math.exp(2)) + math.log1p(math.exp(-3))) / 3
+    loss = ranking_loss(scores, credit)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    # d/ds of softplus(-(s_i - s_j)) is -sigmoid(-(s_i - s_j)) for s_i and the opposite for s_j
+    sig = lambda m: 1 / (1 + math.exp(m))  # noqa: E731  sigmoid(-m)
+    g1 = (-sig(1) - sig(-2)) / 3
+    g0 = (sig(1) + sig(3)) / 3
+    g2 = (sig(-2) - sig(3)) / 3
+    assert scores.grad.tolist() == pytest.approx([g0, g1, g2], rel=1e-5)
+    ties = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
+    assert ranking_loss(scores, ties).item() == 0.0
+
+
+def test_row_advantages_standardise_over_the_round():
+    adv = row_advantages([torch.tensor([0.1, 0.3], dtype=torch.float64), torch.tensor([0.2], dtype=torch.float64)])
+    assert [a.tolist() for a in adv] == [pytest.approx([-R, R]), pytest.approx([0.0], abs=1e-12)]
+
+
+def test_spearman_by_hand():
+    # ranks (1, 2, 3, 4) against (1, 3, 2, 4): sum d^2 = 2, rho = 1 - 6 * 2 / (4 * 15)
+    assert spearman(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([10.0, 30.0, 20.0, 40.0])) == pytest.approx(0.8)
+    assert math.isnan(spearman(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 2.0])))
+
+
+# ---------------------------------------------------------------- the credit of a row
+
+
+def _pool(n: int) -> Pool:
+    examples = []
+    for i in range(n):
+        msgs = (("user", f"What is {i} plus {i % 7}?"), ("assistant", f"The answer is {i + i % 7}." + " red" * (i % 3)))
+        examples.append(Example(id=example_id(msgs), messages=msgs, record={}, row=i))
+    return Pool(examples=examples, format="messages", sources=["test"])
+
+
+def _trainer_and_validator(tiny_model_dir, lr: float):
+    pool = _pool(10)
+    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=lr), total_steps=4)
+    val = _pool(16).examples[11:]
+    return trainer, Validator(val, trainer.tokenizer, "neg_loss", 64, "alpaca", batch_size=8)
+
+
+def test_row_credit_is_the_change_of_p_after_a_small_sgd_step_on_that_row(tiny_model_dir):
+    """The slow reference: for each row, one SGD step of lr on the row's own loss over the scored
+    weights, then P = -(mean validation loss) measured by the validator; to first order the change
+    of P is the credit (small lr: the ratio is close to 1)."""
+    trainer, validator = _trainer_and_validator(tiny_model_dir, lr=0.02)
+    model = trainer.unwrapped
+    rows = [0, 3, 5, 8]
+    credit = RowCredit(trainer, validator, sample=0).credit(rows)
+    params = [m.weight for m in trainable_linears(model)]
+    assert len(params) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())  # every linear layer
+    p0 = validator(model)
+    for k, i in enumerate(rows):
+        model.eval()
+        batch = collate([trainer.encode(i)], trainer.tokenizer.pad_token_id)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        grads = torch.autograd.grad(out.loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= 0.02 * g
+        change = validator(model) - p0
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p += 0.02 * g
+        assert abs(float(credit[k])) > 1e-4
+        assert change / float(credit[k]) == pytest.approx(1.0, abs=0.1)
+    assert validator(model) == pytest.approx(p0, abs=1e-6)  # the weights are back
+
+
+def test_row_credit_equals_greats_first_term(tiny_model_dir, monkeypatch):
+    """GREATS scores its candidates with lr * <g_i, g_val> before the interaction term: on the same
+    model, rows and validation set the credit is that vector."""
+    import raise_select.baselines.greats as greats_module
+    from raise_select.baselines import SelectionContext
+
+    trainer, validator = _trainer_and_validator(tiny_model_dir, lr=0.05)
+    rows = np.array([1, 2, 4, 6, 9])
+    seen = {}
+
+    def spy(scores, interaction, k):
+        seen["scores"] = np.asarray(scores, dtype=np.float64)
+        return [0], [float(scores[0])]
+
+    monkeypatch.setattr(greats_module, "greedy_selection", spy)
+    greats = greats_module.GREATS(val_batch=len(validator.examples), last_layers=0)
+    ctx = SelectionContext(model="unused", validation=validator.examples, seed=0, max_length=64)
+    greats.prepare(trainer.pool, trainer, ctx)
+    greats.choose(trainer, rows, 1)
+    credit = RowCredit(trainer, validator, sample=0).credit(rows.tolist())
+    assert credit.numpy() == pytest.approx(seen["scores"], rel=1e-4, abs=1e-9)
+
+
+def test_labels_are_the_chosen_rows_then_a_sample_of_the_others(tiny_model_dir):
+    trainer, validator = _trainer_and_validator(tiny_model_dir, lr=0.05)
+    credit = RowCredit(trainer, validator, sample=4)
+    chosen = torch.tensor([7, 2])
+    rows, values = credit.labels(chosen, torch.Generator().manual_seed(0))
+    assert rows[:2].tolist() == [7, 2] and len(rows) == 6 and len(set(rows.tolist())) == 6
+    assert values.dtype == torch.float64 and values.tolist() == pytest.approx(credit.credit(rows.tolist()).tolist())
+    # the model, its gradients and its mode are left as they were
+    assert trainer.unwrapped.training and all(p.grad is None for p in trainer.unwrapped.parameters())
+
+
+# ---------------------------------------------------------------- the learner
+
+
+def _labelled_rollout(policy, steps, seed, label_of, sample=16):
+    """A round whose rewards are noise and whose labels are `label_of(rows)`: what PPO gets is no
+    signal, what the labels carry is the order of a feature."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(policy.static)
+    counts, buf = torch.zeros(n, dtype=torch.int64), RolloutBuffer()
+    for t in range(steps):
+        a = policy.act(-2.0, t / steps, counts, explore=True, generator=gen)
+        buf.add(
+            -2.0,
+            t / steps,
+            a.indices,
+            a.log_prob,
+            a.value,
+            0.01 * float(torch.randn(1, generator=gen)),
+            a.item_log_prob,
+        )
+        others = torch.randperm(n, generator=gen)[:sample]
+        rows = torch.cat([a.indices, others])
+        buf.add_labels(rows, label_of(rows))
+        counts.index_add_(0, a.indices, torch.ones_like(a.indices))
+    return buf
+
+
+def test_credit_row_without_a_row_loss_updates_as_credit_batch():
+    """The labels enter the update only through row_loss and row_advantage."""
+    static = StaticState.from_features(synthetic_features(60, sem_dim=3, classes=2, seed=1))
+    label = torch.from_numpy(synthetic_features(60, sem_dim=3, classes=2, seed=1).sem[:, 0]).double()
+    base = PolicyConfig(per_class=2, seed=3)
+    buf = _labelled_rollout(RaisePolicy(static, base), 4, seed=5, label_of=lambda r: label[r])
+    plain, labelled = RaisePolicy(static, base), RaisePolicy(static, replace(base, credit="row", row_loss="none"))
+    a, b = plain.update(buf), labelled.update(buf)
+    for x, y in zip(plain.actor.state_dict().values(), labelled.actor.state_dict().values()):
+        assert torch.equal(x, y)
+    assert "credit_spearman" in b and "credit_spearman" not in a and "row_loss" not in a
+
+
+@pytest.mark.parametrize("kind", ["ranking", "regression"])
+def test_row_loss_teaches_the_labels_order_to_rows_it_never_saw_labelled(kind):
+    """Labels = a feature of the rows (PPO's rewards are noise): after a few rounds F_theta ranks rows
+    by it, on a third of the pool whose labels were never shown, while credit batch does not."""
+    ft = synthetic_features(300, sem_dim=4, classes=2, seed=0)
+    static = StaticState.from_features(ft)
+    label = torch.from_numpy(ft.sem[:, 0]).double()
+    shown = torch.arange(300) % 3 != 0
+    held = torch.nonzero(~shown).flatten()
+
+    def held_out_rho(policy):
+        return spearman(policy.scores(-2.0, 0.5, torch.zeros(300, dtype=torch.int64))[held], label[held])
+
+    def train(cfg):
+        policy = RaisePolicy(static, cfg)
+        for k in range(6):
+            buf = _labelled_rollout(policy, 5, seed=k, label_of=lambda r: torch.where(shown[r], label[r], 0.0))
+            policy.update(buf)
+        return held_out_rho(policy)
+
+    base = PolicyConfig(per_class=4, seed=1)
+    assert train(replace(base, credit="row", row_loss=kind)) > 0.6
+    assert abs(train(base)) < 0.3
+
+
+def test_row_advantage_gives_each_chosen_row_its_own_credit():
+    """row_advantage: a row with high credit gains probability and one with low credit loses it,
+    within the same step (one step, so the step's advantage is the same for both)."""
+    static = StaticState.from_features(synthetic_features(40, sem_dim=3, classes=1, seed=2))
+    cfg = PolicyConfig(per_class=4, seed=0, credit="row", ratio="per_item", row_advantage=True, row_loss="none")
+    policy = RaisePolicy(static, cfg)
+    gen = torch.Generator().manual_seed(0)
+    a = policy.act(-2.0, 0.0, torch.zeros(40, dtype=torch.int64), explore=True, generator=gen)
+    buf = RolloutBuffer()
+    buf.add(-2.0, 0.0, a.indices, a.log_prob, a.value, 0.0, a.item_log_prob)
+    credit = torch.tensor([1.0, 0.0, 0.0, -1.0], dtype=torch.float64)
+    buf.add_labels(a.indices, credit)
+    before = policy.scores(-2.0, 0.0, torch.zeros(40, dtype=torch.int64))[a.indices]
+    policy.update(buf)
+    after = policy.scores(-2.0, 0.0, torch.zeros(40, dtype=torch.int64))[a.indices]
+    gain = after - before
+    assert gain[0] > gain[3]
+
+
+def test_credit_settings_are_refused_by_name():
+    with pytest.raises(UserError, match="credit"):
+        PolicyConfig(credit="rows")
+    with pytest.raises(UserError, match="row_loss"):
+        PolicyConfig(row_loss="mse")
+    with pytest.raises(UserError, match="row_advantage"):
+        PolicyConfig(credit="row", row_advantage=True)  # ratio product: one ratio per step
+    with pytest.raises(UserError, match="credit_sample"):
+        PolicyConfig(credit_sample=-1)
+
+
+def test_update_with_credit_row_refuses_a_buffer_without_labels():
+    static = StaticState.from_features(synthetic_features(30, sem_dim=3, classes=1, seed=0))
+    policy = RaisePolicy(static, PolicyConfig(per_class=2, credit="row"))
+    a = policy.act(-2.0, 0.0, torch.zeros(30, dtype=torch.int64), explore=True)
+    buf = RolloutBuffer()
+    buf.add(-2.0, 0.0, a.indices, a.log_prob, a.value, 0.0, a.item_log_prob)
+    with pytest.raises(ValueError, match="credit labels"):
+        policy.update(buf)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_train_policy_with_row_credit_labels_every_policy_step(tmp_path, tiny_model_dir):
+    from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
+    from raise_select.training import TrainPolicyConfig, train_policy
+
+    rows = [
+        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
+        for i in range(12)
+    ]
+    (tmp_path / "pool.json").write_text(json.dumps(rows))
+    (tmp_path / "val.json").write_text(json.dumps(rows[:3]))
+    pool = load_pool(tmp_path / "pool.json")
+    rng = np.random.default_rng(0)
+    n = len(pool)
+    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
+    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
+    FeatureTable(
+        ids=pool.ids,
+        columns=columns,
+        sem=rng.normal(size=(n, 4)).astype(np.float32),
+        cluster=np.arange(n) % 2,
+        meta={"classes": 2},
+    ).write(tmp_path / "features")
+    cfg = TrainPolicyConfig(
+        pool=str(tmp_path / "pool.json"),
+        features=str(tmp_path / "features"),
+        model=str(tiny_model_dir),
+        val=str(tmp_path / "val.json"),
+        out=str(tmp_path / "run"),
+        rounds=2,
+        steps=4,
+        select_every=2,
+        lr=1e-3,
+        max_length=64,
+        policy=PolicyConfig(per_class=1, credit="row", credit_sample=3, row_loss="ranking"),
+    )
+    train_policy(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rounds = [m for m in lines if m.get("kind") == "round"]
+    assert len(rounds) == 2
+    for m in rounds:
+        assert -1.0 <= m["credit_spearman"] <= 1.0 and m["row_loss"] > 0.0
+    saved = RaisePolicy.read_config(tmp_path / "run" / "policy")
+    assert saved.credit == "row" and saved.credit_sample == 3
