@@ -357,3 +357,46 @@ def test_rho_irreducible_losses_are_not_reused_across_models_at_the_same_path(ep
     assert prepare()["irreducible_scored_now"] == 0  # the same model: from the cache
     _rebuild_model(model, seed=1)
     assert prepare()["irreducible_scored_now"] == len(pool)
+
+
+# ---------------------------------------------------------------- validation rows that are also pool rows
+
+
+def _overlapping_val(root, tmp_path, shared: int = 7):
+    """A validation file of the pool's rows 0..shared-1 (one of them twice: read once) and one row of its own."""
+    rows = _pool_rows()[:shared] + _pool_rows()[:1] + [{"instruction": "Name a color.", "input": "", "output": "red"}]
+    (tmp_path / "val.json").write_text(json.dumps(rows))
+    return tmp_path / "val.json"
+
+
+def test_shared_rows_are_the_validation_rows_found_in_the_pool(episode_inputs, tmp_path, caplog):
+    from raise_select.data.overlap import shared_rows, warn_shared_rows
+    from raise_select.data.pools import load_pool
+
+    pool = load_pool(episode_inputs / "pool.json")
+    val = [*pool.examples[:7], pool.examples[0], *load_pool(episode_inputs / "val.json").examples]
+    assert [e.id for e in shared_rows(pool, val)] == [e.id for e in pool.examples[:7]]
+    caplog.set_level(logging.WARNING)
+    assert warn_shared_rows(pool, val, where="--val v.json") == 7
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("--val v.json: 7 of 10 validation rows are also pool rows (ids ")
+    assert all(e.id in line for e in pool.examples[:5]) and pool.examples[5].id not in line and ", ...)" in line
+    caplog.clear()
+    assert warn_shared_rows(pool, load_pool(episode_inputs / "val.json").examples) == 0 and not caplog.records
+
+
+def test_baseline_and_train_policy_warn_of_validation_rows_in_the_pool(
+    episode_inputs, tiny_model_dir, tmp_path, caplog
+):
+    from raise_select.baselines.run import run_baseline
+    from raise_select.training import train_policy
+
+    val = _overlapping_val(episode_inputs, tmp_path, shared=2)
+    caplog.set_level(logging.WARNING)
+    run_baseline(_baseline(episode_inputs, tiny_model_dir, tmp_path / "b", val=str(val), train=False))
+    assert [r.getMessage().split(" (ids")[0] for r in caplog.records if "also pool rows" in r.getMessage()] == [
+        f"--val {val}: 2 of 3 validation rows are also pool rows"
+    ]
+    caplog.clear()
+    train_policy(_tp_config(episode_inputs, tiny_model_dir, tmp_path / "tp", val=str(val), rounds=0))
+    assert sum("2 of 3 validation rows are also pool rows" in r.getMessage() for r in caplog.records) == 1

@@ -171,6 +171,7 @@ def _model_digest(model_dir: Path) -> str | None:
 def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     """Select (or reuse an identical earlier selection), write `selection.json`, train if asked.
     Returns the written selection record."""
+    from ..data.overlap import warn_shared_rows
     from ..data.pools import load_pool
     from ..data.validation import load_validation
     from ..training.episode import lm_config
@@ -199,6 +200,8 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
     # The validation set and the model by what they hold (a file rewritten at the same path, a model
     # rebuilt there, select and train again); the paths stay in for what the record says.
     validation = load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed) if cfg.val else None
+    if validation is not None:
+        warn_shared_rows(pool, validation, f"--val {cfg.val}")
     key = fingerprint(
         {
             "method": cfg.method,
