@@ -206,6 +206,7 @@ def no_wandb_login(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("NETRC", str(home / ".netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
+    monkeypatch.chdir(tmp_path)  # no wandb/settings of the working directory
     return home
 
 
@@ -258,6 +259,19 @@ def test_wandb_settings_that_work_without_a_network_pass(tmp_path, monkeypatch, 
         parse_report_to("wandb")
     monkeypatch.setenv("WANDB_API_KEY", "local-" + "0123456789abcdef" * 3)
     assert parse_report_to("wandb") == ["wandb"]
+    # what `wandb offline` and `wandb login --host` write into wandb's settings file
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.delenv("WANDB_BASE_URL")
+    settings = no_wandb_login / ".config" / "wandb" / "settings"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("[default]\nbase_url = https://wandb.example.com\n")
+    with pytest.raises(UserError, match="no W&B login for wandb.example.com"):
+        parse_report_to("wandb")
+    settings.write_text("[default]\nbase_url = https://wandb.example.com\nmode = offline\n")
+    assert parse_report_to("wandb") == ["wandb"]
+    settings.write_text("[default]\nmode = nonsense\n")
+    with pytest.raises(UserError, match="mode \\(wandb settings file\\)=nonsense"):
+        parse_report_to("wandb")
     assert parse_report_to("tensorboard") == ["tensorboard"]  # W&B settings are not read without wandb
 
 

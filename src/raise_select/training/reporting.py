@@ -12,11 +12,13 @@ one-off record (train-policy's `reference` episode, finetune's `finetune` summar
 step per run, so each family carries its own x axis (`step/x`, `round/x`, `define_metric`).
 
 Naming `wandb` checks its settings first (`check_wandb`, from `parse_report_to`, which every
-command calls before any work), from the environment alone and without a network: the
+command calls before any work), from the environment and wandb's files, without a network: the
 package, `WANDB_MODE`, `WANDB_PROJECT`, the form of `WANDB_API_KEY`, and, in online mode, that a
 login exists (`WANDB_API_KEY`, `WANDB_IDENTITY_TOKEN_FILE`, or the netrc entry `wandb login`
-writes for the server's host). A folder `<out>/tensorboard` or `<out>/wandb` that is a file is
-refused when the run folder opens its reporter, before its work.
+writes for the server's host); `mode`, `base_url` and `api_key` of wandb's settings files
+(`wandb offline`, `wandb login --host` write them) count where the variables are unset. A
+folder `<out>/tensorboard` or `<out>/wandb` that is a file is refused when the run folder
+opens its reporter, before its work.
 """
 
 from __future__ import annotations
@@ -91,22 +93,43 @@ def _netrc_login(host: str) -> bool:
     return False
 
 
+def _wandb_file_settings() -> dict[str, str]:
+    """The `[default]` settings of wandb's settings files (`wandb login --host`, `wandb offline`
+    write them): the global `$WANDB_CONFIG_DIR/settings` (default ~/.config/wandb/settings),
+    overridden by the working directory's `wandb/settings`."""
+    import configparser
+
+    out: dict[str, str] = {}
+    config_dir = os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb"
+    for path in (Path(config_dir).expanduser() / "settings", Path("wandb") / "settings"):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue  # wandb treats an unreadable settings file as empty
+        if parser.has_section("default"):
+            out.update(parser["default"])
+    return out
+
+
 def check_wandb() -> None:
     """Refuse W&B settings that would fail once the work has started, in one line naming the
-    setting and its fix (see the module's doc); reads the environment only."""
+    setting and its fix (see the module's doc); reads the environment and wandb's settings and
+    netrc files only."""
     if importlib.util.find_spec("wandb") is None:
         raise UserError("report_to wandb: the wandb package is not installed; pip install 'raise-select[wandb]'")
     import wandb
 
+    files = _wandb_file_settings()
     raw = os.environ.get("WANDB_MODE", "")
-    mode = raw.strip().lower()
+    mode = raw.strip().lower() or files.get("mode", "").strip().lower()  # `wandb offline` writes mode
     if mode:
         try:
             wandb.Settings(mode=mode)
         except Exception:
             raise UserError(
-                f"report_to wandb: WANDB_MODE={raw} is not a W&B mode; use offline (no network, `wandb sync` later), "
-                "online (needs `wandb login`) or disabled"
+                f"report_to wandb: {'WANDB_MODE' if raw.strip() else 'mode (wandb settings file)'}={raw or mode} is "
+                "not a W&B mode; use offline (no network, `wandb sync` later), online (needs `wandb login`) or disabled"
             ) from None
     project = os.environ.get(WANDB_PROJECT_ENV)
     if project:
@@ -125,9 +148,10 @@ def check_wandb() -> None:
                 f"report_to wandb: WANDB_API_KEY is malformed ({problem.rstrip('.')}); copy the key from "
                 f"https://wandb.ai/authorize (or your server's), unset it, or {WANDB_FIX}"
             )
-    if mode in WANDB_NO_LOGIN_MODES or key or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+    if mode in WANDB_NO_LOGIN_MODES or key or files.get("api_key") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return
-    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    base_url = os.environ.get("WANDB_BASE_URL") or files.get("base_url") or "https://api.wandb.ai"
+    host = urlparse(base_url).hostname or "api.wandb.ai"
     if not _netrc_login(host):
         raise UserError(
             f"report_to wandb: no W&B login for {host} (WANDB_API_KEY unset, no netrc entry) and WANDB_MODE is "
