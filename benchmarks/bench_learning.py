@@ -5,6 +5,8 @@ perfect selection would gain? Every learning testbed x seeds, through the demo h
     python benchmarks/bench_learning.py --quick              # 2 testbeds x 2 seeds, 6 rounds (a few minutes)
     python benchmarks/bench_learning.py --ablation --testbeds demo,rare   # + the paper's form and each \
 departure reverted
+    python benchmarks/bench_learning.py --quick --credit-ablation   # + dense per-row credit, each row loss
+    python benchmarks/bench_learning.py --quick --set credit=row --set row_loss=regression   # one policy setting
 
 For every testbed (`data.synthetic.TESTBEDS`: demo, rare, quality, topic) a pool and a
 validation task are generated, a tiny Llama M_0 is built and an auxiliary model (M_0 trained
@@ -20,6 +22,12 @@ re-run (finished methods are not repeated; a policy resumes after its last round
 With --ablation the RAISE column is recomputed for the paper's literal settings, for the
 package's settings with one departure reverted at a time, and with the per-item ratio (same testbeds and seeds,
 RAND / PERFECT reused), and a table setting -> oracle gain per testbed and seed is printed.
+With --credit-ablation the same for dense per-row credit (`policy.credit: row`) with each way
+of learning from the labels, and a learning curve per round: the Spearman correlation of
+F_theta's scores with the credit labels of rows it had not learnt from (`credit_spearman`, the
+round's sampled rows before its update) and the round's validation metric P(M_T). `--set
+KEY=VALUE` runs the RAISE column with those policy settings instead of the defaults (in its
+own folders; RAND, IFD and PERFECT reused).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import statistics
 import sys
 import time
@@ -34,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from raise_select.config import from_dict, merge, parse_overrides, to_dict
 from raise_select.data.pools import load_pool
 from raise_select.data.synthetic import TESTBEDS, is_clean_on_target
 from raise_select.demo import DemoConfig, ifd_rows, oracle_gain, prepare, run_method
@@ -49,6 +59,26 @@ ABLATION = {
     "advantage gae (critic baseline)": {"advantage": PAPER["advantage"]},
     "gamma 0.99 (paper horizon)": {"gamma": PAPER["gamma"]},
     "ratio per_item (option)": {"ratio": "per_item"},
+}
+
+# Dense per-row credit (issue 33), each way of learning from the labels; the rest as in the package defaults.
+CREDIT_ABLATION = {
+    "package defaults": {},
+    "credit row, row_loss none (labels unused)": {"credit": "row", "row_loss": "none"},
+    "credit row, row_loss ranking": {"credit": "row", "row_loss": "ranking"},
+    "credit row, row_loss regression": {"credit": "row", "row_loss": "regression"},
+    "credit row, row_advantage (per_item)": {
+        "credit": "row",
+        "row_loss": "none",
+        "ratio": "per_item",
+        "row_advantage": True,
+    },
+    "credit row, ranking + row_advantage": {
+        "credit": "row",
+        "row_loss": "ranking",
+        "ratio": "per_item",
+        "row_advantage": True,
+    },
 }
 
 
@@ -79,10 +109,12 @@ def run_testbed(
         for method in methods:
             where, options = seed_dir, {}
             if method == "raise" and tag != "package defaults":
-                where = seed_dir / "ablation" / tag.split(" (")[0].replace(" ", "_")
+                where = seed_dir / "ablation" / re.sub(r"[^\w=.-]+", "_", tag.split(" (")[0])
                 if set(change) == {"use_rule"}:  # no retraining: the package's policy, used with the other rule
                     options = {"policy_dir": seed_dir / "policy" / "policy", "use_rule": change["use_rule"]}
             r = run_method(cfg, paths, pool, val, method, seed, where, rows.get(method), **options)
+            if method == "raise":
+                row["policy_run"] = str(where / "policy") if "policy_dir" not in options else None
             row[method] = r.val_loss
             row[f"{method}_distinct"] = r.distinct
             row[f"{method}_share"] = r.clean_on_target
@@ -139,6 +171,38 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def learning_curve(rows: list[dict]) -> str:
+    """Per setting with credit labels and per round: the mean over (testbed, seed) of the held-out
+    Spearman correlation of F_theta's scores with the credit labels, and of the round's P(M_T)."""
+    curves: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for r in rows:
+        path = Path(r["policy_run"]) / "metrics.jsonl" if r.get("policy_run") else None
+        if path is None or not path.is_file():
+            continue
+        for m in read_jsonl(path, what="metrics log"):
+            if m.get("kind") == "round" and "credit_spearman" in m:
+                curves.setdefault(r["setting"], {}).setdefault(m["round"], []).append(
+                    (m["credit_spearman"], m["final_P"])
+                )
+    if not curves:
+        return ""
+    rounds = sorted({k for c in curves.values() for k in c})
+    lines = [
+        "| setting | " + " | ".join(f"round {k}: rho / P" for k in rounds) + " |",
+        "|---" * (len(rounds) + 1) + "|",
+    ]
+    for tag, curve in curves.items():
+        cells = []
+        for k in rounds:
+            pairs = curve.get(k, [])
+            rho = [a for a, _ in pairs if a == a]  # nan: no two credits differed
+            cells.append(
+                f"{statistics.fmean(rho):+.2f} / {statistics.fmean(p for _, p in pairs):.3f}" if pairs else "-"
+            )
+        lines.append(f"| {tag} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ablation_table(rows: list[dict], testbeds: list[str], seeds: int) -> str:
     head = [f"{t} s{s}" for t in testbeds for s in range(seeds)]
     lines = ["| setting | " + " | ".join(head) + " | mean |", "|---" * (len(head) + 2) + "|"]
@@ -161,6 +225,19 @@ def main() -> None:
     ap.add_argument("--auxiliary-steps", type=int, default=300, help="updates of the auxiliary (featurizing) model")
     ap.add_argument("--quick", action="store_true", help="demo and rare, 2 seeds, 6 rounds")
     ap.add_argument("--ablation", action="store_true", help="also the paper's settings and each departure reverted")
+    ap.add_argument(
+        "--credit-ablation",
+        action="store_true",
+        help="also dense per-row credit (policy.credit row) with each row loss, and the learning curve per round",
+    )
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a policy setting of the RAISE column (PolicyConfig field, e.g. credit=row); repeatable",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/bench_learning"))
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: a ~50k-parameter model gains nothing from more)"
@@ -177,9 +254,17 @@ def main() -> None:
     setup_logging(args.out)
     start = time.perf_counter()
     base = PolicyConfig(per_class=8)
+    tag, change = "package defaults", {}
+    if args.sets:
+        change = parse_overrides(args.sets)
+        try:
+            base = from_dict(PolicyConfig, merge(to_dict(base), change), "--set")
+        except Exception as e:  # UserError from the settings' own check, or an unknown field
+            sys.exit(f"--set: {e}")
+        tag = "policy " + ", ".join(args.sets)
     rows = []
     for name in testbeds:
-        rows += run_testbed(name, args, base, "package defaults", ["raise", "rand", "ifd", "perfect"])
+        rows += run_testbed(name, args, base, tag, ["raise", "rand", "ifd", "perfect"], change)
     print(
         f"\n{len(testbeds)} testbed(s) x {args.seeds} seed(s), {args.rounds} rounds of {args.steps} steps, batch "
         f"{base.per_class}; {time.perf_counter() - start:.0f} s in all\n"
@@ -196,6 +281,24 @@ def main() -> None:
                 )
         print("\nOracle gain of RAISE per setting (testbed, seed):\n")
         print(ablation_table(ablation, testbeds, args.seeds))
+    if args.credit_ablation:
+        ablation = [dict(r) for r in rows]
+        for tag, change in CREDIT_ABLATION.items():
+            if not change:
+                continue
+            for name in testbeds:
+                ablation += run_testbed(
+                    name, args, dataclasses.replace(base, **change), tag, ["raise", "rand", "ifd", "perfect"], change
+                )
+        print("\nOracle gain of RAISE per credit setting (testbed, seed):\n")
+        print(ablation_table(ablation, testbeds, args.seeds))
+        for tag in CREDIT_ABLATION:
+            mine = [r for r in ablation if r["setting"] == tag]
+            above = sum(r["raise"] > r["rand"] for r in mine)
+            seconds = statistics.fmean(r["raise_seconds"] for r in mine)
+            print(f"  {tag}: {above}/{len(mine)} pairs above RAND; mean RAISE wall time {seconds:.0f} s")
+        print("\nLearning curve (mean over testbeds and seeds; rho: held-out Spearman of scores with credit):\n")
+        print(learning_curve(ablation))
     print(f"\n{time.perf_counter() - start:.0f} s in all; run folders under {args.out}")
 
 
