@@ -400,3 +400,26 @@ def test_baseline_and_train_policy_warn_of_validation_rows_in_the_pool(
     caplog.clear()
     train_policy(_tp_config(episode_inputs, tiny_model_dir, tmp_path / "tp", val=str(val), rounds=0))
     assert sum("2 of 3 validation rows are also pool rows" in r.getMessage() for r in caplog.records) == 1
+
+
+# ---------------------------------------------------------------- per-row caches keyed on the scoring model's contents
+
+
+def test_grape_and_local_judge_caches_are_not_reused_for_another_model_at_the_same_path(episode_inputs, tmp_path):
+    from raise_select.baselines.base import SelectionContext
+    from raise_select.baselines.grape import GrapeConfig, run_grape
+    from raise_select.baselines.registry import make_baseline
+    from raise_select.data.pools import load_pool
+
+    model = _rebuild_model(tmp_path / "scorer", seed=0)
+    cfg = GrapeConfig(pool=str(episode_inputs / "pool.json"), model=str(model), out=str(tmp_path / "g.jsonl"))
+    assert run_grape(cfg)["scored"] == 12
+    assert run_grape(cfg)["scored"] == 0  # the same model: from the cache
+    pool = load_pool(episode_inputs / "pool.json")
+    ctx = SelectionContext(out_dir=tmp_path / "j")
+    judge = {"backend": "local", "judge_model": str(model), "batch_size": 12, "max_length": 48}
+    assert make_baseline("alpagasus", judge).select(pool, 4, ctx).info["requested"] == 12
+    assert make_baseline("alpagasus", judge).select(pool, 4, ctx).info["cached"] == 12
+    _rebuild_model(model, seed=1)
+    assert run_grape(cfg)["scored"] == 12
+    assert make_baseline("alpagasus", judge).select(pool, 4, ctx).info["requested"] == 12

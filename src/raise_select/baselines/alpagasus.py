@@ -426,6 +426,10 @@ class AlpaGasus:
             )
         cache = JsonlCache(ctx.cache_path("alpagasus-judgments.jsonl"))
         judge_name = f"{self.backend}:{self.judge_model}"
+        if self.backend == "local":  # a local judge by its contents: one rebuilt at the same path judges again
+            from ..features.featurize import model_fingerprint
+
+            judge_name += f"@{sha256_text(model_fingerprint(self.judge_model))[:16]}"
         if scoring == "expectation":
             scores, counts = rate_pool_expectation(pool.examples, self._judge(ctx), judge_name, self.dimension, cache)
         else:

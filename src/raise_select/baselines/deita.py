@@ -188,10 +188,14 @@ class Deita:
     def _score(
         self, pool: Pool, pairs: list[list[tuple[str, str]]], ctx: SelectionContext, kind: str, scorer: str
     ) -> list[list[float]]:
+        from ..features.featurize import model_fingerprint
+        from ..io import sha256_text
+
         cache = JsonlCache(ctx.cache_path(f"deita-{kind}.jsonl"))
+        scorer_key = f"{scorer}@{sha256_text(model_fingerprint(scorer))[:16]}"  # its contents, not only its path
 
         def key(e: Example) -> str:
-            return f"{e.id}:{scorer}"
+            return f"{e.id}:{scorer_key}"
 
         todo = [i for i, e in enumerate(pool.examples) if key(e) not in cache]
         if todo:

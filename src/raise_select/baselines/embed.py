@@ -30,7 +30,10 @@ def embedded_pool_and_validation(
     from ..features.semantic import encode_texts, example_text, load_sentence_encoder
 
     encoder = load_sentence_encoder(encoder_name, ctx.torch_device())
-    cache = ctx.cache_path(f"embed-{fingerprint({'encoder': encoder_name, 'pool': pool.fingerprint})[:16]}.npy")
+    from ..features.featurize import model_fingerprint
+
+    encoder_key = model_fingerprint(encoder_name)  # its contents: an encoder rebuilt at the same path embeds again
+    cache = ctx.cache_path(f"embed-{fingerprint({'encoder': encoder_key, 'pool': pool.fingerprint})[:16]}.npy")
     if cache is not None and cache.is_file():
         rows = np.load(cache)
     else:

@@ -226,8 +226,15 @@ def run_grape(cfg: GrapeConfig) -> dict:
         )
     examples = [e for g in groups for e in g.candidates]
     cache = JsonlCache(Path(f"{cfg.out}.grape-cache"))
-    prefix = fingerprint(
-        {"model": cfg.model, "template": cfg.template, "max_length": cfg.max_length, "dtype": cfg.dtype}
+    from ..features.featurize import model_fingerprint
+
+    prefix = fingerprint(  # the scoring model by its contents: one rebuilt at the same path scores again
+        {
+            "model": model_fingerprint(cfg.model),
+            "template": cfg.template,
+            "max_length": cfg.max_length,
+            "dtype": cfg.dtype,
+        }
     )
     todo = list(dict.fromkeys(e.id for e in examples if f"{prefix}:{e.id}" not in cache))
     if todo:

@@ -365,12 +365,14 @@ class LESS:
 
     def _train_store(self, pool: Pool, ctx: SelectionContext, ckpt: _Checkpoint) -> Path | None:
         """The cache folder of the pool's projected gradients at one checkpoint (None: no cache)."""
+        from ..features.featurize import model_fingerprint
+
         root = ctx.cache_path("less-train-grads")
         if root is None:
             return None
         key = fingerprint(
             {
-                "model": ctx.model,
+                "model": model_fingerprint(ctx.model),  # its contents, not its path
                 "pool": pool.fingerprint,
                 "template": ctx.template,
                 "max_length": ctx.max_length,
