@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from raise_select.baselines import BASELINES
 from raise_select.errors import UserError
-from raise_select.reports.study import ROW_LABELS, StudyConfig, plan_cells
+from raise_select.experiments.methods import ROW_LABELS
+from raise_select.experiments.study import StudyConfig, plan_cells
 
 
 class _Judge(BaseHTTPRequestHandler):
@@ -70,7 +71,7 @@ def test_small_study_with_every_method_finishes_and_resumes(shared_data, tmp_pat
             "max_gen_toks": 4,
             "out": str(tmp_path / "study"),
         },
-        "deita": {"complexity_scorer": "{base_model}", "quality_scorer": "{base_model}"},
+        "deita": {"complexity_scorer": "{model}", "quality_scorer": "{model}"},
         "alpagasus": {"concurrency": 2, "max_retries": 0},
         "less": {"lora_r": 2, "lora_alpha": 4, "proj_dim": 16, "warmup_epochs": 1, "warmup_batch_size": 4},
     }
@@ -110,8 +111,10 @@ def test_small_study_with_every_method_finishes_and_resumes(shared_data, tmp_pat
 
 
 def test_unknown_methods_list_what_exists():
-    with pytest.raises(UserError, match="unknown method.*magic.*available: raise, random"):
+    with pytest.raises(UserError, match="unknown method 'magic'; available: full, random, ifd"):
         plan_cells(StudyConfig(methods=["magic"]))
+    with pytest.raises(UserError, match="unknown method 'raise_rsd'; did you mean 'raise_rds'"):
+        plan_cells(StudyConfig(methods=["raise_rsd"]))
     cells = plan_cells(StudyConfig(methods=["random", "raise"], seeds=[3, 4]))
     assert [c.name for c in cells] == ["base", "full", "random-s3", "random-s4", "raise"]
     cells = plan_cells(StudyConfig(methods=["random", "raise"], seeds=[3], raise_seeds=[0, 2, 0]))
@@ -129,18 +132,21 @@ def test_unknown_methods_list_what_exists():
 def test_base_cell_of_a_short_name_model_is_reused(tmp_path, monkeypatch):
     """The 0% cell's model is the study's model: a short name or hub id is no path, and a
     finished base cell must still be reused rather than evaluated again on every resume."""
-    from raise_select.reports.study import Study
+    import raise_select.experiments.study as study_module
+    from raise_select.experiments.study import Study
 
     study = Study(StudyConfig(pool="p.jsonl", model="smollm2-135m-instruct", methods=[], out=str(tmp_path)))
-    study.model, study.steps = "smollm2-135m-instruct", 4
+    study.model, study.steps, study.val_files, study.heldout = "smollm2-135m-instruct", 4, {}, {}
+    study.digest = lambda what: f"digest of {what}"  # the weights are not read here
     calls = []
-    monkeypatch.setattr(Study, "_fingerprints", lambda self, cell: ("t", "e"))
-    monkeypatch.setattr(Study, "_evaluate", lambda self, model_dir, cell_dir: calls.append(model_dir) or {"mmlu": 0.5})
-    monkeypatch.setattr(Study, "_loss", lambda self, model_dir: None)
+    monkeypatch.setattr(
+        study_module, "evaluate", lambda cfg: calls.append(cfg.model) or {t: {"score": 0.5} for t in cfg.tasks}
+    )
     base = study.cells[0]
     first = study.run_cell(base)
     again = study.run_cell(base)
-    assert len(calls) == 1 and again == first and first["model"] == "smollm2-135m-instruct"
+    assert calls == ["smollm2-135m-instruct"] and again == first and first["model"] is None
+    assert study.model_path(first) == "smollm2-135m-instruct"
 
 
 def test_a_setting_retrains_only_the_cells_it_reaches():
@@ -148,7 +154,7 @@ def test_a_setting_retrains_only_the_cells_it_reaches():
     that read features (IFD, RAISE) and not RAND; the LLM's lr reaches every trained cell."""
     from types import SimpleNamespace
 
-    from raise_select.reports.study import Study
+    from raise_select.experiments.study import Study
 
     def fingerprints(**changes):
         cfg = StudyConfig(
@@ -163,7 +169,8 @@ def test_a_setting_retrains_only_the_cells_it_reaches():
         )
         study = Study(cfg)
         study.pool, study.model, study.steps = SimpleNamespace(fingerprint="pool"), "m", 4
-        return {c.name: study._fingerprints(c)[0] for c in study.cells}
+        study.digest = lambda what: f"{what}={getattr(cfg, what, '')}"
+        return {c.name: study.cell_key(c) for c in study.cells}
 
     base = fingerprints()
     changed = lambda **kw: {name for name, fp in fingerprints(**kw).items() if fp != base.get(name)}  # noqa: E731
@@ -201,12 +208,13 @@ def test_policy_training_time_counts_every_run_of_a_resumed_folder(tmp_path):
 def _fingerprints_of(methods, options=None, **changes):
     from types import SimpleNamespace
 
-    from raise_select.reports.study import Study
+    from raise_select.experiments.study import Study
 
     cfg = StudyConfig(**{"pool": "p.jsonl", "model": "m", "methods": methods, "seeds": [0], "out": "o", **changes})
     study = Study(cfg, options)
     study.pool, study.model, study.steps = SimpleNamespace(fingerprint="pool"), "m", 4
-    return {c.name: study._fingerprints(c)[0] for c in study.cells}
+    study.digest = lambda what: f"{what}={getattr(cfg, what, '')}"  # the model's weights, by their settings here
+    return {c.name: study.cell_key(c) for c in study.cells}
 
 
 def test_featurize_settings_reach_only_the_methods_that_read_the_features():
@@ -230,10 +238,10 @@ def test_a_study_of_methods_that_read_no_features_never_featurizes(tmp_path, mon
     import importlib
     from pathlib import Path
 
-    import raise_select.baselines.run as run_module
+    import raise_select.experiments.study as study_module
     from raise_select.data.synthetic import SyntheticConfig, generate_pool, write_jsonl
+    from raise_select.experiments.study import Study
     from raise_select.io import write_json_atomic
-    from raise_select.reports.study import Study
 
     pool = write_jsonl(tmp_path / "pool.jsonl", generate_pool(SyntheticConfig(size=16)))
     handed = {}
@@ -241,20 +249,23 @@ def test_a_study_of_methods_that_read_no_features_never_featurizes(tmp_path, mon
     def fake_baseline(cfg, options):
         handed[cfg.method] = cfg.features
         write_json_atomic(Path(cfg.out) / "selection.json", {"ids": [], "steps": 2})
-        return {}
+        (Path(cfg.out) / "model").mkdir(exist_ok=True)
+        return {"steps": 2}
 
     def no_featurize(*a, **k):
         raise AssertionError("featurized a pool no method reads")
 
-    monkeypatch.setattr(run_module, "run_baseline", fake_baseline)
+    monkeypatch.setattr(study_module, "run_baseline", fake_baseline)
     # the module, not the function the package exports under the same name
     monkeypatch.setattr(importlib.import_module("raise_select.features.featurize"), "featurize", no_featurize)
-    monkeypatch.setattr(Study, "_evaluate", lambda self, model_dir, cell_dir: {"arc_challenge": 0.5})
+    monkeypatch.setattr(study_module, "featurize", no_featurize)
+    monkeypatch.setattr(study_module, "evaluate", lambda cfg: {"arc_challenge": {"score": 0.5}})
     monkeypatch.setattr(Study, "features_seconds", lambda self: 100.0)  # as if an earlier run had featurized
     cfg = StudyConfig(
         pool=str(pool),
         model="m",
         methods=["less", "alpagasus", "embed"],
+        val=str(pool),  # the targeted methods' validation set (a file: no named set is read here)
         tasks=["arc_challenge"],
         budget=4,
         batch_size=4,
@@ -277,8 +288,8 @@ def test_study_jobs_take_their_settings_from_one_mapping():
 
     from raise_select.baselines.run import BaselineConfig
     from raise_select.evaluation.evaluate import EvaluateConfig
+    from raise_select.experiments.study import _NOT_TRAINING, JOB_FIELDS, job_settings
     from raise_select.features.featurize import FeaturizeConfig
-    from raise_select.reports.study import _NOT_TRAINING, JOB_FIELDS, job_settings
     from raise_select.training.train_policy import TrainPolicyConfig
 
     jobs = {
@@ -304,6 +315,10 @@ def test_study_jobs_take_their_settings_from_one_mapping():
         "seeds",
         "raise_seeds",
         "full_steps",
+        "full_epochs",
+        "targets",
+        "heldout_size",
+        "report_only",
         "loss_set",
         "loss_split",
         "loss_size",

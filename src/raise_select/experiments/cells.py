@@ -141,13 +141,17 @@ def damaged(record) -> str | None:
         if not isinstance(record.get(name, 0.0), (int, float)):
             return f"field '{name}' is not a number"
     evals = record.get("evals", {})
-    if not isinstance(evals, dict) or not all(
-        isinstance(e, dict)
-        and isinstance(e.get("losses"), list)
-        and all(isinstance(x, (int, float)) for x in e["losses"])
-        for e in evals.values()
-    ):
-        return "field 'evals' is not per target a list of per-item losses"
+    if not isinstance(evals, dict) or not all(isinstance(e, dict) for e in evals.values()):
+        return "field 'evals' is not a mapping of evaluations"
+    for what, e in evals.items():
+        if "losses" in e and not (
+            isinstance(e["losses"], list) and all(isinstance(x, (int, float)) for x in e["losses"])
+        ):
+            return f"evaluation '{what}' does not hold a list of per-item losses"
+        if "scores" in e and not (
+            isinstance(e["scores"], dict) and all(isinstance(v, (int, float)) for v in e["scores"].values())
+        ):
+            return f"evaluation '{what}' does not hold a number per task"
     scores = record.get("scores")
     if scores is not None and not (
         isinstance(scores, dict) and all(isinstance(v, (int, float)) for v in scores.values())

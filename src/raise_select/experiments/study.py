@@ -676,7 +676,8 @@ class Study:
         for what in wanted:
             key = self.eval_key(record["key"], what)
             size = len(self.heldout[what]) if what in cfg.targets else None
-            if evaluation(record, what, key, size) is not None:
+            done = evaluation(record, what, key, size)
+            if done is not None and (what != "tasks" or set(cfg.tasks) <= set(done.get("scores") or {})):
                 continue
             if self.store.report_only:
                 raise Unfinished(f"{cell.name} on {what}")
