@@ -423,3 +423,33 @@ def test_grape_and_local_judge_caches_are_not_reused_for_another_model_at_the_sa
     _rebuild_model(model, seed=1)
     assert run_grape(cfg)["scored"] == 12
     assert make_baseline("alpagasus", judge).select(pool, 4, ctx).info["requested"] == 12
+
+
+def test_a_baseline_selection_is_made_again_when_its_features_or_validation_file_changed_in_place(
+    episode_inputs, tiny_model_dir, tmp_path, caplog
+):
+    from raise_select.baselines.run import run_baseline
+
+    root = tmp_path / "inputs"
+    shutil.copytree(episode_inputs, root)
+    caplog.set_level(logging.INFO)
+    cfg = _baseline(root, tiny_model_dir, tmp_path / "out", method="ifd", features=str(root / "features"), train=False)
+    run_baseline(cfg)
+    run_baseline(cfg)
+    assert "reusing the selection" in caplog.text
+    meta = (root / "features" / "meta.json").read_text()
+    _write_features(root / "pool.json", root / "features", seed=1)  # other values, the same meta.json
+    assert (root / "features" / "meta.json").read_text() == meta
+    caplog.clear()
+    run_baseline(cfg)
+    assert "reusing the selection" not in caplog.text
+    cfg = replace(cfg, val=str(root / "val.json"))
+    run_baseline(cfg)
+    (root / "val.json").write_text(json.dumps(_pool_rows()[:1]))  # another validation set at the same path
+    caplog.clear()
+    run_baseline(cfg)
+    assert "reusing the selection" not in caplog.text
+    for damaged in ("{", "[]"):  # a damaged selection.json is selected again, not a traceback
+        (tmp_path / "out" / "selection.json").write_text(damaged)
+        caplog.clear()
+        assert run_baseline(cfg)["fingerprint"] and "damaged; selecting again" in caplog.text

@@ -146,10 +146,11 @@ def method_options(method: str, config_path: str | Path | None, overrides: list[
 
 
 def _features_key(features: str) -> str:
-    """The features folder and its meta.json (which fingerprints model, template and data), so a
-    re-featurized folder invalidates an earlier selection."""
-    meta = Path(features) / "meta.json" if features else None
-    return f"{features}:{fingerprint(meta.read_text())}" if meta is not None and meta.is_file() else features
+    """The features folder by its contents (table and meta.json), so a re-featurized folder, or a
+    table rewritten in place, invalidates an earlier selection."""
+    from ..training.runs import features_digest
+
+    return f"{features}:{features_digest(features)}" if features else ""
 
 
 def _model_key(model: str) -> str:
@@ -224,7 +225,7 @@ def run_baseline(cfg: BaselineConfig, options: dict | None = None) -> dict:
         }
     )
     sel_path = out / "selection.json"
-    record = json.loads(sel_path.read_text()) if sel_path.is_file() else None
+    record = _earlier_selection(sel_path)
     report = Reporter(out, targets, asdict(cfg)) if targets else None  # the training steps' loss
     try:
         record = _select_and_train(
@@ -356,6 +357,20 @@ def _select_and_train(
                     "model_digest": _model_digest(model_dir),
                 },
             )
+    return record
+
+
+def _earlier_selection(sel_path: Path) -> dict | None:
+    """The selection record an earlier run wrote, or None (none, or damaged: selected again)."""
+    if not sel_path.is_file():
+        return None
+    try:
+        record = json.loads(sel_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        log.warning("%s: damaged; selecting again", sel_path)
+        return None
     return record
 
 
