@@ -453,3 +453,20 @@ def test_a_baseline_selection_is_made_again_when_its_features_or_validation_file
         (tmp_path / "out" / "selection.json").write_text(damaged)
         caplog.clear()
         assert run_baseline(cfg)["fingerprint"] and "damaged; selecting again" in caplog.text
+
+
+def test_the_cli_refuses_rounds_0_into_a_trained_folder_in_one_line_with_exit_2(two_round_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from raise_select.cli.main import app
+
+    cfg = _copy_run(two_round_run, tmp_path)
+    out = tmp_path / "run"
+    before = (out / "config.yaml").read_text()
+    args = ["train-policy", "--pool", cfg.pool, "--features", cfg.features, "--model", cfg.model, "--val", cfg.val]
+    args += ["--out", str(out), "--rounds", "0", "--steps", "2", "--per-class", "1", "--lr", "0.001"]
+    result = CliRunner().invoke(app, [*args, "--max-length", "48"])
+    assert result.exit_code == 2, result.output
+    assert "holds a run of 2 finished rounds" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert (out / "config.yaml").read_text() == before

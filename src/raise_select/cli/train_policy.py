@@ -27,7 +27,11 @@ def register(app: typer.Typer) -> None:
         data_dir: Optional[str] = typer.Option(None, "--data-dir"),
         val_size: Optional[int] = typer.Option(None, "--val-size"),
         out: Optional[Path] = typer.Option(
-            None, "--out", help="Run folder; re-running with the same folder resumes after the last finished round."
+            None,
+            "--out",
+            help="Run folder; re-running with the same folder resumes after the last finished round, on the same "
+            "settings and the same contents of the model, pool, features, validation set and prior file (a change is "
+            "refused naming it); fewer --rounds than the folder holds are refused.",
         ),
         rounds: Optional[int] = typer.Option(None, "--rounds"),
         steps: Optional[int] = typer.Option(None, "--steps"),
