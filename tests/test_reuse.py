@@ -470,3 +470,16 @@ def test_the_cli_refuses_rounds_0_into_a_trained_folder_in_one_line_with_exit_2(
     assert "holds a run of 2 finished rounds" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert (out / "config.yaml").read_text() == before
+
+
+def test_features_digest_covers_every_file_a_feature_table_is_read_from(episode_inputs, tmp_path):
+    from raise_select.io import fingerprint
+    from raise_select.training.runs import features_digest
+
+    folder = tmp_path / "features"
+    shutil.copytree(episode_inputs / "features", folder)
+    sha = lambda name: hashlib.sha256((folder / name).read_bytes()).hexdigest()  # noqa: E731
+    assert features_digest(folder) == fingerprint({n: sha(n) for n in ("features.parquet", "meta.json")})
+    assert features_digest(folder / "features.parquet") == features_digest(folder)
+    np.save(folder / "rds.npy", np.zeros((12, 2), dtype=np.float32))
+    assert features_digest(folder) == fingerprint({n: sha(n) for n in ("features.parquet", "meta.json", "rds.npy")})

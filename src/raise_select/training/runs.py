@@ -90,12 +90,12 @@ def _given(config: dict, key: str) -> str:
 
 
 def features_digest(features: str | Path) -> str:
-    """The content digest of a featurize output folder (its table and meta.json)."""
+    """The content digest of a featurize output folder: the files a feature table is read from
+    (`features.parquet`, `meta.json`, and `rds.npy` where featurize --rds wrote it)."""
     folder = Path(features)
     folder = folder.parent if folder.name == "features.parquet" else folder
-    return fingerprint(
-        {name: path_digest(folder / name) for name in ("features.parquet", "meta.json") if (folder / name).is_file()}
-    )
+    names = ("features.parquet", "meta.json", "rds.npy")
+    return fingerprint({name: path_digest(folder / name) for name in names if (folder / name).is_file()})
 
 
 def run_inputs(model: str, pool, features: str | Path, validation, prior_selection: str | None = None) -> dict:
