@@ -10,8 +10,10 @@ from scipy import stats
 from raise_select.errors import UserError
 from raise_select.reports.intervals import (
     ONE_SEED,
+    Interval,
     contrast_interval,
     difference_interval,
+    differences_against,
     gain_interval,
     row_interval,
     seed_matched_difference,
@@ -41,21 +43,37 @@ def _reference_v(rows, weights):
 
 
 def test_row_interval_by_hand():
+    g = [[0.0, 2.0, 4.0, 6.0], [1.0, 3.0, 5.0, 7.0], [1.0, 2.0, 4.0, 7.0]]
+    # seed means 3, 4, 3.5: variance 0.25, / n = 1/12; item means 2/3, 7/3, 13/3, 20/3 (mean 3.5):
+    # deviations -17/6, -7/6, 5/6, 19/6, variance 724/108, / m = 181/108; residuals sum of squares 2/3,
+    # MS_res = (2/3) / (2 x 3) = 1/9, / (n m) = 1/108.  V = 1/12 + 181/108 - 1/108 = 1.75.
+    parts = variance_parts(g)
+    assert (parts["seed_var"], parts["item_var"], parts["ms_res"]) == pytest.approx((0.25, 724 / 108, 1 / 9))
+    v = 1.75
+    df = v**2 / ((1 / 12) ** 2 / 2 + (181 / 108) ** 2 / 3 + (1 / 108) ** 2 / 6)  # Satterthwaite: 3.2589
+    assert df == pytest.approx(3.258918, abs=1e-6)
+    iv = row_interval(g)
+    half = stats.t.ppf(0.975, df) * math.sqrt(v)
+    assert (iv.mean, iv.se, iv.df) == pytest.approx((3.5, math.sqrt(v), df))
+    assert (iv.low, iv.high) == pytest.approx((3.5 - half, 3.5 + half))
+    assert iv.seed_noise and iv.seeds == 3 and iv.items == 4 and iv.rule == "seeds x items, 3 seeds x 4 items"
+    assert iv.se**2 == pytest.approx(_reference_v([g], [1.0]))
+
+
+def test_never_narrower_than_the_seed_means_t_interval():
     g = [[1.0, 2.0, 3.0], [2.0, 4.0, 3.0]]
     # seed means 2, 3: variance 0.5, / n = 0.25; item means 1.5, 3, 3 (mean 2.5): variance 0.75, / m = 0.25;
     # residuals 0, -0.5, 0.5 / 0, 0.5, -0.5: MS_res = 1 / (1 x 2) = 0.5, / (n m) = 1/12.
-    # ANOVA form: MS_seed = 3 x 0.5 = 1.5, MS_item = 2 x 0.75 = 1.5 -> (1.5 + 1.5 - 0.5) / 6 = 5/12.
+    # ANOVA form: MS_seed = 3 x 0.5 = 1.5, MS_item = 2 x 0.75 = 1.5 -> V = (1.5 + 1.5 - 0.5) / 6 = 5/12.
     parts = variance_parts(g)
     assert (parts["seed_var"], parts["item_var"], parts["ms_res"]) == pytest.approx((0.5, 0.75, 0.5))
     iv = row_interval(g)
-    v = 5 / 12
-    df = v**2 / (0.25**2 / 1 + 0.25**2 / 2 + (1 / 12) ** 2 / 2)  # Satterthwaite: 1.7857
-    assert df == pytest.approx(1.785714, abs=1e-6)
-    half = stats.t.ppf(0.975, df) * math.sqrt(v)
-    assert (iv.mean, iv.se, iv.df) == pytest.approx((2.5, math.sqrt(v), df))
-    assert (iv.low, iv.high) == pytest.approx((2.5 - half, 2.5 + half))
-    assert iv.seed_noise and iv.seeds == 2 and iv.items == 3 and iv.rule == "seeds x items, 2 seeds x 3 items"
-    assert row_interval(g).se ** 2 == pytest.approx(_reference_v([g], [1.0]))
+    df = (5 / 12) ** 2 / (0.25**2 / 1 + 0.25**2 / 2 + (1 / 12) ** 2 / 2)  # 1.7857
+    assert (iv.se, iv.df) == pytest.approx((math.sqrt(5 / 12), df))
+    full, seed_only = stats.t.ppf(0.975, df) * math.sqrt(5 / 12), stats.t.ppf(0.975, 1) * math.sqrt(0.25)
+    assert full < seed_only  # two seeds: t_1 = 12.7 over the seed means is the wider
+    assert (iv.low, iv.high) == pytest.approx((2.5 - seed_only, 2.5 + seed_only))
+    assert iv.rule == "seeds x items, 2 seeds x 3 items, seed-mean bound"
 
 
 def test_row_interval_agrees_with_the_loop_and_a_pure_seed_row_is_students_t():
@@ -185,3 +203,39 @@ def test_coverage_of_a_method_minus_rand():
         r = shared + rng.normal(0, 0.05, (5, 1)) + rng.normal(0, 0.3, (5, m))
         hits += difference_interval(a, r).contains(0.05)
     assert 0.92 <= hits / reps <= 0.98
+
+
+def test_a_difference_is_never_narrower_than_welch_over_the_seed_means():
+    a = np.array([[0.0, 0.1, 0.2, 0.1, 0.3, 0.0], [1.0, 1.2, 1.2, 1.0, 1.2, 1.0]])  # two far-apart seeds
+    b = np.array([[0.0, 0.1, 0.2, 0.1, 0.1, 0.1], [0.1, 0.2, 0.3, 0.2, 0.2, 0.2], [0.2, 0.3, 0.4, 0.3, 0.3, 0.3]])
+    iv = difference_interval(a, b)
+    va, vb = a.mean(1).var(ddof=1) / 2, b.mean(1).var(ddof=1) / 3  # 0.2417, 0.0033
+    welch_df = (va + vb) ** 2 / (va**2 / 1 + vb**2 / 2)
+    half = stats.t.ppf(0.975, welch_df) * math.sqrt(va + vb)
+    assert iv.mean == pytest.approx(a.mean() - b.mean()) and iv.rule.endswith("seed-mean bound")
+    assert (iv.low, iv.high) == pytest.approx((iv.mean - half, iv.mean + half))
+    assert half > stats.t.ppf(0.975, iv.df) * iv.se  # wider than the seeds x items rule alone
+
+
+def test_a_record_keeps_the_no_mark_rule():
+    items = np.array([0.2, 0.4, 0.1, 0.3])
+    one, three = row_interval(items), row_interval([items - 2, items - 2.1, items - 1.9])
+    assert Interval.from_dict(one.as_dict()) == one and Interval.from_dict(three.as_dict()) == three
+    row = {"gain": one.mean, "low": one.low, "high": one.high, "rule": one.rule, "loss": 1.0}  # a table row
+    assert Interval.from_dict(row).mean == one.mean and not Interval.from_dict(row).above(three)
+    old = {"gain": 0.5, "low": 0.4, "high": 0.6, "rule": "bootstrap over 128 items"}  # a record of the old rules
+    assert not Interval.from_dict(old).seed_noise
+    assert Interval.from_dict({**old, "rule": "t over 3 seeds"}).above(three)
+
+
+def test_differences_against_a_reference_row():
+    rng = np.random.default_rng(3)
+    rand = {s: rng.normal(0, 1, 8) for s in (0, 1, 2, 3, 4)}
+    rows = {"random": rand, "less": {0: rng.normal(1, 1, 8), 1: rng.normal(1, 1, 8), 2: rng.normal(1, 1, 8)}}
+    rows["raise"] = {s: rand[s] + rng.normal(0.5, 0.1, 8) for s in rand}  # same seeds as RAND: paired
+    out = differences_against(rows, "random")
+    assert set(out) == {"less", "raise"}
+    assert out["less"] == difference_interval(list(rows["less"].values()), list(rand.values()), what="less - random")
+    assert out["raise"].rule.startswith("paired by seed")
+    with pytest.raises(UserError, match="no row 'rds'"):
+        differences_against(rows, "rds")
