@@ -143,6 +143,7 @@ _NOT_TRAINING = (
     "build_model",
     "aux_model",
     "val",
+    "val_size",  # the validation rows themselves are keyed, for the cells that read them
     "data_dir",
     "report_to",
     "report_only",
@@ -697,9 +698,14 @@ class Study:
                 done = {"key": key, "losses": [round(float(x), 6) for x in losses]}
             record.setdefault("evals", {})[what] = done
             self.store.save(cell.name, record)
-        if cfg.tasks:
-            record["scores"] = record["evals"]["tasks"]["scores"]
-        record["loss"] = record["evals"]["loss_set"]["loss"] if cfg.loss_set else None
+        derived = {
+            "scores": record["evals"]["tasks"]["scores"] if cfg.tasks else record.get("scores"),
+            "loss": record["evals"]["loss_set"]["loss"] if cfg.loss_set else None,
+        }
+        if any(record.get(k) != v for k, v in derived.items()) and not self.store.report_only:
+            record.update(derived)
+            self.store.save(cell.name, record)
+        record.update(derived)
 
     def _loss_examples(self):
         cfg = self.cfg
