@@ -483,3 +483,18 @@ def test_features_digest_covers_every_file_a_feature_table_is_read_from(episode_
     assert features_digest(folder / "features.parquet") == features_digest(folder)
     np.save(folder / "rds.npy", np.zeros((12, 2), dtype=np.float32))
     assert features_digest(folder) == fingerprint({n: sha(n) for n in ("features.parquet", "meta.json", "rds.npy")})
+
+
+def test_a_fresh_start_drops_what_an_unfinished_first_round_left(episode_inputs, tiny_model_dir, tmp_path):
+    """A run killed in its reference episode or round 0 has no checkpoint: the next run starts over, and
+    its metrics and round logs hold nothing of the killed one (a 0-round policy would otherwise carry
+    the killed run's reference time and round-0 selections)."""
+    from raise_select.training import train_policy
+
+    out = tmp_path / "run"
+    (out / "selections").mkdir(parents=True)
+    (out / "selections" / "round_0.jsonl").write_text(json.dumps({"step": 1, "indices": [0, 1, 2]}) + "\n")
+    (out / "metrics.jsonl").write_text(json.dumps({"kind": "reference", "return": 0.5, "time": {"train": 9.0}}) + "\n")
+    train_policy(_tp_config(episode_inputs, tiny_model_dir, out, rounds=0))
+    assert not (out / "selections" / "round_0.jsonl").exists()
+    assert "reference" not in (out / "metrics.jsonl").read_text()

@@ -210,6 +210,15 @@ class RunFolder:
         kept = [r for r in self.read_metrics() if r.get("round", 0) < rounds_done]
         write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
+    def start_over(self) -> None:
+        """A run with no finished round starts over: metrics and round logs left by an attempt killed
+        before its first checkpoint are dropped (its reference episode and round 0 are done again)."""
+        if not self.enabled:
+            return
+        if (self.out / "metrics.jsonl").exists():
+            self.truncate_metrics(0)
+        shutil.rmtree(self.out / "selections", ignore_errors=True)
+
     def selection_writer(self, name: str) -> Callable[[dict], None]:
         """A fresh selections file (an unfinished earlier attempt is replaced); returns the line writer."""
         path = self.out / name

@@ -126,6 +126,8 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         first_round = int(state["rounds_done"])
         run.truncate_metrics(first_round)
         log.info("resuming after round %d of %d from %s", first_round, cfg.rounds, run.out / "checkpoint")
+    elif acc.is_main_process:
+        run.start_over()
     first_round = share_from_main(acc, first_round)
     if cfg.rounds == 0:  # no episode at all: the policy as initialised (its prior, if any)
         log.info("rounds 0: saving the initial policy untrained to %s", run.out / "policy")
