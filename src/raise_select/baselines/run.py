@@ -2,7 +2,12 @@
 train the target model on the selection at matched update steps (`raise-select baseline`;
 the study calls `run_baseline` for every method but RAISE). Online methods (`greats`, `rho`)
 choose each batch with the model being trained, so their selection is a training run: the
-model is always trained and saved to `<out>/model`, and `selection.json` records the batches."""
+model is always trained and saved to `<out>/model`, and `selection.json` records the batches.
+
+A rerun into the same `--out` reuses the selection, and the trained model, only when what
+decides them is the same: the settings and the contents of the pool, features, target model
+and validation set (digests, not paths), and, for the model, the saved folder as it was written
+(`train_done.json` records its digest: a deleted or replaced model is trained again)."""
 
 from __future__ import annotations
 
