@@ -63,9 +63,10 @@ the method, beside the job's own section (`deita: {threshold: 0.85}` next to `ba
 `study:`), or on the command line as `--set METHOD.KEY=VALUE` (`--set deita.threshold=0.85`),
 which wins over the file. `baseline` reads the section of its `method`; `study` reads the
 section of each of its `methods` and checks them all before the first cell runs, and there
-the text `{base_model}` in an option stands for the study's base model (a scorer or judge
+the text `{model}` in an option stands for the study's base model (a scorer or judge
 folder). An unknown option name is refused. RAISE's settings in a study are those of
-`train-policy`, in a section `raise:`.
+`train-policy`, in a section `raise:` shared by its presets (`raise_rds`, `raise_less`, ...),
+each preset's own section on top.
 """
 
 
