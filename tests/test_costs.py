@@ -196,3 +196,19 @@ def test_a_truncated_backward_counts_as_a_full_one(pool, model_tok):
         )  # backward through the last block only
     (passes,) = counter.models.values()
     assert passes.backward_tokens == passes.forward_tokens == int(batch["attention_mask"].sum())
+
+
+def test_costs_add_up_and_refuse_another_target():
+    a = costs.ModelPasses("target", 100, forward_tokens=10, backward_tokens=10, forward_calls=1, backward_calls=1)
+    judge = costs.ModelPasses("judge", 300, forward_tokens=4, forward_calls=2)
+    cache = costs.cost_summary([judge], 100, 50)  # a shared cache, charged in full to each method reading it
+    train = costs.cost_summary([a], 100, 50)
+    train["seconds"] = 3.0
+    both = costs.add_costs(cache, train)
+    assert both["phi"] == pytest.approx((300 * 2 * 4 + 100 * 6 * 10) / (6 * 100 * 50))
+    assert both["phi"] == pytest.approx(costs.cost_summary([a, judge], 100, 50)["phi"])
+    assert (both["forward_tokens"], both["backward_tokens"], both["seconds"]) == (10 + 12, 10, 3.0)
+    twice = costs.add_costs(cache, cache)
+    assert twice["models"]["judge"]["forward_tokens"] == 8 and twice["models"]["judge"]["parameters"] == 300
+    with pytest.raises(UserError, match="different target models or pools"):
+        costs.add_costs(train, costs.cost_summary([a], 100, 60))

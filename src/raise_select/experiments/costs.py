@@ -55,6 +55,7 @@ from ..errors import UserError
 __all__ = [
     "ModelPasses",
     "PassCounter",
+    "add_costs",
     "cost_summary",
     "flop_parameters",
     "phi_from_runs",
@@ -273,3 +274,32 @@ def record_costs(
         summary["seconds"] = float(seconds)
     record[key] = summary
     return summary
+
+
+def add_costs(*summaries: Mapping) -> dict:
+    """The sum of `cost_summary` records of one target model and pool (a method's selection, its
+    training, a shared cache charged to it in full): tokens, Φ and seconds add; each model's
+    counts add."""
+    if not summaries:
+        raise UserError("add_costs needs at least one cost record")
+    keys = {(s["target_parameters"], s["pool_tokens"]) for s in summaries}
+    if len(keys) > 1:
+        raise UserError(f"cost records of different target models or pools cannot be added: {sorted(keys)}")
+    models: dict[str, dict] = {}
+    for s in summaries:
+        for name, counts in s["models"].items():
+            into = models.setdefault(name, {**counts, **{k: 0 for k in counts if k.endswith(("tokens", "calls"))}})
+            for k, v in counts.items():
+                if k.endswith(("tokens", "calls")):
+                    into[k] += v
+    out = {
+        "forward_tokens": sum(s["forward_tokens"] for s in summaries),
+        "backward_tokens": sum(s["backward_tokens"] for s in summaries),
+        "phi": sum(s["phi"] for s in summaries),
+        "target_parameters": summaries[0]["target_parameters"],
+        "pool_tokens": summaries[0]["pool_tokens"],
+        "models": models,
+    }
+    if any("seconds" in s for s in summaries):
+        out["seconds"] = sum(s.get("seconds", 0.0) for s in summaries)
+    return out
