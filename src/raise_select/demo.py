@@ -25,6 +25,7 @@ Run folder::
     <out>/seed_<s>/policy/           train-policy run (resumable)
     <out>/seed_<s>/raise/            finetune run (selections.jsonl, metrics.jsonl, model/)
     <out>/seed_<s>/rand/ .../perfect/ .../ifd/  selections.jsonl, metrics.jsonl (P after every step)
+    <out>/demo_cells/seed_<s>-<method>/cell.json  each run's result, keyed on settings and input contents
 
 The LLM learning rate (3e-3) is not the paper's 2e-5: M_0 here is a randomly initialised
 ~50k-parameter model trained from scratch for 100 steps, where 2e-5 barely moves it
@@ -63,9 +64,11 @@ from .data.synthetic import (
     write_jsonl,
 )
 from .errors import UserError
+from .experiments.cells import CellStore, content_digest
+from .experiments.methods import METHODS as REGISTERED
 from .features.featurize import FeaturizeConfig, featurize
 from .features.table import FeatureTable
-from .io import write_json_atomic, write_text_atomic
+from .io import fingerprint, write_json_atomic, write_text_atomic
 from .logs import setup_logging
 from .models.tiny import PRESETS, build_tiny_model
 from .policy.agent import PolicyConfig
@@ -81,7 +84,10 @@ from .training.train_policy import TrainPolicyConfig, train_policy
 log = logging.getLogger(__name__)
 
 METHODS = ("raise", "rand", "perfect", "ifd")
-NAMES = {"raise": "RAISE", "rand": "RAND", "perfect": "PERFECT (oracle)", "ifd": "IFD"}
+# The demo's rows: RAISE, RAND and IFD are the registered methods (their labels from the registry);
+# PERFECT is the demo's oracle, the clean on-target rows its generated data can name.
+REGISTERED_AS = {"raise": "raise", "rand": "random", "ifd": "ifd"}
+NAMES = {**{m: REGISTERED[r].label for m, r in REGISTERED_AS.items()}, "perfect": "PERFECT (oracle)"}
 
 
 def demo_policy() -> PolicyConfig:
@@ -220,13 +226,10 @@ def _train_on_batches(
 
     The random-batch episode of train-policy's reference and finetune's `--compare-random`
     (`training.episode.RandomBatches` in `run_episode`) on the sub-pool `rows` (RAND: the
-    whole pool), P measured after every step; the logs name rows of the whole pool. A
-    finished run (its `final` metrics line) is reused, not repeated."""
+    whole pool), P measured after every step; the logs name rows of the whole pool. Whether a
+    finished run is reused is the cell store's decision (`run_method`)."""
+    shutil.rmtree(out, ignore_errors=True)  # an unfinished earlier attempt is redone
     run = RunFolder(out)
-    finals = [r for r in run.read_metrics() if r.get("kind") == "final"]
-    if finals:
-        return -finals[-1]["final_P"]
-    (out / "metrics.jsonl").unlink(missing_ok=True)  # an unfinished earlier attempt is redone
 
     sub = dataclasses.replace(pool, examples=[pool.examples[i] for i in rows])
     static = StaticState.from_features(FeatureTable.read(paths["features"]).align(sub.ids))
@@ -284,9 +287,10 @@ def _raise_run(
     policy_dir: Path | None = None,
     use_rule: str | None = None,
 ) -> float:
-    """Train a policy with `seed` into `run_dir/policy` (resumed when there; or use the trained
-    `policy_dir`), fine-tune M_0 with it into `run_dir/raise` (with `use_rule` in place of the
-    policy's own); returns -P(M_T). A fine-tuning run newer than its policy is reused."""
+    """Train a policy with `seed` into `run_dir/policy` (train-policy resumes the rounds trained on
+    the same contents; or use the trained `policy_dir`), fine-tune M_0 with it into `run_dir/raise`
+    (with `use_rule` in place of the policy's own); returns -P(M_T). Whether a finished run is
+    reused is the cell store's decision (`run_method`)."""
     common = dict(
         pool=str(paths["pool"]),
         features=str(paths["features"]),
@@ -307,11 +311,9 @@ def _raise_run(
                 policy=dataclasses.replace(cfg.policy, seed=seed),
             )
         )
-    done = run_dir / "raise" / "metrics.jsonl"
+    shutil.rmtree(run_dir / "raise", ignore_errors=True)
+    finetune(FinetuneConfig(**common, out=str(run_dir / "raise"), policy=str(policy_dir), use_rule=use_rule))
     final = [r for r in RunFolder(run_dir / "raise").read_metrics() if r.get("kind") == "finetune"]
-    if not final or done.stat().st_mtime < (Path(policy_dir) / "policy.json").stat().st_mtime:
-        finetune(FinetuneConfig(**common, out=str(run_dir / "raise"), policy=str(policy_dir), use_rule=use_rule))
-        final = [r for r in RunFolder(run_dir / "raise").read_metrics() if r.get("kind") == "finetune"]
     return -final[-1]["final_P"]
 
 
@@ -379,14 +381,43 @@ def run_method(
 ) -> MethodRun:
     """One method and seed into `seed_dir/<method>`: raise (train a policy, fine-tune with it;
     `raise_options` go to `_raise_run`) or uniform batches from `rows` (rand, perfect, ifd).
-    Finished parts are reused."""
+
+    A cell of the experiments layer's store (`<out>/demo_cells/<seed dir>-<method>/cell.json`),
+    keyed on the demo's settings and the contents of M_0, the pool, the validation set and the
+    features: a finished cell whose selection log and final metrics are still there is reused,
+    not repeated."""
+    store = CellStore(Path(cfg.out) / "demo_cells")
+    name = f"{seed_dir.name}-{method}"
+    key = fingerprint(
+        {
+            "method": method,
+            "seed": seed,
+            "rows": rows if method != "raise" else None,
+            "options": {k: str(v) if isinstance(v, Path) else v for k, v in raise_options.items()},
+            "config": {k: v for k, v in to_dict(cfg).items() if k not in ("out", "seeds")},
+            **{k: content_digest(paths[k]) for k in ("model", "pool", "val", "features")},
+        }
+    )
+    run_dir = seed_dir / method
+
+    def outputs(record: dict) -> bool:  # its selection log and its final metrics line are still there
+        final = "finetune" if method == "raise" else "final"
+        done = any(r.get("kind") == final for r in RunFolder(run_dir).read_metrics())
+        return (run_dir / "selections.jsonl").is_file() and done
+
+    record = store.finished(name, key, outputs)
+    if record is not None:
+        return MethodRun(**{f.name: record[f.name] for f in dataclasses.fields(MethodRun)})
+    store.begin(name, key)
     t0 = time.perf_counter()
     if method == "raise":
         loss = _raise_run(cfg, paths, seed, seed_dir, **raise_options)
     else:
         loss = _train_on_batches(cfg, paths, pool, val, seed_dir / method, seed, rows)
     share, distinct = _selection_share(seed_dir / method, pool, _data_config(cfg).target)
-    return MethodRun(method, seed, loss, share, distinct, time.perf_counter() - t0)
+    run = MethodRun(method, seed, loss, share, distinct, time.perf_counter() - t0)
+    store.save(name, {"key": key, "done": True, **dataclasses.asdict(run)})
+    return run
 
 
 def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = log.info) -> dict:
