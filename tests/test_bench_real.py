@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from raise_select.experiments.study import Study, StudyConfig, method_sections
 from raise_select.reports.study import ablation_markdown, prior_markdown, topic_markdown
 
 CONFIG = "study_real_smollm2"
+PINS = Path(__file__).parent / "pins" / "refactor_pins.json"
 
 
 def real_study(shared_data, model, out, **changes) -> StudyConfig:
@@ -208,6 +210,21 @@ def test_the_benchmark_study_and_its_tables_on_a_tiny_model(shared_data, tiny_mo
         }
         held = {e.messages[0][1] for e in load_validation(t, shared_data, n=6, seed=0, split=TARGETS[t][1])}
         assert len(val) == 4 and not val & held
+    # The refactor keeps results: per-item losses and chosen rows as the code before the
+    # experiments layer gave them (pinned from commit 8a6c789; docs/benchmarks.md).
+    pinned = json.loads(PINS.read_text())["bench_real"]
+    records = {r["name"]: r for r in result["records"]}
+    assert set(records) == set(pinned)
+    for name, pin in pinned.items():
+        for t, item_losses in pin["losses"].items():
+            assert records[name]["evals"][t]["losses"] == pytest.approx(item_losses, abs=2e-6), (name, t)
+        folder = out / "cells" / name
+        if "indices" in pin:
+            assert json.loads((folder / "selection.json").read_text())["indices"] == pin["indices"], name
+        if "finetune" in pin:
+            steps = [json.loads(line)["indices"] for line in (folder / "finetune" / "selections.jsonl").open()]
+            rounds = [json.loads(line)["indices"] for line in (folder / "train_policy/selections/round_0.jsonl").open()]
+            assert steps == pin["finetune"] and rounds == pin["policy_round_0"], name
     # A rerun trains nothing; report_only computes nothing and leaves a method never run out.
     again = Study(cfg, options(cfg))
     assert again.run()["computed"] == [] and again.trainings == 0
