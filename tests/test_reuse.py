@@ -362,14 +362,14 @@ def test_rho_irreducible_losses_are_not_reused_across_models_at_the_same_path(ep
 # ---------------------------------------------------------------- validation rows that are also pool rows
 
 
-def _overlapping_val(root, tmp_path, shared: int = 7):
+def _overlapping_val(tmp_path, shared: int = 7):
     """A validation file of the pool's rows 0..shared-1 (one of them twice: read once) and one row of its own."""
     rows = _pool_rows()[:shared] + _pool_rows()[:1] + [{"instruction": "Name a color.", "input": "", "output": "red"}]
     (tmp_path / "val.json").write_text(json.dumps(rows))
     return tmp_path / "val.json"
 
 
-def test_shared_rows_are_the_validation_rows_found_in_the_pool(episode_inputs, tmp_path, caplog):
+def test_shared_rows_are_the_validation_rows_found_in_the_pool(episode_inputs, caplog):
     from raise_select.data.overlap import shared_rows, warn_shared_rows
     from raise_select.data.pools import load_pool
 
@@ -391,7 +391,7 @@ def test_baseline_and_train_policy_warn_of_validation_rows_in_the_pool(
     from raise_select.baselines.run import run_baseline
     from raise_select.training import train_policy
 
-    val = _overlapping_val(episode_inputs, tmp_path, shared=2)
+    val = _overlapping_val(tmp_path, shared=2)
     caplog.set_level(logging.WARNING)
     run_baseline(_baseline(episode_inputs, tiny_model_dir, tmp_path / "b", val=str(val), train=False))
     assert [r.getMessage().split(" (ids")[0] for r in caplog.records if "also pool rows" in r.getMessage()] == [
