@@ -85,7 +85,13 @@ class EpisodeConfig(LMConfig):
             "or PPO transition of their own: their effect is credited to the step that opened the interval)"
         },
     )
-    metric: str = field(default="neg_loss", metadata={"help": "P(M): neg_loss, accuracy or module:function"})
+    metric: str = field(
+        default="neg_loss",
+        metadata={
+            "help": "P(M): neg_loss, accuracy, choice_ce or choice_acc (multiple choice; docs/metrics.md), "
+            "or module:function"
+        },
+    )
     val_batch_size: int = field(default=16, metadata={"help": "validation examples per forward pass"})
     max_new_tokens: int = field(default=128, metadata={"help": "generation length for metric=accuracy"})
     report_to: str = field(
