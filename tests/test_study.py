@@ -179,6 +179,7 @@ def test_a_setting_retrains_only_the_cells_it_reaches():
     assert changed(lr=1e-3) == {"full", "random-s0", "ifd", "raise"}
     assert changed(seeds=[0, 2]) == {"random-s2"}  # a new seed is a new cell; s0 keeps its key
     assert changed(eval_limit=3) == set()
+    assert changed(full_steps=2) == changed(full_epochs=1) == {"full"}
 
 
 def test_policy_training_time_counts_every_run_of_a_resumed_folder(tmp_path):

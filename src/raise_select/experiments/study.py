@@ -152,6 +152,7 @@ _NOT_TRAINING = (
 # (the RAISE cells), and featurize's own (the cells whose method reads the features).
 _RAISE_ONLY = tuple(sorted(_study_fields("train_policy") - _study_fields("baseline")))
 _FEATURES_ONLY = tuple(sorted(_study_fields("featurize") - _study_fields("train_policy", "baseline")))
+_FULL_ONLY = ("full_steps", "full_epochs")  # the 100% row's own
 _INPUTS = ("pool", "pool_spec", "model", "steps", "val_files", "heldout")
 
 
@@ -531,7 +532,12 @@ class Study:
         cfg = asdict(self.cfg)
         entry = METHODS[cell.method]
         reads = self.reads_features(cell.method)
-        skip = (*_NOT_TRAINING, *(() if entry.runs == RAISE else _RAISE_ONLY), *(() if reads else _FEATURES_ONLY))
+        skip = (
+            *_NOT_TRAINING,
+            *(() if entry.runs == RAISE else _RAISE_ONLY),
+            *(() if reads else _FEATURES_ONLY),
+            *(() if cell.method == "full" else _FULL_ONLY),
+        )
         options = self.method_options(cell.method)
         key = {
             "method": cell.method,
