@@ -39,9 +39,10 @@ Why this rule:
   fell to 0.92-0.93 there). The rule then ends in ", seed-mean bound".
 
 Measured coverage of the true mean (seeded simulation, 4,000 draws a case; the table and its
-command are in docs/intervals.md, the test in tests/test_intervals.py): 0.94-0.96 for n = 3
-and 5 seeds and m = 128 and 500 items whether seeds, items or both matter; up to 0.985
-(conservative) when the seed x item noise dominates both.
+script are in docs/intervals.md, the test in tests/test_intervals.py): 0.940-0.965 for n = 3
+and 5 seeds and m = 128 and 500 items when seeds, items or both matter (spreads of the old
+real-data table included), and for differences; conservative, up to 0.989, when the seed x item
+noise dominates both the seed and the item effects.
 
 Differences (`contrast_interval`, `difference_interval`, `seed_matched_difference`): a method
 minus RAND, trained with different seeds, is unpaired across seeds and paired across items:
