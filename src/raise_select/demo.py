@@ -63,7 +63,6 @@ from .data.synthetic import (
     write_demo_data,
     write_jsonl,
 )
-from .errors import UserError
 from .experiments.cells import CellStore, content_digest
 from .experiments.methods import METHODS as REGISTERED
 from .features.featurize import FeaturizeConfig, featurize
@@ -73,6 +72,7 @@ from .logs import setup_logging
 from .models.tiny import PRESETS, build_tiny_model
 from .policy.agent import PolicyConfig
 from .policy.state import StaticState
+from .registry import unknown_name
 from .training.episode import RandomBatches, run_episode, selection_stats
 from .training.export import read_selections
 from .training.finetune import FinetuneConfig, finetune
@@ -205,7 +205,7 @@ class MethodRun:
 
 def _data_config(cfg: DemoConfig) -> SyntheticConfig:
     if cfg.testbed not in TESTBEDS:
-        raise UserError(f"demo: unknown testbed {cfg.testbed!r}; available: {', '.join(TESTBEDS)}")
+        raise unknown_name("testbed", cfg.testbed, TESTBEDS, "demo")
     base = TESTBEDS[cfg.testbed]
     return dataclasses.replace(base, size=cfg.pool_size or base.size, val_size=cfg.val_size, seed=cfg.data_seed)
 

@@ -50,7 +50,7 @@ from ..io import fingerprint, write_json_atomic, write_text_atomic
 from ..logs import package_versions, setup_logging
 from ..models.tiny import PRESETS, build_tiny_model
 from ..progress import progress_bar
-from ..registry import Registry
+from ..registry import Registry, unknown_name
 from ..reports.method_stats import method_stats, stats_markdown
 from ..reports.plots import plot_study
 from ..reports.study import gain_markdown, gain_rows
@@ -423,7 +423,7 @@ class Study:
 
     def _build_model(self) -> Path:
         if self.cfg.build_model not in PRESETS:
-            raise UserError(f"unknown build_model preset '{self.cfg.build_model}'; available: {', '.join(PRESETS)}")
+            raise unknown_name("build_model preset", self.cfg.build_model, PRESETS, "study")
         path = self.out / "base_model"
         if not (path / "config.json").is_file():
             texts = ["\n".join(c for _, c in e.messages) for e in self.pool.examples[:20000]]
