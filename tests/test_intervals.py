@@ -239,3 +239,21 @@ def test_differences_against_a_reference_row():
     assert out["raise"].rule.startswith("paired by seed")
     with pytest.raises(UserError, match="no row 'rds'"):
         differences_against(rows, "rds")
+
+
+def test_the_study_table_draws_no_mark_from_a_one_seed_row():
+    from raise_select.reports.study import gain_rows
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(2.0, 0.3, 40)
+
+    def cell(method, seed, gain):
+        losses = base - gain - rng.normal(0, 0.01, 40)
+        return {"method": method, "target": None, "seed": seed, "select_seconds": 1.0, "train_seconds": 1.0,
+                "evals": {"t": {"losses": losses.tolist()}}}  # fmt: skip
+
+    records = [cell("random", s, 0.0 + 0.01 * s) for s in range(5)]
+    records += [cell("one", 0, 1.0)] + [cell("three", s, 1.0 + 0.01 * s) for s in range(3)]
+    rows = gain_rows(records, {"t": base.tolist()}, ["t"], 0, 1.0, 0.0, ())
+    assert rows["one"]["t"]["low"] > rows["random"]["t"]["high"] and rows["one"]["t"]["rule"].startswith(ONE_SEED)
+    assert not rows["one"]["t"]["above_rand"] and rows["three"]["t"]["above_rand"]

@@ -3,9 +3,9 @@ with a 95% interval, and its cost in seconds and in Φ.
 
 The study itself (cells, keys, resume) is `raise_select.experiments.study`; this module only
 turns its finished cell records into the table. Gain = the base model's mean held-out loss -
-the row's (nats per response token; higher is better). Intervals: a t-interval over seeds for a
-row of several cells, a paired bootstrap over the held-out items otherwise
-(`reports.intervals.gain_interval`); `*` marks a row whose interval lies wholly above RAND's.
+the row's (nats per response token; higher is better). Intervals: one rule for every row,
+counting seed and held-out item noise (`reports.intervals.gain_interval`, docs/intervals.md);
+`*` marks a row whose interval lies wholly above RAND's, never a 1-seed row.
 A row's cost is the mean over its cells of selection (RAISE: policy training) + training (+ a
 prior taken from another cell's selection), + the featurize seconds for rows that read the
 features, and the same over Φ.
@@ -66,11 +66,7 @@ def gain_rows(
             cell = by_target.get(t)
             if cell is not None:
                 cell["above_rand"] = bool(
-                    ref
-                    and m != "random"
-                    and Interval(cell["gain"], cell["low"], cell["high"], "").above(
-                        Interval(ref["gain"], ref["low"], ref["high"], "")
-                    )
+                    ref and m != "random" and Interval.from_dict(cell).above(Interval.from_dict(ref))
                 )
     return rows
 
@@ -115,8 +111,8 @@ def gain_markdown(
     lines += [
         "",
         f"Gain = zero-shot held-out loss - the method's (nats per response token, mean over {items} per target; "
-        "higher is better). Intervals: t over seeds for rows with several seeds, else a paired bootstrap over items "
-        "(10,000 resamples). `*`: interval wholly above RAND's.",
+        "higher is better). Intervals: seed and item noise alike (docs/intervals.md); a 1-seed row has no seed noise "
+        "estimate and gets no mark. `*`: interval wholly above RAND's.",
         f"Pool {pool_size} rows; budget {budget:g} -> {steps} matched steps of {batch_size}; the 100% row is its own "
         f"epochs over the pool. Φ = {phi:.0f} s (from {phi_from}); featurize (counted for {counted}) "
         f"{feat_seconds:.0f} s. Targeted rows cost one selection per target; their cost is per target.",
