@@ -2,9 +2,10 @@
 
 A pool may be a JSON/JSONL/Parquet/CSV file, a folder of such files, or a `datasets`
 name (optionally `name:split`). Every example is normalised to a conversation whose last
-turn is the assistant's response; everything before it is the prompt. Each example gets a
-stable id: the hash of its normalised content, so the same instruction has the same id in
-every file and run. Exact duplicates are kept once and counted.
+turn is the assistant's response; everything before it is the prompt (for an Alpaca row: its
+`system`, then its `history` pairs, LLaMA-Factory's earlier exchanges, then the instruction with
+its input). Each example gets a stable id: the hash of its normalised content, so the same
+instruction has the same id in every file and run. Exact duplicates are kept once and counted.
 """
 
 from __future__ import annotations
@@ -277,7 +278,31 @@ def _normalise_alpaca(rec: dict, source: str, row: int) -> list[tuple[str, str]]
     msgs = []
     if rec.get("system"):
         msgs.append(("system", _text(rec["system"], source, row, "system")))
+    msgs += _alpaca_history(rec.get("history"), source, row)
     return msgs + [("user", prompt), ("assistant", output)]
+
+
+def _alpaca_history(history: Any, source: str, row: int) -> list[tuple[str, str]]:
+    """The earlier turns of an Alpaca row: LLaMA-Factory's `history`, a list of `[user, assistant]`
+    pairs before the instruction (what `select --format alpaca` writes for a conversation). Absent,
+    null, `[]` or an empty cell (CSV) is no history, so such a row keeps the id it has without
+    the field; anything else that is not a list of pairs of two strings is refused."""
+    if history is None or (isinstance(history, float) and history != history) or history == "":
+        return []
+    if not isinstance(history, (list, tuple)):
+        raise UserError(
+            f"{where(source, row, 'history')}: expected a list of [user, assistant] pairs, got {type(history).__name__}"
+        )
+    turns = []
+    for j, pair in enumerate(history):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            got = f"{len(pair)} items" if isinstance(pair, (list, tuple)) else type(pair).__name__
+            raise UserError(
+                f"{where(source, row, f'history[{j}]')}: expected a [user, assistant] pair of two strings, got {got}"
+            )
+        turns.append(("user", _text(pair[0], source, row, f"history[{j}][0]")))
+        turns.append(("assistant", _text(pair[1], source, row, f"history[{j}][1]")))
+    return turns
 
 
 def _normalise_turns(
@@ -398,7 +423,10 @@ def to_format(example: Example, fmt: str) -> dict:
     msgs = list(example.messages)
     if fmt == "alpaca":
         if example.record and "instruction" in example.record:
-            return {k: example.record.get(k, "") for k in ("instruction", "input", "output")}
+            rec = {k: example.record.get(k, "") for k in ("instruction", "input", "output")}
+            # the fields that make the earlier turns, so the record reads back as the same example
+            rec.update({k: example.record[k] for k in ("system", "history") if example.record.get(k)})
+            return rec
         prompt = "\n\n".join(c for r, c in msgs[:-1] if r != "system")
         return {"instruction": prompt, "input": "", "output": msgs[-1][1]}
     if fmt == "sharegpt":
