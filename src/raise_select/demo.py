@@ -405,19 +405,17 @@ def run_method(
         done = any(r.get("kind") == final for r in RunFolder(run_dir).read_metrics())
         return (run_dir / "selections.jsonl").is_file() and done
 
-    record = store.finished(name, key, outputs)
-    if record is not None:
-        return MethodRun(**{f.name: record[f.name] for f in dataclasses.fields(MethodRun)})
-    store.begin(name, key)
-    t0 = time.perf_counter()
-    if method == "raise":
-        loss = _raise_run(cfg, paths, seed, seed_dir, **raise_options)
-    else:
-        loss = _train_on_batches(cfg, paths, pool, val, seed_dir / method, seed, rows)
-    share, distinct = _selection_share(seed_dir / method, pool, _data_config(cfg).target)
-    run = MethodRun(method, seed, loss, share, distinct, time.perf_counter() - t0)
-    store.save(name, {"key": key, "done": True, **dataclasses.asdict(run)})
-    return run
+    def compute() -> dict:
+        t0 = time.perf_counter()
+        if method == "raise":
+            loss = _raise_run(cfg, paths, seed, seed_dir, **raise_options)
+        else:
+            loss = _train_on_batches(cfg, paths, pool, val, seed_dir / method, seed, rows)
+        share, distinct = _selection_share(seed_dir / method, pool, _data_config(cfg).target)
+        return dataclasses.asdict(MethodRun(method, seed, loss, share, distinct, time.perf_counter() - t0))
+
+    record, _ = store.run(name, key, compute, outputs)
+    return MethodRun(**{f.name: record[f.name] for f in dataclasses.fields(MethodRun)})
 
 
 def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = log.info) -> dict:

@@ -6,6 +6,8 @@ Its key is a digest of the settings and of the CONTENTS of its inputs (the model
 pool, the validation set, prior files: `content_digest`), never of their paths, so a study
 folder moved elsewhere keeps its cells and a model rebuilt at the same path recomputes them.
 
+- `run(name, key, compute, outputs)`: the cell runner (the study's, the real-data benchmark's and
+  the demo's): a finished record with that key is returned, else `compute()` is recorded.
 - `begin(name, key)`: before computing; a folder left by another key (a changed input, or a
   record from older code) is emptied first, so nothing stale is resumed; the same key keeps the
   partial work of a killed run (train-policy checkpoints, a selection) for the run to resume.
@@ -127,6 +129,18 @@ class CellStore:
     def save(self, name: str, record: dict) -> dict:
         write_json_atomic(self.dir(name) / RECORD, record)
         return record
+
+    def run(
+        self, name: str, key: str, compute: Callable[[], dict], outputs: Callable[[dict], bool] = lambda r: True
+    ) -> tuple[dict, bool]:
+        """The cell runner: the finished record of `name` with `key` whose outputs exist, else
+        `compute()`'s fields recorded under `key` (the folder emptied first when it held other
+        work). Returns (record, whether it was computed now); report-only mode: `Unfinished`."""
+        record = self.finished(name, key, outputs)
+        if record is not None:
+            return record, False
+        self.begin(name, key)
+        return self.save(name, {**compute(), "name": name, "key": key, "done": True}), True
 
 
 def damaged(record) -> str | None:

@@ -589,14 +589,14 @@ class Study:
     def run_cell(self, cell: Cell) -> dict:
         """Train (unless finished) and evaluate (unless done) one cell; return its record."""
         key = self.cell_key(cell)
-        record = self.store.finished(cell.name, key, self._outputs_exist)
-        if record is None:
-            self.store.begin(cell.name, key)
+
+        def compute() -> dict:
             log.info("cell %s: training (%s)", cell.name, cell.method or "none: base model")
             runs = METHODS[cell.method].runs if cell.method else None
-            trained = self._train(cell)
-            record = {**asdict(cell), "runs": runs, "key": key, **trained, "versions": package_versions(), "done": True}
-            self.store.save(cell.name, record)
+            return {**asdict(cell), "runs": runs, **self._train(cell), "versions": package_versions()}
+
+        record, computed = self.store.run(cell.name, key, compute, self._outputs_exist)
+        if computed:
             self.computed.append(cell.name)
         self._evaluate_cell(cell, record)
         return record
