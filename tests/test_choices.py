@@ -245,3 +245,67 @@ def test_choice_metrics_refuse_sets_without_choices(shared_data, tiny):
         Validator(load_validation("arc_challenge", shared_data, n=2), tok, "choice_ce", choice_form="mcq")
     with pytest.raises(UserError, match="unknown held-out metric 'f1'; available: neg_loss, accuracy, choice_ce"):
         heldout_values(model, gsm, metric="f1", tokenizer=tok)
+
+
+def test_train_policy_rewards_are_changes_of_minus_the_choice_ce(tmp_path, tiny, tiny_model_dir):
+    """RAISE with `metric: choice_ce` on a multiple-choice validation file written in the
+    project's prompt format: the rewards telescope to P(M_T) - P(M_0), P(M_0) being minus the
+    mean choice cross-entropy of the untouched model, computed here independently."""
+    from raise_select.data.benchmarks import format_prompt, format_response
+    from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
+    from raise_select.policy import PolicyConfig
+    from raise_select.training import TrainPolicyConfig, train_policy
+
+    rows = [{"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"{2 * i + 1}"} for i in range(12)]
+    (tmp_path / "pool.json").write_text(json.dumps(rows))
+    docs = [
+        {"question": "What is 3 plus 4?", "choices": ["7", "8", "the lazy dog"], "label": 0},
+        {"question": "Name a color.", "choices": ["bonjour", "red"], "label": 1},
+        {"question": "What is 10 plus 1?", "choices": ["9", "12", "11", "0"], "label": 2},
+    ]
+    val = [
+        {
+            "messages": [
+                {"role": "user", "content": format_prompt(d)},
+                {"role": "assistant", "content": format_response(d)},
+            ]
+        }
+        for d in docs
+    ]
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(v) + "\n" for v in val))
+    pool = load_pool(str(tmp_path / "pool.json"))
+    rng = np.random.default_rng(0)
+    columns = {c: rng.normal(size=len(pool)) for c in FEATURE_COLUMNS}
+    columns.update(len_prompt=np.full(len(pool), 8.0), len_response=np.full(len(pool), 2.0))
+    FeatureTable(
+        ids=pool.ids,
+        columns=columns,
+        sem=rng.normal(size=(len(pool), 4)).astype(np.float32),
+        cluster=np.arange(len(pool)) % 2,
+        meta={"classes": 2},
+    ).write(tmp_path / "features")
+    cfg = TrainPolicyConfig(
+        pool=str(tmp_path / "pool.json"),
+        features=str(tmp_path / "features"),
+        model=str(tiny_model_dir),
+        val=str(tmp_path / "val.jsonl"),
+        metric="choice_ce",
+        rounds=1,
+        steps=2,
+        lr=1e-2,
+        max_length=64,
+        policy=PolicyConfig(per_class=1),
+        out=str(tmp_path / "run"),
+    )
+    train_policy(cfg)
+    model, tok = tiny
+    items = [ch.ChoiceItem(d["question"], tuple(d["choices"]), d["label"]) for d in docs]
+    p0 = -float(ch.score_items(model, tok, items, max_length=64).ce.mean())
+    steps = [
+        m
+        for m in (json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if m["kind"] == "step"
+    ]
+    assert steps[0]["reward"] == pytest.approx(steps[0]["P"] - p0, abs=1e-6)
+    assert sum(m["reward"] for m in steps) == pytest.approx(steps[-1]["P"] - p0, abs=1e-6)
+    assert steps[-1]["P"] != pytest.approx(p0, abs=1e-6)  # training moved the figure
