@@ -215,13 +215,21 @@ def loglikelihoods(
 
 
 def encoded_loglikelihoods(model, encoded: Sequence[tuple[list[int], list[int], int]], batch_size: int = 16):
-    """`loglikelihoods` of requests already encoded by `encode_requests`."""
+    """`loglikelihoods` of requests already encoded by `encode_requests`.
+
+    Requests with the same input tokens and continuation length (the choices of one item in
+    the `letters` form: one-token continuations after the same context) share one forward
+    row, as lm-eval's logits cache does; batches hold rows of similar lengths."""
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     out = np.zeros(len(encoded), dtype=np.float64)
     if not encoded:
         return out
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # little padding per batch
+    groups: dict[tuple, list[int]] = {}
+    for i, (inp, _, n_cont) in enumerate(encoded):
+        groups.setdefault((tuple(inp), n_cont), []).append(i)
+    rows = list(groups.values())  # request indices that share one forward row
+    order = sorted(range(len(rows)), key=lambda g: -len(encoded[rows[g][0]][0]))  # little padding per batch
     device = next(model.parameters()).device
     base, head = getattr(model, "base_model", None), model.get_output_embeddings()
     split = head is not None and base is not None and base is not model and not _is_peft(model)
@@ -231,19 +239,17 @@ def encoded_loglikelihoods(model, encoded: Sequence[tuple[list[int], list[int], 
     try:
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                width = len(encoded[chunk[0]][0])
+                chunk = [rows[g] for g in order[start : start + batch_size]]
+                width = len(encoded[chunk[0][0]][0])
                 ids = torch.zeros((len(chunk), width), dtype=torch.long)
                 attn = torch.zeros_like(ids)
-                targets = torch.zeros_like(ids)
                 scored = torch.zeros((len(chunk), width), dtype=torch.bool)
-                for r, i in enumerate(chunk):
-                    inp, tgt, n_cont = encoded[i]
+                for r, members in enumerate(chunk):
+                    inp, _, n_cont = encoded[members[0]]
                     ids[r, : len(inp)] = torch.tensor(inp)
-                    targets[r, : len(tgt)] = torch.tensor(tgt)
                     attn[r, : len(inp)] = 1
                     scored[r, len(inp) - n_cont : len(inp)] = True
-                ids, attn, targets, scored = (t.to(device) for t in (ids, attn, targets, scored))
+                ids, attn, scored = ids.to(device), attn.to(device), scored.to(device)
                 if split:  # the LM head only at the scored positions
                     hidden = base(input_ids=ids, attention_mask=attn).last_hidden_state
                     logits = head(hidden[scored]).float()
@@ -251,10 +257,22 @@ def encoded_loglikelihoods(model, encoded: Sequence[tuple[list[int], list[int], 
                     logits = model(input_ids=ids, attention_mask=attn).logits[scored].float()
                 if softcap:
                     logits = torch.tanh(logits / softcap) * softcap
-                logp = torch.log_softmax(logits, dim=-1).gather(1, targets[scored].unsqueeze(1)).squeeze(1)
-                per_row = torch.zeros(len(chunk), dtype=torch.float64, device=device)
-                per_row.index_add_(0, scored.nonzero()[:, 0], logp.double())
-                out[np.asarray(chunk)] = per_row.cpu().numpy()
+                logp = torch.log_softmax(logits, dim=-1)  # (scored positions, vocabulary), row by row
+                index, positions, targets = [], [], []
+                offset = 0
+                for members in chunk:
+                    n_cont = encoded[members[0]][2]
+                    for i in members:
+                        index.append(i)
+                        positions.append(range(offset, offset + n_cont))
+                        targets.append(encoded[i][1][-n_cont:])
+                    offset += n_cont
+                flat_pos = torch.tensor([p for ps in positions for p in ps], device=device)
+                flat_tgt = torch.tensor([t for ts in targets for t in ts], device=device)
+                owner = torch.tensor([k for k, ps in enumerate(positions) for _ in ps], device=device)
+                per_request = torch.zeros(len(index), dtype=torch.float64, device=device)
+                per_request.index_add_(0, owner, logp[flat_pos, flat_tgt].double())
+                out[np.asarray(index)] = per_request.cpu().numpy()
     finally:
         model.train(was_training)
     return out
