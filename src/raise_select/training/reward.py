@@ -122,7 +122,7 @@ class Validator:
         self.choice_form = choice_form
         self._choices = None  # multiple-choice items and their encoded requests (choice metrics)
         if metric in CHOICE_METRICS:
-            from ..evaluation.choices import ChoiceRequests
+            from .choices import ChoiceRequests
 
             self._encoded = {}
             self._mine = list(mine)
