@@ -345,9 +345,11 @@ def evaluate_items(cfg: EvaluateConfig, model=None, tokenizer=None) -> dict[str,
         if not cfg.model:
             raise UserError("no model given; pass --model FOLDER_OR_HUB_ID")
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from safetensors import SafetensorError
+
         try:
             model, tokenizer = load_for_eval(resolve_model(cfg.model), dtype=cfg.dtype, device=device)
-        except OSError as e:
+        except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a truncated or corrupt weights file
             raise UserError(f"model '{cfg.model}': cannot be loaded ({' '.join(str(e).split())[:300]})") from None
     out = Path(cfg.out)
     scores: dict[str, dict] = {}
