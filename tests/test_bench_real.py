@@ -181,6 +181,14 @@ def test_the_benchmark_study_and_its_tables_on_a_tiny_model(shared_data, tiny_mo
     for by_target in rows.values():
         for c in by_target.values():
             assert c["low"] <= c["gain"] <= c["high"]
+    # Counted Φ: the 100% row is one epoch, a forward and a backward pass over every pool token, so
+    # 1 Φ at the target's size (here a LoRA model, weighted by its own parameter count).
+    full = json.loads((out / "cells" / "full" / "cell.json").read_text())["costs"]
+    (model,) = full["models"].values()
+    assert model["forward_tokens"] == model["backward_tokens"] == full["pool_tokens"]
+    assert rows["full"]["gsm8k"]["phi_counted"] == pytest.approx(model["parameters"] / full["target_parameters"])
+    # a 3-epoch pass over 8 of the 40 rows: about 3 x 8 / 40 = 0.6 of that (rows differ in length)
+    assert 0.2 < rows["random"]["gsm8k"]["phi_counted"] / rows["full"]["gsm8k"]["phi_counted"] < 1.2
     # RAISE: a policy with the RDS+ prior, then fine-tuning; its cost per part from its metrics log.
     cells = [out / "cells" / f"raise_rds@{t}-s0" for t in cfg.targets]
     policy = json.loads((cells[0] / "train_policy" / "policy" / "policy.json").read_text())

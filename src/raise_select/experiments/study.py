@@ -46,6 +46,7 @@ from ..evaluation.loss import example_losses, response_loss
 from ..features.featurize import FeaturizeConfig, featurize
 from ..io import fingerprint, write_json_atomic, write_text_atomic
 from ..logs import package_versions, setup_logging
+from ..models.loading import load_model_and_tokenizer
 from ..models.tiny import PRESETS, build_tiny_model
 from ..progress import progress_bar
 from ..registry import unknown_name
@@ -57,7 +58,7 @@ from ..training.finetune import train_and_finetune
 from ..training.reporting import parse_report_to
 from ..training.train_policy import TrainPolicyConfig
 from .cells import CellStore, Unfinished, content_digest, evaluation, examples_digest, model_digest, options_digest
-from .costs import phi_from_runs
+from .costs import PassCounter, flop_parameters, phi_from_runs, pool_tokens, record_costs
 from .methods import METHODS
 from .plan import (  # noqa: F401  (re-exported: the study's settings and grid)
     _EVAL_FIELDS,
@@ -104,6 +105,7 @@ class Study:
         self.trainings = 0  # cells trained by this process (a resumed study counts only its own)
         self._features: str | None = None
         self._digests: dict[str, str] = {}
+        self._basis: tuple[int, int] | None = None
 
     def __getattr__(self, name: str):
         # The pool, the base model, T and the targets are read by `prepare`: a cell run before it
@@ -320,8 +322,16 @@ class Study:
 
         def compute() -> dict:
             log.info("cell %s: training (%s)", cell.name, cell.method or "none: base model")
-            runs = METHODS[cell.method].runs if cell.method else None
-            return {**asdict(cell), "runs": runs, **self._train(cell), "versions": package_versions()}
+            entry = METHODS[cell.method] if cell.method else None
+            if entry is not None and entry.prior_from:  # the source cell first: its passes are its own
+                self.run_cell(self._prior_cell(cell))
+            with PassCounter() as counter:
+                fields = self._train(cell)
+            if entry is not None:
+                n, tokens = self.counted_basis()
+                seconds = fields["select_seconds"] + fields["train_seconds"]
+                record_costs(fields, counter, target_parameters=n, pool_tokens=tokens, seconds=seconds)
+            return {**asdict(cell), "runs": entry.runs if entry else None, **fields, "versions": package_versions()}
 
         record, computed = self.store.run(cell.name, key, compute, self._outputs_exist)
         if computed:
@@ -396,6 +406,18 @@ class Study:
             else round(max(t1 - t0, float(sel.get("select_seconds") or 0.0)), 2),
             "train_seconds": round(t2 - t1, 2),
         }
+
+    def counted_basis(self) -> tuple[int, int]:
+        """Counted Φ's unit (`experiments.costs`): the base model's matrix parameters and the
+        pool's tokens as the trainer encodes them (read once per process)."""
+        if self._basis is None:
+            model, tokenizer = load_model_and_tokenizer(self.model)
+            self._basis = (
+                flop_parameters(model),
+                pool_tokens(self.pool, tokenizer, self.cfg.template, self.cfg.max_length),
+            )
+            del model
+        return self._basis
 
     def model_path(self, record: dict) -> str:
         return self.model if record.get("method") is None else str(self.out / record["model"])

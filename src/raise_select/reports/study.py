@@ -56,6 +56,10 @@ def gain_rows(
                 "loss": float(np.mean([np.mean(x) for x in losses])),
                 "seconds": round(seconds, 1),
                 "phi": seconds / phi if math.isfinite(phi) else None,
+                # counted token passes (experiments.costs): the cells' own model calls, featurizing aside
+                "phi_counted": float(np.mean([g["costs"]["phi"] for g in group]))
+                if all(g.get("costs") for g in group)
+                else None,
                 "runs": len(group),
             }
     order = {r["method"]: i for i, r in reversed(list(enumerate(records)))}
@@ -88,10 +92,10 @@ def gain_markdown(
     notes: list[str] = (),
 ) -> str:
     """The gain table (Markdown) and what it measured."""
-    head = "| method | " + " | ".join(f"{t} gain [95% CI]" for t in targets) + " | cost (Φ) | seconds |"
-    lines = [head, "|" + "---|" * (len(targets) + 3)]
+    head = "| method | " + " | ".join(f"{t} gain [95% CI]" for t in targets) + " | cost (Φ) | counted Φ | seconds |"
+    lines = [head, "|" + "---|" * (len(targets) + 4)]
     lines.append(
-        "| zero-shot | " + " | ".join(f"0 (loss {np.mean(base_losses[t]):.4f})" for t in targets) + " | 0 | 0 |"
+        "| zero-shot | " + " | ".join(f"0 (loss {np.mean(base_losses[t]):.4f})" for t in targets) + " | 0 | 0 | 0 |"
     )
     for m, by_target in rows.items():
         cells = []
@@ -104,8 +108,9 @@ def gain_markdown(
             cells.append(f"**{text}** *" if c["above_rand"] else text)
         any_cell = next(iter(by_target.values()))
         phi_txt = f"{any_cell['phi']:.2f}" if any_cell["phi"] is not None else "n/a"
+        counted = f"{any_cell['phi_counted']:.2f}" if any_cell.get("phi_counted") is not None else "n/a"
         label = any_cell["label"] + (f" ({any_cell['runs']} seeds)" if any_cell["runs"] > 1 else "")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {phi_txt} | {any_cell['seconds']:.0f} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {phi_txt} | {counted} | {any_cell['seconds']:.0f} |")
     counted = ", ".join(readers) or "no method"
     items = f"{heldout} held-out items" if heldout else "the held-out items"
     lines += [
@@ -115,7 +120,9 @@ def gain_markdown(
         "estimate and gets no mark. `*`: interval wholly above RAND's.",
         f"Pool {pool_size} rows; budget {budget:g} -> {steps} matched steps of {batch_size}; the 100% row is its own "
         f"epochs over the pool. Φ = {phi:.0f} s (from {phi_from}); featurize (counted for {counted}) "
-        f"{feat_seconds:.0f} s. Targeted rows cost one selection per target; their cost is per target.",
+        f"{feat_seconds:.0f} s. Targeted rows cost one selection per target; their cost is per target. "
+        "Counted Φ: the forward and backward token passes of the cell's own model calls (selection and "
+        "training; featurizing and a prior's source cell aside) over one epoch's (`experiments.costs`).",
         *notes,
     ]
     return "\n".join(lines) + "\n"
