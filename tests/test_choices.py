@@ -58,6 +58,23 @@ def test_loglikelihoods_equal_lm_evaluation_harness(tiny, max_length):
         np.testing.assert_allclose(scores.loglik[k], ref[starts[k] : starts[k] + n_cloze[k]], rtol=1e-5, atol=1e-5)
 
 
+def test_a_tokenizer_that_adds_bos_is_encoded_as_the_harness_encodes_it(tiny_model_dir):
+    """Llama-style tokenizers prepend BOS: lm-eval keeps it, except on a text that already
+    starts with the BOS text."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bos = tok.convert_tokens_to_ids("<s>")
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    assert tok.encode("Say hi")[0] == bos and tok.bos_token == "<s>"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    requests = [("Question: Say hi\nAnswer:", " red"), ("<s>Question: Say hi\nAnswer:", " red"), ("Say ", "hi.")]
+    assert ch.encode_pair(tok, *requests[0])[0][0] == bos and ch.encode_pair(tok, *requests[1])[0].count(bos) == 1
+    mine = ch.loglikelihoods(model, tok, requests)
+    np.testing.assert_allclose(mine, _harness(model, tok, requests, 512), rtol=1e-5, atol=1e-5)
+
+
 def test_requests_follow_the_harness_forms():
     item = ITEMS[0]
     assert ch.requests_of(item, "cloze") == [
