@@ -87,6 +87,10 @@ def test_requests_follow_the_harness_forms():
     assert letters[0][0] == "Question: What is 12 plus 7?\nA. 19\nB. 21 apples\nC. the lazy dog\nAnswer:"
     with pytest.raises(UserError, match="unknown choice form 'mcq'; available: cloze, letters"):
         ch.requests_of(item, "mcq")
+    many = ch.ChoiceItem("q", tuple("abcdefghijkl"), 0, "f.jsonl", 3)
+    assert len(ch.requests_of(many, "cloze")) == 12
+    with pytest.raises(UserError, match="f.jsonl, row 3, field 'mc_choices': 12 choices, more than the 10 letters"):
+        ch.requests_of(many, "letters")
 
 
 def test_a_lora_model_and_a_model_folder_score_the_same(tiny, tiny_model_dir):

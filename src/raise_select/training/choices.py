@@ -147,6 +147,11 @@ def requests_of(item: ChoiceItem, form: str = "cloze") -> list[tuple[str, str]]:
         context = f"Question: {item.question}\nAnswer:"
         conts = list(item.choices)
     elif form == "letters":
+        if len(item.choices) > len(LETTERS):
+            raise UserError(
+                f"{where(item.source, item.row, CHOICES_FIELD)}: {len(item.choices)} choices, more than the "
+                f"{len(LETTERS)} letters of the letters form; use the cloze form"
+            )
         context = format_prompt({"question": item.question, "choices": list(item.choices)})
         conts = list(LETTERS[: len(item.choices)])
     else:
