@@ -262,6 +262,7 @@ def test_a_study_of_methods_that_read_no_features_never_featurizes(tmp_path, mon
     monkeypatch.setattr(study_module, "featurize", no_featurize)
     monkeypatch.setattr(study_module, "evaluate", lambda cfg: {"arc_challenge": {"score": 0.5}})
     monkeypatch.setattr(Study, "features_seconds", lambda self: 100.0)  # as if an earlier run had featurized
+    monkeypatch.setattr(Study, "counted_basis", lambda self: (1000, 100))  # the fake model "m" is never loaded
     cfg = StudyConfig(
         pool=str(pool),
         model="m",
