@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -39,7 +40,9 @@ def real_study(shared_data, model, out, **changes) -> StudyConfig:
         "out": str(out),
         **changes,
     }
-    return resolve(StudyConfig, "study", CONFIG, None, settings)
+    cfg = resolve(StudyConfig, "study", CONFIG, None, settings)
+    # the shipped 3 seeds per method are out of a test's time: one cell per method unless asked
+    return dataclasses.replace(cfg, method_seeds=changes.get("method_seeds"))
 
 
 def options(cfg, **extra):
@@ -165,7 +168,6 @@ def test_the_benchmark_study_and_its_tables_on_a_tiny_model(shared_data, tiny_mo
     from raise_select.data.quantitative import is_quantitative
     from raise_select.data.validation import load_validation
     from raise_select.experiments.bench import bench_tables
-    from raise_select.experiments.study import TARGETS
     from raise_select.training.finetune import policy_training_seconds
 
     out = tmp_path / "bench"
@@ -211,21 +213,23 @@ def test_the_benchmark_study_and_its_tables_on_a_tiny_model(shared_data, tiny_mo
     assert len(raise_ids) == study.steps * cfg.batch_size and 0 < len(own) < len(raise_ids)
     assert topics["methods"]["raise_rds"]["share"] == pytest.approx(sum(i in maths for i in raise_ids) / len(raise_ids))
     assert topics["methods"]["raise_rds:policy"]["share"] == pytest.approx(sum(i in maths for i in own) / len(own))
-    # The held-out items come from another split than the validation items.
+    # The held-out items (the test split) share no question with the validation items.
     for t in cfg.targets:
         val = {
             json.loads(line)["messages"][0]["content"] for line in (out / "targets" / f"{t}_validation.jsonl").open()
         }
-        held = {e.messages[0][1] for e in load_validation(t, shared_data, n=6, seed=0, split=TARGETS[t][1])}
-        assert len(val) == 4 and not val & held
-    # The refactor keeps results: per-item losses and chosen rows as the code before the
-    # experiments layer gave them (pinned from commit 8a6c789; docs/benchmarks.md).
+        held = {e.messages[0][1] for e in load_validation(f"{t}:test", shared_data, n=6, seed=0)}
+        assert len(val) == 4 and len(held) == 6 and not val & held
+    # The refactor kept the chosen rows of the code before the experiments layer (pinned from
+    # commit 8a6c789). The trusted protocol changed the held-out items and metric (so the pinned
+    # per-item losses no longer apply) and GSM8K's validation sample (now drawn from the rows
+    # outside its dev part); the cells whose inputs it left alone still choose the pinned rows.
     pinned = json.loads(PINS.read_text())["bench_real"]
     records = {r["name"]: r for r in result["records"]}
     assert set(records) == set(pinned)
     for name, pin in pinned.items():
-        for t, item_losses in pin["losses"].items():
-            assert records[name]["evals"][t]["losses"] == pytest.approx(item_losses, abs=2e-6), (name, t)
+        if "gsm8k" in name:
+            continue
         folder = out / "cells" / name
         if "indices" in pin:
             assert json.loads((folder / "selection.json").read_text())["indices"] == pin["indices"], name

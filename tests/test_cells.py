@@ -160,7 +160,7 @@ def test_issue_34_another_model_or_size_into_an_existing_folder(
     other = build_tiny_model(tmp_path / "other", TEXTS, preset="test", seed=5)
     swapped = Study(config(shared_data, other, pool_file, out)).run()
     fresh = Study(config(shared_data, other, pool_file, tmp_path / "fresh")).run()
-    base = lambda r: next(x for x in r["records"] if x["name"] == "base")["evals"]["gsm8k"]["losses"]  # noqa: E731
+    base = lambda r: next(x for x in r["records"] if x["name"] == "base")["evals"]["gsm8k:test"]["values"]  # noqa: E731
     assert swapped["computed"] == ["base", "full", "random-s0"]
     assert base(swapped) == base(fresh) != base(first)
     trainings["trained"].clear()
@@ -201,10 +201,15 @@ def test_issue_34_base_model_replaced_at_the_same_path_recomputes_every_cell(
         (lambda text, rec: json.dumps([rec]), True),  # a list
         (lambda text, rec: json.dumps({**rec, "scores": ["x"]}), True),  # scores of the wrong kind
         (lambda text, rec: json.dumps({k: v for k, v in rec.items() if k != "key"}), True),  # no key
-        # a shortened per-item loss list: evaluated again, not retrained
+        # a shortened per-item list: evaluated again, not retrained
         (
             lambda text, rec: json.dumps(
-                {**rec, "evals": {"gsm8k": {**rec["evals"]["gsm8k"], "losses": rec["evals"]["gsm8k"]["losses"][:2]}}}
+                {
+                    **rec,
+                    "evals": {
+                        "gsm8k:test": {**rec["evals"]["gsm8k:test"], "values": rec["evals"]["gsm8k:test"]["values"][:2]}
+                    },
+                }
             ),
             False,
         ),

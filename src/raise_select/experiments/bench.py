@@ -52,7 +52,7 @@ def bench_tables(study: Study, result: dict) -> dict:
         raise ValueError("the benchmark's tables need a study with targets")
     records = [cell_facts(study, r) for r in result["records"]]
     base = next(r for r in records if r["method"] is None)
-    base_losses = {t: base["evals"][t]["losses"] for t in cfg.targets}
+    base_losses = {t: base["heldout"][t] for t in cfg.targets}
     phi, rows = result["phi"], result["gains"]
     feat_seconds = study.features_seconds()
     prior_from = {name: m.prior_from for name, m in METHODS.items()}
@@ -85,5 +85,6 @@ def bench_tables(study: Study, result: dict) -> dict:
     write_json_atomic(out / "bench_real.json", summary)
     write_text_atomic(out / "bench_real.md", md)
     if rows:
-        plot_gains(rows, cfg.targets, out / "bench_real.png")
+        title = f"{Path(study.model).name}, pool {len(study.pool)}, {study.steps} steps, {cfg.heldout_split} split"
+        plot_gains(rows, cfg.targets, out / "bench_real.png", title=title)
     return summary

@@ -158,10 +158,9 @@ def damaged(record) -> str | None:
     if not isinstance(evals, dict) or not all(isinstance(e, dict) for e in evals.values()):
         return "field 'evals' is not a mapping of evaluations"
     for what, e in evals.items():
-        if "losses" in e and not (
-            isinstance(e["losses"], list) and all(isinstance(x, (int, float)) for x in e["losses"])
-        ):
-            return f"evaluation '{what}' does not hold a list of per-item losses"
+        for name in ("losses", "values", "acc"):
+            if name in e and not (isinstance(e[name], list) and all(isinstance(x, (int, float)) for x in e[name])):
+                return f"evaluation '{what}' does not hold a list of per-item figures in '{name}'"
         if "scores" in e and not (
             isinstance(e["scores"], dict) and all(isinstance(v, (int, float)) for v in e["scores"].values())
         ):
@@ -176,13 +175,14 @@ def damaged(record) -> str | None:
 
 def evaluation(record: dict, what: str, key: str, size: int | None = None):
     """A finished evaluation `what` of the record (its `evals` entry) made with `key` and, for
-    per-item losses, holding `size` of them; None when missing, stale or cut short."""
+    per-item figures (`values`, older records `losses`), holding `size` of them; None when
+    missing, stale or cut short."""
     done = record.get("evals", {}).get(what)
     if not done or done.get("key") != key:
         return None
-    if size is not None and len(done.get("losses", [])) != size:
-        log.warning(
-            "cell %s, %s: %d losses, expected %d; evaluated again", record.get("name"), what, len(done["losses"]), size
-        )
-        return None
+    if size is not None:
+        have = len(done.get("values", done.get("losses", [])))
+        if have != size or len(done.get("acc", [None] * size)) != size:
+            log.warning("cell %s, %s: %d figures, expected %d; evaluated again", record.get("name"), what, have, size)
+            return None
     return done

@@ -8,25 +8,28 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from ..baselines import budget_count, matched_steps
 from ..config import merge, parse_overrides, read_yaml
 from ..errors import UserError
 from ..evaluation.evaluate import check_tasks
 from ..registry import Registry
-from ..reports.tables import BASE_ROW, FULL_ROW
+from ..reports.tables import BASE_ROW
 from ..training.loop import LMConfig
 from .methods import METHODS
 
 RAISE = "raise"
 PLACEHOLDER = "{model}"  # in a method's options: the study's base model
 
-# Named target tasks: (validation split the methods read, held-out split every cell is scored on).
-TARGETS: Registry[tuple[str, str]] = Registry(
-    "target",
-    {"gsm8k": ("train", "test"), "arc_challenge": ("dev", "test"), "commonsenseqa": ("train", "dev")},
+# Named target tasks. Per target the methods read a validation sample drawn from the target's
+# validation rows, and every cell is scored on its held-out `<target>:dev` or `<target>:test` set
+# (`heldout_split`); the three parts share no question (`data.benchmarks.split_parts`).
+TARGETS: Registry[str] = Registry(
+    "target", {"gsm8k": "validation", "arc_challenge": "validation", "commonsenseqa": "validation"}
 )
+HELDOUT_SPLITS = ("dev", "test")
+METRICS = ("auto", "neg_loss", "choice_ce", "choice_acc")
 
 _LM_FIELDS = tuple(f.name for f in dataclasses.fields(LMConfig))
 # What each job of a cell takes from the study's settings: {job's field: StudyConfig field}.
@@ -47,7 +50,6 @@ JOB_FIELDS: dict[str, dict[str, str]] = {
             "val_size",
             "batch_size",
             "select_every",
-            "metric",
             "report_to",
             "rounds",
         )
@@ -80,6 +82,8 @@ _EVAL_FIELDS = (
     "loss_split",
     "loss_size",
     "heldout_size",
+    "heldout_split",
+    "metric",
 )
 # Settings outside a cell's training key: evaluation, the grid, reporting, and the paths whose
 # contents are keyed instead (model, pool, validation set, data folder).
@@ -88,6 +92,7 @@ _NOT_TRAINING = (
     "methods",
     "seeds",
     "raise_seeds",
+    "method_seeds",
     "targets",
     "out",
     "pool",
@@ -149,8 +154,19 @@ class StudyConfig(LMConfig):
             "targeted methods read and a held-out sample every cell is scored on per item; empty: `val` alone"
         },
     )
-    heldout_size: Optional[int] = field(
-        default=None, metadata={"help": "with `targets`: held-out items per target (seeded sample); None: all"}
+    heldout_size: Union[int, dict[str, int], None] = field(
+        default=None,
+        metadata={
+            "help": "with `targets`: held-out items per target (seeded sample; a number, or per target a mapping "
+            "target: number); None: all"
+        },
+    )
+    heldout_split: str = field(
+        default="test",
+        metadata={
+            "help": "with `targets`: the held-out set every cell is scored on, `dev` (for choosing settings) or "
+            "`test` (reported once, settings fixed); the validation sample is disjoint from both"
+        },
     )
     tasks: list[str] = field(
         default_factory=lambda: ["mmlu", "arc_challenge", "commonsenseqa"],
@@ -180,6 +196,13 @@ class StudyConfig(LMConfig):
             "the row their mean; a seed listed twice is one cell; None: one cell per preset at the study's `seed`"
         },
     )
+    method_seeds: Optional[list[int]] = field(
+        default=None,
+        metadata={
+            "help": "seeds of every other method (the 100% row and the baselines but RAND), a cell "
+            "`<method>[@<target>]-s<seed>` each, the row their mean; None: one cell at the study's `seed`"
+        },
+    )
     full_steps: Optional[int] = field(
         default=None, metadata={"help": "cap on the 100% row's update steps; None: its epochs over the whole pool"}
     )
@@ -187,7 +210,14 @@ class StudyConfig(LMConfig):
     sem_dim: int = field(default=32, metadata={"help": "featurize: d_sem"})
     rounds: int = field(default=20, metadata={"help": "RAISE: policy-training rounds K"})
     select_every: int = field(default=1, metadata={"help": "RAISE: the policy chooses every M steps (appendix F)"})
-    metric: str = field(default="neg_loss", metadata={"help": "RAISE: P(M) on the validation set"})
+    metric: str = field(
+        default="auto",
+        metadata={
+            "help": "with `targets`: the held-out figure per item: auto (choice_ce on multiple-choice targets, "
+            "neg_loss on GSM8K), neg_loss (response loss), choice_ce (gold choice's cross-entropy over the "
+            "choices), choice_acc; RAISE's reward metric is train-policy's `metric` in the `raise:` section"
+        },
+    )
     eval_limit: Optional[int] = field(default=None, metadata={"help": "evaluate only the first N items of each task"})
     num_fewshot: int = field(default=0, metadata={"help": "evaluation: in-context examples per item"})
     eval_batch_size: int = field(default=8, metadata={"help": "evaluation: lm-eval batch size"})
@@ -244,7 +274,19 @@ def plan_cells(cfg: StudyConfig) -> list[Cell]:
         raise UserError("seeds: give at least one seed for the random baseline")
     if cfg.raise_seeds is not None and not cfg.raise_seeds:
         raise UserError("raise_seeds: give at least one seed, or leave it out for one RAISE cell at `seed`")
-    for name in ("seeds", "raise_seeds"):
+    if cfg.method_seeds is not None and not cfg.method_seeds:
+        raise UserError("method_seeds: give at least one seed, or leave it out for one cell at `seed`")
+    if cfg.heldout_split not in HELDOUT_SPLITS:
+        raise UserError(f"heldout_split: '{cfg.heldout_split}'; give one of {', '.join(HELDOUT_SPLITS)}")
+    if cfg.metric not in METRICS:
+        raise UserError(f"metric: '{cfg.metric}'; give one of {', '.join(METRICS)}")
+    for t in cfg.targets:
+        heldout_size_of(cfg, t)  # a bad size fails before any cell
+    if isinstance(cfg.heldout_size, dict):
+        extra = sorted(set(cfg.heldout_size) - set(cfg.targets))
+        if extra:
+            raise UserError(f"heldout_size: '{extra[0]}' is not one of the study's targets ({', '.join(cfg.targets)})")
+    for name in ("seeds", "raise_seeds", "method_seeds"):
         bad = [s for s in getattr(cfg, name) or () if not 0 <= s < 2**32]
         if bad:
             raise UserError(f"{name}: {bad[0]} is not a seed; give whole numbers in 0 .. 2**32 - 1")
@@ -257,20 +299,32 @@ def plan_cells(cfg: StudyConfig) -> list[Cell]:
             check_tasks(cfg.tasks)
         except UserError as e:
             raise UserError(f"tasks: {e}") from None
-    cells = [Cell("base", BASE_ROW, None, cfg.seed), Cell("full", FULL_ROW, "full", cfg.seed)]
-    for m in dict.fromkeys(cfg.methods):
-        if m == "full":
-            continue
+    cells = [Cell("base", BASE_ROW, None, cfg.seed)]
+    for m in dict.fromkeys(["full", *cfg.methods]):
         entry = METHODS[m]
-        if entry.seeds == "random":
-            seeds = [(s, s) for s in dict.fromkeys(cfg.seeds)]
-        elif entry.seeds == "raise" and cfg.raise_seeds is not None:
-            seeds = [(s, s) for s in dict.fromkeys(cfg.raise_seeds)]
-        else:
-            seeds = [(cfg.seed, None)]
+        seeds = [(s, s) for s in seeds_of(cfg, m)] if seeds_of(cfg, m) is not None else [(cfg.seed, None)]
         targets = cfg.targets if entry.reads_validation and cfg.targets else [None]
         cells += [Cell(cell_name(m, t, shown), entry.label, m, s, t) for s, shown in seeds for t in targets]
     return cells
+
+
+def seeds_of(cfg: StudyConfig, method: str) -> list[int] | None:
+    """The seeds `method` runs under, a cell `-s<seed>` each (RAND: `seeds`; RAISE's presets:
+    `raise_seeds`; every other method, the 100% row included: `method_seeds`); None: one cell at
+    the study's `seed`, named without a seed."""
+    kind = METHODS[method].seeds
+    seeds = cfg.seeds if kind == "random" else cfg.raise_seeds if kind == "raise" else cfg.method_seeds
+    return None if seeds is None else list(dict.fromkeys(seeds))
+
+
+def heldout_size_of(cfg: StudyConfig, target: str) -> int | None:
+    """Held-out items of `target`: `heldout_size`, or its entry when it is a mapping per target."""
+    size = cfg.heldout_size
+    if isinstance(size, dict):
+        size = size.get(target)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise UserError(f"heldout_size: {size!r} for {target}; give a whole number of items >= 1")
+    return size
 
 
 def method_sections(config_path: str | Path | None, overrides: list[str] | None, methods: list[str]) -> dict[str, dict]:

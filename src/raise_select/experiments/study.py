@@ -36,23 +36,32 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from ..baselines.run import BaselineConfig, run_baseline
 from ..config import from_dict, merge
 from ..data.pools import load_pool, subsample_to_file, to_format
 from ..data.validation import load_validation
 from ..errors import UserError
 from ..evaluation.evaluate import EvaluateConfig, evaluate
-from ..evaluation.loss import example_losses, response_loss
+from ..evaluation.loss import default_metric, heldout_values, response_loss
 from ..features.featurize import FeaturizeConfig, featurize
 from ..io import fingerprint, write_json_atomic, write_text_atomic
-from ..logs import package_versions, setup_logging
+from ..logs import setup_logging
 from ..models.loading import load_model_and_tokenizer
 from ..models.tiny import PRESETS, build_tiny_model
 from ..progress import progress_bar
 from ..registry import unknown_name
-from ..reports.method_stats import method_stats, stats_markdown
+from ..reports.method_stats import chosen_ids, method_stats, stats_markdown
 from ..reports.plots import plot_study
-from ..reports.study import gain_markdown, gain_rows
+from ..reports.study import (
+    differences_markdown,
+    figures,
+    gain_markdown,
+    gain_rows,
+    item_gains,
+    paired_differences,
+)
 from ..reports.tables import build_table, write_table
 from ..training.finetune import train_and_finetune
 from ..training.reporting import parse_report_to
@@ -74,12 +83,15 @@ from .plan import (  # noqa: F401  (re-exported: the study's settings and grid)
     StudyConfig,
     cell_name,
     check_placeholders,
+    heldout_size_of,
     job_settings,
     matched_step_count,
     method_sections,
     plan_cells,
+    seeds_of,
     substitute_model,
 )
+from .provenance import code_version, code_versions, provenance, provenance_markdown
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +143,18 @@ class Study:
         self.pool = pool
         self.steps = matched_step_count(cfg, len(pool))
         self.model = cfg.model or str(self._build_model())
-        self.val_files, self.heldout = {}, {}
+        self.val_files, self.heldout, self._heldout_sets = {}, {}, {}
         for t in cfg.targets:
-            val_split, held_split = TARGETS[t]
-            val = load_validation(t, cfg.data_dir, n=cfg.val_size, seed=cfg.seed, split=val_split)
+            metric = self.metric_of(t)
+            if metric.startswith("choice_") and default_metric(t) != "choice_ce":
+                raise UserError(f"metric: {metric} scores choices; target '{t}' is not multiple choice (use neg_loss)")
+            val = load_validation(t, cfg.data_dir, n=cfg.val_size, seed=cfg.seed, split=TARGETS[t])
             path = self.out / "targets" / f"{t}_validation.jsonl"
             text = "".join(json.dumps(to_format(e, "messages")) + "\n" for e in val)
             if not path.is_file() or path.read_text(encoding="utf-8") != text:
                 write_text_atomic(path, text)
             self.val_files[t] = str(path)
-            self.heldout[t] = load_validation(t, cfg.data_dir, n=cfg.heldout_size, seed=cfg.seed, split=held_split)
+            self.heldout[t] = self.heldout_items(t, cfg.heldout_split)
         log.info(
             "pool %s: %d examples; base model %s; %d matched update steps of %d%s",
             self.pool_spec,
@@ -150,6 +164,23 @@ class Study:
             cfg.batch_size,
             f"; targets {', '.join(cfg.targets)}" if cfg.targets else "",
         )
+
+    def metric_of(self, target: str) -> str:
+        """The held-out metric of `target`: `metric`, `auto` resolved by `evaluation.loss.default_metric`."""
+        return default_metric(target) if self.cfg.metric == "auto" else self.cfg.metric
+
+    def heldout_items(self, target: str, split: str) -> list:
+        """The held-out items of `target` on `split` (`<target>:dev` or `:test`, `heldout_size` of
+        them, a seeded sample), read once per process."""
+        if (target, split) not in self._heldout_sets:
+            cfg = self.cfg
+            n = heldout_size_of(cfg, target)
+            self._heldout_sets[target, split] = load_validation(f"{target}:{split}", cfg.data_dir, n=n, seed=cfg.seed)
+        return self._heldout_sets[target, split]
+
+    def eval_name(self, target: str, split: str | None = None) -> str:
+        """The name of a target's held-out evaluation in a cell record: `<target>:<split>`."""
+        return f"{target}:{split or self.cfg.heldout_split}"
 
     def _build_model(self) -> Path:
         if self.cfg.build_model not in PRESETS:
@@ -177,7 +208,8 @@ class Study:
                     examples = load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed)
                     value = examples_digest(examples)
             elif what.startswith("heldout:"):
-                value = examples_digest(self.heldout[what[8:]])
+                target, _, split = what[8:].partition(":")
+                value = examples_digest(self.heldout_items(target, split or self.cfg.heldout_split))
             elif what == "loss_set":
                 value = examples_digest(self._loss_examples())
             else:
@@ -296,22 +328,34 @@ class Study:
             }
         elif what == "loss_set":
             settings = {"loss": self.digest("loss_set"), "max_length": cfg.max_length, "template": cfg.template}
-        else:
-            settings = {"heldout": self.digest(f"heldout:{what}"), "max_length": cfg.max_length}
+        else:  # `<target>:<split>`: the held-out items' contents, the split, the metric
+            target, _, split = what.partition(":")
+            settings = {
+                "heldout": self.digest(f"heldout:{target}:{split}"),
+                "split": split,
+                "metric": self.metric_of(target),
+                "max_length": cfg.max_length,
+                "template": cfg.template,
+            }
         return fingerprint({"cell": cell_key, **settings})
 
     # ---------------------------------------------------------------- cells
 
     def _prior_cell(self, cell: Cell) -> Cell:
-        return self._prior_cell_for(cell.method, cell.target)
+        return self._prior_cell_for(cell.method, cell.target, cell.seed)
 
-    def _prior_cell_for(self, method: str, target: str | None) -> Cell:
+    def _prior_cell_for(self, method: str, target: str | None, seed: int | None = None) -> Cell:
         """The cell whose pool scores are a RAISE preset's prior: its source method at the same
-        target (when that method is targeted) and the study's seed."""
+        target (when that method is targeted) and the same seed when the source runs under it
+        (`method_seeds`: LESS's warm-up then varies with the RAISE row's seed), else the study's."""
         source = METHODS[method].prior_from
         entry = METHODS[source]
         target = target if entry.reads_validation and self.cfg.targets else None
-        return Cell(cell_name(source, target, None), entry.label, source, self.cfg.seed, target)
+        seeds = seeds_of(self.cfg, source)
+        if seeds is None:
+            return Cell(cell_name(source, target, None), entry.label, source, self.cfg.seed, target)
+        seed = seed if seed in seeds else self.cfg.seed if self.cfg.seed in seeds else seeds[0]
+        return Cell(cell_name(source, target, seed), entry.label, source, seed, target)
 
     def _outputs_exist(self, record: dict) -> bool:
         return record.get("method") is None or (self.out / record.get("model", "\0")).is_dir()
@@ -331,7 +375,7 @@ class Study:
                 n, tokens = self.counted_basis()
                 seconds = fields["select_seconds"] + fields["train_seconds"]
                 record_costs(fields, counter, target_parameters=n, pool_tokens=tokens, seconds=seconds)
-            return {**asdict(cell), "runs": entry.runs if entry else None, **fields, "versions": package_versions()}
+            return {**asdict(cell), "runs": entry.runs if entry else None, **fields, **provenance()}
 
         record, computed = self.store.run(cell.name, key, compute, self._outputs_exist)
         if computed:
@@ -425,14 +469,15 @@ class Study:
     def _evaluate_cell(self, cell: Cell, record: dict) -> None:
         """Every evaluation the study asks of the cell, each kept under its own key."""
         cfg = self.cfg
-        wanted = [t for t in cfg.targets if cell.target in (None, t)]
+        targets = {self.eval_name(t): t for t in cfg.targets if cell.target in (None, t)}
+        wanted = list(targets)
         if cfg.tasks:
             wanted.append("tasks")
         if cfg.loss_set:
             wanted.append("loss_set")
         for what in wanted:
             key = self.eval_key(record["key"], what)
-            size = len(self.heldout[what]) if what in cfg.targets else None
+            size = len(self.heldout[targets[what]]) if what in targets else None
             done = evaluation(record, what, key, size)
             if done is not None and (what != "tasks" or set(cfg.tasks) <= set(done.get("scores") or {})):
                 continue
@@ -450,8 +495,8 @@ class Study:
             elif what == "loss_set":
                 done = {"key": key, "loss": self._loss(model)}
             else:
-                losses = example_losses(model, self.heldout[what], max_length=cfg.max_length, device=cfg.device)
-                done = {"key": key, "losses": [round(float(x), 6) for x in losses]}
+                done = {"key": key, **self._heldout_figures(model, targets[what])}
+            done["code"] = code_version()
             record.setdefault("evals", {})[what] = done
             self.store.save(cell.name, record)
         derived = {
@@ -462,6 +507,39 @@ class Study:
             record.update(derived)
             self.store.save(cell.name, record)
         record.update(derived)
+
+    def _heldout_figures(self, model: str, target: str) -> dict:
+        """Per held-out item the target's metric (`values`); with a choice metric the item's
+        accuracy too (`acc`, from the same choice scoring)."""
+        cfg = self.cfg
+        metric, items = self.metric_of(target), self.heldout[target]
+        out = {"split": cfg.heldout_split, "metric": metric, "items": len(items)}
+        if metric.startswith("choice_"):
+            from ..evaluation.choices import score_choices
+
+            scores = score_choices(
+                model,
+                items,
+                batch_size=cfg.eval_batch_size,
+                max_length=cfg.max_length,
+                dtype=cfg.dtype,
+                device=cfg.device,
+            )
+            values = scores.ce if metric == "choice_ce" else scores.acc
+            out["acc"] = [float(x) for x in scores.acc]
+        else:
+            values = heldout_values(
+                model,
+                items,
+                metric,
+                template=cfg.template,
+                max_length=cfg.max_length,
+                batch_size=cfg.eval_batch_size,
+                dtype=cfg.dtype,
+                device=cfg.device,
+            )
+        out["values"] = [round(float(x), 6) for x in values]
+        return out
 
     def _loss_examples(self):
         cfg = self.cfg
@@ -568,10 +646,16 @@ class Study:
             table = None
         gains = None
         if self.cfg.targets:
+            for r in records:
+                self._attach_heldout(r)
             base = next((r for r in records if r["method"] is None), None)
-            base_losses = {t: base["evals"][t]["losses"] for t in self.cfg.targets}
+            base_losses = {t: base["heldout"][t] for t in self.cfg.targets}
             labels = {r["method"]: r["row"] for r in records if r["method"]}
             gains = gain_rows(records, base_losses, self.cfg.targets, self.cfg.seed, phi, feat_seconds, readers, labels)
+            best, static_note = self.best_static(records, list(gains))
+            raise_rows = [m for m in gains if METHODS[m].runs == RAISE]
+            diffs = paired_differences(records, base_losses, self.cfg.targets, raise_rows, best, labels)
+            notes = [*notes, self.seed_note(list(gains)), provenance_markdown(records)]
             md = gain_markdown(
                 gains,
                 base_losses,
@@ -583,10 +667,12 @@ class Study:
                 steps=self.steps,
                 budget=self.cfg.budget,
                 batch_size=self.cfg.batch_size,
-                heldout=self.cfg.heldout_size,
+                heldout={t: len(self.heldout[t]) for t in self.cfg.targets},
                 readers=[labels.get(m, m) for m in gains if m in readers],
                 notes=notes,
+                split=self.cfg.heldout_split,
             )
+            md += differences_markdown(diffs, self.cfg.targets, labels, static_note)
             paths["gains_md"] = self.out / "study_gains.md"
             paths["gains_json"] = self.out / "study_gains.json"
             write_text_atomic(paths["gains_md"], md)
@@ -597,8 +683,14 @@ class Study:
                     "phi_seconds": phi,
                     "phi_from": phi_from,
                     "featurize_seconds": feat_seconds,
-                    "base_loss": {t: sum(v) / len(v) for t, v in base_losses.items()},
+                    "heldout_split": self.cfg.heldout_split,
+                    "metrics": {t: base_losses[t]["metric"] for t in self.cfg.targets},
+                    "base": {t: float(sum(v["values"]) / len(v["values"])) for t, v in base_losses.items()},
                     "rows": gains,
+                    "differences": diffs,
+                    "best_static": best,
+                    "best_static_note": static_note,
+                    "code_versions": code_versions(records),
                     "failed": failed,
                 },
             )
@@ -613,7 +705,107 @@ class Study:
             "failed": failed,
             "phi": phi,
             "markdown": "\n".join(parts),
+            "differences": diffs if self.cfg.targets else None,
         }
+
+    # ---------------------------------------------------------------- the gain table's parts
+
+    def _attach_heldout(self, record: dict) -> None:
+        """`record["heldout"][t]`: the evaluation of the reported split per target; and
+        `distinct_rows`, the pool rows the cell trained on at least once."""
+        record["heldout"] = {
+            t: record["evals"][self.eval_name(t)]
+            for t in self.cfg.targets
+            if self.eval_name(t) in record.get("evals", {})
+        }
+        record["distinct_rows"] = self.distinct_rows(record)
+
+    def distinct_rows(self, record: dict) -> int | None:
+        """Distinct pool rows a cell trained on (its selection, or every batch of an online
+        method); the 100% row: the pool, or the rows its capped steps reach; None if unknown."""
+        method = record.get("method")
+        if method is None:
+            return 0
+        if method == "full":
+            n = len(self.pool)
+            return min(n, self.cfg.full_steps * self.cfg.batch_size) if self.cfg.full_steps else n
+        kind = "raise" if record.get("runs") == RAISE else method
+        ids = chosen_ids(self.store.dir(record["name"]), kind, self.pool)
+        return None if ids is None else len(set(ids))
+
+    def static_methods(self, methods: list[str]) -> list[str]:
+        """The static selectors among `methods`: baselines that choose once before training
+        (RAND and the 100% row aside)."""
+        return [
+            m for m in methods if METHODS[m].runs != RAISE and not METHODS[m].online and m not in ("random", "full")
+        ]
+
+    def best_static(self, records: list[dict], methods: list[str]) -> tuple[dict[str, str | None], str]:
+        """Per target the static selector with the highest mean gain on the DEV split, and a
+        sentence saying so. Reporting the test split, the dev evaluations are read from the
+        cells (made by an earlier run with `heldout_split: dev` and the same settings); when
+        any is missing no row is chosen (never on the test items)."""
+        static = self.static_methods(methods)
+        if not static:
+            return {t: None for t in self.cfg.targets}, "Best static selector: no static selector in the study."
+        best, parts = {}, []
+        for t in self.cfg.targets:
+            gains, missing = {}, []
+            base = next(r for r in records if r["method"] is None)
+            base_dev = self._dev_figures(base, t)
+            for m in static:
+                cells = [r for r in records if r["method"] == m and r.get("target") in (None, t)]
+                dev = [self._dev_figures(r, t) for r in cells]
+                if base_dev is None or not cells or any(d is None for d in dev):
+                    missing.append(m)
+                    continue
+                gains[m] = float(np.mean([np.mean(item_gains(base_dev, d)) for d in dev]))
+            label = lambda m: METHODS[m].label  # noqa: E731
+            if missing:
+                best[t] = None
+                parts.append(
+                    f"{t}: dev results missing for {', '.join(label(m) for m in missing)}"
+                    f"{' and the zero-shot cell' if base_dev is None else ''}; no best static selector chosen "
+                    "(run the study with heldout_split: dev first)"
+                )
+            else:
+                best[t] = max(gains, key=gains.get)
+                parts.append(f"{t}: {label(best[t])} (dev gain {gains[best[t]]:+.4f})")
+        return best, "Best static selector per target, chosen on the dev split: " + "; ".join(parts) + "."
+
+    def _dev_figures(self, record: dict, target: str) -> dict | None:
+        """The record's evaluation on `<target>:dev` under the current settings, else None."""
+        name = self.eval_name(target, "dev")
+        if self.cfg.heldout_split == "dev":
+            return figures(record, target)
+        key = self.eval_key(record["key"], name)
+        done = evaluation(record, name, key, len(self.heldout_items(target, "dev")))
+        if done is None:
+            return None
+        return {"metric": done.get("metric"), "values": done["values"], "acc": done.get("acc")}
+
+    def seed_note(self, methods: list[str]) -> str:
+        """What a row's seeds vary, per kind of method."""
+        cfg = self.cfg
+        parts = []
+        for m in methods:
+            seeds = seeds_of(cfg, m)
+            n = len(seeds) if seeds is not None else 1
+            entry = METHODS[m]
+            if m == "random":
+                what = "the random subset and the training order"
+            elif entry.runs == RAISE:
+                what = "the policy's initialisation and training, the fine-tuning's sampling"
+                if entry.prior_from:
+                    what += f", and the prior: the {METHODS[entry.prior_from].label} cell of the same seed"
+            elif m in ("less", "rose"):
+                what = "the LoRA warm-up (its initialisation, rows and order; the projection is fixed) and training"
+            elif entry.online:
+                what = "the training order and initialisation the online choice follows"
+            else:
+                what = "the training order and initialisation (the selection is deterministic given its inputs)"
+            parts.append(f"{METHODS[m].label} {n} ({what})")
+        return "Seeds per row and what they vary: " + "; ".join(parts) + "."
 
 
 def _relative(path: Path, root: Path) -> str:

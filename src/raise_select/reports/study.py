@@ -1,29 +1,73 @@
-"""The study's gain table: per target, each row's held-out loss gain over the zero-shot model
-with a 95% interval, and its cost in seconds and in Φ.
+"""The study's gain table: per target, each row's held-out gain over the zero-shot model with a
+95% interval, its accuracy beside it on multiple-choice targets, the distinct rows it trained
+on, its cost in counted Φ and in seconds, and the paired differences (each method minus RAND,
+each RAISE row minus the best static selector chosen on the dev split).
 
 The study itself (cells, keys, resume) is `raise_select.experiments.study`; this module only
-turns its finished cell records into the table. Gain = the base model's mean held-out loss -
-the row's (nats per response token; higher is better). Intervals: one rule for every row,
-counting seed and held-out item noise (`reports.intervals.gain_interval`, docs/intervals.md);
-`*` marks a row whose interval lies wholly above RAND's, never a 1-seed row.
-A row's cost is the mean over its cells of selection (RAISE: policy training) + training (+ a
-prior taken from another cell's selection), + the featurize seconds for rows that read the
-features, and the same over Φ.
+turns its finished cell records into the tables. A record's held-out figures of target `t` are
+`record["heldout"][t]` (the study puts the evaluation of the split it reports there), else
+`record["evals"][t]`: per item `values` (older records: `losses`) under `metric`. Gain = the
+base model's mean figure - the row's on a loss-like metric (`neg_loss`, `choice_ce`: lower is
+better), the row's - the base's on `choice_acc`; higher is better either way. Intervals: one
+rule for every row and every difference, counting seed and held-out item noise
+(`reports.intervals`, docs/intervals.md); `*` marks a row whose interval lies wholly above
+RAND's, never a 1-seed row. A row's cost is the mean over its cells of selection (RAISE: policy
+training) + training (+ a prior taken from another cell's selection), + the featurize seconds
+for rows that read the features, and the same over Φ; counted Φ is the cells' own token passes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from pathlib import Path
 
 import numpy as np
 
-from .intervals import Interval, gain_interval
+from .intervals import Interval, difference_interval, gain_interval
+
+LOWER_IS_BETTER = {"neg_loss": True, "choice_ce": True, "choice_acc": False, "accuracy": False}
+METRIC_NAMES = {
+    "neg_loss": "response loss (nats per response token)",
+    "choice_ce": "choice cross-entropy (gold choice, nats)",
+    "choice_acc": "choice accuracy",
+}
+
+
+def figures(record: Mapping, target: str) -> dict | None:
+    """The held-out figures of `target` in a record: {metric, values, acc?} or None."""
+    e = (record.get("heldout") or {}).get(target) or (record.get("evals") or {}).get(target)
+    if not e:
+        return None
+    values = e.get("values", e.get("losses"))
+    if values is None:
+        return None
+    return {"metric": e.get("metric", "neg_loss"), "values": values, "acc": e.get("acc")}
+
+
+def item_gains(base: Mapping, run: Mapping) -> np.ndarray:
+    """Per item gain of a run over the base model, higher better: base - run on a loss-like
+    metric, run - base on accuracy."""
+    b, r = np.asarray(base["values"], dtype=np.float64), np.asarray(run["values"], dtype=np.float64)
+    return b - r if LOWER_IS_BETTER.get(base["metric"], True) else r - b
+
+
+def _base_figures(base_losses: Mapping[str, object], t: str) -> dict:
+    b = base_losses[t]
+    return b if isinstance(b, Mapping) else {"metric": "neg_loss", "values": list(b), "acc": None}
+
+
+def _span(values: list) -> str | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
 
 def gain_rows(
     records: list[dict],
-    base_losses: dict[str, list[float]],
+    base_losses: dict[str, object],
     targets: list[str],
     seed: int,
     phi: float,
@@ -31,37 +75,56 @@ def gain_rows(
     readers: Collection[str],
     labels: dict[str, str] | None = None,
 ) -> dict[str, dict]:
-    """method -> target -> {gain, low, high, rule, loss, seconds, phi, runs, above_rand, label},
-    rows in the order of their first cell in `records` (the base cell, method None, left out)."""
+    """method -> target -> {gain, low, high, rule, seed_noise, metric, figure, acc, acc_gain,
+    seconds, phi, phi_counted, distinct_rows, runs, seeds, above_rand, label}, rows in the order
+    of their first cell in `records` (the base cell, method None, left out). `base_losses`: per
+    target the base model's figures ({metric, values, acc}) or its per-item losses; `seed` is
+    not used (the interval rule resamples nothing) and kept for callers."""
     labels = labels or {}
     rows: dict[str, dict] = {}
     for t in targets:
+        base = _base_figures(base_losses, t)
         groups: dict[str, list[dict]] = {}
         for r in records:
-            if r["method"] is not None and r.get("target") in (None, t) and t in r.get("evals", {}):
+            if r["method"] is not None and r.get("target") in (None, t) and figures(r, t) is not None:
                 groups.setdefault(r["method"], []).append(r)
         for m, group in groups.items():
-            losses = [g["evals"][t]["losses"] for g in group]
-            interval = gain_interval(base_losses[t], losses, seed=seed)
+            figs = [figures(g, t) for g in group]
+            sign = 1.0 if LOWER_IS_BETTER.get(base["metric"], True) else -1.0
+            # gain_interval takes base - run: a higher-is-better figure enters negated
+            interval = gain_interval(
+                sign * np.asarray(base["values"], dtype=np.float64),
+                [sign * np.asarray(f["values"], dtype=np.float64) for f in figs],
+            )
             seconds = float(
                 np.mean([g["select_seconds"] + g["train_seconds"] + g.get("prior_seconds", 0.0) for g in group])
             )
             seconds += feat_seconds if m in readers else 0.0
+            acc = [f["acc"] for f in figs]
+            has_acc = base.get("acc") is not None and all(a is not None for a in acc)
             rows.setdefault(m, {})[t] = {
                 "label": labels.get(m, m),
                 "gain": interval.mean,
                 "low": interval.low,
                 "high": interval.high,
                 "rule": interval.rule,
-                "loss": float(np.mean([np.mean(x) for x in losses])),
+                "seed_noise": interval.seed_noise,
+                "metric": base["metric"],
+                "figure": float(np.mean([np.mean(f["values"]) for f in figs])),
+                "acc": float(np.mean([np.mean(a) for a in acc])) if has_acc else None,
+                "acc_gain": float(np.mean([np.mean(a) for a in acc]) - np.mean(base["acc"])) if has_acc else None,
                 "seconds": round(seconds, 1),
                 "phi": seconds / phi if math.isfinite(phi) else None,
                 # counted token passes (experiments.costs): the cells' own model calls, featurizing aside
                 "phi_counted": float(np.mean([g["costs"]["phi"] for g in group]))
                 if all(g.get("costs") for g in group)
                 else None,
+                "distinct_rows": _span([g.get("distinct_rows") for g in group]),
                 "runs": len(group),
+                "seeds": sorted(g["seed"] for g in group),
             }
+            if base["metric"] == "neg_loss":
+                rows[m][t]["loss"] = rows[m][t]["figure"]
     order = {r["method"]: i for i, r in reversed(list(enumerate(records)))}
     rows = dict(sorted(rows.items(), key=lambda kv: order.get(kv[0], len(order))))
     for t in targets:
@@ -75,9 +138,88 @@ def gain_rows(
     return rows
 
 
+def seed_gains(records: list[dict], base_losses: Mapping, target: str) -> dict[str, dict[int, np.ndarray]]:
+    """method -> seed -> per-item gains on `target` (the inputs of the paired differences)."""
+    base = _base_figures(base_losses, target)
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for r in records:
+        f = figures(r, target) if r["method"] is not None and r.get("target") in (None, target) else None
+        if f is not None:
+            out.setdefault(r["method"], {})[r["seed"]] = item_gains(base, f)
+    return out
+
+
+def paired_differences(
+    records: list[dict],
+    base_losses: Mapping,
+    targets: list[str],
+    raise_rows: Collection[str],
+    best_static: Mapping[str, str | None],
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, dict]:
+    """Per target: `vs_random` {method: interval of its gain - RAND's} for every row but RAND,
+    and `vs_static` {RAISE row: interval of its gain - the best static selector's} when
+    `best_static[target]` names a row. Rows are trained from their own seeds, so each difference
+    is unpaired across seeds and paired across the held-out items (`difference_interval`): seed
+    noise of both rows adds, item difficulty common to both cancels."""
+    labels = labels or {}
+    out: dict[str, dict] = {}
+    for t in targets:
+        by_method = seed_gains(records, base_losses, t)
+        entry: dict = {"vs_random": {}, "vs_static": {}, "best_static": best_static.get(t)}
+
+        def diff(a: str, b: str) -> dict:
+            ga = [by_method[a][s] for s in sorted(by_method[a])]
+            gb = [by_method[b][s] for s in sorted(by_method[b])]
+            d = difference_interval(ga, gb, paired=False, what=f"{labels.get(a, a)} - {labels.get(b, b)}")
+            return {**d.as_dict(), "label": labels.get(a, a)}
+
+        if "random" in by_method:
+            entry["vs_random"] = {m: diff(m, "random") for m in by_method if m != "random"}
+        ref = best_static.get(t)
+        if ref in by_method:
+            entry["vs_static"] = {m: diff(m, ref) for m in by_method if m in raise_rows}
+        out[t] = entry
+    return out
+
+
+def _interval_text(c: Mapping) -> str:
+    return f"{c['mean'] if 'mean' in c else c['gain']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+
+
+def differences_markdown(diffs: dict, targets: list[str], labels: Mapping[str, str], static_note: str) -> str:
+    """The paired-differences tables: each row minus RAND, each RAISE row minus the best static selector."""
+    lines = ["", "Paired differences of gains, 95% intervals (`*`: wholly above 0, both rows with seeds):", ""]
+    lines += ["| row - RAND | " + " | ".join(targets) + " |", "|" + "---|" * (len(targets) + 1)]
+    methods = list(dict.fromkeys(m for t in targets for m in diffs[t]["vs_random"]))
+
+    def cell(d):
+        if d is None:
+            return "n/a"
+        text = _interval_text(d)
+        return f"**{text}** *" if d["seed_noise"] and d["low"] > 0 else text
+
+    for m in methods:
+        row = " | ".join(cell(diffs[t]["vs_random"].get(m)) for t in targets)
+        lines.append(f"| {labels.get(m, m)} | {row} |")
+    if not methods:
+        lines.append("| (no RAND row) |" + " n/a |" * len(targets))
+    lines += ["", static_note, ""]
+    raise_methods = list(dict.fromkeys(m for t in targets for m in diffs[t]["vs_static"]))
+    best = {t: diffs[t]["best_static"] for t in targets}
+    head = " | ".join(f"{t} (- {labels.get(best[t], best[t] or 'n/a')})" for t in targets)
+    lines += [f"| RAISE row - best static | {head} |", "|" + "---|" * (len(targets) + 1)]
+    for m in raise_methods:
+        row = " | ".join(cell(diffs[t]["vs_static"].get(m)) for t in targets)
+        lines.append(f"| {labels.get(m, m)} | {row} |")
+    if not raise_methods:
+        lines.append("| (no RAISE row, or no best static selector chosen on dev) |" + " n/a |" * len(targets))
+    return "\n".join(lines) + "\n"
+
+
 def gain_markdown(
     rows: dict[str, dict],
-    base_losses: dict[str, list[float]],
+    base_losses: dict[str, object],
     targets: list[str],
     *,
     phi: float,
@@ -87,15 +229,26 @@ def gain_markdown(
     steps: int,
     budget: float,
     batch_size: int,
-    heldout: int | None,
+    heldout: object,
     readers: list[str],
     notes: list[str] = (),
+    split: str | None = None,
 ) -> str:
     """The gain table (Markdown) and what it measured."""
-    head = "| method | " + " | ".join(f"{t} gain [95% CI]" for t in targets) + " | cost (Φ) | counted Φ | seconds |"
-    lines = [head, "|" + "---|" * (len(targets) + 4)]
+    base = {t: _base_figures(base_losses, t) for t in targets}
+    acc_targets = [t for t in targets if base[t].get("acc") is not None]
+    head = (
+        "| method | "
+        + " | ".join(f"{t} gain [95% CI]" for t in targets)
+        + "".join(f" | {t} acc (Δ)" for t in acc_targets)
+        + " | seeds | distinct rows | counted Φ | Φ (seconds) | seconds |"
+    )
+    lines = [head, "|" + "---|" * (len(targets) + len(acc_targets) + 6)]
     lines.append(
-        "| zero-shot | " + " | ".join(f"0 (loss {np.mean(base_losses[t]):.4f})" for t in targets) + " | 0 | 0 | 0 |"
+        "| zero-shot | "
+        + " | ".join(f"0 ({base[t]['metric']} {np.mean(base[t]['values']):.4f})" for t in targets)
+        + "".join(f" | {100 * np.mean(base[t]['acc']):.1f}%" for t in acc_targets)
+        + " | - | 0 | 0 | 0 | 0 |"
     )
     for m, by_target in rows.items():
         cells = []
@@ -106,23 +259,41 @@ def gain_markdown(
                 continue
             text = f"{c['gain']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
             cells.append(f"**{text}** *" if c["above_rand"] else text)
+        for t in acc_targets:
+            c = by_target.get(t)
+            ok = c is not None and c.get("acc") is not None
+            cells.append(f"{100 * c['acc']:.1f}% ({100 * c['acc_gain']:+.1f})" if ok else "n/a")
         any_cell = next(iter(by_target.values()))
         phi_txt = f"{any_cell['phi']:.2f}" if any_cell["phi"] is not None else "n/a"
         counted = f"{any_cell['phi_counted']:.2f}" if any_cell.get("phi_counted") is not None else "n/a"
-        label = any_cell["label"] + (f" ({any_cell['runs']} seeds)" if any_cell["runs"] > 1 else "")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {phi_txt} | {counted} | {any_cell['seconds']:.0f} |")
+        runs = max(c["runs"] for c in by_target.values())
+        distinct = " / ".join(dict.fromkeys(str(c.get("distinct_rows") or "n/a") for c in by_target.values()))
+        lines.append(
+            f"| {any_cell['label']} | "
+            + " | ".join(cells)
+            + f" | {runs} | {distinct} | {counted} | {phi_txt} | {any_cell['seconds']:.0f} |"
+        )
     counted = ", ".join(readers) or "no method"
-    items = f"{heldout} held-out items" if heldout else "the held-out items"
+    if isinstance(heldout, Mapping):
+        items = "; ".join(f"{t}: {n}" for t, n in heldout.items()) + " held-out items"
+    else:
+        items = f"{heldout} held-out items per target" if heldout else "all held-out items"
+    metrics = "; ".join(f"{t}: {METRIC_NAMES.get(base[t]['metric'], base[t]['metric'])}" for t in targets)
+    where = f" of the `{split}` split" if split else ""
     lines += [
         "",
-        f"Gain = zero-shot held-out loss - the method's (nats per response token, mean over {items} per target; "
-        "higher is better). Intervals: seed and item noise alike (docs/intervals.md); a 1-seed row has no seed noise "
-        "estimate and gets no mark. `*`: interval wholly above RAND's.",
+        f"Held-out figure per target ({items}{where}): {metrics}. Gain = zero-shot figure - the row's on a "
+        "loss or cross-entropy (lower is better), the row's - zero-shot's on accuracy: positive gain is better "
+        "everywhere. Accuracy (Δ in points) comes from the same choice scoring. Intervals: one rule for every row, "
+        "seed and item noise alike (docs/intervals.md); a 1-seed row has no seed noise estimate and gets no mark. "
+        "`*`: interval wholly above RAND's.",
         f"Pool {pool_size} rows; budget {budget:g} -> {steps} matched steps of {batch_size}; the 100% row is its own "
-        f"epochs over the pool. Φ = {phi:.0f} s (from {phi_from}); featurize (counted for {counted}) "
-        f"{feat_seconds:.0f} s. Targeted rows cost one selection per target; their cost is per target. "
-        "Counted Φ: the forward and backward token passes of the cell's own model calls (selection and "
-        "training; featurizing and a prior's source cell aside) over one epoch's (`experiments.costs`).",
+        f"epochs over the pool. Distinct rows: the pool rows a cell trained on at least once (a range over the row's "
+        f"cells; per target where they differ). Counted Φ: the forward and backward token passes of the cell's own "
+        "model calls (selection and training; featurizing and a prior's source cell aside) over one epoch's "
+        f"(`experiments.costs`). Φ (seconds): seconds over one epoch's seconds, Φ = {phi:.0f} s (from {phi_from}); "
+        f"featurize (counted for {counted}) {feat_seconds:.0f} s; seconds are wall time on a shared machine. "
+        "Targeted rows cost one selection per target; their cost is per target.",
         *notes,
     ]
     return "\n".join(lines) + "\n"
@@ -182,13 +353,13 @@ def ablation_markdown(
     records: list[dict], base_losses: dict, targets: list[str], phi: float, feat_seconds: float
 ) -> str:
     """The RAISE rows cell by cell: per row and seed, each target's gain over the zero-shot
-    model (base loss - the cell's mean held-out loss) and the cell's cost in Φ (selection,
+    model (as in the gain table: base - the cell's mean figure on a loss) and the cell's cost in Φ (selection,
     policy training, fine-tuning, the featurize time and, for a prior taken from another cell,
     that cell's selection), so a setting's effect can be read seed by seed."""
     cells: dict[tuple[str, int], dict] = {}
     labels: dict[str, str] = {}
     for r in records:
-        if r.get("runs") == "raise" and r["target"] in targets and r["target"] in r.get("evals", {}):
+        if r.get("runs") == "raise" and r["target"] in targets and figures(r, r["target"]) is not None:
             cells.setdefault((r["method"], r["seed"]), {})[r["target"]] = r
             labels[r["method"]] = r["row"]
     if not cells:
@@ -206,7 +377,7 @@ def ablation_markdown(
                 if r is None:
                     parts.append("n/a")
                     continue
-                gain = float(np.mean(base_losses[t])) - float(np.mean(r["evals"][t]["losses"]))
+                gain = float(np.mean(item_gains(_base_figures(base_losses, t), figures(r, t))))
                 seconds = r["select_seconds"] + r["train_seconds"] + r.get("prior_seconds", 0.0) + feat_seconds
                 parts.append(f"{gain:+.4f} ({seconds / phi:.2f})" if math.isfinite(phi) else f"{gain:+.4f}")
             lines.append(f"| {labels[m]} | {seed} | " + " | ".join(parts) + " |")
@@ -301,35 +472,55 @@ def topic_markdown(topics: dict, targets: list[str], labels: dict[str, str]) -> 
     return "\n".join(lines) + "\n"
 
 
-def plot_gains(rows: dict, targets: list[str], path) -> None:
-    """One panel per target: each row's gain with its 95% interval, RAND's interval shaded."""
+def plot_gains(rows: dict, targets: list[str], path, title: str = "") -> None:
+    """One panel per target, the row labels once on a shared y axis: each row's gain with its
+    95% interval (a dot and a bar; green: wholly above RAND's), RAND's interval shaded, zero
+    marked; x ticks thinned so they never overlap; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from ..io import atomic_path
 
     methods = list(rows)
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 0.45 * len(methods) + 1.5), squeeze=False)
+    labels = [next(iter(rows[m].values()))["label"] for m in methods]
+    runs = [max(c["runs"] for c in rows[m].values()) for m in methods]
+    labels = [f"{lab} ({n} seeds)" if n > 1 else f"{lab} (1 seed)" for lab, n in zip(labels, runs)]
+    height = 0.32 * len(methods) + 1.6
+    fig, axes = plt.subplots(
+        1, len(targets), figsize=(1.2 + 3.6 * len(targets), height), sharey=True, squeeze=False, layout="constrained"
+    )
+    y = np.arange(len(methods))
     for ax, t in zip(axes[0], targets):
-        ms = [m for m in methods if t in rows[m]]
-        g = np.array([rows[m][t]["gain"] for m in ms])
-        err = np.array(
-            [
-                [rows[m][t]["gain"] - rows[m][t]["low"] for m in ms],
-                [rows[m][t]["high"] - rows[m][t]["gain"] for m in ms],
-            ]
-        )
-        colors = [
-            "tab:green" if rows[m][t]["above_rand"] else ("tab:gray" if m == "random" else "tab:blue") for m in ms
-        ]
-        ax.barh(range(len(ms)), g, xerr=err, color=colors, capsize=3)
-        ax.set_yticks(range(len(ms)), [rows[m][t]["label"] for m in ms])
-        ax.invert_yaxis()
-        ax.axvline(0, color="black", lw=0.8)
         if "random" in rows and t in rows["random"]:
-            ax.axvspan(rows["random"][t]["low"], rows["random"][t]["high"], color="tab:gray", alpha=0.15)
-        ax.set_title(t)
-        ax.set_xlabel("held-out loss gain over zero-shot (95% CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            ax.axvspan(rows["random"][t]["low"], rows["random"][t]["high"], color="tab:gray", alpha=0.2, lw=0)
+        ax.axvline(0, color="black", lw=0.8)
+        metric = None
+        for k, m in enumerate(methods):
+            c = rows[m].get(t)
+            if c is None:
+                ax.text(0, k, "n/a", va="center", ha="center", fontsize=7, color="tab:gray")
+                continue
+            metric = c.get("metric", metric)
+            color = "tab:green" if c["above_rand"] else ("dimgray" if m == "random" else "tab:blue")
+            ax.plot([c["low"], c["high"]], [k, k], color=color, lw=2, solid_capstyle="butt")
+            ax.plot([c["low"], c["low"]], [k - 0.2, k + 0.2], color=color, lw=1)
+            ax.plot([c["high"], c["high"]], [k - 0.2, k + 0.2], color=color, lw=1)
+            ax.plot([c["gain"]], [k], "o", color=color, ms=4)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4, prune=None))
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", color="0.9", lw=0.6)
+        ax.set_title(t, fontsize=10)
+        ax.set_xlabel(f"gain on {metric or 'the figure'}", fontsize=8)
+    axes[0][0].set_yticks(y, labels, fontsize=8)
+    axes[0][0].set_ylim(len(methods) - 0.5, -0.5)
+    fig.suptitle(
+        (title + "\n" if title else "")
+        + "gain over zero-shot, 95% interval (seeds and items); shaded: RAND's interval",
+        fontsize=9,
+    )
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
     plt.close(fig)
