@@ -14,6 +14,7 @@ from ..baselines import budget_count, matched_steps
 from ..config import merge, parse_overrides, read_yaml
 from ..errors import UserError
 from ..evaluation.evaluate import check_tasks
+from ..evaluation.loss import default_metric
 from ..registry import Registry
 from ..reports.tables import BASE_ROW
 from ..training.loop import LMConfig
@@ -282,6 +283,8 @@ def plan_cells(cfg: StudyConfig) -> list[Cell]:
         raise UserError(f"metric: '{cfg.metric}'; give one of {', '.join(METRICS)}")
     for t in cfg.targets:
         heldout_size_of(cfg, t)  # a bad size fails before any cell
+        if cfg.metric.startswith("choice_") and default_metric(t) != "choice_ce":
+            raise UserError(f"metric: {cfg.metric} scores choices; target '{t}' is not multiple choice (use neg_loss)")
     if isinstance(cfg.heldout_size, dict):
         extra = sorted(set(cfg.heldout_size) - set(cfg.targets))
         if extra:

@@ -145,9 +145,6 @@ class Study:
         self.model = cfg.model or str(self._build_model())
         self.val_files, self.heldout, self._heldout_sets = {}, {}, {}
         for t in cfg.targets:
-            metric = self.metric_of(t)
-            if metric.startswith("choice_") and default_metric(t) != "choice_ce":
-                raise UserError(f"metric: {metric} scores choices; target '{t}' is not multiple choice (use neg_loss)")
             val = load_validation(t, cfg.data_dir, n=cfg.val_size, seed=cfg.seed, split=TARGETS[t])
             path = self.out / "targets" / f"{t}_validation.jsonl"
             text = "".join(json.dumps(to_format(e, "messages")) + "\n" for e in val)
