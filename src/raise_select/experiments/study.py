@@ -783,26 +783,24 @@ class Study:
 
     def seed_note(self, methods: list[str]) -> str:
         """What a row's seeds vary, per kind of method."""
-        cfg = self.cfg
-        parts = []
+        groups: dict[str, list[str]] = {}
         for m in methods:
-            seeds = seeds_of(cfg, m)
-            n = len(seeds) if seeds is not None else 1
+            seeds = seeds_of(self.cfg, m)
             entry = METHODS[m]
             if m == "random":
                 what = "the random subset and the training order"
             elif entry.runs == RAISE:
-                what = "the policy's initialisation and training, the fine-tuning's sampling"
+                what = "the policy's initialisation and PPO, the fine-tuning's sampling and order"
                 if entry.prior_from:
-                    what += f", and the prior: the {METHODS[entry.prior_from].label} cell of the same seed"
+                    what += f", and the prior (the {METHODS[entry.prior_from].label} cell of the same seed)"
             elif m in ("less", "rose"):
-                what = "the LoRA warm-up (its initialisation, rows and order; the projection is fixed) and training"
+                what = "the LoRA warm-up (its initialisation, rows and order; the projection is fixed) and the training"
             elif entry.online:
-                what = "the training order and initialisation the online choice follows"
+                what = "the training's initialisation and order, which the online choice follows"
             else:
-                what = "the training order and initialisation (the selection is deterministic given its inputs)"
-            parts.append(f"{METHODS[m].label} {n} ({what})")
-        return "Seeds per row and what they vary: " + "; ".join(parts) + "."
+                what = "the training's initialisation and order only (the selection is deterministic given its inputs)"
+            groups.setdefault(what, []).append(f"{entry.label} {len(seeds) if seeds is not None else 1}")
+        return "Seeds per row and what they vary: " + "; ".join(f"{', '.join(g)}: {w}" for w, g in groups.items()) + "."
 
 
 def _relative(path: Path, root: Path) -> str:

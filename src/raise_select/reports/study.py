@@ -33,6 +33,12 @@ METRIC_NAMES = {
     "choice_acc": "choice accuracy",
 }
 
+AXIS_NAMES = {
+    "neg_loss": "response loss gain (nats/token)",
+    "choice_ce": "choice cross-entropy gain (nats)",
+    "choice_acc": "accuracy gain",
+}
+
 
 def figures(record: Mapping, target: str) -> dict | None:
     """The held-out figures of `target` in a record: {metric, values, acc?} or None."""
@@ -267,7 +273,8 @@ def gain_markdown(
         phi_txt = f"{any_cell['phi']:.2f}" if any_cell["phi"] is not None else "n/a"
         counted = f"{any_cell['phi_counted']:.2f}" if any_cell.get("phi_counted") is not None else "n/a"
         runs = max(c["runs"] for c in by_target.values())
-        distinct = " / ".join(dict.fromkeys(str(c.get("distinct_rows") or "n/a") for c in by_target.values()))
+        spans = [str(by_target[t].get("distinct_rows") or "n/a") if t in by_target else "-" for t in targets]
+        distinct = spans[0] if len(set(spans)) == 1 else " / ".join(spans)
         lines.append(
             f"| {any_cell['label']} | "
             + " | ".join(cells)
@@ -289,9 +296,10 @@ def gain_markdown(
         "`*`: interval wholly above RAND's.",
         f"Pool {pool_size} rows; budget {budget:g} -> {steps} matched steps of {batch_size}; the 100% row is its own "
         f"epochs over the pool. Distinct rows: the pool rows a cell trained on at least once (a range over the row's "
-        f"cells; per target where they differ). Counted Φ: the forward and backward token passes of the cell's own "
-        "model calls (selection and training; featurizing and a prior's source cell aside) over one epoch's "
-        f"(`experiments.costs`). Φ (seconds): seconds over one epoch's seconds, Φ = {phi:.0f} s (from {phi_from}); "
+        f"cells; per target in column order where they differ). Counted Φ: the forward and backward token passes "
+        "of the cell's own model calls (selection and training; featurizing and a prior's source cell aside) "
+        f"over one epoch's (`experiments.costs`). Φ (seconds): seconds over one epoch's seconds, "
+        f"Φ = {phi:.0f} s (from {phi_from}); "
         f"featurize (counted for {counted}) {feat_seconds:.0f} s; seconds are wall time on a shared machine. "
         "Targeted rows cost one selection per target; their cost is per target.",
         *notes,
@@ -490,7 +498,7 @@ def plot_gains(rows: dict, targets: list[str], path, title: str = "") -> None:
     labels = [f"{lab} ({n} seeds)" if n > 1 else f"{lab} (1 seed)" for lab, n in zip(labels, runs)]
     height = 0.32 * len(methods) + 1.6
     fig, axes = plt.subplots(
-        1, len(targets), figsize=(1.2 + 3.6 * len(targets), height), sharey=True, squeeze=False, layout="constrained"
+        1, len(targets), figsize=(3.0 + 4.0 * len(targets), height), sharey=True, squeeze=False, layout="constrained"
     )
     y = np.arange(len(methods))
     for ax, t in zip(axes[0], targets):
@@ -513,7 +521,7 @@ def plot_gains(rows: dict, targets: list[str], path, title: str = "") -> None:
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(axis="x", color="0.9", lw=0.6)
         ax.set_title(t, fontsize=10)
-        ax.set_xlabel(f"gain on {metric or 'the figure'}", fontsize=8)
+        ax.set_xlabel(AXIS_NAMES.get(metric, f"gain on {metric}"), fontsize=8)
     axes[0][0].set_yticks(y, labels, fontsize=8)
     axes[0][0].set_ylim(len(methods) - 0.5, -0.5)
     fig.suptitle(
