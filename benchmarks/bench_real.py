@@ -5,10 +5,15 @@ it (or, with --report, reads its finished cells) and adds its extra tables
 (`raise_select.experiments.bench`): the RAISE rows' cost per part and cell by cell, the
 LESS-prior rows against LESS's own choice, the on-topic shares, and the gain plot.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_real.py                          # the full grid (hours on 2 cores)
+    OMP_NUM_THREADS=2 python benchmarks/bench_real.py --set study.heldout_split=dev   # the grid, scored on dev
+    OMP_NUM_THREADS=2 python benchmarks/bench_real.py                          # then test (the config's default)
     python benchmarks/bench_real.py --set 'study.methods=[random,rds]' --set 'study.targets=[gsm8k]'
     python benchmarks/bench_real.py --report                                   # tables from finished cells only
     raise-select study --config study_real_smollm2                             # the same grid, gain table only
+
+The trusted protocol (docs/benchmarks.md): settings are chosen on the dev split; the test run
+scores the same cells (nothing is retrained) and reads the best static selector from their dev
+evaluations.
 
 Output in the study folder: study_gains.{md,json} and bench_real.{md,json,png}. The results
 committed under benchmarks/results/bench_real/ were made by the script this one replaced (the

@@ -173,6 +173,8 @@ def test_settings_of_the_protocol_are_checked_and_keyed(tmp_path):
     study = Study(StudyConfig(**{**cfg.__dict__, "methods": ["less", "raise_less"], "method_seeds": [0, 1]}))
     assert study._prior_cell_for("raise_less", "gsm8k", 1).name == "less@gsm8k-s1"  # its LESS warm-up's seed
     assert study._prior_cell_for("raise_less", "gsm8k", 7).name == "less@gsm8k-s0"  # the study's seed
+    every = ["full", "random", "ifd", "sspl", "less", "rds", "greats", "rho", "raise", "raise_less", "deita"]
+    assert study.static_methods(every) == ["ifd", "less", "rds", "deita"]  # one subset chosen before training
     # an evaluation's key: the split, the metric and the items' contents (the cell's key aside)
     study._digests.update({"heldout:gsm8k:dev": "a", "heldout:gsm8k:test": "b"})
     keys = {study.eval_key("k", "gsm8k:dev"), study.eval_key("k", "gsm8k:test")}

@@ -731,10 +731,17 @@ class Study:
         return None if ids is None else len(set(ids))
 
     def static_methods(self, methods: list[str]) -> list[str]:
-        """The static selectors among `methods`: baselines that choose once before training
-        (RAND and the 100% row aside)."""
+        """The static selectors among `methods`: baselines that choose one subset before training
+        (RAND and the 100% row aside; SSPL's schedule, GREATS and RHO-LOSS are dynamic)."""
+        from ..baselines import BASELINES
+
         return [
-            m for m in methods if METHODS[m].runs != RAISE and not METHODS[m].online and m not in ("random", "full")
+            m
+            for m in methods
+            if METHODS[m].runs != RAISE
+            and not METHODS[m].online
+            and not getattr(BASELINES.get(m), "dynamic", False)
+            and m not in ("random", "full")
         ]
 
     def best_static(self, records: list[dict], methods: list[str]) -> tuple[dict[str, str | None], str]:
