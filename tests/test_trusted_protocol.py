@@ -142,6 +142,8 @@ def test_dev_then_test_evaluates_the_same_cells_and_reads_the_best_static_row_fr
         assert all(e["code"] == version for e in r["evals"].values())
     assert "comes from one code version" in md
     assert "Provenance: every cell and evaluation" in (out / "study_gains.md").read_text()
+    assert (out / "study_gains_test.md").read_text() == (out / "study_gains.md").read_text()
+    assert "`dev` split" in (out / "study_gains_dev.md").read_text()  # the dev table kept beside it
 
     # Dev results missing (a static cell's dev evaluation removed): no best static row is chosen.
     path = out / "cells" / "ifd-s1" / "cell.json"

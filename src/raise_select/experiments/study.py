@@ -591,7 +591,8 @@ class Study:
 
     def run(self) -> dict:
         """Every cell, then the tables: `study_table.{md,csv,json}`, `study_methods.md` and
-        `study_plot.png` with `tasks`; `study_gains.{md,json}` with `targets`."""
+        `study_plot.png` with `tasks`; `study_gains.{md,json}` with `targets` (and the same as
+        `study_gains_<split>.{md,json}`, so the dev table stays beside the test table)."""
         self.prepare()
         if not self.cfg.report_only:
             write_json_atomic(self.out / "study_config.json", asdict(self.cfg))
@@ -691,6 +692,12 @@ class Study:
                     "failed": failed,
                 },
             )
+            # the split's own copy: a test run keeps the dev table it was chosen on
+            split = self.cfg.heldout_split
+            paths["gains_split_md"] = self.out / f"study_gains_{split}.md"
+            paths["gains_split_json"] = self.out / f"study_gains_{split}.json"
+            write_text_atomic(paths["gains_split_md"], md)
+            write_text_atomic(paths["gains_split_json"], paths["gains_json"].read_text(encoding="utf-8"))
             parts.insert(0, md)
         log.info("cells computed this run: %s", ", ".join(self.computed) or "none (all reused)")
         return {
