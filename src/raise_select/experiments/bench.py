@@ -56,13 +56,13 @@ def bench_tables(study: Study, result: dict) -> dict:
     phi, rows = result["phi"], result["gains"]
     feat_seconds = study.features_seconds()
     prior_from = {name: m.prior_from for name, m in METHODS.items()}
-    sources = {}
+    sources = {}  # (source method, target, seed): the selection of the cell a RAISE cell took its prior from
     for r in records:
         source = prior_from.get(r["method"])
-        if source and (source, r["target"]) not in sources:
-            path = study.store.dir(study._prior_cell_for(r["method"], r["target"]).name) / "selection.json"
+        if source and (source, r["target"], r["seed"]) not in sources:
+            path = study.store.dir(study._prior_cell_for(r["method"], r["target"], r["seed"]).name) / "selection.json"
             if path.is_file():
-                sources[(source, r["target"])] = json.loads(path.read_text(encoding="utf-8"))
+                sources[(source, r["target"], r["seed"])] = json.loads(path.read_text(encoding="utf-8"))
     costs = raise_costs(records, phi)
     topics = topic_shares(records, study.pool, cfg.targets)
     labels = {m: next(iter(by_target.values()))["label"] for m, by_target in rows.items()}

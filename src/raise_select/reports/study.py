@@ -397,13 +397,15 @@ def prior_markdown(records: list[dict], sources: dict, pool_ids: list[str], prio
     rows a cell trained on stay to that method's own choice. Per cell: the share of its rows
     (with repeats) inside the source's selected rows, its distinct rows, and the mean
     percentile of its rows under the source's pool scores (1 = the top row; unscored rows
-    rank lowest). `sources`: (source method, target) -> its selection.json record."""
+    rank lowest). `sources`: (source method, target, seed) -> the selection.json record of the
+    cell the RAISE cell of that seed took its prior from ((source method, target) also read)."""
     from scipy.stats import rankdata
 
     pos = {i: k for k, i in enumerate(pool_ids)}
     lines = []
     for r in sorted(records, key=lambda r: (r["method"] or "", r["target"] or "", r["seed"])):
-        sel = sources.get((prior_from.get(r["method"]), r["target"]))
+        source = prior_from.get(r["method"])
+        sel = sources.get((source, r["target"], r.get("seed")), sources.get((source, r["target"])))
         if sel is None or not r.get("chosen"):
             continue
         scores = np.array([-np.inf if v is None else float(v) for v in sel["pool_scores"]], dtype=np.float64)
