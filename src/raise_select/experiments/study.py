@@ -117,6 +117,7 @@ class Study:
         self.trainings = 0  # cells trained by this process (a resumed study counts only its own)
         self._features: str | None = None
         self._digests: dict[str, str] = {}
+        self._heldout_sets: dict[tuple[str, str], list] = {}
         self._basis: tuple[int, int] | None = None
 
     def __getattr__(self, name: str):
@@ -143,7 +144,7 @@ class Study:
         self.pool = pool
         self.steps = matched_step_count(cfg, len(pool))
         self.model = cfg.model or str(self._build_model())
-        self.val_files, self.heldout, self._heldout_sets = {}, {}, {}
+        self.val_files, self.heldout = {}, {}
         for t in cfg.targets:
             val = load_validation(t, cfg.data_dir, n=cfg.val_size, seed=cfg.seed, split=TARGETS[t])
             path = self.out / "targets" / f"{t}_validation.jsonl"
