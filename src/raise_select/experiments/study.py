@@ -17,7 +17,10 @@ Targets: with `targets` (named sets, e.g. gsm8k), each target has a seeded valid
 methods and RAISE's reward) and a held-out sample of another split (`heldout_size` rows) whose
 per-item response losses every cell reports; the gain table (`reports.study`) compares them
 with 95% intervals. Without `targets`, `val` is the one validation set. With `tasks`, every
-cell is also scored with lm-evaluation-harness in the paper's Table 1 layout.
+cell is also scored with lm-evaluation-harness in the paper's Table 1 layout. Before any cell
+trains, when a method reads a validation set (`Study.check_overlap`), its rows that are also
+pool rows are warned about, and a held-out set (a target's, the `loss_set`) that shares an item
+with it is refused, naming the target.
 
 A cell's key is a digest of what changes its result: its settings and the contents of the
 model, pool, validation set and prior files, never their paths. A finished cell is never
@@ -40,6 +43,8 @@ import numpy as np
 
 from ..baselines.run import BaselineConfig, run_baseline
 from ..config import from_dict, merge
+from ..data.benchmarks import NAMED_SETS
+from ..data.overlap import shared_items, warn_shared_rows
 from ..data.pools import load_pool, subsample_to_file, to_format
 from ..data.validation import load_validation
 from ..errors import UserError
@@ -145,6 +150,7 @@ class Study:
         self.steps = matched_step_count(cfg, len(pool))
         self.model = cfg.model or str(self._build_model())
         self.val_files, self.heldout = {}, {}
+        validations: dict[str, list] = {}
         for t in cfg.targets:
             val = load_validation(t, cfg.data_dir, n=cfg.val_size, seed=cfg.seed, split=TARGETS[t])
             path = self.out / "targets" / f"{t}_validation.jsonl"
@@ -153,6 +159,8 @@ class Study:
                 write_text_atomic(path, text)
             self.val_files[t] = str(path)
             self.heldout[t] = self.heldout_items(t, cfg.heldout_split)
+            validations[t] = val
+        self.check_overlap(validations)
         log.info(
             "pool %s: %d examples; base model %s; %d matched update steps of %d%s",
             self.pool_spec,
@@ -162,6 +170,34 @@ class Study:
             cfg.batch_size,
             f"; targets {', '.join(cfg.targets)}" if cfg.targets else "",
         )
+
+    def check_overlap(self, validations: dict[str, list]) -> None:
+        """Before any cell trains, when a method of the study reads a validation set (per target
+        its sample in `validations`, else `val`): warn when its rows are also pool rows
+        (`data.overlap.warn_shared_rows`), and refuse a held-out set (the target's `heldout_split`
+        items, the `loss_set`) that shares items with it, naming the target: a figure measured on
+        the rows the targeted methods were steered towards is not held-out."""
+        cfg = self.cfg
+        if not any(METHODS[m].reads_validation for m in cfg.methods):
+            return  # no cell reads a validation set: nothing was steered towards it
+        if not cfg.targets:
+            validations = {"": load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed)}
+        loss = self._loss_examples() if cfg.loss_set else None
+        loss_name = f"loss_set {cfg.loss_set}" + (f" ({cfg.loss_split} split)" if cfg.loss_set in NAMED_SETS else "")
+        for t, val in validations.items():
+            what = f"target {t}'s validation sample" if t else f"the validation set val={cfg.val}"
+            warn_shared_rows(self.pool, val, f"study: {what}")
+            held = [(loss_name, loss)] if loss is not None else []
+            if t:
+                held.insert(0, (f"held-out set {self.eval_name(t)}", self.heldout[t]))
+            for name, items in held:
+                shared = shared_items(val, items)
+                if shared:
+                    raise UserError(
+                        f"study: target {t or cfg.val}: the {name} shares {len(shared)} of its {len(items)} items "
+                        f"with {what} (first id {shared[0].id}), so its figure would not be held-out; "
+                        "give held-out items apart from the validation rows"
+                    )
 
     def metric_of(self, target: str) -> str:
         """The held-out metric of `target`: `metric`, `auto` resolved by `evaluation.loss.default_metric`."""
