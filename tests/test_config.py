@@ -156,7 +156,8 @@ def test_help_of_a_setting_is_its_fields_text_the_same_in_every_command():
     assert helps["train-policy"]["--per-class"] == f"{policy_help} (default: {PolicyConfig().per_class})"
     assert helps["finetune"]["--per-class"].startswith(policy_help)
     assert helps["demo"]["--seeds"] == field_help(DemoConfig, "seeds")
-    shared = set(helps["train-policy"]) & set(helps["finetune"]) - {"--per-class", "--out", "--help"}
+    # --set's example names each command's own section
+    shared = set(helps["train-policy"]) & set(helps["finetune"]) - {"--per-class", "--out", "--help", "--set"}
     assert {"--pool", "--features", "--lr", "--max-length", "--select-every", "--metric", "--seed"} <= shared
     for option in shared:
         assert helps["train-policy"][option] == helps["finetune"][option], option

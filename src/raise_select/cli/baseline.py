@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, SetOption, handle_errors, setup_logging
+from .common import ConfigOption, handle_errors, set_option, setup_logging
 from .fields import ConfigOptions
 
 ORDER = 50
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         export_format: Optional[str] = typer.Option(None, "--export-format"),
         report_to: Optional[str] = typer.Option(None, "--report-to"),
         config: Optional[Path] = ConfigOption,
-        overrides: Optional[List[str]] = SetOption,
+        overrides: Optional[List[str]] = set_option("baseline.budget=0.05"),
     ) -> None:
         """Select with a baseline method and write <out>/selection.json (indices, ids, scores, info).
 

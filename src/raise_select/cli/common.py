@@ -18,7 +18,13 @@ from ..logs import setup_logging  # noqa: F401  (the commands import it from her
 ConfigOption = typer.Option(
     None, "--config", "-c", help="YAML config; this command reads its own section (flags win over it)."
 )
-SetOption = typer.Option(None, "--set", help="Dotted override KEY=VALUE, repeatable, e.g. --set train_policy.rounds=2.")
+
+
+def set_option(example: str):
+    """The `--set` option of one command; `example` is a true override of that command (its own
+    section, `SECTION.KEY=VALUE`), so each command's help shows one it accepts."""
+    return typer.Option(None, "--set", help=f"Dotted override SECTION.KEY=VALUE, repeatable, e.g. --set {example}.")
+
 
 # Commands with a config class take their options' help from its fields (cli/fields.py);
 # this one is for a command without one (grape).

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, SetOption, handle_errors
+from .common import ConfigOption, handle_errors, set_option
 from .fields import ConfigOptions
 
 ORDER = 1
@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         testbed: Optional[str] = typer.Option(None, "--testbed"),
         quick: bool = typer.Option(False, "--quick", help="A tiny version of the same pipeline (seconds; for tests)."),
         config: Optional[Path] = ConfigOption,
-        overrides: Optional[List[str]] = SetOption,
+        overrides: Optional[List[str]] = set_option("demo.rounds=2"),
     ) -> None:
         """Generate a pool and a target task, train a RAISE policy, and compare it with RAND (and the oracle).
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, SetOption, handle_errors, setup_logging
+from .common import ConfigOption, handle_errors, set_option, setup_logging
 from .fields import ConfigOptions
 
 ORDER = 60
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         split: Optional[str] = typer.Option(None, "--split"),
         out: Optional[Path] = typer.Option(None, "--out"),
         config: Optional[Path] = ConfigOption,
-        overrides: Optional[List[str]] = SetOption,
+        overrides: Optional[List[str]] = set_option("evaluate.limit=50"),
     ) -> None:
         """Score a model on the named tasks; write per-task metrics (JSON) and a Markdown table
         (with --metric choice_ce, main, ...: per-item figures on each task's held-out split)."""

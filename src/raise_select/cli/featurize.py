@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, SetOption, handle_errors, setup_logging
+from .common import ConfigOption, handle_errors, set_option, setup_logging
 from .fields import ConfigOptions
 
 ORDER = 10
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         compile: Optional[bool] = typer.Option(None, "--compile/--no-compile"),
         rds: Optional[bool] = typer.Option(None, "--rds/--no-rds"),
         config: Optional[Path] = ConfigOption,
-        overrides: Optional[List[str]] = SetOption,
+        overrides: Optional[List[str]] = set_option("featurize.classes=16"),
     ) -> None:
         """Featurize a pool with an auxiliary LM (pipeline step 1); reuses or resumes earlier output.
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, SetOption, handle_errors
+from .common import ConfigOption, handle_errors, set_option
 from .fields import ConfigOptions
 
 ORDER = 40
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         use_rule: Optional[str] = typer.Option(None, "--use-rule"),
         compare_random: Optional[bool] = typer.Option(None, "--compare-random/--no-compare-random"),
         config: Optional[Path] = ConfigOption,
-        overrides: Optional[List[str]] = SetOption,
+        overrides: Optional[List[str]] = set_option("finetune.lr=1e-5"),
     ) -> None:
         """Fine-tune with a trained policy choosing every policy step's batch; save the model and the selection log."""
         from ..config import resolve

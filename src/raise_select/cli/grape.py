@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, SetOption, handle_errors, setup_logging
+from .common import ConfigOption, handle_errors, set_option, setup_logging
 from .fields import ConfigOptions
 
 ORDER = 55
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, "--limit"),
         device: Optional[str] = typer.Option(None, "--device"),
         config: Optional[Path] = ConfigOption,
-        overrides: Optional[List[str]] = SetOption,
+        overrides: Optional[List[str]] = set_option("grape.batch_size=4"),
     ) -> None:
         """GRAPE: keep, per instruction, the candidate response with the highest mean token
         log-probability under the target model, and write a normal pool (with grape_score,

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, SetOption, handle_errors
+from .common import ConfigOption, handle_errors, set_option
 from .fields import ConfigOptions
 
 ORDER = 40
@@ -132,7 +132,7 @@ def register(app: typer.Typer) -> None:
             help="train-policy run: the round whose rollout choices to export (default: the last round).",
         ),
         config: Optional[Path] = ConfigOption,
-        overrides: Optional[List[str]] = SetOption,
+        overrides: Optional[List[str]] = set_option("select.round=2"),
     ) -> None:
         """Export the instructions a run chose, with how many times and at which steps each was chosen.
 

@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperCommand
 
 from ..errors import UserError
-from .common import SetOption, handle_errors, setup_logging
+from .common import handle_errors, set_option, setup_logging
 
 ORDER = 70
 
@@ -68,7 +68,9 @@ def register(app: typer.Typer) -> None:
             "--report",
             help="Write the tables from the finished cells only: nothing is selected, trained or evaluated.",
         ),
-        overrides: Optional[List[str]] = SetOption,
+        overrides: Optional[List[str]] = set_option(
+            "study.budget=0.05 or, for a method's options, --set deita.threshold=0.85"
+        ),
     ) -> None:
         """Run (or resume) a comparison study; write its tables (study_table.*, study_gains.*) and plot."""
         import time

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ConfigOption, SetOption, handle_errors
+from .common import ConfigOption, handle_errors, set_option
 from .fields import ConfigOptions
 
 ORDER = 30
@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard"),
         seed: Optional[int] = typer.Option(None, "--seed"),
         config: Optional[Path] = ConfigOption,
-        overrides: Optional[List[str]] = SetOption,
+        overrides: Optional[List[str]] = set_option("train_policy.rounds=2"),
     ) -> None:
         """Train the selection policy: K rounds of T steps from the same M_0, PPO after each round.
 
