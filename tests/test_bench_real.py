@@ -267,7 +267,7 @@ def test_a_less_prior_raise_cell_runs_its_less_cell_first(shared_data, tiny_mode
     sections["less"] = {"lora_r": 2, "lora_alpha": 4, "proj_dim": 16, "warmup_epochs": 1, "warmup_batch_size": 4}
     first = Study(cfg, sections)
     first.run()
-    assert first.computed == ["base", "full", "less@gsm8k", "raise_less_untrained@gsm8k-s0"]
+    assert first.computed == ["base", "less@gsm8k", "raise_less_untrained@gsm8k-s0", "full"]
     assert first.trainings == 3  # the base cell trains nothing
     less, cell = out / "cells" / "less@gsm8k", out / "cells" / "raise_less_untrained@gsm8k-s0"
     record = json.loads((cell / "cell.json").read_text())

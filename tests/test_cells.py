@@ -83,18 +83,18 @@ def test_a_killed_grid_resumes_to_the_same_cells_and_trains_nothing_twice(
 ):
     kw = dict(methods=["random", "rds"], seeds=[0, 1])
     whole = Study(config(shared_data, tiny_model_dir, pool_file, tmp_path / "whole", **kw)).run()
-    assert trainings["trained"] == ["full", "random-s0", "random-s1", "rds@gsm8k"]
+    assert trainings["trained"] == ["random-s0", "random-s1", "rds@gsm8k", "full"]
     trainings["trained"].clear()
 
     cfg = config(shared_data, tiny_model_dir, pool_file, tmp_path / "killed", **kw)
     trainings["kill_at"] = "random-s1"  # killed after random-s1 selected, while it trains
     with pytest.raises(Killed):
         Study(cfg).run()
-    assert trainings["trained"] == ["full", "random-s0"]
+    assert trainings["trained"] == ["random-s0"]
     trainings["trained"].clear()
     trainings["kill_at"] = None
     resumed = Study(cfg).run()
-    assert trainings["trained"] == ["random-s1", "rds@gsm8k"]  # nothing finished is trained again
+    assert trainings["trained"] == ["random-s1", "rds@gsm8k", "full"]  # nothing finished is trained again
     # The same cells as the uninterrupted run: keys (no path in them) and per-item losses.
     assert losses(resumed) == losses(whole)
     # A study folder moved elsewhere keeps every cell.
@@ -161,11 +161,11 @@ def test_issue_34_another_model_or_size_into_an_existing_folder(
     swapped = Study(config(shared_data, other, pool_file, out)).run()
     fresh = Study(config(shared_data, other, pool_file, tmp_path / "fresh")).run()
     base = lambda r: next(x for x in r["records"] if x["name"] == "base")["evals"]["gsm8k:test"]["values"]  # noqa: E731
-    assert swapped["computed"] == ["base", "full", "random-s0"]
+    assert swapped["computed"] == ["base", "random-s0", "full"]
     assert base(swapped) == base(fresh) != base(first)
     trainings["trained"].clear()
     smaller = Study(config(shared_data, tiny_model_dir, pool_file, out, pool_size=12)).run()
-    assert trainings["trained"] == ["full", "random-s0"] and "Pool 12 rows" in smaller["markdown"]
+    assert trainings["trained"] == ["random-s0", "full"] and "Pool 12 rows" in smaller["markdown"]
     assert json.loads((out / "study_gains.json").read_text())["config"]["pool_size"] == 12
     # val_size: the validation sample of the targeted methods; RAND keeps its cell.
     cfg = config(shared_data, tiny_model_dir, pool_file, out, pool_size=12)
@@ -189,7 +189,7 @@ def test_issue_34_base_model_replaced_at_the_same_path_recomputes_every_cell(
     shutil.rmtree(model)
     build_tiny_model(model, TEXTS, preset="test", seed=9)
     again = Study(cfg).run()
-    assert again["computed"] == ["base", "full", "random-s0"]
+    assert again["computed"] == ["base", "random-s0", "full"]
     assert losses(again)["base"] != losses(first)["base"]
 
 

@@ -607,10 +607,15 @@ class Study:
     def records(self) -> tuple[list[dict], dict[str, str]]:
         """Every cell's record (computed unless finished, or only the finished ones with
         `report_only`), and the cells that failed with why."""
-        records, failed = [], {}
-        for cell in progress_bar(self.cells, desc="study cells", unit="cell"):
+        records, failed = {}, {}
+        # The 100% row (an epoch of the pool: the dearest cell) runs after the others unless
+        # `methods` names it, so a grid's cheap rows land first; records keep the plan's order.
+        last = "full" not in self.cfg.methods
+        order = sorted(range(len(self.cells)), key=lambda i: last and self.cells[i].method == "full")
+        for i in progress_bar(order, desc="study cells", unit="cell"):
+            cell = self.cells[i]
             try:
-                records.append(self.run_cell(cell))
+                records[i] = self.run_cell(cell)
             except Unfinished as e:
                 if cell.method is None:
                     raise UserError(
@@ -624,7 +629,7 @@ class Study:
                     raise
                 log.error("cell %s failed: %s", cell.name, e)
                 failed[cell.name] = str(e)
-        return records, failed
+        return [records[i] for i in sorted(records)], failed
 
     def run(self) -> dict:
         """Every cell, then the tables: `study_table.{md,csv,json}`, `study_methods.md` and
