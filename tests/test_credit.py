@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +304,21 @@ def test_train_policy_with_row_credit_labels_every_policy_step(tmp_path, tiny_mo
         assert -1.0 <= m["credit_spearman"] <= 1.0 and m["row_loss"] > 0.0
     saved = RaisePolicy.read_config(tmp_path / "run" / "policy")
     assert saved.credit == "row" and saved.credit_sample == 3
+
+
+def test_the_credit_preset_is_one_set_of_settings():
+    """`policy.config.CREDIT` (the study's raise_credit rows) and configs/policy_credit.yaml (the
+    commands' preset) hold the same settings, and they make a valid policy config."""
+    import yaml
+
+    import raise_select
+    from raise_select.config import from_dict
+    from raise_select.experiments.methods import METHODS
+    from raise_select.policy.config import CREDIT, PolicyConfig
+
+    path = Path(raise_select.__file__).parent / "configs" / "policy_credit.yaml"
+    shipped = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert shipped["train_policy"]["policy"] == CREDIT
+    cfg = from_dict(PolicyConfig, dict(CREDIT), "CREDIT")
+    assert cfg.credit == "row" and cfg.row_advantage
+    assert {k: METHODS["raise_credit"].policy[k] for k in CREDIT} == CREDIT

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..baselines import BASELINES, needs_features, needs_rds_vectors
-from ..policy.agent import PAPER
+from ..policy.agent import CREDIT, PAPER
 from ..registry import Registry
 
 
@@ -34,6 +34,7 @@ class Method:
     policy: dict = field(default_factory=dict)  # RAISE presets: PolicyConfig settings over the defaults
     episode: dict = field(default_factory=dict)  # RAISE presets: train-policy settings over the study's
     prior_from: str | None = None  # RAISE presets: the method whose cell's pool scores are the prior
+    initialisation: str | None = None  # a trained RAISE preset: the 0-round row it starts from (paired by seed)
     about: str = ""
 
     @property
@@ -86,7 +87,7 @@ if _missing:  # a new baseline must say here what it reads
     raise ValueError(f"selection methods without an experiments entry: {', '.join(_missing)}")
 
 
-def _raise(name: str, label: str, about: str, policy=None, episode=None, prior_from=None) -> None:
+def _raise(name: str, label: str, about: str, policy=None, episode=None, prior_from=None, initialisation=None) -> None:
     METHODS.register(
         name,
         Method(
@@ -98,14 +99,28 @@ def _raise(name: str, label: str, about: str, policy=None, episode=None, prior_f
             policy=dict(policy or {}),
             episode=dict(episode or {}),
             prior_from=prior_from,
+            initialisation=initialisation,
             about=about,
         ),
     )
 
 
-_raise("raise", "RAISE", "the package defaults (and the study's `raise:` section)")
+_raise("raise", "RAISE", "the package defaults (and the study's `raise:` section)", initialisation="raise_untrained")
 _raise("raise_rds", "RAISE (+RDS+ prior)", "the defaults + the RDS+ prior (policy/prior.py)", {"prior": "rds"})
 _raise("raise_paper", "RAISE (paper)", "the paper's literal form (appendix A.2, eq. 2-12)", PAPER)
+_raise(
+    "raise_untrained",
+    "RAISE (untrained: 0 rounds)",
+    "the defaults' initial policy, 0 policy-training rounds: the initialisation raise and raise_credit start from",
+    episode={"rounds": 0},
+)
+_raise(
+    "raise_credit",
+    "RAISE (dense per-row credit)",
+    "the defaults + dense per-row credit (policy.config.CREDIT, configs/policy_credit.yaml)",
+    CREDIT,
+    initialisation="raise_untrained",
+)
 _raise(
     "raise_between",
     "RAISE (+RDS+ prior, policy between)",
@@ -130,6 +145,16 @@ _raise(
     {"prior": "selection", "prior_scale": 10.0},
     {"between": "policy"},
     prior_from="less",
+    initialisation="raise_less_untrained",
+)
+_raise(
+    "raise_less_credit",
+    "RAISE (+LESS prior x10, policy between, dense per-row credit)",
+    "raise_less_sharp trained with dense per-row credit; raise_less_untrained is its initialisation",
+    {"prior": "selection", "prior_scale": 10.0, **CREDIT},
+    {"between": "policy"},
+    prior_from="less",
+    initialisation="raise_less_untrained",
 )
 _raise(
     "raise_less_untrained",

@@ -694,7 +694,8 @@ class Study:
             gains = gain_rows(records, base_losses, self.cfg.targets, self.cfg.seed, phi, feat_seconds, readers, labels)
             best, static_note = self.best_static(records, list(gains))
             raise_rows = [m for m in gains if METHODS[m].runs == RAISE]
-            diffs = paired_differences(records, base_losses, self.cfg.targets, raise_rows, best, labels)
+            inits = {m: METHODS[m].initialisation for m in raise_rows if METHODS[m].initialisation}
+            diffs = paired_differences(records, base_losses, self.cfg.targets, raise_rows, best, labels, inits)
             notes = [*notes, self.seed_note(list(gains)), provenance_markdown(records)]
             md = gain_markdown(
                 gains,

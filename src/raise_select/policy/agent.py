@@ -14,7 +14,7 @@ import torch
 from ..errors import UserError
 from .acquisition import AcquisitionMLP, Critic, critic_features
 from .checkpoint import POLICY_FORMAT, PolicyCheckpoint, check_finite_weights
-from .config import ADVANTAGES, PAPER, RATIOS, USE_RULES, PolicyConfig
+from .config import ADVANTAGES, CREDIT, PAPER, RATIOS, USE_RULES, PolicyConfig
 from .learner import PPOLearner, RoundInputs, UpdateStats, layer_groups
 from .ppo import class_log_softmax
 from .prior import init_prior_actor
@@ -24,6 +24,7 @@ from .state import StaticState
 __all__ = [
     "ADVANTAGES",
     "Action",
+    "CREDIT",
     "PAPER",
     "POLICY_FORMAT",
     "PolicyConfig",

@@ -1,5 +1,5 @@
 """The settings of the selection policy and its PPO learner (`PolicyConfig`), and the paper's literal form of
-the settings the package departs from (`PAPER`)."""
+the settings the package departs from (`PAPER`), and the dense per-row credit preset (`CREDIT`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,19 @@ PAPER = {
     "target_kl": 0.0,
     "use_rule": "topk",
     "credit": "batch",
+}
+# Dense per-row credit, the best form measured on the generated testbeds (docs/policy.md, "Dense
+# per-row credit"; `configs/policy_credit.yaml` holds the same settings): each policy step labels
+# its rows and 8 unchosen ones with lr <g_val, g_i> (g_val from 8 validation rows); F_theta learns
+# their order and each chosen row gets its own credit as its PPO advantage.
+CREDIT = {
+    "credit": "row",
+    "credit_sample": 8,
+    "credit_val": 8,
+    "row_loss": "ranking",
+    "row_loss_weight": 1.0,
+    "ratio": "per_item",
+    "row_advantage": True,
 }
 RATIOS = ("product", "per_item")
 ADVANTAGES = ("gae", "step_baseline")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .intervals import Interval, difference_interval, gain_interval
+from .intervals import Interval, difference_interval, gain_interval, seed_matched_difference
 
 LOWER_IS_BETTER = {"neg_loss": True, "choice_ce": True, "choice_acc": False, "accuracy": False}
 METRIC_NAMES = {
@@ -162,17 +162,22 @@ def paired_differences(
     raise_rows: Collection[str],
     best_static: Mapping[str, str | None],
     labels: Mapping[str, str] | None = None,
+    initialisations: Mapping[str, str] | None = None,
 ) -> dict[str, dict]:
     """Per target: `vs_random` {method: interval of its gain - RAND's} for every row but RAND,
     and `vs_static` {RAISE row: interval of its gain - the best static selector's} when
     `best_static[target]` names a row. Rows are trained from their own seeds, so each difference
     is unpaired across seeds and paired across the held-out items (`difference_interval`): seed
-    noise of both rows adds, item difficulty common to both cancels."""
+    noise of both rows adds, item difficulty common to both cancels. `vs_init` {RAISE row: interval
+    of its gain - its untrained initialisation's} for each row named in `initialisations`: the two
+    rows start from the same policy per seed, so that difference is paired by seed where the seeds
+    match (`seed_matched_difference`): what policy training adds."""
     labels = labels or {}
+    initialisations = initialisations or {}
     out: dict[str, dict] = {}
     for t in targets:
         by_method = seed_gains(records, base_losses, t)
-        entry: dict = {"vs_random": {}, "vs_static": {}, "best_static": best_static.get(t)}
+        entry: dict = {"vs_random": {}, "vs_static": {}, "vs_init": {}, "best_static": best_static.get(t)}
 
         def diff(a: str, b: str) -> dict:
             ga = [by_method[a][s] for s in sorted(by_method[a])]
@@ -185,6 +190,11 @@ def paired_differences(
         ref = best_static.get(t)
         if ref in by_method:
             entry["vs_static"] = {m: diff(m, ref) for m in by_method if m in raise_rows}
+        for m, init in initialisations.items():
+            if m in by_method and init in by_method:
+                what = f"{labels.get(m, m)} - {labels.get(init, init)}"
+                d = seed_matched_difference(by_method[m], by_method[init], what=what)
+                entry["vs_init"][m] = {**d.as_dict(), "label": labels.get(m, m), "initialisation": init}
         out[t] = entry
     return out
 
@@ -220,6 +230,18 @@ def differences_markdown(diffs: dict, targets: list[str], labels: Mapping[str, s
         lines.append(f"| {labels.get(m, m)} | {row} |")
     if not raise_methods:
         lines.append("| (no RAISE row, or no best static selector chosen on dev) |" + " n/a |" * len(targets))
+    trained = list(dict.fromkeys(m for t in targets for m in diffs[t].get("vs_init", {})))
+    if trained:
+        lines += [
+            "",
+            "What policy training adds: each trained RAISE row minus its untrained initialisation "
+            "(0 rounds), paired by seed:",
+            "",
+        ]
+        lines += ["| trained - untrained | " + " | ".join(targets) + " |", "|" + "---|" * (len(targets) + 1)]
+        for m in trained:
+            row = " | ".join(cell(diffs[t]["vs_init"].get(m)) for t in targets)
+            lines.append(f"| {labels.get(m, m)} | {row} |")
     return "\n".join(lines) + "\n"
 
 
