@@ -162,11 +162,13 @@ def test_settings_of_the_protocol_are_checked_and_keyed(tmp_path):
         ({"heldout_split": "train"}, "heldout_split: 'train'"),
         ({"metric": "accuracy"}, "metric: 'accuracy'"),
         ({"heldout_size": {"gsm8k": 0}}, "heldout_size: 0 for gsm8k"),
-        ({"heldout_size": {"mmlu": 5}}, "heldout_size: 'mmlu' is not one of the study's targets"),
+        ({"heldout_size": {"arc_chalenge": 5}}, "heldout_size: 'arc_chalenge' is not a target with held-out sets"),
         ({"method_seeds": []}, "method_seeds: give at least one seed"),
     ]:
         with pytest.raises(UserError, match=message):
             plan_cells(StudyConfig(**{**cfg.__dict__, **change}))
+    # a size for a target the study leaves out is ignored: a shipped grid cut down by `--set study.targets`
+    assert [c.name for c in plan_cells(StudyConfig(**{**cfg.__dict__, "heldout_size": {"gsm8k": 8, "mmlu": 5}}))]
     # seeds: RAND `seeds`, RAISE `raise_seeds`, every other row (the 100% row too) `method_seeds`
     grid = {"methods": ["random", "less", "raise_less"], "seeds": [0, 1, 2], "raise_seeds": [4], "method_seeds": [4, 5]}
     names = [c.name for c in plan_cells(StudyConfig(**{**cfg.__dict__, **grid}))]
