@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from conftest import plus_rows, random_features
 from raise_select.cli.main import app
 from raise_select.data.pools import load_pool
-from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
 from raise_select.progress import LogProgress
 
 CLASSES = 3
@@ -76,24 +76,11 @@ def env(tmp_path_factory, tiny_model_dir):
     """A 12-row pool, a 3-row validation file, random features in 3 classes and a 2-round
     train-policy run made by a real subprocess (its stderr is kept for the progress check)."""
     root = tmp_path_factory.mktemp("bad-input")
-    rows = [
-        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
-        for i in range(12)
-    ]
+    rows = plus_rows(12)
     (root / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
     pool = load_pool(root / "pool.jsonl")
-    rng = np.random.default_rng(0)
-    n = len(pool)
-    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
-    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
-    FeatureTable(
-        ids=pool.ids,
-        columns=columns,
-        sem=rng.normal(size=(n, 4)).astype(np.float32),
-        cluster=np.arange(n) % CLASSES,
-        meta={"classes": CLASSES},
-    ).write(root / "features")
+    random_features(pool.ids, CLASSES).write(root / "features")
     common = [
         "--pool",
         root / "pool.jsonl",
@@ -504,16 +491,7 @@ def test_non_finite_policy_weights_are_neither_used_nor_saved(tmp_path):
     from raise_select.policy import PolicyConfig, RaisePolicy, StaticState
 
     n = 12
-    rng = np.random.default_rng(0)
-    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
-    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
-    table = FeatureTable(
-        ids=[f"x{i}" for i in range(n)],
-        columns=columns,
-        sem=rng.normal(size=(n, 4)).astype(np.float32),
-        cluster=np.arange(n) % CLASSES,
-        meta={"classes": CLASSES},
-    )
+    table = random_features([f"x{i}" for i in range(n)], CLASSES)
     policy = RaisePolicy(StaticState.from_features(table), PolicyConfig(per_class=1, hidden=8))
     with torch.no_grad():
         next(policy.actor.parameters()).view(-1)[0] = float("inf")
@@ -1303,16 +1281,7 @@ def other_pool(env):
     rows = [{"instruction": f"Name colour {i}.", "input": "", "output": f"Colour {i} is red."} for i in range(12)]
     (root / "pool2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     pool = load_pool(root / "pool2.jsonl")
-    rng = np.random.default_rng(1)
-    columns = {c: rng.normal(size=12) for c in FEATURE_COLUMNS}
-    columns.update(len_prompt=np.full(12, 8.0), len_response=np.full(12, 5.0))
-    FeatureTable(
-        ids=pool.ids,
-        columns=columns,
-        sem=rng.normal(size=(12, 4)).astype(np.float32),
-        cluster=np.arange(12) % CLASSES,
-        meta={"classes": CLASSES},
-    ).write(root / "features2")
+    random_features(pool.ids, CLASSES, seed=1).write(root / "features2")
     return {"pool": root / "pool2.jsonl", "features": root / "features2"}
 
 

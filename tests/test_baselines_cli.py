@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import plus_rows
 from raise_select.cli.main import app
 from raise_select.data.pools import load_pool
 from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
@@ -18,10 +19,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def pool_and_features(tmp_path_factory):
     folder = tmp_path_factory.mktemp("baseline-pool")
-    rows = [
-        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
-        for i in range(24)
-    ]
+    rows = plus_rows(24)
     pool_file = folder / "pool.json"
     pool_file.write_text(json.dumps(rows))
     pool = load_pool(pool_file)

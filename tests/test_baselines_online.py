@@ -11,22 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import messages_pool
 from raise_select.baselines import SelectionContext, make_baseline
 from raise_select.baselines.greats import greedy_selection, layer_gram, per_example_gram, scored_linears
 from raise_select.baselines.lm import encoded_batch, response_losses
 from raise_select.baselines.online import candidate_sets, row_losses
 from raise_select.baselines.rho import reducible_loss
-from raise_select.data.pools import Example, Pool, example_id
 from raise_select.errors import UserError
 from raise_select.training.loop import LMConfig, LMTrainer, collate, encode_example
-
-
-def _pool(n: int) -> Pool:
-    examples = []
-    for i in range(n):
-        msgs = (("user", f"What is {i} plus {i % 7}?"), ("assistant", f"The answer is {i + i % 7}." + " red" * (i % 3)))
-        examples.append(Example(id=example_id(msgs), messages=msgs, record={}, row=i))
-    return Pool(examples=examples, format="messages", sources=["test"])
 
 
 def _model(tiny_model_dir, lora: bool = False):
@@ -105,7 +97,7 @@ def test_greats_inner_products_match_full_per_example_gradients(tiny_model_dir, 
         assert all("lora_" in n for n, _ in modules)
     else:
         assert {n.split("layers.")[1].split(".")[0] for n, _ in modules} == {"1"}  # the last of 2 blocks
-    examples = _pool(5).examples
+    examples = messages_pool(5).examples
     batch = encoded_batch(examples, tok, "alpaca", 64, "cpu")
     gram = per_example_gram(model, [m for _, m in modules], batch)
     direct = _direct_grads(model, tok, examples, [m.weight for _, m in modules])
@@ -132,11 +124,11 @@ def test_greats_backward_stops_below_the_first_scored_layer(tiny_model_dir, lora
     full backward pass, which reaches every layer."""
     model, tok = _model(tiny_model_dir, lora)
     modules = [m for _, m in scored_linears(model, last_layers=1)]
-    batch = encoded_batch(_pool(4).examples, tok, "alpaca", 64, "cpu")
+    batch = encoded_batch(messages_pool(4).examples, tok, "alpaca", 64, "cpu")
     truncated, seen = _gram_recording_blocks(model, modules, batch)
     assert seen == ([True, True] if lora else [False, True])  # block 0's output: only LoRA needs its graph
     # the same products from a full backward pass (autograd on everywhere, gradients of the weights)
-    direct = _direct_grads(model, tok, _pool(4).examples, [m.weight for m in modules])
+    direct = _direct_grads(model, tok, messages_pool(4).examples, [m.weight for m in modules])
     assert torch.allclose(truncated, direct @ direct.T, rtol=1e-4, atol=1e-9)
 
 
@@ -146,15 +138,15 @@ def test_greats_lora_last_layers_scores_the_last_blocks_adapters_and_stops_there
     assert named and all("lora_" in n and "layers.1." in n for n, _ in named)
     assert len(named) < len(scored_linears(model, last_layers=2))  # 0: every adapter
     modules = [m for _, m in named]
-    batch = encoded_batch(_pool(4).examples, tok, "alpaca", 64, "cpu")
+    batch = encoded_batch(messages_pool(4).examples, tok, "alpaca", 64, "cpu")
     truncated, seen = _gram_recording_blocks(model, modules, batch)
     assert seen == [False, True]
-    direct = _direct_grads(model, tok, _pool(4).examples, [m.weight for m in modules])
+    direct = _direct_grads(model, tok, messages_pool(4).examples, [m.weight for m in modules])
     assert torch.allclose(truncated, direct @ direct.T, rtol=1e-4, atol=1e-9)
 
 
 def test_greats_choice_equals_the_greedy_over_direct_per_example_gradients(tiny_model_dir):
-    pool, val = _pool(12), _pool(20).examples[14:]
+    pool, val = messages_pool(12), messages_pool(20).examples[14:]
     trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=3.0), total_steps=2)
     ctx = SelectionContext(model=str(tiny_model_dir), validation=val, seed=4, max_length=64)
     greats = make_baseline("greats", {"last_layers": 1})
@@ -179,7 +171,7 @@ def test_greats_update_from_its_scoring_pass_equals_a_step_of_its_own(tiny_model
     scoring pass (weighted by their response tokens, as the trainer's token mean) are the
     update's: the same gradient as `LMTrainer.step`'s own pass, the same loss, the same picks.
     Under full fine-tuning with `last_layers` the scored layers are a part: the trainer's pass."""
-    pool, val = _pool(12), _pool(20).examples[14:]
+    pool, val = messages_pool(12), messages_pool(20).examples[14:]
     ctx = SelectionContext(model=str(tiny_model_dir), validation=val, seed=4, max_length=64)
     rows = np.array([9, 2, 7, 4, 11, 0])
     seen = {}
@@ -220,7 +212,7 @@ def test_greats_lora_run_with_the_update_from_the_scoring_pass_chooses_as_before
     adapter (up to rounding)."""
     from safetensors.torch import load_file
 
-    pool, val = _pool(16), _pool(24).examples[18:]
+    pool, val = messages_pool(16), messages_pool(24).examples[18:]
     runs = {}
     for reuse in (True, False):
         ctx = SelectionContext(
@@ -244,7 +236,7 @@ def test_greats_lora_run_with_the_update_from_the_scoring_pass_chooses_as_before
 def test_given_gradients_must_cover_the_trainable_weights(tiny_model_dir):
     from raise_select.training.loop import GivenGradients
 
-    trainer = LMTrainer(str(tiny_model_dir), _pool(8), LMConfig(max_length=64, lora=True), total_steps=2)
+    trainer = LMTrainer(str(tiny_model_dir), messages_pool(8), LMConfig(max_length=64, lora=True), total_steps=2)
     names = [n for n, p in trainer.unwrapped.named_parameters() if p.requires_grad]
     with pytest.raises(ValueError, match="missing"):
         trainer.step_with_gradients(GivenGradients([0, 1], {n: torch.zeros(1) for n in names[1:]}, 1.0))
@@ -257,7 +249,7 @@ def test_first_order_estimate_predicts_the_validation_loss_change_of_a_small_sgd
     model, tok = _model(tiny_model_dir)
     modules = [m for _, m in scored_linears(model, last_layers=1)]
     params = [m.weight for m in modules]
-    train, val = _pool(6).examples[:2], _pool(12).examples[8:]
+    train, val = messages_pool(6).examples[:2], messages_pool(12).examples[8:]
     g = _direct_grads(model, tok, train, params)
     vb = encoded_batch(val, tok, "alpaca", 64, "cpu")
 
@@ -295,7 +287,7 @@ def test_first_order_estimate_predicts_the_validation_loss_change_of_a_small_sgd
 
 def test_reducible_loss_by_hand_and_rho_keeps_the_largest(tiny_model_dir):
     assert reducible_loss([2.0, 1.5, 3.0], [0.5, 1.5, 2.0]).tolist() == [1.5, 0.0, 1.0]
-    pool = _pool(8)
+    pool = messages_pool(8)
     trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64), total_steps=1)
     rho = make_baseline("rho")
     rho._il = np.array([0.0, 5.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.5])
@@ -315,8 +307,8 @@ def test_reducible_loss_by_hand_and_rho_keeps_the_largest(tiny_model_dir):
 
 
 def test_rho_irreducible_losses_are_cached_and_reused(tiny_model_dir, tmp_path):
-    pool = _pool(10)
-    val = _pool(16).examples[10:]
+    pool = messages_pool(10)
+    val = messages_pool(16).examples[10:]
     ctx = SelectionContext(model=str(tiny_model_dir), validation=val, out_dir=tmp_path, max_length=64, batch_size=2)
     trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=1e-2), total_steps=1)
     rho = make_baseline("rho", {"il_epochs": 2})
@@ -334,7 +326,7 @@ def test_rho_irreducible_losses_are_cached_and_reused(tiny_model_dir, tmp_path):
 def test_cached_irreducible_losses_equal_the_il_models_losses_per_step(tiny_model_dir, tmp_path):
     """The irreducible losses are computed once, before training, and looked up at every step:
     they equal the IL model's own losses of each step's candidates, computed at that step."""
-    pool, val = _pool(10), _pool(30).examples[20:]
+    pool, val = messages_pool(10), messages_pool(30).examples[20:]
     trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=48), total_steps=3)
     ctx = SelectionContext(model=str(tiny_model_dir), validation=val, out_dir=tmp_path, max_length=48, batch_size=2)
     rho = make_baseline("rho", {"il_epochs": 2, "candidates": 2})
@@ -365,7 +357,7 @@ def test_online_run_killed_part_way_resumes_to_the_uninterrupted_result(
     from raise_select.baselines import online
 
     monkeypatch.setattr(online, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every step
-    pool, val = _pool(12), _pool(30).examples[20:]
+    pool, val = messages_pool(12), messages_pool(30).examples[20:]
 
     def ctx(out):
         return SelectionContext(
@@ -424,7 +416,7 @@ def test_candidate_sets_are_epochs_of_distinct_rows():
 
 def test_row_losses_match_the_models_own_loss(tiny_model_dir):
     model, tok = _model(tiny_model_dir)
-    examples = _pool(4).examples
+    examples = messages_pool(4).examples
     enc = [encode_example(e, tok, "alpaca", 64) for e in examples]
     got = row_losses(model, enc, tok.pad_token_id, batch_size=3)
     for e, v in zip(examples, got):
@@ -485,7 +477,7 @@ def test_online_method_trains_at_matched_steps_and_reuses_its_run(method, option
 
 
 def test_online_methods_need_the_model_and_a_validation_set(tiny_model_dir, tmp_path):
-    pool = _pool(8)
+    pool = messages_pool(8)
     with pytest.raises(UserError, match="greats.*needs a validation set"):
         make_baseline("greats").select(
             pool, 2, SelectionContext(model=str(tiny_model_dir), batch_size=2, max_length=48)

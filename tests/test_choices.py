@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import random_features
 from raise_select.data.pools import Example, load_pool
 from raise_select.errors import UserError
 from raise_select.evaluation import choices as ch
@@ -273,7 +274,6 @@ def test_train_policy_rewards_are_changes_of_minus_the_choice_ce(tmp_path, tiny,
     project's prompt format: the rewards telescope to P(M_T) - P(M_0), P(M_0) being minus the
     mean choice cross-entropy of the untouched model, computed here independently."""
     from raise_select.data.benchmarks import format_prompt, format_response
-    from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
     from raise_select.policy import PolicyConfig
     from raise_select.training import TrainPolicyConfig, train_policy
 
@@ -295,16 +295,7 @@ def test_train_policy_rewards_are_changes_of_minus_the_choice_ce(tmp_path, tiny,
     ]
     (tmp_path / "val.jsonl").write_text("".join(json.dumps(v) + "\n" for v in val))
     pool = load_pool(str(tmp_path / "pool.json"))
-    rng = np.random.default_rng(0)
-    columns = {c: rng.normal(size=len(pool)) for c in FEATURE_COLUMNS}
-    columns.update(len_prompt=np.full(len(pool), 8.0), len_response=np.full(len(pool), 2.0))
-    FeatureTable(
-        ids=pool.ids,
-        columns=columns,
-        sem=rng.normal(size=(len(pool), 4)).astype(np.float32),
-        cluster=np.arange(len(pool)) % 2,
-        meta={"classes": 2},
-    ).write(tmp_path / "features")
+    random_features(pool.ids, 2, len_response=2.0).write(tmp_path / "features")
     cfg = TrainPolicyConfig(
         pool=str(tmp_path / "pool.json"),
         features=str(tmp_path / "features"),

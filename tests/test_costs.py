@@ -36,33 +36,6 @@ def test_phi_from_runs_prefers_the_full_row_then_rand():
 
 # ---- counted token passes -------------------------------------------------------------------
 
-ROWS = [
-    {"instruction": "What is 12 plus 7?", "input": "", "output": "The answer is 19."},
-    {"instruction": "Translate to French.", "input": "good morning", "output": "Bonjour."},
-    {"instruction": "Name three colors.", "input": "", "output": "red, green and blue"},
-    {"instruction": "What is 3 plus 4?", "input": "", "output": "The answer is 7."},
-    {"instruction": "Say hi.", "input": "", "output": "Hi! The quick brown fox."},
-    {"instruction": "Count to three.", "input": "", "output": "1 2 3"},
-]
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    import json
-
-    from raise_select.data.pools import load_pool
-
-    path = tmp_path_factory.mktemp("pool") / "pool.json"
-    path.write_text(json.dumps(ROWS))
-    return load_pool(path)
-
-
-@pytest.fixture(scope="module")
-def model_tok(tiny_model_dir):
-    from raise_select.models import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(str(tiny_model_dir))
-
 
 def _lengths(pool, tok):
     from raise_select.training import encode_example
@@ -70,8 +43,8 @@ def _lengths(pool, tok):
     return [len(encode_example(e, tok, "alpaca", 512).input_ids) for e in pool.examples]
 
 
-def test_flop_parameters_by_hand(model_tok):
-    model, _ = model_tok
+def test_flop_parameters_by_hand(tiny_model_tok):
+    model, _ = tiny_model_tok
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     total = sum(p.numel() for p in model.parameters())
     assert emb is not head and costs.flop_parameters(model) == total - emb.numel()  # the lookup is not a product
@@ -79,16 +52,16 @@ def test_flop_parameters_by_hand(model_tok):
     assert costs.flop_parameters(model) == layer_sum
 
 
-def test_an_epoch_of_training_is_one_phi_and_a_scoring_pass_a_third_more(pool, model_tok, tiny_model_dir):
+def test_an_epoch_of_training_is_one_phi_and_a_scoring_pass_a_third_more(tiny_pool, tiny_model_tok, tiny_model_dir):
     from raise_select.baselines.lm import example_losses
     from raise_select.models import load_model_and_tokenizer
     from raise_select.training import LMConfig, LMTrainer
 
     model, tok = load_model_and_tokenizer(str(tiny_model_dir))
-    lengths = _lengths(pool, tok)
+    lengths = _lengths(tiny_pool, tok)
     t_pool = sum(lengths)
-    assert costs.pool_tokens(pool, tok, "alpaca", 512) == t_pool
-    trainer = LMTrainer(model, pool, LMConfig(lr=1e-3, micro_batch_size=2), total_steps=2, tokenizer=tok)
+    assert costs.pool_tokens(tiny_pool, tok, "alpaca", 512) == t_pool
+    trainer = LMTrainer(model, tiny_pool, LMConfig(lr=1e-3, micro_batch_size=2), total_steps=2, tokenizer=tok)
     with costs.PassCounter() as counter:
         trainer.step([0, 1, 2])  # micro-batches of 2 and 1 rows, padded to their longest row
         trainer.step([3, 4, 5])
@@ -102,7 +75,7 @@ def test_an_epoch_of_training_is_one_phi_and_a_scoring_pass_a_third_more(pool, m
     assert summary["forward_tokens"] == summary["backward_tokens"] == t_pool
     # A no-grad scoring pass over rows 0..3 in batches of 3: forward only, 2N a token.
     with counter:
-        example_losses(trainer.unwrapped, tok, pool.examples[:4], "alpaca", 512, batch_size=3)
+        example_losses(trainer.unwrapped, tok, tiny_pool.examples[:4], "alpaca", 512, batch_size=3)
     assert passes.forward_tokens == t_pool + sum(lengths[:4]) and passes.backward_tokens == t_pool
     assert passes.forward_calls == 6 and passes.backward_calls == 4
     record = {"method": "x"}
@@ -112,13 +85,13 @@ def test_an_epoch_of_training_is_one_phi_and_a_scoring_pass_a_third_more(pool, m
     assert out["models"][passes.name]["forward_tokens"] == t_pool + sum(lengths[:4])
 
 
-def test_nested_model_calls_count_once_and_an_inactive_counter_counts_nothing(pool, model_tok):
+def test_nested_model_calls_count_once_and_an_inactive_counter_counts_nothing(tiny_pool, tiny_model_tok):
     from raise_select.baselines.lm import batch_response_losses
     from raise_select.training import LMConfig
     from raise_select.training.loop import _lora_model, collate, encode_example
 
-    base, tok = model_tok
-    batch = collate([encode_example(e, tok, "alpaca", 512) for e in pool.examples[:2]], tok.pad_token_id)
+    base, tok = tiny_model_tok
+    batch = collate([encode_example(e, tok, "alpaca", 512) for e in tiny_pool.examples[:2]], tok.pad_token_id)
     tokens = int(batch["attention_mask"].sum())
     assert tokens < batch["input_ids"].numel()  # the batch has padding
     counter = costs.PassCounter()
@@ -148,16 +121,16 @@ def test_nested_model_calls_count_once_and_an_inactive_counter_counts_nothing(po
     assert [p.forward_tokens for p in counter.models.values()] == [tokens]
 
 
-def test_an_auxiliary_model_is_weighted_by_its_size(pool, model_tok):
+def test_an_auxiliary_model_is_weighted_by_its_size(tiny_pool, tiny_model_tok):
     from transformers import LlamaForCausalLM
 
     from raise_select.models.tiny import TinySpec, tiny_config
     from raise_select.training.loop import collate, encode_example
 
-    target, tok = model_tok
+    target, tok = tiny_model_tok
     torch.manual_seed(0)
     judge = LlamaForCausalLM(tiny_config(TinySpec(64, 128, 3, 4, 2, vocab_size=len(tok)), tok))  # a bigger model
-    batch = collate([encode_example(e, tok, "alpaca", 512) for e in pool.examples[:3]], tok.pad_token_id)
+    batch = collate([encode_example(e, tok, "alpaca", 512) for e in tiny_pool.examples[:3]], tok.pad_token_id)
     tokens = int(batch["attention_mask"].sum())
     with costs.PassCounter() as counter:
         with torch.no_grad():
@@ -174,8 +147,8 @@ def test_an_auxiliary_model_is_weighted_by_its_size(pool, model_tok):
         costs.cost_summary(counter.models, n_t, 0)
 
 
-def test_generation_with_a_cache_counts_new_tokens(model_tok):
-    model, tok = model_tok
+def test_generation_with_a_cache_counts_new_tokens(tiny_model_tok):
+    model, tok = tiny_model_tok
     ids = torch.tensor([tok("What is 12 plus 7?")["input_ids"]])
     with costs.PassCounter() as counter:
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False)
@@ -184,12 +157,12 @@ def test_generation_with_a_cache_counts_new_tokens(model_tok):
     assert passes.forward_calls == 4 and passes.forward_tokens == ids.shape[1] + 3
 
 
-def test_a_truncated_backward_counts_as_a_full_one(pool, model_tok):
+def test_a_truncated_backward_counts_as_a_full_one(tiny_pool, tiny_model_tok):
     from raise_select.baselines.greats import per_example_gram, scored_linears
     from raise_select.training.loop import collate, encode_example
 
-    model, tok = model_tok
-    batch = collate([encode_example(e, tok, "alpaca", 512) for e in pool.examples[:3]], tok.pad_token_id)
+    model, tok = tiny_model_tok
+    batch = collate([encode_example(e, tok, "alpaca", 512) for e in tiny_pool.examples[:3]], tok.pad_token_id)
     with costs.PassCounter() as counter:
         per_example_gram(
             model, [m for _, m in scored_linears(model, last_layers=1)], batch

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from raise_select.data.pools import Example, Pool, example_id, load_pool
+from conftest import messages_pool, plus_rows, random_features
+from raise_select.data.pools import load_pool
 from raise_select.errors import UserError
 from raise_select.policy import PolicyConfig, RaisePolicy, RolloutBuffer, StaticState
 from raise_select.policy.credit import ranking_loss, regression_loss, row_advantages, spearman, standardise
@@ -76,18 +77,10 @@ def test_spearman_by_hand():
 # ---------------------------------------------------------------- the credit of a row
 
 
-def _pool(n: int) -> Pool:
-    examples = []
-    for i in range(n):
-        msgs = (("user", f"What is {i} plus {i % 7}?"), ("assistant", f"The answer is {i + i % 7}." + " red" * (i % 3)))
-        examples.append(Example(id=example_id(msgs), messages=msgs, record={}, row=i))
-    return Pool(examples=examples, format="messages", sources=["test"])
-
-
 def _trainer_and_validator(tiny_model_dir, lr: float):
-    pool = _pool(10)
+    pool = messages_pool(10)
     trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=lr), total_steps=4)
-    val = _pool(16).examples[11:]
+    val = messages_pool(16).examples[11:]
     return trainer, Validator(val, trainer.tokenizer, "neg_loss", 64, "alpaca", batch_size=8)
 
 
@@ -262,27 +255,13 @@ def test_update_with_credit_row_refuses_a_buffer_without_labels():
 
 
 def test_train_policy_with_row_credit_labels_every_policy_step(tmp_path, tiny_model_dir):
-    from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
     from raise_select.training import TrainPolicyConfig, train_policy
 
-    rows = [
-        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
-        for i in range(12)
-    ]
+    rows = plus_rows(12)
     (tmp_path / "pool.json").write_text(json.dumps(rows))
     (tmp_path / "val.json").write_text(json.dumps(rows[:3]))
     pool = load_pool(tmp_path / "pool.json")
-    rng = np.random.default_rng(0)
-    n = len(pool)
-    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
-    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
-    FeatureTable(
-        ids=pool.ids,
-        columns=columns,
-        sem=rng.normal(size=(n, 4)).astype(np.float32),
-        cluster=np.arange(n) % 2,
-        meta={"classes": 2},
-    ).write(tmp_path / "features")
+    random_features(pool.ids, 2).write(tmp_path / "features")
     cfg = TrainPolicyConfig(
         pool=str(tmp_path / "pool.json"),
         features=str(tmp_path / "features"),

@@ -12,6 +12,7 @@ import yaml
 from datasets import load_from_disk
 from typer.testing import CliRunner
 
+from conftest import finetune_run, multi_turn_sharegpt
 from raise_select.cli.main import app
 from raise_select.data.pools import load_pool
 
@@ -47,33 +48,6 @@ def _alpaca_with_system(path, n=N):
     return rows
 
 
-def _multi_turn_sharegpt(path, n=N):
-    """Row i: a system turn on even rows; rows 0, 3, 6, 9 hold two earlier exchanges, rows 1, 4,
-    7, 10 one, the others none."""
-    rows = []
-    for i in range(n):
-        turns = [{"from": "system", "value": f"sys {i}"}] if i % 2 == 0 else []
-        for k in range(2 - i % 3):
-            turns += [{"from": "human", "value": f"q{i}.{k}"}, {"from": "gpt", "value": f"a{i}.{k}"}]
-        turns += [{"from": "human", "value": f"last question {i}"}, {"from": "gpt", "value": f"last answer {i}"}]
-        rows.append({"conversations": turns})
-    path.write_text(json.dumps(rows), encoding="utf-8")
-    return rows
-
-
-def _finetune_run(root, pool_path, chosen: list[list[int]]):
-    """A finetune run folder whose step t chose the pool rows chosen[t - 1]."""
-    pool = load_pool(pool_path)
-    run = root / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"pool": str(pool_path), "steps": len(chosen)}))
-    lines = [
-        {"step": t, "ids": [pool.examples[i].id for i in rows], "indices": rows} for t, rows in enumerate(chosen, 1)
-    ]
-    (run / "selections.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    return run, pool
-
-
 def test_an_alpaca_system_field_is_kept_by_every_export(tmp_path):
     rows = _alpaca_with_system(tmp_path / "pool.jsonl")
     want = {f"do {i}": r for i, r in enumerate(rows)}
@@ -103,7 +77,7 @@ def test_an_alpaca_system_field_is_kept_by_every_export(tmp_path):
         same_row(rec)
 
     # select --out chosen.jsonl of a finetune run
-    run, _ = _finetune_run(tmp_path, tmp_path / "pool.jsonl", [[1, 2, 3], [3, 4, 5]])
+    run, _ = finetune_run(tmp_path, tmp_path / "pool.jsonl", [[1, 2, 3], [3, 4, 5]])
     _invoke("select", "--run", run, "--out", tmp_path / "chosen.jsonl")
     records = [json.loads(line) for line in (tmp_path / "chosen.jsonl").read_text().splitlines()]
     assert [r["instruction"] for r in records] == ["do 1", "do 2", "do 3", "do 4", "do 5"]
@@ -112,8 +86,8 @@ def test_an_alpaca_system_field_is_kept_by_every_export(tmp_path):
 
 
 def test_multi_turn_sharegpt_as_alpaca_keeps_its_earlier_turns_as_history(tmp_path):
-    rows = _multi_turn_sharegpt(tmp_path / "pool.json")
-    run, pool = _finetune_run(tmp_path, tmp_path / "pool.json", [[0, 1, 2], [3, 5]])
+    rows = multi_turn_sharegpt(tmp_path / "pool.json")
+    run, pool = finetune_run(tmp_path, tmp_path / "pool.json", [[0, 1, 2], [3, 5]])
 
     def by_hand(i):
         """LLaMA-Factory's alpaca layout of row i, written from the raw turns."""
@@ -218,7 +192,7 @@ def test_baseline_export_onto_a_folder_of_other_files_is_refused_before_any_work
 
 def test_re_exporting_keeps_the_files_a_user_added(tmp_path):
     _alpaca_with_system(tmp_path / "pool.jsonl")
-    run, _ = _finetune_run(tmp_path, tmp_path / "pool.jsonl", [[1, 2, 3], [3, 4, 5]])
+    run, _ = finetune_run(tmp_path, tmp_path / "pool.jsonl", [[1, 2, 3], [3, 4, 5]])
     hf = tmp_path / "hf"
     _invoke("select", "--run", run, "--out", hf)
     (hf / "LICENSE").write_text("my licence")
@@ -240,7 +214,7 @@ def test_re_exporting_keeps_the_files_a_user_added(tmp_path):
 
 def test_a_user_file_an_export_would_overwrite_is_refused(tmp_path):
     _alpaca_with_system(tmp_path / "pool.jsonl")
-    run, _ = _finetune_run(tmp_path, tmp_path / "pool.jsonl", [[1, 2, 3]])
+    run, _ = finetune_run(tmp_path, tmp_path / "pool.jsonl", [[1, 2, 3]])
     hf = tmp_path / "hf"
     _invoke("select", "--run", run, "--out", hf)
     (hf / "data.json").write_text("[]")  # the user's, not the export's
@@ -263,7 +237,7 @@ def test_a_conversation_alpaca_cannot_hold_is_refused_for_alpaca_only(tmp_path, 
     ]
     rows.append({"conversations": [{"from": f, "value": v} for f, v in turns]})
     (tmp_path / "pool.json").write_text(json.dumps(rows))
-    run, _ = _finetune_run(tmp_path, tmp_path / "pool.json", [[0, 3]])
+    run, _ = finetune_run(tmp_path, tmp_path / "pool.json", [[0, 3]])
     _refused(
         runner.invoke(app, ["select", "--run", str(run), "--out", str(tmp_path / "c.jsonl"), "--format", "alpaca"]),
         "pool.json",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import random_features
 from raise_select.errors import UserError
 from raise_select.policy import PolicyConfig, RaisePolicy, StaticState, fuse_state
 from raise_select.policy.prior import init_prior_actor, rds_prior, rds_similarity, standardize
@@ -110,7 +111,6 @@ def rds_setup(tmp_path_factory, tiny_model_dir):
     """A 24-row pool with random features in 3 classes, true RDS+ vectors of the tiny model, a 4-row validation file."""
     from raise_select.baselines.rds import rds_vectors
     from raise_select.data.pools import load_pool
-    from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
 
     root = tmp_path_factory.mktemp("prior")
     rows = [
@@ -128,16 +128,10 @@ def rds_setup(tmp_path_factory, tiny_model_dir):
     ]
     (root / "val.json").write_text(json.dumps(val))
     pool = load_pool(root / "pool.json")
-    rng = np.random.default_rng(0)
-    n = len(pool)
-    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
-    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
-    FeatureTable(
-        ids=pool.ids,
-        columns=columns,
-        sem=rng.normal(size=(n, 4)).astype(np.float32),
-        cluster=np.arange(n) % 3,
-        meta={"classes": 3, "model": str(tiny_model_dir), "max_length": 64, "rds": {"pooling": "weighted_mean"}},
+    random_features(
+        pool.ids,
+        3,
+        meta={"model": str(tiny_model_dir), "max_length": 64, "rds": {"pooling": "weighted_mean"}},
         rds=rds_vectors(str(tiny_model_dir), pool.examples, "alpaca", 64),
     ).write(root / "features")
     return root, pool, load_pool(root / "val.json").examples

@@ -5,42 +5,14 @@ multi-turn pool reads back as the same examples; a malformed `history` is refuse
 import json
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
+from conftest import finetune_run, multi_turn_sharegpt
 from raise_select.cli.main import app
 from raise_select.data.pools import load_pool, subsample_to_file
 from raise_select.errors import UserError
 
 runner = CliRunner()
-N = 12
-
-
-def _multi_turn_sharegpt(path, n=N):
-    """Row i: a system turn on even rows; rows 0, 3, 6, 9 hold two earlier exchanges, rows 1, 4,
-    7, 10 one, the others none."""
-    rows = []
-    for i in range(n):
-        turns = [{"from": "system", "value": f"sys {i}"}] if i % 2 == 0 else []
-        for k in range(2 - i % 3):
-            turns += [{"from": "human", "value": f"q{i}.{k}"}, {"from": "gpt", "value": f"a{i}.{k}"}]
-        turns += [{"from": "human", "value": f"last question {i}"}, {"from": "gpt", "value": f"last answer {i}"}]
-        rows.append({"conversations": turns})
-    path.write_text(json.dumps(rows), encoding="utf-8")
-    return rows
-
-
-def _finetune_run(root, pool_path, chosen: list[list[int]]):
-    """A finetune run folder whose step t chose the pool rows chosen[t - 1]."""
-    pool = load_pool(pool_path)
-    run = root / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"pool": str(pool_path), "steps": len(chosen)}))
-    lines = [
-        {"step": t, "ids": [pool.examples[i].id for i in rows], "indices": rows} for t, rows in enumerate(chosen, 1)
-    ]
-    (run / "selections.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    return run, pool
 
 
 def _write_jsonl(path, rows):
@@ -50,8 +22,8 @@ def _write_jsonl(path, rows):
 
 @pytest.mark.parametrize("name", ["chosen.jsonl", "chosen.json"])
 def test_an_alpaca_export_of_a_multi_turn_pool_reads_back_as_the_same_examples(tmp_path, name):
-    _multi_turn_sharegpt(tmp_path / "pool.json")
-    run, pool = _finetune_run(tmp_path, tmp_path / "pool.json", [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]])
+    multi_turn_sharegpt(tmp_path / "pool.json")
+    run, pool = finetune_run(tmp_path, tmp_path / "pool.json", [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]])
     result = runner.invoke(app, ["select", "--run", str(run), "--out", str(tmp_path / name), "--format", "alpaca"])
     assert result.exit_code == 0, result.output
     assert "8 of the 12 are multi-turn" in result.output

@@ -12,9 +12,9 @@ from datasets import load_from_disk
 from typer.testing import CliRunner
 
 import raise_select
+from conftest import random_features
 from raise_select.cli.main import app
 from raise_select.data.pools import load_pool
-from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
 
 N = 20
 CLASSES = 3
@@ -46,28 +46,20 @@ def _sharegpt_pool(path, n=N):
     return path
 
 
-def _features(path, pool, seed=0):
-    """Random features with classes i % 3; logp_uncond 0 on row 5 (IFD undefined), truncated row 7."""
-    rng = np.random.default_rng(seed)
-    n = len(pool)
-    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
-    columns.update(
-        len_prompt=np.full(n, 8.0),
-        len_response=np.full(n, 5.0),
-        truncated=np.zeros(n),
-        logp_cond=-rng.uniform(0.5, 2.0, size=n),
-        logp_uncond=-rng.uniform(1.0, 3.0, size=n),
+def _ifd_columns(rng, n):
+    columns = dict(
+        truncated=np.zeros(n), logp_cond=-rng.uniform(0.5, 2.0, size=n), logp_uncond=-rng.uniform(1.0, 3.0, size=n)
     )
     columns["logp_uncond"][5] = 0.0
     columns["truncated"][7] = 1.0
-    FeatureTable(
-        ids=pool.ids,
-        columns=columns,
-        sem=rng.normal(size=(n, 4)).astype(np.float32),
-        cluster=np.arange(n) % CLASSES,
-        meta={"classes": CLASSES},
-    ).write(path)
     return columns
+
+
+def _features(path, pool, seed=0):
+    """Random features with classes i % 3; logp_uncond 0 on row 5 (IFD undefined), truncated row 7."""
+    table = random_features(pool.ids, CLASSES, seed=seed, more_columns=_ifd_columns)
+    table.write(path)
+    return table.columns
 
 
 def _finetune_run(root, pool_path, features, steps=5, batch=3, seed=1):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import plus_rows, random_features
 from raise_select.errors import UserError
 from raise_select.training.reporting import parse_report_to
 from raise_select.training.runs import RunFolder
@@ -118,27 +119,14 @@ def test_tensorboard_flag_still_logs_steps_at_the_global_step(tmp_path):
 
 def test_train_policy_sends_the_same_scalars_to_tensorboard_and_wandb(tmp_path, tiny_model_dir, wandb_offline):
     from raise_select.data.pools import load_pool
-    from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
     from raise_select.policy import PolicyConfig
     from raise_select.training import TrainPolicyConfig, train_policy
 
-    rows = [
-        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
-        for i in range(8)
-    ]
+    rows = plus_rows(8)
     (tmp_path / "pool.json").write_text(json.dumps(rows))
     (tmp_path / "val.json").write_text(json.dumps(rows[:2]))
     pool = load_pool(tmp_path / "pool.json")
-    rng = np.random.default_rng(0)
-    columns = {c: rng.normal(size=8) for c in FEATURE_COLUMNS}
-    columns.update(len_prompt=np.full(8, 8.0), len_response=np.full(8, 5.0))
-    FeatureTable(
-        ids=pool.ids,
-        columns=columns,
-        sem=rng.normal(size=(8, 4)).astype(np.float32),
-        cluster=np.arange(8) % 2,
-        meta={"classes": 2},
-    ).write(tmp_path / "features")
+    random_features(pool.ids, 2).write(tmp_path / "features")
     out = tmp_path / "run"
     train_policy(
         TrainPolicyConfig(

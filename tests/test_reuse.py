@@ -39,34 +39,16 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
+from conftest import plus_rows, random_features  # noqa: E402
 from raise_select.errors import UserError  # noqa: E402
 
 CLASSES = 3
 
 
-def _pool_rows(n: int = 12) -> list[dict]:
-    return [
-        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
-        for i in range(n)
-    ]
-
-
 def _write_features(pool_file, out, seed: int = 0):
     from raise_select.data.pools import load_pool
-    from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
 
-    pool = load_pool(pool_file)
-    rng = np.random.default_rng(seed)
-    n = len(pool)
-    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
-    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))
-    FeatureTable(
-        ids=pool.ids,
-        columns=columns,
-        sem=rng.normal(size=(n, 4)).astype(np.float32),
-        cluster=np.arange(n) % CLASSES,
-        meta={"classes": CLASSES},
-    ).write(out)
+    random_features(load_pool(pool_file).ids, CLASSES, seed=seed).write(out)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +56,7 @@ def episode_inputs(tmp_path_factory, tiny_model_dir):
     """A 12-row pool with random features in 3 classes, a 2-row validation file, and a copy of
     the tiny model at a path of its own (tests rebuild it there)."""
     root = tmp_path_factory.mktemp("reuse")
-    (root / "pool.json").write_text(json.dumps(_pool_rows()))
+    (root / "pool.json").write_text(json.dumps(plus_rows(12)))
     (root / "val.json").write_text(
         json.dumps(
             [
@@ -364,7 +346,7 @@ def test_rho_irreducible_losses_are_not_reused_across_models_at_the_same_path(ep
 
 def _overlapping_val(tmp_path, shared: int = 7):
     """A validation file of the pool's rows 0..shared-1 (one of them twice: read once) and one row of its own."""
-    rows = _pool_rows()[:shared] + _pool_rows()[:1] + [{"instruction": "Name a color.", "input": "", "output": "red"}]
+    rows = plus_rows(12)[:shared] + plus_rows(12)[:1] + [{"instruction": "Name a color.", "input": "", "output": "red"}]
     (tmp_path / "val.json").write_text(json.dumps(rows))
     return tmp_path / "val.json"
 
@@ -445,7 +427,7 @@ def test_a_baseline_selection_is_made_again_when_its_features_or_validation_file
     assert "reusing the selection" not in caplog.text
     cfg = replace(cfg, val=str(root / "val.json"))
     run_baseline(cfg)
-    (root / "val.json").write_text(json.dumps(_pool_rows()[:1]))  # another validation set at the same path
+    (root / "val.json").write_text(json.dumps(plus_rows(12)[:1]))  # another validation set at the same path
     caplog.clear()
     run_baseline(cfg)
     assert "reusing the selection" not in caplog.text

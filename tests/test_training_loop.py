@@ -1,43 +1,20 @@
 """LMTrainer (tokenisation, masking, truncation, loss, schedule) and Validator, against plain reference loops."""
 
-import json
 import math
 
 import pytest
 import torch
 
-from raise_select.data.pools import load_pool
 from raise_select.data.templates import render_prompt
 from raise_select.errors import UserError
 from raise_select.models import load_model_and_tokenizer
 from raise_select.training import LMConfig, LMTrainer, Validator, encode_example, final_answer, train_on_schedule
 from raise_select.training.loop import IGNORE_INDEX
 
-ROWS = [
-    {"instruction": "What is 12 plus 7?", "input": "", "output": "The answer is 19."},
-    {"instruction": "Translate to French.", "input": "good morning", "output": "Bonjour."},
-    {"instruction": "Name three colors.", "input": "", "output": "red, green and blue"},
-    {"instruction": "What is 3 plus 4?", "input": "", "output": "The answer is 7."},
-    {"instruction": "Say hi.", "input": "", "output": "Hi! The quick brown fox."},
-    {"instruction": "Count to three.", "input": "", "output": "1 2 3"},
-]
 
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pool") / "pool.json"
-    path.write_text(json.dumps(ROWS))
-    return load_pool(path)
-
-
-@pytest.fixture(scope="module")
-def model_tok(tiny_model_dir):
-    return load_model_and_tokenizer(str(tiny_model_dir))
-
-
-def test_labels_cover_only_the_response_and_eos(pool, model_tok):
-    _, tok = model_tok
-    ex = pool.examples[0]
+def test_labels_cover_only_the_response_and_eos(tiny_pool, tiny_model_tok):
+    _, tok = tiny_model_tok
+    ex = tiny_pool.examples[0]
     enc = encode_example(ex, tok, "alpaca", 512)
     prompt_ids = tok(render_prompt(ex.prompt_messages, "alpaca", tok, ex.record))["input_ids"]
     response_ids = tok("The answer is 19.", add_special_tokens=False)["input_ids"]
@@ -47,9 +24,9 @@ def test_labels_cover_only_the_response_and_eos(pool, model_tok):
     assert tok.decode(kept) == "The answer is 19.</s>"
 
 
-def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_response(pool, model_tok):
-    _, tok = model_tok
-    ex = pool.examples[1]
+def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_response(tiny_pool, tiny_model_tok):
+    _, tok = tiny_model_tok
+    ex = tiny_pool.examples[1]
     full = encode_example(ex, tok, "alpaca", 512)
     n_resp = sum(1 for t in full.labels if t != IGNORE_INDEX)
     n_prompt = len(full.input_ids) - n_resp
@@ -86,14 +63,16 @@ def _reference_mean_loss(model, encs) -> float:
     return total / count
 
 
-def test_step_loss_is_the_mean_over_response_tokens_and_micro_batches_give_the_same_update(pool, tiny_model_dir):
+def test_step_loss_is_the_mean_over_response_tokens_and_micro_batches_give_the_same_update(tiny_pool, tiny_model_dir):
     cfg = LMConfig(lr=1e-3, max_length=64)
-    whole = LMTrainer(str(tiny_model_dir), pool, cfg, total_steps=4)
+    whole = LMTrainer(str(tiny_model_dir), tiny_pool, cfg, total_steps=4)
     batch = [0, 1, 4]
     expected = _reference_mean_loss(whole.unwrapped, [whole.encode(i) for i in batch])
     whole_grads = _capture_gradients(whole)
     assert whole.step(batch) == pytest.approx(expected, rel=1e-5)
-    micro = LMTrainer(str(tiny_model_dir), pool, LMConfig(lr=1e-3, max_length=64, micro_batch_size=1), total_steps=4)
+    micro = LMTrainer(
+        str(tiny_model_dir), tiny_pool, LMConfig(lr=1e-3, max_length=64, micro_batch_size=1), total_steps=4
+    )
     micro_grads = _capture_gradients(micro)
     assert micro.step(batch) == pytest.approx(expected, rel=1e-5)
     # Gradients, not updated weights: Adam's first step is about lr * sign(g), which turns
@@ -117,29 +96,29 @@ def _capture_gradients(trainer) -> dict:
     return grads
 
 
-def test_bf16_left_by_an_earlier_trainer_is_not_inherited(pool, tiny_model_dir):
+def test_bf16_left_by_an_earlier_trainer_is_not_inherited(tiny_pool, tiny_model_dir):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
     Accelerator(cpu=True, mixed_precision="bf16")  # what an HF Trainer run with bf16=True leaves behind
-    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64), total_steps=1)
+    trainer = LMTrainer(str(tiny_model_dir), tiny_pool, LMConfig(max_length=64), total_steps=1)
     assert trainer.accelerator.mixed_precision == "no"
 
 
-def test_cosine_schedule_without_warmup_matches_closed_form(pool, tiny_model_dir):
+def test_cosine_schedule_without_warmup_matches_closed_form(tiny_pool, tiny_model_dir):
     total, lr = 5, 1e-3
-    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(lr=lr, max_length=64), total_steps=total)
+    trainer = LMTrainer(str(tiny_model_dir), tiny_pool, LMConfig(lr=lr, max_length=64), total_steps=total)
     seen = [trainer.scheduler.get_last_lr()[0]]
     for s in range(total):
-        trainer.step([s % len(pool)])
+        trainer.step([s % len(tiny_pool)])
         seen.append(trainer.scheduler.get_last_lr()[0])
     closed = [lr * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(total + 1)]
     assert seen == pytest.approx(closed, rel=1e-9, abs=1e-15)
 
 
-def test_reset_restores_m0_and_replays_identically(pool, tiny_model_dir):
-    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(lr=1e-2, max_length=64), total_steps=3)
+def test_reset_restores_m0_and_replays_identically(tiny_pool, tiny_model_dir):
+    trainer = LMTrainer(str(tiny_model_dir), tiny_pool, LMConfig(lr=1e-2, max_length=64), total_steps=3)
     before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}
     first = [trainer.step([0, 1]), trainer.step([2, 3])]
     assert any(not torch.equal(before[n], p) for n, p in trainer.unwrapped.named_parameters())
@@ -150,10 +129,10 @@ def test_reset_restores_m0_and_replays_identically(pool, tiny_model_dir):
     assert [trainer.step([0, 1]), trainer.step([2, 3])] == first
 
 
-def test_validator_neg_loss_equals_per_example_reference(pool, model_tok):
-    model, tok = model_tok
+def test_validator_neg_loss_equals_per_example_reference(tiny_pool, tiny_model_tok):
+    model, tok = tiny_model_tok
     model.train()
-    examples = pool.examples
+    examples = tiny_pool.examples
     validator = Validator(examples, tok, "neg_loss", max_length=64, batch_size=4)  # padded batches of 4 and 2
     value = validator(model)
     per_example = [-_reference_mean_loss(model, [encode_example(e, tok, "alpaca", 64)]) for e in examples]
@@ -161,7 +140,7 @@ def test_validator_neg_loss_equals_per_example_reference(pool, model_tok):
     assert model.training  # restored after evaluation
 
 
-def test_validator_response_only_head_matches_full_logits_and_follows_the_weights(pool, model_tok):
+def test_validator_response_only_head_matches_full_logits_and_follows_the_weights(tiny_pool, tiny_model_tok):
     """The split path (base + LM head at response positions) against the full-logits path of a
     PEFT-wrapped copy (always full), before and after a weight change (batches are cached,
     the model is not)."""
@@ -169,9 +148,9 @@ def test_validator_response_only_head_matches_full_logits_and_follows_the_weight
 
     from peft import LoraConfig, get_peft_model
 
-    model, tok = model_tok
+    model, tok = tiny_model_tok
     model = copy.deepcopy(model)
-    validator = Validator(pool.examples, tok, "neg_loss", max_length=64, batch_size=4)
+    validator = Validator(tiny_pool.examples, tok, "neg_loss", max_length=64, batch_size=4)
     wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj"]))
     assert validator(model) == pytest.approx(validator(wrapped), rel=1e-6)
     with torch.no_grad():
@@ -179,7 +158,7 @@ def test_validator_response_only_head_matches_full_logits_and_follows_the_weight
         wrapped.get_output_embeddings().weight.mul_(1.5)
     changed = validator(model)
     assert changed == pytest.approx(validator(wrapped), rel=1e-6)
-    per_example = [-_reference_mean_loss(model, [encode_example(e, tok, "alpaca", 64)]) for e in pool.examples]
+    per_example = [-_reference_mean_loss(model, [encode_example(e, tok, "alpaca", 64)]) for e in tiny_pool.examples]
     assert changed == pytest.approx(sum(per_example) / len(per_example), rel=1e-5)
 
 
@@ -191,11 +170,11 @@ def test_final_answer_normalisation():
     assert final_answer("") == ""
 
 
-def test_accuracy_is_exact_match_of_greedy_answers(pool, model_tok):
-    model, tok = model_tok
+def test_accuracy_is_exact_match_of_greedy_answers(tiny_pool, tiny_model_tok):
+    model, tok = tiny_model_tok
     model.eval()
     greedy = []
-    for ex in pool.examples[:4]:
+    for ex in tiny_pool.examples[:4]:
         enc = encode_example(ex, tok, "alpaca", 64)
         prompt = [t for t, lab in zip(enc.input_ids, enc.labels) if lab == IGNORE_INDEX]
         out = model.generate(
@@ -210,7 +189,7 @@ def test_accuracy_is_exact_match_of_greedy_answers(pool, model_tok):
     from dataclasses import replace
 
     examples = []
-    for k, ex in enumerate(pool.examples[:4]):
+    for k, ex in enumerate(tiny_pool.examples[:4]):
         text = greedy[k] if k % 2 == 0 else "#### 123456789"
         examples.append(replace(ex, messages=ex.messages[:-1] + (("assistant", text),)))
     assert final_answer(greedy[0]) != "123456789"
@@ -218,23 +197,25 @@ def test_accuracy_is_exact_match_of_greedy_answers(pool, model_tok):
     assert validator(model) == pytest.approx(0.5)
 
 
-def test_user_metric_and_unknown_metric(pool, model_tok, tmp_path, monkeypatch):
-    model, tok = model_tok
+def test_user_metric_and_unknown_metric(tiny_pool, tiny_model_tok, tmp_path, monkeypatch):
+    model, tok = tiny_model_tok
     (tmp_path / "my_metric.py").write_text(
         "def n_examples(model, tokenizer, examples):\n    return float(len(examples)) + float(model.training)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     model.train()
-    assert Validator(pool.examples[:3], tok, "my_metric:n_examples")(model) == 3.0  # called in eval mode
+    assert Validator(tiny_pool.examples[:3], tok, "my_metric:n_examples")(model) == 3.0  # called in eval mode
     for bad in ("bleu", "my_metric:missing", "no_such_module_xyz:f"):
         with pytest.raises(UserError):
-            Validator(pool.examples[:3], tok, bad)
+            Validator(tiny_pool.examples[:3], tok, bad)
     with pytest.raises(UserError, match="empty"):
         Validator([], tok)
 
 
-def test_lora_trains_only_the_adapter_and_saves_it(pool, tiny_model_dir, tmp_path):
-    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(lr=1e-2, max_length=64, lora=True, lora_r=2), total_steps=2)
+def test_lora_trains_only_the_adapter_and_saves_it(tiny_pool, tiny_model_dir, tmp_path):
+    trainer = LMTrainer(
+        str(tiny_model_dir), tiny_pool, LMConfig(lr=1e-2, max_length=64, lora=True, lora_r=2), total_steps=2
+    )
     frozen = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if not p.requires_grad}
     trainer.step([0, 1])
     assert all(torch.equal(frozen[n], p) for n, p in trainer.unwrapped.named_parameters() if n in frozen)
@@ -245,12 +226,12 @@ def test_lora_trains_only_the_adapter_and_saves_it(pool, tiny_model_dir, tmp_pat
     AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")
 
 
-def test_train_on_schedule_saves_a_loadable_model(pool, tiny_model_dir, tmp_path):
+def test_train_on_schedule_saves_a_loadable_model(tiny_pool, tiny_model_dir, tmp_path):
     out = train_on_schedule(
-        str(tiny_model_dir), pool, [[0, 1], [2, 3], [4, 5]], LMConfig(lr=1e-3, max_length=64), tmp_path / "m", 3
+        str(tiny_model_dir), tiny_pool, [[0, 1], [2, 3], [4, 5]], LMConfig(lr=1e-3, max_length=64), tmp_path / "m", 3
     )
     model, _ = load_model_and_tokenizer(str(out))
     original, _ = load_model_and_tokenizer(str(tiny_model_dir))
     assert not torch.equal(model.lm_head.weight, original.lm_head.weight)
     with pytest.raises(UserError, match="more than total_steps"):
-        train_on_schedule(str(tiny_model_dir), pool, [[0], [1], [2]], LMConfig(max_length=64), tmp_path / "m2", 2)
+        train_on_schedule(str(tiny_model_dir), tiny_pool, [[0], [1], [2]], LMConfig(max_length=64), tmp_path / "m2", 2)

@@ -10,9 +10,10 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from conftest import plus_rows, random_features
 from raise_select.data.pools import load_pool
 from raise_select.errors import UserError
-from raise_select.features.table import FEATURE_COLUMNS, FeatureTable
+from raise_select.features.table import FeatureTable
 from raise_select.models import load_model_and_tokenizer
 from raise_select.policy import PolicyConfig
 from raise_select.training import FinetuneConfig, TrainPolicyConfig, Validator, finetune, train_policy
@@ -24,10 +25,7 @@ CLASSES = 3
 def setup(tmp_path_factory, tiny_model_dir):
     """A 24-row pool with random features in 3 classes and a 4-row validation file."""
     root = tmp_path_factory.mktemp("raise")
-    rows = [
-        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}."}
-        for i in range(24)
-    ]
+    rows = plus_rows(24)
     (root / "pool.json").write_text(json.dumps(rows))
     (root / "val.json").write_text(
         json.dumps(
@@ -40,17 +38,7 @@ def setup(tmp_path_factory, tiny_model_dir):
         )
     )
     pool = load_pool(root / "pool.json")
-    rng = np.random.default_rng(0)
-    n = len(pool)
-    columns = {c: rng.normal(size=n) for c in FEATURE_COLUMNS}
-    columns.update(len_prompt=np.full(n, 8.0), len_response=np.full(n, 5.0))  # token counts
-    FeatureTable(
-        ids=pool.ids,
-        columns=columns,
-        sem=rng.normal(size=(n, 4)).astype(np.float32),
-        cluster=np.arange(n) % CLASSES,
-        meta={"classes": CLASSES},
-    ).write(root / "features")
+    random_features(pool.ids, CLASSES).write(root / "features")
     base = TrainPolicyConfig(
         pool=str(root / "pool.json"),
         features=str(root / "features"),
