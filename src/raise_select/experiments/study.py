@@ -39,40 +39,22 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from ..baselines.run import BaselineConfig, run_baseline
-from ..config import from_dict, merge
-from ..data.benchmarks import NAMED_SETS
-from ..data.overlap import shared_items, warn_shared_rows
-from ..data.pools import load_pool, subsample_to_file, to_format
-from ..data.validation import load_validation
+from ..config import from_dict
 from ..errors import UserError
 from ..evaluation.evaluate import EvaluateConfig, evaluate
-from ..evaluation.loss import default_metric, heldout_values, response_loss
 from ..features.featurize import FeaturizeConfig, featurize
-from ..io import fingerprint, write_json_atomic, write_text_atomic
+from ..io import fingerprint, write_json_atomic
 from ..logs import setup_logging
 from ..models.loading import load_model_and_tokenizer
-from ..models.tiny import PRESETS, build_tiny_model
 from ..progress import progress_bar
-from ..registry import unknown_name
-from ..reports.method_stats import chosen_ids, method_stats, stats_markdown
-from ..reports.plots import plot_study
-from ..reports.study import (
-    differences_markdown,
-    figures,
-    gain_markdown,
-    gain_rows,
-    item_gains,
-    paired_differences,
-)
-from ..reports.tables import build_table, write_table
 from ..training.finetune import train_and_finetune
 from ..training.reporting import parse_report_to
 from ..training.train_policy import TrainPolicyConfig
-from .cells import CellStore, Unfinished, content_digest, evaluation, examples_digest, model_digest, options_digest
-from .costs import PassCounter, flop_parameters, phi_from_runs, pool_tokens, record_costs
+from .cells import CellStore, Unfinished, options_digest
+from .costs import PassCounter, flop_parameters, pool_tokens, record_costs
+from .heldout import HeldoutSets
+from .inputs import StudyInputs
 from .methods import METHODS
 from .plan import (  # noqa: F401  (re-exported: the study's settings and grid)
     _EVAL_FIELDS,
@@ -96,15 +78,15 @@ from .plan import (  # noqa: F401  (re-exported: the study's settings and grid)
     seeds_of,
     substitute_model,
 )
-from .provenance import code_version, code_versions, provenance, provenance_markdown
+from .provenance import provenance
+from .report import StudyTables
 
 log = logging.getLogger(__name__)
 
-_INPUTS = ("pool", "pool_spec", "model", "steps", "val_files", "heldout")
 
-
-class Study:
-    """Runs the cells of one study folder and writes its tables."""
+class Study(StudyInputs, HeldoutSets, StudyTables):
+    """Runs the cells of one study folder and writes its tables: its inputs (`experiments.inputs`),
+    cells, held-out evaluations (`experiments.heldout`) and tables (`experiments.report`)."""
 
     def __init__(self, cfg: StudyConfig, options: dict[str, dict] | None = None):
         for name in ("pool", "out"):
@@ -125,150 +107,7 @@ class Study:
         self._heldout_sets: dict[tuple[str, str], list] = {}
         self._basis: tuple[int, int] | None = None
 
-    def __getattr__(self, name: str):
-        # The pool, the base model, T and the targets are read by `prepare`: a cell run before it
-        # (or a method asking for them) reads them on first use instead of failing.
-        if name in _INPUTS:
-            self.prepare()
-            return self.__dict__[name]
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
-
     # ---------------------------------------------------------------- inputs
-
-    def prepare(self) -> None:
-        """The pool (a seeded subsample written to <out>/pool.jsonl when asked), the base model,
-        and per target its validation file and held-out rows."""
-        cfg = self.cfg
-        pool = load_pool(cfg.pool, fmt=cfg.format)
-        if cfg.pool_size is not None and cfg.pool_size < len(pool):
-            path = self.out / "pool.jsonl"
-            pool = subsample_to_file(pool, cfg.pool_size, cfg.seed, path)
-            self.pool_spec = str(path)
-        else:
-            self.pool_spec = cfg.pool
-        self.pool = pool
-        self.steps = matched_step_count(cfg, len(pool))
-        self.model = cfg.model or str(self._build_model())
-        self.val_files, self.heldout = {}, {}
-        validations: dict[str, list] = {}
-        for t in cfg.targets:
-            val = load_validation(t, cfg.data_dir, n=cfg.val_size, seed=cfg.seed, split=TARGETS[t])
-            path = self.out / "targets" / f"{t}_validation.jsonl"
-            text = "".join(json.dumps(to_format(e, "messages")) + "\n" for e in val)
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                write_text_atomic(path, text)
-            self.val_files[t] = str(path)
-            self.heldout[t] = self.heldout_items(t, cfg.heldout_split)
-            validations[t] = val
-        self.check_overlap(validations)
-        log.info(
-            "pool %s: %d examples; base model %s; %d matched update steps of %d%s",
-            self.pool_spec,
-            len(pool),
-            self.model,
-            self.steps,
-            cfg.batch_size,
-            f"; targets {', '.join(cfg.targets)}" if cfg.targets else "",
-        )
-
-    def check_overlap(self, validations: dict[str, list]) -> None:
-        """Before any cell trains, when a method of the study reads a validation set (per target
-        its sample in `validations`, else `val`): warn when its rows are also pool rows
-        (`data.overlap.warn_shared_rows`), and refuse a held-out set (the target's `heldout_split`
-        items, the `loss_set`) that shares items with it, naming the target: a figure measured on
-        the rows the targeted methods were steered towards is not held-out."""
-        cfg = self.cfg
-        if not any(METHODS[m].reads_validation for m in cfg.methods):
-            return  # no cell reads a validation set: nothing was steered towards it
-        if not cfg.targets:
-            validations = {"": load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed)}
-        loss = self._loss_examples() if cfg.loss_set else None
-        loss_name = f"loss_set {cfg.loss_set}" + (f" ({cfg.loss_split} split)" if cfg.loss_set in NAMED_SETS else "")
-        for t, val in validations.items():
-            what = f"target {t}'s validation sample" if t else f"the validation set val={cfg.val}"
-            warn_shared_rows(self.pool, val, f"study: {what}")
-            held = [(loss_name, loss)] if loss is not None else []
-            if t:
-                held.insert(0, (f"held-out set {self.eval_name(t)}", self.heldout[t]))
-            for name, items in held:
-                shared = shared_items(val, items)
-                if shared:
-                    raise UserError(
-                        f"study: target {t or cfg.val}: the {name} shares {len(shared)} of its {len(items)} items "
-                        f"with {what} (first id {shared[0].id}), so its figure would not be held-out; "
-                        "give held-out items apart from the validation rows"
-                    )
-
-    def metric_of(self, target: str) -> str:
-        """The held-out metric of `target`: `metric`, `auto` resolved by `evaluation.loss.default_metric`."""
-        return default_metric(target) if self.cfg.metric == "auto" else self.cfg.metric
-
-    def heldout_items(self, target: str, split: str) -> list:
-        """The held-out items of `target` on `split` (`<target>:dev` or `:test`, `heldout_size` of
-        them, a seeded sample), read once per process."""
-        if (target, split) not in self._heldout_sets:
-            cfg = self.cfg
-            n = heldout_size_of(cfg, target)
-            self._heldout_sets[target, split] = load_validation(f"{target}:{split}", cfg.data_dir, n=n, seed=cfg.seed)
-        return self._heldout_sets[target, split]
-
-    def eval_name(self, target: str, split: str | None = None) -> str:
-        """The name of a target's held-out evaluation in a cell record: `<target>:<split>`."""
-        return f"{target}:{split or self.cfg.heldout_split}"
-
-    def _build_model(self) -> Path:
-        if self.cfg.build_model not in PRESETS:
-            raise unknown_name("build_model preset", self.cfg.build_model, PRESETS, "study")
-        path = self.out / "base_model"
-        if not (path / "config.json").is_file():
-            texts = ["\n".join(c for _, c in e.messages) for e in self.pool.examples[:20000]]
-            build_tiny_model(path, texts, preset=self.cfg.build_model, seed=self.cfg.seed)
-        return path
-
-    def digest(self, what: str) -> str:
-        """Content digests of the study's inputs, computed once per process: `model`, `aux_model`,
-        `val:<target or ''>`, `heldout:<target>`, `loss_set`."""
-        if what not in self._digests:
-            cfg = self.cfg
-            if what == "model":
-                value = model_digest(self.model)
-            elif what == "aux_model":
-                value = model_digest(cfg.aux_model) if cfg.aux_model else self.digest("model")
-            elif what.startswith("val:"):
-                target = what[4:]
-                if target:
-                    value = content_digest(self.val_files[target])
-                else:
-                    examples = load_validation(cfg.val, cfg.data_dir, n=cfg.val_size, seed=cfg.seed)
-                    value = examples_digest(examples)
-            elif what.startswith("heldout:"):
-                target, _, split = what[8:].partition(":")
-                value = examples_digest(self.heldout_items(target, split or self.cfg.heldout_split))
-            elif what == "loss_set":
-                value = examples_digest(self._loss_examples())
-            else:
-                raise KeyError(what)
-            self._digests[what] = value
-        return self._digests[what]
-
-    def method_options(self, method: str) -> dict:
-        """The method's options as configured (for a RAISE preset: the `raise:` section, the
-        preset's settings, then its own section), `{model}` not yet replaced."""
-        entry = METHODS[method]
-        if entry.runs != RAISE:
-            return dict(self.options.get(method, {}))
-        opts: dict = merge({}, self.options.get(RAISE, {}))
-        preset = {**entry.episode, **({"policy": dict(entry.policy)} if entry.policy else {})}
-        merge(opts, json.loads(json.dumps(preset)))
-        if method != RAISE:
-            merge(opts, json.loads(json.dumps(self.options.get(method, {}))))
-        return opts
-
-    def reads_features(self, method: str | None) -> bool:
-        """Whether a cell of `method` reads the featurized pool (the method's entry says)."""
-        if method is None:
-            return False
-        return METHODS[method].needs_features(substitute_model(self.method_options(method), self.model))
 
     def features(self) -> str:
         """The featurized pool (computed once, reused by featurize itself when present), with
@@ -352,26 +191,6 @@ class Study:
         if entry.prior_from:
             key["prior"] = self.cell_key(self._prior_cell(cell))
         return fingerprint(key)
-
-    def eval_key(self, cell_key: str, what: str) -> str:
-        """The key of one evaluation of a cell: lm-eval's `tasks`, the `loss_set`, or a target's held-out losses."""
-        cfg = self.cfg
-        if what == "tasks":
-            settings = {
-                k: getattr(cfg, k) for k in ("tasks", "eval_limit", "num_fewshot", "max_gen_toks", "max_length")
-            }
-        elif what == "loss_set":
-            settings = {"loss": self.digest("loss_set"), "max_length": cfg.max_length, "template": cfg.template}
-        else:  # `<target>:<split>`: the held-out items' contents, the split, the metric
-            target, _, split = what.partition(":")
-            settings = {
-                "heldout": self.digest(f"heldout:{target}:{split}"),
-                "split": split,
-                "metric": self.metric_of(target),
-                "max_length": cfg.max_length,
-                "template": cfg.template,
-            }
-        return fingerprint({"cell": cell_key, **settings})
 
     # ---------------------------------------------------------------- cells
 
@@ -500,109 +319,16 @@ class Study:
     def model_path(self, record: dict) -> str:
         return self.model if record.get("method") is None else str(self.out / record["model"])
 
-    def _evaluate_cell(self, cell: Cell, record: dict) -> None:
-        """Every evaluation the study asks of the cell, each kept under its own key."""
-        cfg = self.cfg
-        targets = {self.eval_name(t): t for t in cfg.targets if cell.target in (None, t)}
-        wanted = list(targets)
-        if cfg.tasks:
-            wanted.append("tasks")
-        if cfg.loss_set:
-            wanted.append("loss_set")
-        for what in wanted:
-            key = self.eval_key(record["key"], what)
-            size = len(self.heldout[targets[what]]) if what in targets else None
-            done = evaluation(record, what, key, size)
-            if done is not None and (what != "tasks" or set(cfg.tasks) <= set(done.get("scores") or {})):
-                continue
-            if self.store.report_only:
-                raise Unfinished(f"{cell.name} on {what}")
-            log.info("cell %s: evaluating on %s", cell.name, what)
-            model = self.model_path(record)
-            if what == "tasks":
-                scores = evaluate(
-                    EvaluateConfig(
-                        **job_settings(cfg, "evaluate"), model=model, out=str(self.store.dir(cell.name) / "eval")
-                    )
-                )
-                done = {"key": key, "scores": {t: s["score"] for t, s in scores.items()}}
-            elif what == "loss_set":
-                done = {"key": key, "loss": self._loss(model)}
-            else:
-                done = {"key": key, **self._heldout_figures(model, targets[what])}
-            done["code"] = code_version()
-            record.setdefault("evals", {})[what] = done
-            self.store.save(cell.name, record)
-        derived = {
-            "scores": record["evals"]["tasks"]["scores"] if cfg.tasks else record.get("scores"),
-            "loss": record["evals"]["loss_set"]["loss"] if cfg.loss_set else None,
-        }
-        if any(record.get(k) != v for k, v in derived.items()) and not self.store.report_only:
-            record.update(derived)
-            self.store.save(cell.name, record)
-        record.update(derived)
-
-    def _heldout_figures(self, model: str, target: str) -> dict:
-        """Per held-out item the target's metric (`values`); with a choice metric the item's
-        accuracy too (`acc`, from the same choice scoring)."""
-        cfg = self.cfg
-        metric, items = self.metric_of(target), self.heldout[target]
-        out = {"split": cfg.heldout_split, "metric": metric, "items": len(items)}
-        if metric.startswith("choice_"):
-            from ..evaluation.choices import score_choices
-
-            scores = score_choices(
-                model,
-                items,
-                batch_size=cfg.eval_batch_size,
-                max_length=cfg.max_length,
-                dtype=cfg.dtype,
-                device=cfg.device,
+    def _evaluate_tasks(self, cell: Cell, model: str) -> dict[str, float]:
+        """lm-evaluation-harness's score per task of `tasks` for the cell's model."""
+        scores = evaluate(
+            EvaluateConfig(
+                **job_settings(self.cfg, "evaluate"), model=model, out=str(self.store.dir(cell.name) / "eval")
             )
-            values = scores.ce if metric == "choice_ce" else scores.acc
-            out["acc"] = [float(x) for x in scores.acc]
-        else:
-            values = heldout_values(
-                model,
-                items,
-                metric,
-                template=cfg.template,
-                max_length=cfg.max_length,
-                batch_size=cfg.eval_batch_size,
-                dtype=cfg.dtype,
-                device=cfg.device,
-            )
-        out["values"] = [round(float(x), 6) for x in values]
-        return out
-
-    def _loss_examples(self):
-        cfg = self.cfg
-        return load_validation(cfg.loss_set, cfg.data_dir, n=cfg.loss_size, seed=cfg.seed, split=cfg.loss_split)
-
-    def _loss(self, model: str) -> float:
-        """Mean response loss on `loss_set` (e.g. GSM8K test solutions)."""
-        cfg = self.cfg
-        return response_loss(
-            model,
-            self._loss_examples(),
-            template=cfg.template,
-            max_length=cfg.max_length,
-            batch_size=cfg.eval_batch_size,
-            dtype=cfg.dtype,
-            device=cfg.device,
         )
+        return {t: s["score"] for t, s in scores.items()}
 
-    # ---------------------------------------------------------------- tables
-
-    def rows(self, records: list[dict]) -> list[tuple[str, dict[str, float]]]:
-        """Per row label the task scores; rows with several cells (RAND's seeds) are averaged."""
-        grouped: dict[str, list[dict[str, float]]] = {}
-        for r in records:
-            grouped.setdefault(r["row"], []).append(r["scores"])
-        return [
-            (label, {t: sum(s[t] for s in group) / len(group) for t in self.cfg.tasks})
-            for label, group in grouped.items()
-        ]
+    # ---------------------------------------------------------------- run
 
     def records(self) -> tuple[list[dict], dict[str, str]]:
         """Every cell's record (computed unless finished, or only the finished ones with
@@ -632,232 +358,26 @@ class Study:
         return [records[i] for i in sorted(records)], failed
 
     def run(self) -> dict:
-        """Every cell, then the tables: `study_table.{md,csv,json}`, `study_methods.md` and
-        `study_plot.png` with `tasks`; `study_gains.{md,json}` with `targets` (and the same as
-        `study_gains_<split>.{md,json}`, so the dev table stays beside the test table)."""
+        """Every cell, then the tables (`StudyTables.write_tables`): `study_table.{md,csv,json}`,
+        `study_methods.md` and `study_plot.png` with `tasks`; `study_gains.{md,json}` with `targets`
+        (and the same as `study_gains_<split>.{md,json}`, so the dev table stays beside the test table)."""
         self.prepare()
         if not self.cfg.report_only:
             write_json_atomic(self.out / "study_config.json", asdict(self.cfg))
         records, failed = self.records()
-        feat_seconds = self.features_seconds()
-        readers = {r["method"] for r in records if self.reads_features(r["method"])}
-        full = [r for r in records if r["method"] == "full"]
-        rand = [r for r in records if r["method"] == "random"]
-        phi, phi_from = phi_from_runs(full, rand, len(self.pool), self.cfg.batch_size)
-        paths, parts, extra = {}, [], {}
-        notes = [f"{n} failed: {e}" for n, e in failed.items()]
-        if self.cfg.tasks:
-            table = build_table(self.rows(records), self.cfg.tasks)
-            extra = {
-                "pool": self.pool_spec,
-                "pool_size": len(self.pool),
-                "model": self.model,
-                "val": self.cfg.val,
-                "budget": self.cfg.budget,
-                "steps": self.steps,
-                "full_steps": self.cfg.full_steps,
-                "batch_size": self.cfg.batch_size,
-                "seeds": self.cfg.seeds,
-                "raise_seeds": self.cfg.raise_seeds,
-                "eval_limit": self.cfg.eval_limit,
-                "cells": {
-                    r["name"]: {
-                        **{k: r.get(k) for k in ("row", "method", "seed", "target", "scores", "steps")},
-                        "model": self.model_path(r),
-                    }
-                    for r in records
-                },
-                "failed": failed,
-            }
-            stats = method_stats(records, self.out / "cells", self.pool, self.cfg.batch_size, feat_seconds, readers)
-            extra["method_stats"] = stats
-            loss_name = f"{self.cfg.loss_set} {self.cfg.loss_split}" if self.cfg.loss_set else None
-            paths = write_table(self.out, table, self.cfg.tasks, extra, notes=notes)
-            paths["methods_md"] = self.out / "study_methods.md"
-            write_text_atomic(paths["methods_md"], stats_markdown(stats, loss_name))
-            paths["png"] = plot_study(
-                table,
-                self.cfg.tasks,
-                self.out / "study_plot.png",
-                title=f"{Path(self.model).name}, budget {self.cfg.budget}, {self.steps} steps",
-            )
-            parts += [paths["md"].read_text(encoding="utf-8"), paths["methods_md"].read_text(encoding="utf-8")]
-        else:
-            table = None
-        gains = None
-        if self.cfg.targets:
-            for r in records:
-                self._attach_heldout(r)
-            base = next((r for r in records if r["method"] is None), None)
-            base_losses = {t: base["heldout"][t] for t in self.cfg.targets}
-            labels = {r["method"]: r["row"] for r in records if r["method"]}
-            gains = gain_rows(records, base_losses, self.cfg.targets, self.cfg.seed, phi, feat_seconds, readers, labels)
-            best, static_note = self.best_static(records, list(gains))
-            raise_rows = [m for m in gains if METHODS[m].runs == RAISE]
-            inits = {m: METHODS[m].initialisation for m in raise_rows if METHODS[m].initialisation}
-            diffs = paired_differences(records, base_losses, self.cfg.targets, raise_rows, best, labels, inits)
-            notes = [*notes, self.seed_note(list(gains)), provenance_markdown(records)]
-            md = gain_markdown(
-                gains,
-                base_losses,
-                self.cfg.targets,
-                phi=phi,
-                phi_from=phi_from,
-                feat_seconds=feat_seconds,
-                pool_size=len(self.pool),
-                steps=self.steps,
-                budget=self.cfg.budget,
-                batch_size=self.cfg.batch_size,
-                heldout={t: len(self.heldout[t]) for t in self.cfg.targets},
-                readers=[labels.get(m, m) for m in gains if m in readers],
-                notes=notes,
-                split=self.cfg.heldout_split,
-            )
-            md += differences_markdown(diffs, self.cfg.targets, labels, static_note)
-            paths["gains_md"] = self.out / "study_gains.md"
-            paths["gains_json"] = self.out / "study_gains.json"
-            write_text_atomic(paths["gains_md"], md)
-            write_json_atomic(
-                paths["gains_json"],
-                {
-                    "config": asdict(self.cfg),
-                    "phi_seconds": phi,
-                    "phi_from": phi_from,
-                    "featurize_seconds": feat_seconds,
-                    "heldout_split": self.cfg.heldout_split,
-                    "metrics": {t: base_losses[t]["metric"] for t in self.cfg.targets},
-                    "base": {t: float(sum(v["values"]) / len(v["values"])) for t, v in base_losses.items()},
-                    "rows": gains,
-                    "differences": diffs,
-                    "best_static": best,
-                    "best_static_note": static_note,
-                    "code_versions": code_versions(records),
-                    "failed": failed,
-                },
-            )
-            # the split's own copy: a test run keeps the dev table it was chosen on
-            split = self.cfg.heldout_split
-            paths["gains_split_md"] = self.out / f"study_gains_{split}.md"
-            paths["gains_split_json"] = self.out / f"study_gains_{split}.json"
-            write_text_atomic(paths["gains_split_md"], md)
-            write_text_atomic(paths["gains_split_json"], paths["gains_json"].read_text(encoding="utf-8"))
-            parts.insert(0, md)
+        tables = self.write_tables(records, failed)
         log.info("cells computed this run: %s", ", ".join(self.computed) or "none (all reused)")
         return {
-            "table": table,
-            "gains": gains,
+            "table": tables["table"],
+            "gains": tables["gains"],
             "records": records,
-            "paths": paths,
+            "paths": tables["paths"],
             "computed": list(self.computed),
             "failed": failed,
-            "phi": phi,
-            "markdown": "\n".join(parts),
-            "differences": diffs if self.cfg.targets else None,
+            "phi": tables["phi"],
+            "markdown": tables["markdown"],
+            "differences": tables["differences"],
         }
-
-    # ---------------------------------------------------------------- the gain table's parts
-
-    def _attach_heldout(self, record: dict) -> None:
-        """`record["heldout"][t]`: the evaluation of the reported split per target; and
-        `distinct_rows`, the pool rows the cell trained on at least once."""
-        record["heldout"] = {
-            t: record["evals"][self.eval_name(t)]
-            for t in self.cfg.targets
-            if self.eval_name(t) in record.get("evals", {})
-        }
-        record["distinct_rows"] = self.distinct_rows(record)
-
-    def distinct_rows(self, record: dict) -> int | None:
-        """Distinct pool rows a cell trained on (its selection, or every batch of an online
-        method); the 100% row: the pool, or the rows its capped steps reach; None if unknown."""
-        method = record.get("method")
-        if method is None:
-            return 0
-        if method == "full":
-            n = len(self.pool)
-            return min(n, self.cfg.full_steps * self.cfg.batch_size) if self.cfg.full_steps else n
-        kind = "raise" if record.get("runs") == RAISE else method
-        ids = chosen_ids(self.store.dir(record["name"]), kind, self.pool)
-        return None if ids is None else len(set(ids))
-
-    def static_methods(self, methods: list[str]) -> list[str]:
-        """The static selectors among `methods`: baselines that choose one subset before training
-        (RAND and the 100% row aside; SSPL's schedule, GREATS and RHO-LOSS are dynamic)."""
-        from ..baselines import BASELINES
-
-        return [
-            m
-            for m in methods
-            if METHODS[m].runs != RAISE
-            and not METHODS[m].online
-            and not getattr(BASELINES.get(m), "dynamic", False)
-            and m not in ("random", "full")
-        ]
-
-    def best_static(self, records: list[dict], methods: list[str]) -> tuple[dict[str, str | None], str]:
-        """Per target the static selector with the highest mean gain on the DEV split, and a
-        sentence saying so. Reporting the test split, the dev evaluations are read from the
-        cells (made by an earlier run with `heldout_split: dev` and the same settings); when
-        any is missing no row is chosen (never on the test items)."""
-        static = self.static_methods(methods)
-        if not static:
-            return {t: None for t in self.cfg.targets}, "Best static selector: no static selector in the study."
-        best, parts = {}, []
-        for t in self.cfg.targets:
-            gains, missing = {}, []
-            base = next(r for r in records if r["method"] is None)
-            base_dev = self._dev_figures(base, t)
-            for m in static:
-                cells = [r for r in records if r["method"] == m and r.get("target") in (None, t)]
-                dev = [self._dev_figures(r, t) for r in cells]
-                if base_dev is None or not cells or any(d is None for d in dev):
-                    missing.append(m)
-                    continue
-                gains[m] = float(np.mean([np.mean(item_gains(base_dev, d)) for d in dev]))
-            label = lambda m: METHODS[m].label  # noqa: E731
-            if missing:
-                best[t] = None
-                parts.append(
-                    f"{t}: dev results missing for {', '.join(label(m) for m in missing)}"
-                    f"{' and the zero-shot cell' if base_dev is None else ''}; no best static selector chosen "
-                    "(run the study with heldout_split: dev first)"
-                )
-            else:
-                best[t] = max(gains, key=gains.get)
-                parts.append(f"{t}: {label(best[t])} (dev gain {gains[best[t]]:+.4f})")
-        return best, "Best static selector per target, chosen on the dev split: " + "; ".join(parts) + "."
-
-    def _dev_figures(self, record: dict, target: str) -> dict | None:
-        """The record's evaluation on `<target>:dev` under the current settings, else None."""
-        name = self.eval_name(target, "dev")
-        if self.cfg.heldout_split == "dev":
-            return figures(record, target)
-        key = self.eval_key(record["key"], name)
-        done = evaluation(record, name, key, len(self.heldout_items(target, "dev")))
-        if done is None:
-            return None
-        return {"metric": done.get("metric"), "values": done["values"], "acc": done.get("acc")}
-
-    def seed_note(self, methods: list[str]) -> str:
-        """What a row's seeds vary, per kind of method."""
-        groups: dict[str, list[str]] = {}
-        for m in methods:
-            seeds = seeds_of(self.cfg, m)
-            entry = METHODS[m]
-            if m == "random":
-                what = "the random subset and the training order"
-            elif entry.runs == RAISE:
-                what = "the policy's initialisation and PPO, the fine-tuning's sampling and order"
-                if entry.prior_from:
-                    what += f", and the prior (the {METHODS[entry.prior_from].label} cell of the same seed)"
-            elif m in ("less", "rose"):
-                what = "the LoRA warm-up (its initialisation, rows and order; the projection is fixed) and the training"
-            elif entry.online:
-                what = "the training's initialisation and order, which the online choice follows"
-            else:
-                what = "the training's initialisation and order only (the selection is deterministic given its inputs)"
-            groups.setdefault(what, []).append(f"{entry.label} {len(seeds) if seeds is not None else 1}")
-        return "Seeds per row and what they vary: " + "; ".join(f"{', '.join(g)}: {w}" for w, g in groups.items()) + "."
 
 
 def _relative(path: Path, root: Path) -> str:
