@@ -268,3 +268,11 @@ def test_trained_minus_its_untrained_initialisation_is_paired_by_seed():
     assert got["low"] > 0  # a true difference of 0.2 nats, seed noise 0.05: detected
     md = differences_markdown(diffs, ["t"], {"raise_credit": "RAISE (credit)"}, "")
     assert "trained - untrained" in md and f"| RAISE (credit) | **{by_hand:+.4f} [" in md
+
+
+def test_a_difference_table_with_rand_alone_says_so():
+    from raise_select.reports.study import differences_markdown
+
+    empty = {"t": {"vs_random": {}, "vs_static": {}, "vs_init": {}, "best_static": None}}
+    md = differences_markdown(empty, ["t"], {}, "")
+    assert "| (no RAND row, or no row beside it) | n/a |" in md and "trained - untrained" not in md

@@ -219,7 +219,7 @@ def differences_markdown(diffs: dict, targets: list[str], labels: Mapping[str, s
         row = " | ".join(cell(diffs[t]["vs_random"].get(m)) for t in targets)
         lines.append(f"| {labels.get(m, m)} | {row} |")
     if not methods:
-        lines.append("| (no RAND row) |" + " n/a |" * len(targets))
+        lines.append("| (no RAND row, or no row beside it) |" + " n/a |" * len(targets))
     lines += ["", static_note, ""]
     raise_methods = list(dict.fromkeys(m for t in targets for m in diffs[t]["vs_static"]))
     best = {t: diffs[t]["best_static"] for t in targets}
