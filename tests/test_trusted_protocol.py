@@ -276,3 +276,21 @@ def test_a_difference_table_with_rand_alone_says_so():
     empty = {"t": {"vs_random": {}, "vs_static": {}, "vs_init": {}, "best_static": None}}
     md = differences_markdown(empty, ["t"], {}, "")
     assert "| (no RAND row, or no row beside it) | n/a |" in md and "trained - untrained" not in md
+
+
+def test_a_preset_setting_that_overrides_the_study_s_does_not_key_its_cell(tmp_path):
+    """raise_untrained trains 0 rounds whatever the study's `rounds`: its key must not follow
+    `study.rounds`, while the trained rows' keys must."""
+    keys = {}
+    for rounds in (1, 2):
+        study = Study(
+            StudyConfig(
+                pool="p", model="m", out=str(tmp_path), targets=["gsm8k"], tasks=[], rounds=rounds,
+                methods=["raise", "raise_untrained"], raise_seeds=[0],
+            )
+        )  # fmt: skip
+        study._digests.update({"model": "m", "val:gsm8k": "v", "aux_model": "a"})
+        study.pool, study.model, study.steps = type("P", (), {"fingerprint": "f"})(), "m", 24  # as prepare() sets
+        keys[rounds] = {c.method: study.cell_key(c) for c in study.cells if c.method in ("raise", "raise_untrained")}
+    assert keys[1]["raise_untrained"] == keys[2]["raise_untrained"]
+    assert keys[1]["raise"] != keys[2]["raise"]

@@ -182,7 +182,9 @@ class Study(StudyInputs, HeldoutSets, StudyTables):
             "model": self.digest("model"),
             "pool": self.pool.fingerprint,
             "steps": self.steps,
-            "settings": {k: v for k, v in cfg.items() if k not in skip},
+            # a RAISE preset's own value of a study setting (raise_untrained's `rounds: 0`) wins
+            # over the study's, so the study's value does not key that cell
+            "settings": {k: v for k, v in cfg.items() if k not in skip and not (entry.runs == RAISE and k in options)},
         }
         if entry.reads_validation:
             key["validation"] = self.digest(f"val:{cell.target or ''}")
