@@ -169,11 +169,11 @@ def parse_overrides(items: list[str] | None) -> dict:
     out: dict = {}
     for item in items or []:
         if "=" not in item:
-            raise UserError(f"override '{item}': expected KEY=VALUE, e.g. train_policy.rounds=2")
+            raise UserError(f"override '{item}': expected KEY=VALUE, a dotted key such as section.setting=value")
         key, raw = item.split("=", 1)
         if not key.strip() or any(not part.strip() for part in key.split(".")):
             raise UserError(
-                f"override '{item}': the key before '=' is empty or has an empty part, e.g. train_policy.rounds=2"
+                f"override '{item}': the key before '=' is empty or has an empty part; give section.setting=value"
             )
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
