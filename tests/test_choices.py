@@ -321,3 +321,19 @@ def test_train_policy_rewards_are_changes_of_minus_the_choice_ce(tmp_path, tiny,
     assert steps[0]["reward"] == pytest.approx(steps[0]["P"] - p0, abs=1e-6)
     assert sum(m["reward"] for m in steps) == pytest.approx(steps[-1]["P"] - p0, abs=1e-6)
     assert steps[-1]["P"] != pytest.approx(p0, abs=1e-6)  # training moved the figure
+
+
+def test_auto_metric_scores_choices_only_when_every_example_is_an_item(shared_data, tiny):
+    """train-policy's default `metric: auto`: choice_ce on a multiple-choice validation set (named set
+    or the lettered prompt), neg_loss as soon as one example is not an item (GSM8K, a free-form row)."""
+    from raise_select.data.validation import load_validation
+    from raise_select.training.reward import Validator, metric_for
+
+    model, tok = tiny
+    arc = load_validation("arc_challenge:dev", shared_data, n=4, seed=0)
+    gsm = load_validation("gsm8k", shared_data, n=2, seed=0)
+    assert metric_for("auto", arc) == "choice_ce" and metric_for("auto", gsm) == "neg_loss"
+    assert metric_for("auto", arc + gsm) == "neg_loss" and metric_for("neg_loss", arc) == "neg_loss"
+    v = Validator(arc, tok, "auto", batch_size=4)
+    assert v.metric == "choice_ce" and v(model) == pytest.approx(Validator(arc, tok, "choice_ce")(model))
+    assert Validator(gsm, tok, "auto").metric == "neg_loss"

@@ -112,6 +112,80 @@ def test_row_credit_is_the_change_of_p_after_a_small_sgd_step_on_that_row(tiny_m
     assert validator(model) == pytest.approx(p0, abs=1e-6)  # the weights are back
 
 
+def _choice_validation(tmp_path, tokenizer) -> Validator:
+    """A multiple-choice validation set in the project's prompt format, scored by `choice_ce`."""
+    from raise_select.data.benchmarks import format_prompt, format_response
+
+    docs = [
+        {"question": "What is 3 plus 4?", "choices": ["7", "8", "the lazy dog"], "label": 0},
+        {"question": "Name a color.", "choices": ["bonjour", "red"], "label": 1},
+        {"question": "What is 10 plus 1?", "choices": ["9", "12", "11", "0"], "label": 2},
+        {"question": "Which one is an animal?", "choices": ["a cat", "a spoon"], "label": 0},
+    ]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": format_prompt(d)},
+                {"role": "assistant", "content": format_response(d)},
+            ]
+        }
+        for d in docs
+    ]
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Validator(load_pool(str(tmp_path / "val.jsonl")).examples, tokenizer, "choice_ce", 64, batch_size=3)
+
+
+def test_choice_objective_is_the_validators_choice_ce_with_gradients(tmp_path, tiny_model_dir):
+    """The differentiable choice cross-entropy the credit descends equals the validator's (lm-eval's
+    no-grad scoring, P = -mean CE), and it reaches the trainable layers."""
+    from raise_select.training.choices import ChoiceRequests, choice_ce_sum
+
+    trainer, _ = _trainer_and_validator(tiny_model_dir, lr=0.02)
+    validator = _choice_validation(tmp_path, trainer.tokenizer)
+    model = trainer.unwrapped
+    model.eval()
+    requests = ChoiceRequests(validator.examples, trainer.tokenizer, max_length=64)
+    total = choice_ce_sum(model, requests, [0, 1, 2, 3], batch_size=3)
+    assert total.requires_grad
+    assert float(total.detach()) / 4 == pytest.approx(-validator(model), rel=1e-5)
+    with torch.no_grad():  # item sums add up, whatever the batching
+        parts = float(choice_ce_sum(model, requests, [2], batch_size=1) + choice_ce_sum(model, requests, [0, 1, 3]))
+    assert parts == pytest.approx(-4 * validator(model), rel=1e-5)
+
+
+def test_choice_credit_is_the_change_of_the_choice_ce_after_a_small_sgd_step(tmp_path, tiny_model_dir):
+    """With a multiple-choice validator (`metric: choice_ce`) the credit of a row is, to first order,
+    the change of P = -mean gold-choice cross-entropy after one small SGD step on that row: the
+    labels measure what the reward measures, not the loss over "The answer is X."."""
+    trainer, _ = _trainer_and_validator(tiny_model_dir, lr=0.02)
+    validator = _choice_validation(tmp_path, trainer.tokenizer)
+    model = trainer.unwrapped
+    rows = [0, 3, 5, 8]
+    rc = RowCredit(trainer, validator, sample=0, chunk=3)
+    assert rc.objective == "choice_ce"
+    credit = rc.credit(rows)
+    params = [m.weight for m in trainable_linears(model)]
+    p0 = validator(model)
+    for k, i in enumerate(rows):
+        model.eval()
+        batch = collate([trainer.encode(i)], trainer.tokenizer.pad_token_id)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        grads = torch.autograd.grad(out.loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= 0.02 * g
+        change = validator(model) - p0
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p += 0.02 * g
+        assert abs(float(credit[k])) > 1e-5
+        assert change / float(credit[k]) == pytest.approx(1.0, abs=0.1)
+    # a subset of the validation items: g_val over those items only (their mean objective)
+    sub = rc.credit(rows, val=[1, 2])
+    assert not torch.allclose(sub, credit)
+    assert all(p.grad is None for p in params)
+
+
 def test_row_credit_equals_greats_first_term(tiny_model_dir, monkeypatch):
     """GREATS scores its candidates with lr * <g_i, g_val> before the interaction term: on the same
     model, rows and validation set the credit is that vector."""

@@ -286,6 +286,55 @@ def encoded_loglikelihoods(model, encoded: Sequence[tuple[list[int], list[int], 
     return out
 
 
+def request_loglikelihoods(model, encoded: Sequence[tuple[list[int], list[int], int]], batch_size: int = 8):
+    """(n,) float32 tensor: `encoded_loglikelihoods` with autograd on (each request its own
+    row; the model's mode and grad setting are the caller's), for an objective over the choices
+    that is differentiated, e.g. `choice_ce_sum`. The LM head runs only from the first scored
+    position of each batch where the model allows it."""
+    from .gradients import _keeps_logits
+
+    device = next(model.parameters()).device
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    keeps = _keeps_logits(model)
+    values: list = [None] * len(encoded)
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = len(encoded[chunk[0]][0])
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for r, i in enumerate(chunk):
+            inp = encoded[i][0]
+            ids[r, : len(inp)] = torch.tensor(inp)
+            attn[r, : len(inp)] = 1
+        first = min(len(encoded[i][0]) - encoded[i][2] for i in chunk)  # the first scored position
+        kwargs = {"logits_to_keep": width - first} if keeps else {}
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs).logits
+        offset = width - logits.shape[1]  # column 0 of `logits` is position `offset`
+        for r, i in enumerate(chunk):
+            inp, tgt, n_cont = encoded[i]
+            rows = logits[r, len(inp) - n_cont - offset : len(inp) - offset].float()
+            if softcap:
+                rows = torch.tanh(rows / softcap) * softcap
+            target = torch.tensor(tgt[-n_cont:], device=device)
+            values[i] = torch.log_softmax(rows, dim=-1).gather(1, target[:, None]).sum()
+    return torch.stack(values) if values else torch.zeros(0)
+
+
+def choice_ce_sum(model, requests: "ChoiceRequests", items: Sequence[int], batch_size: int = 8):
+    """Differentiable sum over `items` (indices into `requests.items`) of each item's gold-choice
+    cross-entropy over its choices, `logsumexp(ll) - ll[gold]` (`choice_cross_entropy`)."""
+    spans = [(requests.bounds[j], requests.bounds[j + 1]) for j in items]
+    encoded = [requests.encoded[k] for a, b in spans for k in range(a, b)]
+    ll = request_loglikelihoods(model, encoded, batch_size)
+    total, k = ll.new_zeros(()), 0
+    for j, (a, b) in zip(items, spans):
+        item_ll = ll[k : k + b - a]
+        total = total + torch.logsumexp(item_ll, 0) - item_ll[requests.items[j].gold]
+        k += b - a
+    return total
+
+
 # ---------------------------------------------------------------- per-item figures
 
 

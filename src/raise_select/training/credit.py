@@ -2,31 +2,39 @@
 
 Before the update of a policy step, every row it is about to train on and `credit_sample`
 rows it did not choose (drawn uniformly from the rest of the pool) get a label: the
-first-order change of P = -validation loss if the step trained on that row alone with SGD at
-the step's learning rate,
+first-order change of P (the validator's performance) if the step trained on that row alone
+with SGD at the step's learning rate,
 
-    c_i = lr <g_val, g_i>,   g_val = the mean gradient of the validation rows' losses
+    c_i = lr <g_val, g_i>,   g_val = -grad P = the gradient of the validation objective
 
-(In-Run Data Shapley, arXiv 2406.11011; GREATS's first term). g_i is the gradient of row i's
-mean response-token loss, taken over every trainable linear layer (under LoRA: every
-adapter), as `training.gradients.per_example_gram` computes the inner products for GREATS:
-one forward and one truncated backward pass over the labelled and the validation rows, in
-chunks of rows of similar length. The model is in eval mode for the pass (as the validator
-measures P), and nothing it holds changes: no `.grad`, no optimizer state, no RNG draw.
+(In-Run Data Shapley, arXiv 2406.11011; GREATS's first term). The validation objective follows
+the validator's metric, so the labels measure what the reward measures:
 
-What the estimate leaves out, as GREATS's does: AdamW's preconditioning and gradient
-clipping (the step does not move along -lr g), the second-order terms, and metrics other
-than the validation loss (with `metric: accuracy` the labels still rank by the loss). The
-labels of a step are compared only within the step (`policy/credit.py`), so the lr factor
-and the schedule do not change what the policy learns from them.
+- `choice_ce` / `choice_acc` (multiple-choice validation sets): the mean over items of the gold
+  choice's cross-entropy over the choices (`training.choices.choice_ce_sum`; accuracy is not
+  differentiable, its labels rank by the cross-entropy);
+- every other metric: the mean over validation rows of each row's mean response-token loss
+  (with `metric: accuracy` or a user metric the labels still rank by that loss).
+
+g_i is the gradient of row i's mean response-token loss (what a training step descends), taken
+over every trainable linear layer (under LoRA: every adapter). g_val is computed once per step
+(`gradients.objective_gradient`), then every labelled row's <g_i, g_val> from one forward and one
+truncated backward pass over the rows (`gradients.per_example_dots`): no Gram matrix of rows
+and validation rows. The model is in eval mode for the pass (as the validator measures P), and
+nothing it holds changes: no `.grad`, no optimizer state, no RNG draw.
+
+What the estimate leaves out, as GREATS's does: AdamW's preconditioning and gradient clipping
+(the step does not move along -lr g) and the second-order terms. The labels of a step are
+compared only within the step (`policy/credit.py`), so the lr factor and the schedule do not
+change what the policy learns from them.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from .gradients import per_example_gram
+from .choices import choice_ce_sum
+from .gradients import batch_response_losses, objective_gradient, per_example_dots
 from .loop import collate, encode_example
 
 
@@ -35,46 +43,73 @@ def trainable_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.requires_grad]
 
 
-def inner_products(model, modules, encoded: list, n: int, pad_id: int, chunk: int) -> np.ndarray:
-    """(n, len(encoded) - n) float64 <g_i, g_j> of the first n encoded rows with the others, from
-    `per_example_gram` over rows batched in chunks of similar length (`chunk` rows each)."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    chunks = [order[s : s + chunk] for s in range(0, len(order), chunk)]
-    batches = [{k: v.to(device) for k, v in collate([encoded[i] for i in c], pad_id).items()} for c in chunks]
-    sorted_gram = per_example_gram(model, modules, batches).cpu().numpy()
-    back = np.argsort(np.concatenate(chunks))  # encoded row i is row back[i] of sorted_gram
-    return sorted_gram[np.ix_(back[:n], back[n:])]
+def _chunks(order: list[int], size: int) -> list[list[int]]:
+    return [order[s : s + size] for s in range(0, len(order), size)]
 
 
 class RowCredit:
     """Credit labels of a policy step from the trainer's current model and the validator's examples."""
 
-    def __init__(self, trainer, validator, sample: int, val_rows: int = 0):
+    def __init__(self, trainer, validator, sample: int, val_rows: int = 0, chunk: int = 8):
+        from .reward import CHOICE_METRICS
+
         cfg = trainer.cfg
         self.trainer = trainer
         self.sample = sample
         self.val_rows = val_rows
+        self.chunk = chunk
         self.modules = trainable_linears(trainer.unwrapped)
-        self.val = [encode_example(e, trainer.tokenizer, cfg.template, cfg.max_length) for e in validator.examples]
+        self.objective = "choice_ce" if validator.metric in CHOICE_METRICS else "response loss"
+        if self.objective == "choice_ce":
+            from .choices import ChoiceRequests
+
+            self.choices = ChoiceRequests(
+                validator.examples, trainer.tokenizer, form=validator.choice_form, max_length=cfg.max_length
+            )
+            self.n_val = len(self.choices.items)
+        else:
+            self.val = [encode_example(e, trainer.tokenizer, cfg.template, cfg.max_length) for e in validator.examples]
+            self.n_val = len(self.val)
+
+    def _batches(self, encoded: list) -> list[dict]:
+        """One collated batch (on the model's device) per group of encoded rows."""
+        device = next(self.trainer.unwrapped.parameters()).device
+        pad = self.trainer.tokenizer.pad_token_id
+        return [{k: v.to(device) for k, v in collate(rows, pad).items()} for rows in encoded]
+
+    def validation_gradient(self, val: list[int]) -> list[list[torch.Tensor]]:
+        """g_val over validation items/rows `val`: the gradient of the mean validation objective."""
+        model, n = self.trainer.unwrapped, len(val)
+        if self.objective == "choice_ce":
+            groups = _chunks(val, self.chunk)
+            parts = [lambda c=c: choice_ce_sum(model, self.choices, c, self.chunk) / n for c in groups]
+        else:
+            ordered = sorted(val, key=lambda j: len(self.val[j].input_ids))
+            batches = self._batches([[self.val[j] for j in c] for c in _chunks(ordered, self.chunk)])
+            parts = [lambda b=b: batch_response_losses(model, b).sum() / n for b in batches]
+        return objective_gradient(model, self.modules, parts)
 
     def credit(self, rows: list[int], val: list[int] | None = None) -> torch.Tensor:
-        """(len(rows),) float64 c_i = lr <g_val, g_i> of pool rows `rows` (g_val over validation rows `val`,
-        all when None), at the learning rate of the trainer's coming step."""
+        """(len(rows),) float64 c_i = lr <g_val, g_i> of pool rows `rows` (g_val over validation items
+        `val`, all when None), at the learning rate of the trainer's coming step."""
         trainer = self.trainer
         model = trainer.unwrapped
-        val = range(len(self.val)) if val is None else val
-        encoded = [trainer.encode(int(i)) for i in rows] + [self.val[int(j)] for j in val]
+        val = list(range(self.n_val)) if val is None else [int(j) for j in val]
+        encoded = [trainer.encode(int(i)) for i in rows]
+        order = sorted(range(len(rows)), key=lambda i: len(encoded[i].input_ids))
+        chunks = _chunks(order, self.chunk)
         lr = float(trainer.scheduler.get_last_lr()[0])
         was_training = model.training
         model.eval()
         try:
-            dots = inner_products(
-                model, self.modules, encoded, len(rows), trainer.tokenizer.pad_token_id, max(len(rows), 1)
-            )
+            g_val = self.validation_gradient(val)
+            batches = self._batches([[encoded[i] for i in c] for c in chunks])
+            dots = per_example_dots(model, self.modules, batches, g_val)
         finally:
             model.train(was_training)
-        return torch.from_numpy(lr * dots.mean(axis=1))
+        out = torch.zeros(len(rows), dtype=torch.float64)
+        out[torch.tensor([i for c in chunks for i in c], dtype=torch.int64)] = dots.cpu()
+        return lr * out
 
     def labels(self, chosen: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, credit) of a policy step: its `chosen` rows, then `sample` rows it did not choose (uniform,
@@ -85,7 +120,7 @@ class RowCredit:
         others = torch.randperm(n, generator=generator)
         others = others[~taken[others]][: self.sample]
         val = None
-        if 0 < self.val_rows < len(self.val):
-            val = torch.randperm(len(self.val), generator=generator)[: self.val_rows].tolist()
+        if 0 < self.val_rows < self.n_val:
+            val = torch.randperm(self.n_val, generator=generator)[: self.val_rows].tolist()
         rows = torch.cat([chosen.to(torch.int64), others])
         return rows, self.credit(rows.tolist(), val)

@@ -86,9 +86,10 @@ class EpisodeConfig(LMConfig):
         },
     )
     metric: str = field(
-        default="neg_loss",
+        default="auto",
         metadata={
-            "help": "P(M): neg_loss, accuracy, choice_ce or choice_acc (multiple choice; docs/metrics.md), "
+            "help": "P(M): auto (choice_ce when every validation example is a multiple-choice item, else "
+            "neg_loss), neg_loss, accuracy, choice_ce or choice_acc (multiple choice; docs/metrics.md), "
             "or module:function"
         },
     )
@@ -550,13 +551,15 @@ def start_episode_job(
     start = time.perf_counter()
     p0 = check_finite(validator(trainer.model), "step 0 (the initial model M_0)")
     log.info(
-        "pool %d instructions, %d classes, batch %d = %d x %d; validation %d examples; P(M_0) = %.5f (%.1fs)",
+        "pool %d instructions, %d classes, batch %d = %d x %d; validation %d examples, metric %s; "
+        "P(M_0) = %.5f (%.1fs)",
         len(pool),
         static.num_classes,
         batch,
         static.num_classes,
         per_class,
         len(val_examples),
+        validator.metric,
         p0,
         time.perf_counter() - start,
     )

@@ -3,14 +3,17 @@
 `response_losses` / `batch_response_losses`: each row's mean response-token loss (the training
 loop's tokenisation: labels on the response only). `per_example_gram`: the inner products
 <g_i, g_j> of the rows' gradients over chosen linear layers from one forward and one truncated
-backward pass (`grad_from`, `layer_gram`). GREATS (`baselines.greats`) scores candidates with
-them and the policy's per-row credit (`training.credit`) labels rows with them.
+backward pass (`grad_from`, `layer_gram`); GREATS (`baselines.greats`) scores candidates with
+them. `objective_gradient` (the gradient of any scalar objective over those layers, e.g. a
+validation set's choice cross-entropy) and `per_example_dots` (each row's <g_i, d> with such a
+gradient d, one forward and one truncated backward pass) give the policy's per-row credit
+(`training.credit`) without the rows' Gram matrix.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -152,3 +155,77 @@ def per_example_gram(
     if capture is not None:
         capture.update(parts=parts, losses=torch.cat(row_losses))
     return gram
+
+
+def _params(module: torch.nn.Linear) -> list[torch.Tensor]:
+    """The trained parameters of a linear layer: its weight, and its bias when that is trained."""
+    bias = module.bias if module.bias is not None and module.bias.requires_grad else None
+    return [module.weight] if bias is None else [module.weight, bias]
+
+
+def objective_gradient(
+    model: torch.nn.Module, modules: Sequence[torch.nn.Linear], parts: Iterable[Callable[[], torch.Tensor]]
+) -> list[list[torch.Tensor]]:
+    """The gradient of an objective over the parameters of `modules` (per module: its weight's,
+    then its bias's when trained), the objective being the sum of the scalars the closures
+    `parts` return; each part is computed and differentiated on its own (the memory of one
+    part at a time), the backward pass only through the layers above the first of `modules`.
+    Parameters' `.grad` is left untouched."""
+    params = [p for m in modules for p in _params(m)]
+    total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    for part in parts:
+        with grad_from(modules):
+            value = part()
+        if not value.requires_grad:  # nothing of the part depends on the scored layers
+            continue
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        for acc, g in zip(total, grads):
+            if g is not None:
+                acc += g.float()
+    out, k = [], 0
+    for m in modules:
+        n = len(_params(m))
+        out.append(total[k : k + n])
+        k += n
+    return out
+
+
+def per_example_dots(
+    model: torch.nn.Module,
+    modules: Sequence[torch.nn.Linear],
+    batches: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
+    direction: Sequence[Sequence[torch.Tensor]],
+) -> torch.Tensor:
+    """(N,) float64 inner products <g_i, d> of each row's gradient (its mean response-token
+    loss, as `per_example_gram`) with a fixed direction `d` over the parameters of `modules`
+    (`direction`: per module its weight's part (d_out, d_in), then its bias's when trained, as
+    `objective_gradient` returns), the rows of every batch in order. For a linear layer
+    g_i = sum_t b_it a_it^T, so <g_i, D> = sum_t b_it^T D a_it: one forward and one truncated
+    backward pass, no per-row gradient is materialised. Parameters' `.grad` is left untouched."""
+    batches = [batches] if isinstance(batches, dict) else list(batches)
+    parts = dict(zip(modules, direction))
+    out = []
+    for batch in batches:
+        captured: list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]] = []
+
+        def hook(mod, inputs, output):
+            captured.append((mod, inputs[0].detach(), output))
+
+        handles = [m.register_forward_hook(hook) for m in modules]
+        try:
+            with grad_from(modules):
+                losses = batch_response_losses(model, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        grads = torch.autograd.grad(losses.sum(), [o for _, _, o in captured])
+        dots = torch.zeros(batch["input_ids"].shape[0], dtype=torch.float64, device=losses.device)
+        for (mod, a, _), b in zip(captured, grads):
+            d = parts[mod]
+            a3 = a.float() if a.dim() == 3 else a.float().unsqueeze(1)
+            b3 = b.float() if b.dim() == 3 else b.float().unsqueeze(1)
+            dots += ((b3 @ d[0].float()) * a3).sum(dim=(1, 2)).double()
+            if len(d) > 1:
+                dots += (b3 @ d[1].float()).sum(dim=1).double()
+        out.append(dots)
+    return torch.cat(out)

@@ -17,6 +17,10 @@ Metrics:
 - `choice_acc`: the share of items whose most likely choice is the gold one (lm-eval's `acc`).
 - `module:function`: a user function `(model, tokenizer, examples) -> float`.
 
+`auto` (train-policy's default) is `choice_ce` when every validation example is a
+multiple-choice item and `neg_loss` otherwise (`metric_for`), as the held-out figures of
+`evaluation.loss.default_metric`.
+
 Every built-in metric has a per-item figure (`ITEM_FIGURES`: the response loss, 0/1 exact
 match, the choice cross-entropy, 0/1 choice accuracy), given in the examples' order by
 `Validator.item_values`; P is its mean, negated where lower is better (`LOWER_IS_BETTER`).
@@ -53,9 +57,28 @@ ITEM_FIGURES = {
 LOWER_IS_BETTER = ("neg_loss", "choice_ce")
 
 
+AUTO = "auto"
+
+
+def metric_for(spec: str, examples) -> str:
+    """The metric `spec` names for validation `examples`: `auto` is `choice_ce` when every example
+    is a multiple-choice item (record fields or the lettered prompt, `training.choices`), else
+    `neg_loss`; any other spec is itself."""
+    if spec != AUTO:
+        return spec
+    from .choices import item_from_example
+
+    try:
+        for e in examples:
+            item_from_example(e)
+    except UserError:
+        return "neg_loss"
+    return "choice_ce" if examples else "neg_loss"
+
+
 def resolve_metric(spec: str) -> Callable | None:
-    """None for a built-in metric, else the user function named `module:function`."""
-    if spec in BUILTIN_METRICS:
+    """None for a built-in metric (or `auto`, which names one), else the user function named `module:function`."""
+    if spec in BUILTIN_METRICS or spec == AUTO:
         return None
     if ":" not in spec:
         raise UserError(f"unknown metric '{spec}'; use {', '.join(BUILTIN_METRICS)} or module:function")
@@ -110,6 +133,7 @@ class Validator:
             raise UserError(f"validation batch size must be at least 1, got {batch_size}")
         self.examples = examples
         self.tokenizer = tokenizer
+        metric = metric_for(metric, examples)
         self.metric = metric
         self.user_fn = resolve_metric(metric)
         self.template = template
