@@ -375,3 +375,68 @@ def test_the_credit_preset_is_one_set_of_settings():
     cfg = from_dict(PolicyConfig, dict(CREDIT), "CREDIT")
     assert cfg.credit == "row" and cfg.row_advantage
     assert {k: METHODS["raise_credit"].policy[k] for k in CREDIT} == CREDIT
+
+
+# ---------------------------------------------------------------- labels before round 1 (label_budget)
+
+
+@pytest.mark.parametrize("kind", ["ranking", "regression"])
+def test_fit_labels_ranks_rows_it_never_saw_by_the_labels_order(kind):
+    """`fit_labels`: labels = a feature of the rows on two thirds of the pool; afterwards F_theta ranks
+    the other third by that feature, at the stage of any step (progress 0 and 0.9)."""
+    ft = synthetic_features(300, sem_dim=4, classes=2, seed=0)
+    static = StaticState.from_features(ft)
+    label = torch.from_numpy(ft.sem[:, 1]).double()
+    shown, held = torch.arange(300)[torch.arange(300) % 3 != 0], torch.arange(300)[torch.arange(300) % 3 == 0]
+    policy = RaisePolicy(static, PolicyConfig(per_class=4, seed=1, row_loss=kind))
+    zero = torch.zeros(300, dtype=torch.int64)
+    before = spearman(policy.scores(-2.0, 0.0, zero)[held], label[held])
+    losses = policy.fit_labels(shown, label[shown], -2.0, 60, torch.Generator().manual_seed(0))
+    assert losses[-1] < losses[0]
+    assert spearman(policy.scores(-2.0, 0.0, zero)[held], label[held]) > max(0.9, before + 0.3)
+    assert spearman(policy.scores(-2.0, 0.9, zero)[held], label[held]) > 0.8
+
+
+def test_label_settings_are_refused_by_name():
+    with pytest.raises(UserError, match="label_budget"):
+        PolicyConfig(label_budget=-1)
+    with pytest.raises(UserError, match="label_holdout"):
+        PolicyConfig(label_holdout=1.0)
+    with pytest.raises(UserError, match="row_loss"):
+        PolicyConfig(label_budget=10, row_loss="none")
+
+
+def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, tiny_model_dir):
+    """rounds 0 with a label budget: the saved policy is the labels' fit. labels.json holds the
+    sampled rows and their credit, which equal the credit recomputed on M_0 independently; the
+    fitted scores order the fitted rows as their credit does."""
+    from raise_select.training import TrainPolicyConfig, train_policy
+
+    rows = plus_rows(24)
+    (tmp_path / "pool.json").write_text(json.dumps(rows))
+    (tmp_path / "val.json").write_text(json.dumps(plus_rows(30)[26:]))
+    pool = load_pool(tmp_path / "pool.json")
+    random_features(pool.ids, 2).write(tmp_path / "features")
+    cfg = TrainPolicyConfig(
+        pool=str(tmp_path / "pool.json"),
+        features=str(tmp_path / "features"),
+        model=str(tiny_model_dir),
+        val=str(tmp_path / "val.json"),
+        out=str(tmp_path / "run"),
+        rounds=0,
+        steps=4,
+        lr=1e-3,
+        max_length=64,
+        policy=PolicyConfig(per_class=1, label_budget=16, label_holdout=0.25, label_epochs=100),
+    )
+    train_policy(cfg)
+    rec = json.loads((tmp_path / "run" / "labels.json").read_text())
+    assert len(rec["rows"]) == 16 == len(set(rec["rows"])) and rec["held_out"] == 4
+    assert rec["objective"] == "response loss"
+    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=1e-3), total_steps=4)
+    validator = Validator(load_pool(tmp_path / "val.json").examples, trainer.tokenizer, "neg_loss", 64)
+    again = RowCredit(trainer, validator, sample=0).credit(rec["rows"], lr=1e-3)
+    assert again.tolist() == pytest.approx(rec["credit"], rel=1e-4, abs=1e-12)
+    assert rec["fit_spearman"] > 0.7 and rec["fit_losses"][1] < rec["fit_losses"][0]
+    saved = RaisePolicy.read_config(tmp_path / "run" / "policy")
+    assert saved.label_budget == 16

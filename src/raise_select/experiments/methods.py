@@ -121,6 +121,23 @@ _raise(
     CREDIT,
     initialisation="raise_untrained",
 )
+# Labels before round 1 (docs/policy.md): 200 rows (a tenth of the benchmark's pool) labelled with their
+# credit on M_0 and the target's own metric; F_theta fitted to them scores the whole pool from its features.
+LABELS = {"label_budget": 200}
+_raise(
+    "raise_labels_untrained",
+    "RAISE (labels: 200 rows' credit, untrained: 0 rounds)",
+    "F_theta fitted to 200 rows' credit on M_0 (policy.label_budget), 0 policy-training rounds",
+    LABELS,
+    {"rounds": 0},
+)
+_raise(
+    "raise_labels",
+    "RAISE (labels: 200 rows' credit, dense per-row credit)",
+    "raise_labels_untrained, then trained with dense per-row credit (policy.config.CREDIT)",
+    {**CREDIT, **LABELS},
+    initialisation="raise_labels_untrained",
+)
 _raise(
     "raise_between",
     "RAISE (+RDS+ prior, policy between)",

@@ -162,6 +162,25 @@ class PolicyConfig:
     row_loss_weight: float = field(
         default=1.0, metadata={"help": "with credit row: the weight of row_loss against the PPO loss of a step"}
     )
+    # Amortized labels (docs/policy.md, "Labels before round 1"); 0 is the paper's form.
+    label_budget: int = field(
+        default=0,
+        metadata={
+            "help": "rows of the pool, drawn uniformly, labelled before round 1 with their credit at M_0 "
+            "(lr <g_val, g_i>, training/credit.py); F_theta is fitted to their order (row_loss) so it scores every "
+            "row of the pool from its features alone. 0: off"
+        },
+    )
+    label_epochs: int = field(
+        default=200, metadata={"help": "with label_budget: passes of the row loss over the labelled rows"}
+    )
+    label_holdout: float = field(
+        default=0.2,
+        metadata={
+            "help": "with label_budget: share of the labelled rows left out of the fit; their Spearman correlation "
+            "with the fitted scores is the fit's learning curve (labels.json). 0: fit on all"
+        },
+    )
     row_advantage: bool = field(
         default=False,
         metadata={
@@ -206,6 +225,14 @@ class PolicyConfig:
                 math.isfinite(self.row_loss_weight) and self.row_loss_weight >= 0.0,
                 "row_loss_weight",
                 "must be a finite number >= 0",
+            ),
+            (self.label_budget >= 0, "label_budget", "must be >= 0 (0: off)"),
+            (self.label_epochs >= 1, "label_epochs", "must be >= 1"),
+            (0.0 <= self.label_holdout < 1.0, "label_holdout", "must lie in [0, 1)"),
+            (
+                self.label_budget == 0 or self.row_loss != "none",
+                "row_loss",
+                "must be regression or ranking with label_budget > 0 (the loss F_theta is fitted to the labels by)",
             ),
             (
                 not self.row_advantage or (self.credit == "row" and self.ratio == "per_item"),

@@ -215,6 +215,32 @@ class PPOLearner:
                     values.append(rho)
         return sum(values) / len(values) if values else math.nan
 
+    def fit_labels(
+        self, rows: torch.Tensor, credit: torch.Tensor, perf_prev: float, epochs: int, generator: torch.Generator
+    ) -> list[float]:
+        """Fit F_theta to credit labels measured on one model (`policy.label_budget`): `epochs` passes of the
+        row loss (`cfg.row_loss`) over the labelled `rows`, in shuffled minibatches of 64 rows, at the state
+        of a first step (P = `perf_prev`, progress 0, nothing selected yet). Returns each pass's mean loss."""
+        kind = self.cfg.row_loss if self.cfg.row_loss != "none" else "ranking"
+        counts = torch.zeros(len(self.static), dtype=torch.int64)
+        stage = self._stage(perf_prev)
+        losses = []
+        for _ in range(epochs):
+            order = torch.randperm(len(rows), generator=generator)
+            total = 0.0
+            for group in order.split(64):
+                if len(group) < 2:
+                    continue
+                self.actor_opt.zero_grad(set_to_none=True)
+                scores = self.actor.score(self.actor.static_projection(self.static.x), stage, 0.0, counts)
+                loss = row_loss(kind, scores[rows[group]], credit[group])
+                loss.backward()
+                self.actor_opt.step()
+                total += loss.item() * len(group)
+            self._actor_changed()
+            losses.append(total / len(rows))
+        return losses
+
     def _chosen_log_prob(self, projection: torch.Tensor, rnd: RoundInputs, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores of every row, (B,) float64 class log-probability of step t's chosen rows) under the current
         actor at step t's state; `projection` is the actor's static projection (or a leaf standing in for it)."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from ..progress import progress_bar
 from .choices import choice_ce_sum
 from .gradients import batch_response_losses, objective_gradient, per_example_dots
 from .loop import collate, encode_example
@@ -89,21 +90,26 @@ class RowCredit:
             parts = [lambda b=b: batch_response_losses(model, b).sum() / n for b in batches]
         return objective_gradient(model, self.modules, parts)
 
-    def credit(self, rows: list[int], val: list[int] | None = None) -> torch.Tensor:
+    def credit(
+        self, rows: list[int], val: list[int] | None = None, lr: float | None = None, desc: str | None = None
+    ) -> torch.Tensor:
         """(len(rows),) float64 c_i = lr <g_val, g_i> of pool rows `rows` (g_val over validation items
-        `val`, all when None), at the learning rate of the trainer's coming step."""
+        `val`, all when None), at the learning rate of the trainer's coming step unless `lr` is given;
+        `desc`: a progress bar over the rows' batches, under that name."""
         trainer = self.trainer
         model = trainer.unwrapped
         val = list(range(self.n_val)) if val is None else [int(j) for j in val]
         encoded = [trainer.encode(int(i)) for i in rows]
         order = sorted(range(len(rows)), key=lambda i: len(encoded[i].input_ids))
         chunks = _chunks(order, self.chunk)
-        lr = float(trainer.scheduler.get_last_lr()[0])
+        lr = float(trainer.scheduler.get_last_lr()[0]) if lr is None else float(lr)
         was_training = model.training
         model.eval()
         try:
             g_val = self.validation_gradient(val)
             batches = self._batches([[encoded[i] for i in c] for c in chunks])
+            if desc is not None:
+                batches = progress_bar(batches, total=len(batches), desc=desc, unit="batch")
             dots = per_example_dots(model, self.modules, batches, g_val)
         finally:
             model.train(was_training)

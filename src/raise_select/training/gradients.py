@@ -202,7 +202,7 @@ def per_example_dots(
     `objective_gradient` returns), the rows of every batch in order. For a linear layer
     g_i = sum_t b_it a_it^T, so <g_i, D> = sum_t b_it^T D a_it: one forward and one truncated
     backward pass, no per-row gradient is materialised. Parameters' `.grad` is left untouched."""
-    batches = [batches] if isinstance(batches, dict) else list(batches)
+    batches = [batches] if isinstance(batches, dict) else batches  # any iterable, read lazily (a progress bar)
     parts = dict(zip(modules, direction))
     out = []
     for batch in batches:

@@ -86,6 +86,59 @@ def refuse_fewer_rounds(cfg: TrainPolicyConfig) -> None:
         )
 
 
+def fit_to_labels(cfg: TrainPolicyConfig, trainer, validator, policy, p0: float, out: Path) -> dict:
+    """`policy.label_budget`: label a uniform sample of the pool with each row's credit at M_0
+    (`training.credit`, on the validator's metric), fit F_theta to the order of all but the
+    `label_holdout` share, and record in `<out>/labels.json` the rows, their credit, the fit's
+    losses and the Spearman correlation of the scores with the held-out rows' credit before and
+    after the fit (the learning curve of the amortized scorer). Returns that record."""
+    from ..io import write_json_atomic
+    from ..policy.credit import spearman
+    from .credit import RowCredit
+
+    pc = cfg.policy
+    n = len(trainer.pool)
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_033 + 7)  # its own draws: the rounds' are untouched
+    rows = torch.randperm(n, generator=generator)[: min(pc.label_budget, n)]
+    labeller = RowCredit(trainer, validator, sample=0)
+    start = time.perf_counter()
+    credit = labeller.credit(rows.tolist(), lr=cfg.lr, desc="credit labels")  # one g_val for all rows
+    label_seconds = time.perf_counter() - start
+    held = int(round(pc.label_holdout * len(rows)))
+    held = held if held >= 2 and len(rows) - held >= 2 else 0
+    counts = torch.zeros(n, dtype=torch.int64)
+
+    def held_out_rho() -> float | None:
+        return spearman(policy.scores(p0, 0.0, counts)[rows[:held]], credit[:held]) if held else None
+
+    before = held_out_rho()
+    start = time.perf_counter()
+    losses = policy.fit_labels(rows[held:], credit[held:], p0, pc.label_epochs, generator)
+    record = {
+        "objective": labeller.objective,
+        "rows": rows.tolist(),
+        "credit": credit.tolist(),
+        "held_out": held,
+        "spearman_before": before,
+        "spearman_after": held_out_rho(),
+        "fit_spearman": spearman(policy.scores(p0, 0.0, counts)[rows[held:]], credit[held:]),
+        "fit_losses": [losses[0], losses[-1]],
+        "label_seconds": round(label_seconds, 2),
+        "fit_seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json_atomic(out / "labels.json", record)
+    log.info(
+        "label budget: %d rows labelled (%s, %.0fs); F_theta fitted on %d, held-out Spearman %s -> %s",
+        len(rows),
+        labeller.objective,
+        label_seconds,
+        len(rows) - held,
+        "n/a" if before is None else f"{before:+.3f}",
+        "n/a" if record["spearman_after"] is None else f"{record['spearman_after']:+.3f}",
+    )
+    return record
+
+
 def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     """Run Algorithm 2 into `cfg.out`; returns the folder of the trained policy (`<out>/policy`)."""
     from ..policy import RaisePolicy, RolloutBuffer
@@ -128,6 +181,8 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         log.info("resuming after round %d of %d from %s", first_round, cfg.rounds, run.out / "checkpoint")
     elif acc.is_main_process:
         run.start_over()
+        if cfg.policy.label_budget > 0:  # before any round: the policy starts from the labels' fit
+            fit_to_labels(cfg, trainer, validator, policy, p0, run.out)
     first_round = share_from_main(acc, first_round)
     if cfg.rounds == 0:  # no episode at all: the policy as initialised (its prior, if any)
         log.info("rounds 0: saving the initial policy untrained to %s", run.out / "policy")
