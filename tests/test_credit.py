@@ -68,6 +68,19 @@ def test_row_advantages_standardise_over_the_round():
     assert [a.tolist() for a in adv] == [pytest.approx([-R, R]), pytest.approx([0.0], abs=1e-12)]
 
 
+def test_top_share_by_hand():
+    """Credit (1, 2, 3, 4, 10) is centred to (-3, -2, -1, 0, 6); the top fifth (one row) by score."""
+    from raise_select.policy.credit import top_share
+
+    credit = [1.0, 2.0, 3.0, 4.0, 10.0]
+    assert top_share([0, 0, 0, 0, 9], credit, frac=0.2) == pytest.approx(1.0)
+    assert top_share([0, 0, 9, 0, 0], credit, frac=0.2) == pytest.approx(-1 / 6)
+    # top two by score: rows 3 and 4 (0 + 6) against the best two (6 + 0)
+    assert top_share([0, 0, 0, 5, 9], credit, frac=0.4) == pytest.approx(1.0)
+    assert top_share([9, 0, 0, 0, 5], credit, frac=0.4) == pytest.approx((6 - 3) / 6)
+    assert math.isnan(top_share([1, 2], [3.0, 3.0]))
+
+
 def test_spearman_by_hand():
     # ranks (1, 2, 3, 4) against (1, 3, 2, 4): sum d^2 = 2, rho = 1 - 6 * 2 / (4 * 15)
     assert spearman(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([10.0, 30.0, 20.0, 40.0])) == pytest.approx(0.8)

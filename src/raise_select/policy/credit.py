@@ -14,7 +14,8 @@ goes on and with the learning-rate schedule) is not:
 - `row_advantages`: the chosen rows' credits standardised over a whole round, as per-row
   advantages of the per-item PPO ratio (the first-order reward of a batch is the token-
   weighted sum of its rows' credits);
-- `spearman`: the rank correlation of scores and labels (the learning curve's measure).
+- `spearman`: the rank correlation of scores and labels (the learning curve's measure);
+- `top_share`: the share of the best attainable credit that the top tenth by score captures.
 """
 
 from __future__ import annotations
@@ -73,3 +74,16 @@ def spearman(scores: torch.Tensor, labels: torch.Tensor) -> float:
     if len(a) < 2 or a.min() == a.max() or b.min() == b.max():
         return math.nan
     return float(spearmanr(a, b).statistic)
+
+
+def top_share(scores, credit, frac: float = 0.1) -> float:
+    """Sum of the centred credit of the top `frac` rows by score (ties: first rows first) over that of
+    the top `frac` rows by credit: 1 for a perfect order, about 0 for a random one in expectation
+    (centred credit sums to 0), negative when the order is reversed; nan when no row is above the mean."""
+    import numpy as np
+
+    scores, credit = np.asarray(scores, dtype=np.float64), np.asarray(credit, dtype=np.float64)
+    k = max(1, int(round(frac * len(scores))))
+    c = credit - credit.mean()
+    best = np.sort(c)[::-1][:k].sum()
+    return float(c[np.argsort(-scores, kind="stable")[:k]].sum() / best) if best > 0 else math.nan

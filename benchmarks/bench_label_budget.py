@@ -1,0 +1,170 @@
+"""How many labelled rows does the amortized scorer need? Selection quality against the label budget.
+
+`policy.label_budget` labels a uniform sample of the pool with each row's first-order credit on
+M_0 (lr <g_val, g_i>, the target's own metric: the gold choice's cross-entropy on multiple-choice
+targets) and fits F_theta to their order; F_theta then scores every row of the pool from its
+features alone. This script measures, per target, how well the fitted scores order rows whose
+credit F_theta never saw:
+
+1. `--labels` rows of the study's pool are labelled once per target, through train-policy itself
+   (`rounds 0`, `label_holdout 0`: its `labels.json`), on the study's validation file of that
+   target (32 rows, as the study's RAISE cells read). The folder is reused when its inputs match.
+2. A fixed `--holdout` of those rows is kept out; for each budget b and fit seed, F_theta (a fresh
+   policy of that seed) is fitted to b of the others and scored on the held-out rows:
+   Spearman's rho, and the share of the held-out rows' best attainable (centred) credit that the
+   top tenth by score captures (`policy.credit.top_share`: 1 for the true top tenth, about 0 for a
+   random order).
+   Beside it, the same with a ridge regression (scikit-learn, alpha by generalised
+   cross-validation) on the same inputs, and the credit of the rows' own features one at a time.
+
+    python benchmarks/bench_label_budget.py --study runs/study_real_credit --targets arc_challenge
+    python benchmarks/bench_label_budget.py --report      # the table from the saved labels only
+
+Output: <out>/label_budget.{json,md}; the labels' runs in <study>/label_budget/<target>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raise_select.errors import UserError
+from raise_select.features.table import DIFFICULTY_COLUMNS
+from raise_select.io import write_json_atomic, write_text_atomic
+from raise_select.policy import PolicyConfig, RaisePolicy, StaticState
+from raise_select.policy.credit import spearman, top_share
+
+
+def label_run(study: Path, target: str, n: int, seed: int) -> Path:
+    """train-policy with rounds 0 and a label budget of `n`: the folder holding labels.json."""
+    from raise_select.training import TrainPolicyConfig, train_policy
+
+    out = study / "label_budget" / f"{target}-n{n}-s{seed}"
+    if (out / "labels.json").is_file() and (out / "policy").is_dir():
+        return out
+    cfg = TrainPolicyConfig(
+        pool=str(study / "pool.jsonl"),
+        features=str(study / "features"),
+        model="smollm2-135m-instruct",
+        val=str(study / "targets" / f"{target}_validation.jsonl"),
+        val_size=32,
+        out=str(out),
+        rounds=0,
+        steps=24,
+        seed=seed,
+        lr=1e-3,
+        lora=True,
+        lora_r=8,
+        lora_alpha=16,
+        lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"],
+        max_length=256,
+        batch_size=8,
+        policy=PolicyConfig(label_budget=n, label_holdout=0.0, label_epochs=1),
+    )
+    train_policy(cfg)
+    return out
+
+
+def curve(static: StaticState, rows: np.ndarray, credit: np.ndarray, args) -> dict:
+    from sklearn.linear_model import RidgeCV
+
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(rows))
+    held, rest = perm[: args.holdout], perm[args.holdout :]
+    x = static.x.numpy()
+    out = {"held_out": int(len(held)), "budgets": {}}
+    zero = torch.zeros(len(static), dtype=torch.int64)
+    for b in [b for b in args.budgets if b <= len(rest)]:
+        cells = {"mlp_rho": [], "mlp_top": [], "ridge_rho": [], "ridge_top": []}
+        for s in range(args.fit_seeds):
+            fit = np.random.default_rng(1000 + s).choice(rest, size=b, replace=False)
+            policy = RaisePolicy(static, PolicyConfig(per_class=1, seed=s, row_loss=args.row_loss))
+            policy.fit_labels(
+                torch.from_numpy(rows[fit]),
+                torch.from_numpy(credit[fit]),
+                0.0,
+                args.epochs,
+                torch.Generator().manual_seed(s),
+            )
+            pred = policy.scores(0.0, 0.0, zero).numpy()[rows[held]]
+            cells["mlp_rho"].append(spearman(torch.from_numpy(pred), torch.from_numpy(credit[held])))
+            cells["mlp_top"].append(top_share(pred, credit[held]))
+            z = (credit[fit] - credit[fit].mean()) / (credit[fit].std() + 1e-30)
+            ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(x[rows[fit]], z)
+            rp = ridge.predict(x[rows[held]])
+            cells["ridge_rho"].append(spearman(torch.from_numpy(rp), torch.from_numpy(credit[held])))
+            cells["ridge_top"].append(top_share(rp, credit[held]))
+        out["budgets"][str(b)] = {k: [float(np.mean(v)), float(np.std(v))] for k, v in cells.items()}
+    names = [*DIFFICULTY_COLUMNS, *[f"sem{i}" for i in range(static.sem_dim)]]
+    out["feature_rho"] = {
+        name: spearman(torch.from_numpy(x[rows, j]), torch.from_numpy(credit))
+        for j, name in enumerate(names)
+        if j < len(DIFFICULTY_COLUMNS)
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--study", default="runs/study_real_credit", help="study folder: pool.jsonl, features/, targets/")
+    p.add_argument("--targets", nargs="+", default=["gsm8k", "arc_challenge", "commonsenseqa"])
+    p.add_argument("--labels", type=int, default=600, help="rows labelled per target")
+    p.add_argument("--holdout", type=int, default=200, help="labelled rows kept out of every fit")
+    p.add_argument("--budgets", type=int, nargs="+", default=[25, 50, 100, 200, 400])
+    p.add_argument("--fit-seeds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=200, help="label_epochs of each fit")
+    p.add_argument("--row-loss", default="ranking", choices=["ranking", "regression"])
+    p.add_argument("--seed", type=int, default=0, help="the label run's seed (its rows and validation sample)")
+    p.add_argument("--out", default="benchmarks/results/label_budget")
+    p.add_argument("--report", action="store_true", help="only tabulate targets whose labels exist")
+    args = p.parse_args(argv)
+    study, out = Path(args.study), Path(args.out)
+    from raise_select.data.pools import load_pool
+    from raise_select.features.table import FeatureTable
+
+    pool = load_pool(str(study / "pool.jsonl"))
+    static = StaticState.from_features(FeatureTable.read(study / "features").align(pool.ids))
+    results = {"settings": {k: v for k, v in vars(args).items() if k != "report"}, "targets": {}}
+    for target in args.targets:
+        folder = study / "label_budget" / f"{target}-n{args.labels}-s{args.seed}"
+        if args.report and not (folder / "labels.json").is_file():
+            continue
+        folder = label_run(study, target, args.labels, args.seed)
+        rec = json.loads((folder / "labels.json").read_text())
+        rows, credit = np.asarray(rec["rows"]), np.asarray(rec["credit"], dtype=np.float64)
+        if not np.isfinite(credit).all():
+            raise UserError(f"{folder / 'labels.json'}: non-finite credit")
+        results["targets"][target] = {
+            "objective": rec["objective"],
+            "label_seconds": rec["label_seconds"],
+            "labels": len(rows),
+            **curve(static, rows, credit, args),
+        }
+        print(f"{target}: done", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "label_budget.json", results)
+    lines = [
+        "| target | budget | F_theta rho | F_theta top-10% share | ridge rho | ridge top-10% share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for target, r in results["targets"].items():
+        for b, c in r["budgets"].items():
+            lines.append(
+                f"| {target} | {b} | {c['mlp_rho'][0]:+.3f} ± {c['mlp_rho'][1]:.3f} | {c['mlp_top'][0]:+.3f} | "
+                f"{c['ridge_rho'][0]:+.3f} ± {c['ridge_rho'][1]:.3f} | {c['ridge_top'][0]:+.3f} |"
+            )
+    lines += ["", "Single features against the credit (Spearman over all labelled rows):", ""]
+    for target, r in results["targets"].items():
+        lines.append(f"- {target}: " + ", ".join(f"{k} {v:+.3f}" for k, v in r["feature_rho"].items()))
+    write_text_atomic(out / "label_budget.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
