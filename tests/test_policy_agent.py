@@ -83,6 +83,27 @@ def test_act_top_b_and_log_prob():
     assert greedy.value == pytest.approx(policy.critic(critic_features(0.0, 0.0, counts)).item())
 
 
+def test_use_max_repeats_leaves_out_rows_chosen_that_often():
+    """use_max_repeats 3: a greedy policy whose top rows never change takes each of them 3 times, then
+    the next ones; no row beyond 3; with 0 (the paper's form) the same 8 rows every step."""
+    from dataclasses import replace
+
+    static = _static(n=40)
+    for cap, distinct in ((0, 8), (3, 32)):
+        policy = RaisePolicy(static, PolicyConfig(per_class=2, use_rule="topk", use_max_repeats=cap))
+        counts = torch.zeros(40, dtype=torch.int64)
+        for t in range(12):
+            a = policy.use(-2.0, t / 12, counts)
+            assert len(set(a.indices.tolist())) == 8
+            counts += torch.bincount(a.indices, minlength=40)
+        assert int((counts > 0).sum()) == distinct and int(counts.max()) == (12 if cap == 0 else 3)
+    # fewer than a batch of rows left under the cap: the cap is lifted rather than the batch cut
+    policy = RaisePolicy(static, replace(PolicyConfig(per_class=2), use_max_repeats=1))
+    spent = torch.ones(40, dtype=torch.int64)
+    spent[:5] = 0
+    assert len(set(policy.use(-2.0, 0.5, spent).indices.tolist())) == 8
+
+
 def test_pool_smaller_than_a_batch_is_refused():
     with pytest.raises(UserError, match="fewer than one batch"):
         RaisePolicy(_static(n=10, classes=4), PolicyConfig(per_class=3))

@@ -127,8 +127,11 @@ class RaisePolicy(PPOLearner, PolicyCheckpoint):
         counts: torch.Tensor,
         explore: bool,
         generator: torch.Generator | None = None,
+        max_repeats: int = 0,
     ) -> Action:
-        """Choose a batch: explore=True samples within each class (rollouts), False takes the top-b (use time)."""
+        """Choose a batch: explore=True samples within each class (rollouts), False takes the top-b (use time).
+        max_repeats > 0: rows already chosen that many times (`counts`) are left out while a batch of rows is
+        not (the log-probabilities stay those of the unmasked class softmax)."""
         scores = self.scores(perf_prev, progress, counts)
         if not bool(torch.isfinite(scores).all()):
             bad = torch.nonzero(~torch.isfinite(scores)).flatten()
@@ -136,8 +139,13 @@ class RaisePolicy(PPOLearner, PolicyCheckpoint):
                 f"the policy's scores of {len(bad)} instruction(s) are not finite (first: pool row "
                 f"{int(bad[0])}, P_prev = {perf_prev}); the policy weights or the state diverged"
             )
+        keys = scores
+        if max_repeats > 0:
+            spent = counts.to(scores.device) >= max_repeats
+            if int((~spent).sum()) >= self.batch_size:
+                keys = scores.masked_fill(spent, -torch.inf)
         idx = select_per_class(
-            scores,
+            keys,
             self.static.classes,
             self.static.num_classes,
             self.cfg.per_class,
@@ -156,8 +164,16 @@ class RaisePolicy(PPOLearner, PolicyCheckpoint):
     def use(
         self, perf_prev: float, progress: float, counts: torch.Tensor, generator: torch.Generator | None = None
     ) -> Action:
-        """Choose a batch at use time with the configured rule (`use_rule`): topk or sample."""
-        return self.act(perf_prev, progress, counts, explore=self.cfg.use_rule == "sample", generator=generator)
+        """Choose a batch at use time with the configured rule (`use_rule`): topk or sample, no row more than
+        `use_max_repeats` times (0: no cap)."""
+        return self.act(
+            perf_prev,
+            progress,
+            counts,
+            explore=self.cfg.use_rule == "sample",
+            generator=generator,
+            max_repeats=self.cfg.use_max_repeats,
+        )
 
     def value(self, perf_prev: float, progress: float, counts: torch.Tensor) -> float:
         with torch.no_grad():

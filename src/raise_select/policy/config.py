@@ -162,6 +162,13 @@ class PolicyConfig:
     row_loss_weight: float = field(
         default=1.0, metadata={"help": "with credit row: the weight of row_loss against the PPO loss of a step"}
     )
+    use_max_repeats: int = field(
+        default=0,
+        metadata={
+            "help": "at use time (finetune, select), a row is chosen at most this many times in the run, as a "
+            "static selector's rows are trained once per epoch; rollouts are not capped. 0: no cap (the paper's form)"
+        },
+    )
     # Amortized labels (docs/policy.md, "Labels before round 1"); 0 is the paper's form.
     label_budget: int = field(
         default=0,
@@ -226,6 +233,7 @@ class PolicyConfig:
                 "row_loss_weight",
                 "must be a finite number >= 0",
             ),
+            (self.use_max_repeats >= 0, "use_max_repeats", "must be >= 0 (0: no cap)"),
             (self.label_budget >= 0, "label_budget", "must be >= 0 (0: off)"),
             (self.label_epochs >= 1, "label_epochs", "must be >= 1"),
             (0.0 <= self.label_holdout < 1.0, "label_holdout", "must lie in [0, 1)"),
