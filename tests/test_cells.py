@@ -6,6 +6,7 @@ cell.json, a vanished model) give the right result or one line; unknown names sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -238,7 +239,8 @@ def test_issue_34_task_scores_missing_or_empty_and_a_vanished_model(
     shared_data, tiny_model_dir, pool_file, tmp_path, trainings, monkeypatch
 ):
     """lm-eval scores (stubbed here) missing from the record are taken from its evaluation, empty
-    ones are evaluated again; a cell whose model folder is gone is trained again, not reported."""
+    ones are evaluated again; a cell whose model folder is gone is trained again, and a report-only
+    run reports its record without training."""
     calls = []
     monkeypatch.setattr(
         study_module, "evaluate", lambda c: calls.append(c.model) or {t: {"score": 0.25} for t in c.tasks}
@@ -258,6 +260,9 @@ def test_issue_34_task_scores_missing_or_empty_and_a_vanished_model(
     assert len(calls) == 1 and json.loads(path.read_text())["scores"] == {"arc_challenge": 0.25}
     trainings["trained"].clear()
     shutil.rmtree(tmp_path / "study" / "cells" / "random-s0" / "model")
+    # report_only reads the record of a cell kept without its weights (benchmarks/keep_cells.py): nothing runs
+    kept = Study(dataclasses.replace(cfg, report_only=True)).run()
+    assert trainings["trained"] == [] and "random-s0" in {r["name"] for r in kept["records"]}
     Study(cfg).run()
     assert trainings["trained"] == ["random-s0"] and (tmp_path / "study" / "cells" / "random-s0" / "model").is_dir()
 
