@@ -4,7 +4,9 @@ A real-data grid takes more CPU than one session has, so its finished cells are 
 they land and a later session (perhaps on a fresh machine) continues from them. For every cell
 of `--study` whose evaluations cover `--split` for each of its targets, this copies into
 `--into/<cell>/`: `cell.json`, `selection.json`, `train_done.json` and, for RAISE cells,
-`labels.json` and the policy-training metrics (`train_policy_metrics.jsonl`). Copying is
+`labels.json` and the policy-training metrics (`train_policy_metrics.jsonl`); and the study's
+`features_time.json` (the featurizing seconds the report charges to the rows that read the
+features) beside `--into`. Copying is
 idempotent (a file is rewritten only when its contents differ) and `--into` can be read back
 with `--restore` into a study folder, where the cell store re-checks every key.
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("selection.json", "train_done.json"):
                 if (cell / name).is_file():
                     n += copy_if_changed(cell / name, study_cells / cell.name / name)
+        if (kept.parent / "features_time.json").is_file():
+            n += copy_if_changed(kept.parent / "features_time.json", study_cells.parent / "features_time.json")
         print(f"{n} file(s) restored into {study_cells}")
         return 0
     if not study_cells.is_dir():
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         for src, name in SMALL.items():
             if (cell / src).is_file():
                 changed += copy_if_changed(cell / src, kept / cell.name / name)
+    if (study_cells.parent / "features_time.json").is_file():
+        changed += copy_if_changed(study_cells.parent / "features_time.json", kept.parent / "features_time.json")
     print(f"{cells} finished cell(s) of {study_cells}; {changed} file(s) written into {kept}")
     return 0
 

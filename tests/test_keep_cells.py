@@ -36,7 +36,8 @@ def test_keeps_finished_cells_records_only_and_restores_them(tmp_path):
     _cell(study, "less@gsm8k-s0", "gsm8k", ["gsm8k:dev"])
     _cell(study, "less@arc_challenge-s0", "arc_challenge", ["arc_challenge:test"])  # test only
     _cell(study, "rho@gsm8k-s0", "gsm8k", ["gsm8k:dev"], done=False)
-    into = tmp_path / "kept"
+    (study / "features_time.json").write_text('{"seconds": 12.5}')
+    into = tmp_path / "kept" / "cells"
     argv = ["--study", str(study), "--into", str(into), "--targets", *targets]
     assert keep.main(argv) == 0
     assert sorted(p.name for p in into.iterdir()) == ["less@gsm8k-s0", "random-s0"]
@@ -46,4 +47,5 @@ def test_keeps_finished_cells_records_only_and_restores_them(tmp_path):
     fresh = tmp_path / "fresh"
     assert keep.main(["--study", str(fresh), "--into", str(into), "--restore"]) == 0
     assert (fresh / "cells" / "random-s0" / "cell.json").read_text() == (into / "random-s0" / "cell.json").read_text()
+    assert json.loads((fresh / "features_time.json").read_text()) == {"seconds": 12.5}
     assert not (fresh / "cells" / "random-s0" / "model").exists()
