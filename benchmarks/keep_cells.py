@@ -3,8 +3,9 @@
 A real-data grid takes more CPU than one session has, so its finished cells are committed as
 they land and a later session (perhaps on a fresh machine) continues from them. For every cell
 of `--study` whose evaluations cover `--split` for each of its targets, this copies into
-`--into/<cell>/`: `cell.json`, `selection.json`, `train_done.json` and, for RAISE cells,
-`labels.json` and the policy-training metrics (`train_policy_metrics.jsonl`); and the study's
+`--into/<cell>/`, at the same relative paths: `cell.json`, `selection.json`, `train_done.json`
+and, for RAISE cells, the labels, metrics and per-step selections of policy training and
+fine-tuning (`SMALL`); and the study's
 `features_time.json` (the featurizing seconds the report charges to the rows that read the
 features) beside `--into`. Copying is
 idempotent (a file is rewritten only when its contents differ) and `--into` can be read back
@@ -22,13 +23,17 @@ import shutil
 import sys
 from pathlib import Path
 
-SMALL = {
-    "cell.json": "cell.json",
-    "selection.json": "selection.json",
-    "train_done.json": "train_done.json",
-    "train_policy/labels.json": "labels.json",
-    "train_policy/metrics.jsonl": "train_policy_metrics.jsonl",
-}
+# The small records of a cell, at the same relative paths in the kept copy (so a restored cell reads as
+# the original: distinct rows from the selections, RAISE's costs from its metrics log).
+SMALL = (
+    "cell.json",
+    "selection.json",
+    "train_done.json",
+    "train_policy/labels.json",
+    "train_policy/metrics.jsonl",
+    "finetune/selections.jsonl",
+    "finetune/metrics.jsonl",
+)
 
 
 def finished(cell: Path, split: str, targets: list[str]) -> bool:
@@ -65,10 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.restore:
         n = 0
         for cell in sorted(d for d in kept.iterdir() if d.is_dir()):
-            n += copy_if_changed(cell / "cell.json", study_cells / cell.name / "cell.json")
-            for name in ("selection.json", "train_done.json"):
-                if (cell / name).is_file():
-                    n += copy_if_changed(cell / name, study_cells / cell.name / name)
+            for rel in SMALL:
+                if (cell / rel).is_file():
+                    n += copy_if_changed(cell / rel, study_cells / cell.name / rel)
         if (kept.parent / "features_time.json").is_file():
             n += copy_if_changed(kept.parent / "features_time.json", study_cells.parent / "features_time.json")
         print(f"{n} file(s) restored into {study_cells}")
@@ -81,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         if not finished(cell, args.split, args.targets):
             continue
         cells += 1
-        for src, name in SMALL.items():
-            if (cell / src).is_file():
-                changed += copy_if_changed(cell / src, kept / cell.name / name)
+        for rel in SMALL:
+            if (cell / rel).is_file():
+                changed += copy_if_changed(cell / rel, kept / cell.name / rel)
     if (study_cells.parent / "features_time.json").is_file():
         changed += copy_if_changed(study_cells.parent / "features_time.json", kept.parent / "features_time.json")
     print(f"{cells} finished cell(s) of {study_cells}; {changed} file(s) written into {kept}")
