@@ -117,6 +117,31 @@ def plus_rows(n: int) -> list[dict]:
     ]
 
 
+CHOICE_DOCS = [
+    {"question": "What is 3 plus 4?", "choices": ["7", "8", "the lazy dog"], "label": 0},
+    {"question": "Name a color.", "choices": ["bonjour", "red"], "label": 1},
+    {"question": "What is 10 plus 1?", "choices": ["9", "12", "11", "0"], "label": 2},
+    {"question": "Which one is an animal?", "choices": ["a cat", "a spoon"], "label": 0},
+]
+
+
+def write_choice_items(path, docs: list[dict]) -> None:
+    """Multiple-choice items as a messages JSONL file in the project's lettered prompt format
+    ("Question: ...", "A. ...", ..., "Answer:" -> "The answer is X.")."""
+    from raise_select.data.benchmarks import format_prompt, format_response
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": format_prompt(d)},
+                {"role": "assistant", "content": format_response(d)},
+            ]
+        }
+        for d in docs
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
 def multi_turn_sharegpt(path, n: int = 12):
     """Row i: a system turn on even rows; rows 0, 3, 6, 9 hold two earlier exchanges, rows 1, 4,
     7, 10 one, the others none."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_features
+from conftest import CHOICE_DOCS, random_features, write_choice_items
 from raise_select.data.pools import Example, load_pool
 from raise_select.errors import UserError
 from raise_select.evaluation import choices as ch
@@ -273,27 +273,13 @@ def test_train_policy_rewards_are_changes_of_minus_the_choice_ce(tmp_path, tiny,
     """RAISE with `metric: choice_ce` on a multiple-choice validation file written in the
     project's prompt format: the rewards telescope to P(M_T) - P(M_0), P(M_0) being minus the
     mean choice cross-entropy of the untouched model, computed here independently."""
-    from raise_select.data.benchmarks import format_prompt, format_response
     from raise_select.policy import PolicyConfig
     from raise_select.training import TrainPolicyConfig, train_policy
 
     rows = [{"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"{2 * i + 1}"} for i in range(12)]
     (tmp_path / "pool.json").write_text(json.dumps(rows))
-    docs = [
-        {"question": "What is 3 plus 4?", "choices": ["7", "8", "the lazy dog"], "label": 0},
-        {"question": "Name a color.", "choices": ["bonjour", "red"], "label": 1},
-        {"question": "What is 10 plus 1?", "choices": ["9", "12", "11", "0"], "label": 2},
-    ]
-    val = [
-        {
-            "messages": [
-                {"role": "user", "content": format_prompt(d)},
-                {"role": "assistant", "content": format_response(d)},
-            ]
-        }
-        for d in docs
-    ]
-    (tmp_path / "val.jsonl").write_text("".join(json.dumps(v) + "\n" for v in val))
+    docs = CHOICE_DOCS[:3]
+    write_choice_items(tmp_path / "val.jsonl", docs)
     pool = load_pool(str(tmp_path / "pool.json"))
     random_features(pool.ids, 2, len_response=2.0).write(tmp_path / "features")
     cfg = TrainPolicyConfig(

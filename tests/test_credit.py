@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import messages_pool, plus_rows, random_features
+from conftest import CHOICE_DOCS, messages_pool, plus_rows, random_features, write_choice_items
 from raise_select.data.pools import load_pool
 from raise_select.errors import UserError
 from raise_select.policy import PolicyConfig, RaisePolicy, RolloutBuffer, StaticState
@@ -97,16 +97,12 @@ def _trainer_and_validator(tiny_model_dir, lr: float):
     return trainer, Validator(val, trainer.tokenizer, "neg_loss", 64, "alpaca", batch_size=8)
 
 
-def test_row_credit_is_the_change_of_p_after_a_small_sgd_step_on_that_row(tiny_model_dir):
-    """The slow reference: for each row, one SGD step of lr on the row's own loss over the scored
-    weights, then P = -(mean validation loss) measured by the validator; to first order the change
-    of P is the credit (small lr: the ratio is close to 1)."""
-    trainer, validator = _trainer_and_validator(tiny_model_dir, lr=0.02)
+def _assert_credit_is_the_sgd_change(trainer, validator, rows, credit, lr, floor):
+    """The slow reference: for each row, one SGD step of `lr` on the row's own loss over the scored
+    weights, then P measured by the validator; to first order the change of P is the credit (small
+    lr: the ratio is close to 1). The weights are put back."""
     model = trainer.unwrapped
-    rows = [0, 3, 5, 8]
-    credit = RowCredit(trainer, validator, sample=0).credit(rows)
     params = [m.weight for m in trainable_linears(model)]
-    assert len(params) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())  # every linear layer
     p0 = validator(model)
     for k, i in enumerate(rows):
         model.eval()
@@ -115,37 +111,34 @@ def test_row_credit_is_the_change_of_p_after_a_small_sgd_step_on_that_row(tiny_m
         grads = torch.autograd.grad(out.loss, params)
         with torch.no_grad():
             for p, g in zip(params, grads):
-                p -= 0.02 * g
+                p -= lr * g
         change = validator(model) - p0
         with torch.no_grad():
             for p, g in zip(params, grads):
-                p += 0.02 * g
-        assert abs(float(credit[k])) > 1e-4
+                p += lr * g
+        assert abs(float(credit[k])) > floor
         assert change / float(credit[k]) == pytest.approx(1.0, abs=0.1)
     assert validator(model) == pytest.approx(p0, abs=1e-6)  # the weights are back
 
 
-def _choice_validation(tmp_path, tokenizer) -> Validator:
-    """A multiple-choice validation set in the project's prompt format, scored by `choice_ce`."""
-    from raise_select.data.benchmarks import format_prompt, format_response
+def test_row_credit_is_the_change_of_p_after_a_small_sgd_step_on_that_row(tiny_model_dir):
+    """P = -(mean validation loss): the credit of each row against the slow reference."""
+    trainer, validator = _trainer_and_validator(tiny_model_dir, lr=0.02)
+    model = trainer.unwrapped
+    rows = [0, 3, 5, 8]
+    credit = RowCredit(trainer, validator, sample=0).credit(rows)
+    params = [m.weight for m in trainable_linears(model)]
+    assert len(params) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())  # every linear layer
+    _assert_credit_is_the_sgd_change(trainer, validator, rows, credit, 0.02, 1e-4)
 
-    docs = [
-        {"question": "What is 3 plus 4?", "choices": ["7", "8", "the lazy dog"], "label": 0},
-        {"question": "Name a color.", "choices": ["bonjour", "red"], "label": 1},
-        {"question": "What is 10 plus 1?", "choices": ["9", "12", "11", "0"], "label": 2},
-        {"question": "Which one is an animal?", "choices": ["a cat", "a spoon"], "label": 0},
-    ]
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": format_prompt(d)},
-                {"role": "assistant", "content": format_response(d)},
-            ]
-        }
-        for d in docs
-    ]
-    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return Validator(load_pool(str(tmp_path / "val.jsonl")).examples, tokenizer, "choice_ce", 64, batch_size=3)
+
+def _choice_validation(tmp_path, tokenizer, items=None) -> Validator:
+    """A multiple-choice validation set (of `CHOICE_DOCS`, or those `items` of it) in the project's
+    prompt format, scored by `choice_ce`."""
+    docs = CHOICE_DOCS if items is None else [CHOICE_DOCS[i] for i in items]
+    path = tmp_path / f"val{'' if items is None else '_'.join(map(str, items))}.jsonl"
+    write_choice_items(path, docs)
+    return Validator(load_pool(str(path)).examples, tokenizer, "choice_ce", 64, batch_size=3)
 
 
 def test_choice_objective_is_the_validators_choice_ce_with_gradients(tmp_path, tiny_model_dir):
@@ -177,25 +170,12 @@ def test_choice_credit_is_the_change_of_the_choice_ce_after_a_small_sgd_step(tmp
     rc = RowCredit(trainer, validator, sample=0, chunk=3)
     assert rc.objective == "choice_ce"
     credit = rc.credit(rows)
-    params = [m.weight for m in trainable_linears(model)]
-    p0 = validator(model)
-    for k, i in enumerate(rows):
-        model.eval()
-        batch = collate([trainer.encode(i)], trainer.tokenizer.pad_token_id)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        grads = torch.autograd.grad(out.loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p -= 0.02 * g
-        change = validator(model) - p0
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p += 0.02 * g
-        assert abs(float(credit[k])) > 1e-5
-        assert change / float(credit[k]) == pytest.approx(1.0, abs=0.1)
-    # a subset of the validation items: g_val over those items only (their mean objective)
+    _assert_credit_is_the_sgd_change(trainer, validator, rows, credit, 0.02, 1e-5)
+    # g_val over a subset of the items: the credit against a validator that holds only those items
     sub = rc.credit(rows, val=[1, 2])
-    assert not torch.allclose(sub, credit)
+    alone = RowCredit(trainer, _choice_validation(tmp_path, trainer.tokenizer, [1, 2]), sample=0).credit(rows)
+    assert sub.tolist() == pytest.approx(alone.tolist(), rel=1e-4) and not torch.allclose(sub, credit)
+    params = [m.weight for m in trainable_linears(model)]
     assert all(p.grad is None for p in params)
 
 

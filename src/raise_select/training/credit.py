@@ -88,7 +88,7 @@ class RowCredit:
             ordered = sorted(val, key=lambda j: len(self.val[j].input_ids))
             batches = self._batches([[self.val[j] for j in c] for c in _chunks(ordered, self.chunk)])
             parts = [lambda b=b: batch_response_losses(model, b).sum() / n for b in batches]
-        return objective_gradient(model, self.modules, parts)
+        return objective_gradient(self.modules, parts)
 
     def credit(
         self, rows: list[int], val: list[int] | None = None, lr: float | None = None, desc: str | None = None

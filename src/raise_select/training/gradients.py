@@ -111,6 +111,30 @@ def grad_from(modules: Sequence[torch.nn.Module]):
             h.remove()
 
 
+def layer_signals(
+    model: torch.nn.Module, modules: Sequence[torch.nn.Linear], batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]]]:
+    """Each row's response loss (detached) and, per call of each of `modules`, its inputs `a` and the
+    gradients `b` of the summed row losses with respect to its outputs: one forward and one backward
+    pass that runs only through the layers above the first of `modules`. Rows do not interact in the
+    forward pass, so the gradient of the sum holds each row's own output gradients, and row i's
+    gradient of a layer's weight is sum_t b_it a_it^T."""
+    captured: list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]] = []
+
+    def hook(mod, inputs, output):
+        captured.append((mod, inputs[0].detach(), output))
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        with grad_from(modules):
+            losses = batch_response_losses(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    grads = torch.autograd.grad(losses.sum(), [out for _, _, out in captured])
+    return losses.detach(), [(mod, a, b.detach()) for (mod, a, _), b in zip(captured, grads)]
+
+
 def per_example_gram(
     model: torch.nn.Module,
     modules: Sequence[torch.nn.Linear],
@@ -128,25 +152,11 @@ def per_example_gram(
     parts: dict[torch.nn.Linear, tuple[list, list]] = {m: ([], []) for m in modules}
     row_losses = []
     for batch in batches:
-        captured: list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]] = []
-
-        def hook(mod, inputs, output):
-            captured.append((mod, inputs[0].detach(), output))
-
-        handles = [m.register_forward_hook(hook) for m in modules]
-        try:
-            with grad_from(modules):
-                losses = batch_response_losses(model, batch)
-        finally:
-            for h in handles:
-                h.remove()
-        # Rows do not interact in the forward pass, so the gradient of the sum holds each row's
-        # own output gradients.
-        grads = torch.autograd.grad(losses.sum(), [out for _, _, out in captured])
-        row_losses.append(losses.detach())
-        for (mod, a, _), b in zip(captured, grads):
+        losses, captured = layer_signals(model, modules, batch)
+        row_losses.append(losses)
+        for mod, a, b in captured:
             parts[mod][0].append(a)
-            parts[mod][1].append(b.detach())
+            parts[mod][1].append(b)
     n = sum(batch["input_ids"].shape[0] for batch in batches)
     gram = torch.zeros((n, n), dtype=torch.float64, device=batches[0]["input_ids"].device)
     for mod, (a, b) in parts.items():
@@ -164,7 +174,7 @@ def _params(module: torch.nn.Linear) -> list[torch.Tensor]:
 
 
 def objective_gradient(
-    model: torch.nn.Module, modules: Sequence[torch.nn.Linear], parts: Iterable[Callable[[], torch.Tensor]]
+    modules: Sequence[torch.nn.Linear], parts: Iterable[Callable[[], torch.Tensor]]
 ) -> list[list[torch.Tensor]]:
     """The gradient of an objective over the parameters of `modules` (per module: its weight's,
     then its bias's when trained), the objective being the sum of the scalars the closures
@@ -206,21 +216,9 @@ def per_example_dots(
     parts = dict(zip(modules, direction))
     out = []
     for batch in batches:
-        captured: list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]] = []
-
-        def hook(mod, inputs, output):
-            captured.append((mod, inputs[0].detach(), output))
-
-        handles = [m.register_forward_hook(hook) for m in modules]
-        try:
-            with grad_from(modules):
-                losses = batch_response_losses(model, batch)
-        finally:
-            for h in handles:
-                h.remove()
-        grads = torch.autograd.grad(losses.sum(), [o for _, _, o in captured])
+        losses, captured = layer_signals(model, modules, batch)
         dots = torch.zeros(batch["input_ids"].shape[0], dtype=torch.float64, device=losses.device)
-        for (mod, a, _), b in zip(captured, grads):
+        for mod, a, b in captured:
             d = parts[mod]
             a3 = a.float() if a.dim() == 3 else a.float().unsqueeze(1)
             b3 = b.float() if b.dim() == 3 else b.float().unsqueeze(1)
