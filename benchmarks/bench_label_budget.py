@@ -40,33 +40,33 @@ from raise_select.policy import PolicyConfig, RaisePolicy, StaticState
 from raise_select.policy.credit import spearman, top_share
 
 
-def label_run(study: Path, target: str, n: int, seed: int) -> Path:
-    """train-policy with rounds 0 and a label budget of `n`: the folder holding labels.json."""
+def label_run(study: Path, config: str, target: str, n: int, seed: int) -> Path:
+    """train-policy with rounds 0 and a label budget of `n`, with the study config's train-policy
+    settings and `raise:` section (as its RAISE cells get them): the folder holding labels.json."""
+    from raise_select.config import from_dict, resolve
+    from raise_select.experiments.plan import StudyConfig, job_settings, matched_step_count, method_sections
     from raise_select.training import TrainPolicyConfig, train_policy
 
     out = study / "label_budget" / f"{target}-n{n}-s{seed}"
     if (out / "labels.json").is_file() and (out / "policy").is_dir():
         return out
-    cfg = TrainPolicyConfig(
-        pool=str(study / "pool.jsonl"),
-        features=str(study / "features"),
-        model="smollm2-135m-instruct",
-        val=str(study / "targets" / f"{target}_validation.jsonl"),
-        val_size=32,
-        out=str(out),
-        rounds=0,
-        steps=24,
-        seed=seed,
-        lr=1e-3,
-        lora=True,
-        lora_r=8,
-        lora_alpha=16,
-        lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-        max_length=256,
-        batch_size=8,
-        policy=PolicyConfig(label_budget=n, label_holdout=0.0, label_epochs=1),
-    )
-    train_policy(cfg)
+    cfg = resolve(StudyConfig, "study", config, [])
+    options = method_sections(config, [], ["raise"])["raise"]
+    policy = {**options.get("policy", {}), "label_budget": n, "label_holdout": 0.0, "label_epochs": 1}
+    settings = {
+        **job_settings(cfg, "train_policy"),
+        **options,
+        "model": cfg.model,
+        "pool": str(study / "pool.jsonl"),
+        "features": str(study / "features"),
+        "val": str(study / "targets" / f"{target}_validation.jsonl"),
+        "out": str(out),
+        "seed": seed,
+        "steps": matched_step_count(cfg, cfg.pool_size),
+        "rounds": 0,
+        "policy": policy,
+    }
+    train_policy(from_dict(TrainPolicyConfig, settings, f"{config}: label run"))
     return out
 
 
@@ -100,11 +100,9 @@ def curve(static: StaticState, rows: np.ndarray, credit: np.ndarray, args) -> di
             cells["ridge_rho"].append(spearman(torch.from_numpy(rp), torch.from_numpy(credit[held])))
             cells["ridge_top"].append(top_share(rp, credit[held]))
         out["budgets"][str(b)] = {k: [float(np.mean(v)), float(np.std(v))] for k, v in cells.items()}
-    names = [*DIFFICULTY_COLUMNS, *[f"sem{i}" for i in range(static.sem_dim)]]
-    out["feature_rho"] = {
+    out["feature_rho"] = {  # the difficulty columns lead the static state
         name: spearman(torch.from_numpy(x[rows, j]), torch.from_numpy(credit))
-        for j, name in enumerate(names)
-        if j < len(DIFFICULTY_COLUMNS)
+        for j, name in enumerate(DIFFICULTY_COLUMNS)
     }
     return out
 
@@ -112,6 +110,7 @@ def curve(static: StaticState, rows: np.ndarray, credit: np.ndarray, args) -> di
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--study", default="runs/study_real_credit", help="study folder: pool.jsonl, features/, targets/")
+    p.add_argument("--config", default="study_real_smollm2", help="the study's config: train-policy settings")
     p.add_argument("--targets", nargs="+", default=["gsm8k", "arc_challenge", "commonsenseqa"])
     p.add_argument("--labels", type=int, default=600, help="rows labelled per target")
     p.add_argument("--holdout", type=int, default=200, help="labelled rows kept out of every fit")
@@ -134,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = study / "label_budget" / f"{target}-n{args.labels}-s{args.seed}"
         if args.report and not (folder / "labels.json").is_file():
             continue
-        folder = label_run(study, target, args.labels, args.seed)
+        folder = label_run(study, args.config, target, args.labels, args.seed)
         rec = json.loads((folder / "labels.json").read_text())
         rows, credit = np.asarray(rec["rows"]), np.asarray(rec["credit"], dtype=np.float64)
         if not np.isfinite(credit).all():
