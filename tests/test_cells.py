@@ -324,6 +324,27 @@ def test_every_method_is_registered_with_what_it_reads():
     assert method_names("baseline", online=True) == ["greats", "rho"]
 
 
+def test_every_raise_preset_is_a_valid_policy_and_episode():
+    """Each preset's `policy` and `episode` settings build (refused settings would surface only when a
+    cell runs); the label presets cap the uses of a row at the study's epochs and label 200 rows."""
+    from raise_select.config import from_dict
+    from raise_select.experiments.methods import METHODS
+    from raise_select.policy.config import PolicyConfig
+    from raise_select.training import TrainPolicyConfig
+
+    for name, m in METHODS.items():
+        if m.runs == "raise":
+            settings = dict(m.policy)
+            if m.prior_from:  # the study fills in its source cell's selection
+                settings["prior_selection"] = "selection.json"
+            policy = from_dict(PolicyConfig, settings, name)
+            from_dict(TrainPolicyConfig, {**m.episode, "policy": settings}, name)
+            if name.startswith("raise_labels"):
+                assert policy.label_budget == 200 and policy.use_max_repeats == 3
+    assert METHODS["raise_labels"].initialisation == "raise_labels_untrained"
+    assert METHODS["raise_labels_untrained"].episode["rounds"] == 0
+
+
 def test_help_texts_list_the_methods_from_the_registry():
     from raise_select.cli.main import app
 

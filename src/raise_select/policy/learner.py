@@ -221,7 +221,9 @@ class PPOLearner:
         """Fit F_theta to credit labels measured on one model (`policy.label_budget`): `epochs` passes of the
         row loss (`cfg.row_loss`) over the labelled `rows`, in shuffled minibatches of 64 rows, at the state
         of a first step (P = `perf_prev`, progress 0, nothing selected yet). Returns each pass's mean loss."""
-        kind = self.cfg.row_loss if self.cfg.row_loss != "none" else "ranking"
+        kind = self.cfg.row_loss
+        if kind == "none":
+            raise UserError("fitting labels needs policy.row_loss regression or ranking, not none")
         counts = torch.zeros(len(self.static), dtype=torch.int64)
         stage = self._stage(perf_prev)
         losses = []
