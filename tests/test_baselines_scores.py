@@ -297,6 +297,64 @@ def test_less_end_to_end_is_deterministic(tiny_model_dir):
     assert a.info["checkpoints"] == 2 and sum(a.info["checkpoint_weights"]) == pytest.approx(1.0)
 
 
+def test_less_choice_target_is_the_gradient_of_the_scored_choice_ce(tiny_model_dir, tmp_path):
+    """Under `target: choice_ce` each validation item's projected gradient, read along a column r_k of
+    the projection, is the central difference along r_k of that item's gold-choice cross-entropy as the
+    no-grad scorer (lm-eval's form, `score_items`) computes it; `auto` picks it for multiple-choice items
+    only, and ROSE refuses it."""
+    from peft import LoraConfig, get_peft_model
+
+    from conftest import CHOICE_DOCS, write_choice_items
+    from raise_select.baselines.less import LESS
+    from raise_select.data.pools import load_pool
+    from raise_select.models import load_model_and_tokenizer
+    from raise_select.training.choices import item_from_example, score_items
+
+    path = tmp_path / "items.jsonl"
+    write_choice_items(path, CHOICE_DOCS[:2])
+    val = load_pool(str(path)).examples
+    base, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(base, lora).double()
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # B starts at 0: move off it so every adapter has a gradient
+        for p in params:
+            p.add_(0.2 * torch.randn_like(p))
+    model.eval()
+    dim = sum(p.numel() for p in params)
+    projector = RademacherProjector(dim, 3, seed=1)
+    got = LESS(target="choice_ce")._validation_grads(model, tok, val, SelectionContext(max_length=64), projector, "v")
+    r = projector.project(torch.eye(dim)).double()  # (dim, 3): the columns r_k
+
+    def ce_at(j: int, step: torch.Tensor) -> float:
+        with torch.no_grad():
+            offset = 0
+            for p in params:
+                p.add_(step[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+            value = float(score_items(model, tok, [item_from_example(val[j])], max_length=64).ce[0])
+            offset = 0
+            for p in params:
+                p.sub_(step[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+        return value
+
+    eps = 1e-3  # the scorer's logits are float32: a much smaller step would measure their rounding
+    for j in range(2):
+        for k in range(3):
+            slope = (ce_at(j, eps * r[:, k]) - ce_at(j, -eps * r[:, k])) / (2 * eps)
+            assert float(got[j, k]) == pytest.approx(slope, rel=1e-2, abs=2e-7)
+    sft = LESS()._validation_grads(model, tok, val, SelectionContext(max_length=64), projector, "v")
+    assert not torch.allclose(sft, got, atol=1e-3)  # the answer line's loss is another objective
+    assert LESS(target="auto").resolved_target(val) == "choice_ce"
+    assert LESS(target="auto").resolved_target(make_pool(3).examples) == "sft"
+    with pytest.raises(UserError, match="target"):
+        make_baseline("rose", {"target": "choice_ce"})
+    with pytest.raises(UserError, match="target"):
+        make_baseline("less", {"target": "choices"})
+
+
 def test_less_pool_gradients_resume_from_their_cache_and_rose_shares_them(tiny_model_dir, tmp_path, monkeypatch):
     """A pass killed part-way keeps its finished chunks; the rerun computes only the rest and
     selects exactly what an uncached run does; a second target (other validation rows) and

@@ -316,12 +316,33 @@ def test_every_method_is_registered_with_what_it_reads():
     assert set(BASELINES) <= set(METHODS)
     assert {m for m, e in METHODS.items() if e.runs == "raise"} >= {"raise", "raise_rds", "raise_less"}
     targeted = {m for m, e in METHODS.items() if e.reads_validation and e.runs == "baseline"}
-    assert targeted == {"less", "rose", "rds", "embed", "tsds", "greats", "rho"}
-    assert {m for m, e in METHODS.items() if e.shared_cache} == {"less", "rose"}
+    assert targeted == {"less", "less_metric", "rose", "rds", "embed", "tsds", "greats", "rho"}
+    assert {m for m, e in METHODS.items() if e.shared_cache} == {"less", "less_metric", "rose"}
     assert METHODS["raise_less"].prior_from == "less" and METHODS["raise_less_untrained"].episode["rounds"] == 0
     assert METHODS["raise"].needs_features() and not METHODS["random"].needs_features()
     assert METHODS["raise_rds"].needs_rds_vectors() and not METHODS["raise"].needs_rds_vectors()
     assert method_names("baseline", online=True) == ["greats", "rho"]
+
+
+def test_a_baseline_preset_runs_its_method_with_its_options_over_that_methods_section(tmp_path):
+    """less_metric runs LESS with target auto laid over the study's `less:` section, then its own section;
+    its cell key differs from LESS's (other options) and a typo in its section is refused as LESS's would be."""
+    from raise_select.baselines.registry import make_baseline
+    from raise_select.cli.study import check_method_options
+    from raise_select.experiments.methods import METHODS
+
+    entry = METHODS["less_metric"]
+    assert entry.runs_as == "less" and METHODS["less"].runs_as == "less" and not entry.dynamic and not entry.online
+    cfg = StudyConfig(pool="p.json", out=str(tmp_path), model="m", methods=["less", "less_metric"])
+    sections = {"less": {"lora_r": 4, "proj_dim": 64}, "less_metric": {"proj_dim": 32}}
+    study = Study(cfg, sections)
+    assert study.method_options("less_metric") == {"lora_r": 4, "proj_dim": 32, "target": "auto"}
+    assert study.method_options("less") == {"lora_r": 4, "proj_dim": 64}
+    built = make_baseline(entry.runs_as, study.method_options("less_metric"))
+    assert (built.target, built.lora_r, built.proj_dim) == ("auto", 4, 32)
+    check_method_options(sections, "study.yaml")
+    with pytest.raises(UserError, match="proj_dimm"):
+        check_method_options({"less_metric": {"proj_dimm": 3}}, "study.yaml")
 
 
 def test_every_raise_preset_is_a_valid_policy_and_episode():

@@ -22,6 +22,12 @@ princeton-nlp/LESS, `less/data_selection/collect_grad_reps.py`, `matching.py`,
    `round_robin` are the other rules of `baselines.aggregate`.
 Gradients are taken in eval mode (LoRA dropout off) so they are deterministic.
 
+`target: choice_ce` (not the reference's form; `sft` is the default) differentiates each
+multiple-choice validation item's gold-choice cross-entropy over its choices, computed from the
+choices' log-likelihoods as the held-out choice metric scores them (`training.choices`), instead
+of the response loss of its answer line: on ARC and CommonsenseQA that line's loss ("The answer is
+X.") is mostly its format, and LESS's top rows fell below the base model (docs/benchmarks.md).
+
 The pool's projected gradients (the long pass: one backward per row per checkpoint) are kept
 under `<cache>/less-train-grads/<key>/`, one `.npy` per `chunk` rows, written atomically, so a
 killed pass resumes at its last chunk. The key hashes what decides them: the model, the pool's
@@ -178,6 +184,9 @@ def chunked_store(folder: Path | None, n: int, chunk: int, compute: Callable[[in
     return torch.cat(out) if out else torch.zeros((0, 0))
 
 
+LESS_TARGETS = ("sft", "choice_ce", "auto")
+
+
 @dataclass
 class LESS:
     """LoRA gradient features, Adam-preconditioned and projected; top cosine to the validation set."""
@@ -206,6 +215,19 @@ class LESS:
     proj_dim: int = field(default=8192, metadata={"help": "dimension of the randomly projected gradients"})
     proj_seed: int = field(default=0, metadata={"help": "seed of the Rademacher projection matrix"})
     chunk: int = field(default=32, metadata={"help": "gradients collected before each projection (memory vs speed)"})
+    target: str = field(
+        default="sft",
+        metadata={
+            "help": "the validation objective whose gradient is the target: sft (the reference: each validation "
+            "example's response loss), choice_ce (a multiple-choice item's gold-choice cross-entropy over its "
+            "choices, as the held-out choice metric scores it) or auto (choice_ce when every validation example is "
+            "a multiple-choice item, else sft)"
+        },
+    )
+    choice_form: str = field(
+        default="cloze",
+        metadata={"help": "with target choice_ce: cloze (each choice's text after the question) or letters"},
+    )
     aggregation: str = field(
         default="mean",
         metadata={
@@ -231,6 +253,8 @@ class LESS:
             (self.proj_dim >= 1, "proj_dim", "must be >= 1; at 0 every score would be 0"),
             (self.proj_seed >= 0, "proj_seed", "must be >= 0"),
             (self.chunk >= 1, "chunk", "must be >= 1"),
+            (self.target in LESS_TARGETS, "target", f"must be one of {', '.join(LESS_TARGETS)}"),
+            (self.choice_form in ("cloze", "letters"), "choice_form", "must be cloze or letters"),
         ]
 
     def needs_features(self) -> bool:
@@ -300,6 +324,7 @@ class LESS:
             "gradient_dim": dim,
             "proj_dim": self.proj_dim,
             "validation_examples": len(validation),
+            "target": self.resolved_target(validation),
             "aggregation": self.aggregation,
         }
         return Selection(
@@ -352,10 +377,26 @@ class LESS:
         """The items whose gradients define the target (LESS: the validation examples)."""
         return ctx.require_validation(self.name)
 
+    def resolved_target(self, validation: Sequence) -> str:
+        """`target` with `auto` resolved: choice_ce when every validation example is a multiple-choice item."""
+        if self.target != "auto":
+            return self.target
+        from ..training.reward import metric_for
+
+        return "choice_ce" if metric_for("auto", validation) == "choice_ce" else "sft"
+
     def _validation_grads(
         self, model, tok, validation: Sequence, ctx: SelectionContext, projector: RademacherProjector, desc: str
     ) -> torch.Tensor:
-        """(V, proj_dim): plain (SGD) gradients of the validation loss, projected."""
+        """(V, proj_dim): plain (SGD) gradients of each validation item's objective (`target`), projected."""
+        if self.resolved_target(validation) == "choice_ce":
+            from ..training.choices import ChoiceRequests, choice_ce_sum
+
+            requests = ChoiceRequests(validation, tok, form=self.choice_form, max_length=ctx.max_length)
+            items = list(range(len(requests.items)))
+            return self._projected_grads(
+                model, items, lambda j: choice_ce_sum(model, requests, [j]), projector, None, desc
+            )
         return self._projected_grads(model, validation, self._sft_loss(model, tok, ctx), projector, None, desc)
 
     @staticmethod

@@ -191,6 +191,7 @@ class ROSE(LESS):
         return [
             *super()._rules(),
             (self.beta > 0, "beta", "must be > 0"),
+            (self.target == "sft", "target", "must be sft: ROSE's validation gradient is its DPO loss's"),
             (self.preference_size >= 0, "preference_size", "must be >= 0 (0: all)"),
         ]
 

@@ -41,7 +41,7 @@ def check_method_options(options: dict[str, dict], source: str) -> None:
         if METHODS.lookup(method, f"{source}: section").runs == "raise":
             from_dict(TrainPolicyConfig, opts, f"{source}: section '{method}'")
         else:
-            make_baseline(method, opts, source)
+            make_baseline(METHODS[method].runs_as, opts, source)
 
 
 def register(app: typer.Typer) -> None:

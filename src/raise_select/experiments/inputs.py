@@ -111,8 +111,11 @@ class StudyInputs:
         """The method's options as configured (for a RAISE preset: the `raise:` section, the
         preset's settings, then its own section), `{model}` not yet replaced."""
         entry = METHODS[method]
-        if entry.runs != RAISE:
-            return dict(self.options.get(method, {}))
+        if entry.runs != RAISE:  # a baseline preset: its method's section, the preset's options, its own section
+            opts = {}
+            for part in ((self.options.get(entry.baseline, {}) if entry.baseline else {}), entry.options):
+                merge(opts, json.loads(json.dumps(part)))
+            return merge(opts, json.loads(json.dumps(self.options.get(method, {}))))
         opts: dict = merge({}, self.options.get(RAISE, {}))
         preset = {**entry.episode, **({"policy": dict(entry.policy)} if entry.policy else {})}
         merge(opts, json.loads(json.dumps(preset)))

@@ -35,22 +35,34 @@ class Method:
     episode: dict = field(default_factory=dict)  # RAISE presets: train-policy settings over the study's
     prior_from: str | None = None  # RAISE presets: the method whose cell's pool scores are the prior
     initialisation: str | None = None  # a trained RAISE preset: the 0-round row it starts from (paired by seed)
+    baseline: str | None = None  # a baseline preset: the selection method it runs (None: its own name)
+    options: dict = field(default_factory=dict)  # a baseline preset: options over that method's section
     about: str = ""
+
+    @property
+    def runs_as(self) -> str:
+        """The selection method (`baselines.BASELINES`) a baseline cell of this entry runs."""
+        return self.baseline or self.name
 
     @property
     def online(self) -> bool:
         """Chooses its batches while training (GREATS, RHO-LOSS, RAISE's fine-tuning)."""
-        return self.runs == "raise" or bool(getattr(BASELINES.get(self.name), "online", False))
+        return self.runs == "raise" or bool(getattr(BASELINES.get(self.runs_as), "online", False))
+
+    @property
+    def dynamic(self) -> bool:
+        """A baseline whose selection is a schedule of batches, not one subset (SSPL, GREATS, RHO-LOSS)."""
+        return self.runs != "raise" and bool(getattr(BASELINES.get(self.runs_as), "dynamic", False))
 
     def needs_features(self, options: dict | None = None) -> bool:
         """Whether a cell of this method reads the featurized pool (RAISE's state always does)."""
-        return self.runs == "raise" or needs_features(self.name, options)
+        return self.runs == "raise" or needs_features(self.runs_as, options)
 
     def needs_rds_vectors(self, options: dict | None = None) -> bool:
         """Whether it reads the features' RDS+ vectors (`featurize --rds`)."""
         if self.runs == "raise":
             return self.policy.get("prior") == "rds" or (options or {}).get("policy", {}).get("prior") == "rds"
-        return needs_rds_vectors(self.name, options)
+        return needs_rds_vectors(self.runs_as, options)
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -82,6 +94,21 @@ for _name, (_label, _val, _cache) in _BASELINE_ROWS.items():
         _name,
         Method(_name, _label, reads_validation=_val, shared_cache=_cache, seeds=_seeds(_name)),
     )
+# LESS with each validation item's gradient taken of the benchmark's metric (less.target auto): the gold
+# choice's cross-entropy on a multiple-choice target, the response loss otherwise (where it is LESS itself).
+# It shares LESS's cache of the pool's gradients: only the validation gradients differ.
+METHODS.register(
+    "less_metric",
+    Method(
+        "less_metric",
+        "LESS (metric target)",
+        reads_validation=True,
+        shared_cache=True,
+        baseline="less",
+        options={"target": "auto"},
+        about="LESS whose target gradient is the benchmark's metric: choice cross-entropy on multiple-choice targets",
+    ),
+)
 _missing = [m for m in BASELINES if m not in METHODS]
 if _missing:  # a new baseline must say here what it reads
     raise ValueError(f"selection methods without an experiments entry: {', '.join(_missing)}")

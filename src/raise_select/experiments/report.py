@@ -194,14 +194,12 @@ class StudyTables:
     def static_methods(self, methods: list[str]) -> list[str]:
         """The static selectors among `methods`: baselines that choose one subset before training
         (RAND and the 100% row aside; SSPL's schedule, GREATS and RHO-LOSS are dynamic)."""
-        from ..baselines import BASELINES
-
         return [
             m
             for m in methods
             if METHODS[m].runs != RAISE
             and not METHODS[m].online
-            and not getattr(BASELINES.get(m), "dynamic", False)
+            and not METHODS[m].dynamic
             and m not in ("random", "full")
         ]
 
@@ -261,7 +259,7 @@ class StudyTables:
                 what = "the policy's initialisation and PPO, the fine-tuning's sampling and order"
                 if entry.prior_from:
                     what += f", and the prior (the {METHODS[entry.prior_from].label} cell of the same seed)"
-            elif m in ("less", "rose"):
+            elif entry.runs_as in ("less", "rose"):
                 what = "the LoRA warm-up (its initialisation, rows and order; the projection is fixed) and the training"
             elif entry.online:
                 what = "the training's initialisation and order, which the online choice follows"

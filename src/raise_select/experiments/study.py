@@ -279,7 +279,7 @@ class Study(StudyInputs, HeldoutSets, StudyTables):
             **{
                 **job_settings(cfg, "baseline"),
                 **own,
-                "method": cell.method,
+                "method": entry.runs_as,
                 "format": self.pool.format,
                 "out": str(cell_dir),
                 "epochs": (cfg.full_epochs or cfg.epochs) if cell.method == "full" else cfg.epochs,
