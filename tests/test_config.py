@@ -99,7 +99,7 @@ def test_section_errors_name_the_dotted_key_and_the_source(tmp_path):
         (lambda: PolicyConfig(gamma=1.5, minibatches=0), r"gamma = 1.5 .*; minibatches = 0"),
         (lambda: PolicyConfig(seed=-1), r"seed = -1"),
         (lambda: DemoConfig(preset="huge"), r"invalid demo settings: preset = 'huge' \(available: "),
-        (lambda: DemoConfig(seeds=0, rounds=0), r"seeds = 0 .*; rounds = 0"),
+        (lambda: DemoConfig(seeds=0, rounds=-1), r"seeds = 0 .*; rounds = -1"),
     ],
 )
 def test_each_config_refuses_its_own_bad_fields_when_made(make, message):

@@ -278,6 +278,52 @@ def test_row_loss_teaches_the_labels_order_to_rows_it_never_saw_labelled(kind):
     assert abs(train(base)) < 0.3
 
 
+def test_ppo_weight_zero_learns_from_the_labels_alone():
+    """ppo_weight 0: the actor's update does not depend on the rewards (only on the labels' row loss),
+    and it is the row-loss-only gradient step; at the default weight the rewards move it."""
+    import copy
+
+    static = StaticState.from_features(synthetic_features(60, sem_dim=3, classes=2, seed=1))
+    label = torch.from_numpy(synthetic_features(60, sem_dim=3, classes=2, seed=1).sem[:, 0]).double()
+    base = PolicyConfig(per_class=2, seed=3, credit="row", row_loss="ranking", ppo_epochs=1, minibatches=1)
+
+    def actor_after(cfg, reward_scale):
+        buf = _labelled_rollout(RaisePolicy(static, cfg), 4, seed=5, label_of=lambda r: label[r])
+        buf = copy.deepcopy(buf)
+        buf.reward = [reward_scale * (t + 1) for t in range(len(buf))]
+        policy = RaisePolicy(static, cfg)
+        policy.update(buf)
+        return policy.actor.state_dict(), buf
+
+    only_labels = replace(base, ppo_weight=0.0)
+    a, buf = actor_after(only_labels, 1.0)
+    b, _ = actor_after(only_labels, -5.0)
+    assert all(torch.equal(x, y) for x, y in zip(a.values(), b.values()))
+    c, _ = actor_after(base, 1.0)
+    d, _ = actor_after(base, -5.0)
+    assert not all(torch.equal(x, y) for x, y in zip(c.values(), d.values()))
+    # the one AdamW step by hand: the mean over the round's steps of each step's ranking loss
+    ref = RaisePolicy(static, only_labels)
+    opt = ref.actor_opt
+    opt.zero_grad()
+    counts = torch.zeros(60, dtype=torch.int64)
+    total = 0.0
+    for t in range(len(buf)):
+        scores = ref.actor.score(
+            ref.actor.static_projection(static.x), ref._stage(buf.perf_prev[t]), buf.progress[t], counts
+        )
+        rows, credit = buf.label_rows[t], buf.label_credit[t]
+        total = total + ranking_loss(scores[rows], credit)
+        counts = counts.clone()
+        counts.index_add_(0, buf.chosen(t), torch.ones_like(buf.chosen(t)))
+    (total / len(buf)).backward()
+    opt.step()
+    for (name, x), y in zip(a.items(), ref.actor.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6), name
+    with pytest.raises(UserError, match="ppo_weight"):
+        PolicyConfig(ppo_weight=0.0)  # credit batch: nothing left to learn from
+
+
 def test_row_advantage_gives_each_chosen_row_its_own_credit():
     """row_advantage: a row with high credit gains probability and one with low credit loses it,
     within the same step (one step, so the step's advantage is the same for both)."""

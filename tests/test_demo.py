@@ -86,6 +86,28 @@ def test_quick_demo_writes_summary_for_both_methods(tmp_path):
     assert all(r["times_selected"] >= 1 for r in map(json.loads, (tmp_path / "chosen.jsonl").read_text().splitlines()))
 
 
+def test_demo_with_zero_rounds_uses_the_initial_policy_fitted_to_labels(tmp_path):
+    """rounds 0 (the ablation of policy training): no episode is run, the policy is the label fit
+    (policy.label_budget) and fine-tunes M_0 as a trained one would."""
+    out = tmp_path / "demo0"
+    sets = ["demo.rounds=0", "demo.policy.label_budget=40", "demo.policy.use_max_repeats=3"]
+    args = ["demo", "--quick", "--out", str(out), "--seeds", "1", *[a for s in sets for a in ("--set", s)]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = out / "seed_0" / "policy"
+    assert not (run / "metrics.jsonl").exists() and (run / "policy" / "actor.safetensors").is_file()  # no episode
+    labels = json.loads((run / "labels.json").read_text())
+    assert len(labels["rows"]) == 40 and labels["held_out"] == 8
+    chosen = [
+        json.loads(line)["indices"] for line in (out / "seed_0" / "raise" / "selections.jsonl").read_text().splitlines()
+    ]
+    counts = {}
+    for batch in chosen:
+        for i in batch:
+            counts[i] = counts.get(i, 0) + 1
+    assert max(counts.values()) <= 3  # the use cap reached the fine-tuning
+
+
 def test_oracle_gain_by_hand():
     assert oracle_gain(3.0, 4.0, 2.0) == 0.5  # half of the way from RAND to PERFECT
     assert oracle_gain(4.5, 4.0, 2.0) == -0.25  # worse than random

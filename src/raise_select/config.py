@@ -20,6 +20,7 @@ reference (docs/settings.md) are built from it. A config validates its own field
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -224,8 +225,10 @@ def resolve(
     config_path: str | Path | None = None,
     overrides: list[str] | None = None,
     flags: dict | None = None,
+    preset: dict | None = None,
 ) -> T:
-    """Defaults <- YAML section <- dotted overrides <- explicit flags (those not None).
+    """Defaults <- YAML section <- `preset` (a flag naming many settings, as demo's `--quick`) <- dotted
+    overrides <- explicit flags (those not None).
 
     Overrides name the command's section (`--set train_policy.policy.gamma=0`) or, for this
     command only, leave it out (`--set policy.gamma=0`, `--set rounds=2`). Flags are nested
@@ -243,6 +246,7 @@ def resolve(
         else:
             # A flat file for a single stage; other stages' sections are skipped.
             merge(data, _own_keys(cls, raw))
+    merge(data, copy.deepcopy(preset or {}))
     ov = parse_overrides(overrides)
     if section in ov and isinstance(ov[section], dict):
         merge(data, ov.pop(section))

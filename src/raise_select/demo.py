@@ -141,7 +141,9 @@ class DemoConfig:
         default=3e-3, metadata={"help": "LLM learning rate (cosine, no warm-up); see the module docstring"}
     )
     # policy training
-    rounds: int = field(default=16, metadata={"help": "K: policy-training rounds per seed"})
+    rounds: int = field(
+        default=16, metadata={"help": "K: policy-training rounds per seed (0: the initial policy, untrained)"}
+    )
     policy: PolicyConfig = field(
         default_factory=demo_policy, metadata={"help": "the selection policy and PPO; its seed: the demo seed"}
     )
@@ -154,10 +156,8 @@ class DemoConfig:
         check_fields(
             self,
             [
-                *(
-                    (getattr(self, k) >= 1, k, "must be >= 1")
-                    for k in ("seeds", "steps", "rounds", "classes", "sem_dim")
-                ),
+                *((getattr(self, k) >= 1, k, "must be >= 1") for k in ("seeds", "steps", "classes", "sem_dim")),
+                (self.rounds >= 0, "rounds", "must be >= 0 (0: the policy as initialised, untrained)"),
                 (self.auxiliary_steps >= 0, "auxiliary_steps", "must be >= 0"),
                 (0 < self.ifd_budget <= 1, "ifd_budget", "must lie in (0, 1]"),
                 (self.max_length >= 2, "max_length", "must be >= 2"),

@@ -23,7 +23,11 @@ def register(app: typer.Typer) -> None:
         out: Optional[str] = typer.Option(None, "--out"),
         seeds: Optional[int] = typer.Option(None, "--seeds"),
         testbed: Optional[str] = typer.Option(None, "--testbed"),
-        quick: bool = typer.Option(False, "--quick", help="A tiny version of the same pipeline (seconds; for tests)."),
+        quick: bool = typer.Option(
+            False,
+            "--quick",
+            help="A tiny version of the same pipeline (seconds; for tests); --set and the flags apply over it.",
+        ),
         config: Optional[Path] = ConfigOption,
         overrides: Optional[List[str]] = set_option("demo.rounds=2"),
     ) -> None:
@@ -32,14 +36,12 @@ def register(app: typer.Typer) -> None:
         Every setting is in DemoConfig (docs/settings.md; the shipped config: `--config demo`); the policy's go in its \
 `policy:` section, e.g. `--set demo.policy.ppo_epochs=4`.
         """
-        from ..config import merge, resolve
+        from ..config import resolve
         from ..demo import QUICK, DemoConfig, format_table, run_demo
         from ..io import check_output, lock_output
 
-        flags = merge(
-            merge({}, QUICK) if quick else {}, OPTIONS.flags({"out": out, "seeds": seeds, "testbed": testbed})
-        )
-        cfg = resolve(DemoConfig, "demo", config, overrides, flags)
+        flags = OPTIONS.flags({"out": out, "seeds": seeds, "testbed": testbed})
+        cfg = resolve(DemoConfig, "demo", config, overrides, flags, preset=QUICK if quick else None)
         check_output(cfg.out, {"--config": config})
         lock_output(cfg.out, "demo")
         summary = run_demo(cfg, progress=typer.echo)

@@ -162,6 +162,13 @@ class PolicyConfig:
     row_loss_weight: float = field(
         default=1.0, metadata={"help": "with credit row: the weight of row_loss against the PPO loss of a step"}
     )
+    ppo_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "the weight of the PPO actor loss (eq. 12) in a step's actor loss; 0 with credit row: the actor "
+            "learns from the row loss on the labels of the states its rollouts visit only (no policy gradient)"
+        },
+    )
     use_max_repeats: int = field(
         default=0,
         metadata={
@@ -232,6 +239,13 @@ class PolicyConfig:
                 math.isfinite(self.row_loss_weight) and self.row_loss_weight >= 0.0,
                 "row_loss_weight",
                 "must be a finite number >= 0",
+            ),
+            (math.isfinite(self.ppo_weight) and self.ppo_weight >= 0.0, "ppo_weight", "must be a finite number >= 0"),
+            (
+                self.ppo_weight > 0.0
+                or (self.credit == "row" and self.row_loss != "none" and self.row_loss_weight > 0),
+                "ppo_weight",
+                "0 needs credit row with a row_loss and row_loss_weight > 0 (else the actor learns from nothing)",
             ),
             (self.use_max_repeats >= 0, "use_max_repeats", "must be >= 0 (0: no cap)"),
             (self.label_budget >= 0, "label_budget", "must be >= 0 (0: off)"),

@@ -264,9 +264,9 @@ class PPOLearner:
         per_item gives every chosen row its own clipped ratio with the step's advantage (with
         row_advantage, its own credit's), so one row far from its old probability does not clip
         the whole step. With credit row and a row_loss, row_loss_weight x the step's row loss on
-        its labelled rows' scores is added to the step's loss. The gradient of
-        the static projection is accumulated on a detached leaf and pushed through the
-        first layer once, so a step's graph holds only its own (N x hidden) activations.
+        its labelled rows' scores is added to ppo_weight x the step's eq. 12 loss. The gradient of
+        the static projection is accumulated on a detached leaf and pushed through the first
+        layer once, so a step's graph holds only its own (N x hidden) activations.
         Records each step's loss, clipped share (and entropy) in `stats`.
         """
         cfg = self.cfg
@@ -279,12 +279,12 @@ class PPOLearner:
             log_ratio = self._log_ratio(new, rnd, t, per_item)  # eq. 11
             adv = rnd.actor_advantages[t].expand_as(log_ratio) if rnd.row_advantages is None else rnd.row_advantages[t]
             loss = actor_loss(log_ratio, adv, cfg.clip)  # eq. 12
-            total = loss
+            total = cfg.ppo_weight * loss
             if rnd.labels is not None and cfg.row_loss != "none":
                 rows, credit = rnd.labels[t]
                 extra = row_loss(cfg.row_loss, scores[rows], credit)
                 stats.row_losses.append(extra.item())
-                total = loss + cfg.row_loss_weight * extra
+                total = total + cfg.row_loss_weight * extra
             (total / len(group)).backward()
             stats.actor_losses.append(loss.item())
             with torch.no_grad():
