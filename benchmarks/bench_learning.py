@@ -270,6 +270,10 @@ def main() -> None:
         f"{base.per_class}; {time.perf_counter() - start:.0f} s in all\n"
     )
     print(table(rows))
+    curve = learning_curve(rows)  # with --set credit=row: the RAISE column's own curve
+    if curve:
+        print("\nLearning curve (mean over testbeds and seeds; rho: held-out Spearman of scores with credit):\n")
+        print(curve)
     if args.ablation:
         ablation = [dict(r) for r in rows]
         for tag, change in ABLATION.items():
