@@ -104,6 +104,30 @@ def test_use_max_repeats_leaves_out_rows_chosen_that_often():
     assert len(set(policy.use(-2.0, 0.5, spent).indices.tolist())) == 8
 
 
+def test_rollout_max_repeats_caps_the_sampled_rollouts_only():
+    """rollout_max_repeats 2: sampled rollout batches never take a row a third time, the use-time rule is
+    not touched by it, and the recorded log-probabilities are the uncapped softmax's; 0 samples freely."""
+    static = _static(n=40)
+    gen = torch.Generator().manual_seed(0)
+    for cap in (0, 2):
+        policy = RaisePolicy(static, PolicyConfig(per_class=2, rollout_max_repeats=cap))
+        with torch.no_grad():  # a sharp policy: its few best rows dominate, so sampling repeats them
+            policy.actor.out.weight.mul_(50.0)
+        policy._actor_changed()
+        counts = torch.zeros(40, dtype=torch.int64)
+        for t in range(10):
+            a = policy.rollout(-2.0, t / 10, counts, generator=gen)
+            assert len(set(a.indices.tolist())) == 8
+            full = class_log_softmax(policy.scores(-2.0, t / 10, counts), static.classes, static.num_classes)
+            assert torch.allclose(a.item_log_prob, full[a.indices].double())
+            counts += torch.bincount(a.indices, minlength=40)
+        assert int(counts.sum()) == 80
+        assert int(counts.max()) <= 2 if cap else int(counts.max()) > 2
+    assert RaisePolicy(static, PolicyConfig(per_class=2, rollout_max_repeats=2)).use(-2.0, 0.0, counts) is not None
+    with pytest.raises(UserError, match="rollout_max_repeats"):
+        PolicyConfig(rollout_max_repeats=-1)
+
+
 def test_pool_smaller_than_a_batch_is_refused():
     with pytest.raises(UserError, match="fewer than one batch"):
         RaisePolicy(_static(n=10, classes=4), PolicyConfig(per_class=3))

@@ -161,6 +161,15 @@ class RaisePolicy(PPOLearner, PolicyCheckpoint):
             item_log_prob=item_log_prob,
         )
 
+    def rollout(
+        self, perf_prev: float, progress: float, counts: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Action:
+        """Choose a batch in a policy-training rollout: sampled within each class, no row more than
+        `rollout_max_repeats` times in the episode (0: no cap, the paper's form)."""
+        return self.act(
+            perf_prev, progress, counts, explore=True, generator=generator, max_repeats=self.cfg.rollout_max_repeats
+        )
+
     def use(
         self, perf_prev: float, progress: float, counts: torch.Tensor, generator: torch.Generator | None = None
     ) -> Action:

@@ -176,6 +176,14 @@ class PolicyConfig:
             "static selector's rows are trained once per epoch; rollouts are not capped. 0: no cap (the paper's form)"
         },
     )
+    rollout_max_repeats: int = field(
+        default=0,
+        metadata={
+            "help": "in a policy-training rollout, a row is chosen at most this many times in the episode (as "
+            "use_max_repeats at use time); the log-probabilities stay those of the uncapped softmax. 0: no cap "
+            "(the paper's form)"
+        },
+    )
     # Amortized labels (docs/policy.md, "Labels before round 1"); 0 is the paper's form.
     label_budget: int = field(
         default=0,
@@ -248,6 +256,7 @@ class PolicyConfig:
                 "0 needs credit row with a row_loss and row_loss_weight > 0 (else the actor learns from nothing)",
             ),
             (self.use_max_repeats >= 0, "use_max_repeats", "must be >= 0 (0: no cap)"),
+            (self.rollout_max_repeats >= 0, "rollout_max_repeats", "must be >= 0 (0: no cap)"),
             (self.label_budget >= 0, "label_budget", "must be >= 0 (0: off)"),
             (self.label_epochs >= 1, "label_epochs", "must be >= 1"),
             (0.0 <= self.label_holdout < 1.0, "label_holdout", "must lie in [0, 1)"),

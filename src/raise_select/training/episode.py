@@ -206,15 +206,10 @@ class EpisodePolicy(Protocol):
         """B: rows chosen at every step."""
         ...
 
-    def act(
-        self,
-        perf_prev: float,
-        progress: float,
-        counts: torch.Tensor,
-        explore: bool,
-        generator: torch.Generator | None = None,
+    def rollout(
+        self, perf_prev: float, progress: float, counts: torch.Tensor, generator: torch.Generator | None = None
     ) -> Action:
-        """A batch at a rollout step (explore=True samples) or at use time (False: the top-b)."""
+        """A batch at a rollout step (sampled)."""
         ...
 
     def use(
@@ -250,6 +245,8 @@ class RandomBatches:
         self, perf_prev: float, progress: float, counts: torch.Tensor, generator: torch.Generator | None = None
     ) -> Action:
         return self.act(perf_prev, progress, counts, generator=generator)
+
+    rollout = use
 
 
 @dataclass(frozen=True)
@@ -368,7 +365,7 @@ def run_episode(
 ) -> EpisodeResult:
     """Train `steps` updates from the trainer's current model; `buffer` gets the PPO transitions.
 
-    explore=True: rollouts (`policy.act` samples within each class); False: use time
+    explore=True: rollouts (`policy.rollout` samples within each class); False: use time
     (`policy.use`, the policy's `use_rule`). `between`: the batches between the policy's steps
     (`select_every` > 1) are uniformly random, or drawn from the policy as its own steps are,
     counted towards times-selected but not PPO transitions.
@@ -398,7 +395,7 @@ def run_episode(
         if acc.is_main_process:
             if from_policy or between == "policy":
                 if explore:
-                    action = policy.act(p_prev, t / steps, counts, explore=True, generator=generator)
+                    action = policy.rollout(p_prev, t / steps, counts, generator=generator)
                 else:
                     action = policy.use(p_prev, t / steps, counts, generator=generator)
                 choice = Choice.of_action(action)
