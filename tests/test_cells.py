@@ -330,6 +330,7 @@ def test_a_baseline_preset_runs_its_method_with_its_options_over_that_methods_se
     from raise_select.baselines.registry import make_baseline
     from raise_select.cli.study import check_method_options
     from raise_select.experiments.methods import METHODS
+    from raise_select.experiments.plan import method_sections
 
     entry = METHODS["less_metric"]
     assert entry.runs_as == "less" and METHODS["less"].runs_as == "less" and not entry.dynamic and not entry.online
@@ -341,6 +342,11 @@ def test_a_baseline_preset_runs_its_method_with_its_options_over_that_methods_se
     built = make_baseline(entry.runs_as, study.method_options("less_metric"))
     assert (built.target, built.lora_r, built.proj_dim) == ("auto", 4, 32)
     check_method_options(sections, "study.yaml")
+    # run alone, it still reads the `less:` section (else LESS's defaults: rank 128, batches of 32)
+    config = tmp_path / "study.yaml"
+    config.write_text("less: {lora_r: 4}\nrose: {beta: 0.2}\n")
+    assert method_sections(config, None, ["less_metric"]) == {"less_metric": {}, "less": {"lora_r": 4}, "full": {}}
+    assert method_sections(config, None, ["raise_less"])["less"] == {"lora_r": 4}  # its prior's cell
     with pytest.raises(UserError, match="proj_dimm"):
         check_method_options({"less_metric": {"proj_dimm": 3}}, "study.yaml")
 

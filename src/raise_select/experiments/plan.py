@@ -337,12 +337,16 @@ def heldout_size_of(cfg: StudyConfig, target: str) -> int | None:
 
 
 def method_sections(config_path: str | Path | None, overrides: list[str] | None, methods: list[str]) -> dict[str, dict]:
-    """Each method's own section of the config file, then `--set <method>.<key>=value`."""
+    """Each method's own section of the config file, then `--set <method>.<key>=value`; also the
+    sections a method reads besides its own: a baseline preset's method (`less_metric` reads `less:`),
+    a RAISE preset's prior source (`raise_less` runs a LESS cell) and `raise:` under every preset."""
     raw = read_yaml(config_path) if config_path is not None else {}
     ov = parse_overrides(overrides)
     out = {}
-    presets = [x for x in methods if x in METHODS and METHODS[x].runs == RAISE]
-    for m in dict.fromkeys([*methods, "full", *((RAISE,) if presets else ())]):
+    known = [METHODS[x] for x in methods if x in METHODS]
+    presets = [e for e in known if e.runs == RAISE]
+    read_too = [e.baseline for e in known if e.baseline] + [e.prior_from for e in known if e.prior_from]
+    for m in dict.fromkeys([*methods, *read_too, "full", *((RAISE,) if presets else ())]):
         if raw.get(m) is not None and not isinstance(raw[m], dict):
             raise UserError(
                 f"{config_path}: section '{m}' holds the method's options as a mapping (option: value), got {raw[m]!r}"
