@@ -294,3 +294,20 @@ def test_a_preset_setting_that_overrides_the_study_s_does_not_key_its_cell(tmp_p
         keys[rounds] = {c.method: study.cell_key(c) for c in study.cells if c.method in ("raise", "raise_untrained")}
     assert keys[1]["raise_untrained"] == keys[2]["raise_untrained"]
     assert keys[1]["raise"] != keys[2]["raise"]
+
+
+def test_a_study_takes_its_code_version_when_it_starts(monkeypatch):
+    """The commit is read when the study starts (its code loaded then), before any cell is computed
+    or written: a commit made while it runs is not recorded as its code."""
+    from raise_select.experiments import provenance
+    from raise_select.experiments import study as study_module
+    from raise_select.experiments.study import StudyConfig
+
+    provenance.code_version.cache_clear()
+    seen = {}
+    monkeypatch.setattr(study_module.Study, "__init__", lambda self, cfg, options=None: None)
+    monkeypatch.setattr(
+        study_module.Study, "run", lambda self: seen.setdefault("cached", provenance.code_version.cache_info().currsize)
+    )
+    study_module.run_study(StudyConfig(pool="p.json", model="m", out="o"), {})
+    assert seen["cached"] == 1

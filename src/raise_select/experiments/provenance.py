@@ -34,8 +34,9 @@ def _git(args: list[str], cwd: Path) -> str | None:
 def code_version(folder: str | None = None) -> dict:
     """{"commit": sha or None, "dirty": bool or None, "source": how it was found} of the git
     checkout holding `folder` (default: the installed package's source folder); computed once per
-    process. `dirty`: the package's own source files differ from the commit (other files of the
-    checkout do not count)."""
+    process, at its first call (a study calls it when it starts, as its code is loaded: commits made
+    while it runs are not its code). `dirty`: the package's own source files differ from the commit
+    (other files of the checkout do not count)."""
     where = Path(folder) if folder else PACKAGE_DIR
     top = _git(["rev-parse", "--show-toplevel"], where)
     if not top:

@@ -397,5 +397,8 @@ def _read_json(path: Path) -> dict:
 
 def run_study(cfg: StudyConfig, options: dict[str, dict] | None = None) -> dict:
     """Run (or resume) a study; returns the tables, the written paths and the cells computed."""
+    from .provenance import code_version
+
     parse_report_to(cfg.report_to)  # a typo fails before any cell
+    code_version()  # the commit checked out now, when the code is loaded, not when the first cell is written
     return Study(cfg, options).run()
