@@ -385,3 +385,11 @@ def test_help_texts_list_the_methods_from_the_registry():
 def test_the_old_placeholder_is_named(tmp_path):
     with pytest.raises(UserError, match=r"section 'deita', option 'quality_scorer': write \{model\}"):
         Study(StudyConfig(pool="p", model="m", out=str(tmp_path)), {"deita": {"quality_scorer": "{base_model}"}})
+
+
+def test_the_table_says_what_a_shared_gradient_cache_leaves_out_of_counted_phi():
+    from raise_select.experiments.report import StudyTables
+
+    assert StudyTables.cache_note(["random", "rds"]) == []
+    (note,) = StudyTables.cache_note(["random", "less", "less_metric"])
+    assert note.startswith("LESS, LESS (metric target): one pool-gradient pass per seed") and "about 1 Φ" in note

@@ -101,7 +101,7 @@ class StudyTables:
             raise_rows = [m for m in gains if METHODS[m].runs == RAISE]
             inits = {m: METHODS[m].initialisation for m in raise_rows if METHODS[m].initialisation}
             diffs = paired_differences(records, base_losses, self.cfg.targets, raise_rows, best, labels, inits)
-            notes = [*notes, self.seed_note(list(gains)), provenance_markdown(records)]
+            notes = [*notes, self.seed_note(list(gains)), *self.cache_note(list(gains)), provenance_markdown(records)]
             md = gain_markdown(
                 gains,
                 base_losses,
@@ -246,6 +246,19 @@ class StudyTables:
         if done is None:
             return None
         return {"metric": done.get("metric"), "values": done["values"], "acc": done.get("acc")}
+
+    @staticmethod
+    def cache_note(methods: list[str]) -> list[str]:
+        """What the counted Φ of rows sharing a pool-gradient cache leaves out (none: no such row)."""
+        shared = [METHODS[m].label for m in methods if METHODS[m].shared_cache]
+        if not shared:
+            return []
+        return [
+            f"{', '.join(shared)}: one pool-gradient pass per seed (a forward and backward pass over the pool at "
+            "each warm-up checkpoint, about 1 Φ) is shared by every target and by these rows; its passes are "
+            "counted in the cell that computed it (the first target's column of the row that ran first), and a "
+            "cell that read it from the cache counts only its own: add about 1 Φ to a row whose cells all read it."
+        ]
 
     def seed_note(self, methods: list[str]) -> str:
         """What a row's seeds vary, per kind of method."""
