@@ -52,6 +52,7 @@ from ..config import check_fields
 from ..data.pools import Example, Pool
 from ..errors import UserError
 from ..io import atomic_path, fingerprint
+from ..training.choices import FORMS
 from .aggregate import aggregate_select, check_aggregation, row_scores
 from .base import Selection, SelectionContext
 from .lm import encoded_batch
@@ -254,7 +255,7 @@ class LESS:
             (self.proj_seed >= 0, "proj_seed", "must be >= 0"),
             (self.chunk >= 1, "chunk", "must be >= 1"),
             (self.target in LESS_TARGETS, "target", f"must be one of {', '.join(LESS_TARGETS)}"),
-            (self.choice_form in ("cloze", "letters"), "choice_form", "must be cloze or letters"),
+            (self.choice_form in FORMS, "choice_form", f"must be one of {', '.join(FORMS)}"),
         ]
 
     def needs_features(self) -> bool:
