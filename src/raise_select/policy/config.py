@@ -196,6 +196,13 @@ class PolicyConfig:
     label_epochs: int = field(
         default=200, metadata={"help": "with label_budget: passes of the row loss over the labelled rows"}
     )
+    label_lr: float = field(
+        default=0.0,
+        metadata={
+            "help": "with label_budget: the actor's AdamW learning rate during the fit (scaled per layer as "
+            "actor_lr); the rounds after it train at actor_lr. 0: actor_lr for both"
+        },
+    )
     label_holdout: float = field(
         default=0.2,
         metadata={
@@ -260,6 +267,11 @@ class PolicyConfig:
             (self.label_budget >= 0, "label_budget", "must be >= 0 (0: off)"),
             (self.label_epochs >= 1, "label_epochs", "must be >= 1"),
             (0.0 <= self.label_holdout < 1.0, "label_holdout", "must lie in [0, 1)"),
+            (
+                math.isfinite(self.label_lr) and self.label_lr >= 0.0,
+                "label_lr",
+                "must be a finite number >= 0 (0: actor_lr)",
+            ),
             (
                 self.label_budget == 0 or self.row_loss != "none",
                 "row_loss",

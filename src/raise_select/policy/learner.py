@@ -220,27 +220,36 @@ class PPOLearner:
     ) -> list[float]:
         """Fit F_theta to credit labels measured on one model (`policy.label_budget`): `epochs` passes of the
         row loss (`cfg.row_loss`) over the labelled `rows`, in shuffled minibatches of 64 rows, at the state
-        of a first step (P = `perf_prev`, progress 0, nothing selected yet). Returns each pass's mean loss."""
+        of a first step (P = `perf_prev`, progress 0, nothing selected yet), the actor's AdamW at `label_lr`
+        (0: `actor_lr`); its rates are `actor_lr`'s again afterwards. Returns each pass's mean loss."""
         kind = self.cfg.row_loss
         if kind == "none":
             raise UserError("fitting labels needs policy.row_loss regression or ranking, not none")
         counts = torch.zeros(len(self.static), dtype=torch.int64)
         stage = self._stage(perf_prev)
         losses = []
-        for _ in range(epochs):
-            order = torch.randperm(len(rows), generator=generator)
-            total = 0.0
-            for group in order.split(64):
-                if len(group) < 2:
-                    continue
-                self.actor_opt.zero_grad(set_to_none=True)
-                scores = self.actor.score(self.actor.static_projection(self.static.x), stage, 0.0, counts)
-                loss = row_loss(kind, scores[rows[group]], credit[group])
-                loss.backward()
-                self.actor_opt.step()
-                total += loss.item() * len(group)
-            self._actor_changed()
-            losses.append(total / len(rows))
+        rates = [group["lr"] for group in self.actor_opt.param_groups]
+        scale = self.cfg.label_lr / self.cfg.actor_lr if self.cfg.label_lr > 0 else 1.0
+        for group in self.actor_opt.param_groups:  # label_lr for the fit, actor_lr again after it
+            group["lr"] *= scale
+        try:
+            for _ in range(epochs):
+                order = torch.randperm(len(rows), generator=generator)
+                total = 0.0
+                for group in order.split(64):
+                    if len(group) < 2:
+                        continue
+                    self.actor_opt.zero_grad(set_to_none=True)
+                    scores = self.actor.score(self.actor.static_projection(self.static.x), stage, 0.0, counts)
+                    loss = row_loss(kind, scores[rows[group]], credit[group])
+                    loss.backward()
+                    self.actor_opt.step()
+                    total += loss.item() * len(group)
+                self._actor_changed()
+                losses.append(total / len(rows))
+        finally:
+            for group, lr in zip(self.actor_opt.param_groups, rates):
+                group["lr"] = lr
         return losses
 
     def _chosen_log_prob(self, projection: torch.Tensor, rnd: RoundInputs, t: int) -> tuple[torch.Tensor, torch.Tensor]:
