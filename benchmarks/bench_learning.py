@@ -7,6 +7,7 @@ perfect selection would gain? Every learning testbed x seeds, through the demo h
 departure reverted
     python benchmarks/bench_learning.py --quick --credit-ablation   # + dense per-row credit, each row loss
     python benchmarks/bench_learning.py --quick --set credit=row --set row_loss=regression   # one policy setting
+    python benchmarks/bench_learning.py --quick --use-seeds 5   # each trained policy used 5 times, RAISE the mean
 
 For every testbed (`data.synthetic.TESTBEDS`: demo, rare, quality, topic) a pool and a
 validation task are generated, a tiny Llama M_0 is built and an auxiliary model (M_0 trained
@@ -27,7 +28,9 @@ of learning from the labels, and a learning curve per round: the Spearman correl
 F_theta's scores with the credit labels of rows it had not learnt from (`credit_spearman`, the
 round's sampled rows before its update) and the round's validation metric P(M_T). `--set
 KEY=VALUE` runs the RAISE column with those policy settings instead of the defaults (in its
-own folders; RAND, IFD and PERFECT reused).
+own folders; RAND, IFD and PERFECT reused). `--use-seeds N` fine-tunes each trained policy N
+times with other use draws and reports RAISE as their mean, so that a difference between two
+settings is not the noise of one use (the sd over the runs is printed per pair).
 """
 
 from __future__ import annotations
@@ -113,9 +116,19 @@ def run_testbed(
                 if set(change) == {"use_rule"}:  # no retraining: the package's policy, used with the other rule
                     options = {"policy_dir": seed_dir / "policy" / "policy", "use_rule": change["use_rule"]}
             r = run_method(cfg, paths, pool, val, method, seed, where, rows.get(method), **options)
+            loss = r.val_loss
             if method == "raise":
                 row["policy_run"] = str(where / "policy") if "policy_dir" not in options else None
-            row[method] = r.val_loss
+                if args.use_seeds > 1:  # the same policy, fine-tuned again with other use draws
+                    again = {**options, "policy_dir": options.get("policy_dir") or where / "policy" / "policy"}
+                    row["raise_uses"] = [loss] + [
+                        run_method(
+                            cfg, paths, pool, val, method, use_seed(seed, u), where / f"use_{u}", **again
+                        ).val_loss
+                        for u in range(1, args.use_seeds)
+                    ]
+                    loss = statistics.fmean(row["raise_uses"])
+            row[method] = loss
             row[f"{method}_distinct"] = r.distinct
             row[f"{method}_share"] = r.clean_on_target
             row[f"{method}_seconds"] = r.seconds
@@ -127,6 +140,12 @@ def run_testbed(
         out.append(row)
         print(json.dumps(row), flush=True)
     return out
+
+
+def use_seed(seed: int, use: int) -> int:
+    """The seed of a trained policy's `use`-th extra fine-tuning run (--use-seeds): its own draws, apart from
+    every testbed seed's."""
+    return seed + 1000 * use
 
 
 def _recorded_seconds(run_dir: Path, options: dict) -> float:
@@ -169,6 +188,18 @@ def table(rows: list[dict]) -> str:
         mine = [r["raise_gain"] for r in rows if r["testbed"] == name]
         lines.append(f"  {name}: mean oracle gain {statistics.fmean(mine):.0%} over {len(mine)} seeds")
     return "\n".join(lines)
+
+
+def use_note(rows: list[dict], uses: int) -> str:
+    """With --use-seeds: what RAISE's column is, and the spread of its oracle gain over the use draws."""
+    spread = []
+    for r in rows:
+        gains = [oracle_gain(x, r["rand"], r["perfect"]) for x in r["raise_uses"]]
+        spread.append(f"{r['testbed']} s{r['seed']} {statistics.fmean(gains):.0%} (sd {statistics.stdev(gains):.0%})")
+    return (
+        f"\nRAISE: the mean final loss of {uses} fine-tuning runs with each trained policy (use seeds seed + "
+        f"1000 u); oracle gain per pair, mean (sd over the runs): " + "; ".join(spread)
+    )
 
 
 def learning_curve(rows: list[dict]) -> str:
@@ -238,11 +269,20 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a policy setting of the RAISE column (PolicyConfig field, e.g. credit=row); repeatable",
     )
+    ap.add_argument(
+        "--use-seeds",
+        type=int,
+        default=1,
+        help="fine-tune each trained policy this many times with other use draws; RAISE's loss and oracle gain are "
+        "then the mean over them (use-time noise apart from policy-training noise)",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/bench_learning"))
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: a ~50k-parameter model gains nothing from more)"
     )
     args = ap.parse_args()
+    if args.use_seeds < 1:
+        sys.exit("--use-seeds must be >= 1")
     if args.quick:
         args.testbeds, args.seeds, args.rounds = "demo,rare", 2, 6
     testbeds = [t.strip() for t in args.testbeds.split(",") if t.strip()]
@@ -270,6 +310,8 @@ def main() -> None:
         f"{base.per_class}; {time.perf_counter() - start:.0f} s in all\n"
     )
     print(table(rows))
+    if args.use_seeds > 1:
+        print(use_note(rows, args.use_seeds))
     curve = learning_curve(rows)  # with --set credit=row: the RAISE column's own curve
     if curve:
         print("\nLearning curve (mean over testbeds and seeds; rho: held-out Spearman of scores with credit):\n")

@@ -144,3 +144,22 @@ def test_every_testbed_is_a_demo_setting(tmp_path):
 def test_bad_demo_settings_are_refused(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--set", "demo.preset=huge"])
     assert result.exit_code == 2 and "preset" in result.output
+
+
+def test_demo_cells_are_named_by_their_folder_under_the_run(tmp_path):
+    """Two seed folders with the same last name (a benchmark's `seed_<s>/ablation/<setting>`) are two
+    cells: each keeps its record, so a re-run reuses both and recomputes neither."""
+    from raise_select.config import from_dict
+    from raise_select.demo import QUICK, DemoConfig, prepare, run_method
+
+    cfg = from_dict(DemoConfig, {**QUICK, "out": str(tmp_path / "d"), "rounds": 0}, "demo")
+    paths = prepare(cfg)
+    pool = load_pool(paths["pool"])
+    val = load_pool(paths["val"]).examples
+    folders = [tmp_path / "d" / f"seed_{s}" / "ablation" / "same" for s in (0, 1)]
+    first = [run_method(cfg, paths, pool, val, "rand", s, f, list(range(len(pool)))) for s, f in enumerate(folders)]
+    cells = sorted(p.name for p in (tmp_path / "d" / "demo_cells").iterdir())
+    assert cells == ["seed_0__ablation__same-rand", "seed_1__ablation__same-rand"]
+    assert first[0].val_loss != first[1].val_loss  # two seeds, two runs
+    again = [run_method(cfg, paths, pool, val, "rand", s, f, list(range(len(pool)))) for s, f in enumerate(folders)]
+    assert [r.seconds for r in again] == [r.seconds for r in first]  # reused records, not new runs

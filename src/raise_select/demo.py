@@ -382,12 +382,17 @@ def run_method(
     """One method and seed into `seed_dir/<method>`: raise (train a policy, fine-tune with it;
     `raise_options` go to `_raise_run`) or uniform batches from `rows` (rand, perfect, ifd).
 
-    A cell of the experiments layer's store (`<out>/demo_cells/<seed dir>-<method>/cell.json`),
+    A cell of the experiments layer's store (`<out>/demo_cells/<seed dir>-<method>/cell.json`, the seed
+    folder's path under `<out>` joined by `__`),
     keyed on the demo's settings and the contents of M_0, the pool, the validation set and the
     features: a finished cell whose selection log and final metrics are still there is reused,
     not repeated."""
     store = CellStore(Path(cfg.out) / "demo_cells")
-    name = f"{seed_dir.name}-{method}"
+    try:  # the seed folder's path under the run folder: one cell per folder (seed_0, seed_0/ablation/<tag>, ...)
+        parts = seed_dir.relative_to(cfg.out).parts
+    except ValueError:
+        parts = (seed_dir.name,)
+    name = f"{'__'.join(parts)}-{method}"
     key = fingerprint(
         {
             "method": method,
