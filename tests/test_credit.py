@@ -461,6 +461,64 @@ def test_label_lr_fits_at_its_own_rate_then_the_rounds_train_at_actor_lr():
         PolicyConfig(label_lr=-1.0)
 
 
+def test_fit_groups_loss_is_the_mean_over_groups_and_it_learns_their_common_order():
+    """`fit_groups`: each group's labels are a feature of its rows up to the group's own scale and offset
+    (measured on its own model). A pass's loss is the mean of the groups' row losses (checked by hand at
+    the first step), and afterwards F_theta ranks the rows no group holds by the feature."""
+    ft = synthetic_features(300, sem_dim=4, classes=2, seed=0)
+    static = StaticState.from_features(ft)
+    feature = torch.from_numpy(ft.sem[:, 1]).double()
+    gen = torch.Generator().manual_seed(3)
+    shown = torch.arange(300)[torch.arange(300) % 3 != 0]
+    held = torch.arange(300)[torch.arange(300) % 3 == 0]
+    groups = []
+    for g in range(40):
+        rows = shown[torch.randperm(len(shown), generator=gen)[:8]]
+        groups.append((rows, 0.1 * (g + 1) * feature[rows] + g))  # its own scale and offset: order only
+    groups.append((shown[:1], torch.ones(1)))  # one row: no pair, skipped
+    policy = RaisePolicy(static, PolicyConfig(per_class=4, seed=1, row_loss="ranking"))
+    zero = torch.zeros(300, dtype=torch.int64)
+    with torch.no_grad():
+        scores = policy.scores(-2.0, 0.0, zero)
+        by_hand = sum(float(ranking_loss(scores[r], c)) for r, c in groups[:40]) / 40
+    losses = policy.fit_groups(groups, -2.0, 1, torch.Generator().manual_seed(0), per_step=100)
+    assert losses == [pytest.approx(by_hand, rel=1e-5)]
+    losses += policy.fit_groups(groups, -2.0, 40, torch.Generator().manual_seed(0))
+    assert losses[-1] < losses[0]
+    assert spearman(policy.scores(-2.0, 0.0, zero)[held], feature[held]) > 0.9
+
+
+def test_refit_learns_from_the_sampled_rows_only_and_leaves_the_critic():
+    """`round_update: refit`: after a round, the groups gain each step's labelled rows beyond its chosen
+    ones (the chosen rows' credit is left out), the actor is fitted to them, the critic is untouched."""
+    static = StaticState.from_features(synthetic_features(40, sem_dim=3, classes=1, seed=0))
+    cfg = PolicyConfig(per_class=2, credit="row", row_loss="ranking", round_update="refit", refit_epochs=3)
+    policy = RaisePolicy(static, cfg)
+    critic = {k: v.clone() for k, v in policy.critic.state_dict().items()}
+    actor = {k: v.clone() for k, v in policy.actor.state_dict().items()}
+    buf = RolloutBuffer()
+    counts = torch.zeros(40, dtype=torch.int64)
+    for t in range(3):
+        a = policy.act(-2.0, t / 3, counts, explore=True)
+        buf.add(-2.0, t / 3, a.indices, a.log_prob, a.value, 0.01 * t, a.item_log_prob)
+        sampled = torch.tensor([30 + t, 20 + t, 10 + t])
+        buf.add_labels(torch.cat([a.indices, sampled]), torch.tensor([9.0, 9.0, 1.0, 2.0, 3.0], dtype=torch.float64))
+        counts[a.indices] += 1
+    groups = [(torch.tensor([0, 1, 2]), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))]
+    stats = policy.refit(buf, groups, -2.0, torch.Generator().manual_seed(0))
+    assert len(groups) == 4 and stats["refit_groups"] == 4
+    for t in range(3):
+        assert groups[t + 1][0].tolist() == [30 + t, 20 + t, 10 + t]
+        assert groups[t + 1][1].tolist() == [1.0, 2.0, 3.0]
+    assert -1.0 <= stats["credit_spearman"] <= 1.0 and policy.updates == 1
+    assert all(torch.equal(critic[k], v) for k, v in policy.critic.state_dict().items())
+    assert any(not torch.equal(actor[k], v) for k, v in policy.actor.state_dict().items())
+    with pytest.raises(UserError, match="round_update"):
+        PolicyConfig(round_update="refit")  # credit batch: no labels to fit
+    with pytest.raises(UserError, match="round_update"):
+        PolicyConfig(round_update="sgd")
+
+
 def test_label_settings_are_refused_by_name():
     with pytest.raises(UserError, match="label_budget"):
         PolicyConfig(label_budget=-1)
@@ -504,3 +562,52 @@ def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, t
     assert rec["fit_spearman"] > 0.7 and rec["fit_losses"][1] < rec["fit_losses"][0]
     saved = RaisePolicy.read_config(tmp_path / "run" / "policy")
     assert saved.label_budget == 16
+
+
+def test_train_policy_refit_rounds_resume_to_the_uninterrupted_policy(tmp_path, tiny_model_dir):
+    """`round_update: refit` end to end on a tiny Llama, after a label fit: each round's metrics carry the
+    refit's groups (the label fit's + one per policy step); 1 round then a resume to 2 saves the same actor
+    as 2 rounds straight (the groups travel in the checkpoint)."""
+    from safetensors.torch import load_file
+
+    from raise_select.training import TrainPolicyConfig, train_policy
+
+    rows = plus_rows(24)
+    (tmp_path / "pool.json").write_text(json.dumps(rows))
+    (tmp_path / "val.json").write_text(json.dumps(plus_rows(30)[26:]))
+    pool = load_pool(tmp_path / "pool.json")
+    random_features(pool.ids, 2).write(tmp_path / "features")
+    policy = PolicyConfig(
+        per_class=1,
+        label_budget=8,
+        label_holdout=0.25,
+        label_epochs=5,
+        credit="row",
+        credit_sample=3,
+        row_loss="ranking",
+        round_update="refit",
+        refit_epochs=4,
+    )
+    base = TrainPolicyConfig(
+        pool=str(tmp_path / "pool.json"),
+        features=str(tmp_path / "features"),
+        model=str(tiny_model_dir),
+        val=str(tmp_path / "val.json"),
+        out=str(tmp_path / "straight"),
+        rounds=2,
+        steps=4,
+        select_every=2,
+        lr=1e-3,
+        max_length=64,
+        policy=policy,
+    )
+    train_policy(base)
+    train_policy(replace(base, out=str(tmp_path / "resumed"), rounds=1))
+    train_policy(replace(base, out=str(tmp_path / "resumed"), rounds=2))
+    a = load_file(tmp_path / "straight" / "policy" / "actor.safetensors")
+    b = load_file(tmp_path / "resumed" / "policy" / "actor.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rounds = [m for m in lines if m.get("kind") == "round"]
+    assert [m["refit_groups"] for m in rounds] == [1 + 2, 1 + 2 + 2]  # the label fit's group, 2 steps a round
+    assert all(m["refit_loss_last"] > 0 for m in rounds)

@@ -37,6 +37,7 @@ ADVANTAGES = ("gae", "step_baseline")
 USE_RULES = ("topk", "sample")
 CREDITS = ("batch", "row")
 ROW_LOSSES = ("none", "regression", "ranking")
+ROUND_UPDATES = ("ppo", "refit")
 
 
 @dataclass
@@ -210,6 +211,18 @@ class PolicyConfig:
             "with the fitted scores is the fit's learning curve (labels.json). 0: fit on all"
         },
     )
+    round_update: str = field(
+        default="ppo",
+        metadata={
+            "help": "what each round's episode teaches the actor: ppo [Algorithm 2: eq. 12-13 on the round's buffer] "
+            "or refit (credit row): no PPO; F_theta is fitted again, refit_epochs passes of the row loss at the "
+            "first step's state at the fit's rate, to every label so far: the label fit's rows and, per policy "
+            "step, the rows it sampled without choosing them (the chosen rows' credit reflects their use)"
+        },
+    )
+    refit_epochs: int = field(
+        default=50, metadata={"help": "with round_update refit: passes over all labels so far after each round"}
+    )
     row_advantage: bool = field(
         default=False,
         metadata={
@@ -277,6 +290,13 @@ class PolicyConfig:
                 "row_loss",
                 "must be regression or ranking with label_budget > 0 (the loss F_theta is fitted to the labels by)",
             ),
+            (self.round_update in ROUND_UPDATES, "round_update", f"must be one of {', '.join(ROUND_UPDATES)}"),
+            (
+                self.round_update == "ppo" or (self.credit == "row" and self.row_loss != "none"),
+                "round_update",
+                "refit needs credit row and a row_loss (the labels it fits, and the loss it fits them by)",
+            ),
+            (self.refit_epochs >= 1, "refit_epochs", "must be >= 1"),
             (
                 not self.row_advantage or (self.credit == "row" and self.ratio == "per_item"),
                 "row_advantage",

@@ -5,6 +5,7 @@ and the step baseline. A mixin: it reads the policy's `static`, `cfg`, `actor`, 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -228,11 +229,7 @@ class PPOLearner:
         counts = torch.zeros(len(self.static), dtype=torch.int64)
         stage = self._stage(perf_prev)
         losses = []
-        rates = [group["lr"] for group in self.actor_opt.param_groups]
-        scale = self.cfg.label_lr / self.cfg.actor_lr if self.cfg.label_lr > 0 else 1.0
-        for group in self.actor_opt.param_groups:  # label_lr for the fit, actor_lr again after it
-            group["lr"] *= scale
-        try:
+        with self._fit_rate():
             for _ in range(epochs):
                 order = torch.randperm(len(rows), generator=generator)
                 total = 0.0
@@ -247,10 +244,85 @@ class PPOLearner:
                     total += loss.item() * len(group)
                 self._actor_changed()
                 losses.append(total / len(rows))
+        return losses
+
+    @contextmanager
+    def _fit_rate(self):
+        """The actor's AdamW at `label_lr` (0: `actor_lr`) inside the block, at `actor_lr` again after it."""
+        rates = [group["lr"] for group in self.actor_opt.param_groups]
+        scale = self.cfg.label_lr / self.cfg.actor_lr if self.cfg.label_lr > 0 else 1.0
+        for group in self.actor_opt.param_groups:
+            group["lr"] *= scale
+        try:
+            yield
         finally:
             for group, lr in zip(self.actor_opt.param_groups, rates):
                 group["lr"] = lr
+
+    def fit_groups(
+        self,
+        groups: list[tuple[torch.Tensor, torch.Tensor]],
+        perf_prev: float,
+        epochs: int,
+        generator: torch.Generator,
+        per_step: int = 16,
+    ) -> list[float]:
+        """Fit F_theta to groups of credit labels, each measured on its own model (`round_update: refit`):
+        `epochs` passes; each pass shuffles the groups, and each optimizer step (at the fit's rate) takes the
+        mean of the row loss of up to `per_step` groups, each group's rows compared only among themselves,
+        at the state of a first step (P = `perf_prev`, progress 0, nothing selected). Groups of fewer than 2
+        rows are skipped. Returns each pass's mean loss over groups."""
+        kind = self.cfg.row_loss
+        if kind == "none":
+            raise UserError("fitting labels needs policy.row_loss regression or ranking, not none")
+        groups = [(rows, credit) for rows, credit in groups if len(rows) >= 2]
+        if not groups:
+            return []
+        counts = torch.zeros(len(self.static), dtype=torch.int64)
+        stage = self._stage(perf_prev)
+        losses = []
+        with self._fit_rate():
+            for _ in range(epochs):
+                order = torch.randperm(len(groups), generator=generator)
+                total = 0.0
+                for chunk in order.split(per_step):
+                    self.actor_opt.zero_grad(set_to_none=True)
+                    scores = self.actor.score(self.actor.static_projection(self.static.x), stage, 0.0, counts)
+                    loss = torch.stack([row_loss(kind, scores[groups[g][0]], groups[g][1]) for g in chunk]).mean()
+                    loss.backward()
+                    self.actor_opt.step()
+                    total += loss.item() * len(chunk)
+                self._actor_changed()
+                losses.append(total / len(groups))
         return losses
+
+    def refit(
+        self,
+        buffer: RolloutBuffer,
+        groups: list[tuple[torch.Tensor, torch.Tensor]],
+        perf_prev: float,
+        generator: torch.Generator,
+    ) -> dict:
+        """`round_update: refit` after a round: the held-out Spearman of the round's sampled labels (before they
+        are learnt from, as `update` measures it), then each step's sampled (not chosen) rows and their credit
+        appended to `groups` (in place) and F_theta fitted to all of them (`fit_groups`, `refit_epochs`
+        passes). The critic is not trained. The round's rewards go into the step baseline as after `update`."""
+        rnd = self._round_inputs(buffer, 0.0)
+        held_out = self.credit_spearman(rnd)
+        for t, (rows, credit) in enumerate(rnd.labels):
+            b = len(buffer.chosen(t))
+            groups.append((rows[b:].clone(), credit[b:].clone()))
+        losses = self.fit_groups(groups, perf_prev, self.cfg.refit_epochs, generator)
+        self.observe_episode(buffer.reward)
+        self.updates += 1
+        return {
+            "credit_spearman": held_out,
+            "refit_groups": len(groups),
+            "refit_loss_first": losses[0] if losses else math.nan,
+            "refit_loss_last": losses[-1] if losses else math.nan,
+            "return": float(rnd.data["reward"].sum()),
+            "steps": len(buffer),
+        }
 
     def _chosen_log_prob(self, projection: torch.Tensor, rnd: RoundInputs, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores of every row, (B,) float64 class log-probability of step t's chosen rows) under the current

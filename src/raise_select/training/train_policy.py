@@ -168,6 +168,8 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     history: list[dict] = []
     first_round = 0
     reference = None
+    # round_update refit: every label so far, as (rows, credit) groups each measured on one model
+    label_groups: list[tuple[torch.Tensor, torch.Tensor]] = []
     saved = run.load_checkpoint() if acc.is_main_process else None
     if saved is not None:
         policy_dir, state = saved
@@ -176,13 +178,18 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         set_rng_state(state["rng"], generator)
         history = state["history"]
         reference = state.get("reference")
+        label_groups = [(rows, credit) for rows, credit in state.get("label_groups", [])]
         first_round = int(state["rounds_done"])
         run.truncate_metrics(first_round)
         log.info("resuming after round %d of %d from %s", first_round, cfg.rounds, run.out / "checkpoint")
     elif acc.is_main_process:
         run.start_over()
         if cfg.policy.label_budget > 0:  # before any round: the policy starts from the labels' fit
-            fit_to_labels(cfg, trainer, validator, policy, p0, run.out)
+            fitted = fit_to_labels(cfg, trainer, validator, policy, p0, run.out)
+            held = fitted["held_out"]
+            label_groups.append(
+                (torch.tensor(fitted["rows"][held:]), torch.tensor(fitted["credit"][held:], dtype=torch.float64))
+            )
     first_round = share_from_main(acc, first_round)
     if cfg.rounds == 0:  # no episode at all: the policy as initialised (its prior, if any)
         log.info("rounds 0: saving the initial policy untrained to %s", run.out / "policy")
@@ -257,7 +264,12 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
             between=cfg.between,
         )
         start = time.perf_counter()
-        stats = policy.update(buffer, last_value=0.0) if acc.is_main_process else {}
+        if not acc.is_main_process:
+            stats = {}
+        elif cfg.policy.round_update == "refit":  # its own draws per round: a resumed run refits the same
+            stats = policy.refit(buffer, label_groups, p0, torch.Generator().manual_seed(cfg.seed * 1_000_039 + k))
+        else:
+            stats = policy.update(buffer, last_value=0.0)
         ppo_time = time.perf_counter() - start
         timing = {**result.time, "ppo": ppo_time}
         phi = phi_seconds(train_seconds=result.time["train"], steps=cfg.steps, pool_size=len(pool), batch_size=batch)
@@ -304,6 +316,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
                 "rng": rng_state(generator),
                 "history": history,
                 "reference": reference,
+                "label_groups": [[rows, credit] for rows, credit in label_groups],
             },
         )
         run.plot(history, reference_return=reference["return"])
