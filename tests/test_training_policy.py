@@ -214,6 +214,26 @@ def test_resume_reaches_the_uninterrupted_result(setup, tmp_path):
         train_policy(replace(resumed, rounds=4, lr=1e-2))
 
 
+
+def test_a_run_saved_before_a_setting_existed_resumes_at_its_default(setup, tmp_path):
+    """A setting the saved config.yaml lacks (written by a version without it) counts as its default:
+    the run resumes when it keeps the default and is refused when it sets another value."""
+    import yaml
+
+    _, base = setup
+    cfg = replace(base, out=str(tmp_path / "old"), rounds=1)
+    train_policy(cfg)
+    path = tmp_path / "old" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    del saved["policy"]["label_lr"], saved["policy"]["refit_epochs"]  # as an older version wrote it
+    path.write_text(yaml.safe_dump(saved))
+    train_policy(replace(cfg, rounds=2))  # resumes: both at their defaults
+    assert len([m for m in read_jsonl(tmp_path / "old" / "metrics.jsonl") if m.get("kind") == "round"]) == 2
+    path.write_text(yaml.safe_dump(saved))
+    with pytest.raises(UserError, match=r"different settings \(policy\)"):
+        train_policy(replace(cfg, rounds=3, policy=replace(cfg.policy, label_lr=0.5)))
+
+
 def _refused(cfg, match):
     with pytest.raises(UserError, match=match):
         train_policy(cfg)

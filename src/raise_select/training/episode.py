@@ -521,7 +521,7 @@ def start_episode_job(
     if acc.is_main_process:
         setup_logging(run.out)
     if resumable is not None:
-        run.check_config(config, resumable)
+        run.check_config(config, resumable, defaults=to_dict(type(cfg)()))
     val_examples = load_validation(cfg.val, cfg.data_dir, cfg.val_size, cfg.seed)
     pool, static = load_static(cfg.pool, cfg.features, normalizer, prior_column(prior, val_examples, cfg, cfg.model))
     warn_shared_rows(pool, val_examples, f"--val {cfg.val}")  # the reward would be measured on trained rows

@@ -115,6 +115,20 @@ def run_inputs(model: str, pool, features: str | Path, validation, prior_selecti
     return inputs
 
 
+_MISSING = object()
+
+
+def _differs(saved, now, default) -> bool:
+    """Whether a saved setting differs from the run's: a missing saved value stands for `default`
+    (compared inside nested sections too)."""
+    if saved is _MISSING:
+        return default is _MISSING or now != default
+    if isinstance(saved, dict) and isinstance(now, dict):
+        inner = default if isinstance(default, dict) else {}
+        return any(_differs(saved.get(k, _MISSING), now.get(k), inner.get(k, _MISSING)) for k in set(saved) | set(now))
+    return saved != now
+
+
 class RunFolder:
     """Writes a run's files; only the main process writes (the others get `enabled=False`)."""
 
@@ -132,8 +146,12 @@ class RunFolder:
 
     # ------------------------------------------------------------ config
 
-    def check_config(self, config: dict, may_differ: tuple[str, ...]) -> None:
-        """Refuse to resume into a folder whose saved config differs in a field that changes results."""
+    def check_config(self, config: dict, may_differ: tuple[str, ...], defaults: dict | None = None) -> None:
+        """Refuse to resume into a folder whose saved config differs in a field that changes results.
+
+        A setting the saved config lacks (at any depth) was written by a version without it, which
+        behaved as its default: with `defaults` (the job's config at its defaults) it differs only
+        when the run now sets it to something else."""
         path = self.out / "config.yaml"
         if not (path.is_file() and self.latest_round() > 0):
             return
@@ -143,7 +161,12 @@ class RunFolder:
             raise UserError(f"{path}: damaged ({' '.join(str(e).split())[:150]}); use a new --out") from None
         if not isinstance(saved, dict):
             raise UserError(f"{path}: damaged (not a mapping of settings); use a new --out")
-        changed = sorted(k for k in set(saved) | set(config) if k not in may_differ and saved.get(k) != config.get(k))
+        changed = sorted(
+            k
+            for k in set(saved) | set(config)
+            if k not in may_differ
+            and _differs(saved.get(k, _MISSING), config.get(k), (defaults or {}).get(k, _MISSING))
+        )
         if changed:
             raise UserError(
                 f"{path}: this run folder holds a run with different settings ({', '.join(changed)}); "
