@@ -214,7 +214,6 @@ def test_resume_reaches_the_uninterrupted_result(setup, tmp_path):
         train_policy(replace(resumed, rounds=4, lr=1e-2))
 
 
-
 def test_a_run_saved_before_a_setting_existed_resumes_at_its_default(setup, tmp_path):
     """A setting the saved config.yaml lacks (written by a version without it) counts as its default:
     the run resumes when it keeps the default and is refused when it sets another value."""

@@ -268,6 +268,11 @@ def test_trained_minus_its_untrained_initialisation_is_paired_by_seed():
     assert got["low"] > 0  # a true difference of 0.2 nats, seed noise 0.05: detected
     md = differences_markdown(diffs, ["t"], {"raise_credit": "RAISE (credit)"}, "")
     assert "trained - untrained" in md and f"| RAISE (credit) | **{by_hand:+.4f} [" in md
+    # A trained row with one seed of three: compared with its own seed's initialisation only
+    one = [r for r in recs if not (r["method"] == "raise_credit" and r["seed"] != 1)]
+    diffs = paired_differences(one, {"t": base}, ["t"], [], {"t": None}, None, {"raise_credit": "raise_untrained"})
+    got = diffs["t"]["vs_init"]["raise_credit"]
+    assert got["mean"] == pytest.approx(np.mean(per["raise_credit"][1] - per["raise_untrained"][1]))
 
 
 def test_a_difference_table_with_rand_alone_says_so():

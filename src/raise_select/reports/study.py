@@ -170,8 +170,9 @@ def paired_differences(
     is unpaired across seeds and paired across the held-out items (`difference_interval`): seed
     noise of both rows adds, item difficulty common to both cancels. `vs_init` {RAISE row: interval
     of its gain - its untrained initialisation's} for each row named in `initialisations`: the two
-    rows start from the same policy per seed, so that difference is paired by seed where the seeds
-    match (`seed_matched_difference`): what policy training adds."""
+    rows start from the same policy per seed, so that difference is taken over the seeds both rows have,
+    paired by seed (`seed_matched_difference`): what policy training adds. A trained row with fewer
+    seeds than its initialisation is compared with those seeds of it only, not with its mean."""
     labels = labels or {}
     initialisations = initialisations or {}
     out: dict[str, dict] = {}
@@ -191,9 +192,12 @@ def paired_differences(
         if ref in by_method:
             entry["vs_static"] = {m: diff(m, ref) for m in by_method if m in raise_rows}
         for m, init in initialisations.items():
-            if m in by_method and init in by_method:
+            # the trained cell of seed s starts from the untrained cell of seed s: only those pairs
+            shared = set(by_method.get(m, {})) & set(by_method.get(init, {}))
+            if shared:
                 what = f"{labels.get(m, m)} - {labels.get(init, init)}"
-                d = seed_matched_difference(by_method[m], by_method[init], what=what)
+                pick = lambda rows: {s: rows[s] for s in shared}  # noqa: E731
+                d = seed_matched_difference(pick(by_method[m]), pick(by_method[init]), what=what)
                 entry["vs_init"][m] = {**d.as_dict(), "label": labels.get(m, m), "initialisation": init}
         out[t] = entry
     return out
@@ -235,7 +239,7 @@ def differences_markdown(diffs: dict, targets: list[str], labels: Mapping[str, s
         lines += [
             "",
             "What policy training adds: each trained RAISE row minus its untrained initialisation "
-            "(0 rounds), paired by seed:",
+            "(0 rounds), paired by seed over the seeds both have:",
             "",
         ]
         lines += ["| trained - untrained | " + " | ".join(targets) + " |", "|" + "---|" * (len(targets) + 1)]
