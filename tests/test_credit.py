@@ -488,6 +488,26 @@ def test_fit_groups_loss_is_the_mean_over_groups_and_it_learns_their_common_orde
     assert spearman(policy.scores(-2.0, 0.0, zero)[held], feature[held]) > 0.9
 
 
+def test_fit_groups_scores_a_group_with_a_state_at_that_state():
+    """`refit_state: own`: a group (rows, credit, stage, progress, counts) is scored at its own state. One
+    pass of one step: the loss equals the mean of the ranking losses at each group's state, by hand."""
+    static = StaticState.from_features(synthetic_features(60, sem_dim=3, classes=1, seed=0))
+    policy = RaisePolicy(static, PolicyConfig(per_class=2, seed=1, row_loss="ranking"))
+    counts = torch.zeros(60, dtype=torch.int64)
+    counts[:10] = 3
+    credit = torch.tensor([3.0, 1.0, 2.0, 0.0], dtype=torch.float64)
+    groups = [
+        (torch.tensor([0, 1, 2, 3]), credit),  # the first step's state
+        (torch.tensor([0, 1, 2, 3]), credit, 0.7, 0.5, counts),  # its own
+    ]
+    with torch.no_grad():
+        first = policy.scores(-2.0, 0.0, torch.zeros(60, dtype=torch.int64))[:4]
+        own = policy.actor.score(policy.actor.static_projection(static.x), 0.7, 0.5, counts)[:4]
+        by_hand = (float(ranking_loss(first, credit)) + float(ranking_loss(own, credit))) / 2
+    assert not torch.allclose(first, own)  # the two states score the rows differently
+    assert policy.fit_groups(groups, -2.0, 1, torch.Generator().manual_seed(0)) == [pytest.approx(by_hand, rel=1e-5)]
+
+
 def test_refit_learns_from_the_sampled_rows_only_and_leaves_the_critic():
     """`round_update: refit`: after a round, the groups gain each step's labelled rows beyond its chosen
     ones (the chosen rows' credit is left out), the actor is fitted to them, the critic is untouched."""
@@ -513,6 +533,15 @@ def test_refit_learns_from_the_sampled_rows_only_and_leaves_the_critic():
     assert -1.0 <= stats["credit_spearman"] <= 1.0 and policy.updates == 1
     assert all(torch.equal(critic[k], v) for k, v in policy.critic.state_dict().items())
     assert any(not torch.equal(actor[k], v) for k, v in policy.actor.state_dict().items())
+    own = RaisePolicy(static, replace(cfg, refit_state="own"))
+    kept = []
+    own.refit(buf, kept, -2.0, torch.Generator().manual_seed(0))
+    for t in range(3):
+        rows, credit, stage, progress, counts_t = kept[t]
+        assert rows.tolist() == [30 + t, 20 + t, 10 + t] and progress == t / 3
+        assert torch.equal(counts_t, buf.counts_before(t, 40)) and stage == own._stage(-2.0)
+    with pytest.raises(UserError, match="refit_state"):
+        PolicyConfig(refit_state="last")
     with pytest.raises(UserError, match="round_update"):
         PolicyConfig(round_update="refit")  # credit batch: no labels to fit
     with pytest.raises(UserError, match="round_update"):
@@ -564,7 +593,8 @@ def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, t
     assert saved.label_budget == 16
 
 
-def test_train_policy_refit_rounds_resume_to_the_uninterrupted_policy(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("state", ["first", "own"])
+def test_train_policy_refit_rounds_resume_to_the_uninterrupted_policy(tmp_path, tiny_model_dir, state):
     """`round_update: refit` end to end on a tiny Llama, after a label fit: each round's metrics carry the
     refit's groups (the label fit's + one per policy step); 1 round then a resume to 2 saves the same actor
     as 2 rounds straight (the groups travel in the checkpoint)."""
@@ -587,6 +617,7 @@ def test_train_policy_refit_rounds_resume_to_the_uninterrupted_policy(tmp_path, 
         row_loss="ranking",
         round_update="refit",
         refit_epochs=4,
+        refit_state=state,
     )
     base = TrainPolicyConfig(
         pool=str(tmp_path / "pool.json"),

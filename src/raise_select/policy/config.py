@@ -38,6 +38,7 @@ USE_RULES = ("topk", "sample")
 CREDITS = ("batch", "row")
 ROW_LOSSES = ("none", "regression", "ranking")
 ROUND_UPDATES = ("ppo", "refit")
+REFIT_STATES = ("first", "own")
 
 
 @dataclass
@@ -220,6 +221,13 @@ class PolicyConfig:
             "step, the rows it sampled without choosing them (the chosen rows' credit reflects their use)"
         },
     )
+    refit_state: str = field(
+        default="first",
+        metadata={
+            "help": "with round_update refit: the state each step's labels are fitted at: first (the first step's, "
+            "as the label fit) or own (the stage, progress and counts of the step that measured them)"
+        },
+    )
     refit_epochs: int = field(
         default=50, metadata={"help": "with round_update refit: passes over all labels so far after each round"}
     )
@@ -297,6 +305,7 @@ class PolicyConfig:
                 "refit needs credit row and a row_loss (the labels it fits, and the loss it fits them by)",
             ),
             (self.refit_epochs >= 1, "refit_epochs", "must be >= 1"),
+            (self.refit_state in REFIT_STATES, "refit_state", f"must be one of {', '.join(REFIT_STATES)}"),
             (
                 not self.row_advantage or (self.credit == "row" and self.ratio == "per_item"),
                 "row_advantage",

@@ -261,7 +261,7 @@ class PPOLearner:
 
     def fit_groups(
         self,
-        groups: list[tuple[torch.Tensor, torch.Tensor]],
+        groups: list[tuple],
         perf_prev: float,
         epochs: int,
         generator: torch.Generator,
@@ -269,17 +269,17 @@ class PPOLearner:
     ) -> list[float]:
         """Fit F_theta to groups of credit labels, each measured on its own model (`round_update: refit`):
         `epochs` passes; each pass shuffles the groups, and each optimizer step (at the fit's rate) takes the
-        mean of the row loss of up to `per_step` groups, each group's rows compared only among themselves,
-        at the state of a first step (P = `perf_prev`, progress 0, nothing selected). Groups of fewer than 2
-        rows are skipped. Returns each pass's mean loss over groups."""
+        mean of the row loss of up to `per_step` groups, each group's rows compared only among themselves.
+        A group (rows, credit) is scored at the state of a first step (P = `perf_prev`, progress 0, nothing
+        selected); a group (rows, credit, stage, progress, counts) at that state of its own. Groups of fewer
+        than 2 rows are skipped. Returns each pass's mean loss over groups."""
         kind = self.cfg.row_loss
         if kind == "none":
             raise UserError("fitting labels needs policy.row_loss regression or ranking, not none")
-        groups = [(rows, credit) for rows, credit in groups if len(rows) >= 2]
+        groups = [g for g in groups if len(g[0]) >= 2]
         if not groups:
             return []
-        counts = torch.zeros(len(self.static), dtype=torch.int64)
-        stage = self._stage(perf_prev)
+        first = (self._stage(perf_prev), 0.0, torch.zeros(len(self.static), dtype=torch.int64))
         losses = []
         with self._fit_rate():
             for _ in range(epochs):
@@ -287,8 +287,16 @@ class PPOLearner:
                 total = 0.0
                 for chunk in order.split(per_step):
                     self.actor_opt.zero_grad(set_to_none=True)
-                    scores = self.actor.score(self.actor.static_projection(self.static.x), stage, 0.0, counts)
-                    loss = torch.stack([row_loss(kind, scores[groups[g][0]], groups[g][1]) for g in chunk]).mean()
+                    projection = self.actor.static_projection(self.static.x)
+                    scored: dict[int, torch.Tensor] = {}  # one pass over the pool per distinct state
+                    terms = []
+                    for g in chunk.tolist():
+                        state = tuple(groups[g][2:]) or first
+                        key = g if len(groups[g]) > 2 else -1
+                        if key not in scored:
+                            scored[key] = self.actor.score(projection, *state)
+                        terms.append(row_loss(kind, scored[key][groups[g][0]], groups[g][1]))
+                    loss = torch.stack(terms).mean()
                     loss.backward()
                     self.actor_opt.step()
                     total += loss.item() * len(chunk)
@@ -305,13 +313,17 @@ class PPOLearner:
     ) -> dict:
         """`round_update: refit` after a round: the held-out Spearman of the round's sampled labels (before they
         are learnt from, as `update` measures it), then each step's sampled (not chosen) rows and their credit
-        appended to `groups` (in place) and F_theta fitted to all of them (`fit_groups`, `refit_epochs`
-        passes). The critic is not trained. The round's rewards go into the step baseline as after `update`."""
+        appended to `groups` (in place; with `refit_state: own` with the step's stage, progress and counts)
+        and F_theta fitted to all of them (`fit_groups`, `refit_epochs` passes). The critic is not trained.
+        The round's rewards go into the step baseline as after `update`."""
         rnd = self._round_inputs(buffer, 0.0)
         held_out = self.credit_spearman(rnd)
+        n = len(self.static)
         for t, (rows, credit) in enumerate(rnd.labels):
             b = len(buffer.chosen(t))
-            groups.append((rows[b:].clone(), credit[b:].clone()))
+            own = self.cfg.refit_state == "own"
+            state = (rnd.stage[t], buffer.progress[t], buffer.counts_before(t, n)) if own else ()
+            groups.append((rows[b:].clone(), credit[b:].clone(), *state))
         losses = self.fit_groups(groups, perf_prev, self.cfg.refit_epochs, generator)
         self.observe_episode(buffer.reward)
         self.updates += 1

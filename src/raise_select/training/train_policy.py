@@ -169,7 +169,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     first_round = 0
     reference = None
     # round_update refit: every label so far, as (rows, credit) groups each measured on one model
-    label_groups: list[tuple[torch.Tensor, torch.Tensor]] = []
+    label_groups: list[tuple] = []
     saved = run.load_checkpoint() if acc.is_main_process else None
     if saved is not None:
         policy_dir, state = saved
@@ -178,7 +178,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         set_rng_state(state["rng"], generator)
         history = state["history"]
         reference = state.get("reference")
-        label_groups = [(rows, credit) for rows, credit in state.get("label_groups", [])]
+        label_groups = [tuple(group) for group in state.get("label_groups", [])]
         first_round = int(state["rounds_done"])
         run.truncate_metrics(first_round)
         log.info("resuming after round %d of %d from %s", first_round, cfg.rounds, run.out / "checkpoint")
@@ -316,7 +316,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
                 "rng": rng_state(generator),
                 "history": history,
                 "reference": reference,
-                "label_groups": [[rows, credit] for rows, credit in label_groups],
+                "label_groups": [list(group) for group in label_groups],
             },
         )
         run.plot(history, reference_return=reference["return"])
