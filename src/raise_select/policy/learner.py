@@ -307,7 +307,7 @@ class PPOLearner:
     def refit(
         self,
         buffer: RolloutBuffer,
-        groups: list[tuple[torch.Tensor, torch.Tensor]],
+        groups: list[tuple],
         perf_prev: float,
         generator: torch.Generator,
     ) -> dict:
@@ -318,10 +318,9 @@ class PPOLearner:
         The round's rewards go into the step baseline as after `update`."""
         rnd = self._round_inputs(buffer, 0.0)
         held_out = self.credit_spearman(rnd)
-        n = len(self.static)
+        n, own = len(self.static), self.cfg.refit_state == "own"
         for t, (rows, credit) in enumerate(rnd.labels):
             b = len(buffer.chosen(t))
-            own = self.cfg.refit_state == "own"
             state = (rnd.stage[t], buffer.progress[t], buffer.counts_before(t, n)) if own else ()
             groups.append((rows[b:].clone(), credit[b:].clone(), *state))
         losses = self.fit_groups(groups, perf_prev, self.cfg.refit_epochs, generator)

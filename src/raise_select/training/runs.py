@@ -118,15 +118,17 @@ def run_inputs(model: str, pool, features: str | Path, validation, prior_selecti
 _MISSING = object()
 
 
-def _differs(saved, now, default) -> bool:
-    """Whether a saved setting differs from the run's: a missing saved value stands for `default`
-    (compared inside nested sections too)."""
-    if saved is _MISSING:
-        return default is _MISSING or now != default
-    if isinstance(saved, dict) and isinstance(now, dict):
+def _differs(saved: dict, now: dict, defaults: dict, key: str) -> bool:
+    """Whether setting `key` of a saved config differs from the run's: a value the saved config lacks
+    stands for the default (compared inside nested sections too)."""
+    default = defaults.get(key, _MISSING) if isinstance(defaults, dict) else _MISSING
+    if key not in saved:
+        return default is _MISSING or now.get(key) != default
+    old, new = saved[key], now.get(key)
+    if isinstance(old, dict) and isinstance(new, dict):
         inner = default if isinstance(default, dict) else {}
-        return any(_differs(saved.get(k, _MISSING), now.get(k), inner.get(k, _MISSING)) for k in set(saved) | set(now))
-    return saved != now
+        return any(_differs(old, new, inner, k) for k in set(old) | set(new))
+    return old != new
 
 
 class RunFolder:
@@ -162,10 +164,7 @@ class RunFolder:
         if not isinstance(saved, dict):
             raise UserError(f"{path}: damaged (not a mapping of settings); use a new --out")
         changed = sorted(
-            k
-            for k in set(saved) | set(config)
-            if k not in may_differ
-            and _differs(saved.get(k, _MISSING), config.get(k), (defaults or {}).get(k, _MISSING))
+            k for k in set(saved) | set(config) if k not in may_differ and _differs(saved, config, defaults or {}, k)
         )
         if changed:
             raise UserError(

@@ -2,7 +2,8 @@
 
 Each round restarts the target model from the same M_0, runs T steps choosing batches with
 the current policy (sampling within each class, so rollouts explore), then updates the
-actor and critic with PPO on the round's buffer. After every round the policy is saved to
+actor and critic with PPO on the round's buffer (`policy.round_update: refit`: fits the actor
+again to every credit label so far instead). After every round the policy is saved to
 `<out>/policy/` and a checkpoint (policy, critic, optimizer states, RNG states, round
 counter) is committed, so a re-run with the same `--out` resumes from the last finished
 round and ends with the same policy as an uninterrupted run with the same seed (one
@@ -186,10 +187,11 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
         run.start_over()
         if cfg.policy.label_budget > 0:  # before any round: the policy starts from the labels' fit
             fitted = fit_to_labels(cfg, trainer, validator, policy, p0, run.out)
-            held = fitted["held_out"]
-            label_groups.append(
-                (torch.tensor(fitted["rows"][held:]), torch.tensor(fitted["credit"][held:], dtype=torch.float64))
-            )
+            if cfg.policy.round_update == "refit":  # the fit's labels stay among those refitted
+                held = fitted["held_out"]
+                label_groups.append(
+                    (torch.tensor(fitted["rows"][held:]), torch.tensor(fitted["credit"][held:], dtype=torch.float64))
+                )
     first_round = share_from_main(acc, first_round)
     if cfg.rounds == 0:  # no episode at all: the policy as initialised (its prior, if any)
         log.info("rounds 0: saving the initial policy untrained to %s", run.out / "policy")
