@@ -17,7 +17,7 @@ import torch
 from conftest import CHOICE_DOCS, messages_pool, plus_rows, random_features, write_choice_items
 from raise_select.data.pools import load_pool
 from raise_select.errors import UserError
-from raise_select.policy import PolicyConfig, RaisePolicy, RolloutBuffer, StaticState
+from raise_select.policy import PolicyConfig, RaisePolicy, RolloutBuffer, StaticState, class_kl
 from raise_select.policy.credit import ranking_loss, regression_loss, row_advantages, spearman, standardise
 from raise_select.training.credit import RowCredit, trainable_linears
 from raise_select.training.loop import LMConfig, LMTrainer, collate
@@ -546,6 +546,56 @@ def test_refit_learns_from_the_sampled_rows_only_and_leaves_the_critic():
         PolicyConfig(round_update="refit")  # credit batch: no labels to fit
     with pytest.raises(UserError, match="round_update"):
         PolicyConfig(round_update="sgd")
+
+
+def test_anchor_kl_holds_the_policy_near_the_actor_it_started_the_rounds_with():
+    """anchor_kl: the anchor is the actor before the first update; at one actor step (one epoch, one
+    minibatch) the KL's gradient is zero there, so that update equals anchor_kl 0's; over several rounds
+    a large weight keeps the scores' class softmax nearer the anchor than 0 does."""
+    ft = synthetic_features(80, sem_dim=3, classes=2, seed=1)
+    static = StaticState.from_features(ft)
+    label = torch.from_numpy(ft.sem[:, 0]).double()
+    base = PolicyConfig(per_class=2, seed=3, credit="row", row_loss="ranking", ppo_epochs=1, minibatches=1)
+    start = RaisePolicy(static, base).actor.state_dict()
+    buf = _labelled_rollout(RaisePolicy(static, base), 4, seed=5, label_of=lambda r: label[r])
+    plain, anchored = RaisePolicy(static, base), RaisePolicy(static, replace(base, anchor_kl=5.0))
+    plain.update(buf)
+    stats = anchored.update(buf)
+    assert stats["anchor_kl"] == pytest.approx(0.0, abs=1e-9)
+    for key, value in start.items():
+        assert torch.equal(anchored.anchor.state_dict()[key], value)
+    for x, y in zip(plain.actor.state_dict().values(), anchored.actor.state_dict().values()):
+        torch.testing.assert_close(x, y)
+    zero = torch.zeros(80, dtype=torch.int64)
+
+    def drift(weight):
+        cfg = replace(base, ppo_epochs=4, anchor_kl=weight)
+        policy = RaisePolicy(static, cfg)
+        first = policy.scores(-2.0, 0.5, zero)
+        for k in range(4):
+            policy.update(_labelled_rollout(policy, 4, seed=k, label_of=lambda r: label[r]))
+        return class_kl(policy.scores(-2.0, 0.5, zero), first, static.classes, static.num_classes).item()
+
+    assert drift(50.0) < 0.5 * drift(0.0)
+
+
+def test_anchor_travels_in_the_training_state():
+    static = StaticState.from_features(synthetic_features(40, sem_dim=3, classes=2, seed=1))
+    cfg = PolicyConfig(per_class=2, seed=3, anchor_kl=1.0)
+    policy = RaisePolicy(static, cfg)
+    policy.update(_labelled_rollout(policy, 3, seed=1, label_of=lambda r: r.double()))
+    state = policy.training_state()
+    again = RaisePolicy(static, replace(cfg, seed=9))
+    again.load_training_state(state)
+    for key, value in policy.anchor.state_dict().items():
+        assert torch.equal(again.anchor.state_dict()[key], value)
+    assert "anchor" not in RaisePolicy(static, PolicyConfig(per_class=2)).training_state()
+    with pytest.raises(UserError, match="anchor_kl"):
+        PolicyConfig(anchor_kl=-0.1)
+    with pytest.raises(UserError, match="anchor_kl"):
+        PolicyConfig(anchor_kl=float("nan"))
+    with pytest.raises(UserError, match="anchor_kl"):
+        PolicyConfig(anchor_kl=1.0, credit="row", row_loss="ranking", round_update="refit")
 
 
 def test_label_settings_are_refused_by_name():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from raise_select.policy import actor_loss, class_entropy, class_log_prob, critic_loss, gae
+from raise_select.policy import actor_loss, class_entropy, class_kl, class_log_prob, critic_loss, gae
 
 
 def test_gae_hand_computed():
@@ -111,3 +111,23 @@ def test_class_entropy_is_the_mean_class_entropy():
     p = torch.softmax(torch.tensor([1.0, 5.0]), 0)
     expected = (math.log(4) + float(-(p * p.log()).sum())) / 2  # class 1 is empty
     assert class_entropy(scores, classes, 3).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_class_kl_is_the_mean_over_classes_of_each_class_softmax_kl():
+    """A slow reference: per non-empty class, softmax of its rows' scores under both, sum p (log p - log q)."""
+    gen = torch.Generator().manual_seed(0)
+    scores, anchor = torch.randn(9, generator=gen), torch.randn(9, generator=gen)
+    classes = torch.tensor([0, 2, 0, 2, 2, 0, 3, 3, 0])  # class 1 is empty
+    expected = []
+    for c in (0, 2, 3):
+        rows = classes == c
+        p, q = torch.softmax(scores[rows], 0), torch.softmax(anchor[rows], 0)
+        expected.append(float((p * (p.log() - q.log())).sum()))
+    assert class_kl(scores, anchor, classes, 4).item() == pytest.approx(sum(expected) / 3, abs=1e-6)
+    # zero at the anchor and under a shift of one class's scores; positive elsewhere
+    shifted = anchor + 3.0 * (classes == 2)
+    assert class_kl(shifted, anchor, classes, 4).item() == pytest.approx(0.0, abs=1e-6)
+    # the gradient at the anchor is zero (a minimum)
+    at = anchor.clone().requires_grad_()
+    class_kl(at, anchor, classes, 4).backward()
+    assert float(at.grad.abs().max()) < 1e-6

@@ -4,7 +4,7 @@ Algorithm 1, and PPO with GAE and the per-class ratio (eq. 7-13). Pure torch, no
 from .acquisition import CRITIC_FEATURES, AcquisitionMLP, Critic, critic_features
 from .agent import Action, PolicyConfig, RaisePolicy
 from .buffer import RolloutBuffer
-from .ppo import actor_loss, class_entropy, class_log_prob, class_log_softmax, critic_loss, gae
+from .ppo import actor_loss, class_entropy, class_kl, class_log_prob, class_log_softmax, critic_loss, gae
 from .selection import select_per_class
 from .state import Normalizer, StaticState, fuse_state
 
@@ -20,6 +20,7 @@ __all__ = [
     "StaticState",
     "actor_loss",
     "class_entropy",
+    "class_kl",
     "class_log_prob",
     "class_log_softmax",
     "critic_features",

@@ -87,6 +87,9 @@ class RaisePolicy(PPOLearner, PolicyCheckpoint):
         # so far (a random-batch reference episode, then every round), and how many there were.
         self.step_baseline: list[float] | None = None
         self.baseline_episodes = 0
+        # anchor_kl > 0: a frozen copy of the actor as it entered the first update (`set_anchor`)
+        self.anchor: AcquisitionMLP | None = None
+        self._anchor_projection: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -96,6 +99,14 @@ class RaisePolicy(PPOLearner, PolicyCheckpoint):
     def _actor_changed(self, *_) -> None:
         """Drop the cached static projection: the actor's weights changed (optimizer step, load_state_dict)."""
         self._projection = None
+
+    def set_anchor(self, state: dict | None = None) -> None:
+        """Freeze the actor as it is now (or the weights `state`) as the anchor of `anchor_kl`."""
+        anchor = AcquisitionMLP(self.static.fused_dim, self.cfg.hidden)
+        anchor.load_state_dict(self.actor.state_dict() if state is None else state)
+        self.anchor = anchor.requires_grad_(False)
+        with torch.no_grad():
+            self._anchor_projection = anchor.static_projection(self.static.x)
 
     def _static_projection(self) -> torch.Tensor:
         if self._projection is None:

@@ -125,12 +125,15 @@ class PolicyCheckpoint:
             "actor_opt": self.actor_opt.state_dict(),
             "critic_opt": self.critic_opt.state_dict(),
             "updates": self.updates,
+            **({"anchor": self.anchor.state_dict()} if self.anchor is not None else {}),
         }
 
     def load_training_state(self, d: dict) -> None:
         self.actor_opt.load_state_dict(d["actor_opt"])
         self.critic_opt.load_state_dict(d["critic_opt"])
         self.updates = int(d["updates"])
+        if "anchor" in d:
+            self.set_anchor(d["anchor"])
 
 
 def check_finite_weights(state: dict, what: str, after_update: int | None = None) -> None:

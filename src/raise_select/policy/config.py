@@ -231,6 +231,15 @@ class PolicyConfig:
     refit_epochs: int = field(
         default=50, metadata={"help": "with round_update refit: passes over all labels so far after each round"}
     )
+    anchor_kl: float = field(
+        default=0.0,
+        metadata={
+            "help": "with round_update ppo: weight of KL(pi || pi_anchor) added to every actor step's loss, "
+            "pi the class softmax of F_theta's scores at the step's state and pi_anchor that of the actor as "
+            "it entered the first update (after the label fit or the prior), so the rounds move the policy "
+            "only as far as their signal outweighs it. 0: off (the paper's form)"
+        },
+    )
     row_advantage: bool = field(
         default=False,
         metadata={
@@ -305,6 +314,12 @@ class PolicyConfig:
                 "refit needs credit row and a row_loss (the labels it fits, and the loss it fits them by)",
             ),
             (self.refit_epochs >= 1, "refit_epochs", "must be >= 1"),
+            (math.isfinite(self.anchor_kl) and self.anchor_kl >= 0.0, "anchor_kl", "must be a finite number >= 0"),
+            (
+                self.anchor_kl == 0.0 or self.round_update == "ppo",
+                "anchor_kl",
+                "applies to round_update ppo only (refit has no actor step to add it to)",
+            ),
             (self.refit_state in REFIT_STATES, "refit_state", f"must be one of {', '.join(REFIT_STATES)}"),
             (
                 not self.row_advantage or (self.credit == "row" and self.ratio == "per_item"),

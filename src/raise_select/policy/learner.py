@@ -16,7 +16,7 @@ from ..progress import progress_bar
 from .acquisition import critic_features
 from .buffer import RolloutBuffer
 from .credit import row_advantages, row_loss, spearman
-from .ppo import actor_loss, class_entropy, class_log_softmax, critic_loss, gae
+from .ppo import actor_loss, class_entropy, class_kl, class_log_softmax, critic_loss, gae
 
 
 def layer_groups(module: nn.Module, lr: float) -> list[dict]:
@@ -60,6 +60,7 @@ class UpdateStats:
     clipped: list[float] = field(default_factory=list)  # clipped share of every step, this epoch
     epoch_clip_fraction: list[float] = field(default_factory=list)  # per finished epoch
     row_losses: list[float] = field(default_factory=list)  # credit row: row_loss of every (epoch, step)
+    anchor_kls: list[float] = field(default_factory=list)  # anchor_kl: KL to the anchor of every (epoch, step)
 
     def end_epoch(self, steps: int) -> None:
         self.epoch_clip_fraction.append(sum(self.clipped) / steps)
@@ -81,6 +82,7 @@ class UpdateStats:
             "value_mean": float(data["value"].mean()),
             "steps": len(rnd.buffer),
             **({"row_loss": sum(self.row_losses) / len(self.row_losses)} if self.row_losses else {}),
+            **({"anchor_kl": self.anchor_kls[-1]} if self.anchor_kls else {}),  # at the last step
         }
 
 
@@ -131,6 +133,8 @@ class PPOLearner:
         cfg = self.cfg
         rnd = self._round_inputs(buffer, last_value)
         steps = len(buffer)
+        if cfg.anchor_kl > 0 and self.anchor is None:  # the actor that acted in the first round
+            self.set_anchor()
         # The learning curve of dense credit: this round's labels, not yet learnt from, against the scores.
         held_out = self.credit_spearman(rnd) if rnd.labels is not None else None
         order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
@@ -356,7 +360,8 @@ class PPOLearner:
         per_item gives every chosen row its own clipped ratio with the step's advantage (with
         row_advantage, its own credit's), so one row far from its old probability does not clip
         the whole step. With credit row and a row_loss, row_loss_weight x the step's row loss on
-        its labelled rows' scores is added to ppo_weight x the step's eq. 12 loss. The gradient of
+        its labelled rows' scores is added to ppo_weight x the step's eq. 12 loss, and with anchor_kl
+        anchor_kl x KL(pi || pi_anchor) of the class softmax at the step's state. The gradient of
         the static projection is accumulated on a detached leaf and pushed through the first
         layer once, so a step's graph holds only its own (N x hidden) activations.
         Records each step's loss, clipped share (and entropy) in `stats`.
@@ -377,6 +382,17 @@ class PPOLearner:
                 extra = row_loss(cfg.row_loss, scores[rows], credit)
                 stats.row_losses.append(extra.item())
                 total = total + cfg.row_loss_weight * extra
+            if cfg.anchor_kl > 0:
+                with torch.no_grad():
+                    anchor = self.anchor.score(
+                        self._anchor_projection,
+                        rnd.stage[t],
+                        rnd.buffer.progress[t],
+                        rnd.buffer.counts_before(t, len(self.static)),
+                    )
+                kl = class_kl(scores, anchor, self.static.classes, self.static.num_classes)
+                stats.anchor_kls.append(kl.item())
+                total = total + cfg.anchor_kl * kl
             (total / len(group)).backward()
             stats.actor_losses.append(loss.item())
             with torch.no_grad():

@@ -57,6 +57,18 @@ def class_entropy(scores: torch.Tensor, classes: torch.Tensor, num_classes: int)
     return per_class[present].mean()
 
 
+def class_kl(scores: torch.Tensor, anchor: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean over non-empty classes of KL(p || q), p the class softmax (eq. 10) of `scores` and q that of
+    `anchor`'s scores, in nats; differentiable in `scores`."""
+    logp = class_log_softmax(scores, classes, num_classes)
+    logq = class_log_softmax(anchor, classes, num_classes)
+    per_class = torch.zeros(num_classes, dtype=scores.dtype, device=scores.device).index_add(
+        0, classes, logp.exp() * (logp - logq)
+    )
+    present = torch.bincount(classes, minlength=num_classes) > 0
+    return per_class[present].mean()
+
+
 def actor_loss(log_ratio: torch.Tensor, adv: torch.Tensor, clip: float) -> torch.Tensor:
     """Eq. 12: -E_t[min(r_t Adv_t, clip(r_t, 1 - eps, 1 + eps) Adv_t)] with r_t = exp(log_ratio)."""
     ratio = log_ratio.exp()
