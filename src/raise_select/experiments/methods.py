@@ -168,6 +168,13 @@ _raise(
     initialisation="raise_labels_untrained",
 )
 _raise(
+    "raise_labels_anchor",
+    "RAISE (labels: 200 rows' credit, dense per-row credit, anchored)",
+    "raise_labels with a KL penalty to its fitted initialisation in every actor step (policy.anchor_kl 1)",
+    {**CREDIT, **LABELS, "anchor_kl": 1.0},
+    initialisation="raise_labels_untrained",
+)
+_raise(
     "raise_between",
     "RAISE (+RDS+ prior, policy between)",
     "raise_rds with the policy's batches between its choices too",
