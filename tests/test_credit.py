@@ -548,7 +548,8 @@ def test_refit_learns_from_the_sampled_rows_only_and_leaves_the_critic():
         PolicyConfig(round_update="sgd")
 
 
-def test_anchor_kl_holds_the_policy_near_the_actor_it_started_the_rounds_with():
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_anchor_kl_holds_the_policy_near_the_actor_it_started_the_rounds_with(direction):
     """anchor_kl: the anchor is the actor before the first update; at one actor step (one epoch, one
     minibatch) the KL's gradient is zero there, so that update equals anchor_kl 0's; over several rounds
     a large weight keeps the scores' class softmax nearer the anchor than 0 does."""
@@ -558,7 +559,8 @@ def test_anchor_kl_holds_the_policy_near_the_actor_it_started_the_rounds_with():
     base = PolicyConfig(per_class=2, seed=3, credit="row", row_loss="ranking", ppo_epochs=1, minibatches=1)
     start = RaisePolicy(static, base).actor.state_dict()
     buf = _labelled_rollout(RaisePolicy(static, base), 4, seed=5, label_of=lambda r: label[r])
-    plain, anchored = RaisePolicy(static, base), RaisePolicy(static, replace(base, anchor_kl=5.0))
+    plain = RaisePolicy(static, base)
+    anchored = RaisePolicy(static, replace(base, anchor_kl=5.0, anchor_direction=direction))
     plain.update(buf)
     stats = anchored.update(buf)
     assert stats["anchor_kl"] == pytest.approx(0.0, abs=1e-9)
@@ -569,12 +571,13 @@ def test_anchor_kl_holds_the_policy_near_the_actor_it_started_the_rounds_with():
     zero = torch.zeros(80, dtype=torch.int64)
 
     def drift(weight):
-        cfg = replace(base, ppo_epochs=4, anchor_kl=weight)
+        cfg = replace(base, ppo_epochs=4, anchor_kl=weight, anchor_direction=direction)
         policy = RaisePolicy(static, cfg)
         first = policy.scores(-2.0, 0.5, zero)
         for k in range(4):
             policy.update(_labelled_rollout(policy, 4, seed=k, label_of=lambda r: label[r]))
-        return class_kl(policy.scores(-2.0, 0.5, zero), first, static.classes, static.num_classes).item()
+        pair = (first, policy.scores(-2.0, 0.5, zero))
+        return class_kl(*(pair if direction == "forward" else pair[::-1]), static.classes, static.num_classes).item()
 
     assert drift(50.0) < 0.5 * drift(0.0)
 
@@ -596,6 +599,8 @@ def test_anchor_travels_in_the_training_state():
         PolicyConfig(anchor_kl=float("nan"))
     with pytest.raises(UserError, match="anchor_kl"):
         PolicyConfig(anchor_kl=1.0, credit="row", row_loss="ranking", round_update="refit")
+    with pytest.raises(UserError, match="anchor_direction"):
+        PolicyConfig(anchor_kl=1.0, anchor_direction="both")
 
 
 def test_label_settings_are_refused_by_name():

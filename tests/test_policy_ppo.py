@@ -131,3 +131,15 @@ def test_class_kl_is_the_mean_over_classes_of_each_class_softmax_kl():
     at = anchor.clone().requires_grad_()
     class_kl(at, anchor, classes, 4).backward()
     assert float(at.grad.abs().max()) < 1e-6
+
+
+def test_class_kl_forward_penalises_collapse_onto_the_anchors_mode_more_than_reverse():
+    """q puts half its mass on one row of ten; p all of it (to float precision). Reverse KL(p || q) is about
+    log 2; forward KL(q || p) grows with how little p leaves on the other rows."""
+    classes = torch.zeros(10, dtype=torch.int64)
+    anchor = torch.tensor([math.log(9.0)] + [0.0] * 9)  # softmax: 0.5, then 9 x 1/18
+    collapsed = torch.tensor([20.0] + [0.0] * 9)
+    assert class_kl(collapsed, anchor, classes, 1).item() == pytest.approx(math.log(2.0), abs=1e-4)
+    forward = class_kl(anchor, collapsed, classes, 1).item()
+    expected = 0.5 * math.log(0.5) + 0.5 * math.log(1 / 18) - 0.5 * 20.0 + math.log(math.exp(20) + 9)
+    assert forward == pytest.approx(expected, rel=1e-4) and forward > 5.0

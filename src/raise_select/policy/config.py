@@ -38,6 +38,7 @@ USE_RULES = ("topk", "sample")
 CREDITS = ("batch", "row")
 ROW_LOSSES = ("none", "regression", "ranking")
 ROUND_UPDATES = ("ppo", "refit")
+ANCHOR_DIRECTIONS = ("forward", "reverse")
 REFIT_STATES = ("first", "own")
 
 
@@ -234,10 +235,19 @@ class PolicyConfig:
     anchor_kl: float = field(
         default=0.0,
         metadata={
-            "help": "with round_update ppo: weight of KL(pi || pi_anchor) added to every actor step's loss, "
-            "pi the class softmax of F_theta's scores at the step's state and pi_anchor that of the actor as "
-            "it entered the first update (after the label fit or the prior), so the rounds move the policy "
-            "only as far as their signal outweighs it. 0: off (the paper's form)"
+            "help": "with round_update ppo: weight of a KL divergence between pi, the class softmax of F_theta's "
+            "scores at a step's state, and pi_anchor, that of the actor as it entered the first update (after "
+            "the label fit or the prior), added to every actor step's loss (anchor_direction), so the rounds "
+            "move the policy only as far as their signal outweighs it. 0: off (the paper's form)"
+        },
+    )
+    anchor_direction: str = field(
+        default="reverse",
+        metadata={
+            "help": "with anchor_kl: reverse, KL(pi || pi_anchor) (as in KL-regularised RL fine-tuning; "
+            "collapsing onto the anchor's likeliest rows costs little), or forward, KL(pi_anchor || pi) "
+            "(mass-covering: keeps mass on every row the anchor would sample, so the policy cannot collapse "
+            "onto a few)"
         },
     )
     row_advantage: bool = field(
@@ -319,6 +329,11 @@ class PolicyConfig:
                 self.anchor_kl == 0.0 or self.round_update == "ppo",
                 "anchor_kl",
                 "applies to round_update ppo only (refit has no actor step to add it to)",
+            ),
+            (
+                self.anchor_direction in ANCHOR_DIRECTIONS,
+                "anchor_direction",
+                f"must be one of {', '.join(ANCHOR_DIRECTIONS)}",
             ),
             (self.refit_state in REFIT_STATES, "refit_state", f"must be one of {', '.join(REFIT_STATES)}"),
             (

@@ -361,7 +361,8 @@ class PPOLearner:
         row_advantage, its own credit's), so one row far from its old probability does not clip
         the whole step. With credit row and a row_loss, row_loss_weight x the step's row loss on
         its labelled rows' scores is added to ppo_weight x the step's eq. 12 loss, and with anchor_kl
-        anchor_kl x KL(pi || pi_anchor) of the class softmax at the step's state. The gradient of
+        anchor_kl x the KL between the class softmax of the actor and of the anchor at the step's state
+        (KL(pi_anchor || pi) forward, KL(pi || pi_anchor) reverse). The gradient of
         the static projection is accumulated on a detached leaf and pushed through the first
         layer once, so a step's graph holds only its own (N x hidden) activations.
         Records each step's loss, clipped share (and entropy) in `stats`.
@@ -390,7 +391,8 @@ class PPOLearner:
                         rnd.buffer.progress[t],
                         rnd.buffer.counts_before(t, len(self.static)),
                     )
-                kl = class_kl(scores, anchor, self.static.classes, self.static.num_classes)
+                pair = (anchor, scores) if cfg.anchor_direction == "forward" else (scores, anchor)
+                kl = class_kl(*pair, self.static.classes, self.static.num_classes)
                 stats.anchor_kls.append(kl.item())
                 total = total + cfg.anchor_kl * kl
             (total / len(group)).backward()

@@ -59,7 +59,7 @@ def class_entropy(scores: torch.Tensor, classes: torch.Tensor, num_classes: int)
 
 def class_kl(scores: torch.Tensor, anchor: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean over non-empty classes of KL(p || q), p the class softmax (eq. 10) of `scores` and q that of
-    `anchor`'s scores, in nats; differentiable in `scores`."""
+    `anchor`'s scores, in nats; differentiable in both."""
     logp = class_log_softmax(scores, classes, num_classes)
     logq = class_log_softmax(anchor, classes, num_classes)
     per_class = torch.zeros(num_classes, dtype=scores.dtype, device=scores.device).index_add(
