@@ -50,7 +50,7 @@ from raise_select.config import from_dict, merge, parse_overrides, to_dict
 from raise_select.data.pools import load_pool
 from raise_select.data.synthetic import TESTBEDS, is_clean_on_target
 from raise_select.demo import DemoConfig, ifd_rows, oracle_gain, prepare, run_method
-from raise_select.io import read_jsonl
+from raise_select.io import read_jsonl, write_text_atomic
 from raise_select.logs import setup_logging
 from raise_select.policy.agent import PAPER, PolicyConfig
 
@@ -305,6 +305,8 @@ def main() -> None:
     rows = []
     for name in testbeds:
         rows += run_testbed(name, args, base, tag, ["raise", "rand", "ifd", "perfect"], change)
+    # one line per (testbed, seed), as printed: what benchmarks/compare_learning.py reads
+    write_text_atomic(args.out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     print(
         f"\n{len(testbeds)} testbed(s) x {args.seeds} seed(s), {args.rounds} rounds of {args.steps} steps, batch "
         f"{base.per_class}; {time.perf_counter() - start:.0f} s in all\n"
