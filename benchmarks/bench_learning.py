@@ -31,6 +31,9 @@ KEY=VALUE` runs the RAISE column with those policy settings instead of the defau
 own folders; RAND, IFD and PERFECT reused). `--use-seeds N` fine-tunes each trained policy N
 times with other use draws and reports RAISE as their mean, so that a difference between two
 settings is not the noise of one use (the sd over the runs is printed per pair).
+
+Every run writes `<out>/results.jsonl` (the printed rows, one per testbed and seed);
+`benchmarks/compare_learning.py` sets runs against a base run, pair by pair.
 """
 
 from __future__ import annotations

@@ -102,7 +102,8 @@ class RaisePolicy(PPOLearner, PolicyCheckpoint):
 
     def set_anchor(self, state: dict | None = None) -> None:
         """Freeze the actor as it is now (or the weights `state`) as the anchor of `anchor_kl`."""
-        anchor = AcquisitionMLP(self.static.fused_dim, self.cfg.hidden)
+        with torch.random.fork_rng(devices=[]):  # building the module draws weights: leave the caller's RNG as it was
+            anchor = AcquisitionMLP(self.static.fused_dim, self.cfg.hidden)
         anchor.load_state_dict(self.actor.state_dict() if state is None else state)
         self.anchor = anchor.requires_grad_(False)
         with torch.no_grad():
