@@ -5,6 +5,7 @@ messages pool, a finetune run folder."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -182,3 +183,12 @@ def finetune_run(root, pool_path, chosen: list[list[int]]):
     ]
     (run / "selections.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return run, pool
+
+
+def benchmark_module(name: str):
+    """A script of `benchmarks/` (`name`, without .py) loaded as a module, for testing its functions."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

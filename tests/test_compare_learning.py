@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import benchmark_module
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("compare_learning", ROOT / "benchmarks" / "compare_learning.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_module("compare_learning")
 
 
 def _run(root: Path, name: str, rows: list[tuple[str, int, float, float]]) -> Path:

@@ -648,20 +648,44 @@ def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, t
     assert saved.label_budget == 16
 
 
+def _rounds_straight_and_resumed(tmp_path, tiny_model_dir, policy: PolicyConfig) -> list[dict]:
+    """`train-policy` on a tiny Llama with `policy`: 2 rounds straight, and 1 round then a resume to 2; asserts
+    both save the same actor and returns the straight run's round metrics."""
+    from safetensors.torch import load_file
+
+    from raise_select.training import TrainPolicyConfig, train_policy
+
+    (tmp_path / "pool.json").write_text(json.dumps(plus_rows(24)))
+    (tmp_path / "val.json").write_text(json.dumps(plus_rows(30)[26:]))
+    random_features(load_pool(tmp_path / "pool.json").ids, 2).write(tmp_path / "features")
+    base = TrainPolicyConfig(
+        pool=str(tmp_path / "pool.json"),
+        features=str(tmp_path / "features"),
+        model=str(tiny_model_dir),
+        val=str(tmp_path / "val.json"),
+        out=str(tmp_path / "straight"),
+        rounds=2,
+        steps=4,
+        select_every=2,
+        lr=1e-3,
+        max_length=64,
+        policy=policy,
+    )
+    train_policy(base)
+    train_policy(replace(base, out=str(tmp_path / "resumed"), rounds=1))
+    train_policy(replace(base, out=str(tmp_path / "resumed"), rounds=2))
+    a = load_file(tmp_path / "straight" / "policy" / "actor.safetensors")
+    b = load_file(tmp_path / "resumed" / "policy" / "actor.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [m for m in lines if m.get("kind") == "round"]
+
+
 @pytest.mark.parametrize("state", ["first", "own"])
 def test_train_policy_refit_rounds_resume_to_the_uninterrupted_policy(tmp_path, tiny_model_dir, state):
     """`round_update: refit` end to end on a tiny Llama, after a label fit: each round's metrics carry the
     refit's groups (the label fit's + one per policy step); 1 round then a resume to 2 saves the same actor
     as 2 rounds straight (the groups travel in the checkpoint)."""
-    from safetensors.torch import load_file
-
-    from raise_select.training import TrainPolicyConfig, train_policy
-
-    rows = plus_rows(24)
-    (tmp_path / "pool.json").write_text(json.dumps(rows))
-    (tmp_path / "val.json").write_text(json.dumps(plus_rows(30)[26:]))
-    pool = load_pool(tmp_path / "pool.json")
-    random_features(pool.ids, 2).write(tmp_path / "features")
     policy = PolicyConfig(
         per_class=1,
         label_budget=8,
@@ -674,27 +698,7 @@ def test_train_policy_refit_rounds_resume_to_the_uninterrupted_policy(tmp_path, 
         refit_epochs=4,
         refit_state=state,
     )
-    base = TrainPolicyConfig(
-        pool=str(tmp_path / "pool.json"),
-        features=str(tmp_path / "features"),
-        model=str(tiny_model_dir),
-        val=str(tmp_path / "val.json"),
-        out=str(tmp_path / "straight"),
-        rounds=2,
-        steps=4,
-        select_every=2,
-        lr=1e-3,
-        max_length=64,
-        policy=policy,
-    )
-    train_policy(base)
-    train_policy(replace(base, out=str(tmp_path / "resumed"), rounds=1))
-    train_policy(replace(base, out=str(tmp_path / "resumed"), rounds=2))
-    a = load_file(tmp_path / "straight" / "policy" / "actor.safetensors")
-    b = load_file(tmp_path / "resumed" / "policy" / "actor.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    rounds = [m for m in lines if m.get("kind") == "round"]
+    rounds = _rounds_straight_and_resumed(tmp_path, tiny_model_dir, policy)
     assert [m["refit_groups"] for m in rounds] == [1 + 2, 1 + 2 + 2]  # the label fit's group, 2 steps a round
     assert all(m["refit_loss_last"] > 0 for m in rounds)
 
@@ -703,35 +707,8 @@ def test_train_policy_anchor_resumes_to_the_uninterrupted_policy(tmp_path, tiny_
     """`anchor_kl` end to end on a tiny Llama after a label fit: 1 round then a resume to 2 saves the same
     actor as 2 rounds straight (the anchor, the actor that entered round 1, travels in the checkpoint; set
     again from the resumed actor, round 2's KL would start at 0), and round 2 records its KL to the anchor."""
-    from safetensors.torch import load_file
-
-    from raise_select.training import TrainPolicyConfig, train_policy
-
-    (tmp_path / "pool.json").write_text(json.dumps(plus_rows(24)))
-    (tmp_path / "val.json").write_text(json.dumps(plus_rows(30)[26:]))
-    random_features(load_pool(tmp_path / "pool.json").ids, 2).write(tmp_path / "features")
     policy = PolicyConfig(
         per_class=1, label_budget=8, label_epochs=5, credit="row", credit_sample=3, row_loss="ranking", anchor_kl=1.0
     )
-    base = TrainPolicyConfig(
-        pool=str(tmp_path / "pool.json"),
-        features=str(tmp_path / "features"),
-        model=str(tiny_model_dir),
-        val=str(tmp_path / "val.json"),
-        out=str(tmp_path / "straight"),
-        rounds=2,
-        steps=4,
-        select_every=2,
-        lr=1e-3,
-        max_length=64,
-        policy=policy,
-    )
-    train_policy(base)
-    train_policy(replace(base, out=str(tmp_path / "resumed"), rounds=1))
-    train_policy(replace(base, out=str(tmp_path / "resumed"), rounds=2))
-    a = load_file(tmp_path / "straight" / "policy" / "actor.safetensors")
-    b = load_file(tmp_path / "resumed" / "policy" / "actor.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    rounds = [m for m in lines if m.get("kind") == "round"]
+    rounds = _rounds_straight_and_resumed(tmp_path, tiny_model_dir, policy)
     assert rounds[1]["anchor_kl"] > 0

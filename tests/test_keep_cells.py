@@ -3,18 +3,14 @@ copy back into a fresh study folder."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import benchmark_module
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("keep_cells", ROOT / "benchmarks" / "keep_cells.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_module("keep_cells")
 
 
 def _cell(root: Path, name: str, target, evals, done=True) -> Path:

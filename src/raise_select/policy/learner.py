@@ -48,6 +48,8 @@ class RoundInputs:
     # credit row: per step its labelled rows and their credit, and with row_advantage the chosen rows' advantages
     labels: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     row_advantages: list[torch.Tensor] | None = None
+    # anchor_kl: the anchor's scores of every row at every step's state (fixed through the update's epochs)
+    anchor_scores: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -131,10 +133,10 @@ class PPOLearner:
         of `UpdateStats.summary`.
         """
         cfg = self.cfg
-        rnd = self._round_inputs(buffer, last_value)
-        steps = len(buffer)
         if cfg.anchor_kl > 0 and self.anchor is None:  # the actor that acted in the first round
             self.set_anchor()
+        rnd = self._round_inputs(buffer, last_value)
+        steps = len(buffer)
         # The learning curve of dense credit: this round's labels, not yet learnt from, against the scores.
         held_out = self.credit_spearman(rnd) if rnd.labels is not None else None
         order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.updates)
@@ -194,7 +196,15 @@ class PPOLearner:
             labels = list(zip(buffer.label_rows, buffer.label_credit))
             if self.cfg.row_advantage:  # the chosen rows come first among a step's labelled rows
                 row_adv = row_advantages([c[: len(buffer.chosen(t))] for t, (_, c) in enumerate(labels)])
+        anchor_scores = None
+        if self.cfg.anchor_kl > 0 and self.anchor is not None:
+            with torch.no_grad():
+                anchor_scores = [
+                    self.anchor.score(self._anchor_projection, stage[t], buffer.progress[t], buffer.counts_before(t, n))
+                    for t in range(steps)
+                ]
         return RoundInputs(
+            anchor_scores=anchor_scores,
             buffer=buffer,
             data=data,
             stage=stage,
@@ -383,14 +393,8 @@ class PPOLearner:
                 extra = row_loss(cfg.row_loss, scores[rows], credit)
                 stats.row_losses.append(extra.item())
                 total = total + cfg.row_loss_weight * extra
-            if cfg.anchor_kl > 0:
-                with torch.no_grad():
-                    anchor = self.anchor.score(
-                        self._anchor_projection,
-                        rnd.stage[t],
-                        rnd.buffer.progress[t],
-                        rnd.buffer.counts_before(t, len(self.static)),
-                    )
+            if rnd.anchor_scores is not None:
+                anchor = rnd.anchor_scores[t]
                 pair = (anchor, scores) if cfg.anchor_direction == "forward" else (scores, anchor)
                 kl = class_kl(*pair, self.static.classes, self.static.num_classes)
                 stats.anchor_kls.append(kl.item())
