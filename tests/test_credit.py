@@ -179,6 +179,28 @@ def test_choice_credit_is_the_change_of_the_choice_ce_after_a_small_sgd_step(tmp
     assert all(p.grad is None for p in params)
 
 
+def test_credits_against_several_subsets_and_the_rows_gradient_norms_in_one_pass(tmp_path, tiny_model_dir):
+    """`RowCredit.credits`: each column is `credit` against that subset of the validation items, and
+    the norms are each row's gradient norm over the scored weights, from autograd row by row."""
+    trainer, _ = _trainer_and_validator(tiny_model_dir, lr=0.02)
+    validator = _choice_validation(tmp_path, trainer.tokenizer)
+    model = trainer.unwrapped
+    rows = [0, 3, 5, 8, 9]
+    rc = RowCredit(trainer, validator, sample=0, chunk=2)
+    many, size = rc.credits(rows, [[0, 1], None, [2, 3]], norms=True)
+    assert many.shape == (5, 3)
+    for k, val in enumerate([[0, 1], None, [2, 3]]):
+        assert many[:, k].tolist() == pytest.approx(rc.credit(rows, val).tolist(), rel=1e-6, abs=1e-12)
+    params = [m.weight for m in trainable_linears(model)]
+    model.eval()
+    for k, i in enumerate(rows):
+        batch = collate([trainer.encode(i)], trainer.tokenizer.pad_token_id)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        grads = torch.autograd.grad(out.loss, params)
+        assert float(size[k]) == pytest.approx(float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))), rel=1e-4)
+    assert rc.credits(rows, [None])[1] is None
+
+
 def test_row_credit_equals_greats_first_term(tiny_model_dir, monkeypatch):
     """GREATS scores its candidates with lr * <g_i, g_val> before the interaction term: on the same
     model, rows and validation set the credit is that vector."""

@@ -19,7 +19,7 @@ the validator's metric, so the labels measure what the reward measures:
 g_i is the gradient of row i's mean response-token loss (what a training step descends), taken
 over every trainable linear layer (under LoRA: every adapter). g_val is computed once per step
 (`gradients.objective_gradient`), then every labelled row's <g_i, g_val> from one forward and one
-truncated backward pass over the rows (`gradients.per_example_dots`): no Gram matrix of rows
+truncated backward pass over the rows (`gradients.per_example_projections`): no Gram matrix of rows
 and validation rows. The model is in eval mode for the pass (as the validator measures P), and
 nothing it holds changes: no `.grad`, no optimizer state, no RNG draw.
 
@@ -35,7 +35,7 @@ import torch
 
 from ..progress import progress_bar
 from .choices import choice_ce_sum
-from .gradients import batch_response_losses, objective_gradient, per_example_dots
+from .gradients import batch_response_losses, objective_gradient, per_example_projections
 from .loop import collate, encode_example
 
 
@@ -96,9 +96,22 @@ class RowCredit:
         """(len(rows),) float64 c_i = lr <g_val, g_i> of pool rows `rows` (g_val over validation items
         `val`, all when None), at the learning rate of the trainer's coming step unless `lr` is given;
         `desc`: a progress bar over the rows' batches, under that name."""
+        return self.credits(rows, [val], lr, desc)[0][:, 0]
+
+    def credits(
+        self,
+        rows: list[int],
+        vals: list[list[int] | None],
+        lr: float | None = None,
+        desc: str | None = None,
+        norms: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`credit` against several validation subsets from one pass over the rows: (len(rows), K)
+        float64, column k with g_val over `vals[k]` (all items when None); with `norms` also each
+        row's gradient norm |g_i| (len(rows),), else None."""
         trainer = self.trainer
         model = trainer.unwrapped
-        val = list(range(self.n_val)) if val is None else [int(j) for j in val]
+        vals = [list(range(self.n_val)) if v is None else [int(j) for j in v] for v in vals]
         encoded = [trainer.encode(int(i)) for i in rows]
         order = sorted(range(len(rows)), key=lambda i: len(encoded[i].input_ids))
         chunks = _chunks(order, self.chunk)
@@ -106,16 +119,21 @@ class RowCredit:
         was_training = model.training
         model.eval()
         try:
-            g_val = self.validation_gradient(val)
+            g_vals = [self.validation_gradient(v) for v in vals]
             batches = self._batches([[encoded[i] for i in c] for c in chunks])
             if desc is not None:
                 batches = progress_bar(batches, total=len(batches), desc=desc, unit="batch")
-            dots = per_example_dots(model, self.modules, batches, g_val)
+            dots, sq = per_example_projections(model, self.modules, batches, g_vals, norms=norms)
         finally:
             model.train(was_training)
-        out = torch.zeros(len(rows), dtype=torch.float64)
-        out[torch.tensor([i for c in chunks for i in c], dtype=torch.int64)] = dots.cpu()
-        return lr * out
+        where = torch.tensor([i for c in chunks for i in c], dtype=torch.int64)
+        out = torch.zeros((len(rows), len(vals)), dtype=torch.float64)
+        out[where] = dots.cpu()
+        size = None
+        if sq is not None:
+            size = torch.zeros(len(rows), dtype=torch.float64)
+            size[where] = sq.cpu().clamp_min(0).sqrt()
+        return lr * out, size
 
     def labels(self, chosen: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, credit) of a policy step: its `chosen` rows, then `sample` rows it did not choose (uniform,

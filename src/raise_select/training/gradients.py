@@ -212,18 +212,42 @@ def per_example_dots(
     `objective_gradient` returns), the rows of every batch in order. For a linear layer
     g_i = sum_t b_it a_it^T, so <g_i, D> = sum_t b_it^T D a_it: one forward and one truncated
     backward pass, no per-row gradient is materialised. Parameters' `.grad` is left untouched."""
+    return per_example_projections(model, modules, batches, [direction])[0][:, 0]
+
+
+def per_example_projections(
+    model: torch.nn.Module,
+    modules: Sequence[torch.nn.Linear],
+    batches: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
+    directions: Sequence[Sequence[Sequence[torch.Tensor]]],
+    norms: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`per_example_dots` for several directions from the same pass: (N, K) float64 <g_i, d_k>,
+    and with `norms` (N,) float64 squared norms |g_i|^2 over the same parameters (the diagonal of
+    `per_example_gram`, per layer from its calls' inputs and output gradients), else None."""
     batches = [batches] if isinstance(batches, dict) else batches  # any iterable, read lazily (a progress bar)
-    parts = dict(zip(modules, direction))
-    out = []
+    parts = [dict(zip(modules, d)) for d in directions]
+    out, sq = [], []
     for batch in batches:
         losses, captured = layer_signals(model, modules, batch)
-        dots = torch.zeros(batch["input_ids"].shape[0], dtype=torch.float64, device=losses.device)
+        dots = torch.zeros((batch["input_ids"].shape[0], len(parts)), dtype=torch.float64, device=losses.device)
+        calls: dict[torch.nn.Linear, tuple[list, list]] = {}
         for mod, a, b in captured:
-            d = parts[mod]
             a3 = a.float() if a.dim() == 3 else a.float().unsqueeze(1)
             b3 = b.float() if b.dim() == 3 else b.float().unsqueeze(1)
-            dots += ((b3 @ d[0].float()) * a3).sum(dim=(1, 2)).double()
-            if len(d) > 1:
-                dots += (b3 @ d[1].float()).sum(dim=1).double()
+            for k, part in enumerate(parts):
+                d = part[mod]
+                dots[:, k] += ((b3 @ d[0].float()) * a3).sum(dim=(1, 2)).double()
+                if len(d) > 1:
+                    dots[:, k] += (b3 @ d[1].float()).sum(dim=1).double()
+            calls.setdefault(mod, ([], []))
+            calls[mod][0].append(a3)
+            calls[mod][1].append(b3)
         out.append(dots)
-    return torch.cat(out)
+        if norms:  # a layer called more than once: its calls' tokens are one row's sum, so join them
+            n2 = torch.zeros(dots.shape[0], dtype=torch.float64, device=losses.device)
+            for mod, (a, b) in calls.items():
+                bias = mod.bias is not None and mod.bias.requires_grad
+                n2 += layer_gram(torch.cat(a, dim=1), torch.cat(b, dim=1), bias).diagonal().double()
+            sq.append(n2)
+    return torch.cat(out), (torch.cat(sq) if norms else None)
