@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,20 +41,16 @@ from raise_select.policy import PolicyConfig, RaisePolicy, StaticState
 from raise_select.policy.credit import spearman, top_share
 
 
-def label_run(study: Path, config: str, target: str, n: int, seed: int) -> Path:
-    """train-policy with rounds 0 and a label budget of `n`, with the study config's train-policy
-    settings and `raise:` section (as its RAISE cells get them): the folder holding labels.json."""
-    from raise_select.config import from_dict, resolve
+def label_settings(study: Path, config: str, target: str, n: int, seed: int, out: Path) -> dict:
+    """train-policy's settings for labelling `n` rows of `target` with rounds 0, with the study
+    config's train-policy settings and `raise:` section (as its RAISE cells get them)."""
+    from raise_select.config import resolve
     from raise_select.experiments.plan import StudyConfig, job_settings, matched_step_count, method_sections
-    from raise_select.training import TrainPolicyConfig, train_policy
 
-    out = study / "label_budget" / f"{target}-n{n}-s{seed}"
-    if (out / "labels.json").is_file() and (out / "policy").is_dir():
-        return out
     cfg = resolve(StudyConfig, "study", config, [])
     options = method_sections(config, [], ["raise"])["raise"]
     policy = {**options.get("policy", {}), "label_budget": n, "label_holdout": 0.0, "label_epochs": 1}
-    settings = {
+    return {
         **job_settings(cfg, "train_policy"),
         **options,
         "model": cfg.model,
@@ -66,7 +63,108 @@ def label_run(study: Path, config: str, target: str, n: int, seed: int) -> Path:
         "rounds": 0,
         "policy": policy,
     }
+
+
+def label_run(study: Path, config: str, target: str, n: int, seed: int) -> Path:
+    """train-policy with rounds 0 and a label budget of `n`: the folder holding labels.json."""
+    from raise_select.config import from_dict
+    from raise_select.training import TrainPolicyConfig, train_policy
+
+    out = study / "label_budget" / f"{target}-n{n}-s{seed}"
+    if (out / "labels.json").is_file() and (out / "policy").is_dir():
+        return out
+    settings = label_settings(study, config, target, n, seed, out)
     train_policy(from_dict(TrainPolicyConfig, settings, f"{config}: label run"))
+    return out
+
+
+def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) -> dict:
+    """The labels of `folder/labels.json` measured again, on the same M_0, from one pass over their
+    rows: credit against the first and the second half of the target's validation file (the label
+    run read the first `val_size` rows) and against all of it, and each row's gradient norm. Saved
+    to `folder/noise.json`, reused when its rows are the labels' rows."""
+    from raise_select.config import from_dict
+    from raise_select.data.validation import load_validation
+    from raise_select.training import TrainPolicyConfig
+    from raise_select.training.credit import RowCredit
+    from raise_select.training.episode import start_episode_job
+    from raise_select.training.train_policy import policy_settings
+
+    rec = json.loads((folder / "labels.json").read_text())
+    path = folder / "noise.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["rows"] == rec["rows"]:
+            return saved
+    settings = label_settings(study, config, target, len(rec["rows"]), seed, folder.with_name(folder.name + "-noise"))
+    n_val = len(load_validation(settings["val"], None, None, seed))
+    half = int(settings.get("val_size") or n_val)
+    if 2 * half > n_val:
+        raise UserError(f"{settings['val']}: {n_val} rows, fewer than two halves of {half}")
+    cfg = from_dict(TrainPolicyConfig, {**settings, "val_size": 2 * half}, f"{config}: label noise run")
+    job = start_episode_job(
+        cfg,
+        None,
+        ("pool", "features", "model", "val", "out"),
+        cfg.policy.per_class,
+        lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
+    )
+    labeller = RowCredit(job.trainer, job.validator, sample=0)
+    halves = [list(range(half)), list(range(half, 2 * half)), None]
+    start = time.perf_counter()
+    credit, size = labeller.credits(rec["rows"], halves, lr=cfg.lr, desc=f"{target}: credit x3 + norms", norms=True)
+    out = {
+        "rows": rec["rows"],
+        "half": half,
+        "credit_first": credit[:, 0].tolist(),
+        "credit_second": credit[:, 1].tolist(),
+        "credit_all": credit[:, 2].tolist(),
+        "grad_norm": size.tolist(),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json_atomic(path, out)
+    return out
+
+
+def noise_table(static: StaticState, rec: dict, noise: dict, less: np.ndarray | None, args) -> dict:
+    """How much of a label is its validation sample: Spearman's rho between the labels of two
+    disjoint validation halves (split-half reliability; Spearman-Brown gives the full file's), the
+    same for the cosine form (credit over the row's gradient norm, as LESS normalises), agreement
+    with LESS's pool scores where given, and a ridge fit's held-out rho on each form."""
+    from sklearn.linear_model import RidgeCV
+
+    def rho(a, b) -> float:
+        return spearman(*(torch.as_tensor(np.asarray(v, dtype=np.float64)) for v in (a, b)))
+
+    rows = np.asarray(noise["rows"])
+    first, second, whole = (np.asarray(noise[k]) for k in ("credit_first", "credit_second", "credit_all"))
+    size = np.maximum(np.asarray(noise["grad_norm"]), 1e-30)
+    label = np.asarray(rec["credit"])
+    forms = {"inner": (first, second, whole), "cosine": (first / size, second / size, whole / size)}
+    perm = np.random.default_rng(0).permutation(len(rows))
+    held, rest = perm[: args.holdout], perm[args.holdout :]
+    x = static.x.numpy()
+    blocks = {"state": x, "difficulty": x[:, : len(DIFFICULTY_COLUMNS)]}
+    out = {
+        "rerun_matches_labels": float(np.max(np.abs(first - label)) / (np.max(np.abs(label)) + 1e-30)),
+        "norm_rho": {name: rho(x[rows, j], size) for j, name in enumerate(DIFFICULTY_COLUMNS)},
+        "norm_vs_credit_rho": rho(size, whole),
+        "forms": {},
+    }
+    for name, (a, b, c) in forms.items():
+        r = rho(a, b)
+        fit = {}
+        for block, xb in blocks.items():
+            z = (c[rest] - c[rest].mean()) / (c[rest].std() + 1e-30)
+            ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(xb[rows[rest]], z)
+            fit[block] = rho(ridge.predict(xb[rows[held]]), c[held])
+        out["forms"][name] = {
+            "split_half_rho": r,
+            "spearman_brown_full": 2 * r / (1 + r) if r > -1 else None,
+            "half_vs_full_rho": rho(a, c),
+            "less_rho": None if less is None else rho(c, less[rows]),
+            "ridge_held_out_rho": fit,
+        }
     return out
 
 
@@ -80,7 +178,7 @@ def curve(static: StaticState, rows: np.ndarray, credit: np.ndarray, args) -> di
     out = {"held_out": int(len(held)), "budgets": {}}
     zero = torch.zeros(len(static), dtype=torch.int64)
     for b in [b for b in args.budgets if b <= len(rest)]:
-        cells = {"mlp_rho": [], "mlp_top": [], "ridge_rho": [], "ridge_top": []}
+        cells = {"mlp_rho": [], "mlp_top": [], "ridge_rho": [], "ridge_top": [], "ridge_diff_rho": []}
         for s in range(args.fit_seeds):
             fit = np.random.default_rng(1000 + s).choice(rest, size=b, replace=False)
             policy = RaisePolicy(static, PolicyConfig(per_class=1, seed=s, row_loss=args.row_loss))
@@ -99,12 +197,70 @@ def curve(static: StaticState, rows: np.ndarray, credit: np.ndarray, args) -> di
             rp = ridge.predict(x[rows[held]])
             cells["ridge_rho"].append(spearman(torch.from_numpy(rp), torch.from_numpy(credit[held])))
             cells["ridge_top"].append(top_share(rp, credit[held]))
+            diff = x[:, : len(DIFFICULTY_COLUMNS)]  # the difficulty columns alone, the semantic block left out
+            rd = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(diff[rows[fit]], z).predict(diff[rows[held]])
+            cells["ridge_diff_rho"].append(spearman(torch.from_numpy(rd), torch.from_numpy(credit[held])))
         out["budgets"][str(b)] = {k: [float(np.mean(v)), float(np.std(v))] for k, v in cells.items()}
     out["feature_rho"] = {  # the difficulty columns lead the static state
         name: spearman(torch.from_numpy(x[rows, j]), torch.from_numpy(credit))
         for j, name in enumerate(DIFFICULTY_COLUMNS)
     }
     return out
+
+
+def less_scores(cells: Path, target: str) -> np.ndarray | None:
+    """LESS's (metric target) pool scores of `target`: each seed's scores standardised, then averaged."""
+    found = sorted(cells.glob(f"less_metric@{target}-s*/selection.json"))
+    if not found:
+        return None
+    scores = [np.asarray(json.loads(f.read_text())["pool_scores"], dtype=np.float64) for f in found]
+    return np.mean([(v - v.mean()) / (v.std() + 1e-30) for v in scores], axis=0)
+
+
+def noise_main(study: Path, static: StaticState, out: Path, args) -> int:
+    results = {"settings": {k: v for k, v in vars(args).items() if k != "report"}, "targets": {}}
+    for target in args.targets:
+        folder = study / "label_budget" / f"{target}-n{args.labels}-s{args.seed}"
+        if not (folder / "labels.json").is_file():
+            if args.report:
+                continue
+            folder = label_run(study, args.config, target, args.labels, args.seed)
+        if args.report and not (folder / "noise.json").is_file():
+            continue
+        rec = json.loads((folder / "labels.json").read_text())
+        noise = noise_run(study, args.config, target, folder, args.seed)
+        less = less_scores(Path(args.less_cells), target)
+        results["targets"][target] = {"seconds": noise["seconds"], **noise_table(static, rec, noise, less, args)}
+        print(f"{target}: done", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "label_noise.json", results)
+    lines = [
+        "| target | form | split-half rho | full file (Spearman-Brown) | half vs full | vs LESS (metric target) "
+        "| ridge held-out rho: state | difficulty only |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def num(v) -> str:
+        return "n/a" if v is None else f"{v:+.3f}"
+
+    for target, r in results["targets"].items():
+        for form, f in r["forms"].items():
+            fit = f["ridge_held_out_rho"]
+            lines.append(
+                f"| {target} | {form} | {num(f['split_half_rho'])} | {num(f['spearman_brown_full'])} | "
+                f"{num(f['half_vs_full_rho'])} | {num(f['less_rho'])} | {num(fit['state'])} | "
+                f"{num(fit['difficulty'])} |"
+            )
+    lines += ["", "Each row's gradient norm against its features and its credit (Spearman, all labelled rows):", ""]
+    for target, r in results["targets"].items():
+        feats = ", ".join(f"{k} {v:+.3f}" for k, v in r["norm_rho"].items())
+        lines.append(
+            f"- {target}: {feats}; credit (full file) {r['norm_vs_credit_rho']:+.3f}; "
+            f"rerun of the labels: max relative difference {r['rerun_matches_labels']:.1e}"
+        )
+    write_text_atomic(out / "label_noise.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the label run's seed (its rows and validation sample)")
     p.add_argument("--out", default="benchmarks/results/label_budget")
     p.add_argument("--report", action="store_true", help="only tabulate targets whose labels exist")
+    p.add_argument(
+        "--noise",
+        action="store_true",
+        help="measure the labels again against two halves of the validation file and all of it, with the "
+        "rows' gradient norms (one pass over the labelled rows per target): label_noise.{json,md}",
+    )
+    p.add_argument(
+        "--less-cells",
+        default="runs/study_real_smollm2/cells",
+        help="with --noise: a study's cells folder whose less_metric@<target>-s* selections give LESS's pool scores",
+    )
     args = p.parse_args(argv)
     study, out = Path(args.study), Path(args.out)
     from raise_select.data.pools import load_pool
@@ -128,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pool = load_pool(str(study / "pool.jsonl"))
     static = StaticState.from_features(FeatureTable.read(study / "features").align(pool.ids))
+    if args.noise:
+        return noise_main(study, static, out, args)
     results = {"settings": {k: v for k, v in vars(args).items() if k != "report"}, "targets": {}}
     for target in args.targets:
         folder = study / "label_budget" / f"{target}-n{args.labels}-s{args.seed}"
@@ -148,14 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "label_budget.json", results)
     lines = [
-        "| target | budget | F_theta rho | F_theta top-10% share | ridge rho | ridge top-10% share |",
-        "|---|---|---|---|---|---|",
+        "| target | budget | F_theta rho | F_theta top-10% share | ridge rho | ridge top-10% share "
+        "| ridge rho, difficulty columns only |",
+        "|---|---|---|---|---|---|---|",
     ]
     for target, r in results["targets"].items():
         for b, c in r["budgets"].items():
             lines.append(
                 f"| {target} | {b} | {c['mlp_rho'][0]:+.3f} ± {c['mlp_rho'][1]:.3f} | {c['mlp_top'][0]:+.3f} | "
-                f"{c['ridge_rho'][0]:+.3f} ± {c['ridge_rho'][1]:.3f} | {c['ridge_top'][0]:+.3f} |"
+                f"{c['ridge_rho'][0]:+.3f} ± {c['ridge_rho'][1]:.3f} | {c['ridge_top'][0]:+.3f} | "
+                f"{c['ridge_diff_rho'][0]:+.3f} ± {c['ridge_diff_rho'][1]:.3f} |"
             )
     lines += ["", "Single features against the credit (Spearman over all labelled rows):", ""]
     for target, r in results["targets"].items():
