@@ -78,6 +78,11 @@ def label_run(study: Path, config: str, target: str, n: int, seed: int) -> Path:
     return out
 
 
+# credit against the validation file's first half, its second half and all of it: g_val the mean
+# objective's gradient, then the mean of unit item gradients (`RowCredit` val_norm "unit")
+NOISE_KEYS = tuple(f"credit_{part}{form}" for form in ("", "_unit") for part in ("first", "second", "all"))
+
+
 def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) -> dict:
     """The labels of `folder/labels.json` measured again, on the same M_0, from one pass over their
     rows: credit against the first and the second half of the target's validation file (the label
@@ -94,7 +99,7 @@ def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) ->
     path = folder / "noise.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved["rows"] == rec["rows"]:
+        if saved["rows"] == rec["rows"] and all(k in saved for k in NOISE_KEYS):
             return saved
     settings = label_settings(study, config, target, len(rec["rows"]), seed, folder.with_name(folder.name + "-noise"))
     n_val = len(load_validation(settings["val"], None, None, seed))
@@ -112,24 +117,28 @@ def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) ->
     labeller = RowCredit(job.trainer, job.validator, sample=0)
     halves = [list(range(half)), list(range(half, 2 * half)), None]
     start = time.perf_counter()
-    credit, size = labeller.credits(rec["rows"], halves, lr=cfg.lr, desc=f"{target}: credit x3 + norms", norms=True)
-    out = {
-        "rows": rec["rows"],
-        "half": half,
-        "credit_first": credit[:, 0].tolist(),
-        "credit_second": credit[:, 1].tolist(),
-        "credit_all": credit[:, 2].tolist(),
-        "grad_norm": size.tolist(),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    credit, size = labeller.credits(
+        rec["rows"],
+        halves * 2,
+        lr=cfg.lr,
+        desc=f"{target}: credit x6 + norms",
+        norms=True,
+        val_norms=["mean"] * 3 + ["unit"] * 3,
+    )
+    out = {"rows": rec["rows"], "half": half}
+    for k, key in enumerate(NOISE_KEYS):
+        out[key] = credit[:, k].tolist()
+    out["grad_norm"] = size.tolist()
+    out["seconds"] = round(time.perf_counter() - start, 2)
     write_json_atomic(path, out)
     return out
 
 
 def noise_table(static: StaticState, rec: dict, noise: dict, less: np.ndarray | None, args) -> dict:
     """How much of a label is its validation sample: Spearman's rho between the labels of two
-    disjoint validation halves (split-half reliability; Spearman-Brown gives the full file's), the
-    same for the cosine form (credit over the row's gradient norm, as LESS normalises), agreement
+    disjoint validation halves (split-half reliability; Spearman-Brown gives the full file's), for
+    each form of the label: the credit; over the row's gradient norm (cosine); against the mean of
+    unit item gradients; both (LESS's mean cosine over validation examples). Beside it, agreement
     with LESS's pool scores where given, and a ridge fit's held-out rho on each form."""
     from sklearn.linear_model import RidgeCV
 
@@ -137,10 +146,18 @@ def noise_table(static: StaticState, rec: dict, noise: dict, less: np.ndarray | 
         return spearman(*(torch.as_tensor(np.asarray(v, dtype=np.float64)) for v in (a, b)))
 
     rows = np.asarray(noise["rows"])
-    first, second, whole = (np.asarray(noise[k]) for k in ("credit_first", "credit_second", "credit_all"))
     size = np.maximum(np.asarray(noise["grad_norm"]), 1e-30)
     label = np.asarray(rec["credit"])
-    forms = {"inner": (first, second, whole), "cosine": (first / size, second / size, whole / size)}
+    first = np.asarray(noise["credit_first"])
+    forms = {}
+    for name, suffix, per_row in [
+        ("inner", "", 1.0),
+        ("cosine", "", size),
+        ("unit validation items", "_unit", 1.0),
+        ("unit items, cosine (LESS's form)", "_unit", size),
+    ]:
+        if f"credit_first{suffix}" in noise:
+            forms[name] = tuple(np.asarray(noise[f"credit_{p}{suffix}"]) / per_row for p in ("first", "second", "all"))
     perm = np.random.default_rng(0).permutation(len(rows))
     held, rest = perm[: args.holdout], perm[args.holdout :]
     x = static.x.numpy()
@@ -148,7 +165,7 @@ def noise_table(static: StaticState, rec: dict, noise: dict, less: np.ndarray | 
     out = {
         "rerun_matches_labels": float(np.max(np.abs(first - label)) / (np.max(np.abs(label)) + 1e-30)),
         "norm_rho": {name: rho(x[rows, j], size) for j, name in enumerate(DIFFICULTY_COLUMNS)},
-        "norm_vs_credit_rho": rho(size, whole),
+        "norm_vs_credit_rho": rho(size, np.asarray(noise["credit_all"])),
         "forms": {},
     }
     for name, (a, b, c) in forms.items():

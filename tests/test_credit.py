@@ -201,6 +201,34 @@ def test_credits_against_several_subsets_and_the_rows_gradient_norms_in_one_pass
     assert rc.credits(rows, [None])[1] is None
 
 
+def test_unit_validation_gradient_is_the_mean_of_unit_item_gradients(tmp_path, tiny_model_dir):
+    """`val_norm: unit`: g_val is the mean over items of each item's gradient over its norm, by hand
+    from the items' gradients one at a time; the credit against it is lr <g_val, g_i>."""
+    trainer, _ = _trainer_and_validator(tiny_model_dir, lr=0.02)
+    validator = _choice_validation(tmp_path, trainer.tokenizer)
+    rc = RowCredit(trainer, validator, sample=0, chunk=2)
+    trainer.unwrapped.eval()  # as `credits` measures (no dropout)
+
+    def flat(items, form):
+        return torch.cat([t.flatten() for part in rc.validation_gradient(items, form) for t in part]).double()
+
+    def close(a, b):  # float32 sums in another order: relative to the vector's largest entry
+        return torch.allclose(a, b, rtol=0, atol=1e-4 * float(b.abs().max()))
+
+    items = [0, 1, 3]
+    each = [flat([j], "mean") for j in items]
+    assert close(flat(items, "unit"), sum(g / g.norm() for g in each) / len(items))
+    assert close(flat(items, "mean"), sum(each) / len(items))
+    assert not close(flat(items, "unit") / flat(items, "unit").norm(), flat(items, "mean") / flat(items, "mean").norm())
+    rows = [2, 4, 7]
+    both, _ = rc.credits(rows, [items, items], lr=0.5, val_norms=["mean", "unit"])
+    unit_rc = RowCredit(trainer, validator, sample=0, val_norm="unit")
+    assert both[:, 1].tolist() == pytest.approx(unit_rc.credit(rows, items, lr=0.5).tolist(), rel=1e-4)
+    assert both[:, 0].tolist() == pytest.approx(rc.credit(rows, items, lr=0.5).tolist(), rel=1e-4)
+    with pytest.raises(ValueError, match="val_norm"):
+        RowCredit(trainer, validator, sample=0, val_norm="max")
+
+
 def test_row_credit_equals_greats_first_term(tiny_model_dir, monkeypatch):
     """GREATS scores its candidates with lr * <g_i, g_val> before the interaction term: on the same
     model, rows and validation set the credit is that vector."""

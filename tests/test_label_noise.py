@@ -44,6 +44,16 @@ def test_split_half_reliability_cosine_form_and_agreement_by_hand():
     assert out["norm_vs_credit_rho"] == pytest.approx(spearmanr(size, first + second).statistic)
     assert out["rerun_matches_labels"] == 0.0
     assert set(inner["ridge_held_out_rho"]) == {"state", "difficulty"}
+    assert set(out["forms"]) == {"inner", "cosine"}  # no unit columns: only the mean forms
+    unit = {
+        f"{k}_unit": (np.asarray(v) * 2 if k != "credit_second" else -np.asarray(v)).tolist()
+        for k, v in noise.items()
+        if k.startswith("credit_")
+    }
+    both = bench.noise_table(static, {"credit": first.tolist()}, {**noise, **unit}, less, SimpleNamespace(holdout=20))
+    less_form = both["forms"]["unit items, cosine (LESS's form)"]
+    assert less_form["split_half_rho"] == pytest.approx(spearmanr(2 * first / size, -second / size).statistic)
+    assert both["forms"]["unit validation items"]["split_half_rho"] == pytest.approx(-r)
 
 
 def test_identical_halves_are_fully_reliable_and_a_feature_label_is_predictable():

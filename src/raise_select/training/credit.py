@@ -38,6 +38,8 @@ from .choices import choice_ce_sum
 from .gradients import batch_response_losses, objective_gradient, per_example_projections
 from .loop import collate, encode_example
 
+VAL_NORMS = ("mean", "unit")  # g_val: the mean objective's gradient | the mean of unit item gradients
+
 
 def trainable_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
     """Every linear layer of `model` whose weight is trained (under LoRA, the adapters' A and B)."""
@@ -51,7 +53,7 @@ def _chunks(order: list[int], size: int) -> list[list[int]]:
 class RowCredit:
     """Credit labels of a policy step from the trainer's current model and the validator's examples."""
 
-    def __init__(self, trainer, validator, sample: int, val_rows: int = 0, chunk: int = 8):
+    def __init__(self, trainer, validator, sample: int, val_rows: int = 0, chunk: int = 8, val_norm: str = "mean"):
         from .reward import CHOICE_METRICS
 
         cfg = trainer.cfg
@@ -59,6 +61,9 @@ class RowCredit:
         self.sample = sample
         self.val_rows = val_rows
         self.chunk = chunk
+        if val_norm not in VAL_NORMS:
+            raise ValueError(f"val_norm {val_norm!r}: one of {', '.join(VAL_NORMS)}")
+        self.val_norm = val_norm
         self.modules = trainable_linears(trainer.unwrapped)
         self.objective = "choice_ce" if validator.metric in CHOICE_METRICS else "response loss"
         if self.objective == "choice_ce":
@@ -78,17 +83,21 @@ class RowCredit:
         pad = self.trainer.tokenizer.pad_token_id
         return [{k: v.to(device) for k, v in collate(rows, pad).items()} for rows in encoded]
 
-    def validation_gradient(self, val: list[int]) -> list[list[torch.Tensor]]:
-        """g_val over validation items/rows `val`: the gradient of the mean validation objective."""
-        model, n = self.trainer.unwrapped, len(val)
+    def validation_gradient(self, val: list[int], val_norm: str | None = None) -> list[list[torch.Tensor]]:
+        """g_val over validation items/rows `val`: the gradient of the mean validation objective
+        (`val_norm` "mean"), or the mean of each item's gradient scaled to unit norm ("unit": no item
+        outweighs another, as LESS averages cosines over validation examples); the labeller's own
+        `val_norm` when None."""
+        unit = (val_norm or self.val_norm) == "unit"
+        model, n = self.trainer.unwrapped, 1 if unit else len(val)  # unit: each part is scaled to norm 1
+        size = 1 if unit else self.chunk
         if self.objective == "choice_ce":
-            groups = _chunks(val, self.chunk)
-            parts = [lambda c=c: choice_ce_sum(model, self.choices, c, self.chunk) / n for c in groups]
+            parts = [lambda c=c: choice_ce_sum(model, self.choices, c, self.chunk) / n for c in _chunks(val, size)]
         else:
             ordered = sorted(val, key=lambda j: len(self.val[j].input_ids))
-            batches = self._batches([[self.val[j] for j in c] for c in _chunks(ordered, self.chunk)])
+            batches = self._batches([[self.val[j] for j in c] for c in _chunks(ordered, size)])
             parts = [lambda b=b: batch_response_losses(model, b).sum() / n for b in batches]
-        return objective_gradient(self.modules, parts)
+        return objective_gradient(self.modules, parts, unit=unit)
 
     def credit(
         self, rows: list[int], val: list[int] | None = None, lr: float | None = None, desc: str | None = None
@@ -105,10 +114,12 @@ class RowCredit:
         lr: float | None = None,
         desc: str | None = None,
         norms: bool = False,
+        val_norms: list[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`credit` against several validation subsets from one pass over the rows: (len(rows), K)
-        float64, column k with g_val over `vals[k]` (all items when None); with `norms` also each
-        row's gradient norm |g_i| (len(rows),), else None."""
+        float64, column k with g_val over `vals[k]` (all items when None), formed as `val_norms[k]`
+        (the labeller's `val_norm` when not given); with `norms` also each row's gradient norm |g_i|
+        (len(rows),), else None."""
         trainer = self.trainer
         model = trainer.unwrapped
         vals = [list(range(self.n_val)) if v is None else [int(j) for j in v] for v in vals]
@@ -119,7 +130,8 @@ class RowCredit:
         was_training = model.training
         model.eval()
         try:
-            g_vals = [self.validation_gradient(v) for v in vals]
+            forms = val_norms or [self.val_norm] * len(vals)
+            g_vals = [self.validation_gradient(v, f) for v, f in zip(vals, forms)]
             batches = self._batches([[encoded[i] for i in c] for c in chunks])
             if desc is not None:
                 batches = progress_bar(batches, total=len(batches), desc=desc, unit="batch")

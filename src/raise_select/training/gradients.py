@@ -174,24 +174,33 @@ def _params(module: torch.nn.Linear) -> list[torch.Tensor]:
 
 
 def objective_gradient(
-    modules: Sequence[torch.nn.Linear], parts: Iterable[Callable[[], torch.Tensor]]
+    modules: Sequence[torch.nn.Linear], parts: Iterable[Callable[[], torch.Tensor]], unit: bool = False
 ) -> list[list[torch.Tensor]]:
     """The gradient of an objective over the parameters of `modules` (per module: its weight's,
     then its bias's when trained), the objective being the sum of the scalars the closures
     `parts` return; each part is computed and differentiated on its own (the memory of one
     part at a time), the backward pass only through the layers above the first of `modules`.
-    Parameters' `.grad` is left untouched."""
+    With `unit`, the mean of the parts' gradients each scaled to unit norm (a part whose gradient
+    is zero counts as zero). Parameters' `.grad` is left untouched."""
     params = [p for m in modules for p in _params(m)]
     total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    count = 0
     for part in parts:
+        count += 1
         with grad_from(modules):
             value = part()
         if not value.requires_grad:  # nothing of the part depends on the scored layers
             continue
-        grads = torch.autograd.grad(value, params, allow_unused=True)
+        grads = [None if g is None else g.float() for g in torch.autograd.grad(value, params, allow_unused=True)]
+        scale = 1.0
+        if unit:
+            size = float(sum((g.double() ** 2).sum() for g in grads if g is not None)) ** 0.5
+            scale = 1.0 / size if size > 0 else 0.0
         for acc, g in zip(total, grads):
             if g is not None:
-                acc += g.float()
+                acc += scale * g
+    if unit and count:
+        total = [t / count for t in total]
     out, k = [], 0
     for m in modules:
         n = len(_params(m))
