@@ -402,6 +402,8 @@ def test_credit_settings_are_refused_by_name():
         PolicyConfig(credit="row", row_advantage=True)  # ratio product: one ratio per step
     with pytest.raises(UserError, match="credit_sample"):
         PolicyConfig(credit_sample=-1)
+    with pytest.raises(UserError, match="credit_val_norm"):
+        PolicyConfig(credit_val_norm="max")
 
 
 def test_update_with_credit_row_refuses_a_buffer_without_labels():
@@ -662,10 +664,11 @@ def test_label_settings_are_refused_by_name():
         PolicyConfig(label_budget=10, row_loss="none")
 
 
-def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("val_norm", ["mean", "unit"])
+def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, tiny_model_dir, val_norm):
     """rounds 0 with a label budget: the saved policy is the labels' fit. labels.json holds the
-    sampled rows and their credit, which equal the credit recomputed on M_0 independently; the
-    fitted scores order the fitted rows as their credit does."""
+    sampled rows and their credit, which equal the credit recomputed on M_0 independently (with the
+    run's `credit_val_norm`); the fitted scores order the fitted rows as their credit does."""
     from raise_select.training import TrainPolicyConfig, train_policy
 
     rows = plus_rows(24)
@@ -683,7 +686,9 @@ def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, t
         steps=4,
         lr=1e-3,
         max_length=64,
-        policy=PolicyConfig(per_class=1, label_budget=16, label_holdout=0.25, label_epochs=100),
+        policy=PolicyConfig(
+            per_class=1, label_budget=16, label_holdout=0.25, label_epochs=100, credit_val_norm=val_norm
+        ),
     )
     train_policy(cfg)
     rec = json.loads((tmp_path / "run" / "labels.json").read_text())
@@ -691,8 +696,10 @@ def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, t
     assert rec["objective"] == "response loss"
     trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=1e-3), total_steps=4)
     validator = Validator(load_pool(tmp_path / "val.json").examples, trainer.tokenizer, "neg_loss", 64)
-    again = RowCredit(trainer, validator, sample=0).credit(rec["rows"], lr=1e-3)
+    again = RowCredit(trainer, validator, sample=0, val_norm=val_norm).credit(rec["rows"], lr=1e-3)
     assert again.tolist() == pytest.approx(rec["credit"], rel=1e-4, abs=1e-12)
+    other = RowCredit(trainer, validator, sample=0, val_norm={"mean": "unit", "unit": "mean"}[val_norm])
+    assert other.credit(rec["rows"], lr=1e-3).tolist() != pytest.approx(rec["credit"], rel=1e-3)
     assert rec["fit_spearman"] > 0.7 and rec["fit_losses"][1] < rec["fit_losses"][0]
     saved = RaisePolicy.read_config(tmp_path / "run" / "policy")
     assert saved.label_budget == 16

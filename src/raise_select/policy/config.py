@@ -36,6 +36,7 @@ RATIOS = ("product", "per_item")
 ADVANTAGES = ("gae", "step_baseline")
 USE_RULES = ("topk", "sample")
 CREDITS = ("batch", "row")
+CREDIT_VAL_NORMS = ("mean", "unit")
 ROW_LOSSES = ("none", "regression", "ranking")
 ROUND_UPDATES = ("ppo", "refit")
 ANCHOR_DIRECTIONS = ("forward", "reverse")
@@ -152,6 +153,14 @@ class PolicyConfig:
         default=0,
         metadata={
             "help": "with credit row: validation rows drawn per policy step for g_val (0: the whole validation set)"
+        },
+    )
+    credit_val_norm: str = field(
+        default="mean",
+        metadata={
+            "help": "g_val of the credit labels (label_budget and credit row): mean [the mean validation objective's "
+            "gradient] or unit [the mean of each validation item's gradient scaled to unit norm, as LESS averages "
+            "cosines over validation examples: no item outweighs another]"
         },
     )
     row_loss: str = field(
@@ -289,6 +298,11 @@ class PolicyConfig:
             (self.credit in CREDITS, "credit", f"must be one of {', '.join(CREDITS)}"),
             (self.credit_sample >= 0, "credit_sample", "must be >= 0"),
             (self.credit_val >= 0, "credit_val", "must be >= 0 (0: the whole validation set)"),
+            (
+                self.credit_val_norm in CREDIT_VAL_NORMS,
+                "credit_val_norm",
+                f"must be one of {', '.join(CREDIT_VAL_NORMS)}",
+            ),
             (self.row_loss in ROW_LOSSES, "row_loss", f"must be one of {', '.join(ROW_LOSSES)}"),
             (
                 math.isfinite(self.row_loss_weight) and self.row_loss_weight >= 0.0,

@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import torch
 
+from ..policy.config import CREDIT_VAL_NORMS as VAL_NORMS
 from ..progress import progress_bar
 from .choices import choice_ce_sum
 from .gradients import batch_response_losses, objective_gradient, per_example_projections
 from .loop import collate, encode_example
-
-VAL_NORMS = ("mean", "unit")  # g_val: the mean objective's gradient | the mean of unit item gradients
 
 
 def trainable_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:

@@ -381,7 +381,9 @@ def run_episode(
     if buffer is not None and acc.is_main_process and getattr(policy_cfg, "credit", "batch") == "row":
         from .credit import RowCredit
 
-        credit = RowCredit(trainer, validator, policy_cfg.credit_sample, policy_cfg.credit_val)
+        credit = RowCredit(
+            trainer, validator, policy_cfg.credit_sample, policy_cfg.credit_val, val_norm=policy_cfg.credit_val_norm
+        )
     classes = policy.static.classes
     counts = torch.zeros(n, dtype=torch.int64)
     result = EpisodeResult(p0=p0, final_p=p0)
