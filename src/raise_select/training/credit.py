@@ -31,6 +31,8 @@ change what the policy learns from them.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..policy.config import CREDIT_VAL_NORMS as VAL_NORMS
@@ -119,26 +121,46 @@ class RowCredit:
         float64, column k with g_val over `vals[k]` (all items when None), formed as `val_norms[k]`
         (the labeller's `val_norm` when not given); with `norms` also each row's gradient norm |g_i|
         (len(rows),), else None."""
-        trainer = self.trainer
-        model = trainer.unwrapped
         vals = [list(range(self.n_val)) if v is None else [int(j) for j in v] for v in vals]
+        forms = val_norms or [self.val_norm] * len(vals)
+        with self.measuring():
+            g_vals = [self.validation_gradient(v, f) for v, f in zip(vals, forms)]
+        return self.project(rows, g_vals, lr, desc, norms)
+
+    @contextlib.contextmanager
+    def measuring(self):
+        """The model in eval mode (as the validator measures P), put back as it was after."""
+        model = self.trainer.unwrapped
+        was_training = model.training
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+
+    def project(
+        self,
+        rows: list[int],
+        directions: list[list[list[torch.Tensor]]],
+        lr: float | None = None,
+        desc: str | None = None,
+        norms: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(len(rows), K) float64 lr <d_k, g_i> of pool rows `rows` for given directions (each as
+        `validation_gradient` returns), at the trainer's coming step's learning rate unless `lr` is
+        given, from one pass over the rows; with `norms` also each row's |g_i|, else None."""
+        trainer = self.trainer
         encoded = [trainer.encode(int(i)) for i in rows]
         order = sorted(range(len(rows)), key=lambda i: len(encoded[i].input_ids))
         chunks = _chunks(order, self.chunk)
         lr = float(trainer.scheduler.get_last_lr()[0]) if lr is None else float(lr)
-        was_training = model.training
-        model.eval()
-        try:
-            forms = val_norms or [self.val_norm] * len(vals)
-            g_vals = [self.validation_gradient(v, f) for v, f in zip(vals, forms)]
+        with self.measuring():
             batches = self._batches([[encoded[i] for i in c] for c in chunks])
             if desc is not None:
                 batches = progress_bar(batches, total=len(batches), desc=desc, unit="batch")
-            dots, sq = per_example_projections(model, self.modules, batches, g_vals, norms=norms)
-        finally:
-            model.train(was_training)
+            dots, sq = per_example_projections(trainer.unwrapped, self.modules, batches, directions, norms=norms)
         where = torch.tensor([i for c in chunks for i in c], dtype=torch.int64)
-        out = torch.zeros((len(rows), len(vals)), dtype=torch.float64)
+        out = torch.zeros((len(rows), len(directions)), dtype=torch.float64)
         out[where] = dots.cpu()
         size = None
         if sq is not None:
