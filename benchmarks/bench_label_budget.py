@@ -134,6 +134,101 @@ def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) ->
     return out
 
 
+def reliability_run(study: Path, config: str, target: str, folder: Path, seed: int, sizes: list[int]) -> dict:
+    """The labels' rows measured against disjoint validation samples of each size in `sizes`: a
+    validation file of 2 x max(sizes) rows of the target's validation part (`data_dir` of the study
+    config, seeded), whose first and second halves give two samples of every size; g_val of each
+    sample in both forms (`RowCredit` val_norm mean and unit) from the items' gradients taken once.
+    Saved to `folder/reliability.json`, reused when its rows and sizes match."""
+    from raise_select.config import from_dict, resolve
+    from raise_select.data.pools import to_format
+    from raise_select.data.validation import load_validation
+    from raise_select.experiments.plan import TARGETS, StudyConfig
+    from raise_select.progress import progress_bar
+    from raise_select.training import TrainPolicyConfig
+    from raise_select.training.credit import RowCredit
+    from raise_select.training.episode import start_episode_job
+    from raise_select.training.train_policy import policy_settings
+
+    rec = json.loads((folder / "labels.json").read_text())
+    path = folder / "reliability.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["rows"] == rec["rows"] and saved["sizes"] == sizes:
+            return saved
+    n = 2 * max(sizes)
+    study_cfg = resolve(StudyConfig, "study", config, [])
+    val = load_validation(target, study_cfg.data_dir, n=n, seed=seed, split=TARGETS[target])
+    if len(val) < n:
+        raise UserError(f"{target}: its validation part has {len(val)} rows, fewer than 2 x {max(sizes)}")
+    val_file = folder / f"validation-{n}.jsonl"
+    write_text_atomic(val_file, "".join(json.dumps(to_format(e, "messages")) + "\n" for e in val))
+    settings = label_settings(study, config, target, len(rec["rows"]), seed, folder.with_name(folder.name + "-rel"))
+    settings.update(val=str(val_file), val_size=n)
+    cfg = from_dict(TrainPolicyConfig, settings, f"{config}: label reliability run")
+    job = start_episode_job(
+        cfg,
+        None,
+        ("pool", "features", "model", "val", "out"),
+        cfg.policy.per_class,
+        lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
+    )
+    labeller = RowCredit(job.trainer, job.validator, sample=0)
+    start = time.perf_counter()
+    with labeller.measuring():  # each item's gradient once, flattened
+        shapes = None
+        items = []
+        for j in progress_bar(range(n), total=n, desc=f"{target}: item gradients", unit="item"):
+            g = labeller.validation_gradient([j], "mean")
+            shapes = shapes or [[t.shape for t in part] for part in g]
+            items.append(torch.cat([t.flatten() for part in g for t in part]))
+    grads = torch.stack(items)
+    unit = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-30)
+
+    def unflatten(v: torch.Tensor) -> list[list[torch.Tensor]]:
+        out, k = [], 0
+        for part in shapes:
+            out.append([])
+            for shape in part:
+                size = int(np.prod(shape))
+                out[-1].append(v[k : k + size].view(shape))
+                k += size
+        return out
+
+    keys, directions = [], []
+    for size in sizes:
+        for half, idx in (("first", slice(0, size)), ("second", slice(n // 2, n // 2 + size))):
+            for form, matrix in (("mean", grads), ("unit", unit)):
+                keys.append(f"{size}-{half}-{form}")
+                directions.append(unflatten(matrix[idx].mean(dim=0)))
+    credit, norms = labeller.project(rec["rows"], directions, lr=cfg.lr, desc=f"{target}: rows", norms=True)
+    out = {
+        "rows": rec["rows"],
+        "sizes": sizes,
+        "validation_rows": n,
+        "credit": {k: credit[:, i].tolist() for i, k in enumerate(keys)},
+        "grad_norm": norms.tolist(),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json_atomic(path, out)
+    return out
+
+
+def reliability_table(rel: dict) -> dict:
+    """Split-half Spearman rho of the labels per validation sample size and form: the credit
+    (mean), against unit items (unit), and each over the row's gradient norm (cosine)."""
+    size_norm = np.maximum(np.asarray(rel["grad_norm"]), 1e-30)
+    out = {}
+    for size in rel["sizes"]:
+        row = {}
+        for form in ("mean", "unit"):
+            a, b = (np.asarray(rel["credit"][f"{size}-{h}-{form}"]) for h in ("first", "second"))
+            for name, scale in ((form, 1.0), (f"{form}, cosine", size_norm)):
+                row[name] = spearman(torch.from_numpy(a / scale), torch.from_numpy(b / scale))
+        out[str(size)] = row
+    return out
+
+
 def noise_table(static: StaticState, rec: dict, noise: dict, less: np.ndarray | None, args) -> dict:
     """How much of a label is its validation sample: Spearman's rho between the labels of two
     disjoint validation halves (split-half reliability; Spearman-Brown gives the full file's), for
@@ -234,6 +329,34 @@ def less_scores(cells: Path, target: str) -> np.ndarray | None:
     return np.mean([(v - v.mean()) / (v.std() + 1e-30) for v in scores], axis=0)
 
 
+def reliability_main(study: Path, out: Path, args) -> int:
+    results = {"settings": {k: v for k, v in vars(args).items() if k != "report"}, "targets": {}}
+    for target in args.targets:
+        folder = study / "label_budget" / f"{target}-n{args.labels}-s{args.seed}"
+        if not (folder / "labels.json").is_file():
+            if args.report:
+                continue
+            folder = label_run(study, args.config, target, args.labels, args.seed)
+        if args.report and not (folder / "reliability.json").is_file():
+            continue
+        rel = reliability_run(study, args.config, target, folder, args.seed, sorted(args.reliability))
+        results["targets"][target] = {"seconds": rel["seconds"], "split_half": reliability_table(rel)}
+        print(f"{target}: done", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "label_reliability.json", results)
+    forms = ["mean", "mean, cosine", "unit", "unit, cosine"]
+    lines = [
+        "| target | validation items per sample | " + " | ".join(forms) + " |",
+        "|---|---|" + "---|" * len(forms),
+    ]
+    for target, r in results["targets"].items():
+        for size, row in r["split_half"].items():
+            lines.append(f"| {target} | {size} | " + " | ".join(f"{row[f]:+.3f}" for f in forms) + " |")
+    write_text_atomic(out / "label_reliability.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def noise_main(study: Path, static: StaticState, out: Path, args) -> int:
     results = {"settings": {k: v for k, v in vars(args).items() if k != "report"}, "targets": {}}
     for target in args.targets:
@@ -301,6 +424,14 @@ def main(argv: list[str] | None = None) -> int:
         "rows' gradient norms (one pass over the labelled rows per target): label_noise.{json,md}",
     )
     p.add_argument(
+        "--reliability",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
+        help="measure the labels again against two disjoint validation samples of each SIZE, drawn from the "
+        "target's validation part (one pass over the labelled rows per target): label_reliability.{json,md}",
+    )
+    p.add_argument(
         "--less-cells",
         default="runs/study_real_smollm2/cells",
         help="with --noise: a study's cells folder whose less_metric@<target>-s* selections give LESS's pool scores",
@@ -314,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     static = StaticState.from_features(FeatureTable.read(study / "features").align(pool.ids))
     if args.noise:
         return noise_main(study, static, out, args)
+    if args.reliability:
+        return reliability_main(study, out, args)
     results = {"settings": {k: v for k, v in vars(args).items() if k != "report"}, "targets": {}}
     for target in args.targets:
         folder = study / "label_budget" / f"{target}-n{args.labels}-s{args.seed}"

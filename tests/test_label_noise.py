@@ -75,3 +75,22 @@ def test_identical_halves_are_fully_reliable_and_a_feature_label_is_predictable(
     assert inner["split_half_rho"] == pytest.approx(1.0) and inner["spearman_brown_full"] == pytest.approx(1.0)
     assert inner["less_rho"] is None
     assert inner["ridge_held_out_rho"]["difficulty"] > 0.99
+
+
+def test_reliability_table_is_the_split_half_rho_per_size_and_form():
+    bench = benchmark_module("bench_label_budget")
+    rng = np.random.default_rng(3)
+    n = 40
+    size = rng.uniform(0.5, 2.0, size=n)
+    credit = {
+        f"{s}-{h}-{f}": rng.normal(size=n).tolist()
+        for s in (8, 16)
+        for h in ("first", "second")
+        for f in ("mean", "unit")
+    }
+    credit["16-second-unit"] = credit["16-first-unit"]  # one pair measured alike: fully reliable
+    table = bench.reliability_table({"sizes": [8, 16], "credit": credit, "grad_norm": size.tolist()})
+    a, b = np.asarray(credit["8-first-mean"]), np.asarray(credit["8-second-mean"])
+    assert table["8"]["mean"] == pytest.approx(spearmanr(a, b).statistic)
+    assert table["8"]["mean, cosine"] == pytest.approx(spearmanr(a / size, b / size).statistic)
+    assert table["16"]["unit"] == pytest.approx(1.0) and table["16"]["unit, cosine"] == pytest.approx(1.0)
