@@ -134,16 +134,18 @@ def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) ->
     return out
 
 
-def reliability_run(study: Path, config: str, target: str, folder: Path, seed: int, sizes: list[int]) -> dict:
-    """The labels' rows measured against disjoint validation samples of each size in `sizes`: a
-    validation file of 2 x max(sizes) rows of the target's validation part (`data_dir` of the study
-    config, seeded), whose first and second halves give two samples of every size; g_val of each
-    sample in both forms (`RowCredit` val_norm mean and unit) from the items' gradients taken once.
-    Saved to `folder/reliability.json`, reused when its rows and sizes match."""
+def reliability_run(study: Path, config: str, target: str, folder: Path, seed: int, n: int) -> dict:
+    """Every labelled row's credit against every item of a validation file of `n` rows drawn from
+    the target's validation part (`data_dir` of the study config, seeded): C[i, j] = lr <g_j, g_i>,
+    from the rows' and the items' gradients (each taken once). Any validation sample S then labels
+    row i with the mean of C[i, S] (the credit, g_val linear in the items), or of C[i, S] / |g_j|
+    (`val_norm` unit). Saved to `folder/reliability-<n>.npz` (C, the rows, the norms), reused when
+    its rows match."""
     from raise_select.config import from_dict, resolve
     from raise_select.data.pools import to_format
     from raise_select.data.validation import load_validation
     from raise_select.experiments.plan import TARGETS, StudyConfig
+    from raise_select.io import atomic_path
     from raise_select.progress import progress_bar
     from raise_select.training import TrainPolicyConfig
     from raise_select.training.credit import RowCredit
@@ -151,16 +153,15 @@ def reliability_run(study: Path, config: str, target: str, folder: Path, seed: i
     from raise_select.training.train_policy import policy_settings
 
     rec = json.loads((folder / "labels.json").read_text())
-    path = folder / "reliability.json"
+    path = folder / f"reliability-{n}.npz"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved["rows"] == rec["rows"] and saved["sizes"] == sizes:
+        saved = dict(np.load(path))
+        if saved["rows"].tolist() == rec["rows"]:
             return saved
-    n = 2 * max(sizes)
     study_cfg = resolve(StudyConfig, "study", config, [])
     val = load_validation(target, study_cfg.data_dir, n=n, seed=seed, split=TARGETS[target])
     if len(val) < n:
-        raise UserError(f"{target}: its validation part has {len(val)} rows, fewer than 2 x {max(sizes)}")
+        raise UserError(f"{target}: its validation part has {len(val)} rows, fewer than {n}")
     val_file = folder / f"validation-{n}.jsonl"
     write_text_atomic(val_file, "".join(json.dumps(to_format(e, "messages")) + "\n" for e in val))
     settings = label_settings(study, config, target, len(rec["rows"]), seed, folder.with_name(folder.name + "-rel"))
@@ -175,57 +176,59 @@ def reliability_run(study: Path, config: str, target: str, folder: Path, seed: i
     )
     labeller = RowCredit(job.trainer, job.validator, sample=0)
     start = time.perf_counter()
-    with labeller.measuring():  # each item's gradient once, flattened
-        shapes = None
-        items = []
-        for j in progress_bar(range(n), total=n, desc=f"{target}: item gradients", unit="item"):
-            g = labeller.validation_gradient([j], "mean")
-            shapes = shapes or [[t.shape for t in part] for part in g]
-            items.append(torch.cat([t.flatten() for part in g for t in part]))
-    grads = torch.stack(items)
-    unit = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-30)
-
-    def unflatten(v: torch.Tensor) -> list[list[torch.Tensor]]:
-        out, k = [], 0
-        for part in shapes:
-            out.append([])
-            for shape in part:
-                size = int(np.prod(shape))
-                out[-1].append(v[k : k + size].view(shape))
-                k += size
-        return out
-
-    keys, directions = [], []
-    for size in sizes:
-        for half, idx in (("first", slice(0, size)), ("second", slice(n // 2, n // 2 + size))):
-            for form, matrix in (("mean", grads), ("unit", unit)):
-                keys.append(f"{size}-{half}-{form}")
-                directions.append(unflatten(matrix[idx].mean(dim=0)))
-    credit, norms = labeller.project(rec["rows"], directions, lr=cfg.lr, desc=f"{target}: rows", norms=True)
+    with labeller.measuring():
+        items = torch.stack(
+            [
+                labeller.flat_gradient(labeller.validation_gradient([j], "mean"))
+                for j in progress_bar(range(n), total=n, desc=f"{target}: item gradients", unit="item")
+            ]
+        )
+    rows = labeller.row_gradients(rec["rows"], desc=f"{target}: row gradients")
     out = {
-        "rows": rec["rows"],
-        "sizes": sizes,
-        "validation_rows": n,
-        "credit": {k: credit[:, i].tolist() for i, k in enumerate(keys)},
-        "grad_norm": norms.tolist(),
-        "seconds": round(time.perf_counter() - start, 2),
+        "rows": np.asarray(rec["rows"]),
+        "credit": (cfg.lr * (rows.double() @ items.double().T)).numpy(),
+        "item_norm": items.double().norm(dim=1).numpy(),
+        "row_norm": rows.double().norm(dim=1).numpy(),
+        "seconds": np.asarray(time.perf_counter() - start),
     }
-    write_json_atomic(path, out)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **out)
     return out
 
 
-def reliability_table(rel: dict) -> dict:
-    """Split-half Spearman rho of the labels per validation sample size and form: the credit
-    (mean), against unit items (unit), and each over the row's gradient norm (cosine)."""
-    size_norm = np.maximum(np.asarray(rel["grad_norm"]), 1e-30)
+RELIABILITY_FORMS = ("mean", "mean, cosine", "unit", "unit, cosine")
+
+
+def reliability_table(rel: dict, sizes: list[int], pairs: int, seed: int = 0) -> dict:
+    """Per validation sample size k and label form, over `pairs` random draws of two disjoint
+    k-item samples S, S' of the file's items: Spearman's rho between the labels from S and from S'
+    (split-half reliability), and between those from S and from all the other items (agreement
+    with the best label the file gives). Forms: the credit (mean of C[i, S]), against unit items
+    (mean of C[i, S] / |g_j|), and each over the row's gradient norm (cosine). Mean and std."""
+    credit = np.asarray(rel["credit"], dtype=np.float64)
+    n = credit.shape[1]
+    per_item = {"mean": credit, "unit": credit / np.maximum(np.asarray(rel["item_norm"]), 1e-30)[None, :]}
+    row_norm = np.maximum(np.asarray(rel["row_norm"]), 1e-30)
+    rng = np.random.default_rng(seed)
+
+    def rho(a, b) -> float:
+        return spearman(torch.from_numpy(a), torch.from_numpy(b))
+
     out = {}
-    for size in rel["sizes"]:
-        row = {}
-        for form in ("mean", "unit"):
-            a, b = (np.asarray(rel["credit"][f"{size}-{h}-{form}"]) for h in ("first", "second"))
-            for name, scale in ((form, 1.0), (f"{form}, cosine", size_norm)):
-                row[name] = spearman(torch.from_numpy(a / scale), torch.from_numpy(b / scale))
-        out[str(size)] = row
+    for k in [k for k in sizes if 2 * k <= n]:
+        cells = {f: {"split_half": [], "vs_rest": []} for f in RELIABILITY_FORMS}
+        for _ in range(pairs):
+            perm = rng.permutation(n)
+            first, second, rest = perm[:k], perm[k : 2 * k], perm[k:]
+            for form in RELIABILITY_FORMS:
+                base, cosine = form.split(", ")[0], form.endswith("cosine")
+                scale = row_norm if cosine else 1.0
+                c = per_item[base]
+                a, b, r = (c[:, idx].mean(axis=1) / scale for idx in (first, second, rest))
+                cells[form]["split_half"].append(rho(a, b))
+                cells[form]["vs_rest"].append(rho(a, r))
+        out[str(k)] = {f: {m: [float(np.mean(v)), float(np.std(v))] for m, v in c.items()} for f, c in cells.items()}
     return out
 
 
@@ -337,21 +340,27 @@ def reliability_main(study: Path, out: Path, args) -> int:
             if args.report:
                 continue
             folder = label_run(study, args.config, target, args.labels, args.seed)
-        if args.report and not (folder / "reliability.json").is_file():
+        if args.report and not (folder / f"reliability-{args.validation_rows}.npz").is_file():
             continue
-        rel = reliability_run(study, args.config, target, folder, args.seed, sorted(args.reliability))
-        results["targets"][target] = {"seconds": rel["seconds"], "split_half": reliability_table(rel)}
+        rel = reliability_run(study, args.config, target, folder, args.seed, args.validation_rows)
+        results["targets"][target] = {
+            "seconds": float(rel["seconds"]),
+            "sizes": reliability_table(rel, sorted(args.reliability), args.pairs),
+        }
         print(f"{target}: done", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "label_reliability.json", results)
-    forms = ["mean", "mean, cosine", "unit", "unit, cosine"]
     lines = [
-        "| target | validation items per sample | " + " | ".join(forms) + " |",
-        "|---|---|" + "---|" * len(forms),
+        "| target | items per sample | " + " | ".join(f"{f}: split-half / vs rest" for f in RELIABILITY_FORMS) + " |",
+        "|---|---|" + "---|" * len(RELIABILITY_FORMS),
     ]
     for target, r in results["targets"].items():
-        for size, row in r["split_half"].items():
-            lines.append(f"| {target} | {size} | " + " | ".join(f"{row[f]:+.3f}" for f in forms) + " |")
+        for size, row in r["sizes"].items():
+            cells = [
+                f"{row[f]['split_half'][0]:+.2f} ± {row[f]['split_half'][1]:.2f} / {row[f]['vs_rest'][0]:+.2f}"
+                for f in RELIABILITY_FORMS
+            ]
+            lines.append(f"| {target} | {size} | " + " | ".join(cells) + " |")
     write_text_atomic(out / "label_reliability.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
@@ -428,9 +437,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="+",
         metavar="SIZE",
-        help="measure the labels again against two disjoint validation samples of each SIZE, drawn from the "
-        "target's validation part (one pass over the labelled rows per target): label_reliability.{json,md}",
+        help="the labels' split-half reliability against disjoint validation samples of each SIZE items, drawn "
+        "from a file of --validation-rows rows of the target's validation part (each labelled row's credit against "
+        "each item, from one pass over the rows and one per item): label_reliability.{json,md}",
     )
+    p.add_argument("--validation-rows", type=int, default=256, help="with --reliability: the file's rows")
+    p.add_argument("--pairs", type=int, default=50, help="with --reliability: random sample pairs per size")
     p.add_argument(
         "--less-cells",
         default="runs/study_real_smollm2/cells",

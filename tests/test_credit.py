@@ -201,6 +201,21 @@ def test_credits_against_several_subsets_and_the_rows_gradient_norms_in_one_pass
     assert rc.credits(rows, [None])[1] is None
 
 
+def test_row_gradients_give_the_credit_and_the_norms(tmp_path, tiny_model_dir):
+    """`RowCredit.row_gradients`: each row's flattened gradient; its inner product with the flattened
+    g_val is the credit, and its norm the `credits` norm (chunks of 2 over rows of mixed length)."""
+    trainer, _ = _trainer_and_validator(tiny_model_dir, lr=0.02)
+    validator = _choice_validation(tmp_path, trainer.tokenizer)
+    rc = RowCredit(trainer, validator, sample=0, chunk=2)
+    rows = [0, 3, 5, 8, 9]
+    grads = rc.row_gradients(rows).double()
+    with rc.measuring():
+        g_val = rc.flat_gradient(rc.validation_gradient([0, 2])).double()
+    credit, size = rc.credits(rows, [[0, 2]], lr=0.3, norms=True)
+    assert (0.3 * grads @ g_val).tolist() == pytest.approx(credit[:, 0].tolist(), rel=1e-4)
+    assert grads.norm(dim=1).tolist() == pytest.approx(size.tolist(), rel=1e-4)
+
+
 def test_unit_validation_gradient_is_the_mean_of_unit_item_gradients(tmp_path, tiny_model_dir):
     """`val_norm: unit`: g_val is the mean over items of each item's gradient over its norm, by hand
     from the items' gradients one at a time; the credit against it is lr <g_val, g_i>."""

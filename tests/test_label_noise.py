@@ -77,20 +77,27 @@ def test_identical_halves_are_fully_reliable_and_a_feature_label_is_predictable(
     assert inner["ridge_held_out_rho"]["difficulty"] > 0.99
 
 
-def test_reliability_table_is_the_split_half_rho_per_size_and_form():
+def test_reliability_table_by_hand_and_on_labels_that_share_one_signal():
+    """`reliability_table` from the rows-by-items credit matrix: one draw by hand; items that all carry
+    the same row order (noise-free) are fully reliable in every form; independent items are not."""
     bench = benchmark_module("bench_label_budget")
     rng = np.random.default_rng(3)
-    n = 40
-    size = rng.uniform(0.5, 2.0, size=n)
-    credit = {
-        f"{s}-{h}-{f}": rng.normal(size=n).tolist()
-        for s in (8, 16)
-        for h in ("first", "second")
-        for f in ("mean", "unit")
-    }
-    credit["16-second-unit"] = credit["16-first-unit"]  # one pair measured alike: fully reliable
-    table = bench.reliability_table({"sizes": [8, 16], "credit": credit, "grad_norm": size.tolist()})
-    a, b = np.asarray(credit["8-first-mean"]), np.asarray(credit["8-second-mean"])
-    assert table["8"]["mean"] == pytest.approx(spearmanr(a, b).statistic)
-    assert table["8"]["mean, cosine"] == pytest.approx(spearmanr(a / size, b / size).statistic)
-    assert table["16"]["unit"] == pytest.approx(1.0) and table["16"]["unit, cosine"] == pytest.approx(1.0)
+    rows, items = 50, 16
+    signal = rng.normal(size=rows)
+    row_norm = rng.uniform(0.5, 2.0, size=rows)
+    item_norm = rng.uniform(0.5, 2.0, size=items)
+    same = {"credit": np.outer(signal * row_norm, item_norm), "item_norm": item_norm, "row_norm": row_norm}
+    table = bench.reliability_table(same, [2, 4, 8, 9], pairs=5)
+    assert set(table) == {"2", "4", "8"}  # 2 x 9 > 16 items: no two disjoint samples
+    for form in bench.RELIABILITY_FORMS:
+        assert table["4"][form]["split_half"][0] == pytest.approx(1.0)
+        assert table["4"][form]["vs_rest"][0] == pytest.approx(1.0)
+    noise = {"credit": rng.normal(size=(rows, items)), "item_norm": item_norm, "row_norm": row_norm}
+    one = bench.reliability_table(noise, [4], pairs=1, seed=7)["4"]["mean"]["split_half"][0]
+    perm = np.random.default_rng(7).permutation(items)
+    c = noise["credit"]
+    assert one == pytest.approx(spearmanr(c[:, perm[:4]].mean(1), c[:, perm[4:8]].mean(1)).statistic)
+    unit = bench.reliability_table(noise, [4], pairs=1, seed=7)["4"]["unit, cosine"]["split_half"][0]
+    u = c / item_norm[None, :] / row_norm[:, None]
+    assert unit == pytest.approx(spearmanr(u[:, perm[:4]].mean(1), u[:, perm[4:8]].mean(1)).statistic)
+    assert abs(bench.reliability_table(noise, [4], pairs=40)["4"]["mean"]["split_half"][0]) < 0.15

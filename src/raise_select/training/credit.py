@@ -38,7 +38,7 @@ import torch
 from ..policy.config import CREDIT_VAL_NORMS as VAL_NORMS
 from ..progress import progress_bar
 from .choices import choice_ce_sum
-from .gradients import batch_response_losses, objective_gradient, per_example_projections
+from .gradients import batch_response_losses, objective_gradient, per_example_gradients, per_example_projections
 from .loop import collate, encode_example
 
 
@@ -167,6 +167,26 @@ class RowCredit:
             size = torch.zeros(len(rows), dtype=torch.float64)
             size[where] = sq.cpu().clamp_min(0).sqrt()
         return lr * out, size
+
+    def row_gradients(self, rows: list[int], desc: str | None = None) -> torch.Tensor:
+        """(len(rows), P) float32 gradients of the rows' losses over the scored parameters, flattened
+        as `flat_gradient` flattens g_val: the whole matrix, for analyses over many directions."""
+        encoded = [self.trainer.encode(int(i)) for i in rows]
+        order = sorted(range(len(rows)), key=lambda i: len(encoded[i].input_ids))
+        chunks = _chunks(order, self.chunk)
+        with self.measuring():
+            batches = self._batches([[encoded[i] for i in c] for c in chunks])
+            if desc is not None:
+                batches = progress_bar(batches, total=len(batches), desc=desc, unit="batch")
+            grads = per_example_gradients(self.trainer.unwrapped, self.modules, batches).cpu()
+        out = torch.empty_like(grads)
+        out[torch.tensor([i for c in chunks for i in c], dtype=torch.int64)] = grads
+        return out
+
+    @staticmethod
+    def flat_gradient(g: list[list[torch.Tensor]]) -> torch.Tensor:
+        """A gradient as `validation_gradient` returns it, flattened in `row_gradients`' order."""
+        return torch.cat([t.reshape(-1).float().cpu() for part in g for t in part])
 
     def labels(self, chosen: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, credit) of a policy step: its `chosen` rows, then `sample` rows it did not choose (uniform,

@@ -260,3 +260,33 @@ def per_example_projections(
                 n2 += layer_gram(torch.cat(a, dim=1), torch.cat(b, dim=1), bias).diagonal().double()
             sq.append(n2)
     return torch.cat(out), (torch.cat(sq) if norms else None)
+
+
+def per_example_gradients(
+    model: torch.nn.Module,
+    modules: Sequence[torch.nn.Linear],
+    batches: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
+) -> torch.Tensor:
+    """(N, P) float32 gradients of each row's mean response-token loss over the parameters of
+    `modules`, flattened in `objective_gradient`'s order (per module its weight's (d_out, d_in),
+    then its bias's when trained), the rows of every batch in order: g_i = sum_t b_it a_it^T per
+    layer from one forward and one truncated backward pass. For small trained parts (adapters):
+    the matrix holds N x P numbers."""
+    batches = [batches] if isinstance(batches, dict) else batches
+    out = []
+    for batch in batches:
+        _, captured = layer_signals(model, modules, batch)
+        per_module: dict[torch.nn.Linear, list[torch.Tensor]] = {}
+        for mod, a, b in captured:
+            a3 = a.float() if a.dim() == 3 else a.float().unsqueeze(1)
+            b3 = b.float() if b.dim() == 3 else b.float().unsqueeze(1)
+            parts = [torch.bmm(b3.transpose(1, 2), a3)]
+            if mod.bias is not None and mod.bias.requires_grad:
+                parts.append(b3.sum(dim=1))
+            if mod in per_module:  # a layer called more than once: its calls add up
+                per_module[mod] = [x + y for x, y in zip(per_module[mod], parts)]
+            else:
+                per_module[mod] = parts
+        n = batch["input_ids"].shape[0]
+        out.append(torch.cat([p.reshape(n, -1) for mod in modules for p in per_module.get(mod, [])], dim=1))
+    return torch.cat(out)
