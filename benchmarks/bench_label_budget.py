@@ -83,6 +83,16 @@ def label_run(study: Path, config: str, target: str, n: int, seed: int) -> Path:
 NOISE_KEYS = tuple(f"credit_{part}{form}" for form in ("", "_unit") for part in ("first", "second", "all"))
 
 
+def saved_noise(folder: Path) -> dict | None:
+    """`folder/noise.json` when it measured the labels' rows in every form, else None."""
+    path = folder / "noise.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    rows = json.loads((folder / "labels.json").read_text())["rows"]
+    return saved if saved["rows"] == rows and all(k in saved for k in NOISE_KEYS) else None
+
+
 def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) -> dict:
     """The labels of `folder/labels.json` measured again, on the same M_0, from one pass over their
     rows: credit against the first and the second half of the target's validation file (the label
@@ -96,11 +106,10 @@ def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) ->
     from raise_select.training.train_policy import policy_settings
 
     rec = json.loads((folder / "labels.json").read_text())
+    saved = saved_noise(folder)
+    if saved is not None:
+        return saved
     path = folder / "noise.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved["rows"] == rec["rows"] and all(k in saved for k in NOISE_KEYS):
-            return saved
     settings = label_settings(study, config, target, len(rec["rows"]), seed, folder.with_name(folder.name + "-noise"))
     n_val = len(load_validation(settings["val"], None, None, seed))
     half = int(settings.get("val_size") or n_val)
@@ -374,7 +383,7 @@ def noise_main(study: Path, static: StaticState, out: Path, args) -> int:
             if args.report:
                 continue
             folder = label_run(study, args.config, target, args.labels, args.seed)
-        if args.report and not (folder / "noise.json").is_file():
+        if args.report and saved_noise(folder) is None:
             continue
         rec = json.loads((folder / "labels.json").read_text())
         noise = noise_run(study, args.config, target, folder, args.seed)
