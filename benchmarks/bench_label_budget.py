@@ -17,10 +17,27 @@ credit F_theta never saw:
    Beside it, the same with a ridge regression (scikit-learn, alpha by generalised
    cross-validation) on the same inputs, and the credit of the rows' own features one at a time.
 
+How much of a label is its validation sample? Two more measurements of the same labelled rows
+on the same M_0 (one pass over the rows per target):
+
+3. `--noise`: credit against the first and the second half of the study's 64-row validation file
+   and against all of it, in both g_val forms (`policy.credit_val_norm` mean and unit), with each
+   row's gradient norm (the cosine forms): split-half reliability, agreement with LESS's pool
+   scores (`--less-cells`), a ridge fit's held-out rho on each form. The first half's labels are
+   recomputed too and must equal labels.json (the table says by how much they differ).
+4. `--reliability SIZE...`: a file of `--validation-rows` rows of the target's validation part;
+   each labelled row's credit against each of its items, C[i, j] = lr <g_j, g_i>, from the rows'
+   and items' gradients taken once (g_val is linear in the items: a sample's labels are means of
+   C's columns); per SIZE, `--pairs` random pairs of disjoint samples: split-half Spearman and
+   agreement with the labels from all other items, in the four forms.
+
     python benchmarks/bench_label_budget.py --study runs/study_real_credit --targets arc_challenge
     python benchmarks/bench_label_budget.py --report      # the table from the saved labels only
+    python benchmarks/bench_label_budget.py --noise       # label_noise.{json,md}
+    python benchmarks/bench_label_budget.py --reliability 4 8 16 32 64 128   # label_reliability.{json,md}
 
-Output: <out>/label_budget.{json,md}; the labels' runs in <study>/label_budget/<target>/.
+Output: <out>/label_budget.{json,md} (and label_noise, label_reliability); the labels' runs in
+<study>/label_budget/<target>-n<labels>-s<seed>/ with noise.json and reliability-<rows>.npz.
 """
 
 from __future__ import annotations
