@@ -175,13 +175,6 @@ _raise(
     initialisation="raise_labels_untrained",
 )
 _raise(
-    "raise_labels_unit_untrained",
-    "RAISE (labels: 200 rows' credit against unit validation items, untrained: 0 rounds)",
-    "raise_labels_untrained with g_val the mean of unit validation-item gradients (policy.credit_val_norm unit)",
-    {**LABELS, "credit_val_norm": "unit"},
-    {"rounds": 0},
-)
-_raise(
     "raise_between",
     "RAISE (+RDS+ prior, policy between)",
     "raise_rds with the policy's batches between its choices too",
