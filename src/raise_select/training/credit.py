@@ -84,6 +84,17 @@ class RowCredit:
         pad = self.trainer.tokenizer.pad_token_id
         return [{k: v.to(device) for k, v in collate(rows, pad).items()} for rows in encoded]
 
+    def _row_batches(self, rows: list[int], desc: str | None) -> tuple[torch.Tensor, list[dict]]:
+        """Pool rows `rows` in batches of `chunk` rows of similar length (on the model's device), and
+        where each batch row sits in `rows` (the batches' rows in order); `desc`: a progress bar."""
+        encoded = [self.trainer.encode(int(i)) for i in rows]
+        order = sorted(range(len(rows)), key=lambda i: len(encoded[i].input_ids))
+        chunks = _chunks(order, self.chunk)
+        batches = self._batches([[encoded[i] for i in c] for c in chunks])
+        if desc is not None:
+            batches = progress_bar(batches, total=len(batches), desc=desc, unit="batch")
+        return torch.tensor([i for c in chunks for i in c], dtype=torch.int64), batches
+
     def validation_gradient(self, val: list[int], val_norm: str | None = None) -> list[list[torch.Tensor]]:
         """g_val over validation items/rows `val`: the gradient of the mean validation objective
         (`val_norm` "mean"), or the mean of each item's gradient scaled to unit norm ("unit": no item
@@ -149,17 +160,10 @@ class RowCredit:
         """(len(rows), K) float64 lr <d_k, g_i> of pool rows `rows` for given directions (each as
         `validation_gradient` returns), at the trainer's coming step's learning rate unless `lr` is
         given, from one pass over the rows; with `norms` also each row's |g_i|, else None."""
-        trainer = self.trainer
-        encoded = [trainer.encode(int(i)) for i in rows]
-        order = sorted(range(len(rows)), key=lambda i: len(encoded[i].input_ids))
-        chunks = _chunks(order, self.chunk)
-        lr = float(trainer.scheduler.get_last_lr()[0]) if lr is None else float(lr)
+        lr = float(self.trainer.scheduler.get_last_lr()[0]) if lr is None else float(lr)
+        where, batches = self._row_batches(rows, desc)
         with self.measuring():
-            batches = self._batches([[encoded[i] for i in c] for c in chunks])
-            if desc is not None:
-                batches = progress_bar(batches, total=len(batches), desc=desc, unit="batch")
-            dots, sq = per_example_projections(trainer.unwrapped, self.modules, batches, directions, norms=norms)
-        where = torch.tensor([i for c in chunks for i in c], dtype=torch.int64)
+            dots, sq = per_example_projections(self.trainer.unwrapped, self.modules, batches, directions, norms=norms)
         out = torch.zeros((len(rows), len(directions)), dtype=torch.float64)
         out[where] = dots.cpu()
         size = None
@@ -171,16 +175,11 @@ class RowCredit:
     def row_gradients(self, rows: list[int], desc: str | None = None) -> torch.Tensor:
         """(len(rows), P) float32 gradients of the rows' losses over the scored parameters, flattened
         as `flat_gradient` flattens g_val: the whole matrix, for analyses over many directions."""
-        encoded = [self.trainer.encode(int(i)) for i in rows]
-        order = sorted(range(len(rows)), key=lambda i: len(encoded[i].input_ids))
-        chunks = _chunks(order, self.chunk)
+        where, batches = self._row_batches(rows, desc)
         with self.measuring():
-            batches = self._batches([[encoded[i] for i in c] for c in chunks])
-            if desc is not None:
-                batches = progress_bar(batches, total=len(batches), desc=desc, unit="batch")
             grads = per_example_gradients(self.trainer.unwrapped, self.modules, batches).cpu()
         out = torch.empty_like(grads)
-        out[torch.tensor([i for c in chunks for i in c], dtype=torch.int64)] = grads
+        out[where] = grads
         return out
 
     @staticmethod
