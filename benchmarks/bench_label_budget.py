@@ -95,6 +95,26 @@ def label_run(study: Path, config: str, target: str, n: int, seed: int) -> Path:
     return out
 
 
+def labeller_for(settings: dict, config: str):
+    """train-policy's set-up for `settings` (M_0 seeded, the validator, the pool and its features) and a
+    `RowCredit` on it: (its config, the labeller)."""
+    from raise_select.config import from_dict
+    from raise_select.training import TrainPolicyConfig
+    from raise_select.training.credit import RowCredit
+    from raise_select.training.episode import start_episode_job
+    from raise_select.training.train_policy import policy_settings
+
+    cfg = from_dict(TrainPolicyConfig, settings, f"{config}: label measurement")
+    job = start_episode_job(
+        cfg,
+        None,
+        ("pool", "features", "model", "val", "out"),
+        cfg.policy.per_class,
+        lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
+    )
+    return cfg, RowCredit(job.trainer, job.validator, sample=0)
+
+
 # credit against the validation file's first half, its second half and all of it: g_val the mean
 # objective's gradient, then the mean of unit item gradients (`RowCredit` val_norm "unit")
 NOISE_KEYS = tuple(f"credit_{part}{form}" for form in ("", "_unit") for part in ("first", "second", "all"))
@@ -115,12 +135,7 @@ def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) ->
     rows: credit against the first and the second half of the target's validation file (the label
     run read the first `val_size` rows) and against all of it, and each row's gradient norm. Saved
     to `folder/noise.json`, reused when its rows are the labels' rows."""
-    from raise_select.config import from_dict
     from raise_select.data.validation import load_validation
-    from raise_select.training import TrainPolicyConfig
-    from raise_select.training.credit import RowCredit
-    from raise_select.training.episode import start_episode_job
-    from raise_select.training.train_policy import policy_settings
 
     rec = json.loads((folder / "labels.json").read_text())
     saved = saved_noise(folder)
@@ -132,15 +147,7 @@ def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) ->
     half = int(settings.get("val_size") or n_val)
     if 2 * half > n_val:
         raise UserError(f"{settings['val']}: {n_val} rows, fewer than two halves of {half}")
-    cfg = from_dict(TrainPolicyConfig, {**settings, "val_size": 2 * half}, f"{config}: label noise run")
-    job = start_episode_job(
-        cfg,
-        None,
-        ("pool", "features", "model", "val", "out"),
-        cfg.policy.per_class,
-        lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
-    )
-    labeller = RowCredit(job.trainer, job.validator, sample=0)
+    cfg, labeller = labeller_for({**settings, "val_size": 2 * half}, config)
     halves = [list(range(half)), list(range(half, 2 * half)), None]
     start = time.perf_counter()
     credit, size = labeller.credits(
@@ -167,16 +174,12 @@ def reliability_run(study: Path, config: str, target: str, folder: Path, seed: i
     row i with the mean of C[i, S] (the credit, g_val linear in the items), or of C[i, S] / |g_j|
     (`val_norm` unit). Saved to `folder/reliability-<n>.npz` (C, the rows, the norms), reused when
     its rows match."""
-    from raise_select.config import from_dict, resolve
+    from raise_select.config import resolve
     from raise_select.data.pools import to_format
     from raise_select.data.validation import load_validation
     from raise_select.experiments.plan import TARGETS, StudyConfig
     from raise_select.io import atomic_path
     from raise_select.progress import progress_bar
-    from raise_select.training import TrainPolicyConfig
-    from raise_select.training.credit import RowCredit
-    from raise_select.training.episode import start_episode_job
-    from raise_select.training.train_policy import policy_settings
 
     rec = json.loads((folder / "labels.json").read_text())
     path = folder / f"reliability-{n}.npz"
@@ -191,16 +194,7 @@ def reliability_run(study: Path, config: str, target: str, folder: Path, seed: i
     val_file = folder / f"validation-{n}.jsonl"
     write_text_atomic(val_file, "".join(json.dumps(to_format(e, "messages")) + "\n" for e in val))
     settings = label_settings(study, config, target, len(rec["rows"]), seed, folder.with_name(folder.name + "-rel"))
-    settings.update(val=str(val_file), val_size=n)
-    cfg = from_dict(TrainPolicyConfig, settings, f"{config}: label reliability run")
-    job = start_episode_job(
-        cfg,
-        None,
-        ("pool", "features", "model", "val", "out"),
-        cfg.policy.per_class,
-        lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
-    )
-    labeller = RowCredit(job.trainer, job.validator, sample=0)
+    cfg, labeller = labeller_for({**settings, "val": str(val_file), "val_size": n}, config)
     start = time.perf_counter()
     with labeller.measuring():
         items = torch.stack(
