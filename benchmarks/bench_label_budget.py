@@ -82,6 +82,14 @@ def label_settings(study: Path, config: str, target: str, n: int, seed: int, out
     }
 
 
+def labelled(study: Path, target: str, args) -> Path | None:
+    """The folder of `target`'s labels (labelled now if missing), or None under --report when missing."""
+    folder = study / "label_budget" / f"{target}-n{args.labels}-s{args.seed}"
+    if args.report and not (folder / "labels.json").is_file():
+        return None
+    return label_run(study, args.config, target, args.labels, args.seed)
+
+
 def label_run(study: Path, config: str, target: str, n: int, seed: int) -> Path:
     """train-policy with rounds 0 and a label budget of `n`: the folder holding labels.json."""
     from raise_select.config import from_dict
@@ -101,18 +109,11 @@ def labeller_for(settings: dict, config: str):
     from raise_select.config import from_dict
     from raise_select.training import TrainPolicyConfig
     from raise_select.training.credit import RowCredit
-    from raise_select.training.episode import start_episode_job
-    from raise_select.training.train_policy import policy_settings
+    from raise_select.training.train_policy import start_policy_job
 
     cfg = from_dict(TrainPolicyConfig, settings, f"{config}: label measurement")
-    job = start_episode_job(
-        cfg,
-        None,
-        ("pool", "features", "model", "val", "out"),
-        cfg.policy.per_class,
-        lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
-    )
-    return cfg, RowCredit(job.trainer, job.validator, sample=0)
+    job = start_policy_job(cfg)
+    return cfg, RowCredit(job.trainer, job.validator, sample=0, val_norm=cfg.policy.credit_val_norm)
 
 
 # credit against the validation file's first half, its second half and all of it: g_val the mean
@@ -313,7 +314,7 @@ def curve(static: StaticState, rows: np.ndarray, credit: np.ndarray, args) -> di
     out = {"held_out": int(len(held)), "budgets": {}}
     zero = torch.zeros(len(static), dtype=torch.int64)
     for b in [b for b in args.budgets if b <= len(rest)]:
-        cells = {"mlp_rho": [], "mlp_top": [], "ridge_rho": [], "ridge_top": [], "ridge_diff_rho": []}
+        cells = {"mlp_rho": [], "mlp_top": [], "ridge_rho": [], "ridge_top": []}
         for s in range(args.fit_seeds):
             fit = np.random.default_rng(1000 + s).choice(rest, size=b, replace=False)
             policy = RaisePolicy(static, PolicyConfig(per_class=1, seed=s, row_loss=args.row_loss))
@@ -332,9 +333,6 @@ def curve(static: StaticState, rows: np.ndarray, credit: np.ndarray, args) -> di
             rp = ridge.predict(x[rows[held]])
             cells["ridge_rho"].append(spearman(torch.from_numpy(rp), torch.from_numpy(credit[held])))
             cells["ridge_top"].append(top_share(rp, credit[held]))
-            diff = x[:, : len(DIFFICULTY_COLUMNS)]  # the difficulty columns alone, the semantic block left out
-            rd = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(diff[rows[fit]], z).predict(diff[rows[held]])
-            cells["ridge_diff_rho"].append(spearman(torch.from_numpy(rd), torch.from_numpy(credit[held])))
         out["budgets"][str(b)] = {k: [float(np.mean(v)), float(np.std(v))] for k, v in cells.items()}
     out["feature_rho"] = {  # the difficulty columns lead the static state
         name: spearman(torch.from_numpy(x[rows, j]), torch.from_numpy(credit))
@@ -355,11 +353,9 @@ def less_scores(cells: Path, target: str) -> np.ndarray | None:
 def reliability_main(study: Path, out: Path, args) -> int:
     results = {"settings": {k: v for k, v in vars(args).items() if k != "report"}, "targets": {}}
     for target in args.targets:
-        folder = study / "label_budget" / f"{target}-n{args.labels}-s{args.seed}"
-        if not (folder / "labels.json").is_file():
-            if args.report:
-                continue
-            folder = label_run(study, args.config, target, args.labels, args.seed)
+        folder = labelled(study, target, args)
+        if folder is None:
+            continue
         if args.report and not (folder / f"reliability-{args.validation_rows}.npz").is_file():
             continue
         rel = reliability_run(study, args.config, target, folder, args.seed, args.validation_rows)
@@ -389,11 +385,9 @@ def reliability_main(study: Path, out: Path, args) -> int:
 def noise_main(study: Path, static: StaticState, out: Path, args) -> int:
     results = {"settings": {k: v for k, v in vars(args).items() if k != "report"}, "targets": {}}
     for target in args.targets:
-        folder = study / "label_budget" / f"{target}-n{args.labels}-s{args.seed}"
-        if not (folder / "labels.json").is_file():
-            if args.report:
-                continue
-            folder = label_run(study, args.config, target, args.labels, args.seed)
+        folder = labelled(study, target, args)
+        if folder is None:
+            continue
         if args.report and saved_noise(folder) is None:
             continue
         rec = json.loads((folder / "labels.json").read_text())
@@ -481,10 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         return reliability_main(study, out, args)
     results = {"settings": {k: v for k, v in vars(args).items() if k != "report"}, "targets": {}}
     for target in args.targets:
-        folder = study / "label_budget" / f"{target}-n{args.labels}-s{args.seed}"
-        if args.report and not (folder / "labels.json").is_file():
+        folder = labelled(study, target, args)
+        if folder is None:
             continue
-        folder = label_run(study, args.config, target, args.labels, args.seed)
         rec = json.loads((folder / "labels.json").read_text())
         rows, credit = np.asarray(rec["rows"]), np.asarray(rec["credit"], dtype=np.float64)
         if not np.isfinite(credit).all():
@@ -499,16 +492,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "label_budget.json", results)
     lines = [
-        "| target | budget | F_theta rho | F_theta top-10% share | ridge rho | ridge top-10% share "
-        "| ridge rho, difficulty columns only |",
-        "|---|---|---|---|---|---|---|",
+        "| target | budget | F_theta rho | F_theta top-10% share | ridge rho | ridge top-10% share |",
+        "|---|---|---|---|---|---|",
     ]
     for target, r in results["targets"].items():
         for b, c in r["budgets"].items():
             lines.append(
                 f"| {target} | {b} | {c['mlp_rho'][0]:+.3f} ± {c['mlp_rho'][1]:.3f} | {c['mlp_top'][0]:+.3f} | "
-                f"{c['ridge_rho'][0]:+.3f} ± {c['ridge_rho'][1]:.3f} | {c['ridge_top'][0]:+.3f} | "
-                f"{c['ridge_diff_rho'][0]:+.3f} ± {c['ridge_diff_rho'][1]:.3f} |"
+                f"{c['ridge_rho'][0]:+.3f} ± {c['ridge_rho'][1]:.3f} | {c['ridge_top'][0]:+.3f} |"
             )
     lines += ["", "Single features against the credit (Spearman over all labelled rows):", ""]
     for target, r in results["targets"].items():

@@ -87,6 +87,22 @@ def refuse_fewer_rounds(cfg: TrainPolicyConfig) -> None:
         )
 
 
+def start_policy_job(cfg: TrainPolicyConfig, accelerator=None, resumable: tuple[str, ...] | None = None):
+    """`start_episode_job` for train-policy's settings: M_0, the validator, the pool and its features
+    (with the policy's prior column) and a fresh policy of `cfg.policy`."""
+    from ..policy import RaisePolicy
+
+    return start_episode_job(
+        cfg,
+        accelerator,
+        ("pool", "features", "model", "val", "out"),
+        cfg.policy.per_class,
+        lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
+        resumable=resumable,
+        prior=cfg.policy,
+    )
+
+
 def fit_to_labels(cfg: TrainPolicyConfig, trainer, validator, policy, p0: float, out: Path) -> dict:
     """`policy.label_budget`: label a uniform sample of the pool with each row's credit at M_0
     (`training.credit`, on the validator's metric), fit F_theta to the order of all but the
@@ -146,15 +162,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     from ..policy.provenance import trained_on, write_trained_on
 
     refuse_fewer_rounds(cfg)
-    job = start_episode_job(
-        cfg,
-        accelerator,
-        ("pool", "features", "model", "val", "out"),
-        cfg.policy.per_class,
-        lambda static, per_class, pool: RaisePolicy(static, policy_settings(cfg, per_class)),
-        resumable=RESUMABLE_CHANGES,
-        prior=cfg.policy,
-    )
+    job = start_policy_job(cfg, accelerator, resumable=RESUMABLE_CHANGES)
     acc, run, pool, static, policy, batch = job.accelerator, job.run, job.pool, job.static, job.policy, job.batch
     trainer, validator, p0 = job.trainer, job.validator, job.p0
 
