@@ -149,16 +149,15 @@ def noise_run(study: Path, config: str, target: str, folder: Path, seed: int) ->
     if 2 * half > n_val:
         raise UserError(f"{settings['val']}: {n_val} rows, fewer than two halves of {half}")
     cfg, labeller = labeller_for({**settings, "val_size": 2 * half}, config)
-    halves = [list(range(half)), list(range(half, 2 * half)), None]
+    halves = [list(range(half)), list(range(half, 2 * half))]
     start = time.perf_counter()
-    credit, size = labeller.credits(
-        rec["rows"],
-        halves * 2,
-        lr=cfg.lr,
-        desc=f"{target}: credit x6 + norms",
-        norms=True,
-        val_norms=["mean"] * 3 + ["unit"] * 3,
-    )
+    directions = []
+    with labeller.measuring():
+        for form in ("mean", "unit"):  # NOISE_KEYS' order; the whole file's g_val is the mean of its halves'
+            first, second = (labeller.validation_gradient(h, form) for h in halves)
+            both = [[(a + b) / 2 for a, b in zip(pa, pb)] for pa, pb in zip(first, second)]
+            directions += [first, second, both]
+    credit, size = labeller.project(rec["rows"], directions, lr=cfg.lr, desc=f"{target}: credit x6 + norms", norms=True)
     out = {"rows": rec["rows"], "half": half}
     for k, key in enumerate(NOISE_KEYS):
         out[key] = credit[:, k].tolist()

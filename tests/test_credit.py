@@ -235,11 +235,15 @@ def test_unit_validation_gradient_is_the_mean_of_unit_item_gradients(tmp_path, t
     assert close(flat(items, "unit"), sum(g / g.norm() for g in each) / len(items))
     assert close(flat(items, "mean"), sum(each) / len(items))
     assert not close(flat(items, "unit") / flat(items, "unit").norm(), flat(items, "mean") / flat(items, "mean").norm())
+    for form in ("mean", "unit"):  # two equal halves: the whole set's g_val is the mean of theirs
+        halves = [flat([0, 1], form), flat([2, 3], form)]
+        assert close(flat([0, 1, 2, 3], form), (halves[0] + halves[1]) / 2)
     rows = [2, 4, 7]
-    both, _ = rc.credits(rows, [items, items], lr=0.5, val_norms=["mean", "unit"])
     unit_rc = RowCredit(trainer, validator, sample=0, val_norm="unit")
-    assert both[:, 1].tolist() == pytest.approx(unit_rc.credit(rows, items, lr=0.5).tolist(), rel=1e-4)
-    assert both[:, 0].tolist() == pytest.approx(rc.credit(rows, items, lr=0.5).tolist(), rel=1e-4)
+    with unit_rc.measuring():
+        g_unit = unit_rc.validation_gradient(items)
+    by_hand = 0.5 * unit_rc.row_gradients(rows).double() @ RowCredit.flat_gradient(g_unit).double()
+    assert unit_rc.credit(rows, items, lr=0.5).tolist() == pytest.approx(by_hand.tolist(), rel=1e-4)
     with pytest.raises(ValueError, match="val_norm"):
         RowCredit(trainer, validator, sample=0, val_norm="max")
 

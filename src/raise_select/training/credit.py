@@ -126,16 +126,13 @@ class RowCredit:
         lr: float | None = None,
         desc: str | None = None,
         norms: bool = False,
-        val_norms: list[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`credit` against several validation subsets from one pass over the rows: (len(rows), K)
-        float64, column k with g_val over `vals[k]` (all items when None), formed as `val_norms[k]`
-        (the labeller's `val_norm` when not given); with `norms` also each row's gradient norm |g_i|
-        (len(rows),), else None."""
+        float64, column k with g_val over `vals[k]` (all items when None); with `norms` also each
+        row's gradient norm |g_i| (len(rows),), else None."""
         vals = [list(range(self.n_val)) if v is None else [int(j) for j in v] for v in vals]
-        forms = val_norms or [self.val_norm] * len(vals)
         with self.measuring():
-            g_vals = [self.validation_gradient(v, f) for v, f in zip(vals, forms)]
+            g_vals = [self.validation_gradient(v) for v in vals]
         return self.project(rows, g_vals, lr, desc, norms)
 
     @contextlib.contextmanager
