@@ -113,7 +113,9 @@ def labeller_for(settings: dict, config: str):
 
     cfg = from_dict(TrainPolicyConfig, settings, f"{config}: label measurement")
     job = start_policy_job(cfg)
-    return cfg, RowCredit(job.trainer, job.validator, sample=0, val_norm=cfg.policy.credit_val_norm)
+    return cfg, RowCredit(
+        job.trainer, job.validator, sample=0, val_norm=cfg.policy.credit_val_norm, examples=job.val_examples
+    )
 
 
 # credit against the validation file's first half, its second half and all of it: g_val the mean

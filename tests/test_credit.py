@@ -788,3 +788,60 @@ def test_train_policy_anchor_resumes_to_the_uninterrupted_policy(tmp_path, tiny_
     )
     rounds = _rounds_straight_and_resumed(tmp_path, tiny_model_dir, policy)
     assert rounds[1]["anchor_kl"] > 0
+
+
+def test_state_val_size_keeps_p_on_the_first_items_and_the_labels_on_all(tmp_path, tiny_model_dir, monkeypatch):
+    """`state_val_size`: P(M_0) (the reference episode's P0) is the validator's figure on the first
+    2 of the 4 validation examples, while the label fit's credit equals the credit recomputed
+    against all 4 (and differs from the credit against the first 2), and every labeller of the
+    rounds reads all 4."""
+    from raise_select.training import TrainPolicyConfig, train_policy
+    from raise_select.training import credit as credit_module
+
+    rows = plus_rows(24)
+    (tmp_path / "pool.json").write_text(json.dumps(rows))
+    (tmp_path / "val.json").write_text(json.dumps(plus_rows(30)[26:]))
+    pool = load_pool(tmp_path / "pool.json")
+    random_features(pool.ids, 2).write(tmp_path / "features")
+    read = []
+    init = credit_module.RowCredit.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        read.append(self.n_val)
+
+    monkeypatch.setattr(credit_module.RowCredit, "__init__", spy)
+    cfg = TrainPolicyConfig(
+        pool=str(tmp_path / "pool.json"),
+        features=str(tmp_path / "features"),
+        model=str(tiny_model_dir),
+        val=str(tmp_path / "val.json"),
+        state_val_size=2,
+        out=str(tmp_path / "run"),
+        rounds=1,
+        steps=4,
+        select_every=2,
+        lr=1e-3,
+        max_length=64,
+        policy=PolicyConfig(per_class=1, label_budget=16, label_epochs=20, credit="row", credit_sample=3),
+    )
+    train_policy(cfg)
+    assert read == [4, 4]  # the label fit's labeller, then round 0's
+    monkeypatch.setattr(credit_module.RowCredit, "__init__", init)
+    rec = json.loads((tmp_path / "run" / "labels.json").read_text())
+    trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=1e-3), total_steps=4)
+    examples = load_pool(tmp_path / "val.json").examples
+    everything = Validator(examples, trainer.tokenizer, "neg_loss", 64)
+    first = Validator(examples[:2], trainer.tokenizer, "neg_loss", 64)
+    assert RowCredit(trainer, everything, sample=0).credit(rec["rows"], lr=1e-3).tolist() == pytest.approx(
+        rec["credit"], rel=1e-4, abs=1e-12
+    )
+    assert RowCredit(trainer, first, sample=0).credit(rec["rows"], lr=1e-3).tolist() != pytest.approx(
+        rec["credit"], rel=1e-3
+    )
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    (reference,) = [m for m in lines if m.get("kind") == "reference"]
+    assert reference["P0"] == pytest.approx(first(trainer.model), rel=1e-5)
+    assert reference["P0"] != pytest.approx(everything(trainer.model), rel=1e-3)
+    with pytest.raises(UserError, match="state_val_size"):
+        replace(cfg, state_val_size=0).check()

@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         val: Optional[str] = typer.Option(None, "--val"),
         data_dir: Optional[str] = typer.Option(None, "--data-dir"),
         val_size: Optional[int] = typer.Option(None, "--val-size"),
+        state_val_size: Optional[int] = typer.Option(None, "--state-val-size"),
         out: Optional[Path] = typer.Option(
             None, "--out", help="Output folder: model/, selections.jsonl, metrics.jsonl, run.log."
         ),

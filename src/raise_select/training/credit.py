@@ -52,9 +52,19 @@ def _chunks(order: list[int], size: int) -> list[list[int]]:
 
 
 class RowCredit:
-    """Credit labels of a policy step from the trainer's current model and the validator's examples."""
+    """Credit labels of a policy step from the trainer's current model and the validator's examples
+    (or `examples`, on the validator's metric: the whole validation set where P reads a part)."""
 
-    def __init__(self, trainer, validator, sample: int, val_rows: int = 0, chunk: int = 8, val_norm: str = "mean"):
+    def __init__(
+        self,
+        trainer,
+        validator,
+        sample: int,
+        val_rows: int = 0,
+        chunk: int = 8,
+        val_norm: str = "mean",
+        examples: list | None = None,
+    ):
         from .reward import CHOICE_METRICS
 
         cfg = trainer.cfg
@@ -67,15 +77,16 @@ class RowCredit:
         self.val_norm = val_norm
         self.modules = trainable_linears(trainer.unwrapped)
         self.objective = "choice_ce" if validator.metric in CHOICE_METRICS else "response loss"
+        examples = validator.examples if examples is None else examples
         if self.objective == "choice_ce":
             from .choices import ChoiceRequests
 
             self.choices = ChoiceRequests(
-                validator.examples, trainer.tokenizer, form=validator.choice_form, max_length=cfg.max_length
+                examples, trainer.tokenizer, form=validator.choice_form, max_length=cfg.max_length
             )
             self.n_val = len(self.choices.items)
         else:
-            self.val = [encode_example(e, trainer.tokenizer, cfg.template, cfg.max_length) for e in validator.examples]
+            self.val = [encode_example(e, trainer.tokenizer, cfg.template, cfg.max_length) for e in examples]
             self.n_val = len(self.val)
 
     def _batches(self, encoded: list) -> list[dict]:

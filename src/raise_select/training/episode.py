@@ -70,6 +70,14 @@ class EpisodeConfig(LMConfig):
     val_size: Optional[int] = field(
         default=None, metadata={"help": "use at most this many validation examples (seeded sample for named sets)"}
     )
+    state_val_size: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "P (the state's first column and the batch reward) reads only the first this many validation "
+            "examples, the same at every step; the credit labels (policy.credit: row, policy.label_budget) still "
+            "read all of them. Unset: P reads all"
+        },
+    )
     steps: int = field(default=100, metadata={"help": "T: LLM updates (per round for train-policy)"})
     batch_size: Optional[int] = field(
         default=None, metadata={"help": "B; when set, per_class = B / C (B a multiple of the number of classes C)"}
@@ -114,6 +122,7 @@ class EpisodeConfig(LMConfig):
                 (self.between in BETWEEN, "between", f"must be one of {', '.join(BETWEEN)}"),
                 (self.batch_size is None or self.batch_size >= 1, "batch_size", "must be >= 1"),
                 (self.val_size is None or self.val_size >= 1, "val_size", "must be >= 1"),
+                (self.state_val_size is None or self.state_val_size >= 1, "state_val_size", "must be >= 1"),
                 (self.val_batch_size >= 1, "val_batch_size", "must be >= 1"),
                 (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
             ],
@@ -362,6 +371,7 @@ def run_episode(
     on_step: Callable[[dict, dict], None],
     buffer=None,
     between: str = "random",
+    label_examples: list | None = None,
 ) -> EpisodeResult:
     """Train `steps` updates from the trainer's current model; `buffer` gets the PPO transitions.
 
@@ -371,7 +381,8 @@ def run_episode(
     counted towards times-selected but not PPO transitions.
 
     `on_step(metrics, selection)` receives each step's metrics line and selection line.
-    `where` names the episode in errors ("round 3").
+    `where` names the episode in errors ("round 3"). `label_examples`: the validation examples
+    the credit labels read (`policy.credit: row`), the validator's own when None.
     """
     acc = trainer.accelerator
     n = len(pool)
@@ -382,7 +393,12 @@ def run_episode(
         from .credit import RowCredit
 
         credit = RowCredit(
-            trainer, validator, policy_cfg.credit_sample, policy_cfg.credit_val, val_norm=policy_cfg.credit_val_norm
+            trainer,
+            validator,
+            policy_cfg.credit_sample,
+            policy_cfg.credit_val,
+            val_norm=policy_cfg.credit_val_norm,
+            examples=label_examples,
         )
     classes = policy.static.classes
     counts = torch.zeros(n, dtype=torch.int64)
@@ -483,8 +499,9 @@ class EpisodeJob:
     policy: RaisePolicy
     batch: int  # B = C x b
     trainer: LMTrainer  # holds M_0
-    validator: Validator
+    validator: Validator  # P, on the first `state_val_size` of `val_examples`
     p0: float  # P(M_0)
+    val_examples: list  # the whole validation set: what the credit labels read
 
 
 def start_episode_job(
@@ -538,7 +555,7 @@ def start_episode_job(
     lm = lm_config(cfg)
     trainer = LMTrainer(cfg.model, pool, lm, total_steps=cfg.steps, accelerator=acc)
     validator = Validator(
-        val_examples,
+        val_examples[: cfg.state_val_size],
         trainer.tokenizer,
         cfg.metric,
         lm.max_length,
@@ -550,7 +567,7 @@ def start_episode_job(
     start = time.perf_counter()
     p0 = check_finite(validator(trainer.model), "step 0 (the initial model M_0)")
     log.info(
-        "pool %d instructions, %d classes, batch %d = %d x %d; validation %d examples, metric %s; "
+        "pool %d instructions, %d classes, batch %d = %d x %d; validation %d examples (P reads %d), metric %s; "
         "P(M_0) = %.5f (%.1fs)",
         len(pool),
         static.num_classes,
@@ -558,6 +575,7 @@ def start_episode_job(
         static.num_classes,
         per_class,
         len(val_examples),
+        len(validator.examples),
         validator.metric,
         p0,
         time.perf_counter() - start,
@@ -573,4 +591,5 @@ def start_episode_job(
         trainer=trainer,
         validator=validator,
         p0=p0,
+        val_examples=val_examples,
     )

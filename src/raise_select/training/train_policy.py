@@ -103,12 +103,15 @@ def start_policy_job(cfg: TrainPolicyConfig, accelerator=None, resumable: tuple[
     )
 
 
-def fit_to_labels(cfg: TrainPolicyConfig, trainer, validator, policy, p0: float, out: Path) -> dict:
+def fit_to_labels(
+    cfg: TrainPolicyConfig, trainer, validator, policy, p0: float, out: Path, examples: list | None = None
+) -> dict:
     """`policy.label_budget`: label a uniform sample of the pool with each row's credit at M_0
     (`training.credit`, on the validator's metric), fit F_theta to the order of all but the
     `label_holdout` share, and record in `<out>/labels.json` the rows, their credit, the fit's
     losses and the Spearman correlation of the scores with the held-out rows' credit before and
-    after the fit (the learning curve of the amortized scorer). Returns that record."""
+    after the fit (the learning curve of the amortized scorer). Returns that record. `examples`:
+    the validation examples the labels read, the validator's own when None."""
     from ..io import write_json_atomic
     from ..policy.credit import spearman
     from .credit import RowCredit
@@ -117,7 +120,7 @@ def fit_to_labels(cfg: TrainPolicyConfig, trainer, validator, policy, p0: float,
     n = len(trainer.pool)
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_033 + 7)  # its own draws: the rounds' are untouched
     rows = torch.randperm(n, generator=generator)[: min(pc.label_budget, n)]
-    labeller = RowCredit(trainer, validator, sample=0, val_norm=pc.credit_val_norm)
+    labeller = RowCredit(trainer, validator, sample=0, val_norm=pc.credit_val_norm, examples=examples)
     start = time.perf_counter()
     credit = labeller.credit(rows.tolist(), lr=cfg.lr, desc="credit labels")  # one g_val for all rows
     label_seconds = time.perf_counter() - start
@@ -194,7 +197,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
     elif acc.is_main_process:
         run.start_over()
         if cfg.policy.label_budget > 0:  # before any round: the policy starts from the labels' fit
-            fitted = fit_to_labels(cfg, trainer, validator, policy, p0, run.out)
+            fitted = fit_to_labels(cfg, trainer, validator, policy, p0, run.out, job.val_examples)
             if cfg.policy.round_update == "refit":  # the fit's labels stay among those refitted
                 held = fitted["held_out"]
                 label_groups.append(
@@ -272,6 +275,7 @@ def train_policy(cfg: TrainPolicyConfig, accelerator=None) -> Path:
             on_step=on_step,
             buffer=buffer,
             between=cfg.between,
+            label_examples=job.val_examples,
         )
         start = time.perf_counter()
         if not acc.is_main_process:
