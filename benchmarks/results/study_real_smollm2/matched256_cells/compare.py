@@ -19,7 +19,7 @@ import numpy as np
 from raise_select.reports.intervals import difference_interval, row_interval, seed_matched_difference
 
 HERE = Path(__file__).resolve().parent
-FOLDERS = {"study": HERE.parent / "cells", "256": HERE, "256, 600 labels": HERE.parent / "matched256_label600_cells"}
+FOLDERS = {"study": HERE.parent / "cells", "256": HERE, "600 labels": HERE.parent / "matched256_label600_cells"}
 TARGETS = ("arc_challenge", "commonsenseqa")
 METHODS = {"less_metric": "LESS (metric target)", "raise_labels_untrained": "RAISE label fit"}
 
@@ -48,9 +48,9 @@ def main() -> None:
         for m, label in METHODS.items():
             for size, folder in FOLDERS.items():
                 g = gains(folder, m, t) if folder.exists() else {}
-                if not g or (size.endswith("labels") and m != "raise_labels_untrained"):
+                if not g or (size == "600 labels" and m != "raise_labels_untrained"):
                     continue
-                items = size if size != "study" else ("64" if m == "less_metric" else "32 (labels)")
+                items = {"study": "64" if m == "less_metric" else "32 (labels)", "600 labels": "256, 600 labels"}.get(size, size)
                 rows[(t, m, size)] = g
                 seeds = " / ".join(f"{float(v.mean()):+.3f}" for _, v in sorted(g.items()))
                 print(f"| {t} | {label} | {items} | {seeds} | {text(row_interval([g[s] for s in sorted(g)]))} |")
@@ -61,8 +61,8 @@ def main() -> None:
             ("less_metric", "256", "less_metric", "study", "LESS: 256 items - 64"),
             ("raise_labels_untrained", "256", "raise_labels_untrained", "study", "RAISE: 256 items - 32"),
             ("raise_labels_untrained", "256", "less_metric", "256", "RAISE - LESS, both 256 items"),
-            ("raise_labels_untrained", "256, 600 labels", "raise_labels_untrained", "256", "RAISE 256: 600 labels - 200"),
-            ("raise_labels_untrained", "256, 600 labels", "less_metric", "256", "RAISE 256, 600 labels - LESS 256"),
+            ("raise_labels_untrained", "600 labels", "raise_labels_untrained", "256", "RAISE 256: 600 labels - 200"),
+            ("raise_labels_untrained", "600 labels", "less_metric", "256", "RAISE 256, 600 labels - LESS 256"),
         ]
         for am, asz, bm, bsz, what in pairs:
             a, b = rows.get((t, am, asz)), rows.get((t, bm, bsz))
