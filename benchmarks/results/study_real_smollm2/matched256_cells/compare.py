@@ -50,7 +50,8 @@ def main() -> None:
                 g = gains(folder, m, t) if folder.exists() else {}
                 if not g or (size == "600 labels" and m != "raise_labels_untrained"):
                     continue
-                items = {"study": "64" if m == "less_metric" else "32 (labels)", "600 labels": "256, 600 labels"}.get(size, size)
+                named = {"study": "64" if m == "less_metric" else "32 (labels)", "600 labels": "256, 600 labels"}
+                items = named.get(size, size)
                 rows[(t, m, size)] = g
                 seeds = " / ".join(f"{float(v.mean()):+.3f}" for _, v in sorted(g.items()))
                 print(f"| {t} | {label} | {items} | {seeds} | {text(row_interval([g[s] for s in sorted(g)]))} |")
