@@ -201,6 +201,32 @@ def test_credits_against_several_subsets_and_the_rows_gradient_norms_in_one_pass
     assert rc.credits(rows, [None])[1] is None
 
 
+def test_unit_row_credit_is_the_credit_over_the_rows_autograd_gradient_norm(tmp_path, tiny_model_dir):
+    """`row_norm="unit"` (`policy.credit_row_norm`): each label is the plain credit divided by the
+    row's gradient norm over the scored weights, the norm taken here by autograd row by row; the
+    order of the labels changes where the rows' norms differ."""
+    trainer, _ = _trainer_and_validator(tiny_model_dir, lr=0.02)
+    validator = _choice_validation(tmp_path, trainer.tokenizer)
+    model = trainer.unwrapped
+    rows = [0, 3, 5, 8, 9]
+    plain = RowCredit(trainer, validator, sample=0, chunk=2).credit(rows, lr=0.02)
+    unit = RowCredit(trainer, validator, sample=0, chunk=2, row_norm="unit").credit(rows, lr=0.02)
+    params = [m.weight for m in trainable_linears(model)]
+    model.eval()
+    norms = []
+    for i in rows:
+        batch = collate([trainer.encode(i)], trainer.tokenizer.pad_token_id)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        grads = torch.autograd.grad(out.loss, params)
+        norms.append(float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))))
+    assert unit.tolist() == pytest.approx([c / n for c, n in zip(plain.tolist(), norms)], rel=1e-4, abs=1e-15)
+    assert max(norms) > 1.05 * min(norms)
+    with pytest.raises(ValueError, match="row_norm"):
+        RowCredit(trainer, validator, sample=0, row_norm="cosine")
+    with pytest.raises(UserError, match="credit_row_norm"):
+        PolicyConfig(credit_row_norm="cosine")
+
+
 def test_row_gradients_give_the_credit_and_the_norms(tmp_path, tiny_model_dir):
     """`RowCredit.row_gradients`: each row's flattened gradient; its inner product with the flattened
     g_val is the credit, and its norm the `credits` norm (chunks of 2 over rows of mixed length)."""
@@ -683,8 +709,8 @@ def test_label_settings_are_refused_by_name():
         PolicyConfig(label_budget=10, row_loss="none")
 
 
-@pytest.mark.parametrize("val_norm", ["mean", "unit"])
-def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, tiny_model_dir, val_norm):
+@pytest.mark.parametrize("val_norm,row_norm", [("mean", "none"), ("unit", "none"), ("mean", "unit")])
+def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, tiny_model_dir, val_norm, row_norm):
     """rounds 0 with a label budget: the saved policy is the labels' fit. labels.json holds the
     sampled rows and their credit, which equal the credit recomputed on M_0 independently (with the
     run's `credit_val_norm`); the fitted scores order the fitted rows as their credit does."""
@@ -706,7 +732,12 @@ def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, t
         lr=1e-3,
         max_length=64,
         policy=PolicyConfig(
-            per_class=1, label_budget=16, label_holdout=0.25, label_epochs=100, credit_val_norm=val_norm
+            per_class=1,
+            label_budget=16,
+            label_holdout=0.25,
+            label_epochs=100,
+            credit_val_norm=val_norm,
+            credit_row_norm=row_norm,
         ),
     )
     train_policy(cfg)
@@ -715,10 +746,14 @@ def test_train_policy_label_budget_labels_then_fits_before_round_one(tmp_path, t
     assert rec["objective"] == "response loss"
     trainer = LMTrainer(str(tiny_model_dir), pool, LMConfig(max_length=64, lr=1e-3), total_steps=4)
     validator = Validator(load_pool(tmp_path / "val.json").examples, trainer.tokenizer, "neg_loss", 64)
-    again = RowCredit(trainer, validator, sample=0, val_norm=val_norm).credit(rec["rows"], lr=1e-3)
+    again = RowCredit(trainer, validator, sample=0, val_norm=val_norm, row_norm=row_norm).credit(rec["rows"], lr=1e-3)
     assert again.tolist() == pytest.approx(rec["credit"], rel=1e-4, abs=1e-12)
-    other = RowCredit(trainer, validator, sample=0, val_norm={"mean": "unit", "unit": "mean"}[val_norm])
+    other_val = {"mean": "unit", "unit": "mean"}[val_norm]
+    other = RowCredit(trainer, validator, sample=0, val_norm=other_val, row_norm=row_norm)
     assert other.credit(rec["rows"], lr=1e-3).tolist() != pytest.approx(rec["credit"], rel=1e-3)
+    other_row = {"none": "unit", "unit": "none"}[row_norm]
+    plain = RowCredit(trainer, validator, sample=0, val_norm=val_norm, row_norm=other_row)
+    assert plain.credit(rec["rows"], lr=1e-3).tolist() != pytest.approx(rec["credit"], rel=1e-3)
     assert rec["fit_spearman"] > 0.7 and rec["fit_losses"][1] < rec["fit_losses"][0]
     saved = RaisePolicy.read_config(tmp_path / "run" / "policy")
     assert saved.label_budget == 16

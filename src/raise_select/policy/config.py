@@ -37,6 +37,7 @@ ADVANTAGES = ("gae", "step_baseline")
 USE_RULES = ("topk", "sample")
 CREDITS = ("batch", "row")
 CREDIT_VAL_NORMS = ("mean", "unit")
+CREDIT_ROW_NORMS = ("none", "unit")
 ROW_LOSSES = ("none", "regression", "ranking")
 ROUND_UPDATES = ("ppo", "refit")
 ANCHOR_DIRECTIONS = ("forward", "reverse")
@@ -161,6 +162,14 @@ class PolicyConfig:
             "help": "g_val of the credit labels (label_budget and credit row): mean [the mean validation objective's "
             "gradient] or unit [the mean of each validation item's gradient scaled to unit norm, as LESS averages "
             "cosines over validation examples: no item outweighs another]"
+        },
+    )
+    credit_row_norm: str = field(
+        default="none",
+        metadata={
+            "help": "each row's credit label (label_budget and credit row): none [lr <g_val, g_i>] or unit "
+            "[lr <g_val, g_i> / |g_i|: the row's direction only, as LESS normalises its rows' gradients; a short "
+            "row's large gradient no longer makes its label large whichever way it points]"
         },
     )
     row_loss: str = field(
@@ -302,6 +311,11 @@ class PolicyConfig:
                 self.credit_val_norm in CREDIT_VAL_NORMS,
                 "credit_val_norm",
                 f"must be one of {', '.join(CREDIT_VAL_NORMS)}",
+            ),
+            (
+                self.credit_row_norm in CREDIT_ROW_NORMS,
+                "credit_row_norm",
+                f"must be one of {', '.join(CREDIT_ROW_NORMS)}",
             ),
             (self.row_loss in ROW_LOSSES, "row_loss", f"must be one of {', '.join(ROW_LOSSES)}"),
             (

@@ -35,6 +35,7 @@ import contextlib
 
 import torch
 
+from ..policy.config import CREDIT_ROW_NORMS as ROW_NORMS
 from ..policy.config import CREDIT_VAL_NORMS as VAL_NORMS
 from ..progress import progress_bar
 from .choices import choice_ce_sum
@@ -64,6 +65,7 @@ class RowCredit:
         chunk: int = 8,
         val_norm: str = "mean",
         examples: list | None = None,
+        row_norm: str = "none",
     ):
         from .reward import CHOICE_METRICS
 
@@ -75,6 +77,9 @@ class RowCredit:
         if val_norm not in VAL_NORMS:
             raise ValueError(f"val_norm {val_norm!r}: one of {', '.join(VAL_NORMS)}")
         self.val_norm = val_norm
+        if row_norm not in ROW_NORMS:
+            raise ValueError(f"row_norm {row_norm!r}: one of {', '.join(ROW_NORMS)}")
+        self.row_norm = row_norm
         self.modules = trainable_linears(trainer.unwrapped)
         self.objective = "choice_ce" if validator.metric in CHOICE_METRICS else "response loss"
         examples = validator.examples if examples is None else examples
@@ -127,8 +132,11 @@ class RowCredit:
     ) -> torch.Tensor:
         """(len(rows),) float64 c_i = lr <g_val, g_i> of pool rows `rows` (g_val over validation items
         `val`, all when None), at the learning rate of the trainer's coming step unless `lr` is given;
-        `desc`: a progress bar over the rows' batches, under that name."""
-        return self.credits(rows, [val], lr, desc)[0][:, 0]
+        with the labeller's `row_norm` "unit", lr <g_val, g_i> / |g_i|. `desc`: a progress bar over
+        the rows' batches, under that name."""
+        unit = self.row_norm == "unit"
+        out, size = self.credits(rows, [val], lr, desc, norms=unit)
+        return out[:, 0] / size.clamp_min(1e-30) if unit else out[:, 0]
 
     def credits(
         self,

@@ -399,6 +399,7 @@ def run_episode(
             policy_cfg.credit_val,
             val_norm=policy_cfg.credit_val_norm,
             examples=label_examples,
+            row_norm=policy_cfg.credit_row_norm,
         )
     classes = policy.static.classes
     counts = torch.zeros(n, dtype=torch.int64)

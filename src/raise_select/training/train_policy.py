@@ -120,7 +120,9 @@ def fit_to_labels(
     n = len(trainer.pool)
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_033 + 7)  # its own draws: the rounds' are untouched
     rows = torch.randperm(n, generator=generator)[: min(pc.label_budget, n)]
-    labeller = RowCredit(trainer, validator, sample=0, val_norm=pc.credit_val_norm, examples=examples)
+    labeller = RowCredit(
+        trainer, validator, sample=0, val_norm=pc.credit_val_norm, examples=examples, row_norm=pc.credit_row_norm
+    )
     start = time.perf_counter()
     credit = labeller.credit(rows.tolist(), lr=cfg.lr, desc="credit labels")  # one g_val for all rows
     label_seconds = time.perf_counter() - start
