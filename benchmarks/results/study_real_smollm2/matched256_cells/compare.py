@@ -2,7 +2,8 @@
 untrained label fit (`raise_labels_untrained`) each reading the same 256 validation items per target
 (`study.val_size=256`, `raise.val_size=256`, P on the first 32: `raise.state_val_size=32`), against
 the kept cells of the study's own sizes (LESS 64 items, RAISE's labels 32) and, where kept, the label
-fit with 600 labelled rows instead of 200 (`../matched256_label600_cells/`). Gains over the base
+fit with 600 labelled rows instead of 200 (`../matched256_label600_cells/`) and with
+`policy.credit_row_norm: unit` (`../matched256_rownorm_cells/`). Gains over the base
 model on the choice cross-entropy of the 500 dev items; every interval is the benchmark's one rule
 (docs/intervals.md), always paired over the items: one method at two sizes is paired by seed over the
 seeds both have (the same seed: the same LESS warm-up, the same labelled rows and initial policy);
@@ -19,7 +20,13 @@ import numpy as np
 from raise_select.reports.intervals import difference_interval, row_interval, seed_matched_difference
 
 HERE = Path(__file__).resolve().parent
-FOLDERS = {"study": HERE.parent / "cells", "256": HERE, "600 labels": HERE.parent / "matched256_label600_cells"}
+FOLDERS = {
+    "study": HERE.parent / "cells",
+    "256": HERE,
+    "600 labels": HERE.parent / "matched256_label600_cells",
+    "row norm": HERE.parent / "matched256_rownorm_cells",
+}
+VARIANTS = {"600 labels": "256, 600 labels", "row norm": "256, credit_row_norm unit"}
 TARGETS = ("arc_challenge", "commonsenseqa")
 METHODS = {"less_metric": "LESS (metric target)", "raise_labels_untrained": "RAISE label fit"}
 
@@ -48,10 +55,9 @@ def main() -> None:
         for m, label in METHODS.items():
             for size, folder in FOLDERS.items():
                 g = gains(folder, m, t) if folder.exists() else {}
-                if not g or (size == "600 labels" and m != "raise_labels_untrained"):
+                if not g or (size in VARIANTS and m != "raise_labels_untrained"):
                     continue
-                named = {"study": "64" if m == "less_metric" else "32 (labels)", "600 labels": "256, 600 labels"}
-                items = named.get(size, size)
+                items = {"study": "64" if m == "less_metric" else "32 (labels)", **VARIANTS}.get(size, size)
                 rows[(t, m, size)] = g
                 seeds = " / ".join(f"{float(v.mean()):+.3f}" for _, v in sorted(g.items()))
                 print(f"| {t} | {label} | {items} | {seeds} | {text(row_interval([g[s] for s in sorted(g)]))} |")
@@ -64,6 +70,8 @@ def main() -> None:
             ("raise_labels_untrained", "256", "less_metric", "256", "RAISE - LESS, both 256 items"),
             ("raise_labels_untrained", "600 labels", "raise_labels_untrained", "256", "RAISE 256: 600 labels - 200"),
             ("raise_labels_untrained", "600 labels", "less_metric", "256", "RAISE 256, 600 labels - LESS 256"),
+            ("raise_labels_untrained", "row norm", "raise_labels_untrained", "256", "RAISE 256: row norm unit - none"),
+            ("raise_labels_untrained", "row norm", "less_metric", "256", "RAISE 256, row norm unit - LESS 256"),
         ]
         for am, asz, bm, bsz, what in pairs:
             a, b = rows.get((t, am, asz)), rows.get((t, bm, bsz))
